@@ -1,0 +1,86 @@
+"""Atomic, pickle-free persistence helpers (JSON and safetensors).
+
+Every artifact lightning_ws writes goes through these functions: the file is written to a temporary file in the same
+directory, flushed, fsynced and renamed over the destination, so a crash never leaves a half-written file and a reader
+never sees one. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning_ws.errors import DataFileNotFoundError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``); create parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    """Serialise ``obj`` as JSON to ``path`` atomically (NaN/inf are rejected: they are not JSON)."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, allow_nan=False) + "\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, with an error that names the file when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"JSON file not found: {path}. Check the path (relative paths are resolved "
+                                    f"from the current directory {Path.cwd()}).")
+    with path.open("r", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+    """Save a flat ``{name: torch.Tensor}`` mapping as safetensors, atomically.
+
+    Tensors are made contiguous and detached first; ``metadata`` values must be strings (safetensors' rule).
+    """
+    import torch
+    from safetensors.torch import save
+
+    flat = {k: v.detach().contiguous().cpu() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+            for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write_bytes(path, save(flat, metadata=meta))
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load a safetensors file; return ``(tensors, metadata)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"safetensors file not found: {path}.")
+    out = {}
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+        for k in fh.keys():
+            out[k] = fh.get_tensor(k)
+    return out, meta

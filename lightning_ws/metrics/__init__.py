@@ -1,0 +1,1 @@
+"""Lightning metrics of lightning_ws."""

@@ -1,0 +1,1 @@
+"""Lightning modules of lightning_ws."""
