@@ -1,1 +1,5 @@
-"""Lightning datamodules of lightning_ws."""
+"""LightningDataModules of lightning_ws."""
+
+from lightning_ws.datamodules.text import TextClassificationDataModule
+
+__all__ = ["TextClassificationDataModule"]

@@ -1,0 +1,294 @@
+"""The ``lightning-ws`` command.
+
+Training subcommands come from :class:`lightning.pytorch.cli.LightningCLI` (``fit``, ``validate``, ``test``,
+``predict``; ``-c config.yaml``; ``--print_config``; subclass mode for model and data, so any LightningModule /
+LightningDataModule is selected with ``class_path``). Other subcommands (label-model fitting, selection reports, ...)
+are registered in :data:`COMMANDS` and run under the same entry point.
+
+Additions to LightningCLI:
+
+* ``--test_after_fit true`` makes ``fit`` evaluate the best checkpoint on the test split afterwards;
+* after ``fit``/``test`` a summary says where the run, the W&B files, the checkpoint and the metrics are, and the
+  metrics are written to ``<run dir>/metrics.json``;
+* the resolved config is saved in the run folder and logged to the logger's hyperparameters once, from rank zero
+  (:class:`WSSaveConfigCallback`: never clashes with a previous run's ``config.yaml``);
+* bad input (missing config file, unknown class path, missing data file) ends with a short error, not a traceback;
+  set ``LIGHTNING_WS_DEBUG=1`` to see the traceback.
+
+Example::
+
+    lightning-ws fit -c configs/quickstart.yaml
+    lightning-ws fit -c configs/quickstart.yaml --trainer.max_epochs 1 --data.init_args.batch_size 16
+    lightning-ws labelmodel --dataset youtube
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning_ws.errors import LightningWSError
+
+__all__ = ["COMMANDS", "WSLightningCLI", "WSSaveConfigCallback", "main", "cli_main"]
+
+#: Non-training subcommands: name -> ("module:function", one-line help). The function takes ``argv`` (the arguments
+#: after the subcommand) and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+_TRAINING = ("fit", "validate", "test", "predict")
+
+
+def _offline_defaults() -> None:
+    """Never reach a model hub at run time: models come from local folders or installed packages."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _lightning_classes():
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    return LightningCLI, SaveConfigCallback
+
+
+def _build_cli_classes():
+    """Define the CLI classes lazily, so ``import lightning_ws.cli`` stays cheap."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.utilities import rank_zero_only
+
+    LightningCLI, SaveConfigCallback = _lightning_classes()
+
+    class _WSSaveConfigCallback(SaveConfigCallback):
+        """Save the resolved config into this run's folder and log it to the logger, once, from rank zero.
+
+        Lightning's default writes ``config.yaml`` into ``trainer.log_dir``, which for W&B is the shared save dir,
+        so a second run fails on the existing file. Here each run gets its own folder (``<save_dir>/<project>/<id>``),
+        an existing file is never overwritten, and the config goes to ``logger.log_hyperparams`` under ``config``.
+        ``save_config`` runs on rank zero only and contains no collective calls.
+        """
+
+        def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            from lightning_ws.io import atomic_write_text
+            from lightning_ws.loggers import run_directory
+
+            run_dir = run_directory(trainer.logger, trainer.default_root_dir)
+            target = run_dir / self.config_filename
+            n = 1
+            while target.exists():
+                target = run_dir / f"{Path(self.config_filename).stem}-{n}{Path(self.config_filename).suffix}"
+                n += 1
+            text = self.parser.dump(self.config, skip_none=False)
+            atomic_write_text(target, text)
+            if trainer.logger is not None:
+                import yaml
+
+                trainer.logger.log_hyperparams({"config": yaml.safe_load(text), "config_file": str(target)})
+
+    class _WSLightningCLI(LightningCLI):
+        """LightningCLI with ``--test_after_fit`` and an end-of-run summary (see module docstring)."""
+
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
+            parser.add_argument("--test_after_fit", type=bool, default=False,
+                                help="After fit, evaluate the best checkpoint (or the final weights) on the test split.")
+
+        def _subcommand_value(self, key: str, default: Any = None) -> Any:
+            cfg = self.config.get(self.subcommand) if self.subcommand else self.config
+            return cfg.get(key, default) if cfg is not None else default
+
+        def after_fit(self) -> None:
+            if self._subcommand_value("test_after_fit", False):
+                ckpt = None
+                cb = self.trainer.checkpoint_callback
+                if cb is not None and getattr(cb, "best_model_path", ""):
+                    ckpt = "best"
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self._summary()
+
+        def after_test(self) -> None:
+            self._summary()
+
+        def after_validate(self) -> None:
+            self._summary()
+
+        @rank_zero_only
+        def _summary(self) -> None:
+            from lightning_ws.io import save_json
+            from lightning_ws.loggers import run_directory
+
+            trainer = self.trainer
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+            run_dir = run_directory(trainer.logger, trainer.default_root_dir)
+            lines = ["", "=" * 72, f"lightning-ws {self.subcommand}: done"]
+            logger = trainer.logger
+            if logger is not None:
+                lines.append(f"  run folder     : {run_dir}")
+                exp = getattr(logger, "_experiment", None)
+                wandb_dir = getattr(exp, "dir", None) if exp is not None else None
+                if wandb_dir:
+                    mode = getattr(logger, "mode", "")
+                    lines.append(f"  W&B run ({mode}) : {Path(wandb_dir).parent}")
+                    if mode == "offline":
+                        lines.append(f"                   upload later with: wandb sync {Path(wandb_dir).parent}")
+            cb = trainer.checkpoint_callback
+            if cb is not None:
+                best = getattr(cb, "best_model_path", "") or ""
+                last = getattr(cb, "last_model_path", "") or ""
+                if best:
+                    lines.append(f"  best checkpoint: {best}")
+                if last and last != best:
+                    lines.append(f"  last checkpoint: {last}")
+            if metrics:
+                metrics_file = run_dir / f"metrics-{self.subcommand}.json"
+                try:
+                    save_json(metrics_file, metrics)
+                    lines.append(f"  metrics file   : {metrics_file}")
+                except OSError as err:  # a read-only run folder must not hide the numbers
+                    lines.append(f"  (could not write {metrics_file}: {err})")
+                width = max(len(k) for k in metrics)
+                lines.append("  metrics:")
+                for key in sorted(metrics):
+                    lines.append(f"    {key:<{width}} = {metrics[key]:.4f}")
+            lines.append("=" * 72)
+            print("\n".join(lines), flush=True)
+
+    return _WSLightningCLI, _WSSaveConfigCallback
+
+
+def __getattr__(name: str) -> Any:  # lazy public classes
+    if name in ("WSLightningCLI", "WSSaveConfigCallback"):
+        cli_cls, save_cls = _build_cli_classes()
+        globals()["WSLightningCLI"], globals()["WSSaveConfigCallback"] = cli_cls, save_cls
+        return globals()[name]
+    raise AttributeError(name)
+
+
+def cli_main(args: Sequence[str] | dict | None = None, run: bool = True) -> Any:
+    """Build (and by default run) the training CLI; usable from Python and tests with a list or dict of args."""
+    import lightning.pytorch as pl
+
+    _offline_defaults()
+    cli_cls, save_cls = _build_cli_classes()
+    return cli_cls(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=save_cls,
+        save_config_kwargs={"overwrite": False, "save_to_log_dir": False},
+        parser_kwargs={"default_env": True, "exit_on_error": False} if run else {"default_env": True},
+        args=list(args) if isinstance(args, (list, tuple)) else args,
+        run=run,
+    )
+
+
+def _overview() -> str:
+    extra = "\n".join(f"  {name:<12} {helptext}" for name, (_, helptext) in sorted(COMMANDS.items()))
+    return textwrap.dedent(
+        """\
+        usage: lightning-ws {fit,validate,test,predict} -c CONFIG.yaml [--section.key value ...]
+               lightning-ws COMMAND [options]
+
+        Training (LightningCLI; `lightning-ws fit --help` lists every option, `--print_config` shows the resolved
+        config):
+          fit          train a model (add `--test_after_fit true` to evaluate on the test split afterwards)
+          validate     evaluate on the validation split
+          test         evaluate on the test split
+          predict      run prediction
+        """
+    ) + (f"\nOther commands (`lightning-ws COMMAND --help`):\n{extra}\n" if extra else "")
+
+
+def _short_error(err: BaseException) -> str:
+    msg = str(err).strip() or err.__class__.__name__
+    # jsonargparse prefixes long nested explanations; keep the first lines, they name the problem.
+    lines = [ln.rstrip() for ln in msg.splitlines() if ln.strip()]
+    if len(lines) > 8:
+        lines = lines[:8] + ["  ... (set LIGHTNING_WS_DEBUG=1 for the full message and traceback)"]
+    return "\n".join(lines)
+
+
+def _fail(err: BaseException, command: str) -> int:
+    if os.environ.get("LIGHTNING_WS_DEBUG"):
+        raise err
+    print(f"lightning-ws {command}: error: {_short_error(err)}", file=sys.stderr)
+    return 2 if command in _TRAINING else 1
+
+
+def _missing_config(argv: Sequence[str]) -> str | None:
+    """The first ``-c/--config`` file that does not exist, if any (checked before LightningCLI starts)."""
+    for i, arg in enumerate(argv):
+        path = None
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path is not None and not Path(path).is_file() and not path.lstrip().startswith("{"):
+            return path
+    return None
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-ws`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0
+    command = argv[0]
+    if command in COMMANDS:
+        target, _ = COMMANDS[command]
+        module_name, func_name = target.split(":")
+        func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
+        _offline_defaults()
+        try:
+            return int(func(argv[1:]) or 0)
+        except LightningWSError as err:
+            return _fail(err, command)
+    if command not in _TRAINING:
+        print(f"lightning-ws: error: unknown command {command!r}.\n\n{_overview()}", file=sys.stderr)
+        return 2
+    missing = _missing_config(argv[1:])
+    if missing is not None:
+        print(f"lightning-ws {command}: error: config file not found: {missing} (current directory: {Path.cwd()}). "
+              f"Check the path; shipped configs are in the repository's configs/ folder.", file=sys.stderr)
+        return 2
+    try:
+        cli_main(argv)
+    except SystemExit as exc:  # --help / --print_config exit 0; argparse errors exit 2
+        return int(exc.code or 0) if not isinstance(exc.code, str) else _fail(RuntimeError(exc.code), command)
+    except LightningWSError as err:
+        return _fail(err, command)
+    except Exception as err:  # noqa: BLE001 - turn parser errors into one paragraph
+        from jsonargparse import ArgumentError
+
+        if isinstance(err, (ArgumentError, FileNotFoundError, ValueError, TypeError, ImportError)) and (
+            isinstance(err, ArgumentError) or _from_user_input(err)
+        ):
+            return _fail(err, command)
+        raise
+    return 0
+
+
+def _from_user_input(err: BaseException) -> bool:
+    """Errors raised while instantiating user-configured classes count as input errors (no traceback)."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, LightningWSError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _register_builtin_commands() -> None:
+    """Built-in non-training commands (added by the method packages)."""
+
+
+_register_builtin_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Test-suite defaults: no network, no W&B unless a test asks for it offline, small thread pools."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+
+TINY_ENCODER = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+
+
+@pytest.fixture
+def tiny_encoder_overrides() -> dict:
+    """Config overrides that turn the shipped MiniLM config into a 1-layer, 32-wide random encoder (fast tests)."""
+    return dict(TINY_ENCODER)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path, monkeypatch):
+    """Run every test in its own folder so runs/, wandb/ and lightning_logs/ never land in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    yield
