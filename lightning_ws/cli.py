@@ -126,7 +126,9 @@ def _build_cli_classes():
             run_dir = run_directory(trainer.logger, trainer.default_root_dir)
             lines = ["", "=" * 72, f"lightning-ws {self.subcommand}: done"]
             logger = trainer.logger
-            if logger is not None:
+            from lightning.pytorch.loggers.logger import DummyLogger
+
+            if logger is not None and not isinstance(logger, DummyLogger):
                 lines.append(f"  run folder     : {run_dir}")
                 exp = getattr(logger, "_experiment", None)
                 wandb_dir = getattr(exp, "dir", None) if exp is not None else None
@@ -141,6 +143,8 @@ def _build_cli_classes():
                 last = getattr(cb, "last_model_path", "") or ""
                 if best:
                     lines.append(f"  best checkpoint: {best}")
+                elif not last:
+                    lines.append("  checkpoint     : none written (no validation ran, or checkpointing is off)")
                 if last and last != best:
                     lines.append(f"  last checkpoint: {last}")
             if metrics:
@@ -205,12 +209,35 @@ def _overview() -> str:
 
 
 def _short_error(err: BaseException) -> str:
+    """One paragraph from an exception: jsonargparse's union-type reports are reduced to the real problem."""
     msg = str(err).strip() or err.__class__.__name__
-    # jsonargparse prefixes long nested explanations; keep the first lines, they name the problem.
-    lines = [ln.rstrip() for ln in msg.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    key = None
+    if lines and lines[0].startswith("Parser key"):
+        key = lines[0].split('"')[1] if '"' in lines[0] else None
+    if any(ln.startswith("Does not validate against any of the Union subtypes") for ln in lines):
+        reasons, i = [], 0
+        while i < len(lines):
+            ln = lines[i]
+            if ln.startswith("- ") and "Expected a <class 'NoneType'>" not in ln:
+                reason = ln[2:]
+                # a reason may continue on the next indented line(s) until the next "- " or section header
+                j = i + 1
+                while j < len(lines) and not lines[j].startswith(("- ", "Given value", "Subtypes", "Errors")):
+                    reason += " " + lines[j]
+                    j += 1
+                reasons.append(reason)
+                i = j
+                continue
+            i += 1
+        if reasons:
+            lines = [(f"{key}: " if key else "") + "; ".join(reasons).rstrip(".") + "."]
+    if any("class_path" in ln for ln in lines):
+        lines.append("Check the class_path: it must be a full import path such as "
+                     "lightning_ws.modules.TextClassifier (`lightning-ws fit --help` lists the options).")
     if len(lines) > 8:
-        lines = lines[:8] + ["  ... (set LIGHTNING_WS_DEBUG=1 for the full message and traceback)"]
-    return "\n".join(lines)
+        lines = lines[:8] + ["... (set LIGHTNING_WS_DEBUG=1 for the full message and traceback)"]
+    return " ".join(lines) if len(lines) <= 3 else "\n".join(lines)
 
 
 def _fail(err: BaseException, command: str) -> int:
@@ -258,7 +285,8 @@ def main(args: Sequence[str] | None = None) -> int:
               f"Check the path; shipped configs are in the repository's configs/ folder.", file=sys.stderr)
         return 2
     try:
-        cli_main(argv)
+        cli = cli_main(None if args is None else argv)
+        _finish_wandb(getattr(cli, "trainer", None))
     except SystemExit as exc:  # --help / --print_config exit 0; argparse errors exit 2
         return int(exc.code or 0) if not isinstance(exc.code, str) else _fail(RuntimeError(exc.code), command)
     except LightningWSError as err:
@@ -272,6 +300,15 @@ def main(args: Sequence[str] | None = None) -> int:
             return _fail(err, command)
         raise
     return 0
+
+
+def _finish_wandb(trainer: Any) -> None:
+    """Close the W&B run a CLI command opened, so its summary is complete on disk (and synced when online)."""
+    for logger in getattr(trainer, "loggers", None) or []:
+        exp = getattr(logger, "_experiment", None)
+        if exp is not None and hasattr(exp, "finish"):
+            exp.finish()
+            logger._experiment = None
 
 
 def _from_user_input(err: BaseException) -> bool:

@@ -84,9 +84,12 @@ class WSWandbLogger(WandbLogger):
 
 def run_directory(logger: Any, default_root_dir: str | os.PathLike = ".") -> Path:
     """The per-run output folder a logger implies (``<save_dir>/<name>/<version>``), as ``ModelCheckpoint`` uses."""
-    if logger is None:
+    from lightning.pytorch.loggers.logger import DummyLogger
+
+    if logger is None or isinstance(logger, DummyLogger):  # fast_dev_run swaps loggers for a DummyLogger
         return Path(default_root_dir)
-    save_dir = logger.save_dir if getattr(logger, "save_dir", None) is not None else default_root_dir
+    save_dir = logger.save_dir if isinstance(getattr(logger, "save_dir", None), (str, os.PathLike)) else None
+    save_dir = save_dir if save_dir is not None else default_root_dir
     name, version = logger.name, logger.version
     version = version if isinstance(version, str) else f"version_{version}"
-    return Path(save_dir) / str(name) / version if name else Path(save_dir) / version
+    return Path(save_dir) / str(name) / version if isinstance(name, str) and name else Path(save_dir) / version

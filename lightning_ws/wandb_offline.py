@@ -33,6 +33,7 @@ class OfflineRun:
         config: the run config (nested dict, as logged).
         history: one dict per ``log`` call (keys as logged, values decoded from JSON).
         summary: the final summary values.
+        complete: whether the run's exit record is on disk (the run has finished writing).
     """
 
     path: Path
@@ -40,6 +41,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False
 
     def metric(self, key: str) -> list[Any]:
         """All logged values of ``key`` in order."""
@@ -96,8 +98,25 @@ def _set_nested(target: dict[str, Any], key: str, nested: list[str], value: Any)
     target[keys[-1]] = value
 
 
-def read_offline_run(path: str | Path) -> OfflineRun:
-    """Decode an offline run: ``path`` is the ``.wandb`` file or its ``offline-run-*`` folder."""
+def read_offline_run(path: str | Path, wait: float = 0.0) -> OfflineRun:
+    """Decode an offline run: ``path`` is the ``.wandb`` file or its ``offline-run-*`` folder.
+
+    Args:
+        path: the run file or folder.
+        wait: seconds to keep re-reading until the run's exit record is on disk (W&B's service may still be
+            flushing right after ``finish()``); ``0`` reads once.
+    """
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        run = _read_once(path)
+        if run.complete or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_once(path: str | Path) -> OfflineRun:
     from wandb.proto import wandb_internal_pb2 as pb
 
     path = Path(path)
@@ -129,6 +148,8 @@ def read_offline_run(path: str | Path) -> OfflineRun:
         elif kind == "summary":
             for item in record.summary.update:
                 _set_nested(run.summary, item.key, list(item.nested_key), _decode(item.value_json))
+        elif kind == "exit":
+            run.complete = True
         elif kind == "run":
             for item in record.run.config.update:
                 _set_nested(run.config, item.key, list(item.nested_key), _decode(item.value_json))

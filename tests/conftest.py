@@ -12,6 +12,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import pytest  # noqa: E402
 
+# Import Lightning (and transformers' logging) before any test captures output: they attach stream handlers to the
+# stderr of the moment they are imported, which would otherwise be a capture buffer that a later test finds closed.
+import lightning.pytorch  # noqa: E402,F401
+import transformers  # noqa: E402,F401
+
 TINY_ENCODER = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
 
 

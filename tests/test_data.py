@@ -1,0 +1,83 @@
+"""Typed loaders of the shipped data and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lightning_ws.data import (
+    ABSTAIN,
+    extract_final_answer,
+    load_gsm8k_candidates,
+    load_wrench,
+    load_youtube_comments,
+)
+from lightning_ws.errors import DataError, DataFileNotFoundError
+
+
+@pytest.mark.parametrize(("name", "sizes", "m"), [("youtube", (1586, 120, 250), 10), ("sms", (4571, 500, 500), 73)])
+def test_wrench_shapes(name, sizes, m):
+    for split, n in zip(("train", "valid", "test"), sizes):
+        d = load_wrench(name, split)
+        assert d.n == n and len(d.ids) == n and d.labels.shape == (n,)
+        assert d.weak_labels.shape == (n, m) and d.weak_labels.dtype == np.int64
+        assert set(np.unique(d.weak_labels)) <= {ABSTAIN, 0, 1}
+        assert len(d.lf_names) == m and len(set(d.lf_names)) == m
+        assert [c.lower() for c in d.class_names] == ["ham", "spam"]
+
+
+def test_wrench_coverage_matches_published_facts():
+    # SMS labeling functions cover about 40% of rows (data README)
+    sms = load_wrench("sms", "train")
+    cov = (sms.weak_labels != ABSTAIN).any(1).mean()
+    assert 0.35 < cov < 0.45
+    yt = load_wrench("youtube", "train")
+    assert yt.lf_names[0] == "keyword_my" and yt.lf_names[-1] == "textblob_subjectivity"
+
+
+def test_wrench_user_folder_and_errors(tmp_path):
+    rows = {"a": {"data": {"text": "hi"}, "label": 0, "weak_labels": [0, -1]},
+            "b": {"data": {"text": "buy"}, "label": 1, "weak_labels": [1, 1]}}
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    d = load_wrench(tmp_path, "train")
+    assert d.texts == ["hi", "buy"] and d.weak_labels.tolist() == [[0, -1], [1, 1]] and d.lf_names == ["lf_00", "lf_01"]
+    with pytest.raises(DataFileNotFoundError, match="valid split not found"):
+        load_wrench(tmp_path, "valid")
+    with pytest.raises(DataFileNotFoundError, match="neither a shipped data set"):
+        load_wrench(tmp_path / "missing", "train")
+    rows["c"] = {"data": {"text": "x"}, "label": 0, "weak_labels": [0]}
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match="'c' has 1 weak labels"):
+        load_wrench(tmp_path, "test")
+    with pytest.raises(DataError, match="split must be"):
+        load_wrench("youtube", "dev")  # type: ignore[arg-type]
+
+
+def test_youtube_comments_domains():
+    yt = load_youtube_comments()
+    assert len(yt) == 1956
+    assert yt.domain_names == ["Psy", "KatyPerry", "LMFAO", "Eminem", "Shakira"]
+    assert np.bincount(yt.domains).tolist() == [350, 350, 438, 448, 370]
+    assert set(np.unique(yt.labels)) == {0, 1}
+    with pytest.raises(DataFileNotFoundError):
+        load_youtube_comments("/nonexistent")
+
+
+def test_gsm8k_candidates_match_published_accuracies():
+    g = load_gsm8k_candidates()
+    assert g.num_problems == 1319 and g.num_candidates == 4 and g.correct.shape == (1319, 4)
+    np.testing.assert_allclose(g.correct.mean(0), [0.217, 0.390, 0.347, 0.563], atol=5e-4)
+    assert abs(g.correct.any(1).mean() - 0.672) < 5e-4
+    # extracted answers agree with the file's correctness flags
+    agree = np.array([[a == g.reference_answers[i] for a in row] for i, row in enumerate(g.answers)])
+    assert (agree == g.correct).mean() > 0.99
+
+
+def test_extract_final_answer():
+    assert extract_final_answer("so 2+1=3\nA: 3") == "3"
+    assert extract_final_answer("x\nA: 1,250.0 dollars") == "1250"
+    assert extract_final_answer("blah #### 7.5") == "7.5"
+    assert extract_final_answer("no marker, last is 42") == "42"
+    assert extract_final_answer("nothing here") is None

@@ -1,0 +1,77 @@
+"""W&B: offline by default, WANDB_MODE respected, config and metrics logged and readable from the offline run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_ws.cli import main
+from lightning_ws.errors import ConfigError
+from lightning_ws.loggers import resolve_wandb_mode
+from lightning_ws.wandb_offline import find_offline_runs, read_offline_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mode_resolution(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert resolve_wandb_mode(None) == "online"
+    assert resolve_wandb_mode("offline") == "offline"  # the config switch wins over the environment
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode(None) == "offline"
+    with pytest.raises(ConfigError, match="not a W&B mode"):
+        resolve_wandb_mode("sometimes")
+
+
+def test_log_model_needs_online():
+    from lightning_ws.loggers import WSWandbLogger
+
+    with pytest.raises(ConfigError, match="needs mode 'online'"):
+        WSWandbLogger(mode="offline", log_model=True)
+
+
+def test_offline_run_holds_config_and_metrics(tmp_path, monkeypatch, capsys, tiny_encoder_overrides):
+    """A CLI fit with the default logger (mode from WANDB_MODE -> offline) writes a run we can read back."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    save_dir = tmp_path / "runs"
+    rc = main([
+        "fit", "-c", str(REPO / "configs/quickstart.yaml"),
+        "--model.init_args.pretrained", "false",
+        "--model.init_args.config_overrides", json.dumps(tiny_encoder_overrides),
+        "--trainer.max_epochs", "1", "--data.init_args.train_limit", "64", "--trainer.log_every_n_steps", "1",
+        "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--trainer.accelerator", "cpu",
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+    ])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "W&B run (offline)" in out
+    runs = find_offline_runs(save_dir)
+    assert len(runs) == 1
+    run = read_offline_run(runs[0].parent, wait=60)
+    assert run.complete
+    # the resolved CLI config, logged once, and the module's hyperparameters
+    assert run.config["config"]["model"]["class_path"] == "lightning_ws.modules.TextClassifier"
+    assert run.config["config"]["data"]["init_args"]["train_limit"] == 64
+    assert run.config["num_classes"] == 2 and run.config["pretrained"] is False
+    # metrics: per-step training loss, validation and test metrics
+    losses = run.metric("train/loss")
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses)
+    assert 0.0 <= run.summary["val/acc"] <= 1.0
+    assert 0.0 <= run.summary["test/acc"] <= 1.0
+    metrics_file = Path(out.split("metrics file   :")[1].split()[0])
+    assert json.loads(metrics_file.read_text())["test/acc"] == pytest.approx(run.summary["test/acc"])
+
+
+def test_read_offline_run_errors(tmp_path):
+    from lightning_ws.errors import DataError, DataFileNotFoundError
+
+    with pytest.raises(DataFileNotFoundError):
+        read_offline_run(tmp_path)
+    bad = tmp_path / "run-x.wandb"
+    bad.write_bytes(b"not a log")
+    with pytest.raises(DataError, match="not a W&B transaction log"):
+        read_offline_run(bad)
