@@ -1,1 +1,30 @@
-"""Lightning metrics of lightning_ws."""
+"""torchmetrics Metrics of lightning_ws.
+
+Classes are imported on first use (``from lightning_ws.metrics import ExpectedSquaredDistance``), so importing this package is cheap
+and one method's optional dependencies never break another's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ExpectedSquaredDistance": "lightning_ws.metrics.loki",
+    "FullSpaceAccuracy": "lightning_ws.metrics.loki",
+    "SeenUnseenBreakdown": "lightning_ws.metrics.loki",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_ws.metrics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
