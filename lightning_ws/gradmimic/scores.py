@@ -1,0 +1,228 @@
+"""Closed-form per-sample scores and batch weights for a linear "mimic layer" (Grad-Mimic, arXiv 2501.06708).
+
+Everything here is plain torch (no Lightning). A linear layer ``z = a W^T + b`` applied to inputs ``a`` of shape
+``(B, in)`` or ``(B, T, in)`` (``T`` sequence positions, any number of middle dimensions) has the per-sample weight
+gradient ``g_i = sum_t delta_{i,t} a_{i,t}^T`` and bias gradient ``sum_t delta_{i,t}``, where ``delta`` is the gradient
+of sample ``i``'s loss with respect to the layer output. All scores below are computed from ``a`` and ``delta`` without
+materialising the ``(B, out, in)`` per-sample gradients (except :func:`per_sample_layer_grads`, the slow reference, and
+the cosine/gradient-norm of long sequences when materialising is the cheaper route).
+
+Units: the functions take ``out_grads`` in *per-sample-loss units* (``delta_i = d loss_i / d z_i``). A hook on a layer
+whose loss is the batch mean sees ``delta_i / B`` (times the AMP loss scale and ``1 / accumulate_grad_batches`` under
+Lightning); the callback rescales before calling these functions, because the softmax temperature is not scale-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_ws.errors import ConfigError, DataError
+
+__all__ = [
+    "SCORE_VARIANTS",
+    "target_direction",
+    "mimic_scores",
+    "per_sample_grad_norms",
+    "grand_scores",
+    "rho_scores",
+    "batch_softmax_weights",
+    "weighted_layer_grad",
+    "per_sample_layer_grads",
+    "weight_entropy",
+]
+
+#: Score variants understood by :func:`lightning_ws.gradmimic.compute_scores` and the callback.
+SCORE_VARIANTS = ("proj", "cos", "grand", "rho")
+
+
+def _as_seq(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate shapes and flatten middle dimensions: return float32 ``(B, T, in)`` and ``(B, T, out)``."""
+    if inputs.dim() < 2 or out_grads.dim() < 2:
+        raise DataError(f"mimic-layer inputs and output gradients need a batch dimension and a feature dimension; "
+                        f"got shapes {tuple(inputs.shape)} and {tuple(out_grads.shape)}.")
+    if inputs.shape[:-1] != out_grads.shape[:-1]:
+        raise DataError(f"mimic-layer inputs {tuple(inputs.shape)} and output gradients {tuple(out_grads.shape)} must "
+                        f"agree on every dimension but the last (batch and sequence positions).")
+    b = inputs.shape[0]
+    a = inputs.reshape(b, -1, inputs.shape[-1]).float()
+    d = out_grads.reshape(b, -1, out_grads.shape[-1]).float()
+    return a, d
+
+
+def target_direction(ref_weight: Tensor, weight: Tensor, ref_bias: Tensor | None = None,
+                     bias: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+    """Return the target direction ``v = W_ref - W_t`` (and bias part) and its Frobenius norm (arXiv 2501.06708, §3).
+
+    Args:
+        ref_weight: reference weight ``(out, in)``.
+        weight: current weight ``(out, in)``.
+        ref_bias: reference bias ``(out,)``, or ``None`` when the mimic layer has no bias.
+        bias: current bias ``(out,)``, or ``None``.
+
+    Returns:
+        ``(v_weight, v_bias, norm)`` with ``norm = sqrt(||v_weight||^2 + ||v_bias||^2)`` (float32 tensors).
+
+    Raises:
+        DataError: on shape mismatch, or when exactly one of ``ref_bias``/``bias`` is given.
+    """
+    if ref_weight.shape != weight.shape:
+        raise DataError(f"reference weight shape {tuple(ref_weight.shape)} != layer weight shape "
+                        f"{tuple(weight.shape)}; the reference must have the same architecture.")
+    if (ref_bias is None) != (bias is None):
+        raise DataError("the reference and the mimic layer disagree on having a bias; use the same architecture.")
+    v_w = ref_weight.detach().float() - weight.detach().float()
+    sq = v_w.pow(2).sum()
+    v_b = None
+    if bias is not None:
+        assert ref_bias is not None
+        if ref_bias.shape != bias.shape:
+            raise DataError(f"reference bias shape {tuple(ref_bias.shape)} != layer bias shape {tuple(bias.shape)}.")
+        v_b = ref_bias.detach().float() - bias.detach().float()
+        sq = sq + v_b.pow(2).sum()
+    return v_w, v_b, float(sq.sqrt())
+
+
+def per_sample_grad_norms(inputs: Tensor, out_grads: Tensor, *, with_bias: bool = True) -> Tensor:
+    """Frobenius norm of each sample's gradient of a linear layer (weight and, optionally, bias), shape ``(B,)``.
+
+    For one position per sample ``||delta a^T|| = ||delta|| ||a||``. For sequences the squared norm is
+    ``sum_{t,s} (delta_t . delta_s)(a_t . a_s)`` (Gram matrices, cost ``B T^2 (in + out)``) or, when cheaper, the
+    materialised per-sample gradient (cost ``B T in out``).
+    """
+    a, d = _as_seq(inputs, out_grads)
+    b, t, n_in = a.shape
+    n_out = d.shape[-1]
+    if t == 1:
+        sq = d[:, 0].pow(2).sum(-1) * a[:, 0].pow(2).sum(-1)
+    elif t * (n_in + n_out) <= n_in * n_out:
+        sq = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum((1, 2))
+    else:
+        sq = torch.bmm(d.transpose(1, 2), a).pow(2).sum((1, 2))
+    if with_bias:
+        sq = sq + d.sum(1).pow(2).sum(-1)
+    return sq.clamp_min(0).sqrt()
+
+
+def mimic_scores(inputs: Tensor, out_grads: Tensor, v_weight: Tensor, v_bias: Tensor | None = None, *,
+                 variant: str = "proj", v_norm: float | None = None, eps: float = 1e-12) -> Tensor:
+    """Per-sample mimic scores ``m_i = <-g_i, v> / ||v||`` in closed form (arXiv 2501.06708, §3; spec §4.3).
+
+    ``<g_i, v> = sum_t delta_{i,t}^T V a_{i,t} (+ sum_t delta_{i,t} . v_b)``: one ``(T, out) x (out, in)`` product per
+    sample, never the ``(out, in)`` per-sample gradient.
+
+    Args:
+        inputs: layer inputs ``a``, shape ``(B, ..., in)``.
+        out_grads: gradients of each sample's loss w.r.t. the layer output, ``(B, ..., out)``.
+        v_weight: target direction ``W_ref - W_t`` ``(out, in)``.
+        v_bias: bias part of the target direction ``(out,)`` (``None``: the layer has no bias).
+        variant: ``"proj"`` (the paper's projection; scales with the gradient norm) or ``"cos"`` (additionally divided
+            by ``||g_i||``, i.e. the cosine between ``-g_i`` and ``v``).
+        v_norm: precomputed ``||v||`` (including the bias part); computed when ``None``.
+        eps: guard for ``||v||`` and ``||g_i||``. When ``||v|| <= eps`` (``W_ref == W_t``) the scores are all zero, so
+            the batch softmax gives uniform weights (the paper leaves this case open).
+
+    Returns:
+        float32 tensor ``(B,)``.
+    """
+    if variant not in ("proj", "cos"):
+        raise ConfigError(f"mimic score variant must be 'proj' or 'cos', got {variant!r}.")
+    a, d = _as_seq(inputs, out_grads)
+    vw = v_weight.float()
+    if vw.shape != (d.shape[-1], a.shape[-1]):
+        raise DataError(f"target direction shape {tuple(vw.shape)} does not match the layer (out={d.shape[-1]}, "
+                        f"in={a.shape[-1]}).")
+    if v_norm is None:
+        sq = vw.pow(2).sum() + (v_bias.float().pow(2).sum() if v_bias is not None else 0.0)
+        v_norm = float(torch.as_tensor(sq).sqrt())
+    if not v_norm > eps:
+        return torch.zeros(a.shape[0], device=a.device)
+    dot = ((d @ vw) * a).sum((1, 2))
+    if v_bias is not None:
+        dot = dot + (d.sum(1) * v_bias.float()).sum(-1)
+    scores = -dot / v_norm
+    if variant == "cos":
+        scores = scores / per_sample_grad_norms(inputs, out_grads, with_bias=v_bias is not None).clamp_min(eps)
+    return scores
+
+
+def grand_scores(inputs: Tensor, out_grads: Tensor, *, with_bias: bool = True) -> Tensor:
+    """GraNd baseline score (arXiv 2107.07075): the per-sample gradient norm of the mimic layer, ``(B,)``.
+
+    The Grad-Mimic repository takes the norm over all trainable parameters; under linear probing (the setting of its
+    tables) that is the head, i.e. this layer.
+    """
+    return per_sample_grad_norms(inputs, out_grads, with_bias=with_bias)
+
+
+def rho_scores(logits: Tensor, ref_logits: Tensor, labels: Tensor) -> Tensor:
+    """RHO-LOSS baseline score (arXiv 2206.07137): ``loss_theta(x) - loss_ref(x)`` per sample, ``(B,)``.
+
+    Cross-entropy with hard labels ``(B,)`` or soft targets ``(B, C)``. Logits may carry sequence dimensions
+    ``(B, ..., C)``; the per-sample loss is then the mean over positions (labels must broadcast accordingly).
+    """
+    if logits.shape != ref_logits.shape:
+        raise DataError(f"logits {tuple(logits.shape)} and reference logits {tuple(ref_logits.shape)} differ.")
+    c = logits.shape[-1]
+    lg, rl = logits.detach().float().reshape(-1, c), ref_logits.detach().float().reshape(-1, c)
+    if labels.dtype.is_floating_point:
+        y = labels.float().reshape(-1, c)
+    else:
+        y = labels.reshape(-1).long()
+    if y.shape[0] != lg.shape[0]:
+        raise DataError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}.")
+    own = F.cross_entropy(lg, y, reduction="none").reshape(logits.shape[0], -1).mean(1)
+    ref = F.cross_entropy(rl, y, reduction="none").reshape(logits.shape[0], -1).mean(1)
+    return own - ref
+
+
+def batch_softmax_weights(scores: Tensor, tau: float) -> Tensor:
+    """Softmax of ``scores / tau`` over the batch (arXiv 2501.06708, §3); weights sum to 1.
+
+    ``tau = inf`` gives uniform weights ``1/B`` (plain SGD). Non-finite scores (an AMP overflow step) also give uniform
+    weights. Invariant to adding a constant to every score.
+    """
+    if not (isinstance(tau, (int, float)) and tau > 0 and not math.isnan(tau)):
+        raise ConfigError(f"temperature tau must be a positive number (float('inf') for plain SGD), got {tau!r}.")
+    s = scores.float().reshape(-1)
+    n = s.numel()
+    if n == 0:
+        raise DataError("cannot compute batch weights of an empty batch.")
+    if math.isinf(tau) or not bool(torch.isfinite(s).all()):
+        return torch.full_like(s, 1.0 / n)
+    return torch.softmax(s / tau, dim=0)
+
+
+def weighted_layer_grad(inputs: Tensor, out_grads: Tensor, coeffs: Tensor, *,
+                        with_bias: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``sum_i c_i g_i`` for a linear layer as one matmul: weight part ``(out, in)`` and bias part ``(out,)``.
+
+    ``out_grads`` may be in any units (e.g. the hooked, loss-scaled ones); the result is in the same units.
+    """
+    a, d = _as_seq(inputs, out_grads)
+    c = coeffs.float().reshape(-1)
+    if c.numel() != a.shape[0]:
+        raise DataError(f"{c.numel()} coefficients for a batch of {a.shape[0]} samples.")
+    dw = d * c[:, None, None]
+    gw = dw.reshape(-1, dw.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+    gb = dw.sum((0, 1)) if with_bias else None
+    return gw, gb
+
+
+def per_sample_layer_grads(inputs: Tensor, out_grads: Tensor, *, with_bias: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Materialised per-sample gradients ``(B, out, in)`` (and ``(B, out)``): the slow reference for tests."""
+    a, d = _as_seq(inputs, out_grads)
+    gw = torch.einsum("bto,bti->boi", d, a)
+    return gw, (d.sum(1) if with_bias else None)
+
+
+def weight_entropy(weights: Tensor) -> float:
+    """Entropy of batch weights divided by ``log B`` (1 = uniform, 0 = one sample takes all the weight)."""
+    w = weights.float().reshape(-1)
+    if w.numel() <= 1:
+        return 1.0
+    h = -(w * w.clamp_min(1e-30).log()).sum()
+    return float(h / math.log(w.numel()))
