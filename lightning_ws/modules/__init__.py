@@ -1,5 +1,31 @@
-"""LightningModules of lightning_ws."""
+"""LightningModules of lightning_ws.
 
-from lightning_ws.modules.text_classifier import TextClassifier
+Classes are imported on first use (``from lightning_ws.modules import TextClassifier``), so importing this package is cheap
+and one method's optional dependencies never break another's.
+"""
 
-__all__ = ["TextClassifier"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "TextClassifier": "lightning_ws.modules.text_classifier",
+    "LokiClassifier": "lightning_ws.modules.loki",
+    "GradMimicClassifier": "lightning_ws.modules.gradmimic",
+    "PeftSequenceClassifier": "lightning_ws.modules.more",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_ws.modules' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
