@@ -1,0 +1,303 @@
+"""Label matrices: validation, one-hot encodings and labeling-function (LF) analysis.
+
+A label matrix ``L`` is an ``n x m`` integer array (numpy or torch): row ``i`` is an example, column ``j`` a labeling
+function, ``L[i, j] in {-1, 0, ..., k-1}`` with ``-1`` (:data:`ABSTAIN`) meaning "LF ``j`` abstains on example ``i``".
+This is the WRENCH / Snorkel convention (Ratner et al., arXiv 1711.10160; Zhang et al., arXiv 2109.11377).
+
+Everything here is plain numpy (no Lightning, no torch required except to accept torch tensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import DataError
+
+__all__ = [
+    "ABSTAIN",
+    "validate_label_matrix",
+    "covered_mask",
+    "LFAnalysis",
+]
+
+#: Label-matrix entry meaning "this labeling function abstains".
+ABSTAIN: int = -1
+
+#: Rows per chunk for the streaming passes over large label matrices (keeps temporaries ~ tens of MB).
+_CHUNK_ELEMS = 4_000_000
+
+
+def _to_numpy(L: Any, name: str) -> np.ndarray:
+    """Convert a numpy array / torch tensor / nested list to numpy without copying when possible."""
+    if type(L).__module__.split(".")[0] == "torch":  # import torch only for torch inputs (it is slow to import)
+        import torch
+
+        if isinstance(L, torch.Tensor):
+            if L.dtype == torch.bool:
+                raise DataError(f"{name} is a bool tensor; label matrices hold class ids in -1..k-1 "
+                                f"(-1 = abstain). Convert it with .long() if True/False really mean classes 1/0.")
+            return L.detach().cpu().numpy()
+    if isinstance(L, np.ndarray):
+        return L
+    try:
+        return np.asarray(L)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{name} could not be converted to an array ({err}); pass an n x m integer array with "
+                        f"one column per labeling function.") from None
+
+
+def validate_label_matrix(
+    L: Any,
+    num_classes: int | None = None,
+    *,
+    min_lfs: int = 1,
+    require_votes_per_lf: bool = False,
+    lf_names: Sequence[str] | None = None,
+    name: str = "L",
+) -> np.ndarray:
+    """Check a label matrix and return it as a 2-D numpy integer array.
+
+    Integer inputs keep their dtype (an ``int8`` matrix of 10^8 entries stays 100 MB); integral floats are converted
+    to ``int64``. Torch tensors are moved to CPU. Reference: the label-matrix convention of Snorkel
+    (arXiv 1711.10160) and WRENCH (arXiv 2109.11377).
+
+    Args:
+        L: ``n x m`` label matrix, ``-1`` = abstain, classes ``0..k-1``.
+        num_classes: ``k``; when ``None`` it is inferred as ``max(L) + 1`` (at least 2).
+        min_lfs: the least number of columns the caller needs (e.g. 3 for triplet methods).
+        require_votes_per_lf: raise if a column abstains on every row (needed when fitting; a column that never
+            votes carries no information and makes per-LF parameters undefined).
+        lf_names: optional LF names, used in error messages.
+        name: what to call the matrix in error messages (``"L"``, ``"dev_L"``...).
+
+    Returns:
+        The validated matrix (same object when it was already a suitable numpy integer array).
+
+    Raises:
+        DataError: 1-D / empty input, bool / object / non-integral float / NaN entries, values outside
+            ``{-1..k-1}``, fewer than ``min_lfs`` columns, or (with ``require_votes_per_lf``) an all-abstain column.
+            The message names the offending row, column and value.
+    """
+    arr = _to_numpy(L, name)
+    if arr.ndim != 2:
+        raise DataError(f"{name} must be 2-D (n examples x m labeling functions), got shape {tuple(arr.shape)}. "
+                        f"For a single labeling function pass L.reshape(-1, 1).")
+    n, m = arr.shape
+    if n == 0 or m == 0:
+        raise DataError(f"{name} is empty (shape {n} x {m}); a label model needs at least one example and one "
+                        f"labeling function.")
+    if arr.dtype == np.bool_:
+        raise DataError(f"{name} has dtype bool; label matrices hold class ids in -1..k-1 (-1 = abstain). "
+                        f"Convert with L.astype(np.int64) if True/False really mean classes 1/0.")
+    if arr.dtype.kind == "f":
+        bad = np.isnan(arr)
+        if bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) is NaN; encode a missing vote as -1 (abstain).")
+        nonint = arr != np.round(arr)
+        if nonint.any():
+            i, j = map(int, np.argwhere(nonint)[0])
+            raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) = {arr[i, j]!r} is not an integer; label "
+                            f"matrices hold class ids in -1..k-1. Threshold scores into votes first.")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise DataError(f"{name} has dtype {arr.dtype}; expected an integer array with -1 for abstain and "
+                        f"0..k-1 for classes.")
+    lo, hi = int(arr.min()), int(arr.max())
+    k = num_classes if num_classes is not None else max(hi + 1, 2)
+    if lo < ABSTAIN or hi >= k:
+        bad = (arr < ABSTAIN) | (arr >= k)
+        i, j = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) = {int(arr[i, j])} is outside -1..{k - 1} "
+                        f"(-1 = abstain, classes 0..{k - 1}). Check num_classes ({k}) or re-encode the votes.")
+    if m < min_lfs:
+        raise DataError(f"{name} has {m} labeling function(s) but this label model needs at least {min_lfs}. "
+                        f"Add labeling functions or use MajorityVote.")
+    if lf_names is not None and len(lf_names) != m:
+        raise DataError(f"lf_names has {len(lf_names)} names but {name} has {m} columns.")
+    if require_votes_per_lf:
+        votes = _column_vote_counts(arr)
+        silent = np.flatnonzero(votes == 0)
+        if silent.size:
+            j = int(silent[0])
+            raise DataError(f"{name} column {j} ({_lf(lf_names, j)}) abstains on every row, so its parameters "
+                            f"cannot be estimated; drop it (columns without votes: {silent.tolist()[:10]}).")
+    return arr
+
+
+def _lf(lf_names: Sequence[str] | None, j: int) -> str:
+    return f"LF {lf_names[j]!r}" if lf_names is not None and j < len(lf_names) else f"LF {j}"
+
+
+def _row_chunks(n: int, m: int, elems: int = _CHUNK_ELEMS) -> Iterator[slice]:
+    step = max(1, elems // max(m, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _column_vote_counts(L: np.ndarray) -> np.ndarray:
+    n, m = L.shape
+    out = np.zeros(m, dtype=np.int64)
+    for sl in _row_chunks(n, m):
+        out += (L[sl] != ABSTAIN).sum(axis=0)
+    return out
+
+
+def covered_mask(L: Any) -> np.ndarray:
+    """Return a boolean ``(n,)`` mask of the rows where at least one LF votes (not all abstain)."""
+    arr = _to_numpy(L, "L")
+    if arr.ndim != 2:
+        raise DataError(f"L must be 2-D, got shape {tuple(arr.shape)}.")
+    out = np.zeros(arr.shape[0], dtype=bool)
+    for sl in _row_chunks(*arr.shape):
+        out[sl] = (arr[sl] != ABSTAIN).any(axis=1)
+    return out
+
+
+def vote_counts(L: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` float64 array: how many LFs vote each class on each row."""
+    n, m = L.shape
+    out = np.empty((n, k), dtype=np.float64)
+    for sl in _row_chunks(n, m):
+        block = L[sl]
+        for c in range(k):
+            out[sl, c] = (block == c).sum(axis=1)
+    return out
+
+
+def onehot_block(L: np.ndarray, k: int, dtype: Any = np.float64) -> np.ndarray:
+    """Dense one-hot of the votes of a (small) row block: ``(rows, m * k)``; abstains give all-zero blocks.
+
+    Column ``j * k + c`` is 1 where LF ``j`` votes class ``c`` (the psi(x) encoding of MeTaL, arXiv 1810.02840).
+    """
+    r, m = L.shape
+    out = np.empty((r, m, k), dtype=dtype)
+    for c in range(k):
+        np.equal(L, c, out=out[:, :, c], casting="unsafe")
+    return out.reshape(r, m * k)
+
+
+def gram_float32(X: np.ndarray, Y: np.ndarray | None = None) -> np.ndarray:
+    """``X^T Y`` (``Y = X`` by default) of float32 0/±1 blocks, computed with torch's CPU GEMM, returned as float64.
+
+    torch's GEMM is several times faster than numpy's bundled OpenBLAS for these tall-skinny products on the machines
+    we measured; the inputs are small integers, so float32 products are exact for blocks of < 2^24 rows.
+    """
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    yt = xt if Y is None else torch.from_numpy(np.ascontiguousarray(Y, dtype=np.float32))
+    return (xt.T @ yt).numpy().astype(np.float64)
+
+
+def overlap_matrix(L: np.ndarray, k: int) -> np.ndarray:
+    """``O = psi^T psi / n`` (``(m k) x (m k)``, float64), accumulated over row chunks with float32 GEMM.
+
+    Entries are counts of 0/1 products; each chunk's counts are exact in float32 (chunks hold < 2^24 rows) and are
+    summed in float64.
+    """
+    n, m = L.shape
+    O = np.zeros((m * k, m * k), dtype=np.float64)
+    for sl in _row_chunks(n, m * k, elems=8_000_000):
+        O += gram_float32(onehot_block(L[sl], k, dtype=np.float32))
+    return O / n
+
+
+class LFAnalysis:
+    """Per-LF summary statistics of a label matrix (coverage, overlaps, conflicts, polarity, empirical accuracy).
+
+    Definitions follow Snorkel's ``LFAnalysis`` (arXiv 1711.10160): *coverage* is the fraction of rows where the LF
+    votes, *overlaps* the fraction where it votes and at least one other LF votes, *conflicts* the fraction where it
+    votes and another LF votes a different class, *polarity* the sorted set of classes it emits. With gold labels,
+    *correct*/*incorrect* count its votes and *emp_acc* is correct / votes (NaN for an LF that never votes).
+
+    Args:
+        L: ``n x m`` label matrix (``-1`` = abstain).
+        y: optional gold labels ``(n,)``.
+        lf_names: optional LF names (default ``lf_00``, ``lf_01``...).
+        num_classes: ``k`` (inferred when ``None``).
+
+    Example:
+        >>> import numpy as np
+        >>> L = np.array([[0, -1, 0], [1, 1, -1], [-1, -1, -1]])
+        >>> a = LFAnalysis(L, y=np.array([0, 1, 1]))
+        >>> a.coverage.tolist(), round(a.total_coverage, 3)
+        ([0.6666666666666666, 0.3333333333333333, 0.3333333333333333], 0.667)
+    """
+
+    def __init__(self, L: Any, y: Any | None = None, *, lf_names: Sequence[str] | None = None,
+                 num_classes: int | None = None) -> None:
+        L = validate_label_matrix(L, num_classes, lf_names=lf_names)
+        n, m = L.shape
+        self.n, self.m = n, m
+        self.lf_names = list(lf_names) if lf_names is not None else [f"lf_{j:02d}" for j in range(m)]
+        votes = L != ABSTAIN
+        n_votes = votes.sum(axis=1)
+        self.coverage = votes.mean(axis=0)
+        self.overlaps = (votes & (n_votes[:, None] > 1)).mean(axis=0)
+        k = num_classes if num_classes is not None else max(int(L.max()) + 1, 2)
+        counts = vote_counts(L, k)
+        # LF j conflicts on row i if some class other than its vote receives a vote.
+        conflicts = np.zeros((n, m), dtype=bool)
+        for j in range(m):
+            vj = votes[:, j]
+            same = np.where(vj, counts[np.arange(n), np.clip(L[:, j], 0, None)], 0)
+            conflicts[:, j] = vj & (n_votes - same > 0)
+        self.conflicts = conflicts.mean(axis=0)
+        self.polarity = [sorted({int(v) for v in np.unique(L[:, j]) if v != ABSTAIN}) for j in range(m)]
+        self.total_coverage = float((n_votes > 0).mean())
+        self.correct: np.ndarray | None = None
+        self.incorrect: np.ndarray | None = None
+        self.emp_acc: np.ndarray | None = None
+        if y is not None:
+            yv = np.asarray(_to_numpy(y, "y")).reshape(-1)
+            if yv.shape[0] != n:
+                raise DataError(f"y has {yv.shape[0]} labels but L has {n} rows.")
+            corr = (L == yv[:, None]) & votes
+            self.correct = corr.sum(axis=0)
+            self.incorrect = votes.sum(axis=0) - self.correct
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.emp_acc = self.correct / votes.sum(axis=0)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One dict per LF: ``lf, polarity, coverage, overlaps, conflicts`` (+ ``correct, incorrect, emp_acc``)."""
+        rows = []
+        for j in range(self.m):
+            row: dict[str, Any] = {"lf": self.lf_names[j], "polarity": self.polarity[j],
+                                   "coverage": float(self.coverage[j]), "overlaps": float(self.overlaps[j]),
+                                   "conflicts": float(self.conflicts[j])}
+            if self.emp_acc is not None:
+                row["correct"] = int(self.correct[j])
+                row["incorrect"] = int(self.incorrect[j])
+                row["emp_acc"] = float(self.emp_acc[j])
+            rows.append(row)
+        return rows
+
+    def to_table(self) -> str:
+        """A fixed-width text table of :meth:`summary`, with a final line giving total coverage."""
+        rows = self.summary()
+        cols = list(rows[0].keys())
+        cells = [[_fmt(r[c]) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)),
+                 "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+        lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
+        return "\n".join(lines)
+
+    def to_wandb_table(self) -> Any:
+        """The summary as a ``wandb.Table`` (wandb is imported lazily)."""
+        import wandb
+
+        rows = self.summary()
+        cols = list(rows[0].keys())
+        return wandb.Table(columns=cols, data=[[str(r[c]) if c == "polarity" else r[c] for c in cols] for r in rows])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if np.isnan(v) else f"{v:.4f}"
+    return str(v)

@@ -1,0 +1,387 @@
+"""Tests of the Lightning-free label models (lightning_ws.labelmodels)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_ws.data import load_wrench
+from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.labelmodels import (
+    LABEL_MODEL_NAMES,
+    DawidSkene,
+    LabelModel,
+    LFAnalysis,
+    MajorityVote,
+    MomentMatching,
+    Triplet,
+    WeightedMajorityVote,
+    covered_mask,
+    make_label_model,
+    make_synthetic_label_matrix,
+    moment_matching_objective,
+    off_diagonal_block_mask,
+    probs_to_preds,
+    validate_label_matrix,
+)
+from lightning_ws.labelmodels.cli import main as cli_main
+from lightning_ws.labelmodels.matrix import overlap_matrix
+
+ACC = np.array([0.62, 0.68, 0.72, 0.78, 0.83, 0.88, 0.92, 0.65])
+COV = np.array([0.9, 0.5, 0.7, 0.35, 0.6, 0.8, 0.4, 0.55])
+
+
+@pytest.fixture(scope="module")
+def binary_data():
+    """Imbalanced binary data (70/30) with abstains and known LF accuracies."""
+    return make_synthetic_label_matrix(40_000, ACC, COV, [0.7, 0.3], seed=11)
+
+
+@pytest.fixture(scope="module")
+def ternary_data():
+    return make_synthetic_label_matrix(40_000, ACC, COV, [0.5, 0.3, 0.2], seed=12)
+
+
+# ---------------------------------------------------------------------------------------------- recovery
+
+
+@pytest.mark.parametrize("name", ["dawid_skene", "moment_matching", "triplet", "weighted_majority_vote"])
+def test_recovers_lf_accuracies_and_beats_mv_binary(binary_data, name):
+    d = binary_data
+    lm = make_label_model(name, seed=0).fit(d.L)
+    mae = np.abs(lm.lf_accuracies - d.accuracies).mean()
+    assert mae < 0.02, (name, lm.lf_accuracies, mae)
+    assert lm.class_balance_source == "estimated"
+    np.testing.assert_allclose(lm.class_balance_, d.class_balance, atol=0.02)
+    acc = (lm.predict(d.L) == d.y).mean()
+    mv_acc = (MajorityVote().fit(d.L).predict(d.L) == d.y).mean()
+    assert acc > mv_acc + 0.01, (acc, mv_acc)
+
+
+@pytest.mark.parametrize("name", ["dawid_skene", "moment_matching"])
+def test_recovers_confusions_multiclass(ternary_data, name):
+    d = ternary_data
+    lm = make_label_model(name, num_classes=3).fit(d.L)
+    assert np.abs(lm.lf_accuracies - d.accuracies).mean() < 0.02
+    conf = lm.lf_confusions
+    assert conf.shape == (8, 3, 4)
+    np.testing.assert_allclose(conf.sum(axis=2), 1.0, atol=1e-6)
+    # abstain probability (column 0) equals 1 - coverage for every class
+    np.testing.assert_allclose(conf[:, :, 0], (1 - d.coverage)[:, None].repeat(3, 1), atol=0.03)
+
+
+def test_triplet_multiclass_is_normalised_not_softmaxed(ternary_data):
+    d = ternary_data
+    lm = Triplet(num_classes=3).fit(d.L, d.class_balance)
+    proba = lm.predict_proba(d.L[:500])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    # recompute: per-class one-vs-rest sigmoids divided by their sum
+    acc = lm.accuracies_
+    L = d.L[:500].astype(np.int64)
+    p = lm.class_balance_
+    per = np.empty((500, 3))
+    for c in range(3):
+        v = np.where(L == c, 1.0, np.where(L == -1, 0.0, -1.0))
+        z = np.log(p[c] / (1 - p[c])) + v @ np.log(acc[c] / (1 - acc[c]))
+        per[:, c] = 1 / (1 + np.exp(-z))
+    expect = per / per.sum(axis=1, keepdims=True)
+    cov = covered_mask(L)
+    np.testing.assert_allclose(proba[cov], expect[cov], rtol=1e-10)
+    assert (lm.predict(d.L) == d.y).mean() > (MajorityVote().fit(d.L).predict(d.L) == d.y).mean()
+
+
+def test_moment_matching_reaches_optimum(binary_data):
+    d = binary_data
+    lm = MomentMatching().fit(d.L, d.class_balance)
+    rep = lm.fit_report_
+    assert rep["converged"] and rep["proj_grad_norm"] < 1e-6
+    # the objective at our solution is no larger than at the true parameters or at snorkel's 0.7-precision start
+    m, k = 8, 2
+    O = overlap_matrix(d.L, k)
+    mask = off_diagonal_block_mask(m, k)
+    true_mu = np.zeros((m * k, k))
+    for j in range(m):
+        for y in range(k):
+            true_mu[j * k + y, y] = COV[j] * ACC[j]
+            true_mu[j * k + (1 - y), y] = COV[j] * (1 - ACC[j])
+    f_true, _ = moment_matching_objective(true_mu, O, d.class_balance, mask)
+    assert rep["objective"] <= f_true + 1e-12
+    f_ours, grad = moment_matching_objective(lm.mu_, O, d.class_balance, mask)
+    assert f_ours == pytest.approx(rep["objective"])
+    # numerical gradient check of the closed-form gradient
+    rng = np.random.default_rng(0)
+    mu = rng.random((m * k, k))
+    _, g = moment_matching_objective(mu, O, d.class_balance, mask)
+    e = np.zeros_like(mu)
+    e[3, 1] = 1e-6
+    num = (moment_matching_objective(mu + e, O, d.class_balance, mask)[0]
+           - moment_matching_objective(mu - e, O, d.class_balance, mask)[0]) / 2e-6
+    assert num == pytest.approx(g[3, 1], rel=1e-5)
+    # from snorkel's init the same optimum is reached
+    lm2 = MomentMatching(init="precision").fit(d.L, d.class_balance)
+    assert lm2.fit_report_["objective"] == pytest.approx(rep["objective"], rel=1e-4, abs=1e-10)
+
+
+@pytest.mark.slow
+def test_moment_matching_beats_snorkel_objective(binary_data):
+    """Optional cross-check: snorkel 0.10's SGD stops above our objective (skipped without snorkel)."""
+    snorkel_lm = pytest.importorskip("snorkel.labeling.model").LabelModel
+    d = binary_data
+    L = d.L[:10_000].astype(np.int64)
+    sn = snorkel_lm(cardinality=2, verbose=False)
+    state = torch.random.get_rng_state()
+    try:
+        sn.fit(L, class_balance=d.class_balance, n_epochs=100, lr=0.01, seed=0, progress_bar=False)
+    finally:
+        torch.random.set_rng_state(state)
+    ours = MomentMatching().fit(L, d.class_balance)
+    O = overlap_matrix(L, 2)
+    mask = off_diagonal_block_mask(8, 2)
+    f_sn, g_sn = moment_matching_objective(sn.mu.detach().numpy().astype(np.float64), O, d.class_balance, mask)
+    assert ours.fit_report_["objective"] < f_sn
+    assert ours.fit_report_["proj_grad_norm"] < 1e-3 * np.abs(g_sn).max()
+
+
+def test_dawid_skene_abstain_ignore_mode(binary_data):
+    d = binary_data
+    lm = DawidSkene(abstain="ignore").fit(d.L)
+    assert np.abs(lm.lf_accuracies - d.accuracies).mean() < 0.02
+    np.testing.assert_allclose(lm.lf_confusions[:, 0, 0], 1 - d.coverage, atol=0.01)
+    assert lm.fit_report_["converged"]
+
+
+# ------------------------------------------------------------------------------------ class balance, coverage
+
+
+def test_class_balance_sources():
+    d = make_synthetic_label_matrix(3000, ACC[:4], COV[:4], [0.6, 0.4], seed=3)
+    assert MajorityVote().fit(d.L, [0.6, 0.4]).class_balance_source == "given"
+    assert MajorityVote().fit(d.L, "uniform").class_balance_.tolist() == [0.5, 0.5]
+    dev_y = np.array([0, 0, 0, 1])
+    lm = DawidSkene().fit(d.L, dev_y=dev_y)
+    assert lm.class_balance_source == "dev"
+    np.testing.assert_allclose(lm.class_balance_, [4 / 6, 2 / 6])  # add-one smoothing, sums to 1
+    with pytest.raises(ConfigError, match="dev_y"):
+        DawidSkene().fit(d.L, "dev")
+    with pytest.raises(ConfigError, match="sum to 1"):
+        DawidSkene().fit(d.L, [0.6, 0.6])
+    with pytest.raises(ConfigError, match="2 finite"):
+        DawidSkene().fit(d.L, [0.2, 0.3, 0.5])
+    with pytest.raises(ConfigError, match="class_balance must"):
+        DawidSkene().fit(d.L, "oracle")
+
+
+def test_uncovered_rows_flagged_and_get_prior():
+    L = np.array([[0, 0, -1], [1, -1, 1], [-1, -1, -1], [1, 0, -1], [0, 1, 1]])
+    lm = DawidSkene().fit(np.tile(L, (50, 1)), [0.7, 0.3])
+    proba = lm.predict_proba(L)
+    np.testing.assert_allclose(proba[2], [0.7, 0.3])
+    assert covered_mask(L).tolist() == [True, True, False, True, True]
+    assert lm.predict(L, abstain_uncovered=True)[2] == -1
+    assert lm.predict(L)[2] == 0
+
+
+def test_tie_policies_and_determinism():
+    rng = np.random.default_rng(0)
+    L = rng.choice([-1, 0, 1], size=(400, 4))
+    mv = MajorityVote(seed=5).fit(L, [0.4, 0.6])
+    pred, ties = mv.predict(L, "random", return_ties=True)
+    assert 0.1 < ties.mean() < 0.9
+    counts = np.stack([(L == 0).sum(1), (L == 1).sum(1)], 1)
+    exp_ties = (counts[:, 0] == counts[:, 1]) & (counts.sum(1) > 0)
+    assert np.array_equal(ties & covered_mask(L), exp_ties)
+    np.testing.assert_array_equal(pred, MajorityVote(seed=5).fit(L, [0.4, 0.6]).predict(L))
+    other = MajorityVote(seed=6).fit(L, [0.4, 0.6]).predict(L)
+    assert not np.array_equal(pred[ties], other[ties])
+    assert np.array_equal(pred[~ties], other[~ties])
+    assert (mv.predict(L, "abstain")[ties] == -1).all()
+    assert (mv.predict(L, "prior")[ties] == 1).all()
+    assert (mv.predict(L, "first")[ties] == 0).all()
+    with pytest.raises(ConfigError, match="tie_break"):
+        mv.predict(L, "coin")
+    with pytest.raises(ConfigError, match="prior"):
+        probs_to_preds(np.full((2, 2), 0.5), "prior")
+
+
+@pytest.mark.parametrize("name", LABEL_MODEL_NAMES)
+def test_no_global_rng_use_and_seeded_determinism(name):
+    d = make_synthetic_label_matrix(3000, ACC, COV, [0.6, 0.4], seed=4)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    np_state, torch_state = np.random.get_state(), torch.random.get_rng_state()
+    a = make_label_model(name, seed=3).fit(d.L)
+    pa = a.predict(d.L)
+    assert np.array_equal(torch.random.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+    b = make_label_model(name, seed=3).fit(d.L)
+    np.testing.assert_array_equal(a.predict_proba(d.L), b.predict_proba(d.L))
+    np.testing.assert_array_equal(pa, b.predict(d.L))
+
+
+# ------------------------------------------------------------------------------------------------- persistence
+
+
+@pytest.mark.parametrize("name", LABEL_MODEL_NAMES)
+def test_save_load_exact_round_trip(tmp_path, name):
+    d = make_synthetic_label_matrix(2000, ACC, COV, [0.5, 0.3, 0.2], seed=5)
+    lm = make_label_model(name, num_classes=3, seed=9).fit(d.L, lf_names=[f"f{j}" for j in range(8)])
+    folder = lm.save(tmp_path / "lm")
+    assert sorted(p.name for p in folder.iterdir()) == ["label_model.json", "label_model.safetensors"]
+    back = LabelModel.load(folder)
+    assert type(back) is type(lm) and back.get_config() == lm.get_config()
+    assert back.class_balance_source == lm.class_balance_source and back.lf_names_ == lm.lf_names_
+    np.testing.assert_array_equal(back.predict_proba(d.L), lm.predict_proba(d.L))
+    np.testing.assert_array_equal(back.predict(d.L), lm.predict(d.L))
+    np.testing.assert_array_equal(back.lf_confusions, lm.lf_confusions)
+    np.testing.assert_array_equal(back.class_balance_, lm.class_balance_)
+    json.loads((folder / "label_model.json").read_text())
+    assert not list(folder.glob("*.pkl"))
+    if name != "majority_vote":
+        with pytest.raises(DataError, match="not a MajorityVote"):
+            MajorityVote.load(folder)
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(DataFileNotFoundError):
+        LabelModel.load(tmp_path / "nope")
+
+
+def test_predict_before_fit_and_wrong_width():
+    with pytest.raises(ConfigError, match="not fitted"):
+        MajorityVote().predict_proba(np.zeros((2, 3), dtype=int))
+    lm = MajorityVote().fit(np.array([[0, 1, 1], [1, 1, -1]]))
+    with pytest.raises(DataError, match="fitted on 3"):
+        lm.predict(np.array([[0, 1]]))
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("L", "match"),
+    [
+        (np.array([[0, 1], [1, 0.5]]), r"L\[1, 1\].*0.5.*not an integer"),
+        (np.array([[True, False], [False, True]]), "bool"),
+        (torch.tensor([[True, False]]), "bool tensor"),
+        (np.array([[0, "a"]], dtype=object), "dtype object"),
+        (np.array([[0, 1], [3, 1]]), r"L\[1, 0\].*= 3 is outside -1..1"),
+        (np.array([[0, -2], [1, 1]]), r"L\[0, 1\].*= -2 is outside"),
+        (np.array([[0.0, np.nan]]), r"L\[0, 1\].*NaN"),
+        (np.zeros((0, 3), dtype=int), "empty"),
+        (np.array([0, 1, 1]), "2-D"),
+        (np.array([[0, -1], [1, -1]]), r"column 1.*abstains on every row"),
+    ],
+)
+def test_bad_label_matrices(L, match):
+    with pytest.raises(DataError, match=match):
+        MajorityVote(num_classes=2).fit(L)
+
+
+def test_too_few_lfs_and_names_in_messages():
+    L = np.array([[0, 1], [1, 1], [0, 0]])
+    for cls in (Triplet, MomentMatching):
+        with pytest.raises(DataError, match="at least 3"):
+            cls().fit(L)
+    with pytest.raises(DataError, match="LF 'spam_kw'"):
+        validate_label_matrix(np.array([[0, 5]]), 2, lf_names=["ham_kw", "spam_kw"])
+
+
+def test_accepts_torch_and_integral_floats():
+    L = np.array([[0, 1, 1], [1, 1, -1], [0, 0, 0], [-1, 1, 0]])
+    a = MajorityVote().fit(torch.from_numpy(L), "uniform").predict_proba(torch.from_numpy(L))
+    b = MajorityVote().fit(L.astype(np.float32), "uniform").predict_proba(L)
+    np.testing.assert_array_equal(a, b)
+    assert validate_label_matrix(L.astype(np.int8)).dtype == np.int8
+
+
+# ------------------------------------------------------------------------------------------- WMV, MV, analysis
+
+
+def test_weighted_majority_vote_given_and_dev_accuracies():
+    d = make_synthetic_label_matrix(4000, ACC, COV, [0.6, 0.4], seed=6)
+    given = WeightedMajorityVote(accuracies=ACC).fit(d.L, d.class_balance)
+    assert given.accuracy_source == "given"
+    proba = given.predict_proba(d.L)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    # hand-computed log-odds posterior for one row
+    row = d.L[7].astype(int)
+    w = np.log(ACC / (1 - ACC))
+    s = np.log(d.class_balance) + np.array([w[row == c].sum() for c in range(2)])
+    if (row != -1).any():
+        np.testing.assert_allclose(proba[7], np.exp(s) / np.exp(s).sum())
+    dev = WeightedMajorityVote().fit(d.L, dev_L=d.L[:2000], dev_y=d.y[:2000])
+    assert dev.accuracy_source == "dev" and dev.class_balance_source == "dev"
+    assert np.abs(dev.lf_accuracies - ACC).mean() < 0.03
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        WeightedMajorityVote(accuracies=[0.5, 1.0])
+    with pytest.raises(DataError, match="dev_y"):
+        WeightedMajorityVote().fit(d.L, dev_L=d.L[:10])
+
+
+def test_lf_analysis_hand_computed():
+    L = np.array([[0, -1, 0], [1, 0, -1], [-1, -1, -1], [1, 1, 1]])
+    y = np.array([0, 1, 1, 1])
+    a = LFAnalysis(L, y, lf_names=["a", "b", "c"])
+    np.testing.assert_allclose(a.coverage, [0.75, 0.5, 0.5])
+    np.testing.assert_allclose(a.overlaps, [0.75, 0.5, 0.5])
+    np.testing.assert_allclose(a.conflicts, [0.25, 0.25, 0.0])
+    assert a.polarity == [[0, 1], [0, 1], [0, 1]]
+    np.testing.assert_allclose(a.emp_acc, [1.0, 0.5, 1.0])
+    table = a.to_table()
+    assert table.splitlines()[0].split() == ["lf", "polarity", "coverage", "overlaps", "conflicts", "correct",
+                                             "incorrect", "emp_acc"]
+    assert "rows with at least one vote: 0.7500" in table
+    rows = a.summary()
+    assert rows[1]["incorrect"] == 1 and rows[0]["lf"] == "a"
+    wandb = pytest.importorskip("wandb")
+    t = a.to_wandb_table()
+    assert isinstance(t, wandb.Table) and t.columns[0] == "lf" and len(t.data) == 3
+
+
+def test_youtube_majority_vote_matches_direct_computation():
+    tr, te = load_wrench("youtube", "train"), load_wrench("youtube", "test")
+    mv = MajorityVote().fit(tr.weak_labels, "uniform")
+    pred = mv.predict(te.weak_labels, "first")
+    L = te.weak_labels
+    direct = np.array([np.argmax([(row == 0).sum(), (row == 1).sum()]) for row in L])
+    np.testing.assert_array_equal(pred, direct)
+    acc = (pred == te.labels).mean()
+    assert acc == pytest.approx((direct == te.labels).mean())
+    assert 0.7 < acc < 0.9
+    # the EM-style models do at least as well as majority vote on this set
+    ds = DawidSkene().fit(tr.weak_labels)
+    assert (ds.predict(L) == te.labels).mean() >= acc
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_youtube_writes_json(tmp_path, capsys):
+    out = tmp_path / "res.json"
+    assert cli_main(["youtube", "--models", "mv,ds,mm", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "keyword_subscribe" in printed and "moment_matching" in printed
+    res = json.loads(out.read_text())
+    assert res["metric"] == "accuracy" and [r["model"] for r in res["results"]] == [
+        "majority_vote", "dawid_skene", "moment_matching"]
+    assert all(0.5 < r["metric_all"] <= 1 for r in res["results"])
+    assert all(r["class_balance_source"] == "estimated" for r in res["results"])
+
+
+def test_cli_bad_input(tmp_path):
+    with pytest.raises(DataFileNotFoundError, match="neither a shipped"):
+        cli_main([str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="unknown label model"):
+        cli_main(["youtube", "--models", "mv,bogus"])
+
+
+def test_factory_aliases():
+    assert isinstance(make_label_model("MV"), MajorityVote)
+    assert isinstance(make_label_model("snorkel"), MomentMatching)
+    assert isinstance(make_label_model("flyingsquid", solve="median"), Triplet)
+    with pytest.raises(ConfigError, match="bad arguments"):
+        make_label_model("mv", lr=0.1)
