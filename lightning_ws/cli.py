@@ -322,7 +322,9 @@ def _from_user_input(err: BaseException) -> bool:
 
 
 def _register_builtin_commands() -> None:
-    """Built-in non-training commands (added by the method packages)."""
+    """Built-in non-training commands (each method package provides a ``main(argv) -> int``)."""
+    COMMANDS["labelmodel"] = ("lightning_ws.labelmodels.cli:main",
+                              "fit label models on a WRENCH-format data set; LF table and test metric of each model")
 
 
 _register_builtin_commands()

@@ -1,0 +1,166 @@
+"""Pseudolabels from a label model, served to Lightning: :class:`PseudoLabelDataModule`.
+
+The training split's labeling-function votes (the WRENCH label matrix, or votes of Python labeling functions applied
+here) are aggregated by a label model from :mod:`lightning_ws.labelmodels`; the end model then trains on the label
+model's posteriors (soft targets, with the noise-aware soft cross-entropy of data programming, arXiv:1605.07723) or
+on its hard predictions. Gold labels are used only for validation and test (and, if asked, a labelled dev set for
+the class balance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_ws.data import WrenchSplit
+from lightning_ws.datamodules.text import TextClassificationDataModule
+from lightning_ws.errors import ConfigError, DataError
+
+__all__ = ["PseudoLabelDataModule"]
+
+
+class PseudoLabelDataModule(TextClassificationDataModule):
+    """Text classification trained from label-model pseudolabels instead of gold labels.
+
+    Args:
+        dataset: WRENCH data set name (``"youtube"``, ``"sms"``) or folder (see :class:`TextClassificationDataModule`).
+        label_model: a label-model name for :func:`lightning_ws.labelmodels.make_label_model` (``majority_vote``,
+            ``weighted_majority_vote``, ``dawid_skene``, ``moment_matching``, ``triplet``).
+        label_model_kwargs: constructor arguments of that model (``seed`` defaults to this module's ``seed``).
+        label_model_path: load a saved label model (``LabelModel.save``) instead of fitting one.
+        save_label_model: where to save the fitted label model (safetensors + JSON; never overwrites an existing
+            file unless it is the same path given as ``label_model_path``).
+        class_balance: ``None`` (the label model's default: estimated without labels), ``"uniform"``,
+            ``"estimated"``, ``"dev"`` (from the gold labels of the ``valid`` split) or ``k`` probabilities.
+        soft_labels: train on posteriors (``True``, default) or on hard predictions (``False``).
+        drop_uncovered: drop training rows where every labeling function abstains (default ``True``: their
+            "label" would only be the prior). With ``False`` they are kept with the prior as target.
+        labeling_functions: optional Python labeling functions ``f(text) -> int`` (``-1`` = abstain) to apply to
+            the training texts instead of using the shipped label matrix; applied in parallel, cached.
+        lf_cache_dir: cache folder for applied labeling functions (``None`` = no cache).
+        lf_workers: processes used to apply labeling functions (``1`` = in this process).
+        tie_break: tie-breaking of hard pseudolabels (see ``LabelModel.predict``).
+        **others: as :class:`TextClassificationDataModule`.
+
+    Attributes:
+        label_model: the fitted (or loaded) label model, after ``setup("fit")``.
+        label_model_report: coverage, kept rows, class balance and its source, and the pseudolabels' accuracy
+            against the gold training labels (a diagnostic only; gold labels never reach training).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "youtube",
+        label_model: str = "moment_matching",
+        label_model_kwargs: dict[str, Any] | None = None,
+        label_model_path: str | None = None,
+        save_label_model: str | None = None,
+        class_balance: Literal["uniform", "estimated", "dev"] | list[float] | None = None,
+        soft_labels: bool = True,
+        drop_uncovered: bool = True,
+        labeling_functions: Sequence[Callable[[str], int]] | None = None,
+        lf_cache_dir: str | None = None,
+        lf_workers: int = 1,
+        tie_break: Literal["random", "first", "prior", "abstain"] = "random",
+        tokenizer: str | None = None,
+        max_length: int = 64,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        train_limit: int | None = None,
+    ) -> None:
+        super().__init__(dataset=dataset, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed, train_limit=train_limit)
+        from lightning_ws.labelmodels import LABEL_MODEL_NAMES, make_label_model
+
+        if lf_workers < 1:
+            raise ConfigError(f"lf_workers must be >= 1, got {lf_workers}.")
+        kwargs = dict(label_model_kwargs or {})
+        kwargs.setdefault("seed", seed)
+        kwargs.setdefault("num_classes", self.num_classes)
+        if label_model_path is None:
+            make_label_model(label_model, **kwargs)  # fail fast on an unknown name or bad arguments
+        elif not Path(label_model_path).exists():
+            raise ConfigError(f"label_model_path {label_model_path!r} does not exist; fit a label model first "
+                              f"(`lightning-ws labelmodel ...` or save_label_model=...) or leave it empty.")
+        self._label_model_name = label_model
+        self._label_model_kwargs = kwargs
+        self._label_model_path = label_model_path
+        self._save_label_model = save_label_model
+        self._class_balance = class_balance
+        self._soft = soft_labels
+        self._drop_uncovered = drop_uncovered
+        self._lfs = list(labeling_functions) if labeling_functions is not None else None
+        self._lf_cache_dir = lf_cache_dir
+        self._lf_workers = lf_workers
+        self._tie_break = tie_break
+        self._known_models = LABEL_MODEL_NAMES
+        self.label_model = None
+        self.label_model_report: dict[str, Any] = {}
+
+    def label_matrix(self, data: WrenchSplit) -> np.ndarray:
+        """The training split's label matrix: the shipped one, or the given labeling functions applied to texts."""
+        if self._lfs is None:
+            return data.weak_labels
+        from lightning_ws.labelmodels.lf_apply import apply_lfs
+
+        return apply_lfs(self._lfs, data.texts, workers=self._lf_workers, cache_dir=self._lf_cache_dir)
+
+    def _fit_label_model(self, L: np.ndarray):
+        from lightning_ws.labelmodels import LabelModel, make_label_model
+
+        if self._label_model_path is not None:
+            return LabelModel.load(self._label_model_path)
+        model = make_label_model(self._label_model_name, **self._label_model_kwargs)
+        fit_kwargs: dict[str, Any] = {}
+        if self._class_balance == "dev":
+            dev = self.load_split("valid")
+            dev_L = dev.weak_labels if self._lfs is None else self.label_matrix(dev)
+            fit_kwargs.update(dev_L=dev_L, dev_y=dev.labels)
+        model.fit(L, class_balance=self._class_balance, **fit_kwargs)
+        if self._save_label_model is not None:
+            target = Path(self._save_label_model)
+            if target.exists():
+                raise ConfigError(f"save_label_model: {target} already exists; choose a new path (existing files "
+                                  f"are never overwritten).")
+            model.save(target)
+        return model
+
+    def train_targets(self, data: WrenchSplit) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Rows kept, pseudolabels (soft ``(n, k)`` float32 or hard ``(n,)`` int64), no extras."""
+        from lightning_ws.labelmodels import covered_mask
+
+        L = self.label_matrix(data)
+        if L.shape[0] != data.n:
+            raise DataError(f"the label matrix has {L.shape[0]} rows for {data.n} training texts.")
+        self.label_model = model = self._fit_label_model(L)
+        covered = covered_mask(L)
+        probs = model.predict_proba(L)
+        rows = np.flatnonzero(covered) if self._drop_uncovered else np.arange(data.n)
+        if rows.size == 0:
+            raise DataError("every labeling function abstains on every training row: nothing to train on.")
+        if self._soft:
+            labels = probs[rows].astype(np.float32)
+            hard = probs[rows].argmax(1)
+        else:
+            hard = np.asarray(model.predict(L, tie_break=self._tie_break))[rows]
+            keep = hard >= 0  # tie_break="abstain" marks unresolved ties with -1: drop them
+            rows, hard = rows[keep], hard[keep]
+            labels = hard.astype(np.int64)
+        self.label_model_report = {
+            "label_model": type(model).__name__,
+            "class_balance": np.asarray(model.class_balance_).round(4).tolist(),
+            "class_balance_source": model.class_balance_source,
+            "coverage": float(covered.mean()),
+            "rows_kept": int(rows.size),
+            "rows_total": int(data.n),
+            "targets": "soft" if self._soft else "hard",
+            "pseudolabel_accuracy_vs_gold": float((hard == data.labels[rows]).mean()),
+        }
+        rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
+        return rows, labels, {}
