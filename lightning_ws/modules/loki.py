@@ -67,7 +67,9 @@ class LokiClassifier(pl.LightningModule):
             raise ConfigError(f"temperature must be > 0; got {temperature}.")
         if observed_classes is not None and len(set(observed_classes)) != len(observed_classes):
             raise ConfigError(f"observed_classes has duplicates: {observed_classes}.")
-        self.save_hyperparameters(ignore=["backbone", "metric"])
+        # observed_classes is stored in the checkpoint (on_save_checkpoint), not in hparams: a datamodule that
+        # provides it would otherwise clash with the model's value (None) when Lightning merges hparams for logging.
+        self.save_hyperparameters(ignore=["backbone", "metric", "observed_classes"])
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
         self.squared, self.temperature, self.lr, self.weight_decay = squared, temperature, lr, weight_decay
