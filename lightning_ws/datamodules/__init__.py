@@ -4,10 +4,7 @@ Classes are imported on first use (``from lightning_ws.datamodules import TextCl
 and one method's optional dependencies never break another's.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from lightning_ws._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TextClassificationDataModule": "lightning_ws.datamodules.text",
@@ -21,16 +18,4 @@ _EXPORTS: dict[str, str] = {
     "TensorMixtureDataModule": "lightning_ws.datamodules.rnb",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_ws.datamodules' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -4,10 +4,7 @@ Classes are imported on first use (``from lightning_ws.modules import TextClassi
 and one method's optional dependencies never break another's.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from lightning_ws._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "TextClassifier": "lightning_ws.modules.text_classifier",
@@ -16,16 +13,4 @@ _EXPORTS: dict[str, str] = {
     "PeftSequenceClassifier": "lightning_ws.modules.more",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_ws.modules' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
