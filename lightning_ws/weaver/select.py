@@ -1,0 +1,723 @@
+"""Weaver's selection pipeline (arXiv 2506.18203), step by step, with the flaws of the reference fixed.
+
+Steps (spec §6), each a documented function or small fitted transform:
+
+0. :func:`majority_vote_scores`: the answer-agreement pseudo-verifier (min-max scaled answer frequency per problem);
+1. :class:`ScoreNormalizer`: ``minmax`` / ``quantile`` / ``winsorize`` / ``none``, ``global`` or ``per_problem``;
+   a *fitted, persisted* transform (the reference refits on every split and skips verifiers already in [0, 1]);
+   ``NaN`` stays missing (the reference turns it into a hard 0);
+2. :class:`Binarizer`: a fixed global threshold (reference) or a per-verifier quantile matched to the class balance
+   ``pi`` (the reference's ``"cb"`` rule, but with ``pi`` from the chosen supervision mode); missing -> abstain;
+3. :class:`VerifierFilter`: vote-rate band (reference ``"all"``: 0.1 < rate < 0.9) plus an optional label-free
+   accuracy floor from a first label-model fit; never keeps fewer than ``min_keep`` verifiers and reports the kept set;
+4. a label model from :mod:`lightning_ws.labelmodels` (default ``moment_matching`` run to convergence, the
+   MeTaL-style objective of the paper, instead of the reference's 1000 unconverged SGD steps);
+5. per-candidate score ``P(correct | votes)``; 6. :func:`select_candidates` with a deterministic tie-break by a
+   continuous score (the reference silently takes the lowest index; binary votes tie in ~2/3 of problems).
+
+:class:`Weaver` wraps the pipeline. The **supervision mode** is an explicit argument recorded in every report:
+
+* ``"label_free"``: no labels anywhere; the class prior is estimated by the label model (EM on the votes);
+* ``"few_labels"``: labels of a small dev split of *problems* give the prior (add-one smoothed) and the dev votes;
+* ``"transductive"``: the prior is the evaluation set's true correct rate, as in every shipped reference config.
+  Use it only to reproduce published numbers: it reads the labels of the data being scored.
+
+Lightning-free (numpy + the numpy label models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver.data import VerificationData
+
+__all__ = [
+    "MODES",
+    "TIE_BREAKS",
+    "majority_vote_scores",
+    "majority_vote_select",
+    "first_sample_select",
+    "ScoreNormalizer",
+    "Binarizer",
+    "VerifierFilter",
+    "select_candidates",
+    "tie_rate",
+    "Weaver",
+]
+
+#: Supervision modes of :meth:`Weaver.fit`.
+MODES = ("label_free", "few_labels", "transductive")
+#: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
+TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
+_NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
+_SCOPES = ("global", "per_problem")
+MV_NAME = "majority_vote"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Step 0: majority-vote pseudo-verifier and simple baselines
+# ----------------------------------------------------------------------------------------------------------------
+
+def majority_vote_scores(answer_ids: np.ndarray) -> np.ndarray:
+    """Min-max scaled answer frequency per problem (Weaver's MV pseudo-verifier, arXiv 2506.18203, spec Step 0).
+
+    Each candidate gets ``(f(a_n) - min_a f) / (max_a f - min_a f)`` over the answers ``a`` present in its problem;
+    all answers equally frequent (including a single distinct answer) -> 1 for everyone. Candidates without an
+    extracted answer (``-1``) get 0 and are not counted as an answer (the paper leaves this open; the reference
+    counts ``NO_ANSWER`` as an answer, which lets a crowd of failed extractions become "the majority").
+
+    Args:
+        answer_ids: ``(P, N)`` int answer codes per problem, ``-1`` = no answer.
+
+    Returns:
+        ``(P, N)`` float64 in ``[0, 1]``.
+    """
+    ids = np.asarray(answer_ids)
+    if ids.ndim != 2:
+        raise DataError(f"answer_ids must have shape (P, N); got {ids.shape}.")
+    out = np.zeros(ids.shape, dtype=np.float64)
+    for p in range(ids.shape[0]):
+        row = ids[p]
+        valid = row >= 0
+        if not valid.any():
+            continue
+        _, inv, counts = np.unique(row[valid], return_inverse=True, return_counts=True)
+        lo, hi = counts.min(), counts.max()
+        out[p, valid] = 1.0 if hi == lo else (counts[inv] - lo) / (hi - lo)
+    return out
+
+
+def majority_vote_select(answer_ids: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Majority vote over the first ``k`` candidates (reference ``"one_sample"`` rule, spec §8).
+
+    The most frequent extracted answer wins (candidates without an answer excluded; equal counts go to the answer
+    that appears first) and the first candidate carrying it is selected. A problem without any answer selects 0.
+
+    Returns:
+        ``(P,)`` int64 selected candidate indices.
+    """
+    ids = np.asarray(answer_ids)
+    k = ids.shape[1] if k is None else int(k)
+    if not 1 <= k <= ids.shape[1]:
+        raise ConfigError(f"k must lie in [1, {ids.shape[1]}], got {k}.")
+    sel = np.zeros(ids.shape[0], dtype=np.int64)
+    for p in range(ids.shape[0]):
+        row = ids[p, :k]
+        best, best_c = -1, 0
+        for n, a in enumerate(row):
+            if a < 0:
+                continue
+            c = int((row == a).sum())
+            if c > best_c:  # strict: equal counts keep the earlier answer
+                best, best_c = n, c
+        sel[p] = max(best, 0)
+    return sel
+
+
+def first_sample_select(num_problems: int) -> np.ndarray:
+    """The "first sample" baseline: candidate 0 of every problem."""
+    return np.zeros(int(num_problems), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Step 1: normalisation
+# ----------------------------------------------------------------------------------------------------------------
+
+def _quantile_interp(x: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Monotone map through possibly repeated quantiles: average of forward and backward interpolation."""
+    return 0.5 * (np.interp(x, q, t) - np.interp(-x, -q[::-1], -t[::-1]))
+
+
+class ScoreNormalizer:
+    """Per-verifier score normalisation, fitted once and persisted (Weaver, arXiv 2506.18203, spec Step 2).
+
+    Args:
+        method: ``"quantile"`` (default: empirical CDF through ``n_quantiles`` stored quantiles, output in [0, 1];
+            scale-free, so one threshold means the same for every verifier), ``"minmax"`` (reference), ``"winsorize"``
+            (clip at the ``winsor`` percentiles, then min-max) or ``"none"``.
+        scope: ``"global"`` (statistics over all problems, reference ``all_problems``) or ``"per_problem"``
+            (each problem's candidates separately; a constant row falls back to the global transform).
+        n_quantiles: stored quantiles for ``"quantile"`` (reference uses ``min(n, 100)``; default 101).
+        winsor: lower/upper percentiles for ``"winsorize"`` (reference 5 / 95).
+        skip_unit_interval: reference quirk: leave verifiers whose values already lie in [0, 1] unchanged
+            (default False: it makes a threshold mean different things for different verifiers).
+
+    ``NaN`` stays ``NaN`` (missing -> abstain later; the reference replaces it by 0). A constant verifier maps to 0.5.
+    """
+
+    def __init__(self, method: str = "quantile", scope: str = "global", *, n_quantiles: int = 101,
+                 winsor: tuple[float, float] = (5.0, 95.0), skip_unit_interval: bool = False) -> None:
+        if method not in _NORM_METHODS:
+            raise ConfigError(f"normalisation method must be one of {_NORM_METHODS}, got {method!r}.")
+        if scope not in _SCOPES:
+            raise ConfigError(f"normalisation scope must be one of {_SCOPES}, got {scope!r}.")
+        if int(n_quantiles) < 2:
+            raise ConfigError(f"n_quantiles must be >= 2, got {n_quantiles}.")
+        lo, hi = (float(w) for w in winsor)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ConfigError(f"winsor must be two percentiles 0 <= lo < hi <= 100, got {winsor}.")
+        self.method, self.scope = method, scope
+        self.n_quantiles = int(n_quantiles)
+        self.winsor = (lo, hi)
+        self.skip_unit_interval = bool(skip_unit_interval)
+        self.quantiles_: np.ndarray | None = None  # (V, n_quantiles)
+        self.lo_: np.ndarray | None = None  # (V,)
+        self.hi_: np.ndarray | None = None
+        self.passthrough_: np.ndarray | None = None  # (V,) bool
+
+    def fit(self, scores: np.ndarray) -> ScoreNormalizer:
+        """Fit per-verifier statistics on ``(P, N, V)`` scores (NaN ignored)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 3:
+            raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+        V = s.shape[2]
+        self.quantiles_ = np.zeros((V, self.n_quantiles))
+        self.lo_, self.hi_ = np.zeros(V), np.zeros(V)
+        self.passthrough_ = np.zeros(V, dtype=bool)
+        levels = np.linspace(0.0, 100.0, self.n_quantiles)
+        for v in range(V):
+            x = s[:, :, v]
+            x = x[~np.isnan(x)]
+            if x.size == 0:
+                raise DataError(f"verifier column {v} has no finite score; drop it before normalising.")
+            self.quantiles_[v] = np.percentile(x, levels)
+            if self.method == "winsorize":
+                self.lo_[v], self.hi_[v] = np.percentile(x, self.winsor)
+            else:
+                self.lo_[v], self.hi_[v] = x.min(), x.max()
+            self.passthrough_[v] = self.method == "none" or (
+                self.skip_unit_interval and x.min() >= 0.0 and x.max() <= 1.0)
+        return self
+
+    def _check(self, V: int) -> None:
+        if self.quantiles_ is None:
+            raise ConfigError("ScoreNormalizer is not fitted; call fit(scores) first.")
+        if self.quantiles_.shape[0] != V:
+            raise DataError(f"normaliser was fitted on {self.quantiles_.shape[0]} verifiers, got {V}.")
+
+    def _global(self, x: np.ndarray, v: int) -> np.ndarray:
+        if self.passthrough_[v]:
+            return x.copy()
+        if self.method == "quantile":
+            q = self.quantiles_[v]
+            if q[-1] <= q[0]:
+                return np.where(np.isnan(x), np.nan, 0.5)
+            return np.where(np.isnan(x), np.nan, _quantile_interp(np.nan_to_num(x), q, np.linspace(0, 1, q.size)))
+        lo, hi = self.lo_[v], self.hi_[v]
+        if hi <= lo:
+            return np.where(np.isnan(x), np.nan, 0.5)
+        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+
+    def transform(self, scores: np.ndarray) -> np.ndarray:
+        """Normalise ``(P, N, V)`` scores with the fitted statistics (NaN preserved)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 3:
+            raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+        self._check(s.shape[2])
+        out = np.empty_like(s)
+        for v in range(s.shape[2]):
+            g = self._global(s[:, :, v], v)
+            if self.scope == "global" or self.passthrough_[v]:
+                out[:, :, v] = g
+                continue
+            x = s[:, :, v]
+            if self.method == "quantile":  # within-problem mid-rank in [0, 1]
+                r = np.full_like(x, np.nan)
+                for p in range(x.shape[0]):
+                    ok = ~np.isnan(x[p])
+                    xs = x[p, ok]
+                    if xs.size >= 2 and xs.max() > xs.min():
+                        less = (xs[:, None] > xs[None, :]).sum(1)
+                        eq = (xs[:, None] == xs[None, :]).sum(1) - 1
+                        r[p, ok] = (less + 0.5 * eq) / (xs.size - 1)
+                    else:
+                        r[p, ok] = g[p, ok]
+                out[:, :, v] = r
+            else:
+                xx = x
+                if self.method == "winsorize":
+                    lo_p = np.nanpercentile(np.where(np.isnan(x).all(1, keepdims=True), 0, x), self.winsor[0],
+                                            axis=1, keepdims=True)
+                    hi_p = np.nanpercentile(np.where(np.isnan(x).all(1, keepdims=True), 0, x), self.winsor[1],
+                                            axis=1, keepdims=True)
+                    xx = np.clip(x, lo_p, hi_p)
+                with np.errstate(all="ignore"):
+                    mn = np.nanmin(np.where(np.isnan(xx).all(1, keepdims=True), 0, xx), axis=1, keepdims=True)
+                    mx = np.nanmax(np.where(np.isnan(xx).all(1, keepdims=True), 0, xx), axis=1, keepdims=True)
+                    row = (xx - mn) / (mx - mn)
+                out[:, :, v] = np.where((mx > mn), row, g)
+        return out
+
+    def fit_transform(self, scores: np.ndarray) -> np.ndarray:
+        """:meth:`fit` then :meth:`transform`."""
+        return self.fit(scores).transform(scores)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able fitted state (plain lists)."""
+        self._check(0 if self.quantiles_ is None else self.quantiles_.shape[0])
+        return {"method": self.method, "scope": self.scope, "n_quantiles": self.n_quantiles,
+                "winsor": list(self.winsor), "skip_unit_interval": self.skip_unit_interval,
+                "quantiles": self.quantiles_.tolist(), "lo": self.lo_.tolist(), "hi": self.hi_.tolist(),
+                "passthrough": self.passthrough_.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.__init__(state["method"], state["scope"], n_quantiles=state["n_quantiles"],
+                      winsor=tuple(state["winsor"]), skip_unit_interval=state["skip_unit_interval"])
+        self.quantiles_ = np.asarray(state["quantiles"], dtype=np.float64)
+        self.lo_ = np.asarray(state["lo"], dtype=np.float64)
+        self.hi_ = np.asarray(state["hi"], dtype=np.float64)
+        self.passthrough_ = np.asarray(state["passthrough"], dtype=bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Step 2: binarisation
+# ----------------------------------------------------------------------------------------------------------------
+
+class Binarizer:
+    """Turn normalised scores into votes ``{-1 abstain, 0 incorrect, 1 correct}`` (Weaver, spec Step 3).
+
+    Args:
+        method: ``"prior"`` (default: per-verifier threshold = the ``(1 - pi)`` quantile of its scores, so every
+            verifier's positive rate is about ``pi``; the reference's ``"cb"`` rule, with ``pi`` from the supervision
+            mode instead of always from the evaluation labels) or ``"fixed"`` (one global ``threshold``, reference).
+        threshold: global threshold for ``"fixed"`` (reference values 0.01-0.95 per data set; default 0.5).
+
+    Verifiers with at most two distinct values (judges, the MV pseudo-verifier at the extremes) are thresholded
+    midway between their values in both methods. ``NaN`` -> ``-1`` (abstain, not a hard "no" as in the reference).
+    A vote is ``1[x >= tau]``.
+    """
+
+    def __init__(self, method: str = "prior", threshold: float = 0.5) -> None:
+        if method not in ("prior", "fixed"):
+            raise ConfigError(f"binarisation method must be 'prior' or 'fixed', got {method!r}.")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ConfigError(f"threshold must lie in [0, 1], got {threshold}.")
+        self.method, self.threshold = method, float(threshold)
+        self.thresholds_: np.ndarray | None = None
+
+    def fit(self, normalized: np.ndarray, class_balance: float | None = None) -> Binarizer:
+        """Choose per-verifier thresholds on ``(P, N, V)`` normalised scores; ``class_balance`` = ``pi`` (P(correct))."""
+        s = np.asarray(normalized, dtype=np.float64)
+        if self.method == "prior":
+            if class_balance is None or not 0.0 < float(class_balance) < 1.0:
+                raise ConfigError(f"Binarizer('prior') needs class_balance pi in (0, 1), got {class_balance!r}.")
+        V = s.shape[2]
+        th = np.full(V, self.threshold)
+        for v in range(V):
+            x = s[:, :, v]
+            x = x[~np.isnan(x)]
+            vals = np.unique(x)
+            if vals.size == 2:
+                th[v] = 0.5 * (vals[0] + vals[1])
+            elif self.method == "prior":
+                th[v] = float(np.quantile(x, 1.0 - float(class_balance)))
+        self.thresholds_ = th
+        return self
+
+    def transform(self, normalized: np.ndarray) -> np.ndarray:
+        """``(P, N, V)`` int64 votes in ``{-1, 0, 1}``."""
+        if self.thresholds_ is None:
+            raise ConfigError("Binarizer is not fitted; call fit(...) first.")
+        s = np.asarray(normalized, dtype=np.float64)
+        if s.shape[2] != self.thresholds_.size:
+            raise DataError(f"binariser was fitted on {self.thresholds_.size} verifiers, got {s.shape[2]}.")
+        votes = (s >= self.thresholds_[None, None, :]).astype(np.int64)
+        votes[np.isnan(s)] = -1
+        return votes
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state."""
+        return {"method": self.method, "threshold": self.threshold,
+                "thresholds": None if self.thresholds_ is None else self.thresholds_.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.__init__(state["method"], state["threshold"])
+        self.thresholds_ = None if state["thresholds"] is None else np.asarray(state["thresholds"], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Step 3: verifier filtering
+# ----------------------------------------------------------------------------------------------------------------
+
+class VerifierFilter:
+    """Keep informative verifiers (Weaver, spec Step 4), with a guaranteed minimum and a report of the kept set.
+
+    Args:
+        band: keep verifiers whose positive-vote rate ``m_v`` (over non-abstain votes) lies strictly inside
+            ``band`` (reference ``"all"``: ``(0.1, 0.9)``; ``"small"`` = ``(0.5, 1)``; ``"large"`` = ``(0, 0.5)``).
+        min_accuracy: optional floor on each verifier's *label-free* accuracy estimate (``lf_accuracies`` of a first
+            label-model fit); ``None`` (default) disables it.
+        min_keep: never keep fewer (the reference can drop every verifier); the missing ones are refilled by
+            estimated accuracy when available, else by ``|m_v - 0.5|`` (closest to balanced first). Default 3, the
+            minimum the moment-matching label model needs.
+    """
+
+    def __init__(self, band: tuple[float, float] = (0.1, 0.9), min_accuracy: float | None = None,
+                 min_keep: int = 3) -> None:
+        lo, hi = (float(b) for b in band)
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"band must satisfy 0 <= lo < hi <= 1, got {band}.")
+        if min_accuracy is not None and not 0.0 <= float(min_accuracy) <= 1.0:
+            raise ConfigError(f"min_accuracy must lie in [0, 1] or be None, got {min_accuracy}.")
+        if int(min_keep) < 1:
+            raise ConfigError(f"min_keep must be >= 1, got {min_keep}.")
+        self.band, self.min_accuracy, self.min_keep = (lo, hi), min_accuracy, int(min_keep)
+        self.kept_: np.ndarray | None = None
+        self.report_: dict[str, Any] = {}
+
+    def fit(self, votes: np.ndarray, accuracies: np.ndarray | None = None,
+            names: Sequence[str] | None = None) -> VerifierFilter:
+        """Decide the kept verifiers from ``(P, N, V)`` (or ``(n, V)``) votes and optional accuracy estimates."""
+        L = np.asarray(votes).reshape(-1, np.asarray(votes).shape[-1])
+        V = L.shape[1]
+        names = list(names) if names is not None else [f"v{j}" for j in range(V)]
+        voted = (L >= 0).sum(0)
+        rate = np.divide((L == 1).sum(0), voted, out=np.full(V, np.nan), where=voted > 0)
+        keep = (rate > self.band[0]) & (rate < self.band[1])
+        if self.min_accuracy is not None and accuracies is not None:
+            keep &= np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=0.0) >= self.min_accuracy
+        refilled: list[str] = []
+        need = min(self.min_keep, V) - int(keep.sum())
+        if need > 0:
+            if accuracies is not None:
+                order = np.argsort(-np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=-1.0), kind="stable")
+            else:
+                order = np.argsort(np.nan_to_num(np.abs(rate - 0.5), nan=1.0), kind="stable")
+            for j in order:
+                if need == 0:
+                    break
+                if not keep[j]:
+                    keep[j] = True
+                    refilled.append(names[j])
+                    need -= 1
+        self.kept_ = np.flatnonzero(keep)
+        self.report_ = {"positive_rate": {n: (None if np.isnan(r) else float(r)) for n, r in zip(names, rate)},
+                        "kept": [names[j] for j in self.kept_],
+                        "dropped": [names[j] for j in range(V) if not keep[j]], "refilled": refilled}
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Step 6: selection with an explicit tie-break
+# ----------------------------------------------------------------------------------------------------------------
+
+def select_candidates(scores: np.ndarray, *, secondary: np.ndarray | None = None, tie_break: str = "secondary",
+                      seed: int = 0, tol: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax per problem with an explicit tie policy (Weaver, spec Step 7 and §12.3).
+
+    Args:
+        scores: ``(P, N)`` primary scores (NaN = never selected unless a whole row is NaN).
+        secondary: ``(P, N)`` continuous score that breaks ties among candidates within ``tol`` of the maximum
+            (``tie_break="secondary"``); NaN counts as lowest.
+        tie_break: ``"secondary"`` (default; needs ``secondary``), ``"random"`` (uniform among the tied, seeded
+            generator: same call, same answer) or ``"first"`` (lowest index, the reference's silent behaviour).
+            After ``"secondary"``, candidates still tied are resolved by the lowest index (documented, deterministic).
+        seed: seed for ``"random"``.
+        tol: tie tolerance on the primary score.
+
+    Returns:
+        ``(selected (P,) int64, tied (P,) bool)`` where ``tied`` flags problems whose top primary score was tied.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2:
+        raise DataError(f"scores must have shape (P, N); got {s.shape}.")
+    if tie_break not in ("secondary", "random", "first"):
+        raise ConfigError(f"tie_break must be 'secondary', 'random' or 'first', got {tie_break!r}.")
+    if tie_break == "secondary":
+        if secondary is None:
+            raise ConfigError("tie_break='secondary' needs a (P, N) secondary score; pass secondary=... or use "
+                              "tie_break='random'.")
+        sec = np.asarray(secondary, dtype=np.float64)
+        if sec.shape != s.shape:
+            raise DataError(f"secondary must have the shape of scores {s.shape}; got {sec.shape}.")
+        sec = np.where(np.isnan(sec), -np.inf, sec)
+    prim = np.where(np.isnan(s), -np.inf, s)
+    top = prim.max(axis=1, keepdims=True)
+    cand = prim >= top - tol
+    tied = cand.sum(axis=1) > 1
+    if tie_break == "first":
+        return cand.argmax(axis=1).astype(np.int64), tied
+    if tie_break == "random":
+        rng = np.random.default_rng(seed)
+        u = rng.random(s.shape)
+        return np.where(cand, u, -1.0).argmax(axis=1).astype(np.int64), tied
+    return np.where(cand, sec, -np.inf).argmax(axis=1).astype(np.int64), tied
+
+
+def tie_rate(scores: np.ndarray, tol: float = 1e-9) -> float:
+    """Fraction of problems whose top score is shared by two or more candidates."""
+    s = np.where(np.isnan(np.asarray(scores, dtype=np.float64)), -np.inf, np.asarray(scores, dtype=np.float64))
+    return float(((s >= s.max(axis=1, keepdims=True) - tol).sum(axis=1) > 1).mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Weaver pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+class Weaver:
+    """Weaver verifier-ensemble selection (Saad-Falcon et al., arXiv 2506.18203), label model from the core.
+
+    ``Weaver(...).fit(data, mode=...)`` fits normaliser, binariser, filter and label model on the *unlabelled*
+    verifier scores of ``data`` (plus labels only as the mode allows); ``score(data) -> (P, N)`` gives
+    ``P(correct | votes)``; ``select(data) -> (P,)`` picks one candidate per problem.
+
+    Args:
+        label_model: a :func:`lightning_ws.labelmodels.make_label_model` name (default ``"moment_matching"``: the
+            paper's MeTaL objective, here solved to convergence; ``"dawid_skene"`` and ``"triplet"`` also work).
+        label_model_kwargs: extra constructor arguments of the label model.
+        normalize: :class:`ScoreNormalizer` method (default ``"quantile"``; reference ``"minmax"``).
+        normalize_scope: ``"global"`` (default, reference) or ``"per_problem"``.
+        binarize: :class:`Binarizer` method (default ``"prior"``; reference ``"fixed"``).
+        threshold: threshold for ``binarize="fixed"`` (default 0.5; the reference tunes 0.01-0.95 per data set).
+        band: :class:`VerifierFilter` vote-rate band (default ``(0.1, 0.9)``, reference ``"all"``).
+        min_accuracy: optional label-free accuracy floor of :class:`VerifierFilter` (default None).
+        min_keep: minimum number of kept verifiers (default 3).
+        mv_verifier: add the answer-agreement pseudo-verifier (default True, as every reference config).
+        tie_break: ``"continuous_mean"`` (default: the nan-mean of the kept verifiers' normalised continuous scores),
+            ``"mv_frequency"`` (answer frequency), ``"random"`` (seeded) or ``"first"`` (reference).
+        prior_iterations: label-free prior refinements with ``binarize="prior"`` (start at pi = 0.5, re-binarise at
+            the label model's estimate; default 3).
+        seed: seed of every random choice (dev split, random tie-break, label model).
+    """
+
+    def __init__(self, label_model: str = "moment_matching", *, label_model_kwargs: dict[str, Any] | None = None,
+                 normalize: str = "quantile", normalize_scope: str = "global", binarize: str = "prior",
+                 threshold: float = 0.5, band: tuple[float, float] = (0.1, 0.9), min_accuracy: float | None = None,
+                 min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
+                 prior_iterations: int = 3, seed: int = 0) -> None:
+        from lightning_ws.labelmodels import make_label_model
+
+        if tie_break not in TIE_BREAKS:
+            raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
+        if int(prior_iterations) < 1:
+            raise ConfigError(f"prior_iterations must be >= 1, got {prior_iterations}.")
+        self.label_model_name = label_model
+        self.label_model_kwargs = dict(label_model_kwargs or {})
+        make_label_model(label_model, num_classes=2, seed=seed, **self.label_model_kwargs)  # validate early
+        self.normalizer = ScoreNormalizer(normalize, normalize_scope)
+        self.binarizer = Binarizer(binarize, threshold)
+        self.filter = VerifierFilter(band, min_accuracy, min_keep)
+        self.mv_verifier = bool(mv_verifier)
+        self.tie_break = tie_break
+        self.prior_iterations = int(prior_iterations)
+        self.seed = int(seed)
+        self.label_model_ = None
+        self.verifier_names_: list[str] | None = None
+        self.mode_: str | None = None
+        self.report_: dict[str, Any] = {}
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _scores(self, data: VerificationData) -> tuple[np.ndarray, list[str]]:
+        s, names = data.scores, list(data.verifier_names)
+        if self.mv_verifier:
+            if MV_NAME in names:
+                raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass "
+                                f"mv_verifier=False.")
+            s = np.concatenate([s, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
+            names.append(MV_NAME)
+        return s, names
+
+    def _make_lm(self) -> Any:
+        from lightning_ws.labelmodels import make_label_model
+
+        return make_label_model(self.label_model_name, num_classes=2, seed=self.seed, **self.label_model_kwargs)
+
+    @staticmethod
+    def _flat(votes: np.ndarray) -> np.ndarray:
+        return votes.reshape(-1, votes.shape[2])
+
+    def _fit_lm(self, L: np.ndarray, cb: Any, dev_L: np.ndarray | None, dev_y: np.ndarray | None,
+                names: list[str]) -> Any:
+        return self._make_lm().fit(L, class_balance=cb, dev_L=dev_L, dev_y=dev_y, lf_names=names)
+
+    # -- fit ----------------------------------------------------------------------------------------------------
+    def fit(self, data: VerificationData, mode: str = "label_free", *, dev_problems: Sequence[int] | None = None,
+            dev_fraction: float | None = None) -> Weaver:
+        """Fit the pipeline on ``data`` in an explicit supervision mode.
+
+        Args:
+            data: verification data (its verifier scores are used without labels).
+            mode: ``"label_free"``, ``"few_labels"`` or ``"transductive"`` (see the module docstring).
+            dev_problems: for ``"few_labels"``: indices of the labelled dev problems in ``data``.
+            dev_fraction: for ``"few_labels"`` without ``dev_problems``: draw this fraction of problems (seeded).
+
+        Raises:
+            ConfigError: unknown mode or a mode without what it needs. DataError: labels missing for the mode.
+        """
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
+        raw, names = self._scores(data)
+        P = data.num_problems
+        dev_idx: np.ndarray | None = None
+        if mode == "few_labels":
+            correct = data.require_labels("mode='few_labels'")
+            if dev_problems is None:
+                if dev_fraction is None or not 0.0 < float(dev_fraction) < 1.0:
+                    raise ConfigError("mode='few_labels' needs dev_problems=[...] or dev_fraction in (0, 1).")
+                n_dev = max(1, int(round(float(dev_fraction) * P)))
+                dev_idx = np.sort(np.random.default_rng(self.seed).choice(P, n_dev, replace=False))
+            else:
+                dev_idx = np.unique(np.asarray(dev_problems, dtype=np.int64))
+                if dev_idx.size == 0 or dev_idx.min() < 0 or dev_idx.max() >= P:
+                    raise ConfigError(f"dev_problems must be non-empty indices in [0, {P}).")
+        elif dev_problems is not None or dev_fraction is not None:
+            raise ConfigError(f"dev_problems/dev_fraction only apply to mode='few_labels', not {mode!r}.")
+        norm = self.normalizer.fit_transform(raw)
+        pi: float | None
+        if mode == "transductive":
+            pi = float(data.require_labels("mode='transductive'").mean())
+        elif mode == "few_labels":
+            y = correct[dev_idx].ravel()
+            pi = float((y.sum() + 1.0) / (y.size + 2.0))
+        else:
+            pi = None
+        dev_y = None if dev_idx is None else correct[dev_idx].ravel().astype(np.int64)
+        report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name,
+                                  "n_problems": P, "n_candidates": data.num_candidates,
+                                  "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size)}
+
+        def run(pi_bin: float | None, cb: Any) -> tuple[Any, np.ndarray]:
+            self.binarizer.fit(norm, pi_bin)
+            votes = self.binarizer.transform(norm)
+            acc = None
+            if self.filter.min_accuracy is not None:
+                acc = self._fit_lm(self._flat(votes), cb, None if dev_idx is None else self._flat(votes[dev_idx]),
+                                   dev_y, names).lf_accuracies
+            self.filter.fit(votes, acc, names)
+            kept = self.filter.kept_
+            kv = votes[:, :, kept]
+            lm = self._fit_lm(self._flat(kv), cb, None if dev_idx is None else self._flat(kv[dev_idx]), dev_y,
+                              [names[j] for j in kept])
+            return lm, kv
+
+        if pi is not None:
+            cb = np.array([1.0 - pi, pi])
+            lm, _ = run(pi, cb)
+            history = [pi]
+        else:  # label-free: the label model estimates pi; with prior binarisation iterate from pi = 0.5
+            pi_b = 0.5 if self.binarizer.method == "prior" else None
+            history = []
+            iters = self.prior_iterations if self.binarizer.method == "prior" else 1
+            for _ in range(iters):
+                lm, _ = run(pi_b, "estimated")
+                est = float(np.clip(lm.class_balance_[1], 0.02, 0.98))
+                history.append(est)
+                if pi_b is not None and abs(est - pi_b) < 0.01:
+                    break
+                pi_b = est if pi_b is not None else None
+            pi = history[-1]
+        self.label_model_ = lm
+        self.verifier_names_ = names
+        self.mode_ = mode
+        report.update({"class_balance": float(lm.class_balance_[1]), "class_balance_source":
+                       lm.class_balance_source, "prior_history": history,
+                       "thresholds": dict(zip(names, self.binarizer.thresholds_.tolist())),
+                       **{k: v for k, v in self.filter.report_.items()},
+                       "label_model_fit": {k: v for k, v in lm.fit_report_.items()
+                                           if isinstance(v, (int, float, str, bool))}})
+        if dev_idx is not None:
+            report["dev_problems"] = dev_idx.tolist()
+        self.report_ = report
+        return self
+
+    # -- inference ----------------------------------------------------------------------------------------------
+    def _check_fitted(self, data: VerificationData) -> tuple[np.ndarray, list[str]]:
+        if self.label_model_ is None:
+            raise ConfigError("Weaver is not fitted; call fit(data, mode=...) first.")
+        raw, names = self._scores(data)
+        if names != self.verifier_names_:
+            raise DataError(f"data has verifiers {names} but Weaver was fitted on {self.verifier_names_}; pass the "
+                            f"same verifiers in the same order (VerificationData.select_verifiers).")
+        return raw, names
+
+    def _votes_and_norm(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
+        raw, _ = self._check_fitted(data)
+        norm = self.normalizer.transform(raw)
+        return self.binarizer.transform(norm)[:, :, self.filter.kept_], norm
+
+    def score(self, data: VerificationData) -> np.ndarray:
+        """``(P, N)`` float64 ``P(correct | votes)`` from the fitted label model."""
+        votes, _ = self._votes_and_norm(data)
+        proba = self.label_model_.predict_proba(self._flat(votes))[:, 1]
+        return proba.reshape(votes.shape[0], votes.shape[1])
+
+    def secondary_scores(self, data: VerificationData) -> np.ndarray:
+        """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
+        votes, norm = self._votes_and_norm(data)
+        if self.tie_break == "continuous_mean":
+            kept = norm[:, :, self.filter.kept_]
+            with np.errstate(all="ignore"):
+                return np.where(np.isnan(kept).all(axis=2), np.nan, np.nanmean(kept, axis=2))
+        if self.tie_break == "mv_frequency":
+            return majority_vote_scores(data.answer_ids())
+        return np.full(votes.shape[:2], np.nan)
+
+    def select(self, data: VerificationData, *, return_ties: bool = False
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``(P,)`` selected candidate per problem (and the ``(P,)`` tied-at-top mask with ``return_ties``)."""
+        s = self.score(data)
+        if self.tie_break in ("random", "first"):
+            sel, tied = select_candidates(s, tie_break=self.tie_break, seed=self.seed)
+        else:
+            sel, tied = select_candidates(s, secondary=self.secondary_scores(data), tie_break="secondary")
+        return (sel, tied) if return_ties else sel
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/weaver.json`` (config, fitted transforms, report) and the label model folder; no pickle."""
+        from lightning_ws.io import save_json
+
+        if self.label_model_ is None:
+            raise ConfigError("Weaver is not fitted; nothing to save.")
+        folder = Path(path)
+        self.label_model_.save(folder / "label_model")
+        save_json(folder / "weaver.json", _jsonable({
+            "format_version": 1, "label_model": self.label_model_name, "label_model_kwargs": self.label_model_kwargs,
+            "normalizer": self.normalizer.state_dict(), "binarizer": self.binarizer.state_dict(),
+            "filter": {"band": list(self.filter.band), "min_accuracy": self.filter.min_accuracy,
+                       "min_keep": self.filter.min_keep, "kept": self.filter.kept_.tolist()},
+            "mv_verifier": self.mv_verifier, "tie_break": self.tie_break, "prior_iterations": self.prior_iterations,
+            "seed": self.seed, "verifier_names": self.verifier_names_, "mode": self.mode_, "report": self.report_}))
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> Weaver:
+        """Load what :meth:`save` wrote."""
+        from lightning_ws.io import load_json
+        from lightning_ws.labelmodels import LabelModel
+
+        folder = Path(path)
+        st = load_json(folder / "weaver.json")
+        w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], band=tuple(st["filter"]["band"]),
+                min_accuracy=st["filter"]["min_accuracy"], min_keep=st["filter"]["min_keep"],
+                mv_verifier=st["mv_verifier"], tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
+                seed=st["seed"])
+        w.normalizer.load_state_dict(st["normalizer"])
+        w.binarizer.load_state_dict(st["binarizer"])
+        w.filter.kept_ = np.asarray(st["filter"]["kept"], dtype=np.int64)
+        w.verifier_names_, w.mode_, w.report_ = st["verifier_names"], st["mode"], st["report"]
+        w.label_model_ = LabelModel.load(folder / "label_model")
+        return w
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj

@@ -1,0 +1,408 @@
+"""Tests of the Weaver selection pipeline (arXiv 2506.18203): data, pipeline steps, metrics, report and CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from math import comb
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.metrics.weaver import (
+    MajorityAtK,
+    PassAtK,
+    ScoreAUROC,
+    SelectionAccuracy,
+    TieRate,
+    majority_at_k,
+    pass_at_k,
+    score_auroc,
+    selection_accuracy,
+)
+from lightning_ws.weaver import (
+    Binarizer,
+    ScoreNormalizer,
+    VerificationData,
+    VerifierFilter,
+    Weaver,
+    load_weaver_table,
+    majority_vote_scores,
+    majority_vote_select,
+    make_synthetic_verification,
+    select_candidates,
+    tie_rate,
+)
+from lightning_ws.weaver.report import naive_ensemble_scores, weaver_report
+from lightning_ws.weaver.verifiers import heuristic_scores, safe_eval
+
+TPR = [0.9, 0.85, 0.85] + [0.55] * 6
+TNR = [0.9, 0.85, 0.8] + [0.5] * 6
+
+
+def _acc(data: VerificationData, sel: np.ndarray) -> float:
+    return float(data.correct[np.arange(len(sel)), sel].mean())
+
+
+# -- pipeline quality on synthetic verifiers with known accuracies ------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("mode", ["label_free", "transductive"])
+def test_weaver_beats_majority_and_naive_ensemble(seed, mode):
+    data = make_synthetic_verification(300, 8, TPR, TNR, seed=seed)
+    mv = _acc(data, majority_vote_select(data.answer_ids()))
+    norm = ScoreNormalizer().fit_transform(np.concatenate(
+        [data.scores, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2))
+    naive = _acc(data, select_candidates(naive_ensemble_scores(norm), tie_break="first")[0])
+    w = Weaver().fit(data, mode)
+    acc = _acc(data, w.select(data))
+    assert acc > naive + 0.02, (acc, naive)
+    assert acc > mv + 0.1, (acc, mv)
+    assert w.report_["mode"] == mode
+    # the three accurate verifiers must get the highest estimated accuracies
+    lm_acc = dict(zip(w.report_["kept"], w.label_model_.lf_accuracies))
+    good = [lm_acc[f"verifier_{j}"] for j in range(3)]
+    junk = [lm_acc[f"verifier_{j}"] for j in range(3, 9) if f"verifier_{j}" in lm_acc]
+    assert min(good) > max(junk)
+
+
+def test_label_free_prior_estimate_is_close_and_modes_are_recorded():
+    data = make_synthetic_verification(300, 8, TPR, TNR, seed=3)
+    true_pi = float(data.correct.mean())
+    w = Weaver().fit(data, "label_free")
+    assert abs(w.report_["class_balance"] - true_pi) < 0.1
+    assert w.report_["class_balance_source"] == "estimated"
+    wt = Weaver().fit(data, "transductive")
+    assert wt.report_["class_balance"] == pytest.approx(true_pi)
+    wf = Weaver().fit(data, "few_labels", dev_fraction=0.1)
+    assert wf.report_["n_dev_problems"] == 30 and wf.report_["class_balance_source"] == "given"
+
+
+def test_weaver_mode_errors_and_refit_shape_checks():
+    data = make_synthetic_verification(40, 4, TPR[:4], TNR[:4], seed=0)
+    with pytest.raises(ConfigError, match="mode"):
+        Weaver().fit(data, "semi")
+    with pytest.raises(ConfigError, match="dev_problems"):
+        Weaver().fit(data, "few_labels")
+    with pytest.raises(ConfigError, match="few_labels"):
+        Weaver().fit(data, "label_free", dev_fraction=0.1)
+    unlabeled = VerificationData(data.scores, data.answers, data.verifier_names)
+    with pytest.raises(DataError, match="labels"):
+        Weaver().fit(unlabeled, "transductive")
+    with pytest.raises(ConfigError, match="not fitted"):
+        Weaver().score(data)
+    w = Weaver().fit(unlabeled, "label_free")
+    with pytest.raises(DataError, match="fitted on"):
+        w.score(data.select_verifiers(data.verifier_names[:3]))
+    with pytest.raises(ConfigError, match="tie_break"):
+        Weaver(tie_break="lowest")
+    with pytest.raises(ConfigError, match="unknown label model"):
+        Weaver("nope")
+
+
+def test_weaver_save_load_roundtrip(tmp_path):
+    data = make_synthetic_verification(60, 6, TPR, TNR, seed=2, missing_rate=0.05)
+    w = Weaver("dawid_skene").fit(data, "label_free")
+    w.save(tmp_path / "w")
+    assert not list(tmp_path.rglob("*.pkl")) and (tmp_path / "w" / "weaver.json").is_file()
+    w2 = Weaver.load(tmp_path / "w")
+    np.testing.assert_array_equal(w.score(data), w2.score(data))
+    np.testing.assert_array_equal(w.select(data), w2.select(data))
+    assert w2.mode_ == "label_free"
+
+
+# -- selection and tie-breaking -------------------------------------------------------------------------------
+
+def test_tie_break_is_deterministic_and_uses_the_continuous_score():
+    s = np.array([[0.9, 0.9, 0.1], [0.2, 0.7, 0.7], [0.5, 0.4, 0.3]])
+    sec = np.array([[0.1, 0.8, 0.9], [0.0, 0.3, 0.6], [0.0, 1.0, 1.0]])
+    sel, tied = select_candidates(s, secondary=sec)
+    np.testing.assert_array_equal(sel, [1, 2, 0])
+    np.testing.assert_array_equal(tied, [True, True, False])
+    first, _ = select_candidates(s, tie_break="first")
+    np.testing.assert_array_equal(first, [0, 1, 0])
+    r1, _ = select_candidates(s, tie_break="random", seed=5)
+    r2, _ = select_candidates(s, tie_break="random", seed=5)
+    np.testing.assert_array_equal(r1, r2)
+    assert r1[0] in (0, 1) and r1[1] in (1, 2) and r1[2] == 0
+    assert tie_rate(s) == pytest.approx(2 / 3)
+    with pytest.raises(ConfigError, match="secondary"):
+        select_candidates(s)
+
+
+def test_binary_votes_tie_often_and_weaver_does_not_fall_back_to_first_sample():
+    data = make_synthetic_verification(200, 8, TPR[:5], TNR[:5], seed=4, noise=0.05)
+    w = Weaver(mv_verifier=False, normalize="minmax", binarize="fixed").fit(data, "label_free")
+    sel, tied = w.select(data, return_ties=True)
+    assert tied.mean() > 0.2  # binary votes: many ties at the top
+    np.testing.assert_array_equal(sel, w.select(data))  # deterministic
+    wf = Weaver(mv_verifier=False, normalize="minmax", binarize="fixed", tie_break="first").fit(data, "label_free")
+    sel_first = wf.select(data)
+    s = w.score(data)
+    lowest = np.array([np.flatnonzero(row >= row.max() - 1e-9)[0] for row in s])
+    np.testing.assert_array_equal(sel_first, lowest)  # "first" = the reference's lowest tied index
+    # the default policy resolves ties by the continuous mean score, not by position
+    sec = w.secondary_scores(data)
+    for p in np.flatnonzero(tied):
+        cands = np.flatnonzero(s[p] >= s[p].max() - 1e-9)
+        assert sec[p, sel[p]] == sec[p, cands].max()
+    assert (sel[tied] != lowest[tied]).any()
+    w_mv = Weaver(tie_break="mv_frequency").fit(data, "label_free")
+    sel_mv, tied_mv = w_mv.select(data, return_ties=True)
+    mvs = majority_vote_scores(data.answer_ids())
+    sc = w_mv.score(data)
+    for p in np.flatnonzero(tied_mv):
+        cands = np.flatnonzero(sc[p] >= sc[p].max() - 1e-9)
+        assert mvs[p, sel_mv[p]] == mvs[p, cands].max()
+
+
+# -- pipeline units -----------------------------------------------------------------------------------------------
+
+def test_majority_vote_pseudo_verifier_edge_cases():
+    ids = np.array([[0, 0, 1, 2, 0, 1], [0, 1, 2, 3, -1, -1], [0, 0, 0, 0, 0, 0], [-1, -1, -1, -1, -1, -1],
+                    [0, 1, 0, 1, 2, -1]])
+    out = majority_vote_scores(ids)
+    np.testing.assert_allclose(out[0], [1, 1, 0.5, 0, 1, 0.5])
+    np.testing.assert_allclose(out[1], [1, 1, 1, 1, 0, 0])  # equal frequencies -> 1; no answer -> 0
+    np.testing.assert_allclose(out[2], 1.0)  # a single distinct answer -> 1
+    np.testing.assert_allclose(out[3], 0.0)
+    np.testing.assert_allclose(out[4], [1, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(majority_vote_select(ids), [0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(majority_vote_select(np.array([[-1, 3, 2, 2]])), [2])
+
+
+def test_normalizer_methods_and_nan_handling():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(20, 5, 3)) * np.array([1.0, 10.0, 0.0]) + np.array([0.0, 5.0, 2.0])
+    s[0, 0, 0] = np.nan
+    q = ScoreNormalizer("quantile").fit_transform(s)
+    assert np.isnan(q[0, 0, 0]) and np.nanmin(q[:, :, :2]) >= 0 and np.nanmax(q[:, :, :2]) <= 1
+    np.testing.assert_allclose(q[:, :, 2], 0.5)  # constant verifier -> 0.5
+    x, qx = s[:, :, 1].ravel(), q[:, :, 1].ravel()
+    o = np.argsort(x)
+    assert np.all(np.diff(qx[o]) >= -1e-12)  # monotone
+    mm = ScoreNormalizer("minmax").fit_transform(s)
+    assert np.nanmin(mm[:, :, 1]) == 0.0 and np.nanmax(mm[:, :, 1]) == 1.0
+    w = ScoreNormalizer("winsorize").fit(s)
+    lo, hi = np.nanpercentile(s[:, :, 1], [5, 95])
+    np.testing.assert_allclose(w.transform(s)[:, :, 1], (np.clip(s[:, :, 1], lo, hi) - lo) / (hi - lo))
+    pp = ScoreNormalizer("minmax", "per_problem").fit_transform(s)
+    np.testing.assert_allclose(np.nanmax(pp[:, :, 1], axis=1), 1.0)
+    np.testing.assert_allclose(np.nanmin(pp[:, :, 1], axis=1), 0.0)
+    unit = np.clip(s, 0, 1)
+    skip = ScoreNormalizer("minmax", skip_unit_interval=True).fit_transform(unit)
+    np.testing.assert_array_equal(np.isnan(skip), np.isnan(unit))
+    np.testing.assert_allclose(skip[~np.isnan(unit)], unit[~np.isnan(unit)])
+    n2 = ScoreNormalizer()
+    n2.load_state_dict(json.loads(json.dumps(ScoreNormalizer().fit(s).state_dict())))
+    np.testing.assert_array_equal(n2.transform(s), q)
+    with pytest.raises(ConfigError, match="method"):
+        ScoreNormalizer("zscore")
+    with pytest.raises(ConfigError, match="not fitted"):
+        ScoreNormalizer().transform(s)
+
+
+def test_binarizer_prior_quantile_fixed_and_abstain():
+    rng = np.random.default_rng(1)
+    s = rng.random((100, 10, 3))
+    s[:, :, 2] = (s[:, :, 2] > 0.5).astype(float)  # a binary judge
+    s[0, 0, :] = np.nan
+    b = Binarizer("prior").fit(s, class_balance=0.3)
+    v = b.transform(s)
+    assert set(np.unique(v)) == {-1, 0, 1}
+    assert (v[0, 0] == -1).all()
+    for j in (0, 1):
+        assert abs((v[:, :, j][v[:, :, j] >= 0] == 1).mean() - 0.3) < 0.01
+    np.testing.assert_array_equal(v[:, :, 2][v[:, :, 2] >= 0], s[:, :, 2][~np.isnan(s[:, :, 2])])
+    f = Binarizer("fixed", 0.8).fit(s)
+    np.testing.assert_allclose(f.thresholds_, [0.8, 0.8, 0.5])
+    with pytest.raises(ConfigError, match="class_balance"):
+        Binarizer("prior").fit(s)
+
+
+def test_verifier_filter_band_and_min_keep():
+    votes = np.zeros((50, 4, 5), dtype=np.int64)
+    votes[:, :, 0] = 1  # always yes
+    votes[:, :2, 1] = 1  # rate 0.5
+    votes[:, :1, 2] = 1  # rate 0.25
+    votes[:, :, 4] = -1
+    votes[:, 0, 4] = 1  # only votes on candidate 0 -> rate 1
+    f = VerifierFilter().fit(votes, names=list("abcde"))
+    # a, d and e are equally far from balanced: the stable order refills "a"
+    assert f.report_["kept"] == ["a", "b", "c"] and f.report_["refilled"] == ["a"]
+    f2 = VerifierFilter(band=(0.1, 0.9), min_keep=1).fit(votes, names=list("abcde"))
+    assert f2.report_["kept"] == ["b", "c"]
+    f3 = VerifierFilter(min_accuracy=0.6, min_keep=1).fit(votes, accuracies=np.array([.9, .55, .7, .9, .9]))
+    assert f3.kept_.tolist() == [2]
+    with pytest.raises(ConfigError, match="band"):
+        VerifierFilter(band=(0.6, 0.4))
+
+
+# -- metrics --------------------------------------------------------------------------------------------------
+
+def test_pass_at_k_matches_brute_force():
+    rng = np.random.default_rng(0)
+    correct = rng.random((30, 7)) < rng.random((30, 1))
+    for k in (1, 2, 3, 7):
+        brute = np.mean([np.mean([row[list(c)].any() for c in itertools.combinations(range(7), k)])
+                         for row in correct])
+        assert float(pass_at_k(torch.from_numpy(correct), k)) == pytest.approx(brute, abs=1e-12)
+        closed = np.mean([1 - comb(7 - r.sum(), k) / comb(7, k) for r in correct])
+        assert brute == pytest.approx(closed)
+    m = PassAtK(k=3)
+    m.update(torch.from_numpy(correct[:10]))
+    m.update(torch.from_numpy(correct[10:]))
+    assert float(m.compute()) == pytest.approx(float(pass_at_k(torch.from_numpy(correct), 3)))
+    with pytest.raises(ConfigError, match="k must"):
+        pass_at_k(torch.from_numpy(correct), 8)
+
+
+def test_selection_majority_auroc_and_tie_metrics():
+    from sklearn.metrics import roc_auc_score
+
+    data = make_synthetic_verification(50, 6, TPR[:4], TNR[:4], seed=5, missing_rate=0.1)
+    c = torch.from_numpy(data.correct)
+    ids = torch.from_numpy(data.answer_ids())
+    sel = majority_vote_select(data.answer_ids())
+    assert float(majority_at_k(ids, c)) == pytest.approx(_acc(data, sel))
+    assert float(majority_at_k(ids, c, 3)) == pytest.approx(_acc(data, majority_vote_select(data.answer_ids(), 3)))
+    assert float(selection_accuracy(torch.from_numpy(sel), c)) == pytest.approx(_acc(data, sel))
+    s = data.scores[:, :, 0]
+    ok = ~np.isnan(s)
+    assert float(score_auroc(torch.from_numpy(s), c)) == pytest.approx(roc_auc_score(data.correct[ok], s[ok]))
+    tied = np.round(s)  # heavy ties
+    ok = ~np.isnan(tied)
+    assert float(score_auroc(torch.from_numpy(tied), c)) == pytest.approx(roc_auc_score(data.correct[ok], tied[ok]))
+    for metric, args in ((SelectionAccuracy(), (torch.from_numpy(sel), c)), (MajorityAtK(), (ids, c)),
+                         (ScoreAUROC(), (torch.from_numpy(s), c)), (TieRate(), (torch.from_numpy(tied),))):
+        metric.update(*[a[:20] for a in args])
+        metric.update(*[a[20:] for a in args])
+    assert float(TieRate().forward(torch.from_numpy(np.nan_to_num(tied, nan=-9)))) == pytest.approx(
+        tie_rate(np.nan_to_num(tied, nan=-9)))
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert np.isnan(float(SelectionAccuracy().compute()))
+    with pytest.raises(DataError, match="shape"):
+        selection_accuracy(torch.tensor([0]), torch.tensor([True]))
+
+
+# -- data loading ---------------------------------------------------------------------------------------------
+
+def _rows(n_problems=4, n=3):
+    rows = []
+    rng = np.random.default_rng(0)
+    for p in range(n_problems):
+        rows.append({"instruction": f"q{p}", "samples": [f"s{p}{i}" for i in range(n)],
+                     "extracted_answers": ["1", "NO_ANSWER", "2"][:n],
+                     "answer_correct": [True, False, False][:n],
+                     "GRM_scores": rng.normal(size=n).tolist(),
+                     "Judge_verdicts": [[1.0], [0.0, 1.0], [None]][:n],
+                     "PRM_step_scores": [[0.1, 0.2]] * n,
+                     "weaver_scores": [0.5] * n})
+    return rows
+
+
+def _write(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_weaver_table_layout(tmp_path):
+    d = load_weaver_table(_write(tmp_path / "d.jsonl", _rows()))
+    assert d.verifier_names == ["GRM", "Judge"] and d.verifier_kinds == ["reward_model", "judge"]
+    assert d.scores.shape == (4, 3, 2)
+    np.testing.assert_allclose(d.scores[0, :, 1], [1.0, 0.5, np.nan])  # verdicts averaged, None -> missing
+    assert d.answers[0] == ["1", None, "2"]  # NO_ANSWER -> None
+    assert d.answer_ids()[0].tolist() == [0, -1, 1]
+    assert d.correct.dtype == bool and d.instructions[1] == "q1"
+    d2 = load_weaver_table(tmp_path / "d.jsonl", verifiers=["Judge"], keep_texts=False)
+    assert d2.verifier_names == ["Judge"] and d2.samples is None
+
+
+def test_load_weaver_table_validation_errors(tmp_path):
+    rows = _rows()
+    rows[2]["samples"] = rows[2]["samples"][:2]
+    rows[2]["extracted_answers"] = rows[2]["extracted_answers"][:2]
+    with pytest.raises(DataError, match="row 2 has 2 candidates"):
+        load_weaver_table(_write(tmp_path / "ragged.jsonl", rows))
+    rows = _rows()
+    rows[1]["GRM_scores"] = [1.0, 2.0]
+    with pytest.raises(DataError, match="GRM_scores"):
+        load_weaver_table(_write(tmp_path / "col.jsonl", rows))
+    rows = _rows()
+    rows[0]["answer_correct"] = [True]
+    with pytest.raises(DataError, match="answer_correct"):
+        load_weaver_table(_write(tmp_path / "lab.jsonl", rows))
+    rows = _rows()
+    for r in rows:
+        r["Dead_scores"] = [None] * 3
+    with pytest.raises(DataError, match="Dead"):
+        load_weaver_table(_write(tmp_path / "nan.jsonl", rows), drop_empty_verifiers=False)
+    assert "Dead" not in load_weaver_table(tmp_path / "nan.jsonl").verifier_names
+    with pytest.raises(DataError, match="not found"):
+        load_weaver_table(tmp_path / "d0.jsonl" if False else _write(tmp_path / "ok.jsonl", _rows()),
+                          verifiers=["Missing"])
+    with pytest.raises(DataFileNotFoundError):
+        load_weaver_table(tmp_path / "absent.jsonl")
+    with pytest.raises(DataError, match="shape"):
+        VerificationData(np.zeros((2, 3)), [["a"] * 3] * 2, ["v"])
+    with pytest.raises(DataError, match="all NaN"):
+        VerificationData(np.full((2, 3, 1), np.nan), [["a"] * 3] * 2, ["v"])
+    with pytest.raises(DataError, match="correct must have shape"):
+        VerificationData(np.zeros((2, 3, 1)), [["a"] * 3] * 2, ["v"], correct=np.zeros((2, 2), dtype=bool))
+    with pytest.raises(DataError, match="ragged"):
+        VerificationData(np.zeros((2, 3, 1)), [["a"] * 3, ["a"] * 2], ["v"])
+    with pytest.raises(DataError, match="unique"):
+        VerificationData(np.zeros((2, 3, 2)), [["a"] * 3] * 2, ["v", "v"])
+
+
+def test_heuristic_verifiers():
+    assert safe_eval("16-3-4") == 9 and safe_eval("2**3*1,000") == 8000 and safe_eval("1/0") is None
+    assert safe_eval("__import__('os')") is None and safe_eval("9**999") is None
+    q = ["Tom has 3 apples and buys 4 more. How many?"]
+    sols = [["3+4=<<3+4=7>>7\nA: 7", "3*4=<<3*4=13>>13\nA: 12", "He has many.\nA: 7.5"]]
+    names, s = heuristic_scores(q, sols, [["7", "12", "7.5"]])
+    col = {n: s[0, :, i] for i, n in enumerate(names)}
+    np.testing.assert_allclose(col["calc_consistency"], [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(col["answer_is_last_calc"], [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(col["question_number_coverage"], [1.0, 1.0, 0.0])
+    np.testing.assert_allclose(col["integer_answer"], [1.0, 1.0, 0.0])
+
+
+# -- end to end -----------------------------------------------------------------------------------------------
+
+def test_gsm8k_end_to_end_beats_first_sample():
+    from lightning_ws.weaver import load_gsm8k_verification
+
+    data = load_gsm8k_verification().subset(np.arange(400))
+    assert data.num_candidates == 4 and data.verifier_kinds[0] == "heuristic"
+    rep = weaver_report(data, dev_fraction=0.2, seed=0)
+    rows = {r["method"]: r for r in rep["rows"]}
+    assert rows["weaver[label_free]"]["select_at_1"] > rows["first_sample"]["select_at_1"] + 0.1
+    assert rows["weaver[label_free]"]["supervision"] == "none"
+    assert rows["weaver[transductive]"]["supervision"] == "oracle"
+    assert rows["oracle_pass@N"]["select_at_1"] >= max(r["select_at_1"] for r in rep["rows"])
+
+
+def test_cli_select_writes_scores(tmp_path, capsys):
+    from lightning_ws.io import load_json, load_tensors
+    from lightning_ws.weaver.cli import main
+
+    data = make_synthetic_verification(60, 5, TPR[:5], TNR[:5], seed=6)
+    rows = [{"instruction": f"q{p}", "samples": [f"s{n}" for n in range(5)],
+             "extracted_answers": data.answers[p], "answer_correct": data.correct[p].tolist(),
+             **{f"{v}_scores": data.scores[p, :, j].tolist() for j, v in enumerate(data.verifier_names)}}
+            for p in range(60)]
+    path = _write(tmp_path / "syn.jsonl", rows)
+    assert main(["select", "--data", str(path), "--out", str(tmp_path / "out"), "--dev-fraction", "0.2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("first_sample", "majority_vote", "naive_ensemble", "best_single_verifier", "logistic_regression",
+                 "weaver[label_free]", "weaver[few_labels]", "weaver[transductive]", "oracle_pass@N"):
+        assert name in out
+    t, meta = load_tensors(tmp_path / "out" / "weaver_scores.safetensors")
+    assert t["scores"].shape == (60, 5) and meta["mode"] == "label_free"
+    assert load_json(tmp_path / "out" / "weaver_scores.json")["shape"] == [60, 5]
+    assert load_json(tmp_path / "out" / "report.json")["split"]["dev_problems"] == 12
+    assert main(["select", "--data", str(tmp_path / "nope.jsonl")]) == 2
+    assert "not found" in capsys.readouterr().err
