@@ -325,6 +325,7 @@ def _register_builtin_commands() -> None:
     """Built-in non-training commands (each method package provides a ``main(argv) -> int``)."""
     COMMANDS["labelmodel"] = ("lightning_ws.labelmodels.cli:main",
                               "fit label models on a WRENCH-format data set; LF table and test metric of each model")
+    COMMANDS["rnb"] = ("lightning_ws.rnb.cli:main", "R&B: k-means domain regrouping from text embeddings (regroup, show)")
     COMMANDS["weaver"] = ("lightning_ws.weaver.cli:main",
                           "Weaver verifier-ensemble selection: report vs baselines, per-candidate scores")
 

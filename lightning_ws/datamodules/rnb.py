@@ -1,0 +1,372 @@
+"""Data modules whose training stream follows a mutable domain mixture (R&B, arXiv 2505.00358).
+
+* :class:`MixtureDataModule`: texts with domains (YouTube comments by video, YouTube + SMS, a WRENCH set, a JSONL/CSV
+  file, or lists passed to :meth:`MixtureDataModule.from_texts`), optionally with regrouped domains from a
+  ``lightning-ws rnb regroup`` folder; tokenised once with the shipped MiniLM tokenizer.
+* :class:`TensorMixtureDataModule`: the same over in-memory tensors (synthetic benchmarks, tests).
+
+Both expose ``set_mixture(p)`` (used by :class:`lightning_ws.callbacks.rnb.RnBCallback`), ``p_eval``, ``num_domains``,
+``domain_names`` and ``domain_sizes``, and save the sampler position in their ``state_dict`` so that a resumed run
+sees exactly the batches of an uninterrupted one. Batches follow the lightning_ws contract and carry ``domain``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_ws.datamodules.text import TokenizedTextDataset, load_tokenizer, pad_collate
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.rnb.data import MixtureTexts, load_mixture_source
+from lightning_ws.rnb.functional import validate_mixture
+from lightning_ws.rnb.regroup import RegroupResult
+from lightning_ws.rnb.sampler import DomainMixtureSampler
+
+__all__ = ["MixtureDataModule", "TensorMixtureDataModule"]
+
+
+class _MixtureBase(pl.LightningDataModule):
+    """Shared sampler, mixture and resume logic (see the module docstring)."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int | None, num_workers: int, seed: int,
+                 num_samples_per_epoch: int | None) -> None:
+        super().__init__()
+        if int(batch_size) < 1 or (eval_batch_size is not None and int(eval_batch_size) < 1):
+            raise ConfigError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}.")
+        if int(num_workers) < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}.")
+        if num_samples_per_epoch is not None and int(num_samples_per_epoch) < 1:
+            raise ConfigError(f"num_samples_per_epoch must be >= 1 or null, got {num_samples_per_epoch}.")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or 2 * batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.num_samples_per_epoch = num_samples_per_epoch
+        self.train_domains: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.domain_names: list[str] = []
+        self._p_eval: torch.Tensor | None = None
+        self._p: torch.Tensor | None = None
+        self._sampler: DomainMixtureSampler | None = None
+        self._sampler_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ domains and mixture
+    @property
+    def num_domains(self) -> int:
+        """Number of training domains ``m``."""
+        return len(self.domain_names)
+
+    @property
+    def domain_sizes(self) -> torch.Tensor:
+        """``(m,)`` training examples per domain."""
+        return torch.bincount(torch.as_tensor(self.train_domains), minlength=self.num_domains)
+
+    @property
+    def p_eval(self) -> torch.Tensor | None:
+        """``(m,)`` fraction of evaluation examples per domain (what R&B's update needs), or ``None``."""
+        return None if self._p_eval is None else self._p_eval.clone()
+
+    @property
+    def mixture(self) -> torch.Tensor:
+        """The current training mixture ``p`` (uniform over non-empty domains until set)."""
+        if self._sampler is not None:
+            return self._sampler.mixture
+        if self._p is not None:
+            return self._p.clone()
+        sizes = self.domain_sizes.double()
+        return (sizes > 0).double() / float((sizes > 0).sum())
+
+    def set_mixture(self, p: Sequence[float] | torch.Tensor) -> None:
+        """Set the training mixture; takes effect at the next chunk the sampler draws (no DataLoader rebuild).
+
+        Raises:
+            ConfigError: wrong length or invalid values.
+        """
+        t = validate_mixture(p, self.num_domains, name="mixture p")
+        self._p = t
+        if self._sampler is not None:
+            self._sampler.set_mixture(t)
+
+    def _set_p_eval(self, p_eval: Sequence[float] | np.ndarray | torch.Tensor | None,
+                    eval_domains: np.ndarray | None) -> None:
+        if p_eval is not None:
+            self._p_eval = validate_mixture(p_eval, self.num_domains, name="p_eval")
+        elif eval_domains is not None and len(eval_domains):
+            if int(eval_domains.max()) >= self.num_domains:
+                raise DataError(f"evaluation domain ids go up to {int(eval_domains.max())} but there are only "
+                                f"{self.num_domains} training domains; map evaluation points onto training domains.")
+            counts = np.bincount(eval_domains, minlength=self.num_domains).astype(np.float64)
+            self._p_eval = torch.as_tensor(counts / counts.sum())
+
+    # ------------------------------------------------------------------ loaders
+    def _train_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        """Mixture-following stream: each slot draws a domain from ``p``, then an example within it."""
+        ds = self._train_dataset()
+        rank, world = self._rank_world()
+        self._sampler = DomainMixtureSampler(
+            self.train_domains, self._p, num_domains=self.num_domains, batch_size=self.batch_size,
+            num_samples=self.num_samples_per_epoch, seed=self.seed, rank=rank, world_size=world,
+            track_consumption=True)
+        if self._sampler_state is not None:
+            self._sampler.load_state_dict(self._sampler_state)
+            self._sampler_state = None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=self._sampler, collate_fn=self._collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count consumed training batches (exact resume of the sampler stream)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and self._sampler is not None:
+            self._sampler.advance()
+        return batch
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler position and mixture (plain types)."""
+        if self._sampler is not None:
+            return {"sampler": self._sampler.state_dict()}
+        if self._sampler_state is not None:
+            return {"sampler": dict(self._sampler_state)}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; applied when the training loader is (re)built."""
+        sampler_state = state_dict.get("sampler")
+        if sampler_state is None:
+            return
+        self._p = torch.as_tensor(sampler_state["p"], dtype=torch.float64)
+        if self._sampler is not None:
+            self._sampler.load_state_dict(sampler_state)
+        else:
+            self._sampler_state = dict(sampler_state)
+
+
+class _DictDataset(Dataset):
+    """Rows of named tensors: ``item = {key: tensor[i]}``."""
+
+    def __init__(self, **fields: torch.Tensor) -> None:
+        lengths = {k: len(v) for k, v in fields.items()}
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"fields have different lengths: {lengths}.")
+        self.fields = fields
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.fields.items()}
+
+
+class TensorMixtureDataModule(_MixtureBase):
+    """In-memory tensors with domain ids, trained through a :class:`DomainMixtureSampler` (R&B, arXiv 2505.00358).
+
+    Batches: ``x``, ``labels``, ``idx`` (row in the training set), ``domain``.
+
+    Args:
+        x: ``(n, ...)`` training inputs.
+        labels: ``(n,)`` or ``(n, ...)`` training targets.
+        domains: ``(n,)`` training domain ids in ``0..m-1``.
+        eval_x, eval_labels, eval_domains: optional evaluation split (``eval_domains`` gives ``p_eval``).
+        p_eval: explicit evaluation proportions (overrides ``eval_domains``).
+        num_domains: ``m`` (default ``max(domains) + 1``).
+        domain_names: names for logging (default ``"0".."m-1"``).
+        batch_size, eval_batch_size, num_workers: loader settings.
+        seed: sampler seed (rank ``r`` uses stream ``(seed, r)``).
+        num_samples_per_epoch: slots per epoch per rank (default ``ceil(n / world_size)``).
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, domains: Sequence[int] | np.ndarray | torch.Tensor,
+                 eval_x: torch.Tensor | None = None, eval_labels: torch.Tensor | None = None,
+                 eval_domains: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+                 p_eval: Sequence[float] | torch.Tensor | None = None, num_domains: int | None = None,
+                 domain_names: Sequence[str] | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0, seed: int = 0, num_samples_per_epoch: int | None = None) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, num_samples_per_epoch)
+        self.x, self.labels = torch.as_tensor(x), torch.as_tensor(labels)
+        self.train_domains = np.asarray(torch.as_tensor(domains).cpu().numpy(), dtype=np.int64).reshape(-1)
+        if not (len(self.x) == len(self.labels) == len(self.train_domains)):
+            raise DataError(f"x, labels and domains must have the same length; got {len(self.x)}, "
+                            f"{len(self.labels)}, {len(self.train_domains)}.")
+        m = int(num_domains) if num_domains is not None else int(self.train_domains.max()) + 1
+        self.domain_names = list(domain_names) if domain_names is not None else [str(i) for i in range(m)]
+        if len(self.domain_names) != m:
+            raise ConfigError(f"{len(self.domain_names)} domain names for {m} domains.")
+        self.eval_x = None if eval_x is None else torch.as_tensor(eval_x)
+        self.eval_labels = None if eval_labels is None else torch.as_tensor(eval_labels)
+        self.eval_domains = None if eval_domains is None else np.asarray(
+            torch.as_tensor(eval_domains).cpu().numpy(), dtype=np.int64).reshape(-1)
+        self._set_p_eval(p_eval, self.eval_domains)
+
+    def _train_dataset(self) -> Dataset:
+        return _DictDataset(x=self.x, labels=self.labels, idx=torch.arange(len(self.x)),
+                            domain=torch.as_tensor(self.train_domains))
+
+    def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def val_dataloader(self) -> DataLoader:
+        """The evaluation split in order (requires ``eval_x`` / ``eval_labels``)."""
+        if self.eval_x is None or self.eval_labels is None:
+            raise ConfigError("no evaluation data: pass eval_x and eval_labels to TensorMixtureDataModule.")
+        fields = {"x": self.eval_x, "labels": self.eval_labels, "idx": torch.arange(len(self.eval_x))}
+        if self.eval_domains is not None:
+            fields["domain"] = torch.as_tensor(self.eval_domains)
+        return DataLoader(_DictDataset(**fields), batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+
+class MixtureDataModule(_MixtureBase):
+    """Texts with domains, sampled by a mutable mixture; the data side of R&B (arXiv 2505.00358).
+
+    Domains are the source's original ones (e.g. the YouTube video), or the k-means domains of a regroup result folder
+    (``regroup_dir``, written by ``lightning-ws rnb regroup`` with the same ``source``/``eval_fraction``/``split_seed``),
+    whose ``p_eval`` is then used. The evaluation split carries its domain ids too.
+
+    Args:
+        source: see :func:`lightning_ws.rnb.data.load_mixture_source` (default: YouTube comments, video = domain).
+        regroup_dir: folder of a :class:`~lightning_ws.rnb.regroup.RegroupResult` for this source's training split.
+        eval_fraction: held-out fraction per domain when the source has no fixed split.
+        split_seed: seed of that split.
+        p_eval: explicit evaluation proportions (default: from the evaluation split's domains).
+        tokenizer: local tokenizer folder; ``None`` = the shipped MiniLM's.
+        max_length: truncation length in tokens.
+        batch_size: training batch size per device.
+        eval_batch_size: validation batch size (default ``2 * batch_size``).
+        num_workers: DataLoader workers (the mixture is in shared memory, so workers follow updates).
+        seed: sampler seed (rank ``r`` draws stream ``(seed, r)``).
+        num_samples_per_epoch: slots per epoch per rank (default ``ceil(n_train / world_size)``).
+
+    Example:
+        >>> dm = MixtureDataModule("youtube_comments", batch_size=8)
+        >>> dm.num_domains, dm.domain_names[0]
+        (5, 'Psy')
+    """
+
+    def __init__(self, source: str = "youtube_comments", regroup_dir: str | None = None, eval_fraction: float = 0.2,
+                 split_seed: int = 0, p_eval: list[float] | None = None, tokenizer: str | None = None,
+                 max_length: int = 64, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0, seed: int = 0, num_samples_per_epoch: int | None = None) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, num_samples_per_epoch)
+        if int(max_length) < 2:
+            raise ConfigError(f"max_length must be >= 2, got {max_length}.")
+        self.save_hyperparameters()
+        self.max_length = int(max_length)
+        self._tokenizer_path = tokenizer
+        self._tokenizer = None
+        self._datasets: dict[str, TokenizedTextDataset] = {}
+        self._attach(load_mixture_source(source, eval_fraction=eval_fraction, split_seed=split_seed),
+                     regroup_dir, p_eval)
+
+    @classmethod
+    def from_texts(cls, train_texts: Sequence[str], train_labels: Sequence[int], train_domains: Sequence[int],
+                   eval_texts: Sequence[str], eval_labels: Sequence[int], eval_domains: Sequence[int] | None = None,
+                   *, domain_names: Sequence[str] | None = None, p_eval: Sequence[float] | None = None,
+                   **kwargs: Any) -> MixtureDataModule:
+        """Build from in-memory lists (``kwargs``: the loader arguments of ``__init__``)."""
+        dm = cls.__new__(cls)
+        _MixtureBase.__init__(dm, kwargs.pop("batch_size", 32), kwargs.pop("eval_batch_size", None),
+                              kwargs.pop("num_workers", 0), kwargs.pop("seed", 0),
+                              kwargs.pop("num_samples_per_epoch", None))
+        dm.max_length = int(kwargs.pop("max_length", 64))
+        dm._tokenizer_path = kwargs.pop("tokenizer", None)
+        if kwargs:
+            raise ConfigError(f"unknown arguments {sorted(kwargs)}.")
+        dm._tokenizer = None
+        dm._datasets = {}
+        tl = np.asarray(train_labels, dtype=np.int64)
+        el = np.asarray(eval_labels, dtype=np.int64)
+        td = np.asarray(train_domains, dtype=np.int64)
+        ed = np.zeros(len(eval_texts), dtype=np.int64) if eval_domains is None else np.asarray(eval_domains, np.int64)
+        m = int(td.max()) + 1
+        names = list(domain_names) if domain_names is not None else [str(i) for i in range(m)]
+        data = MixtureTexts(list(train_texts), tl, td, list(eval_texts), el, ed, names,
+                            int(max(tl.max(), el.max()) + 1), "in-memory")
+        dm._attach(data, None, p_eval)
+        if eval_domains is None and p_eval is None:
+            dm._p_eval = None
+        return dm
+
+    def _attach(self, data: MixtureTexts, regroup_dir: str | None, p_eval: Sequence[float] | None) -> None:
+        if not (len(data.train_texts) == len(data.train_labels) == len(data.train_domains)):
+            raise DataError("train texts, labels and domains must have the same length.")
+        if not (len(data.eval_texts) == len(data.eval_labels) == len(data.eval_domains)):
+            raise DataError("eval texts, labels and domains must have the same length.")
+        self.data = data
+        self._num_classes = int(data.num_classes)
+        self.original_domain_names = list(data.domain_names)
+        if regroup_dir is not None:
+            res = RegroupResult.load(regroup_dir)
+            if len(res.train_domains) != len(data.train_texts) or len(res.eval_domains) != len(data.eval_texts):
+                raise DataError(
+                    f"regroup result {regroup_dir} has {len(res.train_domains)} train / {len(res.eval_domains)} eval "
+                    f"rows but source {data.source!r} gives {len(data.train_texts)} / {len(data.eval_texts)}; run "
+                    f"`lightning-ws rnb regroup` with the same source, eval_fraction and split_seed.")
+            self.train_domains = res.train_domains.astype(np.int64)
+            self.eval_domains = res.eval_domains.astype(np.int64)
+            self.domain_names = [f"c{i}" for i in range(res.k)]
+            self._set_p_eval(p_eval if p_eval is not None else res.p_eval, None)
+        else:
+            self.train_domains = np.asarray(data.train_domains, dtype=np.int64)
+            self.eval_domains = np.asarray(data.eval_domains, dtype=np.int64)
+            self.domain_names = list(data.domain_names)
+            self._set_p_eval(p_eval, self.eval_domains)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (for linking to the model's ``num_classes``)."""
+        return self._num_classes
+
+    @property
+    def tokenizer(self):
+        """The tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._tokenizer_path)
+        return self._tokenizer
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Tokenise the training and evaluation texts (once)."""
+        if "train" not in self._datasets:
+            self._datasets["train"] = TokenizedTextDataset(
+                self._tokenize(self.data.train_texts), self.data.train_labels,
+                np.arange(len(self.data.train_texts)), {"domain": self.train_domains})
+        if "eval" not in self._datasets:
+            self._datasets["eval"] = TokenizedTextDataset(
+                self._tokenize(self.data.eval_texts), self.data.eval_labels,
+                np.arange(len(self.data.eval_texts)), {"domain": self.eval_domains})
+
+    def _train_dataset(self) -> Dataset:
+        self.setup("fit")
+        return self._datasets["train"]
+
+    def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad_collate(items, pad_id=int(self.tokenizer.pad_token_id or 0))
+
+    def val_dataloader(self) -> DataLoader:
+        """The evaluation split, in order, with its domain ids."""
+        self.setup("validate")
+        return DataLoader(self._datasets["eval"], batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader`."""
+        return self.val_dataloader()

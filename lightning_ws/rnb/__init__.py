@@ -1,0 +1,55 @@
+"""R&B: Regroup + Balance data mixing (Ge et al., arXiv 2505.00358), Lightning-free core.
+
+* :class:`SemanticRegrouper` / :class:`RegroupResult`: k-means domains from embeddings, ``p_eval``, persisted without
+  pickle.
+* :class:`DomainMixtureSampler`: seeded domain-then-example sampler with a shared-memory, mutable mixture.
+* :mod:`lightning_ws.rnb.functional`: per-domain final-layer gradient accumulation (exact or Kronecker sketch), the
+  Gram matrix and the R&B / multiplicative mixture updates.
+
+The Lightning pieces live in :mod:`lightning_ws.callbacks.rnb` (``RnBCallback``) and
+:mod:`lightning_ws.datamodules.rnb` (``MixtureDataModule``).
+"""
+
+from lightning_ws.rnb.functional import (
+    KroneckerSketch,
+    accumulate_domain_grads,
+    apply_prob_floor,
+    domain_gram,
+    mixture_entropy,
+    multiplicative_update,
+    per_example_linear_grads,
+    rnb_scores,
+    rnb_update,
+    validate_mixture,
+)
+from lightning_ws.rnb.regroup import (
+    MiniLMEmbedder,
+    RegroupResult,
+    SemanticRegrouper,
+    TfidfSvdEmbedder,
+    assign_to_centroids,
+    embed,
+    kmeans_fit,
+)
+from lightning_ws.rnb.sampler import DomainMixtureSampler
+
+__all__ = [
+    "DomainMixtureSampler",
+    "KroneckerSketch",
+    "MiniLMEmbedder",
+    "RegroupResult",
+    "SemanticRegrouper",
+    "TfidfSvdEmbedder",
+    "accumulate_domain_grads",
+    "apply_prob_floor",
+    "assign_to_centroids",
+    "domain_gram",
+    "embed",
+    "kmeans_fit",
+    "mixture_entropy",
+    "multiplicative_update",
+    "per_example_linear_grads",
+    "rnb_scores",
+    "rnb_update",
+    "validate_mixture",
+]

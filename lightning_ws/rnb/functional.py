@@ -1,0 +1,359 @@
+"""Pure-torch maths of R&B (arXiv 2505.00358): per-domain final-layer gradients, the Gram matrix and mixture updates.
+
+Nothing here imports Lightning; the callback in :mod:`lightning_ws.callbacks.rnb` is a thin wrapper around these
+functions, and they can be used in a hand-written training loop.
+
+Conventions:
+
+* A tracked linear layer computes ``s = a W^T + b`` with ``W`` of shape ``(d_out, d_in)``. For one example the weight
+  gradient of its loss is ``sum_t delta_t^T a_t`` (``delta`` = output gradient, ``t`` runs over tokens for sequence
+  inputs). When ``include_bias`` is true the bias gradient ``sum_t delta_t`` is appended as an extra input column of
+  ones, i.e. the tracked parameter is ``[W | b]`` of shape ``(d_out, d_in + 1)``.
+* Accumulators are float32 (exact: ``(m, d_out, d_in[+1])``; sketched: ``(m, k_out, k_in)``), Gram matrices float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from lightning_ws.errors import ConfigError
+
+__all__ = [
+    "KroneckerSketch",
+    "per_example_linear_grads",
+    "accumulate_domain_grads",
+    "domain_gram",
+    "rnb_scores",
+    "rnb_update",
+    "multiplicative_update",
+    "apply_prob_floor",
+    "mixture_entropy",
+    "validate_mixture",
+]
+
+
+def _flatten_rows(a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Return ``(a2, d2, tokens_per_example)`` with rows ``(B*T, d)`` for 2-D or 3-D inputs."""
+    if a.dim() != delta.dim() or a.shape[:-1] != delta.shape[:-1]:
+        raise ConfigError(
+            f"layer input {tuple(a.shape)} and output gradient {tuple(delta.shape)} must share all but the last "
+            f"dimension; track an nn.Linear that is applied once per forward pass."
+        )
+    if a.dim() == 2:
+        return a, delta, 1
+    if a.dim() == 3:
+        b, t = a.shape[:2]
+        return a.reshape(b * t, -1), delta.reshape(b * t, -1), t
+    raise ConfigError(f"tracked layer inputs must be (B, d) or (B, T, d); got shape {tuple(a.shape)}.")
+
+
+def per_example_linear_grads(
+    a: torch.Tensor, delta: torch.Tensor, *, include_bias: bool = True, example_scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example gradients of a linear layer from its input and output gradient (Goodfellow, arXiv 1510.01799).
+
+    Used by R&B (arXiv 2505.00358, Appendix E) to get per-example final-layer gradients from the ordinary backward pass,
+    without a second backward. Materialises ``(B, d_out, d_in[+1])``: meant for tests and small layers; the callback uses
+    :func:`accumulate_domain_grads`, which never builds the per-example tensor.
+
+    Args:
+        a: layer input, ``(B, d_in)`` or ``(B, T, d_in)``.
+        delta: gradient of the (batch) loss w.r.t. the layer output, ``(B, d_out)`` or ``(B, T, d_out)``.
+        include_bias: append the bias gradient as a last input column (default ``True``).
+        example_scale: optional ``(B,)`` factor per example (e.g. ``B`` to undo a batch mean).
+
+    Returns:
+        ``(B, d_out, d_in + include_bias)`` tensor; sequence inputs are summed over tokens.
+    """
+    if a.dim() == 2:
+        a, delta = a.unsqueeze(1), delta.unsqueeze(1)
+    _flatten_rows(a, delta)
+    if include_bias:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    if example_scale is not None:
+        delta = delta * example_scale.to(delta.dtype).view(-1, 1, 1)
+    return torch.einsum("bto,bti->boi", delta, a)
+
+
+class KroneckerSketch:
+    """Kronecker-structured random projection of linear-layer gradients (a ``lightning_ws`` proposal, not in the paper).
+
+    A gradient ``g = delta^T a`` (``d_out x d_in``) is sketched as ``P_out g P_in^T = (delta P_out^T)^T (a P_in^T)``
+    (``k_out x k_in``), so the sketch of a sum of outer products is computed from the projected factors without forming
+    ``g``. With independent Gaussian ``P`` entries ``N(0, 1/k)``, inner products of sketches are unbiased estimates of
+    the inner products of the gradients (in the spirit of LoGra, arXiv 2405.13954, and LESS, arXiv 2402.04333); the
+    relative error shrinks like ``1/sqrt(k_out * k_in)``. Used by R&B (arXiv 2505.00358) for large heads.
+
+    Args:
+        d_out: output size of the tracked layer.
+        d_in: input size (including the bias column when it is tracked).
+        k_out: sketch size on the output side (``<= d_out`` gives no saving beyond ``d_out``; it is clipped to ``d_out``
+            with an identity projection when ``k_out >= d_out``).
+        k_in: sketch size on the input side (same clipping rule).
+        seed: seed of the projection; the same seed gives the same projection on every rank.
+    """
+
+    def __init__(self, d_out: int, d_in: int, k_out: int, k_in: int, *, seed: int = 0) -> None:
+        for name, val in (("d_out", d_out), ("d_in", d_in), ("k_out", k_out), ("k_in", k_in)):
+            if int(val) < 1:
+                raise ConfigError(f"KroneckerSketch: {name} must be >= 1, got {val}.")
+        gen = torch.Generator().manual_seed(int(seed))
+        self.d_out, self.d_in = int(d_out), int(d_in)
+        self.p_out = self._make(d_out, k_out, gen)
+        self.p_in = self._make(d_in, k_in, gen)
+        self.k_out, self.k_in = self.p_out.shape[0], self.p_in.shape[0]
+
+    @staticmethod
+    def _make(d: int, k: int, gen: torch.Generator) -> torch.Tensor:
+        if k >= d:
+            return torch.eye(d)
+        return torch.randn(k, d, generator=gen) / math.sqrt(k)
+
+    def to(self, device: torch.device | str) -> KroneckerSketch:
+        """Move the projections to ``device`` (in place); returns ``self``."""
+        self.p_out = self.p_out.to(device)
+        self.p_in = self.p_in.to(device)
+        return self
+
+    def project(self, a: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project input rows ``(..., d_in)`` and output-gradient rows ``(..., d_out)`` to ``k_in`` / ``k_out``."""
+        if a.shape[-1] != self.d_in or delta.shape[-1] != self.d_out:
+            raise ConfigError(
+                f"sketch built for d_in={self.d_in}, d_out={self.d_out}; got inputs of width {a.shape[-1]} and "
+                f"output gradients of width {delta.shape[-1]}."
+            )
+        return a @ self.p_in.to(a.dtype).T, delta @ self.p_out.to(delta.dtype).T
+
+    def sketch_matrix(self, g: torch.Tensor) -> torch.Tensor:
+        """Sketch full gradients ``(..., d_out, d_in)`` -> ``(..., k_out, k_in)`` (reference path for tests)."""
+        return self.p_out.to(g.dtype) @ g @ self.p_in.to(g.dtype).T
+
+
+def accumulate_domain_grads(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    a: torch.Tensor,
+    delta: torch.Tensor,
+    domains: torch.Tensor,
+    *,
+    example_scale: torch.Tensor | None = None,
+    include_bias: bool = True,
+    sketch: KroneckerSketch | None = None,
+) -> None:
+    """Add per-example final-layer gradients into per-domain sums, in place: ``sums[d] += sum_{i in d} g_i``.
+
+    One masked matmul per domain present in the batch; the per-example gradients are never materialised. Implements
+    step 2 of R&B's round (arXiv 2505.00358, Algorithm 1): ``s_i += sum_{x in B cap D_i} grad_W l(theta; x)`` and
+    ``n_i += |B cap D_i|``.
+
+    Args:
+        sums: ``(m, d_out, d_in[+1])`` (exact) or ``(m, k_out, k_in)`` (sketched) float accumulator, updated in place.
+        counts: ``(m,)`` accumulator of example counts, updated in place.
+        a: layer input ``(B, d_in)`` or ``(B, T, d_in)``.
+        delta: output gradient ``(B, d_out)`` or ``(B, T, d_out)``.
+        domains: ``(B,)`` integer domain id per example, in ``0..m-1``.
+        example_scale: ``(B,)`` factor turning the batch-loss gradient into the example's own loss gradient
+            (``B`` for a batch-mean loss; ``N_tokens / n_i`` for a token-mean loss). ``None`` = 1.
+        include_bias: append the bias column (must match the accumulator width).
+        sketch: a :class:`KroneckerSketch`, or ``None`` for exact accumulation.
+
+    Raises:
+        ConfigError: shape mismatch or a domain id outside ``0..m-1``.
+    """
+    m = sums.shape[0]
+    domains = domains.reshape(-1).to(device=a.device, dtype=torch.long)
+    b = domains.numel()
+    if a.shape[0] != b:
+        raise ConfigError(f"batch has {b} domain ids but the tracked layer saw {a.shape[0]} examples.")
+    if b == 0:
+        return
+    if int(domains.min()) < 0 or int(domains.max()) >= m:
+        raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
+                          f"Set num_domains to the number of domains of the data module.")
+    work = torch.float64 if sums.dtype == torch.float64 else torch.float32  # fp32 at least, fp64 if asked
+    a2, d2, t = _flatten_rows(a.detach().to(work), delta.detach().to(work))
+    if include_bias:
+        a2 = torch.cat([a2, torch.ones_like(a2[:, :1])], dim=1)
+    if example_scale is not None:
+        d2 = d2 * example_scale.to(device=d2.device, dtype=d2.dtype).repeat_interleave(t).unsqueeze(1)
+    if sketch is not None:
+        a2, d2 = sketch.project(a2, d2)
+    if sums.shape[1:] != (d2.shape[1], a2.shape[1]):
+        raise ConfigError(f"accumulator has per-domain shape {tuple(sums.shape[1:])}, the batch gives "
+                          f"{(d2.shape[1], a2.shape[1])}; check include_bias / sketch sizes.")
+    row_domains = domains.repeat_interleave(t)
+    for d in torch.unique(domains).tolist():
+        mask = row_domains == d
+        sums[d].add_((d2[mask].T @ a2[mask]).to(sums.dtype))
+    counts.add_(torch.bincount(domains, minlength=m).to(device=counts.device, dtype=counts.dtype))
+
+
+def domain_gram(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram matrix of mean domain gradients, ``G_ij = <s_i / n_i, s_j / n_j>`` (R&B, arXiv 2505.00358, Alg. 1 step 4).
+
+    Args:
+        sums: ``(m, ...)`` per-domain gradient sums.
+        counts: ``(m,)`` per-domain example counts.
+
+    Returns:
+        ``(G, present)``: the float64 ``(m, m)`` Gram matrix (rows/columns of domains with ``n_i = 0`` are zero) and a
+        bool mask of the domains with at least one example.
+    """
+    present = counts > 0
+    flat = sums.reshape(sums.shape[0], -1).double()
+    denom = counts.double().clamp_min(1.0).unsqueeze(1)
+    means = torch.where(present.unsqueeze(1), flat / denom, torch.zeros_like(flat))
+    g = means @ means.T
+    return 0.5 * (g + g.T), present
+
+
+def rnb_scores(gram: torch.Tensor, p_eval: torch.Tensor, *, normalize: bool = True) -> torch.Tensor | None:
+    """The logits of R&B's update, ``G p_eval / ||G p_eval||_2`` (main text) or ``G p_eval`` (Algorithm 3).
+
+    Returns ``None`` when the direction is undefined (``||G p_eval|| = 0`` or non-finite, e.g. evaluation domains that
+    no training domain covers); callers then keep the previous mixture. See arXiv 2505.00358, Sec. 4.
+    """
+    v = gram.double() @ p_eval.double().to(gram.device)
+    if not torch.isfinite(v).all():
+        return None
+    if not normalize:
+        return v
+    norm = torch.linalg.vector_norm(v)
+    if not torch.isfinite(norm) or norm <= torch.finfo(torch.float64).tiny:
+        return None
+    return v / norm
+
+
+def apply_prob_floor(p: torch.Tensor, floor: float) -> torch.Tensor:
+    """Mix ``p`` with uniform so that every entry is at least ``floor / m``: ``(1 - floor) p + floor / m``.
+
+    The probability floor R&B (arXiv 2505.00358) leaves open; ``floor = 0`` is the paper's rule.
+    """
+    if not 0.0 <= floor < 1.0:
+        raise ConfigError(f"prob_floor must lie in [0, 1), got {floor}.")
+    if floor == 0.0:
+        return p
+    m = p.numel()
+    return (1.0 - floor) * p + floor / m
+
+
+def _masked_replace(p_prev: torch.Tensor, logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Softmax over present domains, scaled to the mass they had; absent domains keep their previous probability."""
+    p_prev = p_prev.double()
+    if bool(present.all()):
+        return torch.softmax(logits, dim=0)
+    out = p_prev.clone()
+    mass = p_prev[present].sum()
+    out[present] = mass * torch.softmax(logits[present], dim=0)
+    return out
+
+
+def rnb_update(
+    gram: torch.Tensor,
+    p_eval: torch.Tensor,
+    p_prev: torch.Tensor,
+    *,
+    lam: float = 3.0,
+    present: torch.Tensor | None = None,
+    normalize: bool = True,
+    prob_floor: float = 0.0,
+) -> tuple[torch.Tensor, bool]:
+    """R&B's Balance step: ``p <- softmax(lam * G p_eval / ||G p_eval||_2)`` (arXiv 2505.00358, Eq. in Sec. 3.2).
+
+    The new mixture *replaces* the old one. Defaults for what the paper leaves open:
+
+    * Domains absent from the round (``present[i] = False``) are left out of ``G p_eval`` (their mean gradient is
+      unknown) and keep their previous probability; the other domains share the remaining mass by the softmax.
+    * If ``||G p_eval|| = 0`` or anything is non-finite, the previous mixture is returned unchanged.
+    * ``prob_floor`` (default 0) mixes the result with uniform so that ``p_i >= prob_floor / m``.
+
+    Args:
+        gram: ``(m, m)`` Gram matrix of mean domain gradients.
+        p_eval: ``(m,)`` evaluation proportions per domain.
+        p_prev: ``(m,)`` current mixture.
+        lam: temperature ``lambda`` (paper: 3); logits lie in ``[-lam, lam]`` when ``normalize``.
+        present: ``(m,)`` bool mask of domains seen in the round (``None`` = all).
+        normalize: L2-normalise ``G p_eval`` (main text; ``False`` = the appendix's Algorithm 3).
+        prob_floor: floor fraction in ``[0, 1)``.
+
+    Returns:
+        ``(p_new, updated)``: float64 mixture and whether an update happened (``False`` = fallback to ``p_prev``).
+    """
+    m = gram.shape[0]
+    if gram.shape != (m, m) or p_eval.shape != (m,) or p_prev.shape != (m,):
+        raise ConfigError(f"shapes must be G (m, m), p_eval (m,), p (m,); got {tuple(gram.shape)}, "
+                          f"{tuple(p_eval.shape)}, {tuple(p_prev.shape)}.")
+    present = torch.ones(m, dtype=torch.bool, device=gram.device) if present is None else present.to(gram.device)
+    if not bool(present.any()):
+        return p_prev.double(), False
+    pe = torch.where(present, p_eval.double().to(gram.device), torch.zeros((), dtype=torch.float64))
+    scores = rnb_scores(gram, pe, normalize=normalize)
+    if scores is None:
+        return p_prev.double(), False
+    p = _masked_replace(p_prev.to(gram.device), lam * scores, present)
+    p = apply_prob_floor(p, prob_floor)
+    return p / p.sum(), True
+
+
+def multiplicative_update(
+    gram: torch.Tensor,
+    p_eval: torch.Tensor,
+    p_prev: torch.Tensor,
+    *,
+    lr: float = 1.0,
+    present: torch.Tensor | None = None,
+    normalize: bool = True,
+    prob_floor: float = 0.0,
+) -> tuple[torch.Tensor, bool]:
+    """DoGE-style multiplicative (accumulating) update on R&B's scores: ``p <- p * exp(lr * G p_eval / ||G p_eval||)``.
+
+    DoGE (arXiv 2310.15393) uses ``p_t ∝ p_{t-1} exp(eta W_t / mu)`` with ``W_i`` the inner product of domain ``i``'s
+    gradient and a target gradient. Here the target is R&B's proxy ``sum_j p_eval_j g_j`` so that the only difference to
+    :func:`rnb_update` is accumulate-vs-replace, the ablation R&B's paper (arXiv 2505.00358, Sec. 4.3) argues about.
+    The score is L2-normalised by default (scale-free, as R&B's); absent domains keep their probability; a zero or
+    non-finite score keeps ``p_prev``.
+
+    Returns:
+        ``(p_new, updated)`` as :func:`rnb_update`.
+    """
+    m = gram.shape[0]
+    present = torch.ones(m, dtype=torch.bool, device=gram.device) if present is None else present.to(gram.device)
+    if not bool(present.any()):
+        return p_prev.double(), False
+    pe = torch.where(present, p_eval.double().to(gram.device), torch.zeros((), dtype=torch.float64))
+    scores = rnb_scores(gram, pe, normalize=normalize)
+    if scores is None:
+        return p_prev.double(), False
+    prev = p_prev.double().to(gram.device).clamp_min(1e-300)
+    logits = torch.log(prev) + lr * scores
+    p = _masked_replace(prev, logits, present)
+    p = apply_prob_floor(p, prob_floor)
+    return p / p.sum(), True
+
+
+def mixture_entropy(p: torch.Tensor) -> float:
+    """Shannon entropy (nats) of a mixture; ``log m`` for uniform (logged by R&B's callback, arXiv 2505.00358)."""
+    p = p.double()
+    nz = p[p > 0]
+    return float(-(nz * nz.log()).sum())
+
+
+def validate_mixture(p: Sequence[float] | torch.Tensor, m: int | None = None, *, name: str = "p") -> torch.Tensor:
+    """Check that ``p`` is a finite, non-negative vector with positive sum (length ``m`` if given); return it normalised.
+
+    Used for mixtures and ``p_eval`` of R&B (arXiv 2505.00358).
+
+    Raises:
+        ConfigError: naming the problem.
+    """
+    t = torch.as_tensor(p, dtype=torch.float64).reshape(-1).cpu()
+    if m is not None and t.numel() != m:
+        raise ConfigError(f"{name} has {t.numel()} entries but there are {m} domains; pass one weight per domain.")
+    if t.numel() == 0:
+        raise ConfigError(f"{name} is empty; pass one non-negative weight per domain.")
+    if not torch.isfinite(t).all() or bool((t < 0).any()) or float(t.sum()) <= 0:
+        raise ConfigError(f"{name} must be finite, non-negative and sum to a positive number; got {t.tolist()}.")
+    return t / t.sum()

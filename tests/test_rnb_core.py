@@ -1,0 +1,389 @@
+"""Lightning-free tests of R&B's core (arXiv 2505.00358): gradient accumulation, Gram/update maths, sampler, regroup."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.rnb import (
+    DomainMixtureSampler,
+    KroneckerSketch,
+    RegroupResult,
+    SemanticRegrouper,
+    TfidfSvdEmbedder,
+    accumulate_domain_grads,
+    domain_gram,
+    multiplicative_update,
+    per_example_linear_grads,
+    rnb_scores,
+    rnb_update,
+)
+from lightning_ws.rnb.cli import main as rnb_cli
+
+
+# ----------------------------------------------------------------------------- per-example gradients
+def _func_per_sample_grads(layer: nn.Linear, a: torch.Tensor, y: torch.Tensor, seq: bool) -> torch.Tensor:
+    """Reference: torch.func per-sample gradients of each example's own loss, [W | b] flattened per example."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss_one(p, a_i, y_i):
+        out = functional_call(layer, p, (a_i.unsqueeze(0),))
+        if seq:  # mean over the example's target tokens (ignore -100)
+            return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y_i.reshape(-1), ignore_index=-100)
+        return nn.functional.cross_entropy(out, y_i.unsqueeze(0))
+
+    g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, a, y)
+    return torch.cat([g["weight"], g["bias"].unsqueeze(-1)], dim=-1)
+
+
+def _hook_grads(layer: nn.Linear, a: torch.Tensor, y: torch.Tensor, seq: bool):
+    """Run the ordinary batch loss; capture the layer input and output gradient like the callback does."""
+    captured = {}
+    out = layer(a)
+    out.register_hook(lambda g: captured.__setitem__("delta", g))
+    if seq:
+        loss = nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100)
+    else:
+        loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    return a.detach(), captured["delta"]
+
+
+def test_hook_gradients_equal_torch_func_classification():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3).double()
+    a, y = torch.randn(7, 5, dtype=torch.float64), torch.randint(0, 3, (7,))
+    ref = _func_per_sample_grads(layer, a, y, seq=False)
+    a_, delta = _hook_grads(layer, a, y, seq=False)
+    got = per_example_linear_grads(a_, delta, example_scale=torch.full((7,), 7.0))  # undo the batch mean
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-12)
+    # the per-domain sums (what the callback keeps) equal the brute-force loop over examples
+    domains = torch.tensor([0, 2, 2, 1, 0, 2, 0])
+    sums, counts = torch.zeros(3, 3, 6, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    accumulate_domain_grads(sums, counts, a_, delta, domains, example_scale=torch.full((7,), 7.0))
+    for d in range(3):
+        assert torch.allclose(sums[d], ref[domains == d].sum(0), rtol=1e-6, atol=1e-12)
+    assert counts.tolist() == [3.0, 1.0, 3.0]
+
+
+def test_hook_gradients_equal_torch_func_sequences_token_mean():
+    torch.manual_seed(1)
+    b, t = 4, 6
+    layer = nn.Linear(5, 4).double()
+    a, y = torch.randn(b, t, 5, dtype=torch.float64), torch.randint(0, 4, (b, t))
+    y[0, 3:] = -100  # examples of different lengths
+    y[2, 1:] = -100
+    ref = _func_per_sample_grads(layer, a, y, seq=True)
+    a_, delta = _hook_grads(layer, a, y, seq=True)
+    n_i = (y != -100).sum(1).double()
+    scale = (y != -100).sum().double() / n_i  # turns the batch token-mean into each example's own token-mean
+    got = per_example_linear_grads(a_, delta, example_scale=scale)
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-12)
+    sums, counts = torch.zeros(2, 4, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    accumulate_domain_grads(sums, counts, a_, delta, torch.tensor([1, 0, 1, 1]), example_scale=scale)
+    assert torch.allclose(sums[1], ref[[0, 2, 3]].sum(0), rtol=1e-6, atol=1e-12)
+    assert torch.allclose(sums[0], ref[1], rtol=1e-6, atol=1e-12)
+
+
+def test_accumulate_rejects_bad_domains_and_shapes():
+    sums, counts = torch.zeros(2, 3, 5), torch.zeros(2)
+    with pytest.raises(ConfigError, match="domain ids must lie"):
+        accumulate_domain_grads(sums, counts, torch.randn(2, 4), torch.randn(2, 3), torch.tensor([0, 2]))
+    with pytest.raises(ConfigError, match="accumulator has per-domain shape"):
+        accumulate_domain_grads(sums, counts, torch.randn(2, 4), torch.randn(2, 3), torch.tensor([0, 1]),
+                                include_bias=False)
+
+
+# ----------------------------------------------------------------------------- Gram and update
+def _random_gram(m: int, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sums = torch.randn(m, 3, d, generator=g, dtype=torch.float64)
+    counts = torch.randint(1, 5, (m,), generator=g).double()
+    gram, present = domain_gram(sums, counts)
+    return gram, present, sums
+
+
+def test_gram_symmetric_psd_and_matches_means():
+    gram, present, sums = _random_gram(6)
+    assert torch.equal(gram, gram.T)
+    assert torch.linalg.eigvalsh(gram).min() > -1e-10
+    assert present.all()
+
+
+def test_update_scale_invariant_and_bounded():
+    gram, _, _ = _random_gram(5, seed=3)
+    p_eval = torch.tensor([0.5, 0.2, 0.1, 0.1, 0.1], dtype=torch.float64)
+    uniform = torch.full((5,), 0.2, dtype=torch.float64)
+    p1, ok = rnb_update(gram, p_eval, uniform, lam=3.0)
+    p2, _ = rnb_update(gram * 1e-6, p_eval, uniform, lam=3.0)  # gradients scaled by 1e-3 -> G by 1e-6
+    assert ok and torch.allclose(p1, p2, rtol=1e-10, atol=1e-12)
+    logits = 3.0 * rnb_scores(gram, p_eval)
+    assert logits.abs().max() <= 3.0 + 1e-12
+    assert float(p1.max() / p1.min()) <= math.exp(6.0) + 1e-9
+    assert abs(float(p1.sum()) - 1.0) < 1e-12
+
+
+def test_uniform_when_gram_is_identity_and_concentrates_for_large_lambda():
+    p_eval = torch.full((4,), 0.25, dtype=torch.float64)
+    prev = torch.tensor([0.7, 0.1, 0.1, 0.1], dtype=torch.float64)
+    p, ok = rnb_update(2.5 * torch.eye(4, dtype=torch.float64), p_eval, prev, lam=3.0)
+    assert ok and torch.allclose(p, torch.full((4,), 0.25, dtype=torch.float64))  # replaces, does not accumulate
+    # domain 2 is aligned with the evaluation proxy; lambda -> inf puts all mass there
+    means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    gram = means @ means.T
+    pe = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
+    p_big, _ = rnb_update(gram, pe, p_eval, lam=200.0)
+    assert p_big.argmax() == 2 and p_big[2] > 0.999
+
+
+def test_no_nan_with_empty_or_disjoint_domains():
+    gram, present, _ = _random_gram(4, seed=5)
+    prev = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    # domain 3 saw no example this round: it keeps its probability, the rest is renormalised among the others
+    present = torch.tensor([True, True, True, False])
+    gram_masked = gram.clone()
+    gram_masked[3] = 0
+    gram_masked[:, 3] = 0
+    p, ok = rnb_update(gram_masked, torch.full((4,), 0.25, dtype=torch.float64), prev, present=present)
+    assert ok and torch.isfinite(p).all() and abs(float(p.sum()) - 1) < 1e-12 and float(p[3]) == pytest.approx(0.1)
+    # evaluation mass only on a domain with no training gradient: G p_eval = 0 -> keep p
+    pe = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    p2, ok2 = rnb_update(gram_masked, pe, prev, present=present)
+    assert not ok2 and torch.equal(p2, prev)
+    # zero gradients everywhere: keep p
+    p3, ok3 = rnb_update(torch.zeros(4, 4, dtype=torch.float64), torch.full((4,), 0.25, dtype=torch.float64), prev)
+    assert not ok3 and torch.equal(p3, prev)
+    # nothing present
+    p4, ok4 = rnb_update(gram, pe, prev, present=torch.zeros(4, dtype=torch.bool))
+    assert not ok4 and torch.equal(p4, prev)
+    # empty accumulators give zero rows and no NaN in the Gram matrix
+    g5, pres5 = domain_gram(torch.zeros(3, 2, 2), torch.tensor([0.0, 2.0, 0.0]))
+    assert torch.isfinite(g5).all() and pres5.tolist() == [False, True, False]
+
+
+def test_prob_floor_and_multiplicative_update_accumulates():
+    gram, _, _ = _random_gram(4, seed=7)
+    pe = torch.full((4,), 0.25, dtype=torch.float64)
+    u = torch.full((4,), 0.25, dtype=torch.float64)
+    p, _ = rnb_update(gram, pe, u, lam=50.0, prob_floor=0.2)
+    assert float(p.min()) >= 0.2 / 4 - 1e-12
+    p_once, _ = multiplicative_update(gram, pe, u, lr=1.0)
+    p_twice, _ = multiplicative_update(gram, pe, p_once, lr=1.0)
+    p_rnb, _ = rnb_update(gram, pe, p_once, lam=1.0)
+    assert torch.allclose(p_once, p_rnb)  # from uniform, one multiplicative step = the R&B softmax with lam = lr
+    assert not torch.allclose(p_twice, p_rnb)  # ... but it accumulates, R&B replaces
+    assert torch.allclose(p_twice, rnb_update(gram, pe, u, lam=2.0)[0])
+
+
+def test_kronecker_sketch_approximates_exact_gram():
+    torch.manual_seed(0)
+    m, b, d_in, d_out = 4, 64, 48, 40
+    a = torch.randn(b, d_in)
+    # domain-specific signal so that G has structure
+    delta = torch.randn(b, d_out) * 0.3
+    domains = torch.arange(b) % m
+    basis = torch.randn(m, d_out)
+    delta += basis[domains]
+    exact_s, exact_n = torch.zeros(m, d_out, d_in + 1), torch.zeros(m)
+    accumulate_domain_grads(exact_s, exact_n, a, delta, domains)
+    g_exact, _ = domain_gram(exact_s, exact_n)
+    errs = []
+    for k in (8, 32):
+        sk = KroneckerSketch(d_out, d_in + 1, k, k, seed=1)
+        s, n = torch.zeros(m, sk.k_out, sk.k_in), torch.zeros(m)
+        accumulate_domain_grads(s, n, a, delta, domains, sketch=sk)
+        # projecting the factors equals sketching the full per-domain matrices
+        assert torch.allclose(s, sk.sketch_matrix(exact_s), rtol=1e-4, atol=1e-3)
+        g_sk, _ = domain_gram(s, n)
+        errs.append(float(torch.linalg.matrix_norm(g_sk - g_exact) / torch.linalg.matrix_norm(g_exact)))
+    assert errs[1] < 0.15, errs  # stated tolerance: 15% relative Frobenius error at 32 x 32 on this problem
+    assert errs[1] < errs[0]
+    # k >= d gives the identity projection: exact
+    full = KroneckerSketch(d_out, d_in + 1, d_out, d_in + 1)
+    s, n = torch.zeros(m, d_out, d_in + 1), torch.zeros(m)
+    accumulate_domain_grads(s, n, a, delta, domains, sketch=full)
+    assert torch.allclose(s, exact_s)
+
+
+# ----------------------------------------------------------------------------- sampler
+def _chi2_pvalue(observed: np.ndarray, expected: np.ndarray) -> float:
+    from scipy.stats import chisquare
+
+    return float(chisquare(observed, expected).pvalue)
+
+
+def test_sampler_frequencies_match_p():
+    domains = np.repeat(np.arange(4), [5, 50, 20, 1])
+    p = [0.1, 0.2, 0.3, 0.4]
+    s = DomainMixtureSampler(domains, p, batch_size=50, num_samples=20_000, seed=3)
+    idx = np.fromiter(iter(s), dtype=np.int64)
+    counts = np.bincount(domains[idx], minlength=4)
+    assert counts.sum() == 20_000
+    assert _chi2_pvalue(counts, np.asarray(p) * 20_000) > 1e-3
+    # uniform within the chosen domain
+    within = np.bincount(idx[domains[idx] == 1] - 5, minlength=50)
+    assert _chi2_pvalue(within, np.full(50, within.sum() / 50)) > 1e-3
+
+
+def test_sampler_seeding_ranks_epochs_and_mutation():
+    domains = np.arange(40) % 4
+    a = list(DomainMixtureSampler(domains, batch_size=4, seed=0))
+    assert a == list(DomainMixtureSampler(domains, batch_size=4, seed=0))
+    r1 = DomainMixtureSampler(domains, batch_size=4, seed=0, rank=1, world_size=2)
+    r0 = DomainMixtureSampler(domains, batch_size=4, seed=0, rank=0, world_size=2)
+    assert list(r0) != list(r1) and len(r0) == 20
+    s = DomainMixtureSampler(domains, batch_size=4, seed=0)
+    s.set_epoch(1)
+    assert list(s) != a
+    # mutating p mid-iteration takes effect at the next drawn chunk, without a new iterator
+    s = DomainMixtureSampler(domains, batch_size=4, seed=0)
+    it = iter(s)
+    first = [next(it) for _ in range(4)]
+    s.set_mixture([0, 0, 1, 0])
+    rest = list(it)
+    assert len(first) == 4 and all(domains[i] == 2 for i in rest)
+    # empty domains get no mass; all mass on empty domains is an error
+    s2 = DomainMixtureSampler([0, 0, 2], num_domains=3, batch_size=2)
+    assert s2.mixture.tolist() == [0.5, 0.0, 0.5]
+    with pytest.raises(ConfigError, match="without examples"):
+        s2.set_mixture([0, 1, 0])
+    with pytest.raises(ConfigError, match="entries but there are"):
+        s2.set_mixture([1, 1])
+    with pytest.raises(ConfigError):
+        DomainMixtureSampler([], batch_size=2)
+
+
+def test_sampler_resume_replays_pending_chunks():
+    domains = np.arange(30) % 3
+    s = DomainMixtureSampler(domains, batch_size=3, num_samples=30, seed=5, track_consumption=True)
+    it = iter(s)
+    batches = []
+    for step in range(4):
+        batches.append([next(it) for _ in range(3)])
+        if step == 1:
+            s.set_mixture([1, 0, 0])
+        if step < 3:
+            s.advance()  # three batches consumed; the fourth was drawn (prefetched) but not consumed
+    state = json.loads(json.dumps(s.state_dict()))  # plain types only
+    rest_full = [next(it) for _ in range(6)]
+    s2 = DomainMixtureSampler(domains, batch_size=3, num_samples=30, seed=5, track_consumption=True)
+    s2.load_state_dict(state)
+    resumed = list(iter(s2))[:9]
+    assert resumed[:3] == batches[3]  # the prefetched chunk is replayed with the mixture it was drawn with
+    assert resumed[3:] == rest_full
+    with pytest.raises(ConfigError, match="seed"):
+        DomainMixtureSampler(domains, batch_size=3, seed=6).load_state_dict(state)
+
+
+class _StreamInWorkers(torch.utils.data.IterableDataset):
+    """A dataset that runs the sampler inside each worker process (the mixture must be shared memory)."""
+
+    def __init__(self, sampler: DomainMixtureSampler, domains: torch.Tensor) -> None:
+        self.sampler, self.domains = sampler, domains
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        for chunk in range(wid, 10_000, info.num_workers if info else 1):
+            yield self.domains[self.sampler.draw_chunk(chunk)]
+
+
+def test_mixture_changes_reach_worker_processes():
+    domains = torch.arange(40) % 4
+    sampler = DomainMixtureSampler(domains, [1, 0, 0, 0], batch_size=8, seed=0)
+    loader = torch.utils.data.DataLoader(_StreamInWorkers(sampler, domains), batch_size=None, num_workers=2,
+                                         prefetch_factor=1, multiprocessing_context="fork")
+    it = iter(loader)
+    assert all(int(d) == 0 for d in next(it))
+    sampler.set_mixture([0, 0, 0, 1])  # the main process changes p; workers read the shared tensor
+    seen = [next(it) for _ in range(8)]
+    assert all(int(d) == 3 for batch in seen[-4:] for d in batch)  # prefetched batches may still be old
+    del it
+
+
+# ----------------------------------------------------------------------------- regroup
+def _planted(n_per: int = 40, k: int = 4, dim: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 5.0, size=(k, dim))
+    labels = np.repeat(np.arange(k), n_per)
+    x = centers[labels] + rng.normal(0, 0.5, size=(len(labels), dim))
+    return x, labels, centers
+
+
+def test_regroup_recovers_planted_clusters_and_maps_eval_points():
+    from sklearn.metrics import adjusted_rand_score
+
+    x, labels, centers = _planted()
+    rng = np.random.default_rng(1)
+    eval_lab = np.array([0] * 30 + [2] * 10)
+    xe = centers[eval_lab] + rng.normal(0, 0.5, size=(40, centers.shape[1]))
+    res = SemanticRegrouper([2, 3, 4, 6, 8], seed=0, progress=False).fit(x, xe)
+    assert res.k == 4
+    assert adjusted_rand_score(labels, res.train_domains) > 0.99
+    assert adjusted_rand_score(eval_lab, res.eval_domains) > 0.99
+    assert sorted(np.round(res.p_eval, 3).tolist()) == [0.0, 0.0, 0.25, 0.75]
+    assert [r["k"] for r in res.table] == [2, 3, 4, 6, 8] and all(r["silhouette"] is not None for r in res.table)
+    # eval points land in the training cluster of their planted centre
+    for c in (0, 2):
+        assert len(set(res.eval_domains[eval_lab == c])) == 1
+        assert res.eval_domains[eval_lab == c][0] == np.bincount(res.train_domains[labels == c]).argmax()
+
+
+def test_regroup_hook_selection_save_load(tmp_path):
+    x, _, _ = _planted(n_per=20, k=3, seed=2)
+    calls = []
+
+    def hook(k, train_domains, eval_domains):
+        calls.append(k)
+        return abs(k - 5)  # pretend a stratified run over k clusters gives this eval loss
+
+    res = SemanticRegrouper([2, 5, 7], selection=hook, progress=False).fit(x, x[:10])
+    assert calls == [2, 5, 7] and res.k == 5 and res.table[1]["hook_loss"] == 0
+    res.save(tmp_path / "r")
+    assert not list((tmp_path / "r").glob("*.pkl"))
+    back = RegroupResult.load(tmp_path / "r")
+    assert back.k == 5 and np.array_equal(back.train_domains, res.train_domains)
+    assert np.allclose(back.p_eval, res.p_eval) and back.table == res.table
+    with pytest.raises(DataFileNotFoundError):
+        RegroupResult.load(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="k_grid"):
+        SemanticRegrouper([1, 2])
+    with pytest.raises(DataError, match="dimension|-d"):
+        SemanticRegrouper([2], progress=False).fit(x, x[:, :3])
+
+
+def test_regroup_cli_jsonl_tfidf(tmp_path, capsys):
+    rows = []
+    topics = {"cooking": "pan oven bake flour sugar recipe", "football": "goal match striker league referee pitch",
+              "space": "rocket orbit planet nasa launch astronaut"}
+    rng = np.random.default_rng(0)
+    for name, words in topics.items():
+        w = words.split()
+        for i in range(25):
+            rows.append({"text": " ".join(rng.choice(w, size=6)), "label": i % 2, "domain": "all"})
+    src = tmp_path / "texts.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    code = rnb_cli(["regroup", "--source", str(src), "--k", "2", "3", "4", "--embedder", "tfidf", "--tfidf-dim", "8",
+                    "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    res = RegroupResult.load(tmp_path / "out")
+    assert res.k == 3 and res.metadata["embedder"] == "tfidf-svd8" and res.metadata["source"] == str(src)
+    assert "chosen k = 3" in capsys.readouterr().out
+    assert rnb_cli(["show", str(tmp_path / "out")]) == 0
+    with pytest.raises(SystemExit):
+        rnb_cli(["regroup"])  # --out is required
+
+
+def test_tfidf_embedder_is_fitted_once():
+    emb = TfidfSvdEmbedder(4)
+    a = emb(["red apple", "green apple", "blue sky", "grey sky", "red sky"])
+    b = emb(["red apple"])
+    assert a.shape == (5, 4) and np.allclose(a[0], b[0])
