@@ -22,3 +22,9 @@ def test_readme_own_trainer_example(capsys):
     acc = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= acc <= 1.0
     assert namespace["trainer"].global_step == 10
+
+
+def test_readme_cores_example(capsys):
+    exec(compile(_block("cores"), str(README), "exec"), {})  # noqa: S102 - our own README
+    out = capsys.readouterr().out
+    assert "keyword_my" in out  # the LF table names the shipped labeling functions
