@@ -60,7 +60,7 @@ def _fit_snorkel(SL, L, class_balance, epochs, seed):
     return lm
 
 
-def bench_wrench(repeats: int, snorkel_epochs: int) -> list[dict]:
+def bench_wrench(repeats: int, snorkel_epochs: int, head_to_head: list[dict] | None = None) -> list[dict]:
     from lightning_ws.data import load_wrench
     from lightning_ws.labelmodels import (
         MomentMatching,
@@ -75,6 +75,7 @@ def bench_wrench(repeats: int, snorkel_epochs: int) -> list[dict]:
     SL = _snorkel()
     seeds = range(10)
     rows: list[dict] = []
+    head_to_head = [] if head_to_head is None else head_to_head
     for ds, metric in (("youtube", "accuracy"), ("sms", "f1")):
         tr, va, te = (load_wrench(ds, s) for s in ("train", "valid", "test"))
         Ltr, Lte = tr.weak_labels, te.weak_labels
@@ -113,6 +114,19 @@ def bench_wrench(repeats: int, snorkel_epochs: int) -> list[dict]:
             return {"objective": f, "proj_grad_norm": _projected_grad_norm(np.clip(mu, 0, 1), g),
                     "grad_norm": float(np.abs(g).max())}
 
+        if SL is not None:  # head to head, interleaved so that load drift on a shared machine hits both alike
+            pairs = []
+            for _ in range(max(repeats, 3)):
+                t0 = time.perf_counter()
+                make_label_model("moment_matching", seed=0).fit(Ltr, "estimated")
+                t1 = time.perf_counter()
+                _fit_snorkel(SL, Ltr, None, snorkel_epochs, 0)
+                pairs.append((t1 - t0, time.perf_counter() - t1))
+            ours, theirs = (statistics.median(x) for x in zip(*pairs))
+            head_to_head.append({"dataset": ds, "mm_estimated_s": ours, "snorkel_uniform_s": theirs,
+                                 "ratio_of_medians": ours / theirs,
+                                 "median_pair_ratio": statistics.median(a / b for a, b in pairs),
+                                 "min_ratio": min(a for a, _ in pairs) / min(b for _, b in pairs)})
         record("moment_matching", "uniform", lambda: MomentMatching(seed=0).fit(Ltr, "uniform"),
                lambda mdl: mdl.predict_proba(Lte), None, lambda mdl: conv(mdl.mu_))
         if SL is not None:
@@ -218,14 +232,22 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # snorkel's GEMMs
+    try:  # numpy/scipy BLAS too: multi-threaded BLAS on tiny matrices is pathological on a busy 2-core machine
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+        blas = f"BLAS threads limited to {args.threads}"
+    except ImportError:
+        blas = "threadpoolctl not installed: BLAS threads not limited"
     if args._child:
         _child(*args._child[:2], float(args._child[2]))
         return
     print(f"snorkel: {'installed' if _snorkel() is not None else 'NOT installed - skipped'}; "
-          f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+          f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; torch threads {args.threads}, {blas}")
     if not args.skip_wrench:
-        rows = bench_wrench(args.repeats, args.snorkel_epochs)
+        h2h: list[dict] = []
+        rows = bench_wrench(args.repeats, args.snorkel_epochs, h2h)
         for ds in ("youtube", "sms"):
             sub = [r for r in rows if r["dataset"] == ds]
             sn = [r for r in sub if r["model"].startswith("snorkel") and r["class_balance"] == "uniform"]
@@ -239,6 +261,14 @@ def main() -> None:
                 pg = f"{r['proj_grad_norm']:.1e}" if "proj_grad_norm" in r else ""
                 print(f"| {r['model']} | {r['class_balance']} | {100 * r['all']:.2f} | {100 * r['covered']:.2f} | "
                       f"{r['fit_s']:.3f} | {r['fit_s'] / ref:.2f} | {obj} | {pg} |")
+        if h2h:
+            print("\n### MomentMatching (label-free class balance) vs snorkel 0.10 (uniform), fits interleaved\n")
+            print("| data set | ours s (median) | snorkel s (median) | ratio of medians | median of pair ratios | "
+                  "ratio of minima |")
+            print("|---|---|---|---|---|---|")
+            for r in h2h:
+                print(f"| {r['dataset']} | {r['mm_estimated_s']:.4f} | {r['snorkel_uniform_s']:.4f} | "
+                      f"{r['ratio_of_medians']:.3f} | {r['median_pair_ratio']:.3f} | {r['min_ratio']:.3f} |")
     if not args.skip_scale:
         print(f"\n### Scale: synthetic {args.scale_n} x {args.scale_m}, binary, P(Y=1)=0.35, "
               f"LF accuracy U(0.55, 0.95), coverage U(0.05, 0.5)\n", flush=True)

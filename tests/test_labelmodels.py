@@ -385,3 +385,91 @@ def test_factory_aliases():
     assert isinstance(make_label_model("flyingsquid", solve="median"), Triplet)
     with pytest.raises(ConfigError, match="bad arguments"):
         make_label_model("mv", lr=0.1)
+
+
+# ---- fast paths: pattern collapsing, vote-list / SQUAREM EM, projected Newton --------------------------------------
+
+def test_unique_rows_round_trip():
+    from lightning_ws.labelmodels.matrix import collapse_rows, unique_rows
+
+    L = np.random.default_rng(3).integers(-1, 3, size=(3000, 4))
+    U, inv, counts = unique_rows(L)
+    assert np.array_equal(U[inv], L)
+    assert counts.sum() == L.shape[0] and U.shape[0] == len(np.unique(L, axis=0))
+    assert np.array_equal(np.bincount(inv, minlength=U.shape[0]), counts)
+    assert collapse_rows(np.random.default_rng(4).integers(-1, 2, size=(50, 40))) is None  # all rows distinct
+
+
+@pytest.mark.parametrize("abstain", ["category", "ignore"])
+def test_collapsed_vote_list_em_equals_rowwise_em(binary_data, abstain, monkeypatch):
+    """EM on the unique patterns (weighted, vote-list kernel) = the chunked row-wise EM, iterate for iterate."""
+    import lightning_ws.labelmodels.dawid_skene as ds_mod
+    import lightning_ws.labelmodels.matrix as mx
+
+    L = binary_data.L[:8000]
+    fast = DawidSkene(abstain=abstain, max_iter=60).fit(L)
+    assert fast.fit_report_["em_rows"] < L.shape[0] // 2
+    monkeypatch.setattr(mx, "_COLLAPSE_MAX_RATIO", 0.0)
+    monkeypatch.setattr(ds_mod, "_VOTES_MAX_ELEMS", 0)
+    slow = DawidSkene(abstain=abstain, max_iter=60).fit(L)
+    assert slow.fit_report_["em_rows"] == L.shape[0]
+    assert fast.fit_report_["n_iter"] == slow.fit_report_["n_iter"]
+    np.testing.assert_allclose(fast.log_theta_, slow.log_theta_, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fast.class_balance_, slow.class_balance_, rtol=0, atol=1e-10)
+    assert fast.fit_report_["log_likelihood"] == pytest.approx(slow.fit_report_["log_likelihood"], rel=1e-12)
+    np.testing.assert_allclose(fast.predict_proba(L), slow.predict_proba(L), rtol=0, atol=1e-10)
+
+
+def test_squarem_em_reaches_the_same_fixed_point(binary_data):
+    L = binary_data.L[:20_000]
+    plain = DawidSkene().fit(L)
+    acc = DawidSkene(accelerate=True).fit(L)
+    tight = DawidSkene(tol=1e-11, max_iter=20_000).fit(L)
+    assert acc.fit_report_["converged"] and acc.fit_report_["accelerated"]
+    assert acc.fit_report_["n_iter"] < plain.fit_report_["n_iter"]
+    err_acc = np.abs(acc.class_balance_ - tight.class_balance_).max()
+    err_plain = np.abs(plain.class_balance_ - tight.class_balance_).max()
+    assert err_acc <= max(err_plain, 1e-6)
+    assert acc.fit_report_["log_likelihood"] >= plain.fit_report_["log_likelihood"] - 1e-6
+    with pytest.raises(ConfigError, match="accelerate"):
+        DawidSkene(accelerate="yes")
+
+
+def test_moment_matching_hessian_matches_finite_differences():
+    from lightning_ws.labelmodels.moment_matching import moment_matching_hessian
+
+    rng = np.random.default_rng(5)
+    for m, k, l2 in ((4, 2, 0.0), (3, 3, 0.3)):
+        N = m * k
+        mu = rng.uniform(0.1, 0.9, (N, k))
+        A = rng.uniform(0, 1, (N, N))
+        O, p, mask = (A + A.T) / 2, rng.dirichlet(np.ones(k)), off_diagonal_block_mask(m, k)
+        H = moment_matching_hessian(mu, O, p, mask, l2)
+        num = np.zeros_like(H)
+        for i in range(N * k):
+            e = np.zeros(N * k)
+            e[i] = 1e-6
+            gp = moment_matching_objective(mu + e.reshape(N, k), O, p, mask, mu, l2)[1].ravel()
+            gm = moment_matching_objective(mu - e.reshape(N, k), O, p, mask, mu, l2)[1].ravel()
+            num[:, i] = (gp - gm) / 2e-6
+        np.testing.assert_allclose(H, num, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("init", ["auto", "mv", "precision"])
+def test_newton_equals_lbfgs_and_rowwise_statistics(binary_data, init, monkeypatch):
+    """Projected Newton on collapsed statistics reaches the L-BFGS-B optimum computed from the full rows."""
+    import lightning_ws.labelmodels.matrix as mx
+    import lightning_ws.labelmodels.moment_matching as mm_mod
+
+    L = binary_data.L[:20_000]
+    fast = MomentMatching(init=init).fit(L)
+    rep = fast.fit_report_
+    assert rep["solver"] == "newton" and rep["converged"] and rep["proj_grad_norm"] < 1e-9
+    assert rep["init"] == ("em" if init == "auto" else init)
+    monkeypatch.setattr(mx, "_COLLAPSE_MAX_RATIO", 0.0)
+    monkeypatch.setattr(mm_mod, "_NEWTON_MAX_VARS", 0)
+    slow = MomentMatching(init="mv").fit(L, fast.class_balance_)
+    assert slow.fit_report_["solver"] == "l-bfgs-b" and slow.fit_report_["stat_rows"] == L.shape[0]
+    assert rep["objective"] <= slow.fit_report_["objective"] + 1e-12
+    np.testing.assert_allclose(fast.mu_, slow.mu_, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fast.predict_proba(L), slow.predict_proba(L), rtol=0, atol=1e-4)

@@ -35,7 +35,8 @@ def estimate_class_balance(L: Any, num_classes: int | None = None, method: str =
         L: ``n x m`` label matrix.
         num_classes: ``k`` (inferred when ``None``).
         method: ``"em"`` - the prior fitted by Dawid-Skene EM (Dawid & Skene 1979; consistent when LFs are
-            conditionally independent given ``Y``); ``"mv"`` - the mean majority-vote share over rows with at least
+            conditionally independent given ``Y``; SQUAREM-accelerated on small / pattern-collapsed matrices, same
+            fixed point and stopping test as plain EM); ``"mv"`` - the mean majority-vote share over rows with at least
             one vote (biased toward the classes the LFs vote most often).
         seed: seed passed to the EM model.
 
@@ -45,10 +46,21 @@ def estimate_class_balance(L: Any, num_classes: int | None = None, method: str =
     if method == "mv":
         return MajorityVote(num_classes, seed=seed).fit(L, "estimated").class_balance_
     if method == "em":
-        from lightning_ws.labelmodels.dawid_skene import DawidSkene
-
-        return DawidSkene(num_classes, seed=seed).fit(L, "estimated").class_balance_
+        return _em_class_balance(L, num_classes, seed).class_balance_
     raise ConfigError(f"method must be 'em' or 'mv', got {method!r}.")
+
+
+def _em_class_balance(L: Any, num_classes: int | None, seed: int, collapsed: Any = "auto") -> Any:
+    """The fitted (accelerated) Dawid-Skene model behind the ``"em"`` estimate (its ``class_balance_``).
+
+    ``collapsed`` passes :func:`collapse_rows` of ``L`` when the caller already has it.
+    """
+    from lightning_ws.labelmodels.dawid_skene import DawidSkene
+
+    ds = DawidSkene(num_classes, accelerate=True, seed=seed)
+    if not isinstance(collapsed, str):
+        ds._collapsed_hint = collapsed
+    return ds.fit(L, "estimated")
 
 
 class MajorityVote(LabelModel):

@@ -301,3 +301,54 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if np.isnan(v) else f"{v:.4f}"
     return str(v)
+
+
+#: Collapse a label matrix to its unique rows only when they are at most this fraction of the rows checked.
+_COLLAPSE_MAX_RATIO = 0.5
+#: Rows of the trial sample used to decide whether collapsing is worthwhile on large matrices.
+_COLLAPSE_SAMPLE = 20_000
+
+
+def unique_rows(L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique vote patterns of a label matrix: ``(U, inverse, counts)`` with ``U[inverse] == L`` exactly.
+
+    Each row is hashed to one int64 (a fixed random linear map, wrapping), the hashes are uniqued, and the result
+    is verified row by row; on a (practically impossible) collision the rows are uniqued as byte strings instead.
+    Both are far faster than ``np.unique(L, axis=0)``. Pattern order is deterministic; ``counts`` are int64.
+    """
+    n, m = L.shape
+    coef = np.random.default_rng(0x5EED).integers(1, 2**62, size=m, dtype=np.int64) | 1  # local, fixed generator
+    with np.errstate(over="ignore"):
+        h = (L.astype(np.int64, copy=False) + 2) @ coef
+    _, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
+    U = L[first]
+    inverse = inverse.reshape(-1)
+    if not np.array_equal(U[inverse], L):  # hash collision: exact byte-string fallback
+        lo, hi = int(L.min()), int(L.max())
+        dt = np.int8 if -128 <= lo and hi <= 127 else (np.int16 if -32768 <= lo and hi <= 32767 else np.int64)
+        B = np.ascontiguousarray(L, dtype=dt)
+        v = B.view(np.dtype((np.void, B.shape[1] * B.itemsize))).ravel()
+        _, first, inverse, counts = np.unique(v, return_index=True, return_inverse=True, return_counts=True)
+        U, inverse = L[first], inverse.reshape(-1)
+    return U, inverse, counts.astype(np.int64)
+
+
+def collapse_rows(L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`unique_rows` when the matrix has few distinct patterns (at most half its rows), else ``None``.
+
+    Label models whose statistics are sums over rows (EM, overlap matrices) can then work on the ``U`` unique
+    patterns with weights ``counts`` instead of the ``n`` rows - the same numbers up to float rounding. WRENCH
+    matrices collapse 10-30x (SMS: 4571 rows, 143 patterns). For large ``n`` a trial on the first
+    ``_COLLAPSE_SAMPLE`` rows decides first, so matrices of random-looking rows cost only the trial.
+    """
+    n = L.shape[0]
+    if n < 4:
+        return None
+    if n > 2 * _COLLAPSE_SAMPLE:
+        s = min(n, _COLLAPSE_SAMPLE)
+        if unique_rows(L[:s])[0].shape[0] > _COLLAPSE_MAX_RATIO * s:
+            return None
+    U, inverse, counts = unique_rows(L)
+    if U.shape[0] > _COLLAPSE_MAX_RATIO * n:
+        return None
+    return U, inverse, counts
