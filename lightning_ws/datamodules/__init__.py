@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "NoisyImageDataModule": "lightning_ws.datamodules.gradmimic",
     "MixtureDataModule": "lightning_ws.datamodules.rnb",
     "TensorMixtureDataModule": "lightning_ws.datamodules.rnb",
+    "WeaverDistillDataModule": "lightning_ws.datamodules.weaver",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

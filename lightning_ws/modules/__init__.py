@@ -11,6 +11,7 @@ _EXPORTS: dict[str, str] = {
     "LokiClassifier": "lightning_ws.modules.loki",
     "GradMimicClassifier": "lightning_ws.modules.gradmimic",
     "PeftSequenceClassifier": "lightning_ws.modules.more",
+    "WeaverCrossEncoder": "lightning_ws.modules.weaver",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
