@@ -89,6 +89,10 @@ class TextClassifier(pl.LightningModule):
         config_overrides: encoder config changes (only with ``pretrained=False``; tests use a 1-layer encoder).
         positive_class: the class whose F1 is reported for binary tasks (WRENCH convention: 1 = spam).
         label_smoothing: label smoothing for hard labels.
+        adapter: ``"none"`` (full fine-tuning) or ``"more"``: Monarch adapters (MoRe, arXiv:2408.17383) on the
+            encoder's linear layers, encoder weights frozen, the head trained.
+        adapter_config: :class:`lightning_ws.more.MoReConfig` fields (default: ``target_modules: [query, key,
+            value]``, ``nblocks: 4``, ``blk_r: 8``, i.e. LoRA-r=8 parameter cost on MiniLM).
     """
 
     def __init__(
@@ -106,6 +110,8 @@ class TextClassifier(pl.LightningModule):
         config_overrides: dict[str, Any] | None = None,
         positive_class: int = 1,
         label_smoothing: float = 0.0,
+        adapter: Literal["none", "more"] = "none",
+        adapter_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -127,6 +133,20 @@ class TextClassifier(pl.LightningModule):
         self.classifier = nn.Linear(hidden, num_classes)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
+        if adapter not in ("none", "more"):
+            raise ConfigError(f"adapter must be 'none' or 'more', got {adapter!r}.")
+        if adapter == "none" and adapter_config:
+            raise ConfigError("adapter_config is set but adapter is 'none'; set adapter: more or drop adapter_config.")
+        if adapter == "more":
+            from lightning_ws.more import MoReConfig, inject_more
+
+            fields = {"target_modules": ["query", "key", "value"], "nblocks": 4, "blk_r": 8, **(adapter_config or {})}
+            try:
+                cfg = MoReConfig(**fields)
+            except TypeError as err:
+                raise ConfigError(f"adapter_config: {err}; valid fields are those of lightning_ws.more.MoReConfig.") \
+                    from None
+            inject_more(self.encoder, cfg, freeze_base=True)
         self.val_metrics = self._make_metrics("val/")
         self.test_metrics = self._make_metrics("test/")
         # transformers returns models in eval mode; Lightning keeps module modes as they are, so switch dropout on.

@@ -44,9 +44,20 @@ def _trainer(tmp: Path, max_steps: int, accumulate: int, extra: Mapping[str, Any
     return pl.Trainer(**kwargs)
 
 
+class _StopAt(pl.Callback):
+    """Stop training once ``trainer.global_step`` reaches ``step`` (simulates an interruption)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 def callback_states(callbacks: list[pl.Callback]) -> dict[str, Any]:
     """``{state_key: state_dict}`` of the callbacks that have state."""
-    return {cb.state_key: cb.state_dict() for cb in callbacks if cb.state_dict()}
+    return {cb.state_key: cb.state_dict() for cb in callbacks if not isinstance(cb, _StopAt) and cb.state_dict()}
 
 
 def assert_state_equal(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0, path: str = "state") -> None:
@@ -65,7 +76,8 @@ def assert_state_equal(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0, 
         if atol == 0 and rtol == 0:
             assert torch.equal(a, b), f"{path}: tensors differ (max abs diff {(a.double() - b.double()).abs().max()})"
         else:
-            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"{path}: tensors differ")
+            diff = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=f"{path}: tensors differ (max abs diff {diff})")
     elif isinstance(a, np.ndarray):
         np.testing.assert_allclose(a, b, atol=atol, rtol=rtol, err_msg=path)
     elif isinstance(a, float) and isinstance(b, float):
@@ -108,10 +120,12 @@ def assert_resume_equivalent(
     model, dm, cbs = build()
     # The checkpoint is written by ModelCheckpoint inside the training loop (on_train_batch_end of step k), as in a
     # real run that is later interrupted; a checkpoint saved after fit() returned would mark the epoch as finished.
+    # The first leg is configured exactly like the full run (same max_steps, so LR schedules that depend on the
+    # run's length agree) and is stopped at step k, as a crash would stop it.
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "part", filename="interrupt", every_n_train_steps=interrupt_step,
                               save_top_k=-1, save_last=False)
-    first = _trainer(tmp_path / "part", interrupt_step, accumulate_grad_batches,
-                     {**(trainer_kwargs or {}), "enable_checkpointing": True}, [*cbs, ckpt_cb])
+    first = _trainer(tmp_path / "part", total_steps, accumulate_grad_batches,
+                     {**(trainer_kwargs or {}), "enable_checkpointing": True}, [*cbs, _StopAt(interrupt_step), ckpt_cb])
     first.fit(model, dm)
     assert first.global_step == interrupt_step, f"first leg stopped at step {first.global_step}"
     ckpt = tmp_path / "part" / "interrupt.ckpt"
