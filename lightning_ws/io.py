@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning_ws.errors import DataFileNotFoundError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
+__all__ = ["to_jsonable", "atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -84,3 +84,26 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
         for k in fh.keys():
             out[k] = fh.get_tensor(k)
     return out, meta
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays inside dicts/lists to plain JSON types (NaN/inf -> ``None``).
+
+    Raises ``TypeError`` for anything that is still not JSON-serialisable, so nothing is silently stringified.
+    """
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    json.dumps(obj)  # raises TypeError for anything else
+    return obj

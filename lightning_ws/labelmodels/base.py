@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.io import to_jsonable as _jsonable
 from lightning_ws.labelmodels.matrix import ABSTAIN, _row_chunks, _to_numpy, covered_mask, validate_label_matrix
 
 __all__ = ["LabelModel", "TIE_BREAKS", "CLASS_BALANCE_MODES", "resolve_class_balance", "probs_to_preds"]
@@ -478,24 +479,6 @@ class LabelModel(ABC):
         model = target(**meta["config"])
         model.load_state_dict({"meta": meta, "arrays": {k: v.numpy() for k, v in tensors.items()}})
         return model
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays inside dicts/lists to plain JSON types (NaN/inf -> None)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    json.dumps(obj)  # raises TypeError for anything else
-    return obj
 
 
 def registry() -> dict[str, type[LabelModel]]:

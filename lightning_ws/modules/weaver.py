@@ -6,7 +6,6 @@ Lightning-free pieces (ranking losses, selection, problem splits) live in :mod:`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.modules.text_classifier import load_encoder
+from lightning_ws.optim import adamw_with_head, warmup_schedule
 from lightning_ws.weaver.distill import RANKING_LOSSES, flat_selection_accuracy, ranking_loss, select_from_scores
 
 __all__ = ["WeaverCrossEncoder", "FlatSelectionAccuracy", "select_from_scores"]
@@ -207,31 +207,12 @@ class WeaverCrossEncoder(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW (no decay on biases/norms) with linear warm-up then cosine decay, stepped per optimizer step."""
         hp = self.hparams
-        decay, no_decay, head = [], [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if name.startswith("head."):
-                head.append(param)
-            elif param.dim() < 2 or "norm" in name.lower():
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay, "lr": hp.lr},
-                  {"params": no_decay, "weight_decay": 0.0, "lr": hp.lr},
-                  {"params": head, "weight_decay": hp.weight_decay, "lr": hp.head_lr or hp.lr}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        optimizer = adamw_with_head(self, head_prefix="head.", lr=hp.lr, head_lr=hp.head_lr,
+                                    weight_decay=hp.weight_decay)
         if hp.schedule_steps is not None:
             total = int(hp.schedule_steps)
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup = int(math.floor(hp.warmup_ratio * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
+        schedule = warmup_schedule(total, hp.warmup_ratio, decay="cosine")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

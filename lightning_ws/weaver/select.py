@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.io import to_jsonable as _jsonable
 from lightning_ws.weaver.data import VerificationData
 
 __all__ = [
@@ -705,19 +706,3 @@ class Weaver:
         w.verifier_names_, w.mode_, w.report_ = st["verifier_names"], st["mode"], st["report"]
         w.label_model_ = LabelModel.load(folder / "label_model")
         return w
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
