@@ -28,6 +28,15 @@ def tiny_encoder_overrides() -> dict:
 
 @pytest.fixture(autouse=True)
 def _isolated_cwd(tmp_path, monkeypatch):
-    """Run every test in its own folder so runs/, wandb/ and lightning_logs/ never land in the checkout."""
+    """Run every test in its own folder so runs/, wandb/ and lightning_logs/ never land in the checkout.
+
+    Also close any W&B run a test left open: Lightning's WandbLogger reuses a process-wide ``wandb.run``, so a
+    dangling run would capture the next test's logging.
+    """
     monkeypatch.chdir(tmp_path)
     yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

@@ -37,6 +37,9 @@ def test_log_model_needs_online():
 def test_offline_run_holds_config_and_metrics(tmp_path, monkeypatch, capsys, tiny_encoder_overrides):
     """A CLI fit with the default logger (mode from WANDB_MODE -> offline) writes a run we can read back."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
+    import wandb
+
+    assert wandb.run is None, "a W&B run from another test is still open"
     save_dir = tmp_path / "runs"
     rc = main([
         "fit", "-c", str(REPO / "configs/quickstart.yaml"),
