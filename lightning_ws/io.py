@@ -16,7 +16,7 @@ from typing import Any
 
 from lightning_ws.errors import DataFileNotFoundError
 
-__all__ = ["to_jsonable", "atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
+__all__ = ["read_jsonl", "to_jsonable", "atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -107,3 +107,21 @@ def to_jsonable(obj: Any) -> Any:
         return float(obj) if np.isfinite(obj) else None
     json.dumps(obj)  # raises TypeError for anything else
     return obj
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+    """Read a JSON-lines file (blank lines skipped); a malformed line raises ``DataError`` naming ``file:line``."""
+    from lightning_ws.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"JSONL file not found: {path}.")
+    rows = []
+    with path.open("r", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+    return rows

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from lightning_ws.errors import DataError, DataFileNotFoundError
+from lightning_ws.io import read_jsonl
 
 __all__ = [
     "ABSTAIN",
@@ -330,14 +331,7 @@ def load_gsm8k_candidates(path: str | Path | None = None) -> GSM8KCandidates:
     """
     path = Path(path) if path is not None else DATA_DIR / "gsm8k" / "example_model_solutions.jsonl"
     _require_file(path, "GSM8K candidate file")
-    rows = []
-    with path.open("r", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+    rows = read_jsonl(path)
     if not rows:
         raise DataError(f"{path}: no rows.")
     names = [k for k, v in rows[0].items() if isinstance(v, dict) and "solution" in v]

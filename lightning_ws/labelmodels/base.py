@@ -30,7 +30,14 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import to_jsonable as _jsonable
-from lightning_ws.labelmodels.matrix import ABSTAIN, _row_chunks, _to_numpy, covered_mask, validate_label_matrix
+from lightning_ws.labelmodels.matrix import (
+    ABSTAIN,
+    _row_chunks,
+    _to_numpy,
+    covered_mask,
+    validate_label_matrix,
+    vote_counts,
+)
 
 __all__ = ["LabelModel", "TIE_BREAKS", "CLASS_BALANCE_MODES", "resolve_class_balance", "probs_to_preds"]
 
@@ -150,12 +157,7 @@ def posterior_from_logtab(L: np.ndarray, logtab: np.ndarray, prior: np.ndarray) 
 
 def mv_proba(L: np.ndarray, k: int) -> np.ndarray:
     """Majority-vote probabilities (vote shares); all-abstain rows get a uniform row."""
-    n, m = L.shape
-    out = np.empty((n, k), dtype=np.float64)
-    for sl in _row_chunks(n, m):
-        block = L[sl]
-        for c in range(k):
-            out[sl, c] = (block == c).sum(axis=1)
+    out = vote_counts(L, k)
     tot = out.sum(axis=1, keepdims=True)
     np.divide(out, tot, out=out, where=tot > 0)
     out[tot[:, 0] == 0] = 1.0 / k

@@ -8,13 +8,13 @@ the CLI line up row by row with the data module's training set.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.io import read_jsonl
 
 __all__ = ["MixtureTexts", "load_mixture_source", "SOURCES"]
 
@@ -63,13 +63,7 @@ def _read_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str
     """Read ``text``, ``label`` (optional, default 0), ``domain`` (optional) and ``split`` (optional) columns."""
     rows: list[dict] = []
     if path.suffix.lower() == ".jsonl":
-        with path.open("r", encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+        rows = read_jsonl(path)
     elif path.suffix.lower() == ".csv":
         with path.open("r", encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))

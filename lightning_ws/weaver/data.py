@@ -18,7 +18,6 @@ Lightning-free (numpy only).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.io import read_jsonl
 
 __all__ = [
     "NO_ANSWER",
@@ -214,14 +214,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"reading Parquet needs pyarrow (pip install pyarrow): {err}.") from None
         return [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
                 for r in frame.to_dict(orient="records")]
-    rows = []
-    with path.open("r", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+    rows = read_jsonl(path)
     if not rows:
         raise DataError(f"{path}: no rows.")
     return rows
