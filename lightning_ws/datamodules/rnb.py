@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_ws.datamodules.text import TokenizedTextDataset, load_tokenizer, pad_collate
+from lightning_ws.datamodules.text import TokenizedTextDataset, TokenizingMixin, pad_collate
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.rnb.data import MixtureTexts, load_mixture_source
 from lightning_ws.rnb.functional import validate_mixture
@@ -231,7 +231,7 @@ class TensorMixtureDataModule(_MixtureBase):
                           collate_fn=self._collate, num_workers=self.num_workers)
 
 
-class MixtureDataModule(_MixtureBase):
+class MixtureDataModule(TokenizingMixin, _MixtureBase):
     """Texts with domains, sampled by a mutable mixture; the data side of R&B (arXiv 2505.00358).
 
     Domains are the source's original ones (e.g. the YouTube video), or the k-means domains of a regroup result folder
@@ -331,17 +331,6 @@ class MixtureDataModule(_MixtureBase):
     def num_classes(self) -> int:
         """Number of classes (for linking to the model's ``num_classes``)."""
         return self._num_classes
-
-    @property
-    def tokenizer(self):
-        """The tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self._tokenizer_path)
-        return self._tokenizer
-
-    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
-        return [list(ids) for ids in enc["input_ids"]]
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenise the training and evaluation texts (once)."""

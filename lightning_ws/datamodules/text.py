@@ -20,7 +20,7 @@ from lightning_ws.data import WrenchSplit, load_wrench
 from lightning_ws.datamodules.resumable import ResumableDataLoader
 from lightning_ws.errors import ConfigError
 
-__all__ = ["TextClassificationDataModule", "TokenizedTextDataset", "EpochSeededRandomSampler", "pad_collate",
+__all__ = ["TextClassificationDataModule", "TokenizingMixin", "TokenizedTextDataset", "EpochSeededRandomSampler", "pad_collate",
            "load_tokenizer"]
 
 
@@ -113,7 +113,27 @@ class EpochSeededRandomSampler(RandomSampler):
         yield from super().__iter__()
 
 
-class TextClassificationDataModule(pl.LightningDataModule):
+class TokenizingMixin:
+    """A lazily loaded Hugging Face tokenizer (``self._tokenizer_path``) and unpadded tokenisation to
+    ``self.max_length``, shared by the text datamodules."""
+
+    _tokenizer_path: str | None
+    _tokenizer: Any
+    max_length: int
+
+    @property
+    def tokenizer(self):
+        """The tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._tokenizer_path)
+        return self._tokenizer
+
+    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
+        return [list(ids) for ids in enc["input_ids"]]
+
+
+class TextClassificationDataModule(TokenizingMixin, pl.LightningDataModule):
     """Tokenised WRENCH-format text classification (train / valid / test) with gold labels.
 
     Args:
@@ -169,17 +189,6 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         """Number of classes of the data set."""
         return len(self.class_names)
-
-    @property
-    def tokenizer(self):
-        """The tokenizer (loaded on first use)."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self._tokenizer_path)
-        return self._tokenizer
-
-    def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
-        return [list(ids) for ids in enc["input_ids"]]
 
     def load_split(self, split: str) -> WrenchSplit:
         """The raw split (cached)."""
