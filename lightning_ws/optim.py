@@ -8,7 +8,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["adamw_with_head", "warmup_schedule"]
+__all__ = ["adamw_with_head", "check_optim_args", "warmup_schedule"]
+
+
+def check_optim_args(*, lr: float, head_lr: float | None, warmup_ratio: float, dropout: float) -> None:
+    """Validate the optimisation arguments shared by the lightning_ws modules (``ConfigError`` naming the value)."""
+    from lightning_ws.errors import ConfigError
+
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}.")
+    if lr <= 0 or (head_lr is not None and head_lr <= 0):
+        raise ConfigError(f"learning rates must be > 0, got lr={lr}, head_lr={head_lr}.")
+    if not 0.0 <= warmup_ratio < 1.0:
+        raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
 
 
 def adamw_with_head(module: nn.Module, *, head_prefix: str, lr: float, head_lr: float | None,

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.losses import classification_loss
-from lightning_ws.optim import adamw_with_head, warmup_schedule
+from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
 
 __all__ = ["TextClassifier", "default_encoder_path", "load_encoder"]
 
@@ -118,12 +118,7 @@ class TextClassifier(pl.LightningModule):
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}.")
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}.")
-        if lr <= 0 or (head_lr is not None and head_lr <= 0):
-            raise ConfigError(f"learning rates must be > 0, got lr={lr}, head_lr={head_lr}.")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+        check_optim_args(lr=lr, head_lr=head_lr, warmup_ratio=warmup_ratio, dropout=dropout)
         if num_classes == 2 and positive_class not in (0, 1):
             raise ConfigError(f"positive_class must be 0 or 1 for a binary task, got {positive_class}.")
         self.save_hyperparameters()

@@ -17,7 +17,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.modules.text_classifier import load_encoder
-from lightning_ws.optim import adamw_with_head, warmup_schedule
+from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
 from lightning_ws.weaver.distill import RANKING_LOSSES, flat_selection_accuracy, ranking_loss, select_from_scores
 
 __all__ = ["WeaverCrossEncoder", "FlatSelectionAccuracy", "select_from_scores"]
@@ -116,12 +116,7 @@ class WeaverCrossEncoder(pl.LightningModule):
             raise ConfigError(f"ranking_loss must be one of {RANKING_LOSSES}, got {ranking_loss!r}.")
         if ranking_weight < 0:
             raise ConfigError(f"ranking_weight must be >= 0, got {ranking_weight}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}.")
-        if lr <= 0 or (head_lr is not None and head_lr <= 0):
-            raise ConfigError(f"learning rates must be > 0, got lr={lr}, head_lr={head_lr}.")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}.")
+        check_optim_args(lr=lr, head_lr=head_lr, warmup_ratio=warmup_ratio, dropout=dropout)
         if schedule_steps is not None and int(schedule_steps) < 1:
             raise ConfigError(f"schedule_steps must be >= 1 or None, got {schedule_steps}.")
         dims = [int(d) for d in head_dims]

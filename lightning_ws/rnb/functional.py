@@ -251,6 +251,24 @@ def _masked_replace(p_prev: torch.Tensor, logits: torch.Tensor, present: torch.T
     return out
 
 
+def _present_scores(gram: torch.Tensor, p_eval: torch.Tensor, p_prev: torch.Tensor, present: torch.Tensor | None,
+                    normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shared first half of the mixture updates: check shapes, mask absent domains out of ``p_eval``, score.
+
+    Returns ``(present, scores)``; ``scores`` is ``None`` when no domain is present or the score is zero/non-finite
+    (the caller then keeps ``p_prev``).
+    """
+    m = gram.shape[0]
+    if gram.shape != (m, m) or p_eval.shape != (m,) or p_prev.shape != (m,):
+        raise ConfigError(f"shapes must be G (m, m), p_eval (m,), p (m,); got {tuple(gram.shape)}, "
+                          f"{tuple(p_eval.shape)}, {tuple(p_prev.shape)}.")
+    present = torch.ones(m, dtype=torch.bool, device=gram.device) if present is None else present.to(gram.device)
+    if not bool(present.any()):
+        return present, None
+    pe = torch.where(present, p_eval.double().to(gram.device), torch.zeros((), dtype=torch.float64))
+    return present, rnb_scores(gram, pe, normalize=normalize)
+
+
 def rnb_update(
     gram: torch.Tensor,
     p_eval: torch.Tensor,
@@ -282,15 +300,7 @@ def rnb_update(
     Returns:
         ``(p_new, updated)``: float64 mixture and whether an update happened (``False`` = fallback to ``p_prev``).
     """
-    m = gram.shape[0]
-    if gram.shape != (m, m) or p_eval.shape != (m,) or p_prev.shape != (m,):
-        raise ConfigError(f"shapes must be G (m, m), p_eval (m,), p (m,); got {tuple(gram.shape)}, "
-                          f"{tuple(p_eval.shape)}, {tuple(p_prev.shape)}.")
-    present = torch.ones(m, dtype=torch.bool, device=gram.device) if present is None else present.to(gram.device)
-    if not bool(present.any()):
-        return p_prev.double(), False
-    pe = torch.where(present, p_eval.double().to(gram.device), torch.zeros((), dtype=torch.float64))
-    scores = rnb_scores(gram, pe, normalize=normalize)
+    present, scores = _present_scores(gram, p_eval, p_prev, present, normalize)
     if scores is None:
         return p_prev.double(), False
     p = _masked_replace(p_prev.to(gram.device), lam * scores, present)
@@ -319,12 +329,7 @@ def multiplicative_update(
     Returns:
         ``(p_new, updated)`` as :func:`rnb_update`.
     """
-    m = gram.shape[0]
-    present = torch.ones(m, dtype=torch.bool, device=gram.device) if present is None else present.to(gram.device)
-    if not bool(present.any()):
-        return p_prev.double(), False
-    pe = torch.where(present, p_eval.double().to(gram.device), torch.zeros((), dtype=torch.float64))
-    scores = rnb_scores(gram, pe, normalize=normalize)
+    present, scores = _present_scores(gram, p_eval, p_prev, present, normalize)
     if scores is None:
         return p_prev.double(), False
     prev = p_prev.double().to(gram.device).clamp_min(1e-300)
