@@ -10,9 +10,15 @@ over seeds. Adapters (exact trainable counts printed, head included and listed s
 Speed: train-step time (forward + backward + AdamW step, batch 32 x 64 tokens, fixed batch) of MoRe K=4 r=8 / LoRA r=8,
 measured interleaved in the same process (median of rounds).
 
+Learning-rate selection (``--lrs``): for each data set and adapter, every learning rate in the grid is trained with the
+first seed and scored on the WRENCH *validation* split; the best one (validation macro-F1, ties to the lower training loss) is
+then run with every seed and reported on the test split. This is the fair per-method protocol; a single ``--lr`` gives
+all methods the same untuned rate.
+
 Usage::
 
     python benchmarks/bench_more.py                      # full run (~20 min on 2 shared CPU cores)
+    python benchmarks/bench_more.py --lrs 1e-3 3e-3 1e-2 # per-method learning rate chosen on the valid split
     python benchmarks/bench_more.py --quick              # smoke run (1 seed, tiny subsets)
 """
 
@@ -73,10 +79,10 @@ def macro_f1(y, p, k):
     return float(np.mean(f))
 
 
-def run_one(data, kw, seed, args, pad_id):
+def run_one(data, kw, seed, args, pad_id, lr=None, split="test"):
     model = build_sequence_classifier(num_labels=2, seed=seed, **kw)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr if lr is None else lr, weight_decay=0.0)
     n_steps = args.epochs * ((len(data["train_ids"]) + args.batch_size - 1) // args.batch_size)
     warm = max(1, int(0.06 * n_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -97,10 +103,10 @@ def run_one(data, kw, seed, args, pad_id):
     model.eval()
     preds = []
     with torch.no_grad():
-        for x, m, _ in batches(data["test_ids"], data["test_y"], 128, rng, False, pad_id):
+        for x, m, _ in batches(data[f"{split}_ids"], data[f"{split}_y"], 128, rng, False, pad_id):
             preds.append(model(input_ids=x, attention_mask=m).logits.argmax(-1).numpy())
     p = np.concatenate(preds)
-    y = data["test_y"]
+    y = data[f"{split}_y"]
     return {"acc": float(np.mean(p == y)), "f1": macro_f1(y, p, 2), "train_s": train_s, "steps": len(losses),
             "first_loss": float(np.mean(losses[:5])), "last_loss": float(np.mean(losses[-5:])),
             "factors": factor_count(model), "trainable": trainable_parameter_count(model)}
@@ -146,6 +152,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lrs", nargs="+", type=float, default=None,
+                    help="learning-rate grid; each adapter's rate is chosen on the WRENCH valid split (first seed)")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--train-subsample", type=int, default=640, help="max train examples per data set (seeded)")
     ap.add_argument("--test-subsample", type=int, default=None, help="max test examples per data set (seeded)")
     ap.add_argument("--speed-rounds", type=int, default=5)
@@ -165,45 +174,61 @@ def main():
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, lr {args.lr}, epochs {args.epochs}, "
           f"batch {args.batch_size}, max_length {args.max_length}, train subsample {args.train_subsample}")
 
-    med, ratio = speed(args)
-    print(f"\nspeed (batch {args.batch_size} x 64 tokens, fwd+bwd+AdamW, median of {args.speed_rounds} rounds x 3 "
-          f"steps, interleaved): LoRA r=8 {med['LoRA r=8'] * 1e3:.1f} ms, MoRe K=4 r=8 "
-          f"{med['MoRe K=4 r=8'] * 1e3:.1f} ms, ratio MoRe/LoRA = {ratio:.3f} (target <= 1.2)", flush=True)
+    med, ratio = ({"LoRA r=8": float("nan"), "MoRe K=4 r=8": float("nan")}, float("nan")) if args.skip_speed \
+        else speed(args)
+    if not args.skip_speed:
+        print(f"\nspeed (batch {args.batch_size} x 64 tokens, fwd+bwd+AdamW, median of {args.speed_rounds} rounds x 3 "
+              f"steps, interleaved): LoRA r=8 {med['LoRA r=8'] * 1e3:.1f} ms, MoRe K=4 r=8 "
+              f"{med['MoRe K=4 r=8'] * 1e3:.1f} ms, ratio MoRe/LoRA = {ratio:.3f} (target <= 1.2)", flush=True)
 
-    raw = {}
+    raw, chosen = {}, {}
     for ds in args.datasets:
-        tr, te = load_wrench(ds, "train"), load_wrench(ds, "test")
+        tr, va, te = load_wrench(ds, "train"), load_wrench(ds, "valid"), load_wrench(ds, "test")
         sel = np.random.default_rng(1234).permutation(tr.n)[: min(tr.n, args.train_subsample)]
         tsel = np.random.default_rng(4321).permutation(te.n)[: min(te.n, args.test_subsample or te.n)]
         data = {"train_ids": tokenize(tok, [tr.texts[i] for i in sel], args.max_length),
                 "train_y": tr.labels[sel], "test_ids": tokenize(tok, [te.texts[i] for i in tsel], args.max_length),
-                "test_y": te.labels[tsel]}
+                "test_y": te.labels[tsel], "valid_ids": tokenize(tok, list(va.texts), args.max_length),
+                "valid_y": va.labels}
         print(f"\n== {ds}: train {len(sel)}/{tr.n} (subsampled, seed 1234), test {len(tsel)}/{te.n} (seed 4321), "
               f"positive rate test {te.labels[tsel].mean():.3f}")
         for name in args.adapters:
+            lr = args.lr
+            if args.lrs:
+                sweep = []
+                for cand in args.lrs:
+                    v = run_one(data, ADAPTERS[name], args.seeds[0], args, tok.pad_token_id, lr=cand, split="valid")
+                    sweep.append((v["f1"], -v["last_loss"], cand))
+                    print(f"  {name:14s} lr {cand:.0e} (seed {args.seeds[0]}): valid acc {v['acc']:.4f} f1 "
+                          f"{v['f1']:.4f} loss {v['first_loss']:.3f}->{v['last_loss']:.3f}", flush=True)
+                lr = max(sweep)[2]
+                chosen.setdefault(ds, {})[name] = {"lr": lr, "sweep": [[c, f, -l] for f, l, c in sweep]}
+                print(f"  {name:14s} chosen lr {lr:.0e}", flush=True)
             for seed in args.seeds:
-                r = run_one(data, ADAPTERS[name], seed, args, tok.pad_token_id)
+                r = run_one(data, ADAPTERS[name], seed, args, tok.pad_token_id, lr=lr)
+                r["lr"] = lr
                 raw.setdefault(ds, {}).setdefault(name, []).append(r)
                 print(f"  {name:14s} seed {seed}: acc {r['acc']:.4f} f1 {r['f1']:.4f} loss {r['first_loss']:.3f}->"
                       f"{r['last_loss']:.3f} factors {r['factors']:,} trainable {r['trainable']:,} "
                       f"{r['train_s'] / r['steps']:.3f} s/step", flush=True)
 
-    print("\n| data | adapter | adapter params | trainable (incl. head) | test acc | test macro-F1 | s/step |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| data | adapter | adapter params | trainable (incl. head) | lr | test acc | test macro-F1 | s/step |")
+    print("|---|---|---|---|---|---|---|---|")
     for ds, per in raw.items():
         for name, rs in per.items():
             acc = [r["acc"] for r in rs]
             f1 = [r["f1"] for r in rs]
             sps = statistics.median(r["train_s"] / r["steps"] for r in rs)
             sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)
-            print(f"| {ds} | {name} | {rs[0]['factors']:,} | {rs[0]['trainable']:,} | {np.mean(acc):.4f} +- "
+            print(f"| {ds} | {name} | {rs[0]['factors']:,} | {rs[0]['trainable']:,} | {rs[0]['lr']:.0e} | "
+                  f"{np.mean(acc):.4f} +- "
                   f"{sd(acc):.4f} | {np.mean(f1):.4f} +- {sd(f1):.4f} | {sps:.3f} |")
 
     if args.out:
         from lightning_ws.io import save_json
 
         save_json(args.out, {"args": vars(args), "results": raw, "speed_ms": {k: v * 1e3 for k, v in med.items()},
-                             "speed_ratio": ratio})
+                             "speed_ratio": ratio, "lr_selection": chosen})
 
 
 if __name__ == "__main__":
