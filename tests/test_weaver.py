@@ -370,6 +370,49 @@ def test_heuristic_verifiers():
     np.testing.assert_allclose(col["integer_answer"], [1.0, 1.0, 0.0])
 
 
+def test_consistency_verifiers():
+    from lightning_ws.weaver.verifiers import consistency_scores, question_numbers
+
+    assert {3.0, 0.5, 2.0, 12.0, 0.2}.issubset(question_numbers("three apples, half a dozen eggs and 20% off"))
+    q = ["Tom has 3 apples and buys 4 more. How many?"]
+    sols = [["3+4=<<3+4=7>>7\nA: 7",
+             "3*4=<<3*4=12>>12\n12-5=<<12-5=7>>7\nA: 7",
+             "3+4=<<3+4=7>>7\n7+37=<<7+37=44>>44\nA: 44",
+             "He has 4.\nHe has 4.\nA: 4"]]
+    names, s = consistency_scores(q, sols, [["7", "7", "44", "4"]])
+    col = {n: s[0, :, i] for i, n in enumerate(names)}
+    # candidate 0 computes {7}: others compute 7 too; candidate 2 computes {7, 44}: 44 is its own only
+    np.testing.assert_allclose(col["step_agreement"], [1.0, 0.5, 0.5, np.nan])
+    # answer 7 is reached by 2 of 3 others (cand 2 computes 7 on the way); 44 by none; 4 nowhere but the question
+    np.testing.assert_allclose(col["answer_support"], [2 / 3, 2 / 3, 0.0, 0.0])
+    # 5 (cand 1) is a constant; 37 (cand 2) is hallucinated: 3 of 4 operands grounded
+    np.testing.assert_allclose(col["grounded_operands"], [1.0, 1.0, 0.75, np.nan])
+    np.testing.assert_allclose(col["answer_not_copied"], [1.0, 1.0, 1.0, 0.0])
+    np.testing.assert_allclose(col["no_repetition"], [1.0, 1.0, 1.0, 2 / 3])
+
+
+def test_prior_binarizer_discrete_cut_and_answer_pooling():
+    from lightning_ws.weaver.select import pool_by_answer
+
+    # a discrete verifier: 60% zeros, 25% 1/3, 15% 1; pi = 0.4 -> cut between 0 and 1/3 (rate 0.4), not on an atom
+    x = np.array([0.0] * 60 + [1 / 3] * 25 + [1.0] * 15).reshape(20, 5, 1)
+    b = Binarizer("prior").fit(x, 0.4)
+    assert 0.0 < b.thresholds_[0] < 1 / 3
+    assert b.transform(x).mean() == pytest.approx(0.4)
+    b2 = Binarizer("prior").fit(x, 0.2)  # closest achievable rate to 0.2 is 0.15 (cut between 1/3 and 1)
+    assert b2.transform(x).mean() == pytest.approx(0.15)
+    cont = np.linspace(0, 1, 1000).reshape(100, 10, 1)  # continuous: the (1 - pi) quantile
+    assert Binarizer("prior").fit(cont, 0.3).transform(cont).mean() == pytest.approx(0.3, abs=0.002)
+    s = np.array([[0.6, 0.3, 0.4, 0.9]])
+    ids = np.array([[0, 1, 1, -1]])
+    np.testing.assert_allclose(pool_by_answer(s, ids), [[0.6, 0.7, 0.7, 0.9]])
+    data = make_synthetic_verification(80, 6, TPR[:4], TNR[:4], seed=2)
+    w = Weaver(answer_pooling="sum").fit(data, "label_free")
+    assert w.select(data).shape == (80,)
+    with pytest.raises(ConfigError, match="answer_pooling"):
+        Weaver(answer_pooling="max")
+
+
 # -- end to end -----------------------------------------------------------------------------------------------
 
 def test_gsm8k_end_to_end_beats_first_sample():

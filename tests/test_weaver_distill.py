@@ -32,7 +32,7 @@ def vdata():
     """36 GSM8K problems x 4 candidates with the offline heuristic verifiers."""
     from lightning_ws.weaver import load_gsm8k_verification
 
-    return load_gsm8k_verification().subset(np.arange(36))
+    return load_gsm8k_verification(verifiers="heuristic").subset(np.arange(36))
 
 
 def tiny_model(**kw) -> WeaverCrossEncoder:

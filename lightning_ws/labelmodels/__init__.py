@@ -24,6 +24,7 @@ from lightning_ws.labelmodels.dawid_skene import DawidSkene
 from lightning_ws.labelmodels.factory import ALIASES, LABEL_MODEL_NAMES, make_label_model
 from lightning_ws.labelmodels.majority import MajorityVote, WeightedMajorityVote, estimate_class_balance
 from lightning_ws.labelmodels.matrix import ABSTAIN, LFAnalysis, covered_mask, validate_label_matrix
+from lightning_ws.labelmodels.metal_compat import MetalCompat
 from lightning_ws.labelmodels.moment_matching import (
     MomentMatching,
     moment_matching_objective,
@@ -41,6 +42,7 @@ __all__ = [
     "LFAnalysis",
     "LabelModel",
     "MajorityVote",
+    "MetalCompat",
     "MomentMatching",
     "SyntheticLabelMatrix",
     "TIE_BREAKS",

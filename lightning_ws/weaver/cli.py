@@ -27,11 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", default="gsm8k",
                     help="'gsm8k' (shipped candidates + offline heuristic verifiers) or a .jsonl/.parquet file in "
                          "the Weaver layout")
-    sp.add_argument("--embed", action="store_true", help="gsm8k only: add the MiniLM question-solution similarity")
+    sp.add_argument("--embed", action="store_true",
+                    help="gsm8k only: add the MiniLM question-solution similarity and candidate-consensus verifiers")
+    sp.add_argument("--verifiers", default="all", choices=["all", "heuristic"],
+                    help="gsm8k only: 'all' (heuristic + cross-candidate consistency verifiers, default) or "
+                         "'heuristic' (the five per-candidate heuristics)")
+    sp.add_argument("--cache-dir", type=Path, default=None, help="gsm8k --embed: cache folder for the embeddings")
     sp.add_argument("--dev-fraction", type=float, default=0.1, help="labelled dev problems (default 0.1)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--label-model", default="moment_matching",
-                    help="moment_matching (default), dawid_skene, triplet, ...")
+                    help="moment_matching (default), dawid_skene, triplet, metal_compat (the reference's fixed-step "
+                         "recipe), ...")
     sp.add_argument("--normalize", default="quantile", choices=["quantile", "minmax", "winsorize", "none"])
     sp.add_argument("--binarize", default="prior", choices=["prior", "fixed"])
     sp.add_argument("--threshold", type=float, default=0.5, help="threshold for --binarize fixed")
@@ -47,7 +53,7 @@ def _load(args: argparse.Namespace):
     from lightning_ws.weaver.data import load_gsm8k_verification, load_weaver_table
 
     if args.data == "gsm8k":
-        return load_gsm8k_verification(embed=args.embed)
+        return load_gsm8k_verification(verifiers=args.verifiers, embed=args.embed, cache_dir=args.cache_dir)
     return load_weaver_table(args.data)
 
 

