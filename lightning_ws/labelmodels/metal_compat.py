@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError
-from lightning_ws.labelmodels.base import LabelModel, _check_float, _check_int, posterior_from_logtab
+from lightning_ws.labelmodels.base import _check_float, _check_int
 from lightning_ws.labelmodels.matrix import overlap_matrix
+from lightning_ws.labelmodels.moment_matching import MuLabelModel
 
 __all__ = ["MetalCompat", "metal_compat_loss", "metal_compat_objective", "metal_compat_init", "metal_compat_init_scale"]
 
@@ -99,7 +100,7 @@ def metal_compat_objective(mu: np.ndarray, O: np.ndarray, p: np.ndarray, mask: n
     return f, grad
 
 
-class MetalCompat(LabelModel):
+class MetalCompat(MuLabelModel):
     """Weaver's reference label-model recipe, reproduced exactly (arXiv 2506.18203 Step 5; MeTaL arXiv 1810.02840).
 
     Fit: full-batch SGD with momentum 0.9 (PyTorch convention: ``v <- 0.9 v + g``, ``mu <- mu - lr v``), lr 1e-5,
@@ -137,7 +138,6 @@ class MetalCompat(LabelModel):
 
     name = "metal_compat"
     min_lfs = 1
-    _param_names = ("mu_",)
 
     def __init__(self, num_classes: int | None = None, *, lr: float = 1e-5, n_epochs: int = 1000,
                  momentum: float = 0.9, prec_init: float = 0.7, col_weight: float = 10.0, l2: float = 0.0,
@@ -202,24 +202,3 @@ class MetalCompat(LabelModel):
                                 initial_loss=float(f if loss0 is None else loss0), objective=float(f),
                                 proj_grad_norm=float(np.abs(g).max()),
                                 recipe="sgd(momentum) fixed steps, clamp [0,1], column-sum penalty")
-
-    def _logtab(self) -> np.ndarray:
-        m, k = self.num_lfs_, self.k_
-        c = self.proba_clip
-        mu = np.clip(self.mu_, c, 1 - c) if c > 0 else np.clip(self.mu_, 1e-300, 1.0)
-        lt = np.zeros((m, k, k + 1))
-        lt[:, :, 1:] = np.log(mu).reshape(m, k, k).transpose(0, 2, 1)
-        return lt
-
-    def _proba_covered(self, L: np.ndarray) -> np.ndarray:
-        return posterior_from_logtab(L, self._logtab(), self.class_balance_)
-
-    def _lf_confusions(self) -> np.ndarray:
-        m, k = self.num_lfs_, self.k_
-        votes = np.clip(self.mu_, 0.0, 1.0).reshape(m, k, k).transpose(0, 2, 1)  # (m, y, a)
-        s = votes.sum(axis=2, keepdims=True)
-        votes = np.where(s > 1.0, votes / np.maximum(s, 1e-300), votes)
-        conf = np.empty((m, k, k + 1))
-        conf[:, :, 1:] = votes
-        conf[:, :, 0] = np.clip(1.0 - votes.sum(axis=2), 0.0, 1.0)
-        return conf

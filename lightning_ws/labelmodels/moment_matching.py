@@ -147,7 +147,37 @@ def _projected_newton(fg: Any, hess: Any, x0: np.ndarray, tol: float, max_iter: 
     return x, max_iter, "iteration limit"
 
 
-class MomentMatching(LabelModel):
+class MuLabelModel(LabelModel):
+    """Shared inference for label models parametrised by MeTaL's ``mu``: ``mu[j * k + l, y] = P(lambda_j = l + 1 |
+    Y = y)`` (abstain implicit), used by :class:`MomentMatching` and :class:`~lightning_ws.labelmodels.metal_compat.
+    MetalCompat`. Subclasses set ``mu_`` in ``fit`` and may set ``proba_clip`` (clamp of ``mu`` at inference)."""
+
+    _param_names = ("mu_",)
+    proba_clip: float = 0.01
+
+    def _logtab(self) -> np.ndarray:
+        m, k = self.num_lfs_, self.k_
+        c = self.proba_clip
+        mu = np.clip(self.mu_, c, 1 - c) if c > 0 else np.clip(self.mu_, 1e-300, 1.0)
+        lt = np.zeros((m, k, k + 1))
+        lt[:, :, 1:] = np.log(mu).reshape(m, k, k).transpose(0, 2, 1)
+        return lt
+
+    def _proba_covered(self, L: np.ndarray) -> np.ndarray:
+        return posterior_from_logtab(L, self._logtab(), self.class_balance_)
+
+    def _lf_confusions(self) -> np.ndarray:
+        m, k = self.num_lfs_, self.k_
+        votes = np.clip(self.mu_, 0.0, 1.0).reshape(m, k, k).transpose(0, 2, 1)  # (m, y, l)
+        s = votes.sum(axis=2, keepdims=True)
+        votes = np.where(s > 1.0, votes / np.maximum(s, 1e-300), votes)
+        conf = np.empty((m, k, k + 1))
+        conf[:, :, 1:] = votes
+        conf[:, :, 0] = np.clip(1.0 - votes.sum(axis=2), 0.0, 1.0)
+        return conf
+
+
+class MomentMatching(MuLabelModel):
     """The Snorkel / MeTaL label model (Ratner et al., arXiv 1810.02840), solved to convergence.
 
     Fits ``mu[(j, l), y] = P(lambda_j = l | Y = y)`` by minimising the objective of the ``snorkel`` package
@@ -190,7 +220,6 @@ class MomentMatching(LabelModel):
 
     name = "moment_matching"
     min_lfs = 3
-    _param_names = ("mu_",)
 
     def __init__(self, num_classes: int | None = None, *, l2: float = 0.0, init: str = "auto", max_iter: int = 10000,
                  tol: float = 1e-9, proba_clip: float = 0.01, class_balance_estimator: str = "em",
@@ -303,23 +332,3 @@ class MomentMatching(LabelModel):
             self.fit_report_["warning"] = ("mean estimated LF accuracy is below chance: the solution may be "
                                            "label-swapped; check the class balance and the LFs.")
 
-    def _logtab(self) -> np.ndarray:
-        m, k = self.num_lfs_, self.k_
-        c = self.proba_clip
-        mu = np.clip(self.mu_, c, 1 - c) if c > 0 else np.clip(self.mu_, 1e-300, 1.0)
-        lt = np.zeros((m, k, k + 1))
-        lt[:, :, 1:] = np.log(mu).reshape(m, k, k).transpose(0, 2, 1)
-        return lt
-
-    def _proba_covered(self, L: np.ndarray) -> np.ndarray:
-        return posterior_from_logtab(L, self._logtab(), self.class_balance_)
-
-    def _lf_confusions(self) -> np.ndarray:
-        m, k = self.num_lfs_, self.k_
-        votes = np.clip(self.mu_, 0.0, 1.0).reshape(m, k, k).transpose(0, 2, 1)  # (m, y, l)
-        s = votes.sum(axis=2, keepdims=True)
-        votes = np.where(s > 1.0, votes / np.maximum(s, 1e-300), votes)
-        conf = np.empty((m, k, k + 1))
-        conf[:, :, 1:] = votes
-        conf[:, :, 0] = np.clip(1.0 - votes.sum(axis=2), 0.0, 1.0)
-        return conf
