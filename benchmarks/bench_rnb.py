@@ -2,9 +2,12 @@
 
 Sections (``--only overhead|skills|realtext``; default all three):
 
-* **overhead**: median optimizer-step time with ``RnBCallback`` vs the same run without it, interleaved in one
-  process (ratio; target <= 1.02), for a tiny 1-layer transformer classifier and for the MiniLM classifier, both
-  trained on YouTube comments through ``MixtureDataModule``.
+* **overhead** (issue 5, target <= 1.02): step time with ``RnBCallback`` vs the same run without it, in one process,
+  in short interleaved blocks (ABC / CBA rounds, fresh fit per block, same initial weights), process-CPU and wall time,
+  median of the per-round ratios with a bootstrap interval, plus the callback's own hook time measured directly. Two
+  models: a byte-level causal transformer LM (2 layers, d = 128, vocab 257, context 64; next-byte prediction on the
+  shipped YouTube comments + SMS, 6 domains; R&B tracks ``lm_head`` with ``loss_reduction="token_mean"``), exact and
+  with a 32 x 32 Kronecker sketch; and the pretrained MiniLM classifier on YouTube comments (fixed 64-token padding).
 * **skills** (spec §13.1): 16 latent clusters in 32-d with shared teachers and two label-noise clusters, 4 coarse
   "human" domains of 4 clusters each, an evaluation set skewed to clusters 0-3 (which are also the smallest in
   training). Regroup (k-means, k by silhouette) is scored by ARI against the latent clusters; then a 2-layer MLP is
@@ -58,67 +61,243 @@ def _quiet_trainer(max_steps: int, callbacks: list, **kw) -> pl.Trainer:
 
 
 class _StepTimer(pl.Callback):
-    """Wall time of each optimizer step (batch start -> batch end, so every callback hook is inside)."""
+    """Wall and process-CPU time of each optimizer step, from the first callback's ``on_train_batch_start`` to the last
+    callback's ``on_train_batch_end``: put ``timer.first`` first and ``timer`` last in the callback list, so every other
+    callback's hooks are inside. CPU time (``time.process_time``) excludes the time the OS gives to other jobs, which
+    matters on a shared machine."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
-        self._t = 0.0
+        self.cpu: list[float] = []
+        self._t = self._c = 0.0
+        timer = self
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = time.perf_counter()
+        class _Start(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                timer._t, timer._c = time.perf_counter(), time.process_time()
+
+        self.first = _Start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.times.append(time.perf_counter() - self._t)
+        self.cpu.append(time.process_time() - self._c)
 
 
 # ----------------------------------------------------------------------------- overhead
-def bench_overhead(steps: int, repeats: int) -> None:
+def _fixed_length_text_dm(batch: int, max_length: int, seed: int):
+    """YouTube comments through ``MixtureDataModule``, padded to ``max_length`` (so that a step costs the same whatever
+    the mixture draws: with dynamic padding the callback's mixture changes alter the batch lengths, which confounds the
+    with/without comparison)."""
+    from lightning_ws.datamodules.text import pad_collate
+
+    class _FixedLength(MixtureDataModule):
+        def _collate(self, items):
+            out = pad_collate(items, pad_id=int(self.tokenizer.pad_token_id or 0))
+            pad, pad_id = self.max_length - out["input_ids"].shape[1], int(self.tokenizer.pad_token_id or 0)
+            if pad > 0:
+                out["input_ids"] = nn.functional.pad(out["input_ids"], (0, pad), value=pad_id)
+                out["attention_mask"] = nn.functional.pad(out["attention_mask"], (0, pad), value=0)
+            return out
+
+    return _FixedLength("youtube_comments", batch_size=batch, max_length=max_length, seed=seed)
+
+
+def _overhead_cases(lm_batch: int, cls_batch: int):
+    """``(title, build(seed) -> (model, datamodule), {arm: callback factory or None}, warm-up steps)`` per model."""
     from lightning_ws.modules import TextClassifier
 
-    tiny = {"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2}
-    cases = [("tiny transformer (1 layer, d=64)", dict(pretrained=False, config_overrides=tiny), 32),
-             ("MiniLM-L6 classifier (pretrained)", dict(), 16)]
-    print("\n## Overhead: median step time with vs without RnBCallback (interleaved, same process)")
-    print(f"steps per run {steps} (first 3 dropped), runs per arm {repeats}, YouTube comments, max_length 64")
-    print(f"{'model':<36} {'batch':>5} {'without [ms]':>13} {'with [ms]':>10} {'ratio':>7} {'hooks [ms/step]':>16} "
-          f"{'hooks/step':>11}")
-    for name, kw, batch in cases:
-        arms: dict[str, list[float]] = {"without": [], "with": []}
-        hook_time = {"s": 0.0, "steps": 0}
-        for r in range(repeats):
-            for arm in (("without", "with") if r % 2 == 0 else ("with", "without")):
-                dm = MixtureDataModule("youtube_comments", batch_size=batch, max_length=64, seed=r)
-                torch.manual_seed(r)
-                model = TextClassifier(num_classes=2, **kw)
+    x, y, dom, edom, names = make_byte_lm_data(context=64)
+
+    def lm_build(seed: int):
+        dm = TensorMixtureDataModule(x, y, dom, eval_domains=edom, domain_names=names, batch_size=lm_batch, seed=seed)
+        torch.manual_seed(0)  # same initial weights in every block
+        return ByteLM(d=128, layers=2, heads=4, context=64), dm
+
+    def lm_cb(sketch):
+        return lambda: RnBCallback(layer="lm_head", steps_per_round=5, loss_reduction="token_mean",
+                                   target_key="labels", sketch_dim=sketch)
+
+    def cls_build(seed: int):
+        dm = _fixed_length_text_dm(cls_batch, 64, seed)
+        torch.manual_seed(0)
+        return TextClassifier(num_classes=2), dm
+
+    n_lm = sum(p.numel() for p in ByteLM().parameters())
+    return [
+        (f"byte-level causal LM (2 layers, d=128, {n_lm / 1e6:.2f}M params, vocab 257, context 64), batch {lm_batch}; "
+         f"tracked: lm_head 257 x 129, token_mean",
+         lm_build, {"without": None, "exact": lm_cb(None), "sketch 32x32": lm_cb([32, 32])}, 3),
+        (f"MiniLM-L6 classifier (pretrained, 22.7M params, 64 tokens), batch {cls_batch}; tracked: classifier 2 x 385",
+         cls_build, {"without": None, "exact": lambda: RnBCallback(layer="classifier", steps_per_round=5)}, 2),
+    ]
+
+
+def bench_overhead(steps: tuple[int, int], rounds: tuple[int, int], lm_batch: int, cls_batch: int,
+                   only_lm: bool = False, seed: int = 0) -> None:
+    """Step time with vs without ``RnBCallback``, same process, blocks interleaved A B C / C B A.
+
+    Every block is a fresh ``Trainer.fit`` of ``warmup + steps`` optimizer steps from the same initial weights; its
+    figure is the mean of its last ``steps`` step times (first callback's batch start -> last callback's batch end, so
+    every hook of the callback is inside; data loading is outside and identical). ``steps`` is a multiple of the
+    callback's round length K = 5, so the window holds exactly ``steps / 5`` mixture updates (a median would hide the
+    update steps). Each round runs every arm once, in forward order on even rounds and in reverse on odd ones (linear
+    drift cancels); an arm's ratio is taken against the "without" block of the same round. Reported for process CPU
+    time (primary: on a machine shared with other jobs it excludes the time the OS gives them) and for wall time: the
+    median of the per-round ratios, a 95% bootstrap interval of that median (resampling rounds) and the min/max
+    ratio, and the ratio of each arm's fastest block; plus the callback's own CPU time per step measured directly (all
+    its hooks, forward hook included).
+    ``steps`` and ``rounds`` are given per model (LM, MiniLM).
+    """
+    rng = np.random.default_rng(seed)
+    print("\n## Overhead: step time with vs without RnBCallback (same process, interleaved ABC/CBA blocks)")
+    print(f"torch threads {torch.get_num_threads()}; per block: a fresh fit, warm-up steps + timed steps (block value "
+          f"= mean of the timed steps, which include their share of mixture updates, K = 5)")
+    cases = _overhead_cases(lm_batch, cls_batch)
+    if only_lm:
+        cases = cases[:1]
+
+    def ratio_stats(v: np.ndarray, base: np.ndarray) -> str:
+        ratio = v / base
+        boot = np.median(ratio[rng.integers(0, len(ratio), size=(4000, len(ratio)))], axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        return f"{np.median(ratio):.4f} | {lo:.4f}..{hi:.4f} | {ratio.min():.3f}..{ratio.max():.3f}"
+
+    for (title, build, arms, warmup), steps, rounds in zip(cases, steps, rounds):
+        if steps % 5:
+            raise SystemExit(f"timed steps per block must be a multiple of K = 5, got {steps}.")
+        names = list(arms)
+        wall = {n: [] for n in names}
+        cpu = {n: [] for n in names}
+        hooks_cpu = {n: [] for n in names}
+        load: list[float] = []
+        model, dm = build(seed)  # warm-up fit (allocator, lazy imports, tokenisation)
+        timer = _StepTimer()
+        _quiet_trainer(2, [timer.first, timer]).fit(model, dm)
+        t_case = time.perf_counter()
+        for r in range(rounds):
+            load.append(os.getloadavg()[0])
+            for name in (names if r % 2 == 0 else names[::-1]):
+                model, dm = build(seed)
                 timer = _StepTimer()
-                cbs: list = [timer]
-                if arm == "with":
-                    rnb = RnBCallback(layer="classifier", steps_per_round=5)
-                    _time_hooks(rnb, hook_time)
-                    cbs.insert(0, rnb)
-                _quiet_trainer(steps, cbs).fit(model, dm)
-                arms[arm].extend(timer.times[3:])
-        wo, wi = statistics.median(arms["without"]), statistics.median(arms["with"])
-        per_step = hook_time["s"] / max(1, hook_time["steps"])
-        print(f"{name:<36} {batch:>5} {1000 * wo:>13.2f} {1000 * wi:>10.2f} {wi / wo:>7.3f} {1000 * per_step:>16.3f} "
-              f"{per_step / wo:>10.2%}")
+                cbs: list = [timer.first, timer]
+                acc = {"s": 0.0, "steps": 0}
+                if arms[name] is not None:
+                    cb = arms[name]()
+                    _time_hooks(cb, acc)
+                    cbs.insert(1, cb)
+                _quiet_trainer(warmup + steps, cbs).fit(model, dm)
+                wall[name].append(statistics.fmean(timer.times[warmup:]))
+                cpu[name].append(statistics.fmean(timer.cpu[warmup:]))
+                hooks_cpu[name].append(acc["s"] / max(1, acc["steps"]))
+        elapsed = time.perf_counter() - t_case
+        base_c, base_w = np.asarray(cpu["without"]), np.asarray(wall["without"])
+        print(f"\n{title}")
+        print(f"  {rounds} rounds x {len(names)} blocks of {warmup} + {steps} steps in {elapsed:.0f} s; load average "
+              f"during the case {min(load):.1f}..{max(load):.1f}")
+        print(f"  | arm | CPU [ms/step] | CPU ratio (median of {rounds} rounds) | 95% bootstrap CI | min..max | "
+              f"wall [ms/step] | wall ratio | 95% CI | min..max | callback hooks CPU [ms/step] | hooks / step |")
+        print("  |---|---|---|---|---|---|---|---|---|---|---|")
+        for name in names:
+            c, w = np.asarray(cpu[name]), np.asarray(wall[name])
+            if name == "without":
+                print(f"  | {name} | {1000 * np.median(c):.2f} | 1 | - | - | {1000 * np.median(w):.2f} | 1 | - | - | "
+                      f"- | - |")
+                continue
+            h = float(np.median(hooks_cpu[name]))
+            print(f"  | {name} | {1000 * np.median(c):.2f} | {ratio_stats(c, base_c)} | {1000 * np.median(w):.2f} | "
+                  f"{ratio_stats(w, base_w)} | {1000 * h:.3f} | {h / np.median(base_c):.2%} |")
+        print("  ratio of the fastest block of each arm (interference from other jobs only adds time, so the minimum "
+              "is the least disturbed estimate): " + "; ".join(
+                  f"{n}: CPU {min(cpu[n]) / min(cpu['without']):.4f}, wall {min(wall[n]) / min(wall['without']):.4f}"
+                  for n in names if n != "without"))
+        for label, data, base in (("CPU", cpu, base_c), ("wall", wall, base_w)):
+            print(f"  per-round {label} ratios: " + "; ".join(
+                f"{n}: {[round(float(q), 3) for q in np.asarray(data[n]) / base]}" for n in names if n != "without"))
 
 
 def _time_hooks(cb: RnBCallback, acc: dict) -> None:
-    """Accumulate the wall time spent inside the callback's per-step hooks (forward hook excluded: it only stores a
-    reference and registers a tensor hook)."""
-    for name in ("on_train_batch_start", "on_after_backward", "on_before_optimizer_step", "on_train_batch_end"):
+    """Accumulate the CPU time spent inside the callback: every per-step hook plus the forward hook on the tracked
+    layer (the tensor hook it registers only stores a reference). Must run before ``fit`` (the forward hook is
+    registered in ``setup`` from the instance attribute)."""
+    for name in ("on_train_batch_start", "_forward_hook", "on_after_backward", "on_before_optimizer_step",
+                 "on_train_batch_end"):
         fn = getattr(cb, name)
 
         def timed(*args, _fn=fn, _name=name, **kwargs):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             out = _fn(*args, **kwargs)
-            acc["s"] += time.perf_counter() - t0
+            acc["s"] += time.process_time() - t0
             if _name == "on_train_batch_end":
                 acc["steps"] += 1
             return out
 
         setattr(cb, name, timed)
+
+
+# ----------------------------------------------------------------------------- byte-level causal LM
+BYTE_PAD = 256  #: input id of padding (targets of padded positions are -100)
+BYTE_VOCAB = 257
+
+
+def make_byte_lm_data(context: int = 64, source: str = "youtube_sms", seed: int = 0, max_per_domain: int | None = None):
+    """Next-byte prediction over the shipped YouTube comments + SMS (6 domains; the issue's "small transformer LM").
+
+    Every text becomes UTF-8 bytes truncated to ``context + 1``; inputs are bytes ``0..n-2`` padded with ``BYTE_PAD``
+    to ``context`` (fixed length, so a step costs the same whatever the mixture draws), targets are bytes ``1..n-1``
+    padded with -100. Returns a :class:`TensorMixtureDataModule`-ready ``(x, y, domains, eval_domains, names)``.
+    """
+    from lightning_ws.rnb.data import load_mixture_source
+
+    src = load_mixture_source(source, eval_fraction=0.2, split_seed=0)
+    rng = np.random.default_rng(seed)
+
+    def encode(texts):
+        x = torch.full((len(texts), context), BYTE_PAD, dtype=torch.long)
+        y = torch.full((len(texts), context), -100, dtype=torch.long)
+        for i, t in enumerate(texts):
+            b = list(t.encode("utf-8")[: context + 1]) or [32]
+            if len(b) < 2:
+                b = b + [10]
+            x[i, : len(b) - 1] = torch.tensor(b[:-1])
+            y[i, : len(b) - 1] = torch.tensor(b[1:])
+        return x, y
+
+    rows = np.arange(len(src.train_texts))
+    if max_per_domain is not None:
+        rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(src.train_domains == d))[:max_per_domain]
+                                       for d in range(len(src.domain_names))]))
+    x, y = encode([src.train_texts[i] for i in rows])
+    return x, y, src.train_domains[rows], src.eval_domains, list(src.domain_names)
+
+
+class ByteLM(pl.LightningModule):
+    """Causal pre-norm transformer LM over bytes (``lm_head`` = the final ``nn.Linear``, 257 outputs), token-mean CE."""
+
+    def __init__(self, d: int = 128, layers: int = 2, heads: int = 4, context: int = 64, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(BYTE_VOCAB, d)
+        self.pos = nn.Embedding(context, d)
+        block = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, BYTE_VOCAB)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+        self.lr = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.tok(x) + self.pos.weight[:t]
+        h = self.blocks(h, mask=self.causal[:t, :t], is_causal=True)
+        return self.lm_head(self.norm(h))
+
+    def training_step(self, batch, batch_idx):
+        logits = self(batch["x"])
+        return nn.functional.cross_entropy(logits.reshape(-1, BYTE_VOCAB), batch["labels"].reshape(-1),
+                                           ignore_index=-100)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
 # ----------------------------------------------------------------------------- hidden skills
@@ -340,8 +519,14 @@ def main() -> None:
     parser.add_argument("--only", choices=("overhead", "skills", "realtext"), default=None)
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (skills).")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--overhead-steps", type=int, default=23)
-    parser.add_argument("--overhead-repeats", type=int, default=2)
+    parser.add_argument("--overhead-steps", type=int, nargs=2, default=[5, 5], metavar=("LM", "MINILM"),
+                        help="timed steps per overhead block (multiples of 5), LM and MiniLM.")
+    parser.add_argument("--overhead-rounds", type=int, nargs=2, default=[20, 10], metavar=("LM", "MINILM"),
+                        help="interleaved rounds (one block per arm each), LM and MiniLM.")
+    parser.add_argument("--overhead-threads", type=int, default=1, help="torch threads for the overhead section.")
+    parser.add_argument("--overhead-lm-batch", type=int, default=32)
+    parser.add_argument("--overhead-cls-batch", type=int, default=16)
+    parser.add_argument("--overhead-only-lm", action="store_true", help="skip the (slow) MiniLM arm.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--realtext-per-domain", type=int, default=300, help="training texts per original domain.")
     parser.add_argument("--realtext-skew", default="Eminem,SMS", help="comma-separated original domains the eval "
@@ -357,7 +542,9 @@ def main() -> None:
         bench_realtext(args.steps, args.seeds, [3, 4, 6, 8, 12, 16, 24, 32], args.realtext_per_domain,
                        tuple(s.strip() for s in args.realtext_skew.split(",") if s.strip()), args.realtext_skew_share)
     if args.only in (None, "overhead"):
-        bench_overhead(args.overhead_steps, args.overhead_repeats)
+        torch.set_num_threads(args.overhead_threads)
+        bench_overhead(tuple(args.overhead_steps), tuple(args.overhead_rounds), args.overhead_lm_batch,
+                       args.overhead_cls_batch, only_lm=args.overhead_only_lm)
 
 
 if __name__ == "__main__":

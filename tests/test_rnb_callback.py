@@ -173,7 +173,8 @@ def test_amp_scale_is_read_from_grad_scaler():
     cb = RnBCallback()
     scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
     assert cb._amp_scale(SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))) == 256.0
-    assert cb._amp_scale(SimpleNamespace(precision_plugin=SimpleNamespace())) == 1.0
+    # no loss scaling: no scale, hence no finiteness check
+    assert cb._amp_scale(SimpleNamespace(precision_plugin=SimpleNamespace())) is None
 
 
 def test_logging_and_wandb_trajectory_image(tmp_path):
@@ -283,9 +284,16 @@ class _TinyTokenModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def test_token_mean_sequences_in_a_lightning_run():
-    """Per-example gradient = mean over the example's own target tokens, summed per domain (spec §5)."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_token_mean_sequences_in_a_lightning_run(grouped, monkeypatch):
+    """Per-example gradient = mean over the example's own target tokens, summed per domain (spec §5); both
+    accumulation strategies (``grouped``: the large-layer path, forced by a tiny size limit)."""
     from torch.func import functional_call, grad, vmap
+
+    if grouped:
+        import lightning_ws.rnb.functional as fn
+
+        monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
 
     gen = torch.Generator().manual_seed(0)
     n, t = 24, 5

@@ -102,6 +102,72 @@ def test_accumulate_rejects_bad_domains_and_shapes():
                                 include_bias=False)
 
 
+@pytest.mark.parametrize("include_bias", [True, False])
+@pytest.mark.parametrize("seq", [False, True])
+def test_accumulate_strategies_agree_with_brute_force(include_bias, seq):
+    """Both accumulation strategies (per-example bmm + index_add_, grouped GEMMs) equal a loop over examples, with
+    per-example scales, a scalar scale, a validity mask and an absent domain."""
+    g = torch.Generator().manual_seed(3)
+    b, t, d_in, d_out, m = 9, 5, 6, 4, 4
+    shape = (b, t) if seq else (b,)
+    a = torch.randn(*shape, d_in, generator=g, dtype=torch.float64)
+    delta = torch.randn(*shape, d_out, generator=g, dtype=torch.float64)
+    domains = torch.tensor([2, 0, 2, 3, 0, 0, 3, 2, 0])  # domain 1 absent
+    scale = torch.rand(b, generator=g, dtype=torch.float64) + 0.5
+    valid = torch.tensor([True, True, False, True, True, True, True, True, False])
+    per = per_example_linear_grads(a, delta, include_bias=include_bias, example_scale=scale)
+    width = d_in + int(include_bias)
+    ref = torch.zeros(m, d_out, width, dtype=torch.float64)
+    ref_n = torch.zeros(m, dtype=torch.float64)
+    for i in range(b):
+        if valid[i]:
+            ref[domains[i]] += per[i]
+            ref_n[domains[i]] += 1
+    for strategy in ("per_example", "grouped", "auto"):
+        s, n = torch.zeros(m, d_out, width, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+        accumulate_domain_grads(s, n, a, delta, domains, example_scale=scale, include_bias=include_bias, valid=valid,
+                                strategy=strategy)
+        assert torch.allclose(s, ref, rtol=1e-12, atol=1e-12), strategy
+        assert n.tolist() == ref_n.tolist()
+        # a float scale is the same as a constant per-example tensor
+        s2, s3 = torch.zeros_like(s), torch.zeros_like(s)
+        accumulate_domain_grads(s2, torch.zeros(m), a, delta, domains, example_scale=2.5, include_bias=include_bias,
+                                strategy=strategy)
+        accumulate_domain_grads(s3, torch.zeros(m), a, delta, domains, example_scale=torch.full((b,), 2.5),
+                                include_bias=include_bias, strategy=strategy)
+        assert torch.allclose(s2, s3, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="strategy"):
+        accumulate_domain_grads(s, n, a, delta, domains, strategy="loop")
+
+
+def test_auto_strategy_switches_on_layer_size(monkeypatch):
+    """Large layers take the grouped path (no (B, d_out, d_in) tensor): the result must not change at the switch."""
+    import lightning_ws.rnb.functional as fn
+
+    g = torch.Generator().manual_seed(4)
+    a, delta = torch.randn(6, 3, 7, generator=g), torch.randn(6, 3, 5, generator=g)
+    domains = torch.tensor([0, 1, 1, 0, 2, 1])
+    out = []
+    for limit in (10**9, 1):
+        monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", limit)
+        s, n = torch.zeros(3, 5, 8), torch.zeros(3)
+        fn.accumulate_domain_grads(s, n, a, delta, domains, example_scale=6.0)
+        out.append(s)
+    assert torch.allclose(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_sketch_projects_bias_column_without_materialising_it():
+    g = torch.Generator().manual_seed(5)
+    sk = KroneckerSketch(5, 8, 3, 4, seed=2)
+    a, delta = torch.randn(6, 4, 7, generator=g), torch.randn(6, 4, 5, generator=g)
+    a1 = torch.cat([a, torch.ones(6, 4, 1)], dim=-1)
+    got_a, got_d = sk.project_factors(a, delta, bias_column=True)
+    ref_a, ref_d = sk.project(a1, delta)
+    assert torch.allclose(got_a, ref_a, atol=1e-6) and torch.allclose(got_d, ref_d)
+    with pytest.raises(ConfigError, match="bias column"):
+        sk.project_factors(a1, delta, bias_column=True)
+
+
 # ----------------------------------------------------------------------------- Gram and update
 def _random_gram(m: int, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

@@ -58,14 +58,22 @@ class RnBCallback(Callback):
       (and by ``accumulate_grad_batches``, which Lightning divides the loss by); ``"token_mean"`` (with
       ``target_key``) weights example ``i`` by ``N_tokens / n_i`` so each example's loss is the mean over its own
       target tokens; ``"sum"`` applies no factor;
-    * AMP: output gradients are divided by the active GradScaler's scale; micro-batches with non-finite gradients
-      (skipped AMP steps) are not accumulated;
+    * AMP: output gradients are divided by the active GradScaler's scale; under loss scaling, micro-batches with
+      non-finite gradients (skipped AMP steps) are not accumulated (without a GradScaler there is no such check: the
+      optimizer applies those gradients too, and a round whose Gram matrix is non-finite keeps ``p``);
     * empty domain in a round: it is left out of ``G p_eval`` and keeps its previous probability (the other domains
       share the rest); ``||G p_eval|| = 0`` or non-finite: ``p`` is kept; ``prob_floor`` (default 0) mixes in
       uniform so that ``p_i >= prob_floor / m``; ``warmup_rounds=1``: the first round trains on the initial mixture
       (uniform, as in the paper); larger values also discard the estimates of the next rounds;
     * memory: exact accumulators ``m x d_out x (d_in + 1)`` fp32, or a Kronecker random-projection sketch
       (``sketch_dim=(k_out, k_in)`` or an int for both), an unbiased estimate of ``G`` (not in the paper).
+
+    Cost per micro-batch: about one extra weight-gradient computation of the tracked layer
+    (:func:`~lightning_ws.rnb.functional.accumulate_domain_grads`: one ``bmm`` + ``index_add_`` for small layers, one
+    GEMM per present domain for large ones; no per-example Python work; host syncs only for the group sizes of large
+    layers and, under AMP loss scaling, for the scale and the overflow check). Per round: one ``(m, m)`` Gram matrix.
+    A Kronecker ``sketch_dim`` cuts the per-step cost for wide heads (LM vocabularies). Measured overhead:
+    ``benchmarks/bench_rnb.py --only overhead``.
 
     Gradient accumulation: every micro-batch is accumulated; rounds count optimizer steps (guarded on
     ``trainer.global_step``). DDP: each optimizer step's sums and counts are all-reduced (sum) in
@@ -315,63 +323,70 @@ class RnBCallback(Callback):
             self._batch_targets = batch[self.target_key]
         self._acts, self._grads = [], {}
 
-    def _amp_scale(self, trainer: pl.Trainer) -> float:
+    def _amp_scale(self, trainer: pl.Trainer) -> float | None:
+        """The active GradScaler's scale, or ``None`` without loss scaling (then no finiteness check is needed)."""
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
             return float(scaler.get_scale())
-        return 1.0
+        return None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Add this micro-batch's per-example tracked-layer gradients into the per-domain sums."""
-        if self.method not in _GRAD_METHODS or self._batch_domains is None:
-            return
-        pairs = [(self._acts[i], self._grads[i]) for i in range(len(self._acts)) if i in self._grads]
+        """Add this micro-batch's per-example tracked-layer gradients into the per-domain sums.
+
+        Cost: one batched matmul + ``index_add_`` (small layers) or one GEMM per present domain (large layers), i.e.
+        about one extra weight-gradient computation of the tracked layer; no per-example Python work, no host sync
+        except the group sizes of the grouped path and, under AMP loss scaling only, the scale and an overflow check.
+        """
+        if self._batch_domains is None:
+            return  # fixed-mixture methods never set it
+        acts, grads = self._acts, self._grads
         self._acts, self._grads = [], {}
+        pairs = [(acts[i], grads[i]) for i in range(len(acts)) if i in grads]
         if not pairs:
             if not self._warned_no_capture:
                 rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; "
                                f"nothing is accumulated. Check `layer`.")
                 self._warned_no_capture = True
             return
-        factor = float(trainer.accumulate_grad_batches) / self._amp_scale(trainer)
-        domains = self._batch_domains
-        for a, delta in pairs:
-            if not torch.isfinite(delta).all():
+        factor = float(trainer.accumulate_grad_batches)
+        amp_scale = self._amp_scale(trainer)
+        if amp_scale is not None:
+            if not all(bool(torch.isfinite(delta).all()) for _, delta in pairs):
                 return  # AMP overflow: the optimizer step is skipped, so is this contribution
+            factor /= amp_scale
+        domains = self._batch_domains
+        sums, counts = (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
+        a0 = pairs[0][0]
+        if sums.device != a0.device:  # first micro-batch on an accelerator: move the accumulators once
+            self._to_device(a0.device)
+            sums, counts = (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
         for a, delta in pairs:
             b = a.shape[0]
             if b != domains.numel():
                 raise ConfigError(f"the tracked layer saw {b} examples but the batch has {domains.numel()} domain "
                                   f"ids; track a layer applied once per example.")
+            valid = None
             if self.loss_reduction == "mean":
-                scale = torch.full((b,), float(b) * factor)
-                keep = None
+                scale: torch.Tensor | float = float(b) * factor
             elif self.loss_reduction == "sum":
-                scale = torch.full((b,), factor)
-                keep = None
+                scale = factor
             else:
-                mask = torch.as_tensor(self._batch_targets) != self.ignore_index
+                mask = torch.as_tensor(self._batch_targets, device=a.device) != self.ignore_index
                 if mask.dim() != 2 or mask.shape[0] != b or a.dim() != 3 or mask.shape[1] != a.shape[1]:
                     raise ConfigError(f"token_mean: targets {tuple(mask.shape)} must be (B, T) aligned with the "
                                       f"tracked layer input {tuple(a.shape)}.")
-                n_i = mask.sum(1).double()
-                scale = (float(mask.sum()) / n_i.clamp_min(1.0)) * factor
-                keep = n_i > 0
-            sums_name, counts_name = ("_step_sums", "_step_counts") if self._distributed else ("sums", "counts")
-            sums, counts = getattr(self, sums_name), getattr(self, counts_name)
-            if sums.device != a.device:
-                sums, counts = sums.to(a.device), counts.to(a.device)
-            if self._sketch is not None:
-                self._sketch.to(a.device)
-            if keep is not None and not bool(keep.all()):
-                k = keep.to(a.device)
-                a, delta, doms, scale = a[k], delta[k], domains.to(a.device)[k], scale.to(a.device)[k]
-            else:
-                doms = domains
-            accumulate_domain_grads(sums, counts, a, delta, doms, example_scale=scale,
-                                    include_bias=self._use_bias, sketch=self._sketch)
-            setattr(self, sums_name, sums)
-            setattr(self, counts_name, counts)
+                n_i = mask.sum(1)
+                scale = (mask.sum() * factor) / n_i.clamp_min(1).to(torch.float64)
+                valid = n_i > 0
+            accumulate_domain_grads(sums, counts, a, delta, domains, example_scale=scale,
+                                    include_bias=self._use_bias, sketch=self._sketch, valid=valid)
+
+    def _to_device(self, device: torch.device) -> None:
+        self.sums, self.counts = self.sums.to(device), self.counts.to(device)
+        if self._distributed:
+            self._step_sums, self._step_counts = self._step_sums.to(device), self._step_counts.to(device)
+        if self._sketch is not None:
+            self._sketch.to(device)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Under DDP, all-reduce this optimizer step's contributions so that every rank holds the global sums."""
@@ -433,7 +448,7 @@ class RnBCallback(Callback):
         # identical on every rank already; broadcast removes any floating-point divergence (all ranks call it)
         self.p = torch.as_tensor(trainer.strategy.broadcast(self.p.clone(), src=0), dtype=torch.float64).cpu()
         self._target(trainer).set_mixture(self.p.clone())
-        self.history.append([float(v) for v in self.p])
+        self.history.append(self.p.tolist())
         elapsed_ms = 1000.0 * (time.perf_counter() - t0)
         self._log(trainer, pl_module, updated, stats, counts, elapsed_ms)
 

@@ -23,6 +23,7 @@ from lightning_ws.errors import ConfigError
 
 __all__ = [
     "KroneckerSketch",
+    "PER_EXAMPLE_MAX_ELEMENTS",
     "per_example_linear_grads",
     "accumulate_domain_grads",
     "domain_gram",
@@ -127,9 +128,31 @@ class KroneckerSketch:
             )
         return a @ self.p_in.to(a.dtype).T, delta @ self.p_out.to(delta.dtype).T
 
+    def project_factors(self, a: torch.Tensor, delta: torch.Tensor, *,
+                        bias_column: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`project`, optionally for inputs *without* the bias column of ones (``a`` of width ``d_in - 1``).
+
+        ``[a | 1] P_in^T = a P_in[:, :-1]^T + P_in[:, -1]``, so the column is never materialised.
+        """
+        if not bias_column:
+            return self.project(a, delta)
+        if a.shape[-1] != self.d_in - 1 or delta.shape[-1] != self.d_out:
+            raise ConfigError(
+                f"sketch built for d_in={self.d_in} (bias column included), d_out={self.d_out}; got inputs of width "
+                f"{a.shape[-1]} (+1 bias) and output gradients of width {delta.shape[-1]}."
+            )
+        p_in = self.p_in.to(a.dtype)
+        a_p = torch.addmm(p_in[:, -1], a.reshape(-1, a.shape[-1]), p_in[:, :-1].T).reshape(*a.shape[:-1], -1)
+        return a_p, delta @ self.p_out.to(delta.dtype).T
+
     def sketch_matrix(self, g: torch.Tensor) -> torch.Tensor:
         """Sketch full gradients ``(..., d_out, d_in)`` -> ``(..., k_out, k_in)`` (reference path for tests)."""
         return self.p_out.to(g.dtype) @ g @ self.p_in.to(g.dtype).T
+
+
+#: Above this many elements of the per-example gradient tensor ``(B, d_out, d_in)`` the accumulation groups rows by
+#: domain instead (one host sync for the group sizes, one GEMM per present domain, no per-example tensor).
+PER_EXAMPLE_MAX_ELEMENTS = 1 << 20
 
 
 def accumulate_domain_grads(
@@ -139,15 +162,26 @@ def accumulate_domain_grads(
     delta: torch.Tensor,
     domains: torch.Tensor,
     *,
-    example_scale: torch.Tensor | None = None,
+    example_scale: torch.Tensor | float | None = None,
     include_bias: bool = True,
     sketch: KroneckerSketch | None = None,
+    valid: torch.Tensor | None = None,
+    strategy: str = "auto",
 ) -> None:
     """Add per-example final-layer gradients into per-domain sums, in place: ``sums[d] += sum_{i in d} g_i``.
 
-    One masked matmul per domain present in the batch; the per-example gradients are never materialised. Implements
-    step 2 of R&B's round (arXiv 2505.00358, Algorithm 1): ``s_i += sum_{x in B cap D_i} grad_W l(theta; x)`` and
-    ``n_i += |B cap D_i|``.
+    Implements step 2 of R&B's round (arXiv 2505.00358, Algorithm 1): ``s_i += sum_{x in B cap D_i} grad_W l(theta; x)``
+    and ``n_i += |B cap D_i|``, from the layer input ``a`` and output gradient ``delta`` of the ordinary backward pass
+    (no second backward). Two equivalent strategies, both one pass without Python work per example:
+
+    * ``"per_example"``: one batched matmul gives the ``(B, d_out, d_in)`` per-example gradients (summed over tokens),
+      then a single ``index_add_`` adds them into their domains. No host synchronisation; used when that tensor has at
+      most :data:`PER_EXAMPLE_MAX_ELEMENTS` elements (classifier heads, sketched accumulators).
+    * ``"grouped"``: rows are gathered once in domain order and each present domain gets one GEMM into its accumulator
+      (total cost: one weight-gradient computation of the layer, as the paper's Appendix E states); the group sizes
+      need one host sync. Used for large layers (LM heads), where the per-example tensor would not fit.
+
+    The per-example scale and the bias column are folded into the (narrower) input side, so ``delta`` is only read.
 
     Args:
         sums: ``(m, d_out, d_in[+1])`` (exact) or ``(m, k_out, k_in)`` (sketched) float accumulator, updated in place.
@@ -156,39 +190,87 @@ def accumulate_domain_grads(
         delta: output gradient ``(B, d_out)`` or ``(B, T, d_out)``.
         domains: ``(B,)`` integer domain id per example, in ``0..m-1``.
         example_scale: ``(B,)`` factor turning the batch-loss gradient into the example's own loss gradient
-            (``B`` for a batch-mean loss; ``N_tokens / n_i`` for a token-mean loss). ``None`` = 1.
+            (``B`` for a batch-mean loss; ``N_tokens / n_i`` for a token-mean loss), or one float for all. ``None`` = 1.
         include_bias: append the bias column (must match the accumulator width).
         sketch: a :class:`KroneckerSketch`, or ``None`` for exact accumulation.
+        valid: optional ``(B,)`` bool mask; examples with ``False`` add nothing and are not counted (e.g. sequences
+            without any target token).
+        strategy: ``"auto"`` (default), ``"per_example"`` or ``"grouped"`` (same result; see above).
 
     Raises:
-        ConfigError: shape mismatch or a domain id outside ``0..m-1``.
+        ConfigError: shape mismatch, a domain id outside ``0..m-1`` or an unknown strategy.
     """
+    if strategy not in ("auto", "per_example", "grouped"):
+        raise ConfigError(f"strategy must be 'auto', 'per_example' or 'grouped', got {strategy!r}.")
     m = sums.shape[0]
-    domains = domains.reshape(-1).to(device=a.device, dtype=torch.long)
-    b = domains.numel()
-    if a.shape[0] != b:
-        raise ConfigError(f"batch has {b} domain ids but the tracked layer saw {a.shape[0]} examples.")
+    if a.dim() != delta.dim() or a.shape[:-1] != delta.shape[:-1]:
+        raise ConfigError(
+            f"layer input {tuple(a.shape)} and output gradient {tuple(delta.shape)} must share all but the last "
+            f"dimension; track an nn.Linear that is applied once per forward pass."
+        )
+    if a.dim() == 2:
+        a, delta = a.unsqueeze(1), delta.unsqueeze(1)
+    elif a.dim() != 3:
+        raise ConfigError(f"tracked layer inputs must be (B, d) or (B, T, d); got shape {tuple(a.shape)}.")
+    b, t = a.shape[0], a.shape[1]
+    domains = domains.reshape(-1)
+    if domains.numel() != b:
+        raise ConfigError(f"batch has {domains.numel()} domain ids but the tracked layer saw {b} examples.")
     if b == 0:
         return
-    if int(domains.min()) < 0 or int(domains.max()) >= m:
+    if domains.device != a.device or domains.dtype != torch.long:
+        domains = domains.to(device=a.device, dtype=torch.long)
+    try:
+        per_domain = torch.bincount(domains, minlength=m)  # validates and counts in one op
+    except RuntimeError:
+        per_domain = None  # negative ids
+    if per_domain is None or per_domain.numel() > m:
         raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
                           f"Set num_domains to the number of domains of the data module.")
     work = torch.float64 if sums.dtype == torch.float64 else torch.float32  # fp32 at least, fp64 if asked
-    a2, d2, t = _flatten_rows(a.detach().to(work), delta.detach().to(work))
-    if include_bias:
-        a2 = torch.cat([a2, torch.ones_like(a2[:, :1])], dim=1)
-    if example_scale is not None:
-        d2 = d2 * example_scale.to(device=d2.device, dtype=d2.dtype).repeat_interleave(t).unsqueeze(1)
+    if a.requires_grad or a.dtype != work:
+        a = a.detach().to(work)
+    if delta.requires_grad or delta.dtype != work:
+        delta = delta.detach().to(work)
+    scale: torch.Tensor | None = None
+    alpha = 1.0
+    if isinstance(example_scale, torch.Tensor):
+        scale = example_scale.reshape(-1).to(device=a.device, dtype=work)
+    elif example_scale is not None:
+        alpha = float(example_scale)
+    if valid is not None:
+        keep = valid.reshape(-1).to(device=a.device)
+        scale = keep.to(work) if scale is None else scale * keep
+        per_domain = torch.bincount(domains, weights=keep.to(torch.float64), minlength=m)
     if sketch is not None:
-        a2, d2 = sketch.project(a2, d2)
-    if sums.shape[1:] != (d2.shape[1], a2.shape[1]):
+        a, delta = sketch.project_factors(a, delta, bias_column=include_bias)
+    elif include_bias:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    d_out, d_in = delta.shape[-1], a.shape[-1]
+    if sums.shape[1:] != (d_out, d_in):
         raise ConfigError(f"accumulator has per-domain shape {tuple(sums.shape[1:])}, the batch gives "
-                          f"{(d2.shape[1], a2.shape[1])}; check include_bias / sketch sizes.")
-    row_domains = domains.repeat_interleave(t)
-    for d in torch.unique(domains).tolist():
-        mask = row_domains == d
-        sums[d].add_((d2[mask].T @ a2[mask]).to(sums.dtype))
-    counts.add_(torch.bincount(domains, minlength=m).to(device=counts.device, dtype=counts.dtype))
+                          f"{(d_out, d_in)}; check include_bias / sketch sizes.")
+    per_example = strategy == "per_example" or (strategy == "auto" and b * d_out * d_in <= PER_EXAMPLE_MAX_ELEMENTS)
+    if per_example:
+        if scale is not None:
+            a = a * scale.view(b, 1, 1)
+        per = torch.bmm(delta.transpose(1, 2), a)  # (B, d_out, d_in): per-example gradients summed over tokens
+        sums.index_add_(0, domains, per.to(sums.dtype), alpha=alpha)
+    else:
+        sizes = torch.bincount(domains, minlength=m).tolist() if valid is not None else per_domain.tolist()
+        order = torch.argsort(domains, stable=True)
+        a = a.index_select(0, order)
+        if scale is not None:
+            a = a * scale.index_select(0, order).view(b, 1, 1)
+        delta = delta.index_select(0, order)
+        lo = 0
+        for d, n in enumerate(sizes):
+            if n:
+                hi = lo + n
+                part = delta[lo:hi].reshape(n * t, d_out).T @ a[lo:hi].reshape(n * t, d_in)
+                sums[d].add_(part.to(sums.dtype), alpha=alpha)
+                lo = hi
+    counts.add_(per_domain if per_domain.device == counts.device else per_domain.to(counts.device))
 
 
 def domain_gram(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,9 +286,9 @@ def domain_gram(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor,
     """
     present = counts > 0
     flat = sums.reshape(sums.shape[0], -1).double()
-    denom = counts.double().clamp_min(1.0).unsqueeze(1)
-    means = torch.where(present.unsqueeze(1), flat / denom, torch.zeros_like(flat))
-    g = means @ means.T
+    inv = torch.where(present, 1.0 / counts.double().clamp_min(1.0), torch.zeros((), dtype=torch.float64,
+                                                                                 device=counts.device))
+    g = (flat @ flat.T) * inv.to(flat.device).unsqueeze(1) * inv.to(flat.device).unsqueeze(0)  # no (m, D) means copy
     return 0.5 * (g + g.T), present
 
 
