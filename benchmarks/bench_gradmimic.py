@@ -10,7 +10,13 @@ Setup (spec §12.1): frozen features (seeded random-ReLU projection of standardi
 AdamW (lr 1e-3, weight decay 1e-5), batch 32; symmetric label noise; the reference head is trained on the *clean*
 labels of the same split with another seed (the paper's oracle reference) for the same number of epochs, and a weaker
 reference (1 epoch) is reported too. Methods share one callback: SGD (``tau=inf``), Grad-Mimic (``proj``), GraNd and
-RHO-LOSS (same reference). Timing ratios are against plain SGD measured in the same process, interleaved.
+RHO-LOSS (same reference).
+
+Overhead (issue 6: "step time with the callback / without, same run"): each fit alternates steps with and without the
+callback (the callback skips its work on odd batches), so both kinds of step share the machine's load; ratios of the
+per-fit median thread CPU times (``torch.set_num_threads(1)``), median over interleaved fits. Also: the same on bigger
+MLP steps, floors (Lightning's dispatch of an empty callback, the layer hooks alone) as separate fits, the callback's
+own CPU time per hook, and a plain-torch loop against a ``vmap`` per-sample-gradient implementation.
 """
 
 from __future__ import annotations
@@ -33,18 +39,151 @@ from lightning_ws.gradmimic import MimicScoreFilter, aggregate_votes, mimic_scor
 from lightning_ws.modules.gradmimic import GradMimicClassifier
 
 
-class StepTimer(pl.Callback):
-    """Wall time from batch start to batch end (forward, backward, callback work, optimizer step)."""
+class StepTimer:
+    """Per-step wall time and CPU time of the main thread, from the first callback's ``on_train_batch_start`` to the
+    last callback's ``on_train_batch_end`` (forward, backward, every callback's work, optimizer step, logging).
+
+    ``first`` goes at the front of the callback list and ``last`` at the end. The thread CPU time
+    (``time.thread_time``) is the robust figure on a shared machine: with ``torch.set_num_threads(1)`` all the work runs
+    on this thread, and time spent descheduled by other jobs is not counted.
+    """
 
     def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t = 0.0
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self._t = (0.0, 0.0)
+        timer = self
+
+        class _First(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                timer._t = (time.perf_counter(), time.thread_time())
+
+        class _Last(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                timer.wall.append(time.perf_counter() - timer._t[0])
+                timer.cpu.append(time.thread_time() - timer._t[1])
+
+        self.first, self.last = _First(), _Last()
+
+
+class _EmptyHooks(pl.Callback):
+    """Overrides the callback's step hooks with no work: Lightning's per-callback dispatch cost alone."""
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        pass
+
+    def on_after_backward(self, *args: Any) -> None:
+        pass
+
+    def on_before_optimizer_step(self, *args: Any) -> None:
+        pass
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        pass
+
+
+class _LayerHooksOnly(_EmptyHooks):
+    """Empty step hooks plus the forward hook and output-gradient tensor hook the callback puts on the mimic layer."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self._handle = pl_module.head.register_forward_hook(self._fwd)
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        self._handle.remove()
+
+    def _fwd(self, module, inputs, output) -> None:
+        self._a = inputs[0].detach()
+        output.register_hook(self._grad)
+
+    def _grad(self, grad) -> None:
+        self._d = grad
+
+
+class _Alternating(GradMimicCallback):
+    """GradMimicCallback that works on even batches only: with/without steps alternate inside one fit, so both see the
+    same machine load (the issue's measure: "step time with the callback / without, same run").
+
+    On odd batches every step hook returns at once (the forward hook too: the callback is not capturing), so an odd
+    step costs Lightning's dispatch of these hooks plus a few attribute checks.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flags: list[bool] = []
+        self._on = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._t = time.perf_counter()
+        self._on = batch_idx % 2 == 0
+        self.flags.append(self._on)
+        if self._on:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self._on:
+            super().on_after_backward(trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self._on:
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._t)
+        if self._on:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+_ALT_KWARGS = {"inf": {"tau": float("inf")}, "proj": {}, "cos": {"score": "cos"}, "grand": {"score": "grand"},
+               "rho": {"score": "rho"}, "all": {"mode": "all_params"}}
+
+
+def _alternating_ratios(dm: NoisyImageDataModule, ref: dict[str, torch.Tensor], hidden: list[int],
+                        configs: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Per config and fit: median CPU/wall step time with and without the callback (alternating steps), and the
+    ratio of the two; fits of the configs are interleaved."""
+    out: dict[str, dict[str, list[float]]] = {n: {k: [] for k in ("on_cpu", "off_cpu", "on_wall", "off_wall")}
+                                              for n, _ in configs}
+    for rep in range(args.warmup_fits + args.repeats):
+        for name, what in configs[rep % len(configs):] + configs[: rep % len(configs)]:
+            timer = StepTimer()
+            alt = _Alternating("head", reference=ref, **_ALT_KWARGS[what])
+            _trainer([timer.first, alt, timer.last], steps=2 * args.steps).fit(_model(dm, 0, hidden), dm)
+            if rep < args.warmup_fits:
+                continue
+            flags = alt.flags[: len(timer.cpu)]
+            for kind, series in (("cpu", timer.cpu), ("wall", timer.wall)):
+                on = [t for t, f in zip(series[20:], flags[20:]) if f]
+                off = [t for t, f in zip(series[20:], flags[20:]) if not f]
+                out[name][f"on_{kind}"].append(statistics.median(on))
+                out[name][f"off_{kind}"].append(statistics.median(off))
+    return out
+
+
+def _print_alternating(res: dict[str, dict[str, list[float]]], model: str) -> None:
+    for name, r in res.items():
+        cr = [a / b for a, b in zip(r["on_cpu"], r["off_cpu"])]
+        wr = [a / b for a, b in zip(r["on_wall"], r["off_wall"])]
+        print(f"| {model} | {name} | {statistics.median(r['off_cpu']) * 1e3:.3f} | "
+              f"{statistics.median(r['on_cpu']) * 1e3:.3f} | {statistics.median(cr):.3f} "
+              f"[{min(cr):.3f}-{max(cr):.3f}] | {statistics.median(wr):.3f} |")
+
+
+_HOOKS = ("on_train_batch_start", "_forward_hook", "_grad_hook", "_grad_hook_in_graph", "on_after_backward",
+          "on_before_optimizer_step", "on_train_batch_end")
+
+
+def _instrument(cb: GradMimicCallback) -> dict[str, list[float]]:
+    """Wrap the callback's step hooks with thread-CPU-time accumulators: per hook, one entry (seconds) per step."""
+    acc: dict[str, list[float]] = {h: [] for h in _HOOKS}
+    for h in _HOOKS:
+        f = getattr(cb, h)
+
+        def wrapped(*a: Any, _f: Any = f, _h: str = h, **k: Any) -> Any:
+            t = time.thread_time()
+            r = _f(*a, **k)
+            acc[_h].append(time.thread_time() - t)
+            return r
+
+        setattr(cb, h, wrapped)
+    return acc
 
 
 def _trainer(callbacks: list[pl.Callback], *, steps: int | None = None, epochs: int | None = None) -> pl.Trainer:
@@ -79,34 +218,98 @@ def _make_callback(method: str, ref: Any, tau: float) -> list[pl.Callback]:
 # ---------------------------------------------------------------------------------------------------- overhead
 
 
+def _overhead_callbacks(what: str, ref: dict[str, torch.Tensor]) -> list[pl.Callback]:
+    if what == "none":
+        return []
+    if what == "empty":
+        return [_EmptyHooks()]
+    if what == "layer_hooks":
+        return [_LayerHooksOnly()]
+    if what == "inf":
+        return [GradMimicCallback("head", reference=ref, tau=float("inf"))]
+    if what == "all":
+        return [GradMimicCallback("head", reference=ref, tau=1.0, mode="all_params")]
+    return [GradMimicCallback("head", reference=ref, tau=1.0, score=what)]
+
+
+def _time_configs(dm: NoisyImageDataModule, ref: dict[str, torch.Tensor], hidden: list[int],
+                  configs: list[tuple[str, str]], args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Interleaved fits (the order rotates every repeat); per repeat and config the median step (wall, CPU)."""
+    out: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name, _ in configs}
+    for rep in range(args.warmup_fits + args.repeats):
+        order = configs[rep % len(configs):] + configs[: rep % len(configs)]
+        for name, what in order:
+            timer = StepTimer()
+            _trainer([timer.first] + _overhead_callbacks(what, ref) + [timer.last], steps=args.steps).fit(
+                _model(dm, 0, hidden), dm)
+            if rep >= args.warmup_fits:
+                out[name]["wall"].append(statistics.median(timer.wall[10:]))  # drop warm-up steps
+                out[name]["cpu"].append(statistics.median(timer.cpu[10:]))
+    return out
+
+
+def _ratio_rows(res: dict[str, dict[str, list[float]]], base: str) -> list[tuple[str, float, float, float, float]]:
+    """(name, median wall ms, median of per-repeat wall ratios, median CPU ms, median of per-repeat CPU ratios)."""
+    rows = []
+    for name, r in res.items():
+        wr = [a / b for a, b in zip(r["wall"], res[base]["wall"])]
+        cr = [a / b for a, b in zip(r["cpu"], res[base]["cpu"])]
+        rows.append((name, statistics.median(r["wall"]) * 1e3, statistics.median(wr), statistics.median(r["cpu"]) * 1e3,
+                     statistics.median(cr)))
+    return rows
+
+
 def bench_overhead(args: argparse.Namespace) -> None:
     dm = NoisyImageDataModule(args.dataset, noise_rate=0.4, features="random_relu", feature_dim=args.feature_dim,
                               batch_size=32)
     ref = _model(dm, 123, args.hidden).state_dict()
-    configs = [("sgd (no callback)", []), ("sgd (callback, tau=inf)", "inf"), ("gradmimic proj", "proj"),
-               ("gradmimic cos", "cos"), ("grand", "grand"), ("rho", "rho"), ("gradmimic all_params", "all")]
-    times: dict[str, list[float]] = {name: [] for name, _ in configs}
-    for _rep in range(args.repeats):
-        for name, what in configs:
-            if what == []:
-                cbs: list[pl.Callback] = []
-            elif what == "inf":
-                cbs = [GradMimicCallback("head", reference=ref, tau=float("inf"))]
-            elif what == "all":
-                cbs = [GradMimicCallback("head", reference=ref, tau=1.0, mode="all_params")]
-            else:
-                cbs = [GradMimicCallback("head", reference=ref, tau=1.0, score=what)]
-            timer = StepTimer()
-            _trainer(cbs + [timer], steps=args.steps).fit(_model(dm, 0, args.hidden), dm)
-            times[name] += timer.times[10:]  # drop warm-up steps
-    base = statistics.median(times["sgd (no callback)"])
-    print(f"\n## Overhead, Lightning Trainer ({args.dataset}, {dm.input_dim}-d features, hidden={args.hidden}, "
-          f"{dm.num_classes} classes, batch 32, {args.steps} steps x {args.repeats} interleaved repeats)")
-    print("| method | median step (ms) | ratio vs plain SGD |")
-    print("|---|---|---|")
-    for name, _ in configs:
-        med = statistics.median(times[name])
-        print(f"| {name} | {med * 1e3:.2f} | {med / base:.3f} |")
+    configs = [("sgd through the callback (tau=inf)", "inf"), ("gradmimic proj", "proj"), ("gradmimic cos", "cos"),
+               ("grand", "grand"), ("rho", "rho"), ("gradmimic all_params", "all")]
+    header = ("| model | method | CPU ms / step without | CPU ms / step with | CPU ratio, median [min-max] over fits | "
+              "wall ratio |\n|---|---|---|---|---|---|")
+    probe = f"linear {dm.input_dim}-{dm.num_classes}" if not args.hidden else \
+        f"MLP {dm.input_dim}-{'-'.join(map(str, args.hidden))}-{dm.num_classes}"
+    print(f"\n## Overhead, Lightning Trainer, same run ({args.dataset}, {dm.input_dim}-d features, batch 32; each fit "
+          f"alternates steps with / without the callback, {args.steps} of each, first 20 steps dropped; "
+          f"{args.repeats} fits per method, interleaved; thread CPU time, torch threads = {args.threads})")
+    print(header)
+    _print_alternating(_alternating_ratios(dm, ref, args.hidden, configs, args), probe)
+    for hidden in args.big_hidden:  # the same fixed cost on bigger steps (the mimic layer stays the head)
+        widths = [int(w) for w in hidden.split("x")]
+        big_ref = _model(dm, 123, widths).state_dict()
+        res = _alternating_ratios(dm, big_ref, widths, [("sgd through the callback (tau=inf)", "inf"),
+                                                        ("gradmimic proj", "proj")], args)
+        _print_alternating(res, f"MLP {dm.input_dim}-{'-'.join(map(str, widths))}-{dm.num_classes}")
+
+    # floors, as separate interleaved fits (noisier: fits do not share the machine state step by step)
+    floors = [("sgd (no callback)", "none"), ("empty callback (Lightning hook dispatch only)", "empty"),
+              ("layer hooks only (forward hook + grad hook, no work)", "layer_hooks"), ("gradmimic proj", "proj")]
+    res = _time_configs(dm, ref, args.hidden, floors, args)
+    print(f"\n## Floors, separate fits ({probe}, {args.steps} steps per fit, {args.repeats} interleaved repeats; ratio "
+          f"= median over repeats of (median step / median plain-SGD step of the same repeat))")
+    print("| method | wall ms / step | wall ratio | CPU ms / step | CPU ratio |")
+    print("|---|---|---|---|---|")
+    for name, wm, wr, cm, cr in _ratio_rows(res, "sgd (no callback)"):
+        print(f"| {name} | {wm:.3f} | {wr:.3f} | {cm:.3f} | {cr:.3f} |")
+
+    # where the callback's time goes: its own hooks, timed inside instrumented fits (not part of the ratios above)
+    for label, kw in (("gradmimic proj", {"score": "proj"}), ("sgd (callback, tau=inf)", {"tau": float("inf")})):
+        per_hook: dict[str, list[float]] = {h: [] for h in _HOOKS}
+        for _ in range(args.repeats):
+            cb = GradMimicCallback("head", reference=ref, **kw)
+            acc = _instrument(cb)
+            _trainer([cb], steps=args.steps).fit(_model(dm, 0, args.hidden), dm)
+            for h in _HOOKS:  # each hook runs at most once per step here (no accumulation); drop warm-up steps
+                per_hook[h] += acc[h][10:]
+        med = {h: statistics.median(v) if v else 0.0 for h, v in per_hook.items()}
+        mean = {h: statistics.fmean(v) if v else 0.0 for h, v in per_hook.items()}
+        print(f"\nCPU time per step in the callback's own hooks, {label}, ms (median / mean over steps; the mean "
+              f"includes the steps that log): " + ", ".join(f"{h} {med[h] * 1e3:.3f} / {mean[h] * 1e3:.3f}"
+                                                            for h in _HOOKS if per_hook[h])
+              + f"; total {sum(med.values()) * 1e3:.3f} / {sum(mean.values()) * 1e3:.3f}")
+
+    if args.skip_torch_loop:
+        return
 
     # pure torch: forward+backward with hooks+closed-form scores vs plain, vs per-sample vmap(grad) (reference code)
     torch.manual_seed(0)
@@ -298,14 +501,18 @@ def main() -> None:
     p.add_argument("--dataset", default="mnist5k", choices=["digits", "mnist5k"])
     p.add_argument("--feature-dim", type=int, default=512)
     p.add_argument("--hidden", type=int, nargs="*", default=[])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--tau", type=float, default=1.0)
     p.add_argument("--noise", type=float, nargs="+", default=[0.4])
     p.add_argument("--noise-levels", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup-fits", type=int, default=1, help="overhead: untimed interleaved rounds first")
+    p.add_argument("--big-hidden", nargs="*", default=["1024x1024", "2048x2048x2048"],
+                   help="overhead: MLP bodies for the bigger-step rows, widths joined by 'x' (none: skip)")
+    p.add_argument("--skip-torch-loop", action="store_true", help="overhead: skip the plain-torch comparison")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     {"overhead": bench_overhead, "noisy": bench_noisy, "quality": bench_quality}[args.part](args)

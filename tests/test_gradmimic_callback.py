@@ -99,6 +99,7 @@ def test_layer_only_matches_per_sample_reference(variant: str) -> None:
     g = _per_sample_grads(model, params, batch["x"], batch["labels"])
     w, m = _expected_weights(g, params, ref, 0.3, variant)
     assert float(w.max() / w.min()) > 2  # the weighting is far from uniform in this setting
+    assert not cb._in_graph  # the body below the head is trained: gradient replacement, not in-graph re-weighting
     got = probe.grads[0]
     torch.testing.assert_close(got["head.weight"], (w[:, None, None] * g["head.weight"]).sum(0), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got["head.bias"], (w[:, None] * g["head.bias"]).sum(0), rtol=1e-4, atol=1e-6)
@@ -130,6 +131,48 @@ def test_gradient_accumulation_softmax_per_micro_batch() -> None:
     w = cb.score_log.tensors()["weight"]
     assert w.numel() == 16 and abs(float(w[:8].sum()) - 1) < 1e-5 and abs(float(w[8:].sum()) - 1) < 1e-5
     assert cb.score_log.tensors()["step"].tolist() == [0] * 16 and cb.reweighted_steps == 1
+
+
+@pytest.mark.parametrize("variant", ["proj", "cos"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_linear_probe_reweights_inside_backward(variant: str, accumulate: int) -> None:
+    """Linear probe (nothing trainable below the head): the output-gradient hook re-weights in the graph; same result
+    as the general path: head grad = mean over micro-batches of sum_i w_i g_i, one softmax per micro-batch."""
+    dm, model, ref = _dm(), _model(0, hidden=[]), _model(1, hidden=[]).state_dict()
+    probe = GradProbe()
+    cb = GradMimicCallback("head", reference=ref, tau=0.3, score=variant)
+    _trainer([cb, probe], steps=2, accumulate=accumulate).fit(model, dm)
+    assert cb._in_graph and cb.reweighted_steps == 2
+    batches = _batches(dm, 2 * accumulate)
+    rec = cb.score_log.tensors()
+    for step in range(2):
+        params, got = probe.params[step], probe.grads[step]
+        exp_w = torch.zeros_like(got["head.weight"])
+        exp_b = torch.zeros_like(got["head.bias"])
+        for j, batch in enumerate(batches[step * accumulate: (step + 1) * accumulate]):
+            g = _per_sample_grads(model, params, batch["x"], batch["labels"])
+            w, m = _expected_weights(g, params, ref, 0.3, variant)
+            exp_w += (w[:, None, None] * g["head.weight"]).sum(0) / accumulate
+            exp_b += (w[:, None] * g["head.bias"]).sum(0) / accumulate
+            rows = slice((step * accumulate + j) * 8, (step * accumulate + j + 1) * 8)
+            torch.testing.assert_close(rec["weight"][rows], w, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(rec["score"][rows], m, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["head.weight"], exp_w, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["head.bias"], exp_b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [[], [16]])
+def test_tau_inf_is_bit_identical_to_plain_sgd(hidden: list[int]) -> None:
+    """tau = inf leaves the gradient untouched on both paths (in-graph and replacement): exactly plain SGD."""
+    dm = _dm(noise=0.5)
+    plain = _model(0, hidden=hidden)
+    _trainer([], steps=4, accumulate=2).fit(plain, dm)
+    mimic = _model(0, hidden=hidden)
+    cb = GradMimicCallback("head", reference=_model(1, hidden=hidden).state_dict(), tau=float("inf"))
+    _trainer([cb], steps=4, accumulate=2).fit(mimic, dm)
+    for (k, a), (_, b) in zip(plain.state_dict().items(), mimic.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert cb.reweighted_steps == 4 and len(cb.score_log) == 4 * 2 * 8
 
 
 def test_all_params_mode_reweights_every_parameter() -> None:

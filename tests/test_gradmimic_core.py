@@ -17,6 +17,7 @@ from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
 from lightning_ws.gradmimic import (
     MimicScoreFilter,
     ScoreLog,
+    TargetDirection,
     aggregate_votes,
     batch_softmax_weights,
     binarize,
@@ -290,3 +291,69 @@ def test_reference_loading_and_mismatch_errors(tmp_path) -> None:
     check_same_architecture({"2.weight": sd["2.weight"]}, sd, keys=["2.weight"])
     with pytest.raises(ConfigError, match="nn.Module"):
         load_reference_state(42)
+
+
+# ---------------------------------------------------------------- step-path helpers (overhead work, issue 6)
+
+
+@pytest.mark.parametrize("seq", [False, True])
+@pytest.mark.parametrize("variant", ["proj", "cos"])
+def test_grad_scale_equals_prescaled_gradients(seq: bool, variant: str) -> None:
+    torch.manual_seed(3)
+    shape = (6, 4) if seq else (6,)
+    a, d = torch.randn(*shape, 5), torch.randn(*shape, 3)
+    layer, ref = nn.Linear(5, 3), nn.Linear(5, 3)
+    v_w, v_b, norm = target_direction(ref.weight, layer.weight, ref.bias, layer.bias)
+    for bias in (v_b, None):
+        want = mimic_scores(a, d * 7.5, v_w, bias, variant=variant, v_norm=norm)
+        got = mimic_scores(a, d, v_w, bias, variant=variant, v_norm=norm, grad_scale=7.5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="grad_scale"):
+        mimic_scores(a, d, v_w, v_b, grad_scale=0.0)
+
+
+def test_target_direction_buffer_matches_function_and_is_reused() -> None:
+    torch.manual_seed(4)
+    layer, ref = nn.Linear(5, 3), nn.Linear(5, 3)
+    td = TargetDirection(ref.weight, ref.bias)
+    v_w, v_b, norm = td(layer.weight, layer.bias)  # grad mode on: parameters are detached internally
+    w2, b2, n2 = target_direction(ref.weight, layer.weight, ref.bias, layer.bias)
+    torch.testing.assert_close(v_w, w2)
+    torch.testing.assert_close(v_b, b2)
+    assert abs(norm - n2) < 1e-5 and not v_w.requires_grad
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    v_w2, _, norm2 = td(layer.weight, layer.bias)
+    assert v_w2.data_ptr() == v_w.data_ptr()  # same buffer, recomputed in place
+    torch.testing.assert_close(v_w2, ref.weight.detach() - layer.weight.detach())
+    assert abs(norm2 - target_direction(ref.weight, layer.weight, ref.bias, layer.bias)[2]) < 1e-4
+    nb = TargetDirection(ref.weight)
+    assert nb(layer.weight)[1] is None
+    with pytest.raises(DataError, match="bias"):
+        nb(layer.weight, layer.bias)
+    with pytest.raises(DataError, match="shape"):
+        td(torch.zeros(3, 4), layer.bias)
+
+
+def test_score_log_consolidates_pending_batches() -> None:
+    rng = torch.Generator().manual_seed(5)
+    log, rows = ScoreLog(flush_every=3), []
+    for step in range(8):  # two consolidations (after 3 and 6 batches) and two pending batches
+        n = 2 + step % 3
+        idx, w, s = torch.randperm(10, generator=rng)[:n], torch.rand(n, generator=rng), torch.randn(n, generator=rng)
+        log.append(idx, w.double(), s, batch_size=n, epoch=step // 4, step=step)
+        rows.append((idx, w, s, n, step // 4, step))
+    assert len(log) == sum(r[3] for r in rows)
+    t = log.tensors()
+    assert torch.equal(t["idx"], torch.cat([r[0] for r in rows]))
+    assert torch.equal(t["weight"], torch.cat([r[1] for r in rows])) and t["weight"].dtype == torch.float32
+    assert torch.equal(t["score"], torch.cat([r[2] for r in rows]))
+    for j, k in ((3, "batch_size"), (4, "epoch"), (5, "step")):
+        assert t[k].tolist() == [r[j] for r in rows for _ in range(r[3])], k
+    log.append(torch.tensor([1]), torch.tensor([1.0]), torch.tensor([0.5]), batch_size=1, epoch=2, step=8)
+    assert log.tensors()["step"][-1] == 8 and len(log) == t["idx"].numel() + 1
+    other = ScoreLog()
+    other.load_state_dict(log.state_dict())
+    assert all(torch.equal(v, other.tensors()[k]) for k, v in log.tensors().items())
+    with pytest.raises(DataError, match="flush_every"):
+        ScoreLog(flush_every=0)

@@ -27,14 +27,13 @@ from lightning_ws.gradmimic import (
     FilterResult,
     MimicScoreFilter,
     ScoreLog,
-    batch_softmax_weights,
+    TargetDirection,
     check_same_architecture,
     grand_scores,
     load_reference_state,
     mimic_scores,
     reference_layer,
     rho_scores,
-    target_direction,
     weight_entropy,
     weighted_layer_grad,
 )
@@ -63,10 +62,14 @@ class GradMimicCallback(Callback):
     SGD: uniform weights).
 
     Modes:
-        * ``"layer_only"`` (paper default): after each backward the mimic layer's contribution of that micro-batch is
-          replaced by ``sum_i w_i g_i``; every other parameter keeps the plain mean gradient. No change to the module.
-          Requires the module's loss to be the mean (``loss_reduction="mean"``) or the sum (``"sum"``) of per-sample
-          losses; the mimic layer must be called once per forward.
+        * ``"layer_only"`` (paper default): the mimic layer gets ``sum_i w_i g_i`` per micro-batch; every other
+          parameter keeps the plain mean gradient. No change to the module. Requires the module's loss to be the mean
+          (``loss_reduction="mean"``) or the sum (``"sum"``) of per-sample losses; the mimic layer must be called once
+          per forward. Linear probe (the layer's input does not require grad, one process, float32/64 output): the
+          output-gradient hook returns ``c_i * delta_i`` so autograd computes the weighted gradient itself (no extra
+          matmul). Otherwise the layer's ``.grad`` is replaced once per optimizer step by the accumulated
+          ``sum_i w_i g_i`` (the gradient flowing to the layers below stays the plain one). Both paths give the same
+          result; ``tau=inf`` leaves the gradient untouched (bit-identical to plain SGD).
         * ``"all_params"``: every parameter gets ``sum_i w_i g_i``. The module must reduce its per-sample losses with
           :func:`reduce_per_sample_loss` (or this callback's :meth:`reduce_loss`) inside ``training_step``; the
           weights are computed there from ``d loss_i / d z_i`` of the mimic layer's output ``z`` (a partial backward
@@ -89,11 +92,14 @@ class GradMimicCallback(Callback):
         * The reference can be perturbed with Gaussian noise of std ``reference_noise_std`` (the paper's ``sigma``
           robustness knob), drawn from a generator seeded with ``seed``.
         * Improvement over the reference code (which costs ~20x SGD per batch with ``vmap`` per-sample gradients over
-          all trainable parameters and a Python loop): closed-form scores, a single matmul for the weighted gradient.
+          all trainable parameters and a Python loop): closed-form scores (one ``(B, in) x (in, out)`` matmul), the
+          weighted gradient from autograd itself (linear probe) or a single matmul; ``W_ref - W_t`` updated in place
+          once per optimizer step; per-sample records kept as batch tensors (no per-step copy or host sync besides
+          the norm and one finiteness check); statistics computed only on steps that log.
 
     Records: every micro-batch appends ``(idx, weight, score, batch size, epoch, step)`` per sample (the sample id is
-    ``batch["idx"]``); :meth:`score_table`, :meth:`filter` and :meth:`save_scores` use it. The log is part of
-    ``state_dict`` (resumable). Logged keys: ``gradmimic/weight_entropy`` (entropy / log B, 1 = uniform),
+    ``batch["idx"]``; the batch's ``idx`` tensor is kept by reference, so it must not be modified in place later);
+    :meth:`score_table`, :meth:`filter` and :meth:`save_scores` use it. The log is part of ``state_dict`` (resumable). Logged keys: ``gradmimic/weight_entropy`` (entropy / log B, 1 = uniform),
     ``gradmimic/max_relative_weight`` (``B * max w``), ``gradmimic/score_mean``, ``gradmimic/score_std``,
     ``gradmimic/v_norm``; with a ``WandbLogger`` also a histogram ``gradmimic/relative_weight_hist`` per epoch.
 
@@ -180,24 +186,37 @@ class GradMimicCallback(Callback):
         self.score_log = ScoreLog()
         self.reweighted_steps = 0
         self._layer: nn.Linear | None = None
-        self._ref_w: Tensor | None = None
-        self._ref_b: Tensor | None = None
+        self._direction_fn: TargetDirection | None = None
         self._handles: list[Any] = []
         self._trainer: pl.Trainer | None = None
         self._reset_micro()
         self._acc_w: Tensor | None = None
         self._acc_b: Tensor | None = None
-        self._acc_applied = False
+        self._step_applied = False
         self._stats: dict[str, Any] = {}
         self._last_logged_step = -1
         self._epoch_rel: list[Tensor] = []
+        self._state_key_cache: tuple[tuple[str, str, str], str] | None = None
+        # facts about the running fit, read once in on_train_start (see _cache_run_facts)
+        self._world = 1
+        self._accum = 1
+        self._scaler_obj: Any = None
+        self._log_every = 50
+        self._collect_hist = False
+        self._direction_key: tuple[int, ...] | None = None
+        self._direction: tuple[Tensor, Tensor | None, float] | None = None
 
     # ------------------------------------------------------------------ identity and state
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(mimic_layer=self.mimic_layer, score=self.score, mode=self.mode)
+        # Lightning reads state_key on every hook call (profiler names), so it is cached
+        ident = (self.mimic_layer, self.score, self.mode)
+        if self._state_key_cache is None or self._state_key_cache[0] != ident:
+            self._state_key_cache = (ident, self._generate_state_key(mimic_layer=self.mimic_layer, score=self.score,
+                                                                     mode=self.mode))
+        return self._state_key_cache[1]
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -251,11 +270,29 @@ class GradMimicCallback(Callback):
             if ref_b is not None:
                 ref_b = ref_b + self.reference_noise_std * torch.randn(ref_b.shape, generator=gen)
         self._layer = layer
-        self._ref_w = ref_w.to(layer.weight.device)
-        self._ref_b = ref_b.to(layer.weight.device) if ref_b is not None else None
+        self._direction_fn = TargetDirection(ref_w.to(layer.weight.device),
+                                             ref_b.to(layer.weight.device) if ref_b is not None else None)
         self._trainer = trainer
+        self._direction_key = self._direction = None
+        self._cache_run_facts(trainer)
         self._remove_hooks()
         self._handles.append(layer.register_forward_hook(self._forward_hook))
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._cache_run_facts(trainer)
+
+    def _cache_run_facts(self, trainer: pl.Trainer) -> None:
+        """Read the trainer's fixed settings once per fit instead of through its properties on every step."""
+        self._world = max(1, int(trainer.world_size))
+        self._accum = int(trainer.accumulate_grad_batches)
+        self._scaler_obj = self._scaler(trainer)
+        self._log_every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+        except ImportError:  # pragma: no cover
+            WandbLogger = ()  # noqa: N806
+        self._collect_hist = any(isinstance(lg, WandbLogger) for lg in trainer.loggers) if WandbLogger else False
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -278,6 +315,7 @@ class GradMimicCallback(Callback):
         self._batch_labels: Tensor | None = None
         self._calls = 0
         self._weighted_in_step = False
+        self._in_graph = False
 
     def _forward_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
         if not self._capturing or not torch.is_grad_enabled() or not isinstance(output, Tensor) \
@@ -287,13 +325,39 @@ class GradMimicCallback(Callback):
         if self._calls > 1:
             raise ConfigError(f"mimic_layer {self.mimic_layer!r} was called {self._calls} times in one training step; "
                               f"the closed-form scores need a layer that is applied once per forward.")
-        self._a = inputs[0].detach()
+        x = inputs[0]
+        self._a = x.detach()
         self._z = output
         if self.mode == "layer_only":
-            output.register_hook(self._grad_hook)
+            # In-graph re-weighting when nothing below the layer gets a gradient through its input (a linear probe
+            # on frozen features, the paper's setting), the softmax needs no collective (one process) and the output
+            # is float32/64: the output-gradient hook returns c_i * delta_i, so autograd's own weight/bias gradient
+            # is already the weighted one (no second matmul, no replacement). Otherwise the general path below.
+            self._in_graph = (not x.requires_grad and self._world == 1
+                              and output.dtype in (torch.float32, torch.float64))
+            output.register_hook(self._grad_hook_in_graph if self._in_graph else self._grad_hook)
 
     def _grad_hook(self, grad: Tensor) -> None:
         self._delta = grad.detach()
+
+    def _grad_hook_in_graph(self, grad: Tensor) -> Tensor | None:
+        # every tensor used here is detached (no graph is recorded without a no_grad context)
+        self._delta = grad = grad.detach() if grad.requires_grad else grad
+        a = self._a
+        weights, apply = self._weights(a, grad, grad_scale=self._units_factor(a.shape[0]))
+        if not apply:
+            return None
+        self._step_applied = True
+        if math.isinf(self.tau):
+            return None  # uniform weights: the plain gradient, exactly
+        coeffs = weights * a.shape[0] if self.loss_reduction == "mean" else weights
+        return grad * (coeffs.unsqueeze(1) if grad.dim() == 2 else coeffs.reshape(-1, *([1] * (grad.dim() - 1))))
+
+    def _units_factor(self, batch_size: int) -> float:
+        """Factor from a hooked output gradient to per-sample-loss units (accumulation, AMP scale, mean reduction)."""
+        scaler = self._scaler_obj
+        factor = self._accum / (float(scaler.get_scale()) if scaler is not None else 1.0)
+        return factor * batch_size if self.loss_reduction == "mean" else factor
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -304,7 +368,8 @@ class GradMimicCallback(Callback):
         if not isinstance(batch, Mapping) or "idx" not in batch:
             raise DataError("GradMimicCallback needs dict batches with an 'idx' entry (the sample's stable id, its row "
                             "index in the training set) to record per-sample scores; add it in the dataset.")
-        self._batch_idx = torch.as_tensor(batch["idx"]).reshape(-1)
+        idx = batch["idx"]
+        self._batch_idx = idx if isinstance(idx, Tensor) and idx.dim() == 1 else torch.as_tensor(idx).reshape(-1)
         if self.score == "rho":
             if "labels" not in batch:
                 raise DataError("score='rho' needs batch['labels'] to compute the reference loss.")
@@ -328,13 +393,11 @@ class GradMimicCallback(Callback):
             raise DataError(f"per_sample_loss has {per_sample_loss.shape[0]} entries but the mimic layer saw a batch of "
                             f"{self._a.shape[0]}.")
         (delta,) = torch.autograd.grad(per_sample_loss.sum(), self._z, retain_graph=True)
-        weights_local, apply = self._weights(self._a, delta, per_sample_units=True,
-                                             own_loss=per_sample_loss.detach())
+        weights_local, apply = self._weights(self._a, delta, grad_scale=1.0, own_loss=per_sample_loss.detach())
         self._weighted_in_step = True
         if not apply:
             return plain
-        world = max(1, self._trainer.world_size if self._trainer is not None else 1)
-        return world * (weights_local.to(per_sample_loss.dtype) * per_sample_loss).sum()
+        return self._world * (weights_local.to(per_sample_loss.dtype) * per_sample_loss).sum()
 
     @override
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -350,47 +413,56 @@ class GradMimicCallback(Callback):
         if self._a is None or self._delta is None:
             raise ConfigError(f"the mimic layer {self.mimic_layer!r} received no gradient in this training step; "
                               f"check that its output reaches the loss.")
-        a, delta_hooked = self._a, self._delta
-        scale = self._loss_scale(trainer)
-        factor = trainer.accumulate_grad_batches / scale
-        if self.loss_reduction == "mean":
-            factor *= a.shape[0]
-        weights_local, apply = self._weights(a, delta_hooked.float() * factor, per_sample_units=False)
-        if not apply:
+        if self._in_graph:  # already re-weighted inside backward
+            self._a = self._z = self._delta = None
             return
-        coeffs = weights_local * (a.shape[0] if self.loss_reduction == "mean" else 1.0)
-        gw, gb = weighted_layer_grad(a, delta_hooked, coeffs, with_bias=self._layer.bias is not None)
-        self._acc_w = gw if self._acc_w is None else self._acc_w + gw
-        if gb is not None:
-            self._acc_b = gb if self._acc_b is None else self._acc_b + gb
-        self._acc_applied = True
+        a, delta_hooked = self._a, self._delta
+        with torch.no_grad():
+            weights_local, apply = self._weights(a, delta_hooked, grad_scale=self._units_factor(a.shape[0]))
+            if not apply:
+                return
+            self._step_applied = True
+            if math.isinf(self.tau):
+                self._a = self._z = self._delta = None
+                return  # uniform weights on every micro-batch: the plain gradient is the weighted one, exactly
+            coeffs = weights_local * a.shape[0] if self.loss_reduction == "mean" else weights_local
+            gw, gb = weighted_layer_grad(a, delta_hooked, coeffs, with_bias=self._layer.bias is not None)
+            self._acc_w = gw if self._acc_w is None else self._acc_w.add_(gw)
+            if gb is not None:
+                self._acc_b = gb if self._acc_b is None else self._acc_b.add_(gb)
         self._a = self._z = self._delta = None
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.mode != "layer_only" or self._acc_w is None:
+        if self.mode != "layer_only" or not self._step_applied:
             return
+        self._step_applied = False
         acc_w, acc_b = self._acc_w, self._acc_b
         self._acc_w = self._acc_b = None
-        applied, self._acc_applied = self._acc_applied, False
-        if not applied:
+        if acc_w is None:  # in-graph path or tau=inf: .grad already holds the weighted gradient
+            self.reweighted_steps += 1
             return
-        if trainer.world_size > 1:  # every rank reaches this point once per optimizer step
+        if self._world > 1:  # every rank reaches this point once per optimizer step
             acc_w = trainer.strategy.reduce(acc_w, reduce_op="sum")
             if acc_b is not None:
                 acc_b = trainer.strategy.reduce(acc_b, reduce_op="sum")
-        scaler = self._scaler(trainer)
-        if scaler is not None and not getattr(optimizer, "_step_supports_amp_scaling", False):
-            inv = 1.0 / float(scaler.get_scale())  # Lightning already unscaled the .grad tensors
-            acc_w = acc_w * inv
-            acc_b = acc_b * inv if acc_b is not None else None
         layer = self._layer
-        finite = bool(torch.isfinite(acc_w).all()) and (acc_b is None or bool(torch.isfinite(acc_b).all()))
-        if not finite or layer.weight.grad is None:
-            return  # overflow step: the scaler skips it; keep the plain gradient
-        layer.weight.grad.copy_(acc_w.to(layer.weight.grad.dtype))
+        if layer.weight.grad is None:
+            return
+        scaler = self._scaler_obj
+        if scaler is not None:
+            if not getattr(optimizer, "_step_supports_amp_scaling", False):
+                inv = 1.0 / float(scaler.get_scale())  # Lightning already unscaled the .grad tensors
+                acc_w = acc_w * inv
+                acc_b = acc_b * inv if acc_b is not None else None
+            # an overflow step (the scaler skips it): keep the plain gradient. Without a scaler there is no such
+            # check (a device sync per step): a non-finite weighted gradient reaches the optimizer like a plain one.
+            finite = bool(torch.isfinite(acc_w).all()) and (acc_b is None or bool(torch.isfinite(acc_b).all()))
+            if not finite:
+                return
+        layer.weight.grad.copy_(acc_w)
         if acc_b is not None and layer.bias is not None and layer.bias.grad is not None:
-            layer.bias.grad.copy_(acc_b.to(layer.bias.grad.dtype))
+            layer.bias.grad.copy_(acc_b)
         self.reweighted_steps += 1
 
     @override
@@ -398,15 +470,19 @@ class GradMimicCallback(Callback):
                            batch_idx: int) -> None:
         self._capturing = False
         self._a = self._z = self._delta = None
-        stats, self._stats = self._stats, {}
-        # Lightning's self.log costs milliseconds per call; log at the trainer's logging cadence, on optimizer steps
-        every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
-        if stats and trainer.global_step != self._last_logged_step and trainer.global_step % every == 0:
-            self._last_logged_step = trainer.global_step
+        stats = self._stats
+        if not stats:
+            return
+        self._stats = {}
+        # Lightning's self.log costs milliseconds per call; log at the trainer's logging cadence, on optimizer steps,
+        # and compute the statistics only then (the step path keeps references: no reductions, no syncs)
+        step = trainer.global_step
+        if step != self._last_logged_step and step % self._log_every == 0:
+            self._last_logged_step = step
             w, sc = stats["weights"], stats["scores"]
             values = {"weight_entropy": weight_entropy(w), "max_relative_weight": float(w.max() * w.numel()),
                       "score_mean": float(sc.mean()), "score_std": float(sc.std()) if sc.numel() > 1 else 0.0,
-                      "v_norm": float(stats["v_norm"])}
+                      "v_norm": float(stats["v_norm"]) if stats["v_norm"] is not None else self._v_norm_now()}
             pl_module.log_dict({f"gradmimic/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False,
                                batch_size=int(stats["batch_size"]))
 
@@ -434,10 +510,6 @@ class GradMimicCallback(Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         return scaler if scaler is not None and scaler.is_enabled() else None
 
-    def _loss_scale(self, trainer: pl.Trainer) -> float:
-        scaler = self._scaler(trainer)
-        return float(scaler.get_scale()) if scaler is not None else 1.0
-
     def _gather(self, t: Tensor) -> tuple[Tensor, int]:
         """All-gather a ``(n, ...)`` tensor over ranks (sizes may differ); return it and this rank's offset."""
         trainer = self._trainer
@@ -451,46 +523,72 @@ class GradMimicCallback(Callback):
         parts = [allv[r, : sizes[r]] for r in range(len(sizes))]
         return torch.cat(parts), int(sum(sizes[: trainer.global_rank]))
 
-    def _weights(self, a: Tensor, delta: Tensor, *, per_sample_units: bool,
+    def _weights(self, a: Tensor, delta: Tensor, *, grad_scale: float,
                  own_loss: Tensor | None = None) -> tuple[Tensor, bool]:
-        """Local scores -> global softmax -> (this rank's weights, whether to apply them); records and stats."""
+        """Local scores -> global softmax -> (this rank's weights, whether to apply them); records and stats.
+
+        ``delta`` times ``grad_scale`` is the output gradient in per-sample-loss units.
+        """
         layer = self._layer
-        if self._ref_w.device != layer.weight.device:
-            self._ref_w = self._ref_w.to(layer.weight.device)
-            self._ref_b = self._ref_b.to(layer.weight.device) if self._ref_b is not None else None
-        v_w, v_b, v_norm = target_direction(self._ref_w, layer.weight, self._ref_b, layer.bias)
-        with torch.no_grad():
-            if self.score in ("proj", "cos"):
-                scores = mimic_scores(a, delta, v_w, v_b, variant=self.score, v_norm=v_norm, eps=self.eps)
-            elif self.score == "grand":
-                scores = grand_scores(a, delta, with_bias=layer.bias is not None)
-            else:
-                if self._batch_labels is None or self._z is None:
-                    raise DataError("score='rho' needs batch['labels'] and the mimic layer's output.")
-                ref_logits = torch.nn.functional.linear(a.float(), self._ref_w, self._ref_b)
-                scores = rho_scores(self._z.detach(), ref_logits, self._batch_labels.to(a.device))
+        v_norm = None  # grand/rho do not need the direction; its norm is computed when logged
+        if self.score in ("proj", "cos"):
+            v_w, v_b, v_norm = self._target_direction()
+            scores = mimic_scores(a, delta, v_w, v_b, variant=self.score, v_norm=v_norm, eps=self.eps,
+                                  grad_scale=grad_scale)
+        elif self.score == "grand":
+            scores = grand_scores(a, delta, with_bias=layer.bias is not None) * grad_scale
+        else:
+            if self._batch_labels is None or self._z is None:
+                raise DataError("score='rho' needs batch['labels'] and the mimic layer's output.")
+            ref_w, ref_b = self._direction_fn.ref_weight, self._direction_fn.ref_bias
+            if ref_w.device != a.device:
+                self._direction_fn.to(a.device)
+                ref_w, ref_b = self._direction_fn.ref_weight, self._direction_fn.ref_bias
+            ref_logits = torch.nn.functional.linear(a.float(), ref_w, ref_b)
+            scores = rho_scores(self._z.detach(), ref_logits, self._batch_labels.to(a.device))
         n_local = scores.shape[0]
-        idx_local = self._batch_idx.to(scores.device) if self._batch_idx is not None else None
+        idx_local = self._batch_idx
         if idx_local is None or idx_local.numel() != n_local:
             raise DataError(f"batch['idx'] has {0 if idx_local is None else idx_local.numel()} entries but the mimic "
                             f"layer saw {n_local} samples; 'idx' must hold one id per sample.")
-        all_scores, offset = self._gather(scores.float().contiguous())
-        all_idx, _ = self._gather(idx_local.long().contiguous())
-        finite = bool(torch.isfinite(all_scores).all())
-        weights = batch_softmax_weights(all_scores, self.tau)
-        local = weights[offset: offset + n_local]
+        if self._world > 1:
+            all_scores, offset = self._gather(scores.float().contiguous())
+            all_idx, _ = self._gather(idx_local.to(scores.device).long().contiguous())
+        else:
+            all_scores, offset, all_idx = scores if scores.dtype == torch.float32 else scores.float(), 0, idx_local
+        # one reduction and one sync: a float64 sum is finite iff every float32 score is (it cannot overflow)
+        finite = math.isfinite(float(all_scores.sum(dtype=torch.float64)))
+        n_all = all_scores.shape[0]
+        if not finite or math.isinf(self.tau):
+            weights = torch.full_like(all_scores, 1.0 / n_all)  # as batch_softmax_weights for these cases
+        else:
+            weights = torch.softmax(all_scores if self.tau == 1.0 else all_scores / self.tau, dim=0)
+        local = weights[offset: offset + n_local] if self._world > 1 else weights
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else 0
-        step = trainer.global_step if trainer is not None else 0
-        n_all = all_scores.shape[0]
-        if self.record_scores and finite:
-            self.score_log.append(all_idx, weights, all_scores, batch_size=n_all, epoch=epoch, step=step)
         if finite:
-            self._epoch_rel.append((weights * n_all).detach().cpu())
-            self._stats = {"weights": weights.detach(), "scores": all_scores.detach(), "v_norm": v_norm,
-                           "batch_size": n_local}
-        apply = epoch >= self.start_epoch
-        return local, apply
+            if self.record_scores:
+                step = trainer.global_step if trainer is not None else 0
+                self.score_log.append(all_idx, weights, all_scores, batch_size=n_all, epoch=epoch, step=step)
+            if self._collect_hist:
+                self._epoch_rel.append((weights * n_all).cpu())
+            self._stats = {"weights": weights, "scores": all_scores, "v_norm": v_norm, "batch_size": n_local}
+        return local, epoch >= self.start_epoch
+
+    def _v_norm_now(self) -> float:
+        """``||W_ref - W_t||`` of the current weights (logged under the baseline scores)."""
+        return self._direction_fn(self._layer.weight, self._layer.bias)[2]
+
+    def _target_direction(self) -> tuple[Tensor, Tensor | None, float]:
+        """``W_ref - W_t`` and its norm, recomputed only when the layer's parameters changed (an optimizer step, or
+        any in-place update: it bumps the tensor's version counter), not once per micro-batch."""
+        w, b = self._layer.weight, self._layer.bias
+        step = self._trainer.global_step if self._trainer is not None else 0
+        key = (step, id(w), w.data_ptr(), w._version, -1 if b is None else b._version)
+        if self._direction is None or key != self._direction_key:
+            self._direction = self._direction_fn(w, b)
+            self._direction_key = key
+        return self._direction
 
     # ------------------------------------------------------------------ results
 

@@ -27,6 +27,7 @@ from lightning_ws.gradmimic.records import ScoreLog
 from lightning_ws.gradmimic.reference import check_same_architecture, load_reference_state, reference_layer
 from lightning_ws.gradmimic.scores import (
     SCORE_VARIANTS,
+    TargetDirection,
     batch_softmax_weights,
     grand_scores,
     mimic_scores,
@@ -40,6 +41,7 @@ from lightning_ws.gradmimic.scores import (
 
 __all__ = [
     "ABSTAIN", "AGGREGATORS", "BINARIZERS", "SCORE_VARIANTS", "FilterResult", "MimicScoreFilter", "ScoreLog",
+    "TargetDirection",
     "aggregate_votes", "batch_softmax_weights", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
     "load_reference_state", "mimic_scores", "per_sample_grad_norms", "per_sample_layer_grads", "reference_layer",
     "rho_scores", "target_direction", "top_p_indices", "two_means_1d", "vote_matrix", "weight_entropy",

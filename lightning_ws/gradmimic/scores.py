@@ -24,6 +24,7 @@ from lightning_ws.errors import ConfigError, DataError
 
 __all__ = [
     "SCORE_VARIANTS",
+    "TargetDirection",
     "target_direction",
     "mimic_scores",
     "per_sample_grad_norms",
@@ -51,6 +52,83 @@ def _as_seq(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor]:
     a = inputs.reshape(b, -1, inputs.shape[-1]).float()
     d = out_grads.reshape(b, -1, out_grads.shape[-1]).float()
     return a, d
+
+
+def _as_rows(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Validate shapes and flatten to float32 rows ``(B*T, in)``, ``(B*T, out)``; also return ``T``."""
+    if inputs.dim() < 2 or out_grads.dim() < 2:
+        raise DataError(f"mimic-layer inputs and output gradients need a batch dimension and a feature dimension; "
+                        f"got shapes {tuple(inputs.shape)} and {tuple(out_grads.shape)}.")
+    if inputs.shape[:-1] != out_grads.shape[:-1]:
+        raise DataError(f"mimic-layer inputs {tuple(inputs.shape)} and output gradients {tuple(out_grads.shape)} must "
+                        f"agree on every dimension but the last (batch and sequence positions).")
+    b = inputs.shape[0]
+    a = inputs if inputs.dim() == 2 else inputs.reshape(-1, inputs.shape[-1])
+    d = out_grads if out_grads.dim() == 2 else out_grads.reshape(-1, out_grads.shape[-1])
+    a = a if a.dtype == torch.float32 else a.float()
+    d = d if d.dtype == torch.float32 else d.float()
+    return a, d, (a.shape[0] // b if b else 1)
+
+
+class TargetDirection:
+    """The target direction ``v = W_ref - W_t`` of one linear layer and its norm (arXiv 2501.06708, §3), recomputed
+    in place.
+
+    Same values as :func:`target_direction`, for the training loop: ``v`` lives in one preallocated float32 buffer
+    (weight part then bias part), so each call is two in-place subtractions and one norm, with no allocation. The
+    returned ``v_weight``/``v_bias`` are views of that buffer: the next call overwrites them.
+
+    Args:
+        ref_weight: reference weight ``(out, in)``.
+        ref_bias: reference bias ``(out,)``, or ``None`` when the layer has no bias.
+    """
+
+    def __init__(self, ref_weight: Tensor, ref_bias: Tensor | None = None) -> None:
+        if ref_weight.dim() != 2:
+            raise DataError(f"the reference weight of a linear layer is 2-D, got shape {tuple(ref_weight.shape)}.")
+        if ref_bias is not None and tuple(ref_bias.shape) != (ref_weight.shape[0],):
+            raise DataError(f"reference bias shape {tuple(ref_bias.shape)} does not match the weight "
+                            f"{tuple(ref_weight.shape)}.")
+        self.ref_weight = ref_weight.detach().float()
+        self.ref_bias = ref_bias.detach().float() if ref_bias is not None else None
+        self._alloc()
+
+    def _alloc(self) -> None:
+        n_w = self.ref_weight.numel()
+        n_b = self.ref_bias.numel() if self.ref_bias is not None else 0
+        self._flat = torch.empty(n_w + n_b, dtype=torch.float32, device=self.ref_weight.device)
+        self._vw = self._flat[:n_w].view(self.ref_weight.shape)
+        self._vb = self._flat[n_w:] if self.ref_bias is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the reference tensors and the buffer."""
+        return self.ref_weight.device
+
+    def to(self, device: torch.device | str) -> TargetDirection:
+        """Move the reference and the buffer to ``device`` (in place); returns ``self``."""
+        self.ref_weight = self.ref_weight.to(device)
+        self.ref_bias = self.ref_bias.to(device) if self.ref_bias is not None else None
+        self._alloc()
+        return self
+
+    def __call__(self, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None, float]:
+        """``(v_weight, v_bias, ||v||)`` for the current ``weight``/``bias`` (see :func:`target_direction`)."""
+        if weight.shape != self.ref_weight.shape:
+            raise DataError(f"reference weight shape {tuple(self.ref_weight.shape)} != layer weight shape "
+                            f"{tuple(weight.shape)}; the reference must have the same architecture.")
+        if (self.ref_bias is None) != (bias is None):
+            raise DataError("the reference and the mimic layer disagree on having a bias; use the same architecture.")
+        if weight.device != self.device:
+            self.to(weight.device)
+        if torch.is_grad_enabled():  # out= refuses tensors that require grad while autograd records
+            weight = weight.detach()
+            bias = bias.detach() if bias is not None else None
+        torch.sub(self.ref_weight, weight, out=self._vw)
+        if bias is not None:
+            torch.sub(self.ref_bias, bias, out=self._vb)
+        # ||v||^2 as a self dot product: the same kernel as the scores' row-wise dots (warm in the training step)
+        return self._vw, self._vb, math.sqrt(float(torch.linalg.vecdot(self._flat, self._flat)))
 
 
 def target_direction(ref_weight: Tensor, weight: Tensor, ref_bias: Tensor | None = None,
@@ -108,11 +186,12 @@ def per_sample_grad_norms(inputs: Tensor, out_grads: Tensor, *, with_bias: bool 
 
 
 def mimic_scores(inputs: Tensor, out_grads: Tensor, v_weight: Tensor, v_bias: Tensor | None = None, *,
-                 variant: str = "proj", v_norm: float | None = None, eps: float = 1e-12) -> Tensor:
+                 variant: str = "proj", v_norm: float | None = None, eps: float = 1e-12,
+                 grad_scale: float = 1.0) -> Tensor:
     """Per-sample mimic scores ``m_i = <-g_i, v> / ||v||`` in closed form (arXiv 2501.06708, §3; spec §4.3).
 
-    ``<g_i, v> = sum_t delta_{i,t}^T V a_{i,t} (+ sum_t delta_{i,t} . v_b)``: one ``(T, out) x (out, in)`` product per
-    sample, never the ``(out, in)`` per-sample gradient.
+    ``<g_i, v> = sum_t delta_{i,t} . (V a_{i,t} + v_b)``: one ``(B T, in) x (in, out)`` product for the batch (the
+    layer's own forward cost), never the ``(out, in)`` per-sample gradients.
 
     Args:
         inputs: layer inputs ``a``, shape ``(B, ..., in)``.
@@ -124,14 +203,18 @@ def mimic_scores(inputs: Tensor, out_grads: Tensor, v_weight: Tensor, v_bias: Te
         v_norm: precomputed ``||v||`` (including the bias part); computed when ``None``.
         eps: guard for ``||v||`` and ``||g_i||``. When ``||v|| <= eps`` (``W_ref == W_t``) the scores are all zero, so
             the batch softmax gives uniform weights (the paper leaves this case open).
+        grad_scale: positive factor that converts ``out_grads`` to per-sample-loss units (e.g. the batch size for the
+            gradients a hook sees under a mean-reduced loss); applied to the ``B`` scores instead of the gradients.
 
     Returns:
         float32 tensor ``(B,)``.
     """
     if variant not in ("proj", "cos"):
         raise ConfigError(f"mimic score variant must be 'proj' or 'cos', got {variant!r}.")
-    a, d = _as_seq(inputs, out_grads)
-    vw = v_weight.float()
+    if not grad_scale > 0:
+        raise ConfigError(f"grad_scale must be positive, got {grad_scale!r}.")
+    a, d, t = _as_rows(inputs, out_grads)
+    vw = v_weight if v_weight.dtype == torch.float32 else v_weight.float()
     if vw.shape != (d.shape[-1], a.shape[-1]):
         raise DataError(f"target direction shape {tuple(vw.shape)} does not match the layer (out={d.shape[-1]}, "
                         f"in={a.shape[-1]}).")
@@ -139,13 +222,20 @@ def mimic_scores(inputs: Tensor, out_grads: Tensor, v_weight: Tensor, v_bias: Te
         sq = vw.pow(2).sum() + (v_bias.float().pow(2).sum() if v_bias is not None else 0.0)
         v_norm = float(torch.as_tensor(sq).sqrt())
     if not v_norm > eps:
-        return torch.zeros(a.shape[0], device=a.device)
-    dot = ((d @ vw) * a).sum((1, 2))
+        return torch.zeros(inputs.shape[0], device=a.device)
+    # rows of c (V a + v_b) with the score scale c folded into the product: one matmul and one row-wise dot
+    c = -grad_scale / v_norm if variant == "proj" else -1.0 / v_norm
     if v_bias is not None:
-        dot = dot + (d.sum(1) * v_bias.float()).sum(-1)
-    scores = -dot / v_norm
+        vb = v_bias if v_bias.dtype == torch.float32 else v_bias.float()
+        proj = torch.addmm(vb, a, vw.T, beta=c, alpha=c)
+    else:
+        proj = torch.mm(a, vw.T).mul_(c)
+    scores = torch.linalg.vecdot(proj, d)
+    if t > 1:
+        scores = scores.reshape(-1, t).sum(1)
     if variant == "cos":
-        scores = scores / per_sample_grad_norms(inputs, out_grads, with_bias=v_bias is not None).clamp_min(eps)
+        norms = per_sample_grad_norms(inputs, out_grads, with_bias=v_bias is not None)
+        scores = scores / norms.clamp_min(eps / grad_scale)  # = (grad_scale * proj) / max(grad_scale * norm, eps)
     return scores
 
 
@@ -202,13 +292,13 @@ def weighted_layer_grad(inputs: Tensor, out_grads: Tensor, coeffs: Tensor, *,
 
     ``out_grads`` may be in any units (e.g. the hooked, loss-scaled ones); the result is in the same units.
     """
-    a, d = _as_seq(inputs, out_grads)
+    a, d, t = _as_rows(inputs, out_grads)
     c = coeffs.float().reshape(-1)
-    if c.numel() != a.shape[0]:
-        raise DataError(f"{c.numel()} coefficients for a batch of {a.shape[0]} samples.")
-    dw = d * c[:, None, None]
-    gw = dw.reshape(-1, dw.shape[-1]).T @ a.reshape(-1, a.shape[-1])
-    gb = dw.sum((0, 1)) if with_bias else None
+    if c.numel() != inputs.shape[0]:
+        raise DataError(f"{c.numel()} coefficients for a batch of {inputs.shape[0]} samples.")
+    dw = d * (c if t == 1 else c.repeat_interleave(t))[:, None]
+    gw = dw.T @ a
+    gb = dw.sum(0) if with_bias else None
     return gw, gb
 
 
