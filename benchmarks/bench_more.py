@@ -227,8 +227,9 @@ def main():
     if args.out:
         from lightning_ws.io import save_json
 
-        save_json(args.out, {"args": vars(args), "results": raw, "speed_ms": {k: v * 1e3 for k, v in med.items()},
-                             "speed_ratio": ratio, "lr_selection": chosen})
+        speed_ms = None if args.skip_speed else {k: v * 1e3 for k, v in med.items()}
+        save_json(args.out, {"args": vars(args), "results": raw, "speed_ms": speed_ms,
+                             "speed_ratio": None if args.skip_speed else ratio, "lr_selection": chosen})
 
 
 if __name__ == "__main__":
