@@ -104,8 +104,8 @@ class MetalCompat(MuLabelModel):
     """Weaver's reference label-model recipe, reproduced exactly (arXiv 2506.18203 Step 5; MeTaL arXiv 1810.02840).
 
     Fit: full-batch SGD with momentum 0.9 (PyTorch convention: ``v <- 0.9 v + g``, ``mu <- mu - lr v``), lr 1e-5,
-    1000 steps on :func:`metal_compat_loss` (closed-form gradient :func:`metal_compat_objective`, NumPy) from :func:`metal_compat_init` scaled by one random scalar ``r``; ``mu``
-    is clamped to ``[0, 1]`` after every step. Inference: naive Bayes
+    1000 steps on :func:`metal_compat_loss` (closed-form gradient :func:`metal_compat_objective`, NumPy) from
+    :func:`metal_compat_init` scaled by one random scalar ``r``; ``mu`` is clamped to ``[0, 1]`` after every step. Inference: naive Bayes
     ``P(Y = y | votes) ∝ p_y prod_{i votes} clip(mu[(i, lambda_i), y], 0.01, 0.99)`` (abstains contribute nothing).
 
     This is deliberately *not* converged (spec §3.3: parameter error ~0.07-0.09 vs ~0.01 at convergence); use it to
