@@ -40,14 +40,19 @@ __all__ = [
 SCORE_VARIANTS = ("proj", "cos", "grand", "rho")
 
 
-def _as_seq(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate shapes and flatten middle dimensions: return float32 ``(B, T, in)`` and ``(B, T, out)``."""
+def _check_pair(inputs: Tensor, out_grads: Tensor) -> None:
+    """Raise a DataError unless inputs and output gradients are ``(B, ..., in)`` / ``(B, ..., out)`` alike."""
     if inputs.dim() < 2 or out_grads.dim() < 2:
         raise DataError(f"mimic-layer inputs and output gradients need a batch dimension and a feature dimension; "
                         f"got shapes {tuple(inputs.shape)} and {tuple(out_grads.shape)}.")
     if inputs.shape[:-1] != out_grads.shape[:-1]:
         raise DataError(f"mimic-layer inputs {tuple(inputs.shape)} and output gradients {tuple(out_grads.shape)} must "
                         f"agree on every dimension but the last (batch and sequence positions).")
+
+
+def _as_seq(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate shapes and flatten middle dimensions: return float32 ``(B, T, in)`` and ``(B, T, out)``."""
+    _check_pair(inputs, out_grads)
     b = inputs.shape[0]
     a = inputs.reshape(b, -1, inputs.shape[-1]).float()
     d = out_grads.reshape(b, -1, out_grads.shape[-1]).float()
@@ -56,12 +61,7 @@ def _as_seq(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor]:
 
 def _as_rows(inputs: Tensor, out_grads: Tensor) -> tuple[Tensor, Tensor, int]:
     """Validate shapes and flatten to float32 rows ``(B*T, in)``, ``(B*T, out)``; also return ``T``."""
-    if inputs.dim() < 2 or out_grads.dim() < 2:
-        raise DataError(f"mimic-layer inputs and output gradients need a batch dimension and a feature dimension; "
-                        f"got shapes {tuple(inputs.shape)} and {tuple(out_grads.shape)}.")
-    if inputs.shape[:-1] != out_grads.shape[:-1]:
-        raise DataError(f"mimic-layer inputs {tuple(inputs.shape)} and output gradients {tuple(out_grads.shape)} must "
-                        f"agree on every dimension but the last (batch and sequence positions).")
+    _check_pair(inputs, out_grads)
     b = inputs.shape[0]
     a = inputs if inputs.dim() == 2 else inputs.reshape(-1, inputs.shape[-1])
     d = out_grads if out_grads.dim() == 2 else out_grads.reshape(-1, out_grads.shape[-1])
