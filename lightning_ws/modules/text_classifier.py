@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lightning_ws.errors import ConfigError
 from lightning_ws.losses import classification_loss
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
+from lightning_ws.sentence_embeddings import mean_pool
 
 __all__ = ["TextClassifier", "default_encoder_path", "load_encoder"]
 
@@ -162,8 +163,7 @@ class TextClassifier(pl.LightningModule):
         hidden = out.last_hidden_state
         if self.hparams.pooling == "cls":
             return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return mean_pool(hidden, attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, k)``."""

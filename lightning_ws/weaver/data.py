@@ -363,7 +363,8 @@ def load_gsm8k_verification(path: str | Path | None = None, *, verifiers: str = 
         ConfigError: unknown ``verifiers``.
     """
     from lightning_ws.data import load_gsm8k_candidates
-    from lightning_ws.weaver.verifiers import consistency_scores, heuristic_scores
+    from lightning_ws.weaver.verifiers import (consensus_from_embeddings, consistency_scores, heuristic_scores,
+                                               similarity_from_embeddings)
 
     if verifiers not in GSM8K_VERIFIER_SETS:
         raise ConfigError(f"verifiers must be one of {GSM8K_VERIFIER_SETS}, got {verifiers!r}.")
@@ -375,11 +376,7 @@ def load_gsm8k_verification(path: str | Path | None = None, *, verifiers: str = 
     if embed:
         q, s = _minilm_embeddings(ds.questions, ds.solutions, model_path=model_path, batch_size=batch_size,
                                   cache_dir=cache_dir)
-        sim = (s * q[:, None, :]).sum(-1)
-        N = s.shape[1]
-        others = (s.sum(1, keepdims=True) - s) / max(N - 1, 1)
-        others /= np.clip(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12, None)
-        cons = (s * others).sum(-1) if N > 1 else np.full(sim.shape, np.nan)
+        sim, cons = similarity_from_embeddings(q, s), consensus_from_embeddings(s)
         scores = np.concatenate([scores, sim[:, :, None], cons[:, :, None]], axis=2)
         names += ["minilm_similarity", "minilm_consensus"]
     return VerificationData(scores=scores, answers=ds.answers, verifier_names=names,
@@ -396,9 +393,8 @@ def _minilm_embeddings(questions: Sequence[str], solutions: Sequence[Sequence[st
     import torch
 
     from lightning_ws.io import load_tensors, save_tensors
-    from lightning_ws.weaver.verifiers import encode_texts
+    from lightning_ws.weaver.verifiers import encode_questions_and_solutions
 
-    P, N = len(questions), len(solutions[0])
     cache = None
     if cache_dir is not None:
         h = hashlib.sha256(str(model_path).encode())
@@ -408,9 +404,8 @@ def _minilm_embeddings(questions: Sequence[str], solutions: Sequence[Sequence[st
         if cache.is_file():
             t, _ = load_tensors(cache)
             return t["questions"].double().numpy(), t["solutions"].double().numpy()
-    kw = {"model_path": model_path, "batch_size": batch_size}
-    q = encode_texts(list(questions), **kw)
-    s = encode_texts([x for row in solutions for x in row], **kw).reshape(P, N, -1)
-    if cache is not None:
-        save_tensors(cache, {"questions": torch.from_numpy(q), "solutions": torch.from_numpy(np.ascontiguousarray(s))})
-    return q.astype(np.float64), s.astype(np.float64)
+    q, s = encode_questions_and_solutions(questions, solutions, model_path=model_path, batch_size=batch_size)
+    if cache is not None:  # float32 on disk, as encoded
+        save_tensors(cache, {"questions": torch.from_numpy(q.astype(np.float32)),
+                             "solutions": torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))})
+    return q, s

