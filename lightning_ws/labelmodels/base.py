@@ -19,7 +19,6 @@ pass, e.g. an oracle), ``"uniform"``, ``"dev"`` (add-one smoothed frequencies of
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
