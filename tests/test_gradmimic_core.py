@@ -20,6 +20,7 @@ from lightning_ws.gradmimic import (
     TargetDirection,
     aggregate_votes,
     batch_softmax_weights,
+    batch_softmax_weights_checked,
     binarize,
     check_same_architecture,
     gmm_1d,
@@ -124,6 +125,14 @@ def test_softmax_weights_properties() -> None:
     torch.testing.assert_close(batch_softmax_weights(s, 1e6), torch.full((4,), 0.25), atol=1e-5, rtol=0)
     assert float(batch_softmax_weights(s, 1e-4)[2]) > 0.999  # tau -> 0: the best sample takes it all
     torch.testing.assert_close(batch_softmax_weights(torch.tensor([1.0, float("nan")]), 1.0), torch.tensor([.5, .5]))
+    w2, finite = batch_softmax_weights_checked(s.double().reshape(2, 2), 0.5)  # any shape/dtype -> flat float32
+    assert finite and w2.dtype == torch.float32
+    torch.testing.assert_close(w2, w)
+    for bad_score in (float("nan"), float("inf"), -float("inf")):
+        w3, finite = batch_softmax_weights_checked(torch.tensor([1.0, bad_score, 0.0]), 1.0)
+        assert not finite
+        torch.testing.assert_close(w3, torch.full((3,), 1 / 3))
+    assert batch_softmax_weights_checked(torch.tensor([3.0e38, 3.0e38]), 1.0)[1]  # large but finite: no overflow
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="tau"):
             batch_softmax_weights(s, bad)

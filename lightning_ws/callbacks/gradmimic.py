@@ -28,6 +28,7 @@ from lightning_ws.gradmimic import (
     MimicScoreFilter,
     ScoreLog,
     TargetDirection,
+    batch_softmax_weights_checked,
     check_same_architecture,
     grand_scores,
     load_reference_state,
@@ -555,14 +556,10 @@ class GradMimicCallback(Callback):
             all_scores, offset = self._gather(scores.float().contiguous())
             all_idx, _ = self._gather(idx_local.to(scores.device).long().contiguous())
         else:
-            all_scores, offset, all_idx = scores if scores.dtype == torch.float32 else scores.float(), 0, idx_local
-        # one reduction and one sync: a float64 sum is finite iff every float32 score is (it cannot overflow)
-        finite = math.isfinite(float(all_scores.sum(dtype=torch.float64)))
+            all_scores, offset, all_idx = scores, 0, idx_local
+        weights, finite = batch_softmax_weights_checked(all_scores, self.tau)
+        all_scores = all_scores if all_scores.dtype == torch.float32 else all_scores.float()
         n_all = all_scores.shape[0]
-        if not finite or math.isinf(self.tau):
-            weights = torch.full_like(all_scores, 1.0 / n_all)  # as batch_softmax_weights for these cases
-        else:
-            weights = torch.softmax(all_scores if self.tau == 1.0 else all_scores / self.tau, dim=0)
         local = weights[offset: offset + n_local] if self._world > 1 else weights
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else 0

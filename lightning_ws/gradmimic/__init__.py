@@ -29,6 +29,7 @@ from lightning_ws.gradmimic.scores import (
     SCORE_VARIANTS,
     TargetDirection,
     batch_softmax_weights,
+    batch_softmax_weights_checked,
     grand_scores,
     mimic_scores,
     per_sample_grad_norms,
@@ -42,7 +43,7 @@ from lightning_ws.gradmimic.scores import (
 __all__ = [
     "ABSTAIN", "AGGREGATORS", "BINARIZERS", "SCORE_VARIANTS", "FilterResult", "MimicScoreFilter", "ScoreLog",
     "TargetDirection",
-    "aggregate_votes", "batch_softmax_weights", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
+    "aggregate_votes", "batch_softmax_weights", "batch_softmax_weights_checked", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
     "load_reference_state", "mimic_scores", "per_sample_grad_norms", "per_sample_layer_grads", "reference_layer",
     "rho_scores", "target_direction", "top_p_indices", "two_means_1d", "vote_matrix", "weight_entropy",
     "weighted_layer_grad",

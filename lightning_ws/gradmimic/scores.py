@@ -31,6 +31,7 @@ __all__ = [
     "grand_scores",
     "rho_scores",
     "batch_softmax_weights",
+    "batch_softmax_weights_checked",
     "weighted_layer_grad",
     "per_sample_layer_grads",
     "weight_entropy",
@@ -273,17 +274,28 @@ def batch_softmax_weights(scores: Tensor, tau: float) -> Tensor:
     """Softmax of ``scores / tau`` over the batch (arXiv 2501.06708, §3); weights sum to 1.
 
     ``tau = inf`` gives uniform weights ``1/B`` (plain SGD). Non-finite scores (an AMP overflow step) also give uniform
-    weights. Invariant to adding a constant to every score.
+    weights. Invariant to adding a constant to every score. See :func:`batch_softmax_weights_checked`.
+    """
+    return batch_softmax_weights_checked(scores, tau)[0]
+
+
+def batch_softmax_weights_checked(scores: Tensor, tau: float) -> tuple[Tensor, bool]:
+    """:func:`batch_softmax_weights` and whether every score was finite, with one reduction and one host sync.
+
+    Returns:
+        ``(weights (B,) float32, finite)``.
     """
     if not (isinstance(tau, (int, float)) and tau > 0 and not math.isnan(tau)):
         raise ConfigError(f"temperature tau must be a positive number (float('inf') for plain SGD), got {tau!r}.")
-    s = scores.float().reshape(-1)
+    s = scores if scores.dtype == torch.float32 and scores.dim() == 1 else scores.float().reshape(-1)
     n = s.numel()
     if n == 0:
         raise DataError("cannot compute batch weights of an empty batch.")
-    if math.isinf(tau) or not bool(torch.isfinite(s).all()):
-        return torch.full_like(s, 1.0 / n)
-    return torch.softmax(s / tau, dim=0)
+    # a float64 sum of float32 values cannot overflow, so it is finite iff every value is
+    finite = math.isfinite(float(s.sum(dtype=torch.float64)))
+    if math.isinf(tau) or not finite:
+        return torch.full_like(s, 1.0 / n), finite
+    return torch.softmax(s if tau == 1.0 else s / tau, dim=0), True
 
 
 def weighted_layer_grad(inputs: Tensor, out_grads: Tensor, coeffs: Tensor, *,
