@@ -8,6 +8,9 @@ Sections (``--only overhead|skills|realtext``; default all three):
   models: a byte-level causal transformer LM (2 layers, d = 128, vocab 257, context 64; next-byte prediction on the
   shipped YouTube comments + SMS, 6 domains; R&B tracks ``lm_head`` with ``loss_reduction="token_mean"``), exact and
   with a 32 x 32 Kronecker sketch; and the pretrained MiniLM classifier on YouTube comments (fixed 64-token padding).
+  Exact accumulation is measured on both paths (``accumulation="hooks"``: "exact"; ``"fused"``: "exact fused"). It
+  starts with a microbenchmark of the LM head's backward alone (plain autograd vs fused vs plain + hook accumulation;
+  ``--layer-reps``).
 * **skills** (spec §13.1): 16 latent clusters in 32-d with shared teachers and two label-noise clusters, 4 coarse
   "human" domains of 4 clusters each, an evaluation set skewed to clusters 0-3 (which are also the smallest in
   training). Regroup (k-means, k by silhouette) is scored by ARI against the latent clusters; then a 2-layer MLP is
@@ -113,9 +116,9 @@ def _overhead_cases(lm_batch: int, cls_batch: int):
         torch.manual_seed(0)  # same initial weights in every block
         return ByteLM(d=128, layers=2, heads=4, context=64), dm
 
-    def lm_cb(sketch):
+    def lm_cb(sketch, accumulation):
         return lambda: RnBCallback(layer="lm_head", steps_per_round=5, loss_reduction="token_mean",
-                                   target_key="labels", sketch_dim=sketch)
+                                   target_key="labels", sketch_dim=sketch, accumulation=accumulation)
 
     def cls_build(seed: int):
         dm = _fixed_length_text_dm(cls_batch, 64, seed)
@@ -126,9 +129,13 @@ def _overhead_cases(lm_batch: int, cls_batch: int):
     return [
         (f"byte-level causal LM (2 layers, d=128, {n_lm / 1e6:.2f}M params, vocab 257, context 64), batch {lm_batch}; "
          f"tracked: lm_head 257 x 129, token_mean",
-         lm_build, {"without": None, "exact": lm_cb(None), "sketch 32x32": lm_cb([32, 32])}, 3),
+         lm_build, {"without": None, "exact": lm_cb(None, "hooks"), "exact fused": lm_cb(None, "fused"),
+                    "sketch 32x32": lm_cb([32, 32], "hooks")}, 3),
         (f"MiniLM-L6 classifier (pretrained, 22.7M params, 64 tokens), batch {cls_batch}; tracked: classifier 2 x 385",
-         cls_build, {"without": None, "exact": lambda: RnBCallback(layer="classifier", steps_per_round=5)}, 2),
+         cls_build, {"without": None,
+                     "exact": lambda: RnBCallback(layer="classifier", steps_per_round=5, accumulation="hooks"),
+                     "exact fused": lambda: RnBCallback(layer="classifier", steps_per_round=5, accumulation="fused")},
+         2),
     ]
 
 
@@ -145,7 +152,9 @@ def bench_overhead(steps: tuple[int, int], rounds: tuple[int, int], lm_batch: in
     time (primary: on a machine shared with other jobs it excludes the time the OS gives them) and for wall time: the
     median of the per-round ratios, a 95% bootstrap interval of that median (resampling rounds) and the min/max
     ratio, and the ratio of each arm's fastest block; plus the callback's own CPU time per step measured directly (all
-    its hooks, forward hook included).
+    its hooks, forward hook / fused-forward planning included; the fused arm's accumulation runs inside the tracked
+    layer's backward and is not in that column: see :func:`bench_tracked_layer_backward`). Arms: "exact" =
+    ``accumulation="hooks"``, "exact fused" = ``accumulation="fused"``, "sketch 32x32" = hooks with a sketch.
     ``steps`` and ``rounds`` are given per model (LM, MiniLM).
     """
     rng = np.random.default_rng(seed)
@@ -215,12 +224,91 @@ def bench_overhead(steps: tuple[int, int], rounds: tuple[int, int], lm_batch: in
                 f"{n}: {[round(float(q), 3) for q in np.asarray(data[n]) / base]}" for n in names if n != "without"))
 
 
+class _AlternatingRnB(RnBCallback):
+    """``RnBCallback`` that works on even batches only, so steps with and without it alternate inside one fit and see
+    the same machine state (the Grad-Mimic benchmark's protocol). On odd batches its step hooks return at once and no
+    domain ids are set, so the tracked layer runs a plain forward/backward (the fused forward falls through to
+    ``F.linear``; the forward hook returns at once); rounds count the active optimizer steps."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.flags: list[bool] = []
+        self._on = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._on = batch_idx % 2 == 0
+        self.flags.append(self._on)
+        if self._on:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_after_backward(self, trainer, pl_module):
+        if self._on:
+            super().on_after_backward(trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self._on:
+            super().on_before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._on:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int = 10, seed: int = 0) -> None:
+    """LM step time with vs without the callback, alternating steps inside each fit (lower noise than blocks).
+
+    Every fit runs ``2 * steps`` optimizer steps from the same initial weights with :class:`_AlternatingRnB` (K = 5
+    active steps per round); after dropping the first ``drop`` steps, a fit's ratio is the mean process-CPU time of
+    its active steps (mixture updates included) over the mean of its inactive ones; the arms' fits are interleaved
+    (forward / reverse order). Reported: median, min and max over ``fits`` of that ratio, and of the ratio of medians
+    (which leaves the update steps out).
+    """
+    x, y, dom, edom, names = make_byte_lm_data(context=64)
+    arms = {"exact": "hooks", "exact fused": "fused", "sketch 32x32": "sketch"}
+    res: dict[str, dict[str, list[float]]] = {a: {"mean": [], "median": [], "on": [], "off": []} for a in arms}
+    order = list(arms)
+    print(f"\n## Overhead, alternating steps in one fit (byte-level LM, batch {lm_batch}, tracked lm_head, token_mean; "
+          f"{fits} fits per arm x {steps} steps with + {steps} without, first {drop} steps dropped; process CPU time, "
+          f"torch threads {torch.get_num_threads()})")
+    t0 = time.perf_counter()
+    for f in range(fits + 1):  # fit 0 warms up (allocator, lazy imports) and is not counted
+        for arm in (order if f % 2 == 0 else order[::-1]):
+            kind = arms[arm]
+            dm = TensorMixtureDataModule(x, y, dom, eval_domains=edom, domain_names=names, batch_size=lm_batch,
+                                         seed=seed)
+            torch.manual_seed(0)
+            model = ByteLM(d=128, layers=2, heads=4, context=64)
+            cb = _AlternatingRnB(layer="lm_head", steps_per_round=5, loss_reduction="token_mean", target_key="labels",
+                                 sketch_dim=[32, 32] if kind == "sketch" else None,
+                                 accumulation="hooks" if kind in ("hooks", "sketch") else "fused")
+            timer = _StepTimer()
+            _quiet_trainer(2 * steps, [timer.first, cb, timer]).fit(model, dm)
+            if f == 0:
+                continue
+            on = [c for c, flag in zip(timer.cpu[drop:], cb.flags[drop:]) if flag]
+            off = [c for c, flag in zip(timer.cpu[drop:], cb.flags[drop:]) if not flag]
+            res[arm]["mean"].append(statistics.fmean(on) / statistics.fmean(off))
+            res[arm]["median"].append(statistics.median(on) / statistics.median(off))
+            res[arm]["on"].append(statistics.fmean(on))
+            res[arm]["off"].append(statistics.fmean(off))
+    print(f"({time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.1f})")
+    print("| arm | CPU ms/step without | with | ratio of means (updates included), median [min-max] over fits | "
+          "ratio of medians, median [min-max] |")
+    print("|---|---|---|---|---|")
+    for arm, r in res.items():
+        print(f"| {arm} | {1000 * statistics.median(r['off']):.2f} | {1000 * statistics.median(r['on']):.2f} | "
+              f"{statistics.median(r['mean']):.4f} [{min(r['mean']):.4f}-{max(r['mean']):.4f}] | "
+              f"{statistics.median(r['median']):.4f} [{min(r['median']):.4f}-{max(r['median']):.4f}] |")
+
+
 def _time_hooks(cb: RnBCallback, acc: dict) -> None:
     """Accumulate the CPU time spent inside the callback: every per-step hook plus the forward hook on the tracked
-    layer (the tensor hook it registers only stores a reference). Must run before ``fit`` (the forward hook is
-    registered in ``setup`` from the instance attribute)."""
-    for name in ("on_train_batch_start", "_forward_hook", "on_after_backward", "on_before_optimizer_step",
-                 "on_train_batch_end"):
+    layer (the tensor hook it registers only stores a reference) and the fused path's per-call planning. Must run
+    before ``fit`` (the forward hook and the fused forward are installed in ``setup`` from the instance attributes).
+    The fused backward's work (per-example bmm, per-domain GEMM) replaces autograd's weight gradient inside the
+    backward and cannot be separated from it here."""
+    for name in ("on_train_batch_start", "_forward_hook", "_plan_fused", "on_after_backward",
+                 "on_before_optimizer_step", "on_train_batch_end"):
         fn = getattr(cb, name)
 
         def timed(*args, _fn=fn, _name=name, **kwargs):
@@ -232,6 +320,96 @@ def _time_hooks(cb: RnBCallback, acc: dict) -> None:
             return out
 
         setattr(cb, name, timed)
+
+
+def bench_tracked_layer_backward(reps: int = 150, tokens: tuple[int, int] = (32, 64), d_in: int = 128,
+                                 d_out: int = 257, m: int = 4, seed: int = 0) -> None:
+    """Backward cost of the tracked layer alone (the LM head: 32 x 64 = 2048 tokens, 128 + bias -> 257, 4 domains).
+
+    Calling-thread CPU time (``time.thread_time``, torch set to 1 thread) of the backward only (the forward is built
+    untimed before each), median over ``reps`` interleaved repetitions, for: plain autograd ``F.linear``; the fused
+    backward (:func:`~lightning_ws.rnb.functional.fused_linear`) with token_mean-like per-example scales (per-example
+    mode) and with one scale (grouped mode); plain autograd followed by the hook path's
+    :func:`~lightning_ws.rnb.functional.accumulate_domain_grads` (strategy ``auto``, which is ``grouped`` at this
+    size, and ``per_example``).
+    """
+    import torch.nn.functional as F
+
+    from lightning_ws.rnb.functional import (
+        PER_EXAMPLE_MAX_ELEMENTS,
+        DomainGradSink,
+        accumulate_domain_grads,
+        fused_linear,
+    )
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(seed)
+    b, t = tokens
+    x0 = torch.randn(b, t, d_in, generator=gen)
+    w = torch.randn(d_out, d_in, generator=gen).mul_(d_in ** -0.5).requires_grad_(True)
+    bias = torch.zeros(d_out).requires_grad_(True)
+    g = torch.randn(b, t, d_out, generator=gen)
+    domains = torch.randint(0, m, (b,), generator=gen)
+    n_i = torch.randint(1, t + 1, (b,), generator=gen).double()
+    scale = n_i.sum() / n_i  # token_mean: N_tokens / n_i
+    sums, counts = torch.zeros(m, d_out, d_in + 1), torch.zeros(m, dtype=torch.float64)
+
+    def plain():
+        x = x0.clone().requires_grad_(True)
+        y = F.linear(x, w, bias)
+        t0 = time.thread_time()
+        torch.autograd.grad(y, (x, w, bias), g)
+        return time.thread_time() - t0
+
+    def fused(mode):
+        def run():
+            x = x0.clone().requires_grad_(True)
+            sink = DomainGradSink(sums, counts, domains, example_scale=scale if mode == "per_example" else 64.0,
+                                  mode=mode)
+            y = fused_linear(x, w, bias, sink)
+            t0 = time.thread_time()
+            torch.autograd.grad(y, (x, w, bias), g)
+            return time.thread_time() - t0
+        return run
+
+    def hooks(strategy):
+        def run():
+            x = x0.clone().requires_grad_(True)
+            y = F.linear(x, w, bias)
+            t0 = time.thread_time()
+            torch.autograd.grad(y, (x, w, bias), g)
+            accumulate_domain_grads(sums, counts, x.detach(), g, domains, example_scale=scale, strategy=strategy)
+            return time.thread_time() - t0
+        return run
+
+    variants = {
+        "plain autograd (no R&B)": plain,
+        "fused, per-example mode (token_mean scales)": fused("per_example"),
+        "fused, grouped mode (one scale; mean/sum)": fused("grouped"),
+        "plain + hook accumulation, auto (= grouped here)": hooks("auto"),
+        "plain + hook accumulation, per_example": hooks("per_example"),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    t_start = time.perf_counter()
+    for r in range(reps + 10):
+        names = list(variants) if r % 2 == 0 else list(variants)[::-1]
+        for name in names:
+            dt = variants[name]()
+            if r >= 10:  # warm-up
+                times[name].append(dt)
+    torch.set_num_threads(threads)
+    base = statistics.median(times["plain autograd (no R&B)"])
+    print(f"\n## Tracked-layer backward alone: tokens {b} x {t}, in {d_in} (+ bias), out {d_out}, {m} domains "
+          f"(per-example tensor {b * d_out * (d_in + 1) / 1e6:.2f}M elements; PER_EXAMPLE_MAX_ELEMENTS "
+          f"{PER_EXAMPLE_MAX_ELEMENTS / 1e6:.2f}M)")
+    print(f"calling-thread CPU time, 1 torch thread, median of {reps} interleaved reps "
+          f"({time.perf_counter() - t_start:.1f} s)")
+    print("| backward | median [ms] | vs plain | extra over plain [ms] |")
+    print("|---|---|---|---|")
+    for name, v in times.items():
+        med = statistics.median(v)
+        print(f"| {name} | {1000 * med:.3f} | {med / base:.3f} | {1000 * (med - base):+.3f} |")
 
 
 # ----------------------------------------------------------------------------- byte-level causal LM
@@ -527,6 +705,10 @@ def main() -> None:
     parser.add_argument("--overhead-lm-batch", type=int, default=32)
     parser.add_argument("--overhead-cls-batch", type=int, default=16)
     parser.add_argument("--overhead-only-lm", action="store_true", help="skip the (slow) MiniLM arm.")
+    parser.add_argument("--overhead-alternating", type=int, nargs=2, default=[5, 60], metavar=("FITS", "STEPS"),
+                        help="LM overhead with alternating steps: fits per arm and active steps per fit (0 0 = skip).")
+    parser.add_argument("--layer-reps", type=int, default=150,
+                        help="repetitions of the tracked-layer backward microbenchmark (overhead section; 0 = skip).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--realtext-per-domain", type=int, default=300, help="training texts per original domain.")
     parser.add_argument("--realtext-skew", default="Eminem,SMS", help="comma-separated original domains the eval "
@@ -543,6 +725,11 @@ def main() -> None:
                        tuple(s.strip() for s in args.realtext_skew.split(",") if s.strip()), args.realtext_skew_share)
     if args.only in (None, "overhead"):
         torch.set_num_threads(args.overhead_threads)
+        if args.layer_reps > 0:
+            bench_tracked_layer_backward(args.layer_reps)
+        if args.overhead_alternating[0] > 0:
+            bench_overhead_alternating(args.overhead_alternating[0], args.overhead_alternating[1],
+                                       args.overhead_lm_batch)
         bench_overhead(tuple(args.overhead_steps), tuple(args.overhead_rounds), args.overhead_lm_batch,
                        args.overhead_cls_batch, only_lm=args.overhead_only_lm)
 

@@ -21,7 +21,7 @@ from tests.helpers.tiny import TinyClassifier, TinyDataModule
 
 def make_case(method: str = "rnb", lr: float = 0.1, batch_size: int = 8, steps_per_round: int = 2, seed: int = 0,
               identical_within_domain: bool = False, sketch_dim=None, num_domains: int = 4, p_eval=None,
-              prob_floor: float = 0.0):
+              prob_floor: float = 0.0, accumulation: str = "auto"):
     """``(model, datamodule, [callback])``: 4 domains of 16 examples, 3 classes, an MLP whose head is ``classifier``."""
     gen = torch.Generator().manual_seed(1234)
     n = 64
@@ -38,7 +38,7 @@ def make_case(method: str = "rnb", lr: float = 0.1, batch_size: int = 8, steps_p
     torch.manual_seed(seed)
     model = TinyClassifier(lr=lr)
     cb = RnBCallback(method=method, steps_per_round=steps_per_round, sketch_dim=sketch_dim, p_eval=p_eval,
-                     prob_floor=prob_floor)
+                     prob_floor=prob_floor, accumulation=accumulation)
     return model, dm, [cb]
 
 
@@ -59,11 +59,13 @@ class _BatchRecorder(pl.Callback):
         self.batches.append({k: v.clone() for k, v in batch.items()})
 
 
-def test_callback_sums_equal_torch_func_per_example_gradients():
-    """Hooked activation x output-gradient, rescaled for the batch mean and accumulation, equals torch.func."""
+@pytest.mark.parametrize("accumulation", ["hooks", "fused"])
+def test_callback_sums_equal_torch_func_per_example_gradients(accumulation):
+    """Hooked (or fused) activation x output-gradient, rescaled for the batch mean and accumulation, equals
+    torch.func."""
     from torch.func import functional_call, grad, vmap
 
-    model, dm, (cb,) = make_case(lr=0.0, steps_per_round=100)
+    model, dm, (cb,) = make_case(lr=0.0, steps_per_round=100, accumulation=accumulation)
     rec = _BatchRecorder()
     _fit(model, dm, [cb, rec], max_steps=2, accumulate=2)  # 4 micro-batches, lr 0: parameters stay fixed
     assert len(rec.batches) == 4
@@ -85,6 +87,8 @@ def test_callback_sums_equal_torch_func_per_example_gradients():
         counts += torch.bincount(b["domain"], minlength=4)
     assert torch.allclose(cb.sums, ref, rtol=1e-4, atol=1e-6)
     assert torch.equal(cb.counts.float(), counts)
+    path = "hooks" if accumulation == "hooks" else "per_example"
+    assert cb.capture_counts[path] == 4 and sum(cb.capture_counts.values()) == 4
     gram = cb.gram()
     assert torch.allclose(gram, gram.T) and torch.linalg.eigvalsh(gram).min() > -1e-8
 
@@ -196,7 +200,8 @@ def test_validation_errors():
     for kwargs, match in [({"method": "aioli"}, "method"), ({"lam": 0}, "lam"), ({"steps_per_round": 0}, "steps"),
                           ({"prob_floor": 1.0}, "prob_floor"), ({"warmup_rounds": 0}, "warmup"),
                           ({"loss_reduction": "token_mean"}, "target_key"), ({"sketch_dim": [1, 2, 3]}, "sketch"),
-                          ({"p_eval": [0.5, -0.5]}, "p_eval")]:
+                          ({"p_eval": [0.5, -0.5]}, "p_eval"), ({"accumulation": "fast"}, "accumulation"),
+                          ({"accumulation": "fused", "sketch_dim": 4}, "sketch")]:
         with pytest.raises(ConfigError, match=match):
             RnBCallback(**kwargs)
     model, dm, _ = make_case()
@@ -284,16 +289,19 @@ class _TinyTokenModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
+@pytest.mark.parametrize("accumulation", ["hooks", "fused", "auto"])
 @pytest.mark.parametrize("grouped", [False, True])
-def test_token_mean_sequences_in_a_lightning_run(grouped, monkeypatch):
+def test_token_mean_sequences_in_a_lightning_run(grouped, accumulation, monkeypatch):
     """Per-example gradient = mean over the example's own target tokens, summed per domain (spec §5); both
-    accumulation strategies (``grouped``: the large-layer path, forced by a tiny size limit)."""
+    accumulation strategies (``grouped``: the large-layer path, forced by a tiny size limit) and both paths (``auto``
+    falls back to the hooks for token_mean above the size limit, ``fused`` keeps the per-example fused backward)."""
     from torch.func import functional_call, grad, vmap
 
     if grouped:
         import lightning_ws.rnb.functional as fn
 
         monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
+        monkeypatch.setattr(fn, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
 
     gen = torch.Generator().manual_seed(0)
     n, t = 24, 5
@@ -304,7 +312,8 @@ def test_token_mean_sequences_in_a_lightning_run(grouped, monkeypatch):
     dm = TensorMixtureDataModule(x, y, torch.arange(n) % 3, p_eval=[0.5, 0.3, 0.2], batch_size=6)
     torch.manual_seed(0)
     model = _TinyTokenModel()
-    cb = RnBCallback(layer="lm_head", steps_per_round=100, loss_reduction="token_mean", target_key="labels")
+    cb = RnBCallback(layer="lm_head", steps_per_round=100, loss_reduction="token_mean", target_key="labels",
+                     accumulation=accumulation)
     rec = _BatchRecorder()
     _fit(model, dm, [cb, rec], max_steps=2, accumulate=2)
     head = model.lm_head
@@ -324,3 +333,189 @@ def test_token_mean_sequences_in_a_lightning_run(grouped, monkeypatch):
             ref[d] += per[b["domain"] == d].sum(0)
     assert torch.allclose(cb.sums, ref, rtol=1e-4, atol=1e-6)
     assert float(cb.counts.sum()) == 4 * 6
+    hooks = accumulation == "hooks" or (accumulation == "auto" and grouped)
+    assert cb.capture_counts["hooks" if hooks else "per_example"] == 4
+    assert (cb.fused_fallback_reason is not None) == (accumulation == "auto" and grouped)
+
+
+# ----------------------------------------------------------------------------- fused accumulation
+class _GradProbe(pl.LightningModule):
+    """Embedding -> Linear -> tanh -> ``head``: 3-D ``(B, T, 6)`` head inputs (``seq``) or 2-D ``(B, 6)`` (mean over
+    tokens); loss = CE with ``reduction`` "mean" / "sum" (token-level CE ignoring -100 when ``seq``); ``tied``: the
+    head's weight is the embedding's."""
+
+    def __init__(self, seq: bool, reduction: str, tied: bool = False, lr: float = 0.0) -> None:
+        super().__init__()
+        self.seq, self.reduction, self.lr = seq, reduction, lr
+        self.emb = nn.Embedding(11, 6)
+        self.body = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 11)
+        if tied:
+            self.head.weight = self.emb.weight
+
+    def training_step(self, batch, batch_idx):
+        h = torch.tanh(self.body(self.emb(batch["x"])))
+        if not self.seq:
+            h = h.mean(1)
+        logits = self.head(h)
+        return nn.functional.cross_entropy(logits.reshape(-1, 11), batch["labels"].reshape(-1), ignore_index=-100,
+                                           reduction=self.reduction)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class _GradRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.grads = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads.append({n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None})
+
+
+def _probe_run(seq: bool, loss_reduction: str, accumulation: str, tied: bool = False, lr: float = 0.0,
+               max_steps: int = 2, full_length: bool = False):
+    gen = torch.Generator().manual_seed(0)
+    n, t = 24, 5
+    x = torch.randint(0, 11, (n, t), generator=gen)
+    if seq:
+        y = torch.randint(0, 11, (n, t), generator=gen)
+        if not full_length:
+            lengths = torch.randint(1, t + 1, (n,), generator=gen)
+            y[torch.arange(t).unsqueeze(0) >= lengths.unsqueeze(1)] = -100
+    else:
+        y = torch.randint(0, 11, (n,), generator=gen)
+    dm = TensorMixtureDataModule(x, y, torch.arange(n) % 3, p_eval=[0.5, 0.3, 0.2], batch_size=6)
+    torch.manual_seed(0)
+    model = _GradProbe(seq, "sum" if loss_reduction == "sum" else "mean", tied=tied, lr=lr)
+    cb = RnBCallback(layer="head", steps_per_round=100, loss_reduction=loss_reduction, accumulation=accumulation,
+                     target_key="labels" if loss_reduction == "token_mean" else None)
+    rec = _GradRecorder()
+    _fit(model, dm, [cb, rec], max_steps=max_steps, accumulate=2)
+    return model, cb, rec
+
+
+def _assert_grads_close(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) and a
+    for ga, gb in zip(a, b):
+        assert set(ga) == set(gb)
+        for name in ga:
+            assert torch.allclose(ga[name], gb[name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("seq,loss_reduction,tied", [(False, "mean", False), (False, "sum", False),
+                                                     (True, "mean", False), (True, "sum", False),
+                                                     (True, "token_mean", False), (True, "token_mean", True)])
+def test_fused_gradients_and_sums_equal_the_hook_path(seq, loss_reduction, tied):
+    """With accumulation='fused' every parameter's gradient equals plain autograd's (the hook path does not touch
+    the graph) and the per-domain sums equal the hook path's; 2-D and 3-D head inputs, mean / sum / token_mean,
+    accumulate_grad_batches=2, and a head tied to the input embedding."""
+    _, hooks, rec_h = _probe_run(seq, loss_reduction, "hooks", tied=tied)
+    model, fused, rec_f = _probe_run(seq, loss_reduction, "fused", tied=tied)
+    _assert_grads_close(rec_f.grads, rec_h.grads)
+    assert torch.allclose(fused.sums, hooks.sums, rtol=1e-5, atol=1e-6)
+    assert torch.equal(fused.counts, hooks.counts) and float(fused.counts.sum()) == 4 * 6
+    assert fused.capture_counts == {"per_example": 4, "grouped": 0, "hooks": 0}
+    assert hooks.capture_counts == {"per_example": 0, "grouped": 0, "hooks": 4}
+    assert "forward" not in model.head.__dict__  # restored in teardown
+
+
+def test_fused_token_mean_with_equal_lengths_uses_the_grouped_backward(monkeypatch):
+    """token_mean where every example has all its target tokens (packed LM batches) has one scale for all examples:
+    above the per-example size limit the fused path takes the grouped backward (not the hooks) with the same
+    gradients and sums as the hook path; with ragged lengths it stays per-example."""
+    import lightning_ws.rnb.functional as fn
+
+    monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
+    _, hooks, rec_h = _probe_run(True, "token_mean", "hooks", full_length=True)
+    _, fused, rec_f = _probe_run(True, "token_mean", "auto", full_length=True)
+    assert fused.capture_counts == {"per_example": 0, "grouped": 4, "hooks": 0}
+    _assert_grads_close(rec_f.grads, rec_h.grads)
+    assert torch.allclose(fused.sums, hooks.sums, rtol=1e-5, atol=1e-6)
+    _, ragged, _ = _probe_run(True, "token_mean", "auto")
+    assert ragged.capture_counts == {"per_example": 4, "grouped": 0, "hooks": 0}
+
+
+def test_fused_grouped_path_for_large_layers_with_uniform_scale(monkeypatch):
+    """Above the size limit, mean / sum losses use the grouped fused backward (one GEMM per domain = autograd's
+    gradient); token_mean under 'auto' falls back to the hooks there."""
+    import lightning_ws.rnb.functional as fn
+
+    monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
+    monkeypatch.setattr(fn, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
+    _, hooks, rec_h = _probe_run(True, "mean", "hooks")
+    _, fused, rec_f = _probe_run(True, "mean", "auto")
+    assert fused.capture_counts == {"per_example": 0, "grouped": 4, "hooks": 0}
+    _assert_grads_close(rec_f.grads, rec_h.grads)
+    assert torch.allclose(fused.sums, hooks.sums, rtol=1e-5, atol=1e-6)
+    _, auto, _ = _probe_run(True, "token_mean", "auto")
+    assert auto.capture_counts["hooks"] == 4 and "token_mean" in auto.fused_fallback_reason
+
+
+def test_fused_training_trajectory_matches_hooks():
+    """A few real SGD steps: fused and hook runs stay together (float summation order only)."""
+    m_h, hooks, _ = _probe_run(True, "token_mean", "hooks", lr=0.5, max_steps=4)
+    m_f, fused, _ = _probe_run(True, "token_mean", "fused", lr=0.5, max_steps=4)
+    for (name, p), q in zip(m_h.named_parameters(), m_f.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), name
+    assert torch.allclose(fused.sums, hooks.sums, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_fallbacks_and_errors():
+    """'auto' keeps the hooks for a sketch, a non-nn.Linear layer and autocast; 'fused' refuses what it cannot do."""
+    model, dm, (cb,) = make_case(steps_per_round=100, sketch_dim=[2, 8])
+    _fit(model, dm, [cb], max_steps=1)
+    assert cb.capture_counts["hooks"] == 1 and "sketch" in cb.fused_fallback_reason
+
+    class _Head(nn.Linear):
+        pass
+
+    model, dm, (cb,) = make_case(steps_per_round=100)
+    model.classifier = _Head(16, 3)
+    _fit(model, dm, [cb], max_steps=1)
+    assert cb.capture_counts["hooks"] == 1 and "_Head" in cb.fused_fallback_reason
+    model, dm, _ = make_case()
+    model.classifier = _Head(16, 3)
+    with pytest.raises(ConfigError, match="not exactly nn.Linear"):
+        _fit(model, dm, [RnBCallback(accumulation="fused")], max_steps=1)
+    assert "forward" not in model.classifier.__dict__
+    # autocast (CPU bf16-mixed): per-call fallback to the hooks, with a one-time warning for 'fused'
+    model, dm, (cb,) = make_case(steps_per_round=100, accumulation="fused")
+    with pytest.warns(UserWarning, match="autocast"):
+        _fit(model, dm, [cb], max_steps=2, precision="bf16-mixed")
+    assert cb.capture_counts == {"per_example": 0, "grouped": 0, "hooks": 2} and float(cb.counts.sum()) == 16
+    assert torch.isfinite(cb.sums).all()
+
+
+class _UserHook(pl.Callback):
+    """Checks, during training, that the tracked layer's state_dict keys are unchanged and a user hook still runs."""
+
+    def __init__(self) -> None:
+        self.calls, self.keys, self.installed = 0, [], []
+
+    def on_fit_start(self, trainer, pl_module):
+        self.keys.append(list(pl_module.state_dict()))
+        pl_module.classifier.register_forward_hook(lambda mod, inp, out: setattr(self, "calls", self.calls + 1))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.keys.append(list(pl_module.state_dict()))
+        self.installed.append("forward" in pl_module.classifier.__dict__)
+
+
+class _Boom(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= 2:
+            raise RuntimeError("boom")
+
+
+def test_fused_forward_is_installed_only_during_fit_and_restored_on_errors():
+    model, dm, (cb,) = make_case(steps_per_round=2)
+    keys = list(model.state_dict())
+    user = _UserHook()
+    _fit(model, dm, [cb, user], max_steps=3)
+    assert user.calls == 3 and all(user.installed) and all(k == keys for k in user.keys)
+    assert "forward" not in model.classifier.__dict__ and list(model.state_dict()) == keys
+    model, dm, (cb,) = make_case(steps_per_round=2)
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit(model, dm, [cb, _Boom()], max_steps=5)
+    assert "forward" not in model.classifier.__dict__ and not model.classifier._forward_hooks

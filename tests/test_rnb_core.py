@@ -12,6 +12,7 @@ from torch import nn
 
 from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
 from lightning_ws.rnb import (
+    DomainGradSink,
     DomainMixtureSampler,
     KroneckerSketch,
     RegroupResult,
@@ -19,6 +20,9 @@ from lightning_ws.rnb import (
     TfidfSvdEmbedder,
     accumulate_domain_grads,
     domain_gram,
+    fused_accumulation_mode,
+    fused_linear,
+    install_fused_forward,
     multiplicative_update,
     per_example_linear_grads,
     rnb_scores,
@@ -166,6 +170,169 @@ def test_sketch_projects_bias_column_without_materialising_it():
     assert torch.allclose(got_a, ref_a, atol=1e-6) and torch.allclose(got_d, ref_d)
     with pytest.raises(ConfigError, match="bias column"):
         sk.project_factors(a1, delta, bias_column=True)
+
+
+
+# ----------------------------------------------------------------------------- fused accumulation
+def _fused_vs_plain(layer: nn.Linear, a: torch.Tensor, grad_out: torch.Tensor, sink: DomainGradSink):
+    """Gradients of (a, W, b) from plain autograd and from ``fused_linear`` for the same output gradient."""
+    out = []
+    for fused in (False, True):
+        x = a.detach().clone().requires_grad_(True)
+        layer.zero_grad(set_to_none=True)
+        y = fused_linear(x, layer.weight, layer.bias, sink) if fused else layer(x)
+        y.backward(grad_out)
+        out.append([x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else []))
+    return out
+
+
+@pytest.mark.parametrize("seq", [False, True])
+@pytest.mark.parametrize("bias,include_bias", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("mode", ["per_example", "grouped"])
+def test_fused_linear_grads_equal_autograd_and_sums_equal_hooks(seq, bias, include_bias, mode):
+    """The fused backward gives autograd's gradients (float tolerance) and the hook path's per-domain sums."""
+    g = torch.Generator().manual_seed(7)
+    b, t, d_in, d_out, m = 9, 5, 6, 4, 4
+    shape = (b, t) if seq else (b,)
+    torch.manual_seed(0)
+    layer = nn.Linear(d_in, d_out, bias=bias)
+    a = torch.randn(*shape, d_in, generator=g)
+    grad_out = torch.randn(*shape, d_out, generator=g)
+    domains = torch.tensor([2, 0, 2, 3, 0, 0, 3, 2, 0])  # domain 1 absent
+    if mode == "per_example":
+        scale, valid = torch.rand(b, generator=g, dtype=torch.float64) + 0.5, torch.rand(b, generator=g) > 0.2
+    else:
+        scale, valid = 3.0, None
+    width = d_in + int(include_bias)
+    sums, counts = torch.zeros(m, d_out, width), torch.zeros(m, dtype=torch.float64)
+    sink = DomainGradSink(sums, counts, domains, example_scale=scale, valid=valid, include_bias=include_bias,
+                          mode=mode)
+    plain, fused = _fused_vs_plain(layer, a, grad_out, sink)
+    for p, f in zip(plain, fused):
+        assert torch.allclose(f, p, rtol=1e-5, atol=1e-6)
+    assert sink.calls == 1
+    ref, ref_n = torch.zeros_like(sums), torch.zeros_like(counts)
+    accumulate_domain_grads(ref, ref_n, a, grad_out, domains, example_scale=scale, valid=valid,
+                            include_bias=include_bias)
+    assert torch.allclose(sums, ref, rtol=1e-5, atol=1e-6) and torch.equal(counts, ref_n)
+
+
+@pytest.mark.parametrize("seq", [False, True])
+def test_fused_linear_sums_equal_torch_func_per_example_gradients(seq):
+    """Per-domain sums out of the fused backward equal torch.func per-sample gradients (mean CE per example; token
+    mean for sequences), as the hook path's do."""
+    torch.manual_seed(2)
+    b, t = 6, 5
+    layer = nn.Linear(5, 4).double()
+    a = torch.randn(b, t, 5, dtype=torch.float64) if seq else torch.randn(b, 5, dtype=torch.float64)
+    y = torch.randint(0, 4, (b, t) if seq else (b,))
+    if seq:
+        y[0, 2:] = -100
+        y[3, 1:] = -100
+        n_i = (y != -100).sum(1).double()
+        scale = (y != -100).sum().double() / n_i
+    else:
+        scale = torch.full((b,), float(b), dtype=torch.float64)
+    ref = _func_per_sample_grads(layer, a, y, seq=seq)
+    domains = torch.tensor([1, 0, 1, 2, 2, 1])
+    sums, counts = torch.zeros(3, 4, 6, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    sink = DomainGradSink(sums, counts, domains, example_scale=scale)
+    out = fused_linear(a, layer.weight, layer.bias, sink)
+    if seq:
+        loss = nn.functional.cross_entropy(out.reshape(-1, 4), y.reshape(-1), ignore_index=-100)
+    else:
+        loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    for d in range(3):
+        assert torch.allclose(sums[d], ref[domains == d].sum(0), rtol=1e-6, atol=1e-12)
+    assert counts.tolist() == [1.0, 3.0, 2.0]
+
+
+def test_fused_linear_tied_weight_gets_both_gradients():
+    """A head tied to the input embedding: autograd adds the fused head gradient to the embedding's."""
+    grads = []
+    for fused in (False, True):
+        torch.manual_seed(3)
+        emb, head = nn.Embedding(11, 6), nn.Linear(6, 11)
+        head.weight = emb.weight
+        ids, y = torch.randint(0, 11, (4, 7)), torch.randint(0, 11, (4, 7))
+        h = torch.tanh(emb(ids))
+        sink = DomainGradSink(torch.zeros(2, 11, 7), torch.zeros(2), torch.tensor([0, 1, 1, 0]))
+        logits = fused_linear(h, head.weight, head.bias, sink) if fused else head(h)
+        nn.functional.cross_entropy(logits.reshape(-1, 11), y.reshape(-1)).backward()
+        grads.append((emb.weight.grad.clone(), head.bias.grad.clone()))
+    assert torch.allclose(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-7)
+
+
+def test_fused_mode_choice_and_sink_validation():
+    from lightning_ws.rnb.functional import FUSED_PER_EXAMPLE_MAX_ELEMENTS as fused_limit
+    from lightning_ws.rnb.functional import PER_EXAMPLE_MAX_ELEMENTS as limit
+
+    assert fused_accumulation_mode(2, 3, 4, uniform_scale=False) == "per_example"
+    assert fused_accumulation_mode(limit, 2, 3, uniform_scale=True) == "grouped"
+    # token_mean between the two limits (a small LM head): still the per-example fused backward
+    assert fused_accumulation_mode(limit, 2, 1, uniform_scale=False) == "per_example"
+    assert fused_accumulation_mode(32, 257, 129, uniform_scale=False) == "per_example"
+    limit = fused_limit
+    assert fused_accumulation_mode(limit, 2, 3, uniform_scale=False) is None  # token_mean on a large layer
+    assert fused_accumulation_mode(limit, 2, 3, uniform_scale=False, force=True) == "per_example"
+    sums, counts = torch.zeros(2, 3, 5), torch.zeros(2)
+    with pytest.raises(ConfigError, match="one scale"):
+        DomainGradSink(sums, counts, torch.tensor([0, 1]), example_scale=torch.ones(2), mode="grouped")
+    with pytest.raises(ConfigError, match="domain ids must lie"):
+        DomainGradSink(sums, counts, torch.tensor([0, 2]))
+    with pytest.raises(ConfigError, match="mode"):
+        DomainGradSink(sums, counts, torch.tensor([0, 1]), mode="loop")
+    with pytest.raises(ConfigError, match="\\(B, d\\)"):
+        fused_linear(torch.randn(2, 3, 4, 4), torch.randn(3, 4), None,
+                     DomainGradSink(sums, counts, torch.tensor([0, 1])))
+
+
+def test_install_fused_forward_keeps_hooks_state_dict_and_copies_plain():
+    import copy
+    import pickle
+
+    torch.manual_seed(4)
+    layer = nn.Linear(4, 3)
+    keys = list(layer.state_dict())
+    seen = []
+    layer.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    sums, counts = torch.zeros(2, 3, 5), torch.zeros(2)
+    sinks = []
+
+    def planner(mod, x):
+        sinks.append(DomainGradSink(sums, counts, torch.tensor([0, 1, 1])))
+        return sinks[-1]
+
+    handle = install_fused_forward(layer, planner)
+    assert type(layer) is nn.Linear and list(layer.state_dict()) == keys
+    x = torch.randn(3, 4)
+    layer(x).sum().backward()
+    assert seen == [(3, 3)] and sinks[0].calls == 1 and float(counts.sum()) == 3
+    plain = layer.weight.grad.clone()
+    layer.zero_grad()
+    copy.deepcopy(layer)(x).sum().backward()  # a copy runs the plain layer: no sink asked for, counts unchanged
+    other = nn.Linear(4, 3)  # (no local-lambda hook, so it pickles)
+    other_handle = install_fused_forward(other, planner)
+    restored = pickle.loads(pickle.dumps(other))
+    restored(x).sum().backward()
+    assert len(sinks) == 1 and float(counts.sum()) == 3
+    other_handle.remove()
+    with pytest.raises(ConfigError, match="instance-level forward"):
+        install_fused_forward(layer, planner)
+    handle.remove()
+    handle.remove()  # idempotent
+    assert "forward" not in layer.__dict__
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert torch.allclose(layer.weight.grad, plain, rtol=1e-6) and len(sinks) == 1
+
+    class MyLinear(nn.Linear):
+        pass
+
+    with pytest.raises(ConfigError, match="exactly"):
+        install_fused_forward(MyLinear(2, 2), planner)
 
 
 # ----------------------------------------------------------------------------- Gram and update

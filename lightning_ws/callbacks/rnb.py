@@ -17,20 +17,27 @@ from torch import nn
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.rnb.functional import (
+    FUSED_DTYPES,
+    DomainGradSink,
+    FusedForwardHandle,
     KroneckerSketch,
     accumulate_domain_grads,
     domain_gram,
+    fused_accumulation_mode,
+    install_fused_forward,
     mixture_entropy,
     multiplicative_update,
     rnb_update,
     validate_mixture,
 )
 
-__all__ = ["RnBCallback", "METHODS"]
+__all__ = ["RnBCallback", "METHODS", "ACCUMULATIONS"]
 
 #: Mixture rules behind the same interface.
 METHODS = ("rnb", "doge", "stratified", "proportional")
 _GRAD_METHODS = ("rnb", "doge")
+#: Ways to collect the per-domain sums (see ``RnBCallback``'s ``accumulation``).
+ACCUMULATIONS = ("auto", "fused", "hooks")
 _STATE_VERSION = 1
 
 
@@ -68,12 +75,37 @@ class RnBCallback(Callback):
     * memory: exact accumulators ``m x d_out x (d_in + 1)`` fp32, or a Kronecker random-projection sketch
       (``sketch_dim=(k_out, k_in)`` or an int for both), an unbiased estimate of ``G`` (not in the paper).
 
-    Cost per micro-batch: about one extra weight-gradient computation of the tracked layer
-    (:func:`~lightning_ws.rnb.functional.accumulate_domain_grads`: one ``bmm`` + ``index_add_`` for small layers, one
-    GEMM per present domain for large ones; no per-example Python work; host syncs only for the group sizes of large
-    layers and, under AMP loss scaling, for the scale and the overflow check). Per round: one ``(m, m)`` Gram matrix.
-    A Kronecker ``sketch_dim`` cuts the per-step cost for wide heads (LM vocabularies). Measured overhead:
-    ``benchmarks/bench_rnb.py --only overhead``.
+    Two ways to collect the exact per-domain sums (``accumulation``):
+
+    * ``"hooks"``: a forward hook stores ``a``, a tensor hook ``delta``, and ``on_after_backward`` calls
+      :func:`~lightning_ws.rnb.functional.accumulate_domain_grads` (one ``bmm`` + ``index_add_`` for small layers, one
+      GEMM per present domain for large ones): about one extra weight-gradient computation of the tracked layer per
+      micro-batch, on top of autograd's own.
+    * ``"fused"``: while a training micro-batch is being captured, the layer's forward runs
+      :func:`~lightning_ws.rnb.functional.fused_linear` (the callback sets an instance-level ``forward`` on that
+      module in ``setup`` and removes it in ``teardown`` / ``on_exception``; forward hooks keep running, ``state_dict``
+      and ``type`` are unchanged; copies of the module behave like a plain ``nn.Linear``). Its backward computes the
+      per-example products ``P_i = delta_i^T a_i`` (and ``delta_i`` summed over tokens for the bias) with one batched
+      matmul, and autograd's weight gradient *is* ``sum_i P_i``; the scaled per-domain sums come out of one small
+      GEMM over ``P`` (or, for large layers with one scale per example = ``mean`` / ``sum``, one GEMM per present
+      domain whose sum is the weight gradient). About no extra GEMM; ``layer.weight.grad`` / ``bias.grad`` equal plain
+      autograd's up to float summation order.
+    * ``"auto"`` (default): fused where it is valid and cheap, the hook path otherwise. It falls back to the hooks
+      (``fused_fallback_reason`` says why) with a ``sketch_dim`` (the sketch needs the factors ``a`` and ``delta`` and
+      is already cheap); for a layer that is not exactly ``nn.Linear`` (a subclass may change ``forward``; PEFT/LoRA
+      wrappers) or that already has an instance ``forward``; per call, under autocast or an active GradScaler (the
+      fused backward does no casting, and AMP's overflow skip needs ``delta``), for inputs that are not 2-D/3-D or not
+      float32/float64, and for ``token_mean`` (per-example scales within a domain) when ``B x d_out x (d_in + 1)``
+      exceeds :data:`~lightning_ws.rnb.functional.FUSED_PER_EXAMPLE_MAX_ELEMENTS` (the fused backward would need that
+      per-example tensor; the hook path groups rows by domain instead). A weight tied to another module (tied
+      embeddings) is fine: autograd adds the fused gradient to the other uses'. ``"fused"`` is the same but ignores
+      the size limit (it then materialises the ``(B, d_out, d_in)`` tensor), raises ``ConfigError`` in
+      ``__init__``/``setup`` for a sketch or a non-``nn.Linear`` layer, and warns once when a call falls back. The
+      fused backward is once-differentiable (no double backward through the tracked layer while capturing).
+
+    Host syncs: the group sizes of the grouped paths and, under AMP loss scaling (hook path), the scale and the
+    overflow check. Per round: one ``(m, m)`` Gram matrix. A Kronecker ``sketch_dim`` cuts the per-step cost for wide
+    heads (LM vocabularies). Measured overhead: ``benchmarks/bench_rnb.py --only overhead``.
 
     Gradient accumulation: every micro-batch is accumulated; rounds count optimizer steps (guarded on
     ``trainer.global_step``). DDP: each optimizer step's sums and counts are all-reduced (sum) in
@@ -85,7 +117,8 @@ class RnBCallback(Callback):
     ``rnb/gram_diag_mean``, ``rnb/gram_offdiag_mean``, ``rnb/n_<domain>`` (counts of the round), ``rnb/update_ms``;
     with a ``WandbLogger`` also the image ``rnb/mixture_trajectory`` every ``plot_every_n_rounds`` rounds.
 
-    ``state_key`` identity args: ``method``, ``layer``, ``lam``, ``steps_per_round``, ``sketch_dim``.
+    ``state_key`` identity args: ``method``, ``layer``, ``lam``, ``steps_per_round``, ``sketch_dim`` (not
+    ``accumulation``: both paths give the same sums, and checkpoints resume across it).
 
     Args:
         layer: dotted name of the tracked ``nn.Linear`` in the LightningModule.
@@ -107,6 +140,13 @@ class RnBCallback(Callback):
         doge_lr: step size of ``method="doge"``.
         seed: seed of the sketch projections (identical on all ranks).
         plot_every_n_rounds: W&B trajectory image cadence (0 = never).
+        accumulation: ``"auto"``, ``"fused"`` or ``"hooks"`` (see above).
+
+    Attributes:
+        fused_fallback_reason: why the last capture (or ``setup``) used the hook path instead of the fused one
+            (``None`` if it never fell back).
+        capture_counts: tracked-layer calls captured per path since ``setup``: ``per_example`` / ``grouped`` (fused)
+            and ``hooks``.
 
     Example:
         >>> cb = RnBCallback(layer="classifier", lam=3.0, steps_per_round=10)
@@ -134,6 +174,7 @@ class RnBCallback(Callback):
         doge_lr: float = 1.0,
         seed: int = 0,
         plot_every_n_rounds: int = 1,
+        accumulation: str = "auto",
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {method!r}.")
@@ -158,6 +199,11 @@ class RnBCallback(Callback):
             raise ConfigError(f"doge_lr must be > 0, got {doge_lr}.")
         if int(plot_every_n_rounds) < 0:
             raise ConfigError(f"plot_every_n_rounds must be >= 0, got {plot_every_n_rounds}.")
+        if accumulation not in ACCUMULATIONS:
+            raise ConfigError(f"accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}.")
+        if accumulation == "fused" and sketch_dim is not None:
+            raise ConfigError("accumulation='fused' is exact accumulation; with sketch_dim the sketch is built from "
+                              "the hooked factors (use accumulation='auto' or 'hooks').")
         if sketch_dim is not None:
             dims = [int(sketch_dim)] * 2 if isinstance(sketch_dim, int) else [int(v) for v in sketch_dim]
             if len(dims) != 2 or min(dims) < 1:
@@ -173,6 +219,7 @@ class RnBCallback(Callback):
         self.loss_reduction, self.target_key, self.ignore_index = loss_reduction, target_key, int(ignore_index)
         self.domain_key, self.doge_lr, self.seed = domain_key, float(doge_lr), int(seed)
         self.plot_every_n_rounds = int(plot_every_n_rounds)
+        self.accumulation = accumulation
         # runtime state
         self.m: int | None = None
         self.p_eval: torch.Tensor | None = None
@@ -196,6 +243,14 @@ class RnBCallback(Callback):
         self._step_sums: torch.Tensor | None = None
         self._step_counts: torch.Tensor | None = None
         self._use_bias = bool(include_bias)
+        self._fused_handle: FusedForwardHandle | None = None
+        self._sinks: list[DomainGradSink] = []
+        self._fused_ran = False
+        self._accum_factor = 1.0
+        self._scaler_active = False
+        self._warned_fallback = False
+        self.fused_fallback_reason: str | None = None
+        self.capture_counts: dict[str, int] = {"per_example": 0, "grouped": 0, "hooks": 0}
 
     # ------------------------------------------------------------------ identity
     @property
@@ -259,6 +314,7 @@ class RnBCallback(Callback):
                 self._step_counts = torch.zeros_like(self.counts)
             self._remove_hooks()
             self._handles.append(module.register_forward_hook(self._forward_hook))
+            self._install_fused(module)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
@@ -287,19 +343,53 @@ class RnBCallback(Callback):
             raise ConfigError(f"layer {self.layer!r} is a {type(module).__name__}; R&B tracks an nn.Linear.")
         return module
 
+    def _install_fused(self, module: nn.Module) -> None:
+        """Route the tracked layer through the fused backward (``accumulation`` ``"auto"``/``"fused"``) if valid."""
+        self.capture_counts = {"per_example": 0, "grouped": 0, "hooks": 0}
+        self.fused_fallback_reason = None
+        if self.accumulation == "hooks":
+            return
+        reason = None
+        if self._sketch is not None:
+            reason = "sketch_dim is set (the sketch is built from the hooked factors)"
+        elif type(module) is not nn.Linear:
+            reason = f"layer {self.layer!r} is a {type(module).__name__}, not exactly nn.Linear"
+        elif "forward" in module.__dict__:
+            reason = f"layer {self.layer!r} already has an instance-level forward"
+        if reason is not None:
+            if self.accumulation == "fused":
+                raise ConfigError(f"accumulation='fused' is not possible: {reason}; use accumulation='auto' or "
+                                  f"'hooks'.")
+            self.fused_fallback_reason = reason
+            return
+        self._fused_handle = install_fused_forward(module, self._plan_fused)
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Remove the hooks."""
+        """Remove the hooks and restore the tracked layer's forward."""
         self._remove_hooks()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Remove the hooks and restore the tracked layer's forward (``teardown`` is not reached on every error)."""
+        self._remove_hooks()
+        self._batch_domains = None
 
     def _remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._fused_handle is not None:
+            self._fused_handle.remove()
+            self._fused_handle = None
+        self._sinks, self._fused_ran = [], False
 
     # ------------------------------------------------------------------ capture
     def _forward_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self._fused_ran:  # this call ran the fused backward; nothing to capture
+            self._fused_ran = False
+            return
         if self._batch_domains is None or not torch.is_grad_enabled() or not output.requires_grad:
             return
+        self.capture_counts["hooks"] += 1
         pos = len(self._acts)
         self._acts.append(inputs[0].detach())
 
@@ -322,6 +412,82 @@ class RnBCallback(Callback):
                 raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
             self._batch_targets = batch[self.target_key]
         self._acts, self._grads = [], {}
+        self._sinks, self._fused_ran = [], False
+        self._accum_factor = float(trainer.accumulate_grad_batches)
+        self._scaler_active = self._amp_scale(trainer) is not None
+
+    def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
+        """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
+        path captures the call if it is a training call)."""
+        domains = self._batch_domains
+        if domains is None or not torch.is_grad_enabled():
+            return None
+        if not (x.requires_grad or module.weight.requires_grad
+                or (module.bias is not None and module.bias.requires_grad)):
+            return None
+        reason = None
+        if self._scaler_active:
+            reason = "AMP loss scaling is active (the overflow skip needs the output gradient)"
+        elif torch.is_autocast_enabled(x.device.type):
+            reason = "autocast is active (the fused backward does not cast)"
+        elif x.dim() not in (2, 3):
+            reason = f"the layer input has shape {tuple(x.shape)} (fused needs (B, d) or (B, T, d))"
+        elif x.dtype not in FUSED_DTYPES or module.weight.dtype != x.dtype:
+            reason = f"input/weight dtypes {x.dtype}/{module.weight.dtype} (fused needs float32 or float64)"
+        else:
+            b = x.shape[0]
+            if b != domains.numel():
+                raise ConfigError(f"the tracked layer saw {b} examples but the batch has {domains.numel()} domain "
+                                  f"ids; track a layer applied once per example.")
+            scale, valid = self._example_scale(tuple(x.shape), x.device, self._accum_factor)
+            if isinstance(scale, torch.Tensor) and valid is not None and scale.numel() > 0 \
+                    and bool(((scale == scale[0]).all() & valid.all()).item()):
+                # token_mean where every example has the same number of target tokens (packed / unpadded LM
+                # batches): one scale for all, so the cheaper grouped backward applies (one host sync)
+                scale, valid = float(scale[0]), None
+            uniform = not isinstance(scale, torch.Tensor) and valid is None
+            width = module.in_features + int(module.bias is not None or self._use_bias)
+            mode = fused_accumulation_mode(b, module.out_features, width, uniform_scale=uniform,
+                                           force=self.accumulation == "fused")
+            if mode is None:
+                reason = ("per-example scales (token_mean) on a layer whose (B, d_out, d_in + 1) per-example tensor "
+                          "exceeds FUSED_PER_EXAMPLE_MAX_ELEMENTS")
+        if reason is not None:
+            self.fused_fallback_reason = reason
+            if self.accumulation == "fused" and not self._warned_fallback:
+                rank_zero_warn(f"RnBCallback(accumulation='fused'): using the hook path because {reason}.")
+                self._warned_fallback = True
+            return None
+        sums, counts = self._accumulators(x.device)
+        sink = DomainGradSink(sums, counts, domains, example_scale=scale, valid=valid, include_bias=self._use_bias,
+                              mode=mode)
+        self._sinks.append(sink)
+        self._fused_ran = True
+        self.capture_counts[mode] += 1
+        return sink
+
+    def _accumulators(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's ``(sums, counts)`` (the step buffers under DDP), moved to ``device`` on first use."""
+        sums = self._step_sums if self._distributed else self.sums
+        if sums.device != device:  # first micro-batch on an accelerator: move the accumulators once
+            self._to_device(device)
+        return (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
+
+    def _example_scale(self, shape: tuple[int, ...], device: torch.device,
+                       factor: float) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        """Per-example factor turning the batch-loss gradient into each example's own loss gradient, and the
+        ``valid`` mask (``token_mean``: examples with no target token)."""
+        b = shape[0]
+        if self.loss_reduction == "mean":
+            return float(b) * factor, None
+        if self.loss_reduction == "sum":
+            return factor, None
+        mask = torch.as_tensor(self._batch_targets, device=device) != self.ignore_index
+        if mask.dim() != 2 or mask.shape[0] != b or len(shape) != 3 or mask.shape[1] != shape[1]:
+            raise ConfigError(f"token_mean: targets {tuple(mask.shape)} must be (B, T) aligned with the "
+                              f"tracked layer input {tuple(shape)}.")
+        n_i = mask.sum(1)
+        return (n_i.sum() * factor) / n_i.clamp_min(1).to(torch.float64), n_i > 0
 
     def _amp_scale(self, trainer: pl.Trainer) -> float | None:
         """The active GradScaler's scale, or ``None`` without loss scaling (then no finiteness check is needed)."""
@@ -331,7 +497,8 @@ class RnBCallback(Callback):
         return None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Add this micro-batch's per-example tracked-layer gradients into the per-domain sums.
+        """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums (calls that
+        ran the fused backward were already added there).
 
         Cost: one batched matmul + ``index_add_`` (small layers) or one GEMM per present domain (large layers), i.e.
         about one extra weight-gradient computation of the tracked layer; no per-example Python work, no host sync
@@ -339,11 +506,11 @@ class RnBCallback(Callback):
         """
         if self._batch_domains is None:
             return  # fixed-mixture methods never set it
-        acts, grads = self._acts, self._grads
-        self._acts, self._grads = [], {}
+        acts, grads, sinks = self._acts, self._grads, self._sinks
+        self._acts, self._grads, self._sinks = [], {}, []
         pairs = [(acts[i], grads[i]) for i in range(len(acts)) if i in grads]
         if not pairs:
-            if not self._warned_no_capture:
+            if not any(s.calls for s in sinks) and not self._warned_no_capture:
                 rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; "
                                f"nothing is accumulated. Check `layer`.")
                 self._warned_no_capture = True
@@ -355,29 +522,13 @@ class RnBCallback(Callback):
                 return  # AMP overflow: the optimizer step is skipped, so is this contribution
             factor /= amp_scale
         domains = self._batch_domains
-        sums, counts = (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
-        a0 = pairs[0][0]
-        if sums.device != a0.device:  # first micro-batch on an accelerator: move the accumulators once
-            self._to_device(a0.device)
-            sums, counts = (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
+        sums, counts = self._accumulators(pairs[0][0].device)
         for a, delta in pairs:
             b = a.shape[0]
             if b != domains.numel():
                 raise ConfigError(f"the tracked layer saw {b} examples but the batch has {domains.numel()} domain "
                                   f"ids; track a layer applied once per example.")
-            valid = None
-            if self.loss_reduction == "mean":
-                scale: torch.Tensor | float = float(b) * factor
-            elif self.loss_reduction == "sum":
-                scale = factor
-            else:
-                mask = torch.as_tensor(self._batch_targets, device=a.device) != self.ignore_index
-                if mask.dim() != 2 or mask.shape[0] != b or a.dim() != 3 or mask.shape[1] != a.shape[1]:
-                    raise ConfigError(f"token_mean: targets {tuple(mask.shape)} must be (B, T) aligned with the "
-                                      f"tracked layer input {tuple(a.shape)}.")
-                n_i = mask.sum(1)
-                scale = (mask.sum() * factor) / n_i.clamp_min(1).to(torch.float64)
-                valid = n_i > 0
+            scale, valid = self._example_scale(tuple(a.shape), a.device, factor)
             accumulate_domain_grads(sums, counts, a, delta, domains, example_scale=scale,
                                     include_bias=self._use_bias, sketch=self._sketch, valid=valid)
 

@@ -3,18 +3,23 @@
 * :class:`SemanticRegrouper` / :class:`RegroupResult`: k-means domains from embeddings, ``p_eval``, persisted without
   pickle.
 * :class:`DomainMixtureSampler`: seeded domain-then-example sampler with a shared-memory, mutable mixture.
-* :mod:`lightning_ws.rnb.functional`: per-domain final-layer gradient accumulation (exact or Kronecker sketch), the
-  Gram matrix and the R&B / multiplicative mixture updates.
+* :mod:`lightning_ws.rnb.functional`: per-domain final-layer gradient accumulation (exact or Kronecker sketch; from
+  hooks, or fused into the layer's own backward by :func:`fused_linear`), the Gram matrix and the R&B / multiplicative
+  mixture updates.
 
 The Lightning pieces live in :mod:`lightning_ws.callbacks.rnb` (``RnBCallback``) and
 :mod:`lightning_ws.datamodules.rnb` (``MixtureDataModule``).
 """
 
 from lightning_ws.rnb.functional import (
+    DomainGradSink,
     KroneckerSketch,
     accumulate_domain_grads,
     apply_prob_floor,
     domain_gram,
+    fused_accumulation_mode,
+    fused_linear,
+    install_fused_forward,
     mixture_entropy,
     multiplicative_update,
     per_example_linear_grads,
@@ -34,6 +39,7 @@ from lightning_ws.rnb.regroup import (
 from lightning_ws.rnb.sampler import DomainMixtureSampler
 
 __all__ = [
+    "DomainGradSink",
     "DomainMixtureSampler",
     "KroneckerSketch",
     "MiniLMEmbedder",
@@ -45,6 +51,9 @@ __all__ = [
     "assign_to_centroids",
     "domain_gram",
     "embed",
+    "fused_accumulation_mode",
+    "fused_linear",
+    "install_fused_forward",
     "kmeans_fit",
     "mixture_entropy",
     "multiplicative_update",
