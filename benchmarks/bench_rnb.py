@@ -264,7 +264,7 @@ def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int =
     (which leaves the update steps out).
     """
     x, y, dom, edom, names = make_byte_lm_data(context=64)
-    arms = {"exact": "hooks", "exact fused": "fused", "sketch 32x32": "sketch"}
+    arms = {"exact": "hooks", "exact fused": "fused", "sketch 32x32": [32, 32], "sketch 16x16": [16, 16]}
     res: dict[str, dict[str, list[float]]] = {a: {"mean": [], "median": [], "on": [], "off": []} for a in arms}
     order = list(arms)
     print(f"\n## Overhead, alternating steps in one fit (byte-level LM, batch {lm_batch}, tracked lm_head, token_mean; "
@@ -279,8 +279,8 @@ def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int =
             torch.manual_seed(0)
             model = ByteLM(d=128, layers=2, heads=4, context=64)
             cb = _AlternatingRnB(layer="lm_head", steps_per_round=5, loss_reduction="token_mean", target_key="labels",
-                                 sketch_dim=[32, 32] if kind == "sketch" else None,
-                                 accumulation="hooks" if kind in ("hooks", "sketch") else "fused")
+                                 sketch_dim=kind if isinstance(kind, list) else None,
+                                 accumulation="fused" if kind == "fused" else "hooks")
             timer = _StepTimer()
             _quiet_trainer(2 * steps, [timer.first, cb, timer]).fit(model, dm)
             if f == 0:

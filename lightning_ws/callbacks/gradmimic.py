@@ -206,6 +206,7 @@ class GradMimicCallback(Callback):
         self._collect_hist = False
         self._direction_key: tuple[int, ...] | None = None
         self._direction: tuple[Tensor, Tensor | None, float] | None = None
+        self._params: tuple[Tensor, Tensor | None] = ()  # the mimic layer's (weight, bias), set in setup
 
     # ------------------------------------------------------------------ identity and state
 
@@ -271,6 +272,7 @@ class GradMimicCallback(Callback):
             if ref_b is not None:
                 ref_b = ref_b + self.reference_noise_std * torch.randn(ref_b.shape, generator=gen)
         self._layer = layer
+        self._params = (layer.weight, layer.bias)
         self._direction_fn = TargetDirection(ref_w.to(layer.weight.device),
                                              ref_b.to(layer.weight.device) if ref_b is not None else None)
         self._trainer = trainer
@@ -579,9 +581,9 @@ class GradMimicCallback(Callback):
     def _target_direction(self) -> tuple[Tensor, Tensor | None, float]:
         """``W_ref - W_t`` and its norm, recomputed only when the layer's parameters changed (an optimizer step, or
         any in-place update: it bumps the tensor's version counter), not once per micro-batch."""
-        w, b = self._layer.weight, self._layer.bias
-        step = self._trainer.global_step if self._trainer is not None else 0
-        key = (step, id(w), w.data_ptr(), w._version, -1 if b is None else b._version)
+        w, b = self._params
+        # an optimizer step or any in-place update bumps the version counters; a replaced tensor changes id/data_ptr
+        key = (id(w), w.data_ptr(), w._version, -1 if b is None else b._version)
         if self._direction is None or key != self._direction_key:
             self._direction = self._direction_fn(w, b)
             self._direction_key = key
