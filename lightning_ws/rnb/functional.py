@@ -169,6 +169,50 @@ class KroneckerSketch:
 PER_EXAMPLE_MAX_ELEMENTS = 1 << 20
 
 
+def _checked_domain_counts(domains: torch.Tensor, m: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-domain example counts of ``(B,)`` long ``domains`` (float64 counts of the ``keep`` examples when a mask is
+    given); the same op checks the ids. Raises ConfigError for ids outside ``0..m-1``."""
+    try:
+        per_domain = torch.bincount(domains, minlength=m) if keep is None else \
+            torch.bincount(domains, weights=keep.to(torch.float64), minlength=m)
+    except RuntimeError:
+        per_domain = None  # negative ids
+    if per_domain is None or per_domain.numel() > m:  # too large an id gives a longer result
+        raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
+                          f"Set num_domains to the number of domains of the data module.")
+    return per_domain
+
+
+def _example_factors(example_scale: torch.Tensor | float | None, keep: torch.Tensor | None,
+                     device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor | None, float]:
+    """``(scale, alpha)``: a ``(B,)`` per-example factor (``None`` when it is one number for all examples, and no
+    ``keep`` mask zeroes some of them) and a scalar multiplier, from ``example_scale`` and the ``keep`` mask."""
+    scale: torch.Tensor | None = None
+    alpha = 1.0
+    if isinstance(example_scale, torch.Tensor):
+        scale = example_scale.reshape(-1).to(device=device, dtype=dtype)
+    elif example_scale is not None:
+        alpha = float(example_scale)
+    if keep is not None:
+        scale = keep.to(dtype) if scale is None else scale * keep
+    return scale, alpha
+
+
+def _domain_row_groups(a: torch.Tensor, delta: torch.Tensor, domains: torch.Tensor, sizes: list[int]):
+    """Gather ``(B, T, .)`` rows once in domain order and yield ``(d, delta_d, a_d)`` for every present domain, the
+    ``(n_d T, .)`` rows of its examples (``sizes``: examples per domain)."""
+    t = a.shape[1]
+    order = torch.argsort(domains, stable=True)
+    a, delta = a.index_select(0, order), delta.index_select(0, order)
+    lo = 0
+    for d, n in enumerate(sizes):
+        n = int(n)
+        if n:
+            hi = lo + n
+            yield d, delta[lo:hi].reshape(n * t, delta.shape[-1]), a[lo:hi].reshape(n * t, a.shape[-1])
+            lo = hi
+
+
 def accumulate_domain_grads(
     sums: torch.Tensor,
     counts: torch.Tensor,
@@ -226,7 +270,7 @@ def accumulate_domain_grads(
         a, delta = a.unsqueeze(1), delta.unsqueeze(1)
     elif a.dim() != 3:
         raise ConfigError(f"tracked layer inputs must be (B, d) or (B, T, d); got shape {tuple(a.shape)}.")
-    b, t = a.shape[0], a.shape[1]
+    b = a.shape[0]
     domains = domains.reshape(-1)
     if domains.numel() != b:
         raise ConfigError(f"batch has {domains.numel()} domain ids but the tracked layer saw {b} examples.")
@@ -234,28 +278,14 @@ def accumulate_domain_grads(
         return
     if domains.device != a.device or domains.dtype != torch.long:
         domains = domains.to(device=a.device, dtype=torch.long)
-    try:
-        per_domain = torch.bincount(domains, minlength=m)  # validates and counts in one op
-    except RuntimeError:
-        per_domain = None  # negative ids
-    if per_domain is None or per_domain.numel() > m:
-        raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
-                          f"Set num_domains to the number of domains of the data module.")
+    keep = None if valid is None else valid.reshape(-1).to(device=a.device)
+    per_domain = _checked_domain_counts(domains, m, keep)
     work = torch.float64 if sums.dtype == torch.float64 else torch.float32  # fp32 at least, fp64 if asked
     if a.requires_grad or a.dtype != work:
         a = a.detach().to(work)
     if delta.requires_grad or delta.dtype != work:
         delta = delta.detach().to(work)
-    scale: torch.Tensor | None = None
-    alpha = 1.0
-    if isinstance(example_scale, torch.Tensor):
-        scale = example_scale.reshape(-1).to(device=a.device, dtype=work)
-    elif example_scale is not None:
-        alpha = float(example_scale)
-    if valid is not None:
-        keep = valid.reshape(-1).to(device=a.device)
-        scale = keep.to(work) if scale is None else scale * keep
-        per_domain = torch.bincount(domains, weights=keep.to(torch.float64), minlength=m)
+    scale, alpha = _example_factors(example_scale, keep, a.device, work)
     if sketch is not None:
         a, delta = sketch.project_factors(a, delta, bias_column=include_bias)
     elif include_bias:
@@ -265,25 +295,15 @@ def accumulate_domain_grads(
         raise ConfigError(f"accumulator has per-domain shape {tuple(sums.shape[1:])}, the batch gives "
                           f"{(d_out, d_in)}; check include_bias / sketch sizes.")
     per_example = strategy == "per_example" or (strategy == "auto" and b * d_out * d_in <= PER_EXAMPLE_MAX_ELEMENTS)
+    if scale is not None:
+        a = a * scale.view(b, 1, 1)
     if per_example:
-        if scale is not None:
-            a = a * scale.view(b, 1, 1)
         per = torch.bmm(delta.transpose(1, 2), a)  # (B, d_out, d_in): per-example gradients summed over tokens
         sums.index_add_(0, domains, per.to(sums.dtype), alpha=alpha)
     else:
         sizes = torch.bincount(domains, minlength=m).tolist() if valid is not None else per_domain.tolist()
-        order = torch.argsort(domains, stable=True)
-        a = a.index_select(0, order)
-        if scale is not None:
-            a = a * scale.index_select(0, order).view(b, 1, 1)
-        delta = delta.index_select(0, order)
-        lo = 0
-        for d, n in enumerate(sizes):
-            if n:
-                hi = lo + n
-                part = delta[lo:hi].reshape(n * t, d_out).T @ a[lo:hi].reshape(n * t, d_in)
-                sums[d].add_(part.to(sums.dtype), alpha=alpha)
-                lo = hi
+        for d, delta_d, a_d in _domain_row_groups(a, delta, domains, sizes):
+            sums[d].add_((delta_d.T @ a_d).to(sums.dtype), alpha=alpha)
     counts.add_(per_domain if per_domain.device == counts.device else per_domain.to(counts.device))
 
 
@@ -360,22 +380,8 @@ class DomainGradSink:
         m = sums.shape[0]
         domains = domains.reshape(-1).to(device=sums.device, dtype=torch.long)
         keep = None if valid is None else valid.reshape(-1).to(device=sums.device)
-        try:  # per-domain example counts (valid examples only); also checks the ids (too large: longer result)
-            per_domain = torch.bincount(domains, minlength=m) if keep is None else \
-                torch.bincount(domains, weights=keep.to(torch.float64), minlength=m)
-        except RuntimeError:
-            per_domain = None  # negative ids
-        if per_domain is None or per_domain.numel() > m:
-            raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
-                              f"Set num_domains to the number of domains of the data module.")
-        self.alpha = 1.0
-        self.scale: torch.Tensor | None = None
-        if isinstance(example_scale, torch.Tensor):
-            self.scale = example_scale.reshape(-1).to(device=sums.device, dtype=torch.float64)
-        elif example_scale is not None:
-            self.alpha = float(example_scale)
-        if keep is not None:
-            self.scale = keep.double() if self.scale is None else self.scale * keep
+        per_domain = _checked_domain_counts(domains, m, keep)
+        self.scale, self.alpha = _example_factors(example_scale, keep, sums.device, torch.float64)
         if mode == "grouped" and self.scale is not None:
             raise ConfigError("the grouped fused backward needs one scale for all examples (a float example_scale "
                               "and no valid mask); use mode='per_example' for per-example scales.")
@@ -392,7 +398,7 @@ class DomainGradSink:
             delta: output gradient ``(B, T, d_out)``, same dtype as ``a``.
             bias_grad: also return the bias gradient (the layer has a bias); otherwise ``grad_b`` is ``None``.
         """
-        b, t, d_in = a.shape
+        b, _, d_in = a.shape
         d_out = delta.shape[-1]
         m = self.sums.shape[0]
         if b != self.domains.numel():
@@ -422,26 +428,17 @@ class DomainGradSink:
                 if self.include_bias:
                     self.sums[:, :, d_in].add_(both_b[:m].to(self.sums.dtype))
         else:
-            sizes = self.per_domain.tolist()
-            order = torch.argsort(self.domains, stable=True)
-            a_o, d_o = a.index_select(0, order), delta.index_select(0, order)
             grad_w = torch.zeros(d_out, d_in, dtype=a.dtype, device=a.device)
             grad_b = torch.zeros(d_out, dtype=a.dtype, device=a.device) if column else None
-            lo = 0
-            for d, n in enumerate(sizes):
-                n = int(n)
-                if n:
-                    hi = lo + n
-                    rows = d_o[lo:hi].reshape(n * t, d_out)
-                    part = rows.T @ a_o[lo:hi].reshape(n * t, d_in)
-                    grad_w.add_(part)
-                    sums_w[d].add_(part.to(self.sums.dtype), alpha=self.alpha)
-                    if column:
-                        part_b = rows.sum(0)
-                        grad_b.add_(part_b)
-                        if self.include_bias:
-                            self.sums[d, :, d_in].add_(part_b.to(self.sums.dtype), alpha=self.alpha)
-                    lo = hi
+            for d, rows, a_d in _domain_row_groups(a, delta, self.domains, self.per_domain.tolist()):
+                part = rows.T @ a_d
+                grad_w.add_(part)
+                sums_w[d].add_(part.to(self.sums.dtype), alpha=self.alpha)
+                if column:
+                    part_b = rows.sum(0)
+                    grad_b.add_(part_b)
+                    if self.include_bias:
+                        self.sums[d, :, d_in].add_(part_b.to(self.sums.dtype), alpha=self.alpha)
         self.counts.add_(self.per_domain.to(self.counts.device, self.counts.dtype))
         return grad_w, (grad_b if bias_grad else None)
 
