@@ -414,7 +414,7 @@ class RnBCallback(Callback):
         self._acts, self._grads = [], {}
         self._sinks, self._fused_ran = [], False
         self._accum_factor = float(trainer.accumulate_grad_batches)
-        self._scaler_active = self._amp_scale(trainer) is not None
+        self._scaler_active = self._active_scaler(trainer) is not None  # no get_scale(): a device sync
 
     def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
         """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
@@ -436,9 +436,7 @@ class RnBCallback(Callback):
             reason = f"input/weight dtypes {x.dtype}/{module.weight.dtype} (fused needs float32 or float64)"
         else:
             b = x.shape[0]
-            if b != domains.numel():
-                raise ConfigError(f"the tracked layer saw {b} examples but the batch has {domains.numel()} domain "
-                                  f"ids; track a layer applied once per example.")
+            self._check_batch_size(b)
             scale, valid = self._example_scale(tuple(x.shape), x.device, self._accum_factor)
             if isinstance(scale, torch.Tensor) and valid is not None and scale.numel() > 0 \
                     and bool(((scale == scale[0]).all() & valid.all()).item()):
@@ -466,6 +464,12 @@ class RnBCallback(Callback):
         self.capture_counts[mode] += 1
         return sink
 
+    def _check_batch_size(self, b: int) -> None:
+        """The tracked layer must see one row per example of the micro-batch (one domain id each)."""
+        if b != self._batch_domains.numel():
+            raise ConfigError(f"the tracked layer saw {b} examples but the batch has {self._batch_domains.numel()} "
+                              f"domain ids; track a layer applied once per example.")
+
     def _accumulators(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's ``(sums, counts)`` (the step buffers under DDP), moved to ``device`` on first use."""
         sums = self._step_sums if self._distributed else self.sums
@@ -489,12 +493,16 @@ class RnBCallback(Callback):
         n_i = mask.sum(1)
         return (n_i.sum() * factor) / n_i.clamp_min(1).to(torch.float64), n_i > 0
 
+    @staticmethod
+    def _active_scaler(trainer: pl.Trainer) -> Any:
+        """The precision plugin's enabled GradScaler, or ``None``."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        return scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() else None
+
     def _amp_scale(self, trainer: pl.Trainer) -> float | None:
         """The active GradScaler's scale, or ``None`` without loss scaling (then no finiteness check is needed)."""
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and getattr(scaler, "is_enabled", lambda: False)():
-            return float(scaler.get_scale())
-        return None
+        scaler = self._active_scaler(trainer)
+        return float(scaler.get_scale()) if scaler is not None else None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums (calls that
@@ -524,10 +532,7 @@ class RnBCallback(Callback):
         domains = self._batch_domains
         sums, counts = self._accumulators(pairs[0][0].device)
         for a, delta in pairs:
-            b = a.shape[0]
-            if b != domains.numel():
-                raise ConfigError(f"the tracked layer saw {b} examples but the batch has {domains.numel()} domain "
-                                  f"ids; track a layer applied once per example.")
+            self._check_batch_size(a.shape[0])
             scale, valid = self._example_scale(tuple(a.shape), a.device, factor)
             accumulate_domain_grads(sums, counts, a, delta, domains, example_scale=scale,
                                     include_bias=self._use_bias, sketch=self._sketch, valid=valid)
