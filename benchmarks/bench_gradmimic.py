@@ -22,7 +22,6 @@ own CPU time per hook, and a plain-torch loop against a ``vmap`` per-sample-grad
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from _alternating import AlternatingSteps, split_on_off  # benchmarks/, the script's folder
 from lightning_ws.callbacks.gradmimic import GradMimicCallback
 from lightning_ws.datamodules.gradmimic import NoisyImageDataModule, symmetric_label_noise
 from lightning_ws.gradmimic import MimicScoreFilter, aggregate_votes, mimic_scores, target_direction, vote_matrix
@@ -99,36 +99,10 @@ class _LayerHooksOnly(_EmptyHooks):
         self._d = grad
 
 
-class _Alternating(GradMimicCallback):
-    """GradMimicCallback that works on even batches only: with/without steps alternate inside one fit, so both see the
-    same machine load (the issue's measure: "step time with the callback / without, same run").
-
-    On odd batches every step hook returns at once (the forward hook too: the callback is not capturing), so an odd
-    step costs Lightning's dispatch of these hooks plus a few attribute checks.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.flags: list[bool] = []
-        self._on = False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._on = batch_idx % 2 == 0
-        self.flags.append(self._on)
-        if self._on:
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if self._on:
-            super().on_after_backward(trainer, pl_module)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self._on:
-            super().on_before_optimizer_step(trainer, pl_module, optimizer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._on:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+class _Alternating(AlternatingSteps, GradMimicCallback):
+    """GradMimicCallback that works on even batches only (see :class:`AlternatingSteps`): on odd steps the forward
+    hook returns at once too (the callback is not capturing), so an odd step costs Lightning's dispatch of these hooks
+    plus a few attribute checks."""
 
 
 _ALT_KWARGS = {"inf": {"tau": float("inf")}, "proj": {}, "cos": {"score": "cos"}, "grand": {"score": "grand"},
@@ -148,10 +122,8 @@ def _alternating_ratios(dm: NoisyImageDataModule, ref: dict[str, torch.Tensor], 
             _trainer([timer.first, alt, timer.last], steps=2 * args.steps).fit(_model(dm, 0, hidden), dm)
             if rep < args.warmup_fits:
                 continue
-            flags = alt.flags[: len(timer.cpu)]
             for kind, series in (("cpu", timer.cpu), ("wall", timer.wall)):
-                on = [t for t, f in zip(series[20:], flags[20:]) if f]
-                off = [t for t, f in zip(series[20:], flags[20:]) if not f]
+                on, off = split_on_off(series, alt.flags, 20)
                 out[name][f"on_{kind}"].append(statistics.median(on))
                 out[name][f"off_{kind}"].append(statistics.median(off))
     return out

@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore")
 
 import lightning.pytorch as pl  # noqa: E402
 
+from _alternating import AlternatingSteps, split_on_off  # noqa: E402  (benchmarks/, the script's folder)
 from lightning_ws.callbacks.rnb import RnBCallback  # noqa: E402
 from lightning_ws.datamodules.rnb import MixtureDataModule, TensorMixtureDataModule  # noqa: E402
 from lightning_ws.rnb import SemanticRegrouper  # noqa: E402
@@ -224,34 +225,10 @@ def bench_overhead(steps: tuple[int, int], rounds: tuple[int, int], lm_batch: in
                 f"{n}: {[round(float(q), 3) for q in np.asarray(data[n]) / base]}" for n in names if n != "without"))
 
 
-class _AlternatingRnB(RnBCallback):
-    """``RnBCallback`` that works on even batches only, so steps with and without it alternate inside one fit and see
-    the same machine state (the Grad-Mimic benchmark's protocol). On odd batches its step hooks return at once and no
-    domain ids are set, so the tracked layer runs a plain forward/backward (the fused forward falls through to
-    ``F.linear``; the forward hook returns at once); rounds count the active optimizer steps."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.flags: list[bool] = []
-        self._on = False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._on = batch_idx % 2 == 0
-        self.flags.append(self._on)
-        if self._on:
-            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
-    def on_after_backward(self, trainer, pl_module):
-        if self._on:
-            super().on_after_backward(trainer, pl_module)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        if self._on:
-            super().on_before_optimizer_step(trainer, pl_module, optimizer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self._on:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+class _AlternatingRnB(AlternatingSteps, RnBCallback):
+    """``RnBCallback`` that works on even batches only (see :class:`AlternatingSteps`): on odd batches no domain ids
+    are set, so the tracked layer runs a plain forward/backward (the fused forward falls through to ``F.linear``; the
+    forward hook returns at once); rounds count the active optimizer steps."""
 
 
 def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int = 10, seed: int = 0) -> None:
@@ -285,8 +262,7 @@ def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int =
             _quiet_trainer(2 * steps, [timer.first, cb, timer]).fit(model, dm)
             if f == 0:
                 continue
-            on = [c for c, flag in zip(timer.cpu[drop:], cb.flags[drop:]) if flag]
-            off = [c for c, flag in zip(timer.cpu[drop:], cb.flags[drop:]) if not flag]
+            on, off = split_on_off(timer.cpu, cb.flags, drop)
             res[arm]["mean"].append(statistics.fmean(on) / statistics.fmean(off))
             res[arm]["median"].append(statistics.median(on) / statistics.median(off))
             res[arm]["on"].append(statistics.fmean(on))
