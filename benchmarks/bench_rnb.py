@@ -231,21 +231,26 @@ class _AlternatingRnB(AlternatingSteps, RnBCallback):
     forward hook returns at once); rounds count the active optimizer steps."""
 
 
-def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int = 10, seed: int = 0) -> None:
+ALTERNATING_ARMS = {"exact": "hooks", "exact fused": "fused", "sketch 32x32": [32, 32], "sketch 16x16": [16, 16]}
+
+
+def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int = 10, seed: int = 0,
+                               arms: list[str] | None = None, steps_per_round: int = 5, packed: bool = False) -> None:
     """LM step time with vs without the callback, alternating steps inside each fit (lower noise than blocks).
 
-    Every fit runs ``2 * steps`` optimizer steps from the same initial weights with :class:`_AlternatingRnB` (K = 5
-    active steps per round); after dropping the first ``drop`` steps, a fit's ratio is the mean process-CPU time of
+    Every fit runs ``2 * steps`` optimizer steps from the same initial weights with :class:`_AlternatingRnB`
+    (``steps_per_round`` active steps per round); ``arms``: names from :data:`ALTERNATING_ARMS` (default all);
+    ``packed``: every position is a target (as in packed LM pretraining batches; the fused path's grouped mode). After dropping the first ``drop`` steps, a fit's ratio is the mean process-CPU time of
     its active steps (mixture updates included) over the mean of its inactive ones; the arms' fits are interleaved
     (forward / reverse order). Reported: median, min and max over ``fits`` of that ratio, and of the ratio of medians
     (which leaves the update steps out).
     """
-    x, y, dom, edom, names = make_byte_lm_data(context=64)
-    arms = {"exact": "hooks", "exact fused": "fused", "sketch 32x32": [32, 32], "sketch 16x16": [16, 16]}
+    x, y, dom, edom, names = make_byte_lm_data(context=64, packed=packed)
+    arms = {a: ALTERNATING_ARMS[a] for a in (arms or ALTERNATING_ARMS)}
     res: dict[str, dict[str, list[float]]] = {a: {"mean": [], "median": [], "on": [], "off": []} for a in arms}
     order = list(arms)
-    print(f"\n## Overhead, alternating steps in one fit (byte-level LM, batch {lm_batch}, tracked lm_head, token_mean; "
-          f"{fits} fits per arm x {steps} steps with + {steps} without, first {drop} steps dropped; process CPU time, "
+    print(f"\n## Overhead, alternating steps in one fit (byte-level LM{' packed' if packed else ''}, batch {lm_batch}, "
+          f"tracked lm_head, token_mean, K = {steps_per_round}; {fits} fits per arm x {steps} steps with + {steps} without, first {drop} steps dropped; process CPU time, "
           f"torch threads {torch.get_num_threads()})")
     t0 = time.perf_counter()
     for f in range(fits + 1):  # fit 0 warms up (allocator, lazy imports) and is not counted
@@ -255,7 +260,8 @@ def bench_overhead_alternating(fits: int, steps: int, lm_batch: int, drop: int =
                                          seed=seed)
             torch.manual_seed(0)
             model = ByteLM(d=128, layers=2, heads=4, context=64)
-            cb = _AlternatingRnB(layer="lm_head", steps_per_round=5, loss_reduction="token_mean", target_key="labels",
+            cb = _AlternatingRnB(layer="lm_head", steps_per_round=steps_per_round, loss_reduction="token_mean",
+                                 target_key="labels",
                                  sketch_dim=kind if isinstance(kind, list) else None,
                                  accumulation="fused" if kind == "fused" else "hooks")
             timer = _StepTimer()
@@ -393,12 +399,15 @@ BYTE_PAD = 256  #: input id of padding (targets of padded positions are -100)
 BYTE_VOCAB = 257
 
 
-def make_byte_lm_data(context: int = 64, source: str = "youtube_sms", seed: int = 0, max_per_domain: int | None = None):
+def make_byte_lm_data(context: int = 64, source: str = "youtube_sms", seed: int = 0, max_per_domain: int | None = None,
+                      packed: bool = False):
     """Next-byte prediction over the shipped YouTube comments + SMS (6 domains; the issue's "small transformer LM").
 
     Every text becomes UTF-8 bytes truncated to ``context + 1``; inputs are bytes ``0..n-2`` padded with ``BYTE_PAD``
     to ``context`` (fixed length, so a step costs the same whatever the mixture draws), targets are bytes ``1..n-1``
-    padded with -100. Returns a :class:`TensorMixtureDataModule`-ready ``(x, y, domains, eval_domains, names)``.
+    padded with -100. ``packed=True`` instead concatenates each domain's texts (newline-separated, untruncated) and cuts
+    the stream into windows of ``context + 1`` bytes, as LM pretraining batches are built: every position is a target.
+    Returns a :class:`TensorMixtureDataModule`-ready ``(x, y, domains, eval_domains, names)``.
     """
     from lightning_ws.rnb.data import load_mixture_source
 
@@ -420,6 +429,16 @@ def make_byte_lm_data(context: int = 64, source: str = "youtube_sms", seed: int 
     if max_per_domain is not None:
         rows = np.sort(np.concatenate([rng.permutation(np.flatnonzero(src.train_domains == d))[:max_per_domain]
                                        for d in range(len(src.domain_names))]))
+    if packed:
+        windows, doms = [], []
+        for d in range(len(src.domain_names)):
+            stream = "\n".join(src.train_texts[i] for i in rows if src.train_domains[i] == d).encode("utf-8")
+            w = torch.tensor(list(stream[: len(stream) // (context + 1) * (context + 1)]), dtype=torch.long)
+            windows.append(w.view(-1, context + 1))
+            doms.append(np.full(windows[-1].shape[0], d))
+        xy = torch.cat(windows)
+        return xy[:, :-1].contiguous(), xy[:, 1:].contiguous(), np.concatenate(doms), src.eval_domains, \
+            list(src.domain_names)
     x, y = encode([src.train_texts[i] for i in rows])
     return x, y, src.train_domains[rows], src.eval_domains, list(src.domain_names)
 
@@ -676,13 +695,19 @@ def main() -> None:
     parser.add_argument("--overhead-steps", type=int, nargs=2, default=[5, 5], metavar=("LM", "MINILM"),
                         help="timed steps per overhead block (multiples of 5), LM and MiniLM.")
     parser.add_argument("--overhead-rounds", type=int, nargs=2, default=[20, 10], metavar=("LM", "MINILM"),
-                        help="interleaved rounds (one block per arm each), LM and MiniLM.")
+                        help="interleaved rounds of the block protocol (one block per arm each), LM and MiniLM "
+                        "(0 0 = skip it).")
     parser.add_argument("--overhead-threads", type=int, default=1, help="torch threads for the overhead section.")
     parser.add_argument("--overhead-lm-batch", type=int, default=32)
     parser.add_argument("--overhead-cls-batch", type=int, default=16)
     parser.add_argument("--overhead-only-lm", action="store_true", help="skip the (slow) MiniLM arm.")
     parser.add_argument("--overhead-alternating", type=int, nargs=2, default=[5, 60], metavar=("FITS", "STEPS"),
                         help="LM overhead with alternating steps: fits per arm and active steps per fit (0 0 = skip).")
+    parser.add_argument("--overhead-arms", nargs="+", choices=list(ALTERNATING_ARMS), default=None,
+                        help="arms of the alternating-steps protocol (default: all).")
+    parser.add_argument("--overhead-k", type=int, default=5, help="steps_per_round of the alternating protocol.")
+    parser.add_argument("--overhead-packed", action="store_true",
+                        help="alternating protocol on packed LM batches (every position a target).")
     parser.add_argument("--layer-reps", type=int, default=150,
                         help="repetitions of the tracked-layer backward microbenchmark (overhead section; 0 = skip).")
     parser.add_argument("--threads", type=int, default=2)
@@ -705,9 +730,11 @@ def main() -> None:
             bench_tracked_layer_backward(args.layer_reps)
         if args.overhead_alternating[0] > 0:
             bench_overhead_alternating(args.overhead_alternating[0], args.overhead_alternating[1],
-                                       args.overhead_lm_batch)
-        bench_overhead(tuple(args.overhead_steps), tuple(args.overhead_rounds), args.overhead_lm_batch,
-                       args.overhead_cls_batch, only_lm=args.overhead_only_lm)
+                                       args.overhead_lm_batch, arms=args.overhead_arms,
+                                       steps_per_round=args.overhead_k, packed=args.overhead_packed)
+        if min(args.overhead_rounds) > 0:
+                bench_overhead(tuple(args.overhead_steps), tuple(args.overhead_rounds), args.overhead_lm_batch,
+                           args.overhead_cls_batch, only_lm=args.overhead_only_lm)
 
 
 if __name__ == "__main__":

@@ -620,3 +620,30 @@ def test_tfidf_embedder_is_fitted_once():
     a = emb(["red apple", "green apple", "blue sky", "grey sky", "red sky"])
     b = emb(["red apple"])
     assert a.shape == (5, 4) and np.allclose(a[0], b[0])
+
+
+def test_token_mean_scale_cpu_matches_definition_and_detects_equal_lengths():
+    from lightning_ws.rnb.functional import token_mean_scale
+
+    t = torch.tensor([[1, 2, -100, -100], [3, -100, -100, -100], [-100] * 4, [4, 5, 6, 7]])
+    scale, valid = token_mean_scale(t, -100, factor=2.0)
+    n = torch.tensor([2.0, 1.0, 0.0, 4.0])
+    expected = torch.where(n > 0, 2.0 * n.sum() / n.clamp_min(1), torch.zeros(()))
+    torch.testing.assert_close(scale, expected.double())
+    assert valid.tolist() == [True, True, False, True]
+    # equal target counts (packed batches): one float, B * factor, and no mask
+    assert token_mean_scale(torch.ones(3, 5, dtype=torch.long), -100, factor=2.0) == (6.0, None)
+    with pytest.raises(ConfigError, match=r"\(B, T\)"):
+        token_mean_scale(torch.ones(3, dtype=torch.long))
+
+
+def test_sink_numpy_plan_rejects_bad_domain_ids_and_counts_valid_examples():
+    sums, counts = torch.zeros(2, 3, 5), torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="domain ids must lie in 0..1"):
+        DomainGradSink(sums, counts, torch.tensor([0, 2]))
+    with pytest.raises(ConfigError, match="domain ids must lie in 0..1"):
+        DomainGradSink(sums, counts, torch.tensor([-1, 0]))
+    sink = DomainGradSink(sums, counts, torch.tensor([0, 1, 1]), example_scale=torch.tensor([2.0, 3.0, 0.0]),
+                          valid=torch.tensor([True, True, False]))
+    assert sink.per_domain.tolist() == [1.0, 1.0]
+    assert sink.mix.tolist() == [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]]

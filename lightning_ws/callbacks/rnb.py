@@ -28,6 +28,7 @@ from lightning_ws.rnb.functional import (
     mixture_entropy,
     multiplicative_update,
     rnb_update,
+    token_mean_scale,
     validate_mixture,
 )
 
@@ -438,11 +439,6 @@ class RnBCallback(Callback):
             b = x.shape[0]
             self._check_batch_size(b)
             scale, valid = self._example_scale(tuple(x.shape), x.device, self._accum_factor)
-            if isinstance(scale, torch.Tensor) and valid is not None and scale.numel() > 0 \
-                    and bool(((scale == scale[0]).all() & valid.all()).item()):
-                # token_mean where every example has the same number of target tokens (packed / unpadded LM
-                # batches): one scale for all, so the cheaper grouped backward applies (one host sync)
-                scale, valid = float(scale[0]), None
             uniform = not isinstance(scale, torch.Tensor) and valid is None
             width = module.in_features + int(module.bias is not None or self._use_bias)
             mode = fused_accumulation_mode(b, module.out_features, width, uniform_scale=uniform,
@@ -486,12 +482,12 @@ class RnBCallback(Callback):
             return float(b) * factor, None
         if self.loss_reduction == "sum":
             return factor, None
-        mask = torch.as_tensor(self._batch_targets, device=device) != self.ignore_index
-        if mask.dim() != 2 or mask.shape[0] != b or len(shape) != 3 or mask.shape[1] != shape[1]:
-            raise ConfigError(f"token_mean: targets {tuple(mask.shape)} must be (B, T) aligned with the "
+        targets = torch.as_tensor(self._batch_targets, device=device)
+        if targets.dim() != 2 or targets.shape[0] != b or len(shape) != 3 or targets.shape[1] != shape[1]:
+            raise ConfigError(f"token_mean: targets {tuple(targets.shape)} must be (B, T) aligned with the "
                               f"tracked layer input {tuple(shape)}.")
-        n_i = mask.sum(1)
-        return (n_i.sum() * factor) / n_i.clamp_min(1).to(torch.float64), n_i > 0
+        # equal target counts (packed LM batches) give one float, which lets the fused path use its grouped mode
+        return token_mean_scale(targets, self.ignore_index, factor)
 
     @staticmethod
     def _active_scaler(trainer: pl.Trainer) -> Any:

@@ -25,6 +25,7 @@ from lightning_ws.rnb.functional import (
     per_example_linear_grads,
     rnb_scores,
     rnb_update,
+    token_mean_scale,
     validate_mixture,
 )
 from lightning_ws.rnb.regroup import (
@@ -58,6 +59,7 @@ __all__ = [
     "mixture_entropy",
     "multiplicative_update",
     "per_example_linear_grads",
+    "token_mean_scale",
     "rnb_scores",
     "rnb_update",
     "validate_mixture",

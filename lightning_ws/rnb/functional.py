@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from lightning_ws.errors import ConfigError
@@ -32,6 +33,7 @@ __all__ = [
     "PER_EXAMPLE_MAX_ELEMENTS",
     "FUSED_PER_EXAMPLE_MAX_ELEMENTS",
     "per_example_linear_grads",
+    "token_mean_scale",
     "accumulate_domain_grads",
     "FUSED_DTYPES",
     "fused_accumulation_mode",
@@ -169,6 +171,11 @@ class KroneckerSketch:
 PER_EXAMPLE_MAX_ELEMENTS = 1 << 20
 
 
+def _domain_id_error(m: int, lo: int, hi: int) -> ConfigError:
+    return ConfigError(f"domain ids must lie in 0..{m - 1}; got {lo}..{hi}. Set num_domains to the number of domains "
+                       f"of the data module.")
+
+
 def _checked_domain_counts(domains: torch.Tensor, m: int, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Per-domain example counts of ``(B,)`` long ``domains`` (float64 counts of the ``keep`` examples when a mask is
     given); the same op checks the ids. Raises ConfigError for ids outside ``0..m-1``."""
@@ -178,9 +185,49 @@ def _checked_domain_counts(domains: torch.Tensor, m: int, keep: torch.Tensor | N
     except RuntimeError:
         per_domain = None  # negative ids
     if per_domain is None or per_domain.numel() > m:  # too large an id gives a longer result
-        raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
-                          f"Set num_domains to the number of domains of the data module.")
+        raise _domain_id_error(m, int(domains.min()), int(domains.max()))
     return per_domain
+
+
+def token_mean_scale(targets: torch.Tensor, ignore_index: int = -100,
+                     factor: float = 1.0) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+    """Per-example factors that turn the gradient of a token-mean batch loss into each example's own token-mean loss
+    gradient (the per-example normalisation R&B, arXiv 2505.00358, leaves open: every example weighs the same,
+    whatever its number of target tokens).
+
+    With ``n_i`` target tokens in example ``i`` (entries of ``targets`` not equal to ``ignore_index``) and
+    ``N = sum_i n_i``, the factor is ``factor * N / n_i``. Returns ``(example_scale, valid)`` for
+    :func:`accumulate_domain_grads` / :class:`DomainGradSink`: a float64 ``(B,)`` scale (0 where ``n_i = 0``) and the
+    bool mask ``n_i > 0``; or, when every example has the same ``n > 0`` targets (packed LM batches), the one float
+    ``factor * B`` and ``None`` (which lets the fused path use its grouped mode). Reads ``n`` on the host (a device
+    sync for accelerator tensors); CPU tensors go through NumPy, which costs a few microseconds instead of a dozen
+    small torch ops.
+
+    Args:
+        targets: ``(B, T)`` integer targets.
+        ignore_index: the value marking non-target positions.
+        factor: extra multiplier (e.g. ``accumulate_grad_batches``, by which Lightning divides the loss).
+
+    Raises:
+        ConfigError: ``targets`` is not 2-D.
+    """
+    if targets.dim() != 2:
+        raise ConfigError(f"token_mean targets must be (B, T), got shape {tuple(targets.shape)}.")
+    factor = float(factor)
+    if targets.device.type == "cpu":
+        n = (targets.detach().numpy() != ignore_index).sum(1)
+        total = int(n.sum())
+        if n.size and n[0] > 0 and n.min() == n.max():
+            return factor * n.size, None
+        valid = n > 0
+        scale = np.where(valid, (factor * total) / np.maximum(n, 1), 0.0)
+        return torch.from_numpy(scale), torch.from_numpy(valid)
+    n = (targets != ignore_index).sum(1)
+    lo, hi = (int(v) for v in torch.aminmax(n)) if n.numel() else (0, -1)
+    if lo > 0 and lo == hi:
+        return factor * n.numel(), None
+    valid = n > 0
+    return (n.sum() * factor / n.clamp_min(1).to(torch.float64)) * valid, valid
 
 
 def _example_factors(example_scale: torch.Tensor | float | None, keep: torch.Tensor | None,
@@ -314,6 +361,9 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 #: Largest ``(B, d_out, d_in + 1)`` per-example tensor the fused backward materialises when the per-example scales
 #: differ within a domain (``token_mean``); above it the hook path is used (see :func:`fused_accumulation_mode`).
 FUSED_PER_EXAMPLE_MAX_ELEMENTS = 1 << 23
+#: Per-example gradients per chunk of the fused backward on the CPU, in elements (512 KB of float32: about half of a
+#: core's L2 cache).
+_CPU_CHUNK_ELEMENTS = 1 << 17
 
 
 def fused_accumulation_mode(batch: int, d_out: int, width: int, *, uniform_scale: bool,
@@ -378,16 +428,53 @@ class DomainGradSink:
         if mode not in ("per_example", "grouped"):
             raise ConfigError(f"mode must be 'per_example' or 'grouped', got {mode!r}.")
         m = sums.shape[0]
-        domains = domains.reshape(-1).to(device=sums.device, dtype=torch.long)
-        keep = None if valid is None else valid.reshape(-1).to(device=sums.device)
-        per_domain = _checked_domain_counts(domains, m, keep)
-        self.scale, self.alpha = _example_factors(example_scale, keep, sums.device, torch.float64)
-        if mode == "grouped" and self.scale is not None:
+        if mode == "grouped" and (isinstance(example_scale, torch.Tensor) or valid is not None):
             raise ConfigError("the grouped fused backward needs one scale for all examples (a float example_scale "
                               "and no valid mask); use mode='per_example' for per-example scales.")
-        self.sums, self.counts, self.domains, self.per_domain = sums, counts, domains, per_domain
+        self.sums, self.counts = sums, counts
         self.include_bias, self.mode = bool(include_bias), mode
         self.calls = 0
+        self.mix: torch.Tensor | None = None
+        self.alpha = 1.0 if example_scale is None or isinstance(example_scale, torch.Tensor) else float(example_scale)
+        if sums.device.type == "cpu":
+            self._plan_numpy(m, domains, example_scale, valid)
+            return
+        domains = domains.reshape(-1).to(device=sums.device, dtype=torch.long)
+        keep = None if valid is None else valid.reshape(-1).to(device=sums.device)
+        self.domains = domains
+        self.per_domain = _checked_domain_counts(domains, m, keep)
+        if mode == "per_example":
+            scale, alpha = _example_factors(example_scale, keep, sums.device, torch.float64)
+            b = domains.numel()
+            weights = torch.full((b,), alpha, dtype=torch.float64, device=sums.device) if scale is None \
+                else scale * alpha
+            mix = torch.zeros(m + 1, b, dtype=torch.float64, device=sums.device)
+            mix[:m].scatter_(0, domains.view(1, b), weights.view(1, b))
+            mix[m] = 1.0
+            self.mix = mix
+
+    def _plan_numpy(self, m: int, domains: torch.Tensor, example_scale: torch.Tensor | float | None,
+                    valid: torch.Tensor | None) -> None:
+        """CPU accumulators: the per-domain counts and the mixing matrix from NumPy views (a handful of microseconds
+        against a dozen small torch ops; same values as the torch path)."""
+        d = np.asarray(domains.detach().reshape(-1).cpu().numpy(), dtype=np.int64)
+        if d.size and (d.min() < 0 or d.max() >= m):
+            raise _domain_id_error(m, int(d.min()), int(d.max()))
+        keep = None if valid is None else valid.detach().reshape(-1).cpu().numpy().astype(bool, copy=False)
+        self.domains = torch.from_numpy(d)
+        self.per_domain = torch.from_numpy(np.bincount(d, weights=keep, minlength=m).astype(np.float64, copy=False))
+        if self.mode == "per_example":
+            b = d.size
+            if isinstance(example_scale, torch.Tensor):
+                weights = example_scale.detach().reshape(-1).cpu().numpy().astype(np.float64)
+            else:
+                weights = np.full(b, self.alpha)
+            if keep is not None:
+                weights = weights * keep
+            mix = np.zeros((m + 1, b))
+            mix[d, np.arange(b)] = weights
+            mix[m] = 1.0
+            self.mix = torch.from_numpy(mix)
 
     def weight_grad(self, a: torch.Tensor, delta: torch.Tensor, *,
                     bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -412,14 +499,22 @@ class DomainGradSink:
         self.calls += 1
         grad_b = None
         if self.mode == "per_example":
-            # (B, d_out, d_in) per-example gradients summed over tokens: one batched matmul (the bias column is
-            # kept out of it: an odd width slows the GEMM more than the separate token sum costs)
-            per = torch.bmm(delta.transpose(1, 2), a)
-            mix = torch.zeros(m + 1, b, dtype=per.dtype, device=per.device)
-            mix[self.domains, torch.arange(b, device=per.device)] = (
-                self.alpha if self.scale is None else (self.scale * self.alpha).to(per.dtype))
-            mix[m] = 1.0
-            both = mix @ per.reshape(b, -1)  # rows 0..m-1: scaled per-domain sums; row m: autograd's gradient
+            mix = self.mix if self.mix.dtype == a.dtype and self.mix.device == a.device else \
+                self.mix.to(device=a.device, dtype=a.dtype)
+            # rows 0..m-1 of `both`: the scaled per-domain sums of the per-example gradients P_i = delta_i^T a_i
+            # (summed over tokens); row m: their plain sum = autograd's weight gradient. P is made by batched matmuls
+            # over chunks of examples and reduced at once (on the CPU a chunk stays in cache: writing the whole
+            # (B, d_out, d_in) tensor to memory and reading it back costs more than the extra calls). The bias column
+            # is kept out of the matmul: an odd width slows the GEMM more than the separate token sum costs.
+            chunk = b if a.device.type != "cpu" else max(1, _CPU_CHUNK_ELEMENTS // (d_out * d_in))
+            both = (torch.empty if b else torch.zeros)(m + 1, d_out * d_in, dtype=a.dtype, device=a.device)
+            for lo in range(0, b, chunk):
+                hi = min(b, lo + chunk)
+                per = torch.bmm(delta[lo:hi].transpose(1, 2), a[lo:hi]).reshape(hi - lo, d_out * d_in)
+                if lo == 0:
+                    torch.mm(mix[:, :hi], per, out=both)
+                else:
+                    both.addmm_(mix[:, lo:hi], per)
             grad_w = both[m].reshape(d_out, d_in)
             sums_w.add_(both[:m].reshape(m, d_out, d_in).to(self.sums.dtype))
             if column:
@@ -430,7 +525,7 @@ class DomainGradSink:
         else:
             grad_w = torch.zeros(d_out, d_in, dtype=a.dtype, device=a.device)
             grad_b = torch.zeros(d_out, dtype=a.dtype, device=a.device) if column else None
-            for d, rows, a_d in _domain_row_groups(a, delta, self.domains, self.per_domain.tolist()):
+            for d, rows, a_d in _domain_row_groups(a, delta, self.domains.to(a.device), self.per_domain.tolist()):
                 part = rows.T @ a_d
                 grad_w.add_(part)
                 sums_w[d].add_(part.to(self.sums.dtype), alpha=self.alpha)
