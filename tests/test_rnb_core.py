@@ -637,7 +637,7 @@ def test_token_mean_scale_cpu_matches_definition_and_detects_equal_lengths():
         token_mean_scale(torch.ones(3, dtype=torch.long))
 
 
-def test_sink_numpy_plan_rejects_bad_domain_ids_and_counts_valid_examples():
+def test_sink_rejects_bad_domain_ids_and_builds_counts_and_mixing_matrix():
     sums, counts = torch.zeros(2, 3, 5), torch.zeros(2, dtype=torch.float64)
     with pytest.raises(ConfigError, match="domain ids must lie in 0..1"):
         DomainGradSink(sums, counts, torch.tensor([0, 2]))

@@ -23,7 +23,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from lightning_ws.errors import ConfigError
@@ -171,11 +170,6 @@ class KroneckerSketch:
 PER_EXAMPLE_MAX_ELEMENTS = 1 << 20
 
 
-def _domain_id_error(m: int, lo: int, hi: int) -> ConfigError:
-    return ConfigError(f"domain ids must lie in 0..{m - 1}; got {lo}..{hi}. Set num_domains to the number of domains "
-                       f"of the data module.")
-
-
 def _checked_domain_counts(domains: torch.Tensor, m: int, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Per-domain example counts of ``(B,)`` long ``domains`` (float64 counts of the ``keep`` examples when a mask is
     given); the same op checks the ids. Raises ConfigError for ids outside ``0..m-1``."""
@@ -185,7 +179,8 @@ def _checked_domain_counts(domains: torch.Tensor, m: int, keep: torch.Tensor | N
     except RuntimeError:
         per_domain = None  # negative ids
     if per_domain is None or per_domain.numel() > m:  # too large an id gives a longer result
-        raise _domain_id_error(m, int(domains.min()), int(domains.max()))
+        raise ConfigError(f"domain ids must lie in 0..{m - 1}; got {int(domains.min())}..{int(domains.max())}. "
+                          f"Set num_domains to the number of domains of the data module.")
     return per_domain
 
 
@@ -199,9 +194,8 @@ def token_mean_scale(targets: torch.Tensor, ignore_index: int = -100,
     ``N = sum_i n_i``, the factor is ``factor * N / n_i``. Returns ``(example_scale, valid)`` for
     :func:`accumulate_domain_grads` / :class:`DomainGradSink`: a float64 ``(B,)`` scale (0 where ``n_i = 0``) and the
     bool mask ``n_i > 0``; or, when every example has the same ``n > 0`` targets (packed LM batches), the one float
-    ``factor * B`` and ``None`` (which lets the fused path use its grouped mode). Reads ``n`` on the host (a device
-    sync for accelerator tensors); CPU tensors go through NumPy, which costs a few microseconds instead of a dozen
-    small torch ops.
+    ``factor * B`` and ``None`` (which lets the fused path use its grouped mode). Reads the smallest and largest
+    ``n`` on the host (a device sync for accelerator tensors).
 
     Args:
         targets: ``(B, T)`` integer targets.
@@ -214,16 +208,8 @@ def token_mean_scale(targets: torch.Tensor, ignore_index: int = -100,
     if targets.dim() != 2:
         raise ConfigError(f"token_mean targets must be (B, T), got shape {tuple(targets.shape)}.")
     factor = float(factor)
-    if targets.device.type == "cpu":
-        n = (targets.detach().numpy() != ignore_index).sum(1)
-        total = int(n.sum())
-        if n.size and n[0] > 0 and n.min() == n.max():
-            return factor * n.size, None
-        valid = n > 0
-        scale = np.where(valid, (factor * total) / np.maximum(n, 1), 0.0)
-        return torch.from_numpy(scale), torch.from_numpy(valid)
     n = (targets != ignore_index).sum(1)
-    lo, hi = (int(v) for v in torch.aminmax(n)) if n.numel() else (0, -1)
+    lo, hi = torch.stack(torch.aminmax(n)).tolist() if n.numel() else (0, -1)
     if lo > 0 and lo == hi:
         return factor * n.numel(), None
     valid = n > 0
@@ -435,46 +421,20 @@ class DomainGradSink:
         self.include_bias, self.mode = bool(include_bias), mode
         self.calls = 0
         self.mix: torch.Tensor | None = None
-        self.alpha = 1.0 if example_scale is None or isinstance(example_scale, torch.Tensor) else float(example_scale)
-        if sums.device.type == "cpu":
-            self._plan_numpy(m, domains, example_scale, valid)
-            return
         domains = domains.reshape(-1).to(device=sums.device, dtype=torch.long)
         keep = None if valid is None else valid.reshape(-1).to(device=sums.device)
         self.domains = domains
         self.per_domain = _checked_domain_counts(domains, m, keep)
+        scale, self.alpha = _example_factors(example_scale, keep, sums.device, torch.float64)
         if mode == "per_example":
-            scale, alpha = _example_factors(example_scale, keep, sums.device, torch.float64)
+            # (m + 1, B): row d holds the factors of domain d's examples, the last row ones (autograd's gradient)
             b = domains.numel()
-            weights = torch.full((b,), alpha, dtype=torch.float64, device=sums.device) if scale is None \
-                else scale * alpha
+            weights = torch.full((b,), self.alpha, dtype=torch.float64, device=sums.device) if scale is None \
+                else scale * self.alpha
             mix = torch.zeros(m + 1, b, dtype=torch.float64, device=sums.device)
             mix[:m].scatter_(0, domains.view(1, b), weights.view(1, b))
             mix[m] = 1.0
             self.mix = mix
-
-    def _plan_numpy(self, m: int, domains: torch.Tensor, example_scale: torch.Tensor | float | None,
-                    valid: torch.Tensor | None) -> None:
-        """CPU accumulators: the per-domain counts and the mixing matrix from NumPy views (a handful of microseconds
-        against a dozen small torch ops; same values as the torch path)."""
-        d = np.asarray(domains.detach().reshape(-1).cpu().numpy(), dtype=np.int64)
-        if d.size and (d.min() < 0 or d.max() >= m):
-            raise _domain_id_error(m, int(d.min()), int(d.max()))
-        keep = None if valid is None else valid.detach().reshape(-1).cpu().numpy().astype(bool, copy=False)
-        self.domains = torch.from_numpy(d)
-        self.per_domain = torch.from_numpy(np.bincount(d, weights=keep, minlength=m).astype(np.float64, copy=False))
-        if self.mode == "per_example":
-            b = d.size
-            if isinstance(example_scale, torch.Tensor):
-                weights = example_scale.detach().reshape(-1).cpu().numpy().astype(np.float64)
-            else:
-                weights = np.full(b, self.alpha)
-            if keep is not None:
-                weights = weights * keep
-            mix = np.zeros((m + 1, b))
-            mix[d, np.arange(b)] = weights
-            mix[m] = 1.0
-            self.mix = torch.from_numpy(mix)
 
     def weight_grad(self, a: torch.Tensor, delta: torch.Tensor, *,
                     bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
