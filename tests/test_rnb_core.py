@@ -633,6 +633,14 @@ def test_token_mean_scale_cpu_matches_definition_and_detects_equal_lengths():
     assert valid.tolist() == [True, True, False, True]
     # equal target counts (packed batches): one float, B * factor, and no mask
     assert token_mean_scale(torch.ones(3, 5, dtype=torch.long), -100, factor=2.0) == (6.0, None)
+    # every example has a target but lengths differ: a per-example scale and no mask (nothing to drop)
+    t = torch.tensor([[1, 2, 3], [4, -100, -100], [5, 6, -100]])
+    scale, valid = token_mean_scale(t, -100, factor=0.5)
+    assert valid is None
+    torch.testing.assert_close(scale, 0.5 * 6.0 / torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64))
+    # no examples at all
+    scale, valid = token_mean_scale(torch.zeros(0, 4, dtype=torch.long))
+    assert scale.numel() == 0 and valid.numel() == 0
     with pytest.raises(ConfigError, match=r"\(B, T\)"):
         token_mean_scale(torch.ones(3, dtype=torch.long))
 

@@ -193,9 +193,9 @@ def token_mean_scale(targets: torch.Tensor, ignore_index: int = -100,
     With ``n_i`` target tokens in example ``i`` (entries of ``targets`` not equal to ``ignore_index``) and
     ``N = sum_i n_i``, the factor is ``factor * N / n_i``. Returns ``(example_scale, valid)`` for
     :func:`accumulate_domain_grads` / :class:`DomainGradSink`: a float64 ``(B,)`` scale (0 where ``n_i = 0``) and the
-    bool mask ``n_i > 0``; or, when every example has the same ``n > 0`` targets (packed LM batches), the one float
-    ``factor * B`` and ``None`` (which lets the fused path use its grouped mode). Reads the smallest and largest
-    ``n`` on the host (a device sync for accelerator tensors).
+    bool mask ``n_i > 0`` (``None`` when every example has a target); or, when every example has the same ``n > 0``
+    targets (packed LM batches), the one float ``factor * B`` and ``None`` (which lets the fused path use its grouped
+    mode). Reads the smallest and largest ``n`` and their sum on the host (a device sync for accelerator tensors).
 
     Args:
         targets: ``(B, T)`` integer targets.
@@ -208,12 +208,14 @@ def token_mean_scale(targets: torch.Tensor, ignore_index: int = -100,
     if targets.dim() != 2:
         raise ConfigError(f"token_mean targets must be (B, T), got shape {tuple(targets.shape)}.")
     factor = float(factor)
-    n = (targets != ignore_index).sum(1)
-    lo, hi = torch.stack(torch.aminmax(n)).tolist() if n.numel() else (0, -1)
-    if lo > 0 and lo == hi:
-        return factor * n.numel(), None
+    n = (targets != ignore_index).sum(1, dtype=torch.float64)
+    if not n.numel():
+        return n, n > 0
+    lo, hi, total = torch.stack((*torch.aminmax(n), n.sum())).tolist()  # one host read
+    if lo > 0:  # few ops in the common case: this runs inside every training step
+        return (factor * n.numel(), None) if lo == hi else (n.reciprocal_().mul_(factor * total), None)
     valid = n > 0
-    return (n.sum() * factor / n.clamp_min(1).to(torch.float64)) * valid, valid
+    return n.clamp_min_(1.0).reciprocal_().mul_(factor * total).mul_(valid), valid
 
 
 def _example_factors(example_scale: torch.Tensor | float | None, keep: torch.Tensor | None,
@@ -223,7 +225,9 @@ def _example_factors(example_scale: torch.Tensor | float | None, keep: torch.Ten
     scale: torch.Tensor | None = None
     alpha = 1.0
     if isinstance(example_scale, torch.Tensor):
-        scale = example_scale.reshape(-1).to(device=device, dtype=dtype)
+        scale = example_scale.reshape(-1)
+        if scale.device != device or scale.dtype != dtype:
+            scale = scale.to(device=device, dtype=dtype)
     elif example_scale is not None:
         alpha = float(example_scale)
     if keep is not None:
@@ -421,7 +425,9 @@ class DomainGradSink:
         self.include_bias, self.mode = bool(include_bias), mode
         self.calls = 0
         self.mix: torch.Tensor | None = None
-        domains = domains.reshape(-1).to(device=sums.device, dtype=torch.long)
+        domains = domains.reshape(-1)
+        if domains.device != sums.device or domains.dtype != torch.long:
+            domains = domains.to(device=sums.device, dtype=torch.long)
         keep = None if valid is None else valid.reshape(-1).to(device=sums.device)
         self.domains = domains
         self.per_domain = _checked_domain_counts(domains, m, keep)
@@ -429,8 +435,10 @@ class DomainGradSink:
         if mode == "per_example":
             # (m + 1, B): row d holds the factors of domain d's examples, the last row ones (autograd's gradient)
             b = domains.numel()
-            weights = torch.full((b,), self.alpha, dtype=torch.float64, device=sums.device) if scale is None \
-                else scale * self.alpha
+            if scale is None:
+                weights = torch.full((b,), self.alpha, dtype=torch.float64, device=sums.device)
+            else:
+                weights = scale if self.alpha == 1.0 else scale * self.alpha
             mix = torch.zeros(m + 1, b, dtype=torch.float64, device=sums.device)
             mix[:m].scatter_(0, domains.view(1, b), weights.view(1, b))
             mix[m] = 1.0
