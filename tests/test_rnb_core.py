@@ -349,6 +349,23 @@ def test_gram_symmetric_psd_and_matches_means():
     assert torch.equal(gram, gram.T)
     assert torch.linalg.eigvalsh(gram).min() > -1e-10
     assert present.all()
+    g = torch.Generator().manual_seed(0)
+    torch.randn(6, 3, 6, generator=g, dtype=torch.float64)  # _random_gram's draws, to recover its counts
+    means = sums.reshape(6, -1) / torch.randint(1, 5, (6,), generator=g).double()[:, None]
+    torch.testing.assert_close(gram, means @ means.T)
+
+
+def test_gram_of_float32_sums_is_float64_and_survives_float32_overflow():
+    sums = torch.randn(4, 5, 7, generator=torch.Generator().manual_seed(1))
+    counts = torch.tensor([3.0, 0.0, 1.0, 2.0], dtype=torch.float64)
+    gram, present = domain_gram(sums, counts)
+    ref, _ = domain_gram(sums.double(), counts)
+    assert gram.dtype == torch.float64 and present.tolist() == [True, False, True, True]
+    torch.testing.assert_close(gram, ref, rtol=1e-5, atol=1e-6)
+    assert not gram[1].any() and not gram[:, 1].any()  # an empty domain's row and column are zero
+    big, _ = domain_gram(sums * 1e21, counts)  # float32 products overflow (1e42 > 3.4e38): redone in float64
+    assert torch.isfinite(big).all()
+    torch.testing.assert_close(big, ref * 1e42, rtol=1e-5, atol=0.0)
 
 
 def test_update_scale_invariant_and_bounded():

@@ -577,11 +577,12 @@ class RnBCallback(Callback):
         updated = False
         stats: dict[str, float] = {}
         counts = None
+        logging = trainer.logger is not None or bool(trainer.loggers)  # statistics are only made to be logged
         if self.method in _GRAD_METHODS:
-            counts = self.counts.clone()
-            sums, counts = self.sums, self.counts  # already global: reduced every optimizer step under DDP
+            counts = self.counts.clone() if logging else None
+            sums = self.sums  # already global: reduced every optimizer step under DDP
             if self.round >= self.warmup_rounds:
-                gram, present = domain_gram(sums.cpu(), counts.cpu())
+                gram, present = domain_gram(sums.cpu(), self.counts.cpu())
                 p_prev = self.p.double()
                 if self.method == "rnb":
                     p_new, updated = rnb_update(gram, self.p_eval, p_prev, lam=self.lam, present=present,
@@ -591,10 +592,11 @@ class RnBCallback(Callback):
                                                            present=present, normalize=self.normalize,
                                                            prob_floor=self.prob_floor)
                 self.p = p_new.cpu()
-                m = gram.shape[0]
-                diag = torch.diagonal(gram)
-                stats["gram_diag_mean"] = float(diag.mean())
-                stats["gram_offdiag_mean"] = float((gram.sum() - diag.sum()) / max(1, m * m - m))
+                if logging:
+                    m = gram.shape[0]
+                    diag = torch.diagonal(gram)
+                    stats["gram_diag_mean"] = float(diag.mean())
+                    stats["gram_offdiag_mean"] = float((gram.sum() - diag.sum()) / max(1, m * m - m))
             self.sums.zero_()
             self.counts.zero_()
         # identical on every rank already; broadcast removes any floating-point divergence (all ranks call it)

@@ -623,14 +623,18 @@ def domain_gram(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor,
 
     Returns:
         ``(G, present)``: the float64 ``(m, m)`` Gram matrix (rows/columns of domains with ``n_i = 0`` are zero) and a
-        bool mask of the domains with at least one example.
+        bool mask of the domains with at least one example. The inner products of the sums are taken in the sums'
+        dtype (float32 accumulators: relative error ~1e-6, far below what moves the softmax; redone in float64 if they
+        overflow; pass float64 sums for float64 products), then scaled by the counts in float64.
     """
     present = counts > 0
-    flat = sums.reshape(sums.shape[0], -1).double()
-    inv = torch.where(present, 1.0 / counts.double().clamp_min(1.0), torch.zeros((), dtype=torch.float64,
-                                                                                 device=counts.device))
-    g = (flat @ flat.T) * inv.to(flat.device).unsqueeze(1) * inv.to(flat.device).unsqueeze(0)  # no (m, D) means copy
-    return 0.5 * (g + g.T), present
+    flat = sums.reshape(sums.shape[0], -1)
+    inv = counts.to(torch.float64).clamp_min(1.0).reciprocal_().mul_(present).to(flat.device)
+    g = (flat @ flat.T).to(torch.float64)  # no (m, D) means copy, no float64 copy of the sums
+    if flat.dtype != torch.float64 and not bool(torch.isfinite(g).all()):  # float32 overflow (sums beyond ~1e19)
+        g = flat.double() @ flat.double().T
+    g.mul_(torch.outer(inv, inv))
+    return (g + g.T).mul_(0.5), present
 
 
 def rnb_scores(gram: torch.Tensor, p_eval: torch.Tensor, *, normalize: bool = True) -> torch.Tensor | None:
@@ -640,12 +644,10 @@ def rnb_scores(gram: torch.Tensor, p_eval: torch.Tensor, *, normalize: bool = Tr
     no training domain covers); callers then keep the previous mixture. See arXiv 2505.00358, Sec. 4.
     """
     v = gram.double() @ p_eval.double().to(gram.device)
-    if not torch.isfinite(v).all():
-        return None
     if not normalize:
-        return v
-    norm = torch.linalg.vector_norm(v)
-    if not torch.isfinite(norm) or norm <= torch.finfo(torch.float64).tiny:
+        return v if bool(torch.isfinite(v).all()) else None
+    norm = float(torch.linalg.vector_norm(v))  # inf or nan when any entry of v is
+    if not math.isfinite(norm) or norm <= torch.finfo(torch.float64).tiny:
         return None
     return v / norm
 
