@@ -289,6 +289,26 @@ class _TinyTokenModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
+class _ShiftedTargetsModel(_TinyTokenModel):
+    """Labels one token longer than the inputs (shifted inside the step): misaligned with what lm_head sees."""
+
+    def training_step(self, batch, batch_idx):
+        logits = self.lm_head(self.hidden(batch["x"]))
+        return nn.functional.cross_entropy(logits.reshape(-1, 11), batch["labels"][:, 1:].reshape(-1))
+
+
+@pytest.mark.parametrize("accumulation", ["hooks", "fused"])
+def test_token_mean_rejects_targets_not_aligned_with_the_layer(accumulation):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 11, (12, 4), generator=gen), torch.randint(0, 11, (12, 5), generator=gen)
+    dm = TensorMixtureDataModule(x, y, torch.arange(12) % 3, p_eval=[0.5, 0.3, 0.2], batch_size=4)
+    cb = RnBCallback(layer="lm_head", steps_per_round=100, loss_reduction="token_mean", target_key="labels",
+                     accumulation=accumulation)
+    with pytest.raises(ConfigError, match=r"targets \(4, 5\) must be \(B, T\) aligned with the tracked layer input "
+                                          r"\(4, 4, 6\)"):
+        _fit(_ShiftedTargetsModel(), dm, [cb], max_steps=1)
+
+
 @pytest.mark.parametrize("accumulation", ["hooks", "fused", "auto"])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_token_mean_sequences_in_a_lightning_run(grouped, accumulation, monkeypatch):

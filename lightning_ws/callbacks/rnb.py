@@ -238,6 +238,7 @@ class RnBCallback(Callback):
         self._grads: dict[int, torch.Tensor] = {}
         self._batch_domains: torch.Tensor | None = None
         self._batch_targets: torch.Tensor | None = None
+        self._batch_scale: tuple[Any, ...] | None = None  # (factor, device, (B, T), token_mean_scale(...)) of the batch
         self._pending_state: dict[str, Any] | None = None
         self._warned_no_capture = False
         self._distributed = False
@@ -416,6 +417,14 @@ class RnBCallback(Callback):
         self._sinks, self._fused_ran = [], False
         self._accum_factor = float(trainer.accumulate_grad_batches)
         self._scaler_active = self._active_scaler(trainer) is not None  # no get_scale(): a device sync
+        self._batch_scale = None
+        if self.loss_reduction == "token_mean":
+            # the per-example factors only depend on the batch: made here, where a few small ops cost less than
+            # inside the forward pass (measured), and reused by the fused forward and the hook path
+            targets = torch.as_tensor(self._batch_targets)
+            if targets.dim() == 2:
+                self._batch_scale = (self._accum_factor, targets.device, tuple(targets.shape),
+                                     token_mean_scale(targets, self.ignore_index, self._accum_factor))
 
     def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
         """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
@@ -482,6 +491,10 @@ class RnBCallback(Callback):
             return float(b) * factor, None
         if self.loss_reduction == "sum":
             return factor, None
+        cached = self._batch_scale
+        if cached is not None and cached[0] == factor and cached[1] == device and cached[2] == shape[:2] \
+                and len(shape) == 3:
+            return cached[3]
         targets = torch.as_tensor(self._batch_targets, device=device)
         if targets.dim() != 2 or targets.shape[0] != b or len(shape) != 3 or targets.shape[1] != shape[1]:
             raise ConfigError(f"token_mean: targets {tuple(targets.shape)} must be (B, T) aligned with the "
