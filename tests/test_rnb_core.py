@@ -144,6 +144,38 @@ def test_accumulate_strategies_agree_with_brute_force(include_bias, seq):
         accumulate_domain_grads(s, n, a, delta, domains, strategy="loop")
 
 
+def test_grouped_accumulation_takes_views_for_domain_sorted_batches():
+    """A batch already grouped by domain (the mixture sampler's order): the grouped path slices views instead of
+    gathering, and gives the same sums as for the same examples in shuffled order."""
+    from lightning_ws.rnb.functional import _domain_row_groups, _host_group_sizes
+
+    g = torch.Generator().manual_seed(5)
+    a, delta = torch.randn(7, 3, 6, generator=g, dtype=torch.float64), torch.randn(7, 3, 4, generator=g,
+                                                                                  dtype=torch.float64)
+    domains = torch.tensor([0, 0, 2, 2, 2, 3, 3])  # sorted, domain 1 absent
+    assert _host_group_sizes(domains, 4) == ([2, 0, 3, 2], True)
+    assert _host_group_sizes(torch.tensor([2, 0, 2]), 4) == ([1, 0, 2, 0], False)
+    groups = list(_domain_row_groups(a, delta, domains, [2, 0, 3, 2], presorted=True))
+    assert [d for d, _, _ in groups] == [0, 2, 3]
+    storage = a.untyped_storage().data_ptr()
+    assert all(a_d.untyped_storage().data_ptr() == storage for _, _, a_d in groups)  # views of the batch, no copy
+    perm = torch.tensor([4, 0, 6, 2, 1, 5, 3])
+    out = []
+    for idx in (torch.arange(7), perm):
+        s, n = torch.zeros(4, 4, 7, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        accumulate_domain_grads(s, n, a[idx], delta[idx], domains[idx], example_scale=2.0, strategy="grouped")
+        out.append((s, n))
+        sink_s, sink_n = torch.zeros(4, 4, 7, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        x = a[idx].clone().requires_grad_(True)
+        w = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+        y = fused_linear(x, w, bias, DomainGradSink(sink_s, sink_n, domains[idx], example_scale=2.0, mode="grouped"))
+        y.backward(delta[idx])
+        assert torch.allclose(sink_s, s, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(w.grad, torch.einsum("btd,bti->di", delta, a), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(out[0][0], out[1][0], rtol=1e-12, atol=1e-12) and out[0][1].tolist() == [2, 0, 3, 2]
+
+
 def test_auto_strategy_switches_on_layer_size(monkeypatch):
     """Large layers take the grouped path (no (B, d_out, d_in) tensor): the result must not change at the switch."""
     import lightning_ws.rnb.functional as fn
@@ -483,6 +515,18 @@ def test_sampler_frequencies_match_p():
     assert _chi2_pvalue(within, np.full(50, within.sum() / 50)) > 1e-3
 
 
+def test_sampler_groups_each_batch_by_domain():
+    domains = np.arange(60) % 5
+    grouped = DomainMixtureSampler(domains, batch_size=8, num_samples=80, seed=2)
+    drawn = DomainMixtureSampler(domains, batch_size=8, num_samples=80, seed=2, group_by_domain=False)
+    a, b = list(grouped), list(drawn)
+    assert a != b  # a different order within batches ...
+    for lo in range(0, 80, 8):
+        ids = domains[a[lo:lo + 8]]
+        assert (np.diff(ids) >= 0).all()  # ... grouped by domain ...
+        assert sorted(a[lo:lo + 8]) == sorted(b[lo:lo + 8])  # ... of the same examples
+
+
 def test_sampler_seeding_ranks_epochs_and_mutation():
     domains = np.arange(40) % 4
     a = list(DomainMixtureSampler(domains, batch_size=4, seed=0))
@@ -672,3 +716,19 @@ def test_sink_rejects_bad_domain_ids_and_builds_counts_and_mixing_matrix():
                           valid=torch.tensor([True, True, False]))
     assert sink.per_domain.tolist() == [1.0, 1.0]
     assert sink.mix.tolist() == [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def test_cpu_l2_size_is_read_from_sysfs_with_a_fallback(tmp_path):
+    from lightning_ws.rnb.functional import _cpu_l2_bytes
+
+    for i, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "64K"),
+                                             ("2", "Unified", "2048K"), ("3", "Unified", "480M")]):
+        d = tmp_path / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(level + "\n")
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert _cpu_l2_bytes(root=str(tmp_path / "cache")) == 2 << 20
+    assert _cpu_l2_bytes(default=12345, root=str(tmp_path / "missing")) == 12345
+    (tmp_path / "cache" / "index2" / "size").write_text("junk\n")
+    assert _cpu_l2_bytes(default=7, root=str(tmp_path / "cache")) == 7

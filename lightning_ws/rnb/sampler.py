@@ -60,6 +60,11 @@ class DomainMixtureSampler(DistributedSampler):
         rank: this process's rank (default 0).
         world_size: number of ranks (default 1).
         track_consumption: enable exact resume bookkeeping (see above).
+        group_by_domain: order each chunk's indices by domain (stable; default ``True``). A chunk is one batch, so the
+            batch arrives grouped by domain: the same examples, only their order within the batch differs, which a
+            batch-mean or token-mean loss does not see. :class:`~lightning_ws.callbacks.rnb.RnBCallback` then takes
+            each domain's rows as views instead of gathering them (its grouped accumulation, used for large tracked
+            layers). ``False`` keeps the order of the draws.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class DomainMixtureSampler(DistributedSampler):
         rank: int = 0,
         world_size: int = 1,
         track_consumption: bool = False,
+        group_by_domain: bool = True,
     ) -> None:
         dom = torch.as_tensor(np.asarray(domain_ids), dtype=torch.long).reshape(-1)
         if dom.numel() == 0:
@@ -103,6 +109,7 @@ class DomainMixtureSampler(DistributedSampler):
         self.num_samples = -(-int(num_samples) // self.batch_size) * self.batch_size
         self.total_size = self.num_samples * self.num_replicas
         self.track_consumption = bool(track_consumption)
+        self.group_by_domain = bool(group_by_domain)
         self._p = torch.zeros(m, dtype=torch.float64).share_memory_()
         self.set_mixture(p if p is not None else (sizes > 0).double())
         self._consumed = 0
@@ -140,7 +147,8 @@ class DomainMixtureSampler(DistributedSampler):
         doms = torch.multinomial(p, self.batch_size, replacement=True, generator=gen)
         u = torch.rand(self.batch_size, generator=gen, dtype=torch.float64)
         within = torch.minimum((u * self._sizes[doms]).long(), self._sizes[doms] - 1)
-        return self._order[self._offsets[doms] + within]
+        idx = self._order[self._offsets[doms] + within]
+        return idx[torch.argsort(doms, stable=True)] if self.group_by_domain else idx
 
     def __iter__(self):
         n_chunks = self.num_samples // self.batch_size
