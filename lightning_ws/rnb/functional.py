@@ -386,8 +386,9 @@ def _cpu_l2_bytes(default: int = 1 << 20, root: str = "/sys/devices/system/cpu/c
 
 
 #: Bytes of per-example gradients per chunk of the fused backward on the CPU: half of a core's L2 cache, so that a
-#: chunk and the reduction's output stay in cache (measured: 1 MiB L2 (AMD EPYC) -> 512 KB chunks best; 2 MiB L2
-#: (Intel Xeon) -> 1-1.5 MB chunks, 7% faster in-step than 512 KB ones; both slower with the whole 4 MB tensor at once).
+#: chunk and the reduction's output stay in cache (512 KB chunks were tuned on an AMD EPYC with 1 MiB L2; on an Intel
+#: Xeon with 2 MiB L2, 1-1.5 MB chunks are ~7% faster in-step than 512 KB ones and the whole 4 MB tensor at once is
+#: ~25% slower).
 _CPU_CHUNK_BYTES = max(1 << 16, _cpu_l2_bytes() // 2)
 
 
