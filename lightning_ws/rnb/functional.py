@@ -235,10 +235,14 @@ def _example_factors(example_scale: torch.Tensor | float | None, keep: torch.Ten
     return scale, alpha
 
 
-def _host_group_sizes(domains: torch.Tensor, m: int) -> tuple[list[int], bool]:
-    """Examples per domain of ``(B,)`` long ``domains`` (ids already checked) and whether the ids are in non-decreasing
-    order (batches from :class:`~lightning_ws.rnb.sampler.DomainMixtureSampler` are), with one host read."""
-    vals = torch.cat((torch.bincount(domains, minlength=m), domains)).tolist()
+def _host_group_sizes(domains: torch.Tensor, m: int,
+                      sizes: torch.Tensor | None = None) -> tuple[list[int], bool]:
+    """Examples per domain of ``(B,)`` long ``domains`` (ids already checked; ``sizes``: their unweighted ``(m,)``
+    bincount where the caller already has it) and whether the ids are in non-decreasing order (batches from
+    :class:`~lightning_ws.rnb.sampler.DomainMixtureSampler` are), with one host read."""
+    if sizes is None:
+        sizes = torch.bincount(domains, minlength=m)
+    vals = torch.cat((sizes.to(device=domains.device, dtype=domains.dtype), domains)).tolist()
     ids = vals[m:]
     return vals[:m], all(x <= y for x, y in zip(ids, ids[1:]))
 
@@ -351,7 +355,8 @@ def accumulate_domain_grads(
         per = torch.bmm(delta.transpose(1, 2), a)  # (B, d_out, d_in): per-example gradients summed over tokens
         sums.index_add_(0, domains, per.to(sums.dtype), alpha=alpha)
     else:
-        sizes, presorted = _host_group_sizes(domains, m)
+        # per_domain counts the masked examples only; the row groups need every example
+        sizes, presorted = _host_group_sizes(domains, m, per_domain if keep is None else None)
         for d, delta_d, a_d in _domain_row_groups(a, delta, domains, sizes, presorted):
             sums[d].add_((delta_d.T @ a_d).to(sums.dtype), alpha=alpha)
     counts.add_(per_domain if per_domain.device == counts.device else per_domain.to(counts.device))
@@ -531,7 +536,7 @@ class DomainGradSink:
             grad_w = torch.zeros(d_out, d_in, dtype=a.dtype, device=a.device)
             grad_b = torch.zeros(d_out, dtype=a.dtype, device=a.device) if column else None
             domains = self.domains.to(a.device)
-            sizes, presorted = _host_group_sizes(domains, m)
+            sizes, presorted = _host_group_sizes(domains, m, self.per_domain)  # grouped mode has no mask
             for d, rows, a_d in _domain_row_groups(a, delta, domains, sizes, presorted):
                 part = rows.T @ a_d
                 grad_w.add_(part)

@@ -62,9 +62,10 @@ class DomainMixtureSampler(DistributedSampler):
         track_consumption: enable exact resume bookkeeping (see above).
         group_by_domain: order each chunk's indices by domain (stable; default ``True``). A chunk is one batch, so the
             batch arrives grouped by domain: the same examples, only their order within the batch differs, which a
-            batch-mean or token-mean loss does not see (up to floating-point summation order). :class:`~lightning_ws.callbacks.rnb.RnBCallback` then takes
-            each domain's rows as views instead of gathering them (its grouped accumulation, used for large tracked
-            layers). ``False`` keeps the order of the draws.
+            batch-mean or token-mean loss does not see (up to floating-point summation order).
+            :class:`~lightning_ws.callbacks.rnb.RnBCallback` then takes each domain's rows as views instead of
+            gathering them (its grouped accumulation, used for large tracked layers). ``False`` keeps the order of the
+            draws.
     """
 
     def __init__(
