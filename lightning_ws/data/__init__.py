@@ -44,7 +44,7 @@ ABSTAIN: int = -1
 DATA_DIR: Path = Path(__file__).resolve().parent
 
 #: Names of the WRENCH data sets shipped with the package.
-SHIPPED_WRENCH = ("youtube", "sms")
+SHIPPED_WRENCH = ("youtube", "sms", "trec")
 
 _YOUTUBE_LF_NAMES = (
     "keyword_my",
@@ -197,7 +197,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") ->
     """Load one split of a WRENCH-format data set.
 
     Args:
-        name_or_path: ``"youtube"`` or ``"sms"`` for the shipped sets, or a folder in WRENCH format:
+        name_or_path: ``"youtube"``, ``"sms"`` or ``"trec"`` for the shipped sets, or a folder in WRENCH format:
             ``{split}.json`` maps an id to ``{"data": {"text": ...}, "label": int, "weak_labels": [int, ...]}`` and
             an optional ``label.json`` maps class ids to names.
         split: ``"train"``, ``"valid"`` or ``"test"``.
