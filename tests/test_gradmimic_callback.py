@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader
 
-from lightning_ws.callbacks.gradmimic import GradMimicCallback
+from lightning_ws.callbacks.gradmimic import GradMimicCallback, GradMimicSignalWarning
 from lightning_ws.datamodules.gradmimic import NoisyImageDataModule
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.modules.gradmimic import GradMimicClassifier
@@ -37,6 +37,11 @@ class SequentialDigits(NoisyImageDataModule):
 
 def _dm(batch_size: int = 8, noise: float = 0.4, cls=SequentialDigits, **kw) -> NoisyImageDataModule:
     return cls("digits", noise_rate=noise, noise_seed=1, batch_size=batch_size, val_fraction=0.0, **kw)
+
+
+# the paper's weight-space formula with a trained body and an unrelated reference: checks the maths only (such a run
+# carries no signal, so the alignment check is switched off here; see test_gradmimic_signal.py)
+_WEIGHTS = {"space": "weights", "min_alignment": None}
 
 
 def _model(seed: int, hidden: list[int] | None = None, lr: float = 1e-2) -> GradMimicClassifier:
@@ -92,7 +97,7 @@ def test_layer_only_matches_per_sample_reference(variant: str) -> None:
     """Spec §11.1-2: head grad = sum_i w_i g_i with w = softmax(m / tau); other params keep the mean gradient."""
     dm, model, ref = _dm(), _model(0), _model(1).state_dict()
     probe = GradProbe()
-    cb = GradMimicCallback("head", reference=ref, tau=0.3, score=variant)
+    cb = GradMimicCallback("head", reference=ref, tau=0.3, score=variant, **_WEIGHTS)
     _trainer([cb, probe], steps=1).fit(model, dm)
     (batch,) = _batches(dm, 1)
     params = probe.params[0]
@@ -116,7 +121,7 @@ def test_gradient_accumulation_softmax_per_micro_batch() -> None:
     """Spec §11.8: each micro-batch gets its own softmax; the step gradient averages the micro-batch gradients."""
     dm, model, ref = _dm(), _model(0), _model(1).state_dict()
     probe = GradProbe()
-    cb = GradMimicCallback("head", reference=ref, tau=0.5)
+    cb = GradMimicCallback("head", reference=ref, tau=0.5, **_WEIGHTS)
     _trainer([cb, probe], steps=1, accumulate=2).fit(model, dm)
     params, got = probe.params[0], probe.grads[0]
     exp_head = torch.zeros_like(got["head.weight"])
@@ -178,7 +183,7 @@ def test_tau_inf_is_bit_identical_to_plain_sgd(hidden: list[int]) -> None:
 def test_all_params_mode_reweights_every_parameter() -> None:
     dm, model, ref = _dm(), _model(0), _model(1).state_dict()
     probe = GradProbe()
-    cb = GradMimicCallback("head", reference=ref, tau=0.3, mode="all_params")
+    cb = GradMimicCallback("head", reference=ref, tau=0.3, mode="all_params", **_WEIGHTS)
     _trainer([cb, probe], steps=1).fit(model, dm)
     (batch,) = _batches(dm, 1)
     params, got = probe.params[0], probe.grads[0]
@@ -274,9 +279,18 @@ def test_setup_errors_name_the_problem(tmp_path) -> None:
         _trainer([GradMimicCallback("body", reference=_model(1).state_dict())]).fit(_model(0), dm)
     with pytest.raises(FileNotFoundError, match="Train the reference model first"):
         _trainer([GradMimicCallback("head", reference=tmp_path / "missing.ckpt")]).fit(_model(0), dm)
-    # only the mimic layer must match when strict_reference=False
+    # only the mimic layer must match when strict_reference=False; such a reference cannot be run, so with a trained
+    # body below the head the direction cannot be checked: refused, or trained with a warning and the reason recorded
     partial = {k: v for k, v in _model(1).state_dict().items() if k.startswith("head.")}
-    _trainer([GradMimicCallback("head", reference=partial, strict_reference=False)]).fit(_model(0), dm)
+    with pytest.raises(ConfigError, match="holds only the mimic layer"):
+        _trainer([GradMimicCallback("head", reference=partial, strict_reference=False)]).fit(_model(0), dm)
+    cb = GradMimicCallback("head", reference=partial, strict_reference=False, on_no_signal="warn")
+    with pytest.warns(GradMimicSignalWarning, match="body.0.weight"):
+        _trainer([cb]).fit(_model(0), dm)
+    assert not cb.signal["ok"] and cb.reweighted_steps == 1
+    frozen = _model(0)  # a frozen body is assumed to be the reference's backbone (linear probing)
+    frozen.body.requires_grad_(False)
+    _trainer([GradMimicCallback("head", reference=partial, strict_reference=False)]).fit(frozen, dm)
 
 
 @pytest.mark.parametrize("kwargs, match", [

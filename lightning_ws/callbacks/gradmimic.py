@@ -24,6 +24,10 @@ from typing_extensions import override
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.gradmimic import (
     SCORE_VARIANTS,
+    GradMimicSignalWarning,
+    alignment_counts,
+    kappa_from_counts,
+    output_mimic_scores,
     FilterResult,
     MimicScoreFilter,
     ScoreLog,
@@ -40,10 +44,16 @@ from lightning_ws.gradmimic import (
 )
 from lightning_ws.io import save_tensors
 
-__all__ = ["GradMimicCallback", "reduce_per_sample_loss"]
+__all__ = ["GradMimicCallback", "GradMimicSignalWarning", "reduce_per_sample_loss"]
 
 _MODES = ("layer_only", "all_params")
 _REDUCTIONS = ("mean", "sum")
+_SPACES = ("auto", "weights", "outputs")
+_POLICIES = ("raise", "warn")
+#: rows (samples x positions) an alignment window collects before kappa is evaluated
+_MIN_ALIGNMENT_ROWS = 32
+# > 0 while some GradMimicCallback runs a reference forward pass: every instance's hooks ignore those calls
+_REFERENCE_FORWARD = [0]
 
 
 class GradMimicCallback(Callback):
@@ -98,6 +108,36 @@ class GradMimicCallback(Callback):
           once per optimizer step; per-sample records kept as batch tensors (no per-step copy or host sync besides
           the norm and one finiteness check); statistics computed only on steps that log.
 
+    Where the mimic direction carries signal (``space``; measured in BENCHMARKS.md, section Grad-Mimic). The paper's
+    score ``<-g_i, W_ref - W_t>`` applies the reference layer to *the model's* layer inputs. In the paper's main
+    setting (linear probing: the layers below are a frozen backbone shared with the reference) that is the reference's
+    own output; in its full fine-tuning setting both models start from the same pretrained weights and stay close. When
+    the layers below train away from the reference's (from scratch, another initialisation, a small-data reference),
+    ``W_ref a_i`` means nothing and the score is dominated by the model's own negative margin: mislabelled samples get
+    *more* weight (AUC 0.31 on digits, 0.32 on a CIFAR-10 CNN). Therefore:
+
+        * ``space="weights"``: the paper's direction. When the layers below are not provably the reference's (some
+          parameter other than the mimic layer trains, or differs from the reference), the callback runs the
+          reference on the training inputs for the first ``_MIN_ALIGNMENT_ROWS`` rows and then every
+          ``check_every_n_steps`` steps, and measures the *alignment*: Cohen's kappa between the argmax of the
+          reference layer on the model's inputs and of the reference's own output (1 = same feature space, ~0 =
+          unrelated). Below ``min_alignment`` at the start it raises (``on_no_signal="raise"``, default) or warns;
+          later drops warn. The reason is kept in :attr:`signal`.
+        * ``space="outputs"``: the same projection in the layer's output space, ``-delta_i . (z_ref_i - z_i) /
+          ||V||`` with ``z_ref_i`` the reference's own output on the same input (one reference forward pass per
+          step, no gradient). Identical to ``"weights"`` when the layers below are shared; meaningful whatever the
+          layers below do, provided the mimic layer is the output layer (its coordinates are the classes in both
+          models). Refused for a layer whose output is not the forward's output.
+        * ``space="auto"`` (default): ``"weights"`` when every other parameter is frozen and equal to the reference's
+          (or the reference holds only the mimic layer and every other parameter is frozen, which is then assumed to
+          be shared), else ``"outputs"``.
+
+        The reference is run with ``torch.func.functional_call`` on the module named ``forward_module`` (default: the
+        LightningModule) with the reference's tensors, in eval mode, on the arguments the training step passed to it;
+        ``training_step`` must call that module (``self(x)``). A reference that holds only the mimic layer
+        (``strict_reference=False``) cannot be run: with trained layers below it is refused (or warned about).
+        GraNd (``score="grand"``) does not use the reference and is never checked.
+
     Records: every micro-batch appends ``(idx, weight, score, batch size, epoch, step)`` per sample (the sample id is
     ``batch["idx"]``; the batch's ``idx`` tensor is kept by reference, so it must not be modified in place later);
     :meth:`score_table`, :meth:`filter` and :meth:`save_scores` use it. The log is part of ``state_dict`` (resumable). Logged keys: ``gradmimic/weight_entropy`` (entropy / log B, 1 = uniform),
@@ -119,10 +159,18 @@ class GradMimicCallback(Callback):
         reference_noise_std: std of Gaussian noise added to the reference mimic layer (robustness studies).
         seed: seed of the noise generator.
         eps: ``||v||`` below which weights are uniform.
+        space: ``"auto"``, ``"weights"`` or ``"outputs"`` (see above).
+        forward_module: dotted name of the submodule that ``training_step`` calls with the batch inputs and that
+            contains the mimic layer; ``""`` = the LightningModule's own forward.
+        min_alignment: kappa below which the weight-space direction is declared to carry no signal (``None``: do not
+            check; only when you know the layer's inputs are the reference's).
+        check_every_n_steps: optimizer steps between alignment checks after the first (0: only the first check).
+        on_no_signal: ``"raise"`` (refuse with the reason) or ``"warn"`` when the direction carries no signal at the
+            start; drops during training always warn (:class:`GradMimicSignalWarning`) and make :meth:`filter` refuse.
 
     Raises:
         ConfigError: invalid arguments (here), or in ``setup``: unknown/non-linear mimic layer, reference of another
-        architecture, manual optimization.
+        architecture, manual optimization; at the first steps: no signal in the mimic direction (see above).
 
     Example::
 
@@ -132,7 +180,7 @@ class GradMimicCallback(Callback):
         result = cb.filter("gmm", "majority") # keep mask, quality estimate, top-p
     """
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -148,6 +196,11 @@ class GradMimicCallback(Callback):
         reference_noise_std: float = 0.0,
         seed: int = 0,
         eps: float = 1e-12,
+        space: str = "auto",
+        forward_module: str = "",
+        min_alignment: float | None = 0.5,
+        check_every_n_steps: int = 50,
+        on_no_signal: str = "raise",
     ) -> None:
         super().__init__()
         if not isinstance(mimic_layer, str) or not mimic_layer:
@@ -171,6 +224,18 @@ class GradMimicCallback(Callback):
             raise ConfigError(f"reference_noise_std must be a finite number >= 0, got {reference_noise_std!r}.")
         if not isinstance(eps, (int, float)) or not eps >= 0:
             raise ConfigError(f"eps must be >= 0, got {eps!r}.")
+        if space not in _SPACES:
+            raise ConfigError(f"space must be one of {_SPACES}, got {space!r}.")
+        if not isinstance(forward_module, str):
+            raise ConfigError(f"forward_module must be a dotted submodule name ('' = the LightningModule), got "
+                              f"{forward_module!r}.")
+        if min_alignment is not None and (isinstance(min_alignment, bool) or not isinstance(min_alignment, (int, float))
+                                          or not -1.0 <= min_alignment <= 1.0):
+            raise ConfigError(f"min_alignment must be a kappa in [-1, 1] or None, got {min_alignment!r}.")
+        if isinstance(check_every_n_steps, bool) or not isinstance(check_every_n_steps, int) or check_every_n_steps < 0:
+            raise ConfigError(f"check_every_n_steps must be an integer >= 0, got {check_every_n_steps!r}.")
+        if on_no_signal not in _POLICIES:
+            raise ConfigError(f"on_no_signal must be one of {_POLICIES}, got {on_no_signal!r}.")
         self.mimic_layer = mimic_layer
         self.reference = reference
         self.tau = tau
@@ -183,6 +248,11 @@ class GradMimicCallback(Callback):
         self.reference_noise_std = float(reference_noise_std)
         self.seed = int(seed)
         self.eps = float(eps)
+        self.space = space
+        self.forward_module = forward_module
+        self.min_alignment = None if min_alignment is None else float(min_alignment)
+        self.check_every_n_steps = check_every_n_steps
+        self.on_no_signal = on_no_signal
 
         self.score_log = ScoreLog()
         self.reweighted_steps = 0
@@ -207,6 +277,22 @@ class GradMimicCallback(Callback):
         self._direction_key: tuple[int, ...] | None = None
         self._direction: tuple[Tensor, Tensor | None, float] | None = None
         self._params: tuple[Tensor, Tensor | None] = ()  # the mimic layer's (weight, bias), set in setup
+        # where the direction carries signal (see the class docstring); part of the state
+        self._space = ""  # resolved in setup: "weights" or "outputs"
+        self._check_alignment = False  # weight space with layers below that are not provably the reference's
+        self._signal_ok = True
+        self._signal_reasons: list[str] = []
+        self._alignment: list[tuple[int, float, int]] = []  # (step, kappa, rows)
+        self._first_check_done = False
+        self._window: Tensor | None = None  # alignment counts collected so far
+        self._new_kappa: float | None = None
+        self._ref_state: dict[str, Tensor] = {}  # the reference's tensors, keys relative to the forward module
+        self._fwd_module: nn.Module | None = None
+        self._ref_due = False
+        self._ref_running = False
+        self._ref_capture: tuple[Tensor, Tensor] | None = None
+        self._z_ref: Tensor | None = None
+        self._output_checked = False
 
     # ------------------------------------------------------------------ identity and state
 
@@ -222,14 +308,23 @@ class GradMimicCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        align = torch.tensor(self._alignment, dtype=torch.float64).reshape(-1, 3)
         return {"version": self.STATE_VERSION, "reweighted_steps": self.reweighted_steps,
-                "log": self.score_log.state_dict()}
+                "log": self.score_log.state_dict(),
+                "signal": {"ok": self._signal_ok, "space": self._space, "reasons": list(self._signal_reasons),
+                           "first_check_done": self._first_check_done, "alignment": align}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = self._migrate(dict(state_dict))
         self.reweighted_steps = int(state["reweighted_steps"])
         self.score_log.load_state_dict(state["log"])
+        sig = state["signal"]
+        self._signal_ok = bool(sig["ok"])
+        self._signal_reasons = [str(r) for r in sig["reasons"]]
+        self._first_check_done = bool(sig["first_check_done"])
+        self._alignment = [(int(a), float(b), int(c)) for a, b, c in torch.as_tensor(sig["alignment"]).tolist()]
+        self._window = None
 
     @classmethod
     def _migrate(cls, state: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +332,17 @@ class GradMimicCallback(Callback):
         if version > cls.STATE_VERSION:
             raise DataError(f"GradMimicCallback state version {version} is newer than this code "
                             f"({cls.STATE_VERSION}); upgrade lightning_ws to resume from this checkpoint.")
+        if version < 2:  # v1 had no signal checks
+            state["signal"] = {"ok": True, "space": "", "reasons": [], "first_check_done": False,
+                               "alignment": torch.zeros(0, 3, dtype=torch.float64)}
         return state
+
+    @property
+    def signal(self) -> dict[str, Any]:
+        """What the run's checks found: ``ok`` (the direction carries signal as far as checked), ``space`` (the
+        resolved score space), ``reasons`` (why not), ``alignment`` (``(step, kappa, rows)`` per alignment check)."""
+        return {"ok": self._signal_ok, "space": self._space, "reasons": list(self._signal_reasons),
+                "alignment": list(self._alignment)}
 
     # ------------------------------------------------------------------ setup
 
@@ -279,7 +384,77 @@ class GradMimicCallback(Callback):
         self._direction_key = self._direction = None
         self._cache_run_facts(trainer)
         self._remove_hooks()
+        self._resolve_space(pl_module, ref, model_state, full=keys is None, ref_w=ref_w, ref_b=ref_b)
         self._handles.append(layer.register_forward_hook(self._forward_hook))
+        if self._ref_state:
+            self._handles.append(self._fwd_module.register_forward_hook(self._module_forward_hook, with_kwargs=True))
+
+    def _resolve_space(self, pl_module: pl.LightningModule, ref: Mapping[str, Tensor], model_state: Mapping[str, Tensor],
+                       *, full: bool, ref_w: Tensor, ref_b: Tensor | None) -> None:
+        """Decide the score space and whether the alignment must be checked; prepare the runnable reference."""
+        mimic_keys = {f"{self.mimic_layer}.weight", f"{self.mimic_layer}.bias"}
+        others_train = [n for n, p in pl_module.named_parameters() if p.requires_grad and n not in mimic_keys]
+        shared = not others_train and (not full or all(
+            torch.equal(ref[k].to(v.device, v.dtype), v) for k, v in model_state.items() if k not in mimic_keys))
+        self._output_checked = False
+        self._ref_state = {}
+        self._check_alignment = False
+        self._signal_ok, self._signal_reasons, self._alignment = True, [], []  # a fresh fit (a resume restores them)
+        self._first_check_done, self._window, self._new_kappa = False, None, None
+        if self.score == "grand":  # GraNd does not use the reference
+            self._space = "weights"
+            return
+        space = self.space
+        if space == "auto":
+            space = "weights" if shared or not full else "outputs"
+        if space == "outputs" and not full:
+            raise ConfigError("space='outputs' runs the reference model on the training inputs, but the reference "
+                              "holds only the mimic layer (strict_reference=False). Pass the full reference (a "
+                              "state dict, checkpoint or module of the LightningModule's architecture).")
+        self._space = space
+        if space == "weights" and not shared and not full:
+            what = (f"parameters other than the mimic layer train ({others_train[:5]}"
+                    f"{' ...' if len(others_train) > 5 else ''})")
+            self._no_signal(f"{what}, so the mimic layer's inputs leave the reference's feature space and W_ref - W_t "
+                            f"stops pointing toward the reference's predictions (with noisy labels it then favours "
+                            f"mislabelled samples); the reference holds only the mimic layer, so this cannot be "
+                            f"checked or scored in output space. Pass the full reference and space='auto' or "
+                            f"'outputs', or freeze the layers below (linear probing on a backbone shared with the "
+                            f"reference)", at_start=True)
+            return
+        self._check_alignment = (space == "weights" and not shared and self.min_alignment is not None)
+        needs_ref = space == "outputs" or self._check_alignment or (self.score == "rho" and not shared)
+        if not needs_ref:
+            return
+        try:
+            fwd = pl_module.get_submodule(self.forward_module) if self.forward_module else pl_module
+        except AttributeError as err:
+            raise ConfigError(f"forward_module {self.forward_module!r} is not a submodule of "
+                              f"{type(pl_module).__name__}.") from err
+        prefix = f"{self.forward_module}." if self.forward_module else ""
+        if not self.mimic_layer.startswith(prefix):
+            raise ConfigError(f"the mimic layer {self.mimic_layer!r} is not inside forward_module "
+                              f"{self.forward_module!r}; name the submodule whose call runs the mimic layer.")
+        device = self._layer.weight.device
+        state = {k[len(prefix):]: v.to(device) for k, v in ref.items() if k.startswith(prefix)}
+        local = self.mimic_layer[len(prefix):]
+        state[f"{local}.weight"] = ref_w.to(device, self._layer.weight.dtype)  # with the sigma perturbation, if any
+        if ref_b is not None:
+            state[f"{local}.bias"] = ref_b.to(device, self._layer.bias.dtype)
+        self._ref_state = state
+        self._fwd_module = fwd
+
+    def _no_signal(self, reason: str, *, at_start: bool) -> None:
+        """Record that the direction carries no signal; refuse at the start (policy 'raise'), else warn."""
+        self._signal_ok = False
+        if reason not in self._signal_reasons:
+            self._signal_reasons.append(reason)
+        msg = f"Grad-Mimic ({self.mimic_layer!r}, space={self._space!r}): {reason}."
+        if at_start and self.on_no_signal == "raise":
+            raise ConfigError(msg + " (on_no_signal='warn' trains anyway and records the reason.)")
+        import warnings
+
+        warnings.warn(msg, GradMimicSignalWarning, stacklevel=2)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -319,8 +494,13 @@ class GradMimicCallback(Callback):
         self._calls = 0
         self._weighted_in_step = False
         self._in_graph = False
+        self._z_ref = None
 
     def _forward_hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
+        if _REFERENCE_FORWARD[0]:
+            if self._ref_running and isinstance(output, Tensor):
+                self._ref_capture = (inputs[0].detach(), output.detach())
+            return
         if not self._capturing or not torch.is_grad_enabled() or not isinstance(output, Tensor) \
                 or not output.requires_grad:
             return
@@ -342,6 +522,88 @@ class GradMimicCallback(Callback):
 
     def _grad_hook(self, grad: Tensor) -> None:
         self._delta = grad.detach()
+
+    def _alignment_due(self, step: int) -> bool:
+        """Whether this step measures the alignment (the first window, an unfinished window, or a check step)."""
+        if not self._check_alignment:
+            return False
+        return (not self._first_check_done or self._window is not None
+                or (self.check_every_n_steps > 0 and step % self.check_every_n_steps == 0))
+
+    def _module_forward_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                             output: Any) -> None:
+        """After the model's forward on the training batch: run the reference on the same arguments when needed."""
+        if _REFERENCE_FORWARD[0] or not self._capturing or not self._ref_due or not torch.is_grad_enabled():
+            return
+        if self._z is None or self._a is None or self._z_ref is not None:
+            return  # the mimic layer did not run in this call, or the reference already ran for this micro-batch
+        name = self.forward_module or type(module).__name__
+        if self._space == "outputs" and not self._output_checked:
+            if not _contains(output, self._z):
+                raise ConfigError(
+                    f"space='outputs' compares the reference's and the model's outputs of the mimic layer "
+                    f"{self.mimic_layer!r}, which is meaningful only for the output layer (its coordinates are the "
+                    f"classes in both models), but {name} does not return that layer's output. For an inner layer use "
+                    f"space='weights' with the layers below shared with the reference (the alignment check says "
+                    f"whether they are), or set forward_module to the module whose output the mimic layer produces.")
+            self._output_checked = True
+        self._z_ref = self._run_reference(module, args, kwargs, name)
+        trainer = self._trainer
+        step = trainer.global_step if trainer is not None else 0
+        if self._alignment_due(step):
+            self._update_alignment(self._z_ref, step)
+
+    def _run_reference(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Tensor:
+        """The reference's own output of the mimic layer on the same arguments (eval mode, no gradient)."""
+        flags = [(m, m.training) for m in module.modules()]
+        module.train(False)
+        self._ref_running, self._ref_capture = True, None
+        _REFERENCE_FORWARD[0] += 1
+        try:
+            with torch.no_grad():
+                torch.func.functional_call(module, self._ref_state, args, kwargs, strict=False)
+        finally:
+            _REFERENCE_FORWARD[0] -= 1
+            self._ref_running = False
+            for m, f in flags:
+                m.training = f
+        if self._ref_capture is None:
+            raise ConfigError(f"the reference forward through {name} did not call the mimic layer "
+                              f"{self.mimic_layer!r}; set forward_module to the module that runs it.")
+        z_ref = self._ref_capture[1]
+        self._ref_capture = None
+        if z_ref.shape != self._z.shape:
+            raise DataError(f"the reference's mimic-layer output has shape {tuple(z_ref.shape)}, the model's "
+                            f"{tuple(self._z.shape)}; the reference must have the same architecture.")
+        return z_ref
+
+    def _update_alignment(self, z_ref: Tensor, step: int) -> None:
+        """Add this micro-batch to the alignment window (summed over ranks); judge the window once it is full."""
+        d = self._direction_fn
+        if d.device != self._a.device:
+            d.to(self._a.device)
+        cross = torch.nn.functional.linear(self._a.float(), d.ref_weight, d.ref_bias)
+        counts = alignment_counts(z_ref.float(), cross)
+        if self._world > 1:  # every rank measures on the same steps: the collective is aligned
+            counts = self._trainer.strategy.reduce(counts, reduce_op="sum")
+        self._window = counts if self._window is None else self._window + counts
+        if float(self._window[0]) < _MIN_ALIGNMENT_ROWS:
+            return
+        kappa, rows = kappa_from_counts(self._window), int(self._window[0])
+        self._window = None
+        self._alignment.append((int(step), kappa, rows))
+        self._new_kappa = kappa
+        first = not self._first_check_done
+        self._first_check_done = True
+        if kappa < self.min_alignment:
+            when = "at the start" if first else f"fell at step {step}"
+            self._no_signal(
+                f"the mimic layer's inputs are not in the reference's feature space ({when}: the reference layer on "
+                f"the model's inputs agrees with the reference's own predictions at kappa {kappa:.2f} < min_alignment "
+                f"{self.min_alignment:g}, {rows} rows), so W_ref - W_t does not point toward the reference's "
+                f"predictions and the scores mostly rank samples by the model's own margin (with noisy labels it "
+                f"favours mislabelled samples). Use space='outputs' (or 'auto'), which projects on the reference's "
+                f"own outputs, or freeze the layers below on the reference's backbone (linear probing)", at_start=first)
 
     def _grad_hook_in_graph(self, grad: Tensor) -> Tensor | None:
         # every tensor used here is detached (no graph is recorded without a no_grad context)
@@ -377,6 +639,8 @@ class GradMimicCallback(Callback):
             if "labels" not in batch:
                 raise DataError("score='rho' needs batch['labels'] to compute the reference loss.")
             self._batch_labels = torch.as_tensor(batch["labels"])
+        self._ref_due = bool(self._ref_state) and (self._space == "outputs" or self.score == "rho"
+                                                   or self._alignment_due(trainer.global_step))
         self._capturing = True
 
     def reduce_loss(self, per_sample_loss: Tensor) -> Tensor:
@@ -472,7 +736,10 @@ class GradMimicCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._capturing = False
-        self._a = self._z = self._delta = None
+        self._a = self._z = self._delta = self._z_ref = None
+        if self._new_kappa is not None:
+            pl_module.log("gradmimic/alignment_kappa", self._new_kappa, on_step=True, on_epoch=False, batch_size=1)
+            self._new_kappa = None
         stats = self._stats
         if not stats:
             return
@@ -536,18 +803,26 @@ class GradMimicCallback(Callback):
         v_norm = None  # grand/rho do not need the direction; its norm is computed when logged
         if self.score in ("proj", "cos"):
             v_w, v_b, v_norm = self._target_direction()
-            scores = mimic_scores(a, delta, v_w, v_b, variant=self.score, v_norm=v_norm, eps=self.eps,
-                                  grad_scale=grad_scale)
+            if self._space == "outputs":
+                scores = output_mimic_scores(delta, self._require_ref_outputs(), self._z, v_norm=v_norm,
+                                             variant=self.score, inputs=a, with_bias=layer.bias is not None,
+                                             eps=self.eps, grad_scale=grad_scale)
+            else:
+                scores = mimic_scores(a, delta, v_w, v_b, variant=self.score, v_norm=v_norm, eps=self.eps,
+                                      grad_scale=grad_scale)
         elif self.score == "grand":
             scores = grand_scores(a, delta, with_bias=layer.bias is not None) * grad_scale
         else:
             if self._batch_labels is None or self._z is None:
                 raise DataError("score='rho' needs batch['labels'] and the mimic layer's output.")
-            ref_w, ref_b = self._direction_fn.ref_weight, self._direction_fn.ref_bias
-            if ref_w.device != a.device:
-                self._direction_fn.to(a.device)
+            if self._ref_state:  # the layers below are not the reference's: its own outputs
+                ref_logits = self._require_ref_outputs().float()
+            else:  # shared layers below: the reference head on the model's inputs is the reference's output
                 ref_w, ref_b = self._direction_fn.ref_weight, self._direction_fn.ref_bias
-            ref_logits = torch.nn.functional.linear(a.float(), ref_w, ref_b)
+                if ref_w.device != a.device:
+                    self._direction_fn.to(a.device)
+                    ref_w, ref_b = self._direction_fn.ref_weight, self._direction_fn.ref_bias
+                ref_logits = torch.nn.functional.linear(a.float(), ref_w, ref_b)
             scores = rho_scores(self._z.detach(), ref_logits, self._batch_labels.to(a.device))
         n_local = scores.shape[0]
         idx_local = self._batch_idx
@@ -574,6 +849,15 @@ class GradMimicCallback(Callback):
             self._stats = {"weights": weights, "scores": all_scores, "v_norm": v_norm, "batch_size": n_local}
         return local, epoch >= self.start_epoch
 
+    def _require_ref_outputs(self) -> Tensor:
+        if self._z_ref is None:
+            name = repr(self.forward_module) if self.forward_module else "the LightningModule's forward"
+            raise ConfigError(f"Grad-Mimic (space={self._space!r}, score={self.score!r}) needs the reference's outputs "
+                              f"on the training inputs, but {name} was not called with them in this training step. "
+                              f"Call it in training_step (e.g. logits = self(x)), or set forward_module to the "
+                              f"submodule training_step calls.")
+        return self._z_ref
+
     def _v_norm_now(self) -> float:
         """``||W_ref - W_t||`` of the current weights (logged under the baseline scores)."""
         return self._direction_fn(self._layer.weight, self._layer.bias)[2]
@@ -598,17 +882,36 @@ class GradMimicCallback(Callback):
 
     def filter(self, binarizer: str = "gmm", aggregator: str = "majority", *, by: str = "epoch",
                num_samples: int | None = None, **kwargs: Any) -> FilterResult:
-        """Run :class:`~lightning_ws.gradmimic.MimicScoreFilter` on the recorded relative weights."""
+        """Run :class:`~lightning_ws.gradmimic.MimicScoreFilter` on the recorded relative weights.
+
+        Refuses (DataError; with ``on_no_signal="warn"`` in ``kwargs``: warns and returns ``reliable=False``, quality
+        NaN) when the training-time checks found no signal (:attr:`signal`) or the table itself is flat or
+        inconsistent between epochs.
+        """
         if len(self.score_log) == 0:
             raise DataError("no scores recorded yet (record_scores=False, or fit has not run).")
         table = self.score_table(by=by, num_samples=num_samples)
-        return MimicScoreFilter(binarizer, aggregator, **kwargs).fit(table)
+        reasons = () if self._signal_ok else tuple(self._signal_reasons)
+        return MimicScoreFilter(binarizer, aggregator, **kwargs).fit(table, no_signal_reasons=reasons)
 
     def save_scores(self, path: str | os.PathLike) -> Path:
         """Write the score log atomically as safetensors (columns ``idx, weight, score, batch_size, epoch, step``)."""
         return save_tensors(path, self.score_log.tensors(), metadata={"method": "gradmimic", "score": self.score,
                                                                "tau": repr(self.tau), "mode": self.mode,
-                                                               "mimic_layer": self.mimic_layer})
+                                                               "mimic_layer": self.mimic_layer, "space": self._space,
+                                                               "signal_ok": str(self._signal_ok).lower(),
+                                                               "signal_reasons": " | ".join(self._signal_reasons)})
+
+
+def _contains(output: Any, t: Tensor) -> bool:
+    """Whether ``t`` (by identity) is ``output`` or one of its (nested) tuple/list/mapping values."""
+    if output is t:
+        return True
+    if isinstance(output, Mapping):
+        return any(_contains(v, t) for v in output.values())
+    if isinstance(output, (tuple, list)):
+        return any(_contains(v, t) for v in output)
+    return False
 
 
 def reduce_per_sample_loss(pl_module: pl.LightningModule, per_sample_loss: Tensor) -> Tensor:

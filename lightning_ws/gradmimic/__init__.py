@@ -5,7 +5,9 @@
 * :mod:`~lightning_ws.gradmimic.filters`: binarisers (``1/B`` threshold, 1-D 2-means, 2-component GMM), vote
   aggregation (majority, label model, last round) and :class:`MimicScoreFilter`;
 * :mod:`~lightning_ws.gradmimic.records`: :class:`ScoreLog`, per-sample weights/scores keyed by sample id;
-* :mod:`~lightning_ws.gradmimic.reference`: loading and checking reference weights.
+* :mod:`~lightning_ws.gradmimic.reference`: loading and checking reference weights;
+* :mod:`~lightning_ws.gradmimic.signal`: when the direction carries signal: scores in output space, the alignment
+  kappa, the filter's table checks, and the RHO-LOSS holdout selection baseline.
 
 The Lightning callback is :class:`lightning_ws.callbacks.gradmimic.GradMimicCallback`.
 """
@@ -24,6 +26,14 @@ from lightning_ws.gradmimic.filters import (
     vote_matrix,
 )
 from lightning_ws.gradmimic.records import ScoreLog
+from lightning_ws.gradmimic.signal import (
+    GradMimicSignalWarning,
+    alignment_counts,
+    kappa_from_counts,
+    output_mimic_scores,
+    reducible_loss_selection,
+    table_signal,
+)
 from lightning_ws.gradmimic.reference import check_same_architecture, load_reference_state, reference_layer
 from lightning_ws.gradmimic.scores import (
     SCORE_VARIANTS,
@@ -41,8 +51,9 @@ from lightning_ws.gradmimic.scores import (
 )
 
 __all__ = [
-    "ABSTAIN", "AGGREGATORS", "BINARIZERS", "SCORE_VARIANTS", "FilterResult", "MimicScoreFilter", "ScoreLog",
-    "TargetDirection",
+    "ABSTAIN", "AGGREGATORS", "BINARIZERS", "SCORE_VARIANTS", "FilterResult", "GradMimicSignalWarning",
+    "MimicScoreFilter", "ScoreLog", "TargetDirection", "alignment_counts", "kappa_from_counts", "output_mimic_scores",
+    "reducible_loss_selection", "table_signal",
     "aggregate_votes", "batch_softmax_weights", "batch_softmax_weights_checked", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
     "load_reference_state", "mimic_scores", "per_sample_grad_norms", "per_sample_layer_grads", "reference_layer",
     "rho_scores", "target_direction", "top_p_indices", "two_means_1d", "vote_matrix", "weight_entropy",

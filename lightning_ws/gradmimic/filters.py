@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.gradmimic.signal import table_signal, warn_no_signal
 
 __all__ = [
     "ABSTAIN",
@@ -35,6 +36,7 @@ __all__ = [
 ABSTAIN = -1
 BINARIZERS = ("threshold", "kmeans", "gmm")
 AGGREGATORS = ("majority", "label_model", "last")
+NO_SIGNAL_POLICIES = ("raise", "warn")
 
 
 def two_means_1d(x: np.ndarray) -> float:
@@ -207,6 +209,12 @@ class FilterResult:
         mean_value: mean over samples of the per-sample mean relative weight (the paper's DataComp estimate, in
             relative-weight units).
         sample_mean: ``(N,)`` per-sample mean relative weight over rounds (NaN if never seen).
+        last_value: ``(N,)`` the last round's value per sample.
+        reliable: ``False`` when the table (or the run that recorded it) carries no per-sample signal; then
+            ``quality`` is NaN and ``keep_mask`` keeps every sample (there is no evidence to drop one), while
+            ``keep_prob``/``votes`` hold what the binariser made of the noise.
+        reasons: why the result is not reliable (empty when it is).
+        signal: the table's signal statistics (:func:`~lightning_ws.gradmimic.signal.table_signal`).
     """
 
     keep_mask: np.ndarray
@@ -216,6 +224,9 @@ class FilterResult:
     mean_value: float
     sample_mean: np.ndarray = field(repr=False)
     last_value: np.ndarray = field(repr=False)
+    reliable: bool = True
+    reasons: tuple[str, ...] = ()
+    signal: dict[str, float] = field(default_factory=dict)
 
     def top_p(self, p: float, *, by: str = "mean") -> np.ndarray:
         """Top-``p`` sample indices by per-sample ``"mean"`` relative weight or by the ``"last"`` round's value."""
@@ -230,12 +241,24 @@ class MimicScoreFilter:
     Defaults the paper leaves open: rounds are epochs; values are relative weights ``B * w`` (threshold 1 = ``1/B``);
     the ``gmm`` binariser is initialised from the exact 2-means split; ``keep_prob >= 0.5`` keeps (ties keep).
 
+    No-signal check (not in the paper: its binarisers split any table in two and report a clean fraction even when the
+    weights are noise): a table is refused when it is flat (the per-sample mean values have a standard deviation below
+    ``min_spread``) or when its per-sample ranking is not reproduced between consecutive rounds (mean Spearman
+    correlation below ``min_consistency``; needs two rounds), or when the caller passes ``no_signal_reasons`` (the
+    callback passes what its training-time checks found). ``on_no_signal="raise"`` raises a DataError naming the
+    reason; ``"warn"`` warns and returns ``reliable=False`` with ``quality = NaN`` and every sample kept. A table can be
+    consistent and still wrong (a reference in another feature space ranks samples consistently by their own loss):
+    only the training-time checks of :class:`~lightning_ws.callbacks.gradmimic.GradMimicCallback` can see that.
+
     Args:
         binarizer: ``"threshold"``, ``"kmeans"`` or ``"gmm"``.
         aggregator: ``"majority"``, ``"label_model"`` or ``"last"``.
         threshold: threshold for the ``threshold`` binariser, in relative-weight units.
         label_model: name for ``lightning_ws.labelmodels.make_label_model`` (``aggregator="label_model"`` only).
         label_model_kwargs: keyword arguments for it.
+        min_spread: flat-table threshold on the standard deviation of per-sample mean values.
+        min_consistency: threshold on the mean round-to-round Spearman correlation.
+        on_no_signal: ``"raise"`` (default) or ``"warn"``.
 
     Example:
         >>> import numpy as np
@@ -245,24 +268,64 @@ class MimicScoreFilter:
     """
 
     def __init__(self, binarizer: str = "gmm", aggregator: str = "majority", *, threshold: float = 1.0,
-                 label_model: str = "dawid_skene", label_model_kwargs: dict[str, Any] | None = None) -> None:
+                 label_model: str = "dawid_skene", label_model_kwargs: dict[str, Any] | None = None,
+                 min_spread: float = 1e-3, min_consistency: float = 0.1, on_no_signal: str = "raise") -> None:
         if binarizer not in BINARIZERS:
             raise ConfigError(f"binarizer must be one of {BINARIZERS}, got {binarizer!r}.")
         if aggregator not in AGGREGATORS:
             raise ConfigError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}.")
         if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
             raise ConfigError(f"threshold must be a finite number, got {threshold!r}.")
+        if on_no_signal not in NO_SIGNAL_POLICIES:
+            raise ConfigError(f"on_no_signal must be one of {NO_SIGNAL_POLICIES}, got {on_no_signal!r}.")
+        if not (isinstance(min_spread, (int, float)) and min_spread >= 0 and isinstance(min_consistency, (int, float))):
+            raise ConfigError(f"need min_spread >= 0 and a numeric min_consistency, got {min_spread!r}, "
+                              f"{min_consistency!r}.")
+        self.min_spread = float(min_spread)
+        self.min_consistency = float(min_consistency)
+        self.on_no_signal = on_no_signal
         self.binarizer = binarizer
         self.aggregator = aggregator
         self.threshold = float(threshold)
         self.label_model = label_model
         self.label_model_kwargs = dict(label_model_kwargs or {})
 
-    def fit(self, values: np.ndarray) -> FilterResult:
-        """Binarise each round of the ``(R, N)`` relative-weight table and aggregate; see :class:`FilterResult`."""
+    def check(self, values: np.ndarray) -> tuple[dict[str, float], list[str]]:
+        """The table's signal statistics and the reasons (empty: none) why it carries no per-sample signal."""
+        t = np.asarray(values, dtype=np.float64)
+        sig = table_signal(t)
+        reasons = []
+        if not sig["spread"] >= self.min_spread:
+            reasons.append(f"the recorded weights are flat (std of per-sample mean relative weight {sig['spread']:.2e} "
+                           f"< {self.min_spread:g}): the re-weighting was uniform (tau too large for the score scale, "
+                           f"or W_ref == W_t), so nothing distinguishes one sample from another")
+        if math.isfinite(sig["consistency"]) and sig["consistency"] < self.min_consistency:
+            reasons.append(f"the per-sample ranking is not reproduced between rounds (mean Spearman correlation "
+                           f"{sig['consistency']:+.3f} < {self.min_consistency:g}): the weights follow batch "
+                           f"composition, not the samples")
+        return sig, reasons
+
+    def fit(self, values: np.ndarray, *, no_signal_reasons: tuple[str, ...] | list[str] = ()) -> FilterResult:
+        """Binarise each round of the ``(R, N)`` relative-weight table and aggregate; see :class:`FilterResult`.
+
+        Args:
+            values: the ``(R, N)`` table.
+            no_signal_reasons: reasons found elsewhere (e.g. during training) why the weights carry no signal.
+
+        Raises:
+            DataError: the table carries no per-sample signal and ``on_no_signal="raise"``.
+        """
         t = np.asarray(values, dtype=np.float64)
         if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
             raise DataError(f"values must be a non-empty (rounds, samples) table, got shape {t.shape}.")
+        sig, reasons = self.check(t)
+        reasons = [*no_signal_reasons, *reasons]
+        if reasons:
+            msg = ("the Grad-Mimic weights carry no per-sample signal, so no clean fraction or keep mask can be "
+                   "derived from them: " + "; ".join(reasons) + ".")
+            if self.on_no_signal == "raise":
+                raise DataError(msg + " Pass on_no_signal='warn' to get the (unreliable) votes anyway.")
+            warn_no_signal(msg)
         votes = vote_matrix(t, self.binarizer, threshold=self.threshold)
         prob = aggregate_votes(votes, self.aggregator, label_model=self.label_model,
                                label_model_kwargs=self.label_model_kwargs)
@@ -273,6 +336,9 @@ class MimicScoreFilter:
         last = np.full(t.shape[1], np.nan)
         for row in t:
             last = np.where(np.isnan(row), last, row)
-        return FilterResult(keep_mask=keep, keep_prob=prob, votes=votes, quality=float(keep.mean()),
+        reliable = not reasons
+        return FilterResult(keep_mask=keep if reliable else np.ones_like(keep),
+                            keep_prob=prob, votes=votes, quality=float(keep.mean()) if reliable else math.nan,
                             mean_value=float(np.nanmean(sample_mean)) if (~np.isnan(sample_mean)).any() else math.nan,
-                            sample_mean=sample_mean, last_value=last)
+                            sample_mean=sample_mean, last_value=last, reliable=reliable, reasons=tuple(reasons),
+                            signal=sig)
