@@ -84,7 +84,8 @@ def output_mimic_scores(out_grads: Tensor, ref_outputs: Tensor, outputs: Tensor,
         return torch.zeros(b, device=out_grads.device)
     d = out_grads.reshape(b, -1).float()
     u = ref_outputs.reshape(b, -1).float() - outputs.detach().reshape(b, -1).float()
-    scores = torch.linalg.vecdot(d, u) * (-grad_scale / v_norm)
+    # proj: scaled to per-sample-loss units; cos: the scale cancels (both factors of the ratio carry it)
+    scores = torch.linalg.vecdot(d, u) * ((-grad_scale if variant == "proj" else -1.0) / v_norm)
     if variant == "cos":
         if inputs is None:
             raise ConfigError("the 'cos' variant needs the layer inputs for the per-sample gradient norm.")
