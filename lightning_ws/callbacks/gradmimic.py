@@ -287,6 +287,7 @@ class GradMimicCallback(Callback):
         self._window: Tensor | None = None  # alignment counts collected so far
         self._new_kappa: float | None = None
         self._ref_state: dict[str, Tensor] = {}  # the reference's tensors, keys relative to the forward module
+        self._ref_state_key: tuple[Any, ...] | None = None
         self._fwd_module: nn.Module | None = None
         self._ref_due = False
         self._ref_running = False
@@ -389,8 +390,8 @@ class GradMimicCallback(Callback):
         if self._ref_state:
             self._handles.append(self._fwd_module.register_forward_hook(self._module_forward_hook, with_kwargs=True))
 
-    def _resolve_space(self, pl_module: pl.LightningModule, ref: Mapping[str, Tensor], model_state: Mapping[str, Tensor],
-                       *, full: bool, ref_w: Tensor, ref_b: Tensor | None) -> None:
+    def _resolve_space(self, pl_module: pl.LightningModule, ref: Mapping[str, Tensor],
+                       model_state: Mapping[str, Tensor], *, full: bool, ref_w: Tensor, ref_b: Tensor | None) -> None:
         """Decide the score space and whether the alignment must be checked; prepare the runnable reference."""
         mimic_keys = {f"{self.mimic_layer}.weight", f"{self.mimic_layer}.bias"}
         others_train = [n for n, p in pl_module.named_parameters() if p.requires_grad and n not in mimic_keys]
@@ -435,13 +436,13 @@ class GradMimicCallback(Callback):
         if not self.mimic_layer.startswith(prefix):
             raise ConfigError(f"the mimic layer {self.mimic_layer!r} is not inside forward_module "
                               f"{self.forward_module!r}; name the submodule whose call runs the mimic layer.")
-        device = self._layer.weight.device
-        state = {k[len(prefix):]: v.to(device) for k, v in ref.items() if k.startswith(prefix)}
+        state = {k[len(prefix):]: v for k, v in ref.items() if k.startswith(prefix)}
         local = self.mimic_layer[len(prefix):]
-        state[f"{local}.weight"] = ref_w.to(device, self._layer.weight.dtype)  # with the sigma perturbation, if any
+        state[f"{local}.weight"] = ref_w  # with the sigma perturbation, if any
         if ref_b is not None:
-            state[f"{local}.bias"] = ref_b.to(device, self._layer.bias.dtype)
+            state[f"{local}.bias"] = ref_b
         self._ref_state = state
+        self._ref_state_key = None  # moved to the module's devices and dtypes at the first reference forward
         self._fwd_module = fwd
 
     def _no_signal(self, reason: str, *, at_start: bool) -> None:
@@ -555,6 +556,13 @@ class GradMimicCallback(Callback):
 
     def _run_reference(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> Tensor:
         """The reference's own output of the mimic layer on the same arguments (eval mode, no gradient)."""
+        w = self._layer.weight
+        key = (w.device, w.dtype)
+        if self._ref_state_key != key:  # setup runs before Lightning moves the model (and before precision casts)
+            own = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+            self._ref_state = {k: v.to(own[k].device, own[k].dtype if v.is_floating_point() else v.dtype)
+                               if k in own else v.to(w.device) for k, v in self._ref_state.items()}
+            self._ref_state_key = key
         flags = [(m, m.training) for m in module.modules()]
         module.train(False)
         self._ref_running, self._ref_capture = True, None
