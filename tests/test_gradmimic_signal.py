@@ -301,3 +301,13 @@ def test_reducible_loss_selection() -> None:
     assert reducible_loss_selection(loss, il, 1.0).tolist() == [0.25] * 4
     with pytest.raises(ConfigError):
         reducible_loss_selection(loss, il, 0.0)
+
+
+def test_flat_weights_during_training_warn_and_filter_refuses(digits, other_init_ref) -> None:
+    """A temperature far above the score scale makes the re-weighting uniform: warned at the epoch's end, and neither
+    the callback's filter nor the table check report a clean fraction."""
+    cb = GradMimicCallback("head", reference=other_init_ref, tau=1e6)
+    with pytest.warns(GradMimicSignalWarning, match="flat in epoch 0"):
+        _trainer([cb], steps=math.ceil(digits.num_train / 32), log_every_n_steps=5).fit(_mlp(0), digits)
+    with pytest.raises(DataError, match="flat"):
+        cb.filter("gmm", num_samples=digits.num_train)

@@ -54,6 +54,8 @@ _POLICIES = ("raise", "warn")
 _MIN_ALIGNMENT_ROWS = 32
 # > 0 while some GradMimicCallback runs a reference forward pass: every instance's hooks ignore those calls
 _REFERENCE_FORWARD = [0]
+#: a batch whose largest relative weight is below 1 + _FLAT_TOL counts as flat (uniform weights)
+_FLAT_TOL = 1e-3
 
 
 class GradMimicCallback(Callback):
@@ -294,6 +296,7 @@ class GradMimicCallback(Callback):
         self._ref_capture: tuple[Tensor, Tensor] | None = None
         self._z_ref: Tensor | None = None
         self._output_checked = False
+        self._flat_obs = [0, 0]  # (flat, seen) logging steps of the current epoch
 
     # ------------------------------------------------------------------ identity and state
 
@@ -402,6 +405,7 @@ class GradMimicCallback(Callback):
         self._check_alignment = False
         self._signal_ok, self._signal_reasons, self._alignment = True, [], []  # a fresh fit (a resume restores them)
         self._first_check_done, self._window, self._new_kappa = False, None, None
+        self._flat_obs = [0, 0]
         if self.score == "grand":  # GraNd does not use the reference
             self._space = "weights"
             return
@@ -758,7 +762,10 @@ class GradMimicCallback(Callback):
         if step != self._last_logged_step and step % self._log_every == 0:
             self._last_logged_step = step
             w, sc = stats["weights"], stats["scores"]
-            values = {"weight_entropy": weight_entropy(w), "max_relative_weight": float(w.max() * w.numel()),
+            max_rel = float(w.max() * w.numel())
+            self._flat_obs[0] += int(max_rel < 1.0 + _FLAT_TOL)
+            self._flat_obs[1] += 1
+            values = {"weight_entropy": weight_entropy(w), "max_relative_weight": max_rel,
                       "score_mean": float(sc.mean()), "score_std": float(sc.std()) if sc.numel() > 1 else 0.0,
                       "v_norm": float(stats["v_norm"]) if stats["v_norm"] is not None else self._v_norm_now()}
             pl_module.log_dict({f"gradmimic/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False,
@@ -766,6 +773,14 @@ class GradMimicCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        flat, seen = self._flat_obs
+        self._flat_obs = [0, 0]
+        # flat weights on every logging step of the epoch (the same statistics on every rank: gathered weights)
+        if seen and flat == seen and not math.isinf(self.tau) and self.score in ("proj", "cos"):
+            self._no_signal(f"the batch weights were flat in epoch {trainer.current_epoch} (max relative weight < "
+                            f"{1 + _FLAT_TOL:g} on all {seen} logging steps): the scores are tiny next to "
+                            f"tau={self.tau:g} or W_ref == W_t, so the re-weighting is plain SGD and the recorded "
+                            f"weights say nothing about the samples; lower tau", at_start=False)
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is None or not trainer.is_global_zero:
