@@ -607,7 +607,7 @@ class GradMimicCallback(Callback):
         self._new_kappa = kappa
         first = not self._first_check_done
         self._first_check_done = True
-        if kappa < self.min_alignment:
+        if kappa < self.min_alignment and (first or self._signal_ok):  # one warning per loss of signal
             when = "at the start" if first else f"fell at step {step}"
             self._no_signal(
                 f"the mimic layer's inputs are not in the reference's feature space ({when}: the reference layer on "
