@@ -715,9 +715,53 @@ def bench_regimes(args: argparse.Namespace) -> None:
     print(f"\nseeds {args.seeds}; total {time.perf_counter() - t0:.0f} s")
 
 
+def bench_overhead_cnn(args: argparse.Namespace) -> None:
+    """Step cost of the output space (one reference forward per step) on the regimes CNN: alternating steps with and
+    without the callback in each fit (thread CPU time), as the linear-probe overhead table."""
+    torch.set_num_threads(args.threads)
+    data = _regime_data(args)
+    noisy_y, _ = symmetric_label_noise(data["train_y"], 0.4, 10, 1000)
+    ref_state = _CNN(123).state_dict()
+    configs = [("frozen shared body: auto = weights (in-graph)", "frozen", {}),
+               ("trained body: auto = outputs, layer_only", "scratch", {}),
+               ("trained body: auto = outputs, all_params", "scratch", {"mode": "all_params"}),
+               ("trained body: weights + alignment check every 50 steps", "scratch",
+                {"space": "weights", "on_no_signal": "warn"})]
+    res: dict[str, list[tuple[float, float]]] = {c[0]: [] for c in configs}
+    import warnings
+
+    for rep in range(args.warmup_fits + args.repeats):
+        for name, regime, kw in configs[rep % len(configs):] + configs[: rep % len(configs)]:
+            model = _CNN(0)
+            ref = ref_state
+            if regime == "frozen":
+                model.load_state_dict({**ref_state, **{k: v for k, v in model.state_dict().items()
+                                                        if k.startswith("head.")}})
+                model.body.requires_grad_(False)
+            timer = StepTimer()
+            alt = _Alternating("head", reference=ref, **kw)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _trainer([timer.first, alt, timer.last], steps=2 * args.steps).fit(
+                    model, _ImageData(data["train_x"], noisy_y, rep))
+            if rep >= args.warmup_fits:
+                on, off = split_on_off(timer.cpu, alt.flags, 20)
+                res[name].append((statistics.median(on), statistics.median(off)))
+    print(f"\n## Overhead on the regimes CNN (MNIST-5k, batch 32; each fit alternates {args.steps} steps with and "
+          f"{args.steps} without the callback, first 20 dropped; {args.repeats} fits per row, interleaved; thread CPU "
+          f"time, torch threads = {args.threads})")
+    print("| configuration | CPU ms / step without | with | ratio, median [min-max] |")
+    print("|---|---|---|---|")
+    for name, pairs in res.items():
+        ratios = [a / b for a, b in pairs]
+        print(f"| {name} | {statistics.median(b for _, b in pairs) * 1e3:.2f} | "
+              f"{statistics.median(a for a, _ in pairs) * 1e3:.2f} | {statistics.median(ratios):.3f} "
+              f"[{min(ratios):.3f}-{max(ratios):.3f}] |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["overhead", "noisy", "quality", "regimes"], required=True)
+    p.add_argument("--part", choices=["overhead", "noisy", "quality", "regimes", "overhead_cnn"], required=True)
     p.add_argument("--regimes", nargs="+", default=["frozen", "finetune", "scratch"])
     p.add_argument("--pretrain-epochs", type=int, default=10)
     p.add_argument("--ref-epochs", type=int, default=30, help="regimes: epochs of the holdout reference")
@@ -743,7 +787,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     {"overhead": bench_overhead, "noisy": bench_noisy, "quality": bench_quality,
-     "regimes": bench_regimes}[args.part](args)
+     "regimes": bench_regimes, "overhead_cnn": bench_overhead_cnn}[args.part](args)
 
 
 if __name__ == "__main__":
