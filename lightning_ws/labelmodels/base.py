@@ -20,6 +20,7 @@ pass, e.g. an oracle), ``"uniform"``, ``"dev"`` (add-one smoothed frequencies of
 from __future__ import annotations
 
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,6 +213,17 @@ def probs_to_preds(proba: Any, tie_break: str = "random", *, seed: int = 0, prio
     return pred, ties
 
 
+def _warn_unvoted_classes(L: np.ndarray, k: int) -> None:
+    """Warn when a given ``num_classes`` exceeds the classes the LFs vote (their posteriors come from the prior)."""
+    voted = np.flatnonzero(vote_counts(L, k).sum(axis=0) > 0)
+    missing = sorted(set(range(k)) - set(voted.tolist()))
+    if missing:
+        warnings.warn(f"num_classes={k} but no labeling function ever votes class(es) {missing} (classes voted: "
+                      f"{voted.tolist()}); those classes can only come from the class balance. If the task has "
+                      f"{int(voted.max()) + 1} classes, pass num_classes={int(voted.max()) + 1}.", UserWarning,
+                      stacklevel=3)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -289,8 +301,10 @@ class LabelModel(ABC):
         """
         t0 = time.perf_counter()
         L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=True,
-                                  lf_names=lf_names)
+                                  lf_names=lf_names, check_inferred_classes=dev_y is None)
         k = self.num_classes if self.num_classes is not None else max(int(L.max()) + 1, 2)
+        if self.num_classes is not None:
+            _warn_unvoted_classes(L, k)
         dev_yv = None
         if dev_y is not None:
             dev_yv = np.asarray(_to_numpy(dev_y, "dev_y")).reshape(-1)

@@ -57,6 +57,7 @@ def validate_label_matrix(
     require_votes_per_lf: bool = False,
     lf_names: Sequence[str] | None = None,
     name: str = "L",
+    check_inferred_classes: bool = False,
 ) -> np.ndarray:
     """Check a label matrix and return it as a 2-D numpy integer array.
 
@@ -72,6 +73,10 @@ def validate_label_matrix(
             votes carries no information and makes per-LF parameters undefined).
         lf_names: optional LF names, used in error messages.
         name: what to call the matrix in error messages (``"L"``, ``"dev_L"``...).
+        check_inferred_classes: when ``num_classes`` is ``None``, refuse a class count that the votes do not
+            support: a class id below ``max(L)`` that no LF ever votes (one stray ``5`` in a binary matrix would
+            otherwise silently build a 6-class model), or a top class with a handful of votes in a large matrix.
+            Label models set it when they infer ``k``.
 
     Returns:
         The validated matrix (same object when it was already a suitable numpy integer array).
@@ -113,6 +118,8 @@ def validate_label_matrix(
         i, j = map(int, np.argwhere(bad)[0])
         raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) = {int(arr[i, j])} is outside -1..{k - 1} "
                         f"(-1 = abstain, classes 0..{k - 1}). Check num_classes ({k}) or re-encode the votes.")
+    if num_classes is None and check_inferred_classes and hi >= 1:
+        _check_inferred_classes(arr, hi, lf_names, name)
     if m < min_lfs:
         raise DataError(f"{name} has {m} labeling function(s) but this label model needs at least {min_lfs}. "
                         f"Add labeling functions or use MajorityVote.")
@@ -126,6 +133,31 @@ def validate_label_matrix(
             raise DataError(f"{name} column {j} ({_lf(lf_names, j)}) abstains on every row, so its parameters "
                             f"cannot be estimated; drop it (columns without votes: {silent.tolist()[:10]}).")
     return arr
+
+
+#: An inferred top class with at most this many votes, and at most this share of all votes, is called stray.
+_STRAY_VOTES, _STRAY_SHARE = 3, 1e-3
+
+
+def _check_inferred_classes(arr: np.ndarray, hi: int, lf_names: Sequence[str] | None, name: str) -> None:
+    """Raise when ``k = max(L) + 1`` is not supported by the votes (see ``check_inferred_classes``)."""
+    counts = np.zeros(hi + 2, dtype=np.int64)
+    for sl in _row_chunks(*arr.shape):
+        counts += np.bincount((arr[sl].ravel().astype(np.int64) + 1), minlength=hi + 2)
+    votes = counts[1:]
+    missing = np.flatnonzero(votes == 0)
+    top = votes[hi]
+    stray = top <= _STRAY_VOTES and top <= _STRAY_SHARE * votes.sum()
+    if missing.size == 0 and not stray:
+        return
+    i, j = map(int, np.argwhere(arr == hi)[0])
+    seen = np.flatnonzero(votes > 0).tolist()
+    why = (f"classes {missing.tolist()} never receive a vote" if missing.size else
+           f"class {hi} receives only {int(top)} of {int(votes.sum())} votes")
+    raise DataError(f"{name}: inferring num_classes = max({name}) + 1 = {hi + 1} is not supported by the votes: {why} "
+                    f"(classes voted: {seen}; first vote of {hi} at {name}[{i}, {j}], {_lf(lf_names, j)}). If that "
+                    f"vote is a stray or mis-encoded value, fix the labeling function; if the task really has "
+                    f"{hi + 1} classes, pass num_classes={hi + 1} explicitly.")
 
 
 def _lf(lf_names: Sequence[str] | None, j: int) -> str:
