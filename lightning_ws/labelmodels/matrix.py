@@ -21,6 +21,9 @@ __all__ = [
     "validate_label_matrix",
     "covered_mask",
     "LFAnalysis",
+    "lf_clusters",
+    "lf_dependencies",
+    "merge_clusters",
 ]
 
 #: Label-matrix entry meaning "this labeling function abstains".
@@ -384,3 +387,88 @@ def collapse_rows(L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     if U.shape[0] > _COLLAPSE_MAX_RATIO * n:
         return None
     return U, inverse, counts
+
+
+def lf_dependencies(L: np.ndarray, k: int, *, min_overlap: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise dependency statistics of the LFs, from the label matrix alone.
+
+    Returns ``(phi, agree)``, both ``(m, m)``: ``phi[i, j]`` is the Pearson correlation of the two LFs' *firing*
+    indicators (``1[lambda != -1]``) over all rows, ``agree[i, j]`` the fraction of rows where both vote on which they
+    vote the same class (NaN below ``min_overlap`` co-votes). Conditionally independent LFs whose firing does not
+    depend on ``Y`` have ``phi ~ 0``; keyword variants of one rule fire on the same rows and agree (``phi -> 1``,
+    ``agree -> 1``). Computed with two ``m x m`` GEMMs per row chunk.
+    """
+    n, m = L.shape
+    F = np.zeros((m, m))
+    A = np.zeros((m, m))
+    s = np.zeros(m)
+    for sl in _row_chunks(n, m, elems=8_000_000):
+        block = L[sl]
+        fire = (block != ABSTAIN).astype(np.float32)
+        F += gram_float32(fire)
+        s += fire.sum(axis=0)
+        for c in range(k):
+            A += gram_float32((block == c).astype(np.float32))
+    pf = s / n
+    cov = F / n - np.outer(pf, pf)
+    sd = np.sqrt(np.maximum(pf * (1 - pf), 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phi = cov / np.outer(sd, sd)
+        agree = np.where(F >= min_overlap, A / np.maximum(F, 1), np.nan)
+    phi = np.nan_to_num(phi, nan=0.0)
+    np.fill_diagonal(phi, 1.0)
+    np.fill_diagonal(agree, 1.0)
+    return phi, agree
+
+
+def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.5, min_agreement: float = 0.8,
+                min_overlap: int = 5) -> list[list[int]]:
+    """Clusters of strongly dependent (near-duplicate / correlated) LFs, from the label matrix alone.
+
+    Two LFs are linked when their firing correlation ``phi >= threshold`` and they agree on at least
+    ``min_agreement`` of at least ``min_overlap`` co-votes (:func:`lf_dependencies`); clusters are the connected
+    components (single linkage, union-find). Every LF is in exactly one cluster; clusters are sorted by their first LF.
+    This is agreement clustering, a cheap stand-in for the structure learning of Varma et al. (ICML 2019,
+    arXiv 1903.05844): it finds duplicated and strongly overlapping rules, not weaker dependencies.
+    """
+    m = L.shape[1]
+    phi, agree = lf_dependencies(L, k, min_overlap=min_overlap)
+    link = (phi >= threshold) & (np.nan_to_num(agree, nan=0.0) >= min_agreement)
+    parent = list(range(m))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in zip(*np.nonzero(np.triu(link, 1))):
+        ri, rj = find(int(i)), find(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for j in range(m):
+        groups.setdefault(find(j), []).append(j)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def merge_clusters(L: np.ndarray, clusters: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """One column per cluster: the majority of its members' votes (abstain when all abstain).
+
+    Ties go to the tied class voted by the lowest-indexed member. Singletons are copied unchanged.
+    """
+    n = L.shape[0]
+    out = np.empty((n, len(clusters)), dtype=np.int64)
+    for g, members in enumerate(clusters):
+        members = list(members)
+        if len(members) == 1:
+            out[:, g] = L[:, members[0]]
+            continue
+        block = L[:, members]
+        counts = np.stack([(block == c).sum(axis=1) for c in range(k)], axis=1)
+        top = counts.max(axis=1)
+        # first member whose vote has the top count
+        hit = (block >= 0) & (np.take_along_axis(counts, np.clip(block, 0, None), axis=1) == top[:, None])
+        first = hit.argmax(axis=1)
+        out[:, g] = np.where(top > 0, block[np.arange(n), first], ABSTAIN)
+    return out

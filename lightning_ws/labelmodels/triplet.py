@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,18 @@ class Triplet(LabelModel):
 
         n, m = L.shape
         k = self.k_
+        from lightning_ws.labelmodels.dawid_skene import _single_class_lfs
+
+        single = _single_class_lfs(L, k)
+        self.fit_report_["single_class_lfs"] = int(single.sum())
+        if single.mean() > 0.5:
+            # A single-class LF votes +1 (its class) or -1 (another class) by identity, not by correctness, so on
+            # rows where two such LFs both vote, E[v_i v_j] is +-1 for every pair and every accuracy comes out 1.
+            warnings.warn(f"Triplet: {int(single.sum())} of {m} labeling functions vote a single class; their "
+                          f"pairwise vote agreements are +-1 by construction, so the triplet accuracies of those LFs "
+                          f"are not identifiable (they come out ~1 and the model reduces to a prior-weighted vote). "
+                          f"Use DawidSkene (abstains as a category) or AutoLabelModel for such label matrices.",
+                          UserWarning, stacklevel=3)
         if self.class_balance_ is None:
             self.class_balance_ = estimate_class_balance(L, k, "em", seed=self.seed)
         classes = [1] if k == 2 else list(range(k))
