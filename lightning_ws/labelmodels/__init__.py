@@ -39,11 +39,19 @@ from lightning_ws.labelmodels.moment_matching import (
     moment_matching_objective,
     off_diagonal_block_mask,
 )
-from lightning_ws.labelmodels.synthetic import SyntheticLabelMatrix, make_synthetic_label_matrix
+from lightning_ws.labelmodels.synthetic import (
+    REGIMES,
+    RegimeLabelMatrix,
+    SyntheticLabelMatrix,
+    make_regime_label_matrix,
+    make_synthetic_label_matrix,
+)
 from lightning_ws.labelmodels.triplet import Triplet, triplet_accuracies
 
 __all__ = [
     "ABSTAIN",
+    "REGIMES",
+    "RegimeLabelMatrix",
     "ALIASES",
     "AutoLabelModel",
     "DEFAULT_CANDIDATES",
@@ -65,6 +73,7 @@ __all__ = [
     "lf_dependencies",
     "merge_clusters",
     "make_label_model",
+    "make_regime_label_matrix",
     "make_synthetic_label_matrix",
     "moment_matching_objective",
     "off_diagonal_block_mask",

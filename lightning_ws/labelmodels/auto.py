@@ -70,7 +70,7 @@ class AutoLabelModel(LabelModel):
         merge: ``"auto"`` (also try the cluster-merged matrix when clusters were found), ``"never"`` or
             ``"always"`` (only the merged matrix).
         cluster_threshold: firing-correlation threshold of :func:`lf_clusters` (default 0.5).
-        n_folds: folds of clusters (default 8; fewer when there are fewer clusters).
+        n_folds: folds of clusters (default 5; fewer when there are fewer clusters).
         margin_z: standard errors by which a candidate must beat majority vote (default 2).
         max_selection_rows: rows (a seeded random subset) used for the selection fits (default 200,000).
         seed: seed of the fold split, the row subset and tie breaking.
@@ -80,7 +80,7 @@ class AutoLabelModel(LabelModel):
     min_lfs = 1
 
     def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES, merge: str = "auto",
-                 cluster_threshold: float = 0.5, n_folds: int = 8, margin_z: float = 2.0,
+                 cluster_threshold: float = 0.5, n_folds: int = 5, margin_z: float = 2.0,
                  max_selection_rows: int = 200_000, seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
         cands = [str(c) for c in ([candidates] if isinstance(candidates, str) else list(candidates))]
@@ -115,14 +115,15 @@ class AutoLabelModel(LabelModel):
     def _cb(self) -> Any:
         return "estimated" if self.class_balance_ is None else self.class_balance_
 
-    def _fit_quiet(self, name: str, L: np.ndarray) -> LabelModel | None:
-        model = self._make(name)
+    def _fit_quiet(self, name: str, L: np.ndarray, cb: Any = None, model: LabelModel | None = None
+                   ) -> LabelModel | None:
+        model = self._make(name) if model is None else model
         if L.shape[1] < model.min_lfs:
             return None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return model.fit(L, self._cb())
+                return model.fit(L, self._cb() if cb is None else cb)
         except Exception:  # noqa: BLE001 - a candidate that cannot fit this sub-matrix is simply not chosen
             return None
 
@@ -164,10 +165,19 @@ class AutoLabelModel(LabelModel):
                 rows, hcols = np.nonzero((H != ABSTAIN) & cov[:, None])
                 if v == "raw":
                     vote_cls.append(H[rows, hcols])
+                # One (SQUAREM-accelerated) Dawid-Skene fit per sub-matrix serves as the Dawid-Skene candidate and
+                # gives the label-free class balance of the others (MomentMatching and Triplet would each refit
+                # the same EM for it).
+                cb, ds = None, None
+                if self.class_balance_ is None:
+                    from lightning_ws.labelmodels.dawid_skene import DawidSkene
+
+                    ds = self._fit_quiet("dawid_skene", Mr, model=DawidSkene(k, accelerate=True, seed=self.seed))
+                    cb = None if ds is None else ds.class_balance_
                 for c in self.candidates:
                     if (v, c) in failed:
                         continue
-                    model = self._fit_quiet(c, Mr)
+                    model = ds if c == "dawid_skene" and ds is not None else self._fit_quiet(c, Mr, cb)
                     if model is None:
                         failed.add((v, c))
                         continue
