@@ -118,6 +118,7 @@ class AutoLabelModel(LabelModel):
     def _fit_quiet(self, name: str, L: np.ndarray, cb: Any = None, model: LabelModel | None = None
                    ) -> LabelModel | None:
         model = self._make(name) if model is None else model
+        model._internal = True  # dependencies are this model's business (clusters, merging)
         if L.shape[1] < model.min_lfs:
             return None
         try:

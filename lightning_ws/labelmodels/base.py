@@ -248,6 +248,8 @@ class LabelModel(ABC):
     name: ClassVar[str] = ""
     #: Fewest LFs the model can be fitted with.
     min_lfs: ClassVar[int] = 1
+    #: Whether the model assumes conditionally independent LFs (then ``fit`` warns about dependent LF clusters).
+    assumes_independence: ClassVar[bool] = False
     #: Names of the fitted numpy arrays that ``state_dict`` persists (besides ``class_balance_``).
     _param_names: ClassVar[tuple[str, ...]] = ()
 
@@ -330,6 +332,8 @@ class LabelModel(ABC):
         self.class_balance_source = source
         self.fit_report_ = {"model": self.name, "n": int(L.shape[0]), "m": int(L.shape[1]), "k": int(k),
                             "class_balance_source": source, "converged": True, "n_iter": 0}
+        if self.assumes_independence and not self.__dict__.get("_internal", False):
+            self._warn_dependencies(L, k)
         self._fit(L, dev_Lv, dev_yv)
         if self.class_balance_ is None:  # pragma: no cover - a subclass bug, not user input
             raise RuntimeError(f"{type(self).__name__}._fit did not set class_balance_.")
@@ -337,6 +341,26 @@ class LabelModel(ABC):
         self.fit_report_["class_balance"] = self.class_balance_.tolist()
         self.fit_report_["fit_time_s"] = time.perf_counter() - t0
         return self
+
+    def _warn_dependencies(self, L: np.ndarray, k: int) -> None:
+        """Warn (and record ``fit_report_["dependent_lf_clusters"]``) when strongly dependent LFs are found.
+
+        Conditional-independence models count a duplicated rule once per copy; on such matrices they can fall far
+        below majority vote, and they should not do so silently. Checked on at most 100,000 rows.
+        """
+        from lightning_ws.labelmodels.matrix import lf_clusters
+
+        sub = L if L.shape[0] <= 100_000 else L[np.random.default_rng([self.seed, 31]).choice(
+            L.shape[0], 100_000, replace=False)]
+        groups = [g for g in lf_clusters(sub, k) if len(g) > 1]
+        self.fit_report_["dependent_lf_clusters"] = groups
+        if groups:
+            names = [[self.lf_names_[j] if self.lf_names_ else j for j in g] for g in groups[:5]]
+            warnings.warn(f"{type(self).__name__} assumes conditionally independent labeling functions, but "
+                          f"{len(groups)} cluster(s) of strongly dependent LFs were found (e.g. {names}); it counts "
+                          f"each copy of a duplicated rule separately and may fall below majority vote. Use "
+                          f"make_label_model('auto') (which tests merging them), merge them with "
+                          f"lightning_ws.labelmodels.merge_clusters, or drop duplicates.", UserWarning, stacklevel=3)
 
     @abstractmethod
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:

@@ -62,6 +62,7 @@ class DawidSkene(LabelModel):
         seed: seed of the tie-breaking generator (EM itself is deterministic).
     """
 
+    assumes_independence = True
     name = "dawid_skene"
     _param_names = ("log_theta_",)
 
@@ -124,6 +125,14 @@ class DawidSkene(LabelModel):
         nr = R.shape[0]
         self.fit_report_["em_rows"] = int(nr)
         q = mv_proba(R, k)
+        # Rows without votes start at the majority-vote class balance (the mean vote share of covered rows), not at
+        # uniform: with abstains as a category and many uncovered rows, a uniform start lets EM spend a latent class on
+        # "rows where nobody votes" (WRENCH SMS: 71 % spam estimated from a uniform start, 13.5 % true).
+        unc = (R == ABSTAIN).all(axis=1)
+        if unc.any() and (~unc).any():
+            wc = None if w is None else w[~unc]
+            share = np.average(q[~unc], axis=0, weights=wc)
+            q[unc] = np.maximum(share, 1e-3) / np.maximum(share, 1e-3).sum()
         if w is not None:
             q *= w[:, None]
         C = np.zeros((m, k, k + 1))

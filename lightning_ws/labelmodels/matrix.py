@@ -254,6 +254,12 @@ class LFAnalysis:
         y: optional gold labels ``(n,)``.
         lf_names: optional LF names (default ``lf_00``, ``lf_01``...).
         num_classes: ``k`` (inferred when ``None``).
+        cluster_threshold: firing-correlation threshold of the dependency clusters (:func:`lf_clusters`).
+
+    Dependencies: ``firing_corr`` and ``agreement`` (``(m, m)``, :func:`lf_dependencies`), ``clusters`` (lists of LF
+    indices, singletons included) and ``cluster_of`` (``(m,)`` cluster id); :meth:`dependent_pairs` lists the linked
+    pairs, the summary has a ``cluster`` column. Found from the label matrix alone: near-duplicate keyword rules
+    are what the conditional-independence label models over-count.
 
     Example:
         >>> import numpy as np
@@ -264,7 +270,7 @@ class LFAnalysis:
     """
 
     def __init__(self, L: Any, y: Any | None = None, *, lf_names: Sequence[str] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, cluster_threshold: float = 0.5) -> None:
         L = validate_label_matrix(L, num_classes, lf_names=lf_names)
         n, m = L.shape
         self.n, self.m = n, m
@@ -284,6 +290,14 @@ class LFAnalysis:
         self.conflicts = conflicts.mean(axis=0)
         self.polarity = [sorted({int(v) for v in np.unique(L[:, j]) if v != ABSTAIN}) for j in range(m)]
         self.total_coverage = float((n_votes > 0).mean())
+        self.num_classes = k
+        #: firing correlation and co-vote agreement of every LF pair (:func:`lf_dependencies`)
+        self.firing_corr, self.agreement = lf_dependencies(L, k)
+        #: clusters of strongly dependent LFs (:func:`lf_clusters`; singletons included)
+        self.clusters = lf_clusters(L, k, threshold=cluster_threshold)
+        self.cluster_of = np.empty(m, dtype=np.int64)
+        for g, members in enumerate(self.clusters):
+            self.cluster_of[members] = g
         self.correct: np.ndarray | None = None
         self.incorrect: np.ndarray | None = None
         self.emp_acc: np.ndarray | None = None
@@ -303,13 +317,22 @@ class LFAnalysis:
         for j in range(self.m):
             row: dict[str, Any] = {"lf": self.lf_names[j], "polarity": self.polarity[j],
                                    "coverage": float(self.coverage[j]), "overlaps": float(self.overlaps[j]),
-                                   "conflicts": float(self.conflicts[j])}
+                                   "conflicts": float(self.conflicts[j]), "cluster": int(self.cluster_of[j])}
             if self.emp_acc is not None:
                 row["correct"] = int(self.correct[j])
                 row["incorrect"] = int(self.incorrect[j])
                 row["emp_acc"] = float(self.emp_acc[j])
             rows.append(row)
         return rows
+
+    def dependent_pairs(self, threshold: float = 0.5, min_agreement: float = 0.8) -> list[dict[str, Any]]:
+        """LF pairs with firing correlation ``>= threshold`` and co-vote agreement ``>= min_agreement``, strongest
+        first: ``{"lfs": (name_i, name_j), "firing_corr", "agreement"}``."""
+        phi, agree = self.firing_corr, np.nan_to_num(self.agreement, nan=0.0)
+        ii, jj = np.nonzero(np.triu((phi >= threshold) & (agree >= min_agreement), 1))
+        pairs = [{"lfs": (self.lf_names[i], self.lf_names[j]), "firing_corr": float(phi[i, j]),
+                  "agreement": float(agree[i, j])} for i, j in zip(ii, jj)]
+        return sorted(pairs, key=lambda r: -r["firing_corr"])
 
     def to_table(self) -> str:
         """A fixed-width text table of :meth:`summary`, with a final line giving total coverage."""
@@ -321,6 +344,8 @@ class LFAnalysis:
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
         lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
+        groups = [[self.lf_names[j] for j in g] for g in self.clusters if len(g) > 1]
+        lines.append(f"clusters of strongly dependent LFs: {len(groups)}" + (f" {groups}" if groups else ""))
         return "\n".join(lines)
 
     def to_wandb_table(self) -> Any:

@@ -221,6 +221,7 @@ class MomentMatching(MuLabelModel):
         seed: seed of the tie-breaking generator (the fit is deterministic).
     """
 
+    assumes_independence = True
     name = "moment_matching"
     min_lfs = 3
 
