@@ -69,7 +69,7 @@ class AutoLabelModel(LabelModel):
         candidates: label-model names (``majority_vote`` is always added first).
         merge: ``"auto"`` (also try the cluster-merged matrix when clusters were found), ``"never"`` or
             ``"always"`` (only the merged matrix).
-        cluster_threshold: firing-correlation threshold of :func:`lf_clusters` (default 0.5).
+        cluster_threshold: firing-correlation threshold of :func:`lf_clusters` (default 0.7).
         n_folds: folds of clusters (default 5; fewer when there are fewer clusters).
         margin_z: standard errors by which a candidate must beat majority vote (default 2).
         max_selection_rows: rows (a seeded random subset) used for the selection fits (default 200,000).
@@ -80,7 +80,7 @@ class AutoLabelModel(LabelModel):
     min_lfs = 1
 
     def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES, merge: str = "auto",
-                 cluster_threshold: float = 0.5, n_folds: int = 5, margin_z: float = 2.0,
+                 cluster_threshold: float = 0.7, n_folds: int = 5, margin_z: float = 2.0,
                  max_selection_rows: int = 200_000, seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
         cands = [str(c) for c in ([candidates] if isinstance(candidates, str) else list(candidates))]

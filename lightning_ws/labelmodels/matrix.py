@@ -270,7 +270,7 @@ class LFAnalysis:
     """
 
     def __init__(self, L: Any, y: Any | None = None, *, lf_names: Sequence[str] | None = None,
-                 num_classes: int | None = None, cluster_threshold: float = 0.5) -> None:
+                 num_classes: int | None = None, cluster_threshold: float = 0.7) -> None:
         L = validate_label_matrix(L, num_classes, lf_names=lf_names)
         n, m = L.shape
         self.n, self.m = n, m
@@ -325,7 +325,7 @@ class LFAnalysis:
             rows.append(row)
         return rows
 
-    def dependent_pairs(self, threshold: float = 0.5, min_agreement: float = 0.8) -> list[dict[str, Any]]:
+    def dependent_pairs(self, threshold: float = 0.7, min_agreement: float = 0.8) -> list[dict[str, Any]]:
         """LF pairs with firing correlation ``>= threshold`` and co-vote agreement ``>= min_agreement``, strongest
         first: ``{"lfs": (name_i, name_j), "firing_corr", "agreement"}``."""
         phi, agree = self.firing_corr, np.nan_to_num(self.agreement, nan=0.0)
@@ -446,11 +446,13 @@ def lf_dependencies(L: np.ndarray, k: int, *, min_overlap: int = 5) -> tuple[np.
     return phi, agree
 
 
-def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.5, min_agreement: float = 0.8,
+def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement: float = 0.8,
                 min_overlap: int = 5) -> list[list[int]]:
     """Clusters of strongly dependent (near-duplicate / correlated) LFs, from the label matrix alone.
 
-    Two LFs are linked when their firing correlation ``phi >= threshold`` and they agree on at least
+    Two LFs are linked when their firing correlation ``phi >= threshold`` (default 0.7: independent single-class LFs
+    of one class are correlated through ``Y`` alone, ``phi ~ (1 - p_c) sqrt(t_i t_j)`` with ``t = P(fire | Y = c)``,
+    which reaches 0.5-0.6 for high-recall rules) and they agree on at least
     ``min_agreement`` of at least ``min_overlap`` co-votes (:func:`lf_dependencies`); clusters are the connected
     components (single linkage, union-find). Every LF is in exactly one cluster; clusters are sorted by their first LF.
     This is agreement clustering, a cheap stand-in for the structure learning of Varma et al. (ICML 2019,
