@@ -89,8 +89,10 @@ class _SafeArrayUnpickler:
                 if (module, name) not in allowed:
                     raise pickle.UnpicklingError(f"refusing global {module}.{name} (only numpy array globals)")
                 if module.startswith("numpy") and name == "_reconstruct":
-                    from numpy.core import multiarray  # noqa: PLC0415
-
+                    try:
+                        from numpy._core import multiarray
+                    except ImportError:  # numpy < 2
+                        from numpy.core import multiarray
                     return multiarray._reconstruct
                 return super().find_class(module, name)
 

@@ -52,10 +52,12 @@ class AutoLabelModel(LabelModel):
     (:func:`~lightning_ws.labelmodels.matrix.lf_clusters`); the clusters are split into ``n_folds`` folds. For each
     fold, every candidate is fitted on the LFs outside the fold and predicts every row; its score is how often its
     hard label equals the (cluster-merged) vote of a held-out cluster, over the rows where the held-out cluster votes
-    and some remaining LF votes (tied classes count fractionally), averaged per voted class (:func:`_macro`). If a held-out LF is conditionally independent of
-    the others given ``Y`` and better than chance, this agreement is an increasing function of the candidate's
-    accuracy on those rows, so it ranks aggregators without labels (the same idea as validating on a held-out noisy
-    annotator). Holding out whole clusters keeps a near-duplicate of the held-out LF from rewarding the models that
+    and some remaining LF votes (tied classes count fractionally), averaged per voted class (:func:`_macro`). If a
+    held-out LF is conditionally independent of the others given ``Y`` and better than chance, this agreement is an
+    increasing function of the candidate's (balanced) accuracy on those rows, so it ranks aggregators without labels
+    (the same idea as validating on a held-out noisy annotator). It is evidence, not a guarantee: real keyword LFs
+    fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube its pick beats majority vote
+    on test but not on the train split). Holding out whole clusters keeps a near-duplicate of the held-out LF from rewarding the models that
     over-count it.
 
     Candidates: each model of ``candidates`` on the raw LFs and, when clusters with several LFs are found

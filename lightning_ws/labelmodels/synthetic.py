@@ -9,7 +9,13 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError
 
-__all__ = ["REGIMES", "RegimeLabelMatrix", "SyntheticLabelMatrix", "make_regime_label_matrix", "make_synthetic_label_matrix"]
+__all__ = [
+    "REGIMES",
+    "RegimeLabelMatrix",
+    "SyntheticLabelMatrix",
+    "make_regime_label_matrix",
+    "make_synthetic_label_matrix",
+]
 
 
 @dataclass(frozen=True)
