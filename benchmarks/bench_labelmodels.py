@@ -323,7 +323,7 @@ def bench_scale(n: int, m: int, with_snorkel: bool, timeout: int) -> list[dict]:
     d = make_synthetic_label_matrix(n, acc, cov, [1 - p1, p1], seed=1)
     print(f"generated {n} x {m} int8 label matrix in {time.perf_counter() - t0:.1f}s", flush=True)
     models = ["majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching:given",
-              "moment_matching", "triplet"]
+              "moment_matching", "triplet", "auto"]
     if with_snorkel and _snorkel() is not None:
         models.append("snorkel-0.10")
     out = []
