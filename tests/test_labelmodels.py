@@ -332,8 +332,8 @@ def test_lf_analysis_hand_computed():
     assert a.polarity == [[0, 1], [0, 1], [0, 1]]
     np.testing.assert_allclose(a.emp_acc, [1.0, 0.5, 1.0])
     table = a.to_table()
-    assert table.splitlines()[0].split() == ["lf", "polarity", "coverage", "overlaps", "conflicts", "correct",
-                                             "incorrect", "emp_acc"]
+    assert table.splitlines()[0].split() == ["lf", "polarity", "coverage", "overlaps", "conflicts", "cluster",
+                                             "correct", "incorrect", "emp_acc"]
     assert "rows with at least one vote: 0.7500" in table
     rows = a.summary()
     assert rows[1]["incorrect"] == 1 and rows[0]["lf"] == "a"

@@ -55,7 +55,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
     def __init__(
         self,
         dataset: str = "youtube",
-        label_model: str = "moment_matching",
+        label_model: str = "auto",
         label_model_kwargs: dict[str, Any] | None = None,
         label_model_path: str | None = None,
         save_label_model: str | None = None,

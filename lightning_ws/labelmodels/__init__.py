@@ -13,6 +13,7 @@ Example:
     (2000, 2)
 """
 
+from lightning_ws.labelmodels.auto import DEFAULT_CANDIDATES, AutoLabelModel
 from lightning_ws.labelmodels.base import (
     CLASS_BALANCE_MODES,
     TIE_BREAKS,
@@ -23,19 +24,37 @@ from lightning_ws.labelmodels.base import (
 from lightning_ws.labelmodels.dawid_skene import DawidSkene
 from lightning_ws.labelmodels.factory import ALIASES, LABEL_MODEL_NAMES, make_label_model
 from lightning_ws.labelmodels.majority import MajorityVote, WeightedMajorityVote, estimate_class_balance
-from lightning_ws.labelmodels.matrix import ABSTAIN, LFAnalysis, covered_mask, validate_label_matrix
+from lightning_ws.labelmodels.matrix import (
+    ABSTAIN,
+    LFAnalysis,
+    covered_mask,
+    lf_clusters,
+    lf_dependencies,
+    merge_clusters,
+    validate_label_matrix,
+)
 from lightning_ws.labelmodels.metal_compat import MetalCompat
 from lightning_ws.labelmodels.moment_matching import (
     MomentMatching,
     moment_matching_objective,
     off_diagonal_block_mask,
 )
-from lightning_ws.labelmodels.synthetic import SyntheticLabelMatrix, make_synthetic_label_matrix
+from lightning_ws.labelmodels.synthetic import (
+    REGIMES,
+    RegimeLabelMatrix,
+    SyntheticLabelMatrix,
+    make_regime_label_matrix,
+    make_synthetic_label_matrix,
+)
 from lightning_ws.labelmodels.triplet import Triplet, triplet_accuracies
 
 __all__ = [
     "ABSTAIN",
+    "REGIMES",
+    "RegimeLabelMatrix",
     "ALIASES",
+    "AutoLabelModel",
+    "DEFAULT_CANDIDATES",
     "CLASS_BALANCE_MODES",
     "DawidSkene",
     "LABEL_MODEL_NAMES",
@@ -50,7 +69,11 @@ __all__ = [
     "WeightedMajorityVote",
     "covered_mask",
     "estimate_class_balance",
+    "lf_clusters",
+    "lf_dependencies",
+    "merge_clusters",
     "make_label_model",
+    "make_regime_label_matrix",
     "make_synthetic_label_matrix",
     "moment_matching_objective",
     "off_diagonal_block_mask",

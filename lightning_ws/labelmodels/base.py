@@ -20,6 +20,7 @@ pass, e.g. an oracle), ``"uniform"``, ``"dev"`` (add-one smoothed frequencies of
 from __future__ import annotations
 
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -212,6 +213,17 @@ def probs_to_preds(proba: Any, tie_break: str = "random", *, seed: int = 0, prio
     return pred, ties
 
 
+def _warn_unvoted_classes(L: np.ndarray, k: int) -> None:
+    """Warn when a given ``num_classes`` exceeds the classes the LFs vote (their posteriors come from the prior)."""
+    voted = np.flatnonzero(vote_counts(L, k).sum(axis=0) > 0)
+    missing = sorted(set(range(k)) - set(voted.tolist()))
+    if missing:
+        warnings.warn(f"num_classes={k} but no labeling function ever votes class(es) {missing} (classes voted: "
+                      f"{voted.tolist()}); those classes can only come from the class balance. If the task has "
+                      f"{int(voted.max()) + 1} classes, pass num_classes={int(voted.max()) + 1}.", UserWarning,
+                      stacklevel=3)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -236,6 +248,8 @@ class LabelModel(ABC):
     name: ClassVar[str] = ""
     #: Fewest LFs the model can be fitted with.
     min_lfs: ClassVar[int] = 1
+    #: Whether the model assumes conditionally independent LFs (then ``fit`` warns about dependent LF clusters).
+    assumes_independence: ClassVar[bool] = False
     #: Names of the fitted numpy arrays that ``state_dict`` persists (besides ``class_balance_``).
     _param_names: ClassVar[tuple[str, ...]] = ()
 
@@ -289,8 +303,10 @@ class LabelModel(ABC):
         """
         t0 = time.perf_counter()
         L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=True,
-                                  lf_names=lf_names)
+                                  lf_names=lf_names, check_inferred_classes=dev_y is None)
         k = self.num_classes if self.num_classes is not None else max(int(L.max()) + 1, 2)
+        if self.num_classes is not None:
+            _warn_unvoted_classes(L, k)
         dev_yv = None
         if dev_y is not None:
             dev_yv = np.asarray(_to_numpy(dev_y, "dev_y")).reshape(-1)
@@ -316,6 +332,8 @@ class LabelModel(ABC):
         self.class_balance_source = source
         self.fit_report_ = {"model": self.name, "n": int(L.shape[0]), "m": int(L.shape[1]), "k": int(k),
                             "class_balance_source": source, "converged": True, "n_iter": 0}
+        if self.assumes_independence and not self.__dict__.get("_internal", False):
+            self._warn_dependencies(L, k)
         self._fit(L, dev_Lv, dev_yv)
         if self.class_balance_ is None:  # pragma: no cover - a subclass bug, not user input
             raise RuntimeError(f"{type(self).__name__}._fit did not set class_balance_.")
@@ -323,6 +341,26 @@ class LabelModel(ABC):
         self.fit_report_["class_balance"] = self.class_balance_.tolist()
         self.fit_report_["fit_time_s"] = time.perf_counter() - t0
         return self
+
+    def _warn_dependencies(self, L: np.ndarray, k: int) -> None:
+        """Warn (and record ``fit_report_["dependent_lf_clusters"]``) when strongly dependent LFs are found.
+
+        Conditional-independence models count a duplicated rule once per copy; on such matrices they can fall far
+        below majority vote, and they should not do so silently. Checked on at most 100,000 rows.
+        """
+        from lightning_ws.labelmodels.matrix import lf_clusters
+
+        sub = L if L.shape[0] <= 100_000 else L[np.random.default_rng([self.seed, 31]).choice(
+            L.shape[0], 100_000, replace=False)]
+        groups = [g for g in lf_clusters(sub, k) if len(g) > 1]
+        self.fit_report_["dependent_lf_clusters"] = groups
+        if groups:
+            names = [[self.lf_names_[j] if self.lf_names_ else j for j in g] for g in groups[:5]]
+            warnings.warn(f"{type(self).__name__} assumes conditionally independent labeling functions, but "
+                          f"{len(groups)} cluster(s) of strongly dependent LFs were found (e.g. {names}); it counts "
+                          f"each copy of a duplicated rule separately and may fall below majority vote. Use "
+                          f"make_label_model('auto') (which tests merging them), merge them with "
+                          f"lightning_ws.labelmodels.merge_clusters, or drop duplicates.", UserWarning, stacklevel=3)
 
     @abstractmethod
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:

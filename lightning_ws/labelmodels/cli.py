@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "score on the evaluation split), print the LF analysis and every model's metric side by side.")
     ap.add_argument("dataset", help="shipped data set name (youtube, sms) or a folder with train/valid/test.json")
     ap.add_argument("--models", default=",".join(LABEL_MODEL_NAMES),
-                    help="comma-separated label models or aliases (mv, wmv, ds, mm, triplet); default: all")
+                    help="comma-separated label models or aliases (mv, wmv, ds, mm, triplet, auto); default: all")
     ap.add_argument("--class-balance", default="estimated", choices=["estimated", "dev", "uniform", "oracle"],
                     help="estimated: label-free (default); dev: smoothed valid-split label frequencies; uniform; "
                          "oracle: gold train frequencies (only to reproduce papers that do this)")

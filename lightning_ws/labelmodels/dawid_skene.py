@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,7 @@ class DawidSkene(LabelModel):
         seed: seed of the tie-breaking generator (EM itself is deterministic).
     """
 
+    assumes_independence = True
     name = "dawid_skene"
     _param_names = ("log_theta_",)
 
@@ -84,22 +86,33 @@ class DawidSkene(LabelModel):
 
     def _m_step(self, C: np.ndarray) -> np.ndarray:
         C = C + self.smoothing
-        if self.abstain == "ignore":
-            C[:, :, 0] = 0.0
+        C[self.ignore_mask_, :, 0] = 0.0
         theta = C / np.maximum(C.sum(axis=2, keepdims=True), 1e-300)
         return theta
 
     def _logtab(self, theta: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             lt = np.log(np.clip(theta, 1e-300, None))
-        if self.abstain == "ignore":
-            lt[:, :, 0] = 0.0
+        lt[self.ignore_mask_, :, 0] = 0.0
         return lt
 
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:
         n, m = L.shape
         k = self.k_
         estimate_prior = self.class_balance_ is None
+        self.ignore_mask_ = np.full(m, self.abstain == "ignore")
+        if self.abstain == "ignore":
+            single = _single_class_lfs(L, k)
+            if single.any():
+                # With abstains ignored, every vote of a single-class LF names its one class whatever Y is, so its
+                # confusion row is constant and carries no information: EM is unidentifiable and falls to chance.
+                warnings.warn(f"DawidSkene(abstain='ignore'): {int(single.sum())} of {m} labeling functions vote a "
+                              f"single class, so with abstains ignored their votes carry no information about Y "
+                              f"(the model is unidentifiable). Their abstains are modelled as a category instead "
+                              f"(fit_report_['abstain_as_category']); use abstain='category' to silence this.",
+                              UserWarning, stacklevel=3)
+                self.ignore_mask_ = ~single
+            self.fit_report_["abstain_as_category"] = np.flatnonzero(~self.ignore_mask_).tolist()
         # EM statistics are sums over rows, so identical rows can be merged: run EM on the unique vote patterns,
         # weighted by their counts (same iterates up to float rounding; WRENCH SMS: 4571 rows -> 143 patterns).
         # a caller that already collapsed L (MomentMatching's class-balance estimate) leaves the result here
@@ -112,6 +125,14 @@ class DawidSkene(LabelModel):
         nr = R.shape[0]
         self.fit_report_["em_rows"] = int(nr)
         q = mv_proba(R, k)
+        # Rows without votes start at the majority-vote class balance (the mean vote share of covered rows), not at
+        # uniform: with abstains as a category and many uncovered rows, a uniform start lets EM spend a latent class on
+        # "rows where nobody votes" (WRENCH SMS: 71 % spam estimated from a uniform start, 13.5 % true).
+        unc = (R == ABSTAIN).all(axis=1)
+        if unc.any() and (~unc).any():
+            wc = None if w is None else w[~unc]
+            share = np.average(q[~unc], axis=0, weights=wc)
+            q[unc] = np.maximum(share, 1e-3) / np.maximum(share, 1e-3).sum()
         if w is not None:
             q *= w[:, None]
         C = np.zeros((m, k, k + 1))
@@ -128,7 +149,7 @@ class DawidSkene(LabelModel):
         if n_votes * (k + 2) <= _VOTES_MAX_ELEMS:  # small or collapsed: EM over the list of votes
             rows, cols = _vote_list(R, k)
             theta, pi, converged, it, loglik, d_pi, d_theta = _em_votes(
-                rows, cols, nr, w, n, theta, pi, estimate_prior, self.smoothing, self.abstain == "ignore", self.tol,
+                rows, cols, nr, w, n, theta, pi, estimate_prior, self.smoothing, self.ignore_mask_, self.tol,
                 self.max_iter, self.accelerate)
             self.fit_report_["accelerated"] = self.accelerate
         else:
@@ -164,17 +185,21 @@ class DawidSkene(LabelModel):
             self.class_balance_ = pi
         self.fit_report_.update(converged=converged, n_iter=it, log_likelihood=loglik, final_delta_pi=d_pi,
                                 final_delta_theta=d_theta, abstain=self.abstain)
-        if self.abstain == "ignore":
+        if self.ignore_mask_.any():
             self.abstain_rate_ = (L == ABSTAIN).mean(axis=0)
         else:
             self.abstain_rate_ = None
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"abstain_rate": None if self.abstain_rate_ is None else self.abstain_rate_.tolist()}
+        return {"abstain_rate": None if self.abstain_rate_ is None else self.abstain_rate_.tolist(),
+                "ignore_mask": self.ignore_mask_.tolist()}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         ar = extra.get("abstain_rate")
         self.abstain_rate_ = None if ar is None else np.asarray(ar, dtype=np.float64)
+        im = extra.get("ignore_mask")
+        self.ignore_mask_ = (np.full(self.num_lfs_, self.abstain == "ignore") if im is None
+                             else np.asarray(im, dtype=bool))
 
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
         # With abstain as a category an all-abstain row has a real posterior too, but the contract is that
@@ -183,12 +208,11 @@ class DawidSkene(LabelModel):
 
     def _lf_confusions(self) -> np.ndarray:
         theta = np.exp(self.log_theta_)
-        if self.abstain == "ignore":
-            ar = self.abstain_rate_[:, None]
-            conf = np.zeros_like(theta)
-            conf[:, :, 0] = ar
-            conf[:, :, 1:] = theta[:, :, 1:] * (1 - ar)[:, :, None]
-            return conf
+        ign = self.ignore_mask_
+        if ign.any():
+            ar = self.abstain_rate_[ign][:, None]
+            theta[ign, :, 0] = ar
+            theta[ign, :, 1:] = theta[ign, :, 1:] * (1 - ar)[:, :, None]
         return theta
 
 
@@ -199,7 +223,7 @@ def _vote_list(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None, n: int, theta: np.ndarray,
-              pi: np.ndarray, estimate_prior: bool, smoothing: float, ignore: bool, tol: float, max_iter: int,
+              pi: np.ndarray, estimate_prior: bool, smoothing: float, ignore: np.ndarray, tol: float, max_iter: int,
               accelerate: bool) -> tuple[np.ndarray, np.ndarray, bool, int, float, float, float]:
     """Dawid-Skene EM over a list of the votes (``rows``, ``cols = j k + l``) of ``nr`` rows weighted by ``w``.
 
@@ -227,8 +251,7 @@ def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None,
     def em_map(th: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         # th: (m, k + 1, k) probabilities over l (axis 1); one E-step + M-step
         lt = np.log(np.maximum(th, tiny))
-        if ignore:
-            lt[:, 0, :] = 0.0
+        lt[ignore, 0, :] = 0.0
         D = (lt[:, 1:, :] - lt[:, :1, :]).reshape(m * k, k)[cols]
         S = np.bincount(e_idx, weights=D.ravel(), minlength=nr * k).reshape(nr, k)
         S += lt[:, 0, :].sum(axis=0) + np.log(p)
@@ -243,8 +266,7 @@ def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None,
         Cv = np.bincount(m_idx, weights=S[rows].ravel(), minlength=m * k * k).reshape(m, k, k)
         C = np.concatenate([(tot - Cv.sum(axis=1))[:, None, :], Cv], axis=1)
         C += smoothing  # abstain counts are a difference: may be -1e-13 when smoothing is 0; log() clips
-        if ignore:
-            C[:, 0, :] = 0.0
+        C[ignore, 0, :] = 0.0
         C /= np.maximum(C.sum(axis=1, keepdims=True), tiny)
         new_p = _safe_prior(tot / n) if estimate_prior else fixed_pi
         return C, new_p, ll
@@ -280,7 +302,9 @@ def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None,
         while alpha < -1.0 and steps < max_iter:
             th_x = th - 2 * alpha * r_x + alpha * alpha * v_x
             p_x = p - 2 * alpha * r_y + alpha * alpha * v_y if estimate_prior else fixed_pi
-            if np.all((th_x[:, 1:, :] if ignore else th_x) > 0) and np.all(p_x > 0):
+            chk = th_x.copy()
+            chk[ignore, 0, :] = 1.0
+            if np.all(chk > 0) and np.all(p_x > 0):
                 th_x /= th_x.sum(axis=1, keepdims=True)
                 p_x = p_x / p_x.sum()
                 th3, p3, ll_x = em_map(th_x, p_x)
@@ -298,6 +322,17 @@ def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None,
             converged = True
             break
     return th.transpose(0, 2, 1).copy(), p, converged, steps, loglik, d_pi, d_th
+
+
+def _single_class_lfs(L: np.ndarray, k: int) -> np.ndarray:
+    """``(m,)`` bool: LFs that only ever vote one class (keyword LFs of multi-class WRENCH sets)."""
+    m = L.shape[1]
+    seen = np.zeros((m, k), dtype=bool)
+    for sl in _row_chunks(*L.shape):
+        block = L[sl]
+        for c in range(k):
+            seen[:, c] |= (block == c).any(axis=0)
+    return seen.sum(axis=1) == 1
 
 
 def _safe_prior(p: np.ndarray) -> np.ndarray:

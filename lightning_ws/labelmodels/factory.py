@@ -13,7 +13,7 @@ __all__ = ["make_label_model", "LABEL_MODEL_NAMES", "ALIASES"]
 ALIASES = {"mv": "majority_vote", "wmv": "weighted_majority_vote", "ds": "dawid_skene", "mm": "moment_matching",
            "snorkel": "moment_matching", "metal": "moment_matching", "fs": "triplet", "flyingsquid": "triplet"}
 #: Canonical names, in reporting order.
-LABEL_MODEL_NAMES = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet")
+LABEL_MODEL_NAMES = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto")
 
 
 def make_label_model(name: str, **kwargs: Any) -> LabelModel:
@@ -21,7 +21,8 @@ def make_label_model(name: str, **kwargs: Any) -> LabelModel:
 
     Args:
         name: one of :data:`LABEL_MODEL_NAMES` or an alias in :data:`ALIASES` (``mv``, ``wmv``, ``ds``, ``mm``,
-            ``triplet``...), case-insensitive.
+            ``triplet``...), case-insensitive. ``"auto"`` (:class:`~lightning_ws.labelmodels.AutoLabelModel`) is
+            the label-free safeguard: it keeps majority vote unless another model wins a label-free held-out test.
         **kwargs: constructor arguments of that model (``num_classes``, ``seed``, ...).
 
     Raises:

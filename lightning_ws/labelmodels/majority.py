@@ -58,6 +58,7 @@ def _em_class_balance(L: Any, num_classes: int | None, seed: int, collapsed: Any
     from lightning_ws.labelmodels.dawid_skene import DawidSkene
 
     ds = DawidSkene(num_classes, accelerate=True, seed=seed)
+    ds._internal = True  # the calling model reports dependent LFs itself
     if not isinstance(collapsed, str):
         ds._collapsed_hint = collapsed
     return ds.fit(L, "estimated")
@@ -127,6 +128,7 @@ class WeightedMajorityVote(LabelModel):
         seed: seed of the tie-breaking generator.
     """
 
+    assumes_independence = True
     name = "weighted_majority_vote"
     _param_names = ("accuracies_",)
 
@@ -176,6 +178,7 @@ class WeightedMajorityVote(LabelModel):
             from lightning_ws.labelmodels.dawid_skene import DawidSkene
 
             ds = DawidSkene(k, max_iter=self.max_iter, tol=self.tol, seed=self.seed)
+            ds._internal = True  # dependent LFs were reported by this model's fit
             ds.fit(L, self.class_balance_ if self.class_balance_ is not None else "estimated")
             self.accuracies_ = ds.lf_accuracies
             self.fit_report_.update(converged=ds.fit_report_["converged"], n_iter=ds.fit_report_["n_iter"])

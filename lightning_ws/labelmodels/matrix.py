@@ -21,6 +21,9 @@ __all__ = [
     "validate_label_matrix",
     "covered_mask",
     "LFAnalysis",
+    "lf_clusters",
+    "lf_dependencies",
+    "merge_clusters",
 ]
 
 #: Label-matrix entry meaning "this labeling function abstains".
@@ -57,6 +60,7 @@ def validate_label_matrix(
     require_votes_per_lf: bool = False,
     lf_names: Sequence[str] | None = None,
     name: str = "L",
+    check_inferred_classes: bool = False,
 ) -> np.ndarray:
     """Check a label matrix and return it as a 2-D numpy integer array.
 
@@ -72,6 +76,10 @@ def validate_label_matrix(
             votes carries no information and makes per-LF parameters undefined).
         lf_names: optional LF names, used in error messages.
         name: what to call the matrix in error messages (``"L"``, ``"dev_L"``...).
+        check_inferred_classes: when ``num_classes`` is ``None``, refuse a class count that the votes do not
+            support: a class id below ``max(L)`` that no LF ever votes (one stray ``5`` in a binary matrix would
+            otherwise silently build a 6-class model), or a top class with a handful of votes in a large matrix.
+            Label models set it when they infer ``k``.
 
     Returns:
         The validated matrix (same object when it was already a suitable numpy integer array).
@@ -113,6 +121,8 @@ def validate_label_matrix(
         i, j = map(int, np.argwhere(bad)[0])
         raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) = {int(arr[i, j])} is outside -1..{k - 1} "
                         f"(-1 = abstain, classes 0..{k - 1}). Check num_classes ({k}) or re-encode the votes.")
+    if num_classes is None and check_inferred_classes and hi >= 1:
+        _check_inferred_classes(arr, hi, lf_names, name)
     if m < min_lfs:
         raise DataError(f"{name} has {m} labeling function(s) but this label model needs at least {min_lfs}. "
                         f"Add labeling functions or use MajorityVote.")
@@ -126,6 +136,31 @@ def validate_label_matrix(
             raise DataError(f"{name} column {j} ({_lf(lf_names, j)}) abstains on every row, so its parameters "
                             f"cannot be estimated; drop it (columns without votes: {silent.tolist()[:10]}).")
     return arr
+
+
+#: An inferred top class with at most this many votes, and at most this share of all votes, is called stray.
+_STRAY_VOTES, _STRAY_SHARE = 3, 1e-3
+
+
+def _check_inferred_classes(arr: np.ndarray, hi: int, lf_names: Sequence[str] | None, name: str) -> None:
+    """Raise when ``k = max(L) + 1`` is not supported by the votes (see ``check_inferred_classes``)."""
+    counts = np.zeros(hi + 2, dtype=np.int64)
+    for sl in _row_chunks(*arr.shape):
+        counts += np.bincount((arr[sl].ravel().astype(np.int64) + 1), minlength=hi + 2)
+    votes = counts[1:]
+    missing = np.flatnonzero(votes == 0)
+    top = votes[hi]
+    stray = top <= _STRAY_VOTES and top <= _STRAY_SHARE * votes.sum()
+    if missing.size == 0 and not stray:
+        return
+    i, j = map(int, np.argwhere(arr == hi)[0])
+    seen = np.flatnonzero(votes > 0).tolist()
+    why = (f"classes {missing.tolist()} never receive a vote" if missing.size else
+           f"class {hi} receives only {int(top)} of {int(votes.sum())} votes")
+    raise DataError(f"{name}: inferring num_classes = max({name}) + 1 = {hi + 1} is not supported by the votes: {why} "
+                    f"(classes voted: {seen}; first vote of {hi} at {name}[{i}, {j}], {_lf(lf_names, j)}). If that "
+                    f"vote is a stray or mis-encoded value, fix the labeling function; if the task really has "
+                    f"{hi + 1} classes, pass num_classes={hi + 1} explicitly.")
 
 
 def _lf(lf_names: Sequence[str] | None, j: int) -> str:
@@ -219,6 +254,12 @@ class LFAnalysis:
         y: optional gold labels ``(n,)``.
         lf_names: optional LF names (default ``lf_00``, ``lf_01``...).
         num_classes: ``k`` (inferred when ``None``).
+        cluster_threshold: firing-correlation threshold of the dependency clusters (:func:`lf_clusters`).
+
+    Dependencies: ``firing_corr`` and ``agreement`` (``(m, m)``, :func:`lf_dependencies`), ``clusters`` (lists of LF
+    indices, singletons included) and ``cluster_of`` (``(m,)`` cluster id); :meth:`dependent_pairs` lists the linked
+    pairs, the summary has a ``cluster`` column. Found from the label matrix alone: near-duplicate keyword rules
+    are what the conditional-independence label models over-count.
 
     Example:
         >>> import numpy as np
@@ -229,7 +270,7 @@ class LFAnalysis:
     """
 
     def __init__(self, L: Any, y: Any | None = None, *, lf_names: Sequence[str] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, cluster_threshold: float = 0.7) -> None:
         L = validate_label_matrix(L, num_classes, lf_names=lf_names)
         n, m = L.shape
         self.n, self.m = n, m
@@ -249,6 +290,14 @@ class LFAnalysis:
         self.conflicts = conflicts.mean(axis=0)
         self.polarity = [sorted({int(v) for v in np.unique(L[:, j]) if v != ABSTAIN}) for j in range(m)]
         self.total_coverage = float((n_votes > 0).mean())
+        self.num_classes = k
+        #: firing correlation and co-vote agreement of every LF pair (:func:`lf_dependencies`)
+        self.firing_corr, self.agreement = lf_dependencies(L, k)
+        #: clusters of strongly dependent LFs (:func:`lf_clusters`; singletons included)
+        self.clusters = lf_clusters(L, k, threshold=cluster_threshold)
+        self.cluster_of = np.empty(m, dtype=np.int64)
+        for g, members in enumerate(self.clusters):
+            self.cluster_of[members] = g
         self.correct: np.ndarray | None = None
         self.incorrect: np.ndarray | None = None
         self.emp_acc: np.ndarray | None = None
@@ -268,13 +317,22 @@ class LFAnalysis:
         for j in range(self.m):
             row: dict[str, Any] = {"lf": self.lf_names[j], "polarity": self.polarity[j],
                                    "coverage": float(self.coverage[j]), "overlaps": float(self.overlaps[j]),
-                                   "conflicts": float(self.conflicts[j])}
+                                   "conflicts": float(self.conflicts[j]), "cluster": int(self.cluster_of[j])}
             if self.emp_acc is not None:
                 row["correct"] = int(self.correct[j])
                 row["incorrect"] = int(self.incorrect[j])
                 row["emp_acc"] = float(self.emp_acc[j])
             rows.append(row)
         return rows
+
+    def dependent_pairs(self, threshold: float = 0.7, min_agreement: float = 0.8) -> list[dict[str, Any]]:
+        """LF pairs with firing correlation ``>= threshold`` and co-vote agreement ``>= min_agreement``, strongest
+        first: ``{"lfs": (name_i, name_j), "firing_corr", "agreement"}``."""
+        phi, agree = self.firing_corr, np.nan_to_num(self.agreement, nan=0.0)
+        ii, jj = np.nonzero(np.triu((phi >= threshold) & (agree >= min_agreement), 1))
+        pairs = [{"lfs": (self.lf_names[i], self.lf_names[j]), "firing_corr": float(phi[i, j]),
+                  "agreement": float(agree[i, j])} for i, j in zip(ii, jj)]
+        return sorted(pairs, key=lambda r: -r["firing_corr"])
 
     def to_table(self) -> str:
         """A fixed-width text table of :meth:`summary`, with a final line giving total coverage."""
@@ -286,6 +344,8 @@ class LFAnalysis:
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
         lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
+        groups = [[self.lf_names[j] for j in g] for g in self.clusters if len(g) > 1]
+        lines.append(f"clusters of strongly dependent LFs: {len(groups)}" + (f" {groups}" if groups else ""))
         return "\n".join(lines)
 
     def to_wandb_table(self) -> Any:
@@ -352,3 +412,90 @@ def collapse_rows(L: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     if U.shape[0] > _COLLAPSE_MAX_RATIO * n:
         return None
     return U, inverse, counts
+
+
+def lf_dependencies(L: np.ndarray, k: int, *, min_overlap: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise dependency statistics of the LFs, from the label matrix alone.
+
+    Returns ``(phi, agree)``, both ``(m, m)``: ``phi[i, j]`` is the Pearson correlation of the two LFs' *firing*
+    indicators (``1[lambda != -1]``) over all rows, ``agree[i, j]`` the fraction of rows where both vote on which they
+    vote the same class (NaN below ``min_overlap`` co-votes). Conditionally independent LFs whose firing does not
+    depend on ``Y`` have ``phi ~ 0``; keyword variants of one rule fire on the same rows and agree (``phi -> 1``,
+    ``agree -> 1``). Computed with two ``m x m`` GEMMs per row chunk.
+    """
+    n, m = L.shape
+    F = np.zeros((m, m))
+    A = np.zeros((m, m))
+    s = np.zeros(m)
+    for sl in _row_chunks(n, m, elems=8_000_000):
+        block = L[sl]
+        fire = (block != ABSTAIN).astype(np.float32)
+        F += gram_float32(fire)
+        s += fire.sum(axis=0)
+        for c in range(k):
+            A += gram_float32((block == c).astype(np.float32))
+    pf = s / n
+    cov = F / n - np.outer(pf, pf)
+    sd = np.sqrt(np.maximum(pf * (1 - pf), 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        phi = cov / np.outer(sd, sd)
+        agree = np.where(F >= min_overlap, A / np.maximum(F, 1), np.nan)
+    phi = np.nan_to_num(phi, nan=0.0)
+    np.fill_diagonal(phi, 1.0)
+    np.fill_diagonal(agree, 1.0)
+    return phi, agree
+
+
+def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement: float = 0.8,
+                min_overlap: int = 5) -> list[list[int]]:
+    """Clusters of strongly dependent (near-duplicate / correlated) LFs, from the label matrix alone.
+
+    Two LFs are linked when their firing correlation ``phi >= threshold`` (default 0.7: independent single-class LFs
+    of one class are correlated through ``Y`` alone, ``phi ~ (1 - p_c) sqrt(t_i t_j)`` with ``t = P(fire | Y = c)``,
+    which reaches 0.5-0.6 for high-recall rules) and they agree on at least
+    ``min_agreement`` of at least ``min_overlap`` co-votes (:func:`lf_dependencies`); clusters are the connected
+    components (single linkage, union-find). Every LF is in exactly one cluster; clusters are sorted by their first LF.
+    This is agreement clustering, a cheap stand-in for the structure learning of Varma et al. (ICML 2019,
+    arXiv 1903.05844): it finds duplicated and strongly overlapping rules, not weaker dependencies.
+    """
+    m = L.shape[1]
+    phi, agree = lf_dependencies(L, k, min_overlap=min_overlap)
+    link = (phi >= threshold) & (np.nan_to_num(agree, nan=0.0) >= min_agreement)
+    parent = list(range(m))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for i, j in zip(*np.nonzero(np.triu(link, 1))):
+        ri, rj = find(int(i)), find(int(j))
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for j in range(m):
+        groups.setdefault(find(j), []).append(j)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def merge_clusters(L: np.ndarray, clusters: Sequence[Sequence[int]], k: int) -> np.ndarray:
+    """One column per cluster: the majority of its members' votes (abstain when all abstain).
+
+    Ties go to the tied class voted by the lowest-indexed member. Singletons are copied unchanged.
+    """
+    n = L.shape[0]
+    out = np.empty((n, len(clusters)), dtype=np.int64)
+    for g, members in enumerate(clusters):
+        members = list(members)
+        if len(members) == 1:
+            out[:, g] = L[:, members[0]]
+            continue
+        block = L[:, members]
+        counts = np.stack([(block == c).sum(axis=1) for c in range(k)], axis=1)
+        top = counts.max(axis=1)
+        # first member whose vote has the top count
+        hit = (block >= 0) & (np.take_along_axis(counts, np.clip(block, 0, None), axis=1) == top[:, None])
+        first = hit.argmax(axis=1)
+        out[:, g] = np.where(top > 0, block[np.arange(n), first], ABSTAIN)
+    return out

@@ -205,7 +205,7 @@ class MomentMatching(MuLabelModel):
     l2 term); class balance ``"estimated"`` = the Dawid-Skene EM prior (``class_balance_estimator="em"``, SQUAREM-
     accelerated EM on the unique vote patterns - same fixed point and stopping test as plain EM; ``"mv"`` for the
     cheaper vote-share estimate; snorkel itself silently uses a uniform prior); ``proba_clip = 0.01`` (snorkel's
-    clamp).
+    clamp, taken relative to each LF's coverage), abstains counted as evidence for single-class LFs.
 
     Args:
         num_classes: ``k``.
@@ -213,18 +213,25 @@ class MomentMatching(MuLabelModel):
         init: ``"auto"``, ``"mv"`` or ``"precision"``.
         max_iter: L-BFGS iteration cap (default 10000).
         tol: projected-gradient tolerance.
-        proba_clip: clamp of ``mu`` at inference, in ``[0, 0.5)``.
+        proba_clip: clamp of ``mu`` at inference, in ``[0, 0.5)``, relative to each LF's coverage (see
+            :meth:`_logtab`; snorkel's absolute clamp is what :class:`~lightning_ws.labelmodels.MetalCompat` keeps).
+        abstain_evidence: ``"auto"`` (abstains are evidence for single-class LFs), ``"never"`` (snorkel) or
+            ``"always"``.
         class_balance_estimator: ``"em"`` or ``"mv"`` (used only when the class balance is ``"estimated"``).
         seed: seed of the tie-breaking generator (the fit is deterministic).
     """
 
+    assumes_independence = True
     name = "moment_matching"
     min_lfs = 3
 
     def __init__(self, num_classes: int | None = None, *, l2: float = 0.0, init: str = "auto", max_iter: int = 10000,
                  tol: float = 1e-9, proba_clip: float = 0.01, class_balance_estimator: str = "em",
-                 seed: int = 0) -> None:
+                 abstain_evidence: str = "auto", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
+        if abstain_evidence not in ("auto", "never", "always"):
+            raise ConfigError(f"abstain_evidence must be 'auto', 'never' or 'always', got {abstain_evidence!r}.")
+        self.abstain_evidence = abstain_evidence
         if init not in ("auto", "mv", "precision"):
             raise ConfigError(f"init must be 'auto', 'mv' or 'precision', got {init!r}.")
         if class_balance_estimator not in ("em", "mv"):
@@ -240,7 +247,37 @@ class MomentMatching(MuLabelModel):
         """Constructor arguments."""
         return {**super().get_config(), "l2": self.l2, "init": self.init, "max_iter": self.max_iter,
                 "tol": self.tol, "proba_clip": self.proba_clip,
-                "class_balance_estimator": self.class_balance_estimator}
+                "class_balance_estimator": self.class_balance_estimator, "abstain_evidence": self.abstain_evidence}
+
+    def _logtab(self) -> np.ndarray:
+        """Log ``P(lambda_j = l | Y = y)`` for inference, abstain in column 0.
+
+        The clamp is applied to the vote probability *conditional on voting*: ``mu[(j, l), y] >= c * cov_j`` with
+        ``cov_j = P(lambda_j votes)``. snorkel clamps the joint ``mu`` at ``c = 0.01``; ``mu`` includes the LF's
+        coverage, so at 1-5 % coverage every entry falls under the clamp and the votes lose their weight (an
+        SMS-like matrix of independent LFs: spam F1 19 with snorkel's clamp, 91 with this one). Abstains count as
+        evidence (``log P(abstain | y) = log(1 - sum_l mu[(j, l), y])``) for single-class LFs
+        (``abstain_evidence="auto"``): when an LF that only ever votes ``c`` stays silent, that says something
+        about ``Y``; for LFs voting several classes the abstain rate is taken as class independent (snorkel).
+        """
+        m, k = self.num_lfs_, self.k_
+        mu = np.clip(self.mu_, 0.0, 1.0).reshape(m, k, k)  # (j, l, y)
+        p = self.class_balance_
+        vote_y = mu.sum(axis=1)  # (j, y): P(lambda_j votes | y)
+        cov = vote_y @ p  # (j,)
+        floor = np.maximum(self.proba_clip * cov, 1e-12)[:, None, None]
+        lt = np.zeros((m, k, k + 1))
+        lt[:, :, 1:] = np.log(np.clip(mu, floor, 1.0)).transpose(0, 2, 1)
+        single = (mu.sum(axis=2) > 0).sum(axis=1) == 1
+        use = {"auto": single, "always": np.ones(m, dtype=bool), "never": np.zeros(m, dtype=bool)}[
+            self.abstain_evidence]
+        if use.any():
+            ab = np.clip(1.0 - vote_y[use], np.maximum(self.proba_clip * (1.0 - cov[use]), 1e-12)[:, None], 1.0)
+            lt[use, :, 0] = np.log(ab)
+        return lt
+
+    def _proba_covered(self, L: np.ndarray) -> np.ndarray:
+        return posterior_from_logtab(L, self._logtab(), self.class_balance_)
 
     def _initial_mu(self, L: np.ndarray, O: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None,
                     init: str = "mv") -> np.ndarray:

@@ -9,7 +9,13 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError
 
-__all__ = ["SyntheticLabelMatrix", "make_synthetic_label_matrix"]
+__all__ = [
+    "REGIMES",
+    "RegimeLabelMatrix",
+    "SyntheticLabelMatrix",
+    "make_regime_label_matrix",
+    "make_synthetic_label_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,125 @@ def make_synthetic_label_matrix(n: int, accuracies: Any, coverage: Any, class_ba
         fires = rng.random((r, m)) < cov[None, :]
         L[sl] = np.where(fires, votes, -1)
     return SyntheticLabelMatrix(L=L, y=y, accuracies=acc, coverage=cov, class_balance=p)
+
+
+@dataclass(frozen=True)
+class RegimeLabelMatrix:
+    """A label matrix drawn by :func:`make_regime_label_matrix`, with its ground truth and recipe.
+
+    Attributes:
+        L: ``(n, m)`` int8 label matrix (``-1`` = abstain).
+        y: ``(n,)`` true labels.
+        class_balance: ``(k,)`` true ``P(Y)``.
+        accuracies: ``(m,)`` target ``P(lambda_j = Y | lambda_j votes)`` of each LF's own (non-copied) votes.
+        coverage: ``(m,)`` target voting rates.
+        lf_class: ``(m,)`` the class a single-class LF votes, ``-1`` for multi-class LFs.
+        clusters: lists of LF indices that copy a common leader (size-1 lists for independent LFs).
+        config: the arguments that produced it.
+    """
+
+    L: np.ndarray
+    y: np.ndarray
+    class_balance: np.ndarray
+    accuracies: np.ndarray
+    coverage: np.ndarray
+    lf_class: np.ndarray
+    clusters: list[list[int]]
+    config: dict[str, Any]
+
+
+def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type: str = "multi",
+                             coverage: tuple[float, float] = (0.05, 0.5),
+                             accuracy: tuple[float, float] = (0.55, 0.95), imbalance: float = 1.0,
+                             cluster_frac: float = 0.0, cluster_size: int = 4, copy_prob: float = 0.9,
+                             seed: int = 0) -> RegimeLabelMatrix:
+    """Draw a label matrix from one weak-supervision regime (the test matrix of the label models).
+
+    * ``Y ~ p`` with ``p_c ∝ imbalance^(-c / (k - 1))`` (``imbalance = p_0 / p_{k-1}``; 1 = balanced).
+    * ``lf_type="multi"``: LF ``j`` votes with probability ``cov_j`` independently of ``Y``; a vote is right with
+      probability ``acc_j``, otherwise a uniformly random other class (the one-coin model).
+    * ``lf_type="single"``: LF ``j`` only ever votes its class ``c_j`` (keyword LFs of multi-class WRENCH sets),
+      assigned round-robin over the classes; it fires with ``P(fire | Y = c_j) = t_j`` and
+      ``P(fire | Y != c_j) = f_j`` chosen so that ``P(fire) = cov_j`` and ``P(Y = c_j | fire) = acc_j`` (``t_j``
+      capped at 1, which then lowers the coverage); ``lf_type="mixed"``: half of each.
+    * ``cov_j ~ U(coverage)``, ``acc_j ~ U(accuracy)``.
+    * Correlated clusters: a fraction ``cluster_frac`` of the LFs form clusters of ``cluster_size`` LFs; in a cluster
+      every member but the leader copies the leader's output (vote or abstain) on each row with probability
+      ``copy_prob`` and otherwise draws its own (keyword variants of one rule). Members share the leader's class.
+
+    All randomness comes from ``np.random.default_rng(seed)``.
+    """
+    if lf_type not in ("multi", "single", "mixed"):
+        raise ConfigError(f"lf_type must be 'multi', 'single' or 'mixed', got {lf_type!r}.")
+    if k < 2 or m < 1 or n < 1:
+        raise ConfigError(f"need k >= 2, m >= 1, n >= 1; got k={k}, m={m}, n={n}.")
+    if not (0 < coverage[0] <= coverage[1] <= 1 and 0 < accuracy[0] <= accuracy[1] <= 1 and imbalance >= 1):
+        raise ConfigError("coverage and accuracy must be (low, high) ranges in (0, 1] and imbalance >= 1.")
+    if not (0 <= cluster_frac <= 1 and cluster_size >= 2 and 0 <= copy_prob <= 1):
+        raise ConfigError("cluster_frac must lie in [0, 1], cluster_size >= 2 and copy_prob in [0, 1].")
+    rng = np.random.default_rng(seed)
+    p = imbalance ** (-np.arange(k) / (k - 1))
+    p = p / p.sum()
+    y = rng.choice(k, size=n, p=p).astype(np.int64)
+    cov = rng.uniform(*coverage, size=m)
+    acc = rng.uniform(*accuracy, size=m)
+    single = np.zeros(m, dtype=bool)
+    if lf_type == "single":
+        single[:] = True
+    elif lf_type == "mixed":
+        single[rng.permutation(m)[: m // 2]] = True
+    lf_class = np.full(m, -1, dtype=np.int64)
+    lf_class[single] = np.arange(int(single.sum())) % k
+    # clusters: consecutive blocks of LFs after a random permutation
+    n_clustered = int(round(cluster_frac * m)) // cluster_size * cluster_size
+    perm = rng.permutation(m)
+    clusters = [perm[i:i + cluster_size].tolist() for i in range(0, n_clustered, cluster_size)]
+    for cl in clusters:
+        lf_class[cl] = lf_class[cl[0]]
+        single[cl] = single[cl[0]]
+    clusters += [[int(j)] for j in perm[n_clustered:]]
+    clusters.sort(key=lambda g: min(g))
+    L = np.empty((n, m), dtype=np.int8)
+    for j in range(m):
+        if single[j]:
+            c = lf_class[j]
+            t = min(1.0, acc[j] * cov[j] / p[c])
+            f = min(1.0, (1 - acc[j]) * cov[j] / max(1 - p[c], 1e-12))
+            fire = rng.random(n) < np.where(y == c, t, f)
+            L[:, j] = np.where(fire, c, -1)
+        else:
+            right = rng.random(n) < acc[j]
+            other = (y + rng.integers(1, k, size=n)) % k
+            fire = rng.random(n) < cov[j]
+            L[:, j] = np.where(fire, np.where(right, y, other), -1)
+    for cl in clusters:
+        leader = cl[0]
+        for j in cl[1:]:
+            copy = rng.random(n) < copy_prob
+            L[copy, j] = L[copy, leader]
+    # every LF votes at least once (label models refuse silent columns)
+    for j in np.flatnonzero((L != -1).sum(axis=0) == 0):
+        i = int(rng.integers(n))
+        L[i, j] = y[i] if lf_class[j] < 0 else lf_class[j]
+    config = {"n": n, "k": k, "m": m, "lf_type": lf_type, "coverage": list(coverage), "accuracy": list(accuracy),
+              "imbalance": imbalance, "cluster_frac": cluster_frac, "cluster_size": cluster_size,
+              "copy_prob": copy_prob, "seed": seed}
+    return RegimeLabelMatrix(L=L, y=y, class_balance=p, accuracies=acc, coverage=cov, lf_class=lf_class,
+                             clusters=clusters, config=config)
+
+
+#: The regime matrix of the tests and the benchmark: (name, keyword arguments of make_regime_label_matrix).
+REGIMES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("binary multi-class LFs", dict(k=2, m=10, lf_type="multi", coverage=(0.1, 0.5))),
+    ("binary skewed, low coverage", dict(k=2, m=60, lf_type="single", coverage=(0.005, 0.05), imbalance=6.0)),
+    ("binary correlated clusters", dict(k=2, m=20, lf_type="multi", cluster_frac=0.6, cluster_size=4)),
+    ("k=4 mixed LFs", dict(k=4, m=30, lf_type="mixed", coverage=(0.02, 0.3))),
+    ("k=6 single-class LFs", dict(k=6, m=68, lf_type="single", coverage=(0.005, 0.1), imbalance=10.0)),
+    ("k=6 single-class, clusters", dict(k=6, m=60, lf_type="single", coverage=(0.01, 0.1), cluster_frac=0.5,
+                                        cluster_size=5)),
+    ("k=10 multi-class, weak", dict(k=10, m=40, lf_type="multi", coverage=(0.05, 0.3), accuracy=(0.55, 0.75))),
+    ("k=10 single-class, 200 LFs", dict(k=10, m=200, lf_type="single", coverage=(0.005, 0.03), imbalance=4.0)),
+    ("k=3 high coverage, strong", dict(k=3, m=15, lf_type="multi", coverage=(0.3, 0.5), accuracy=(0.8, 0.95))),
+    ("k=8 mixed, skewed clusters", dict(k=8, m=100, lf_type="mixed", coverage=(0.01, 0.2), imbalance=8.0,
+                                        cluster_frac=0.4, cluster_size=3, copy_prob=0.8)),
+)

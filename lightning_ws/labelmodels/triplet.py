@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,7 @@ class Triplet(LabelModel):
         seed: seed of the tie-breaking generator (the fit is deterministic).
     """
 
+    assumes_independence = True
     name = "triplet"
     min_lfs = 3
     _param_names = ("accuracies_", "coverage_")
@@ -106,6 +108,7 @@ class Triplet(LabelModel):
         self.solve = solve
         self.min_overlap = _check_int("min_overlap", min_overlap, 1)
         self.min_denominator = _check_float("min_denominator", min_denominator, 0.0, 1.0, low_open=True)
+        self.mode_ = "votes"
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments."""
@@ -117,8 +120,27 @@ class Triplet(LabelModel):
 
         n, m = L.shape
         k = self.k_
+        from lightning_ws.labelmodels.dawid_skene import _single_class_lfs
+
+        single = _single_class_lfs(L, k)
+        self.fit_report_["single_class_lfs"] = int(single.sum())
         if self.class_balance_ is None:
             self.class_balance_ = estimate_class_balance(L, k, "em", seed=self.seed)
+        self.fire_tf_ = np.zeros((0, 2))
+        self.mode_ = "votes"
+        if single.all():
+            # A single-class LF votes +1 (its class) or -1 (another class) by identity, not by correctness: on rows
+            # where two of them vote, E[v_i v_j] is +-1 for every pair and every accuracy would come out 1. The
+            # information is in *whether* the LF fires, so the triplets run on firing indicators, per class.
+            self.mode_ = "firing"
+            self._fit_firing(L)
+            return
+        if single.mean() > 0.5:
+            warnings.warn(f"Triplet: {int(single.sum())} of {m} labeling functions vote a single class; their "
+                          f"pairwise vote agreements are +-1 by construction, so their triplet accuracies are not "
+                          f"identifiable (they come out ~1). Use DawidSkene (abstains as a category), a matrix of "
+                          f"single-class LFs only (Triplet then uses firing indicators) or AutoLabelModel.",
+                          UserWarning, stacklevel=3)
         classes = [1] if k == 2 else list(range(k))
         acc = np.empty((len(classes), m))
         used = skipped = 0
@@ -142,7 +164,96 @@ class Triplet(LabelModel):
         self.fit_report_.update(triplets_used=used, triplets_skipped=skipped,
                                 lfs_without_triplets=missing if k > 2 else missing[0], solve=self.solve)
 
+    def _fit_firing(self, L: np.ndarray) -> None:
+        """Triplets on firing indicators for single-class LFs (every LF votes one class ``c_j``).
+
+        For the LFs of class ``c``, ``x_j = 1[lambda_j fires]`` and ``Z = 1[Y = c]``; if their firings are
+        conditionally independent given ``Z``, ``corr(x_i, x_j) = rho_i rho_j`` with ``rho_j = corr(x_j, Z) > 0``, so
+        ``rho_i = sqrt(R_ij R_ik / R_jk)`` over triplets of same-class LFs (mean over triplets whose denominator is
+        at least ``min_denominator / 10``: firing correlations of low-coverage LFs are small). Then
+        ``t_j - f_j = rho_j sd(x_j) / sd(Z)`` and ``f_j = E[x_j] - P(Y = c) (t_j - f_j)`` give
+        ``t_j = P(fire | Y = c)`` and ``f_j = P(fire | Y != c)``; the posterior is naive Bayes over firing and
+        abstaining, one-vs-rest per class, normalised by the sum. LFs of a class with fewer than 3 LFs get the median
+        ``rho`` of the others (``fit_report_["lfs_without_triplets"]``).
+        """
+        n, m = L.shape
+        k = self.k_
+        p = self.class_balance_
+        cls = np.array([int(L[:, j][L[:, j] != ABSTAIN][0]) for j in range(m)])
+        X = (L != ABSTAIN).astype(np.float32)
+        mu = X.mean(axis=0).astype(np.float64)
+        G = np.zeros((m, m))
+        for sl in _row_chunks(n, m, elems=8_000_000):
+            G += gram_float32(X[sl])
+        C = G / n - np.outer(mu, mu)
+        sd = np.sqrt(np.maximum(mu * (1 - mu), 1e-300))
+        R = C / np.outer(sd, sd)
+        rho = np.full(m, np.nan)
+        used = skipped = 0
+        floor = self.min_denominator / 10.0
+        for c in range(k):
+            idx = np.flatnonzero(cls == c)
+            if idx.size < 3:
+                continue
+            Rc = R[np.ix_(idx, idx)]
+            for a, i in enumerate(idx):
+                others = np.delete(np.arange(idx.size), a)
+                num = np.outer(Rc[a, others], Rc[a, others])
+                den = Rc[np.ix_(others, others)]
+                iu = np.triu_indices(others.size, k=1)
+                ok = (den[iu] >= floor) & (num[iu] > 0)
+                used += int(ok.sum())
+                skipped += int((~ok).sum())
+                if ok.any():
+                    rho[i] = np.sqrt(min(float((num[iu][ok] / den[iu][ok]).mean()), 1.0))
+        missing = np.flatnonzero(~np.isfinite(rho))
+        rho[missing] = np.nanmedian(rho) if np.isfinite(rho).any() else 0.3
+        pc = p[cls]
+        d = rho * sd / np.sqrt(pc * (1 - pc))
+        f = np.clip(mu - pc * d, 1e-6, 1 - 1e-6)
+        t = np.clip(f + d, f + 1e-6, 1 - 1e-6)
+        self.fire_tf_ = np.stack([t, f], axis=1)
+        self.lf_class_ = cls.astype(np.float64)
+        # accuracies_ keeps its (problems, m) shape: P(Y = c_j | fires) for LF j, in every row
+        a = t * pc / np.maximum(t * pc + f * (1 - pc), 1e-300)
+        self.accuracies_ = np.tile(a, (1 if k == 2 else k, 1))
+        self.coverage_ = mu
+        self.fit_report_.update(mode="firing", triplets_used=used, triplets_skipped=skipped,
+                                lfs_without_triplets=missing.tolist(), solve="mean")
+
+    def _proba_firing(self, L: np.ndarray) -> np.ndarray:
+        n, m = L.shape
+        k = self.k_
+        p = self.class_balance_
+        t, f = self.fire_tf_[:, 0], self.fire_tf_[:, 1]
+        cls = self.lf_class_.astype(np.int64)
+        w_fire, w_abs = np.log(t / f), np.log((1 - t) / (1 - f))
+        out = np.empty((n, k))
+        for sl in _row_chunks(n, m):
+            x = (L[sl] != ABSTAIN).astype(np.float64)
+            z = x * w_fire + (1 - x) * w_abs  # (rows, m): log-likelihood ratio of Y = c_j vs not
+            for c in range(k):
+                on = cls == c
+                lo = np.log(p[c] / (1 - p[c])) + z[:, on].sum(axis=1)
+                out[sl, c] = 1.0 / (1.0 + np.exp(-lo))
+            out[sl] /= np.maximum(out[sl].sum(axis=1, keepdims=True), 1e-300)
+        return out
+
+    def _extra_state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"mode": self.mode_}
+        if self.mode_ == "firing":
+            extra.update(fire_tf=self.fire_tf_.tolist(), lf_class=self.lf_class_.tolist())
+        return extra
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.mode_ = extra.get("mode", "votes")
+        if self.mode_ == "firing":
+            self.fire_tf_ = np.asarray(extra["fire_tf"], dtype=np.float64)
+            self.lf_class_ = np.asarray(extra["lf_class"], dtype=np.float64)
+
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
+        if self.mode_ == "firing":
+            return self._proba_firing(L)
         n, m = L.shape
         k = self.k_
         p = self.class_balance_
@@ -168,8 +279,18 @@ class Triplet(LabelModel):
         return self.accuracies_.mean(axis=0)
 
     def _lf_confusions(self) -> np.ndarray:
-        """Symmetric one-coin confusions with the empirical coverage (abstain independent of ``Y``)."""
+        """Symmetric one-coin confusions with the empirical coverage (abstain independent of ``Y``); in firing
+        mode, ``P(fire | Y = c_j) = t_j`` and ``P(fire | Y != c_j) = f_j`` on the LF's one class."""
         m, k = self.num_lfs_, self.k_
+        if self.mode_ == "firing":
+            conf = np.zeros((m, k, k + 1))
+            t, f = self.fire_tf_[:, 0], self.fire_tf_[:, 1]
+            for j in range(m):
+                c = int(self.lf_class_[j])
+                conf[j, :, c + 1] = f[j]
+                conf[j, c, c + 1] = t[j]
+                conf[j, :, 0] = 1 - conf[j, :, c + 1]
+            return conf
         cov = self.coverage_
         conf = np.zeros((m, k, k + 1))
         conf[:, :, 0] = (1 - cov)[:, None]

@@ -1,0 +1,304 @@
+"""``AutoLabelModel``: a label-free safeguard that picks a label model which does not lose to majority vote.
+
+No label model wins everywhere: on binary sets with multi-polarity LFs the conditional-independence models (Dawid-Skene,
+MeTaL moment matching) beat majority vote, on multi-class sets of single-class keyword LFs with duplicated rules they
+often lose to it (WRENCH, arXiv 2109.11377, Tables 3/11). :class:`AutoLabelModel` chooses per label matrix, with a
+criterion that uses no gold label.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import ConfigError
+from lightning_ws.labelmodels.base import LabelModel, _check_float, _check_int, registry
+from lightning_ws.labelmodels.matrix import ABSTAIN, covered_mask, lf_clusters, merge_clusters
+
+__all__ = ["AutoLabelModel", "DEFAULT_CANDIDATES"]
+
+#: Candidate models of :class:`AutoLabelModel`, majority vote first (the reference it must beat). Triplet is not
+#: a default candidate: on WRENCH YouTube (10 single-class LFs) the criterion ranked its firing-indicator posterior
+#: first while its train-split accuracy (gold labels used for scoring only) was below majority vote's - abstain
+#: patterns of real keyword LFs are not conditionally independent, and the criterion cannot see that. Pass
+#: ``candidates=(..., "triplet")`` to include it.
+DEFAULT_CANDIDATES = ("majority_vote", "dawid_skene", "moment_matching")
+
+
+def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean of ``x`` per held-out vote class, averaged over the classes present, and its standard error.
+
+    Averaging per class keeps the criterion from rewarding a model that predicts the most-voted class: with
+    single-class LFs, agreement with a held-out LF of class ``c`` is the recall of ``c``, so a plain average over
+    votes would weight each class by how many votes its LFs cast.
+    """
+    means, var = [], 0.0
+    for c in range(k):
+        xc = x[cls == c]
+        if xc.size:
+            means.append(float(xc.mean()))
+            var += float(xc.var(ddof=1)) / xc.size if xc.size > 1 else 1.0
+    if not means:
+        return float("nan"), float("inf")
+    return float(np.mean(means)), float(np.sqrt(var) / len(means))
+
+
+class AutoLabelModel(LabelModel):
+    """Choose, without gold labels, between majority vote and the other label models (and LF-cluster merging).
+
+    Criterion: **leave-cluster-out agreement**. LFs are grouped into clusters of strongly dependent rules
+    (:func:`~lightning_ws.labelmodels.matrix.lf_clusters`); the clusters are split into ``n_folds`` folds. For each
+    fold, every candidate is fitted on the LFs outside the fold and predicts every row; its score is how often its
+    hard label equals the (cluster-merged) vote of a held-out cluster, over the rows where the held-out cluster votes
+    and some remaining LF votes (tied classes count fractionally), averaged per voted class (:func:`_macro`). If a
+    held-out LF is conditionally independent of the others given ``Y`` and better than chance, this agreement is an
+    increasing function of the candidate's (balanced) accuracy on those rows, so it ranks aggregators without labels
+    (the same idea as validating on a held-out noisy annotator). It is evidence, not a guarantee: real keyword LFs
+    fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube its pick beats majority vote
+    on test but not on the train split). Holding out whole clusters keeps a near-duplicate of the held-out LF from rewarding the models that
+    over-count it.
+
+    Candidates: each model of ``candidates`` on the raw LFs and, when clusters with several LFs are found
+    (``merge="auto"``), on the merged matrix (one column per cluster: the majority of its members). The
+    winner must beat raw majority vote by ``margin_z`` standard errors of the paired per-vote difference; otherwise
+    majority vote is kept. The chosen candidate is then refitted on the whole matrix. ``fit_report_`` lists every
+    candidate's score, the clusters, and the choice. With ``dev_L``/``dev_y`` the choice is made on dev accuracy
+    instead (same margin rule), which uses labels the caller gave for that purpose.
+
+    Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
+    LF abstains get it, as in every model.
+
+    Args:
+        num_classes: ``k``.
+        candidates: label-model names (``majority_vote`` is always added first).
+        merge: ``"auto"`` (also try the cluster-merged matrix when clusters were found), ``"never"`` or
+            ``"always"`` (only the merged matrix).
+        cluster_threshold: firing-correlation threshold of :func:`lf_clusters` (default 0.7).
+        n_folds: folds of clusters (default 5; fewer when there are fewer clusters).
+        margin_z: standard errors by which a candidate must beat majority vote (default 2).
+        max_selection_rows: rows (a seeded random subset) used for the selection fits (default 200,000).
+        seed: seed of the fold split, the row subset and tie breaking.
+    """
+
+    name = "auto"
+    min_lfs = 1
+
+    def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES, merge: str = "auto",
+                 cluster_threshold: float = 0.7, n_folds: int = 5, margin_z: float = 2.0,
+                 max_selection_rows: int = 200_000, seed: int = 0) -> None:
+        super().__init__(num_classes, seed=seed)
+        cands = [str(c) for c in ([candidates] if isinstance(candidates, str) else list(candidates))]
+        reg = registry()
+        bad = [c for c in cands if c not in reg or c == self.name]
+        if bad:
+            raise ConfigError(f"unknown candidate label model(s) {bad}; choose among "
+                              f"{sorted(n for n in reg if n != self.name)}.")
+        self.candidates = ["majority_vote"] + [c for c in dict.fromkeys(cands) if c != "majority_vote"]
+        if merge not in ("auto", "never", "always"):
+            raise ConfigError(f"merge must be 'auto', 'never' or 'always', got {merge!r}.")
+        self.merge = merge
+        self.cluster_threshold = _check_float("cluster_threshold", cluster_threshold, 0.0, 1.0, low_open=True)
+        self.n_folds = _check_int("n_folds", n_folds, 2)
+        self.margin_z = _check_float("margin_z", margin_z, 0.0)
+        self.max_selection_rows = _check_int("max_selection_rows", max_selection_rows, 100)
+        self.inner_: LabelModel | None = None
+        self.clusters_: list[list[int]] = []
+        self.merged_: bool = False
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments."""
+        return {**super().get_config(), "candidates": list(self.candidates), "merge": self.merge,
+                "cluster_threshold": self.cluster_threshold, "n_folds": self.n_folds, "margin_z": self.margin_z,
+                "max_selection_rows": self.max_selection_rows}
+
+    # -- selection ----------------------------------------------------------------------------------------------
+
+    def _make(self, name: str) -> LabelModel:
+        return registry()[name](self.k_, seed=self.seed)
+
+    def _cb(self) -> Any:
+        return "estimated" if self.class_balance_ is None else self.class_balance_
+
+    def _fit_quiet(self, name: str, L: np.ndarray, cb: Any = None, model: LabelModel | None = None
+                   ) -> LabelModel | None:
+        model = self._make(name) if model is None else model
+        model._internal = True  # dependencies are this model's business (clusters, merging)
+        if L.shape[1] < model.min_lfs:
+            return None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return model.fit(L, self._cb() if cb is None else cb)
+        except Exception:  # noqa: BLE001 - a candidate that cannot fit this sub-matrix is simply not chosen
+            return None
+
+    def _variants(self, L: np.ndarray) -> dict[str, tuple[np.ndarray, list[list[int]]]]:
+        """``{variant: (matrix, column groups of that matrix per cluster)}``."""
+        k = self.k_
+        clusters = self.clusters_
+        out: dict[str, tuple[np.ndarray, list[list[int]]]] = {}
+        has_groups = any(len(c) > 1 for c in clusters)
+        if self.merge != "always" or not has_groups:
+            out["raw"] = (L, clusters)
+        if has_groups and self.merge != "never":
+            out["merged"] = (merge_clusters(L, clusters, k), [[g] for g in range(len(clusters))])
+        return out
+
+    def _select_label_free(self, L: np.ndarray) -> tuple[tuple[str, str], dict[str, Any]]:
+        k = self.k_
+        rng = np.random.default_rng([self.seed, 4049])
+        n = L.shape[0]
+        if n > self.max_selection_rows:
+            L = L[np.sort(rng.choice(n, self.max_selection_rows, replace=False))]
+        nc = len(self.clusters_)
+        held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
+        variants = self._variants(L)
+        if nc < 2:
+            return ("raw", "majority_vote"), {"reason": "fewer than 2 LF clusters: nothing to hold out"}
+        folds = np.array_split(rng.permutation(nc), min(self.n_folds, nc))
+        keys = [(v, c) for v in variants for c in self.candidates]
+        per_vote: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        vote_cls: list[np.ndarray] = []
+        failed: set[tuple[str, str]] = set()
+        for f_idx, held in enumerate(folds):
+            held_set = set(held.tolist())
+            H = held_votes[:, sorted(held_set)]
+            for v, (M, groups) in variants.items():
+                keep = [col for g, cols in enumerate(groups) if g not in held_set for col in cols]
+                Mr = M[:, keep]
+                cov = covered_mask(Mr)
+                rows, hcols = np.nonzero((H != ABSTAIN) & cov[:, None])
+                if v == "raw":
+                    vote_cls.append(H[rows, hcols])
+                # One (SQUAREM-accelerated) Dawid-Skene fit per sub-matrix serves as the Dawid-Skene candidate and
+                # gives the label-free class balance of the others (MomentMatching and Triplet would each refit
+                # the same EM for it).
+                cb, ds = None, None
+                if self.class_balance_ is None:
+                    from lightning_ws.labelmodels.dawid_skene import DawidSkene
+
+                    ds = self._fit_quiet("dawid_skene", Mr, model=DawidSkene(k, accelerate=True, seed=self.seed))
+                    cb = None if ds is None else ds.class_balance_
+                for c in self.candidates:
+                    if (v, c) in failed:
+                        continue
+                    model = ds if c == "dawid_skene" and ds is not None else self._fit_quiet(c, Mr, cb)
+                    if model is None:
+                        failed.add((v, c))
+                        continue
+                    P = model.predict_proba(Mr)[rows]
+                    top = P.max(axis=1, keepdims=True)
+                    tied = P >= top - 1e-9
+                    hv = H[rows, hcols]
+                    per_vote[(v, c)].append(tied[np.arange(rows.size), hv] / tied.sum(axis=1))
+            del f_idx
+        ref = ("raw", "majority_vote")
+        base = np.concatenate(per_vote[ref]) if per_vote[ref] else np.zeros(0)
+        cls = np.concatenate(vote_cls) if vote_cls else np.zeros(0, dtype=np.int64)
+        scores: dict[str, Any] = {}
+        best, best_gain = ref, 0.0
+        for key in keys:
+            if key in failed or not per_vote[key]:
+                scores[f"{key[1]}/{key[0]}"] = None
+                continue
+            a = np.concatenate(per_vote[key])
+            agreement, _ = _macro(a, cls, k)
+            gain, se = _macro(a - base, cls, k)
+            scores[f"{key[1]}/{key[0]}"] = {"agreement": agreement, "gain_vs_mv": gain, "se": se}
+            if key != ref and gain > self.margin_z * se and gain > best_gain:
+                best, best_gain = key, gain
+        return best, {"criterion": "leave-cluster-out agreement", "folds": len(folds),
+                      "held_out_votes": int(base.size), "scores": scores}
+
+    def _select_dev(self, L: np.ndarray, dev_L: np.ndarray, dev_y: np.ndarray) -> tuple[tuple[str, str], dict]:
+        variants = self._variants(L)
+        dev_vars = self._variants(dev_L)
+        ref = ("raw", "majority_vote")
+        correct: dict[tuple[str, str], np.ndarray] = {}
+        for v, (M, _) in variants.items():
+            for c in self.candidates:
+                model = self._fit_quiet(c, M)
+                if model is not None:
+                    P = model.predict_proba(dev_vars[v][0])
+                    top = P.max(axis=1, keepdims=True)
+                    tied = P >= top - 1e-9
+                    correct[(v, c)] = tied[np.arange(dev_y.size), dev_y] / tied.sum(axis=1)
+        best, best_gain, scores = ref, 0.0, {}
+        for key, a in correct.items():
+            d = a - correct[ref]
+            se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("inf")
+            scores[f"{key[1]}/{key[0]}"] = {"dev_accuracy": float(a.mean()), "gain_vs_mv": float(d.mean()), "se": se}
+            if key != ref and d.mean() > self.margin_z * se and d.mean() > best_gain:
+                best, best_gain = key, float(d.mean())
+        return best, {"criterion": "dev accuracy", "scores": scores}
+
+    # -- LabelModel hooks ---------------------------------------------------------------------------------------
+
+    def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:
+        k = self.k_
+        self.clusters_ = lf_clusters(L, k, threshold=self.cluster_threshold)
+        if dev_L is not None and dev_y is not None:
+            choice, info = self._select_dev(L, dev_L, dev_y)
+        else:
+            choice, info = self._select_label_free(L)
+        variant, name = choice
+        self.merged_ = variant == "merged"
+        M = merge_clusters(L, self.clusters_, k) if self.merged_ else L
+        model = self._fit_quiet(name, M)
+        if model is None:  # pragma: no cover - the candidate fitted on sub-matrices, so the full fit works
+            variant, name, self.merged_ = "raw", "majority_vote", False
+            model = self._make(name).fit(L, self._cb())
+        self.inner_ = model
+        if self.class_balance_ is None:
+            self.class_balance_ = model.class_balance_
+        self.fit_report_.update(selected=name, variant=variant,
+                                clusters=[c for c in self.clusters_ if len(c) > 1],
+                                n_clusters=len(self.clusters_), selection=info,
+                                converged=bool(model.fit_report_.get("converged", True)),
+                                n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_)
+
+    def _transform(self, L: np.ndarray) -> np.ndarray:
+        return merge_clusters(L, self.clusters_, self.k_) if self.merged_ else L
+
+    def _proba_covered(self, L: np.ndarray) -> np.ndarray:
+        return self.inner_.predict_proba(self._transform(L))
+
+    def _lf_confusions(self) -> np.ndarray:
+        conf = self.inner_.lf_confusions
+        if not self.merged_:
+            return conf
+        out = np.empty((self.num_lfs_,) + conf.shape[1:])
+        for g, members in enumerate(self.clusters_):
+            out[members] = conf[g]  # each member gets its cluster's (merged) confusions
+        return out
+
+    @property
+    def selected(self) -> str:
+        """``"<model>/<raw|merged>"`` chosen at fit time."""
+        self._check_fitted()
+        return f"{self.inner_.name}/{'merged' if self.merged_ else 'raw'}"
+
+    # -- persistence: the inner model's state travels inside ours ---------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Our meta plus the inner model's state (arrays prefixed ``inner.``)."""
+        state = super().state_dict()
+        inner = self.inner_.state_dict()
+        state["arrays"].update({f"inner.{k}": np.array(v, copy=True) for k, v in inner["arrays"].items()})
+        state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        super().load_state_dict(state)
+        extra = state["meta"]["extra"]
+        im = extra["inner_meta"]
+        inner = registry()[im["name"]](**im["config"])
+        inner.load_state_dict({"meta": im, "arrays": {k[6:]: v for k, v in state["arrays"].items()
+                                                      if k.startswith("inner.")}})
+        self.inner_ = inner
+        self.clusters_ = [list(map(int, c)) for c in extra["clusters"]]
+        self.merged_ = bool(extra["merged"])
+

@@ -1,0 +1,53 @@
+"""The regime test matrix of the label models: no model may silently fall far below majority vote.
+
+Each regime of :data:`lightning_ws.labelmodels.REGIMES` (k = 2..10, 10-200 LFs, single-class / multi-class / mixed
+LFs, coverage 0.5-50 %, accuracy 0.55-0.95, correlated LF clusters, skewed priors) is drawn, every label model is
+fitted label-free, and its accuracy is compared with majority vote's (same seeded random tie break). A model may
+fall more than 3 points below majority vote only if its fit raised a warning naming the cause; the label-free
+default ``make_label_model("auto")`` may not fall below it at all (0.5 point of tie-break noise).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix, probs_to_preds
+
+MODELS = ("weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto")
+#: regimes run in the fast suite (the others are marked slow)
+FAST = {"binary multi-class LFs", "binary skewed, low coverage", "binary correlated clusters", "k=4 mixed LFs",
+        "k=3 high coverage, strong"}
+
+
+def _acc(model, L, y) -> float:
+    P = model.predict_proba(L)
+    return float(np.mean([(probs_to_preds(P, "random", seed=s)[0] == y).mean() for s in range(3)]))
+
+
+def _params():
+    for name, kw in REGIMES:
+        marks = () if name in FAST else (pytest.mark.slow,)
+        yield pytest.param(name, kw, id=name.replace(" ", "_").replace(",", ""), marks=marks)
+
+
+@pytest.mark.parametrize(("regime", "kw"), list(_params()))
+def test_no_model_silently_loses_to_majority_vote(regime, kw):
+    n = 3000 if kw["m"] <= 100 else 2000
+    d = make_regime_label_matrix(n, seed=1, **kw)
+    k = kw["k"]
+    mv = _acc(make_label_model("mv", num_classes=k).fit(d.L), d.L, d.y)
+    report = {}
+    for name in MODELS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lm = make_label_model(name, num_classes=k, seed=0).fit(d.L)
+        acc = _acc(lm, d.L, d.y)
+        warned = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        report[name] = (round(acc, 4), bool(warned))
+        if name == "auto":
+            assert acc >= mv - 0.005, (regime, mv, report, lm.fit_report_["selection"])
+        elif acc < mv - 0.03:
+            assert warned, f"{name} fell to {acc:.3f} < MV {mv:.3f} without a warning in regime {regime!r}"

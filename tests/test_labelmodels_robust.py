@@ -1,0 +1,192 @@
+"""Label models on the regimes where they used to fail silently: low coverage, single-class LFs, dependent LFs,
+inconsistent class counts; and the label-free safeguard :class:`AutoLabelModel`."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from lightning_ws.errors import DataError
+from lightning_ws.labelmodels import (
+    AutoLabelModel,
+    DawidSkene,
+    LabelModel,
+    LFAnalysis,
+    MajorityVote,
+    MetalCompat,
+    MomentMatching,
+    Triplet,
+    WeightedMajorityVote,
+    lf_clusters,
+    make_label_model,
+    make_regime_label_matrix,
+    make_synthetic_label_matrix,
+    merge_clusters,
+)
+
+
+def _f1(y, pred):
+    tp = ((pred == 1) & (y == 1)).sum()
+    return 2 * tp / max(((pred == 1).sum() + (y == 1).sum()), 1)
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_stray_vote_does_not_build_a_bigger_model():
+    L = np.random.default_rng(0).integers(-1, 2, size=(400, 5))
+    L[7, 3] = 5  # one stray vote: classes 2..4 never voted
+    with pytest.raises(DataError, match=r"never receive a vote.*L\[7, 3\].*num_classes=6"):
+        MajorityVote().fit(L)
+    L[7, 3] = 2  # no gap, but class 2 has a single vote among ~1300
+    with pytest.raises(DataError, match=r"class 2 receives only 1 of"):
+        DawidSkene().fit(L)
+    assert MajorityVote(num_classes=3).fit(L).k_ == 3  # explicit num_classes is the documented way out
+
+
+def test_num_classes_larger_than_the_votes_warns():
+    L = np.random.default_rng(1).integers(-1, 2, size=(300, 4))
+    with pytest.warns(UserWarning, match=r"num_classes=5 but no labeling function ever votes class\(es\) \[2, 3, 4\]"):
+        MajorityVote(num_classes=5).fit(L)
+
+
+# ------------------------------------------------------------------------------------ MomentMatching fixes
+
+
+def test_moment_matching_clamp_is_relative_to_coverage():
+    """SMS-like: 40 independent LFs at 1-4 % coverage. snorkel's absolute clamp (kept by MetalCompat's inference)
+    flattens the votes; the coverage-relative clamp keeps them."""
+    rng = np.random.default_rng(2)
+    d = make_synthetic_label_matrix(30_000, rng.uniform(0.8, 0.95, 40), rng.uniform(0.01, 0.04, 40), [0.85, 0.15],
+                                    seed=3)
+    mm = MomentMatching(seed=0).fit(d.L, d.class_balance)
+    cov = (d.L != -1).any(axis=1)
+    f1_new = _f1(d.y[cov], mm.predict(d.L)[cov])
+    logtab = mm._logtab()
+    old = MomentMatching.__mro__[1]._logtab(mm)  # snorkel's absolute clamp on the same mu
+    assert np.all(logtab[:, :, 1:] <= 0)
+    from lightning_ws.labelmodels.base import posterior_from_logtab
+    f1_old = _f1(d.y[cov], posterior_from_logtab(d.L, old, d.class_balance).argmax(axis=1)[cov])
+    oracle = WeightedMajorityVote(accuracies=d.accuracies).fit(d.L, d.class_balance)  # true-parameter naive Bayes
+    f1_oracle = _f1(d.y[cov], oracle.predict(d.L)[cov])
+    assert f1_new > f1_oracle - 0.03 and f1_new > f1_old + 0.2, (f1_new, f1_oracle, f1_old)
+
+
+def test_moment_matching_counts_abstains_of_single_class_lfs():
+    d = make_regime_label_matrix(6000, k=2, m=40, lf_type="single", coverage=(0.01, 0.08), imbalance=5.0, seed=4)
+    with_ab = MomentMatching(seed=0).fit(d.L, d.class_balance)
+    without = MomentMatching(seed=0, abstain_evidence="never").fit(d.L, d.class_balance)
+    assert np.any(with_ab._logtab()[:, :, 0] != 0) and np.all(without._logtab()[:, :, 0] == 0)
+    acc_with = (with_ab.predict(d.L) == d.y).mean()
+    acc_without = (without.predict(d.L) == d.y).mean()
+    assert acc_with > acc_without + 0.02, (acc_with, acc_without)
+
+
+# -------------------------------------------------------------------------- DS and Triplet, single-class LFs
+
+
+def test_dawid_skene_ignore_with_single_class_lfs_warns_and_models_abstains():
+    d = make_regime_label_matrix(5000, k=4, m=24, lf_type="single", coverage=(0.05, 0.2), seed=5)
+    with pytest.warns(UserWarning, match="unidentifiable"):
+        ds = DawidSkene(4, abstain="ignore").fit(d.L)
+    assert ds.fit_report_["abstain_as_category"] == list(range(24))
+    mv = (MajorityVote(4).fit(d.L).predict(d.L) == d.y).mean()
+    assert (ds.predict(d.L) == d.y).mean() > mv  # not chance: abstains of single-class LFs carry the signal
+
+
+def test_triplet_single_class_lfs_use_firing_indicators():
+    d = make_regime_label_matrix(8000, k=6, m=48, lf_type="single", coverage=(0.02, 0.15), seed=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no degeneracy warning: the firing model is identifiable
+        tr = Triplet(6).fit(d.L, d.class_balance)
+    assert tr.fit_report_["mode"] == "firing"
+    assert tr.lf_accuracies.max() < 0.999  # not the degenerate +-1 moments
+    assert np.corrcoef(tr.lf_accuracies, d.accuracies)[0, 1] > 0.5
+    mv = (MajorityVote(6).fit(d.L).predict(d.L) == d.y).mean()
+    assert (tr.predict(d.L) == d.y).mean() > mv
+    b = LabelModel.load(tr.save(_tmp("triplet_firing")))
+    np.testing.assert_array_equal(b.predict_proba(d.L), tr.predict_proba(d.L))
+
+
+def _tmp(name):
+    import tempfile
+    from pathlib import Path
+
+    return Path(tempfile.mkdtemp()) / name
+
+
+# ----------------------------------------------------------------------------------------- dependencies
+
+
+def test_lf_clusters_recover_planted_clusters_and_merge():
+    d = make_regime_label_matrix(5000, k=3, m=24, lf_type="multi", coverage=(0.1, 0.4), cluster_frac=0.5,
+                                 cluster_size=4, copy_prob=0.9, seed=7)
+    found = {tuple(c) for c in lf_clusters(d.L, 3)}
+    planted = {tuple(sorted(c)) for c in d.clusters}
+    assert found == planted
+    M = merge_clusters(d.L, sorted(planted), 3)
+    assert M.shape == (5000, len(planted))
+    np.testing.assert_array_equal((M != -1).any(axis=1), (d.L != -1).any(axis=1))
+    a = LFAnalysis(d.L, num_classes=3)
+    multi = [c for c in a.clusters if len(c) > 1]
+    assert len(multi) == 3 and len({a.cluster_of[j] for j in multi[0]}) == 1
+    assert a.dependent_pairs()[0]["firing_corr"] > 0.8
+    assert "clusters of strongly dependent LFs: 3" in a.to_table()
+
+
+def test_conditional_independence_models_warn_about_dependent_lfs():
+    d = make_regime_label_matrix(3000, k=2, m=12, lf_type="multi", cluster_frac=0.5, cluster_size=3, seed=8)
+    for name in ("dawid_skene", "moment_matching", "triplet", "weighted_majority_vote"):
+        with pytest.warns(UserWarning, match="strongly dependent LFs"):
+            lm = make_label_model(name, seed=0).fit(d.L)
+        assert len(lm.fit_report_["dependent_lf_clusters"]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MajorityVote().fit(d.L)  # MV makes no independence assumption
+
+
+# ------------------------------------------------------------------------------------------ AutoLabelModel
+
+
+def test_auto_keeps_majority_vote_when_ci_models_fail_and_leaves_it_when_they_win():
+    bad = make_regime_label_matrix(4000, k=4, m=40, lf_type="single", coverage=(0.02, 0.15), cluster_frac=0.6,
+                                   cluster_size=5, copy_prob=0.95, seed=9)
+    with pytest.warns(UserWarning):
+        ds_acc = (DawidSkene(4).fit(bad.L).predict(bad.L) == bad.y).mean()
+    auto = AutoLabelModel(4).fit(bad.L)
+    mv_acc = (MajorityVote(4).fit(bad.L).predict(bad.L) == bad.y).mean()
+    auto_acc = (auto.predict(bad.L) == bad.y).mean()
+    assert auto_acc >= mv_acc - 0.005 > ds_acc, (auto.selected, auto_acc, mv_acc, ds_acc)
+    assert auto.fit_report_["clusters"] and auto.fit_report_["selection"]["criterion"].startswith("leave-cluster")
+
+    good = make_regime_label_matrix(4000, k=2, m=12, lf_type="multi", coverage=(0.1, 0.5), seed=10)
+    auto = make_label_model("auto", seed=0).fit(good.L)
+    assert auto.selected != "majority_vote/raw"
+    assert (auto.predict(good.L) == good.y).mean() > (MajorityVote().fit(good.L).predict(good.L) == good.y).mean()
+
+
+def test_auto_with_dev_labels_selects_on_dev_and_round_trips(tmp_path):
+    d = make_regime_label_matrix(4000, k=3, m=15, lf_type="multi", seed=11)
+    dev = make_regime_label_matrix(300, k=3, m=15, lf_type="multi", seed=11)  # same LF parameters, fresh rows
+    auto = AutoLabelModel(3).fit(d.L, dev_L=dev.L, dev_y=dev.y)
+    assert auto.fit_report_["selection"]["criterion"] == "dev accuracy"
+    assert auto.class_balance_source == "dev"
+    back = LabelModel.load(auto.save(tmp_path / "auto"))
+    assert back.selected == auto.selected
+    np.testing.assert_array_equal(back.predict_proba(d.L), auto.predict_proba(d.L))
+
+
+def test_auto_is_the_datamodule_default():
+    import inspect
+
+    from lightning_ws.datamodules.weak_supervision import PseudoLabelDataModule
+
+    assert inspect.signature(PseudoLabelDataModule).parameters["label_model"].default == "auto"
+
+
+def test_metal_compat_keeps_snorkels_absolute_clamp():
+    d = make_synthetic_label_matrix(3000, [0.8, 0.7, 0.75, 0.9], [0.02, 0.03, 0.5, 0.4], [0.5, 0.5], seed=12)
+    mc = MetalCompat(seed=0).fit(d.L, [0.5, 0.5])
+    assert np.all(mc._logtab()[:, :, 1:] >= np.log(0.01) - 1e-12)
