@@ -12,7 +12,7 @@ extracted answer is its own singleton answer), the latent ``z_p`` is the correct
 where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` (``beta = 0``: agreement carries
 no evidence; ``beta = 1``: the generator is calibrated; large ``beta``: majority vote), and source ``k``'s
 observation for answer ``a`` is the binned mean of the (pooled, normalised) source scores of ``a``'s candidates. EM
-learns ``gamma``, ``beta`` (grid search in ``[0, beta_max]``) and the binned class-conditional score distributions
+learns ``gamma``, ``beta`` (Newton steps in ``[0, beta_max]``) and the binned class-conditional score distributions
 ``f1, f0`` without labels, so how much to trust agreement versus each verifier is estimated from the data instead of
 being fixed. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection takes the most probable answer.
 
@@ -81,86 +81,150 @@ class AnswerLevelModel:
         bins: quantile bins of each source's per-answer mean score (default 8; sources with few distinct values keep
             one bin per value).
         smoothing: add-``smoothing`` counts per bin and class (default 1.0).
-        beta_max: largest agreement exponent searched (default 6; grid step 0.1).
+        beta_max: largest agreement exponent (default 6; found by Newton steps on the concave M-step objective).
         max_iter, tol: EM stopping rule (defaults 100, 1e-6 gain of the mean log-likelihood per problem).
         use_agreement: let the answer share enter the prior (default True); False = verifiers only.
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
-                 tol: float = 1e-6, use_agreement: bool = True) -> None:
+                 tol: float = 1e-6, use_agreement: bool = True, evidence: str = "candidates",
+                 size_exponent: float = 0.5) -> None:
+        if evidence not in ("candidates", "answer_mean"):
+            raise ConfigError(f"evidence must be 'candidates' or 'answer_mean', got {evidence!r}.")
+        if not 0.0 <= size_exponent <= 1.0:
+            raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
+        self.evidence, self.size_exponent = evidence, float(size_exponent)
         if int(bins) < 2 or smoothing <= 0 or beta_max < 0 or int(max_iter) < 1:
             raise ConfigError("need bins >= 2, smoothing > 0, beta_max >= 0 and max_iter >= 1.")
         self.bins, self.smoothing, self.beta_max = int(bins), float(smoothing), float(beta_max)
         self.max_iter, self.tol, self.use_agreement = int(max_iter), float(tol), bool(use_agreement)
         self.edges_: list[np.ndarray] | None = None
         self.llr_: list[np.ndarray] | None = None
+        self.log_f_: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.beta_: float | None = None
         self.gamma_: float | None = None
         self.report_: dict[str, Any] = {}
 
-    def _bins(self, means: np.ndarray) -> np.ndarray:
-        out = np.full(means.shape, -1, dtype=np.int64)
+    def _bins(self, x: np.ndarray) -> np.ndarray:
+        out = np.full(x.shape, -1, dtype=np.int64)
         for k, e in enumerate(self.edges_):
-            ok = ~np.isnan(means[:, k])
-            out[ok, k] = np.searchsorted(e, means[ok, k], side="right")
+            ok = ~np.isnan(x[:, k])
+            out[ok, k] = np.searchsorted(e, x[ok, k], side="right")
         return out
 
-    def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
-        ls = np.log(groups.share) * (beta if self.use_agreement else 0.0)
-        prior = ls - groups.segment_logsumexp(ls)[groups.problem]
-        ev = np.zeros(groups.num_groups)
+    def _obs(self, groups: AnswerGroups, s: np.ndarray) -> np.ndarray:
+        """Rows the bins are computed on: one per answer (``answer_mean``) or one per candidate."""
+        return groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+
+    def _evidence(self, groups: AnswerGroups, b: np.ndarray) -> np.ndarray:
+        ev = np.zeros(b.shape[0])
         for k, llr in enumerate(self.llr_):
             ok = b[:, k] >= 0
             ev[ok] += llr[b[ok, k]]
-        v = np.log(gamma) + prior + ev
+        if self.evidence == "answer_mean":
+            return ev
+        g = groups.group.ravel()
+        tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
+        return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
+
+    def _newton_beta(self, groups: AnswerGroups, r: np.ndarray, ls: np.ndarray, beta: float) -> float:
+        """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
+        rs = np.add.reduceat(r, groups.starts)
+        for _ in range(20):
+            v = beta * ls
+            p = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            m1 = np.add.reduceat(p * ls, groups.starts)
+            m2 = np.add.reduceat(p * ls * ls, groups.starts)
+            grad = float((r * ls).sum() - (rs * m1).sum())
+            hess = float((rs * (m2 - m1 * m1)).sum())
+            if hess <= 1e-12:
+                break
+            new = float(np.clip(beta + grad / hess, 0.0, self.beta_max))
+            if abs(new - beta) < 1e-4:
+                beta = new
+                break
+            beta = new
+        return beta
+
+    def source_auroc(self) -> np.ndarray:
+        """Per source, the AUROC implied by the fitted class-conditional bin distributions (label-free estimate)."""
+        if self.log_f_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        out = []
+        for lf0, lf1 in self.log_f_:
+            f0, f1 = np.exp(lf0), np.exp(lf1)
+            below = np.concatenate([[0.0], np.cumsum(f0)[:-1]])
+            out.append(float(np.sum(f1 * (below + 0.5 * f0))))
+        return np.asarray(out)
+
+    def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
+                   ) -> tuple[np.ndarray, float]:
+        ls = np.log(groups.share) * (beta if self.use_agreement else 0.0)
+        prior = ls - groups.segment_logsumexp(ls)[groups.problem]
+        v = np.log(gamma) + prior + self._evidence(groups, b)
         lz = np.logaddexp(groups.segment_logsumexp(v), np.log1p(-gamma))
-        r = np.exp(v - lz[groups.problem])
-        return r, ev, float(lz.mean())
+        return np.exp(v - lz[groups.problem]), float(lz.mean())
 
     def fit(self, answer_ids: np.ndarray, sources: np.ndarray, init: np.ndarray | None = None,
-            gamma0: float = 0.8) -> AnswerLevelModel:
+            gamma0: float = 0.8, *, gamma: float | None = None, known: np.ndarray | None = None) -> AnswerLevelModel:
         """Fit on ``(P, N)`` answer codes (``-1`` = none) and ``(P, N, K)`` source scores (higher = better).
 
-        ``init``: optional ``(P, N)`` score whose within-problem softmax (per answer mean) starts EM; default the mean
-        of the sources.
+        Args:
+            init: optional ``(P, N)`` score whose per-answer mean, standardised, starts EM (default: the mean of the
+                sources).
+            gamma0: starting P(some answer is correct) (default 0.8).
+            gamma: fix P(some answer is correct) instead of estimating it (e.g. from labels).
+            known: optional ``(P, N)`` float correctness with NaN where unknown; problems whose candidates are all
+                known keep their true answer posterior in every EM step (semi-supervised EM on labelled dev problems).
         """
         groups = AnswerGroups(answer_ids)
         s = np.asarray(sources, dtype=np.float64)
         if s.ndim != 3 or s.shape[:2] != groups.group.shape:
             raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
-        means = groups.group_mean(s)
-        b, self.edges_ = bin_scores(means, self.bins)
+        b, self.edges_ = bin_scores(self._obs(groups, s), self.bins)
         sizes = [e.size + 1 for e in self.edges_]
         with np.errstate(all="ignore"):
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
         g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))
-        v = 2.0 * g0 + (np.log(groups.share) if self.use_agreement else 0.0)
-        r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
-        grid = np.round(np.arange(0.0, self.beta_max + 1e-9, 0.1), 10)
         ls = np.log(groups.share)
-        prev, it, beta, gamma = -np.inf, 0, 1.0, 0.8
+        v = 2.0 * g0 + (ls if self.use_agreement else 0.0)
+        r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+        clamp = None
+        if known is not None:
+            kn = np.asarray(known, dtype=np.float64)
+            if kn.shape != groups.group.shape:
+                raise DataError(f"known must have shape {groups.group.shape}; got {kn.shape}.")
+            full = ~np.isnan(kn).any(axis=1)
+            gk = groups.group_mean(kn[:, :, None])[:, 0]
+            clamp = full[groups.problem] & ~np.isnan(gk)
+            clamp_val = np.nan_to_num(gk)
+            r = np.where(clamp, clamp_val, r)
+        if gamma is not None and not 0.0 < float(gamma) < 1.0:
+            raise ConfigError(f"gamma must lie in (0, 1), got {gamma}.")
+        cand = self.evidence == "candidates"
+        prev, it, beta, gam = -np.inf, 0, 1.0, gamma0
         for it in range(1, self.max_iter + 1):
-            # M-step
-            gamma = float(np.clip(np.add.reduceat(r, groups.starts).mean(), 1e-3, 1 - 1e-3))
-            self.llr_ = []
+            gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
+            w = r[groups.group].ravel() if cand else r
+            self.llr_, logf = [], []
             for k in range(b.shape[1]):
                 ok = b[:, k] >= 0
-                c1 = np.bincount(b[ok, k], weights=r[ok], minlength=sizes[k]) + self.smoothing
-                c0 = np.bincount(b[ok, k], weights=1 - r[ok], minlength=sizes[k]) + self.smoothing
+                c1 = np.bincount(b[ok, k], weights=w[ok], minlength=sizes[k]) + self.smoothing
+                c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
+                logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
+            self.log_f_ = logf
             if self.use_agreement:
-                obj = [float((r * (bb * ls)).sum() - (np.add.reduceat(r, groups.starts)
-                                                      * groups.segment_logsumexp(bb * ls)).sum()) for bb in grid]
-                beta = float(grid[int(np.argmax(obj))])
-            # E-step
-            r, _, ll = self._posterior(groups, b, beta, gamma)
+                beta = self._newton_beta(groups, r, ls, beta)
+            r, ll = self._posterior(groups, b, beta, gam)
+            if clamp is not None:
+                r = np.where(clamp, clamp_val, r)
             if ll - prev < self.tol:
                 break
             prev = ll
-        self.beta_, self.gamma_ = beta, gamma
-        self.report_ = {"iterations": it, "beta": beta, "gamma": gamma, "log_likelihood_per_problem": prev,
+        self.beta_, self.gamma_ = beta, gam
+        self.report_ = {"iterations": it, "beta": beta, "gamma": gam, "log_likelihood_per_problem": prev,
                         "class_balance": float((r * groups.size).sum() / groups.size.sum())}
         return self
 
@@ -170,12 +234,33 @@ class AnswerLevelModel:
             raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
         groups = AnswerGroups(answer_ids)
         s = np.asarray(sources, dtype=np.float64)
-        if s.ndim != 3 or s.shape[2] != len(self.llr_):
-            raise DataError(f"sources must have {len(self.llr_)} columns; got shape {s.shape}.")
-        r, _, _ = self._posterior(groups, self._bins(groups.group_mean(s)), self.beta_, self.gamma_)
+        if s.ndim != 3 or s.shape[:2] != groups.group.shape or s.shape[2] != len(self.llr_):
+            raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
+        r, _ = self._posterior(groups, self._bins(self._obs(groups, s)), self.beta_, self.gamma_)
         return groups, r
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
         """``(P, N)`` P(candidate correct) = posterior that its answer is the problem's correct answer."""
         groups, r = self.answer_posterior(answer_ids, sources)
         return r[groups.group]
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able fitted state."""
+        if self.llr_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; nothing to save.")
+        return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
+                           "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
+                           "evidence": self.evidence, "size_exponent": self.size_exponent},
+                "edges": [e.tolist() for e in self.edges_], "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
+                "beta": self.beta_, "gamma": self.gamma_, "report": self.report_}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
+        """Rebuild a fitted model from :meth:`state_dict` output."""
+        m = cls(**state["config"])
+        m.edges_ = [np.asarray(e, dtype=np.float64) for e in state["edges"]]
+        m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
+        m.llr_ = [b - a for a, b in m.log_f_]
+        m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
+        return m
+

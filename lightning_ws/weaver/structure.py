@@ -122,6 +122,7 @@ def pool_groups(normalized: np.ndarray, groups: Sequence[Sequence[int]]) -> np.n
     out = np.empty(s.shape[:2] + (len(groups),))
     for g_i, g in enumerate(groups):
         x = s[:, :, list(g)]
+        cnt = (~np.isnan(x)).sum(axis=2)
         with np.errstate(all="ignore"):
-            out[:, :, g_i] = np.where(np.isnan(x).all(axis=2), np.nan, np.nanmean(x, axis=2))
+            out[:, :, g_i] = np.where(cnt > 0, np.nansum(x, axis=2) / cnt, np.nan)
     return out
