@@ -619,6 +619,7 @@ class Weaver:
             raise ConfigError(f"answer_pooling must be one of {ANSWER_POOLING}, got {answer_pooling!r}.")
         self.label_model_name = label_model
         self.label_model_kwargs = dict(label_model_kwargs or {})
+        self.seed = int(seed)
         self._make_lm()  # validate early
         self.normalizer = ScoreNormalizer(normalize, normalize_scope)
         self.binarizer = Binarizer(binarize, threshold)
@@ -787,6 +788,12 @@ class Weaver:
 
         cols = self._binary_columns(data, pooled)
         names = source_names + ([MV_NAME] if self.mv_verifier else [])
+        need = int(getattr(self._make_lm(), "min_lfs", 1))
+        if len(names) < need:
+            raise DataError(f"label model {self.label_model_name!r} needs at least {need} sources but the data give "
+                            f"{len(names)} ({names}) after pooling verifier groups {[len(g) for g in self.groups_]}; "
+                            f"use Weaver('answer_level') (default), which works with a single source, or "
+                            f"group_verifiers=False.")
         P, N = data.num_problems, data.num_candidates
         pi: float | None
         if mode == "transductive":
@@ -825,14 +832,14 @@ class Weaver:
                 if abs(est - pi_b) < 0.01:
                     break
                 pi_b = est
-        else:  # label-free prior from the binned Dawid-Skene fit over the continuous sources
-            pi_ds = float(ds.pi_)
-            lm = run(pi_ds, np.array([1.0 - pi_ds, pi_ds]))
-            history = [pi_ds]
+        else:  # youden votes need no prior; the label model estimates its own (metal_compat: uniform, as the reference)
+            lm = run(None, "estimated")
+            history = [float(lm.class_balance_[1])]
         self.label_model_ = lm
         self.verifier_names_ = names
         return {"class_balance": float(lm.class_balance_[1]),
                 "class_balance_source": "estimated" if pi is None else "given", "prior_history": history,
+                "class_balance_binned_ds": float(ds.pi_),
                 "thresholds": dict(zip(names, self.binarizer.thresholds_.tolist())),
                 **dict(self.filter.report_.items()),
                 "label_model_fit": {k: v for k, v in lm.fit_report_.items()
