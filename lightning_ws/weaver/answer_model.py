@@ -188,9 +188,7 @@ class AnswerLevelModel:
         g0 = groups.group_mean(start[:, :, None])[:, 0]
         g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))
         ls = np.log(groups.share)
-        v = 2.0 * g0 + (ls if self.use_agreement else 0.0)
-        r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
-        clamp = None
+        clamp = clamp_val = None
         if known is not None:
             kn = np.asarray(known, dtype=np.float64)
             if kn.shape != groups.group.shape:
@@ -199,11 +197,31 @@ class AnswerLevelModel:
             gk = groups.group_mean(kn[:, :, None])[:, 0]
             clamp = full[groups.problem] & ~np.isnan(gk)
             clamp_val = np.nan_to_num(gk)
-            r = np.where(clamp, clamp_val, r)
         if gamma is not None and not 0.0 < float(gamma) < 1.0:
             raise ConfigError(f"gamma must lie in (0, 1), got {gamma}.")
+        # EM from several starts (scores and agreement, agreement only, scores only); keep the best likelihood
+        starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
+        best = None
+        for w_score, w_share in starts:
+            v = w_score * g0 + w_share * ls
+            r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            if clamp is not None:
+                r = np.where(clamp, clamp_val, r)
+            out = self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val)
+            if best is None or out["ll"] > best["ll"] + 1e-9:
+                best = {**out, "start": [w_score, w_share]}
+        self.llr_, self.log_f_ = best["llr"], best["log_f"]
+        self.beta_, self.gamma_ = best["beta"], best["gamma"]
+        r = best["r"]
+        self.report_ = {"iterations": best["it"], "beta": self.beta_, "gamma": self.gamma_,
+                        "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
+                        "class_balance": float((r * groups.size).sum() / groups.size.sum())}
+        return self
+
+    def _em(self, groups: AnswerGroups, b: np.ndarray, sizes: list[int], r: np.ndarray, ls: np.ndarray,
+            gamma: float | None, clamp: np.ndarray | None, clamp_val: np.ndarray | None) -> dict[str, Any]:
         cand = self.evidence == "candidates"
-        prev, it, beta, gam = -np.inf, 0, 1.0, gamma0
+        prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
         for it in range(1, self.max_iter + 1):
             gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
             w = r[groups.group].ravel() if cand else r
@@ -214,19 +232,16 @@ class AnswerLevelModel:
                 c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
-            self.log_f_ = logf
             if self.use_agreement:
                 beta = self._newton_beta(groups, r, ls, beta)
             r, ll = self._posterior(groups, b, beta, gam)
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
             if ll - prev < self.tol:
+                prev = max(prev, ll)
                 break
             prev = ll
-        self.beta_, self.gamma_ = beta, gam
-        self.report_ = {"iterations": it, "beta": beta, "gamma": gam, "log_likelihood_per_problem": prev,
-                        "class_balance": float((r * groups.size).sum() / groups.size.sum())}
-        return self
+        return {"llr": self.llr_, "log_f": logf, "beta": beta, "gamma": gam, "r": r, "ll": prev, "it": it}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""

@@ -60,6 +60,8 @@ MODES = ("label_free", "few_labels", "transductive")
 ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
+#: The guard's evaluator: an answer-level model with the default settings, fitted on the other half of the problems.
+GUARD_EVALUATOR: dict[str, Any] = {}
 #: Methods of :class:`Binarizer`.
 BINARIZE_METHODS = ("youden", "prior", "fixed")
 _NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
@@ -610,7 +612,8 @@ class Weaver:
                  threshold: float = 0.5, band: tuple[float, float] = (0.01, 0.99), min_accuracy: float | None = None,
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
-                 group_kwargs: dict[str, Any] | None = None, guard: bool = True, seed: int = 0) -> None:
+                 group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
+                 seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -631,6 +634,9 @@ class Weaver:
         self.group_verifiers = bool(group_verifiers)
         self.group_kwargs = dict(group_kwargs or {})
         self.guard = bool(guard)
+        if not float(guard_z) >= 0.0:
+            raise ConfigError(f"guard_z must be >= 0, got {guard_z}.")
+        self.guard_z = float(guard_z)
         self.seed = int(seed)
         self.label_model_ = None
         self.groups_: list[list[int]] | None = None
@@ -662,7 +668,7 @@ class Weaver:
                    min_accuracy=self.filter.min_accuracy, min_keep=self.filter.min_keep, mv_verifier=self.mv_verifier,
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
-                   group_kwargs=self.group_kwargs, guard=False, seed=self.seed)
+                   group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, seed=self.seed)
         return w
 
     @staticmethod
@@ -851,21 +857,20 @@ class Weaver:
         from lightning_ws.weaver.answer_model import AnswerLevelModel
 
         P = data.num_problems
-        criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, "
-                     "P(correct) from an answer-level model fitted label-free on the other half of the problems; "
-                     "the label model is refitted on each half alone; ties go to majority_vote, then pooled_mean")
+        criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
+                     "from an answer-level model fitted label-free on the other half of the problems (the label model "
+                     "itself is refitted on each half alone). The better of majority_vote and pooled_mean (ties: "
+                     "majority_vote) is the fallback; the label model replaces it only if its estimated per-problem "
+                     f"gain exceeds z = {self.guard_z} standard errors")
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
                     "note": f"{P} problems are too few for a 2-fold guard; the label model is used."}
         perm = np.random.default_rng(self.seed + 7919).permutation(P)
         folds = [np.sort(perm[: P // 2]), np.sort(perm[P // 2:])]
         ids = data.answer_ids()
-        est = {"label_model": 0.0, "pooled_mean": 0.0, "majority_vote": 0.0}
+        per_problem = {k: np.zeros(P) for k in ("label_model", "pooled_mean", "majority_vote")}
         for f in range(2):
             here, other = folds[f], folds[1 - f]
-            evaluator = AnswerLevelModel(**(self.label_model_kwargs if self.answer_level else {}))
-            evaluator.fit(ids[other], pooled[other])
-            q = evaluator.predict_proba(ids[here], pooled[here])
             sub = data.subset(here)
             if sub.verifier_names == data.verifier_names:
                 lm_sel = self._clone().fit(sub, "label_free" if mode == "few_labels" else mode).select(sub)
@@ -874,12 +879,17 @@ class Weaver:
             picks = {"label_model": lm_sel,
                      "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
                      "majority_vote": _mv_pick(ids[here], pm[here])}
+            evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[other], pooled[other])
+            q = evaluator.predict_proba(ids[here], pooled[here])
             for k, sel in picks.items():
-                est[k] += float(q[np.arange(len(here)), sel].sum()) / P
-        order = ["majority_vote", "pooled_mean", "label_model"]  # simpler first: ties go to the simpler selector
-        best = max(est.values())
-        choice = next(k for k in order if est[k] >= best - 1e-12)
+                per_problem[k][here] = q[np.arange(len(here)), sel]
+        est = {k: float(v.mean()) for k, v in per_problem.items()}
+        simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
+        diff = per_problem["label_model"] - per_problem[simple]
+        se = float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0
+        choice = "label_model" if diff.mean() > self.guard_z * se + 1e-12 else simple
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
+                "label_model_gain": float(diff.mean()), "gain_standard_error": se, "z": self.guard_z,
                 "fold_sizes": [int(len(f)) for f in folds]}
 
     # -- inference ----------------------------------------------------------------------------------------------
@@ -945,7 +955,7 @@ class Weaver:
             "normalizer": self.normalizer.state_dict(), "mv_verifier": self.mv_verifier, "tie_break": self.tie_break,
             "prior_iterations": self.prior_iterations, "answer_pooling": self.answer_pooling,
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
-            "guard": self.guard, "choice": self.choice_, "seed": self.seed,
+            "guard": self.guard, "guard_z": self.guard_z, "choice": self.choice_, "seed": self.seed,
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "report": self.report_}
         if self.answer_level:
@@ -975,7 +985,7 @@ class Weaver:
         w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], mv_verifier=st["mv_verifier"],
                 tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
-                group_kwargs=st["group_kwargs"], guard=st["guard"], seed=st["seed"], **kw)
+                group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]

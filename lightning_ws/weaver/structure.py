@@ -41,8 +41,9 @@ def centred_correlation(normalized: np.ndarray) -> np.ndarray:
     if s.ndim != 3:
         raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
     ok = ~np.isnan(s)
+    cnt = ok.sum(axis=1, keepdims=True)
     with np.errstate(all="ignore"):
-        mu = np.nanmean(np.where(ok, s, np.nan), axis=1, keepdims=True)
+        mu = np.where(cnt > 0, np.nansum(s, axis=1, keepdims=True) / cnt, 0.0)
     r = np.where(ok, s - np.nan_to_num(mu), 0.0).reshape(-1, s.shape[2])
     m = ok.reshape(-1, s.shape[2]).astype(np.float64)
     cross = r.T @ r

@@ -3,7 +3,8 @@
 Each set draws ``P`` problems x ``N`` candidates with a per-problem correct rate ``r_p ~ Beta(m c, (1 - m) c)``
 (``m`` = the set's mean correct rate, anywhere in 0.02-0.98; ``c`` = concentration, default 2: easy and hard problems
 mixed). Correct candidates share the answer ``"c"``; wrong ones draw one of ``num_wrong`` distractors with skewed
-per-problem popularity (``Dirichlet(0.5)``), so majority vote is informative but fooled on hard problems (``num_wrong``
+per-problem popularity (``Dirichlet(distractor_concentration)``, default 0.5; larger = wrong answers spread evenly,
+so majority vote gets stronger), so majority vote is informative but fooled on hard problems (``num_wrong``
 3 = four-option multiple choice; 20 = free-form math).
 
 Verifiers come in **groups** (:class:`GroupSpec`). Member ``j`` of group ``g`` scores candidate ``c`` with latent
@@ -64,6 +65,7 @@ class SetSpec:
     groups: tuple[GroupSpec, ...]
     num_wrong: int = 20
     concentration: float = 2.0
+    distractor_concentration: float = 0.5
     missing: float = 0.0
     num_problems: int = 500
     num_candidates: int = 32
@@ -127,7 +129,7 @@ def make_set(spec: SetSpec, *, num_problems: int | None = None, num_candidates: 
     m, c = spec.correct_rate, spec.concentration
     rate = rng.beta(m * c, (1.0 - m) * c, size=P)
     y = rng.random((P, N)) < rate[:, None]
-    popularity = rng.dirichlet(np.full(spec.num_wrong, 0.5), size=P)
+    popularity = rng.dirichlet(np.full(spec.num_wrong, spec.distractor_concentration), size=P)
     wrong = np.stack([rng.choice(spec.num_wrong, size=N, p=popularity[p]) for p in range(P)])
     aid = np.where(y, 0, wrong + 1)  # answer code per problem: 0 = correct
     answers = [["c" if a == 0 else f"w{a - 1}" for a in row] for row in aid]
