@@ -101,6 +101,8 @@ class AnswerLevelModel:
         self.edges_: list[np.ndarray] | None = None
         self.llr_: list[np.ndarray] | None = None
         self.log_f_: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.solutions_: list[dict[str, Any]] = []
+        self.num_problems_ = 0
         self.beta_: float | None = None
         self.gamma_: float | None = None
         self.report_: dict[str, Any] = {}
@@ -201,15 +203,20 @@ class AnswerLevelModel:
             raise ConfigError(f"gamma must lie in (0, 1), got {gamma}.")
         # EM from several starts (scores and agreement, agreement only, scores only); keep the best likelihood
         starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
-        best = None
+        best, sols = None, []
         for w_score, w_share in starts:
             v = w_score * g0 + w_share * ls
             r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
-            out = self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val)
+            out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
+            sols.append(out)
             if best is None or out["ll"] > best["ll"] + 1e-9:
-                best = {**out, "start": [w_score, w_share]}
+                best = out
+        #: every EM solution (one per start) with its mean log-likelihood per problem, for plausibility checks
+        self.solutions_ = [{"log_f": o["log_f"], "beta": o["beta"], "gamma": o["gamma"], "ll": o["ll"],
+                            "start": o["start"]} for o in sols]
+        self.num_problems_ = groups.num_problems
         self.llr_, self.log_f_ = best["llr"], best["log_f"]
         self.beta_, self.gamma_ = best["beta"], best["gamma"]
         r = best["r"]
@@ -253,6 +260,27 @@ class AnswerLevelModel:
             raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
         r, _ = self._posterior(groups, self._bins(self._obs(groups, s)), self.beta_, self.gamma_)
         return groups, r
+
+    def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0
+                         ) -> list[np.ndarray]:
+        """``(P, N)`` P(correct) under every EM solution whose total log-likelihood on the fitting data is within
+        ``max_loglik_gap`` nats of the best one (the fits the data cannot tell apart), best first."""
+        if self.llr_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        best_ll = max(sol["ll"] for sol in self.solutions_)
+        keep = sorted((sol for sol in self.solutions_
+                       if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
+        saved = (self.llr_, self.log_f_, self.beta_, self.gamma_)
+        out = []
+        try:
+            for sol in keep:
+                self.log_f_ = sol["log_f"]
+                self.llr_ = [b - a for a, b in sol["log_f"]]
+                self.beta_, self.gamma_ = sol["beta"], sol["gamma"]
+                out.append(self.predict_proba(answer_ids, sources))
+        finally:
+            self.llr_, self.log_f_, self.beta_, self.gamma_ = saved
+        return out
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
         """``(P, N)`` P(candidate correct) = posterior that its answer is the problem's correct answer."""

@@ -613,7 +613,7 @@ class Weaver:
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
-                 seed: int = 0) -> None:
+                 guard_gap: float = 2.0, seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -637,6 +637,9 @@ class Weaver:
         if not float(guard_z) >= 0.0:
             raise ConfigError(f"guard_z must be >= 0, got {guard_z}.")
         self.guard_z = float(guard_z)
+        if not float(guard_gap) >= 0.0:
+            raise ConfigError(f"guard_gap must be >= 0, got {guard_gap}.")
+        self.guard_gap = float(guard_gap)
         self.seed = int(seed)
         self.label_model_ = None
         self.groups_: list[list[int]] | None = None
@@ -668,7 +671,8 @@ class Weaver:
                    min_accuracy=self.filter.min_accuracy, min_keep=self.filter.min_keep, mv_verifier=self.mv_verifier,
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
-                   group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, seed=self.seed)
+                   group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
+                   seed=self.seed)
         return w
 
     @staticmethod
@@ -858,17 +862,20 @@ class Weaver:
 
         P = data.num_problems
         criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
-                     "from an answer-level model fitted label-free on the other half of the problems (the label model "
-                     "itself is refitted on each half alone). The better of majority_vote and pooled_mean (ties: "
-                     "majority_vote) is the fallback; the label model replaces it only if its estimated per-problem "
-                     f"gain exceeds z = {self.guard_z} standard errors")
+                     "from an answer-level model fitted label-free on the other half of the problems - under every EM "
+                     f"solution within {self.guard_gap} nats of its best likelihood (fits the data cannot tell apart), "
+                     "taking the lowest estimate. The label model is refitted on each half alone. The better of "
+                     "majority_vote and pooled_mean (ties: majority_vote) is the fallback; the label model replaces "
+                     f"it only if its estimated per-problem gain exceeds z = {self.guard_z} standard errors under "
+                     "every such solution")
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
                     "note": f"{P} problems are too few for a 2-fold guard; the label model is used."}
         perm = np.random.default_rng(self.seed + 7919).permutation(P)
         folds = [np.sort(perm[: P // 2]), np.sort(perm[P // 2:])]
         ids = data.answer_ids()
-        per_problem = {k: np.zeros(P) for k in ("label_model", "pooled_mean", "majority_vote")}
+        names = ("label_model", "pooled_mean", "majority_vote")
+        per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
         for f in range(2):
             here, other = folds[f], folds[1 - f]
             sub = data.subset(here)
@@ -880,17 +887,32 @@ class Weaver:
                      "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
                      "majority_vote": _mv_pick(ids[here], pm[here])}
             evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[other], pooled[other])
-            q = evaluator.predict_proba(ids[here], pooled[here])
-            for k, sel in picks.items():
-                per_problem[k][here] = q[np.arange(len(here)), sel]
-        est = {k: float(v.mean()) for k, v in per_problem.items()}
+            qs = evaluator.plausible_probas(ids[here], pooled[here], max_loglik_gap=self.guard_gap)
+            for s_i, q in enumerate(qs):
+                if s_i >= len(per_problem):  # a solution index missing in the other fold copies its best one
+                    per_problem.append({k: v.copy() for k, v in per_problem[0].items()} if per_problem
+                                       else {k: np.full(P, np.nan) for k in names})
+                for k, sel in picks.items():
+                    per_problem[s_i][k][here] = q[np.arange(len(here)), sel]
+            for s_i in range(len(qs), len(per_problem)):  # fewer plausible solutions here: reuse the best one
+                for k in names:
+                    per_problem[s_i][k][here] = per_problem[0][k][here]
+        for pp in per_problem[1:]:  # solutions first seen in the second fold: fill the first fold from the best
+            for k in names:
+                pp[k] = np.where(np.isnan(pp[k]), per_problem[0][k], pp[k])
+        ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
+        est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
         simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
-        diff = per_problem["label_model"] - per_problem[simple]
-        se = float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0
-        choice = "label_model" if diff.mean() > self.guard_z * se + 1e-12 else simple
+        gains, ses = [], []
+        for pp in per_problem:
+            diff = pp["label_model"] - pp[simple]
+            gains.append(float(diff.mean()))
+            ses.append(float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0)
+        ok = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
+        choice = "label_model" if ok else simple
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
-                "label_model_gain": float(diff.mean()), "gain_standard_error": se, "z": self.guard_z,
-                "fold_sizes": [int(len(f)) for f in folds]}
+                "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
+                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds]}
 
     # -- inference ----------------------------------------------------------------------------------------------
     def score(self, data: VerificationData) -> np.ndarray:
@@ -955,7 +977,7 @@ class Weaver:
             "normalizer": self.normalizer.state_dict(), "mv_verifier": self.mv_verifier, "tie_break": self.tie_break,
             "prior_iterations": self.prior_iterations, "answer_pooling": self.answer_pooling,
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
-            "guard": self.guard, "guard_z": self.guard_z, "choice": self.choice_, "seed": self.seed,
+            "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap, "choice": self.choice_, "seed": self.seed,
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "report": self.report_}
         if self.answer_level:
@@ -985,7 +1007,8 @@ class Weaver:
         w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], mv_verifier=st["mv_verifier"],
                 tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
-                group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], seed=st["seed"], **kw)
+                group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
+                seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
