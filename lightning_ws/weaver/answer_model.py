@@ -28,7 +28,10 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver.ordinal import bin_scores
 
-__all__ = ["AnswerGroups", "AnswerLevelModel"]
+__all__ = ["AnswerGroups", "AnswerLevelModel", "EVIDENCE"]
+
+#: Evidence models of :class:`AnswerLevelModel`.
+EVIDENCE = ("random_effects", "candidates", "answer_mean")
 
 
 class AnswerGroups:
@@ -89,8 +92,8 @@ class AnswerLevelModel:
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, evidence: str = "candidates",
                  size_exponent: float = 0.5) -> None:
-        if evidence not in ("candidates", "answer_mean"):
-            raise ConfigError(f"evidence must be 'candidates' or 'answer_mean', got {evidence!r}.")
+        if evidence not in EVIDENCE:
+            raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -101,6 +104,7 @@ class AnswerLevelModel:
         self.edges_: list[np.ndarray] | None = None
         self.llr_: list[np.ndarray] | None = None
         self.log_f_: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.re_: list[tuple[float, float, float, float]] | None = None
         self.solutions_: list[dict[str, Any]] = []
         self.num_problems_ = 0
         self.beta_: float | None = None
@@ -114,11 +118,23 @@ class AnswerLevelModel:
             out[ok, k] = np.searchsorted(e, x[ok, k], side="right")
         return out
 
-    def _obs(self, groups: AnswerGroups, s: np.ndarray) -> np.ndarray:
-        """Rows the bins are computed on: one per answer (``answer_mean``) or one per candidate."""
-        return groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+    def _obs(self, groups: AnswerGroups, s: np.ndarray) -> Any:
+        """What the evidence is computed from: bins of one row per answer (``answer_mean``) or per candidate, or
+        for ``random_effects`` the per-answer means, counts and within-answer variance of probit scores."""
+        if self.evidence == "random_effects":
+            return _re_stats(groups, s)
+        rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+        return self._bins(rows)
 
-    def _evidence(self, groups: AnswerGroups, b: np.ndarray) -> np.ndarray:
+    def _evidence(self, groups: AnswerGroups, b: Any) -> np.ndarray:
+        if self.evidence == "random_effects":
+            m, n, _ = b
+            ev = np.zeros(groups.num_groups)
+            for k, (mu0, mu1, sa2, sw2) in enumerate(self.re_):
+                ok = n[:, k] > 0
+                v = sa2 + sw2 / np.maximum(n[ok, k], 1.0)
+                ev[ok] += ((m[ok, k] - mu0) ** 2 - (m[ok, k] - mu1) ** 2) / (2.0 * v)
+            return ev
         ev = np.zeros(b.shape[0])
         for k, llr in enumerate(self.llr_):
             ok = b[:, k] >= 0
@@ -149,7 +165,13 @@ class AnswerLevelModel:
         return beta
 
     def source_auroc(self) -> np.ndarray:
-        """Per source, the AUROC implied by the fitted class-conditional bin distributions (label-free estimate)."""
+        """Per source, the single-candidate AUROC implied by the fitted class-conditional model (label-free)."""
+        if self.evidence == "random_effects":
+            from scipy.special import ndtr
+
+            if self.re_ is None:
+                raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+            return np.array([float(ndtr((mu1 - mu0) / np.sqrt(2.0 * (sa2 + sw2)))) for mu0, mu1, sa2, sw2 in self.re_])
         if self.log_f_ is None:
             raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
         out = []
@@ -183,8 +205,12 @@ class AnswerLevelModel:
         s = np.asarray(sources, dtype=np.float64)
         if s.ndim != 3 or s.shape[:2] != groups.group.shape:
             raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
-        b, self.edges_ = bin_scores(self._obs(groups, s), self.bins)
-        sizes = [e.size + 1 for e in self.edges_]
+        if self.evidence == "random_effects":
+            b, sizes = _re_stats(groups, s), []
+        else:
+            rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+            b, self.edges_ = bin_scores(rows, self.bins)
+            sizes = [e.size + 1 for e in self.edges_]
         with np.errstate(all="ignore"):
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
@@ -214,10 +240,10 @@ class AnswerLevelModel:
             if best is None or out["ll"] > best["ll"] + 1e-9:
                 best = out
         #: every EM solution (one per start) with its mean log-likelihood per problem, for plausibility checks
-        self.solutions_ = [{"log_f": o["log_f"], "beta": o["beta"], "gamma": o["gamma"], "ll": o["ll"],
-                            "start": o["start"]} for o in sols]
+        self.solutions_ = [{"log_f": o["log_f"], "re": o["re"], "beta": o["beta"], "gamma": o["gamma"],
+                            "ll": o["ll"], "start": o["start"]} for o in sols]
         self.num_problems_ = groups.num_problems
-        self.llr_, self.log_f_ = best["llr"], best["log_f"]
+        self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
         self.beta_, self.gamma_ = best["beta"], best["gamma"]
         r = best["r"]
         self.report_ = {"iterations": best["it"], "beta": self.beta_, "gamma": self.gamma_,
@@ -233,7 +259,10 @@ class AnswerLevelModel:
             gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
             w = r[groups.group].ravel() if cand else r
             self.llr_, logf = [], []
-            for k in range(b.shape[1]):
+            if self.evidence == "random_effects":
+                self.re_ = _re_m_step(b, r, self.re_ if it > 1 else None)
+                self.llr_ = [np.zeros(1)] * b[0].shape[1]  # marks "fitted"; unused by this evidence model
+            for k in range(0 if self.evidence == "random_effects" else b.shape[1]):
                 ok = b[:, k] >= 0
                 c1 = np.bincount(b[ok, k], weights=w[ok], minlength=sizes[k]) + self.smoothing
                 c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
@@ -248,7 +277,8 @@ class AnswerLevelModel:
                 prev = max(prev, ll)
                 break
             prev = ll
-        return {"llr": self.llr_, "log_f": logf, "beta": beta, "gamma": gam, "r": r, "ll": prev, "it": it}
+        return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
+                "it": it}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
@@ -258,7 +288,12 @@ class AnswerLevelModel:
         s = np.asarray(sources, dtype=np.float64)
         if s.ndim != 3 or s.shape[:2] != groups.group.shape or s.shape[2] != len(self.llr_):
             raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
-        r, _ = self._posterior(groups, self._bins(self._obs(groups, s)), self.beta_, self.gamma_)
+        if self.evidence == "random_effects":  # the within-answer variance stays the fitted one
+            m, n, _ = _re_stats(groups, s)
+            obs: Any = (m, n, None)
+        else:
+            obs = self._obs(groups, s)
+        r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
         return groups, r
 
     def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0
@@ -270,16 +305,17 @@ class AnswerLevelModel:
         best_ll = max(sol["ll"] for sol in self.solutions_)
         keep = sorted((sol for sol in self.solutions_
                        if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
-        saved = (self.llr_, self.log_f_, self.beta_, self.gamma_)
+        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_)
         out = []
         try:
             for sol in keep:
-                self.log_f_ = sol["log_f"]
-                self.llr_ = [b - a for a, b in sol["log_f"]]
+                self.log_f_, self.re_ = sol["log_f"], sol["re"]
+                if self.evidence != "random_effects":
+                    self.llr_ = [b - a for a, b in sol["log_f"]]
                 self.beta_, self.gamma_ = sol["beta"], sol["gamma"]
                 out.append(self.predict_proba(answer_ids, sources))
         finally:
-            self.llr_, self.log_f_, self.beta_, self.gamma_ = saved
+            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_ = saved
         return out
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -294,16 +330,64 @@ class AnswerLevelModel:
         return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
-                "edges": [e.tolist() for e in self.edges_], "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
+                "edges": None if self.edges_ is None else [e.tolist() for e in self.edges_],
+                "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
+                "re": None if self.re_ is None else [list(map(float, x)) for x in self.re_],
                 "beta": self.beta_, "gamma": self.gamma_, "report": self.report_}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
         """Rebuild a fitted model from :meth:`state_dict` output."""
         m = cls(**state["config"])
-        m.edges_ = [np.asarray(e, dtype=np.float64) for e in state["edges"]]
+        m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
         m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
-        m.llr_ = [b - a for a, b in m.log_f_]
+        m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
+        m.llr_ = [b - a for a, b in m.log_f_] if m.re_ is None else [np.zeros(1)] * len(m.re_)
         m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
         return m
+
+
+def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per answer and source: mean and count of the probit-transformed scores, and each source's pooled
+    within-answer variance (``(G, K)``, ``(G, K)``, ``(K,)``)."""
+    from scipy.special import ndtri
+
+    x = ndtri(np.clip(np.asarray(s, dtype=np.float64), 0.005, 0.995))
+    K = x.shape[2]
+    flat = x.reshape(-1, K)
+    g = groups.group.ravel()
+    ok = ~np.isnan(flat)
+    n = np.zeros((groups.num_groups, K))
+    s1 = np.zeros_like(n)
+    s2 = np.zeros_like(n)
+    np.add.at(n, g, ok.astype(np.float64))
+    np.add.at(s1, g, np.where(ok, flat, 0.0))
+    np.add.at(s2, g, np.where(ok, flat * flat, 0.0))
+    with np.errstate(all="ignore"):
+        m = np.where(n > 0, s1 / n, np.nan)
+    ss = np.where(n > 0, s2 - n * np.nan_to_num(m) ** 2, 0.0)
+    dof = np.clip(n - 1.0, 0.0, None).sum(axis=0)
+    tot = np.nanvar(np.where(ok, flat, np.nan), axis=0)
+    sw2 = np.where(dof > 0, ss.sum(axis=0) / np.maximum(dof, 1.0), 0.5 * tot)
+    return m, n, np.maximum(sw2, 1e-6)
+
+
+def _re_m_step(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray,
+               prev: list[tuple[float, float, float, float]] | None) -> list[tuple[float, float, float, float]]:
+    """Class means and the between-answer (shared) variance of each source given answer posteriors ``r``; the
+    within-answer variance is the data's. Answers are weighted by their precision under the previous parameters."""
+    m, n, sw2 = obs
+    out = []
+    for k in range(m.shape[1]):
+        ok = n[:, k] > 0
+        mk, nk = m[ok, k], n[ok, k]
+        sa2 = prev[k][2] if prev is not None else float(np.var(mk)) * 0.5 + 1e-6
+        prec = 1.0 / (sa2 + sw2[k] / nk)
+        w1, w0 = r[ok] * prec, (1.0 - r[ok]) * prec
+        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
+        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        resid = (r[ok] * (mk - mu1) ** 2 + (1.0 - r[ok]) * (mk - mu0) ** 2)
+        sa2 = float(max((resid - sw2[k] / nk).mean(), 0.01 * sw2[k], 1e-6))
+        out.append((mu0, mu1, sa2, float(sw2[k])))
+    return out
 

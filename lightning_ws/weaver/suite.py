@@ -108,6 +108,12 @@ SUITE: dict[str, SetSpec] = {
                                                  name="judge"),),
                                 num_wrong=3, missing=0.01, num_problems=64, num_candidates=64, tags=("correlated",),
                                 note="hard MC, one judge x 32 draws of a [0, 1] score, 1% missing (64 x 64)"),
+    "judge_vs_majority": SetSpec(0.35, (GroupSpec(0.5, copies=32, shared=1.0, answer=0.3, kind="judge_verdict",
+                                                  name="judge"),),
+                                 num_wrong=3, missing=0.01, num_problems=64, num_candidates=64,
+                                 distractor_concentration=5.0, tags=("correlated",),
+                                 note="as judge_draws with a weak judge and evenly spread wrong answers: majority "
+                                      "vote about as good as the mean judge (the regime issue 17 reports)"),
     "judges_and_rms": SetSpec(0.25, (GroupSpec(1.0, copies=16, shared=1.0, kind="judge_verdict", name="judgeA"),
                                      GroupSpec(0.7, copies=16, shared=1.0, kind="judge_verdict", bias=1.0,
                                                name="judgeB"),
