@@ -747,7 +747,8 @@ class Weaver:
         norm = self.normalizer.fit_transform(data.scores)
         if self.group_verifiers and len(names) > 1:
             self.groups_, group_report = detect_verifier_groups(
-                norm, names, context=majority_vote_scores(data.answer_ids())[:, :, None], **self.group_kwargs)
+                norm, names, context=majority_vote_scores(data.answer_ids())[:, :, None], raw=data.scores,
+                **self.group_kwargs)
         else:
             self.groups_ = [[j] for j in range(len(names))]
             group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
