@@ -865,7 +865,8 @@ class Weaver:
         criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
                      "from an answer-level model fitted label-free on the other half of the problems - under every EM "
                      f"solution within {self.guard_gap} nats of its best likelihood (fits the data cannot tell apart), "
-                     "taking the lowest estimate. The label model is refitted on each half alone. The better of "
+                     "taking the lowest estimate; the label model's picks are those of its fit on all problems "
+                     "(refits on 32-problem halves were unstable). The better of "
                      "majority_vote and pooled_mean (ties: majority_vote) is the fallback; the label model replaces "
                      f"it only if its estimated per-problem gain exceeds z = {self.guard_z} standard errors under "
                      "every such solution")
@@ -877,14 +878,10 @@ class Weaver:
         ids = data.answer_ids()
         names = ("label_model", "pooled_mean", "majority_vote")
         per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
+        full_lm = self.select_with(data, "label_model")
         for f in range(2):
             here, other = folds[f], folds[1 - f]
-            sub = data.subset(here)
-            if sub.verifier_names == data.verifier_names:
-                lm_sel = self._clone().fit(sub, "label_free" if mode == "few_labels" else mode).select(sub)
-            else:  # a verifier has no score on this half: use the full fit's picks there
-                lm_sel = self.select_with(data, "label_model")[here]
-            picks = {"label_model": lm_sel,
+            picks = {"label_model": full_lm[here],
                      "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
                      "majority_vote": _mv_pick(ids[here], pm[here])}
             evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[other], pooled[other])
