@@ -23,9 +23,9 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from lightning_ws.weaver import Weaver, load_gsm8k_verification  # noqa: E402
-from lightning_ws.weaver.report import SUITE_BASELINES, suite_report  # noqa: E402
-from lightning_ws.weaver.suite import SUITE, make_suite_set  # noqa: E402
+from lightning_ws.weaver import Weaver, load_gsm8k_verification
+from lightning_ws.weaver.report import SUITE_BASELINES, suite_report
+from lightning_ws.weaver.suite import SUITE, make_suite_set
 
 COLS = ("first_sample", "majority_vote", "mean_verifier", "naive_ensemble", "best_single_verifier", "weaver",
         "oracle")
@@ -37,7 +37,7 @@ def _extra(data, kwargs: dict) -> float:
     y = data.correct
     try:
         w = Weaver(**kwargs).fit(data, "label_free")
-    except Exception as e:  # e.g. a binary label model with fewer than 3 sources: report, do not hide
+    except Exception as e:  # noqa: BLE001 - e.g. a binary label model with fewer than 3 sources: report, do not hide
         print(f"    ({kwargs}: {type(e).__name__}: {str(e)[:90]})")
         return float("nan")
     sel = w.select(data)
@@ -45,7 +45,7 @@ def _extra(data, kwargs: dict) -> float:
 
 
 def _mean(v: list[float]) -> str:
-    ok = [x for x in v if x == x]
+    ok = [x for x in v if not np.isnan(x)]
     return "n/a (fit error)" if not ok else f"{np.mean(ok):.4f}" + ("" if len(ok) == len(v) else f" ({len(ok)} fits)")
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver.ordinal import bin_scores
 
-__all__ = ["AnswerGroups", "AnswerLevelModel", "EVIDENCE"]
+__all__ = ["EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
 
 #: Evidence models of :class:`AnswerLevelModel`.
 EVIDENCE = ("random_effects", "candidates", "answer_mean")

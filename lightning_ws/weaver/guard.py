@@ -25,8 +25,15 @@ import numpy as np
 
 from lightning_ws.errors import DataError
 
-__all__ = ["standardize_within_problem", "within_problem_correlation", "triplet_rho", "combination_quality",
-           "answer_share", "optimal_weights", "describe"]
+__all__ = [
+    "answer_share",
+    "combination_quality",
+    "describe",
+    "optimal_weights",
+    "standardize_within_problem",
+    "triplet_rho",
+    "within_problem_correlation",
+]
 
 
 def answer_share(answer_ids: np.ndarray) -> np.ndarray:

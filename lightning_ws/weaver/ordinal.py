@@ -25,7 +25,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["bin_scores", "BinnedDawidSkene"]
+__all__ = ["BinnedDawidSkene", "bin_scores"]
 
 
 def bin_scores(scores: np.ndarray, bins: int = 10) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -33,7 +33,7 @@ import numpy as np
 from lightning_ws.errors import ConfigError
 from lightning_ws.weaver.data import VerificationData
 
-__all__ = ["GroupSpec", "SetSpec", "SUITE", "make_set", "make_suite_set"]
+__all__ = ["SUITE", "GroupSpec", "SetSpec", "make_set", "make_suite_set"]
 
 _KINDS = ("reward_model", "judge_verdict", "judge_prob")
 
