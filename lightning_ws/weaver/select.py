@@ -604,6 +604,10 @@ class Weaver:
         group_verifiers: detect and pool verifier groups (default True).
         group_kwargs: arguments of :func:`~lightning_ws.weaver.structure.detect_verifier_groups`.
         guard: run the label-free guard (default True).
+        guard_z: the label model must beat the fallback by this many standard errors of its estimated per-problem
+            gain (default 1.0; 0 = keep it whenever its estimate is higher).
+        guard_gap: EM solutions of the guard's evaluator within this many nats of the best log-likelihood count as
+            plausible, and the label model must win under each (default 2.0).
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
