@@ -1,26 +1,28 @@
 """Weaver's selection pipeline (arXiv 2506.18203), step by step, with the flaws of the reference fixed.
 
-Steps (spec §6), each a documented function or small fitted transform:
+Building blocks (spec §6), each a documented function or small fitted transform:
 
 0. :func:`majority_vote_scores`: the answer-agreement pseudo-verifier (min-max scaled answer frequency per problem);
 1. :class:`ScoreNormalizer`: ``minmax`` / ``quantile`` / ``winsorize`` / ``none``, ``global`` or ``per_problem``;
    a *fitted, persisted* transform (the reference refits on every split and skips verifiers already in [0, 1]);
    ``NaN`` stays missing (the reference turns it into a hard 0);
-2. :class:`Binarizer`: a fixed global threshold (reference) or a per-verifier quantile matched to the class balance
-   ``pi`` (the reference's ``"cb"`` rule, but with ``pi`` from the chosen supervision mode); missing -> abstain;
-3. :class:`VerifierFilter`: vote-rate band (reference ``"all"``: 0.1 < rate < 0.9) plus an optional label-free
-   accuracy floor from a first label-model fit; never keeps fewer than ``min_keep`` verifiers and reports the kept set;
-4. a label model from :mod:`lightning_ws.labelmodels` (default ``moment_matching`` run to convergence, the
-   MeTaL-style objective of the paper, instead of the reference's 1000 unconverged SGD steps);
-5. per-candidate score ``P(correct | votes)``; 6. :func:`select_candidates` with a deterministic tie-break by a
-   continuous score (the reference silently takes the lowest index; binary votes tie in ~2/3 of problems).
+2. :class:`Binarizer`: ``"youden"`` (per-verifier cut at the estimated best TPR + TNR under a label-free posterior;
+   works at any correct rate), ``"prior"`` (quantile matched to ``pi``, the reference's ``"cb"`` rule) or ``"fixed"``
+   (one global threshold, reference); missing -> abstain;
+3. :class:`VerifierFilter`: vote-rate band plus an optional label-free accuracy floor; never keeps fewer than
+   ``min_keep`` verifiers nor fewer than ``min_keep_real`` real ones, and reports the kept set;
+4. :func:`select_candidates` with a deterministic tie-break by a continuous score (the reference silently takes the
+   lowest index; binary votes tie in ~2/3 of problems).
 
-:class:`Weaver` wraps the pipeline. The **supervision mode** is an explicit argument recorded in every report:
+:class:`Weaver` wraps them (issue 17): verifier groups pooled (:mod:`lightning_ws.weaver.structure`), the
+answer-level label model by default (:mod:`lightning_ws.weaver.answer_model`; the paper's binary path with any
+:mod:`lightning_ws.labelmodels` model on request), and a label-free guard against majority vote and the pooled mean
+score. The **supervision mode** is an explicit argument recorded in every report:
 
-* ``"label_free"``: no labels anywhere; the class prior is estimated by the label model (EM on the votes);
-* ``"few_labels"``: labels of a small dev split of *problems* give the prior (add-one smoothed) and the dev votes;
-* ``"transductive"``: the prior is the evaluation set's true correct rate, as in every shipped reference config.
-  Use it only to reproduce published numbers: it reads the labels of the data being scored.
+* ``"label_free"``: no labels anywhere;
+* ``"few_labels"``: labels of a small dev split of *problems* (clamped in EM, or the prior on the binary path);
+* ``"transductive"``: the evaluation labels give the prior, as in every shipped reference config. Use it only to
+  reproduce published numbers: it reads the labels of the data being scored.
 
 Lightning-free (numpy + the numpy label models).
 """
