@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--ranking-weight", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-agreement", action="store_true",
+                    help="the paper's pointwise student: CLS only, without the answer-agreement feature")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -62,7 +64,8 @@ def main() -> None:
     acc_first = float(sub.correct[:, 0].mean())
     acc_oracle = float(sub.correct.any(axis=1).mean())
 
-    model = WeaverCrossEncoder(lr=5e-5, head_lr=1e-3, ranking_weight=args.ranking_weight)
+    model = WeaverCrossEncoder(lr=5e-5, head_lr=1e-3, ranking_weight=args.ranking_weight,
+                               use_agreement=not args.no_agreement)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs,
                          max_time={"minutes": args.minutes}, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -87,7 +90,8 @@ def main() -> None:
 
     print(f"GSM8K distillation: {args.problems} problems ({dm.describe()}), N={vd.num_candidates}, "
           f"max_length={args.max_length}, threads={args.threads}")
-    print(f"teacher: {dm.score_source}; verifiers: {', '.join(vd.verifier_names)} (offline heuristics)")
+    print(f"teacher: {dm.score_source}; verifiers: {', '.join(vd.verifier_names)} (offline heuristics); "
+          f"student input: {'CLS only' if args.no_agreement else 'CLS + answer agreement'}")
     print(f"setup {t_setup:.1f}s, train {t_train:.1f}s ({trainer.global_step} steps, epoch {trainer.current_epoch})")
     print(f"{'selector':34s} Select@1 on {test.size} held-out problems")
     for name, acc in (("first sample", acc_first), ("Weaver (its tie-break)", acc_weaver),

@@ -60,20 +60,23 @@ class ProblemPairDataset(Dataset):
     """
 
     def __init__(self, problems: np.ndarray, input_ids: list[list[list[int]]],
-                 token_type_ids: list[list[list[int]]] | None, targets: np.ndarray, correct: np.ndarray) -> None:
+                 token_type_ids: list[list[list[int]]] | None, targets: np.ndarray, correct: np.ndarray,
+                 agreement: np.ndarray | None = None) -> None:
         self.problems = np.asarray(problems, dtype=np.int64)
         self.input_ids = input_ids
         self.token_type_ids = token_type_ids
         self.targets = np.asarray(targets, dtype=np.float32)
         self.correct = np.asarray(correct, dtype=bool)
         self.num_candidates = int(self.targets.shape[1])
+        self.agreement = (np.zeros(self.targets.shape, dtype=np.float32) if agreement is None
+                          else np.asarray(agreement, dtype=np.float32))
 
     def __len__(self) -> int:
         return int(self.problems.size)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"problem": int(self.problems[i]), "input_ids": self.input_ids[i], "target": self.targets[i],
-                "correct": self.correct[i]}
+                "correct": self.correct[i], "agreement": self.agreement[i]}
         if self.token_type_ids is not None:
             item["token_type_ids"] = self.token_type_ids[i]
         return item
@@ -101,6 +104,8 @@ def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidate
              "target": torch.from_numpy(np.concatenate([it["target"] for it in items])).float(),
              "correct": torch.from_numpy(np.concatenate([it["correct"] for it in items])).long(),
              "problem": problem, "idx": problem * num_candidates + cand}
+    if "agreement" in items[0]:
+        batch["agreement"] = torch.from_numpy(np.concatenate([it["agreement"] for it in items])).float()
     if types is not None:
         batch["token_type_ids"] = types
     return batch
@@ -250,6 +255,9 @@ class WeaverDistillDataModule(pl.LightningDataModule):
         scores = self._scores()
         self.weaver_scores = scores
         correct = vd.correct if vd.correct is not None else np.zeros(scores.shape, dtype=bool)
+        from lightning_ws.weaver.guard import answer_share
+
+        agreement = answer_share(vd.answer_ids())
         N = vd.num_candidates
         for split, probs in self.splits.items():
             instr = [vd.instructions[p] for p in probs for _ in range(N)]
@@ -257,7 +265,8 @@ class WeaverDistillDataModule(pl.LightningDataModule):
             ids, types = encode_pairs(self.tokenizer, instr, resp, self.max_length)
             group = [ids[i * N:(i + 1) * N] for i in range(len(probs))]
             tgroup = None if types is None else [types[i * N:(i + 1) * N] for i in range(len(probs))]
-            self.datasets[split] = ProblemPairDataset(probs, group, tgroup, scores[probs], correct[probs])
+            self.datasets[split] = ProblemPairDataset(probs, group, tgroup, scores[probs], correct[probs],
+                                                      agreement[probs])
 
     # ------------------------------------------------------------------ loaders
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

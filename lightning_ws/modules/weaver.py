@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.modules.text_classifier import load_encoder
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
 from lightning_ws.weaver.distill import RANKING_LOSSES, flat_selection_accuracy, ranking_loss, select_from_scores
@@ -91,6 +91,11 @@ class WeaverCrossEncoder(pl.LightningModule):
         schedule_steps: length of the warm-up + cosine schedule in optimizer steps (default ``None`` = the fit's
             ``trainer.estimated_stepping_batches``). Fix it when a run is stopped early with ``max_steps`` and later
             resumed with a larger ``max_steps``, so both legs follow the same schedule.
+        use_agreement: append the candidate's answer agreement (share of its problem's candidates with the same
+            extracted answer; computable at inference from the candidates alone, no verifier needed) to the CLS
+            vector before the head (default True). A pointwise student without it cannot see the cross-candidate
+            signal that dominates an answer-level teacher (issue 17; numbers in docs/weaver.md). False = the
+            paper's head on CLS alone.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class WeaverCrossEncoder(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         schedule_steps: int | None = None,
+        use_agreement: bool = True,
     ) -> None:
         super().__init__()
         if output not in ("sigmoid", "identity"):
@@ -125,7 +131,7 @@ class WeaverCrossEncoder(pl.LightningModule):
         self.save_hyperparameters()
         self.encoder = load_encoder(model_name_or_path, pretrained=pretrained, config_overrides=config_overrides)
         layers: list[nn.Module] = []
-        width = int(self.encoder.config.hidden_size)
+        width = int(self.encoder.config.hidden_size) + (1 if use_agreement else 0)
         for d in dims:
             layers += [nn.Linear(width, d), nn.GELU(), nn.Dropout(dropout)]
             width = d
@@ -137,12 +143,20 @@ class WeaverCrossEncoder(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``z`` ``(B,)`` (float32) of the (instruction, response) pairs."""
+                token_type_ids: torch.Tensor | None = None, agreement: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``z`` ``(B,)`` (float32) of the (instruction, response) pairs; with ``use_agreement`` the
+        ``(B,)`` answer agreement (fraction of the problem's candidates sharing the candidate's final answer) is
+        appended to the CLS vector."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         cls = self.encoder(**kwargs).last_hidden_state[:, 0]
+        if self.hparams.use_agreement:
+            if agreement is None:
+                raise DataError("this WeaverCrossEncoder was built with use_agreement=True: pass the (B,) answer "
+                                "agreement of each candidate (WeaverDistillDataModule batches carry it as "
+                                "'agreement'), or build the model with use_agreement=False.")
+            cls = torch.cat([cls, agreement.to(cls.dtype).reshape(-1, 1)], dim=1)
         return self.head(cls).squeeze(-1).float()
 
     def score_from_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -150,7 +164,7 @@ class WeaverCrossEncoder(pl.LightningModule):
         return torch.sigmoid(z) if self.hparams.output == "sigmoid" else z
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), batch.get("agreement"))
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

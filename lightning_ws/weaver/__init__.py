@@ -27,9 +27,14 @@ from lightning_ws.weaver.select import (
     select_candidates,
     tie_rate,
 )
+from lightning_ws.weaver.answer_model import AnswerLevelModel
+from lightning_ws.weaver.structure import detect_verifier_groups, pool_groups
+from lightning_ws.weaver.suite import SUITE, make_suite_set
 from lightning_ws.weaver.synthetic import make_synthetic_verification
 
 __all__ = [
+    "SUITE",
+    "AnswerLevelModel",
     "MODES",
     "NO_ANSWER",
     "TIE_BREAKS",
@@ -43,7 +48,10 @@ __all__ = [
     "load_weaver_table",
     "majority_vote_scores",
     "majority_vote_select",
+    "make_suite_set",
     "make_synthetic_verification",
+    "detect_verifier_groups",
+    "pool_groups",
     "select_candidates",
     "tie_rate",
 ]

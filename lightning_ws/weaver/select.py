@@ -1,26 +1,28 @@
 """Weaver's selection pipeline (arXiv 2506.18203), step by step, with the flaws of the reference fixed.
 
-Steps (spec §6), each a documented function or small fitted transform:
+Building blocks (spec §6), each a documented function or small fitted transform:
 
 0. :func:`majority_vote_scores`: the answer-agreement pseudo-verifier (min-max scaled answer frequency per problem);
 1. :class:`ScoreNormalizer`: ``minmax`` / ``quantile`` / ``winsorize`` / ``none``, ``global`` or ``per_problem``;
    a *fitted, persisted* transform (the reference refits on every split and skips verifiers already in [0, 1]);
    ``NaN`` stays missing (the reference turns it into a hard 0);
-2. :class:`Binarizer`: a fixed global threshold (reference) or a per-verifier quantile matched to the class balance
-   ``pi`` (the reference's ``"cb"`` rule, but with ``pi`` from the chosen supervision mode); missing -> abstain;
-3. :class:`VerifierFilter`: vote-rate band (reference ``"all"``: 0.1 < rate < 0.9) plus an optional label-free
-   accuracy floor from a first label-model fit; never keeps fewer than ``min_keep`` verifiers and reports the kept set;
-4. a label model from :mod:`lightning_ws.labelmodels` (default ``moment_matching`` run to convergence, the
-   MeTaL-style objective of the paper, instead of the reference's 1000 unconverged SGD steps);
-5. per-candidate score ``P(correct | votes)``; 6. :func:`select_candidates` with a deterministic tie-break by a
-   continuous score (the reference silently takes the lowest index; binary votes tie in ~2/3 of problems).
+2. :class:`Binarizer`: ``"youden"`` (per-verifier cut at the estimated best TPR + TNR under a label-free posterior;
+   works at any correct rate), ``"prior"`` (quantile matched to ``pi``, the reference's ``"cb"`` rule) or ``"fixed"``
+   (one global threshold, reference); missing -> abstain;
+3. :class:`VerifierFilter`: vote-rate band plus an optional label-free accuracy floor; never keeps fewer than
+   ``min_keep`` verifiers nor fewer than ``min_keep_real`` real ones, and reports the kept set;
+4. :func:`select_candidates` with a deterministic tie-break by a continuous score (the reference silently takes the
+   lowest index; binary votes tie in ~2/3 of problems).
 
-:class:`Weaver` wraps the pipeline. The **supervision mode** is an explicit argument recorded in every report:
+:class:`Weaver` wraps them (issue 17): verifier groups pooled (:mod:`lightning_ws.weaver.structure`), the
+answer-level label model by default (:mod:`lightning_ws.weaver.answer_model`; the paper's binary path with any
+:mod:`lightning_ws.labelmodels` model on request), and a label-free guard against majority vote and the pooled mean
+score. The **supervision mode** is an explicit argument recorded in every report:
 
-* ``"label_free"``: no labels anywhere; the class prior is estimated by the label model (EM on the votes);
-* ``"few_labels"``: labels of a small dev split of *problems* give the prior (add-one smoothed) and the dev votes;
-* ``"transductive"``: the prior is the evaluation set's true correct rate, as in every shipped reference config.
-  Use it only to reproduce published numbers: it reads the labels of the data being scored.
+* ``"label_free"``: no labels anywhere;
+* ``"few_labels"``: labels of a small dev split of *problems* (clamped in EM, or the prior on the binary path);
+* ``"transductive"``: the evaluation labels give the prior, as in every shipped reference config. Use it only to
+  reproduce published numbers: it reads the labels of the data being scored.
 
 Lightning-free (numpy + the numpy label models).
 """
@@ -36,6 +38,7 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import to_jsonable as _jsonable
 from lightning_ws.weaver.data import VerificationData
+from lightning_ws.weaver.structure import pool_groups
 
 __all__ = [
     "MODES",
@@ -59,6 +62,10 @@ MODES = ("label_free", "few_labels", "transductive")
 ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
+#: The guard's evaluator: an answer-level model with the default settings, fitted on the other half of the problems.
+GUARD_EVALUATOR: dict[str, Any] = {}
+#: Methods of :class:`Binarizer`.
+BINARIZE_METHODS = ("youden", "prior", "fixed")
 _NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
 _SCOPES = ("global", "per_problem")
 MV_NAME = "majority_vote"
@@ -295,11 +302,30 @@ def _prior_cut(x: np.ndarray, vals: np.ndarray, pi: float) -> float:
     return float(0.5 * (vals[i] + vals[i + 1]))
 
 
+def _youden_cut(x: np.ndarray, q: np.ndarray) -> float:
+    """Cut midway between two consecutive distinct values of ``x`` maximising the soft ``TPR + TNR - 1`` under the
+    label-free posterior ``q`` (falls back to the median-like middle cut when no cut has a positive value)."""
+    ok = ~np.isnan(x)
+    xv, qv = x[ok], q[ok]
+    vals, inv = np.unique(xv, return_inverse=True)
+    if vals.size < 2:
+        return float(vals[0]) if vals.size else 0.5
+    w1 = np.bincount(inv, weights=qv, minlength=vals.size)
+    w0 = np.bincount(inv, weights=1.0 - qv, minlength=vals.size)
+    tpr = 1.0 - np.cumsum(w1)[:-1] / max(w1.sum(), 1e-12)  # votes 1 for values above cut i
+    tnr = np.cumsum(w0)[:-1] / max(w0.sum(), 1e-12)
+    j = tpr + tnr - 1.0
+    i = int(np.argmax(j)) if j.max() > 0 else (vals.size - 2) // 2
+    return float(0.5 * (vals[i] + vals[i + 1]))
+
+
 class Binarizer:
     """Turn normalised scores into votes ``{-1 abstain, 0 incorrect, 1 correct}`` (Weaver, spec Step 3).
 
     Args:
-        method: ``"prior"`` (default: per-verifier threshold = the ``(1 - pi)`` quantile of its scores, so every
+        method: ``"youden"`` (per-verifier cut maximising the *estimated* ``TPR + TNR - 1`` under a label-free
+            posterior passed to :meth:`fit`; it does not depend on the correct rate, so it works at 2% or 98% correct;
+            :class:`Weaver`'s binary path uses it by default), ``"prior"`` (per-verifier threshold = the ``(1 - pi)`` quantile of its scores, so every
             verifier's positive rate is about ``pi``; the reference's ``"cb"`` rule, with ``pi`` from the supervision
             mode instead of always from the evaluation labels) or ``"fixed"`` (one global ``threshold``, reference).
         threshold: global threshold for ``"fixed"`` (reference values 0.01-0.95 per data set; default 0.5).
@@ -312,16 +338,29 @@ class Binarizer:
     """
 
     def __init__(self, method: str = "prior", threshold: float = 0.5) -> None:
-        if method not in ("prior", "fixed"):
-            raise ConfigError(f"binarisation method must be 'prior' or 'fixed', got {method!r}.")
+        if method not in BINARIZE_METHODS:
+            raise ConfigError(f"binarisation method must be one of {BINARIZE_METHODS}, got {method!r}.")
         if not 0.0 <= float(threshold) <= 1.0:
             raise ConfigError(f"threshold must lie in [0, 1], got {threshold}.")
         self.method, self.threshold = method, float(threshold)
         self.thresholds_: np.ndarray | None = None
 
-    def fit(self, normalized: np.ndarray, class_balance: float | None = None) -> Binarizer:
-        """Choose per-verifier thresholds on ``(P, N, V)`` normalised scores; ``class_balance`` = ``pi`` (P(correct))."""
+    def fit(self, normalized: np.ndarray, class_balance: float | None = None, *,
+            posterior: np.ndarray | None = None) -> Binarizer:
+        """Choose per-verifier thresholds on ``(P, N, V)`` normalised scores.
+
+        ``class_balance`` = ``pi`` (P(correct)) for ``"prior"``; ``posterior`` = ``(P, N)`` label-free P(correct)
+        estimates (e.g. :class:`~lightning_ws.weaver.ordinal.BinnedDawidSkene`) for ``"youden"``.
+        """
         s = np.asarray(normalized, dtype=np.float64)
+        if self.method == "youden":
+            if posterior is None:
+                raise ConfigError("Binarizer('youden') needs posterior=(P, N) label-free P(correct) estimates.")
+            q = np.asarray(posterior, dtype=np.float64)
+            if q.shape != s.shape[:2]:
+                raise DataError(f"posterior must have shape {s.shape[:2]}; got {q.shape}.")
+            self.thresholds_ = np.array([_youden_cut(s[:, :, v], q) for v in range(s.shape[2])])
+            return self
         if self.method == "prior":
             if class_balance is None or not 0.0 < float(class_balance) < 1.0:
                 raise ConfigError(f"Binarizer('prior') needs class_balance pi in (0, 1), got {class_balance!r}.")
@@ -375,10 +414,13 @@ class VerifierFilter:
         min_keep: never keep fewer (the reference can drop every verifier); the missing ones are refilled by
             estimated accuracy when available, else by ``|m_v - 0.5|`` (closest to balanced first). Default 3, the
             minimum the moment-matching label model needs.
+        min_keep_real: never keep fewer *real* verifiers (not the majority-vote pseudo-verifier; default 1). With
+            the reference band and prior-matched votes at a correct rate under 0.1, every real verifier fell out
+            and only the agreement column was left (issue 17).
     """
 
     def __init__(self, band: tuple[float, float] = (0.1, 0.9), min_accuracy: float | None = None,
-                 min_keep: int = 3) -> None:
+                 min_keep: int = 3, min_keep_real: int = 1) -> None:
         lo, hi = (float(b) for b in band)
         if not 0.0 <= lo < hi <= 1.0:
             raise ConfigError(f"band must satisfy 0 <= lo < hi <= 1, got {band}.")
@@ -386,13 +428,21 @@ class VerifierFilter:
             raise ConfigError(f"min_accuracy must lie in [0, 1] or be None, got {min_accuracy}.")
         if int(min_keep) < 1:
             raise ConfigError(f"min_keep must be >= 1, got {min_keep}.")
+        if int(min_keep_real) < 0:
+            raise ConfigError(f"min_keep_real must be >= 0, got {min_keep_real}.")
         self.band, self.min_accuracy, self.min_keep = (lo, hi), min_accuracy, int(min_keep)
+        self.min_keep_real = int(min_keep_real)
         self.kept_: np.ndarray | None = None
         self.report_: dict[str, Any] = {}
 
     def fit(self, votes: np.ndarray, accuracies: np.ndarray | None = None,
-            names: Sequence[str] | None = None) -> VerifierFilter:
-        """Decide the kept verifiers from ``(P, N, V)`` (or ``(n, V)``) votes and optional accuracy estimates."""
+            names: Sequence[str] | None = None, pseudo: Sequence[str] = (MV_NAME,)) -> VerifierFilter:
+        """Decide the kept verifiers from ``(P, N, V)`` (or ``(n, V)``) votes and optional accuracy estimates.
+
+        ``pseudo`` names verifiers that are not real (the majority-vote column): at least ``min_keep_real`` real
+        verifiers are always kept (refilled in the same order as ``min_keep``), so the filter never leaves only the
+        answer-agreement column.
+        """
         L = np.asarray(votes).reshape(-1, np.asarray(votes).shape[-1])
         V = L.shape[1]
         names = list(names) if names is not None else [f"v{j}" for j in range(V)]
@@ -415,6 +465,20 @@ class VerifierFilter:
                     keep[j] = True
                     refilled.append(names[j])
                     need -= 1
+        real = np.array([n not in set(pseudo) for n in names])
+        need_real = min(self.min_keep_real, int(real.sum())) - int((keep & real).sum())
+        if need_real > 0:
+            if accuracies is not None:
+                order = np.argsort(-np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=-1.0), kind="stable")
+            else:
+                order = np.argsort(np.nan_to_num(np.abs(rate - 0.5), nan=1.0), kind="stable")
+            for j in order:
+                if need_real == 0:
+                    break
+                if real[j] and not keep[j]:
+                    keep[j] = True
+                    refilled.append(names[j])
+                    need_real -= 1
         self.kept_ = np.flatnonzero(keep)
         self.report_ = {"positive_rate": {n: (None if np.isnan(r) else float(r)) for n, r in zip(names, rate)},
                         "kept": [names[j] for j in self.kept_],
@@ -493,87 +557,156 @@ def tie_rate(scores: np.ndarray, tol: float = 1e-9) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 class Weaver:
-    """Weaver verifier-ensemble selection (Saad-Falcon et al., arXiv 2506.18203), label model from the core.
+    """Weaver verifier-ensemble selection (Saad-Falcon et al., arXiv 2506.18203), made robust to real verifier data.
 
-    ``Weaver(...).fit(data, mode=...)`` fits normaliser, binariser, filter and label model on the *unlabelled*
-    verifier scores of ``data`` (plus labels only as the mode allows); ``score(data) -> (P, N)`` gives
-    ``P(correct | votes)``; ``select(data) -> (P,)`` picks one candidate per problem.
+    ``Weaver(...).fit(data, mode=...)`` fits on the *unlabelled* verifier scores of ``data`` (plus labels only as the
+    mode allows); ``score(data) -> (P, N)`` gives P(correct); ``select(data) -> (P,)`` picks one candidate per
+    problem. Pipeline:
+
+    1. :class:`ScoreNormalizer` (quantile by default);
+    2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
+       near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
+       (its mean normalised score) and reported;
+    3. a label model over the pooled sources:
+
+       * ``"answer_level"`` (default, :class:`~lightning_ws.weaver.answer_model.AnswerLevelModel`): label-free EM
+         over which answer of each problem is correct, if any, with answer agreement as a learned prior
+         (``share ** beta``) and binned continuous source scores as evidence - no binarisation, no threshold;
+       * any :func:`lightning_ws.labelmodels.make_label_model` name (``"moment_matching"``, ``"dawid_skene"``,
+         ``"triplet"``, ``"metal_compat"``): the paper's binary path - the majority-vote pseudo-verifier is added
+         as a column, :class:`Binarizer` (``"youden"`` by default: cut at the estimated best ``TPR + TNR`` under a
+         label-free :class:`~lightning_ws.weaver.ordinal.BinnedDawidSkene` posterior, which also supplies the
+         label-free prior), :class:`VerifierFilter` (never drops every real verifier), then the label model;
+    4. the **guard** (``guard=True``, default): choose between the label model, the pooled mean score and
+       answer-level majority vote by their *2-fold cross-fitted estimated accuracy*: problems are split in two
+       seeded halves; on each half the label model is refitted on that half alone, an answer-level model fitted on
+       the *other* half estimates P(correct) of every candidate, and each selector's estimated accuracy is the mean
+       of that estimate at its picks. The label model is kept unless a simpler selector is estimated at least as
+       accurate (ties go to the simpler one: majority vote, then pooled mean). No gold label is read. The choice and
+       the three estimates are in ``report_["guard"]``;
+    5. ties broken by continuous evidence (``tie_break``).
+
+    The **supervision mode** is explicit and recorded in every report: ``"label_free"`` (no labels anywhere),
+    ``"few_labels"`` (a labelled dev split of problems: their answers are clamped in EM / give the prior),
+    ``"transductive"`` (the evaluation labels give the prior - as every shipped reference config; only for
+    reproducing published numbers).
 
     Args:
-        label_model: a :func:`lightning_ws.labelmodels.make_label_model` name (default ``"moment_matching"``: the
-            paper's MeTaL objective, here solved to convergence; ``"dawid_skene"`` and ``"triplet"`` also work).
+        label_model: ``"answer_level"`` (default) or a label-model name (see above).
         label_model_kwargs: extra constructor arguments of the label model.
-        normalize: :class:`ScoreNormalizer` method (default ``"quantile"``; reference ``"minmax"``).
-        normalize_scope: ``"global"`` (default, reference) or ``"per_problem"``.
-        binarize: :class:`Binarizer` method (default ``"prior"``; reference ``"fixed"``).
-        threshold: threshold for ``binarize="fixed"`` (default 0.5; the reference tunes 0.01-0.95 per data set).
-        band: :class:`VerifierFilter` vote-rate band (default ``(0.1, 0.9)``, reference ``"all"``).
-        min_accuracy: optional label-free accuracy floor of :class:`VerifierFilter` (default None).
-        min_keep: minimum number of kept verifiers (default 3).
-        mv_verifier: add the answer-agreement pseudo-verifier (default True, as every reference config).
-        tie_break: ``"continuous_mean"`` (default: the nan-mean of the kept verifiers' normalised continuous scores),
-            ``"mv_frequency"`` (answer frequency), ``"random"`` (seeded) or ``"first"`` (reference).
-        prior_iterations: label-free prior refinements with ``binarize="prior"`` (start at pi = 0.5, re-binarise at
-            the label model's estimate; default 3).
-        answer_pooling: answer-level aggregation at selection time (spec §12.3): ``"none"`` (default, the
-            paper: argmax of the per-candidate posterior) or ``"sum"`` (each candidate is ranked by the summed
-            posterior of all candidates sharing its extracted answer, so agreement and verifier evidence add up;
-            candidates without an answer keep their own score). :meth:`score` is never pooled.
-        seed: seed of every random choice (dev split, random tie-break, label model).
+        normalize, normalize_scope: :class:`ScoreNormalizer` method (default ``"quantile"``) and scope.
+        binarize, threshold, band, min_accuracy, min_keep: binary path only (:class:`Binarizer` default
+            ``"youden"``; ``band`` default ``(0.01, 0.99)``: only near-constant voters are dropped).
+        mv_verifier: binary path: add the answer-agreement pseudo-verifier column (default True, as the reference).
+        tie_break: ``"continuous_mean"`` (default: pooled mean normalised score), ``"mv_frequency"``, ``"random"``
+            (seeded) or ``"first"`` (reference).
+        prior_iterations: binary path with ``binarize="prior"``: label-free prior refinements (default 3).
+        answer_pooling: binary path: ``"none"`` (default) or ``"sum"`` (rank by the summed posterior of the
+            candidates sharing an answer).
+        group_verifiers: detect and pool verifier groups (default True).
+        group_kwargs: arguments of :func:`~lightning_ws.weaver.structure.detect_verifier_groups`.
+        guard: run the label-free guard (default True).
+        guard_z: the label model must beat the fallback by this many standard errors of its estimated per-problem
+            gain (default 1.0; 0 = keep it whenever its estimate is higher).
+        guard_gap: EM solutions of the guard's evaluator within this many nats of the best log-likelihood count as
+            plausible, and the label model must win under each (default 2.0).
+        seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
-    def __init__(self, label_model: str = "moment_matching", *, label_model_kwargs: dict[str, Any] | None = None,
-                 normalize: str = "quantile", normalize_scope: str = "global", binarize: str = "prior",
-                 threshold: float = 0.5, band: tuple[float, float] = (0.1, 0.9), min_accuracy: float | None = None,
+    def __init__(self, label_model: str = "answer_level", *, label_model_kwargs: dict[str, Any] | None = None,
+                 normalize: str = "quantile", normalize_scope: str = "global", binarize: str = "youden",
+                 threshold: float = 0.5, band: tuple[float, float] = (0.01, 0.99), min_accuracy: float | None = None,
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
-                 prior_iterations: int = 3, answer_pooling: str = "none", seed: int = 0) -> None:
-        from lightning_ws.labelmodels import make_label_model
-
+                 prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
+                 group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
+                 guard_gap: float = 2.0, seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
             raise ConfigError(f"prior_iterations must be >= 1, got {prior_iterations}.")
+        if answer_pooling not in ANSWER_POOLING:
+            raise ConfigError(f"answer_pooling must be one of {ANSWER_POOLING}, got {answer_pooling!r}.")
         self.label_model_name = label_model
         self.label_model_kwargs = dict(label_model_kwargs or {})
-        make_label_model(label_model, num_classes=2, seed=seed, **self.label_model_kwargs)  # validate early
+        self.seed = int(seed)
+        self._make_lm()  # validate early
         self.normalizer = ScoreNormalizer(normalize, normalize_scope)
         self.binarizer = Binarizer(binarize, threshold)
         self.filter = VerifierFilter(band, min_accuracy, min_keep)
         self.mv_verifier = bool(mv_verifier)
         self.tie_break = tie_break
-        if answer_pooling not in ANSWER_POOLING:
-            raise ConfigError(f"answer_pooling must be one of {ANSWER_POOLING}, got {answer_pooling!r}.")
         self.answer_pooling = answer_pooling
         self.prior_iterations = int(prior_iterations)
+        self.group_verifiers = bool(group_verifiers)
+        self.group_kwargs = dict(group_kwargs or {})
+        self.guard = bool(guard)
+        if not float(guard_z) >= 0.0:
+            raise ConfigError(f"guard_z must be >= 0, got {guard_z}.")
+        self.guard_z = float(guard_z)
+        if not float(guard_gap) >= 0.0:
+            raise ConfigError(f"guard_gap must be >= 0, got {guard_gap}.")
+        self.guard_gap = float(guard_gap)
         self.seed = int(seed)
         self.label_model_ = None
+        self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
+        self.input_names_: list[str] | None = None
         self.mode_: str | None = None
+        self.choice_: str = "label_model"
         self.report_: dict[str, Any] = {}
 
-    # -- helpers ------------------------------------------------------------------------------------------------
-    def _scores(self, data: VerificationData) -> tuple[np.ndarray, list[str]]:
-        s, names = data.scores, list(data.verifier_names)
-        if self.mv_verifier:
-            if MV_NAME in names:
-                raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass "
-                                f"mv_verifier=False.")
-            s = np.concatenate([s, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
-            names.append(MV_NAME)
-        return s, names
+    @property
+    def answer_level(self) -> bool:
+        """Whether the label model is the answer-level model (no binarisation)."""
+        return self.label_model_name == "answer_level"
 
+    # -- helpers ------------------------------------------------------------------------------------------------
     def _make_lm(self) -> Any:
+        if self.answer_level:
+            from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+            return AnswerLevelModel(**self.label_model_kwargs)
         from lightning_ws.labelmodels import make_label_model
 
         return make_label_model(self.label_model_name, num_classes=2, seed=self.seed, **self.label_model_kwargs)
+
+    def _clone(self) -> Weaver:
+        w = Weaver(self.label_model_name, label_model_kwargs=self.label_model_kwargs,
+                   normalize=self.normalizer.method, normalize_scope=self.normalizer.scope,
+                   binarize=self.binarizer.method, threshold=self.binarizer.threshold, band=self.filter.band,
+                   min_accuracy=self.filter.min_accuracy, min_keep=self.filter.min_keep, mv_verifier=self.mv_verifier,
+                   tie_break=self.tie_break, prior_iterations=self.prior_iterations,
+                   answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
+                   group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
+                   seed=self.seed)
+        return w
 
     @staticmethod
     def _flat(votes: np.ndarray) -> np.ndarray:
         return votes.reshape(-1, votes.shape[2])
 
-    def _fit_lm(self, L: np.ndarray, cb: Any, dev_L: np.ndarray | None, dev_y: np.ndarray | None,
-                names: list[str]) -> Any:
-        return self._make_lm().fit(L, class_balance=cb, dev_L=dev_L, dev_y=dev_y, lf_names=names)
+    def _check_names(self, data: VerificationData) -> None:
+        if self.verifier_names_ is None:
+            raise ConfigError("Weaver is not fitted; call fit(data, mode=...) first.")
+        if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
+            raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass mv_verifier=False.")
+        if list(data.verifier_names) != self.input_names_:
+            raise DataError(f"data has verifiers {list(data.verifier_names)} but Weaver was fitted on "
+                            f"{self.input_names_}; pass the same verifiers in the same order "
+                            f"(VerificationData.select_verifiers).")
+
+    def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
+        """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups."""
+        norm = self.normalizer.transform(data.scores)
+        pooled = pool_groups(norm, self.groups_)
+        with np.errstate(all="ignore"):
+            pm = np.where(np.isnan(pooled).all(axis=2), np.nan, np.nanmean(pooled, axis=2))
+        return pooled, pm
+
+    def _binary_columns(self, data: VerificationData, pooled: np.ndarray) -> np.ndarray:
+        if not self.mv_verifier:
+            return pooled
+        return np.concatenate([pooled, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
 
     # -- fit ----------------------------------------------------------------------------------------------------
     def fit(self, data: VerificationData, mode: str = "label_free", *, dev_problems: Sequence[int] | None = None,
@@ -582,18 +715,25 @@ class Weaver:
 
         Args:
             data: verification data (its verifier scores are used without labels).
-            mode: ``"label_free"``, ``"few_labels"`` or ``"transductive"`` (see the module docstring).
+            mode: ``"label_free"``, ``"few_labels"`` or ``"transductive"`` (see the class docstring).
             dev_problems: for ``"few_labels"``: indices of the labelled dev problems in ``data``.
             dev_fraction: for ``"few_labels"`` without ``dev_problems``: draw this fraction of problems (seeded).
 
         Raises:
             ConfigError: unknown mode or a mode without what it needs. DataError: labels missing for the mode.
         """
+        import time
+
+        from lightning_ws.weaver.structure import detect_verifier_groups
+
+        t0 = time.perf_counter()
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
-        raw, names = self._scores(data)
+        if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
+            raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass mv_verifier=False.")
         P = data.num_problems
         dev_idx: np.ndarray | None = None
+        correct = None
         if mode == "few_labels":
             correct = data.require_labels("mode='few_labels'")
             if dev_problems is None:
@@ -607,143 +747,306 @@ class Weaver:
                     raise ConfigError(f"dev_problems must be non-empty indices in [0, {P}).")
         elif dev_problems is not None or dev_fraction is not None:
             raise ConfigError(f"dev_problems/dev_fraction only apply to mode='few_labels', not {mode!r}.")
-        norm = self.normalizer.fit_transform(raw)
+        elif mode == "transductive":
+            correct = data.require_labels("mode='transductive'")
+        names = list(data.verifier_names)
+        norm = self.normalizer.fit_transform(data.scores)
+        if self.group_verifiers and len(names) > 1:
+            self.groups_, group_report = detect_verifier_groups(
+                norm, names, context=majority_vote_scores(data.answer_ids())[:, :, None], raw=data.scores,
+                **self.group_kwargs)
+        else:
+            self.groups_ = [[j] for j in range(len(names))]
+            group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
+        self.input_names_ = names
+        source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
+        report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
+                                  "n_candidates": data.num_candidates, "verifier_groups": group_report,
+                                  "sources": source_names,
+                                  "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size)}
+        pooled, pm = self._sources(data)
+        if self.answer_level:
+            report.update(self._fit_answer_level(data, pooled, mode, correct, dev_idx, source_names))
+            self.verifier_names_ = source_names
+        else:
+            report.update(self._fit_binary(data, pooled, mode, correct, dev_idx, source_names))
+        self.mode_ = mode
+        self.choice_ = "label_model"
+        if dev_idx is not None:
+            report["dev_problems"] = dev_idx.tolist()
+        if self.guard:
+            report["guard"] = self._run_guard(data, pooled, pm, mode, dev_idx)
+            self.choice_ = report["guard"]["choice"]
+        report["fit_seconds"] = time.perf_counter() - t0
+        self.report_ = report
+        return self
+
+    def _fit_answer_level(self, data: VerificationData, pooled: np.ndarray, mode: str, correct: np.ndarray | None,
+                          dev_idx: np.ndarray | None, source_names: list[str]) -> dict[str, Any]:
+        lm = self._make_lm()
+        ids = data.answer_ids()
+        gamma = known = None
+        if mode == "transductive":  # the label-derived analogue of the reference's oracle class balance
+            gamma = float(np.clip(correct.any(axis=1).mean(), 1e-3, 1 - 1e-3))
+        elif mode == "few_labels":
+            known = np.full(ids.shape, np.nan)
+            known[dev_idx] = correct[dev_idx]
+        lm.fit(ids, pooled, gamma=gamma, known=known)
+        self.label_model_ = lm
+        return {"class_balance": lm.report_["class_balance"],
+                "class_balance_source": {"label_free": "estimated", "few_labels": "estimated_with_dev_labels",
+                                         "transductive": "estimated_with_oracle_coverage"}[mode],
+                "answer_model": {k: v for k, v in lm.report_.items()},
+                "source_auroc_estimate": dict(zip(source_names, lm.source_auroc().tolist()))}
+
+    def _fit_binary(self, data: VerificationData, pooled: np.ndarray, mode: str, correct: np.ndarray | None,
+                    dev_idx: np.ndarray | None, source_names: list[str]) -> dict[str, Any]:
+        from lightning_ws.weaver.ordinal import BinnedDawidSkene
+
+        cols = self._binary_columns(data, pooled)
+        names = source_names + ([MV_NAME] if self.mv_verifier else [])
+        need = int(getattr(self._make_lm(), "min_lfs", 1))
+        if len(names) < need:
+            raise DataError(f"label model {self.label_model_name!r} needs at least {need} sources but the data give "
+                            f"{len(names)} ({names}) after pooling verifier groups {[len(g) for g in self.groups_]}; "
+                            f"use Weaver('answer_level') (default), which works with a single source, or "
+                            f"group_verifiers=False.")
+        P, N = data.num_problems, data.num_candidates
         pi: float | None
         if mode == "transductive":
-            pi = float(data.require_labels("mode='transductive'").mean())
+            pi = float(correct.mean())
         elif mode == "few_labels":
             y = correct[dev_idx].ravel()
             pi = float((y.sum() + 1.0) / (y.size + 2.0))
         else:
             pi = None
         dev_y = None if dev_idx is None else correct[dev_idx].ravel().astype(np.int64)
-        report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name,
-                                  "n_problems": P, "n_candidates": data.num_candidates,
-                                  "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size)}
+        ds = BinnedDawidSkene().fit(pooled.reshape(P * N, -1), pi=pi)
+        posterior = ds.predict_proba(pooled.reshape(P * N, -1)).reshape(P, N)
 
-        def run(pi_bin: float | None, cb: Any) -> tuple[Any, np.ndarray]:
-            self.binarizer.fit(norm, pi_bin)
-            votes = self.binarizer.transform(norm)
+        def run(pi_bin: float | None, cb: Any) -> Any:
+            self.binarizer.fit(cols, pi_bin, posterior=posterior)
+            votes = self.binarizer.transform(cols)
             acc = None
             if self.filter.min_accuracy is not None:
-                acc = self._fit_lm(self._flat(votes), cb, None if dev_idx is None else self._flat(votes[dev_idx]),
-                                   dev_y, names).lf_accuracies
+                acc = self._make_lm().fit(self._flat(votes), cb,
+                                          dev_L=None if dev_idx is None else self._flat(votes[dev_idx]),
+                                          dev_y=dev_y, lf_names=names).lf_accuracies
             self.filter.fit(votes, acc, names)
-            kept = self.filter.kept_
-            kv = votes[:, :, kept]
-            lm = self._fit_lm(self._flat(kv), cb, None if dev_idx is None else self._flat(kv[dev_idx]), dev_y,
-                              [names[j] for j in kept])
-            return lm, kv
+            kv = votes[:, :, self.filter.kept_]
+            return self._make_lm().fit(self._flat(kv), cb, dev_L=None if dev_idx is None else self._flat(kv[dev_idx]),
+                                       dev_y=dev_y, lf_names=[names[j] for j in self.filter.kept_])
 
         if pi is not None:
-            cb = np.array([1.0 - pi, pi])
-            lm, _ = run(pi, cb)
+            lm = run(pi, np.array([1.0 - pi, pi]))
             history = [pi]
-        else:  # label-free: the label model estimates pi; with prior binarisation iterate from pi = 0.5
-            pi_b = 0.5 if self.binarizer.method == "prior" else None
-            history = []
-            iters = self.prior_iterations if self.binarizer.method == "prior" else 1
-            for _ in range(iters):
-                lm, _ = run(pi_b, "estimated")
+        elif self.binarizer.method == "prior":  # legacy: iterate pi from 0.5
+            pi_b, history = 0.5, []
+            for _ in range(self.prior_iterations):
+                lm = run(pi_b, "estimated")
                 est = float(np.clip(lm.class_balance_[1], 0.02, 0.98))
                 history.append(est)
-                if pi_b is not None and abs(est - pi_b) < 0.01:
+                if abs(est - pi_b) < 0.01:
                     break
-                pi_b = est if pi_b is not None else None
-            pi = history[-1]
+                pi_b = est
+        else:  # youden votes need no prior; the label model estimates its own (metal_compat: uniform, as the reference)
+            lm = run(None, "estimated")
+            history = [float(lm.class_balance_[1])]
         self.label_model_ = lm
         self.verifier_names_ = names
-        self.mode_ = mode
-        report.update({"class_balance": float(lm.class_balance_[1]), "class_balance_source":
-                       lm.class_balance_source, "prior_history": history,
-                       "thresholds": dict(zip(names, self.binarizer.thresholds_.tolist())),
-                       **{k: v for k, v in self.filter.report_.items()},
-                       "label_model_fit": {k: v for k, v in lm.fit_report_.items()
-                                           if isinstance(v, (int, float, str, bool))}})
-        if dev_idx is not None:
-            report["dev_problems"] = dev_idx.tolist()
-        self.report_ = report
-        return self
+        return {"class_balance": float(lm.class_balance_[1]),
+                "class_balance_source": "estimated" if pi is None else "given", "prior_history": history,
+                "class_balance_binned_ds": float(ds.pi_),
+                "thresholds": dict(zip(names, self.binarizer.thresholds_.tolist())),
+                **dict(self.filter.report_.items()),
+                "label_model_fit": {k: v for k, v in lm.fit_report_.items()
+                                    if isinstance(v, (int, float, str, bool))}}
+
+    # -- guard --------------------------------------------------------------------------------------------------
+    def _run_guard(self, data: VerificationData, pooled: np.ndarray, pm: np.ndarray, mode: str,
+                   dev_idx: np.ndarray | None) -> dict[str, Any]:
+        from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+        P = data.num_problems
+        criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
+                     "from an answer-level model fitted label-free on the other half of the problems - under every EM "
+                     f"solution within {self.guard_gap} nats of its best likelihood (fits the data cannot tell apart), "
+                     "taking the lowest estimate; the label model's picks are those of its fit on all problems "
+                     "(refits on 32-problem halves were unstable). The better of "
+                     "majority_vote and pooled_mean (ties: majority_vote) is the fallback; the label model replaces "
+                     f"it only if its estimated per-problem gain exceeds z = {self.guard_z} standard errors under "
+                     "every such solution")
+        if P < 8:
+            return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
+                    "note": f"{P} problems are too few for a 2-fold guard; the label model is used."}
+        perm = np.random.default_rng(self.seed + 7919).permutation(P)
+        folds = [np.sort(perm[: P // 2]), np.sort(perm[P // 2:])]
+        ids = data.answer_ids()
+        names = ("label_model", "pooled_mean", "majority_vote")
+        per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
+        full_lm = self.select_with(data, "label_model")
+        for f in range(2):
+            here, other = folds[f], folds[1 - f]
+            picks = {"label_model": full_lm[here],
+                     "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
+                     "majority_vote": _mv_pick(ids[here], pm[here])}
+            evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[other], pooled[other])
+            qs = evaluator.plausible_probas(ids[here], pooled[here], max_loglik_gap=self.guard_gap)
+            for s_i, q in enumerate(qs):
+                if s_i >= len(per_problem):  # a solution index missing in the other fold copies its best one
+                    per_problem.append({k: v.copy() for k, v in per_problem[0].items()} if per_problem
+                                       else {k: np.full(P, np.nan) for k in names})
+                for k, sel in picks.items():
+                    per_problem[s_i][k][here] = q[np.arange(len(here)), sel]
+            for s_i in range(len(qs), len(per_problem)):  # fewer plausible solutions here: reuse the best one
+                for k in names:
+                    per_problem[s_i][k][here] = per_problem[0][k][here]
+        for pp in per_problem[1:]:  # solutions first seen in the second fold: fill the first fold from the best
+            for k in names:
+                pp[k] = np.where(np.isnan(pp[k]), per_problem[0][k], pp[k])
+        ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
+        est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
+        simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
+        gains, ses = [], []
+        for pp in per_problem:
+            diff = pp["label_model"] - pp[simple]
+            gains.append(float(diff.mean()))
+            ses.append(float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0)
+        ok = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
+        choice = "label_model" if ok else simple
+        return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
+                "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
+                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds]}
 
     # -- inference ----------------------------------------------------------------------------------------------
-    def _check_fitted(self, data: VerificationData) -> tuple[np.ndarray, list[str]]:
-        if self.label_model_ is None:
-            raise ConfigError("Weaver is not fitted; call fit(data, mode=...) first.")
-        raw, names = self._scores(data)
-        if names != self.verifier_names_:
-            raise DataError(f"data has verifiers {names} but Weaver was fitted on {self.verifier_names_}; pass the "
-                            f"same verifiers in the same order (VerificationData.select_verifiers).")
-        return raw, names
-
-    def _votes_and_norm(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
-        raw, _ = self._check_fitted(data)
-        norm = self.normalizer.transform(raw)
-        return self.binarizer.transform(norm)[:, :, self.filter.kept_], norm
-
     def score(self, data: VerificationData) -> np.ndarray:
-        """``(P, N)`` float64 ``P(correct | votes)`` from the fitted label model."""
-        votes, _ = self._votes_and_norm(data)
+        """``(P, N)`` float64 P(correct) from the fitted label model (answer level: P(its answer is correct))."""
+        self._check_names(data)
+        pooled, _ = self._sources(data)
+        if self.answer_level:
+            return self.label_model_.predict_proba(data.answer_ids(), pooled)
+        votes = self.binarizer.transform(self._binary_columns(data, pooled))[:, :, self.filter.kept_]
         proba = self.label_model_.predict_proba(self._flat(votes))[:, 1]
         return proba.reshape(votes.shape[0], votes.shape[1])
 
     def secondary_scores(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
-        votes, norm = self._votes_and_norm(data)
+        self._check_names(data)
         if self.tie_break == "continuous_mean":
-            kept = norm[:, :, self.filter.kept_]
-            with np.errstate(all="ignore"):
-                return np.where(np.isnan(kept).all(axis=2), np.nan, np.nanmean(kept, axis=2))
+            return self._sources(data)[1]
         if self.tie_break == "mv_frequency":
             return majority_vote_scores(data.answer_ids())
-        return np.full(votes.shape[:2], np.nan)
+        return np.full((data.num_problems, data.num_candidates), np.nan)
+
+    def select_with(self, data: VerificationData, selector: str) -> np.ndarray:
+        """``(P,)`` picks of one of the guard's selectors: ``"label_model"``, ``"pooled_mean"``, ``"majority_vote"``
+        (most frequent answer, ties by its mean pooled score; within it the candidate with the best pooled score)."""
+        if selector == "pooled_mean":
+            self._check_names(data)
+            return select_candidates(self._sources(data)[1], tie_break="first")[0]
+        if selector == "majority_vote":
+            self._check_names(data)
+            return _mv_pick(data.answer_ids(), self._sources(data)[1])
+        if selector != "label_model":
+            raise ConfigError(f"selector must be 'label_model', 'pooled_mean' or 'majority_vote', got {selector!r}.")
+        s = self.score(data)
+        if self.answer_pooling == "sum" and not self.answer_level:
+            s = pool_by_answer(s, data.answer_ids())
+        if self.tie_break in ("random", "first"):
+            return select_candidates(s, tie_break=self.tie_break, seed=self.seed)[0]
+        return select_candidates(s, secondary=self.secondary_scores(data), tie_break="secondary")[0]
 
     def select(self, data: VerificationData, *, return_ties: bool = False
                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """``(P,)`` selected candidate per problem (and the ``(P,)`` tied-at-top mask with ``return_ties``)."""
+        """``(P,)`` selected candidate per problem by the guard's choice (and, with ``return_ties``, the ``(P,)`` mask
+        of problems whose top label-model score was tied)."""
+        sel = self.select_with(data, self.choice_)
+        if not return_ties:
+            return sel
         s = self.score(data)
-        if self.answer_pooling == "sum":
-            s = pool_by_answer(s, data.answer_ids())
-        if self.tie_break in ("random", "first"):
-            sel, tied = select_candidates(s, tie_break=self.tie_break, seed=self.seed)
-        else:
-            sel, tied = select_candidates(s, secondary=self.secondary_scores(data), tie_break="secondary")
-        return (sel, tied) if return_ties else sel
+        top = np.where(np.isnan(s), -np.inf, s)
+        tied = (top >= top.max(axis=1, keepdims=True) - 1e-9).sum(axis=1) > 1
+        return sel, tied
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path/weaver.json`` (config, fitted transforms, report) and the label model folder; no pickle."""
+        """Write ``path/weaver.json`` (config, fitted transforms, report) and the label model; no pickle."""
         from lightning_ws.io import save_json
 
         if self.label_model_ is None:
             raise ConfigError("Weaver is not fitted; nothing to save.")
         folder = Path(path)
-        self.label_model_.save(folder / "label_model")
-        save_json(folder / "weaver.json", _jsonable({
-            "format_version": 1, "label_model": self.label_model_name, "label_model_kwargs": self.label_model_kwargs,
-            "normalizer": self.normalizer.state_dict(), "binarizer": self.binarizer.state_dict(),
-            "filter": {"band": list(self.filter.band), "min_accuracy": self.filter.min_accuracy,
-                       "min_keep": self.filter.min_keep, "kept": self.filter.kept_.tolist()},
-            "mv_verifier": self.mv_verifier, "tie_break": self.tie_break, "prior_iterations": self.prior_iterations,
-            "answer_pooling": self.answer_pooling,
-            "seed": self.seed, "verifier_names": self.verifier_names_, "mode": self.mode_, "report": self.report_}))
+        state: dict[str, Any] = {
+            "format_version": 2, "label_model": self.label_model_name, "label_model_kwargs": self.label_model_kwargs,
+            "normalizer": self.normalizer.state_dict(), "mv_verifier": self.mv_verifier, "tie_break": self.tie_break,
+            "prior_iterations": self.prior_iterations, "answer_pooling": self.answer_pooling,
+            "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
+            "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap, "choice": self.choice_, "seed": self.seed,
+            "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
+            "report": self.report_}
+        if self.answer_level:
+            state["answer_model"] = self.label_model_.state_dict()
+        else:
+            self.label_model_.save(folder / "label_model")
+            state.update({"binarizer": self.binarizer.state_dict(),
+                          "filter": {"band": list(self.filter.band), "min_accuracy": self.filter.min_accuracy,
+                                     "min_keep": self.filter.min_keep, "kept": self.filter.kept_.tolist()}})
+        save_json(folder / "weaver.json", _jsonable(state))
         return folder
 
     @classmethod
     def load(cls, path: str | Path) -> Weaver:
         """Load what :meth:`save` wrote."""
         from lightning_ws.io import load_json
-        from lightning_ws.labelmodels import LabelModel
 
         folder = Path(path)
         st = load_json(folder / "weaver.json")
-        w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], band=tuple(st["filter"]["band"]),
-                min_accuracy=st["filter"]["min_accuracy"], min_keep=st["filter"]["min_keep"],
-                mv_verifier=st["mv_verifier"], tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
-                answer_pooling=st.get("answer_pooling", "none"),
-                seed=st["seed"])
+        if st.get("format_version") != 2:
+            raise DataError(f"{folder / 'weaver.json'} has format_version {st.get('format_version')}; this version "
+                            f"reads 2. Refit and save again.")
+        kw: dict[str, Any] = {}
+        if "filter" in st:
+            kw = {"band": tuple(st["filter"]["band"]), "min_accuracy": st["filter"]["min_accuracy"],
+                  "min_keep": st["filter"]["min_keep"]}
+        w = cls(st["label_model"], label_model_kwargs=st["label_model_kwargs"], mv_verifier=st["mv_verifier"],
+                tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
+                answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
+                group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
+                seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
-        w.binarizer.load_state_dict(st["binarizer"])
-        w.filter.kept_ = np.asarray(st["filter"]["kept"], dtype=np.int64)
-        w.verifier_names_, w.mode_, w.report_ = st["verifier_names"], st["mode"], st["report"]
-        w.label_model_ = LabelModel.load(folder / "label_model")
+        w.groups_ = [list(g) for g in st["groups"]]
+        w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
+        w.mode_, w.report_ = st["mode"], st["report"]
+        if w.answer_level:
+            from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+            w.label_model_ = AnswerLevelModel.from_state_dict(st["answer_model"])
+        else:
+            from lightning_ws.labelmodels import LabelModel
+
+            w.binarizer.load_state_dict(st["binarizer"])
+            w.filter.kept_ = np.asarray(st["filter"]["kept"], dtype=np.int64)
+            w.label_model_ = LabelModel.load(folder / "label_model")
         return w
+
+
+def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Answer-level majority vote: the most frequent answer (ties: higher mean ``secondary`` of its candidates, then
+    first seen); within it the candidate with the highest ``secondary``. No answer anywhere -> best ``secondary``."""
+    ids = np.asarray(answer_ids)
+    sec = np.where(np.isnan(secondary), -np.inf, np.asarray(secondary, dtype=np.float64))
+    out = np.zeros(ids.shape[0], dtype=np.int64)
+    for p in range(ids.shape[0]):
+        row = ids[p]
+        valid = row >= 0
+        if not valid.any():
+            out[p] = int(np.argmax(sec[p]))
+            continue
+        codes, counts = np.unique(row[valid], return_counts=True)
+        best = codes[counts == counts.max()]
+        if best.size > 1:
+            means = [np.mean(np.where(np.isinf(sec[p, row == a]), 0.0, sec[p, row == a])) for a in best]
+            best = best[[int(np.argmax(means))]]
+        members = np.flatnonzero(row == best[0])
+        out[p] = int(members[np.argmax(sec[p, members])])
+    return out

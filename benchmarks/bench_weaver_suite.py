@@ -1,0 +1,168 @@
+"""Benchmark: label-free Weaver vs its simplest baselines on the verifier-data suite and GSM8K (issue 17).
+
+For every set of :data:`lightning_ws.weaver.suite.SUITE` (synthetic, correct rates 0.05-0.95, correlated verifier
+groups, repeated judge draws with missing values) and for the shipped GSM8K candidates (offline verifiers), prints
+Select@1 of first sample, majority vote, mean verifier, naive ensemble (mean + majority-vote column), best single
+verifier (chosen with the set's own labels: an oracle choice), label-free Weaver (default settings) and the oracle,
+plus Weaver's estimated correct rate, the guard's choices and ``Weaver - max(majority vote, mean verifier)``.
+Extra rows: the paper's binary path (``Weaver("moment_matching")``, youden binariser, guard on) and the issue-4
+default (``binarize="prior"``, band (0.1, 0.9), no groups, no guard). Then the fit time of the default pipeline per
+1,000 problems x 100 candidates, and the share of the Weaver teacher's within-problem variance on GSM8K that answer
+agreement explains (why a pointwise distilled student cannot match it).
+
+    python benchmarks/bench_weaver_suite.py [--seeds 3] [--sets a,b] [--skip-gsm8k] [--skip-timing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from lightning_ws.weaver import Weaver, load_gsm8k_verification
+from lightning_ws.weaver.report import SUITE_BASELINES, suite_report
+from lightning_ws.weaver.suite import SUITE, make_suite_set
+
+COLS = ("first_sample", "majority_vote", "mean_verifier", "naive_ensemble", "best_single_verifier", "weaver",
+        "oracle")
+HEAD = "| set | correct rate | pi-hat | first | MV | mean verifier | naive ens. | best single (oracle) | Weaver | oracle | " \
+       "Weaver - max(MV, mean) | guard choices | fit s |"
+
+
+def _extra(data, kwargs: dict) -> float:
+    y = data.correct
+    try:
+        w = Weaver(**kwargs).fit(data, "label_free")
+    except Exception as e:  # noqa: BLE001 - e.g. a binary label model with fewer than 3 sources: report, do not hide
+        print(f"    ({kwargs}: {type(e).__name__}: {str(e)[:90]})")
+        return float("nan")
+    sel = w.select(data)
+    return float(y[np.arange(len(sel)), sel].mean())
+
+
+def _mean(v: list[float]) -> str:
+    ok = [x for x in v if not np.isnan(x)]
+    return "n/a (fit error)" if not ok else f"{np.mean(ok):.4f}" + ("" if len(ok) == len(v) else f" ({len(ok)} fits)")
+
+
+def run_set(name: str, seeds: int, rows: list[str], extra_rows: list[str]) -> None:
+    acc: dict[str, list[float]] = {k: [] for k in SUITE_BASELINES}
+    pis, rates, choices, fits, binary, old = [], [], [], [], [], []
+    for seed in range(seeds):
+        data = make_suite_set(name, seed=seed)
+        rep = suite_report(data, seed=seed)
+        for k in SUITE_BASELINES:
+            acc[k].append(rep["select_at_1"][k])
+        pis.append(rep["class_balance_estimate"])
+        rates.append(rep["correct_rate"])
+        choices.append(rep["weaver"]["guard"]["choice"])
+        fits.append(rep["fit_seconds"])
+        binary.append(_extra(data, {"label_model": "moment_matching", "seed": seed}))
+        old.append(_extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
+                                 "group_verifiers": False, "guard": False, "seed": seed}))
+    m = {k: float(np.mean(v)) for k, v in acc.items()}
+    diff = np.array(acc["weaver"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
+    spec = SUITE[name]
+    counts = {c: choices.count(c) for c in dict.fromkeys(choices)}
+    row = (f"| {name} | {np.mean(rates):.3f} | {np.mean(pis):.3f} | " + " | ".join(f"{m[k]:.4f}" for k in COLS)
+           + f" | {diff.mean():+.4f} (min {diff.min():+.4f}) | {counts} | {np.mean(fits):.2f} |")
+    rows.append(row)
+    extra_rows.append(f"| {name} | {_mean(binary)} | {_mean(old)} | {m['weaver']:.4f} |")
+    print(row, f"  [{spec.num_problems}x{spec.num_candidates}x{sum(g.copies for g in spec.groups)}]", flush=True)
+
+
+def run_gsm8k(seeds: int, rows: list[str], extra_rows: list[str]) -> None:
+    for verifiers in ("heuristic", "all"):
+        data = load_gsm8k_verification(verifiers=verifiers)
+        rep = suite_report(data, seed=0)
+        m = rep["select_at_1"]
+        diff = m["weaver"] - max(m["majority_vote"], m["mean_verifier"])
+        g = rep["weaver"]["guard"]
+        row = (f"| gsm8k[{verifiers}] | {rep['correct_rate']:.3f} | {rep['class_balance_estimate']:.3f} | "
+               + " | ".join(f"{m[k]:.4f}" for k in COLS)
+               + f" | {diff:+.4f} | {{'{g['choice']}': 1}} | {rep['fit_seconds']:.2f} |")
+        rows.append(row)
+        binary = _extra(data, {"label_model": "moment_matching"})
+        old = _extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
+                            "group_verifiers": False, "guard": False})
+        extra_rows.append(f"| gsm8k[{verifiers}] | {_mean([binary])} | {_mean([old])} | {m['weaver']:.4f} |")
+        print(row, flush=True)
+        print(f"    groups: {rep['weaver']['verifier_groups']['groups']}; guard estimates "
+              f"{ {k: round(v, 4) for k, v in g['estimated_accuracy'].items()} }", flush=True)
+        if verifiers == "all":
+            agreement_share(data)
+
+
+def agreement_share(data) -> None:
+    """How much of the Weaver teacher's within-problem variation answer agreement alone explains (GSM8K)."""
+    from lightning_ws.weaver.guard import answer_share
+
+    w = Weaver().fit(data, "label_free")
+    t = w.score(data)
+    share = answer_share(data.answer_ids())
+    tc = t - t.mean(axis=1, keepdims=True)
+    sc = share - share.mean(axis=1, keepdims=True)
+    ok = (np.abs(sc).sum(axis=1) > 0)
+    beta = (tc[ok] * sc[ok]).sum() / (sc[ok] ** 2).sum()
+    r2 = 1.0 - ((tc[ok] - beta * sc[ok]) ** 2).sum() / (tc[ok] ** 2).sum()
+    y = data.correct
+    from lightning_ws.weaver import ScoreNormalizer
+
+    norm = ScoreNormalizer().fit_transform(data.scores)
+    per_cand = np.nanmean(norm, axis=2)
+    pc = per_cand - per_cand.mean(axis=1, keepdims=True)
+    coef = np.linalg.lstsq(np.stack([sc[ok].ravel(), pc[ok].ravel()], 1), tc[ok].ravel(), rcond=None)[0]
+    r2_both = 1.0 - ((tc[ok].ravel() - np.stack([sc[ok].ravel(), pc[ok].ravel()], 1) @ coef) ** 2).sum() \
+        / (tc[ok] ** 2).sum()
+    print(f"    distillation: on {int(ok.sum())} GSM8K problems whose answers differ, the answer share explains "
+          f"R^2 = {r2:.3f} of the teacher's within-problem variance (share + per-candidate mean verifier: "
+          f"{r2_both:.3f}); teacher Select@1 {float(y[np.arange(len(y)), w.select(data)].mean()):.4f}", flush=True)
+
+
+def timing(rows: list[str]) -> None:
+    for name, note in (("rate_0.20", "6 independent verifiers"), ("judges_and_rms", "37 verifiers, 3 groups")):
+        data = make_suite_set(name, num_problems=1000, num_candidates=100, seed=0)
+        t0 = time.perf_counter()
+        w = Weaver().fit(data, "label_free")
+        w.select(data)
+        fit = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        Weaver(guard=False).fit(data, "label_free").select(data)
+        noguard = time.perf_counter() - t1
+        line = (f"| {name} ({note}) | 1000 x 100 x {data.num_verifiers} | {fit:.2f} s | {noguard:.2f} s | "
+                f"{w.choice_} |")
+        rows.append(line)
+        print(line, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sets", default=",".join(SUITE))
+    ap.add_argument("--skip-gsm8k", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true")
+    args = ap.parse_args()
+    rows: list[str] = []
+    extra: list[str] = []
+    print(HEAD)
+    print("|" + "---|" * (HEAD.count("|") - 1))
+    for name in args.sets.split(","):
+        run_set(name, args.seeds, rows, extra)
+    if not args.skip_gsm8k:
+        run_gsm8k(args.seeds, rows, extra)
+    print("\n| set | binary path (moment_matching, youden, guard) | issue-4 default (prior votes, band .1-.9) | "
+          "Weaver default |")
+    print("|---|---|---|---|")
+    print("\n".join(extra))
+    if not args.skip_timing:
+        print("\n| data | size (P x N x V) | fit + select, default (guard on) | without guard | guard choice |")
+        print("|---|---|---|---|---|")
+        timing([])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Answer-level latent model: label-free EM over "which answer of this problem is correct, if any".
+
+Weaver (arXiv 2506.18203) treats every (problem, candidate) pair as an independent item and lets a naive-Bayes label
+model decide each one. Two facts of verifier data break that: correctness is a function of the *extracted answer*
+(candidates that share an answer are all right or all wrong), and at most one distinct answer of a problem is
+correct. :class:`AnswerLevelModel` uses both. For problem ``p`` with distinct answers ``a`` (a candidate without an
+extracted answer is its own singleton answer), the latent ``z_p`` is the correct answer or "none":
+
+    P(z_p = a) = gamma * softmax_a(beta * log share_a),   P(z_p = none) = 1 - gamma,
+    P(bin of source k for answer a | a is / is not z_p) = f1[k, b] / f0[k, b],
+
+where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` (``beta = 0``: agreement carries
+no evidence; ``beta = 1``: the generator is calibrated; large ``beta``: majority vote), and source ``k``'s
+observation for answer ``a`` is the binned mean of the (pooled, normalised) source scores of ``a``'s candidates. EM
+learns ``gamma``, ``beta`` (Newton steps in ``[0, beta_max]``) and the binned class-conditional score distributions
+``f1, f0`` without labels, so how much to trust agreement versus each verifier is estimated from the data instead of
+being fixed. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection takes the most probable answer.
+
+Lightning-free (numpy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver.ordinal import bin_scores
+
+__all__ = ["EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
+
+#: Evidence models of :class:`AnswerLevelModel`.
+EVIDENCE = ("random_effects", "candidates", "answer_mean")
+
+
+class AnswerGroups:
+    """The distinct answers of every problem: group index per candidate, per-group problem, size and share."""
+
+    def __init__(self, answer_ids: np.ndarray) -> None:
+        ids = np.asarray(answer_ids)
+        if ids.ndim != 2:
+            raise DataError(f"answer_ids must have shape (P, N); got {ids.shape}.")
+        P, N = ids.shape
+        # a candidate without an answer is its own answer: give it a code past every real one
+        codes = np.where(ids >= 0, ids, ids.max(initial=0) + 1 + np.arange(N)[None, :])
+        key = np.arange(P)[:, None] * (codes.max() + 1) + codes
+        uniq, inv, counts = np.unique(key.ravel(), return_inverse=True, return_counts=True)
+        self.group = inv.reshape(P, N)  # (P, N) group index, groups sorted by problem
+        self.problem = (uniq // (codes.max() + 1)).astype(np.int64)  # (G,)
+        self.size = counts.astype(np.float64)
+        self.share = self.size / N
+        self.starts = np.flatnonzero(np.r_[True, self.problem[1:] != self.problem[:-1]])
+        self.num_problems, self.num_candidates = P, N
+
+    @property
+    def num_groups(self) -> int:
+        """``G``, the number of (problem, answer) groups."""
+        return int(self.problem.size)
+
+    def group_mean(self, x: np.ndarray) -> np.ndarray:
+        """``(G, K)`` nan-mean over each group's candidates of ``(P, N, K)`` scores (NaN if all missing)."""
+        s = np.asarray(x, dtype=np.float64)
+        flat = s.reshape(-1, s.shape[2])
+        g = self.group.ravel()
+        ok = ~np.isnan(flat)
+        num = np.zeros((self.num_groups, s.shape[2]))
+        den = np.zeros_like(num)
+        np.add.at(num, g, np.where(ok, flat, 0.0))
+        np.add.at(den, g, ok.astype(np.float64))
+        with np.errstate(all="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+
+    def segment_logsumexp(self, v: np.ndarray) -> np.ndarray:
+        """``(P,)`` log-sum-exp of ``(G,)`` values within each problem."""
+        m = np.maximum.reduceat(v, self.starts)
+        return m + np.log(np.add.reduceat(np.exp(v - m[self.problem]), self.starts))
+
+
+class AnswerLevelModel:
+    """Label-free EM over the correct answer of each problem (see the module docstring).
+
+    Args:
+        bins: quantile bins of each source's per-answer mean score (default 8; sources with few distinct values keep
+            one bin per value).
+        smoothing: add-``smoothing`` counts per bin and class (default 1.0).
+        beta_max: largest agreement exponent (default 6; found by Newton steps on the concave M-step objective).
+        max_iter, tol: EM stopping rule (defaults 100, 1e-6 gain of the mean log-likelihood per problem).
+        use_agreement: let the answer share enter the prior (default True); False = verifiers only.
+    """
+
+    def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
+                 tol: float = 1e-6, use_agreement: bool = True, evidence: str = "candidates",
+                 size_exponent: float = 0.5) -> None:
+        if evidence not in EVIDENCE:
+            raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
+        if not 0.0 <= size_exponent <= 1.0:
+            raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
+        self.evidence, self.size_exponent = evidence, float(size_exponent)
+        if int(bins) < 2 or smoothing <= 0 or beta_max < 0 or int(max_iter) < 1:
+            raise ConfigError("need bins >= 2, smoothing > 0, beta_max >= 0 and max_iter >= 1.")
+        self.bins, self.smoothing, self.beta_max = int(bins), float(smoothing), float(beta_max)
+        self.max_iter, self.tol, self.use_agreement = int(max_iter), float(tol), bool(use_agreement)
+        self.edges_: list[np.ndarray] | None = None
+        self.llr_: list[np.ndarray] | None = None
+        self.log_f_: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.re_: list[tuple[float, float, float, float]] | None = None
+        self.solutions_: list[dict[str, Any]] = []
+        self.num_problems_ = 0
+        self.beta_: float | None = None
+        self.gamma_: float | None = None
+        self.report_: dict[str, Any] = {}
+
+    def _bins(self, x: np.ndarray) -> np.ndarray:
+        out = np.full(x.shape, -1, dtype=np.int64)
+        for k, e in enumerate(self.edges_):
+            ok = ~np.isnan(x[:, k])
+            out[ok, k] = np.searchsorted(e, x[ok, k], side="right")
+        return out
+
+    def _obs(self, groups: AnswerGroups, s: np.ndarray) -> Any:
+        """What the evidence is computed from: bins of one row per answer (``answer_mean``) or per candidate, or
+        for ``random_effects`` the per-answer means, counts and within-answer variance of probit scores."""
+        if self.evidence == "random_effects":
+            return _re_stats(groups, s)
+        rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+        return self._bins(rows)
+
+    def _evidence(self, groups: AnswerGroups, b: Any) -> np.ndarray:
+        if self.evidence == "random_effects":
+            m, n, _ = b
+            ev = np.zeros(groups.num_groups)
+            for k, (mu0, mu1, sa2, sw2) in enumerate(self.re_):
+                ok = n[:, k] > 0
+                v = sa2 + sw2 / np.maximum(n[ok, k], 1.0)
+                ev[ok] += ((m[ok, k] - mu0) ** 2 - (m[ok, k] - mu1) ** 2) / (2.0 * v)
+            return ev
+        ev = np.zeros(b.shape[0])
+        for k, llr in enumerate(self.llr_):
+            ok = b[:, k] >= 0
+            ev[ok] += llr[b[ok, k]]
+        if self.evidence == "answer_mean":
+            return ev
+        g = groups.group.ravel()
+        tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
+        return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
+
+    def _newton_beta(self, groups: AnswerGroups, r: np.ndarray, ls: np.ndarray, beta: float) -> float:
+        """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
+        rs = np.add.reduceat(r, groups.starts)
+        for _ in range(20):
+            v = beta * ls
+            p = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            m1 = np.add.reduceat(p * ls, groups.starts)
+            m2 = np.add.reduceat(p * ls * ls, groups.starts)
+            grad = float((r * ls).sum() - (rs * m1).sum())
+            hess = float((rs * (m2 - m1 * m1)).sum())
+            if hess <= 1e-12:
+                break
+            new = float(np.clip(beta + grad / hess, 0.0, self.beta_max))
+            if abs(new - beta) < 1e-4:
+                beta = new
+                break
+            beta = new
+        return beta
+
+    def source_auroc(self) -> np.ndarray:
+        """Per source, the single-candidate AUROC implied by the fitted class-conditional model (label-free)."""
+        if self.evidence == "random_effects":
+            from scipy.special import ndtr
+
+            if self.re_ is None:
+                raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+            return np.array([float(ndtr((mu1 - mu0) / np.sqrt(2.0 * (sa2 + sw2)))) for mu0, mu1, sa2, sw2 in self.re_])
+        if self.log_f_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        out = []
+        for lf0, lf1 in self.log_f_:
+            f0, f1 = np.exp(lf0), np.exp(lf1)
+            below = np.concatenate([[0.0], np.cumsum(f0)[:-1]])
+            out.append(float(np.sum(f1 * (below + 0.5 * f0))))
+        return np.asarray(out)
+
+    def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
+                   ) -> tuple[np.ndarray, float]:
+        ls = np.log(groups.share) * (beta if self.use_agreement else 0.0)
+        prior = ls - groups.segment_logsumexp(ls)[groups.problem]
+        v = np.log(gamma) + prior + self._evidence(groups, b)
+        lz = np.logaddexp(groups.segment_logsumexp(v), np.log1p(-gamma))
+        return np.exp(v - lz[groups.problem]), float(lz.mean())
+
+    def fit(self, answer_ids: np.ndarray, sources: np.ndarray, init: np.ndarray | None = None,
+            gamma0: float = 0.8, *, gamma: float | None = None, known: np.ndarray | None = None) -> AnswerLevelModel:
+        """Fit on ``(P, N)`` answer codes (``-1`` = none) and ``(P, N, K)`` source scores (higher = better).
+
+        Args:
+            init: optional ``(P, N)`` score whose per-answer mean, standardised, starts EM (default: the mean of the
+                sources).
+            gamma0: starting P(some answer is correct) (default 0.8).
+            gamma: fix P(some answer is correct) instead of estimating it (e.g. from labels).
+            known: optional ``(P, N)`` float correctness with NaN where unknown; problems whose candidates are all
+                known keep their true answer posterior in every EM step (semi-supervised EM on labelled dev problems).
+        """
+        groups = AnswerGroups(answer_ids)
+        s = np.asarray(sources, dtype=np.float64)
+        if s.ndim != 3 or s.shape[:2] != groups.group.shape:
+            raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
+        if self.evidence == "random_effects":
+            b, sizes = _re_stats(groups, s), []
+        else:
+            rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
+            b, self.edges_ = bin_scores(rows, self.bins)
+            sizes = [e.size + 1 for e in self.edges_]
+        with np.errstate(all="ignore"):
+            start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
+        g0 = groups.group_mean(start[:, :, None])[:, 0]
+        g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))
+        ls = np.log(groups.share)
+        clamp = clamp_val = None
+        if known is not None:
+            kn = np.asarray(known, dtype=np.float64)
+            if kn.shape != groups.group.shape:
+                raise DataError(f"known must have shape {groups.group.shape}; got {kn.shape}.")
+            full = ~np.isnan(kn).any(axis=1)
+            gk = groups.group_mean(kn[:, :, None])[:, 0]
+            clamp = full[groups.problem] & ~np.isnan(gk)
+            clamp_val = np.nan_to_num(gk)
+        if gamma is not None and not 0.0 < float(gamma) < 1.0:
+            raise ConfigError(f"gamma must lie in (0, 1), got {gamma}.")
+        # EM from several starts (scores and agreement, agreement only, scores only); keep the best likelihood
+        starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
+        best, sols = None, []
+        for w_score, w_share in starts:
+            v = w_score * g0 + w_share * ls
+            r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            if clamp is not None:
+                r = np.where(clamp, clamp_val, r)
+            out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
+            sols.append(out)
+            if best is None or out["ll"] > best["ll"] + 1e-9:
+                best = out
+        #: every EM solution (one per start) with its mean log-likelihood per problem, for plausibility checks
+        self.solutions_ = [{"log_f": o["log_f"], "re": o["re"], "beta": o["beta"], "gamma": o["gamma"],
+                            "ll": o["ll"], "start": o["start"]} for o in sols]
+        self.num_problems_ = groups.num_problems
+        self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
+        self.beta_, self.gamma_ = best["beta"], best["gamma"]
+        r = best["r"]
+        self.report_ = {"iterations": best["it"], "beta": self.beta_, "gamma": self.gamma_,
+                        "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
+                        "class_balance": float((r * groups.size).sum() / groups.size.sum())}
+        return self
+
+    def _em(self, groups: AnswerGroups, b: np.ndarray, sizes: list[int], r: np.ndarray, ls: np.ndarray,
+            gamma: float | None, clamp: np.ndarray | None, clamp_val: np.ndarray | None) -> dict[str, Any]:
+        cand = self.evidence == "candidates"
+        prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
+        for it in range(1, self.max_iter + 1):
+            gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
+            w = r[groups.group].ravel() if cand else r
+            self.llr_, logf = [], []
+            if self.evidence == "random_effects":
+                self.re_ = _re_m_step(b, r, self.re_ if it > 1 else None)
+                self.llr_ = [np.zeros(1)] * b[0].shape[1]  # marks "fitted"; unused by this evidence model
+            for k in range(0 if self.evidence == "random_effects" else b.shape[1]):
+                ok = b[:, k] >= 0
+                c1 = np.bincount(b[ok, k], weights=w[ok], minlength=sizes[k]) + self.smoothing
+                c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
+                self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
+                logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
+            if self.use_agreement:
+                beta = self._newton_beta(groups, r, ls, beta)
+            r, ll = self._posterior(groups, b, beta, gam)
+            if clamp is not None:
+                r = np.where(clamp, clamp_val, r)
+            if ll - prev < self.tol:
+                prev = max(prev, ll)
+                break
+            prev = ll
+        return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
+                "it": it}
+
+    def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
+        """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
+        if self.llr_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        groups = AnswerGroups(answer_ids)
+        s = np.asarray(sources, dtype=np.float64)
+        if s.ndim != 3 or s.shape[:2] != groups.group.shape or s.shape[2] != len(self.llr_):
+            raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
+        if self.evidence == "random_effects":  # the within-answer variance stays the fitted one
+            m, n, _ = _re_stats(groups, s)
+            obs: Any = (m, n, None)
+        else:
+            obs = self._obs(groups, s)
+        r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
+        return groups, r
+
+    def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0
+                         ) -> list[np.ndarray]:
+        """``(P, N)`` P(correct) under every EM solution whose total log-likelihood on the fitting data is within
+        ``max_loglik_gap`` nats of the best one (the fits the data cannot tell apart), best first."""
+        if self.llr_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        best_ll = max(sol["ll"] for sol in self.solutions_)
+        keep = sorted((sol for sol in self.solutions_
+                       if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
+        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_)
+        out = []
+        try:
+            for sol in keep:
+                self.log_f_, self.re_ = sol["log_f"], sol["re"]
+                if self.evidence != "random_effects":
+                    self.llr_ = [b - a for a, b in sol["log_f"]]
+                self.beta_, self.gamma_ = sol["beta"], sol["gamma"]
+                out.append(self.predict_proba(answer_ids, sources))
+        finally:
+            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_ = saved
+        return out
+
+    def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        """``(P, N)`` P(candidate correct) = posterior that its answer is the problem's correct answer."""
+        groups, r = self.answer_posterior(answer_ids, sources)
+        return r[groups.group]
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able fitted state."""
+        if self.llr_ is None:
+            raise ConfigError("AnswerLevelModel is not fitted; nothing to save.")
+        return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
+                           "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
+                           "evidence": self.evidence, "size_exponent": self.size_exponent},
+                "edges": None if self.edges_ is None else [e.tolist() for e in self.edges_],
+                "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
+                "re": None if self.re_ is None else [list(map(float, x)) for x in self.re_],
+                "beta": self.beta_, "gamma": self.gamma_, "report": self.report_}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
+        """Rebuild a fitted model from :meth:`state_dict` output."""
+        m = cls(**state["config"])
+        m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
+        m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
+        m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
+        m.llr_ = [b - a for a, b in m.log_f_] if m.re_ is None else [np.zeros(1)] * len(m.re_)
+        m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
+        return m
+
+
+def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per answer and source: mean and count of the probit-transformed scores, and each source's pooled
+    within-answer variance (``(G, K)``, ``(G, K)``, ``(K,)``)."""
+    from scipy.special import ndtri
+
+    x = ndtri(np.clip(np.asarray(s, dtype=np.float64), 0.005, 0.995))
+    K = x.shape[2]
+    flat = x.reshape(-1, K)
+    g = groups.group.ravel()
+    ok = ~np.isnan(flat)
+    n = np.zeros((groups.num_groups, K))
+    s1 = np.zeros_like(n)
+    s2 = np.zeros_like(n)
+    np.add.at(n, g, ok.astype(np.float64))
+    np.add.at(s1, g, np.where(ok, flat, 0.0))
+    np.add.at(s2, g, np.where(ok, flat * flat, 0.0))
+    with np.errstate(all="ignore"):
+        m = np.where(n > 0, s1 / n, np.nan)
+    ss = np.where(n > 0, s2 - n * np.nan_to_num(m) ** 2, 0.0)
+    dof = np.clip(n - 1.0, 0.0, None).sum(axis=0)
+    tot = np.nanvar(np.where(ok, flat, np.nan), axis=0)
+    sw2 = np.where(dof > 0, ss.sum(axis=0) / np.maximum(dof, 1.0), 0.5 * tot)
+    return m, n, np.maximum(sw2, 1e-6)
+
+
+def _re_m_step(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray,
+               prev: list[tuple[float, float, float, float]] | None) -> list[tuple[float, float, float, float]]:
+    """Class means and the between-answer (shared) variance of each source given answer posteriors ``r``; the
+    within-answer variance is the data's. Answers are weighted by their precision under the previous parameters."""
+    m, n, sw2 = obs
+    out = []
+    for k in range(m.shape[1]):
+        ok = n[:, k] > 0
+        mk, nk = m[ok, k], n[ok, k]
+        sa2 = prev[k][2] if prev is not None else float(np.var(mk)) * 0.5 + 1e-6
+        prec = 1.0 / (sa2 + sw2[k] / nk)
+        w1, w0 = r[ok] * prec, (1.0 - r[ok]) * prec
+        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
+        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        resid = (r[ok] * (mk - mu1) ** 2 + (1.0 - r[ok]) * (mk - mu0) ** 2)
+        sa2 = float(max((resid - sw2[k] / nk).mean(), 0.01 * sw2[k], 1e-6))
+        out.append((mu0, mu1, sa2, float(sw2[k])))
+    return out
+

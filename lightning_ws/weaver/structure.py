@@ -1,0 +1,170 @@
+"""Verifier structure from the scores alone (Weaver, arXiv 2506.18203; a fix for spec §12.5 and the reviewers' point
+that ~33 verifiers built on related base models are not conditionally independent).
+
+:func:`detect_verifier_groups` finds groups of verifiers that should count as *one* source:
+
+* **near-duplicates**: the correlation of the two verifiers' within-problem centred scores is at least ``dup_corr``
+  (two reward models fine-tuned from one base, the same judge behind two prompts);
+* **exchangeable verifiers**: positively correlated (``>= min_corr``, default 0.05) and with the same correlation *profile*: the
+  root-mean-square difference of their correlations with every other verifier is at most ``profile_tol``. Repeated
+  sampled verdicts of one judge are exactly this: every draw relates to every other verifier in the same way, even
+  when two draws agree only moderately with each other (an uncertain judge).
+
+Groups are built by average-linkage agglomeration on the dissimilarity ``min((1 - c_ij) / (1 - dup_corr),
+prof_ij / profile_tol)`` (10 below ``min_corr``), merging while the average is at most 1. Correlations are computed on
+scores centred within each problem (selection compares candidates of one problem, so problem difficulty is not
+evidence), pairwise over the candidates both verifiers scored. Nothing here reads labels.
+
+Pooling an exchangeable group into its mean loses nothing a symmetric combination would keep, and it stops a label
+model from counting 32 draws of one judge as 32 independent pieces of evidence (the saturation to exactly 0 or 1
+that issue 17 reports). Lightning-free (numpy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_ws.errors import ConfigError, DataError
+
+__all__ = ["centred_correlation", "detect_verifier_groups", "pool_groups"]
+
+_FAR = 10.0  # dissimilarity of a pair that is neither duplicate nor exchangeable (finite, so averages stay defined)
+
+
+def centred_correlation(normalized: np.ndarray) -> np.ndarray:
+    """``(V, V)`` pairwise-complete correlation of ``(P, N, V)`` scores centred within each problem (NaN = missing).
+
+    A pair with fewer than 3 common scores, or a verifier constant within every problem, gets correlation 0.
+    """
+    s = np.asarray(normalized, dtype=np.float64)
+    if s.ndim != 3:
+        raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+    ok = ~np.isnan(s)
+    cnt = ok.sum(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        mu = np.where(cnt > 0, np.nansum(s, axis=1, keepdims=True) / cnt, 0.0)
+    r = np.where(ok, s - np.nan_to_num(mu), 0.0).reshape(-1, s.shape[2])
+    m = ok.reshape(-1, s.shape[2]).astype(np.float64)
+    cross = r.T @ r
+    sq = (r * r).T @ m  # sq[i, j] = sum of r_i^2 over items where j is observed too
+    both = m.T @ m
+    with np.errstate(all="ignore"):
+        c = cross / np.sqrt(sq * sq.T)
+    c[(both < 3) | ~np.isfinite(c)] = 0.0
+    np.fill_diagonal(c, 1.0)
+    return np.clip(c, -1.0, 1.0)
+
+
+def detect_verifier_groups(normalized: np.ndarray, names: Sequence[str] | None = None, *, dup_corr: float = 0.8,
+                           min_corr: float = 0.05, profile_tol: float | None = None,
+                           context: np.ndarray | None = None, raw: np.ndarray | None = None,
+                           ks_tol: float | None = None) -> tuple[list[list[int]], dict[str, Any]]:
+    """Group exchangeable / near-duplicate verifiers from their ``(P, N, V)`` normalised scores (no labels).
+
+    Args:
+        normalized: scores on a common scale (e.g. :class:`~lightning_ws.weaver.ScoreNormalizer` quantiles).
+        names: verifier names for the report (default ``v0, v1, ...``).
+        dup_corr: near-duplicate correlation (default 0.8).
+        min_corr: exchangeable verifiers must correlate at least this much (default 0.05).
+        profile_tol: largest RMS difference of correlation profiles for exchangeable verifiers (default
+            ``max(0.05, 3.5 / sqrt(n))`` for ``n`` scored candidates: the sampling error of a correlation is about
+            ``1/sqrt(n)``, so two draws of one judge differ in profile by about ``1.4/sqrt(n)`` by chance).
+        context: optional ``(P, N, C)`` extra scores (e.g. the majority-vote pseudo-verifier) that enter the
+            correlation profiles but are never grouped.
+        raw: optional ``(P, N, V)`` scores on their native scales; when given, exchangeable verifiers must also have
+            nearly the same score distribution (Kolmogorov-Smirnov distance at most ``ks_tol``, default
+            ``max(0.05, 2 / sqrt(n))``), as draws of one judge do and independent reward models do not.
+
+    Returns:
+        ``(groups, report)``: ``groups`` is a list of verifier-index lists (singletons included, ordered by first
+        member); ``report`` holds the named groups, the mean within-group correlation and the parameters.
+    """
+    if not 0.0 < dup_corr < 1.0 or not -1.0 <= min_corr < 1.0 or (profile_tol is not None and profile_tol < 0):
+        raise ConfigError("need 0 < dup_corr < 1, -1 <= min_corr < 1 and profile_tol >= 0.")
+    s = np.asarray(normalized, dtype=np.float64)
+    if profile_tol is None:
+        profile_tol = max(0.05, 3.5 / np.sqrt(max(int(s.shape[0] * s.shape[1]), 1)))
+    V = s.shape[2]
+    names = list(names) if names is not None else [f"v{j}" for j in range(V)]
+    full = s if context is None else np.concatenate([s, np.asarray(context, dtype=np.float64)], axis=2)
+    C = centred_correlation(full)
+    T = C.shape[0]
+    ks = None
+    if raw is not None:
+        r = np.asarray(raw, dtype=np.float64)
+        if r.shape != s.shape:
+            raise DataError(f"raw must have the shape of normalized {s.shape}; got {r.shape}.")
+        if ks_tol is None:
+            ks_tol = max(0.05, 2.0 / np.sqrt(max(int(s.shape[0] * s.shape[1]), 1)))
+        ks = _ks_matrix(r)
+    delta = np.full((V, V), _FAR)
+    for i in range(V):
+        for j in range(i + 1, V):
+            c = C[i, j]
+            if c < min_corr:
+                continue
+            others = [k for k in range(T) if k != i and k != j]
+            prof = float(np.sqrt(np.mean((C[i, others] - C[j, others]) ** 2))) if others else np.inf
+            d = (1.0 - c) / (1.0 - dup_corr)
+            if profile_tol > 0 and (ks is None or ks[i, j] <= ks_tol):
+                d = min(d, prof / profile_tol)
+            delta[i, j] = delta[j, i] = min(d, _FAR)
+    clusters: list[list[int]] = [[j] for j in range(V)]
+    while len(clusters) > 1:
+        best, pair = np.inf, None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                d = float(np.mean(delta[np.ix_(clusters[a], clusters[b])]))
+                if d < best:
+                    best, pair = d, (a, b)
+        if pair is None or best > 1.0:
+            break
+        a, b = pair
+        clusters[a] = sorted(clusters[a] + clusters[b])
+        del clusters[b]
+    clusters.sort(key=lambda g: g[0])
+    report = {"groups": [[names[j] for j in g] for g in clusters if len(g) > 1],
+              "n_sources": len(clusters), "n_verifiers": V,
+              "within_group_corr": [float(np.mean(C[np.ix_(g, g)][~np.eye(len(g), dtype=bool)]))
+                                    for g in clusters if len(g) > 1],
+              "params": {"dup_corr": dup_corr, "min_corr": min_corr, "profile_tol": float(profile_tol),
+                         "ks_tol": None if ks_tol is None else float(ks_tol)}}
+    return clusters, report
+
+
+def pool_groups(normalized: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """``(P, N, len(groups))``: each group's nan-mean score (NaN only where every member is missing)."""
+    s = np.asarray(normalized, dtype=np.float64)
+    out = np.empty(s.shape[:2] + (len(groups),))
+    for g_i, g in enumerate(groups):
+        x = s[:, :, list(g)]
+        cnt = (~np.isnan(x)).sum(axis=2)
+        with np.errstate(all="ignore"):
+            out[:, :, g_i] = np.where(cnt > 0, np.nansum(x, axis=2) / cnt, np.nan)
+    return out
+
+
+def _ks_matrix(raw: np.ndarray, max_values: int = 4000) -> np.ndarray:
+    """``(V, V)`` Kolmogorov-Smirnov distance between the verifiers' score distributions (NaN ignored; each column
+    subsampled to ``max_values`` values with a fixed generator)."""
+    V = raw.shape[2]
+    rng = np.random.default_rng(0)
+    cols = []
+    for v in range(V):
+        x = raw[:, :, v].ravel()
+        x = x[~np.isnan(x)]
+        if x.size > max_values:
+            x = rng.choice(x, max_values, replace=False)
+        cols.append(np.sort(x))
+    out = np.zeros((V, V))
+    for i in range(V):
+        for j in range(i + 1, V):
+            grid = np.concatenate([cols[i], cols[j]])
+            fi = np.searchsorted(cols[i], grid, side="right") / max(cols[i].size, 1)
+            fj = np.searchsorted(cols[j], grid, side="right") / max(cols[j].size, 1)
+            out[i, j] = out[j, i] = float(np.abs(fi - fj).max())
+    return out
+

@@ -1,0 +1,219 @@
+"""Issue 17: Weaver never worse than its simplest baselines - verifier groups, any correct rate, the label-free guard,
+the verifier-data suite (small sizes here; benchmarks/bench_weaver_suite.py runs it at full size)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver import (
+    Binarizer,
+    ScoreNormalizer,
+    VerifierFilter,
+    Weaver,
+    majority_vote_scores,
+)
+from lightning_ws.weaver.answer_model import AnswerGroups, AnswerLevelModel
+from lightning_ws.weaver.ordinal import BinnedDawidSkene, bin_scores
+from lightning_ws.weaver.report import suite_report
+from lightning_ws.weaver.structure import centred_correlation, detect_verifier_groups, pool_groups
+from lightning_ws.weaver.suite import SUITE, GroupSpec, SetSpec, make_set, make_suite_set
+
+
+def _baselines(rep: dict) -> float:
+    m = rep["select_at_1"]
+    return max(m["majority_vote"], m["mean_verifier"])
+
+
+# -- the suite generator ------------------------------------------------------------------------------------------
+
+def test_suite_sets_have_the_promised_structure():
+    d = make_suite_set("judge_draws", num_problems=20, num_candidates=16, seed=0)
+    assert d.scores.shape == (20, 16, 32) and set(np.unique(d.scores[~np.isnan(d.scores)])) <= {0.0, 1.0}
+    assert 0.002 < np.isnan(d.scores).mean() < 0.03  # about 1% missing
+    assert all(k == "judge" for k in d.verifier_kinds)
+    for name, lo, hi in (("rate_0.05", 0.01, 0.12), ("rate_0.95", 0.88, 0.99)):
+        y = make_suite_set(name, num_problems=150, num_candidates=16, seed=1).correct
+        assert lo < y.mean() < hi, (name, y.mean())
+    # correctness is a function of the answer: every correct candidate says "c"
+    d = make_suite_set("correlated", num_problems=30, num_candidates=8, seed=2)
+    assert all((a == "c") == bool(c) for row, cr in zip(d.answers, d.correct) for a, c in zip(row, cr))
+    with pytest.raises(ConfigError, match="unknown suite set"):
+        make_suite_set("nope")
+    with pytest.raises(ConfigError):
+        SetSpec(1.2, (GroupSpec(1.0),))
+    with pytest.raises(ConfigError):
+        GroupSpec(1.0, kind="oracle")
+
+
+# -- verifier groups ----------------------------------------------------------------------------------------------
+
+def test_groups_pool_repeated_judge_draws_and_near_duplicates_but_not_independent_verifiers():
+    d = make_suite_set("judges_and_rms", num_problems=80, num_candidates=16, seed=0)
+    norm = ScoreNormalizer().fit_transform(d.scores)
+    groups, rep = detect_verifier_groups(norm, d.verifier_names, raw=d.scores,
+                                         context=majority_vote_scores(d.answer_ids())[:, :, None])
+    named = [sorted(d.verifier_names[j] for j in g) for g in groups]
+    assert sorted(f"judgeA_{j}" for j in range(16)) in named
+    assert sorted(f"judgeB_{j}" for j in range(16)) in named
+    assert sorted(f"rmdup_{j}" for j in range(3)) in named
+    assert ["rm0"] in named  # the strong independent reward model stays on its own
+    assert rep["n_sources"] == len(groups) and len(rep["groups"]) == 3
+    pooled = pool_groups(norm, groups)
+    assert pooled.shape == (80, 16, len(groups))
+    # pooled = nan-mean of the members
+    g = groups[0]
+    np.testing.assert_allclose(pooled[:, :, 0], np.nanmean(norm[:, :, g], axis=2))
+
+
+def test_centred_correlation_handles_missing_and_constant_columns():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 6, 3))
+    x[:, :, 1] = x[:, :, 0]
+    x[:, :, 2] = 0.5  # constant
+    x[0, 0, 0] = np.nan
+    c = centred_correlation(x)
+    assert c.shape == (3, 3) and c[0, 1] > 0.99 and c[0, 2] == 0.0 and np.all(np.diag(c) == 1.0)
+    with pytest.raises(ConfigError):
+        detect_verifier_groups(x, dup_corr=1.5)
+
+
+# -- binariser and filter at any correct rate -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["rate_0.05", "rate_0.95"])
+def test_youden_binariser_and_filter_work_at_extreme_correct_rates(name):
+    d = make_suite_set(name, num_problems=200, num_candidates=16, seed=3)
+    w = Weaver("moment_matching", guard=False).fit(d, "label_free")
+    kept_real = [n for n in w.report_["kept"] if n != "majority_vote"]
+    assert len(kept_real) >= 3, w.report_["kept"]  # the reference band + prior votes kept none of them
+    # the thresholds do not force each verifier's vote rate to the correct rate
+    rates = [r for n, r in w.report_["positive_rate"].items() if n != "majority_vote"]
+    pi = float(d.correct.mean())
+    assert max(abs(r - pi) for r in rates) > 0.05
+
+
+def test_filter_never_drops_every_real_verifier():
+    votes = np.zeros((30, 4, 3), dtype=np.int64)
+    votes[:, :, 0] = 1  # two constant real verifiers
+    votes[:, :2, 2] = 1  # the MV column is the only balanced one
+    f = VerifierFilter(band=(0.1, 0.9), min_keep=1).fit(votes, names=["a", "b", "majority_vote"])
+    assert "majority_vote" in f.report_["kept"] and any(n in f.report_["kept"] for n in ("a", "b"))
+    with pytest.raises(ConfigError, match="min_keep_real"):
+        VerifierFilter(min_keep_real=-1)
+
+
+def test_youden_binariser_needs_a_posterior_and_cuts_at_the_separating_value():
+    rng = np.random.default_rng(0)
+    y = rng.random((100, 10)) < 0.05
+    s = np.where(y, rng.normal(0.8, 0.05, y.shape), rng.normal(0.3, 0.05, y.shape))[:, :, None]
+    b = Binarizer("youden").fit(s, posterior=y.astype(float))
+    assert 0.4 < b.thresholds_[0] < 0.7  # the prior rule would cut at the 95th percentile instead
+    assert b.transform(s)[:, :, 0].mean() == pytest.approx(y.mean(), abs=0.01)
+    with pytest.raises(ConfigError, match="posterior"):
+        Binarizer("youden").fit(s)
+    with pytest.raises(DataError, match="posterior"):
+        Binarizer("youden").fit(s, posterior=np.zeros((3, 3)))
+
+
+def test_binned_dawid_skene_recovers_a_two_class_mixture():
+    rng = np.random.default_rng(1)
+    y = rng.random(4000) < 0.2
+    x = np.stack([np.where(y, rng.normal(1.0, 1, y.size), rng.normal(-0.5, 1, y.size)) for _ in range(3)], 1)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    m = BinnedDawidSkene().fit(x)
+    assert abs(m.pi_ - 0.2) < 0.04
+    auc_ok = (m.predict_proba(x)[y].mean() > m.predict_proba(x)[~y].mean() + 0.3)
+    assert auc_ok
+    th, j = m.youden_thresholds()
+    assert np.all(j > 0.3) and np.all(np.isfinite(th))
+    b, edges = bin_scores(np.array([[0.0], [1.0], [np.nan]]), 10)
+    assert b.ravel().tolist() == [0, 1, -1] and edges[0].tolist() == [0.5]
+
+
+# -- the answer-level model ----------------------------------------------------------------------------------------
+
+def test_answer_groups_and_answer_level_model_roundtrip():
+    ids = np.array([[0, 0, 1, -1], [0, 1, 2, 2]])
+    g = AnswerGroups(ids)
+    assert g.num_groups == 6 and g.size.tolist() == [2, 1, 1, 1, 1, 2]
+    d = make_suite_set("rate_0.20", num_problems=120, num_candidates=16, seed=4)
+    s = ScoreNormalizer().fit_transform(d.scores)
+    m = AnswerLevelModel().fit(d.answer_ids(), s)
+    p = m.predict_proba(d.answer_ids(), s)
+    assert p.shape == (120, 16) and np.all((p >= 0) & (p <= 1))
+    assert abs(m.report_["class_balance"] - d.correct.mean()) < 0.05
+    m2 = AnswerLevelModel.from_state_dict(m.state_dict())
+    np.testing.assert_allclose(m2.predict_proba(d.answer_ids(), s), p)
+    re = AnswerLevelModel(evidence="random_effects").fit(d.answer_ids(), s)
+    assert np.all(re.source_auroc() > 0.5)
+    with pytest.raises(ConfigError, match="evidence"):
+        AnswerLevelModel(evidence="votes")
+    with pytest.raises(ConfigError, match="not fitted"):
+        AnswerLevelModel().predict_proba(d.answer_ids(), s)
+
+
+# -- Weaver against its baselines (small versions of the benchmark sets) -------------------------------------------
+
+@pytest.mark.parametrize("name,P,N", [("rate_0.05", 200, 16), ("rate_0.50", 120, 16), ("rate_0.95", 120, 16),
+                                      ("weak_verifiers", 150, 16), ("judge_draws", 64, 32)])
+def test_label_free_weaver_is_not_worse_than_its_baselines(name, P, N):
+    d = make_suite_set(name, num_problems=P, num_candidates=N, seed=11)
+    rep = suite_report(d, seed=0)
+    # the issue's 0.5-point goal, loosened to one problem at these test sizes (the benchmark checks it at full size)
+    assert rep["select_at_1"]["weaver"] >= _baselines(rep) - max(0.005, 1.0 / P) - 1e-9, rep["select_at_1"]
+    assert abs(rep["class_balance_estimate"] - rep["correct_rate"]) < 0.1, (rep["class_balance_estimate"],
+                                                                            rep["correct_rate"])
+
+
+@pytest.mark.parametrize("name", ["correlated", "correlated_hard"])
+def test_weaver_is_strictly_above_both_baselines_on_correlated_sets(name):
+    d = make_suite_set(name, num_problems=200, num_candidates=16, seed=5)
+    rep = suite_report(d, seed=0)
+    assert rep["select_at_1"]["weaver"] > _baselines(rep) + 0.02, rep["select_at_1"]
+    assert any(len(g) == 6 for g in rep["weaver"]["verifier_groups"]["groups"])
+
+
+def test_guard_report_states_a_label_free_criterion_and_falls_back_when_verifiers_are_noise():
+    spec = SetSpec(0.4, (GroupSpec(0.0, name="noise0"), GroupSpec(0.0, name="noise1"), GroupSpec(0.0, name="noise2")),
+                   num_wrong=4, distractor_concentration=5.0)
+    d = make_set(spec, num_problems=120, num_candidates=16, seed=0)
+    w = Weaver().fit(d, "label_free")
+    g = w.report_["guard"]
+    assert g["choice"] == "majority_vote", g
+    assert "no gold" not in g["criterion"] and "cross-fitted" in g["criterion"]
+    assert set(g["estimated_accuracy"]) == {"label_model", "pooled_mean", "majority_vote"}
+    np.testing.assert_array_equal(w.select(d), w.select_with(d, "majority_vote"))
+    # the guard never reads labels: the same fit on unlabeled data gives the same choice
+    from dataclasses import replace
+
+    w2 = Weaver().fit(replace(d, correct=None), "label_free")
+    assert w2.report_["guard"]["choice"] == g["choice"]
+
+
+def test_weaver_default_persistence_modes_and_errors(tmp_path):
+    d = make_suite_set("judges_and_rms", num_problems=40, num_candidates=8, seed=0)
+    w = Weaver().fit(d, "label_free")
+    w.save(tmp_path / "w")
+    w2 = Weaver.load(tmp_path / "w")
+    np.testing.assert_array_equal(w2.select(d), w.select(d))
+    np.testing.assert_allclose(w2.score(d), w.score(d))
+    assert w2.report_["guard"]["choice"] == w.choice_
+    wf = Weaver().fit(d, "few_labels", dev_fraction=0.25)
+    assert wf.report_["n_dev_problems"] == 10 and wf.report_["mode"] == "few_labels"
+    with pytest.raises(DataError, match="answer_level"):
+        Weaver("moment_matching").fit(make_suite_set("judge_draws", num_problems=64, num_candidates=16), "label_free")
+    with pytest.raises(DataError, match="verifiers"):
+        w.score(d.select_verifiers(d.verifier_names[:-1]))
+    with pytest.raises(ConfigError, match="guard_z"):
+        Weaver(guard_z=-1.0)
+    with pytest.raises(ConfigError, match="selector"):
+        w.select_with(d, "oracle")
+
+
+def test_suite_registry_covers_the_issue():
+    rates = sorted(s.correct_rate for s in SUITE.values())
+    assert rates[0] <= 0.05 and rates[-1] >= 0.95
+    assert any("correlated" in s.tags for s in SUITE.values())
+    assert any(g.copies >= 32 and g.kind.startswith("judge") and s.missing > 0 for s in SUITE.values()
+               for g in s.groups)
