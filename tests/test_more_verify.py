@@ -143,8 +143,19 @@ def test_plain_module_explicit_inputs_and_first_forward_check(tmp_path):
         inject_more(lazy, MoReConfig(target_modules=["used", "fused"], nblocks=2, blk_r=2))
     rep = parameter_report(lazy)
     assert not rep.verified and "not yet verified" in str(rep)
+    import copy
+
+    twin = copy.deepcopy(lazy)  # a copy checks its own layers on its own first forward
+    with pytest.raises(ConfigError, match="fused: its parent _TwoBranch reads its weight directly"):
+        twin(x)
+    assert lazy.used.verified is None
     with pytest.raises(ConfigError, match="fused: its parent _TwoBranch reads its weight directly"):
         lazy(x)
+    good = _TwoBranch()
+    inject_more(good, MoReConfig(target_modules=["used"], nblocks=2, blk_r=2))
+    good(x)
+    good(x)  # checked once; later calls are plain forwards
+    assert parameter_report(good).verified
     with pytest.raises(ConfigError, match="refusing to count"):
         parameter_report(lazy)
     with pytest.raises(ConfigError, match="refusing to save"):

@@ -393,22 +393,29 @@ def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
 
 def _verify_on_first_forward(model: nn.Module) -> None:
     """Trace the model's first ``forward`` call (with the user's own inputs) instead of an example forward."""
-    layers = more_layers(model)
     handles: list = []
+    # the hooks look the layers up on the module they fire for (not a captured dict), so a deep copy of the model
+    # traces its own layers; a flag makes the check run once per model
 
-    def pre(_mod: nn.Module, _args: Any) -> None:
-        for layer in layers.values():
+    def pre(mod: nn.Module, _args: Any) -> None:
+        if getattr(mod, "_more_first_forward_done", False):
+            return
+        for layer in more_layers(mod).values():
             layer._trace = {"calls": 0, "weight_reads": 0}
 
-    def post(_mod: nn.Module, _args: Any, _out: Any) -> None:
+    def post(mod: nn.Module, _args: Any, _out: Any) -> None:
+        if getattr(mod, "_more_first_forward_done", False):
+            return
+        mod._more_first_forward_done = True
+        layers = more_layers(mod)
         counts = {n: dict(layer._trace or {"calls": 0, "weight_reads": 0}) for n, layer in layers.items()}
         for layer in layers.values():
             layer._trace = None
         for h in handles:
             h.remove()
-        trace = _trace_from_counts(model, layers, counts)
+        trace = _trace_from_counts(mod, layers, counts)
         if not trace.ok:
-            raise ConfigError(_dead_message(trace, getattr(getattr(model, "_more_config", None), "target_modules",
+            raise ConfigError(_dead_message(trace, getattr(getattr(mod, "_more_config", None), "target_modules",
                                                            "?"), undone=False))
 
     handles.append(model.register_forward_pre_hook(pre))
