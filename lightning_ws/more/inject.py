@@ -393,7 +393,6 @@ def _call(model: nn.Module, example_inputs: ExampleInputs) -> Any:
 
 def _verify_on_first_forward(model: nn.Module) -> None:
     """Trace the model's first ``forward`` call (with the user's own inputs) instead of an example forward."""
-    handles: list = []
     # the hooks look the layers up on the module they fire for (not a captured dict), so a deep copy of the model
     # traces its own layers; a flag makes the check run once per model
 
@@ -411,15 +410,15 @@ def _verify_on_first_forward(model: nn.Module) -> None:
         counts = {n: dict(layer._trace or {"calls": 0, "weight_reads": 0}) for n, layer in layers.items()}
         for layer in layers.values():
             layer._trace = None
-        for h in handles:
-            h.remove()
+        # remove the hooks from this module's own dicts (a handle would point at the original's after a deep copy)
+        mod._forward_pre_hooks.pop(ids[0], None)
+        mod._forward_hooks.pop(ids[1], None)
         trace = _trace_from_counts(mod, layers, counts)
         if not trace.ok:
             raise ConfigError(_dead_message(trace, getattr(getattr(mod, "_more_config", None), "target_modules",
                                                            "?"), undone=False))
 
-    handles.append(model.register_forward_pre_hook(pre))
-    handles.append(model.register_forward_hook(post))
+    ids = (model.register_forward_pre_hook(pre).id, model.register_forward_hook(post).id)
 
 
 def default_example_inputs(model: nn.Module, seed: int = 0) -> ExampleInputs | None:
