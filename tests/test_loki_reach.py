@@ -84,7 +84,7 @@ def test_embedding_metric_reachability_and_active_selection_is_not_index_order()
 def test_loki_classifier_reports_reachability_when_built():
     from lightning_ws.modules.loki import LokiClassifier
 
-    metric, leaves = _leaf_tree(2, 3)
+    metric, _ = _leaf_tree(2, 3)
     with pytest.warns(LokiReachabilityWarning, match="0 of 2 unseen"):
         model = LokiClassifier(metric=metric, observed_classes=[0, 1, 3, 4], in_features=4)
     assert model.reachability.unseen_reachable == 0

@@ -86,7 +86,7 @@ def test_regroup_folder_is_tied_to_the_rows_by_a_content_hash(tmp_path):
     args = ["regroup", "--source", str(src), "--label-column", "y", "--domain-column", "none", "--k", "2", "3",
             "--embedder", "tfidf", "--tfidf-dim", "8", "--out", str(tmp_path / "rg"), "--no-progress"]
     assert rnb_cli(args) == 0
-    kw = dict(label_column="y", domain_column=None, regroup_dir=str(tmp_path / "rg"))
+    kw = {"label_column": "y", "domain_column": None, "regroup_dir": str(tmp_path / "rg")}
     dm = MixtureDataModule(str(src), **kw)
     assert dm.num_domains == 3
     # the same rows in another order: same row counts, but the domains would be noise

@@ -23,11 +23,10 @@ unreachable.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
-
-import warnings
 
 import numpy as np
 import torch

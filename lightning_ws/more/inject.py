@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +124,7 @@ class MoReParameterReport:
                 f"{self.trainable_params:,} / total {self.total_params:,} ({frac:.4f}%){note}")
 
 
-ExampleInputs = Union[torch.Tensor, tuple, list, dict, Callable[[nn.Module], Any]]
+ExampleInputs = torch.Tensor | tuple | list | dict | Callable[[nn.Module], Any]
 """What a verification forward is run with: a tensor (``model(x)``), a tuple/list of positional arguments, a dict of
 keyword arguments, or a callable ``fn(model)`` (e.g. ``lambda m: m.encode_image(x)``)."""
 
