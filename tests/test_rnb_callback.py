@@ -243,8 +243,11 @@ def test_mixture_datamodule_regroup_dir(tmp_path):
     dm0 = MixtureDataModule("youtube_comments")
     n_tr, n_ev = len(dm0.data.train_texts), len(dm0.data.eval_texts)
     rng = np.random.default_rng(0)
+    from lightning_ws.rnb.data import texts_fingerprint
+
     res = RegroupResult(k=3, train_domains=rng.integers(0, 3, n_tr), eval_domains=rng.integers(0, 3, n_ev),
-                        p_eval=np.array([0.5, 0.3, 0.2]), centroids=np.zeros((3, 4)))
+                        p_eval=np.array([0.5, 0.3, 0.2]), centroids=np.zeros((3, 4)),
+                        metadata={"data_hash": texts_fingerprint(dm0.data.train_texts, dm0.data.eval_texts)})
     res.save(tmp_path / "rg")
     dm = MixtureDataModule("youtube_comments", regroup_dir=str(tmp_path / "rg"))
     assert dm.num_domains == 3 and dm.domain_names == ["c0", "c1", "c2"]

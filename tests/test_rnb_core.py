@@ -666,6 +666,7 @@ def test_regroup_cli_jsonl_tfidf(tmp_path, capsys):
     src = tmp_path / "texts.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     code = rnb_cli(["regroup", "--source", str(src), "--k", "2", "3", "4", "--embedder", "tfidf", "--tfidf-dim", "8",
+                    "--test-fraction", "0",
                     "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 0
     res = RegroupResult.load(tmp_path / "out")

@@ -178,19 +178,53 @@ def _wrench_dir(name_or_path: str | Path) -> tuple[str, Path]:
     return path.name, path
 
 
-def _sms_lf_names(readme: Path, m: int) -> list[str]:
-    """Name the SMS rules after their polarity and keywords from the readme (``spam_03_won_cash_prize``)."""
-    names: list[str] = []
-    if readme.is_file():
-        for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 2 and parts[0] in ("ham", "spam"):
-                words = re.findall(r"\((\w[^()|]*)[|)]", parts[1])
-                kw = "_".join(re.sub(r"[^0-9a-zA-Z]+", "", w).lower() for w in words[:3] if w.strip())
-                names.append(f"{parts[0]}_{len(names):02d}" + (f"_{kw}" if kw else ""))
-    if len(names) != m:
-        names = [f"lf_{j:02d}" for j in range(m)]
-    return names
+def _rule_name(polarity: str, index: int, pattern: str) -> str:
+    """``<polarity>_<index>_<up to three keywords of the regex>`` (``spam_03_won_cash_prize``)."""
+    words = re.findall(r"\((\w[^()|]*)[|)]", pattern)
+    kw = "_".join(re.sub(r"[^0-9a-zA-Z]+", "", w).lower() for w in words[:3] if w.strip())
+    pol = re.sub(r"[^0-9a-zA-Z]+", "_", polarity).strip("_").lower()
+    return f"{pol}_{index:02d}" + (f"_{kw}" if kw else "")
+
+
+def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
+    """Labeling-function names parsed from a WRENCH ``readme.txt``, or ``None`` when it does not list ``m`` of them.
+
+    Two layouts are recognised, tried in this order:
+
+    * one rule per line, tab-separated ``POLARITY<TAB>regex<TAB>example`` (the Learning-From-Rules sets: SMS's
+      ``ham``/``spam``, TREC's ``DESCRIPTION``/``ENTITY``/...): the name is the lower-cased polarity, the rule's
+      index and up to three keywords of its regex (``spam_03_won_cash_prize``, ``description_01_how_does``);
+    * a list of identifiers, one per line (``keyword_my,``), after a line that mentions "labeling functions"
+      (YouTube's layout).
+
+    A readme whose count differs from the label matrix's ``m`` columns yields ``None`` (the caller falls back to
+    ``lf_00``..), since names in the wrong order would be worse than none.
+    """
+    if not readme.is_file():
+        return None
+    lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
+    rules = []
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) >= 2 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ()-]{0,40}", parts[0].strip()) and "(" in parts[1]:
+            rules.append(_rule_name(parts[0].strip(), len(rules), parts[1]))
+    if len(rules) == m and m > 0:
+        return rules
+    listed: list[str] = []
+    in_list = False
+    for line in lines:
+        if re.search(r"label(l)?ing functions", line, re.IGNORECASE):
+            in_list, listed = True, []
+            continue
+        if in_list:
+            ident = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*,?\s*", line)
+            if ident:
+                listed.append(ident.group(1).lower())
+            elif listed and line.strip():
+                in_list = False
+    if len(listed) == m and m > 0 and len(set(listed)) == m:
+        return listed
+    return None
 
 
 def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") -> WrenchSplit:
@@ -251,10 +285,9 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") ->
         raise DataError(f"{path}: weak labels must lie in -1..{k - 1}; found {weak_arr.min()}..{weak_arr.max()}.")
     if name == "youtube" and m == len(_YOUTUBE_LF_NAMES):
         lf_names = list(_YOUTUBE_LF_NAMES)
-    elif name == "sms":
-        lf_names = _sms_lf_names(folder / "readme.txt", m or 0)
     else:
-        lf_names = [f"lf_{j:02d}" for j in range(m or 0)]
+        lf_names = (wrench_lf_names_from_readme(folder / "readme.txt", m or 0)
+                    or [f"lf_{j:02d}" for j in range(m or 0)])
     return WrenchSplit(name=name, split=split, ids=ids, texts=texts, labels=labels_arr, weak_labels=weak_arr,
                        lf_names=lf_names, class_names=class_names)
 

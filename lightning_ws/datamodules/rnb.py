@@ -12,6 +12,7 @@ sees exactly the batches of an uninterrupted one. Batches follow the lightning_w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +23,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_ws.datamodules.text import TokenizedTextDataset, TokenizingMixin, pad_collate
 from lightning_ws.errors import ConfigError, DataError
-from lightning_ws.rnb.data import MixtureTexts, load_mixture_source
+from lightning_ws.rnb.data import MixtureTexts, load_mixture_source, texts_fingerprint
 from lightning_ws.rnb.functional import validate_mixture
 from lightning_ws.rnb.regroup import RegroupResult
 from lightning_ws.rnb.sampler import DomainMixtureSampler
 
 __all__ = ["MixtureDataModule", "TensorMixtureDataModule"]
+
+
+def _domain_ids(ids: Any, what: str) -> np.ndarray:
+    """``ids`` as a flat int64 array; a :class:`DataError` naming the problem when any id is negative."""
+    arr = np.asarray(torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).cpu().numpy())
+    if arr.size and arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise DataError(f"{what} must be integer domain ids 0..m-1; got dtype {arr.dtype}.")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size and int(arr.min()) < 0:
+        neg = int((arr < 0).sum())
+        raise DataError(f"{what} has {neg} negative domain id(s) (min {int(arr.min())}); domain ids must be 0..m-1. "
+                        "Give rows of unknown domain an id of their own (or drop them) before building the data "
+                        "module.")
+    return arr
 
 
 class _MixtureBase(pl.LightningDataModule):
@@ -199,18 +217,19 @@ class TensorMixtureDataModule(_MixtureBase):
                  num_workers: int = 0, seed: int = 0, num_samples_per_epoch: int | None = None) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, seed, num_samples_per_epoch)
         self.x, self.labels = torch.as_tensor(x), torch.as_tensor(labels)
-        self.train_domains = np.asarray(torch.as_tensor(domains).cpu().numpy(), dtype=np.int64).reshape(-1)
+        self.train_domains = _domain_ids(domains, "domains")
         if not (len(self.x) == len(self.labels) == len(self.train_domains)):
             raise DataError(f"x, labels and domains must have the same length; got {len(self.x)}, "
                             f"{len(self.labels)}, {len(self.train_domains)}.")
         m = int(num_domains) if num_domains is not None else int(self.train_domains.max()) + 1
+        if int(self.train_domains.max()) >= m:
+            raise DataError(f"domain ids go up to {int(self.train_domains.max())} but num_domains={m}.")
         self.domain_names = list(domain_names) if domain_names is not None else [str(i) for i in range(m)]
         if len(self.domain_names) != m:
             raise ConfigError(f"{len(self.domain_names)} domain names for {m} domains.")
         self.eval_x = None if eval_x is None else torch.as_tensor(eval_x)
         self.eval_labels = None if eval_labels is None else torch.as_tensor(eval_labels)
-        self.eval_domains = None if eval_domains is None else np.asarray(
-            torch.as_tensor(eval_domains).cpu().numpy(), dtype=np.int64).reshape(-1)
+        self.eval_domains = None if eval_domains is None else _domain_ids(eval_domains, "eval_domains")
         self._set_p_eval(p_eval, self.eval_domains)
 
     def _train_dataset(self) -> Dataset:
@@ -235,14 +254,20 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
     """Texts with domains, sampled by a mutable mixture; the data side of R&B (arXiv 2505.00358).
 
     Domains are the source's original ones (e.g. the YouTube video), or the k-means domains of a regroup result folder
-    (``regroup_dir``, written by ``lightning-ws rnb regroup`` with the same ``source``/``eval_fraction``/``split_seed``),
-    whose ``p_eval`` is then used. The evaluation split carries its domain ids too.
+    (``regroup_dir``, written by ``lightning-ws rnb regroup`` with the same source and split arguments), whose
+    ``p_eval`` is then used. A regroup folder is tied to its data by a content hash of the train and eval texts (in
+    order): a folder made from other, edited or reordered rows is refused. The evaluation split (validation,
+    ``p_eval``) and the test split (``test_dataloader``, never used for validation) carry their domain ids too.
 
     Args:
         source: see :func:`lightning_ws.rnb.data.load_mixture_source` (default: YouTube comments, video = domain).
         regroup_dir: folder of a :class:`~lightning_ws.rnb.regroup.RegroupResult` for this source's training split.
         eval_fraction: held-out fraction per domain when the source has no fixed split.
         split_seed: seed of that split.
+        test_fraction: test fraction per domain when the source has no fixed split (default 0.1; taken from the
+            training rows, so the eval rows are those of ``test_fraction=0``).
+        text_column, label_column, domain_column, split_column: column names of a ``.jsonl``/``.csv`` source (see
+            :func:`~lightning_ws.rnb.data.load_mixture_source`; a missing named column is an error naming it).
         p_eval: explicit evaluation proportions (default: from the evaluation split's domains).
         tokenizer: local tokenizer folder; ``None`` = the shipped MiniLM's.
         max_length: truncation length in tokens.
@@ -261,7 +286,9 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
     def __init__(self, source: str = "youtube_comments", regroup_dir: str | None = None, eval_fraction: float = 0.2,
                  split_seed: int = 0, p_eval: list[float] | None = None, tokenizer: str | None = None,
                  max_length: int = 64, batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0, num_samples_per_epoch: int | None = None) -> None:
+                 num_workers: int = 0, seed: int = 0, num_samples_per_epoch: int | None = None,
+                 test_fraction: float = 0.1, text_column: str = "text", label_column: str | None = "label",
+                 domain_column: str | None = "domain", split_column: str | None = "split") -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, seed, num_samples_per_epoch)
         if int(max_length) < 2:
             raise ConfigError(f"max_length must be >= 2, got {max_length}.")
@@ -270,15 +297,23 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         self._tokenizer_path = tokenizer
         self._tokenizer = None
         self._datasets: dict[str, TokenizedTextDataset] = {}
-        self._attach(load_mixture_source(source, eval_fraction=eval_fraction, split_seed=split_seed),
+        self._attach(load_mixture_source(source, eval_fraction=eval_fraction, split_seed=split_seed,
+                                         test_fraction=test_fraction, text_column=text_column,
+                                         label_column=label_column, domain_column=domain_column,
+                                         split_column=split_column),
                      regroup_dir, p_eval)
 
     @classmethod
     def from_texts(cls, train_texts: Sequence[str], train_labels: Sequence[int], train_domains: Sequence[int],
                    eval_texts: Sequence[str], eval_labels: Sequence[int], eval_domains: Sequence[int] | None = None,
                    *, domain_names: Sequence[str] | None = None, p_eval: Sequence[float] | None = None,
-                   **kwargs: Any) -> MixtureDataModule:
-        """Build from in-memory lists (``kwargs``: the loader arguments of ``__init__``)."""
+                   test_texts: Sequence[str] | None = None, test_labels: Sequence[int] | None = None,
+                   test_domains: Sequence[int] | None = None, **kwargs: Any) -> MixtureDataModule:
+        """Build from in-memory lists (``kwargs``: the loader arguments of ``__init__``).
+
+        Domain ids must be ``0..m-1`` (a negative id is a :class:`DataError`). Without ``test_texts`` there is no
+        test split and :meth:`test_dataloader` raises.
+        """
         dm = cls.__new__(cls)
         _MixtureBase.__init__(dm, kwargs.pop("batch_size", 32), kwargs.pop("eval_batch_size", None),
                               kwargs.pop("num_workers", 0), kwargs.pop("seed", 0),
@@ -291,12 +326,22 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         dm._datasets = {}
         tl = np.asarray(train_labels, dtype=np.int64)
         el = np.asarray(eval_labels, dtype=np.int64)
-        td = np.asarray(train_domains, dtype=np.int64)
-        ed = np.zeros(len(eval_texts), dtype=np.int64) if eval_domains is None else np.asarray(eval_domains, np.int64)
+        td = _domain_ids(train_domains, "train_domains")
+        ed = np.zeros(len(eval_texts), dtype=np.int64) if eval_domains is None else _domain_ids(eval_domains,
+                                                                                                "eval_domains")
+        te_texts = list(test_texts) if test_texts is not None else []
+        if (test_labels is None) != (test_texts is None):
+            raise ConfigError("pass test_texts and test_labels together.")
+        tel = np.asarray(test_labels if test_labels is not None else [], dtype=np.int64)
+        ted = np.zeros(len(te_texts), dtype=np.int64) if test_domains is None else _domain_ids(test_domains,
+                                                                                               "test_domains")
         m = int(td.max()) + 1
         names = list(domain_names) if domain_names is not None else [str(i) for i in range(m)]
+        if len(names) < m:
+            raise ConfigError(f"{len(names)} domain names for domain ids up to {m - 1}.")
         data = MixtureTexts(list(train_texts), tl, td, list(eval_texts), el, ed, names,
-                            int(max(tl.max(), el.max()) + 1), "in-memory")
+                            int(max(tl.max(), el.max(), tel.max() if tel.size else 0) + 1), "in-memory",
+                            te_texts, tel, ted)
         dm._attach(data, None, p_eval)
         if eval_domains is None and p_eval is None:
             dm._p_eval = None
@@ -307,6 +352,8 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
             raise DataError("train texts, labels and domains must have the same length.")
         if not (len(data.eval_texts) == len(data.eval_labels) == len(data.eval_domains)):
             raise DataError("eval texts, labels and domains must have the same length.")
+        if not (len(data.test_texts) == len(data.test_labels) == len(data.test_domains)):
+            raise DataError("test texts, labels and domains must have the same length.")
         self.data = data
         self._num_classes = int(data.num_classes)
         self.original_domain_names = list(data.domain_names)
@@ -316,14 +363,25 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
                 raise DataError(
                     f"regroup result {regroup_dir} has {len(res.train_domains)} train / {len(res.eval_domains)} eval "
                     f"rows but source {data.source!r} gives {len(data.train_texts)} / {len(data.eval_texts)}; run "
-                    f"`lightning-ws rnb regroup` with the same source, eval_fraction and split_seed.")
-            self.train_domains = res.train_domains.astype(np.int64)
-            self.eval_domains = res.eval_domains.astype(np.int64)
+                    f"`lightning-ws rnb regroup` with the same source, eval_fraction, test_fraction and split_seed.")
+            saved = res.metadata.get("data_hash")
+            if saved is None:
+                warnings.warn(f"regroup result {regroup_dir} has no data_hash (written before content hashes): "
+                              "cannot check that its domains belong to these rows in this order; re-run "
+                              "`lightning-ws rnb regroup` to tie it to the data.", UserWarning, stacklevel=3)
+            elif saved != texts_fingerprint(data.train_texts, data.eval_texts):
+                raise DataError(
+                    f"regroup result {regroup_dir} was computed on other rows than source {data.source!r} gives now "
+                    "(content hash of the train/eval texts differs: the file was edited or reordered, or the split "
+                    "arguments differ), so its domain ids would not match the rows. Re-run `lightning-ws rnb regroup` "
+                    "on this data with the same split arguments.")
+            self.train_domains = _domain_ids(res.train_domains, f"{regroup_dir} train_domains")
+            self.eval_domains = _domain_ids(res.eval_domains, f"{regroup_dir} eval_domains")
             self.domain_names = [f"c{i}" for i in range(res.k)]
             self._set_p_eval(p_eval if p_eval is not None else res.p_eval, None)
         else:
-            self.train_domains = np.asarray(data.train_domains, dtype=np.int64)
-            self.eval_domains = np.asarray(data.eval_domains, dtype=np.int64)
+            self.train_domains = _domain_ids(data.train_domains, "train domains")
+            self.eval_domains = _domain_ids(data.eval_domains, "eval domains")
             self.domain_names = list(data.domain_names)
             self._set_p_eval(p_eval, self.eval_domains)
 
@@ -333,7 +391,7 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         return self._num_classes
 
     def setup(self, stage: str | None = None) -> None:
-        """Tokenise the training and evaluation texts (once)."""
+        """Tokenise the training, evaluation and test texts (once)."""
         if "train" not in self._datasets:
             self._datasets["train"] = TokenizedTextDataset(
                 self._tokenize(self.data.train_texts), self.data.train_labels,
@@ -342,6 +400,10 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
             self._datasets["eval"] = TokenizedTextDataset(
                 self._tokenize(self.data.eval_texts), self.data.eval_labels,
                 np.arange(len(self.data.eval_texts)), {"domain": self.eval_domains})
+        if "test" not in self._datasets and len(self.data.test_texts):
+            self._datasets["test"] = TokenizedTextDataset(
+                self._tokenize(self.data.test_texts), self.data.test_labels,
+                np.arange(len(self.data.test_texts)), self._test_extras())
 
     def _train_dataset(self) -> Dataset:
         self.setup("fit")
@@ -356,6 +418,25 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         return DataLoader(self._datasets["eval"], batch_size=self.eval_batch_size, shuffle=False,
                           collate_fn=self._collate, num_workers=self.num_workers)
 
+    def _test_extras(self) -> dict[str, np.ndarray]:
+        # with a regroup folder the test rows have no regrouped domain (Regroup maps train and eval only), so test
+        # batches then carry no "domain" rather than ids from another id space
+        if self.domain_names != list(self.data.domain_names):
+            return {}
+        return {"domain": _domain_ids(self.data.test_domains, "test domains")}
+
     def test_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
+        """The held-out test split, in order (never the validation split); batches carry ``domain`` unless the
+        domains come from a regroup folder.
+
+        Raises:
+            ConfigError: when there is no test split (``test_fraction=0`` with a source without a fixed test split,
+                or ``from_texts`` without ``test_texts``).
+        """
+        if not len(self.data.test_texts):
+            raise ConfigError("this MixtureDataModule has no test split: set test_fraction > 0, give the file 'test' "
+                              "rows in its split column, or pass test_texts to from_texts. (The validation split is "
+                              "never reused as a test split: checkpoints chosen on it would be scored on it.)")
+        self.setup("test")
+        return DataLoader(self._datasets["test"], batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=self._collate, num_workers=self.num_workers)

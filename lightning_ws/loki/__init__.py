@@ -7,7 +7,15 @@
 * :func:`reachable_classes`, :func:`active_next_class`, :func:`select_classes`: the locus and active selection.
 """
 
-from lightning_ws.loki.active import ActiveSelection, active_next_class, reachable_classes, select_classes
+from lightning_ws.loki.active import (
+    ActiveSelection,
+    LokiReachabilityWarning,
+    ReachabilityReport,
+    active_next_class,
+    reachability_report,
+    reachable_classes,
+    select_classes,
+)
 from lightning_ws.loki.metric_space import LabelMetric, validate_distance_matrix
 from lightning_ws.loki.predict import LokiHead, check_weights, loki_predict, loki_predict_embedding, loki_scores
 from lightning_ws.loki.wordnet import read_wordnet_nouns, wordnet_metric
@@ -16,11 +24,14 @@ __all__ = [
     "ActiveSelection",
     "LabelMetric",
     "LokiHead",
+    "LokiReachabilityWarning",
+    "ReachabilityReport",
     "active_next_class",
     "check_weights",
     "loki_predict",
     "loki_predict_embedding",
     "loki_scores",
+    "reachability_report",
     "reachable_classes",
     "read_wordnet_nouns",
     "select_classes",

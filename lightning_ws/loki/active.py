@@ -14,11 +14,16 @@ in the simplex.  :func:`reachable_classes` computes it:
 
 :func:`active_next_class` picks the next class to observe: ``"farthest"`` (the unobserved class farthest from the
 current locus, the exact greedy maximiser on class trees, spec §6.1) or ``"greedy"`` (the candidate that maximises
-``|Π(Λ ∪ {y})|``, for general metrics).  :func:`select_classes` repeats it and reports the reachable counts.
+``|Π(Λ ∪ {y})|``, for general metrics; ties, which are the rule on embedding metrics where the locus is often just the
+observed set, go to the candidate farthest from the locus, never to the lowest index).  :func:`select_classes` repeats
+it and reports the reachable counts.  :func:`reachability_report` summarises how many unseen classes Loki can reach;
+:class:`~lightning_ws.loki.predict.LokiHead` computes it when a head is built and warns when unseen classes are
+unreachable.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,7 +34,8 @@ import torch
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.loki.metric_space import LabelMetric
 
-__all__ = ["reachable_classes", "active_next_class", "select_classes", "ActiveSelection"]
+__all__ = ["reachable_classes", "active_next_class", "select_classes", "ActiveSelection", "ReachabilityReport",
+           "LokiReachabilityWarning", "reachability_report"]
 
 Method = Literal["auto", "tree", "lp", "sample"]
 
@@ -153,13 +159,99 @@ def active_next_class(metric: LabelMetric, observed: Sequence[Hashable], *,
         dist = metric.min_distance_to(torch.nonzero(locus).reshape(-1))
         dist = torch.where(pool, dist, torch.full_like(dist, -1.0))
         return metric.class_ids[int(dist.argmax())]
-    best, best_size = None, -1
+    best, best_key = None, (-1, -1.0)
     base = [metric.class_ids[i] for i in obs.tolist()]
+    # ties in |locus| (the rule on embedding metrics, where adding y often makes only y reachable) go to the
+    # candidate farthest from the current locus (k-center greedy), not to the lowest position
+    dist = metric.min_distance_to(torch.nonzero(locus).reshape(-1))
     for y in torch.nonzero(pool).reshape(-1).tolist():
         size = int(reachable_classes(metric, [*base, metric.class_ids[y]], method=method).sum())
-        if size > best_size:
-            best, best_size = y, size
+        key = (size, float(dist[y]))
+        if key > best_key:
+            best, best_key = y, key
     return metric.class_ids[best]
+
+
+class LokiReachabilityWarning(UserWarning):
+    """Observed classes leave unseen classes that Loki can never predict (arXiv 2307.12226, the locus)."""
+
+
+@dataclass(frozen=True)
+class ReachabilityReport:
+    """How many classes Loki can predict from the observed ones (the locus ``Π(Λ)``, arXiv 2307.12226).
+
+    Attributes:
+        num_classes: ``N``, classes in the label metric.
+        num_observed: distinct observed classes.
+        num_unseen: ``N - num_observed``.
+        unseen_reachable: unseen classes Loki predicts for some weight vector.
+        unreachable: up to 10 unseen class ids that Loki can never predict.
+        method: the locus method used (``"tree"``, ``"lp"`` exact; ``"sample"`` a lower bound).
+        exact: whether ``unseen_reachable`` is exact (``False`` for ``"sample"``: a lower bound).
+    """
+
+    num_classes: int
+    num_observed: int
+    num_unseen: int
+    unseen_reachable: int
+    unreachable: tuple
+    method: str
+    exact: bool
+
+    @property
+    def all_reachable(self) -> bool:
+        """True when every unseen class is reachable."""
+        return self.unseen_reachable == self.num_unseen
+
+    def __str__(self) -> str:
+        bound = "" if self.exact else " at least"
+        return (f"Loki reachability ({self.method}): {self.num_observed} observed of {self.num_classes} classes;"
+                f"{bound} {self.unseen_reachable} of {self.num_unseen} unseen classes reachable")
+
+    def message(self) -> str:
+        """A warning text naming the problem and what to do about it."""
+        return (f"{self}. Loki can never predict the other {self.num_unseen - self.unseen_reachable} unseen classes "
+                f"(e.g. {list(self.unreachable[:5])}) whatever the classifier outputs: with this metric the observed "
+                "classes' locus does not contain them (e.g. a tree whose leaves are the classes, or class-name "
+                "embeddings, where the weighted Fréchet mean stays on the observed classes). Observe classes chosen "
+                "by lightning_ws.loki.select_classes, or use a metric whose internal nodes are classes.")
+
+
+def reachability_report(metric: LabelMetric, observed: Sequence[Hashable], *, squared: bool = True,
+                        method: Method = "auto", max_exact_classes: int = 100, num_samples: int = 4096,
+                        seed: int = 0) -> ReachabilityReport:
+    """Count the unseen classes Loki can reach from ``observed`` (arXiv 2307.12226; see :func:`reachable_classes`).
+
+    Args:
+        metric: the label metric.
+        observed: observed class ids.
+        squared: the rule uses ``d^2`` (default True).
+        method: locus method; ``"auto"`` is exact (``"tree"``/``"lp"``) up to ``max_exact_classes`` classes and
+            ``"sample"`` (a lower bound) above.
+        max_exact_classes: the ``"auto"`` switch point (default 100: one small LP per unseen class is cheap there).
+        num_samples: random weight vectors for ``"sample"`` and as LP certificates.
+        seed: seed of those draws.
+    """
+    if method == "auto":
+        if metric.is_class_tree and squared:
+            method = "tree"
+        else:
+            method = "lp" if metric.num_classes <= max_exact_classes else "sample"
+    reach = reachable_classes(metric, observed, method=method, squared=squared, num_samples=num_samples, seed=seed)
+    obs = _observed_positions(metric, observed)
+    unseen = torch.ones(metric.num_classes, dtype=torch.bool)
+    unseen[obs] = False
+    unreachable = torch.nonzero(unseen & ~reach).reshape(-1)[:10].tolist()
+    return ReachabilityReport(num_classes=metric.num_classes, num_observed=len(obs), num_unseen=int(unseen.sum()),
+                              unseen_reachable=int((unseen & reach).sum()),
+                              unreachable=tuple(metric.class_ids[i] for i in unreachable), method=str(method),
+                              exact=method != "sample")
+
+
+def warn_unreachable(report: ReachabilityReport, stacklevel: int = 3) -> None:
+    """Issue a :class:`LokiReachabilityWarning` when some unseen classes are unreachable."""
+    if not report.all_reachable:
+        warnings.warn(report.message(), LokiReachabilityWarning, stacklevel=stacklevel)
 
 
 @dataclass

@@ -215,12 +215,18 @@ class LokiHead(nn.Module):
         self.class_ids = tuple(class_ids) if class_ids is not None else tuple(range(n))
         self.num_observed, self.num_classes = int(k), int(n)
         self.input, self.temperature, self.top_k, self.chunk_elements = input, float(temperature), top_k, chunk_elements
+        self.reachability = None  # a ReachabilityReport when built by from_metric
 
     @classmethod
     def from_metric(cls, metric: LabelMetric, observed: Sequence[Hashable], *, squared: bool = True,
                     shortcut: Literal["auto", "always", "never"] = "auto", dtype: torch.dtype = torch.float32,
-                    **kwargs) -> LokiHead:
+                    reachability: Literal["warn", "report", "off"] = "warn", **kwargs) -> LokiHead:
         """Build a head for classifier columns ``observed`` (class ids, in logit-column order).
+
+        The head's ``reachability`` attribute holds a
+        :class:`~lightning_ws.loki.active.ReachabilityReport` (how many unseen classes Loki can ever predict from
+        ``observed`` under this metric); with ``reachability="warn"`` (default) a
+        :class:`~lightning_ws.loki.active.LokiReachabilityWarning` names the unreachable unseen classes.
 
         Args:
             metric: the label metric on the full space.
@@ -229,10 +235,26 @@ class LokiHead(nn.Module):
             shortcut: nearest-weighted-mean shortcut for embedding metrics: ``"auto"`` (when the metric is an
                 embedding metric and ``squared``), ``"always"`` (error if impossible) or ``"never"``.
             dtype: buffer dtype (default float32).
+            reachability: ``"warn"`` (compute the report and warn on unreachable unseen classes), ``"report"``
+                (compute it, no warning) or ``"off"`` (skip; ``head.reachability`` is ``None``).
             **kwargs: forwarded to the constructor (``input``, ``temperature``, ``top_k``, ``chunk_elements``).
         """
         if shortcut not in ("auto", "always", "never"):
             raise ConfigError(f"shortcut must be 'auto', 'always' or 'never'; got {shortcut!r}.")
+        if reachability not in ("warn", "report", "off"):
+            raise ConfigError(f"reachability must be 'warn', 'report' or 'off'; got {reachability!r}.")
+        head = cls._from_metric(metric, observed, squared=squared, shortcut=shortcut, dtype=dtype, **kwargs)
+        if reachability != "off":
+            from lightning_ws.loki.active import reachability_report, warn_unreachable
+
+            head.reachability = reachability_report(metric, observed, squared=squared)
+            if reachability == "warn":
+                warn_unreachable(head.reachability, stacklevel=3)
+        return head
+
+    @classmethod
+    def _from_metric(cls, metric: LabelMetric, observed: Sequence[Hashable], *, squared: bool,
+                     shortcut: str, dtype: torch.dtype, **kwargs) -> LokiHead:
         pos = metric.index(list(observed))
         if len(set(pos.tolist())) != len(pos):
             raise DataError("observed contains a class id twice; each logit column must be a distinct class.")

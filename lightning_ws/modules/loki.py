@@ -78,6 +78,7 @@ class LokiClassifier(pl.LightningModule):
         self.loki: LokiHead | None = None
         self.observed_classes: list[int] | None = None
         self._sq_full: torch.Tensor | None = None
+        self.reachability = None  # a ReachabilityReport once the head is built
         self.eval_metrics: nn.ModuleDict | None = None
         self._pending = (metric, None if observed_classes is None else list(observed_classes))
         if observed_classes is not None and metric is not None:
@@ -98,6 +99,10 @@ class LokiClassifier(pl.LightningModule):
             self.obs_pos.copy_(pos)
             self.pos_to_id.copy_(torch.tensor(ids, dtype=torch.long))
         self.observed_classes = [int(c) for c in observed]
+        from lightning_ws.loki.active import reachability_report, warn_unreachable
+
+        self.reachability = reachability_report(metric, list(observed), squared=self.squared)
+        warn_unreachable(self.reachability, stacklevel=4)
         self._sq_full = metric.distance_rows(squared=True) if metric.num_classes <= 20000 else None
         self._make_metrics()
 

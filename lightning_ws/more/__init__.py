@@ -17,6 +17,8 @@ from lightning_ws.more.functional import (
 from lightning_ws.more.inject import (
     MoReConfig,
     MoReParameterReport,
+    MoReTrace,
+    default_example_inputs,
     find_target_modules,
     inject_more,
     load_more_adapter,
@@ -28,6 +30,7 @@ from lightning_ws.more.inject import (
     parameter_report,
     save_more_adapter,
     unmerge_more,
+    verify_more_adapters,
 )
 from lightning_ws.more.layer import IncompleteMixingWarning, MoReLinear
 from lightning_ws.more.search import SearchResult, grid, run_search
@@ -37,8 +40,10 @@ __all__ = [
     "MoReConfig",
     "MoReLinear",
     "MoReParameterReport",
+    "MoReTrace",
     "MonarchShape",
     "SearchResult",
+    "default_example_inputs",
     "find_target_modules",
     "grid",
     "inject_more",
@@ -57,4 +62,5 @@ __all__ = [
     "run_search",
     "save_more_adapter",
     "unmerge_more",
+    "verify_more_adapters",
 ]

@@ -122,6 +122,10 @@ class MoReLinear(nn.Module):
             base.bias.requires_grad_(self.train_bias)
         self._merged = False
         self._orig_weight: torch.Tensor | None = None
+        # Set by lightning_ws.more.inject.verify_more_adapters: a dict counting forward calls and `.weight` reads during
+        # one traced forward (None otherwise), and whether that forward called this layer (None: not verified yet).
+        self._trace: dict[str, int] | None = None
+        self.verified: bool | None = None
 
     @property
     def in_features(self) -> int:
@@ -135,7 +139,14 @@ class MoReLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's (frozen) weight, so code that reads ``.weight`` of a linear keeps working."""
+        """The base layer's (frozen) weight, so code that reads ``.weight`` of a linear keeps working.
+
+        Code that reads the weight instead of calling the layer (``F.linear(x, lin.weight)``,
+        ``F.multi_head_attention_forward(..., q_proj_weight=...)``, fused q/k/v concatenation) bypasses the adapter;
+        :func:`lightning_ws.more.inject.verify_more_adapters` detects and names such layers.
+        """
+        if self._trace is not None:
+            self._trace["weight_reads"] += 1
         return self.base_layer.weight
 
     @property
@@ -158,6 +169,8 @@ class MoReLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the Monarch update (skipped while merged)."""
+        if self._trace is not None:
+            self._trace["calls"] += 1
         result = self.base_layer(x)
         if self._merged:
             return result

@@ -28,8 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     rg = sub.add_parser("regroup", help="k-means domains from text embeddings; writes a result folder.")
     rg.add_argument("--source", default="youtube_comments",
-                    help="youtube_comments | youtube_sms | youtube | sms | a WRENCH folder | a .jsonl/.csv file with "
-                         "a 'text' column (optional 'label', 'domain', 'split' = train/eval).")
+                    help="youtube_comments | youtube_sms | youtube | sms | a WRENCH folder | a .jsonl/.csv file "
+                         "(columns: see --text-column, --label-column, --domain-column, --split-column).")
+    rg.add_argument("--text-column", default="text", help="file sources: the text column.")
+    rg.add_argument("--label-column", default="label",
+                    help="file sources: the integer class-id column ('none' = unlabelled).")
+    rg.add_argument("--domain-column", default="domain",
+                    help="file sources: the original domain column ('none' = one domain; regrouping needs none).")
+    rg.add_argument("--split-column", default="split",
+                    help="file sources: optional train/eval/test column ('none' = ignore).")
+    rg.add_argument("--test-fraction", type=float, default=0.1,
+                    help="held-out test fraction per domain (no fixed split); MixtureDataModule's default is 0.1.")
     rg.add_argument("--out", required=True, help="output folder (created).")
     rg.add_argument("--k", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8, 10], help="grid of k (each >= 2).")
     rg.add_argument("--eval-fraction", type=float, default=0.2, help="held-out fraction per domain (no fixed split).")
@@ -54,7 +63,13 @@ def _regroup(args: argparse.Namespace) -> int:
     from lightning_ws.rnb.data import load_mixture_source
     from lightning_ws.rnb.regroup import MiniLMEmbedder, SemanticRegrouper, TfidfSvdEmbedder
 
-    data = load_mixture_source(args.source, eval_fraction=args.eval_fraction, split_seed=args.split_seed)
+    def col(v: str) -> str | None:
+        return None if v.lower() in ("none", "null", "") else v
+
+    data = load_mixture_source(args.source, eval_fraction=args.eval_fraction, split_seed=args.split_seed,
+                               test_fraction=args.test_fraction, text_column=args.text_column,
+                               label_column=col(args.label_column), domain_column=col(args.domain_column),
+                               split_column=col(args.split_column))
     if args.embedder == "minilm":
         embedder = MiniLMEmbedder(args.model_path, batch_size=args.batch_size, max_length=args.max_length,
                                   prefix=args.prefix, progress=not args.no_progress)
@@ -66,12 +81,14 @@ def _regroup(args: argparse.Namespace) -> int:
                                   silhouette_sample_size=args.silhouette_sample_size, progress=not args.no_progress)
     result = regrouper.fit(data.train_texts, data.eval_texts)
     result.metadata.update({"source": args.source, "eval_fraction": args.eval_fraction,
-                            "split_seed": args.split_seed, "prefix": args.prefix, "text_field": "text",
+                            "test_fraction": args.test_fraction, "split_seed": args.split_seed,
+                            "prefix": args.prefix, "text_field": args.text_column,
                             "original_domains": list(data.domain_names)})
     folder = result.save(args.out)
     _print(result)
     print(f"wrote {folder} (use it as MixtureDataModule(regroup_dir=...) with source={args.source!r}, "
-          f"eval_fraction={args.eval_fraction}, split_seed={args.split_seed})")
+          f"eval_fraction={args.eval_fraction}, test_fraction={args.test_fraction}, split_seed={args.split_seed}; "
+          f"it is tied to these rows by data_hash {result.metadata.get('data_hash', '?')[:12]})")
     return 0
 
 

@@ -180,7 +180,9 @@ class RegroupResult:
         centroids: ``(k, d)`` training centroids.
         table: one dict per k of the grid: ``k``, ``silhouette`` (or ``None``), ``hook_loss`` (or ``None``),
             ``inertia``, ``min_cluster_size``, ``eval_domains_covered``.
-        metadata: free-form strings/numbers (embedder name, seed, selection rule, ...).
+        metadata: free-form strings/numbers (embedder name, seed, selection rule, ...); when fitted on texts,
+            ``data_hash`` = :func:`lightning_ws.rnb.data.texts_fingerprint` of the train and eval texts, which
+            :class:`~lightning_ws.datamodules.rnb.MixtureDataModule` checks before using the domains.
     """
 
     k: int
@@ -309,6 +311,12 @@ class SemanticRegrouper:
         def _is_array(v: Any) -> bool:
             return isinstance(v, torch.Tensor) or (isinstance(v, np.ndarray) and v.dtype.kind in "fiu")
 
+        data_hash = None
+        if not _is_array(train) and not _is_array(eval):
+            from lightning_ws.rnb.data import texts_fingerprint
+
+            train, eval = list(train), list(eval)  # noqa: A001
+            data_hash = texts_fingerprint(train, eval)
         emb = self.embedder
         if emb is None and not (_is_array(train) and _is_array(eval)):
             emb = MiniLMEmbedder(progress=self.progress)
@@ -346,5 +354,7 @@ class SemanticRegrouper:
                 "selection": "silhouette" if self.selection == "silhouette" else "hook",
                 "silhouette_sample_size": self.silhouette_sample_size, "n_train": int(xt.shape[0]),
                 "n_eval": int(xe.shape[0]), "dim": int(xt.shape[1]), "paper": "arXiv 2505.00358"}
+        if data_hash is not None:
+            meta["data_hash"] = data_hash  # ties the result to these rows in this order (MixtureDataModule checks it)
         return RegroupResult(k=k, train_domains=labels, eval_domains=ev, p_eval=p_eval, centroids=cents,
                              table=table, metadata=meta)
