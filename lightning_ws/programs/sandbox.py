@@ -443,9 +443,15 @@ class ProgramSandbox:
         if missing and not self._warned:
             self._warned = True
             detail = "; ".join(f"{k}: {out.get(k)}" for k in missing)
-            log.warning("program sandbox runs with weaker isolation; missing layers -> %s. Install bubblewrap or "
-                        "allow unprivileged user namespaces (namespaces), use Linux >= 5.13 with Landlock enabled "
-                        "(landlock), x86_64/aarch64 Linux (seccomp).", detail)
+            hints = {"namespaces": "install bubblewrap or allow unprivileged user namespaces",
+                     "landlock": "use Linux >= 5.13 with Landlock in the LSM list",
+                     "seccomp": "use x86_64/aarch64 Linux with seccomp filters",
+                     "rlimits": "use a POSIX system with the resource module",
+                     "privdrop": "let root workers switch to uid 65534",
+                     "python_guard": "leave python_guard=True"}
+            fix = "; ".join(f"{k}: {hints[k]}" for k in missing if k in hints)
+            log.warning("program sandbox runs with weaker isolation; missing layers -> %s. To restore them: %s.",
+                        detail, fix)
 
     def missing_layers(self) -> list[str]:
         """Layers that are not active in the workers (after the first :meth:`run`)."""
@@ -651,8 +657,11 @@ class ProgramSandbox:
                     w.deadline = time.monotonic() + self.config.batch_timeout
                     if bar is not None:
                         bar.update(hi - lo)
-                    if header.get("tampered"):
-                        lost(w, "tampered", "worker recycled after tampering")
+                    if header.get("tampered"):  # the worker exits; re-run the rest of its batch on a fresh one
+                        task, w.task = w.task, None
+                        self._retire(w)
+                        if task["left"]:
+                            pending.appendleft((b, task["left"]))
                 elif kind == "done":
                     recycle = bool(header.get("recycle"))
                     if w.task["left"]:
