@@ -48,6 +48,28 @@ def _defines(code: str, entry: str) -> bool:
     return re.search(r"^def\s+" + re.escape(entry) + r"\s*\(", code, re.M) is not None
 
 
+def _bound_names(code: str) -> set[str]:
+    tree = ast.parse(code)
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, ast.arg):
+            out.add(node.arg)
+    return out
+
+
+def _free_names(code: str) -> set[str]:
+    import builtins
+
+    used = {n.id for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return used - _bound_names(code) - set(dir(builtins))
+
+
 def extract_code(response: str, entry: str = "label") -> str | None:
     """The program in an LLM response, or ``None`` when there is none (see the module docstring)."""
     if not response or not response.strip():
@@ -55,8 +77,14 @@ def extract_code(response: str, entry: str = "label") -> str | None:
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(response)]
     py = [b for lang, b in blocks if lang in _PY_LANGS]
     if py:
-        for b in py:
+        for i, b in enumerate(py):
             if _defines(b, entry) and _parses(b):
+                free = _free_names(b)
+                helpers = [o for o in py[:i] + py[i + 1:] if _parses(o) and free & _bound_names(o)]
+                if helpers:  # helpers (imports, constants, functions) written in other blocks
+                    joined = "\n\n".join(x.strip("\n") for x in py if x is b or any(x is h for h in helpers))
+                    if _parses(joined):
+                        return joined + "\n"
                 return b.strip("\n") + "\n"
         joined = "\n\n".join(b.strip("\n") for b in py)
         if _defines(joined, entry) and _parses(joined):

@@ -182,6 +182,7 @@ class RenderedPrompt:
     family: str
     task: str
     example_ids: list[str] = field(default_factory=list)
+    skipped_blocks: list[str] = field(default_factory=list)
 
     def messages(self) -> list[dict[str, str]]:
         """OpenAI chat messages."""
@@ -258,7 +259,8 @@ def _fill(text: str, fields: Mapping[str, Any], where: str) -> str:
 
 
 def render_prompt(template: PromptTemplate, task: TaskSpec, *, tier: str | int | None = None,
-                  prior: str | None = None, examples_data: Any | None = None) -> RenderedPrompt:
+                  prior: str | None = None, examples_data: Any | None = None,
+                  skip_missing: bool = False) -> RenderedPrompt:
     """Render the program-synthesis prompt.
 
     Args:
@@ -269,6 +271,8 @@ def render_prompt(template: PromptTemplate, task: TaskSpec, *, tier: str | int |
         prior: Alchemist prior knowledge to prepend (the answer of :func:`render_prior_prompt`'s query).
         examples_data: a :class:`~lightning_ws.data.WrenchSplit` to draw labelled examples from (default: the
             task's ``examples.split`` of its data set; never the test split).
+        skip_missing: leave out blocks whose task field is empty (recorded in ``skipped_blocks``) instead of
+            raising.
 
     Raises:
         ConfigError: an unknown tier, a block whose task field is empty, or a test split for examples.
@@ -293,15 +297,21 @@ def render_prompt(template: PromptTemplate, task: TaskSpec, *, tier: str | int |
         prompt_id = "alchemist_programs_with_prior" if prior else "alchemist_programs"
     example_ids: list[str] = []
     parts = []
+    skipped: list[str] = []
     for b in template.blocks:
         if int(b.get("tier", 1)) > level:
             continue
+        empty = [key for key in ("description", "heuristics", "example_lfs")
+                 if "{" + key + "}" in b["text"] and not str(fields.get(key, "")).strip()]
+        if empty and skip_missing:
+            skipped.append(b["id"])
+            continue
         if b["id"] == "data_examples":
             fields["data_examples"], example_ids = _draw_examples(task, examples_data)
-        for key in ("description", "heuristics", "example_lfs"):
-            if "{" + key + "}" in b["text"] and not str(fields.get(key, "")).strip():
-                raise ConfigError(f"task {task.name!r} has no {key!r}, which block {b['id']!r} of tier "
-                                  f"{b.get('tier')} needs; fill it in the task file or use a lower tier.")
+        if empty:
+            raise ConfigError(f"task {task.name!r} has no {empty[0]!r}, which block {b['id']!r} of tier "
+                              f"{b.get('tier')} needs; fill it in the task file, use a lower tier, or pass "
+                              f"skip_missing=True.")
         parts.append(_fill(b["text"], fields, f"template {template.name} block {b['id']}"))
     user = template.joiner.join(parts)
     if prior:
@@ -310,7 +320,7 @@ def render_prompt(template: PromptTemplate, task: TaskSpec, *, tier: str | int |
         user = _fill(template.prior_intro, {"prior": prior}, template.name) + template.joiner + user
     return RenderedPrompt(system=_fill(template.system, fields, template.name), user=user, prompt_id=prompt_id,
                           template=template.name, template_version=int(template.version), family=template.family,
-                          task=task.name, example_ids=example_ids)
+                          task=task.name, example_ids=example_ids, skipped_blocks=skipped)
 
 
 def render_prior_prompt(template: PromptTemplate, task: TaskSpec, prior_type: str = "heuristics") -> RenderedPrompt:
