@@ -27,7 +27,8 @@ from lightning_ws.programs.prompts import PromptTemplate, TaskSpec, render_prior
 from lightning_ws.programs.sandbox import DEFAULT_ALLOWED_IMPORTS
 from lightning_ws.programs.store import Program, ProgramStore
 
-__all__ = ["extract_code", "check_program", "CheckResult", "ProgramGenerator", "GenerationReport"]
+__all__ = ["extract_code", "check_program", "CheckResult", "ProgramGenerator", "GenerationReport", "RECORDED_PROMPT_IDS",
+           "recorded_programs"]
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
@@ -270,3 +271,64 @@ class ProgramGenerator:
         report.prompt_tokens += int(res.usage.get("prompt_tokens", 0)) if res.usage else 0
         report.completion_tokens += int(res.usage.get("completion_tokens", 0)) if res.usage else 0
         report.cost_usd += float(res.cost_usd or 0.0)
+
+
+#: The prompt ids of the shipped recorded responses, in reporting order.
+RECORDED_PROMPT_IDS = ("T1_general", "T2_task_description", "T3_human_heuristics", "T4_example_lfs",
+                       "T5_data_examples", "alchemist_programs", "alchemist_programs_with_prior")
+
+
+def recorded_programs(task: str, prompt_ids: Sequence[str] | None = None, *, root: Any = None,
+                      store: ProgramStore | None = None) -> list[Program]:
+    """The programs of the shipped recorded responses (``lightning_ws/data/programs``), replayed through
+    :class:`ProgramGenerator` exactly as a live run would go: rendered prompt, extraction, static checks.
+
+    Args:
+        task: ``youtube`` or ``sms`` (or a task of a recorded folder ``root``).
+        prompt_ids: which prompts (default: all of :data:`RECORDED_PROMPT_IDS`).
+        root: a recorded folder in the same layout (default: the shipped one).
+        store: where to store them (default: a temporary store, removed afterwards).
+
+    Returns:
+        The programs (valid or not; check ``Program.valid``), in prompt then sample order.
+    """
+    import logging
+    import tempfile
+
+    from lightning_ws.programs.clients import ReplayClient
+    from lightning_ws.programs.prompts import load_task, load_template
+
+    ids = list(prompt_ids or RECORDED_PROMPT_IDS)
+    spec = load_task(task)
+    client = ReplayClient(root)
+    counts = {k[1]: len(list((client.prompts[k]["_dir"] / "responses" / k[1]).glob("*.json")))
+              for k in client.prompts if k[0] == task}
+    tmp = None
+    if store is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lws-recorded-")
+        store = ProgramStore(tmp.name)
+    gen = ProgramGenerator(client, store)
+    out: list[Program] = []
+    quiet = logging.getLogger("lightning_ws.programs.clients")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the youtube T5 prompt differs from the recording in example order only
+    try:
+        for pid in ids:
+            if pid not in counts:
+                from lightning_ws.errors import DataError
+
+                raise DataError(f"no recorded responses for {task}/{pid}; recorded: {sorted(counts)}.")
+            if pid.startswith("T"):
+                rep = gen.generate(load_template("scriptoriumws"), spec, tier=pid, n=counts[pid])
+            elif pid == "alchemist_programs":
+                rep = gen.generate(load_template("alchemist"), spec, n=counts[pid])
+            elif pid == "alchemist_programs_with_prior":
+                rep = gen.generate(load_template("alchemist"), spec, n=counts[pid], prior_type="heuristics")
+            else:
+                continue
+            out.extend(rep.programs)
+    finally:
+        quiet.setLevel(level)
+        if tmp is not None:
+            tmp.cleanup()
+    return out
