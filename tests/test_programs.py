@@ -260,3 +260,55 @@ def test_combine_cascade_keeps_human_labels_and_covers_everything():
     assert m["acc_covered"] > 0.8 and set(m) == {"acc", "f1", "coverage", "acc_covered", "f1_covered"}
     with pytest.raises(ConfigError, match="human"):
         combine_sources(None, Lg, mode="cascade", num_classes=2)
+
+
+# -- CLI and datamodule ------------------------------------------------------------------------------------------------
+
+def test_cli_generate_list_show_validate_apply(tmp_path, capsys):
+    from lightning_ws.cli import main
+
+    store, cache = str(tmp_path / "st"), str(tmp_path / "c")
+    assert main(["programs", "generate", "--task", "youtube", "--tier", "T2_task_description", "--client", "replay",
+                 "--store", store, "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "valid=6" in out and "calls=1" in out
+    assert main(["programs", "generate", "--task", "youtube", "--tier", "T2_task_description", "--client", "replay",
+                 "--store", store, "--cache", cache]) == 0
+    assert "cached=1" in capsys.readouterr().out  # the second run is served from the response cache
+    assert main(["programs", "list", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert "6 program(s)" in listing
+    pid = listing.splitlines()[1].split()[0]
+    assert main(["programs", "show", pid, "--store", store, "--prompt"]) == 0
+    shown = capsys.readouterr().out
+    assert "def label" in shown and "Task description:" in shown
+    assert main(["programs", "validate", "--store", store]) == 0
+    out_path = tmp_path / "L.safetensors"
+    assert main(["programs", "apply", "--store", store, "--dataset", "youtube", "--split", "valid", "--out",
+                 str(out_path), "--cache", "", "--no-progress", "--workers", "2"]) == 0
+    assert "row coverage" in capsys.readouterr().out
+    from lightning_ws.io import load_tensors
+
+    tensors, meta = load_tensors(out_path)
+    assert tuple(tensors["L"].shape) == (120, 6) and len(json.loads(meta["program_ids"])) == 6
+    assert main(["programs", "apply", "--store", store, "--dataset", "youtube", "--split", "valid", "--out",
+                 str(out_path), "--no-progress"]) != 0  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+
+def test_program_label_datamodule_modes(tmp_path):
+    from lightning_ws.datamodules.programs import ProgramLabelDataModule
+
+    reports = {}
+    for mode in ("generated", "joint", "cascade"):
+        dm = ProgramLabelDataModule("youtube", prompt_ids=["T1_general", "T5_data_examples"], combine=mode,
+                                    label_model="mv", cache_dir=str(tmp_path / "cache"), sandbox={"workers": 2},
+                                    soft_labels=mode != "cascade")
+        rows, labels, _ = dm.train_targets(dm.load_split("train"))
+        reports[mode] = dm.label_report
+        assert len(rows) == labels.shape[0] > 1000
+    assert reports["generated"]["programs"] == 12 and reports["joint"]["cache_hits"] == 12
+    assert reports["cascade"]["coverage"] == 1.0 and reports["cascade"]["targets"] == "hard"
+    assert reports["generated"]["pseudolabel_accuracy_vs_gold"] > 0.8
+    with pytest.raises(ConfigError, match="combine"):
+        ProgramLabelDataModule("youtube", combine="both")
