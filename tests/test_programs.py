@@ -312,3 +312,45 @@ def test_program_label_datamodule_modes(tmp_path):
     assert reports["generated"]["pseudolabel_accuracy_vs_gold"] > 0.8
     with pytest.raises(ConfigError, match="combine"):
         ProgramLabelDataModule("youtube", combine="both")
+
+
+# -- Alchemist concept scores ------------------------------------------------------------------------------------------
+
+def _bow(vocab):
+    def enc(texts):
+        return np.asarray([[t.lower().count(w) + 1e-3 for w in vocab] for t in texts], dtype=float)
+    return enc
+
+
+def test_concept_route_through_the_sandbox(sandbox):
+    from lightning_ws.programs.concepts import ConceptScorer, parse_concepts, render_concept_prompts
+
+    task = load_task("youtube")
+    q = render_concept_prompts(task, n_concepts=2)
+    assert "List 2 salient concepts" in q.user and "spam or ham" in q.user
+    concepts = parse_concepts("1. promotion: subscribe check my channel\n- music: song love video\nNote: be careful")
+    assert concepts == {"promotion": "subscribe check my channel", "music": "song love video"}
+    p = render_concept_prompts(task, concepts)
+    assert "def label(scores: dict) -> int:" in p.user and "- promotion: subscribe" in p.user
+    enc = _bow(["subscribe", "check", "channel", "song", "love", "video"])
+    scorer = ConceptScorer(concepts, encode_items=enc, encode_texts=enc)
+    rows = scorer.scores(["please subscribe to my channel", "love this song", "check my channel"])
+    assert set(rows[0]) == {"promotion", "music"} and rows[0]["promotion"] > rows[0]["music"]
+    prog = "def label(scores):\n    return 1 if scores['promotion'] > scores['music'] else 0\n"
+    res = sandbox.run([prog], rows, num_classes=2)
+    assert res.values[:, 0].tolist() == [1, 0, 1]
+    with pytest.raises(ConfigError, match="identifiers"):
+        ConceptScorer({"bad name": "x"}, encode_items=enc, encode_texts=enc)
+
+
+@pytest.mark.slow
+def test_concept_route_with_minilm(sandbox):
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.concepts import ConceptScorer
+
+    data = load_wrench("youtube", "valid")
+    scorer = ConceptScorer({"promotion": "check out my channel, subscribe, visit my website",
+                            "music": "i love this song, great music video"})
+    prog = "def label(scores):\n    return 1 if scores['promotion'] > scores['music'] else 0\n"
+    res = sandbox.run([prog], scorer.scores(data.texts), num_classes=2)
+    assert (res.values[:, 0] == data.labels).mean() > 0.7
