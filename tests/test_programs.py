@@ -354,3 +354,26 @@ def test_concept_route_with_minilm(sandbox):
     prog = "def label(scores):\n    return 1 if scores['promotion'] > scores['music'] else 0\n"
     res = sandbox.run([prog], scorer.scores(data.texts), num_classes=2)
     assert (res.values[:, 0] == data.labels).mean() > 0.7
+
+
+def test_transformers_client_on_a_tiny_local_model(tmp_path):
+    """A tiny random GPT-2 saved locally with the shipped MiniLM tokenizer: exercises TransformersClient offline."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from lightning_ws.programs.clients import TransformersClient
+    from lightning_ws.sentence_embeddings import resolve_sentence_encoder_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_sentence_encoder_path(), local_files_only=True)
+    import torch
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2))
+    lm.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    client = TransformersClient(str(tmp_path / "tiny"), cache_dir=tmp_path / "cache")
+    msgs = [{"role": "system", "content": "write code"}, {"role": "user", "content": "label spam"}]
+    res = client.complete(msgs, n=2, max_tokens=8)
+    assert len(res.texts) == 2 and res.usage["completion_tokens"] > 0 and res.cost_usd is None
+    assert client.complete(msgs, n=2, max_tokens=8).cached
+    with pytest.raises(Exception, match="not found"):
+        TransformersClient(str(tmp_path / "missing"))
