@@ -90,7 +90,8 @@ def test_extract_code_cases():
     code = "def label(t):\n    return 1\n"
     assert extract_code(f"Here it is:\n```python\n{code}```\nDone.") == code
     assert extract_code(f"```py\n{code}```") == code
-    two = "```python\nimport re\nW = ['a']\n```\nand\n```python\ndef label(t):\n    return 1 if re.search('a', t) else 0\n```"
+    two = ("```python\nimport re\nW = ['a']\n```\nand\n"
+           "```python\ndef label(t):\n    return 1 if re.search('a', t) else 0\n```")
     got = extract_code(two)
     assert "import re" in got and "def label" in got
     several = f"```python\nprint('helper')\n```\n```python\n{code}```"

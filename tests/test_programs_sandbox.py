@@ -81,7 +81,8 @@ def test_missing_layer_warns_and_require_raises(caplog):
             res = sb.run(["def label(t):\n    return 1\n"], ["x"], num_classes=2)
     assert res.values[0, 0] == 1
     assert "seccomp" in caplog.text and "namespaces" in caplog.text and "missing layers" in caplog.text
-    with ProgramSandbox(workers=1, seccomp=False, require=("seccomp",)) as sb, pytest.raises(ConfigError, match="seccomp"):
+    with ProgramSandbox(workers=1, seccomp=False, require=("seccomp",)) as sb, \
+            pytest.raises(ConfigError, match="seccomp"):
         sb.run(["def label(t):\n    return 1\n"], ["x"], num_classes=2)
 
 

@@ -364,7 +364,8 @@ class ReplayClient(ChatClient):
         self.prompts: dict[tuple[str, str], dict[str, Any]] = {}
         for f in sorted(self.root.glob("*/prompts/*.json")):
             d = json.loads(f.read_text(encoding="utf-8"))
-            self.prompts[(d.get("task", f.parent.parent.name), d.get("prompt_id", f.stem))] = {**d, "_dir": f.parent.parent}
+            key = (d.get("task", f.parent.parent.name), d.get("prompt_id", f.stem))
+            self.prompts[key] = {**d, "_dir": f.parent.parent}
         if not self.prompts:
             raise DataError(f"{self.root}: no recorded prompts (<task>/prompts/<prompt_id>.json).")
 

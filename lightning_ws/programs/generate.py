@@ -27,8 +27,8 @@ from lightning_ws.programs.prompts import PromptTemplate, TaskSpec, render_prior
 from lightning_ws.programs.sandbox import DEFAULT_ALLOWED_IMPORTS
 from lightning_ws.programs.store import Program, ProgramStore
 
-__all__ = ["extract_code", "check_program", "CheckResult", "ProgramGenerator", "GenerationReport", "RECORDED_PROMPT_IDS",
-           "recorded_programs"]
+__all__ = ["extract_code", "check_program", "CheckResult", "ProgramGenerator", "GenerationReport",
+           "RECORDED_PROMPT_IDS", "recorded_programs"]
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PY_LANGS = {"", "python", "py", "python3", "py3"}
