@@ -143,9 +143,12 @@ def _apply_rlimits(cfg, layers):
     layers["rlimits"] = ",".join(done)
 
 
-def _drop_privileges(layers):
+def _drop_privileges(layers, wanted):
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         layers["privdrop"] = "not root"
+        return
+    if not wanted:  # root only inside a user namespace (unprivileged on the host), or under bwrap
+        layers["privdrop"] = "namespace root"
         return
     try:
         os.setgroups([])
@@ -512,7 +515,7 @@ def _setup_and_serve(cfg, rfd, wfd):
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     layers = {}
     _apply_rlimits(cfg, layers)
-    _drop_privileges(layers)
+    _drop_privileges(layers, cfg.get("drop_privileges", True))
     if cfg.get("landlock", True):
         _apply_landlock(cfg, layers)
     else:

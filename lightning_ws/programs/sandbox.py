@@ -242,7 +242,7 @@ class _Worker:
             "memory_bytes": cfg.memory_bytes, "file_bytes": cfg.file_bytes, "max_open_files": cfg.max_open_files,
             "max_processes": cfg.max_processes, "call_timeout": cfg.call_timeout, "max_timeouts": cfg.max_timeouts,
             "landlock": cfg.landlock, "seccomp": cfg.seccomp, "python_guard": cfg.python_guard,
-            "read_paths": sandbox._read_paths,
+            "read_paths": sandbox._read_paths, "drop_privileges": drop,
         }
         argv = [sys.executable, "-I", _WORKER, json.dumps(wcfg)]
         if sandbox.isolation == "bwrap":
@@ -459,7 +459,7 @@ class ProgramSandbox:
         for name in _ALL_LAYERS:
             v = self.layers.get(name, "missing")
             if name == "privdrop":
-                if v not in ("nobody", "not root"):
+                if v not in ("nobody", "not root", "namespace root"):
                     out.append(name)
                 continue
             if not v or v == "missing" or v.startswith(("kernel without", "unsupported", "disabled", "failed",
