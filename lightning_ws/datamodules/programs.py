@@ -44,6 +44,8 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         sandbox: :class:`~lightning_ws.programs.sandbox.SandboxConfig` fields (workers, timeouts, ...).
         **others: as :class:`TextClassificationDataModule`.
 
+    Under ``fast_dev_run`` only the first 256 training rows are labelled (a smoke test of the whole path).
+
     Attributes:
         label_report: programs used, coverage, class balance and its source, sandbox errors and layers, and the
             pseudolabels' accuracy against the gold training labels (a diagnostic; gold never reaches training).
@@ -130,6 +132,14 @@ class ProgramLabelDataModule(TextClassificationDataModule):
 
         L_gen = None
         report: dict[str, Any] = {"combine": self.combine}
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and getattr(trainer, "fast_dev_run", False):
+            # a smoke test: label only the first rows (Lightning runs a batch or two anyway)
+            n_smoke = min(data.n, 256)
+            data = WrenchSplit(name=data.name, split=data.split, ids=data.ids[:n_smoke], texts=data.texts[:n_smoke],
+                               labels=data.labels[:n_smoke], weak_labels=data.weak_labels[:n_smoke],
+                               lf_names=data.lf_names, class_names=data.class_names)
+            report["fast_dev_run_rows"] = n_smoke
         if self.combine != "human":
             progs = self.load_programs()
             with ProgramSandbox(**self.sandbox_kwargs) as sb:
