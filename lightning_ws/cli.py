@@ -328,6 +328,8 @@ def _register_builtin_commands() -> None:
     COMMANDS["rnb"] = ("lightning_ws.rnb.cli:main", "R&B: k-means domain regrouping from text embeddings (regroup, show)")
     COMMANDS["weaver"] = ("lightning_ws.weaver.cli:main",
                           "Weaver verifier-ensemble selection: report vs baselines, per-candidate scores")
+    COMMANDS["programs"] = ("lightning_ws.programs.cli:main",
+                            "LLM-written labeling programs: generate, list, show, validate, apply (sandboxed), sandbox")
 
 
 _register_builtin_commands()

@@ -1,0 +1,186 @@
+"""Benchmarks of program labeling (ScriptoriumWS arXiv 2502.12366, Alchemist arXiv 2407.11004).
+
+Sections (each prints the rows recorded in BENCHMARKS.md, "Programs"):
+
+* ``attacks``: the sandbox attack suite (lightning_ws/programs/attacks.py) under the full sandbox and with layers
+  switched off one at a time (what each layer contains);
+* ``throughput``: 20 programs x N texts (default 100k), sandboxed (1 and 2 workers) vs unsandboxed in-process, in
+  one run, interleaved; rows/s and the ratio;
+* ``quality``: the recorded ScriptoriumWS / Alchemist responses on WRENCH YouTube and SMS: valid programs, mean
+  coverage and accuracy of the programs (train split), label-model test metrics (MV and Snorkel-style moment
+  matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section attacks
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section throughput --n 100000
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def attacks() -> None:
+    from lightning_ws.programs.attacks import run_attack_suite
+
+    configs = [
+        ("full sandbox (default)", {}),
+        ("python guard off", {"python_guard": False}),
+        ("guard + seccomp off", {"python_guard": False, "seccomp": False}),
+        ("guard + landlock off", {"python_guard": False, "landlock": False}),
+        ("guard + namespaces off", {"python_guard": False, "isolation": "none"}),
+        ("guard + seccomp + landlock + namespaces off", {"python_guard": False, "seccomp": False, "landlock": False,
+                                                         "isolation": "none"}),
+    ]
+    print("| configuration | attacks tried | contained | honest programs exact | run completed | seconds | "
+          "not contained |")
+    print("|---|---|---|---|---|---|---|")
+    for name, kw in configs:
+        rep = run_attack_suite(**kw)
+        bad = [a["name"] for a in rep["attacks"] if not a["contained"]]
+        print(f"| {name} | {rep['tried']} | {rep['contained']} | {rep['honest_ok']} | {rep['completed']} | "
+              f"{rep['seconds']:.1f} | {', '.join(bad) or '-'} |", flush=True)
+        if name.startswith("full"):
+            print("layers: " + json.dumps(rep["layers"]), flush=True)
+            for a in rep["attacks"]:
+                print(f"  {a['name']:24s} contained={a['contained']} errors={','.join(a['errors']) or '-'}",
+                      flush=True)
+
+
+def _recorded_sources(n_programs: int) -> list[str]:
+    from lightning_ws.programs.generate import recorded_programs
+
+    progs = [p for t in ("youtube", "sms") for p in recorded_programs(t) if p.valid]
+    step = max(1, len(progs) // n_programs)
+    return [p.source for p in progs[::step][:n_programs]]
+
+
+def throughput(n: int, n_programs: int, repeats: int) -> None:
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.sandbox import ProgramSandbox, run_in_process
+
+    srcs = _recorded_sources(n_programs)
+    pool = load_wrench("sms", "train").texts + load_wrench("youtube", "train").texts
+    texts = [pool[i % len(pool)] + ("" if i < len(pool) else f" #{i // len(pool)}") for i in range(n)]
+    print(f"{len(srcs)} programs x {n} texts ({len(srcs) * n} calls); cpu count {os.cpu_count()}")
+    ref = None
+    rows = {"in-process (no isolation)": [], "sandbox, 1 worker": [], "sandbox, 2 workers": []}
+    with ProgramSandbox(workers=1) as sb1, ProgramSandbox(workers=2) as sb2:
+        sb1.run(srcs[:1], texts[:10], num_classes=2)  # start the workers (counted separately below)
+        sb2.run(srcs[:1], texts[:10], num_classes=2)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a = run_in_process(srcs, texts, num_classes=2)
+            rows["in-process (no isolation)"].append(time.perf_counter() - t)
+            for name, sb in (("sandbox, 1 worker", sb1), ("sandbox, 2 workers", sb2)):
+                t = time.perf_counter()
+                r = sb.run(srcs, texts, num_classes=2)
+                rows[name].append(time.perf_counter() - t)
+                assert np.array_equal(r.values, a), "sandboxed and in-process outputs differ"
+                assert not r.errors, r.errors[:3]
+            ref = a
+    assert ref is not None
+    base = np.median(rows["in-process (no isolation)"])
+    print("| mode | seconds (median) | rows/s (texts x programs / s) | rate vs in-process |")
+    print("|---|---|---|---|")
+    for name, secs in rows.items():
+        med = float(np.median(secs))
+        print(f"| {name} | {med:.1f} | {len(srcs) * n / med:,.0f} | {base / med:.2f}x |")
+
+
+def quality(min_dev_accuracy: float) -> None:
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, filter_programs, \
+        label_metrics, lf_metrics
+    from lightning_ws.programs.generate import RECORDED_PROMPT_IDS, recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    cache = Path("runs/program_cache")
+    lms = ("majority_vote", "moment_matching")
+    print("Label-model metric on the test split (YouTube: accuracy, SMS: F1 of spam), all rows; "
+          "LF coverage/accuracy: mean over programs on the train split; valid/total = programs that pass the static "
+          "checks / responses; dedup = behaviourally distinct on train.")
+    with ProgramSandbox(workers=2) as sb:
+        for task in ("youtube", "sms"):
+            metric = "acc" if task == "youtube" else "f1"
+            S = {s: load_wrench(task, s) for s in ("train", "valid", "test")}
+            allp = recorded_programs(task)
+            valid = [p for p in allp if p.valid]
+            A = {s: apply_programs(valid, S[s].texts, num_classes=2, sandbox=sb, cache_dir=cache) for s in S}
+            errors = sum(len(a.errors) for a in A.values())
+            print(f"\n### {task} ({metric}); sandbox error records: {errors}")
+            print(f"| LF set | valid/total | dedup | filtered (dev acc >= {min_dev_accuracy}) | LF coverage | "
+                  f"LF accuracy | MV | Snorkel (MM) | MV, filtered | MM, filtered | label coverage |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+            def row(name: str, cols: list[int], total: int, human: bool, gen: bool, mode: str) -> None:
+                Lh = {s: S[s].weak_labels for s in S} if human else {s: None for s in S}
+                Lg = {s: A[s].L[:, cols] for s in S} if gen else {s: None for s in S}
+                keep = list(range(len(cols)))
+                if gen:
+                    keep, _ = dedup_programs(Lg["train"])
+                    Lg = {s: (v[:, keep] if v is not None else None) for s, v in Lg.items()}
+                filt = filter_programs(Lg["valid"], S["valid"].labels, min_accuracy=min_dev_accuracy) if gen else []
+                src = Lg["train"] if gen else Lh["train"]
+                m = lf_metrics(src, S["train"].labels)
+                res, resf, cov = [], [], None
+                for lm in lms:
+                    c = combine_sources(Lh["train"], Lg["train"], mode=mode, label_model=lm, num_classes=2)
+                    p = c.predict_proba(Lh["test"], Lg["test"])
+                    res.append(label_metrics(p, S["test"].labels)[metric])
+                    cov = float(c.covered.mean())
+                    if gen and filt:
+                        Lgf = {s: Lg[s][:, filt] for s in S}
+                        cf = combine_sources(Lh["train"], Lgf["train"], mode=mode, label_model=lm, num_classes=2)
+                        resf.append(label_metrics(cf.predict_proba(Lh["test"], Lgf["test"]), S["test"].labels)[metric])
+                    else:
+                        resf.append(float("nan"))
+                ncols = len(cols) if gen else src.shape[1]
+                print(f"| {name} | {ncols}/{total} | {len(keep) if gen else '-'} | {len(filt) if gen else '-'} | "
+                      f"{np.mean([d['coverage'] for d in m]):.3f} | {np.nanmean([d['accuracy'] for d in m]):.3f} | "
+                      f"{res[0]:.3f} | {res[1]:.3f} | {resf[0]:.3f} | {resf[1]:.3f} | {cov:.3f} |", flush=True)
+
+            idx = {pid: [j for j, p in enumerate(valid) if p.prompt_id == pid] for pid in RECORDED_PROMPT_IDS}
+            tot = {pid: sum(1 for p in allp if p.prompt_id == pid) for pid in RECORDED_PROMPT_IDS}
+            for pid in RECORDED_PROMPT_IDS:
+                row(pid, idx[pid], tot[pid], False, True, "generated")
+            every = list(range(len(valid)))
+            row("WRENCH hand-written", [], S["train"].weak_labels.shape[1], True, False, "human")
+            row("all programs pooled", every, len(allp), False, True, "generated")
+            row("WRENCH + programs, joint", every, len(allp), True, True, "joint")
+            row("WRENCH + programs, cascade", every, len(allp), True, True, "cascade")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--section", choices=["attacks", "throughput", "quality"], required=True)
+    ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")
+    ap.add_argument("--programs", type=int, default=20, help="programs (throughput)")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats (throughput)")
+    ap.add_argument("--min-dev-accuracy", type=float, default=0.8, help="dev filter (quality)")
+    args = ap.parse_args()
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    if args.section == "attacks":
+        attacks()
+    elif args.section == "throughput":
+        throughput(args.n, args.programs, args.repeats)
+    else:
+        quality(args.min_dev_accuracy)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""Program labeling: prompts, extraction, static checks, store, clients (loopback server + replay), apply, combine."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.programs.apply import (
+    apply_programs,
+    combine_sources,
+    data_hash,
+    dedup_programs,
+    filter_programs,
+    label_metrics,
+    lf_metrics,
+)
+from lightning_ws.programs.clients import RECORDED_DIR, OpenAIChatClient, PriceTable, ReplayClient
+from lightning_ws.programs.generate import ProgramGenerator, check_program, extract_code
+from lightning_ws.programs.prompts import load_task, load_template, render_prior_prompt, render_prompt
+from lightning_ws.programs.sandbox import ProgramSandbox
+from lightning_ws.programs.store import Program, ProgramStore, parse_program_file
+from tests.helpers.openai_server import FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with ProgramSandbox(workers=2, call_timeout=1.0, batch_timeout=20.0) as sb:
+        yield sb
+
+
+def _recorded(task: str, pid: str) -> dict:
+    return json.loads((RECORDED_DIR / task / "prompts" / f"{pid}.json").read_text(encoding="utf-8"))
+
+
+# -- prompts ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["youtube", "sms"])
+def test_templates_render_the_recorded_prompts(task):
+    spec, S, A = load_task(task), load_template("scriptoriumws"), load_template("alchemist")
+    for tier in S.tiers:
+        p, rec = render_prompt(S, spec, tier=tier), _recorded(task, tier)
+        assert p.system == rec["system"] and p.template_version == 1 and p.prompt_id == tier
+        if task == "youtube" and tier == "T5_data_examples":
+            # same blocks and the same 8 validation examples; the recorded file shows two spam examples swapped
+            def lines(u):
+                return sorted(re.sub(r"^Example \d+: ", "", ln) for ln in u.splitlines())
+
+            assert lines(p.user) == lines(rec["user"]) and p.user != rec["user"]
+            assert p.example_ids == ["13", "44", "70", "58", "96", "60", "102", "107"]
+        else:
+            assert p.user == rec["user"], tier
+    assert render_prior_prompt(A, spec).user == _recorded(task, "alchemist_prior_knowledge")["user"]
+    assert render_prompt(A, spec).user == _recorded(task, "alchemist_programs")["user"]
+    prior = json.loads((RECORDED_DIR / task / "responses" / "alchemist_prior_knowledge" / "0.json").read_text())
+    p = render_prompt(A, spec, prior=prior["choices"][0]["message"]["content"])
+    assert p.user == _recorded(task, "alchemist_programs_with_prior")["user"]
+
+
+def test_tiers_are_cumulative_and_k_gt_2_renders():
+    S = load_template("scriptoriumws")
+    spec = load_task("youtube")
+    users = [render_prompt(S, spec, tier=t).user for t in S.tiers]
+    for a, b in zip(users, users[1:]):
+        assert len(b) > len(a) and b.startswith(a.split("\n\n")[0])
+    trec = load_task("trec")
+    p = render_prompt(S, trec, tier="T5_data_examples", skip_missing=True)  # trec has no heuristics / example LFs
+    assert p.skipped_blocks == ["heuristics", "example_lfs"]
+    assert "If the question is number, the function returns 5." in p.user and "-> location (4)" in p.user
+    with pytest.raises(ConfigError, match="heuristics"):
+        render_prompt(S, trec, tier="T3_human_heuristics")
+    with pytest.raises(ConfigError, match="tier"):
+        render_prompt(S, trec, tier="T9")
+
+
+def test_examples_never_from_test(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: youtube\nclasses: {0: ham, 1: spam}\nitems: comments\nitem: comment\n"
+                    "task_title: t\nexamples: {split: test, per_class: 1}\n")
+    with pytest.raises(ConfigError, match="test split"):
+        load_task(path)
+
+
+# -- extraction and checks ---------------------------------------------------------------------------------------------
+
+def test_extract_code_cases():
+    code = "def label(t):\n    return 1\n"
+    assert extract_code(f"Here it is:\n```python\n{code}```\nDone.") == code
+    assert extract_code(f"```py\n{code}```") == code
+    two = ("```python\nimport re\nW = ['a']\n```\nand\n"
+           "```python\ndef label(t):\n    return 1 if re.search('a', t) else 0\n```")
+    got = extract_code(two)
+    assert "import re" in got and "def label" in got
+    several = f"```python\nprint('helper')\n```\n```python\n{code}```"
+    assert extract_code(several) == code
+    assert extract_code(code) == code  # no fence, whole answer is code
+    assert extract_code(f"Sure! The function:\n{code}\nHope this helps.") == code.rstrip("\n") + "\n"
+    assert extract_code(f"```python\n{code}") == code  # truncated, unclosed fence
+    assert extract_code("I cannot help with that.") is None
+
+
+def test_static_checks():
+    ok = check_program("import re\nfrom collections import Counter\ndef label(t):\n    return 1\n")
+    assert ok.ok and ok.imports == ["collections", "re"]
+    bad = {
+        "import os\ndef label(t):\n    return 1\n": "not in the allow-list",
+        "def label(t):\n    return ().__class__\n": "dunder",
+        "def label(t):\n    return eval(t)\n": "eval",
+        "def other(t):\n    return 1\n": "defines no",
+        "def label(a, b):\n    return 1\n": "positional",
+        "def label(t):\n  return (\n": "does not parse",
+        "def label(t):\n    return __builtins__\n": "__builtins__",
+        "from . import x\ndef label(t):\n    return 1\n": "allow-list",
+    }
+    for src, why in bad.items():
+        res = check_program(src)
+        assert not res.ok and any(why in p for p in res.problems), (src, res.problems)
+    assert check_program("def judging_function(q, r):\n    return 0.5\n", "judging_function", n_args=2).ok
+    assert not check_program(None).ok
+
+
+# -- store -------------------------------------------------------------------------------------------------------------
+
+def test_store_round_trip_and_dedup(tmp_path):
+    store = ProgramStore(tmp_path / "store")
+    p = Program(source='def label(t):\n    """doc"""\n    return 1\n', task="youtube", prompt_id="T1_general",
+                system_prompt="sys", prompt='user with """ quotes and \\ backslash', usage={"prompt_tokens": 10,
+                "completion_tokens": 5}, cost_usd=0.00125, checks={"ok": True})
+    stored = store.add(p)
+    py = next((tmp_path / "store" / "youtube" / "T1_general").glob("*.py")).read_text()
+    back = parse_program_file(py)
+    assert back["source"] == p.source and back["prompt"] == p.prompt and back["system_prompt"] == "sys"
+    assert back["usage"] == p.usage and back["cost_usd"] == pytest.approx(0.00125)
+    again = store.add(Program(source=p.source, task="youtube", prompt_id="T2_task_description"))
+    assert again.id == stored.id and again.duplicates == 1 and len(store) == 1
+    assert store.get(stored.id[:8]).prompt == p.prompt
+    meta = next((tmp_path / "store").rglob("*.json"))
+    d = json.loads(meta.read_text())
+    d["source"] = "def label(t):\n    return 0\n"
+    meta.write_text(json.dumps(d))
+    with pytest.raises(DataError, match="hash"):
+        list(store)
+
+
+# -- clients -----------------------------------------------------------------------------------------------------------
+
+def test_replay_generator_stores_every_recorded_program(tmp_path):
+    store = ProgramStore(tmp_path)
+    gen = ProgramGenerator(ReplayClient(), store)
+    S, A, spec = load_template("scriptoriumws"), load_template("alchemist"), load_task("sms")
+    rep = gen.generate(S, spec, tier="T3_human_heuristics", n=6)
+    assert rep.responses == 6 and rep.valid == 6
+    rep = gen.generate(A, spec, n=10, prior_type="heuristics")
+    assert rep.valid == 10 and rep.prior_knowledge.startswith("Below are labeling heuristics")
+    progs = store.select(task="sms", prompt_id="alchemist_programs_with_prior")
+    assert len(progs) == 10 and progs[0].extra["prior_type"] == "heuristics"
+    assert progs[0].prompt.startswith("Here is useful information")
+    with pytest.raises(DataError, match="recorded samples"):
+        gen.generate(S, spec, tier="T1_general", n=7)
+    with pytest.raises(DataError, match="strict"):
+        ReplayClient(strict=True).complete([{"role": "user", "content": "x"}], task="sms", prompt_id="T1_general")
+
+
+def _program_answer(body, i):
+    user = body["messages"][-1]["content"]
+    k = 6 if "question" in user else 2
+    return (f"Variant {i}.\n```python\nimport re\n\ndef label(text: str) -> int:\n"
+            f"    if re.search(r'\\b(free|what)\\b', text.lower()):\n        return {i % k}\n"
+            f"    return -1 if len(text) < {3 + i} else {(i + 1) % k}\n```")
+
+
+def test_openai_client_on_loopback_server(tmp_path, monkeypatch):
+    with FakeOpenAIServer(_program_answer, fail_first=(500, 429)) as srv:
+        monkeypatch.setenv("LWS_LLM_BASE_URL", srv.base_url)
+        monkeypatch.setenv("LWS_LLM_API_KEY", "sk-test")
+        prices = PriceTable({"fake-coder": (1.0, 2.0)})
+        client = OpenAIChatClient("fake-coder", cache_dir=tmp_path / "cache", prices=prices, backoff=0.01)
+        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "write spam lf"}]
+        res = client.complete(msgs, n=3, temperature=1.0, max_tokens=50)
+        assert len(res.texts) == 3 and client.totals["retries"] == 2 and len(srv.requests) == 3
+        assert srv.requests[-1]["auth"] == "Bearer sk-test" and srv.requests[-1]["body"]["n"] == 3
+        exp = (res.usage["prompt_tokens"] * 1.0 + res.usage["completion_tokens"] * 2.0) / 1000
+        assert res.cost_usd == pytest.approx(exp) and client.totals["cost_usd"] == pytest.approx(exp)
+        again = client.complete(msgs, n=3, temperature=1.0, max_tokens=50)  # cache: no request
+        assert again.cached and again.texts == res.texts and len(srv.requests) == 3
+        many = client.complete_many([{"messages": [{"role": "user", "content": f"q{i}"}], "n": 1} for i in range(5)])
+        assert len(many) == 5 and len(srv.requests) == 8
+    with FakeOpenAIServer(_program_answer, ignore_n=True) as srv:  # servers that ignore n are topped up
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", backoff=0.01)
+        assert len(client.complete(msgs, n=4).texts) == 4 and len(srv.requests) == 4
+    with FakeOpenAIServer(_program_answer, fail_first=(500, 500, 500)) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", backoff=0.01, max_retries=1)
+        with pytest.raises(Exception, match="500|Internal|injected"):
+            client.complete(msgs)
+
+
+def test_pipeline_on_loopback_server_k6(tmp_path, monkeypatch, sandbox):
+    """TREC (6 classes) end to end: generate from a loopback server, store, apply in the sandbox, label model."""
+    from lightning_ws.data import load_wrench
+
+    with FakeOpenAIServer(_program_answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", cache_dir=tmp_path / "c")
+        store = ProgramStore(tmp_path / "store")
+        rep = ProgramGenerator(client, store).generate(load_template("scriptoriumws"), load_task("trec"),
+                                                       tier="T2_task_description", n=4)
+        assert rep.valid == 4 and rep.prompt_tokens > 0 and rep.cost_usd == 0.0
+    progs = store.select(task="trec")
+    assert len(progs) == 4 and all(p.usage["completion_tokens"] > 0 for p in progs)
+    tr = load_wrench("trec", "train")
+    texts = tr.texts[:300]
+    app = apply_programs(progs, texts, num_classes=6, sandbox=sandbox, cache_dir=tmp_path / "lf")
+    assert app.L.shape == (300, 4) and app.L.max() <= 5 and (app.L >= 0).any()
+    again = apply_programs(progs, texts, num_classes=6, sandbox=sandbox, cache_dir=tmp_path / "lf")
+    assert again.cache_hits == 4 and np.array_equal(again.L, app.L)
+    comb = combine_sources(tr.weak_labels[:300], app.L, mode="joint", label_model="mv", num_classes=6)
+    assert comb.probs.shape == (300, 6)
+
+
+def test_apply_dedup_filter_and_metrics(sandbox, tmp_path):
+    progs = ["def label(t):\n    return 1 if 'a' in t else 0\n",
+             "def label(t):\n    return 0 if 'a' not in t else 1\n",  # same behaviour, different code
+             "def label(t):\n    return 1 if len(t) > 2 else -1\n"]
+    texts = ["a", "bb", "abc", "dddd", "e"]
+    y = np.array([1, 0, 1, 0, 0])
+    app = apply_programs(progs, texts, num_classes=2, sandbox=sandbox)
+    kept, groups = dedup_programs(app.L)
+    assert kept == [0, 2] and groups[0] == [0, 1]
+    m = lf_metrics(app.L, y)
+    assert m[0] == {"coverage": 1.0, "accuracy": 1.0} and m[2]["coverage"] == 0.4
+    assert filter_programs(app.L, y, min_accuracy=0.9) == [0, 1]
+    assert filter_programs(app.L, y, min_coverage=0.5) == [0, 1]
+    assert data_hash(["a", "b"]) != data_hash(["ab"]) and data_hash([{"x": 1}]) == data_hash([{"x": 1}])
+
+
+def test_combine_cascade_keeps_human_labels_and_covers_everything():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    Lh = np.full((n, 3), -1)
+    Lg = np.full((n, 3), -1)
+    for j in range(3):
+        m = rng.random(n) < 0.3
+        Lh[m, j] = np.where(rng.random(m.sum()) < 0.9, y[m], 1 - y[m])
+        m = rng.random(n) < 0.7
+        Lg[m, j] = np.where(rng.random(m.sum()) < 0.8, y[m], 1 - y[m])
+    cas = combine_sources(Lh, Lg, mode="cascade", label_model="mv", num_classes=2)
+    assert cas.covered.all() and np.allclose(cas.probs.sum(1), 1)
+    hum = combine_sources(Lh, None, mode="human", label_model="mv", num_classes=2)
+    cov = hum.covered
+    assert 0.3 < cov.mean() < 0.8
+    assert (cas.probs[cov].argmax(1) == hum.probs[cov].argmax(1)).all()
+    joint = combine_sources(Lh, Lg, mode="joint", label_model="mv", num_classes=2)
+    assert joint.covered.mean() > cov.mean()
+    for c in (cas, hum, joint):
+        p = c.predict_proba(Lh, Lg)
+        assert p.shape == (n, 2)
+    m = label_metrics(joint.probs, y, joint.covered)
+    assert m["acc_covered"] > 0.8 and set(m) == {"acc", "f1", "coverage", "acc_covered", "f1_covered"}
+    with pytest.raises(ConfigError, match="human"):
+        combine_sources(None, Lg, mode="cascade", num_classes=2)
+
+
+# -- CLI and datamodule ------------------------------------------------------------------------------------------------
+
+def test_cli_generate_list_show_validate_apply(tmp_path, capsys):
+    from lightning_ws.cli import main
+
+    store, cache = str(tmp_path / "st"), str(tmp_path / "c")
+    assert main(["programs", "generate", "--task", "youtube", "--tier", "T2_task_description", "--client", "replay",
+                 "--store", store, "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "valid=6" in out and "calls=1" in out
+    assert main(["programs", "generate", "--task", "youtube", "--tier", "T2_task_description", "--client", "replay",
+                 "--store", store, "--cache", cache]) == 0
+    assert "cached=1" in capsys.readouterr().out  # the second run is served from the response cache
+    assert main(["programs", "list", "--store", store]) == 0
+    listing = capsys.readouterr().out
+    assert "6 program(s)" in listing
+    pid = listing.splitlines()[1].split()[0]
+    assert main(["programs", "show", pid, "--store", store, "--prompt"]) == 0
+    shown = capsys.readouterr().out
+    assert "def label" in shown and "Task description:" in shown
+    assert main(["programs", "validate", "--store", store]) == 0
+    out_path = tmp_path / "L.safetensors"
+    assert main(["programs", "apply", "--store", store, "--dataset", "youtube", "--split", "valid", "--out",
+                 str(out_path), "--cache", "", "--no-progress", "--workers", "2"]) == 0
+    assert "row coverage" in capsys.readouterr().out
+    from lightning_ws.io import load_tensors
+
+    tensors, meta = load_tensors(out_path)
+    assert tuple(tensors["L"].shape) == (120, 6) and len(json.loads(meta["program_ids"])) == 6
+    assert main(["programs", "apply", "--store", store, "--dataset", "youtube", "--split", "valid", "--out",
+                 str(out_path), "--no-progress"]) != 0  # never overwrites
+    assert "exists" in capsys.readouterr().err
+
+
+def test_program_label_datamodule_modes(tmp_path):
+    from lightning_ws.datamodules.programs import ProgramLabelDataModule
+
+    reports = {}
+    for mode in ("generated", "joint", "cascade"):
+        dm = ProgramLabelDataModule("youtube", prompt_ids=["T1_general", "T5_data_examples"], combine=mode,
+                                    label_model="mv", cache_dir=str(tmp_path / "cache"), sandbox={"workers": 2},
+                                    soft_labels=mode != "cascade")
+        rows, labels, _ = dm.train_targets(dm.load_split("train"))
+        reports[mode] = dm.label_report
+        assert len(rows) == labels.shape[0] > 1000
+    assert reports["generated"]["programs"] == 12 and reports["joint"]["cache_hits"] == 12
+    assert reports["cascade"]["coverage"] == 1.0 and reports["cascade"]["targets"] == "hard"
+    assert reports["generated"]["pseudolabel_accuracy_vs_gold"] > 0.8
+    with pytest.raises(ConfigError, match="combine"):
+        ProgramLabelDataModule("youtube", combine="both")
+
+
+# -- Alchemist concept scores ------------------------------------------------------------------------------------------
+
+def _bow(vocab):
+    def enc(texts):
+        return np.asarray([[t.lower().count(w) + 1e-3 for w in vocab] for t in texts], dtype=float)
+    return enc
+
+
+def test_concept_route_through_the_sandbox(sandbox):
+    from lightning_ws.programs.concepts import ConceptScorer, parse_concepts, render_concept_prompts
+
+    task = load_task("youtube")
+    q = render_concept_prompts(task, n_concepts=2)
+    assert "List 2 salient concepts" in q.user and "spam or ham" in q.user
+    concepts = parse_concepts("1. promotion: subscribe check my channel\n- music: song love video\nNote: be careful")
+    assert concepts == {"promotion": "subscribe check my channel", "music": "song love video"}
+    p = render_concept_prompts(task, concepts)
+    assert "def label(scores: dict) -> int:" in p.user and "- promotion: subscribe" in p.user
+    enc = _bow(["subscribe", "check", "channel", "song", "love", "video"])
+    scorer = ConceptScorer(concepts, encode_items=enc, encode_texts=enc)
+    rows = scorer.scores(["please subscribe to my channel", "love this song", "check my channel"])
+    assert set(rows[0]) == {"promotion", "music"} and rows[0]["promotion"] > rows[0]["music"]
+    prog = "def label(scores):\n    return 1 if scores['promotion'] > scores['music'] else 0\n"
+    res = sandbox.run([prog], rows, num_classes=2)
+    assert res.values[:, 0].tolist() == [1, 0, 1]
+    with pytest.raises(ConfigError, match="identifiers"):
+        ConceptScorer({"bad name": "x"}, encode_items=enc, encode_texts=enc)
+
+
+@pytest.mark.slow
+def test_concept_route_with_minilm(sandbox):
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.concepts import ConceptScorer
+
+    data = load_wrench("youtube", "valid")
+    scorer = ConceptScorer({"promotion": "check out my channel, subscribe, visit my website",
+                            "music": "i love this song, great music video"})
+    prog = "def label(scores):\n    return 1 if scores['promotion'] > scores['music'] else 0\n"
+    res = sandbox.run([prog], scorer.scores(data.texts), num_classes=2)
+    assert (res.values[:, 0] == data.labels).mean() > 0.7
+
+
+def test_transformers_client_on_a_tiny_local_model(tmp_path):
+    """A tiny random GPT-2 saved locally with the shipped MiniLM tokenizer: exercises TransformersClient offline."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from lightning_ws.programs.clients import TransformersClient
+    from lightning_ws.sentence_embeddings import resolve_sentence_encoder_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_sentence_encoder_path(), local_files_only=True)
+    import torch
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=16, n_layer=1, n_head=2))
+    lm.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    client = TransformersClient(str(tmp_path / "tiny"), cache_dir=tmp_path / "cache")
+    msgs = [{"role": "system", "content": "write code"}, {"role": "user", "content": "label spam"}]
+    res = client.complete(msgs, n=2, max_tokens=8)
+    assert len(res.texts) == 2 and res.usage["completion_tokens"] > 0 and res.cost_usd is None
+    assert client.complete(msgs, n=2, max_tokens=8).cached
+    with pytest.raises(Exception, match="not found"):
+        TransformersClient(str(tmp_path / "missing"))
