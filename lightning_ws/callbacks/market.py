@@ -160,7 +160,7 @@ class ParameterMarketCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(store=self._store_url, run_name=self._run_name, run_id=self._requested_id)
+        return self._generate_state_key(run_name=self._run_name, run_id=self._requested_id)
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -215,6 +215,8 @@ class ParameterMarketCallback(Callback):
         self.ledger.extend(result["entries"])
         self.spent += float(result["price"])
         self.trades += int(bought)
+        if result["published"] is not None:
+            self.published = (self.published + [result["published"]])[-self.max_offers_per_run:]
         self.last_window_epoch = epoch
         if trainer.is_global_zero:
             if self.buy and self._store is not None:
@@ -253,13 +255,14 @@ class ParameterMarketCallback(Callback):
         metrics: dict[str, float] = {"market/loss_before": loss0, "market/acc_before": acc0}
         entries: list[dict[str, Any]] = []
         candidates: list[tuple[float, float, int, dict[str, Tensor]]] = []
+        published = None
         if self.publish:
             t = time.perf_counter()
             m = self._store.publish(self.run_id, self._token, self._tradeable(own), step=trainer.global_step,
                                     epoch=epoch, asking_price=self.asking_price,
                                     val_loss=loss0 if math.isfinite(loss0) else None,
                                     max_offers_per_run=self.max_offers_per_run)
-            self.published = (self.published + [m.offer_id])[-self.max_offers_per_run:]
+            published = m.offer_id
             timing["store"] += time.perf_counter() - t
         if self.buy:
             t = time.perf_counter()
@@ -305,7 +308,8 @@ class ParameterMarketCallback(Callback):
             metrics["market/alpha"] = bought["alpha"]
             metrics["market/acc_gain"] = bought["acc_after"] - acc0
         self.last_timing = timing
-        return {"bought": new_state is not None, "entries": entries, "price": price, "metrics": metrics}, new_state
+        return {"bought": new_state is not None, "entries": entries, "price": price, "metrics": metrics,
+                "published": published}, new_state
 
     def _collect_offers(self, trainer: pl.Trainer, epoch: int) -> list[Offer]:
         assert self._store is not None
