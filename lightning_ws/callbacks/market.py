@@ -101,7 +101,8 @@ class ParameterMarketCallback(Callback):
         run_id: this run's id (after ``fit`` started).
         ledger: every evaluated offer (dicts; the ``"bought"`` entries are the purchases).
         spent: money spent so far; ``trades``: purchases so far.
-        last_timing: seconds of the last window, split into ``eval``, ``align``, ``store`` and ``total``.
+        last_timing: seconds of the last window: ``eval``, ``align``, ``store``, ``wait`` (for peers), ``total`` and
+            ``work`` (total less wait).
     """
 
     def __init__(self, store: str, run_id: str | None = None, run_name: str = "agent", owner_token: str | None = None,
@@ -224,9 +225,11 @@ class ParameterMarketCallback(Callback):
                     "format": "lightning_ws.market.ledger/1", "run_id": self.run_id, "budget": _finite(self.budget),
                     "spent": self.spent, "trades": self.ledger, "updated": time.time()})
             self.last_timing["total"] = time.perf_counter() - t0
+            self.last_timing["work"] = self.last_timing["total"] - self.last_timing.get("wait", 0.0)
             metrics = dict(result["metrics"])
             metrics.update({"market/trades": float(self.trades), "market/spent": self.spent,
-                            "market/window_s": self.last_timing["total"]})
+                            "market/window_s": self.last_timing["work"],
+                            "market/wait_s": self.last_timing.get("wait", 0.0)})
             if math.isfinite(self.budget):
                 metrics["market/budget_left"] = self.budget - self.spent
             if self.publish and self._store is not None:
@@ -242,7 +245,7 @@ class ParameterMarketCallback(Callback):
     def _window(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                 epoch: int) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
         assert self._store is not None and self.run_id is not None and self._token is not None
-        timing = {"eval": 0.0, "align": 0.0, "store": 0.0}
+        timing = {"eval": 0.0, "align": 0.0, "store": 0.0, "wait": 0.0}
         if self._val is None:
             self._val = _batches(trainer.datamodule.val_dataloader(), pl_module.device)
             if not self._val:
@@ -266,8 +269,8 @@ class ParameterMarketCallback(Callback):
             timing["store"] += time.perf_counter() - t
         if self.buy:
             t = time.perf_counter()
-            offers = self._collect_offers(trainer, epoch)
-            timing["store"] += time.perf_counter() - t
+            offers = self._collect_offers(trainer, epoch, timing)
+            timing["store"] += time.perf_counter() - t - timing["wait"]
             budget_left = self.budget - self.spent
             for offer in offers:
                 entry, candidate = self._try_offer(pl_module, own, offer, loss0, acc0, budget_left, epoch,
@@ -311,13 +314,15 @@ class ParameterMarketCallback(Callback):
         return {"bought": new_state is not None, "entries": entries, "price": price, "metrics": metrics,
                 "published": published}, new_state
 
-    def _collect_offers(self, trainer: pl.Trainer, epoch: int) -> list[Offer]:
+    def _collect_offers(self, trainer: pl.Trainer, epoch: int, timing: dict[str, float]) -> list[Offer]:
         assert self._store is not None
         exclude = (self.run_id,)
         if self.peers and not trainer.fast_dev_run:
+            t = time.perf_counter()
             deadline = time.monotonic() + self.wait_timeout_s
             while self._store.count_offers(exclude=exclude, epoch=epoch) < self.peers and time.monotonic() < deadline:
                 time.sleep(0.05)
+            timing["wait"] = time.perf_counter() - t
             offers = self._store.latest_offers(exclude=exclude, epoch=epoch)
             if len(offers) < self.peers:
                 rank_zero_warn(f"ParameterMarketCallback: {len(offers)} of {self.peers} peers offered for epoch "
