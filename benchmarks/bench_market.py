@@ -138,15 +138,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--json", default=None, help="also write all per-run results here")
+    p.add_argument("--from-json", default=None, help="print the tables of an earlier --json file (no training)")
     args = p.parse_args()
     import warnings
 
     warnings.filterwarnings("ignore")
     rows: dict[str, list[dict[str, Any]]] = {}
     t_start = time.time()
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+        args.seeds = sorted({r["seed"] for r in rows["centralised"]})
+    else:
+        rows = train_all(args.seeds, t_start)
+    if args.json and not args.from_json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    report(rows, args.seeds)
+    print(f"total {time.time() - t_start:.0f}s")
+
+
+def train_all(seeds: list[int], t_start: float) -> dict[str, list[dict[str, Any]]]:
+    rows: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_market_") as tmpdir:
         tmp = Path(tmpdir)
-        for seed in args.seeds:
+        for seed in seeds:
             rows.setdefault("centralised", []).append(run_agent(agent=None, num_agents=1, seed=seed, store=None,
                                                                 align=False))
             for n in (2, 3):
@@ -157,11 +171,12 @@ def main() -> None:
             rows.setdefault("trade/2/noalign", []).extend(run_market(2, seed, False, tmp))
             rows.setdefault("trade/3/align", []).extend(run_market(3, seed, True, tmp))
             print(f"# seed {seed} done ({time.time() - t_start:.0f}s)", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
+
+def report(rows: dict[str, list[dict[str, Any]]], seeds: list[int]) -> None:
     print(f"MNIST 5k, MLP {'-'.join(map(str, [784] + HIDDEN + [10]))}, delta={DELTA}, {EPOCHS} epochs, "
-          f"seeds {args.seeds}; test split shared, alpha chosen on each agent's own validation slice")
+          f"seeds {seeds}; test split shared, alpha chosen on each agent's own validation slice")
     print(f"{'setting':<22} {'agent':>5} {'train rows':>10} {'test acc (mean +- sd)':>24} {'test loss':>20} "
           f"{'purchases':>10} {'paid':>8}")
     for setting in ("centralised", "siloed/2", "trade/2/noalign", "trade/2/align", "siloed/3", "trade/3/align"):
@@ -201,7 +216,6 @@ def main() -> None:
               f"store {statistics.median(parts['store']) * 1e3:.0f} ms (+ waiting for peers "
               f"{statistics.median(parts['wait']) * 1e3:.0f} ms, not counted); median epoch "
               f"{statistics.median([statistics.median(r['epoch_s']) for r in res]) * 1e3:.0f} ms")
-    print(f"total {time.time() - t_start:.0f}s")
 
 
 if __name__ == "__main__":
