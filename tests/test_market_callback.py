@@ -314,15 +314,21 @@ def test_ddp_rank_zero_trades_and_broadcasts(tmp_path):
     assert len(MarketStore(tmp_path / "two").manifests("buyer")) == 2
 
 
-def test_two_concurrent_runs_trade_through_a_store(tmp_path):
-    """The two shipped agent configs, as two separate `lightning-ws fit` processes at once, trade both ways."""
+@pytest.mark.parametrize("wandb", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_logger", "wandb"])
+def test_two_concurrent_runs_trade_through_a_store(tmp_path, wandb):
+    """The two shipped agent configs, as two separate `lightning-ws fit` processes at once, trade both ways (and log
+    the market to W&B, offline, in the slow variant)."""
+    from lightning_ws.wandb_offline import find_offline_runs, read_offline_run
+
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
-               WANDB_MODE="disabled")
+               WANDB_MODE="offline", WANDB_SILENT="true")
     store = tmp_path / "market"
     procs = []
     for agent in ("a", "b"):
         cmd = [sys.executable, "-m", "lightning_ws.cli", "fit", "-c", str(REPO / f"configs/market_digits_{agent}.yaml"),
-               "--trainer.max_epochs=3", "--trainer.logger=false", "--trainer.enable_checkpointing=false",
+               "--trainer.max_epochs=3",
+               f"--trainer.logger.init_args.save_dir={tmp_path / agent}" if wandb else "--trainer.logger=false",
+               "--trainer.enable_checkpointing=false",
                f"--trainer.callbacks.init_args.store={store}", "--trainer.callbacks.init_args.wait_timeout_s=90"]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
@@ -341,4 +347,11 @@ def test_two_concurrent_runs_trade_through_a_store(tmp_path):
         assert all(t["seller_epoch"] == t["epoch"] for t in trades)
         assert any(t["bought"] for t in trades), trades
         assert all(t["aligned"] for t in trades)
-    json.dumps(ledger)  # plain JSON
+    for agent in ("a", "b") if wandb else ():
+        (run_file,) = find_offline_runs(tmp_path / agent)
+        rows = [h for h in read_offline_run(run_file.parent, wait=60).history if "market/trades" in h]
+        assert len(rows) == 2  # windows at epochs 1 and 2
+        keys = set().union(*rows)
+        assert {"market/loss_before", "market/acc_before", "market/bought", "market/price", "market/window_s"} <= keys
+        assert any(k.endswith("/gain") for k in keys) and any("/loss@0.05" in k for k in keys)
+

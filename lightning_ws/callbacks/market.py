@@ -353,15 +353,11 @@ class ParameterMarketCallback(Callback):
         elif self.align:
             note = self._align_note
         t = time.perf_counter()
-        curve, accs, states = [], [], []
+        curve, accs = [], []
         for a in self.alphas:
-            cand = dict(own)
-            for k, v in seller.items():
-                cand[k] = torch.lerp(own[k], v, a)
-            loss, acc = self._evaluate(pl_module, cand, repair=self.repair_batchnorm)
+            loss, acc = self._evaluate(pl_module, _interpolate(own, seller, a), repair=self.repair_batchnorm)
             curve.append(loss)
             accs.append(acc)
-            states.append(cand)
         timing["eval"] += time.perf_counter() - t
         alpha, loss_star = best_alpha(self.alphas, curve)
         i = self.alphas.index(alpha) if not math.isnan(alpha) else None
@@ -374,7 +370,12 @@ class ParameterMarketCallback(Callback):
                  "acc_after": accs[i] if i is not None else None, "gain": gain, "value": quote.value,
                  "reservation": quote.reservation, "price": quote.price, "accept": quote.accept,
                  "reason": quote.reason, "_curve": curve}
-        return _jsonable(entry), (states[i] if (i is not None and quote.accept) else None)
+        if i is None or not quote.accept:
+            return _jsonable(entry), None
+        merged = _interpolate(own, seller, alpha)  # the candidate that was valued (rebuilt: one state in memory)
+        if self.repair_batchnorm:
+            merged = _repair_batchnorm(pl_module, merged, self._val or [])
+        return _jsonable(entry), merged
 
     def _align(self, pl_module: pl.LightningModule, own: dict[str, Tensor],
                seller: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool, str]:
@@ -436,6 +437,14 @@ class ParameterMarketCallback(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+def _interpolate(own: Mapping[str, Tensor], seller: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """``own`` with every offered tensor replaced by ``(1 - alpha) own + alpha seller``."""
+    out = dict(own)
+    for k, v in seller.items():
+        out[k] = torch.lerp(own[k], v, alpha)
+    return out
+
+
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
