@@ -235,10 +235,9 @@ def test_init_and_setup_errors(tmp_path):
 
     cb = ParameterMarketCallback(str(tmp_path), run_id="a")
     dm = _dm()
-    with pytest.raises(ConfigError, match="validation split"):
-        _fit(_model(), None, [cb], train_dataloaders=None) if False else pl.Trainer(
-            callbacks=[cb], max_epochs=1, logger=False, enable_progress_bar=False).fit(
-            _model(), train_dataloaders=DataLoader(dm.train_dataloader().dataset, collate_fn=lambda r: r))
+    trainer = pl.Trainer(callbacks=[cb], max_epochs=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="validation split"):  # plain dataloaders: no validation split to own
+        trainer.fit(_model(), train_dataloaders=DataLoader(dm.train_dataloader().dataset, collate_fn=lambda r: r))
 
 
 def _resume_build_factory(tmp_path: Path, seller: dict[str, torch.Tensor]):
