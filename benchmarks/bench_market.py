@@ -115,7 +115,8 @@ def run_market(num_agents: int, seed: int, align: bool, tmp: Path) -> list[dict[
     for agent in range(num_agents):
         out = tmp / f"res_{num_agents}_{seed}_{int(align)}_{agent}.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--agent", str(agent), "--num-agents",
-               str(num_agents), "--seed", str(seed), "--store", str(store), "--align", str(int(align)), "--out", str(out)]
+               str(num_agents), "--seed", str(seed), "--store", str(store), "--align", str(int(align)),
+               "--out", str(out)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outs.append(out)
     for p in procs:
@@ -186,7 +187,8 @@ def report(rows: dict[str, list[dict[str, Any]]], seeds: list[int]) -> None:
             sub = [r for r in res if r["agent"] == agent]
             buys = [r["trades"] for r in sub] if "trades" in sub[0] else None
             paid = [r["spent"] for r in sub] if "spent" in sub[0] else None
-            print(f"{setting:<22} {'all' if agent is None else agent:>5} {int(statistics.mean(r['num_train'] for r in sub)):>10} "
+            rows_n = int(statistics.mean(r["num_train"] for r in sub))
+            print(f"{setting:<22} {'all' if agent is None else agent:>5} {rows_n:>10} "
                   f"{_ms([r['test_acc'] for r in sub]):>24} {_ms([r['test_loss'] for r in sub]):>20} "
                   f"{'-' if buys is None else f'{statistics.mean(buys):.1f}/{EPOCHS - 2}':>10} "
                   f"{'-' if paid is None else f'{statistics.mean(paid):.3f}':>8}")

@@ -142,7 +142,8 @@ class ParameterMarketCallback(Callback):
         self.reset_optimizer, self.repair_batchnorm = bool(reset_optimizer), bool(repair_batchnorm)
         self.publish, self.buy = bool(publish), bool(buy)
         self.groups = None if groups is None else tuple(groups)
-        self.max_offers_per_run, self.peers, self.wait_timeout_s = int(max_offers_per_run), int(peers), float(wait_timeout_s)
+        self.max_offers_per_run, self.peers = int(max_offers_per_run), int(peers)
+        self.wait_timeout_s = float(wait_timeout_s)
         self.max_purchases_per_window, self.log_curves = int(max_purchases_per_window), bool(log_curves)
         # resumable state
         self.run_id: str | None = None
@@ -396,7 +397,8 @@ class ParameterMarketCallback(Callback):
         return {k: permuted[k] for k in seller}, True, ""
 
     @torch.no_grad()
-    def _evaluate(self, pl_module: pl.LightningModule, state: dict[str, Tensor], *, repair: bool) -> tuple[float, float]:
+    def _evaluate(self, pl_module: pl.LightningModule, state: dict[str, Tensor], *,
+                  repair: bool) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of ``pl_module`` with ``state`` on the validation batches (eval mode)."""
         from torch.func import functional_call
 
@@ -477,7 +479,8 @@ def _batches(loader: Any, device: torch.device) -> list[tuple[Tensor, Tensor]]:
 
 
 @torch.no_grad()
-def _repair_batchnorm(model: nn.Module, state: dict[str, Tensor], batches: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+def _repair_batchnorm(model: nn.Module, state: dict[str, Tensor],
+                      batches: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
     """Re-estimate BatchNorm running statistics of ``model`` with ``state`` on ``batches`` (cumulative average)."""
     from torch.func import functional_call
 

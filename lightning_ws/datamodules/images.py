@@ -112,8 +112,9 @@ class ClassSkewedImageDataModule(pl.LightningDataModule):
         from lightning_ws.datamodules.text import EpochSeededRandomSampler
 
         ds = _Rows(*self._train)
-        return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=EpochSeededRandomSampler(ds, self.shuffle_seed),
-                                   collate_fn=ds.collate, datamodule=self)
+        return ResumableDataLoader(ds, batch_size=self.batch_size,
+                                   sampler=EpochSeededRandomSampler(ds, self.shuffle_seed), collate_fn=ds.collate,
+                                   datamodule=self)
 
     def _eval(self, part: tuple[Tensor, Tensor, Tensor]) -> DataLoader:
         ds = _Rows(*part)

@@ -106,8 +106,9 @@ def sequential_permutation_spec(model: nn.Module) -> PermutationSpec:
         elif isinstance(mod, _FREE) or mod is model:
             continue
         elif any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
-            raise AlignmentNotApplicable(f"{name} ({type(mod).__name__}) has parameters that a feed-forward permutation "
-                                         f"spec does not cover; weight matching does not apply to this model.")
+            raise AlignmentNotApplicable(f"{name} ({type(mod).__name__}) has parameters that a feed-forward "
+                                         f"permutation spec does not cover; weight matching does not apply to this "
+                                         f"model.")
     if len(layers) < 2:
         raise AlignmentNotApplicable("weight matching needs at least two weight layers (one hidden axis).")
 

@@ -315,8 +315,8 @@ class MarketStore:
         self._check_run_id(run_id)
         digest = hashlib.sha256(str(token).encode()).hexdigest()
         if self._owner_digest(run_id) != digest:
-            raise OwnershipError(f"this run does not own {run_id!r} in {self.url!r}: call claim() first (a run can only "
-                                 f"publish under its own run id).")
+            raise OwnershipError(f"this run does not own {run_id!r} in {self.url!r}: call claim() first (a run can "
+                                 f"only publish under its own run id).")
         if not tensors or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
             raise ConfigError("publish() needs a non-empty {name: tensor} mapping.")
         if not asking_price >= 0 or step < 0:
