@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import threading
 import warnings
@@ -169,11 +168,11 @@ def test_concurrent_publisher_and_reader(tmp_path):
     assert seen and max(seen) <= 24
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError):
         MarketStore("")
     with pytest.raises(ConfigError):
-        MarketStore(os.devnull + "_x").claim("../escape")
+        MarketStore(tmp_path).claim("../escape")
 
 
 def test_pricing_rules():
