@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -354,3 +355,15 @@ def test_two_concurrent_runs_trade_through_a_store(tmp_path, wandb):
         assert {"market/loss_before", "market/acc_before", "market/bought", "market/price", "market/window_s"} <= keys
         assert any(k.endswith("/gain") for k in keys) and any("/loss@0.05" in k for k in keys)
 
+
+
+def test_agent_splits_are_disjoint_and_complementary():
+    """Validation slices are disjoint from the test split and from each other; agents hold complementary classes."""
+    a, b, central = _dm(0), _dm(1), ClassSkewedImageDataModule("digits", agent=None)
+    test = set(a._test[2].tolist())
+    assert test == set(b._test[2].tolist()) == set(central._test[2].tolist())
+    va, vb = set(a._val[2].tolist()), set(b._val[2].tolist())
+    assert not (va & vb) and not ((va | vb) & test) and va | vb == set(central._val[2].tolist())
+    assert not (set(central._train[2].tolist()) & (test | va | vb))
+    ca, cb = np.array(a.class_counts), np.array(b.class_counts)
+    assert (ca[:5] > 5 * ca[5:].max()).all() and (cb[5:] > 5 * cb[:5].max()).all()
