@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "MixtureDataModule": "lightning_ws.datamodules.rnb",
     "TensorMixtureDataModule": "lightning_ws.datamodules.rnb",
     "WeaverDistillDataModule": "lightning_ws.datamodules.weaver",
+    "ClassSkewedImageDataModule": "lightning_ws.datamodules.images",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -12,6 +12,7 @@ _EXPORTS: dict[str, str] = {
     "GradMimicClassifier": "lightning_ws.modules.gradmimic",
     "PeftSequenceClassifier": "lightning_ws.modules.more",
     "WeaverCrossEncoder": "lightning_ws.modules.weaver",
+    "ImageClassifier": "lightning_ws.modules.image_classifier",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
