@@ -311,13 +311,16 @@ class ShardStream(IterableDataset):
         rank, world_size: override the distributed rank and size (default: from ``torch.distributed``).
         keep: optional ``Sample -> bool`` applied before decoding (e.g. a uid set from a filter).
         drop_last: drop a final short batch (the remainder of a pass); ignored when ``batches_per_epoch`` is set.
+        allow_idle_workers: with one pass (``batches_per_epoch=None``), let a worker without a shard yield nothing
+            instead of raising (for ``predict``, where ranks need not stay in step).
     """
 
     def __init__(self, urls: str | Sequence[str], *, map_sample: Callable[[Sample], Any],
                  collate: Callable[[list[Any]], Any], batch_size: int, batches_per_epoch: int | None = None,
                  resampled: bool = False, shuffle_buffer: int = 0, seed: int = 0, epoch: SharedEpoch | None = None,
                  rank: int | None = None, world_size: int | None = None,
-                 keep: Callable[[Sample], bool] | None = None, drop_last: bool = False) -> None:
+                 keep: Callable[[Sample], bool] | None = None, drop_last: bool = False,
+                 allow_idle_workers: bool = False) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
         if batches_per_epoch is not None and batches_per_epoch < 1:
@@ -331,6 +334,7 @@ class ShardStream(IterableDataset):
         self.epoch = epoch if epoch is not None else SharedEpoch(0)
         self._rank, self._world = rank, world_size
         self.keep, self.drop_last = keep, drop_last
+        self.allow_idle_workers = bool(allow_idle_workers) and batches_per_epoch is None
         self.skip_batches = 0  # set by the datamodule on a mid-epoch resume; applies to the next epoch started
 
     def __len__(self) -> int:
@@ -358,7 +362,7 @@ class ShardStream(IterableDataset):
             rng = random.Random(_seed(self.seed, epoch, rank, worker, 1))
             while True:
                 yield self.urls[rng.randrange(len(self.urls))]
-        if len(self.urls) < consumers:
+        if len(self.urls) < consumers and not self.allow_idle_workers:
             raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
                               f"worker needs at least one shard. Write more, smaller shards, use fewer workers, or "
                               f"set resampled=True.")
@@ -373,11 +377,13 @@ class ShardStream(IterableDataset):
                 return
 
     def __iter__(self) -> Iterator[Any]:
-        epoch = self.epoch.get()
+        # snapshot the epoch and the resume offset now (not lazily on the first next())
+        return self._generate(self.epoch.get(), int(self.skip_batches))
+
+    def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
         rank, world = self.rank_world()
         worker, nworkers = _worker()
         nbatches = self.worker_batches(worker, nworkers)
-        skip = self.skip_batches
         # batches of this worker already consumed before the resume (round-robin order of the DataLoader)
         skip_here = max(0, (skip - worker + nworkers - 1) // nworkers) if skip > 0 else 0
         if nbatches is not None and skip_here >= nbatches:

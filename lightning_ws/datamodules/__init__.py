@@ -17,6 +17,8 @@ _EXPORTS: dict[str, str] = {
     "MixtureDataModule": "lightning_ws.datamodules.rnb",
     "TensorMixtureDataModule": "lightning_ws.datamodules.rnb",
     "WeaverDistillDataModule": "lightning_ws.datamodules.weaver",
+    "WebDatasetDataModule": "lightning_ws.datamodules.webdataset",
+    "ShardSignalDataModule": "lightning_ws.datamodules.webdataset",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -12,6 +12,8 @@ _EXPORTS: dict[str, str] = {
     "GradMimicClassifier": "lightning_ws.modules.gradmimic",
     "PeftSequenceClassifier": "lightning_ws.modules.more",
     "WeaverCrossEncoder": "lightning_ws.modules.weaver",
+    "CLIPModule": "lightning_ws.modules.clip",
+    "FilterSignalModule": "lightning_ws.modules.clip",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
