@@ -65,19 +65,23 @@ class FilterEnsemble:
 
     Args:
         lfs: the filters (:class:`~lightning_ws.datacomp.filters.FilterLF`).
-        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model` (``"dawid_skene"`` default,
-            ``"moment_matching"`` / ``"snorkel"``, ``"triplet"`` / ``"flyingsquid"``, ``"majority_vote"``).
+        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`: ``"triplet"`` (FlyingSquid,
+            closed form; the default, chosen on a development pool, see BENCHMARKS.md), ``"moment_matching"`` /
+            ``"snorkel"``, ``"dawid_skene"``, ``"majority_vote"``.
         label_model_kwargs: extra constructor arguments.
         threshold: keep rows with ``P(keep) >= threshold`` (default 0.5 when ``top_fraction`` is None).
         top_fraction: keep this share of the pool with the highest ``P(keep)`` instead (ties broken by uid).
         dedupe_agreement: drop LFs that agree with an earlier LF on at least this share of jointly-voted rows (None
             = off).
+        class_balance: the label model's class prior: ``"estimated"`` (label-free), ``"uniform"``, or
+            ``[P(drop), P(keep)]``.
         seed: label-model seed.
     """
 
-    def __init__(self, lfs: Sequence[FilterLF], *, label_model: str = "dawid_skene",
+    def __init__(self, lfs: Sequence[FilterLF], *, label_model: str = "triplet",
                  label_model_kwargs: Mapping[str, Any] | None = None, threshold: float | None = None,
-                 top_fraction: float | None = None, dedupe_agreement: float | None = 0.99, seed: int = 0) -> None:
+                 top_fraction: float | None = None, dedupe_agreement: float | None = 0.99,
+                 class_balance: str | Sequence[float] = "estimated", seed: int = 0) -> None:
         if not lfs:
             raise ConfigError("FilterEnsemble needs at least one filter LF.")
         names = [lf.name for lf in lfs]
@@ -97,6 +101,7 @@ class FilterEnsemble:
         self.threshold = 0.5 if threshold is None and top_fraction is None else threshold
         self.top_fraction = top_fraction
         self.dedupe_agreement = dedupe_agreement
+        self.class_balance = class_balance if isinstance(class_balance, str) else list(class_balance)
         self.seed = seed
 
     def votes(self, signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -129,12 +134,16 @@ class FilterEnsemble:
         L = self.votes(signals)
         names = [lf.name for lf in self.lfs]
         used = self._dedupe(L) if self.dedupe_agreement is not None else list(range(L.shape[1]))
+        silent = [j for j in used if not (L[:, j] != ABSTAIN).any()]  # no votes: nothing to estimate
+        used = [j for j in used if j not in silent]
+        if not used:
+            raise DataError("every filter abstains on every row; nothing to fit.")
         Lu = L[:, used]
         lm = make_label_model(self.label_model, num_classes=2, seed=self.seed, **self.label_model_kwargs)
         covered = (Lu != ABSTAIN).any(1)
         if not covered.any():
             raise DataError("every filter abstains on every row; nothing to fit.")
-        lm.fit(Lu[covered], lf_names=[names[j] for j in used])
+        lm.fit(Lu[covered], class_balance=self.class_balance, lf_names=[names[j] for j in used])
         proba = lm.predict_proba(Lu)
         # sign: the "keep" column must agree with the votes more often than not
         pred = proba.argmax(1)
@@ -149,8 +158,8 @@ class FilterEnsemble:
             "n": int(L.shape[0]), "n_kept": int(keep.sum()), "kept_share": float(keep.mean()),
             "selection": {"threshold": self.threshold, "top_fraction": self.top_fraction},
             "class_prior_keep": float(prior[0] if flipped else prior[KEEP]), "sign_flipped": flipped,
-            "lfs_used": [names[j] for j in used], "lfs_deduplicated": [names[j] for j in range(len(names))
-                                                                       if j not in used],
+            "lfs_used": [names[j] for j in used], "lfs_silent": [names[j] for j in silent],
+            "lfs_deduplicated": [names[j] for j in range(len(names)) if j not in used and j not in silent],
             "lf_stats": {names[j]: {"coverage": float((L[:, j] != ABSTAIN).mean()),
                                     "keep_votes": float((L[:, j] == KEEP).mean()),
                                     "drop_votes": float((L[:, j] == DROP).mean())} for j in range(len(names))},
