@@ -82,15 +82,21 @@ class _EpochSampler(_InfiniteConstantSampler):
 class _ShardLoader(DataLoader):
     """DataLoader over a :class:`ShardStream` whose ``sampler.set_epoch`` reaches the workers."""
 
-    def __init__(self, dataset: ShardStream, **kwargs: Any) -> None:
+    def __init__(self, dataset: ShardStream, resume: dict[str, int] | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         # DataLoader forbids passing a sampler with an IterableDataset; replace its placeholder with one that has
         # set_epoch (same iteration behaviour).
         object.__setattr__(self, "sampler", _EpochSampler(dataset))
+        object.__setattr__(self, "_resume", resume)
 
     def __iter__(self):  # noqa: ANN204
+        resume = self._resume
+        if resume is not None and self.dataset.epoch.get() == resume["epoch"]:
+            # first epoch after a mid-epoch restart: skip what the checkpointed run had consumed of it
+            self.dataset.skip_batches = int(resume["consumed"])
+        object.__setattr__(self, "_resume", None)
         it = super().__iter__()
-        self.dataset.skip_batches = 0  # the resume offset applies to one epoch only (already snapshotted)
+        self.dataset.skip_batches = 0  # one epoch only (the iterator snapshotted it)
         return it
 
 
@@ -165,6 +171,7 @@ class WebDatasetDataModule(pl.LightningDataModule):
         self.zeroshot_classnames: list[str] = list(CIFAR10_CLASSES)
         self.zeroshot_templates: list[str] = list(ZEROSHOT_TEMPLATES)
         self._epoch = SharedEpoch(0)
+        self._resume: dict[str, int] | None = None
         self._train: ShardStream | None = None
         self._val: list[Dataset] = []
         self.val_names: list[str] = []
@@ -213,11 +220,20 @@ class WebDatasetDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self._train is None:
             self.setup("fit")
-        trainer = self.trainer
-        if trainer is not None:  # mid-epoch resume: skip what this epoch already consumed
-            self._train.skip_batches = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
-        return _ShardLoader(self._train, num_workers=self.num_workers, persistent_workers=False,
+        resume, self._resume = self._resume, None
+        return _ShardLoader(self._train, resume=resume, num_workers=self.num_workers, persistent_workers=False,
                             pin_memory=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training stream stands: the epoch and the batches of it handed to the loop so far."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        return {"epoch": int(trainer.current_epoch),
+                "consumed": int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])} if state else None
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self._val:
