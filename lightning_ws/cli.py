@@ -328,6 +328,8 @@ def _register_builtin_commands() -> None:
     COMMANDS["rnb"] = ("lightning_ws.rnb.cli:main", "R&B: k-means domain regrouping from text embeddings (regroup, show)")
     COMMANDS["weaver"] = ("lightning_ws.weaver.cli:main",
                           "Weaver verifier-ensemble selection: report vs baselines, per-candidate scores")
+    COMMANDS["datacomp"] = ("lightning_ws.datacomp.cli:main",
+                            "DataComp filtering: build the noisy pool, filter signals, label-model filter ensemble")
 
 
 _register_builtin_commands()
