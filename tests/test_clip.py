@@ -217,3 +217,23 @@ def test_signal_predict_pass_matches_plain_loop(pool_dir, tmp_path):
     assert compute_signals(str(pool_dir), tmp_path / "plain", clip_model=clip) == []
     with pytest.raises(Exception, match="already has a signal cache"):
         ShardSignalDataModule(str(pool_dir), str(tmp_path / "pl")).predict_dataloader()
+
+
+def test_gradmimic_callback_runs_on_the_clip_module(pool_dir):
+    """Grad-Mimic (layer_only) on an inner CLIP layer: scores recorded for every training sample id."""
+    from lightning_ws.callbacks import GradMimicCallback
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    torch.manual_seed(1)
+    reference = CLIPModule(model_config=TINY).state_dict()
+    torch.manual_seed(0)
+    model = CLIPModule(model_config=TINY, warmup_steps=1)
+    dm = WebDatasetDataModule(str(pool_dir), batch_size=8, context_length=16, zeroshot=None, retrieval=None)
+    cb = GradMimicCallback("model.visual.transformer.resblocks.0.mlp.c_proj", reference=reference)
+    _trainer(max_steps=3, limit_val_batches=0, callbacks=[cb]).fit(model, dm)
+    state = cb.state_dict()
+    assert state["reweighted_steps"] == 3
+    n = len(list(shards.iter_shards(str(pool_dir))))
+    table = cb.score_table(num_samples=n, by="step")
+    assert table.shape == (3, n) and np.isfinite(table).sum() == 24  # 3 steps x 8 samples scored

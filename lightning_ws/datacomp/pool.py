@@ -11,7 +11,7 @@ pairs and corrupts a known share of them:
   re-encoded at another quality), captioned with another clean caption of the same class. Of a duplicate pair
   exactly one sample is redundant; the truth marks the one with the **larger uid** as bad (the convention :func:`duplicate_groups` keeps).
 
-Every sample's ``meta`` has ``uid``, ``noise`` (one of the above or ``clean``), ``truth_keep`` and the class label.
+Every sample's ``meta`` has ``uid``, ``idx`` (its position in the pool), ``noise`` (one of the above or ``clean``), ``truth_keep`` and the class label.
 Clean captions come from templates over class names and synonyms; the zero-shot prompts used for evaluation
 (:data:`ZEROSHOT_TEMPLATES`) are different templates over the plain class names.
 """
@@ -229,4 +229,6 @@ def build_pool(images: Sequence[tuple[str, bytes, int]], noise: NoiseSpec | None
         redundant.meta["noise"], redundant.meta["truth_keep"] = "near_duplicate", False
         samples.append(copy)
     rng.shuffle(samples)
+    for i, s in enumerate(samples):  # a dense sample id (for callbacks that keep per-sample tables)
+        s.meta["idx"] = i
     return samples

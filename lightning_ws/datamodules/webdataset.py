@@ -13,7 +13,8 @@ it writes the epoch into a shared counter the workers read, so every epoch reshu
 workers). Exact mid-epoch resume: on a restart, the batches the trainer already consumed in the current epoch are
 skipped on the raw byte stream (num_workers >= 0; not with persistent workers).
 
-Batches: ``{"image": (B, 3, S, S) float, "text": (B, T) long, "uid": list[str]}``.
+Batches: ``{"image": (B, 3, S, S) float, "text": (B, T) long, "uid": list[str], "idx": (B,) int64}`` (+ ``"domain"``
+with ``domain_field``).
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ __all__ = ["WebDatasetDataModule", "ClipSampleMap", "collate_clip"]
 class ClipSampleMap:
     """Decode a shard sample into ``(image tensor, token ids, uid)`` (picklable, runs in workers)."""
 
-    def __init__(self, image_size: int, context_length: int) -> None:
+    def __init__(self, image_size: int, context_length: int, domain_field: str | None = None) -> None:
         self.image_size, self.context_length = int(image_size), int(context_length)
+        self.domain_field = domain_field
         self._transform = None
         self._tokenize = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "context_length": self.context_length}
+        return {"image_size": self.image_size, "context_length": self.context_length,
+                "domain_field": self.domain_field}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["image_size"], state["context_length"])
+        self.__init__(**state)
 
     def image(self, data: bytes) -> torch.Tensor:
         if self._transform is None:
@@ -59,13 +62,27 @@ class ClipSampleMap:
             self._tokenize = get_tokenizer(self.context_length)
         return self._tokenize(texts)
 
-    def __call__(self, s: Sample) -> tuple[torch.Tensor, torch.Tensor, str]:
-        return self.image(s.image), self.tokens([s.caption])[0], s.uid
+    def __call__(self, s: Sample) -> tuple[torch.Tensor, torch.Tensor, str, int, int]:
+        domain = -1
+        if self.domain_field is not None:
+            value = s.meta.get(self.domain_field)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"sample {s.uid}: metadata field {self.domain_field!r} must be an integer >= 0 "
+                                  f"(a domain id), got {value!r}.")
+            domain = value
+        idx = s.meta.get("idx")
+        idx = idx if isinstance(idx, int) else int(s.uid[:15], 16)
+        return self.image(s.image), self.tokens([s.caption])[0], s.uid, idx, domain
 
 
-def collate_clip(items: list[tuple[torch.Tensor, torch.Tensor, str]]) -> dict[str, Any]:
-    return {"image": torch.stack([i[0] for i in items]), "text": torch.stack([i[1] for i in items]),
-            "uid": [i[2] for i in items]}
+def collate_clip(items: list[tuple[torch.Tensor, torch.Tensor, str, int, int]]) -> dict[str, Any]:
+    """Batch dict: ``image``, ``text``, ``uid`` (hex strings), ``idx`` (int64 from the uid's first 60 bits, a sample
+    id for sample-scoring callbacks) and, with a domain field, ``domain``."""
+    out = {"image": torch.stack([i[0] for i in items]), "text": torch.stack([i[1] for i in items]),
+           "uid": [i[2] for i in items], "idx": torch.tensor([i[3] for i in items], dtype=torch.int64)}
+    if items[0][4] >= 0:
+        out["domain"] = torch.tensor([i[4] for i in items], dtype=torch.int64)
+    return out
 
 
 class _EpochSampler(_InfiniteConstantSampler):
@@ -144,13 +161,15 @@ class WebDatasetDataModule(pl.LightningDataModule):
             be CIFAR-10's); ``None``: the shipped subset.
         retrieval: ``"coco"`` (shipped 154 photos x 5 captions) or None.
         val_batch_size: batch size of the evaluation sets.
+        domain_field: a ``.json`` metadata field with integer domain ids, passed as ``batch["domain"]`` (for
+            domain-mixing callbacks such as R&B).
     """
 
     def __init__(self, train_shards: str | list[str], *, batch_size: int = 64, batches_per_epoch: int | None = None,
                  keep_uids: str | None = None, image_size: int = 32, context_length: int = 32,
                  resampled: bool = False, shuffle_buffer: int = 1000, num_workers: int = 0, seed: int = 0,
                  zeroshot: str | None = "cifar10", zeroshot_path: str | None = None, retrieval: str | None = "coco",
-                 val_batch_size: int = 256) -> None:
+                 val_batch_size: int = 256, domain_field: str | None = None) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
             raise ConfigError(f"batch sizes must be >= 1, got {batch_size} / {val_batch_size}.")
@@ -168,6 +187,7 @@ class WebDatasetDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.zeroshot, self.zeroshot_path, self.retrieval = zeroshot, zeroshot_path, retrieval
         self.val_batch_size = int(val_batch_size)
+        self.domain_field = domain_field
         self.zeroshot_classnames: list[str] = list(CIFAR10_CLASSES)
         self.zeroshot_templates: list[str] = list(ZEROSHOT_TEMPLATES)
         self._epoch = SharedEpoch(0)
@@ -178,7 +198,7 @@ class WebDatasetDataModule(pl.LightningDataModule):
 
     @property
     def sample_map(self) -> ClipSampleMap:
-        return ClipSampleMap(self.image_size, self.context_length)
+        return ClipSampleMap(self.image_size, self.context_length, self.domain_field)
 
     def _world(self) -> int:
         return int(getattr(self.trainer, "world_size", 1) or 1) if self.trainer is not None else 1
