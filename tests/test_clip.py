@@ -237,3 +237,42 @@ def test_gradmimic_callback_runs_on_the_clip_module(pool_dir):
     n = len(list(shards.iter_shards(str(pool_dir))))
     table = cb.score_table(num_samples=n, by="step")
     assert table.shape == (3, n) and np.isfinite(table).sum() == 24  # 3 steps x 8 samples scored
+
+
+class _SeenUids(pl.Callback):
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.uids += list(batch["uid"])
+
+    def state_dict(self) -> dict:
+        return {"uids": ",".join(self.uids), "n": len(self.uids)}
+
+
+def make_shard_ddp_case(shard_dir: str):
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    torch.manual_seed(0)
+    model = CLIPModule(model_config=TINY, warmup_steps=1)
+    dm = WebDatasetDataModule(shard_dir, batch_size=4, context_length=16, zeroshot=None, retrieval=None,
+                              shuffle_buffer=0)
+    return model, dm, [_SeenUids()]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_webdataset_ranks_read_disjoint_shards_equal_steps(tmp_path):
+    """3 uneven shards (20/20/9 samples) on 2 ranks: one epoch = 49 // 8 = 6 steps on both ranks, no hang, and the
+    ranks read different shards."""
+    from tests.helpers.ddp import run_fit
+
+    samples = pool.build_pool(pool.load_cifar10_subset("pool")[:49], pool.NoiseSpec(0, 0, 0, 0), seed=0)
+    shards.write_shards(samples, tmp_path / "s", samples_per_shard=20)
+    res = run_fit("tests.test_clip:make_shard_ddp_case", tmp_path, devices=2,
+                  factory_kwargs={"shard_dir": str(tmp_path / "s")}, trainer_kwargs={"max_steps": -1, "max_epochs": 2})
+    seen = [set(next(iter(r["callbacks"].values()))["uids"].split(",")) for r in res]
+    assert [r["global_step"] for r in res] == [12, 12]
+    assert [next(iter(r["callbacks"].values()))["n"] for r in res] == [48, 48]
+    assert seen[0] and seen[1] and len(seen[0] | seen[1]) > max(len(seen[0]), len(seen[1]))

@@ -9,9 +9,11 @@ pairs and corrupts a known share of them:
 * ``blank``: an extra, almost uniform image (a placeholder / failed download) with an ordinary caption;
 * ``near_duplicate``: an extra, slightly altered copy of a clean pair (contrast and brightness change, JPEG
   re-encoded at another quality), captioned with another clean caption of the same class. Of a duplicate pair
-  exactly one sample is redundant; the truth marks the one with the **larger uid** as bad (the convention :func:`duplicate_groups` keeps).
+  exactly one sample is redundant; the truth marks the one with the **larger uid** as bad (the convention that
+  :func:`~lightning_ws.datacomp.filters.duplicate_lf` keeps).
 
-Every sample's ``meta`` has ``uid``, ``idx`` (its position in the pool), ``noise`` (one of the above or ``clean``), ``truth_keep`` and the class label.
+Every sample's ``meta`` has ``uid``, ``idx`` (its position in the pool), ``noise`` (one of the above or ``clean``),
+``truth_keep`` and the class label.
 Clean captions come from templates over class names and synonyms; the zero-shot prompts used for evaluation
 (:data:`ZEROSHOT_TEMPLATES`) are different templates over the plain class names.
 """
