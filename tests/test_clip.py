@@ -170,11 +170,15 @@ def make_ddp_case(batch_size: int, local_loss: bool = False):
 def test_ddp_two_processes_equal_one_process_on_global_batch(tmp_path, local_loss):
     from tests.helpers.ddp import run_fit
 
-    kw = {"trainer_kwargs": {"use_distributed_sampler": False}}
     ddp = run_fit("tests.test_clip:make_ddp_case", tmp_path, devices=2,
-                  factory_kwargs={"batch_size": 4, "local_loss": local_loss}, **kw)
-    ref = run_fit("tests.test_clip:make_ddp_case", tmp_path, devices=1,
-                  factory_kwargs={"batch_size": 8, "local_loss": local_loss}, **kw)[0]
+                  factory_kwargs={"batch_size": 4, "local_loss": local_loss},
+                  trainer_kwargs={"use_distributed_sampler": False})
+    # the one-process reference in this process (same Trainer settings as the DDP worker)
+    model, dm, _ = make_ddp_case(8, local_loss)
+    trainer = _trainer(max_steps=4, max_epochs=-1, limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(model, dm)
+    ref = {"metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}, "global_step": trainer.global_step,
+           "params": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     assert ddp[0]["metrics"]["train/global_batch"] == 8.0  # features were gathered from both ranks
     assert ref["metrics"]["train/global_batch"] == 8.0
     for rank in ddp:
@@ -203,9 +207,9 @@ def test_signal_predict_pass_matches_plain_loop(pool_dir, tmp_path):
     writer = SignalCacheWriter(str(tmp_path / "pl"))
     dm = ShardSignalDataModule(str(pool_dir), str(tmp_path / "pl"), batch_size=16, context_length=16,
                                det_image_size=det.image_size, num_workers=2)
-    _trainer().predict(FilterSignalModule.from_models(clip, det), dm, return_predictions=False)
-    assert len(writer.written) == 0 or True
+    _trainer(callbacks=[writer]).predict(FilterSignalModule.from_models(clip, det), dm, return_predictions=False)
     a_paths = sorted((tmp_path / "pl").glob("*.safetensors"))
+    assert sorted(writer.written) == a_paths
     b_paths = compute_signals(str(pool_dir), tmp_path / "plain", clip_model=clip, detector=det, context_length=16,
                               batch_size=7)
     assert len(a_paths) == len(b_paths) == 4
