@@ -35,8 +35,8 @@ def test_pool_fit_predict_filter_through_the_cli(tmp_path, monkeypatch, capsys):
     media = list((tmp_path / "runs").rglob("*.png"))
     assert media, "no W&B example images logged"
 
-    # filter signals with Lightning predict from configs/clip_signals.yaml
-    cfg = yaml.safe_load((REPO / "configs/clip_signals.yaml").read_text())
+    # filter signals with Lightning predict from configs/predict/clip_signals.yaml
+    cfg = yaml.safe_load((REPO / "configs/predict/clip_signals.yaml").read_text())
     cache = tmp_path / "signals"
     cfg["model"]["init_args"]["clip"] = str(ckpts[0])
     cfg["data"]["init_args"].update(shards=str(pool), cache_dir=str(cache), batch_size=32)

@@ -4,7 +4,8 @@
     lightning-ws datacomp signals --shards data/datacomp_pool --cache data/datacomp_signals [--clip run.ckpt]
     lightning-ws datacomp filter --cache data/datacomp_signals --out data/keep_uids.npy --shards data/datacomp_pool
 
-Multi-device signal passes use Lightning's ``predict`` instead: ``lightning-ws predict -c configs/clip_signals.yaml``.
+Multi-device signal passes use Lightning's ``predict`` instead:
+``lightning-ws predict -c configs/predict/clip_signals.yaml``.
 ``filter`` prints each filter's vote shares and, when the shards carry the pool builder's truth (``truth_keep``),
 precision / recall / F1 of "keep" for keep-all, every single filter and the ensemble.
 """
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> int:
     b.add_argument("--blank", type=float, default=0.05)
     b.add_argument("--near-duplicate", type=float, default=0.10)
     b.add_argument("--overwrite", action="store_true")
-    s = sub.add_parser("signals", help="filter signals per shard (single process; see configs/clip_signals.yaml)")
+    s = sub.add_parser("signals", help="filter signals per shard (one process; multi-device: "
+                                        "configs/predict/clip_signals.yaml)")
     s.add_argument("--shards", required=True)
     s.add_argument("--cache", required=True)
     s.add_argument("--clip", help="a CLIPModule checkpoint for the CLIP score")

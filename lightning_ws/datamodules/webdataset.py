@@ -163,13 +163,17 @@ class WebDatasetDataModule(pl.LightningDataModule):
         val_batch_size: batch size of the evaluation sets.
         domain_field: a ``.json`` metadata field with integer domain ids, passed as ``batch["domain"]`` (for
             domain-mixing callbacks such as R&B).
+        demo_pool_if_missing: when ``train_shards`` is a folder that does not exist, build the shipped noisy demo
+            pool there first (:func:`lightning_ws.datacomp.pool.build_pool`, seed 0; rank zero, in
+            ``prepare_data``), as ``lightning-ws datacomp build-pool`` would.
     """
 
     def __init__(self, train_shards: str | list[str], *, batch_size: int = 64, batches_per_epoch: int | None = None,
                  keep_uids: str | None = None, image_size: int = 32, context_length: int = 32,
                  resampled: bool = False, shuffle_buffer: int = 1000, num_workers: int = 0, seed: int = 0,
                  zeroshot: str | None = "cifar10", zeroshot_path: str | None = None, retrieval: str | None = "coco",
-                 val_batch_size: int = 256, domain_field: str | None = None) -> None:
+                 val_batch_size: int = 256, domain_field: str | None = None,
+                 demo_pool_if_missing: bool = False) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
             raise ConfigError(f"batch sizes must be >= 1, got {batch_size} / {val_batch_size}.")
@@ -188,6 +192,7 @@ class WebDatasetDataModule(pl.LightningDataModule):
         self.zeroshot, self.zeroshot_path, self.retrieval = zeroshot, zeroshot_path, retrieval
         self.val_batch_size = int(val_batch_size)
         self.domain_field = domain_field
+        self.demo_pool_if_missing = bool(demo_pool_if_missing)
         self.zeroshot_classnames: list[str] = list(CIFAR10_CLASSES)
         self.zeroshot_templates: list[str] = list(ZEROSHOT_TEMPLATES)
         self._epoch = SharedEpoch(0)
@@ -199,6 +204,14 @@ class WebDatasetDataModule(pl.LightningDataModule):
     @property
     def sample_map(self) -> ClipSampleMap:
         return ClipSampleMap(self.image_size, self.context_length, self.domain_field)
+
+    def prepare_data(self) -> None:
+        target = Path(self.train_shards) if isinstance(self.train_shards, (str, Path)) else None
+        if self.demo_pool_if_missing and target is not None and not target.exists() and "{" not in str(target):
+            from lightning_ws.datacomp.pool import build_pool
+            from lightning_ws.datacomp.shards import write_shards
+
+            write_shards(build_pool(load_cifar10_subset("pool"), seed=0), target, samples_per_shard=256)
 
     def _world(self) -> int:
         return int(getattr(self.trainer, "world_size", 1) or 1) if self.trainer is not None else 1
