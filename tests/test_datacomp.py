@@ -302,3 +302,9 @@ def test_filtered_shards_keep_only_selected(tmp_path):
     paths, n = E.write_filtered_shards(tmp_path / "in", tmp_path / "out", keep, samples_per_shard=2)
     assert n == 4 and len(paths) == 2
     assert {s.uid for s in shards.iter_shards(tmp_path / "out")} == keep
+
+
+def test_keep_filter_that_keeps_nothing_fails_instead_of_hanging(shard_dir):
+    ds = _stream(shard_dir, batch_size=2, batches_per_epoch=3, keep=lambda s: False)
+    with pytest.raises(DataError, match="no sample passes the keep filter"):
+        list(ds)

@@ -392,7 +392,7 @@ class ShardStream(IterableDataset):
         raw = _raw_samples(self._shard_passes(epoch, rank, world, worker, nworkers))
         samples: Iterator[Sample] = (_to_sample(r) for r in raw)
         if self.keep is not None:
-            samples = (s for s in samples if self.keep(s))
+            samples = _kept(samples, self.keep, 2 * len(self.urls) + 2)
         if self.shuffle_buffer > 0:
             samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
         produced = 0
@@ -413,6 +413,21 @@ class ShardStream(IterableDataset):
                     return
         if batch and not self.drop_last and nbatches is None:
             yield self.collate(batch)
+
+
+def _kept(samples: Iterator[Sample], keep: Callable[[Sample], bool], max_empty_shards: int) -> Iterator[Sample]:
+    """Filter samples; fail instead of looping forever when shard after shard has nothing to keep."""
+    empty, url = 0, None
+    for s in samples:
+        if keep(s):
+            empty = 0
+            yield s
+        elif s.meta.get("__url__") != url:
+            url = s.meta.get("__url__")
+            empty += 1
+            if empty > max_empty_shards:
+                raise DataError(f"no sample passes the keep filter in {max_empty_shards} consecutive shards of this "
+                                f"worker; check the uid list against these shards.")
 
 
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
