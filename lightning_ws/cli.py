@@ -330,6 +330,8 @@ def _register_builtin_commands() -> None:
                           "Weaver verifier-ensemble selection: report vs baselines, per-candidate scores")
     COMMANDS["programs"] = ("lightning_ws.programs.cli:main",
                             "LLM-written labeling programs: generate, list, show, validate, apply (sandboxed), sandbox")
+    COMMANDS["datacomp"] = ("lightning_ws.datacomp.cli:main",
+                            "DataComp filtering: build the noisy pool, filter signals, label-model filter ensemble")
 
 
 _register_builtin_commands()

@@ -11,6 +11,7 @@ _EXPORTS: dict[str, str] = {
     "reduce_per_sample_loss": "lightning_ws.callbacks.gradmimic",
     "RnBCallback": "lightning_ws.callbacks.rnb",
     "ParameterMarketCallback": "lightning_ws.callbacks.market",
+    "SignalCacheWriter": "lightning_ws.callbacks.datacomp",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -18,6 +18,8 @@ _EXPORTS: dict[str, str] = {
     "TensorMixtureDataModule": "lightning_ws.datamodules.rnb",
     "WeaverDistillDataModule": "lightning_ws.datamodules.weaver",
     "ClassSkewedImageDataModule": "lightning_ws.datamodules.images",
+    "WebDatasetDataModule": "lightning_ws.datamodules.webdataset",
+    "ShardSignalDataModule": "lightning_ws.datamodules.webdataset",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

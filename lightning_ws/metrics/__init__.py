@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "MajorityAtK": "lightning_ws.metrics.weaver",
     "ScoreAUROC": "lightning_ws.metrics.weaver",
     "TieRate": "lightning_ws.metrics.weaver",
+    "ZeroShotAccuracy": "lightning_ws.metrics.clip",
+    "RetrievalRecallAtK": "lightning_ws.metrics.clip",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

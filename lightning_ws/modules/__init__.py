@@ -13,6 +13,8 @@ _EXPORTS: dict[str, str] = {
     "PeftSequenceClassifier": "lightning_ws.modules.more",
     "WeaverCrossEncoder": "lightning_ws.modules.weaver",
     "ImageClassifier": "lightning_ws.modules.image_classifier",
+    "CLIPModule": "lightning_ws.modules.clip",
+    "FilterSignalModule": "lightning_ws.modules.clip",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

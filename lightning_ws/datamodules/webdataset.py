@@ -1,0 +1,334 @@
+"""LightningDataModule for CLIP training on DataComp-layout webdataset shards.
+
+:class:`WebDatasetDataModule` streams ``(image, caption)`` batches from shards with
+:class:`~lightning_ws.datacomp.shards.ShardStream` (rank and worker splitting, resampling, equal-length epochs on
+every rank, seeded shuffling) and provides two validation sets:
+
+* zero-shot classification: the shipped held-out CIFAR-10 test images (never in the demo pool), with class names and
+  prompt templates (:attr:`zeroshot_classnames`, :attr:`zeroshot_templates`);
+* image-text retrieval: the shipped COCO photographs with five captions each.
+
+Epoch propagation: the train loader's sampler has ``set_epoch``, which Lightning calls at the start of every epoch;
+it writes the epoch into a shared counter the workers read, so every epoch reshuffles (also with non-persistent
+workers). Exact mid-epoch resume: on a restart, the batches the trainer already consumed in the current epoch are
+skipped on the raw byte stream (num_workers >= 0; not with persistent workers).
+
+Batches: ``{"image": (B, 3, S, S) float, "text": (B, T) long, "uid": list[str], "idx": (B,) int64}`` (+ ``"domain"``
+with ``domain_field``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import _InfiniteConstantSampler
+
+from lightning_ws.datacomp.clip import clip_image_transform, get_tokenizer
+from lightning_ws.datacomp.pool import CIFAR10_CLASSES, ZEROSHOT_TEMPLATES, load_cifar10_subset, load_coco_captions
+from lightning_ws.datacomp.shards import Sample, SharedEpoch, ShardStream, array_to_uids, decode_image, load_uid_array
+from lightning_ws.errors import ConfigError
+
+__all__ = ["WebDatasetDataModule", "ClipSampleMap", "collate_clip"]
+
+
+class ClipSampleMap:
+    """Decode a shard sample into ``(image tensor, token ids, uid)`` (picklable, runs in workers)."""
+
+    def __init__(self, image_size: int, context_length: int, domain_field: str | None = None) -> None:
+        self.image_size, self.context_length = int(image_size), int(context_length)
+        self.domain_field = domain_field
+        self._transform = None
+        self._tokenize = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "context_length": self.context_length,
+                "domain_field": self.domain_field}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def image(self, data: bytes) -> torch.Tensor:
+        if self._transform is None:
+            self._transform = clip_image_transform(self.image_size)
+        return self._transform(decode_image(data))
+
+    def tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        if self._tokenize is None:
+            self._tokenize = get_tokenizer(self.context_length)
+        return self._tokenize(texts)
+
+    def __call__(self, s: Sample) -> tuple[torch.Tensor, torch.Tensor, str, int, int]:
+        domain = -1
+        if self.domain_field is not None:
+            value = s.meta.get(self.domain_field)
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"sample {s.uid}: metadata field {self.domain_field!r} must be an integer >= 0 "
+                                  f"(a domain id), got {value!r}.")
+            domain = value
+        idx = s.meta.get("idx")
+        idx = idx if isinstance(idx, int) else int(s.uid[:15], 16)
+        return self.image(s.image), self.tokens([s.caption])[0], s.uid, idx, domain
+
+
+def collate_clip(items: list[tuple[torch.Tensor, torch.Tensor, str, int, int]]) -> dict[str, Any]:
+    """Batch dict: ``image``, ``text``, ``uid`` (hex strings), ``idx`` (int64 from the uid's first 60 bits, a sample
+    id for sample-scoring callbacks) and, with a domain field, ``domain``."""
+    out = {"image": torch.stack([i[0] for i in items]), "text": torch.stack([i[1] for i in items]),
+           "uid": [i[2] for i in items], "idx": torch.tensor([i[3] for i in items], dtype=torch.int64)}
+    if items[0][4] >= 0:
+        out["domain"] = torch.tensor([i[4] for i in items], dtype=torch.int64)
+    return out
+
+
+class _EpochSampler(_InfiniteConstantSampler):
+    """The iterable loader's placeholder sampler, with the ``set_epoch`` Lightning calls each epoch."""
+
+    def __init__(self, dataset: ShardStream) -> None:
+        super().__init__()
+        self._dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self._dataset.set_epoch(epoch)
+
+
+class _ShardLoader(DataLoader):
+    """DataLoader over a :class:`ShardStream` whose ``sampler.set_epoch`` reaches the workers."""
+
+    def __init__(self, dataset: ShardStream, resume: dict[str, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        # DataLoader forbids passing a sampler with an IterableDataset; replace its placeholder with one that has
+        # set_epoch (same iteration behaviour).
+        object.__setattr__(self, "sampler", _EpochSampler(dataset))
+        object.__setattr__(self, "_resume", resume)
+
+    def __iter__(self):  # noqa: ANN204
+        resume = self._resume
+        if resume is not None and self.dataset.epoch.get() == resume["epoch"]:
+            # first epoch after a mid-epoch restart: skip what the checkpointed run had consumed of it
+            self.dataset.skip_batches = int(resume["consumed"])
+        object.__setattr__(self, "_resume", None)
+        it = super().__iter__()
+        self.dataset.skip_batches = 0  # one epoch only (the iterator snapshotted it)
+        return it
+
+
+class _ImageLabelSet(Dataset):
+    def __init__(self, images: list[bytes], labels: list[int], fmap: ClipSampleMap) -> None:
+        self.images, self.labels, self.fmap = images, labels, fmap
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.fmap.image(self.images[i]), "label": torch.tensor(self.labels[i])}
+
+
+class _PairSet(Dataset):
+    def __init__(self, images: list[bytes], captions: list[str], image_idx: list[int], fmap: ClipSampleMap) -> None:
+        self.images, self.captions, self.image_idx, self.fmap = images, captions, image_idx, fmap
+        self.tokens = fmap.tokens(captions)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.fmap.image(self.images[self.image_idx[i]]), "text": self.tokens[i],
+                "image_idx": torch.tensor(self.image_idx[i])}
+
+
+class WebDatasetDataModule(pl.LightningDataModule):
+    """CLIP data from DataComp-layout shards (see module docstring).
+
+    Args:
+        train_shards: shard folder, brace pattern, file or list.
+        batch_size: per-rank batch size.
+        batches_per_epoch: batches per rank per epoch (``with_epoch``); default: shard samples // (batch x world),
+            counted once from the shards' ``.json`` members at setup.
+        keep_uids: optional DataComp uid ``.npy`` (``u8,u8``): train only on these samples (filtered on the fly).
+        image_size: training / evaluation resolution (must match the model's vision config).
+        context_length: text tokens (must match the model's text config).
+        resampled: draw shards with replacement.
+        shuffle_buffer: per-worker sample shuffle buffer.
+        num_workers: DataLoader workers (each gets whole shards).
+        seed: stream seed (shard order, shuffle buffer).
+        zeroshot: ``"cifar10"`` (shipped held-out images) or None.
+        zeroshot_path: another ``<class>/<nnnn>.jpg`` tar for the zero-shot set (class names from folder names must
+            be CIFAR-10's); ``None``: the shipped subset.
+        retrieval: ``"coco"`` (shipped 154 photos x 5 captions) or None.
+        val_batch_size: batch size of the evaluation sets.
+        domain_field: a ``.json`` metadata field with integer domain ids, passed as ``batch["domain"]`` (for
+            domain-mixing callbacks such as R&B).
+        demo_pool_if_missing: when ``train_shards`` is a folder that does not exist, build the shipped noisy demo
+            pool there first (:func:`lightning_ws.datacomp.pool.build_pool`, seed 0; rank zero, in
+            ``prepare_data``), as ``lightning-ws datacomp build-pool`` would.
+    """
+
+    def __init__(self, train_shards: str | list[str], *, batch_size: int = 64, batches_per_epoch: int | None = None,
+                 keep_uids: str | None = None, image_size: int = 32, context_length: int = 32,
+                 resampled: bool = False, shuffle_buffer: int = 1000, num_workers: int = 0, seed: int = 0,
+                 zeroshot: str | None = "cifar10", zeroshot_path: str | None = None, retrieval: str | None = "coco",
+                 val_batch_size: int = 256, domain_field: str | None = None,
+                 demo_pool_if_missing: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1 or val_batch_size < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got {batch_size} / {val_batch_size}.")
+        if zeroshot not in (None, "cifar10"):
+            raise ConfigError(f"zeroshot must be 'cifar10' or null, got {zeroshot!r}.")
+        if retrieval not in (None, "coco"):
+            raise ConfigError(f"retrieval must be 'coco' or null, got {retrieval!r}.")
+        if keep_uids is not None and not Path(keep_uids).is_file():
+            raise ConfigError(f"keep_uids file {keep_uids} not found (a DataComp uid .npy).")
+        self.save_hyperparameters()
+        self.train_shards = train_shards
+        self.batch_size, self.batches_per_epoch = int(batch_size), batches_per_epoch
+        self.keep_uids, self.image_size, self.context_length = keep_uids, int(image_size), int(context_length)
+        self.resampled, self.shuffle_buffer, self.num_workers = resampled, int(shuffle_buffer), int(num_workers)
+        self.seed = int(seed)
+        self.zeroshot, self.zeroshot_path, self.retrieval = zeroshot, zeroshot_path, retrieval
+        self.val_batch_size = int(val_batch_size)
+        self.domain_field = domain_field
+        self.demo_pool_if_missing = bool(demo_pool_if_missing)
+        self.zeroshot_classnames: list[str] = list(CIFAR10_CLASSES)
+        self.zeroshot_templates: list[str] = list(ZEROSHOT_TEMPLATES)
+        self._epoch = SharedEpoch(0)
+        self._resume: dict[str, int] | None = None
+        self._train: ShardStream | None = None
+        self._val: list[Dataset] = []
+        self.val_names: list[str] = []
+
+    @property
+    def sample_map(self) -> ClipSampleMap:
+        return ClipSampleMap(self.image_size, self.context_length, self.domain_field)
+
+    def prepare_data(self) -> None:
+        target = Path(self.train_shards) if isinstance(self.train_shards, (str, Path)) else None
+        if self.demo_pool_if_missing and target is not None and not target.exists() and "{" not in str(target):
+            from lightning_ws.datacomp.pool import build_pool
+            from lightning_ws.datacomp.shards import write_shards
+
+            write_shards(build_pool(load_cifar10_subset("pool"), seed=0), target, samples_per_shard=256)
+
+    def _world(self) -> int:
+        return int(getattr(self.trainer, "world_size", 1) or 1) if self.trainer is not None else 1
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self._train is None:
+            keep = None
+            if self.keep_uids is not None:
+                keep = _UidFilter(array_to_uids(load_uid_array(self.keep_uids)))
+            nb = self.batches_per_epoch
+            stream = ShardStream(self.train_shards, map_sample=self.sample_map, collate=collate_clip,
+                                 batch_size=self.batch_size, batches_per_epoch=1, resampled=self.resampled,
+                                 shuffle_buffer=self.shuffle_buffer, seed=self.seed, epoch=self._epoch, keep=keep)
+            if nb is None:
+                n = _count_samples(stream.urls, keep)
+                nb = n // (self.batch_size * self._world())
+                if nb < 1:
+                    raise ConfigError(f"{n} training samples are fewer than one batch of {self.batch_size} per rank "
+                                      f"on {self._world()} rank(s); lower batch_size or add data.")
+            stream.batches_per_epoch = int(nb)
+            self._train = stream
+        if stage in (None, "fit", "validate") and not self._val:
+            fmap = self.sample_map
+            if self.zeroshot == "cifar10":
+                rows = load_cifar10_subset("heldout" if self.zeroshot_path is None else "all", self.zeroshot_path)
+                self._val.append(_ImageLabelSet([r[1] for r in rows], [r[2] for r in rows], fmap))
+                self.val_names.append("zeroshot")
+            if self.retrieval == "coco":
+                images, rows = load_coco_captions()
+                names = sorted(images)
+                index = {n: i for i, n in enumerate(names)}
+                self._val.append(_PairSet([images[n] for n in names], [r["caption"] for r in rows],
+                                          [index[r["image"]] for r in rows], fmap))
+                self.val_names.append("retrieval")
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.set(epoch)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._train is None:
+            self.setup("fit")
+        resume, self._resume = self._resume, None
+        return _ShardLoader(self._train, resume=resume, num_workers=self.num_workers, persistent_workers=False,
+                            pin_memory=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training stream stands: the epoch and the batches of it handed to the loop so far."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        return {"epoch": int(trainer.current_epoch),
+                "consumed": int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])} if state else None
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if not self._val:
+            self.setup("validate")
+        return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=0) for ds in self._val]
+
+
+class _UidFilter:
+    def __init__(self, uids: Sequence[str]) -> None:
+        self.uids = frozenset(uids)
+
+    def __call__(self, s: Sample) -> bool:
+        return s.uid in self.uids
+
+
+def _count_samples(urls: Sequence[str], keep: Any) -> int:
+    """Samples in the shards (reading only tar headers, plus ``.json`` members when a uid filter is given)."""
+    import json
+    import tarfile
+
+    n = 0
+    for url in urls:
+        with tarfile.open(url) as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(".json"):
+                    if keep is None:
+                        n += 1
+                    else:
+                        uid = json.loads(tf.extractfile(m).read()).get("uid", "")
+                        n += uid in keep.uids
+    return n
+
+
+
+class ShardSignalDataModule(pl.LightningDataModule):
+    """``predict`` data for the filter-signal pass: one pass over the shards that have no signal cache yet, each
+    rank and worker reading whole shards (:mod:`lightning_ws.datacomp.signals`).
+
+    Args:
+        shards: shard folder, brace pattern, file or list.
+        cache_dir: where the caches go (shards already cached there are skipped).
+        batch_size: samples per batch.
+        clip_image_size, context_length: CLIP inputs (``clip_image_size=None``: no CLIP score).
+        det_image_size: detector input size (None: no detector).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, shards: str | list[str], cache_dir: str, *, batch_size: int = 256,
+                 clip_image_size: int | None = 32, context_length: int = 32, det_image_size: int | None = None,
+                 num_workers: int = 0) -> None:
+        super().__init__()
+        self.shards, self.cache_dir = shards, cache_dir
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.fmap_args = (clip_image_size, context_length, det_image_size)
+        self.pending: list[str] = []
+
+    def predict_dataloader(self) -> DataLoader:
+        from lightning_ws.datacomp.signals import SignalSampleMap, collate_signals, pending_shards
+
+        self.pending = pending_shards(self.shards, self.cache_dir)
+        if not self.pending:
+            raise ConfigError(f"every shard already has a signal cache in {self.cache_dir}; delete them to recompute.")
+        stream = ShardStream(self.pending, map_sample=SignalSampleMap(*self.fmap_args), collate=collate_signals,
+                             batch_size=self.batch_size, batches_per_epoch=None, allow_idle_workers=True)
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers)
