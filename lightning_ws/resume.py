@@ -37,8 +37,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["RNGStateCallback", "collect_rng_states", "restore_rng_states", "find_last_checkpoint"]
+__all__ = ["LastCheckpoint", "RNGStateCallback", "collect_rng_states", "restore_rng_states", "find_last_checkpoint"]
 
 _FORMAT = 1
 
@@ -230,3 +231,33 @@ def find_last_checkpoint(save_dir: str | os.PathLike, project: str, name: str | 
             if best is None or mtime > best[0]:
                 best = (mtime, str(info.get("id") or info_file.parent.name), last)
     return None if best is None else (best[1], best[2])
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` for crash safety: every ``every_n_train_steps`` optimizer steps and at the end of every epoch.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` saves ``last.ckpt`` only when that callback saves (every N steps
+    *or* every epoch, not both), and two such callbacks in one folder collide (``last-v1.ckpt``). This one keeps a
+    single ``last.ckpt`` in the run's ``checkpoints/`` folder that is never older than N steps and always holds the
+    final weights, so ``--ckpt_path last`` continues a killed run from at most N steps back (mid-epoch, exactly: see
+    :class:`RNGStateCallback` and :class:`~lightning_ws.datamodules.resumable.ResumableDataLoader`). Use it beside a
+    ``ModelCheckpoint(monitor=...)`` that keeps the best weights.
+
+    Args:
+        every_n_train_steps: optimizer steps between saves (``0``: only at epoch ends).
+        dirpath: folder (default: the run's ``checkpoints/`` folder, as ``ModelCheckpoint``).
+    """
+
+    def __init__(self, every_n_train_steps: int = 50, dirpath: str | os.PathLike | None = None) -> None:
+        if every_n_train_steps < 0:
+            from lightning_ws.errors import ConfigError
+
+            raise ConfigError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}.")
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True,
+                         every_n_train_steps=every_n_train_steps or None, every_n_epochs=None if every_n_train_steps
+                         else 1)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+        super().on_train_epoch_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

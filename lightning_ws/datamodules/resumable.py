@@ -13,6 +13,11 @@ Starting an epoch never touches the global random generator: a plain ``DataLoade
 shift the dropout stream. :class:`ResumableDataLoader` draws it from its own generator, set from ``(seed, epoch)``.
 Lightning recognises the loader as resumable (it has ``state_dict``/``load_state_dict``), so a mid-epoch resume does not
 warn that the loader is "not resumable".
+
+Lightning 2.5/2.6 drop a loader's saved state when the training loader was built before the checkpoint was restored,
+which happens whenever ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` with ``max_epochs`` set
+(the fit loop keeps the state in ``_combined_loader_states_to_load`` and never applies it): the resumed epoch then
+restarts from its first batch. :class:`ResumableDataLoader` applies such a pending state itself when its epoch starts.
 """
 
 from __future__ import annotations
@@ -89,7 +94,21 @@ class ResumableDataLoader(DataLoader):
         self._datamodule = datamodule
         self._yielded = 0
 
+    def _apply_pending_state(self) -> None:
+        """Load the state Lightning restored for this loader but did not hand over (see the module docstring)."""
+        trainer = self._trainer()
+        fit_loop = getattr(trainer, "fit_loop", None)
+        pending = getattr(fit_loop, "_combined_loader_states_to_load", None)
+        combined = getattr(fit_loop, "_combined_loader", None)
+        if not pending or combined is None:
+            return
+        for i, loader in enumerate(combined.flattened):
+            if loader is self and i < len(pending) and pending[i]:
+                self.load_state_dict(pending[i])
+                pending[i] = {}
+
     def __iter__(self):  # noqa: D105
+        self._apply_pending_state()
         self._yielded = 0
         if self._own_generator:
             epoch = getattr(self.batch_sampler.sampler, "epoch", None)
@@ -98,8 +117,12 @@ class ResumableDataLoader(DataLoader):
             self._yielded += 1
             yield batch
 
+    def _trainer(self) -> Any:
+        dm = self._datamodule
+        return None if dm is None else (getattr(dm, "trainer", None) or getattr(dm, "_trainer", None))
+
     def _position(self) -> tuple[int, int | None]:
-        trainer = getattr(self._datamodule, "_trainer", None) if self._datamodule is not None else None
+        trainer = self._trainer()
         if trainer is not None:
             return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed), int(trainer.current_epoch)
         return self._yielded, getattr(self.batch_sampler.sampler, "epoch", None)
