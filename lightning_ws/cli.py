@@ -185,7 +185,7 @@ def _build_cli_classes():
                     if mode == "offline":
                         lines.append(f"                   upload later with: wandb sync {Path(wandb_dir).parent}")
             cb = trainer.checkpoint_callback
-            if cb is not None:
+            if cb is not None and self.subcommand == "fit":
                 best = getattr(cb, "best_model_path", "") or ""
                 last = getattr(cb, "last_model_path", "") or ""
                 if best:

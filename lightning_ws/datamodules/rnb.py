@@ -359,3 +359,7 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
     def test_dataloader(self) -> DataLoader:
         """Same as :meth:`val_dataloader`."""
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader` (``lightning-ws predict``)."""
+        return self.val_dataloader()

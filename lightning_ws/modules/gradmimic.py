@@ -86,6 +86,14 @@ class GradMimicClassifier(pl.LightningModule):
         """Test loss and accuracy."""
         return self._eval(batch, "test")
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
+        probs = self(batch["x"]).softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if "idx" in batch:
+            out["idx"] = batch["idx"]
+        return out
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW (or SGD) over all trainable parameters."""
         params = [p for p in self.parameters() if p.requires_grad]

@@ -160,6 +160,14 @@ class PeftSequenceClassifier(pl.LightningModule):
         self.log("test/acc", self.test_acc, batch_size=bs)
         self.log("test/f1", self.test_f1, batch_size=bs)
 
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
+        probs = self(batch["input_ids"], batch.get("attention_mask")).softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if "idx" in batch:
+            out["idx"] = batch["idx"]
+        return out
+
     def on_train_start(self) -> None:
         """Reset validation metrics (a sanity-check pass must not leak into epoch 0)."""
         self.val_acc.reset()
