@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 
 from lightning_ws.errors import ConfigError, DataError, DataFileNotFoundError
 
-__all__ = ["CheckpointInfoCallback", "check_checkpoint", "load_checkpoint", "class_path"]
+__all__ = ["CheckpointInfoCallback", "check_checkpoint", "check_class", "load_checkpoint", "class_path"]
 
 #: Lightning's special ``ckpt_path`` values (resolved by Lightning, not files).
 SPECIAL = ("last", "best", "hpc", "registry")
@@ -73,17 +73,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def check_class(path: str | os.PathLike, ckpt: dict[str, Any], configured: str | None) -> None:
+    """Raise when the checkpoint's stamped model class differs from the configured ``class_path``."""
+    stamp = (ckpt.get("lightning_ws") or {}).get("model_class")
+    if stamp is None or configured is None or stamp == configured:
+        return
+    try:  # the config may name a re-export (lightning_ws.modules.TextClassifier) of the stamped class
+        import importlib
+
+        module, _, name = configured.rpartition(".")
+        if class_path(getattr(importlib.import_module(module), name)) == stamp:
+            return
+    except (ImportError, AttributeError, ValueError):
+        pass
+    raise ConfigError(f"{path} holds a {stamp.rsplit('.', 1)[-1]} ({stamp}) but the config builds a "
+                      f"{configured.rsplit('.', 1)[-1]}. Use the config the checkpoint was trained with (its run "
+                      f"folder holds config.yaml) or a checkpoint of this model.")
+
+
 def check_checkpoint(path: str | os.PathLike, model: pl.LightningModule | None = None) -> dict[str, Any]:
     """Load ``path`` and check that it fits ``model``; return the checkpoint. Raises with a one-paragraph message."""
     ckpt = load_checkpoint(path)
     if model is None:
         return ckpt
     stamp = (ckpt.get("lightning_ws") or {}).get("model_class")
-    own = class_path(model)
-    if stamp is not None and stamp != own:
-        raise ConfigError(f"{path} holds a {stamp.rsplit('.', 1)[-1]} ({stamp}) but the config builds a "
-                          f"{own.rsplit('.', 1)[-1]}. Use the config the checkpoint was trained with (its run folder "
-                          f"holds config.yaml) or a checkpoint of this model.")
+    check_class(path, ckpt, class_path(model))
     saved = ckpt["state_dict"]
     current = model.state_dict()
     shared = [k for k in saved if k in current]

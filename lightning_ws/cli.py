@@ -114,11 +114,19 @@ def _build_cli_classes():
                                 help="validate/test/predict without --ckpt_path (evaluates the weights the config "
                                      "builds, i.e. untrained ones).")
 
-        def before_instantiate_classes(self) -> None:
+        def _parse_ckpt_path(self) -> None:
+            """Resolve ``--ckpt_path last`` and check the file before Lightning reads its hyperparameters."""
+            from lightning_ws.checkpoints import SPECIAL, check_class, load_checkpoint
             from lightning_ws.cli_support import resolve_ckpt_path
 
-            if self.subcommand is not None:
-                resolve_ckpt_path(self.config[self.subcommand], self.subcommand)
+            sub = self.config.get("subcommand")
+            if sub:
+                resolve_ckpt_path(self.config[sub], sub)
+                ckpt = self.config[sub].get("ckpt_path")
+                if ckpt is not None and str(ckpt) not in SPECIAL:
+                    model_cfg = self.config[sub].get("model")
+                    check_class(ckpt, load_checkpoint(ckpt), getattr(model_cfg, "class_path", None))
+            super()._parse_ckpt_path()
 
         def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
             from lightning_ws.checkpoints import CheckpointInfoCallback
