@@ -267,9 +267,10 @@ def _overview() -> str:
           fit          train a model (add `--test_after_fit true` to evaluate on the test split afterwards)
           validate     evaluate on the validation split
           test         evaluate on the test split
-          predict      run prediction
+          predict      run prediction (writes predictions.jsonl to the run folder)
         """
-    ) + (f"\nOther commands (`lightning-ws COMMAND --help`):\n{extra}\n" if extra else "")
+    ) + (f"\nOther commands (`lightning-ws COMMAND --help`; add --wandb to log the results to W&B):\n{extra}\n"
+         if extra else "")
 
 
 def _short_error(err: BaseException) -> str:
@@ -336,8 +337,13 @@ def main(args: Sequence[str] | None = None) -> int:
         module_name, func_name = target.split(":")
         func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
         _offline_defaults()
+        from lightning_ws.wandb_report import pop_wandb_flags, run_logged
+
+        rest, wandb_opts = pop_wandb_flags(argv[1:])
         try:
-            return int(func(argv[1:]) or 0)
+            if wandb_opts is not None:
+                return run_logged(command, rest, func, wandb_opts)
+            return int(func(rest) or 0)
         except LightningWSError as err:
             return _fail(err, command)
     if command not in _TRAINING:
