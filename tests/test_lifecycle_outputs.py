@@ -123,3 +123,26 @@ def test_export_cli_and_lora_peft_folder_loads_with_plain_peft(tmp_path, capsys)
 
     merged, _ = load_tensors(tmp_path / "merged" / "model.safetensors")
     assert not any("lora" in k for k in merged)
+
+
+def test_gradmimic_cli_writes_per_epoch_outputs_and_reports_unseen_samples(tmp_path, capsys):
+    """Grad-Mimic from the CLI keeps its main output: per-sample scores, weights, keep mask, quality (seen only)."""
+    from lightning_ws.io import load_tensors
+
+    gm = str(REPO / "configs" / "gradmimic_digits.yaml")
+    ref = str(tmp_path / "ref.safetensors")
+    assert main(["fit", "-c", gm, "--trainer.callbacks=[]", "--data.init_args.noise_rate=0.0", "--seed_everything=123",
+                 f"--model.init_args.export_path={ref}", "--trainer.max_epochs=1"]) == 0
+    save_dir = tmp_path / "runs"
+    assert main(["fit", "-c", gm, "--trainer.callbacks.init_args.reference", ref, "--trainer.max_epochs", "2",
+                 "--trainer.limit_train_batches", "5", "--trainer.logger.init_args.save_dir", str(save_dir)]) == 0
+    folder = next(save_dir.glob("lightning-ws/*/gradmimic"))
+    summary = json.loads((folder / "latest.json").read_text())
+    assert summary["epoch"] == 1 and (folder / "epoch-0.json").is_file()
+    tensors, _ = load_tensors(folder / summary["tensors"])
+    seen = tensors["seen"]
+    assert summary["samples"] == len(seen) and summary["samples_unseen"] == int((~seen).sum()) > 0
+    assert torch.all(tensors["keep"][~seen] == -1) and torch.isnan(tensors["mean_relative_weight"][~seen]).all()
+    kept = int((tensors["keep"][seen] == 1).sum())
+    assert summary["quality_seen"] == pytest.approx(kept / int(seen.sum()))
+    assert len(tensors["log_idx"]) == 2 * 5 * 32  # every (sample, epoch) the callback scored

@@ -491,6 +491,9 @@ class GradMimicCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning_ws.gradmimic.outputs import write_epoch_outputs
+
+        write_epoch_outputs(self, trainer)  # per-sample scores/weights/keep mask/quality to the run folder and W&B
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is None or not trainer.is_global_zero:
