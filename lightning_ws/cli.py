@@ -9,7 +9,7 @@ Additions to LightningCLI:
 
 * ``--test_after_fit true`` makes ``fit`` evaluate the best checkpoint on the test split afterwards;
 * after ``fit``/``test`` a summary says where the run, the W&B files, the checkpoint and the metrics are, and the
-  metrics are written to ``<run dir>/metrics.json``;
+  metrics are written to ``<run dir>/metrics-<command>.json`` (``metrics-fit.json``, ``metrics-test.json``...);
 * the resolved config is saved in the run folder and logged to the logger's hyperparameters once, from rank zero
   (:class:`WSSaveConfigCallback`: never clashes with a previous run's ``config.yaml``);
 * bad input (missing config file, unknown class path, missing data file) ends with a short error, not a traceback;
