@@ -121,6 +121,11 @@ def _build_cli_classes():
 
             sub = self.config.get("subcommand")
             if sub:
+                trainer_cfg = self.config[sub].get("trainer")
+                if trainer_cfg is not None and (trainer_cfg.get("logger") in (False, None)
+                                                or trainer_cfg.get("fast_dev_run")) \
+                        and trainer_cfg.get("default_root_dir") is None:
+                    trainer_cfg["default_root_dir"] = str(Path("runs") / "no-logger")  # not the working folder
                 resolve_ckpt_path(self.config[sub], sub)
                 ckpt = self.config[sub].get("ckpt_path")
                 if ckpt is not None and str(ckpt) not in SPECIAL:
@@ -154,11 +159,8 @@ def _build_cli_classes():
 
         def after_fit(self) -> None:
             if self._subcommand_value("test_after_fit", False):
-                ckpt = None
-                cb = self.trainer.checkpoint_callback
-                if cb is not None and getattr(cb, "best_model_path", ""):
-                    ckpt = "best"
-                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+                best = _best_checkpoint(self.trainer)  # the monitored best, not LastCheckpoint's last.ckpt
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             self._summary()
 
         def after_test(self) -> None:
@@ -192,10 +194,10 @@ def _build_cli_classes():
                     lines.append(f"  W&B run ({mode}) : {Path(wandb_dir).parent}")
                     if mode == "offline":
                         lines.append(f"                   upload later with: wandb sync {Path(wandb_dir).parent}")
-            cb = trainer.checkpoint_callback
-            if cb is not None and self.subcommand == "fit":
-                best = getattr(cb, "best_model_path", "") or ""
-                last = getattr(cb, "last_model_path", "") or ""
+            if trainer.checkpoint_callbacks and self.subcommand == "fit":
+                best = _best_checkpoint(trainer)
+                last = next((c.last_model_path for c in trainer.checkpoint_callbacks
+                             if getattr(c, "last_model_path", "")), "")
                 if best:
                     lines.append(f"  best checkpoint: {best}")
                 elif not last:
@@ -226,6 +228,14 @@ def _build_cli_classes():
             print("\n".join(lines), flush=True)
 
     return _WSLightningCLI, _WSSaveConfigCallback
+
+
+def _best_checkpoint(trainer: Any) -> str:
+    """The best checkpoint of the first monitoring ``ModelCheckpoint`` (``""`` when there is none)."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None) and getattr(cb, "best_model_path", ""):
+            return cb.best_model_path
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
 
 
 def __getattr__(name: str) -> Any:  # lazy public classes

@@ -168,12 +168,16 @@ def write_run_info(logger: Any, default_root_dir: str | os.PathLike = ".", **ext
 def run_directory(logger: Any, default_root_dir: str | os.PathLike = ".") -> Path:
     """The per-run output folder a logger implies (``<save_dir>/<name>/<version>``), as ``ModelCheckpoint`` uses.
 
-    Without a logger (``logger: false``, ``fast_dev_run``): ``<default_root_dir>/runs/no-logger``.
+    Without a logger (``logger: false``, ``fast_dev_run``): ``default_root_dir``, or ``runs/no-logger`` when that is
+    the working folder (``lightning-ws`` points ``default_root_dir`` there, so checkpoints land there too).
     """
     from lightning.pytorch.loggers.logger import DummyLogger
 
     if logger is None or isinstance(logger, DummyLogger):  # logger: false, or fast_dev_run's DummyLogger
-        return Path(default_root_dir) / "runs" / "no-logger"  # never the bare working folder
+        root = Path(default_root_dir)
+        if root.resolve() == Path.cwd().resolve():  # Lightning's default: never litter the bare working folder
+            return root / "runs" / "no-logger"
+        return root
     save_dir = logger.save_dir if isinstance(getattr(logger, "save_dir", None), (str, os.PathLike)) else None
     save_dir = save_dir if save_dir is not None else default_root_dir
     name, version = logger.name, logger.version

@@ -146,3 +146,29 @@ def test_gradmimic_cli_writes_per_epoch_outputs_and_reports_unseen_samples(tmp_p
     kept = int((tensors["keep"][seen] == 1).sum())
     assert summary["quality_seen"] == pytest.approx(kept / int(seen.sum()))
     assert len(tensors["log_idx"]) == 2 * 5 * 32  # every (sample, epoch) the callback scored
+
+
+@pytest.mark.parametrize("extra", [["--trainer.logger", "false"], ["--trainer.fast_dev_run", "true"]],
+                         ids=["logger-false", "fast-dev-run"])
+def test_runs_without_logger_do_not_write_into_the_working_folder(extra, tmp_path, monkeypatch, capsys):
+    import os
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["fit", "-c", str(REPO / "configs" / "loki_digits.yaml"), "--trainer.max_epochs", "1", *extra]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    assert sorted(os.listdir(work)) in ([], ["runs"])
+    files = [p for p in work.rglob("*") if p.is_file()]
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~_umask() for p in files if "wandb" not in p.parts)
+    if extra[0] == "--trainer.logger":
+        assert (work / "runs" / "no-logger" / "checkpoints" / "last.ckpt").is_file()
+        assert (work / "runs" / "no-logger" / "config.yaml").is_file()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
