@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_teacher_metric_logged_beside_the_student():
+    """Weaver distillation: val/test teacher select@1 (the Weaver scores' own) is logged next to the student's."""
+    from tests.test_weaver_distill import _trainer, make_dm, tiny_model
+
+    from lightning_ws.callbacks.teacher import TeacherBaselineCallback
+    from lightning_ws.weaver import load_gsm8k_verification
+
+    vdata = load_gsm8k_verification(verifiers="heuristic").subset(np.arange(36))
+    dm = make_dm(vdata)
+    trainer = _trainer(max_epochs=1, limit_train_batches=2, callbacks=[TeacherBaselineCallback()])
+    model = tiny_model()
+    trainer.fit(model, dm)
+    assert trainer.callback_metrics["val/teacher_select_acc"] == pytest.approx(dm.weaver_selection_accuracy("val"))
+    res = trainer.test(model, dm, verbose=False)[0]
+    assert res["test/teacher_select_acc"] == pytest.approx(dm.weaver_selection_accuracy("test"))
+    assert "test/select_acc" in res
