@@ -21,7 +21,12 @@ def _predictions(out: str) -> Path:
     return Path(out.split("predictions    :")[1].split()[0])
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+# The MiniLM configs load a 90 MB encoder each: slow tier; the digits configs run in the default suite.
+_FAST_CONFIGS = ("gradmimic_digits", "loki_digits")
+PREDICT_PARAMS = [pytest.param(c, id=c.stem, marks=() if c.stem in _FAST_CONFIGS else pytest.mark.slow) for c in CONFIGS]
+
+
+@pytest.mark.parametrize("config", PREDICT_PARAMS)
 def test_predict_writes_predictions_for_every_config(config, capsys):
     """Every shipped config predicts (untrained on purpose here) and writes ids, probabilities/scores, predictions."""
     args = ["predict", "-c", str(config), "--allow_untrained", "true", "--trainer.limit_predict_batches", "1",
