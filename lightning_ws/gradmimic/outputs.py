@@ -92,7 +92,8 @@ def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
                "kept_seen": int((s["keep"] == 1).sum()),
                "mean_relative_weight_seen": float(finite.mean()) if finite.size else None,
                "filter": {"binarizer": "threshold", "aggregator": "majority", "threshold": 1.0, "rounds": "epochs"},
-               "callback": {"mimic_layer": callback.mimic_layer, "score": callback.score, "tau": callback.tau,
+               "callback": {"mimic_layer": callback.mimic_layer, "score": callback.score,
+                            "tau": callback.tau if math.isfinite(callback.tau) else str(callback.tau),
                             "mode": callback.mode},
                "tensors": f"{name}.safetensors"}
     path = save_json(folder / f"{name}.json", summary)
