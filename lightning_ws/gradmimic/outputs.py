@@ -92,9 +92,7 @@ def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
                "kept_seen": int((s["keep"] == 1).sum()),
                "mean_relative_weight_seen": float(finite.mean()) if finite.size else None,
                "filter": {"binarizer": "threshold", "aggregator": "majority", "threshold": 1.0, "rounds": "epochs"},
-               "callback": {"mimic_layer": callback.mimic_layer, "score": callback.score,
-                            "tau": callback.tau if math.isfinite(callback.tau) else str(callback.tau),
-                            "mode": callback.mode},
+               "callback": {k: _plain(getattr(callback, k, None)) for k in ("mimic_layer", "score", "tau", "mode")},
                "tensors": f"{name}.safetensors"}
     path = save_json(folder / f"{name}.json", summary)
     save_json(folder / "latest.json", summary)
@@ -131,6 +129,11 @@ def _log_wandb(trainer: Any, s: dict[str, Any], n: int, dm: Any) -> None:
         data["gradmimic/samples"] = wandb.Table(columns=cols, data=rows)
     for lg in loggers:
         lg.experiment.log(data)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-safe setting: non-finite floats as strings (``tau: inf``)."""
+    return str(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _f(x: float) -> float | None:
