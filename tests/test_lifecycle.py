@@ -78,11 +78,11 @@ def test_cli_kill_mid_epoch_and_resume_with_ckpt_path_last(tmp_path):
     full = _cli(_fit_args(tmp_path / "full"), tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    kill = json.dumps({"class_path": "tests.helpers.kill.KillAtStep", "init_args": {"step": 11}})  # epoch 2, batch 3
+    kill = json.dumps({"class_path": "tests.helpers.kill.KillAtStep", "init_args": {"step": 6}})  # epoch 2, batch 3 of 4
     first = _cli([*_fit_args(tmp_path / "resumed"), f"--trainer.callbacks+={kill}"], tmp_path)
     assert first.returncode == -signal.SIGKILL, (first.returncode, first.stderr[-3000:])
     run = _run_folder(tmp_path / "resumed")
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 11
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
 
     second = _cli([*_fit_args(tmp_path / "resumed"), "--ckpt_path", "last"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -92,7 +92,7 @@ def test_cli_kill_mid_epoch_and_resume_with_ckpt_path_last(tmp_path):
 
     a = torch.load(_run_folder(tmp_path / "full") / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 16
+    assert a["global_step"] == b["global_step"] == 8
     assert_state_equal(a["state_dict"], b["state_dict"], path="params")
     assert_state_equal(a["optimizer_states"], b["optimizer_states"], path="optimizer")
     for key in a["callbacks"]:  # RNG states, ModelCheckpoint scores (paths differ by folder)
@@ -113,11 +113,11 @@ def test_cli_kill_mid_epoch_and_resume_with_ckpt_path_last(tmp_path):
 
 
 def test_cli_crash_mid_epoch_then_ckpt_path_last_matches_uninterrupted(tmp_path, capsys):
-    """In-process variant of the kill test (fast): a crash mid-epoch 2, then `--ckpt_path last`, dropout on."""
+    """In-process variant of the kill test (fast): a crash mid-epoch 2 (step 6 of 8), then `--ckpt_path last`, dropout on."""
     from lightning_ws.cli import main
 
     assert main(_fit_args(tmp_path / "full")) == 0
-    crash = json.dumps({"class_path": "tests.helpers.kill.CrashAtStep", "init_args": {"step": 11}})
+    crash = json.dumps({"class_path": "tests.helpers.kill.CrashAtStep", "init_args": {"step": 6}})
     with pytest.raises(RuntimeError, match="simulated crash"):
         main([*_fit_args(tmp_path / "resumed"), f"--trainer.callbacks+={crash}"])
     run = _run_folder(tmp_path / "resumed")
@@ -126,7 +126,7 @@ def test_cli_crash_mid_epoch_then_ckpt_path_last_matches_uninterrupted(tmp_path,
     assert f"({run.name})" in capsys.readouterr().err
     a = torch.load(_run_folder(tmp_path / "full") / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 16
+    assert a["global_step"] == b["global_step"] == 8
     assert_state_equal(a["state_dict"], b["state_dict"], path="params")
     assert_state_equal(a["callbacks"]["RNGStateCallback"], b["callbacks"]["RNGStateCallback"], path="rng")
     assert json.loads((run / "metrics-fit.json").read_text()) == json.loads(
