@@ -9,17 +9,28 @@ Additions to LightningCLI:
 
 * ``--test_after_fit true`` makes ``fit`` evaluate the best checkpoint on the test split afterwards;
 * after ``fit``/``test`` a summary says where the run, the W&B files, the checkpoint and the metrics are, and the
-  metrics are written to ``<run dir>/metrics.json``;
+  metrics are written to ``<run dir>/metrics-<command>.json`` (``metrics-fit.json``, ``metrics-test.json``...);
 * the resolved config is saved in the run folder and logged to the logger's hyperparameters once, from rank zero
   (:class:`WSSaveConfigCallback`: never clashes with a previous run's ``config.yaml``);
 * bad input (missing config file, unknown class path, missing data file) ends with a short error, not a traceback;
   set ``LIGHTNING_WS_DEBUG=1`` to see the traceback.
+* every run gets :class:`~lightning_ws.resume.RNGStateCallback` (RNG states in the checkpoint) and
+  :class:`~lightning_ws.checkpoints.CheckpointInfoCallback` (the model class in the checkpoint);
+* ``--ckpt_path last`` finds the last checkpoint of the run named in the logger config and continues it in the same
+  run folder and W&B run; a checkpoint file inside a run folder (``<save_dir>/<project>/<id>/checkpoints/``) also
+  reuses that run. A missing, corrupt or mismatched checkpoint is a one-paragraph error;
+* ``validate``/``test``/``predict`` need ``--ckpt_path`` (evaluating untrained weights by accident is an error;
+  ``--allow_untrained true`` does it on purpose); ``predict`` writes ``predictions.jsonl``/``.safetensors`` to the
+  run folder (:mod:`lightning_ws.predictions`);
+* a run that fails is closed in W&B with a non-zero exit code (shown as failed).
 
 Example::
 
     lightning-ws fit -c configs/quickstart.yaml
     lightning-ws fit -c configs/quickstart.yaml --trainer.max_epochs 1 --data.init_args.batch_size 16
-    lightning-ws labelmodel --dataset youtube
+    lightning-ws fit -c configs/quickstart.yaml --ckpt_path last      # continue the interrupted run
+    lightning-ws predict -c configs/quickstart.yaml --ckpt_path last  # predictions.jsonl in the run folder
+    lightning-ws labelmodel youtube
 """
 
 from __future__ import annotations
@@ -77,7 +88,10 @@ def _build_cli_classes():
             from lightning_ws.io import atomic_write_text
             from lightning_ws.loggers import run_directory
 
+            from lightning_ws.loggers import write_run_info
+
             run_dir = run_directory(trainer.logger, trainer.default_root_dir)
+            write_run_info(trainer.logger, trainer.default_root_dir, command=stage)
             target = run_dir / self.config_filename
             n = 1
             while target.exists():
@@ -96,6 +110,48 @@ def _build_cli_classes():
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
             parser.add_argument("--test_after_fit", type=bool, default=False,
                                 help="After fit, evaluate the best checkpoint (or the final weights) on the test split.")
+            parser.add_argument("--allow_untrained", type=bool, default=False,
+                                help="validate/test/predict without --ckpt_path (evaluates the weights the config "
+                                     "builds, i.e. untrained ones).")
+
+        def _parse_ckpt_path(self) -> None:
+            """Resolve ``--ckpt_path last`` and check the file before Lightning reads its hyperparameters."""
+            from lightning_ws.checkpoints import SPECIAL, check_class, load_checkpoint
+            from lightning_ws.cli_support import resolve_ckpt_path
+
+            sub = self.config.get("subcommand")
+            if sub:
+                trainer_cfg = self.config[sub].get("trainer")
+                if trainer_cfg is not None and (trainer_cfg.get("logger") in (False, None)
+                                                or trainer_cfg.get("fast_dev_run")) \
+                        and trainer_cfg.get("default_root_dir") is None:
+                    trainer_cfg["default_root_dir"] = str(Path("runs") / "no-logger")  # not the working folder
+                resolve_ckpt_path(self.config[sub], sub)
+                ckpt = self.config[sub].get("ckpt_path")
+                if ckpt is not None and str(ckpt) not in SPECIAL:
+                    model_cfg = self.config[sub].get("model")
+                    check_class(ckpt, load_checkpoint(ckpt), getattr(model_cfg, "class_path", None))
+            super()._parse_ckpt_path()
+
+        def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+            from lightning_ws.checkpoints import CheckpointInfoCallback
+            from lightning_ws.predictions import PredictionsWriter
+            from lightning_ws.resume import RNGStateCallback
+
+            given = list(config.get("callbacks") or []) + list(callbacks)
+            extra = [cls() for cls in (RNGStateCallback, CheckpointInfoCallback)
+                     if not any(isinstance(cb, cls) for cb in given)]
+            if self.subcommand == "predict" and not any(isinstance(cb, PredictionsWriter) for cb in given):
+                extra.append(PredictionsWriter())
+            return super()._instantiate_trainer(config, [*callbacks, *extra])
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            from lightning_ws.checkpoints import SPECIAL, check_checkpoint
+
+            ckpt = self._subcommand_value("ckpt_path")
+            if ckpt is not None and str(ckpt) not in SPECIAL:
+                check_checkpoint(ckpt, self.model)
+            super()._run_subcommand(subcommand)
 
         def _subcommand_value(self, key: str, default: Any = None) -> Any:
             cfg = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -103,17 +159,17 @@ def _build_cli_classes():
 
         def after_fit(self) -> None:
             if self._subcommand_value("test_after_fit", False):
-                ckpt = None
-                cb = self.trainer.checkpoint_callback
-                if cb is not None and getattr(cb, "best_model_path", ""):
-                    ckpt = "best"
-                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+                best = _best_checkpoint(self.trainer)  # the monitored best, not LastCheckpoint's last.ckpt
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             self._summary()
 
         def after_test(self) -> None:
             self._summary()
 
         def after_validate(self) -> None:
+            self._summary()
+
+        def after_predict(self) -> None:
             self._summary()
 
         @rank_zero_only
@@ -125,6 +181,7 @@ def _build_cli_classes():
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
             run_dir = run_directory(trainer.logger, trainer.default_root_dir)
             lines = ["", "=" * 72, f"lightning-ws {self.subcommand}: done"]
+            dry = bool(trainer.fast_dev_run)
             logger = trainer.logger
             from lightning.pytorch.loggers.logger import DummyLogger
 
@@ -137,23 +194,32 @@ def _build_cli_classes():
                     lines.append(f"  W&B run ({mode}) : {Path(wandb_dir).parent}")
                     if mode == "offline":
                         lines.append(f"                   upload later with: wandb sync {Path(wandb_dir).parent}")
-            cb = trainer.checkpoint_callback
-            if cb is not None:
-                best = getattr(cb, "best_model_path", "") or ""
-                last = getattr(cb, "last_model_path", "") or ""
+            if trainer.checkpoint_callbacks and self.subcommand == "fit":
+                best = _best_checkpoint(trainer)
+                last = next((c.last_model_path for c in trainer.checkpoint_callbacks
+                             if getattr(c, "last_model_path", "")), "")
                 if best:
                     lines.append(f"  best checkpoint: {best}")
                 elif not last:
                     lines.append("  checkpoint     : none written (no validation ran, or checkpointing is off)")
                 if last and last != best:
                     lines.append(f"  last checkpoint: {last}")
-            if metrics:
+            from lightning_ws.predictions import PredictionsWriter
+
+            for cb in trainer.callbacks:
+                if isinstance(cb, PredictionsWriter) and cb.written is not None:
+                    lines.append(f"  predictions    : {cb.written[0]} ({cb.rows} rows; tensors in "
+                                 f"{cb.written[1].name})")
+            if dry:
+                lines.append("  fast_dev_run   : nothing written (no config, checkpoint or metrics file)")
+            if metrics and not dry:
                 metrics_file = run_dir / f"metrics-{self.subcommand}.json"
                 try:
                     save_json(metrics_file, metrics)
                     lines.append(f"  metrics file   : {metrics_file}")
                 except OSError as err:  # a read-only run folder must not hide the numbers
                     lines.append(f"  (could not write {metrics_file}: {err})")
+            if metrics:
                 width = max(len(k) for k in metrics)
                 lines.append("  metrics:")
                 for key in sorted(metrics):
@@ -162,6 +228,14 @@ def _build_cli_classes():
             print("\n".join(lines), flush=True)
 
     return _WSLightningCLI, _WSSaveConfigCallback
+
+
+def _best_checkpoint(trainer: Any) -> str:
+    """The best checkpoint of the first monitoring ``ModelCheckpoint`` (``""`` when there is none)."""
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None) and getattr(cb, "best_model_path", ""):
+            return cb.best_model_path
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "best_model_path", "")), "")
 
 
 def __getattr__(name: str) -> Any:  # lazy public classes
@@ -203,9 +277,10 @@ def _overview() -> str:
           fit          train a model (add `--test_after_fit true` to evaluate on the test split afterwards)
           validate     evaluate on the validation split
           test         evaluate on the test split
-          predict      run prediction
+          predict      run prediction (writes predictions.jsonl to the run folder)
         """
-    ) + (f"\nOther commands (`lightning-ws COMMAND --help`):\n{extra}\n" if extra else "")
+    ) + (f"\nOther commands (`lightning-ws COMMAND --help`; add --wandb to log the results to W&B):\n{extra}\n"
+         if extra else "")
 
 
 def _short_error(err: BaseException) -> str:
@@ -272,8 +347,13 @@ def main(args: Sequence[str] | None = None) -> int:
         module_name, func_name = target.split(":")
         func: Callable[[list[str]], int] = getattr(importlib.import_module(module_name), func_name)
         _offline_defaults()
+        from lightning_ws.wandb_report import pop_wandb_flags, run_logged
+
+        rest, wandb_opts = pop_wandb_flags(argv[1:])
         try:
-            return int(func(argv[1:]) or 0)
+            if wandb_opts is not None:
+                return run_logged(command, rest, func, wandb_opts)
+            return int(func(rest) or 0)
         except LightningWSError as err:
             return _fail(err, command)
     if command not in _TRAINING:
@@ -288,10 +368,14 @@ def main(args: Sequence[str] | None = None) -> int:
         cli = cli_main(None if args is None else argv)
         _finish_wandb(getattr(cli, "trainer", None))
     except SystemExit as exc:  # --help / --print_config exit 0; argparse errors exit 2
+        if exc.code:
+            _fail_wandb()
         return int(exc.code or 0) if not isinstance(exc.code, str) else _fail(RuntimeError(exc.code), command)
     except LightningWSError as err:
+        _fail_wandb()
         return _fail(err, command)
-    except Exception as err:  # noqa: BLE001 - turn parser errors into one paragraph
+    except BaseException as err:  # noqa: BLE001 - turn parser errors into one paragraph
+        _fail_wandb()
         from jsonargparse import ArgumentError
 
         if isinstance(err, (ArgumentError, FileNotFoundError, ValueError, TypeError, ImportError)) and (
@@ -300,6 +384,17 @@ def main(args: Sequence[str] | None = None) -> int:
             return _fail(err, command)
         raise
     return 0
+
+
+def _fail_wandb() -> None:
+    """Close a W&B run left open by a failed command with exit code 1, so W&B records it as failed."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    if run is not None:
+        try:
+            run.finish(exit_code=1)
+        except Exception:  # noqa: BLE001 - never hide the original error
+            pass
 
 
 def _finish_wandb(trainer: Any) -> None:
@@ -332,6 +427,8 @@ def _register_builtin_commands() -> None:
                             "LLM-written labeling programs: generate, list, show, validate, apply (sandboxed), sandbox")
     COMMANDS["datacomp"] = ("lightning_ws.datacomp.cli:main",
                             "DataComp filtering: build the noisy pool, filter signals, label-model filter ensemble")
+    COMMANDS["export"] = ("lightning_ws.export:main",
+                          "export a checkpoint: safetensors (full / merged / adapter-only), HF model or PEFT folder")
 
 
 _register_builtin_commands()

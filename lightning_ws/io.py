@@ -2,7 +2,8 @@
 
 Every artifact lightning_ws writes goes through these functions: the file is written to a temporary file in the same
 directory, flushed, fsynced and renamed over the destination, so a crash never leaves a half-written file and a reader
-never sees one. Nothing here uses pickle.
+never sees one. Files get the permissions a plain ``open(path, "w")`` would give (``0666`` minus the user's umask,
+usually ``0644``), not the ``0600`` of a temporary file. Nothing here uses pickle.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any
 
 from lightning_ws.errors import DataFileNotFoundError
 
-__all__ = ["read_jsonl", "to_jsonable", "atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
+__all__ = ["file_mode", "read_jsonl", "to_jsonable", "atomic_write_bytes", "atomic_write_text", "save_json", "load_json", "save_tensors", "load_tensors"]
+
+
+def file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open(path, "w")`` gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -25,6 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -78,11 +87,20 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"safetensors file not found: {path}.")
+    from lightning_ws.errors import DataError
+
     out = {}
-    with safe_open(str(path), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-        for k in fh.keys():
-            out[k] = fh.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            for k in fh.keys():
+                out[k] = fh.get_tensor(k)
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types (and OSError) for bad files
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}). It is truncated or "
+                        f"not safetensors: write it again (e.g. rerun the step that exported it) or point to the "
+                        f"right file.") from None
     return out, meta
 
 

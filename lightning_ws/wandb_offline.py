@@ -34,6 +34,7 @@ class OfflineRun:
         history: one dict per ``log`` call (keys as logged, values decoded from JSON).
         summary: the final summary values.
         complete: whether the run's exit record is on disk (the run has finished writing).
+        exit_code: the exit code in that record (0 = finished, non-zero = failed; ``None`` while running).
     """
 
     path: Path
@@ -42,6 +43,7 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     complete: bool = False
+    exit_code: int | None = None
 
     def metric(self, key: str) -> list[Any]:
         """All logged values of ``key`` in order."""
@@ -150,6 +152,7 @@ def _read_once(path: str | Path) -> OfflineRun:
                 _set_nested(run.summary, item.key, list(item.nested_key), _decode(item.value_json))
         elif kind == "exit":
             run.complete = True
+            run.exit_code = int(record.exit.exit_code)
         elif kind == "run":
             for item in record.run.config.update:
                 _set_nested(run.config, item.key, list(item.nested_key), _decode(item.value_json))

@@ -78,3 +78,75 @@ def test_read_offline_run_errors(tmp_path):
     bad.write_bytes(b"not a log")
     with pytest.raises(DataError, match="not a W&B transaction log"):
         read_offline_run(bad)
+
+
+def _wait_for_run(root, timeout: float = 60.0) -> Path:
+    """The folder of the one offline run under ``root`` (W&B's service may create the file a moment after finish)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not find_offline_runs(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs = find_offline_runs(root)
+    assert len(runs) == 1, runs
+    return runs[0].parent
+
+
+def test_logger_passes_standard_wandb_options_through():
+    from lightning_ws.loggers import WSWandbLogger
+
+    lg = WSWandbLogger(mode="disabled", resume="never", config={"a": 1}, save_code=False, prefix="p",
+                       init_kwargs={"reinit": "finish_previous"}, settings=None)
+    assert lg._wandb_init["resume"] == "never" and lg._wandb_init["config"] == {"a": 1}
+    assert lg._wandb_init["reinit"] == "finish_previous" and lg._prefix == "p"
+    assert len(lg.version) == 8 and lg.version == lg._wandb_init["id"]  # the run id is known before W&B starts
+    with pytest.raises(ConfigError, match="mode"):
+        WSWandbLogger(init_kwargs={"mode": "online"})
+    with pytest.raises(ConfigError, match="usable run id"):
+        WSWandbLogger(id="../x")
+
+
+def test_cli_passes_logger_resume_option(capsys):
+    assert main(["fit", "-c", str(REPO / "configs/loki_digits.yaml"), "--trainer.logger.init_args.resume", "allow",
+                 "--print_config"]) == 0
+    assert "resume: allow" in capsys.readouterr().out
+
+
+def test_run_failing_in_setup_is_marked_failed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rc = main(["fit", "-c", str(REPO / "configs/gradmimic_digits.yaml"), "--trainer.callbacks=[]",
+               "--model.init_args.input_dim", "32", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs")])
+    assert rc == 2 and "input_dim" in capsys.readouterr().err
+    run = read_offline_run(_wait_for_run(tmp_path / "runs"), wait=60)
+    assert run.complete and run.exit_code == 1
+
+
+def test_labelmodel_wandb_logs_results_and_lf_tables(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["labelmodel", "youtube", "--models", "mv,mm", "--no-analysis", "--wandb"]) == 0
+    run = read_offline_run(_wait_for_run("runs"), wait=60)
+    assert run.complete and run.exit_code == 0 and run.config["command"] == "labelmodel"
+    logged = {k.split("/_type")[0] for row in run.history for k in row if k.endswith("/_type")}
+    assert {"labelmodel/results", "labelmodel/lf_analysis"} <= logged
+    assert 0.5 < run.summary["labelmodel/moment_matching/accuracy"] <= 1.0
+    assert any(f.endswith("labelmodel.json") for f in run.summary["files"])  # written into the run folder
+
+
+def test_accuracy_vs_n_curve():
+    import numpy as np
+
+    from lightning_ws.wandb_report import accuracy_vs_n
+
+    scores = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.3]])
+    correct = np.array([[False, True, False], [False, False, True]])
+    curve = accuracy_vs_n(scores, correct)
+    assert [r["weaver_select_at_1"] for r in curve] == [0.0, 0.5, 0.5]
+    assert [r["oracle_pass_at_n"] for r in curve] == [0.0, 0.5, 1.0]
+
+
+def test_pop_wandb_flags():
+    from lightning_ws.wandb_report import pop_wandb_flags
+
+    assert pop_wandb_flags(["youtube", "--wandb", "--models", "mv"]) == (["youtube", "--models", "mv"], {})
+    assert pop_wandb_flags(["youtube"]) == (["youtube"], None)
+    assert pop_wandb_flags(["x", "--wandb_project=p"]) == (["x"], {"wandb_project": "p"})

@@ -781,6 +781,10 @@ class GradMimicCallback(Callback):
                             f"{1 + _FLAT_TOL:g} on all {seen} logging steps): the scores are tiny next to "
                             f"tau={self.tau:g} or W_ref == W_t, so the re-weighting is plain SGD and the recorded "
                             f"weights say nothing about the samples; lower tau", at_start=False)
+
+        from lightning_ws.gradmimic.outputs import write_epoch_outputs
+
+        write_epoch_outputs(self, trainer)  # per-sample scores/weights/keep mask/quality to the run folder and W&B
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is None or not trainer.is_global_zero:

@@ -204,3 +204,7 @@ class NoisyImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Clean test split."""
         return self._eval_loader(self._test)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, in order (``lightning-ws predict``)."""
+        return self._eval_loader(self._test)

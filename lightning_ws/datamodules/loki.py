@@ -127,10 +127,13 @@ class LokiDigitsDataModule(pl.LightningDataModule):
         return _DictDataset(x, y, torch.arange(len(y)))
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (observed classes only), shuffled by a seeded generator."""
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._dataset("train"), batch_size=self.batch_size, shuffle=True, generator=gen,
-                          num_workers=self.num_workers)
+        """Training batches (observed classes only), shuffled per epoch from ``(seed, epoch)``; resumes mid-epoch."""
+        from lightning_ws.datamodules.resumable import ResumableDataLoader
+        from lightning_ws.datamodules.text import EpochSeededRandomSampler
+
+        ds = self._dataset("train")
+        return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=EpochSeededRandomSampler(ds, self.seed),
+                                   num_workers=self.num_workers, datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches over all 10 classes."""

@@ -440,3 +440,7 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         self.setup("test")
         return DataLoader(self._datasets["test"], batch_size=self.eval_batch_size, shuffle=False,
                           collate_fn=self._collate, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader` (``lightning-ws predict``)."""
+        return self.val_dataloader()

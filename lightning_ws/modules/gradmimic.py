@@ -59,6 +59,15 @@ class GradMimicClassifier(pl.LightningModule):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(d, num_classes)
 
+    def setup(self, stage: str) -> None:
+        """Check the datamodule's ``input_dim``/``num_classes`` (when it has them) against the model's."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for attr in ("input_dim", "num_classes"):
+            value = getattr(dm, attr, None)
+            if isinstance(value, int) and value != self.hparams[attr]:
+                raise ConfigError(f"the data has {attr}={value} but the model was built with {attr}="
+                                  f"{self.hparams[attr]}; set model.init_args.{attr}: {value}.")
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` from features ``(B, ...)`` (flattened)."""
         return self.head(self.body(x.flatten(1).float()))
@@ -85,6 +94,14 @@ class GradMimicClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """Test loss and accuracy."""
         return self._eval(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
+        probs = self(batch["x"]).softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if "idx" in batch:
+            out["idx"] = batch["idx"]
+        return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW (or SGD) over all trainable parameters."""

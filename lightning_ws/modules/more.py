@@ -110,6 +110,14 @@ class PeftSequenceClassifier(pl.LightningModule):
         self.test_acc = MulticlassAccuracy(num_labels, average="micro")
         self.test_f1 = MulticlassF1Score(num_labels, average="macro")
 
+    def setup(self, stage: str) -> None:
+        """Check the datamodule's ``num_classes`` (when it has one) against ``num_labels``."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        k = getattr(dm, "num_classes", None)
+        if isinstance(k, int) and k != self.num_labels:
+            raise ConfigError(f"the data has {k} classes but the model was built with num_labels={self.num_labels}; "
+                              f"set model.init_args.num_labels: {k}.")
+
     # ----------------------------------------------------------------------------------------------------- forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(B, num_labels)``."""
@@ -159,6 +167,14 @@ class PeftSequenceClassifier(pl.LightningModule):
         self.test_f1(logits, hard)
         self.log("test/acc", self.test_acc, batch_size=bs)
         self.log("test/f1", self.test_f1, batch_size=bs)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
+        probs = self(batch["input_ids"], batch.get("attention_mask")).softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if "idx" in batch:
+            out["idx"] = batch["idx"]
+        return out
 
     def on_train_start(self) -> None:
         """Reset validation metrics (a sanity-check pass must not leak into epoch 0)."""

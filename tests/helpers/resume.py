@@ -4,6 +4,8 @@
 one go, then trains a fresh copy for ``k`` steps, checkpoints, builds a third copy and resumes from that checkpoint to
 ``N``. It compares every parameter and every callback's ``state_dict`` (exactly by default, or to ``atol``/``rtol``).
 Gradient accumulation is on (``accumulate_grad_batches=2``) by default, like Lightning's own callback tests.
+Every trainer also gets :class:`lightning_ws.resume.RNGStateCallback` (as ``lightning-ws`` runs do), so models with
+dropout resume exactly; pass ``rng_states=False`` to see what a run without it does.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_ws.resume import RNGStateCallback
 
 Build = Callable[[], tuple[pl.LightningModule, pl.LightningDataModule, list[pl.Callback]]]
 
@@ -33,7 +37,9 @@ class ResumeResult:
 
 
 def _trainer(tmp: Path, max_steps: int, accumulate: int, extra: Mapping[str, Any] | None,
-             callbacks: list[pl.Callback]) -> pl.Trainer:
+             callbacks: list[pl.Callback], rng_states: bool = True) -> pl.Trainer:
+    if rng_states:
+        callbacks = [*callbacks, RNGStateCallback()]
     kwargs: dict[str, Any] = dict(
         default_root_dir=str(tmp), max_steps=max_steps, max_epochs=-1, accumulate_grad_batches=accumulate,
         accelerator="cpu", devices=1, deterministic=True, logger=False, enable_progress_bar=False,
@@ -57,7 +63,8 @@ class _StopAt(pl.Callback):
 
 def callback_states(callbacks: list[pl.Callback]) -> dict[str, Any]:
     """``{state_key: state_dict}`` of the callbacks that have state."""
-    return {cb.state_key: cb.state_dict() for cb in callbacks if not isinstance(cb, _StopAt) and cb.state_dict()}
+    return {cb.state_key: cb.state_dict() for cb in callbacks
+            if not isinstance(cb, (_StopAt, RNGStateCallback)) and cb.state_dict()}
 
 
 def assert_state_equal(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0, path: str = "state") -> None:
@@ -96,6 +103,7 @@ def assert_resume_equivalent(
     trainer_kwargs: Mapping[str, Any] | None = None,
     atol: float = 0.0,
     rtol: float = 0.0,
+    rng_states: bool = True,
 ) -> ResumeResult:
     """Train ``total_steps`` uninterrupted vs. ``interrupt_step`` + checkpoint + resume; assert they agree.
 
@@ -108,12 +116,13 @@ def assert_resume_equivalent(
         accumulate_grad_batches: micro-batches per optimizer step.
         trainer_kwargs: extra ``Trainer`` arguments (override the defaults).
         atol, rtol: tolerances (0 = bit-exact).
+        rng_states: add :class:`~lightning_ws.resume.RNGStateCallback` to every trainer (default ``True``).
     """
     assert 0 < interrupt_step < total_steps, "need 0 < interrupt_step < total_steps"
     tmp_path = Path(tmp_path)
 
     model, dm, cbs = build()
-    _trainer(tmp_path / "full", total_steps, accumulate_grad_batches, trainer_kwargs, cbs).fit(model, dm)
+    _trainer(tmp_path / "full", total_steps, accumulate_grad_batches, trainer_kwargs, cbs, rng_states).fit(model, dm)
     full_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
     full_cb = callback_states(cbs)
 
@@ -125,14 +134,15 @@ def assert_resume_equivalent(
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "part", filename="interrupt", every_n_train_steps=interrupt_step,
                               save_top_k=-1, save_last=False)
     first = _trainer(tmp_path / "part", total_steps, accumulate_grad_batches,
-                     {**(trainer_kwargs or {}), "enable_checkpointing": True}, [*cbs, _StopAt(interrupt_step), ckpt_cb])
+                     {**(trainer_kwargs or {}), "enable_checkpointing": True}, [*cbs, _StopAt(interrupt_step), ckpt_cb],
+                     rng_states)
     first.fit(model, dm)
     assert first.global_step == interrupt_step, f"first leg stopped at step {first.global_step}"
     ckpt = tmp_path / "part" / "interrupt.ckpt"
     assert ckpt.is_file(), f"no checkpoint written at step {interrupt_step}"
 
     model, dm, cbs = build()
-    second = _trainer(tmp_path / "resumed", total_steps, accumulate_grad_batches, trainer_kwargs, cbs)
+    second = _trainer(tmp_path / "resumed", total_steps, accumulate_grad_batches, trainer_kwargs, cbs, rng_states)
     second.fit(model, dm, ckpt_path=str(ckpt))
     assert second.global_step == total_steps, f"resumed run stopped at step {second.global_step}"
     resumed_params = {k: v.detach().clone() for k, v in model.state_dict().items()}

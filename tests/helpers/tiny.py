@@ -1,4 +1,4 @@
-"""Tiny, fast Lightning fixtures for the shared callback tests (no dropout, deterministic on CPU)."""
+"""Tiny, fast Lightning fixtures for the shared callback tests (deterministic on CPU; dropout off unless asked)."""
 
 from __future__ import annotations
 
@@ -48,12 +48,16 @@ class TinyDataModule(pl.LightningDataModule):
 
 
 class TinyClassifier(pl.LightningModule):
-    """MLP ``x -> hidden -> classifier`` (``self.classifier`` is the final nn.Linear), SGD with momentum."""
+    """MLP ``x -> hidden -> classifier`` (``self.classifier`` is the final nn.Linear), SGD with momentum.
 
-    def __init__(self, dim: int = 8, hidden: int = 16, num_classes: int = 3, lr: float = 0.1) -> None:
+    ``dropout > 0`` puts a dropout layer before the head (resume tests use it: dropout draws from the global RNG).
+    """
+
+    def __init__(self, dim: int = 8, hidden: int = 16, num_classes: int = 3, lr: float = 0.1,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh())
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
