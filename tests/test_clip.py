@@ -226,6 +226,7 @@ def test_signal_predict_pass_matches_plain_loop(pool_dir, tmp_path):
 def test_gradmimic_callback_runs_on_the_clip_module(pool_dir):
     """Grad-Mimic (layer_only) on an inner CLIP layer: scores recorded for every training sample id."""
     from lightning_ws.callbacks import GradMimicCallback
+    from lightning_ws.errors import ConfigError
     from lightning_ws.datamodules.webdataset import WebDatasetDataModule
     from lightning_ws.modules.clip import CLIPModule
 
@@ -234,7 +235,14 @@ def test_gradmimic_callback_runs_on_the_clip_module(pool_dir):
     torch.manual_seed(0)
     model = CLIPModule(model_config=TINY, warmup_steps=1)
     dm = WebDatasetDataModule(str(pool_dir), batch_size=8, context_length=16, zeroshot=None, retrieval=None)
-    cb = GradMimicCallback("model.visual.transformer.resblocks.0.mlp.c_proj", reference=reference)
+    layer = "model.visual.transformer.resblocks.0.mlp.c_proj"
+    # The default refuses: the whole CLIP body trains from another init, so the mimic direction on an inner layer
+    # carries no signal (docs/gradmimic.md, "Where the direction carries signal").
+    with pytest.raises(ConfigError):
+        _trainer(max_steps=1, limit_val_batches=0,
+                 callbacks=[GradMimicCallback(layer, reference=reference)]).fit(model, dm)
+    # The paper's weight-space mechanics still run on the CLIP module when asked for explicitly.
+    cb = GradMimicCallback(layer, reference=reference, space="weights", min_alignment=None)
     _trainer(max_steps=3, limit_val_batches=0, callbacks=[cb]).fit(model, dm)
     state = cb.state_dict()
     assert state["reweighted_steps"] == 3
