@@ -6,7 +6,8 @@
   least one training batch so far), ``mean_relative_weight`` and ``last_relative_weight`` (``B * w``, 1 = uniform; NaN
   for unseen samples), ``mean_score`` (the mimic score, NaN unseen), ``keep_prob`` and ``keep`` (the
   :class:`~lightning_ws.gradmimic.filters.MimicScoreFilter` decision over the epochs so far; ``keep`` is ``-1`` for
-  unseen samples, never counted as kept), plus the raw log columns (``log_idx``, ``log_weight``, ``log_score``,
+  unseen samples, never counted as kept, and for every sample when the table carries no per-sample signal: then
+  the JSON says ``reliable: false`` with the reasons and no quality), plus the raw log columns (``log_idx``, ``log_weight``, ``log_score``,
   ``log_epoch``, ``log_step``);
 * ``epoch-<e>.json``: the summary: samples seen/unseen, the quality estimate over the *seen* samples (fraction kept),
   the mean relative weight, the filter settings, the file names; ``latest.json`` is a copy of the newest one;
@@ -49,14 +50,22 @@ def summarize(table: np.ndarray, binarizer: str = "threshold", aggregator: str =
     for row in table:
         last = np.where(np.isnan(row), last, row)
     quality = math.nan
+    reliable, reasons = True, []
     if seen.any():
-        result = MimicScoreFilter(binarizer, aggregator, threshold=threshold).fit(table[:, seen])
-        keep[seen] = result.keep_mask.astype(np.int8)
-        keep_prob[seen] = result.keep_prob
-        quality = float(result.keep_mask.mean())
+        # A table without per-sample signal (flat weights, unstable rankings) is recorded as unreliable, with the
+        # reason, instead of stopping the run: the callback already warned or refused during training.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = MimicScoreFilter(binarizer, aggregator, threshold=threshold,
+                                      on_no_signal="warn").fit(table[:, seen])
+        reliable, reasons = bool(result.reliable), list(result.reasons)
+        if reliable:
+            keep[seen] = result.keep_mask.astype(np.int8)
+            keep_prob[seen] = result.keep_prob
+            quality = float(result.keep_mask.mean())
     return {"seen": seen, "keep": keep, "keep_prob": keep_prob, "mean_relative_weight": mean,
             "last_relative_weight": last, "quality_seen": quality, "samples_seen": int(seen.sum()),
-            "samples_unseen": int((~seen).sum())}
+            "samples_unseen": int((~seen).sum()), "reliable": reliable, "reasons": reasons}
 
 
 def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
@@ -90,6 +99,7 @@ def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
                "samples_seen": s["samples_seen"], "samples_unseen": s["samples_unseen"],
                "quality_seen": None if math.isnan(s["quality_seen"]) else s["quality_seen"],
                "kept_seen": int((s["keep"] == 1).sum()),
+               "reliable": s["reliable"], "unreliable_reasons": s["reasons"],
                "mean_relative_weight_seen": float(finite.mean()) if finite.size else None,
                "filter": {"binarizer": "threshold", "aggregator": "majority", "threshold": 1.0, "rounds": "epochs"},
                "callback": {k: _plain(getattr(callback, k, None)) for k in ("mimic_layer", "score", "tau", "mode")},
