@@ -7,8 +7,8 @@
   for unseen samples), ``mean_score`` (the mimic score, NaN unseen), ``keep_prob`` and ``keep`` (the
   :class:`~lightning_ws.gradmimic.filters.MimicScoreFilter` decision over the epochs so far; ``keep`` is ``-1`` for
   unseen samples, never counted as kept, and for every sample when the table carries no per-sample signal: then
-  the JSON says ``reliable: false`` with the reasons and no quality), plus the raw log columns (``log_idx``, ``log_weight``, ``log_score``,
-  ``log_epoch``, ``log_step``);
+  the JSON says ``reliable: false`` with the reasons and no quality), plus the raw log columns (``log_idx``,
+  ``log_weight``, ``log_score``, ``log_epoch``, ``log_step``);
 * ``epoch-<e>.json``: the summary: samples seen/unseen, the quality estimate over the *seen* samples (fraction kept),
   the mean relative weight, the filter settings, the file names; ``latest.json`` is a copy of the newest one;
 
