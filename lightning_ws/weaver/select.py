@@ -451,34 +451,26 @@ class VerifierFilter:
         keep = (rate > self.band[0]) & (rate < self.band[1])
         if self.min_accuracy is not None and accuracies is not None:
             keep &= np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=0.0) >= self.min_accuracy
+        # refill order: best dev accuracy first, else the rate nearest 0.5 (the same order for both refills)
+        if accuracies is not None:
+            order = np.argsort(-np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=-1.0), kind="stable")
+        else:
+            order = np.argsort(np.nan_to_num(np.abs(rate - 0.5), nan=1.0), kind="stable")
         refilled: list[str] = []
-        need = min(self.min_keep, V) - int(keep.sum())
-        if need > 0:
-            if accuracies is not None:
-                order = np.argsort(-np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=-1.0), kind="stable")
-            else:
-                order = np.argsort(np.nan_to_num(np.abs(rate - 0.5), nan=1.0), kind="stable")
+
+        def refill(need: int, eligible: np.ndarray) -> None:
             for j in order:
-                if need == 0:
+                if need <= 0:
                     break
-                if not keep[j]:
+                if eligible[j] and not keep[j]:
                     keep[j] = True
                     refilled.append(names[j])
                     need -= 1
-        real = np.array([n not in set(pseudo) for n in names])
-        need_real = min(self.min_keep_real, int(real.sum())) - int((keep & real).sum())
-        if need_real > 0:
-            if accuracies is not None:
-                order = np.argsort(-np.nan_to_num(np.asarray(accuracies, dtype=np.float64), nan=-1.0), kind="stable")
-            else:
-                order = np.argsort(np.nan_to_num(np.abs(rate - 0.5), nan=1.0), kind="stable")
-            for j in order:
-                if need_real == 0:
-                    break
-                if real[j] and not keep[j]:
-                    keep[j] = True
-                    refilled.append(names[j])
-                    need_real -= 1
+
+        refill(min(self.min_keep, V) - int(keep.sum()), np.ones(V, dtype=bool))
+        pseudo_names = set(pseudo)
+        real = np.array([n not in pseudo_names for n in names])
+        refill(min(self.min_keep_real, int(real.sum())) - int((keep & real).sum()), real)
         self.kept_ = np.flatnonzero(keep)
         self.report_ = {"positive_rate": {n: (None if np.isnan(r) else float(r)) for n, r in zip(names, rate)},
                         "kept": [names[j] for j in self.kept_],
