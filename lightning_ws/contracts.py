@@ -20,7 +20,8 @@ import torch
 __all__ = [
     "X", "LABELS", "LABEL", "IDX", "WEIGHT", "DOMAIN", "INPUT_IDS", "ATTENTION_MASK", "TOKEN_TYPE_IDS", "IMAGE",
     "TEXT", "UID", "IMAGE_IDX", "PROBLEM", "TARGET", "CORRECT", "AGREEMENT", "LOSS", "PER_SAMPLE_LOSS",
-    "SupportsMixture", "PerSampleLossModule", "is_mixture_datamodule",
+    "SupportsMixture", "PerSampleLossModule", "is_mixture_datamodule", "SupportsNumClasses", "SupportsZeroShot",
+    "SupportsLabelMetric", "datamodule_of",
 ]
 
 # ---------------------------------------------------------------------------------------------------- batch keys
@@ -93,6 +94,39 @@ class PerSampleLossModule(Protocol):
     """A LightningModule whose ``training_step`` returns ``{LOSS: scalar, PER_SAMPLE_LOSS: (B,) detached}``."""
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Mapping[str, torch.Tensor]: ...
+
+
+@runtime_checkable
+class SupportsNumClasses(Protocol):
+    """A data module that knows its number of classes (classifier modules check their head against it)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+
+@runtime_checkable
+class SupportsZeroShot(Protocol):
+    """A data module with zero-shot / retrieval validation sets (CLIP): class names, prompt templates and one name
+    per validation loader (``"zeroshot"`` or ``"retrieval"``)."""
+
+    zeroshot_classnames: Sequence[str] | None
+    zeroshot_templates: Sequence[str] | None
+    val_names: Sequence[str]
+
+
+@runtime_checkable
+class SupportsLabelMetric(Protocol):
+    """A data module that carries Loki's label metric (``(K, K)`` distances) and the observed classes (or ``None``)."""
+
+    label_metric: Any
+    observed_classes: Sequence[int] | None
+
+
+def datamodule_of(module: Any) -> Any:
+    """The data module attached to ``module``'s trainer, or ``None`` (no trainer attached, or no data module)."""
+    if getattr(module, "_trainer", None) is None:
+        return None
+    return getattr(module.trainer, "datamodule", None)
 
 
 def is_mixture_datamodule(dm: object) -> bool:

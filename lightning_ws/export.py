@@ -98,7 +98,7 @@ def _tokenizer_path(model: Any) -> str | None:
     hp = getattr(model, "hparams", {})
     path = hp.get("model_path") or hp.get("model_name_or_path")
     if path is None:
-        from lightning_ws.modules.text_classifier import default_encoder_path
+        from lightning_ws.sentence_embeddings import default_encoder_path
 
         path = default_encoder_path()
     return str(path)

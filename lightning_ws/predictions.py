@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_ws.contracts import IDX
 from lightning_ws.io import atomic_write_text, save_tensors
 
 __all__ = ["PredictionsWriter", "collect_predictions", "write_predictions"]
@@ -29,8 +30,8 @@ def _as_columns(output: Any, batch: Any) -> dict[str, torch.Tensor]:
         cols = {k: v for k, v in output.items() if isinstance(v, torch.Tensor) and v.dim() >= 1}
     else:
         cols = {}
-    if "idx" not in cols and isinstance(batch, dict) and isinstance(batch.get("idx"), torch.Tensor):
-        cols["idx"] = batch["idx"]
+    if IDX not in cols and isinstance(batch, dict) and isinstance(batch.get(IDX), torch.Tensor):
+        cols[IDX] = batch[IDX]
     if "pred" not in cols and "probs" in cols and cols["probs"].dim() == 2:
         cols["pred"] = cols["probs"].argmax(-1)
     n = max((len(v) for v in cols.values()), default=0)
@@ -59,7 +60,7 @@ def write_predictions(columns: dict[str, torch.Tensor], folder: str | Path) -> t
     jsonl = _unique(folder, "predictions", ".jsonl")
     tensors = jsonl.with_suffix(".safetensors")
     cols = dict(columns)
-    ids = cols.pop("idx", None)
+    ids = cols.pop(IDX, None)
     n = len(next(iter(columns.values()))) if columns else 0
     lines = []
     for i in range(n):
@@ -92,7 +93,7 @@ class PredictionsWriter(pl.Callback):
 
     def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
-        keep = {"idx": batch["idx"]} if isinstance(batch, dict) and "idx" in batch else None
+        keep = {IDX: batch[IDX]} if isinstance(batch, dict) and IDX in batch else None
         self._outputs.append((outputs, keep))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102

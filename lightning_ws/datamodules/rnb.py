@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ws.contracts import DOMAIN, IDX, LABELS, X
 from lightning_ws.datamodules.text import TokenizedTextDataset, TokenizingMixin, pad_collate
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.rnb.data import MixtureTexts, load_mixture_source, texts_fingerprint
@@ -243,9 +244,9 @@ class TensorMixtureDataModule(_MixtureBase):
         """The evaluation split in order (requires ``eval_x`` / ``eval_labels``)."""
         if self.eval_x is None or self.eval_labels is None:
             raise ConfigError("no evaluation data: pass eval_x and eval_labels to TensorMixtureDataModule.")
-        fields = {"x": self.eval_x, "labels": self.eval_labels, "idx": torch.arange(len(self.eval_x))}
+        fields = {X: self.eval_x, LABELS: self.eval_labels, IDX: torch.arange(len(self.eval_x))}
         if self.eval_domains is not None:
-            fields["domain"] = torch.as_tensor(self.eval_domains)
+            fields[DOMAIN] = torch.as_tensor(self.eval_domains)
         return DataLoader(_DictDataset(**fields), batch_size=self.eval_batch_size, shuffle=False,
                           collate_fn=self._collate, num_workers=self.num_workers)
 
@@ -395,11 +396,11 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         if "train" not in self._datasets:
             self._datasets["train"] = TokenizedTextDataset(
                 self._tokenize(self.data.train_texts), self.data.train_labels,
-                np.arange(len(self.data.train_texts)), {"domain": self.train_domains})
+                np.arange(len(self.data.train_texts)), {DOMAIN: self.train_domains})
         if "eval" not in self._datasets:
             self._datasets["eval"] = TokenizedTextDataset(
                 self._tokenize(self.data.eval_texts), self.data.eval_labels,
-                np.arange(len(self.data.eval_texts)), {"domain": self.eval_domains})
+                np.arange(len(self.data.eval_texts)), {DOMAIN: self.eval_domains})
         if "test" not in self._datasets and len(self.data.test_texts):
             self._datasets["test"] = TokenizedTextDataset(
                 self._tokenize(self.data.test_texts), self.data.test_labels,
@@ -423,7 +424,7 @@ class MixtureDataModule(TokenizingMixin, _MixtureBase):
         # batches then carry no "domain" rather than ids from another id space
         if self.domain_names != list(self.data.domain_names):
             return {}
-        return {"domain": _domain_ids(self.data.test_domains, "test domains")}
+        return {DOMAIN: _domain_ids(self.data.test_domains, "test domains")}
 
     def test_dataloader(self) -> DataLoader:
         """The held-out test split, in order (never the validation split); batches carry ``domain`` unless the

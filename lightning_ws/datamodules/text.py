@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from lightning_ws.contracts import ATTENTION_MASK, IDX, INPUT_IDS, LABELS
 from lightning_ws.data import WrenchSplit, load_wrench
 from lightning_ws.datamodules.resumable import ResumableDataLoader
 from lightning_ws.errors import ConfigError
@@ -28,7 +29,7 @@ def load_tokenizer(name_or_path: str | None):
     """Load a Hugging Face tokenizer from a local folder (``None`` = the shipped MiniLM's), offline."""
     from transformers import AutoTokenizer
 
-    from lightning_ws.modules.text_classifier import default_encoder_path
+    from lightning_ws.sentence_embeddings import default_encoder_path
 
     path = name_or_path or default_encoder_path()
     try:
@@ -66,7 +67,7 @@ class TokenizedTextDataset(Dataset):
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {"input_ids": self.input_ids[i], "labels": self.labels[i], "idx": int(self.idx[i])}
+        item = {INPUT_IDS: self.input_ids[i], LABELS: self.labels[i], IDX: int(self.idx[i])}
         for key, arr in (self.extras or {}).items():
             item[key] = arr[i]
         return item
@@ -74,16 +75,16 @@ class TokenizedTextDataset(Dataset):
 
 def pad_collate(items: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
     """Pad ``input_ids`` to the longest example of the batch and stack the other fields."""
-    longest = max(len(it["input_ids"]) for it in items)
+    longest = max(len(it[INPUT_IDS]) for it in items)
     ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(items), longest), dtype=torch.long)
     for row, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[row, :n] = torch.as_tensor(it["input_ids"], dtype=torch.long)
+        n = len(it[INPUT_IDS])
+        ids[row, :n] = torch.as_tensor(it[INPUT_IDS], dtype=torch.long)
         mask[row, :n] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
+    batch = {INPUT_IDS: ids, ATTENTION_MASK: mask}
     for key in items[0]:
-        if key == "input_ids":
+        if key == INPUT_IDS:
             continue
         values = np.stack([np.asarray(it[key]) for it in items])
         tensor = torch.from_numpy(values)
@@ -130,7 +131,7 @@ class TokenizingMixin:
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)
-        return [list(ids) for ids in enc["input_ids"]]
+        return [list(ids) for ids in enc[INPUT_IDS]]
 
 
 class TextClassificationDataModule(TokenizingMixin, pl.LightningDataModule):

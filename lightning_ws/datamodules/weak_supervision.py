@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_ws.contracts import WEIGHT
 from lightning_ws.data import WrenchSplit
 from lightning_ws.datamodules.text import TextClassificationDataModule
 from lightning_ws.errors import ConfigError, DataError
@@ -235,7 +236,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         mass = labels.mean(0) if self._soft else np.bincount(labels, minlength=self.num_classes) / max(labels.size, 1)
         if weighting == "balanced":
             labels, weight = balance_targets(labels, self.num_classes)
-            extras["weight"] = weight.astype(np.float32)
+            extras[WEIGHT] = weight.astype(np.float32)
         self.label_model_report = {
             "label_model": type(model).__name__,
             "class_balance": np.asarray(model.class_balance_).round(4).tolist(),

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from lightning_ws.contracts import DOMAIN, IDX, IMAGE, IMAGE_IDX, LABEL, TEXT, UID
 from lightning_ws.datacomp.clip import clip_image_transform, get_tokenizer
 from lightning_ws.datacomp.pool import CIFAR10_CLASSES, ZEROSHOT_TEMPLATES, load_cifar10_subset, load_coco_captions
 from lightning_ws.datacomp.shards import Sample, SharedEpoch, ShardStream, array_to_uids, decode_image, load_uid_array
@@ -70,7 +71,7 @@ class ClipSampleMap:
                 raise ConfigError(f"sample {s.uid}: metadata field {self.domain_field!r} must be an integer >= 0 "
                                   f"(a domain id), got {value!r}.")
             domain = value
-        idx = s.meta.get("idx")
+        idx = s.meta.get(IDX)
         idx = idx if isinstance(idx, int) else int(s.uid[:15], 16)
         return self.image(s.image), self.tokens([s.caption])[0], s.uid, idx, domain
 
@@ -78,10 +79,10 @@ class ClipSampleMap:
 def collate_clip(items: list[tuple[torch.Tensor, torch.Tensor, str, int, int]]) -> dict[str, Any]:
     """Batch dict: ``image``, ``text``, ``uid`` (hex strings), ``idx`` (int64 from the uid's first 60 bits, a sample
     id for sample-scoring callbacks) and, with a domain field, ``domain``."""
-    out = {"image": torch.stack([i[0] for i in items]), "text": torch.stack([i[1] for i in items]),
-           "uid": [i[2] for i in items], "idx": torch.tensor([i[3] for i in items], dtype=torch.int64)}
+    out = {IMAGE: torch.stack([i[0] for i in items]), TEXT: torch.stack([i[1] for i in items]),
+           UID: [i[2] for i in items], IDX: torch.tensor([i[3] for i in items], dtype=torch.int64)}
     if items[0][4] >= 0:
-        out["domain"] = torch.tensor([i[4] for i in items], dtype=torch.int64)
+        out[DOMAIN] = torch.tensor([i[4] for i in items], dtype=torch.int64)
     return out
 
 
@@ -125,7 +126,7 @@ class _ImageLabelSet(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.fmap.image(self.images[i]), "label": torch.tensor(self.labels[i])}
+        return {IMAGE: self.fmap.image(self.images[i]), LABEL: torch.tensor(self.labels[i])}
 
 
 class _PairSet(Dataset):
@@ -137,8 +138,8 @@ class _PairSet(Dataset):
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.fmap.image(self.images[self.image_idx[i]]), "text": self.tokens[i],
-                "image_idx": torch.tensor(self.image_idx[i])}
+        return {IMAGE: self.fmap.image(self.images[self.image_idx[i]]), TEXT: self.tokens[i],
+                IMAGE_IDX: torch.tensor(self.image_idx[i])}
 
 
 class WebDatasetDataModule(pl.LightningDataModule):
@@ -295,7 +296,7 @@ def _count_samples(urls: Sequence[str], keep: Any) -> int:
                     if keep is None:
                         n += 1
                     else:
-                        uid = json.loads(tf.extractfile(m).read()).get("uid", "")
+                        uid = json.loads(tf.extractfile(m).read()).get(UID, "")
                         n += uid in keep.uids
     return n
 

@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from lightning_ws.contracts import IMAGE, IMAGE_IDX, LABEL, TEXT, UID, SupportsZeroShot, datamodule_of
 from lightning_ws.datacomp.clip import build_clip, clip_contrastive_loss, get_tokenizer
 from lightning_ws.errors import ConfigError
 
@@ -104,7 +105,7 @@ class CLIPModule(pl.LightningModule):
     def contrastive(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Features, gathered features and the loss of a batch; returns ``(loss, logits_i_local, labels_local)``
         where the logits are this rank's rows against all columns (for per-sample losses)."""
-        fi, ft = self.encode(batch["image"], batch["text"])
+        fi, ft = self.encode(batch[IMAGE], batch[TEXT])
         all_i, all_t = self._gather(fi), self._gather(ft)
         rank = self.global_rank if all_i.shape[0] != fi.shape[0] else 0
         loss = clip_contrastive_loss(fi, ft, self.model.logit_scale, all_image_features=all_i,
@@ -122,9 +123,9 @@ class CLIPModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, all_i, _ = self.contrastive(batch)
         self.log("train/loss", loss, prog_bar=True, sync_dist=self.hparams.local_loss,
-                 batch_size=batch["image"].shape[0])
-        self.log("train/logit_scale", self.model.logit_scale.exp().detach(), batch_size=batch["image"].shape[0])
-        self.log("train/global_batch", float(all_i.shape[0]), batch_size=batch["image"].shape[0])
+                 batch_size=batch[IMAGE].shape[0])
+        self.log("train/logit_scale", self.model.logit_scale.exp().detach(), batch_size=batch[IMAGE].shape[0])
+        self.log("train/global_batch", float(all_i.shape[0]), batch_size=batch[IMAGE].shape[0])
         n = self.hparams.log_images_every_n_steps
         if n and batch_idx % max(1, self.trainer.accumulate_grad_batches) == 0 and self.global_step % n == 0:
             self._log_examples(batch)
@@ -137,16 +138,17 @@ class CLIPModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------------ validation
     def _zeroshot_task(self) -> tuple[list[str], list[str]] | None:
         names, temps = self.hparams.zeroshot_classnames, self.hparams.zeroshot_templates
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = names or getattr(dm, "zeroshot_classnames", None)
-        temps = temps or getattr(dm, "zeroshot_templates", None) or ["a photo of a {}."]
+        dm = datamodule_of(self)
+        dm = dm if isinstance(dm, SupportsZeroShot) else None
+        names = names or (dm.zeroshot_classnames if dm is not None else None)
+        temps = temps or (dm.zeroshot_templates if dm is not None else None) or ["a photo of a {}."]
         return (list(names), list(temps)) if names else None
 
     def on_validation_epoch_start(self) -> None:
         from lightning_ws.metrics.clip import RetrievalRecallAtK, ZeroShotAccuracy
 
-        dm = getattr(self.trainer, "datamodule", None)
-        self._val_names = list(getattr(dm, "val_names", []) or [])
+        dm = datamodule_of(self)
+        self._val_names = list(dm.val_names or []) if isinstance(dm, SupportsZeroShot) else []
         task = self._zeroshot_task()
         if task is not None:
             self._zeroshot = ZeroShotAccuracy(*task).to(self.device)
@@ -156,7 +158,7 @@ class CLIPModule(pl.LightningModule):
     def _kind(self, batch: Mapping[str, Any], dataloader_idx: int) -> str:
         if self._val_names and dataloader_idx < len(self._val_names):
             return self._val_names[dataloader_idx]
-        return "retrieval" if "text" in batch else "zeroshot"
+        return "retrieval" if TEXT in batch else "zeroshot"
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         kind = self._kind(batch, dataloader_idx)
@@ -164,10 +166,10 @@ class CLIPModule(pl.LightningModule):
             if self._zeroshot is None:
                 raise ConfigError("a zero-shot validation set needs class names: give zeroshot_classnames or use a "
                                   "datamodule with zeroshot_classnames.")
-            self._zeroshot.update(F.normalize(self.model.encode_image(batch["image"]), dim=-1), batch["label"])
+            self._zeroshot.update(F.normalize(self.model.encode_image(batch[IMAGE]), dim=-1), batch[LABEL])
         else:
-            fi, ft = self.encode(batch["image"], batch["text"])
-            self._retrieval.update(fi, ft, batch["image_idx"])
+            fi, ft = self.encode(batch[IMAGE], batch[TEXT])
+            self._retrieval.update(fi, ft, batch[IMAGE_IDX])
 
     def on_validation_epoch_end(self) -> None:
         if self._zeroshot is not None and int(self._zeroshot.total) > 0 or (
@@ -214,12 +216,12 @@ class CLIPModule(pl.LightningModule):
         from open_clip.tokenizer import SimpleTokenizer
 
         tok = SimpleTokenizer()
-        imgs = batch["image"][:8].detach().float().cpu()
+        imgs = batch[IMAGE][:8].detach().float().cpu()
         mean = torch.tensor((0.48145466, 0.4578275, 0.40821073))[:, None, None]
         std = torch.tensor((0.26862954, 0.26130258, 0.27577711))[:, None, None]
         imgs = (imgs * std + mean).clamp(0, 1)
         caps = []
-        for row in batch["text"][:8].tolist():
+        for row in batch[TEXT][:8].tolist():
             ids = [t for t in row if t not in (0, 49406, 49407)]
             caps.append(tok.decode(ids).strip())
         for lg in loggers:
@@ -261,9 +263,9 @@ class FilterSignalModule(pl.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         from lightning_ws.datacomp.filters import clip_similarity
 
-        out = {"uid": batch["uid"], "url": batch["url"], "signals": dict(batch["signals"])}
+        out = {UID: batch[UID], "url": batch["url"], "signals": dict(batch["signals"])}
         if self.clip is not None:
-            out["signals"]["clip_score"] = clip_similarity(self.clip, batch["image"], batch["text"]).cpu()
+            out["signals"]["clip_score"] = clip_similarity(self.clip, batch[IMAGE], batch[TEXT]).cpu()
         if self.detector is not None:
             det = self.detector(batch["det_image"], batch["caption"])
             out["signals"].update({k: v.cpu() for k, v in det.items()})

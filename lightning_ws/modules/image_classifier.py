@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_ws.contracts import LABELS, X
 from lightning_ws.errors import ConfigError
 
 __all__ = ["ImageClassifier"]
@@ -82,15 +83,15 @@ class ImageClassifier(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = F.cross_entropy(self(batch["x"]), batch["labels"])
-        self.log("train/loss", loss, batch_size=len(batch["labels"]))
+        loss = F.cross_entropy(self(batch[X]), batch[LABELS])
+        self.log("train/loss", loss, batch_size=len(batch[LABELS]))
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
-        logits = self(batch["x"])
-        n = len(batch["labels"])
-        self.log(f"{stage}/loss", F.cross_entropy(logits, batch["labels"]), batch_size=n, sync_dist=True)
-        self.log(f"{stage}/acc", (logits.argmax(-1) == batch["labels"]).float().mean(), batch_size=n, sync_dist=True)
+        logits = self(batch[X])
+        n = len(batch[LABELS])
+        self.log(f"{stage}/loss", F.cross_entropy(logits, batch[LABELS]), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/acc", (logits.argmax(-1) == batch[LABELS]).float().mean(), batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

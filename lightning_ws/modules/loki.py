@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_ws.contracts import LABELS, X, SupportsLabelMetric, datamodule_of
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.loki.metric_space import LabelMetric
 from lightning_ws.loki.predict import LokiHead
@@ -143,12 +144,13 @@ class LokiClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Take the metric/observed classes from the datamodule when they were not given; check consistency."""
         metric, observed = self._pending
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = datamodule_of(self)
+        dm = dm if isinstance(dm, SupportsLabelMetric) else None
         if metric is None and dm is not None:
-            metric = getattr(dm, "label_metric", None)
+            metric = dm.label_metric
         if observed is None and dm is not None:
-            observed = getattr(dm, "observed_classes", None)
-        if dm is not None and getattr(dm, "observed_classes", None) is not None and observed is not None \
+            observed = dm.observed_classes
+        if dm is not None and dm.observed_classes is not None and observed is not None \
                 and list(dm.observed_classes) != list(observed):
             raise ConfigError(f"model observed_classes {list(observed)} differ from the datamodule's "
                               f"{list(dm.observed_classes)}; drop one of them or make them equal.")
@@ -204,10 +206,10 @@ class LokiClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy over the observed classes."""
-        logits = self(batch["x"])
-        target = self.full_to_obs[self._labels_to_pos(batch["labels"])]
+        logits = self(batch[X])
+        target = self.full_to_obs[self._labels_to_pos(batch[LABELS])]
         if (target < 0).any():
-            bad = int(batch["labels"][target < 0][0])
+            bad = int(batch[LABELS][target < 0][0])
             raise DataError(f"training batch holds class {bad}, which is not observed ({self.observed_classes}); "
                             "train only on observed classes (filter the training set).")
         loss = nn.functional.cross_entropy(logits, target)
@@ -215,8 +217,8 @@ class LokiClassifier(pl.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        logits = self(batch["x"])
-        target = self._labels_to_pos(batch["labels"])
+        logits = self(batch[X])
+        target = self._labels_to_pos(batch[LABELS])
         loki = self.loki(logits)
         argmax = self.obs_pos[logits.argmax(1)]
         if self.eval_metrics is None:
@@ -257,7 +259,7 @@ class LokiClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Loki's predicted full-space class ids ``(B,)``."""
-        return self.pos_to_id[self.loki(self(batch["x"]))]
+        return self.pos_to_id[self.loki(self(batch[X]))]
 
     def on_train_start(self) -> None:
         """Reset validation metrics (a sanity check must not leak into epoch 1)."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lightning_ws.contracts import ATTENTION_MASK, IDX, INPUT_IDS, LABELS, SupportsNumClasses, datamodule_of
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.more.hf import build_sequence_classifier
 from lightning_ws.more.inject import merge_and_unload, more_layers, save_more_adapter
@@ -112,8 +113,8 @@ class PeftSequenceClassifier(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Check the datamodule's ``num_classes`` (when it has one) against ``num_labels``."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        k = getattr(dm, "num_classes", None)
+        dm = datamodule_of(self)
+        k = dm.num_classes if isinstance(dm, SupportsNumClasses) else None
         if isinstance(k, int) and k != self.num_labels:
             raise ConfigError(f"the data has {k} classes but the model was built with num_labels={self.num_labels}; "
                               f"set model.init_args.num_labels: {k}.")
@@ -131,8 +132,8 @@ class PeftSequenceClassifier(pl.LightningModule):
             if key not in batch:
                 raise DataError(f"batch has no {key!r}; PeftSequenceClassifier expects dict batches with input_ids, "
                                 f"attention_mask, labels (got keys {sorted(batch)}).")
-        logits = self(batch["input_ids"], batch.get("attention_mask"))
-        labels = batch["labels"]
+        logits = self(batch[INPUT_IDS], batch.get(ATTENTION_MASK))
+        labels = batch[LABELS]
         if labels.dim() == 2 and labels.is_floating_point():
             if labels.shape != logits.shape:
                 raise DataError(f"soft labels have shape {tuple(labels.shape)}, expected {tuple(logits.shape)}.")
@@ -146,13 +147,13 @@ class PeftSequenceClassifier(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Cross-entropy (hard or soft labels); logs ``train/loss``."""
         loss, _, _ = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[INPUT_IDS].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Logs ``val/loss``, ``val/acc``, ``val/f1``."""
         loss, logits, hard = self._step(batch)
-        bs = batch["input_ids"].shape[0]
+        bs = batch[INPUT_IDS].shape[0]
         self.val_acc(logits, hard)
         self.val_f1(logits, hard)
         self.log("val/loss", loss, batch_size=bs, sync_dist=True)
@@ -162,7 +163,7 @@ class PeftSequenceClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Logs ``test/acc``, ``test/f1``."""
         _, logits, hard = self._step(batch)
-        bs = batch["input_ids"].shape[0]
+        bs = batch[INPUT_IDS].shape[0]
         self.test_acc(logits, hard)
         self.test_f1(logits, hard)
         self.log("test/acc", self.test_acc, batch_size=bs)
@@ -170,10 +171,10 @@ class PeftSequenceClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
-        probs = self(batch["input_ids"], batch.get("attention_mask")).softmax(-1)
+        probs = self(batch[INPUT_IDS], batch.get(ATTENTION_MASK)).softmax(-1)
         out = {"probs": probs, "pred": probs.argmax(-1)}
-        if "idx" in batch:
-            out["idx"] = batch["idx"]
+        if IDX in batch:
+            out[IDX] = batch[IDX]
         return out
 
     def on_train_start(self) -> None:

