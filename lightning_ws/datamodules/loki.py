@@ -16,24 +16,14 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_ws.contracts import IDX, LABELS, X
+from lightning_ws.datamodules.tensors import TensorDictDataset
 from lightning_ws.errors import ConfigError
 from lightning_ws.loki.metric_space import LabelMetric
 
 __all__ = ["LokiDigitsDataModule"]
-
-
-class _DictDataset(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> None:
-        self.x, self.y, self.idx = x, y, idx
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {X: self.x[i], LABELS: self.y[i], IDX: self.idx[i]}
 
 
 class LokiDigitsDataModule(pl.LightningDataModule):
@@ -123,9 +113,9 @@ class LokiDigitsDataModule(pl.LightningDataModule):
         rows = torch.from_numpy(self._split[name])
         return self._x[rows], self._y[rows]
 
-    def _dataset(self, name: str) -> _DictDataset:
+    def _dataset(self, name: str) -> TensorDictDataset:
         x, y = self.split_arrays(name)  # type: ignore[arg-type]
-        return _DictDataset(x, y, torch.arange(len(y)))
+        return TensorDictDataset({X: x, LABELS: y, IDX: torch.arange(len(y))})
 
     def train_dataloader(self) -> DataLoader:
         """Training batches (observed classes only), shuffled per epoch from ``(seed, epoch)``; resumes mid-epoch."""

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_ws.contracts import DOMAIN, IDX, LABELS, X
+from lightning_ws.datamodules.tensors import TensorDictDataset
 from lightning_ws.datamodules.text import TokenizedTextDataset, TokenizingMixin, pad_collate
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.rnb.data import MixtureTexts, load_mixture_source, texts_fingerprint
@@ -176,22 +177,6 @@ class _MixtureBase(pl.LightningDataModule):
             self._sampler_state = dict(sampler_state)
 
 
-class _DictDataset(Dataset):
-    """Rows of named tensors: ``item = {key: tensor[i]}``."""
-
-    def __init__(self, **fields: torch.Tensor) -> None:
-        lengths = {k: len(v) for k, v in fields.items()}
-        if len(set(lengths.values())) != 1:
-            raise DataError(f"fields have different lengths: {lengths}.")
-        self.fields = fields
-
-    def __len__(self) -> int:
-        return len(next(iter(self.fields.values())))
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.fields.items()}
-
-
 class TensorMixtureDataModule(_MixtureBase):
     """In-memory tensors with domain ids, trained through a :class:`DomainMixtureSampler` (R&B, arXiv 2505.00358).
 
@@ -234,8 +219,8 @@ class TensorMixtureDataModule(_MixtureBase):
         self._set_p_eval(p_eval, self.eval_domains)
 
     def _train_dataset(self) -> Dataset:
-        return _DictDataset(x=self.x, labels=self.labels, idx=torch.arange(len(self.x)),
-                            domain=torch.as_tensor(self.train_domains))
+        return TensorDictDataset({X: self.x, LABELS: self.labels, IDX: torch.arange(len(self.x)),
+                                  DOMAIN: torch.as_tensor(self.train_domains)})
 
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -247,7 +232,7 @@ class TensorMixtureDataModule(_MixtureBase):
         fields = {X: self.eval_x, LABELS: self.eval_labels, IDX: torch.arange(len(self.eval_x))}
         if self.eval_domains is not None:
             fields[DOMAIN] = torch.as_tensor(self.eval_domains)
-        return DataLoader(_DictDataset(**fields), batch_size=self.eval_batch_size, shuffle=False,
+        return DataLoader(TensorDictDataset(fields), batch_size=self.eval_batch_size, shuffle=False,
                           collate_fn=self._collate, num_workers=self.num_workers)
 
 

@@ -19,6 +19,7 @@ from lightning_ws.contracts import ATTENTION_MASK, IDX, INPUT_IDS, LABELS, Suppo
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.more.hf import build_sequence_classifier
 from lightning_ws.more.inject import merge_and_unload, more_layers, save_more_adapter
+from lightning_ws.optim import warmup_schedule
 
 __all__ = ["PeftSequenceClassifier"]
 
@@ -192,14 +193,7 @@ class PeftSequenceClassifier(pl.LightningModule):
         opt = torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warm = int(self.hparams.warmup_ratio * total)
-
-        def factor(step: int) -> float:
-            if warm > 0 and step < warm:
-                return (step + 1) / warm
-            return max(0.0, (total - step) / max(1, total - warm))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(total, self.hparams.warmup_ratio, "linear"))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------------ checkpoints
