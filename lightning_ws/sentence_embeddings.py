@@ -16,7 +16,8 @@ import torch
 
 from lightning_ws.errors import ConfigError, DataFileNotFoundError
 
-__all__ = ["default_encoder_path", "mean_pool", "resolve_sentence_encoder_path", "load_sentence_encoder", "encode_sentences"]
+__all__ = ["default_encoder_path", "mean_pool", "resolve_sentence_encoder_path", "load_sentence_encoder",
+           "encode_sentences"]
 
 
 def default_encoder_path() -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "lightning_ws"
 LIGHTNING_LAYER = {"callbacks", "modules", "datamodules", "metrics"}
