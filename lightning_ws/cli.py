@@ -24,12 +24,13 @@ Additions to LightningCLI:
   run folder (:mod:`lightning_ws.predictions`);
 * a run that fails is closed in W&B with a non-zero exit code (shown as failed).
 
-Example::
+Example (``configs/base/trainer.yaml`` holds the trainer/logger settings every shipped config shares; later ``-c``
+files win key by key)::
 
-    lightning-ws fit -c configs/quickstart.yaml
-    lightning-ws fit -c configs/quickstart.yaml --trainer.max_epochs 1 --data.init_args.batch_size 16
-    lightning-ws fit -c configs/quickstart.yaml --ckpt_path last      # continue the interrupted run
-    lightning-ws predict -c configs/quickstart.yaml --ckpt_path last  # predictions.jsonl in the run folder
+    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml
+    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml --trainer.max_epochs 1
+    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml --ckpt_path last   # continue the run
+    lightning-ws predict -c configs/base/trainer.yaml -c configs/quickstart.yaml --ckpt_path last  # predictions.jsonl
     lightning-ws labelmodel youtube
 """
 

@@ -15,6 +15,8 @@ from lightning_ws.cli import COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+BASE_CONFIG = REPO / "configs" / "base" / "trainer.yaml"
+BASE = ["-c", str(BASE_CONFIG)]  # the shared trainer/logger settings every shipped config composes with
 
 
 def test_configs_exist():
@@ -33,8 +35,9 @@ PREREQUISITES: dict[str, list[str]] = {
 def test_every_config_runs_fast_dev_run(config, capsys):
     """Each shipped YAML parses, and `fit` runs one train/val batch (and the test after fit when configured)."""
     if config.stem in PREREQUISITES:
-        assert main(["fit", "-c", str(config), *PREREQUISITES[config.stem]]) == 0, capsys.readouterr().err[-3000:]
-    rc = main(["fit", "-c", str(config), "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
+        assert main(["fit", *BASE, "-c", str(config), *PREREQUISITES[config.stem]]) == 0, \
+            capsys.readouterr().err[-3000:]
+    rc = main(["fit", *BASE, "-c", str(config), "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
     assert "lightning-ws fit: done" in out.out
@@ -42,7 +45,7 @@ def test_every_config_runs_fast_dev_run(config, capsys):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_print_config_round_trips(config, capsys, tmp_path):
-    assert main(["fit", "-c", str(config), "--print_config"]) == 0
+    assert main(["fit", *BASE, "-c", str(config), "--print_config"]) == 0
     dumped = capsys.readouterr().out
     first = yaml.safe_load(dumped)
     assert "model" in first and "trainer" in first and "data" in first
@@ -50,6 +53,34 @@ def test_print_config_round_trips(config, capsys, tmp_path):
     again.write_text(dumped)
     assert main(["fit", "-c", str(again), "--print_config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == first
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_does_not_copy_the_base(config):
+    """A shipped config sets only what differs from configs/base/trainer.yaml (no copied trainer/logger block)."""
+    base = _flatten(yaml.safe_load(BASE_CONFIG.read_text()))
+    own = _flatten(yaml.safe_load(config.read_text()))
+    copied = sorted(k for k, v in own.items() if k in base and base[k] == v and k != "trainer.logger.class_path")
+    assert not copied, f"{config.name} repeats {copied} from configs/base/trainer.yaml; drop them"
+
+
+def test_base_config_is_composed(capsys):
+    """With the base first, a method config inherits its trainer/logger settings and overrides its own keys."""
+    assert main(["fit", *BASE, "-c", str(REPO / "configs" / "quickstart.yaml"), "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["log_every_n_steps"] == 10 and cfg["trainer"]["devices"] == 1
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "quickstart"  # the method config's
+    assert cfg["trainer"]["logger"]["init_args"]["project"] == "lightning-ws"  # the base's
 
 
 def _error(capsys, args):

@@ -57,7 +57,8 @@ RUN_IN_FULL = {("labelmodel", "youtube"), ("labelmodel", "youtube", "--wandb"), 
 
 def test_readme_has_commands():
     assert len(COMMANDS_IN_README) >= 8
-    assert ["fit", "-c", "configs/quickstart.yaml", "--ckpt_path", "last"] in COMMANDS_IN_README
+    assert ["fit", "-c", "configs/base/trainer.yaml", "-c", "configs/quickstart.yaml", "--ckpt_path", "last"] \
+        in COMMANDS_IN_README
 
 
 @pytest.mark.parametrize("argv", COMMANDS_IN_README, ids=[" ".join(a)[:60] for a in COMMANDS_IN_README])
