@@ -1,0 +1,169 @@
+"""The registry of the shared Lightning tests: every exported callback and LightningModule, and how each of the four
+shared checks (resume = uninterrupted, 2-process gloo DDP = 1 process, gradient accumulation, a LightningCLI config)
+reaches it.
+
+``tests/test_shared_contract.py`` discovers the exported classes of :mod:`lightning_ws.callbacks` and
+:mod:`lightning_ws.modules` and fails when one has no entry here, so a new callback or module cannot skip the checks.
+Each check of an entry is one of:
+
+* :class:`Generic` -- ``test_shared_contract.py`` runs the check itself on the factory (``"module:function"``
+  returning ``(model, datamodule, callbacks)``, the format of ``tests.helpers.ddp.run_fit``);
+* :class:`Covered` -- a dedicated test runs it (``"tests/test_x.py::test_name"``); the contract test checks that the
+  test exists, so deleting it fails;
+* :class:`Config` -- a shipped config that uses the class (the config tests of ``tests/test_cli.py`` run every file in
+  ``configs/``; ``configs/predict/`` is run by the test named in ``run_by``);
+* :class:`NotApplicable` -- the check has no meaning for this class (the reason says why);
+* :class:`Gap` -- missing today; it shows up as an ``xfail`` with the reason (never a silent skip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class Generic:
+    factory: str
+    slow: bool = False
+
+
+@dataclass(frozen=True)
+class Covered:
+    test: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    run_by: str = "tests/test_cli.py::test_every_config_runs_fast_dev_run"
+
+
+@dataclass(frozen=True)
+class NotApplicable:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    reason: str
+
+
+Check = Union[Generic, Covered, Config, NotApplicable, Gap]
+CHECKS = ("resume", "ddp", "accumulation", "config")
+
+
+@dataclass(frozen=True)
+class Entry:
+    resume: Check
+    ddp: Check
+    accumulation: Check
+    config: Check
+
+
+_GM = "tests/test_gradmimic_callback.py"
+_RNB = "tests/test_rnb_callback.py"
+_MKT = "tests/test_market_callback.py"
+_CLIP = "tests/test_clip.py"
+#: the resume helper trains with accumulate_grad_batches=2 by default, so a resume test also runs accumulation
+_ACC_IN_RESUME = "accumulation runs inside the resume test (accumulate_grad_batches=2)"
+
+CALLBACKS: dict[str, Entry] = {
+    "GradMimicCallback": Entry(
+        resume=Covered(f"{_GM}::test_resume_equivalence"),
+        ddp=Covered(f"{_GM}::test_ddp_global_softmax_equals_single_process"),
+        accumulation=Covered(f"{_GM}::test_ddp_global_softmax_equals_single_process"),
+        config=Config("configs/gradmimic_digits.yaml"),
+    ),
+    "RnBCallback": Entry(
+        resume=Covered(f"{_RNB}::test_resume_equivalent"),
+        ddp=Covered(f"{_RNB}::test_ddp_two_processes_match_one_process"),
+        accumulation=Covered(f"{_RNB}::test_fused_gradients_and_sums_equal_the_hook_path"),
+        config=Config("configs/rnb_youtube.yaml"),
+    ),
+    "ParameterMarketCallback": Entry(
+        resume=Covered(f"{_MKT}::test_resume_equals_uninterrupted_and_keeps_the_ledger"),
+        ddp=Covered(f"{_MKT}::test_ddp_rank_zero_trades_and_broadcasts"),
+        accumulation=Covered(f"{_MKT}::test_gradient_accumulation_matches_larger_batches"),
+        config=Config("configs/market_digits_a.yaml"),
+    ),
+    "SignalCacheWriter": Entry(
+        resume=NotApplicable("a prediction writer: it runs in `predict` and keeps no training state"),
+        ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
+        accumulation=NotApplicable("runs in `predict` only (no optimizer steps)"),
+        config=Config("configs/predict/clip_signals.yaml", run_by="tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"),
+    ),
+}
+
+MODULES: dict[str, Entry] = {
+    "TextClassifier": Entry(
+        resume=Covered("tests/test_lifecycle.py::test_text_classifier_resumes_exactly_with_dropout"),
+        ddp=Gap("no 2-process test of the MiniLM classifier yet (R&B's DDP test uses the tiny MLP)"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/quickstart.yaml"),
+    ),
+    "LokiClassifier": Entry(
+        resume=Generic("tests.shared_registry:build_loki"),
+        ddp=Covered("tests/test_loki_lightning.py::test_classifier_ddp_ranks_agree"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/loki_digits.yaml"),
+    ),
+    "GradMimicClassifier": Entry(
+        resume=Covered(f"{_GM}::test_resume_equivalence"),
+        ddp=Covered(f"{_GM}::test_ddp_global_softmax_equals_single_process"),
+        accumulation=Covered(f"{_GM}::test_ddp_global_softmax_equals_single_process"),
+        config=Config("configs/gradmimic_digits.yaml"),
+    ),
+    "PeftSequenceClassifier": Entry(
+        resume=Gap("MoRe's module has checkpoint round-trip tests (adapter-only) but no resume-equivalence test yet"),
+        ddp=Gap("no 2-process test of the PEFT/MoRe module yet"),
+        accumulation=Gap("no accumulation test of the PEFT/MoRe module yet"),
+        config=Config("configs/more_youtube.yaml"),
+    ),
+    "WeaverCrossEncoder": Entry(
+        resume=Covered("tests/test_weaver_distill.py::test_resume_is_exact"),
+        ddp=Gap("no 2-process test of the Weaver cross-encoder yet"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/weaver_distill.yaml"),
+    ),
+    "ImageClassifier": Entry(
+        resume=Generic("tests.shared_registry:build_image"),
+        ddp=Generic("tests.shared_registry:build_image", slow=True),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/market_digits_a.yaml"),
+    ),
+    "CLIPModule": Entry(
+        resume=Covered(f"{_CLIP}::test_resume_mid_epoch_equals_uninterrupted"),
+        ddp=Covered(f"{_CLIP}::test_ddp_two_processes_equal_one_process_on_global_batch"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/clip_datacomp.yaml"),
+    ),
+    "FilterSignalModule": Entry(
+        resume=NotApplicable("a predict-only module (computes filter signals; no parameters are trained)"),
+        ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
+        accumulation=NotApplicable("predict-only (no optimizer steps)"),
+        config=Config("configs/predict/clip_signals.yaml", run_by="tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------ generic factories
+def build_image(batch_size: int = 16, seed: int = 0):
+    """ImageClassifier (small MLP) on the digits agent split of the market data module; no callbacks."""
+    from lightning_ws.datamodules.images import ClassSkewedImageDataModule
+    from lightning_ws.modules import ImageClassifier
+
+    torch.manual_seed(seed)
+    model = ImageClassifier(input_dim=64, num_classes=10, hidden_dims=[16], optimizer="sgd", lr=0.05)
+    return model, ClassSkewedImageDataModule(batch_size=batch_size, eval_batch_size=64), []
+
+
+def build_loki(batch_size: int = 16, seed: int = 0):
+    """LokiClassifier (small MLP head) on the digits data module with unobserved classes; no callbacks."""
+    from lightning_ws.datamodules.loki import LokiDigitsDataModule
+    from lightning_ws.modules import LokiClassifier
+
+    torch.manual_seed(seed)
+    return LokiClassifier(in_features=64, hidden_dim=16, lr=1e-2), LokiDigitsDataModule(batch_size=batch_size), []
