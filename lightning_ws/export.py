@@ -194,6 +194,8 @@ def _export_peft(model: Any, out: Path) -> list[str]:
             f"{type(model).__name__} with adapter {getattr(model, 'adapter', 'none')!r}). MoRe adapters: use --format "
             f"adapter (load with lightning_ws.more.load_more_adapter) or, for PEFT, `import lightning_ws.more.peft_shim`"
             f" before peft.PeftModel.from_pretrained, which otherwise fails with KeyError: 'MORE'.")
+    from lightning_ws.extras import require
+    require("peft", "more", "PEFT export")
     from peft import LoraConfig, get_peft_model
 
     from lightning_ws.more.hf import build_sequence_classifier

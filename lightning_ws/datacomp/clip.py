@@ -45,6 +45,8 @@ def build_clip(model_name: str | None = None, model_config: Mapping[str, Any] | 
         pretrained: a **local** checkpoint file to load (never a tag that would download).
         init_logit_scale: initial log temperature (open_clip's default ``log(1/0.07)`` when None).
     """
+    from lightning_ws.extras import require
+    require("open_clip", "datacomp", "CLIP (open_clip)")
     import open_clip
 
     if model_config is None and model_name is None:
@@ -72,6 +74,8 @@ def build_clip(model_name: str | None = None, model_config: Mapping[str, Any] | 
 
 def get_tokenizer(context_length: int) -> Callable[[Sequence[str]], torch.Tensor]:
     """open_clip's CLIP BPE tokenizer (shipped with the package) at a given context length."""
+    from lightning_ws.extras import require
+    require("open_clip", "datacomp", "CLIP (open_clip)")
     import open_clip
 
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)

@@ -234,6 +234,8 @@ class OwlDetector:
         return (t - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
 
     def tokenize(self, captions: Sequence[str]) -> Any:
+        from lightning_ws.extras import require
+        require("open_clip", "datacomp", "the CLIP filter score")
         import open_clip
 
         return open_clip.tokenize(list(captions), context_length=self.max_query_tokens)

@@ -129,6 +129,8 @@ def write_shards(samples: Iterable[Sample], out_dir: str | os.PathLike, *, sampl
     Raises:
         ConfigError: ``samples_per_shard < 1``, or shards exist in ``out_dir`` and ``overwrite`` is false.
     """
+    from lightning_ws.extras import require
+    require("webdataset", "datacomp", "webdataset shards")
     import webdataset as wds
 
     if samples_per_shard < 1:
@@ -189,6 +191,8 @@ def write_shards(samples: Iterable[Sample], out_dir: str | os.PathLike, *, sampl
 def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Resolve a shard spec: a folder (all ``*.tar`` in it, sorted), a brace pattern ``a/{00000000..00000009}.tar``,
     a single file, or a list of those."""
+    from lightning_ws.extras import require
+    require("braceexpand", "datacomp", "shard brace patterns")
     import braceexpand
 
     if isinstance(spec, (list, tuple)):
@@ -210,6 +214,8 @@ def list_shards(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
 
 def _raw_samples(urls: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Undecoded samples (``{"__key__", "__url__", ext: bytes}``) of the given shards, via webdataset."""
+    from lightning_ws.extras import require
+    require("webdataset", "datacomp", "webdataset shards")
     import webdataset as wds
 
     yield from wds.tarfile_to_samples()(({"url": u} for u in urls))

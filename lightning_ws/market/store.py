@@ -183,6 +183,8 @@ class MarketStore:
             self._fs = None
         else:
             try:
+                from lightning_ws.extras import require
+                require("fsspec", "market", "a parameter-market store at a URL")
                 import fsspec
             except ImportError as err:  # pragma: no cover - fsspec ships with the core dependencies
                 raise ConfigError(f"store URL {url!r} needs fsspec (pip install fsspec).") from err

@@ -213,6 +213,8 @@ class CLIPModule(pl.LightningModule):
         loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
         if not loggers or self.global_rank != 0:
             return
+        from lightning_ws.extras import require
+        require("open_clip", "datacomp", "CLIPModule example logging")
         from open_clip.tokenizer import SimpleTokenizer
 
         tok = SimpleTokenizer()

@@ -237,6 +237,8 @@ class PeftSequenceClassifier(pl.LightningModule):
         if self.adapter == "more":
             return merge_and_unload(self.model)
         if self.adapter == "lora":
+            from lightning_ws.extras import require
+            require("peft", "more", "merging a LoRA adapter")
             from peft.tuners.tuners_utils import BaseTunerLayer
 
             for name, mod in list(self.model.named_modules()):

@@ -126,6 +126,8 @@ def build_sequence_classifier(
         inject_more(model, MoReConfig(target_modules=tmodules, nblocks=nblocks, blk_r=blk_r, blk_sz=blk_sz,
                                       dropout=adapter_dropout, train_bias=train_bias, seed=seed))
     elif adapter == "lora":
+        from lightning_ws.extras import require
+        require("peft", "more", "the LoRA baseline")
         from peft import LoraConfig, inject_adapter_in_model
 
         if isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 1:

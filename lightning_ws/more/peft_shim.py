@@ -38,7 +38,7 @@ try:
     from peft.config import PeftConfig
     from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_adapters_to_merge
 except ImportError as exc:  # pragma: no cover - peft is a declared dependency
-    raise ImportError("lightning_ws.more.peft_shim needs `peft` (pip install 'peft>=0.21,<0.22'). The PEFT-free API "
+    raise ImportError("lightning_ws.more.peft_shim needs `peft` (pip install 'lightning-ws[more]'). The PEFT-free API "
                       "lightning_ws.more.inject_more works without it.") from exc
 
 __all__ = [
