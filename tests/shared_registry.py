@@ -67,6 +67,7 @@ _GM = "tests/test_gradmimic_callback.py"
 _RNB = "tests/test_rnb_callback.py"
 _MKT = "tests/test_market_callback.py"
 _CLIP = "tests/test_clip.py"
+_CLIP_CLI = "tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"
 #: the resume helper trains with accumulate_grad_batches=2 by default, so a resume test also runs accumulation
 _ACC_IN_RESUME = "accumulation runs inside the resume test (accumulate_grad_batches=2)"
 
@@ -93,7 +94,7 @@ CALLBACKS: dict[str, Entry] = {
         resume=NotApplicable("a prediction writer: it runs in `predict` and keeps no training state"),
         ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
         accumulation=NotApplicable("runs in `predict` only (no optimizer steps)"),
-        config=Config("configs/predict/clip_signals.yaml", run_by="tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"),
+        config=Config("configs/predict/clip_signals.yaml", run_by=_CLIP_CLI),
     ),
 }
 
@@ -144,7 +145,7 @@ MODULES: dict[str, Entry] = {
         resume=NotApplicable("a predict-only module (computes filter signals; no parameters are trained)"),
         ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
         accumulation=NotApplicable("predict-only (no optimizer steps)"),
-        config=Config("configs/predict/clip_signals.yaml", run_by="tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"),
+        config=Config("configs/predict/clip_signals.yaml", run_by=_CLIP_CLI),
     ),
 }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,13 +22,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_ws.contracts import IDX, LABELS, X
-from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.errors import ConfigError, DataError, check_choice
 from lightning_ws.io import load_json, load_tensors
 
 __all__ = ["NoisyImageDataModule", "symmetric_label_noise", "load_image_dataset"]
 
-_DATASETS = ("digits", "mnist5k")
-_FEATURES = ("pixels", "random_relu")
+ImageDataset = Literal["digits", "mnist5k"]
+Features = Literal["pixels", "random_relu"]
+_DATASETS = get_args(ImageDataset)
 
 
 def load_image_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,16 +108,14 @@ class NoisyImageDataModule(pl.LightningDataModule):
         train_labels, clean_train_labels, noisy_mask: numpy arrays over the full training split.
     """
 
-    def __init__(self, dataset: str = "digits", noise_rate: float = 0.0, noise_seed: int = 0,
-                 features: str = "pixels", feature_dim: int = 512, feature_seed: int = 0, test_fraction: float = 0.2,
+    def __init__(self, dataset: ImageDataset = "digits", noise_rate: float = 0.0, noise_seed: int = 0,
+                 features: Features = "pixels", feature_dim: int = 512, feature_seed: int = 0, test_fraction: float = 0.2,
                  val_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32, eval_batch_size: int = 256,
                  shuffle_seed: int = 0, keep_mask: str | os.PathLike | Sequence[bool] | None = None,
                  num_workers: int = 0) -> None:
         super().__init__()
-        if dataset not in _DATASETS:
-            raise ConfigError(f"dataset must be one of {_DATASETS}, got {dataset!r}.")
-        if features not in _FEATURES:
-            raise ConfigError(f"features must be one of {_FEATURES}, got {features!r}.")
+        check_choice("dataset", dataset, ImageDataset)
+        check_choice("features", features, Features)
         if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1:
             raise ConfigError(f"need 0 < test_fraction < 1 and 0 <= val_fraction < 1, got {test_fraction}, "
                               f"{val_fraction}.")

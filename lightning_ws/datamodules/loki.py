@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from lightning_ws.contracts import IDX, LABELS, X
 from lightning_ws.datamodules.tensors import TensorDictDataset
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, check_choice
 from lightning_ws.loki.metric_space import LabelMetric
 
 __all__ = ["LokiDigitsDataModule"]
@@ -55,8 +55,7 @@ class LokiDigitsDataModule(pl.LightningDataModule):
         observed = [0, 1, 4, 7, 8] if observed_classes is None else [int(c) for c in observed_classes]
         if not observed or len(set(observed)) != len(observed) or min(observed) < 0 or max(observed) > 9:
             raise ConfigError(f"observed_classes must be distinct digits in 0..9; got {observed_classes}.")
-        if metric not in ("prototype", "ordinal"):
-            raise ConfigError(f"metric must be 'prototype' or 'ordinal'; got {metric!r}.")
+        check_choice("metric", metric, Literal["prototype", "ordinal"])
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1; got {batch_size}.")
         fracs = {"val_fraction": val_fraction, "test_fraction": test_fraction, "metric_fraction": metric_fraction}

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_ws.contracts import WEIGHT
 from lightning_ws.data import WrenchSplit
 from lightning_ws.datamodules.text import TextClassificationDataModule
-from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.errors import ConfigError, DataError, check_choice
 
 __all__ = ["PseudoLabelDataModule", "balance_targets", "argmax_random_ties"]
 
@@ -153,8 +153,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
 
         if lf_workers < 1:
             raise ConfigError(f"lf_workers must be >= 1, got {lf_workers}.")
-        if class_weighting not in ("auto", "balanced", "none"):
-            raise ConfigError(f"class_weighting must be 'auto', 'balanced' or 'none', got {class_weighting!r}.")
+        check_choice("class_weighting", class_weighting, Literal["auto", "balanced", "none"])
         kwargs = dict(label_model_kwargs or {})
         kwargs.setdefault("seed", seed)
         kwargs.setdefault("num_classes", self.num_classes)

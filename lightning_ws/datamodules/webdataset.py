@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -32,7 +32,7 @@ from lightning_ws.contracts import DOMAIN, IDX, IMAGE, IMAGE_IDX, LABEL, TEXT, U
 from lightning_ws.datacomp.clip import clip_image_transform, get_tokenizer
 from lightning_ws.datacomp.pool import CIFAR10_CLASSES, ZEROSHOT_TEMPLATES, load_cifar10_subset, load_coco_captions
 from lightning_ws.datacomp.shards import Sample, SharedEpoch, ShardStream, array_to_uids, decode_image, load_uid_array
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, check_choice
 
 __all__ = ["WebDatasetDataModule", "ClipSampleMap", "collate_clip"]
 
@@ -172,16 +172,14 @@ class WebDatasetDataModule(pl.LightningDataModule):
     def __init__(self, train_shards: str | list[str], *, batch_size: int = 64, batches_per_epoch: int | None = None,
                  keep_uids: str | None = None, image_size: int = 32, context_length: int = 32,
                  resampled: bool = False, shuffle_buffer: int = 1000, num_workers: int = 0, seed: int = 0,
-                 zeroshot: str | None = "cifar10", zeroshot_path: str | None = None, retrieval: str | None = "coco",
+                 zeroshot: Literal["cifar10"] | None = "cifar10", zeroshot_path: str | None = None, retrieval: Literal["coco"] | None = "coco",
                  val_batch_size: int = 256, domain_field: str | None = None,
                  demo_pool_if_missing: bool = False) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
             raise ConfigError(f"batch sizes must be >= 1, got {batch_size} / {val_batch_size}.")
-        if zeroshot not in (None, "cifar10"):
-            raise ConfigError(f"zeroshot must be 'cifar10' or null, got {zeroshot!r}.")
-        if retrieval not in (None, "coco"):
-            raise ConfigError(f"retrieval must be 'coco' or null, got {retrieval!r}.")
+        check_choice("zeroshot", zeroshot, Literal["cifar10"] | None)
+        check_choice("retrieval", retrieval, Literal["coco"] | None)
         if keep_uids is not None and not Path(keep_uids).is_file():
             raise ConfigError(f"keep_uids file {keep_uids} not found (a DataComp uid .npy).")
         self.save_hyperparameters()

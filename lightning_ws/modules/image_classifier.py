@@ -10,6 +10,7 @@ hidden layer (whose running statistics the market callback can repair after a pu
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,9 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_ws.contracts import LABELS, X
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, check_choice
 
 __all__ = ["ImageClassifier"]
+
+Arch = Literal["mlp", "cnn"]
+Norm = Literal["none", "batch"]
+Optimizer = Literal["adam", "sgd"]
 
 
 class ImageClassifier(pl.LightningModule):
@@ -38,18 +43,17 @@ class ImageClassifier(pl.LightningModule):
     Logged: ``train/loss``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
     """
 
-    def __init__(self, input_dim: int = 64, num_classes: int = 10, arch: str = "mlp",
-                 hidden_dims: list[int] | None = None, channels: list[int] | None = None, norm: str = "none",
-                 optimizer: str = "adam", lr: float = 1e-2) -> None:
+    def __init__(self, input_dim: int = 64, num_classes: int = 10, arch: Arch = "mlp",
+                 hidden_dims: list[int] | None = None, channels: list[int] | None = None, norm: Norm = "none",
+                 optimizer: Optimizer = "adam", lr: float = 1e-2) -> None:
         super().__init__()
         hidden_dims = [32, 32] if hidden_dims is None else list(hidden_dims)
         channels = [8, 16] if channels is None else list(channels)
-        if arch not in ("mlp", "cnn"):
-            raise ConfigError(f"arch must be 'mlp' or 'cnn', got {arch!r}.")
-        if norm not in ("none", "batch"):
-            raise ConfigError(f"norm must be 'none' or 'batch', got {norm!r}.")
-        if optimizer not in ("adam", "sgd") or not lr > 0:
-            raise ConfigError(f"optimizer must be 'adam' or 'sgd' and lr > 0; got {optimizer!r}, {lr!r}.")
+        check_choice("arch", arch, Arch)
+        check_choice("norm", norm, Norm)
+        check_choice("optimizer", optimizer, Optimizer)
+        if not lr > 0:
+            raise ConfigError(f"lr must be > 0; got {lr!r}.")
         if input_dim < 1 or num_classes < 2 or any(h < 1 for h in hidden_dims + channels):
             raise ConfigError(f"need input_dim >= 1, num_classes >= 2, positive widths; got {input_dim}, "
                               f"{num_classes}, {hidden_dims}, {channels}.")

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from lightning_ws.contracts import (
     ATTENTION_MASK, IDX, INPUT_IDS, LABELS, LOSS, PER_SAMPLE_LOSS, WEIGHT, SupportsNumClasses, datamodule_of,
 )
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, check_choice
 from lightning_ws.losses import classification_loss
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
 from lightning_ws.sentence_embeddings import default_encoder_path, mean_pool
@@ -108,8 +108,7 @@ class TextClassifier(pl.LightningModule):
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}.")
-        if pooling not in ("mean", "cls"):
-            raise ConfigError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
+        check_choice("pooling", pooling, Literal["mean", "cls"])
         check_optim_args(lr=lr, head_lr=head_lr, warmup_ratio=warmup_ratio, dropout=dropout)
         if num_classes == 2 and positive_class not in (0, 1):
             raise ConfigError(f"positive_class must be 0 or 1 for a binary task, got {positive_class}.")
@@ -120,8 +119,7 @@ class TextClassifier(pl.LightningModule):
         self.classifier = nn.Linear(hidden, num_classes)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
-        if adapter not in ("none", "more"):
-            raise ConfigError(f"adapter must be 'none' or 'more', got {adapter!r}.")
+        check_choice("adapter", adapter, Literal["none", "more"])
         if adapter == "none" and adapter_config:
             raise ConfigError("adapter_config is set but adapter is 'none'; set adapter: more or drop adapter_config.")
         if adapter == "more":
