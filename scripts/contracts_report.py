@@ -11,7 +11,8 @@ Definitions (AST scan of ``lightning_ws/``, ``contracts.py`` itself excluded):
   (``batch["x"]``), a dict-literal key (``{"x": ...}``) or the first argument of ``.get``/``.pop``/``.setdefault``.
 * *dm probe*: ``getattr(dm, ...)`` / ``hasattr(dm, ...)`` whose first argument is a name or attribute ending in ``dm``
   or ``datamodule``.
-* *wrong-way arrow*: a core package importing ``lightning``/``pytorch_lightning``/``torchmetrics``; a data module
+* *wrong-way arrow*: a core package importing ``lightning``/``pytorch_lightning``/``torchmetrics`` or our Lightning
+  layer (``callbacks``, ``modules``, ``datamodules``, ``metrics``, ``predictions``); a data module
   importing ``lightning_ws.modules``/``lightning_ws.callbacks``; a module importing ``lightning_ws.callbacks``.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ STEP_KEYS = {contracts.LOSS, contracts.PER_SAMPLE_LOSS}
 BATCH_KEYS = {getattr(contracts, n) for n in contracts.__all__ if isinstance(getattr(contracts, n), str)} - STEP_KEYS
 LIGHTNING_LAYER = ("callbacks", "modules", "datamodules", "metrics", "predictions.py")
 #: everything that may import Lightning: the Lightning classes, the CLI and the Lightning-facing glue modules
-LIGHTNING_OK = LIGHTNING_LAYER + ("cli.py", "cli_support.py", "loggers.py", "wandb_offline.py", "wandb_report.py",
+LIGHTNING_OK = LIGHTNING_LAYER + ("cli.py", "cli_support.py", "training_cli.py", "loggers.py", "wandb_offline.py", "wandb_report.py",
                                   "resume.py", "checkpoints.py", "export.py", "_lazy.py", "__init__.py")
 LIGHTNING_PKGS = ("lightning", "pytorch_lightning")
 
@@ -66,6 +67,8 @@ def wrong_way(rel: Path, imports: list[tuple[int, str]]) -> list[tuple[int, str,
         is_core = layer not in LIGHTNING_OK and rel.name not in LIGHTNING_OK
         if is_core and (top in LIGHTNING_PKGS or top == "torchmetrics"):
             bad.append((line, mod, "core imports Lightning/torchmetrics"))
+        if is_core and mod.startswith(tuple(f"lightning_ws.{p}" for p in LIGHTNING_LAYER if not p.endswith(".py"))):
+            bad.append((line, mod, "core imports the Lightning layer"))
         if layer == "datamodules" and mod.startswith(("lightning_ws.modules", "lightning_ws.callbacks")):
             bad.append((line, mod, "datamodule imports a module/callback"))
         if layer == "modules" and mod.startswith("lightning_ws.callbacks"):
