@@ -5,24 +5,17 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from lightning_ws.contracts import DOMAIN, IDX, LABELS, LOSS, PER_SAMPLE_LOSS, X
 from lightning_ws.datamodules.resumable import ResumableDataLoader
+from lightning_ws.datamodules.tensors import TensorDictDataset
 from lightning_ws.datamodules.text import EpochSeededRandomSampler
 
 
-class TensorDictDataset(Dataset):
-    """``{"x", "labels", "idx", "domain"}`` items from tensors."""
-
-    def __init__(self, x: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor | None = None) -> None:
-        self.x, self.labels = x, labels
-        self.domain = domain if domain is not None else torch.zeros(len(x), dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "labels": self.labels[i], "idx": torch.tensor(i), "domain": self.domain[i]}
+def _rows(x: torch.Tensor, labels: torch.Tensor, domain: torch.Tensor) -> TensorDictDataset:
+    """``{X, LABELS, IDX, DOMAIN}`` items (the package's one in-memory dict dataset)."""
+    return TensorDictDataset({X: x, LABELS: labels, IDX: torch.arange(len(x)), DOMAIN: domain})
 
 
 class TinyDataModule(pl.LightningDataModule):
@@ -39,12 +32,12 @@ class TinyDataModule(pl.LightningDataModule):
         self.batch_size, self.seed, self.num_classes = batch_size, seed, num_classes
 
     def train_dataloader(self) -> DataLoader:
-        ds = TensorDictDataset(self.x, self.labels, self.domain)
+        ds = _rows(self.x, self.labels, self.domain)
         return ResumableDataLoader(ds, batch_size=self.batch_size, sampler=EpochSeededRandomSampler(ds, self.seed),
                                    datamodule=self)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(TensorDictDataset(self.x, self.labels, self.domain), batch_size=self.batch_size)
+        return DataLoader(_rows(self.x, self.labels, self.domain), batch_size=self.batch_size)
 
 
 class TinyClassifier(pl.LightningModule):
@@ -64,15 +57,15 @@ class TinyClassifier(pl.LightningModule):
         return self.classifier(self.body(x))
 
     def training_step(self, batch, batch_idx):
-        logits = self(batch["x"])
-        per = nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+        logits = self(batch[X])
+        per = nn.functional.cross_entropy(logits, batch[LABELS], reduction="none")
         loss = per.mean()
         self.log("train/loss", loss, batch_size=len(per))
-        return {"loss": loss, "per_sample_loss": per}
+        return {LOSS: loss, PER_SAMPLE_LOSS: per}
 
     def validation_step(self, batch, batch_idx):
-        loss = nn.functional.cross_entropy(self(batch["x"]), batch["labels"])
-        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["x"]))
+        loss = nn.functional.cross_entropy(self(batch[X]), batch[LABELS])
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch[X]))
         return loss
 
     def configure_optimizers(self):
