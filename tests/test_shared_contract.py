@@ -109,7 +109,7 @@ def test_shared_check(kind, name, check, tmp_path):
     elif check == "resume":
         _generic_resume(spec.factory, tmp_path)
     elif check == "ddp":
-        _generic_ddp(spec.factory, tmp_path)
+        _generic_ddp(spec.factory, tmp_path, spec.ddp_strategy)
     else:  # pragma: no cover - the registry only declares generic resume and ddp today
         pytest.fail(f"no generic {check} runner; declare it Covered or add a runner here")
 
@@ -127,16 +127,27 @@ def _generic_resume(factory: str, tmp_path: Path) -> None:
                              accumulate_grad_batches=2)
 
 
-def _generic_ddp(factory: str, tmp_path: Path) -> None:
-    """Two gloo processes with half the per-rank batch end where one process with the full batch ends."""
+def _generic_ddp(factory: str, tmp_path: Path, strategy: str = "ddp") -> None:
+    """Two gloo processes with batch 8 each end where one process with batch 16 ends (same rows per optimizer step,
+    batches in dataset order, accumulate_grad_batches=2), and the two ranks hold identical parameters."""
     import torch
 
     from tests.helpers.ddp import run_fit
 
-    one = run_fit(factory, tmp_path, devices=1, factory_kwargs={"batch_size": 16},
-                  trainer_kwargs={"max_steps": 4, "accumulate_grad_batches": 2})
-    two = run_fit(factory, tmp_path, devices=2, factory_kwargs={"batch_size": 8},
-                  trainer_kwargs={"max_steps": 4, "accumulate_grad_batches": 2})
-    for key, value in two[0]["params"].items():
-        torch.testing.assert_close(two[1]["params"][key], value, msg=f"ranks disagree on {key}")
-    assert set(one[0]["params"]) == set(two[0]["params"])
+    trainer = {"max_steps": 4, "accumulate_grad_batches": 2, "use_distributed_sampler": False}
+    one = run_fit(factory, tmp_path, devices=1, factory_kwargs={"batch_size": 16}, trainer_kwargs=trainer)[0]
+    ranks = run_fit(factory, tmp_path, devices=2, factory_kwargs={"batch_size": 8},
+                    trainer_kwargs={**trainer, "strategy": strategy})
+    assert [r["global_step"] for r in ranks] == [4, 4] and one["global_step"] == 4
+    for key, value in ranks[0]["params"].items():
+        torch.testing.assert_close(ranks[1]["params"][key], value, atol=0, rtol=0, msg=f"ranks disagree on {key}")
+    assert set(one["params"]) == set(ranks[0]["params"])
+    moved = False
+    for key, value in one["params"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ranks[0]["params"][key], value, atol=1e-5, rtol=1e-4,
+                                       msg=f"2 processes != 1 process on {key}")
+    init = _factory(factory)(batch_size=16)[0].state_dict()  # the factories seed their initialisation
+    for key, value in init.items():
+        moved |= value.is_floating_point() and not torch.equal(value, one["params"][key])
+    assert moved, "no parameter moved: the check would pass vacuously"
