@@ -26,7 +26,7 @@ from torch import nn
 from lightning_ws.errors import ConfigError
 from lightning_ws.tracked_layer import ForwardFn, LayerTap, TapHandle, resolve_linear
 
-__all__ = ["TrackedLinear", "active_scaler", "check_trainer"]
+__all__ = ["TrackedLinear", "active_scaler", "check_trainer", "gather_rows"]
 
 
 def active_scaler(trainer: Any) -> Any:
@@ -108,3 +108,18 @@ class TrackedLinear:
         for lg in trainer.loggers:
             if isinstance(lg, WandbLogger):
                 lg.experiment.log({**payload, "trainer/global_step": trainer.global_step})
+
+
+def gather_rows(trainer: pl.Trainer | None, t: Any) -> tuple[Any, int]:
+    """All-gather a ``(n, ...)`` tensor over ranks (``n`` may differ per rank); return it and this rank's offset.
+    Every rank must call it (a collective)."""
+    import torch
+
+    if trainer is None or trainer.world_size <= 1:
+        return t, 0
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = trainer.strategy.all_gather(n).reshape(-1).tolist()
+    pad = max(sizes) - t.shape[0]
+    padded = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
+    allv = trainer.strategy.all_gather(padded)
+    return torch.cat([allv[r, : sizes[r]] for r in range(len(sizes))]), int(sum(sizes[: trainer.global_rank]))
