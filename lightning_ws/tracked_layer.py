@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["LayerTap", "TapHandle", "StateVersionError", "check_state_version", "resolve_linear"]
+__all__ = ["LayerTap", "StateVersionError", "TapHandle", "check_state_version", "resolve_linear"]
 
 #: ``fn(module, inputs, output)``: a tracker's view of one forward call of the layer.
 ForwardFn = Callable[[nn.Module, tuple[Any, ...], Any], None]
@@ -113,7 +113,7 @@ class LayerTap:
     A deep copy or pickle of the module carries an inert tap (no trackers).
     """
 
-    _taps: weakref.WeakKeyDictionary[nn.Module, LayerTap] = weakref.WeakKeyDictionary()
+    _taps: ClassVar[weakref.WeakKeyDictionary[nn.Module, LayerTap]] = weakref.WeakKeyDictionary()
 
     def __init__(self, module: nn.Module) -> None:
         self.owners: dict[int, ForwardFn] = {}

@@ -523,8 +523,8 @@ class GradMimicCallback(Callback):
             raise ConfigError(f"reduce_loss was called before the mimic layer {self.mimic_layer!r} ran in this "
                               f"training step; call it after the forward pass.")
         if per_sample_loss.shape[0] != micro.a.shape[0]:
-            raise DataError(f"per_sample_loss has {per_sample_loss.shape[0]} entries but the mimic layer saw a batch of "
-                            f"{micro.a.shape[0]}.")
+            raise DataError(f"per_sample_loss has {per_sample_loss.shape[0]} entries but the mimic layer saw a batch "
+                            f"of {micro.a.shape[0]}.")
         (delta,) = torch.autograd.grad(per_sample_loss.sum(), micro.z, retain_graph=True)
         weights_local, apply = self._weights(micro.a, delta, grad_scale=1.0)
         micro.weighted = True

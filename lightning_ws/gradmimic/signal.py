@@ -275,7 +275,7 @@ class SignalMonitor:
         self.flat[1] += 1
 
     def end_epoch(self, epoch: int, tau: float, judged: bool) -> None:
-        """Flat weights on every logged batch of the epoch mean no signal (``judged``: the score can be flat-checked)."""
+        """Flat weights on every logged batch of the epoch mean no signal (``judged``: this score is flat-checked)."""
         flat, seen = self.flat
         self.flat = [0, 0]
         if seen and flat == seen and judged and not math.isinf(tau):
