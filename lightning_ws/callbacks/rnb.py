@@ -19,15 +19,9 @@ from torch import nn
 from lightning_ws.callbacks._tracked import TrackedLinear, active_scaler, check_trainer
 from lightning_ws.contracts import DOMAIN, SupportsMixture, is_mixture_datamodule
 from lightning_ws.errors import ConfigError
-from lightning_ws.rnb.accumulate import DomainAccumulator, accumulate_domain_grads, example_scale, token_mean_scale
-from lightning_ws.rnb.fused import (
-    DomainGradSink,
-    FusedForwardHandle,
-    fused_accumulation_mode,
-    fused_blocker,
-    fused_call_blocker,
-    install_fused_forward,
-)
+from lightning_ws.rnb.accumulate import DomainAccumulator
+from lightning_ws.rnb.capture import DomainGradCapture
+from lightning_ws.rnb.fused import DomainGradSink, FusedForwardHandle, fused_blocker, install_fused_forward
 from lightning_ws.rnb.mixture import (
     domain_gram,
     gram_stats,
@@ -49,18 +43,6 @@ _GRAD_METHODS = ("rnb", "doge")
 ACCUMULATIONS = ("auto", "fused", "hooks")
 _REDUCTIONS = ("mean", "token_mean", "sum")
 _STATE_VERSION = 1
-
-
-class _Micro:
-    """What one training micro-batch's capture holds (reset in ``on_train_batch_start``)."""
-
-    def __init__(self, domains: torch.Tensor | None = None, targets: Any = None, factor: float = 1.0,
-                 scale: tuple[Any, ...] | None = None) -> None:
-        self.domains, self.targets, self.factor, self.scale = domains, targets, factor, scale
-        self.acts: list[torch.Tensor] = []
-        self.grads: dict[int, torch.Tensor] = {}
-        self.sinks: list[DomainGradSink] = []
-        self.fused_ran = False
 
 
 class RnBCallback(Callback):
@@ -232,13 +214,10 @@ class RnBCallback(Callback):
         self.history: list[list[float]] = []
         self.domain_names: list[str] = []
         self._tracked = TrackedLinear("RnBCallback")
-        self._micro = _Micro()
+        self._capture: DomainGradCapture | None = None  # the per-micro-batch capture (gradient methods)
         self._fused_handle: FusedForwardHandle | None = None
         self._pending_state: dict[str, Any] | None = None
         self._warned: set[str] = set()
-        self._use_bias = bool(include_bias)
-        self.fused_fallback_reason: str | None = None
-        self.capture_counts: dict[str, int] = {"per_example": 0, "grouped": 0, "hooks": 0}
 
     # ------------------------------------------------------------------ identity
     @property
@@ -256,6 +235,16 @@ class RnBCallback(Callback):
     def counts(self) -> torch.Tensor | None:
         """The round's per-domain example counts."""
         return None if self.acc is None else self.acc.counts
+
+    @property
+    def capture_counts(self) -> dict[str, int]:
+        """Tracked-layer calls captured per path since ``setup``: ``per_example`` / ``grouped`` (fused), ``hooks``."""
+        return {"per_example": 0, "grouped": 0, "hooks": 0} if self._capture is None else self._capture.capture_counts
+
+    @property
+    def fused_fallback_reason(self) -> str | None:
+        """Why the last capture (or ``setup``) used the hook path instead of the fused one (``None``: never)."""
+        return None if self._capture is None else self._capture.fallback_reason
 
     # ------------------------------------------------------------------ setup
     def _target(self, trainer: pl.Trainer) -> SupportsMixture:
@@ -287,13 +276,15 @@ class RnBCallback(Callback):
             self.p = initial_mixture(self.m, dm.domain_sizes, proportional=self.method == "proportional")
         if self.method in _GRAD_METHODS:
             module = self._tracked.attach(trainer, pl_module, self.layer, self._forward_hook)
-            self._use_bias = bool(self.include_bias and module.bias is not None)
-            old, self.acc = self.acc, DomainAccumulator(self.m, module.out_features,
-                                                        module.in_features + int(self._use_bias),
+            use_bias = bool(self.include_bias and module.bias is not None)
+            old, self.acc = self.acc, DomainAccumulator(self.m, module.out_features, module.in_features + use_bias,
                                                         sketch_dim=self.sketch_dim, seed=self.seed,
                                                         distributed=trainer.world_size > 1)
             if old is not None and old.sums.shape == self.acc.sums.shape:
                 self.acc.load(old.sums, old.counts)
+            self._capture = DomainGradCapture(self.acc, loss_reduction=self.loss_reduction,
+                                              ignore_index=self.ignore_index, include_bias=use_bias,
+                                              force_fused=self.accumulation == "fused")
             self._install_fused(module)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -302,8 +293,6 @@ class RnBCallback(Callback):
 
     def _install_fused(self, module: nn.Module) -> None:
         """Route the tracked layer through the fused backward (``accumulation`` ``"auto"``/``"fused"``) if valid."""
-        self.capture_counts = {"per_example": 0, "grouped": 0, "hooks": 0}
-        self.fused_fallback_reason = None
         if self.accumulation == "hooks":
             return
         reason = "sketch_dim is set (the sketch is built from the hooked factors)" if self.sketch_dim is not None \
@@ -312,7 +301,7 @@ class RnBCallback(Callback):
             if self.accumulation == "fused":
                 raise ConfigError(f"accumulation='fused' is not possible: {reason}; use accumulation='auto' or "
                                   f"'hooks'.")
-            self.fused_fallback_reason = reason
+            self._capture.fallback_reason = reason
             return
         self._fused_handle = install_fused_forward(module, self._plan_fused)
 
@@ -323,27 +312,18 @@ class RnBCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Remove the hooks and restore the tracked layer's forward (``teardown`` is not reached on every error)."""
         self._remove_hooks()
-        self._micro = _Micro()
 
     def _remove_hooks(self) -> None:
         self._tracked.detach()
         if self._fused_handle is not None:
             self._fused_handle.remove()
             self._fused_handle = None
-        self._micro.sinks, self._micro.fused_ran = [], False
+        if self._capture is not None:
+            self._capture.stop()
 
     # ------------------------------------------------------------------ capture
     def _forward_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        micro = self._micro
-        if micro.fused_ran:  # this call ran the fused backward; nothing to capture
-            micro.fused_ran = False
-            return
-        if micro.domains is None or not torch.is_grad_enabled() or not output.requires_grad:
-            return
-        self.capture_counts["hooks"] += 1
-        pos = len(micro.acts)
-        micro.acts.append(inputs[0].detach())
-        self._tracked.handle.watch_grad(lambda grad: micro.grads.__setitem__(pos, grad.detach()))
+        self._capture.on_forward(inputs, output, self._tracked.handle.watch_grad)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -353,68 +333,22 @@ class RnBCallback(Callback):
         if not isinstance(batch, dict) or self.domain_key not in batch:
             raise ConfigError(f"RnBCallback needs dict batches with a {self.domain_key!r} key of (B,) domain ids; "
                               f"got {type(batch).__name__} (keys {list(batch) if isinstance(batch, dict) else '-'}).")
-        targets, scale, factor = None, None, float(trainer.accumulate_grad_batches)
-        if self.loss_reduction == "token_mean":
-            if self.target_key not in batch:
-                raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
-            targets = batch[self.target_key]
-            # the per-example factors depend on the batch only: made here (cheaper than inside the forward, measured)
-            # and reused by the fused forward and the hook path
-            t = torch.as_tensor(targets)
-            if t.dim() == 2:
-                scale = (factor, t.device, tuple(t.shape), token_mean_scale(t, self.ignore_index, factor))
-        self._micro = _Micro(torch.as_tensor(batch[self.domain_key]).reshape(-1), targets, factor, scale)
-
-    def _example_scale(self, shape: tuple[int, ...], device: torch.device,
-                       factor: float) -> tuple[torch.Tensor | float, torch.Tensor | None]:
-        """:func:`~lightning_ws.rnb.accumulate.example_scale`, with the token-mean factors made once per batch."""
-        cached = self._micro.scale
-        if self.loss_reduction == "token_mean" and cached is not None and cached[0] == factor \
-                and cached[1] == device and cached[2] == shape[:2] and len(shape) == 3:
-            return cached[3]
-        return example_scale(self.loss_reduction, shape, factor, self._micro.targets, self.ignore_index)
-
-    def _check_batch_size(self, b: int) -> None:
-        """The tracked layer must see one row per example of the micro-batch (one domain id each)."""
-        if b != self._micro.domains.numel():
-            raise ConfigError(f"the tracked layer saw {b} examples but the batch has {self._micro.domains.numel()} "
-                              f"domain ids; track a layer applied once per example.")
+        if self.loss_reduction == "token_mean" and self.target_key not in batch:
+            raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
+        self._capture.start(batch[self.domain_key], batch.get(self.target_key) if self.target_key else None,
+                            float(trainer.accumulate_grad_batches))
 
     def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
         """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
         path captures the call if it is a training call)."""
-        micro = self._micro
-        if micro.domains is None or not torch.is_grad_enabled():
-            return None
-        if not (x.requires_grad or module.weight.requires_grad
-                or (module.bias is not None and module.bias.requires_grad)):
-            return None
-        reason = fused_call_blocker(x, module.weight, scaler_active=self._tracked.scaler is not None)
-        if reason is None and self._tracked.handle.others_rewrite:
-            reason = "another callback re-weights this layer's output gradient (the fused backward would see it)"
-        if reason is None:
-            b = x.shape[0]
-            self._check_batch_size(b)
-            scale, valid = self._example_scale(tuple(x.shape), x.device, micro.factor)
-            uniform = not isinstance(scale, torch.Tensor) and valid is None
-            width = module.in_features + int(module.bias is not None or self._use_bias)
-            mode = fused_accumulation_mode(b, module.out_features, width, uniform_scale=uniform,
-                                           force=self.accumulation == "fused")
-            if mode is None:
-                reason = ("per-example scales (token_mean) on a layer whose (B, d_out, d_in + 1) per-example tensor "
-                          "exceeds FUSED_PER_EXAMPLE_MAX_ELEMENTS")
-        if reason is not None:
-            self.fused_fallback_reason = reason
-            if self.accumulation == "fused" and "fallback" not in self._warned:
-                rank_zero_warn(f"RnBCallback(accumulation='fused'): using the hook path because {reason}.")
-                self._warned.add("fallback")
-            return None
-        sums, counts = self.acc.buffers(x.device)
-        sink = DomainGradSink(sums, counts, micro.domains, example_scale=scale, valid=valid,
-                              include_bias=self._use_bias, mode=mode)
-        micro.sinks.append(sink)
-        micro.fused_ran = True
-        self.capture_counts[mode] += 1
+        capture = self._capture
+        fallbacks = capture.fallbacks
+        sink = capture.plan(module, x, scaler_active=self._tracked.scaler is not None,
+                            others_rewrite=self._tracked.handle.others_rewrite)
+        if capture.fallbacks > fallbacks and self.accumulation == "fused" and "fallback" not in self._warned:
+            rank_zero_warn(f"RnBCallback(accumulation='fused'): using the hook path because "
+                           f"{capture.fallback_reason}.")
+            self._warned.add("fallback")
         return sink
 
     @staticmethod
@@ -424,33 +358,14 @@ class RnBCallback(Callback):
         return float(scaler.get_scale()) if scaler is not None else None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums (calls that
-        ran the fused backward were already added there). One batched matmul + ``index_add_`` (small layers) or one
-        GEMM per present domain (large layers); host syncs only for group sizes and, under AMP, the overflow check."""
-        micro = self._micro
-        if micro.domains is None:
-            return  # fixed-mixture methods never set it
-        acts, grads, sinks = micro.acts, micro.grads, micro.sinks
-        micro.acts, micro.grads, micro.sinks = [], {}, []
-        pairs = [(acts[i], grads[i]) for i in range(len(acts)) if i in grads]
-        if not pairs:
-            if not any(s.calls for s in sinks) and "no_capture" not in self._warned:
-                rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; "
-                               f"nothing is accumulated. Check `layer`.")
-                self._warned.add("no_capture")
-            return
-        factor = float(trainer.accumulate_grad_batches)
-        amp_scale = self._tracked.loss_scale()
-        if amp_scale is not None:
-            if not all(bool(torch.isfinite(delta).all()) for _, delta in pairs):
-                return  # AMP overflow: the optimizer step is skipped, so is this contribution
-            factor /= amp_scale
-        sums, counts = self.acc.buffers(pairs[0][0].device)
-        for a, delta in pairs:
-            self._check_batch_size(a.shape[0])
-            scale, valid = self._example_scale(tuple(a.shape), a.device, factor)
-            accumulate_domain_grads(sums, counts, a, delta, micro.domains, example_scale=scale,
-                                    include_bias=self._use_bias, sketch=self.acc.sketch, valid=valid)
+        """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums
+        (:meth:`~lightning_ws.rnb.capture.DomainGradCapture.flush`; fused calls were added by their backward)."""
+        if self._capture is None or self._capture.domains is None:
+            return  # fixed-mixture methods never capture
+        if not self._capture.flush(self._tracked.loss_scale()) and "no_capture" not in self._warned:
+            rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; nothing "
+                           f"is accumulated. Check `layer`.")
+            self._warned.add("no_capture")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Under DDP, all-reduce this optimizer step's contributions so that every rank holds the global sums."""
@@ -468,7 +383,8 @@ class RnBCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """After each optimizer step count the round; at its end update ``p`` and push it."""
-        self._micro.domains = None
+        if self._capture is not None:
+            self._capture.stop()
         if not TrackedLinear.new_optimizer_step(trainer, self.last_global_step):
             return  # still accumulating micro-batches
         self.last_global_step = int(trainer.global_step)
