@@ -93,6 +93,20 @@ class TrackedLinear:
         """The GradScaler's current scale (a device sync), or ``None`` without loss scaling."""
         return float(self.scaler.get_scale()) if self.scaler is not None else None
 
+    def unscale_replacement(self, grads: list[Any], optimizer: Any) -> list[Any] | None:
+        """Gradients a callback writes into ``.grad`` in ``on_before_optimizer_step`` under AMP loss scaling: divided
+        by the scale where Lightning has already unscaled ``.grad`` (optimizers without their own AMP step), and
+        ``None`` when any is non-finite (an overflow step the scaler skips: the plain gradient is kept). Without a
+        GradScaler they are returned as they are (no finiteness check, which would cost a device sync per step)."""
+        if self.scaler is None:
+            return grads
+        if not getattr(optimizer, "_step_supports_amp_scaling", False):
+            inv = 1.0 / self.loss_scale()
+            grads = [g * inv if g is not None else None for g in grads]
+        import torch
+
+        return grads if all(g is None or bool(torch.isfinite(g).all()) for g in grads) else None
+
     @staticmethod
     def new_optimizer_step(trainer: pl.Trainer, last_step: int) -> bool:
         """Whether an optimizer step ran since ``last_step`` (``False`` while micro-batches are accumulated)."""

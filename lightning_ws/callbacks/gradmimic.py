@@ -32,19 +32,15 @@ from lightning_ws.gradmimic import (
     MimicScoreFilter,
     ScoreLog,
     TargetDirection,
-    alignment_counts,
     batch_softmax_weights_checked,
     check_same_architecture,
-    grand_scores,
     load_reference_state,
-    mimic_scores,
-    output_mimic_scores,
     reference_layer,
-    rho_scores,
     weight_entropy,
     weighted_layer_grad,
 )
 from lightning_ws.gradmimic.loss import reduce_per_sample_loss
+from lightning_ws.gradmimic.scores import batch_scores
 from lightning_ws.gradmimic.reference import ReferenceRunner, output_contains, reference_forward_active
 from lightning_ws.gradmimic.signal import SignalMonitor
 from lightning_ws.io import save_tensors
@@ -124,13 +120,11 @@ class GradMimicCallback(Callback):
           the scores use the plain output gradient, and the in-graph re-weighting runs after every other tracker
           (R&B) has read it, so another callback on the same layer sees what it would see alone, in either order.
 
-    Where the mimic direction carries signal (``space``; measured in BENCHMARKS.md, section Grad-Mimic). The paper's
-    score ``<-g_i, W_ref - W_t>`` applies the reference layer to *the model's* layer inputs. In the paper's main
-    setting (linear probing: the layers below are a frozen backbone shared with the reference) that is the reference's
-    own output; in its full fine-tuning setting both models start from the same pretrained weights and stay close. When
-    the layers below train away from the reference's (from scratch, another initialisation, a small-data reference),
-    ``W_ref a_i`` means nothing and the score is dominated by the model's own negative margin: mislabelled samples get
-    *more* weight (AUC 0.31 on digits, 0.32 on a CIFAR-10 CNN). Therefore:
+    Where the mimic direction carries signal (``space``; background in :mod:`lightning_ws.gradmimic.signal`, numbers
+    in BENCHMARKS.md, section Grad-Mimic): the paper's score applies the reference layer to *the model's* layer inputs,
+    which is the reference's own output only when the layers below are the reference's (linear probing on a shared
+    backbone); when they train away from it, the score ranks samples by the model's own margin and favours
+    mislabelled samples (AUC 0.31 on digits, 0.32 on a CIFAR-10 CNN). Therefore:
 
         * ``space="weights"``: the paper's direction. When the layers below are not provably the reference's (some
           parameter other than the mimic layer trains, or differs from the reference), the callback runs the
@@ -358,27 +352,9 @@ class GradMimicCallback(Callback):
         shared = not others_train and (not full or all(
             torch.equal(ref[k].to(v.device, v.dtype), v) for k, v in model_state.items() if k not in mimic_keys))
         self._output_checked, self._runner = False, None
-        if self.score == "grand":  # GraNd does not use the reference
-            self._monitor.reset("weights", check_alignment=False)
-            return
-        space = self.space if self.space != "auto" else ("weights" if shared or not full else "outputs")
-        if space == "outputs" and not full:
-            raise ConfigError("space='outputs' runs the reference model on the training inputs, but the reference "
-                              "holds only the mimic layer (strict_reference=False). Pass the full reference (a "
-                              "state dict, checkpoint or module of the LightningModule's architecture).")
-        check = space == "weights" and not shared and full and self.min_alignment is not None
-        self._monitor.reset(space, check_alignment=check)  # a fresh fit (a resume restores the findings)
-        if space == "weights" and not shared and not full:
-            what = (f"parameters other than the mimic layer train ({others_train[:5]}"
-                    f"{' ...' if len(others_train) > 5 else ''})")
-            self._monitor.no_signal(
-                f"{what}, so the mimic layer's inputs leave the reference's feature space and W_ref - W_t stops "
-                f"pointing toward the reference's predictions (with noisy labels it then favours mislabelled "
-                f"samples); the reference holds only the mimic layer, so this cannot be checked or scored in output "
-                f"space. Pass the full reference and space='auto' or 'outputs', or freeze the layers below (linear "
-                f"probing on a backbone shared with the reference)", at_start=True)
-            return
-        if not (space == "outputs" or check or (self.score == "rho" and not shared)):
+        # a fresh fit (a resume restores the findings afterwards)
+        if not self._monitor.choose_space(self.space, score=self.score, others_train=others_train, shared=shared,
+                                          full=full):
             return
         try:
             fwd = pl_module.get_submodule(self.forward_module) if self.forward_module else pl_module
@@ -473,14 +449,10 @@ class GradMimicCallback(Callback):
         micro.z_ref = self._runner.run(args, kwargs, self._tracked.module.weight, tuple(micro.z.shape))
         step = self._trainer.global_step if self._trainer is not None else 0
         if self._monitor.alignment_due(step):  # every rank measures on the same steps: the collective is aligned
-            d = self._direction_fn
-            if d.device != micro.a.device:
-                d.to(micro.a.device)
-            counts = alignment_counts(micro.z_ref.float(), torch.nn.functional.linear(micro.a.float(), d.ref_weight,
-                                                                                      d.ref_bias))
-            if self._tracked.world > 1:
-                counts = self._trainer.strategy.reduce(counts, reduce_op="sum")
-            self._monitor.add_alignment(counts, step)
+            d = self._direction_fn.to(micro.a.device) if self._direction_fn.device != micro.a.device \
+                else self._direction_fn
+            reduce = (lambda c: self._trainer.strategy.reduce(c, reduce_op="sum")) if self._tracked.world > 1 else None
+            self._monitor.measure(micro.a, micro.z_ref, d.ref_weight, d.ref_bias, step, reduce)
 
     def _units_factor(self, batch_size: int) -> float:
         """Factor from a hooked output gradient to per-sample-loss units (accumulation, AMP scale, mean reduction)."""
@@ -585,15 +557,10 @@ class GradMimicCallback(Callback):
         layer = self._tracked.module
         if layer.weight.grad is None:
             return
-        if self._tracked.scaler is not None:
-            if not getattr(optimizer, "_step_supports_amp_scaling", False):
-                inv = 1.0 / self._tracked.loss_scale()  # Lightning already unscaled the .grad tensors
-                acc_w = acc_w * inv
-                acc_b = acc_b * inv if acc_b is not None else None
-            # an overflow step (the scaler skips it): keep the plain gradient. Without a scaler there is no such
-            # check (a device sync per step): a non-finite weighted gradient reaches the optimizer like a plain one.
-            if not (bool(torch.isfinite(acc_w).all()) and (acc_b is None or bool(torch.isfinite(acc_b).all()))):
-                return
+        unscaled = self._tracked.unscale_replacement([acc_w, acc_b], optimizer)
+        if unscaled is None:  # an AMP overflow step (the scaler skips it): keep the plain gradient
+            return
+        acc_w, acc_b = unscaled
         layer.weight.grad.copy_(acc_w)
         if acc_b is not None and layer.bias is not None and layer.bias.grad is not None:
             layer.bias.grad.copy_(acc_b)
@@ -646,30 +613,19 @@ class GradMimicCallback(Callback):
 
         ``delta`` times ``grad_scale`` is the output gradient in per-sample-loss units.
         """
-        micro, with_bias = self._micro, self._tracked.module.bias is not None
-        v_norm = None  # grand/rho do not need the direction; its norm is computed when logged
-        if self.score in ("proj", "cos"):
-            v_w, v_b, v_norm = self._target_direction()
-            if self._monitor.space == "outputs":
-                scores = output_mimic_scores(delta, self._require_ref_outputs(), micro.z, v_norm=v_norm,
-                                             variant=self.score, inputs=a, with_bias=with_bias, eps=self.eps,
-                                             grad_scale=grad_scale)
-            else:
-                scores = mimic_scores(a, delta, v_w, v_b, variant=self.score, v_norm=v_norm, eps=self.eps,
-                                      grad_scale=grad_scale)
-        elif self.score == "grand":
-            scores = grand_scores(a, delta, with_bias=with_bias) * grad_scale
-        else:
-            if micro.labels is None or micro.z is None:
-                raise DataError(f"score='rho' needs batch[{LABELS!r}] and the mimic layer's output.")
-            if self._runner is not None:  # the layers below are not the reference's: its own outputs
-                ref_logits = self._require_ref_outputs().float()
-            else:  # shared layers below: the reference head on the model's inputs is the reference's output
-                if self._direction_fn.device != a.device:
-                    self._direction_fn.to(a.device)
-                ref_logits = torch.nn.functional.linear(a.float(), self._direction_fn.ref_weight,
-                                                        self._direction_fn.ref_bias)
-            scores = rho_scores(micro.z.detach(), ref_logits, micro.labels.to(a.device))
+        micro = self._micro
+        direction = self._target_direction() if self.score in ("proj", "cos") else None
+        v_norm = None if direction is None else direction[2]  # grand/rho: the norm is computed when logged
+        if self.score == "rho" and (micro.labels is None or micro.z is None):
+            raise DataError(f"score='rho' needs batch[{LABELS!r}] and the mimic layer's output.")
+        uses_ref = self._monitor.space == "outputs" if self.score in ("proj", "cos") else \
+            (self.score == "rho" and self._runner is not None)  # rho with trained layers below: the reference's own
+        if self.score == "rho" and self._direction_fn.device != a.device:
+            self._direction_fn.to(a.device)
+        scores = batch_scores(self.score, a, delta, grad_scale=grad_scale, direction=direction, outputs=micro.z,
+                              ref_outputs=self._require_ref_outputs() if uses_ref else None,
+                              ref_head=(self._direction_fn.ref_weight, self._direction_fn.ref_bias),
+                              labels=micro.labels, with_bias=self._tracked.module.bias is not None, eps=self.eps)
         n_local, idx_local = scores.shape[0], micro.idx
         if idx_local is None or idx_local.numel() != n_local:
             raise DataError(f"batch[{IDX!r}] has {0 if idx_local is None else idx_local.numel()} entries but the "

@@ -298,3 +298,42 @@ class SignalMonitor:
         self.first_check_done = bool(sig["first_check_done"])
         self.alignment = [(int(a), float(b), int(c)) for a, b, c in torch.as_tensor(sig["alignment"]).tolist()]
         self.window = None
+
+    def choose_space(self, requested: str, *, score: str, others_train: list[str], shared: bool, full: bool) -> bool:
+        """Resolve the score space of a fresh fit and whether the alignment is checked; returns whether the reference
+        must be run on the training inputs (output space, the alignment check, RHO-LOSS with trained layers below).
+
+        ``others_train``: trained parameters other than the mimic layer; ``shared``: every other parameter is frozen
+        and (as far as ``full`` lets us check) equal to the reference's; ``full``: the reference holds every tensor.
+
+        Raises:
+            ConfigError: ``space="outputs"`` with a mimic-layer-only reference; no signal at the start (policy).
+        """
+        if score == "grand":  # GraNd does not use the reference
+            self.reset("weights", check_alignment=False)
+            return False
+        space = requested if requested != "auto" else ("weights" if shared or not full else "outputs")
+        if space == "outputs" and not full:
+            raise ConfigError("space='outputs' runs the reference model on the training inputs, but the reference "
+                              "holds only the mimic layer (strict_reference=False). Pass the full reference (a "
+                              "state dict, checkpoint or module of the LightningModule's architecture).")
+        check = space == "weights" and not shared and full and self.min_alignment is not None
+        self.reset(space, check_alignment=check)
+        if space == "weights" and not shared and not full:
+            more = " ..." if len(others_train) > 5 else ""
+            what = f"parameters other than the mimic layer train ({others_train[:5]}{more})"
+            self.no_signal(
+                f"{what}, so the mimic layer's inputs leave the reference's feature space and W_ref - W_t stops "
+                f"pointing toward the reference's predictions (with noisy labels it then favours mislabelled "
+                f"samples); the reference holds only the mimic layer, so this cannot be checked or scored in output "
+                f"space. Pass the full reference and space='auto' or 'outputs', or freeze the layers below (linear "
+                f"probing on a backbone shared with the reference)", at_start=True)
+            return False
+        return space == "outputs" or check or (score == "rho" and not shared)
+
+    def measure(self, inputs: Tensor, ref_outputs: Tensor, ref_weight: Tensor, ref_bias: Tensor | None, step: int,
+                reduce: Any = None) -> None:
+        """One micro-batch of the alignment check: the reference layer on the model's ``inputs`` against the
+        reference's own ``ref_outputs`` (``reduce``: sums the counts over ranks, every rank calls it)."""
+        counts = alignment_counts(ref_outputs.float(), torch.nn.functional.linear(inputs.float(), ref_weight, ref_bias))
+        self.add_alignment(counts if reduce is None else reduce(counts), step)
