@@ -7,23 +7,36 @@
   re-weighting), after all observers have read it.
 * :func:`resolve_linear`: find the tracked layer by its dotted name, with errors that list the candidates.
 * :class:`StateVersionError` / :func:`check_state_version`: one error for a checkpoint state written by newer code.
+* :class:`LossReweighter`: the protocol of a callback that re-weights the whole training loss per sample.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["LayerTap", "StateVersionError", "TapHandle", "check_state_version", "resolve_linear"]
+__all__ = ["LayerTap", "LossReweighter", "StateVersionError", "TapHandle", "check_state_version", "resolve_linear"]
 
 #: ``fn(module, inputs, output)``: a tracker's view of one forward call of the layer.
 ForwardFn = Callable[[nn.Module, tuple[Any, ...], Any], None]
+
+
+@runtime_checkable
+class LossReweighter(Protocol):
+    """A callback that sets the training loss from per-sample losses while ``reweights_loss`` is true (Grad-Mimic's
+    ``all_params`` mode). Every per-example gradient then carries its weight: trackers that read per-example gradients
+    of the plain loss (R&B) refuse to run alongside one."""
+
+    @property
+    def reweights_loss(self) -> bool: ...
+
+    def reduce_loss(self, per_sample_loss: torch.Tensor) -> torch.Tensor: ...
 
 
 class StateVersionError(ConfigError, DataError):

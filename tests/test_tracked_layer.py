@@ -232,3 +232,14 @@ def test_joint_training_does_not_depend_on_the_callback_order():
                                torch.tensor(b_rnb.history, dtype=torch.float64), rtol=1e-9, atol=1e-9)
     for key, val in a_gm.score_log.tensors().items():
         torch.testing.assert_close(b_gm.score_log.tensors()[key], val, rtol=1e-5, atol=1e-6)
+
+
+def test_rnb_refuses_a_callback_that_reweights_the_whole_loss():
+    """Grad-Mimic's all_params mode weights every per-example gradient; R&B says so instead of reading them."""
+    from lightning_ws.tracked_layer import LossReweighter
+
+    gm = GradMimicCallback("classifier", reference=_reference(), mode="all_params")
+    assert isinstance(gm, LossReweighter) and gm.reweights_loss
+    assert not GradMimicCallback("classifier", reference=_reference()).reweights_loss
+    with pytest.raises(ConfigError, match="mode='layer_only'"):
+        _fit([_rnb("auto"), gm], lr=0.1)

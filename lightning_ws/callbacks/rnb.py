@@ -32,7 +32,7 @@ from lightning_ws.rnb.mixture import (
     trajectory_image,
     validate_mixture,
 )
-from lightning_ws.tracked_layer import check_state_version
+from lightning_ws.tracked_layer import LossReweighter, check_state_version
 
 __all__ = ["RnBCallback", "METHODS", "ACCUMULATIONS"]
 
@@ -275,6 +275,13 @@ class RnBCallback(Callback):
         if self.p is None:
             self.p = initial_mixture(self.m, dm.domain_sizes, proportional=self.method == "proportional")
         if self.method in _GRAD_METHODS:
+            reweighters = [type(cb).__name__ for cb in trainer.callbacks
+                           if isinstance(cb, LossReweighter) and cb.reweights_loss]
+            if reweighters:
+                raise ConfigError(f"{reweighters[0]} re-weights the training loss per sample (Grad-Mimic's "
+                                  f"mode='all_params'), so every per-example gradient R&B reads would carry that "
+                                  f"weight. Use GradMimicCallback(mode='layer_only'): it leaves the output gradient "
+                                  f"R&B reads untouched.")
             module = self._tracked.attach(trainer, pl_module, self.layer, self._forward_hook)
             use_bias = bool(self.include_bias and module.bias is not None)
             old, self.acc = self.acc, DomainAccumulator(self.m, module.out_features, module.in_features + use_bias,

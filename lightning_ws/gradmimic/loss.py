@@ -8,23 +8,14 @@ loss-weighting callback attached to the module's trainer that is the plain mean;
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from torch import Tensor
 
 from lightning_ws.errors import ConfigError
+from lightning_ws.tracked_layer import LossReweighter
 
 __all__ = ["LossReweighter", "reduce_per_sample_loss"]
-
-
-@runtime_checkable
-class LossReweighter(Protocol):
-    """A callback that sets the training loss from per-sample losses while ``reweights_loss`` is true."""
-
-    @property
-    def reweights_loss(self) -> bool: ...
-
-    def reduce_loss(self, per_sample_loss: Tensor) -> Tensor: ...
 
 
 def reduce_per_sample_loss(module: Any, per_sample_loss: Tensor) -> Tensor:
