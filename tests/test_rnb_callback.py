@@ -321,10 +321,11 @@ def test_token_mean_sequences_in_a_lightning_run(grouped, accumulation, monkeypa
     from torch.func import functional_call, grad, vmap
 
     if grouped:
-        import lightning_ws.rnb.functional as fn
+        import lightning_ws.rnb.accumulate as fn  # the size limits live in accumulate / fused
+        import lightning_ws.rnb.fused as fused_mod
 
         monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
-        monkeypatch.setattr(fn, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
+        monkeypatch.setattr(fused_mod, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
 
     gen = torch.Generator().manual_seed(0)
     n, t = 24, 5
@@ -447,7 +448,7 @@ def test_fused_token_mean_with_equal_lengths_uses_the_grouped_backward(monkeypat
     """token_mean where every example has all its target tokens (packed LM batches) has one scale for all examples:
     above the per-example size limit the fused path takes the grouped backward (not the hooks) with the same
     gradients and sums as the hook path; with ragged lengths it stays per-example."""
-    import lightning_ws.rnb.functional as fn
+    import lightning_ws.rnb.accumulate as fn  # the size limits live in accumulate / fused
 
     monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
     _, hooks, rec_h = _probe_run(True, "token_mean", "hooks", full_length=True)
@@ -462,10 +463,11 @@ def test_fused_token_mean_with_equal_lengths_uses_the_grouped_backward(monkeypat
 def test_fused_grouped_path_for_large_layers_with_uniform_scale(monkeypatch):
     """Above the size limit, mean / sum losses use the grouped fused backward (one GEMM per domain = autograd's
     gradient); token_mean under 'auto' falls back to the hooks there."""
-    import lightning_ws.rnb.functional as fn
+    import lightning_ws.rnb.accumulate as fn  # the size limits live in accumulate / fused
+    import lightning_ws.rnb.fused as fused_mod
 
     monkeypatch.setattr(fn, "PER_EXAMPLE_MAX_ELEMENTS", 1)
-    monkeypatch.setattr(fn, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
+    monkeypatch.setattr(fused_mod, "FUSED_PER_EXAMPLE_MAX_ELEMENTS", 1)
     _, hooks, rec_h = _probe_run(True, "mean", "hooks")
     _, fused, rec_f = _probe_run(True, "mean", "auto")
     assert fused.capture_counts == {"per_example": 0, "grouped": 4, "hooks": 0}

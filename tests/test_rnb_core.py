@@ -178,7 +178,7 @@ def test_grouped_accumulation_takes_views_for_domain_sorted_batches():
 
 def test_auto_strategy_switches_on_layer_size(monkeypatch):
     """Large layers take the grouped path (no (B, d_out, d_in) tensor): the result must not change at the switch."""
-    import lightning_ws.rnb.functional as fn
+    import lightning_ws.rnb.accumulate as fn
 
     g = torch.Generator().manual_seed(4)
     a, delta = torch.randn(6, 3, 7, generator=g), torch.randn(6, 3, 5, generator=g)

@@ -1,12 +1,13 @@
 """R&B's Balance step as a Lightning callback (Ge et al., arXiv 2505.00358), plus same-harness baselines.
 
-The maths lives in :mod:`lightning_ws.rnb.functional`; this file only wires hooks, DDP reductions, state and logging.
+The maths lives in :mod:`lightning_ws.rnb` (``mixture``, ``accumulate``, ``fused``); the tracked-layer machinery in
+:mod:`lightning_ws.callbacks._tracked`. This file wires hooks, DDP reductions, state and logging.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -15,22 +16,23 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from lightning_ws.callbacks._tracked import TrackedLinear, active_scaler, check_trainer
+from lightning_ws.contracts import DOMAIN, SupportsMixture, is_mixture_datamodule
 from lightning_ws.errors import ConfigError
-from lightning_ws.rnb.functional import (
-    FUSED_DTYPES,
-    DomainGradSink,
-    FusedForwardHandle,
-    KroneckerSketch,
-    accumulate_domain_grads,
+from lightning_ws.rnb.accumulate import DomainAccumulator
+from lightning_ws.rnb.capture import DomainGradCapture
+from lightning_ws.rnb.fused import DomainGradSink, FusedForwardHandle, fused_blocker, install_fused_forward
+from lightning_ws.rnb.mixture import (
     domain_gram,
-    fused_accumulation_mode,
-    install_fused_forward,
+    gram_stats,
+    initial_mixture,
     mixture_entropy,
     multiplicative_update,
     rnb_update,
-    token_mean_scale,
+    trajectory_image,
     validate_mixture,
 )
+from lightning_ws.tracked_layer import LossReweighter, check_state_version
 
 __all__ = ["RnBCallback", "METHODS", "ACCUMULATIONS"]
 
@@ -39,18 +41,19 @@ METHODS = ("rnb", "doge", "stratified", "proportional")
 _GRAD_METHODS = ("rnb", "doge")
 #: Ways to collect the per-domain sums (see ``RnBCallback``'s ``accumulation``).
 ACCUMULATIONS = ("auto", "fused", "hooks")
+_REDUCTIONS = ("mean", "token_mean", "sum")
 _STATE_VERSION = 1
 
 
 class RnBCallback(Callback):
     """Online domain re-weighting by R&B's Balance rule (arXiv 2505.00358) or a baseline, pushing ``p`` to the data.
 
-    For ``method="rnb"``: forward/backward hooks on one ``nn.Linear`` (``layer``) capture its input ``a`` and output
-    gradient ``delta`` during the ordinary backward pass; after every backward the per-example gradients
-    ``delta_i^T a_i`` (summed over tokens) are added into per-domain sums ``s_d`` with counts ``n_d`` (no second
-    backward, no per-example tensor). Every ``steps_per_round`` optimizer steps
-    ``G_ij = <s_i/n_i, s_j/n_j>`` is formed and the mixture is *replaced* by
-    ``p = softmax(lam * G p_eval / ||G p_eval||_2)``, then pushed to ``trainer.datamodule.set_mixture(p)``.
+    For ``method="rnb"``: the tracked ``nn.Linear`` (``layer``) exposes its input ``a`` and output gradient ``delta``
+    during the ordinary backward; the per-example gradients ``delta_i^T a_i`` (summed over tokens) are added into
+    per-domain sums ``s_d`` with counts ``n_d`` (no second backward, no per-example tensor). Every
+    ``steps_per_round`` optimizer steps ``G_ij = <s_i/n_i, s_j/n_j>`` is formed and the mixture is *replaced* by
+    ``p = softmax(lam * G p_eval / ||G p_eval||_2)``, then pushed to ``trainer.datamodule.set_mixture(p)`` (any data
+    module satisfying :class:`~lightning_ws.contracts.SupportsMixture`).
 
     Other methods, same interface: ``"doge"`` = multiplicative (accumulating) update ``p <- p * exp(doge_lr * score)``
     on the same normalised score (a DoGE-style ablation, arXiv 2310.15393, without DoGE's proxy training);
@@ -62,57 +65,42 @@ class RnBCallback(Callback):
     * tracked layer: ``"classifier"`` (the head of :class:`lightning_ws.modules.TextClassifier`); bias included;
     * round length ``steps_per_round=10`` optimizer steps (choose it so ``K * B / m >= 20``); ``lam=3`` (the one value
       the paper reports); normalised logits (main text; ``normalize=False`` gives the appendix's Algorithm 3);
-    * per-example loss: ``loss_reduction="mean"`` multiplies ``delta`` by the micro-batch size to undo the batch mean
-      (and by ``accumulate_grad_batches``, which Lightning divides the loss by); ``"token_mean"`` (with
-      ``target_key``) weights example ``i`` by ``N_tokens / n_i`` so each example's loss is the mean over its own
-      target tokens; ``"sum"`` applies no factor;
+    * per-example loss (:func:`~lightning_ws.rnb.accumulate.example_scale`): ``loss_reduction="mean"`` multiplies
+      ``delta`` by the micro-batch size (and by ``accumulate_grad_batches``, which Lightning divides the loss by);
+      ``"token_mean"`` (with ``target_key``) weights example ``i`` by ``N_tokens / n_i`` so each example's loss is the
+      mean over its own target tokens; ``"sum"`` applies no factor;
     * AMP: output gradients are divided by the active GradScaler's scale; under loss scaling, micro-batches with
       non-finite gradients (skipped AMP steps) are not accumulated (without a GradScaler there is no such check: the
       optimizer applies those gradients too, and a round whose Gram matrix is non-finite keeps ``p``);
-    * empty domain in a round: it is left out of ``G p_eval`` and keeps its previous probability (the other domains
-      share the rest); ``||G p_eval|| = 0`` or non-finite: ``p`` is kept; ``prob_floor`` (default 0) mixes in
-      uniform so that ``p_i >= prob_floor / m``; ``warmup_rounds=1``: the first round trains on the initial mixture
-      (uniform, as in the paper); larger values also discard the estimates of the next rounds;
+    * empty domain in a round: it is left out of ``G p_eval`` and keeps its previous probability; ``||G p_eval|| = 0``
+      or non-finite: ``p`` is kept; ``prob_floor`` (default 0) mixes in uniform so that ``p_i >= prob_floor / m``;
+      ``warmup_rounds=1``: the first round trains on the initial mixture (uniform, as in the paper);
     * memory: exact accumulators ``m x d_out x (d_in + 1)`` fp32, or a Kronecker random-projection sketch
       (``sketch_dim=(k_out, k_in)`` or an int for both), an unbiased estimate of ``G`` (not in the paper).
 
-    Two ways to collect the exact per-domain sums (``accumulation``):
+    Two ways to collect the exact per-domain sums (``accumulation``): ``"hooks"`` captures ``a`` and ``delta`` and
+    calls :func:`~lightning_ws.rnb.accumulate.accumulate_domain_grads` in ``on_after_backward`` (about one extra
+    weight-gradient computation of the layer); ``"fused"`` routes the layer's forward through
+    :func:`~lightning_ws.rnb.fused.fused_linear` while a training micro-batch is captured (an instance-level
+    ``forward`` set in ``setup`` and removed in ``teardown`` / ``on_exception``), whose backward derives autograd's
+    weight gradient from the per-example products and adds the per-domain sums as a by-product (about no extra GEMM;
+    see :mod:`lightning_ws.rnb.fused`). ``"auto"`` (default) uses fused where it is valid and cheap and the hooks
+    otherwise (``fused_fallback_reason`` says why): with a ``sketch_dim``; for a layer that is not exactly
+    ``nn.Linear`` or already has an instance ``forward``; per call under autocast or an active GradScaler, for inputs
+    that are not 2-D/3-D or not float32/float64, for ``token_mean`` above
+    :data:`~lightning_ws.rnb.fused.FUSED_PER_EXAMPLE_MAX_ELEMENTS`, and while another callback re-weights the same
+    layer's output gradient (Grad-Mimic's in-graph path: the fused backward would see the re-weighted gradient).
+    ``"fused"`` ignores the size limit, raises ``ConfigError`` for a sketch or a non-``nn.Linear`` layer, and warns
+    once when a call falls back. The fused backward is once-differentiable.
 
-    * ``"hooks"``: a forward hook stores ``a``, a tensor hook ``delta``, and ``on_after_backward`` calls
-      :func:`~lightning_ws.rnb.functional.accumulate_domain_grads` (one ``bmm`` + ``index_add_`` for small layers, one
-      GEMM per present domain for large ones): about one extra weight-gradient computation of the tracked layer per
-      micro-batch, on top of autograd's own.
-    * ``"fused"``: while a training micro-batch is being captured, the layer's forward runs
-      :func:`~lightning_ws.rnb.functional.fused_linear` (the callback sets an instance-level ``forward`` on that
-      module in ``setup`` and removes it in ``teardown`` / ``on_exception``; forward hooks keep running, ``state_dict``
-      and ``type`` are unchanged; copies of the module behave like a plain ``nn.Linear``). Its backward computes the
-      per-example products ``P_i = delta_i^T a_i`` (and ``delta_i`` summed over tokens for the bias) with one batched
-      matmul, and autograd's weight gradient *is* ``sum_i P_i``; the scaled per-domain sums come out of one small
-      GEMM over ``P`` (or, for large layers with one scale per example = ``mean`` / ``sum``, one GEMM per present
-      domain whose sum is the weight gradient). About no extra GEMM; ``layer.weight.grad`` / ``bias.grad`` equal plain
-      autograd's up to float summation order.
-    * ``"auto"`` (default): fused where it is valid and cheap, the hook path otherwise. It falls back to the hooks
-      (``fused_fallback_reason`` says why) with a ``sketch_dim`` (the sketch needs the factors ``a`` and ``delta`` and
-      is already cheap); for a layer that is not exactly ``nn.Linear`` (a subclass may change ``forward``; PEFT/LoRA
-      wrappers) or that already has an instance ``forward``; per call, under autocast or an active GradScaler (the
-      fused backward does no casting, and AMP's overflow skip needs ``delta``), for inputs that are not 2-D/3-D or not
-      float32/float64, and for ``token_mean`` (per-example scales within a domain) when ``B x d_out x (d_in + 1)``
-      exceeds :data:`~lightning_ws.rnb.functional.FUSED_PER_EXAMPLE_MAX_ELEMENTS` (the fused backward would need that
-      per-example tensor; the hook path groups rows by domain instead). A weight tied to another module (tied
-      embeddings) is fine: autograd adds the fused gradient to the other uses'. ``"fused"`` is the same but ignores
-      the size limit (it then materialises the ``(B, d_out, d_in)`` tensor), raises ``ConfigError`` in
-      ``__init__``/``setup`` for a sketch or a non-``nn.Linear`` layer, and warns once when a call falls back. The
-      fused backward is once-differentiable (no double backward through the tracked layer while capturing).
-
-    Host syncs: the group sizes of the grouped paths and, under AMP loss scaling (hook path), the scale and the
-    overflow check. Per round: one ``(m, m)`` Gram matrix. A Kronecker ``sketch_dim`` cuts the per-step cost for wide
-    heads (LM vocabularies). Measured overhead: ``benchmarks/bench_rnb.py --only overhead``.
+    Sharing the layer: the hooks go through the layer's shared :class:`~lightning_ws.tracked_layer.LayerTap`, so R&B
+    reads the plain output gradient even when another callback (Grad-Mimic) re-weights it, whatever the callback order.
 
     Gradient accumulation: every micro-batch is accumulated; rounds count optimizer steps (guarded on
     ``trainer.global_step``). DDP: each optimizer step's sums and counts are all-reduced (sum) in
-    ``on_before_optimizer_step`` (every rank calls it), so all ranks hold identical accumulators at any checkpoint and
-    compute the same update; the new ``p`` is also broadcast from rank 0. The W&B plot is made on rank 0 only and has no
-    collective inside. Unsupported: FSDP/DeepSpeed (the tracked layer may be sharded), manual optimization.
+    ``on_before_optimizer_step``, so all ranks hold identical accumulators and compute the same update; the new ``p``
+    is also broadcast from rank 0. The W&B plot is made on rank 0 only, with no collective inside. Unsupported:
+    FSDP/DeepSpeed, manual optimization. Measured overhead: ``benchmarks/bench_rnb.py --only overhead``.
 
     Logged keys (every round): ``rnb/p_<domain>``, ``rnb/entropy``, ``rnb/round``, ``rnb/updated``,
     ``rnb/gram_diag_mean``, ``rnb/gram_offdiag_mean``, ``rnb/n_<domain>`` (counts of the round), ``rnb/update_ms``;
@@ -158,7 +146,7 @@ class RnBCallback(Callback):
     def __init__(
         self,
         layer: str = "classifier",
-        method: str = "rnb",
+        method: Literal["rnb", "doge", "stratified", "proportional"] = "rnb",
         lam: float = 3.0,
         steps_per_round: int = 10,
         p_eval: list[float] | None = None,
@@ -168,40 +156,35 @@ class RnBCallback(Callback):
         normalize: bool = True,
         prob_floor: float = 0.0,
         warmup_rounds: int = 1,
-        loss_reduction: str = "mean",
+        loss_reduction: Literal["mean", "token_mean", "sum"] = "mean",
         target_key: str | None = None,
         ignore_index: int = -100,
-        domain_key: str = "domain",
+        domain_key: str = DOMAIN,
         doge_lr: float = 1.0,
         seed: int = 0,
         plot_every_n_rounds: int = 1,
-        accumulation: str = "auto",
+        accumulation: Literal["auto", "fused", "hooks"] = "auto",
     ) -> None:
-        if method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {method!r}.")
+        for name, value, options in (("method", method, METHODS), ("loss_reduction", loss_reduction, _REDUCTIONS),
+                                     ("accumulation", accumulation, ACCUMULATIONS)):
+            if value not in options:  # LightningCLI checks the Literal; direct Python use is checked here
+                raise ConfigError(f"{name} must be one of {options}, got {value!r}.")
         if not isinstance(layer, str) or not layer:
             raise ConfigError(f"layer must be the dotted name of an nn.Linear (e.g. 'classifier'), got {layer!r}.")
-        if not float(lam) > 0:
-            raise ConfigError(f"lam must be > 0, got {lam}.")
-        if int(steps_per_round) < 1:
-            raise ConfigError(f"steps_per_round must be >= 1, got {steps_per_round}.")
-        if not 0.0 <= float(prob_floor) < 1.0:
-            raise ConfigError(f"prob_floor must lie in [0, 1), got {prob_floor}.")
+        for name, value, ok, need in (
+                ("lam", lam, float(lam) > 0, "be > 0"), ("steps_per_round", steps_per_round, int(steps_per_round) >= 1,
+                                                         "be >= 1"),
+                ("prob_floor", prob_floor, 0.0 <= float(prob_floor) < 1.0, "lie in [0, 1)"),
+                ("num_domains", num_domains, num_domains is None or int(num_domains) >= 1, "be >= 1"),
+                ("doge_lr", doge_lr, float(doge_lr) > 0, "be > 0"),
+                ("plot_every_n_rounds", plot_every_n_rounds, int(plot_every_n_rounds) >= 0, "be >= 0")):
+            if not ok:
+                raise ConfigError(f"{name} must {need}, got {value}.")
         if int(warmup_rounds) < 1:
             raise ConfigError(f"warmup_rounds must be >= 1 (1 = the paper: the first round uses the initial "
                               f"mixture), got {warmup_rounds}.")
-        if loss_reduction not in ("mean", "token_mean", "sum"):
-            raise ConfigError(f"loss_reduction must be 'mean', 'token_mean' or 'sum', got {loss_reduction!r}.")
         if loss_reduction == "token_mean" and not target_key:
             raise ConfigError("loss_reduction='token_mean' needs target_key (the batch key of the (B, T) targets).")
-        if num_domains is not None and int(num_domains) < 1:
-            raise ConfigError(f"num_domains must be >= 1, got {num_domains}.")
-        if not float(doge_lr) > 0:
-            raise ConfigError(f"doge_lr must be > 0, got {doge_lr}.")
-        if int(plot_every_n_rounds) < 0:
-            raise ConfigError(f"plot_every_n_rounds must be >= 0, got {plot_every_n_rounds}.")
-        if accumulation not in ACCUMULATIONS:
-            raise ConfigError(f"accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}.")
         if accumulation == "fused" and sketch_dim is not None:
             raise ConfigError("accumulation='fused' is exact accumulation; with sketch_dim the sketch is built from "
                               "the hooked factors (use accumulation='auto' or 'hooks').")
@@ -225,34 +208,16 @@ class RnBCallback(Callback):
         self.m: int | None = None
         self.p_eval: torch.Tensor | None = None
         self.p: torch.Tensor | None = None
-        self.sums: torch.Tensor | None = None
-        self.counts: torch.Tensor | None = None
-        self.round = 0
-        self.steps_in_round = 0
+        self.acc: DomainAccumulator | None = None
+        self.round = self.steps_in_round = 0
         self.last_global_step = -1
         self.history: list[list[float]] = []
         self.domain_names: list[str] = []
-        self._sketch: KroneckerSketch | None = None
-        self._handles: list[Any] = []
-        self._acts: list[torch.Tensor] = []
-        self._grads: dict[int, torch.Tensor] = {}
-        self._batch_domains: torch.Tensor | None = None
-        self._batch_targets: torch.Tensor | None = None
-        self._batch_scale: tuple[Any, ...] | None = None  # (factor, device, (B, T), token_mean_scale(...)) of the batch
-        self._pending_state: dict[str, Any] | None = None
-        self._warned_no_capture = False
-        self._distributed = False
-        self._step_sums: torch.Tensor | None = None
-        self._step_counts: torch.Tensor | None = None
-        self._use_bias = bool(include_bias)
+        self._tracked = TrackedLinear("RnBCallback")
+        self._capture: DomainGradCapture | None = None  # the per-micro-batch capture (gradient methods)
         self._fused_handle: FusedForwardHandle | None = None
-        self._sinks: list[DomainGradSink] = []
-        self._fused_ran = False
-        self._accum_factor = 1.0
-        self._scaler_active = False
-        self._warned_fallback = False
-        self.fused_fallback_reason: str | None = None
-        self.capture_counts: dict[str, int] = {"per_example": 0, "grouped": 0, "hooks": 0}
+        self._pending_state: dict[str, Any] | None = None
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -261,108 +226,89 @@ class RnBCallback(Callback):
         return self._generate_state_key(method=self.method, layer=self.layer, lam=self.lam,
                                         steps_per_round=self.steps_per_round, sketch_dim=self.sketch_dim)
 
+    @property
+    def sums(self) -> torch.Tensor | None:
+        """The round's per-domain gradient sums (``None`` for the fixed methods and before ``setup``)."""
+        return None if self.acc is None else self.acc.sums
+
+    @property
+    def counts(self) -> torch.Tensor | None:
+        """The round's per-domain example counts."""
+        return None if self.acc is None else self.acc.counts
+
+    @property
+    def capture_counts(self) -> dict[str, int]:
+        """Tracked-layer calls captured per path since ``setup``: ``per_example`` / ``grouped`` (fused), ``hooks``."""
+        return {"per_example": 0, "grouped": 0, "hooks": 0} if self._capture is None else self._capture.capture_counts
+
+    @property
+    def fused_fallback_reason(self) -> str | None:
+        """Why the last capture (or ``setup``) used the hook path instead of the fused one (``None``: never)."""
+        return None if self._capture is None else self._capture.fallback_reason
+
     # ------------------------------------------------------------------ setup
-    def _target(self, trainer: pl.Trainer) -> Any:
+    def _target(self, trainer: pl.Trainer) -> SupportsMixture:
         dm = trainer.datamodule
-        if dm is not None and callable(getattr(dm, "set_mixture", None)):
+        if is_mixture_datamodule(dm):
             return dm
-        raise ConfigError("RnBCallback needs a datamodule with set_mixture(p) (e.g. "
-                          "lightning_ws.datamodules.rnb.MixtureDataModule or TensorMixtureDataModule); "
-                          "pass datamodule= to trainer.fit.")
+        raise ConfigError("RnBCallback needs a datamodule with set_mixture(p) (the SupportsMixture contract of "
+                          "lightning_ws.contracts, e.g. lightning_ws.datamodules.rnb.MixtureDataModule or "
+                          "TensorMixtureDataModule); pass datamodule= to trainer.fit.")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Validate the setup, resolve ``m``/``p_eval``/the layer, allocate accumulators and register hooks."""
         if stage != "fit":
             return
-        strategy = type(trainer.strategy).__name__
-        if "FSDP" in strategy or "DeepSpeed" in strategy:
-            raise ConfigError(f"RnBCallback does not support {strategy} (the tracked layer may be sharded); use "
-                              f"DDP or a single device.")
-        if not pl_module.automatic_optimization:
-            raise ConfigError("RnBCallback supports automatic optimization only (it undoes Lightning's loss "
-                              "normalisation for gradient accumulation).")
+        check_trainer(trainer, pl_module, "RnBCallback",
+                      why_automatic="it undoes Lightning's loss normalisation for gradient accumulation")
         dm = self._target(trainer)
-        m = self._num_domains_arg if self._num_domains_arg is not None else getattr(dm, "num_domains", None)
-        if m is None:
-            raise ConfigError("number of domains unknown: pass num_domains= or use a datamodule with num_domains.")
-        self.m = int(m)
-        self.domain_names = list(getattr(dm, "domain_names", []) or [str(i) for i in range(self.m)])
-        if len(self.domain_names) != self.m:
-            self.domain_names = [str(i) for i in range(self.m)]
+        self.m = int(self._num_domains_arg if self._num_domains_arg is not None else dm.num_domains)
+        names = list(dm.domain_names or [])
+        self.domain_names = names if len(names) == self.m else [str(i) for i in range(self.m)]
+        self._tracked.read_facts(trainer)
         if self.method in _GRAD_METHODS:
-            pe = self._p_eval_arg if self._p_eval_arg is not None else getattr(dm, "p_eval", None)
+            pe = self._p_eval_arg if self._p_eval_arg is not None else dm.p_eval
             if pe is None:
                 raise ConfigError("R&B needs p_eval (evaluation proportions per domain): pass p_eval= or give the "
                                   "datamodule evaluation domains.")
             self.p_eval = validate_mixture(pe, self.m, name="p_eval")
         if self.p is None:
-            self.p = self._initial_mixture(dm)
+            self.p = initial_mixture(self.m, dm.domain_sizes, proportional=self.method == "proportional")
         if self.method in _GRAD_METHODS:
-            module = self._resolve_layer(pl_module)
-            d_out, d_in = module.weight.shape
-            d_in += int(self.include_bias and module.bias is not None)
-            self._use_bias = bool(self.include_bias and module.bias is not None)
-            if self.sketch_dim is not None:
-                self._sketch = KroneckerSketch(d_out, d_in, self.sketch_dim[0], self.sketch_dim[1], seed=self.seed)
-                shape = (self.m, self._sketch.k_out, self._sketch.k_in)
-            else:
-                shape = (self.m, d_out, d_in)
-            if self.sums is None or tuple(self.sums.shape) != shape:
-                self.sums = torch.zeros(shape, dtype=torch.float32)
-                self.counts = torch.zeros(self.m, dtype=torch.float64)
-            self._distributed = trainer.world_size > 1
-            if self._distributed:
-                self._step_sums = torch.zeros_like(self.sums)
-                self._step_counts = torch.zeros_like(self.counts)
-            self._remove_hooks()
-            self._handles.append(module.register_forward_hook(self._forward_hook))
+            reweighters = [type(cb).__name__ for cb in trainer.callbacks
+                           if isinstance(cb, LossReweighter) and cb.reweights_loss]
+            if reweighters:
+                raise ConfigError(f"{reweighters[0]} re-weights the training loss per sample (Grad-Mimic's "
+                                  f"mode='all_params'), so every per-example gradient R&B reads would carry that "
+                                  f"weight. Use GradMimicCallback(mode='layer_only'): it leaves the output gradient "
+                                  f"R&B reads untouched.")
+            module = self._tracked.attach(trainer, pl_module, self.layer, self._forward_hook)
+            use_bias = bool(self.include_bias and module.bias is not None)
+            old, self.acc = self.acc, DomainAccumulator(self.m, module.out_features, module.in_features + use_bias,
+                                                        sketch_dim=self.sketch_dim, seed=self.seed,
+                                                        distributed=trainer.world_size > 1)
+            if old is not None and old.sums.shape == self.acc.sums.shape:
+                self.acc.load(old.sums, old.counts)
+            self._capture = DomainGradCapture(self.acc, loss_reduction=self.loss_reduction,
+                                              ignore_index=self.ignore_index, include_bias=use_bias,
+                                              force_fused=self.accumulation == "fused")
             self._install_fused(module)
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
-        self._target(trainer).set_mixture(self.p.clone())
-
-    def _initial_mixture(self, dm: Any) -> torch.Tensor:
-        sizes = getattr(dm, "domain_sizes", None)
-        sizes = None if sizes is None else torch.as_tensor(sizes, dtype=torch.float64)
-        if self.method == "proportional":
-            if sizes is None or float(sizes.sum()) <= 0:
-                raise ConfigError("method='proportional' needs datamodule.domain_sizes.")
-            return sizes / sizes.sum()
-        if sizes is not None and sizes.numel() == self.m and float((sizes > 0).sum()) > 0:
-            nonempty = (sizes > 0).double()
-            return nonempty / nonempty.sum()
-        return torch.full((self.m,), 1.0 / self.m, dtype=torch.float64)
-
-    def _resolve_layer(self, pl_module: pl.LightningModule) -> nn.Linear:
-        try:
-            module = pl_module.get_submodule(self.layer)
-        except AttributeError:
-            names = [n for n, mod in pl_module.named_modules() if isinstance(mod, nn.Linear)]
-            raise ConfigError(f"layer {self.layer!r} not found in {type(pl_module).__name__}; nn.Linear layers: "
-                              f"{names[-5:]} (last five).") from None
-        if not isinstance(module, nn.Linear):
-            raise ConfigError(f"layer {self.layer!r} is a {type(module).__name__}; R&B tracks an nn.Linear.")
-        return module
+        dm.set_mixture(self.p.clone())
 
     def _install_fused(self, module: nn.Module) -> None:
         """Route the tracked layer through the fused backward (``accumulation`` ``"auto"``/``"fused"``) if valid."""
-        self.capture_counts = {"per_example": 0, "grouped": 0, "hooks": 0}
-        self.fused_fallback_reason = None
         if self.accumulation == "hooks":
             return
-        reason = None
-        if self._sketch is not None:
-            reason = "sketch_dim is set (the sketch is built from the hooked factors)"
-        elif type(module) is not nn.Linear:
-            reason = f"layer {self.layer!r} is a {type(module).__name__}, not exactly nn.Linear"
-        elif "forward" in module.__dict__:
-            reason = f"layer {self.layer!r} already has an instance-level forward"
+        reason = "sketch_dim is set (the sketch is built from the hooked factors)" if self.sketch_dim is not None \
+            else fused_blocker(module, self.layer)
         if reason is not None:
             if self.accumulation == "fused":
                 raise ConfigError(f"accumulation='fused' is not possible: {reason}; use accumulation='auto' or "
                                   f"'hooks'.")
-            self.fused_fallback_reason = reason
+            self._capture.fallback_reason = reason
             return
         self._fused_handle = install_fused_forward(module, self._plan_fused)
 
@@ -373,32 +319,18 @@ class RnBCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Remove the hooks and restore the tracked layer's forward (``teardown`` is not reached on every error)."""
         self._remove_hooks()
-        self._batch_domains = None
 
     def _remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._tracked.detach()
         if self._fused_handle is not None:
             self._fused_handle.remove()
             self._fused_handle = None
-        self._sinks, self._fused_ran = [], False
+        if self._capture is not None:
+            self._capture.stop()
 
     # ------------------------------------------------------------------ capture
     def _forward_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if self._fused_ran:  # this call ran the fused backward; nothing to capture
-            self._fused_ran = False
-            return
-        if self._batch_domains is None or not torch.is_grad_enabled() or not output.requires_grad:
-            return
-        self.capture_counts["hooks"] += 1
-        pos = len(self._acts)
-        self._acts.append(inputs[0].detach())
-
-        def grad_hook(grad: torch.Tensor, pos: int = pos) -> None:
-            self._grads[pos] = grad.detach()
-
-        output.register_hook(grad_hook)
+        self._capture.on_forward(inputs, output, self._tracked.handle.watch_grad)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -408,161 +340,44 @@ class RnBCallback(Callback):
         if not isinstance(batch, dict) or self.domain_key not in batch:
             raise ConfigError(f"RnBCallback needs dict batches with a {self.domain_key!r} key of (B,) domain ids; "
                               f"got {type(batch).__name__} (keys {list(batch) if isinstance(batch, dict) else '-'}).")
-        self._batch_domains = torch.as_tensor(batch[self.domain_key]).reshape(-1)
-        if self.loss_reduction == "token_mean":
-            if self.target_key not in batch:
-                raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
-            self._batch_targets = batch[self.target_key]
-        self._acts, self._grads = [], {}
-        self._sinks, self._fused_ran = [], False
-        self._accum_factor = float(trainer.accumulate_grad_batches)
-        self._scaler_active = self._active_scaler(trainer) is not None  # no get_scale(): a device sync
-        self._batch_scale = None
-        if self.loss_reduction == "token_mean":
-            # the per-example factors only depend on the batch: made here, where a few small ops cost less than
-            # inside the forward pass (measured), and reused by the fused forward and the hook path
-            targets = torch.as_tensor(self._batch_targets)
-            if targets.dim() == 2:
-                self._batch_scale = (self._accum_factor, targets.device, tuple(targets.shape),
-                                     token_mean_scale(targets, self.ignore_index, self._accum_factor))
+        if self.loss_reduction == "token_mean" and self.target_key not in batch:
+            raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
+        self._capture.start(batch[self.domain_key], batch.get(self.target_key) if self.target_key else None,
+                            float(trainer.accumulate_grad_batches))
 
     def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
         """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
         path captures the call if it is a training call)."""
-        domains = self._batch_domains
-        if domains is None or not torch.is_grad_enabled():
-            return None
-        if not (x.requires_grad or module.weight.requires_grad
-                or (module.bias is not None and module.bias.requires_grad)):
-            return None
-        reason = None
-        if self._scaler_active:
-            reason = "AMP loss scaling is active (the overflow skip needs the output gradient)"
-        elif torch.is_autocast_enabled(x.device.type):
-            reason = "autocast is active (the fused backward does not cast)"
-        elif x.dim() not in (2, 3):
-            reason = f"the layer input has shape {tuple(x.shape)} (fused needs (B, d) or (B, T, d))"
-        elif x.dtype not in FUSED_DTYPES or module.weight.dtype != x.dtype:
-            reason = f"input/weight dtypes {x.dtype}/{module.weight.dtype} (fused needs float32 or float64)"
-        else:
-            b = x.shape[0]
-            self._check_batch_size(b)
-            scale, valid = self._example_scale(tuple(x.shape), x.device, self._accum_factor)
-            uniform = not isinstance(scale, torch.Tensor) and valid is None
-            width = module.in_features + int(module.bias is not None or self._use_bias)
-            mode = fused_accumulation_mode(b, module.out_features, width, uniform_scale=uniform,
-                                           force=self.accumulation == "fused")
-            if mode is None:
-                reason = ("per-example scales (token_mean) on a layer whose (B, d_out, d_in + 1) per-example tensor "
-                          "exceeds FUSED_PER_EXAMPLE_MAX_ELEMENTS")
-        if reason is not None:
-            self.fused_fallback_reason = reason
-            if self.accumulation == "fused" and not self._warned_fallback:
-                rank_zero_warn(f"RnBCallback(accumulation='fused'): using the hook path because {reason}.")
-                self._warned_fallback = True
-            return None
-        sums, counts = self._accumulators(x.device)
-        sink = DomainGradSink(sums, counts, domains, example_scale=scale, valid=valid, include_bias=self._use_bias,
-                              mode=mode)
-        self._sinks.append(sink)
-        self._fused_ran = True
-        self.capture_counts[mode] += 1
+        capture = self._capture
+        fallbacks = capture.fallbacks
+        sink = capture.plan(module, x, scaler_active=self._tracked.scaler is not None,
+                            others_rewrite=self._tracked.handle.others_rewrite)
+        if capture.fallbacks > fallbacks and self.accumulation == "fused" and "fallback" not in self._warned:
+            rank_zero_warn(f"RnBCallback(accumulation='fused'): using the hook path because "
+                           f"{capture.fallback_reason}.")
+            self._warned.add("fallback")
         return sink
 
-    def _check_batch_size(self, b: int) -> None:
-        """The tracked layer must see one row per example of the micro-batch (one domain id each)."""
-        if b != self._batch_domains.numel():
-            raise ConfigError(f"the tracked layer saw {b} examples but the batch has {self._batch_domains.numel()} "
-                              f"domain ids; track a layer applied once per example.")
-
-    def _accumulators(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's ``(sums, counts)`` (the step buffers under DDP), moved to ``device`` on first use."""
-        sums = self._step_sums if self._distributed else self.sums
-        if sums.device != device:  # first micro-batch on an accelerator: move the accumulators once
-            self._to_device(device)
-        return (self._step_sums, self._step_counts) if self._distributed else (self.sums, self.counts)
-
-    def _example_scale(self, shape: tuple[int, ...], device: torch.device,
-                       factor: float) -> tuple[torch.Tensor | float, torch.Tensor | None]:
-        """Per-example factor turning the batch-loss gradient into each example's own loss gradient, and the
-        ``valid`` mask (``token_mean``: examples with no target token)."""
-        b = shape[0]
-        if self.loss_reduction == "mean":
-            return float(b) * factor, None
-        if self.loss_reduction == "sum":
-            return factor, None
-        cached = self._batch_scale
-        if cached is not None and cached[0] == factor and cached[1] == device and cached[2] == shape[:2] \
-                and len(shape) == 3:
-            return cached[3]
-        targets = torch.as_tensor(self._batch_targets, device=device)
-        if targets.dim() != 2 or targets.shape[0] != b or len(shape) != 3 or targets.shape[1] != shape[1]:
-            raise ConfigError(f"token_mean: targets {tuple(targets.shape)} must be (B, T) aligned with the "
-                              f"tracked layer input {tuple(shape)}.")
-        # equal target counts (packed LM batches) give one float, which lets the fused path use its grouped mode
-        return token_mean_scale(targets, self.ignore_index, factor)
-
     @staticmethod
-    def _active_scaler(trainer: pl.Trainer) -> Any:
-        """The precision plugin's enabled GradScaler, or ``None``."""
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        return scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: False)() else None
-
-    def _amp_scale(self, trainer: pl.Trainer) -> float | None:
+    def _amp_scale(trainer: pl.Trainer) -> float | None:
         """The active GradScaler's scale, or ``None`` without loss scaling (then no finiteness check is needed)."""
-        scaler = self._active_scaler(trainer)
+        scaler = active_scaler(trainer)
         return float(scaler.get_scale()) if scaler is not None else None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums (calls that
-        ran the fused backward were already added there).
-
-        Cost: one batched matmul + ``index_add_`` (small layers) or one GEMM per present domain (large layers), i.e.
-        about one extra weight-gradient computation of the tracked layer; no per-example Python work, no host sync
-        except the group sizes of the grouped path and, under AMP loss scaling only, the scale and an overflow check.
-        """
-        if self._batch_domains is None:
-            return  # fixed-mixture methods never set it
-        acts, grads, sinks = self._acts, self._grads, self._sinks
-        self._acts, self._grads, self._sinks = [], {}, []
-        pairs = [(acts[i], grads[i]) for i in range(len(acts)) if i in grads]
-        if not pairs:
-            if not any(s.calls for s in sinks) and not self._warned_no_capture:
-                rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; "
-                               f"nothing is accumulated. Check `layer`.")
-                self._warned_no_capture = True
-            return
-        factor = float(trainer.accumulate_grad_batches)
-        amp_scale = self._amp_scale(trainer)
-        if amp_scale is not None:
-            if not all(bool(torch.isfinite(delta).all()) for _, delta in pairs):
-                return  # AMP overflow: the optimizer step is skipped, so is this contribution
-            factor /= amp_scale
-        domains = self._batch_domains
-        sums, counts = self._accumulators(pairs[0][0].device)
-        for a, delta in pairs:
-            self._check_batch_size(a.shape[0])
-            scale, valid = self._example_scale(tuple(a.shape), a.device, factor)
-            accumulate_domain_grads(sums, counts, a, delta, domains, example_scale=scale,
-                                    include_bias=self._use_bias, sketch=self._sketch, valid=valid)
-
-    def _to_device(self, device: torch.device) -> None:
-        self.sums, self.counts = self.sums.to(device), self.counts.to(device)
-        if self._distributed:
-            self._step_sums, self._step_counts = self._step_sums.to(device), self._step_counts.to(device)
-        if self._sketch is not None:
-            self._sketch.to(device)
+        """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums
+        (:meth:`~lightning_ws.rnb.capture.DomainGradCapture.flush`; fused calls were added by their backward)."""
+        if self._capture is None or self._capture.domains is None:
+            return  # fixed-mixture methods never capture
+        if not self._capture.flush(self._tracked.loss_scale()) and "no_capture" not in self._warned:
+            rank_zero_warn(f"RnBCallback: layer {self.layer!r} produced no gradient in this backward pass; nothing "
+                           f"is accumulated. Check `layer`.")
+            self._warned.add("no_capture")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Under DDP, all-reduce this optimizer step's contributions so that every rank holds the global sums."""
-        if self.method not in _GRAD_METHODS or not self._distributed:
-            return
-        step_sums = trainer.strategy.reduce(self._step_sums, reduce_op="sum")
-        step_counts = trainer.strategy.reduce(self._step_counts, reduce_op="sum")
-        self.sums = self.sums.to(step_sums.device).add_(step_sums)
-        self.counts = self.counts.to(step_counts.device).add_(step_counts)
-        self._step_sums.zero_()
-        self._step_counts.zero_()
+        if self.method in _GRAD_METHODS and self.acc.distributed:
+            self.acc.merge_step(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
 
     # ------------------------------------------------------------------ update
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -575,8 +390,9 @@ class RnBCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         """After each optimizer step count the round; at its end update ``p`` and push it."""
-        self._batch_domains = None
-        if trainer.global_step == self.last_global_step:
+        if self._capture is not None:
+            self._capture.stop()
+        if not TrackedLinear.new_optimizer_step(trainer, self.last_global_step):
             return  # still accumulating micro-batches
         self.last_global_step = int(trainer.global_step)
         self.steps_in_round += 1
@@ -587,108 +403,66 @@ class RnBCallback(Callback):
         t0 = time.perf_counter()
         self.round += 1
         self.steps_in_round = 0
-        updated = False
-        stats: dict[str, float] = {}
-        counts = None
+        updated, stats, counts = False, {}, None
         logging = trainer.logger is not None or bool(trainer.loggers)  # statistics are only made to be logged
         if self.method in _GRAD_METHODS:
-            counts = self.counts.clone() if logging else None
-            sums = self.sums  # already global: reduced every optimizer step under DDP
+            acc = self.acc  # already global: reduced every optimizer step under DDP
+            counts = acc.counts.clone() if logging else None
             if self.round >= self.warmup_rounds:
-                gram, present = domain_gram(sums.cpu(), self.counts.cpu())
-                p_prev = self.p.double()
-                if self.method == "rnb":
-                    p_new, updated = rnb_update(gram, self.p_eval, p_prev, lam=self.lam, present=present,
-                                                normalize=self.normalize, prob_floor=self.prob_floor)
-                else:
-                    p_new, updated = multiplicative_update(gram, self.p_eval, p_prev, lr=self.doge_lr,
-                                                           present=present, normalize=self.normalize,
-                                                           prob_floor=self.prob_floor)
+                gram, present = domain_gram(acc.sums.cpu(), acc.counts.cpu())
+                update = rnb_update if self.method == "rnb" else multiplicative_update
+                rate = {"lam": self.lam} if self.method == "rnb" else {"lr": self.doge_lr}
+                p_new, updated = update(gram, self.p_eval, self.p.double(), present=present, normalize=self.normalize,
+                                        prob_floor=self.prob_floor, **rate)
                 self.p = p_new.cpu()
-                if logging:
-                    m = gram.shape[0]
-                    diag = torch.diagonal(gram)
-                    stats["gram_diag_mean"] = float(diag.mean())
-                    stats["gram_offdiag_mean"] = float((gram.sum() - diag.sum()) / max(1, m * m - m))
-            self.sums.zero_()
-            self.counts.zero_()
+                stats = gram_stats(gram) if logging else {}
+            acc.reset()
         # identical on every rank already; broadcast removes any floating-point divergence (all ranks call it)
         self.p = torch.as_tensor(trainer.strategy.broadcast(self.p.clone(), src=0), dtype=torch.float64).cpu()
         self._target(trainer).set_mixture(self.p.clone())
         self.history.append(self.p.tolist())
-        elapsed_ms = 1000.0 * (time.perf_counter() - t0)
-        self._log(trainer, pl_module, updated, stats, counts, elapsed_ms)
+        if logging:
+            self._log(trainer, pl_module, updated, stats, counts, 1000.0 * (time.perf_counter() - t0))
 
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, updated: bool, stats: dict[str, float],
              counts: torch.Tensor | None, elapsed_ms: float) -> None:
-        if trainer.logger is None and not trainer.loggers:
-            return
         values = {f"rnb/p_{name}": float(v) for name, v in zip(self.domain_names, self.p)}
-        values["rnb/entropy"] = mixture_entropy(self.p)
-        values["rnb/round"] = float(self.round)
-        values["rnb/updated"] = float(updated)
-        values["rnb/update_ms"] = elapsed_ms
+        values.update({"rnb/entropy": mixture_entropy(self.p), "rnb/round": float(self.round),
+                       "rnb/updated": float(updated), "rnb/update_ms": elapsed_ms})
         values.update({f"rnb/{k}": v for k, v in stats.items()})
         if counts is not None:
             values.update({f"rnb/n_{name}": float(c) for name, c in zip(self.domain_names, counts.cpu())})
         pl_module.log_dict(values, on_step=True, on_epoch=False)
-        if self.plot_every_n_rounds and self.round % self.plot_every_n_rounds == 0 and trainer.is_global_zero:
-            self._plot_wandb(trainer)
+        if self.plot_every_n_rounds and self.round % self.plot_every_n_rounds == 0 and self._tracked.wandb \
+                and trainer.is_global_zero:
+            import wandb
 
-    def _plot_wandb(self, trainer: pl.Trainer) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers:
-            return
-        import wandb
-
-        image = self.trajectory_image()
-        for lg in loggers:
-            lg.experiment.log({"rnb/mixture_trajectory": wandb.Image(image, caption=f"round {self.round}"),
-                               "trainer/global_step": trainer.global_step})
+            TrackedLinear.wandb_log(trainer, {"rnb/mixture_trajectory": wandb.Image(
+                self.trajectory_image(), caption=f"round {self.round}")})
 
     def trajectory_image(self) -> np.ndarray:
         """An RGB ``(H, W, 3)`` uint8 stack plot of the mixture per round (matplotlib, no pyplot state)."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        hist = np.asarray(self.history if self.history else [[float(v) for v in self.p]], dtype=np.float64)
-        fig = Figure(figsize=(6, 3), dpi=80)
-        canvas = FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
-        ax.stackplot(np.arange(1, len(hist) + 1), hist.T, labels=self.domain_names[: hist.shape[1]])
-        ax.set_xlabel("round")
-        ax.set_ylabel("p")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{self.method} mixture")
-        if hist.shape[1] <= 12:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6)
-        fig.tight_layout()
-        canvas.draw()
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+        hist = self.history if self.history else [[float(v) for v in self.p]]
+        return trajectory_image(hist, self.domain_names, f"{self.method} mixture")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """``p``, accumulators, counts, round/step counters, history (plain tensors/numbers/lists)."""
         state: dict[str, Any] = {
-            "version": _STATE_VERSION,
-            "method": self.method,
-            "p": None if self.p is None else self.p.clone().cpu(),
-            "round": self.round,
-            "steps_in_round": self.steps_in_round,
-            "last_global_step": self.last_global_step,
+            "version": _STATE_VERSION, "method": self.method, "p": None if self.p is None else self.p.clone().cpu(),
+            "round": self.round, "steps_in_round": self.steps_in_round, "last_global_step": self.last_global_step,
             "history": [list(h) for h in self.history],
         }
-        if self.sums is not None:
-            state["sums"] = self.sums.detach().clone().cpu()
-            state["counts"] = self.counts.detach().clone().cpu()
+        if self.acc is not None:
+            state["sums"] = self.acc.sums.detach().clone().cpu()
+            state["counts"] = self.acc.counts.detach().clone().cpu()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (before or after ``setup``)."""
-        state = self._migrate(dict(state_dict))
+        state = dict(state_dict)
+        check_state_version(state, _STATE_VERSION, "RnBCallback")
         if state.get("method", self.method) != self.method:
             raise ConfigError(f"checkpoint state is for method={state['method']!r}, this callback uses "
                               f"{self.method!r}.")
@@ -696,13 +470,6 @@ class RnBCallback(Callback):
             self._pending_state = state
         else:
             self._apply_state(state)
-
-    @staticmethod
-    def _migrate(state: dict[str, Any]) -> dict[str, Any]:
-        version = int(state.get("version", 1))
-        if version > _STATE_VERSION:
-            raise ConfigError(f"RnBCallback state version {version} is newer than this code ({_STATE_VERSION}).")
-        return state
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         if state.get("p") is not None:
@@ -714,12 +481,8 @@ class RnBCallback(Callback):
         self.steps_in_round = int(state["steps_in_round"])
         self.last_global_step = int(state["last_global_step"])
         self.history = [list(h) for h in state.get("history", [])]
-        if "sums" in state and self.sums is not None:
-            if tuple(state["sums"].shape) != tuple(self.sums.shape):
-                raise ConfigError(f"checkpoint accumulators {tuple(state['sums'].shape)} do not match "
-                                  f"{tuple(self.sums.shape)}; same layer and sketch_dim are needed to resume.")
-            self.sums = state["sums"].clone().to(torch.float32)
-            self.counts = state["counts"].clone().to(torch.float64)
+        if "sums" in state and self.acc is not None:
+            self.acc.load(state["sums"], state["counts"])
 
     # ------------------------------------------------------------------ convenience
     @property
@@ -729,6 +492,4 @@ class RnBCallback(Callback):
 
     def gram(self) -> torch.Tensor | None:
         """The Gram matrix of the current (local, un-reduced) accumulators, for inspection."""
-        if self.sums is None:
-            return None
-        return domain_gram(self.sums.cpu(), self.counts.cpu())[0]
+        return None if self.acc is None else domain_gram(self.acc.sums.cpu(), self.acc.counts.cpu())[0]

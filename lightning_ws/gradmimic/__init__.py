@@ -5,7 +5,8 @@
 * :mod:`~lightning_ws.gradmimic.filters`: binarisers (``1/B`` threshold, 1-D 2-means, 2-component GMM), vote
   aggregation (majority, label model, last round) and :class:`MimicScoreFilter`;
 * :mod:`~lightning_ws.gradmimic.records`: :class:`ScoreLog`, per-sample weights/scores keyed by sample id;
-* :mod:`~lightning_ws.gradmimic.reference`: loading and checking reference weights;
+* :mod:`~lightning_ws.gradmimic.reference`: loading and checking reference weights, running the reference;
+* :mod:`~lightning_ws.gradmimic.loss`: :func:`reduce_per_sample_loss` for modules (weighted sum under ``all_params``);
 * :mod:`~lightning_ws.gradmimic.signal`: when the direction carries signal: scores in output space, the alignment
   kappa, the filter's table checks, and the RHO-LOSS holdout selection baseline.
 
@@ -25,6 +26,7 @@ from lightning_ws.gradmimic.filters import (
     two_means_1d,
     vote_matrix,
 )
+from lightning_ws.gradmimic.loss import reduce_per_sample_loss
 from lightning_ws.gradmimic.records import ScoreLog
 from lightning_ws.gradmimic.signal import (
     GradMimicSignalWarning,
@@ -38,6 +40,7 @@ from lightning_ws.gradmimic.reference import check_same_architecture, load_refer
 from lightning_ws.gradmimic.scores import (
     SCORE_VARIANTS,
     TargetDirection,
+    batch_scores,
     batch_softmax_weights,
     batch_softmax_weights_checked,
     grand_scores,
@@ -53,8 +56,8 @@ from lightning_ws.gradmimic.scores import (
 __all__ = [
     "ABSTAIN", "AGGREGATORS", "BINARIZERS", "SCORE_VARIANTS", "FilterResult", "GradMimicSignalWarning",
     "MimicScoreFilter", "ScoreLog", "TargetDirection", "alignment_counts", "kappa_from_counts", "output_mimic_scores",
-    "reducible_loss_selection", "table_signal",
-    "aggregate_votes", "batch_softmax_weights", "batch_softmax_weights_checked", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
+    "reduce_per_sample_loss", "reducible_loss_selection", "table_signal",
+    "aggregate_votes", "batch_scores", "batch_softmax_weights", "batch_softmax_weights_checked", "binarize", "check_same_architecture", "gmm_1d", "grand_scores",
     "load_reference_state", "mimic_scores", "per_sample_grad_norms", "per_sample_layer_grads", "reference_layer",
     "rho_scores", "target_direction", "top_p_indices", "two_means_1d", "vote_matrix", "weight_entropy",
     "weighted_layer_grad",

@@ -24,6 +24,7 @@ from lightning_ws.errors import ConfigError, DataError
 
 __all__ = [
     "SCORE_VARIANTS",
+    "batch_scores",
     "TargetDirection",
     "target_direction",
     "mimic_scores",
@@ -328,3 +329,35 @@ def weight_entropy(weights: Tensor) -> float:
         return 1.0
     h = -(w * w.clamp_min(1e-30).log()).sum()
     return float(h / math.log(w.numel()))
+
+
+def batch_scores(variant: str, inputs: Tensor, out_grads: Tensor, *, grad_scale: float = 1.0,
+                 direction: tuple[Tensor, Tensor | None, float] | None = None, outputs: Tensor | None = None,
+                 ref_outputs: Tensor | None = None, ref_head: tuple[Tensor, Tensor | None] | None = None,
+                 labels: Tensor | None = None, with_bias: bool = True, eps: float = 1e-12) -> Tensor:
+    """Per-sample scores of one micro-batch for any :data:`SCORE_VARIANTS` (arXiv 2501.06708 and its baselines).
+
+    * ``"proj"`` / ``"cos"``: :func:`mimic_scores` along ``direction = (V_w, V_b, ||V||)``, or, with ``ref_outputs``
+      (the reference's own mimic-layer outputs), the output-space form
+      :func:`~lightning_ws.gradmimic.signal.output_mimic_scores` (needs ``outputs``, the model's);
+    * ``"grand"``: :func:`grand_scores` (times ``grad_scale``);
+    * ``"rho"``: :func:`rho_scores` of the model's ``outputs`` against ``ref_outputs``, or, without them, the
+      reference head ``ref_head = (W_ref, b_ref)`` applied to the model's ``inputs`` (exact when the layers below are
+      shared), on ``labels``.
+
+    ``out_grads * grad_scale`` is the output gradient in per-sample-loss units.
+    """
+    if variant in ("proj", "cos"):
+        v_w, v_b, v_norm = direction
+        if ref_outputs is not None:
+            from lightning_ws.gradmimic.signal import output_mimic_scores
+
+            return output_mimic_scores(out_grads, ref_outputs, outputs, v_norm=v_norm, variant=variant, inputs=inputs,
+                                       with_bias=with_bias, eps=eps, grad_scale=grad_scale)
+        return mimic_scores(inputs, out_grads, v_w, v_b, variant=variant, v_norm=v_norm, eps=eps,
+                            grad_scale=grad_scale)
+    if variant == "grand":
+        return grand_scores(inputs, out_grads, with_bias=with_bias) * grad_scale
+    ref_logits = ref_outputs.float() if ref_outputs is not None else \
+        torch.nn.functional.linear(inputs.float(), ref_head[0], ref_head[1])
+    return rho_scores(outputs.detach(), ref_logits, labels.to(inputs.device))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ __all__ = [
     "table_signal",
     "reducible_loss_selection",
     "warn_no_signal",
+    "SignalMonitor",
+    "MIN_ALIGNMENT_ROWS",
+    "FLAT_TOL",
 ]
 
 
@@ -193,3 +197,143 @@ def reducible_loss_selection(train_loss: Tensor, irreducible_loss: Tensor, fract
     w = torch.zeros(b, device=train_loss.device)
     w[top] = 1.0 / k
     return w
+
+
+#: rows (samples x positions) an alignment window collects before kappa is evaluated
+MIN_ALIGNMENT_ROWS = 32
+#: a batch whose largest relative weight is below 1 + FLAT_TOL counts as flat (uniform weights)
+FLAT_TOL = 1e-3
+
+
+class SignalMonitor:
+    """What one Grad-Mimic fit found about the signal in its mimic direction (see the module docstring): whether it
+    carries signal (``ok``), why not (``reasons``), the alignment checks ``(step, kappa, rows)``, and the flat-weight
+    count of the current epoch. Its :meth:`state_dict` is the ``"signal"`` part of the callback's state.
+
+    Args:
+        label: the layer's name, for messages.
+        on_no_signal: ``"raise"`` (a missing signal at the start raises ConfigError) or ``"warn"``.
+        min_alignment: kappa below which the weight-space direction carries no signal (``None``: never checked).
+        check_every_n_steps: optimizer steps between alignment checks after the first (0: only the first).
+    """
+
+    def __init__(self, label: str, on_no_signal: str = "raise", min_alignment: float | None = 0.5,
+                 check_every_n_steps: int = 50) -> None:
+        self.label, self.policy = label, on_no_signal
+        self.min_alignment, self.every = min_alignment, check_every_n_steps
+        self.reset("", check_alignment=False)
+
+    def reset(self, space: str, *, check_alignment: bool) -> None:
+        """A fresh fit scoring in ``space`` (a resume restores the recorded findings afterwards)."""
+        self.space, self.check_alignment = space, check_alignment
+        self.ok, self.reasons, self.alignment, self.first_check_done = True, [], [], False
+        self.window: Tensor | None = None  # alignment counts collected so far
+        self.new_kappa: float | None = None  # a kappa not logged yet
+        self.flat = [0, 0]  # (flat, seen) logging steps of the current epoch
+
+    def no_signal(self, reason: str, *, at_start: bool) -> None:
+        """Record that the direction carries no signal; refuse at the start (policy ``"raise"``), else warn."""
+        self.ok = False
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+        msg = f"Grad-Mimic ({self.label!r}, space={self.space!r}): {reason}."
+        if at_start and self.policy == "raise":
+            raise ConfigError(msg + " (on_no_signal='warn' trains anyway and records the reason.)")
+        warnings.warn(msg, GradMimicSignalWarning, stacklevel=3)
+
+    def alignment_due(self, step: int) -> bool:
+        """Whether this step measures the alignment (the first window, an unfinished window, or a check step)."""
+        if not self.check_alignment:
+            return False
+        return (not self.first_check_done or self.window is not None
+                or (self.every > 0 and step % self.every == 0))
+
+    def add_alignment(self, counts: Tensor, step: int) -> None:
+        """Add one micro-batch's :func:`alignment_counts` (summed over ranks); judge the window once it is full."""
+        self.window = counts if self.window is None else self.window + counts
+        if float(self.window[0]) < MIN_ALIGNMENT_ROWS:
+            return
+        kappa, rows = kappa_from_counts(self.window), int(self.window[0])
+        self.window = None
+        self.alignment.append((int(step), kappa, rows))
+        self.new_kappa = kappa
+        first = not self.first_check_done
+        self.first_check_done = True
+        if kappa < self.min_alignment and (first or self.ok):  # one warning per loss of signal
+            when = "at the start" if first else f"fell at step {step}"
+            self.no_signal(
+                f"the mimic layer's inputs are not in the reference's feature space ({when}: the reference layer on "
+                f"the model's inputs agrees with the reference's own predictions at kappa {kappa:.2f} < min_alignment "
+                f"{self.min_alignment:g}, {rows} rows), so W_ref - W_t does not point toward the reference's "
+                f"predictions and the scores mostly rank samples by the model's own margin (with noisy labels it "
+                f"favours mislabelled samples). Use space='outputs' (or 'auto'), which projects on the reference's "
+                f"own outputs, or freeze the layers below on the reference's backbone (linear probing)", at_start=first)
+
+    def observe_weights(self, max_relative_weight: float) -> None:
+        """Count one logged batch, flat when its largest relative weight is below ``1 + FLAT_TOL``."""
+        self.flat[0] += int(max_relative_weight < 1.0 + FLAT_TOL)
+        self.flat[1] += 1
+
+    def end_epoch(self, epoch: int, tau: float, judged: bool) -> None:
+        """Flat weights on every logged batch of the epoch mean no signal (``judged``: this score is flat-checked)."""
+        flat, seen = self.flat
+        self.flat = [0, 0]
+        if seen and flat == seen and judged and not math.isinf(tau):
+            self.no_signal(f"the batch weights were flat in epoch {epoch} (max relative weight < {1 + FLAT_TOL:g} on "
+                           f"all {seen} logging steps): the scores are tiny next to tau={tau:g} or W_ref == W_t, so "
+                           f"the re-weighting is plain SGD and the recorded weights say nothing about the samples; "
+                           f"lower tau", at_start=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"ok": self.ok, "space": self.space, "reasons": list(self.reasons), "alignment": list(self.alignment)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "space": self.space, "reasons": list(self.reasons),
+                "first_check_done": self.first_check_done,
+                "alignment": torch.tensor(self.alignment, dtype=torch.float64).reshape(-1, 3)}
+
+    def load_state_dict(self, sig: dict[str, Any]) -> None:
+        self.ok = bool(sig["ok"])
+        self.reasons = [str(r) for r in sig["reasons"]]
+        self.first_check_done = bool(sig["first_check_done"])
+        self.alignment = [(int(a), float(b), int(c)) for a, b, c in torch.as_tensor(sig["alignment"]).tolist()]
+        self.window = None
+
+    def choose_space(self, requested: str, *, score: str, others_train: list[str], shared: bool, full: bool) -> bool:
+        """Resolve the score space of a fresh fit and whether the alignment is checked; returns whether the reference
+        must be run on the training inputs (output space, the alignment check, RHO-LOSS with trained layers below).
+
+        ``others_train``: trained parameters other than the mimic layer; ``shared``: every other parameter is frozen
+        and (as far as ``full`` lets us check) equal to the reference's; ``full``: the reference holds every tensor.
+
+        Raises:
+            ConfigError: ``space="outputs"`` with a mimic-layer-only reference; no signal at the start (policy).
+        """
+        if score == "grand":  # GraNd does not use the reference
+            self.reset("weights", check_alignment=False)
+            return False
+        space = requested if requested != "auto" else ("weights" if shared or not full else "outputs")
+        if space == "outputs" and not full:
+            raise ConfigError("space='outputs' runs the reference model on the training inputs, but the reference "
+                              "holds only the mimic layer (strict_reference=False). Pass the full reference (a "
+                              "state dict, checkpoint or module of the LightningModule's architecture).")
+        check = space == "weights" and not shared and full and self.min_alignment is not None
+        self.reset(space, check_alignment=check)
+        if space == "weights" and not shared and not full:
+            more = " ..." if len(others_train) > 5 else ""
+            what = f"parameters other than the mimic layer train ({others_train[:5]}{more})"
+            self.no_signal(
+                f"{what}, so the mimic layer's inputs leave the reference's feature space and W_ref - W_t stops "
+                f"pointing toward the reference's predictions (with noisy labels it then favours mislabelled "
+                f"samples); the reference holds only the mimic layer, so this cannot be checked or scored in output "
+                f"space. Pass the full reference and space='auto' or 'outputs', or freeze the layers below (linear "
+                f"probing on a backbone shared with the reference)", at_start=True)
+            return False
+        return space == "outputs" or check or (score == "rho" and not shared)
+
+    def measure(self, inputs: Tensor, ref_outputs: Tensor, ref_weight: Tensor, ref_bias: Tensor | None, step: int,
+                reduce: Any = None) -> None:
+        """One micro-batch of the alignment check: the reference layer on the model's ``inputs`` against the
+        reference's own ``ref_outputs`` (``reduce``: sums the counts over ranks, every rank calls it)."""
+        counts = alignment_counts(ref_outputs.float(), torch.nn.functional.linear(inputs.float(), ref_weight, ref_bias))
+        self.add_alignment(counts if reduce is None else reduce(counts), step)

@@ -2,7 +2,7 @@
 
 The ``head`` is the natural mimic layer (the paper's linear-probing setting: ``heads.head`` of a ViT on frozen
 features). ``training_step`` computes per-sample cross-entropy and reduces it with
-:func:`lightning_ws.callbacks.gradmimic.reduce_per_sample_loss`, so the same module works with
+:func:`lightning_ws.gradmimic.loss.reduce_per_sample_loss`, so the same module works with
 ``GradMimicCallback(mode="layer_only")`` (plain mean) and ``mode="all_params"`` (weighted sum).
 """
 
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_ws.callbacks.gradmimic import reduce_per_sample_loss
 from lightning_ws.errors import ConfigError
+from lightning_ws.gradmimic.loss import reduce_per_sample_loss
 from lightning_ws.io import save_tensors
 
 __all__ = ["GradMimicClassifier"]

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from lightning_ws.errors import ConfigError
-from lightning_ws.rnb.functional import validate_mixture
+from lightning_ws.rnb.mixture import validate_mixture
 
 __all__ = ["DomainMixtureSampler"]
 
