@@ -143,6 +143,10 @@ def _build_cli_classes():
                      if not any(isinstance(cb, cls) for cb in given)]
             if self.subcommand == "predict" and not any(isinstance(cb, PredictionsWriter) for cb in given):
                 extra.append(PredictionsWriter())
+            if self.subcommand == "fit":
+                from lightning_ws.resume import add_last_checkpoint
+
+                extra += add_last_checkpoint(config, given)
             return super()._instantiate_trainer(config, [*callbacks, *extra])
 
         def _run_subcommand(self, subcommand: str) -> None:
