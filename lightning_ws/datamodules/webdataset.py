@@ -125,7 +125,7 @@ class _ImageLabelSet(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.fmap.image(self.images[i]), "label": torch.tensor(self.labels[i])}
+        return {"image": self.fmap.image(self.images[i]), "label": torch.tensor(self.labels[i]), "idx": torch.tensor(i)}
 
 
 class _PairSet(Dataset):
@@ -272,6 +272,16 @@ class WebDatasetDataModule(pl.LightningDataModule):
         if not self._val:
             self.setup("validate")
         return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=0) for ds in self._val]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The zero-shot classification set, in order (``lightning-ws predict``: class probabilities per image)."""
+        if not self._val:
+            self.setup("validate")
+        if "zeroshot" not in self.val_names:
+            raise ConfigError("predict classifies the zero-shot set, and this data module has none: set zeroshot "
+                              "(e.g. cifar10). For DataComp filter signals use configs/predict/clip_signals.yaml.")
+        ds = self._val[self.val_names.index("zeroshot")]
+        return DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=0)
 
 
 class _UidFilter:
