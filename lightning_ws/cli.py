@@ -145,8 +145,10 @@ def _build_cli_classes():
                 extra.append(PredictionsWriter())
             if self.subcommand == "fit":
                 from lightning_ws.resume import add_last_checkpoint
+                from lightning_ws.wandb_training import DataReportCallback
 
                 extra += add_last_checkpoint(config, given)
+                extra += [] if any(isinstance(cb, DataReportCallback) for cb in given) else [DataReportCallback()]
             return super()._instantiate_trainer(config, [*callbacks, *extra])
 
         def _run_subcommand(self, subcommand: str) -> None:

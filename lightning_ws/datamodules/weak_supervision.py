@@ -177,6 +177,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         self._known_models = LABEL_MODEL_NAMES
         self.label_model = None
         self.label_model_report: dict[str, Any] = {}
+        self.lf_analysis: list[dict[str, Any]] = []
 
     def label_matrix(self, data: WrenchSplit) -> np.ndarray:
         """The training split's label matrix: the shipped one, or the given labeling functions applied to texts."""
@@ -248,5 +249,9 @@ class PseudoLabelDataModule(TextClassificationDataModule):
             "class_weighting": weighting,
             "pseudolabel_accuracy_vs_gold": float((hard == data.labels[rows]).mean()),
         }
+        from lightning_ws.labelmodels.matrix import LFAnalysis
+
+        self.lf_analysis = LFAnalysis(L, data.labels, lf_names=getattr(data, "lf_names", None),
+                                      num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras
