@@ -24,12 +24,17 @@ USER_CODE = """
 import json, sys, torch
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
-base = AutoModelForSequenceClassification.from_pretrained({base!r}, local_files_only=True).eval()
+base = AutoModelForSequenceClassification.from_pretrained({base!r}, local_files_only=True, **{kwargs!r}).eval()
 model = PeftModel.from_pretrained(base, {adapter!r}).eval()
 with torch.no_grad():
     logits = model(input_ids=torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])).logits
 print(json.dumps({{"logits": logits.tolist(), "peft_type": str(model.peft_config["default"].peft_type)}}))
 """
+IDS = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+
+
+def _user_code(base, adapter, **kwargs) -> str:
+    return USER_CODE.format(base=str(base), adapter=str(adapter), kwargs=kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def saved_adapter(tmp_path_factory):
         for name, p in model.named_parameters():
             if "more_" in name:
                 p.normal_(0, 0.1)  # B starts at 0: move it so the adapter changes the output
-        logits = model(input_ids=torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])).logits
+        logits = model(input_ids=IDS).logits
     model.save_pretrained(root / "adapter")
     assert json.loads((root / "adapter" / "adapter_config.json").read_text())["peft_type"] == "MORE"
     return root / "base", root / "adapter", logits
@@ -83,31 +88,61 @@ assert mapping.PEFT_TYPE_TO_TUNER_MAPPING["MORE"] is MoRePeftModel
 """
 
 
-def test_plain_peft_loads_more_adapter_when_installed(saved_adapter, site_dir):
-    """Start-up imports neither peft nor torch; plain peft then loads the adapter (same logits); install() is
-    idempotent."""
+@pytest.fixture(scope="module")
+def exported_more(tmp_path_factory):
+    """A MoRe PeftSequenceClassifier trained 2 steps, exported with ``lightning-ws export --format peft``."""
+    import lightning.pytorch as pl
+
+    from lightning_ws.checkpoints import CheckpointInfoCallback
+    from lightning_ws.cli import main
+    from lightning_ws.datamodules import TextClassificationDataModule
+    from lightning_ws.modules.more import PeftSequenceClassifier
+
+    root = tmp_path_factory.mktemp("more_export")
+    over = {"num_hidden_layers": 1}
+    model = PeftSequenceClassifier(adapter="more", nblocks=4, blk_r=4, config_overrides=over, lr=1e-2)
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=root, callbacks=[CheckpointInfoCallback()], limit_val_batches=0)
+    trainer.fit(model, TextClassificationDataModule("youtube", batch_size=4, train_limit=8, max_length=16))
+    trainer.save_checkpoint(root / "m.ckpt")
+    assert main(["export", "--ckpt_path", str(root / "m.ckpt"), "--format", "peft", "--out", str(root / "peft")]) == 0
+    config = json.loads((root / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "MORE"
+    model.eval()
+    with torch.no_grad():
+        logits = model(IDS, torch.ones_like(IDS))
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("more_B"))  # trained adapter
+    return config["base_model_name_or_path"], root / "peft", over, logits
+
+
+def test_plain_peft_loads_more_adapters_when_installed(saved_adapter, exported_more, site_dir):
+    """Start-up imports neither peft nor torch; plain peft then loads a shim-saved MoRe adapter and the folder
+    ``lightning-ws export --format peft`` wrote (same logits as the trained module); install() is idempotent."""
     base, adapter, expected = saved_adapter
+    exp_base, exp_adapter, over, exp_logits = exported_more
     code = ("import sys\nassert not {'peft', 'torch', 'lightning_ws.more.peft_shim'} & set(sys.modules)\n"
-            + USER_CODE.format(base=str(base), adapter=str(adapter)) + LAZY_AND_IDEMPOTENT)
+            + _user_code(base, adapter) + _user_code(exp_base, exp_adapter, num_labels=2, **over)
+            + LAZY_AND_IDEMPOTENT)
     proc = _python(code, site_dir)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["peft_type"] == "MORE"
-    assert torch.allclose(torch.tensor(out["logits"]), expected, atol=1e-5)
+    first, second = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])
+    assert first["peft_type"] == second["peft_type"] == "MORE"
+    assert torch.allclose(torch.tensor(first["logits"]), expected, atol=1e-5)
+    assert torch.allclose(torch.tensor(second["logits"]), exp_logits, atol=1e-5)
 
 
 @pytest.mark.slow  # a fresh interpreter importing peft + transformers (~20-40 s on the shared box)
 def test_without_the_startup_file_plain_peft_fails_as_before(saved_adapter):
     """The control: no .pth (or the hook switched off) gives PEFT's KeyError, so the test above tests the hook."""
     base, adapter, _ = saved_adapter
-    proc = _python(USER_CODE.format(base=str(base), adapter=str(adapter)), None)
+    proc = _python(_user_code(base, adapter), None)
     assert proc.returncode != 0 and "KeyError: 'MORE'" in proc.stderr
 
 
 @pytest.mark.slow
 def test_hook_switched_off_by_environment(saved_adapter, site_dir):
     base, adapter, _ = saved_adapter
-    proc = _python(USER_CODE.format(base=str(base), adapter=str(adapter)), site_dir,
+    proc = _python(_user_code(base, adapter), site_dir,
                    {"LIGHTNING_WS_NO_PEFT_HOOK": "1"})
     assert proc.returncode != 0 and "KeyError: 'MORE'" in proc.stderr
 
