@@ -128,6 +128,9 @@ def _fit_predict_export(config: Path, tmp_path: Path, capsys, extra: list[str]) 
     run = runs[0]
     last = run / "checkpoints" / "last.ckpt"
     assert last.is_file(), f"no last.ckpt in {run}: {sorted(p.name for p in run.rglob('*.ckpt'))}"
+    loops = torch.load(last, map_location="cpu", weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    # Lightning stores a state only for loaders it can resume mid-epoch (state_dict/load_state_dict): one per loader
+    assert loops.get("combined_loader"), "the training loader is not resumable (Lightning would warn on resume)"
     out = _cli(["predict", *common, "--ckpt_path", "last"], capsys)
     path = Path(out.split("predictions    :")[1].split()[0])
     assert path.parent == run, "predictions outside the run folder"
