@@ -47,9 +47,21 @@ def _model_class(config: Path) -> str:
 
 
 def _data_args(config: Path) -> dict[str, Any]:
+    """The config's data ``init_args``, plus the data class's other parameters (value ``None``) that it accepts."""
+    import importlib
+    import inspect
+
     cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     data = cfg.get("data") or {}
-    return dict(data.get("init_args") or {}) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        return {}
+    args = dict(data.get("init_args") or {})
+    module, _, name = str(data.get("class_path", "")).rpartition(".")
+    try:
+        params = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters
+    except (ImportError, AttributeError, ValueError):
+        return args
+    return {**{p: None for p in params if p != "self"}, **args}
 
 
 def _tiny(config: Path) -> list[str]:
@@ -61,7 +73,8 @@ def _tiny(config: Path) -> list[str]:
     elif model == "PeftSequenceClassifier":  # MoRe needs the real hidden size for its blocks: 1 pretrained layer
         out += ["--model.init_args.config_overrides", "{num_hidden_layers: 1}"]
     for key, value in (("batch_size", "4"), ("max_length", "16"), ("batch_problems", "2"),
-                       ("eval_batch_problems", "2"), ("max_problems", "12"), ("val_batch_size", "16")):
+                       ("eval_batch_problems", "2"), ("max_problems", "12"), ("val_batch_size", "16"),
+                       ("train_limit", "200")):
         if key in data:
             out += [f"--data.init_args.{key}", value]
     return out
