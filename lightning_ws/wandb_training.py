@@ -2,8 +2,9 @@
 
 :class:`DataReportCallback` (added to every ``lightning-ws fit``) logs, once at the start of training and on rank 0:
 
-* weak supervision (a data module with ``label_model_report``, e.g. :class:`~lightning_ws.datamodules.
-  PseudoLabelDataModule` in ``configs/ws_youtube.yaml`` and the program-labelling configs): ``labelmodel/report`` (the
+* weak supervision (a data module with ``label_model_report``, :class:`~lightning_ws.datamodules.
+  PseudoLabelDataModule` in ``configs/ws_youtube.yaml``, or ``label_report``, the program-labelling configs'
+  ``ProgramLabelDataModule``, whose LF table lists the human LFs and the generated programs): ``labelmodel/report`` (the
   label model, coverage, rows kept, class balance and its source, pseudolabel accuracy vs gold...) as a key/value table
   and in the run summary, and ``labelmodel/lf_analysis``, the LF table (polarity, coverage, overlaps, conflicts,
   empirical accuracy, dependency cluster);
@@ -32,13 +33,22 @@ def _cell(v: Any) -> Any:
     return json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
 
 
+def _label_report(datamodule: Any) -> dict[str, Any]:
+    """``label_model_report`` (PseudoLabelDataModule) or ``label_report`` (ProgramLabelDataModule), else ``{}``."""
+    for attr in ("label_model_report", "label_report"):
+        report = getattr(datamodule, attr, None)
+        if isinstance(report, dict) and report:
+            return report
+    return {}
+
+
 def data_report_tables(datamodule: Any) -> dict[str, tuple[list[str], list[list[Any]]]]:
     """``{key: (columns, rows)}`` of the tables :class:`DataReportCallback` logs for ``datamodule`` (may be empty)."""
     import numpy as np
 
     tables: dict[str, tuple[list[str], list[list[Any]]]] = {}
-    report = getattr(datamodule, "label_model_report", None)
-    if isinstance(report, dict) and report:
+    report = _label_report(datamodule)
+    if report:
         tables["labelmodel/report"] = (["key", "value"], [[k, str(_cell(v))] for k, v in report.items()])
     lf = getattr(datamodule, "lf_analysis", None)
     if lf:
@@ -88,7 +98,7 @@ class DataReportCallback(pl.Callback):
             log["weaver/accuracy_vs_n_plot"] = wandb.plot.line(log["weaver/accuracy_vs_n"], "N", "weaver_select_at_1",
                                                                title="Weaver select@1 vs candidates per problem")
         run.log(log)
-        for key, value in (getattr(trainer.datamodule, "label_model_report", None) or {}).items():
+        for key, value in _label_report(trainer.datamodule).items():
             if isinstance(value, (int, float, str)):
                 run.summary[f"labelmodel/{key}"] = value
         self.logged = sorted(log)

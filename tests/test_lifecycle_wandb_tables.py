@@ -19,10 +19,11 @@ TINY = ["--model.init_args.pretrained", "false", "--model.init_args.config_overr
         "--trainer.enable_progress_bar", "false", "--test_after_fit", "false", "--trainer.num_sanity_val_steps", "0"]
 
 
-def test_ws_config_run_logs_lf_table_and_label_model_report(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("config", ["ws_youtube", "programs_youtube"])
+def test_ws_config_run_logs_lf_table_and_label_model_report(config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     save_dir = tmp_path / "runs"
-    code = main(["fit", "-c", str(REPO / "configs" / "ws_youtube.yaml"), *TINY,
+    code = main(["fit", "-c", str(REPO / "configs" / f"{config}.yaml"), *TINY,
                  "--trainer.logger.init_args.save_dir", str(save_dir)])
     assert code == 0, capsys.readouterr().err[-3000:]
     files = {str(p.relative_to(save_dir)) for p in save_dir.rglob("*.table.json")}
