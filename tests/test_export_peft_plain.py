@@ -158,8 +158,21 @@ def test_shim_unavailable_gives_a_clear_error_naming_the_import(saved_adapter, s
     assert _python("import peft, sys; print(peft.__version__)", site_dir).returncode == 0  # peft imports fine
 
 
-@pytest.mark.slow  # builds the wheel (~1 min)
+@pytest.mark.slow  # builds the wheel and the editable wheel (~1 min)
 def test_wheel_ships_the_startup_file(tmp_path):
+    import shutil
+
+    leftovers = [REPO / "build", REPO / "lightning_ws.egg-info"]
+    existed = {p for p in leftovers if p.exists()}
+    try:
+        _check_wheels(tmp_path)
+    finally:  # setuptools builds in the source tree; leave it as found
+        for p in leftovers:
+            if p not in existed and p.exists():
+                shutil.rmtree(p)
+
+
+def _check_wheels(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                            str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,3 +180,10 @@ def test_wheel_ships_the_startup_file(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         assert PTH.name in zf.namelist()
         assert zf.read(PTH.name).decode() == PTH.read_text()
+    # the editable wheel (pip install -e .) too
+    (tmp_path / "editable").mkdir()
+    code = f"from setuptools import build_meta as b; print(b.build_editable({str(tmp_path / 'editable')!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(next((tmp_path / "editable").glob("*.whl"))) as zf:
+        assert PTH.name in zf.namelist()
