@@ -39,7 +39,7 @@ try:
     class EditableWheelWithPth(editable_wheel):
         """``editable_wheel`` that also puts the start-up file at the root of the editable wheel."""
 
-        def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):  # noqa: ANN001, ANN202
+        def _run_build_commands(self, dist_name, unpacked_wheel, build_lib, tmp_dir):
             result = super()._run_build_commands(dist_name, unpacked_wheel, build_lib, tmp_dir)
             shutil.copyfile(PTH, Path(unpacked_wheel) / PTH.name)
             return result

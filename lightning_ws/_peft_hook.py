@@ -68,10 +68,10 @@ class _AfterPeftLoader(importlib.abc.Loader):
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
-    def create_module(self, spec: Any) -> Any:  # noqa: D102
+    def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
-    def exec_module(self, module: Any) -> None:  # noqa: D102
+    def exec_module(self, module: Any) -> None:
         module.__loader__ = self._loader  # peft sees its own loader (resources, get_data)
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
@@ -85,7 +85,7 @@ class _AfterPeftLoader(importlib.abc.Loader):
 class _PeftFinder(importlib.abc.MetaPathFinder):
     """Meta-path finder that acts once, on the first import of ``peft``."""
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:  # noqa: D102
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname != "peft":
             return None
         _uninstall()

@@ -62,7 +62,7 @@ def data_report_tables(datamodule: Any) -> dict[str, tuple[list[str], list[list[
         for split, ds in datasets.items():
             correct = np.asarray(ds.correct, dtype=bool)
             pick = np.asarray(ds.targets).argmax(1)
-            rows.append([split, int(len(correct)), float(correct[np.arange(len(pick)), pick].mean()),
+            rows.append([split, len(correct), float(correct[np.arange(len(pick)), pick].mean()),
                          float(correct[:, 0].mean()), float(correct.any(1).mean())])
         tables["weaver/selection"] = (["split", "problems", "teacher_select_at_1", "first_candidate",
                                        "oracle_pass_at_n"], rows)
@@ -79,7 +79,7 @@ class DataReportCallback(pl.Callback):
         self.logged: list[str] = []
 
     @rank_zero_only
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:  # noqa: D102
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]

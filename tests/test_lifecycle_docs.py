@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _doc_commands() -> list[tuple[str, list[str]]]:
     out = []
     for doc in sorted((REPO / "docs").glob("*.md")):
-        for block in re.findall(r"```[a-z]*\n(.*?)```", doc.read_text(encoding="utf-8"), re.S):
+        for block in re.findall(r"```[a-z]*\n(.*?)```", doc.read_text(encoding="utf-8"), re.DOTALL):
             for line in block.replace("\\\n", " ").splitlines():
                 try:
                     words = shlex.split(line, comments=True)

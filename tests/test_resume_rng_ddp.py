@@ -82,7 +82,7 @@ def _run(tmp: Path, name: str, **spec: Any) -> list[dict[str, torch.Tensor]]:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["WANDB_MODE"] = "disabled"
     proc = subprocess.run([sys.executable, "-m", "tests.test_resume_rng_ddp", str(spec_file)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
 
@@ -111,10 +111,10 @@ def test_state_dict_format_and_single_process_round_trip():
         global_rank, world_size, lightning_module, datamodule, callbacks = 0, 1, None, None, []
         num_training_batches = 10
 
-        class fit_loop:  # noqa: N801
-            class epoch_loop:  # noqa: N801
-                class batch_progress:  # noqa: N801
-                    class current:  # noqa: N801
+        class fit_loop:
+            class epoch_loop:
+                class batch_progress:
+                    class current:
                         processed = 3
 
     cb = RNGStateCallback()
