@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
 from lightning_ws.callbacks.rnb import RnBCallback
@@ -66,3 +67,80 @@ def test_mixture_loader_state_round_trip():
     key = next(k for k in ("idx", "x") if k in next(iter(fresh_dm.train_dataloader())))
     rest = [batch[key].tolist() for batch, _ in zip(it, range(3))]
     assert rest == [batch[key].tolist() for batch, _ in zip(iter(fresh), range(3))]
+
+
+RNB_TINY = """
+model:
+  init_args:
+    pretrained: false
+    config_overrides: {num_hidden_layers: 1, hidden_size: 32, intermediate_size: 64, num_attention_heads: 2}
+    dropout: 0.1
+data:
+  init_args:
+    batch_size: 4
+    max_length: 16
+    num_samples_per_epoch: 24     # 6 batches per epoch
+trainer:
+  max_steps: 9
+  limit_val_batches: 1
+  num_sanity_val_steps: 0
+  accelerator: cpu
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning_ws.resume.LastCheckpoint
+      init_args:
+        every_n_train_steps: 1
+    - class_path: lightning_ws.callbacks.rnb.RnBCallback
+      init_args:
+        layer: classifier
+        method: rnb
+        lam: 3.0
+        steps_per_round: 2
+        warmup_rounds: 1
+"""
+
+
+@pytest.mark.slow  # three CLI fits of the tiny encoder (~45 s on the shared box); the in-process test above is fast
+def test_cli_crash_mid_epoch_then_ckpt_path_last_equals_uninterrupted(tmp_path, capsys):
+    """configs/rnb_youtube.yaml (tiny encoder, dropout on) crashed in epoch 2 (step 8 = batch 2 of 6) and continued
+    with --ckpt_path last ends with the uninterrupted run's parameters, mixture, sampler position and R&B state."""
+    import json
+    from pathlib import Path
+
+    from lightning_ws.cli import main
+    from tests.helpers.resume import assert_state_equal
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = tmp_path / "rnb_tiny.yaml"
+    tiny.write_text(RNB_TINY)
+
+    def args(save_dir):
+        return ["fit", "-c", str(repo / "configs" / "rnb_youtube.yaml"), "-c", str(tiny),
+                "--trainer.logger.init_args.save_dir", str(save_dir)]
+
+    def last(save_dir):
+        (run,) = [p.parent for p in (save_dir / "lightning-ws").glob("*/run.json")]
+        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+    assert main(args(tmp_path / "full")) == 0
+    crash = json.dumps({"class_path": "tests.helpers.kill.CrashAtStep", "init_args": {"step": 8}})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*args(tmp_path / "resumed"), f"--trainer.callbacks+={crash}"])
+    assert last(tmp_path / "resumed")["global_step"] == 8
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args(tmp_path / "resumed"), "--ckpt_path", "last"]) == 0
+    err = capsys.readouterr().err
+    assert "not resumable" not in err and not [w for w in caught if "not resumable" in str(w.message)]
+    a, b = last(tmp_path / "full"), last(tmp_path / "resumed")
+    assert a["global_step"] == b["global_step"] == 9
+    assert_state_equal(a["state_dict"], b["state_dict"], path="params")
+    assert_state_equal(a["datamodule_hyper_parameters"], b["datamodule_hyper_parameters"], path="dm_hparams")
+    dm_key = next(k for k in a if k.endswith("MixtureDataModule"))
+    assert_state_equal(a[dm_key], b[dm_key], path="sampler")  # consumed slots, mixture, pending chunks
+    assert a[dm_key]["sampler"]["consumed"] == 9 * 4
+    rnb_key = next(k for k in a["callbacks"] if k.startswith("RnBCallback"))
+    assert_state_equal(a["callbacks"][rnb_key], b["callbacks"][rnb_key], path="rnb")
+    assert_state_equal(a["callbacks"]["RNGStateCallback"], b["callbacks"]["RNGStateCallback"], path="rng")
