@@ -251,7 +251,11 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         }
         from lightning_ws.labelmodels.matrix import LFAnalysis
 
-        self.lf_analysis = LFAnalysis(L, data.labels, lf_names=getattr(data, "lf_names", None),
+        names = getattr(data, "lf_names", None) if self._lfs is None else [
+            getattr(f, "name", None) or getattr(f, "__name__", f"lf_{j:02d}") for j, f in enumerate(self._lfs)]
+        if names is not None and len(names) != L.shape[1]:
+            names = None
+        self.lf_analysis = LFAnalysis(L, data.labels, lf_names=names,
                                       num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras
