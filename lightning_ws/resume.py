@@ -293,7 +293,8 @@ class LastCheckpoint(ModelCheckpoint):
     single ``last.ckpt`` in the run's ``checkpoints/`` folder that is never older than N steps and always holds the
     final weights, so ``--ckpt_path last`` continues a killed run from at most N steps back (mid-epoch, exactly: see
     :class:`RNGStateCallback` and :class:`~lightning_ws.datamodules.resumable.ResumableDataLoader`). Use it beside a
-    ``ModelCheckpoint(monitor=...)`` that keeps the best weights.
+    ``ModelCheckpoint(monitor=...)`` that keeps the best weights. ``lightning-ws fit`` adds one (every 50 steps) to a run
+    whose config has no callback writing ``last.ckpt`` (:func:`add_last_checkpoint`).
 
     Args:
         every_n_train_steps: optimizer steps between saves (``0``: only at epoch ends).
