@@ -147,6 +147,7 @@ def test_hook_switched_off_by_environment(saved_adapter, site_dir):
     assert proc.returncode != 0 and "KeyError: 'MORE'" in proc.stderr
 
 
+@pytest.mark.slow  # another fresh interpreter importing peft + transformers
 def test_shim_unavailable_gives_a_clear_error_naming_the_import(saved_adapter, site_dir):
     """When the shim cannot register (here: made unimportable), loading names the problem and the fix."""
     base, adapter, _ = saved_adapter

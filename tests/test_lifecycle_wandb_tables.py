@@ -19,7 +19,7 @@ TINY = ["--model.init_args.pretrained", "false", "--model.init_args.config_overr
         "--trainer.enable_progress_bar", "false", "--test_after_fit", "false", "--trainer.num_sanity_val_steps", "0"]
 
 
-@pytest.mark.parametrize("config", ["ws_youtube", "programs_youtube"])
+@pytest.mark.parametrize("config", ["ws_youtube", pytest.param("programs_youtube", marks=pytest.mark.slow)])
 def test_ws_config_run_logs_lf_table_and_label_model_report(config, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     save_dir = tmp_path / "runs"
