@@ -10,8 +10,10 @@ Formats (``--format``):
 * ``hf``: a Hugging Face model folder (``config.json``, ``model.safetensors``, tokenizer) for text models: the merged
   ``AutoModelForSequenceClassification`` of a ``PeftSequenceClassifier``; for ``TextClassifier``/``WeaverCrossEncoder``
   the (merged) encoder, loadable with ``AutoModel``, plus ``head.safetensors`` and ``head.json`` (pooling, sizes);
-* ``peft``: a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) for a LoRA
-  ``PeftSequenceClassifier``; it loads with plain ``peft.PeftModel.from_pretrained``.
+* ``peft``: a PEFT adapter folder (``adapter_config.json``, ``adapter_model.safetensors``) for a LoRA or MoRe
+  ``PeftSequenceClassifier``; it loads with plain ``peft.PeftModel.from_pretrained`` (MoRe: ``"peft_type": "MORE"``,
+  which plain ``peft`` resolves once ``lightning_ws`` is installed, through the ``lightning_ws-peft.pth`` start-up hook
+  of :mod:`lightning_ws._peft_hook`; or ``import lightning_ws.more.peft_shim`` first).
 
 Every folder gets ``export.json`` (source checkpoint, model class, format, hyperparameters). The model class comes from
 the checkpoint (``lightning-ws`` stamps it) or from ``-c CONFIG`` (``model.class_path``). Nothing is overwritten: an
@@ -186,14 +188,16 @@ def _export_hf(model: Any, out: Path) -> list[str]:
 
 
 def _export_peft(model: Any, out: Path) -> list[str]:
+    import re
+
     from lightning_ws.modules.more import PeftSequenceClassifier
 
-    if not isinstance(model, PeftSequenceClassifier) or model.adapter != "lora":
+    adapter = getattr(model, "adapter", "none")
+    if not isinstance(model, PeftSequenceClassifier) or adapter not in ("lora", "more"):
         raise ConfigError(
-            f"--format peft writes a PEFT LoRA folder, for a PeftSequenceClassifier with adapter: lora (this is a "
-            f"{type(model).__name__} with adapter {getattr(model, 'adapter', 'none')!r}). MoRe adapters: use --format "
-            f"adapter (load with lightning_ws.more.load_more_adapter) or, for PEFT, `import lightning_ws.more.peft_shim`"
-            f" before peft.PeftModel.from_pretrained, which otherwise fails with KeyError: 'MORE'.")
+            f"--format peft writes a PEFT adapter folder, for a PeftSequenceClassifier with adapter: lora or more "
+            f"(this is a {type(model).__name__} with adapter {adapter!r}). Use --format adapter (adapter tensors only; "
+            f"MoRe loads with lightning_ws.more.load_more_adapter), merged or hf.")
     from lightning_ws.extras import require
     require("peft", "more", "PEFT export")
     from peft import LoraConfig, get_peft_model
@@ -204,17 +208,32 @@ def _export_peft(model: Any, out: Path) -> list[str]:
     base = build_sequence_classifier(hp.model_path, hp.num_labels, "none", seed=hp.seed,
                                      config_overrides=hp.config_overrides)
     targets = hp.target_modules if hp.target_modules is not None else ["query", "key", "value"]
-    cfg = LoraConfig(r=hp.lora_r, lora_alpha=float(hp.lora_alpha), lora_dropout=hp.adapter_dropout,
-                     target_modules=targets, task_type="SEQ_CLS")
+    if adapter == "lora":
+        cfg = LoraConfig(r=hp.lora_r, lora_alpha=float(hp.lora_alpha), lora_dropout=hp.adapter_dropout,
+                         target_modules=targets, task_type="SEQ_CLS")
+    else:  # MoRe: saved with peft_type "MORE"; plain peft loads it once lightning_ws is installed (_peft_hook)
+        from lightning_ws.more.peft_shim import MoRePeftConfig
+
+        cfg = MoRePeftConfig(target_modules=targets, nblocks=hp.nblocks, blk_r=hp.blk_r, blk_sz=hp.blk_sz,
+                             more_dropout=hp.adapter_dropout, bias="more_only" if hp.train_bias else "none",
+                             seed=hp.seed, task_type="SEQ_CLS")
     base.config.name_or_path = _tokenizer_path(model)
     peft_model = get_peft_model(base, cfg)
     ours = model.model.state_dict()
+    copied: set[str] = set()
     with torch.no_grad():
         for key, tensor in peft_model.state_dict().items():
             plain = key.removeprefix("base_model.model.").replace(".modules_to_save.default", "") \
                 .replace(".original_module", "")
+            plain = re.sub(r"\.(more_[AB])\.default$", r".\1", plain)
             if plain in ours and ours[plain].shape == tensor.shape:
                 tensor.copy_(ours[plain])
+                copied.add(plain)
+    trained = {n.removeprefix("model.") for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trained - copied)
+    if missing:
+        raise ConfigError(f"--format peft: {len(missing)} trained tensor(s) have no place in the PEFT model "
+                          f"({', '.join(missing[:5])}...); export with --format adapter or merged instead.")
     peft_model.save_pretrained(str(out))
     return ["adapter_config.json", "adapter_model.safetensors"]
 

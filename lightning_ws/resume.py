@@ -22,8 +22,13 @@ So an interrupted-and-resumed run draws the same dropout masks as an uninterrupt
 CLI run mid-epoch and checks parameters, metrics and callback states against the uninterrupted run, dropout on).
 ``lightning-ws`` adds this callback to every training run; add it yourself when you build your own ``Trainer``.
 
-Under DDP the checkpoint holds rank 0's states (Lightning saves callback states from rank 0); ranks seeded alike by
-``seed_everything`` stay alike. Nothing here reseeds a generator: states are only saved and put back.
+Under DDP every rank's states are saved: Lightning writes callback states from rank 0 only, so
+:meth:`RNGStateCallback.state_dict` gathers the states of all ranks (``all_gather_object``; Lightning builds the
+checkpoint on every rank, so the collective is matched) and each rank restores its own on resume. Ranks whose streams
+diverged (a rank-dependent number of draws, per-rank augmentation) therefore continue exactly as in an uninterrupted
+run. Resuming on a different number of ranks restores rank ``r``'s states where the checkpoint has them and otherwise
+rank 0's, with a warning (the streams cannot match then). Nothing here reseeds a generator: states are only saved and
+put back.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +45,10 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["LastCheckpoint", "RNGStateCallback", "collect_rng_states", "restore_rng_states", "find_last_checkpoint"]
+__all__ = ["LastCheckpoint", "RNGStateCallback", "add_last_checkpoint", "collect_rng_states", "restore_rng_states",
+           "find_last_checkpoint"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: {"ranks": [state of rank 0, rank 1, ...]}; 1: one state at the top level
 
 
 def _numpy_state() -> dict[str, Any]:
@@ -129,6 +136,17 @@ def _set_generator_state(gen: Any, state: dict[str, Any]) -> None:
         gen.setstate((state["version"], tuple(int(v) for v in state["internal"].tolist()), state["gauss"]))
 
 
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor on the CPU (CUDA generator states are CPU tensors already; this is for safety)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 class RNGStateCallback(pl.Callback):
     """Save the random generators in the checkpoint and restore them on resume (see the module docstring).
 
@@ -168,24 +186,58 @@ class RNGStateCallback(pl.Callback):
         total = trainer.num_training_batches
         return isinstance(total, int) and done >= total
 
-    def state_dict(self) -> dict[str, Any]:
-        """The generators' states now (Lightning calls this while writing a checkpoint)."""
-        if self._trainer is None:
-            return {}
-        state: dict[str, Any] = {"format": _FORMAT, "global": collect_rng_states(),
+    def _rank_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"global": collect_rng_states(),
                                  "restore_at": "epoch_start" if self._at_epoch_end() else "batch_start"}
         if self.components:
             state["components"] = {k: _generator_state(g) for k, g in _component_generators(self._owners()).items()}
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        """Every rank's generator states now (Lightning calls this on every rank while writing a checkpoint).
+
+        ``{"format": 2, "ranks": [rank 0's states, rank 1's, ...]}``; under DDP the ranks' states are gathered to
+        every rank (a collective: call it on all ranks, as Lightning's checkpointing does).
+        """
+        if self._trainer is None:
+            return {}
+        own = self._rank_state()
+        world = int(getattr(self._trainer, "world_size", 1) or 1)
+        ranks = [own]
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, _to_cpu(own))
+            ranks = gathered
+        return {"format": _FORMAT, "ranks": ranks}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the states until the resumed run reaches the point where they were saved."""
         self._pending = dict(state_dict) if state_dict else None
 
+    def _own_state(self) -> dict[str, Any] | None:
+        """This rank's part of the pending checkpoint state (format 1 checkpoints hold one state for all ranks)."""
+        pending = self._pending
+        if pending is None or "ranks" not in pending:
+            return pending
+        ranks = list(pending["ranks"])
+        if not ranks:
+            return None
+        rank = int(getattr(self._trainer, "global_rank", 0) or 0)
+        world = int(getattr(self._trainer, "world_size", 1) or 1)
+        if world != len(ranks):
+            whose = "its own" if rank < len(ranks) else "rank 0's"
+            warnings.warn(f"RNGStateCallback: the checkpoint holds random-generator states of {len(ranks)} rank(s) but "
+                          f"this run has {world}; rank {rank} restores {whose} states, so random draws "
+                          "(dropout, augmentation) will not match an uninterrupted run. Resume on the same number of "
+                          "devices for an exact continuation.", UserWarning, stacklevel=3)
+        self._pending = ranks[rank] if rank < len(ranks) else ranks[0]  # select once (and warn once)
+        return self._pending
+
     def _restore(self, where: str) -> None:
-        if self._pending is None or self._pending.get("restore_at") != where:
+        state = self._own_state()
+        if state is None or state.get("restore_at") != where:
             return
-        state, self._pending = self._pending, None
+        self._pending = None
         restore_rng_states(state["global"])
         gens = _component_generators(self._owners()) if state.get("components") else {}
         for key, gstate in (state.get("components") or {}).items():
@@ -241,7 +293,8 @@ class LastCheckpoint(ModelCheckpoint):
     single ``last.ckpt`` in the run's ``checkpoints/`` folder that is never older than N steps and always holds the
     final weights, so ``--ckpt_path last`` continues a killed run from at most N steps back (mid-epoch, exactly: see
     :class:`RNGStateCallback` and :class:`~lightning_ws.datamodules.resumable.ResumableDataLoader`). Use it beside a
-    ``ModelCheckpoint(monitor=...)`` that keeps the best weights.
+    ``ModelCheckpoint(monitor=...)`` that keeps the best weights. ``lightning-ws fit`` adds one (every 50 steps) to a run
+    whose config has no callback writing ``last.ckpt`` (:func:`add_last_checkpoint`).
 
     Args:
         every_n_train_steps: optimizer steps between saves (``0``: only at epoch ends).
@@ -261,3 +314,17 @@ class LastCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def add_last_checkpoint(trainer_config: dict[str, Any], callbacks: list[Any]) -> list[LastCheckpoint]:
+    """``[LastCheckpoint()]`` when a ``fit`` would otherwise leave no ``last.ckpt``, else ``[]``.
+
+    ``lightning-ws fit`` calls this so that ``--ckpt_path last`` continues every run, whatever its config lists:
+    nothing is added when checkpointing is off (``enable_checkpointing: false``, ``fast_dev_run``) or when a callback
+    already writes ``last.ckpt`` (a :class:`LastCheckpoint`, or a ``ModelCheckpoint`` with ``save_last``).
+    """
+    if trainer_config.get("enable_checkpointing") is False or trainer_config.get("fast_dev_run"):
+        return []
+    if any(isinstance(cb, ModelCheckpoint) and cb.save_last for cb in callbacks):
+        return []
+    return [LastCheckpoint()]

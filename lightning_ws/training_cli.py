@@ -87,6 +87,12 @@ class WSLightningCLI(LightningCLI):
                  if not any(isinstance(cb, cls) for cb in given)]
         if self.subcommand == "predict" and not any(isinstance(cb, PredictionsWriter) for cb in given):
             extra.append(PredictionsWriter())
+        if self.subcommand == "fit":
+            from lightning_ws.resume import add_last_checkpoint
+            from lightning_ws.wandb_training import DataReportCallback
+
+            extra += add_last_checkpoint(config, given)
+            extra += [] if any(isinstance(cb, DataReportCallback) for cb in given) else [DataReportCallback()]
         return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def _run_subcommand(self, subcommand: str) -> None:

@@ -127,3 +127,7 @@ class ClassSkewedImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The shared test split (reporting only)."""
         return self._eval(self._test)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The shared test split, in order (``lightning-ws predict``; rows carry their dataset index as ``idx``)."""
+        return self._eval(self._test)

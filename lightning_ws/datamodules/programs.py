@@ -107,6 +107,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         self.sandbox_kwargs = dict(sandbox or {})
         self.combined = None
         self.label_report: dict[str, Any] = {}
+        self.lf_analysis: list[dict[str, Any]] = []
 
     def load_programs(self) -> list[Any]:
         """The valid programs to apply."""
@@ -158,6 +159,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
                 report.update(programs=len(progs), programs_used=len(keep), sandbox_errors=len(app.errors),
                               sandbox_layers=app.layers, cache_hits=app.cache_hits)
             L_gen = app.L[:, keep]
+            gen_names = [f"program:{getattr(progs[j], 'id', j)}" for j in keep]
         L_h = data.weak_labels if self.combine in ("human", "joint", "cascade") else None
         comb = combine_sources(L_h, L_gen, mode=self.combine, label_model=self.label_model_name,
                                num_classes=self.num_classes, class_balance=self.class_balance,
@@ -176,6 +178,16 @@ class ProgramLabelDataModule(TextClassificationDataModule):
                       targets="soft" if self.soft else "hard",
                       pseudolabel_accuracy_vs_gold=float((hard == data.labels[rows]).mean()))
         self.label_report = report
+        from lightning_ws.labelmodels.matrix import LFAnalysis
+
+        parts = [(m, names) for m, names in ((L_h, [f"human:{n}" for n in (data.lf_names or [])]),
+                                             (L_gen, gen_names if L_gen is not None else [])) if m is not None]
+        if parts:  # the LF table of every source that voted (W&B, lightning_ws.wandb_training)
+            L_all = np.hstack([m for m, _ in parts])
+            names = [n for m, ns in parts for n in (ns if len(ns) == m.shape[1] else
+                                                     [f"lf_{i}" for i in range(m.shape[1])])]
+            self.lf_analysis = LFAnalysis(L_all, data.labels, lf_names=names,
+                                          num_classes=self.num_classes).summary()
         rank_zero_info("[ProgramLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in report.items()
                                                                    if k != "sandbox_layers"))
         return rows, labels, {}

@@ -8,6 +8,13 @@
 Both expose ``set_mixture(p)`` (used by :class:`lightning_ws.callbacks.rnb.RnBCallback`), ``p_eval``, ``num_domains``,
 ``domain_names`` and ``domain_sizes``, and save the sampler position in their ``state_dict`` so that a resumed run
 sees exactly the batches of an uninterrupted one. Batches follow the lightning_ws contract and carry ``domain``.
+
+The training loader is a :class:`MixtureDataLoader`: a ``DataLoader`` that implements Lightning's stateful-loader
+protocol (``state_dict``/``load_state_dict``, the sampler's consumed slots, mixture and drawn-but-unconsumed chunks), so
+Lightning stores its position in the checkpoint's loop state and resumes mid-epoch without its "dataloader is not
+resumable" warning. The data module's own ``state_dict`` carries the same sampler state (restoring both is idempotent),
+which covers the Lightning versions that drop a loader state when the loader was built before the checkpoint was
+restored.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from lightning_ws.rnb.functional import validate_mixture
 from lightning_ws.rnb.regroup import RegroupResult
 from lightning_ws.rnb.sampler import DomainMixtureSampler
 
-__all__ = ["MixtureDataModule", "TensorMixtureDataModule"]
+__all__ = ["MixtureDataLoader", "MixtureDataModule", "TensorMixtureDataModule"]
 
 
 def _domain_ids(ids: Any, what: str) -> np.ndarray:
@@ -48,6 +55,34 @@ def _domain_ids(ids: Any, what: str) -> np.ndarray:
                         "Give rows of unknown domain an id of their own (or drop them) before building the data "
                         "module.")
     return arr
+
+
+class MixtureDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`DomainMixtureSampler` whose state is the sampler's (resumable mid-epoch).
+
+    Build it like a ``DataLoader`` with ``sampler=`` a :class:`DomainMixtureSampler` created with
+    ``track_consumption=True`` (its owner calls ``sampler.advance()`` once per consumed batch, as the mixture data
+    modules do in ``on_before_batch_transfer``). :meth:`state_dict` returns the sampler's plain-typed state, so a
+    checkpoint written mid-epoch holds the exact stream position; Lightning sees the loader as resumable.
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: DomainMixtureSampler, **kwargs: Any) -> None:
+        if not isinstance(sampler, DomainMixtureSampler):
+            raise ConfigError(f"MixtureDataLoader needs a DomainMixtureSampler, got {type(sampler).__name__}.")
+        if not sampler.track_consumption:
+            raise ConfigError("MixtureDataLoader needs a DomainMixtureSampler with track_consumption=True (its "
+                              "position is the consumed slots).")
+        super().__init__(dataset, sampler=sampler, **kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"sampler": DomainMixtureSampler.state_dict()}`` (consumed slots, mixture, pending chunks)."""
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Put the sampler back where the interrupted run was (an empty state leaves it as is)."""
+        sampler_state = (state_dict or {}).get("sampler")
+        if sampler_state:
+            self.sampler.load_state_dict(sampler_state)
 
 
 class _MixtureBase(pl.LightningDataModule):
@@ -146,8 +181,8 @@ class _MixtureBase(pl.LightningDataModule):
         if self._sampler_state is not None:
             self._sampler.load_state_dict(self._sampler_state)
             self._sampler_state = None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=self._sampler, collate_fn=self._collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return MixtureDataLoader(ds, batch_size=self.batch_size, sampler=self._sampler, collate_fn=self._collate,
+                                 num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count consumed training batches (exact resume of the sampler stream)."""

@@ -177,6 +177,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         self._known_models = LABEL_MODEL_NAMES
         self.label_model = None
         self.label_model_report: dict[str, Any] = {}
+        self.lf_analysis: list[dict[str, Any]] = []
 
     def label_matrix(self, data: WrenchSplit) -> np.ndarray:
         """The training split's label matrix: the shipped one, or the given labeling functions applied to texts."""
@@ -248,5 +249,13 @@ class PseudoLabelDataModule(TextClassificationDataModule):
             "class_weighting": weighting,
             "pseudolabel_accuracy_vs_gold": float((hard == data.labels[rows]).mean()),
         }
+        from lightning_ws.labelmodels.matrix import LFAnalysis
+
+        names = getattr(data, "lf_names", None) if self._lfs is None else [
+            getattr(f, "name", None) or getattr(f, "__name__", f"lf_{j:02d}") for j, f in enumerate(self._lfs)]
+        if names is not None and len(names) != L.shape[1]:
+            names = None
+        self.lf_analysis = LFAnalysis(L, data.labels, lf_names=names,
+                                      num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras

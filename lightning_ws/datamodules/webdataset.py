@@ -98,14 +98,31 @@ class _EpochSampler(_InfiniteConstantSampler):
 
 
 class _ShardLoader(DataLoader):
-    """DataLoader over a :class:`ShardStream` whose ``sampler.set_epoch`` reaches the workers."""
+    """DataLoader over a :class:`ShardStream` whose ``sampler.set_epoch`` reaches the workers.
 
-    def __init__(self, dataset: ShardStream, resume: dict[str, int] | None = None, **kwargs: Any) -> None:
+    Stateful for Lightning (``state_dict``/``load_state_dict``: the epoch and the batches of it consumed, as the data
+    module records them), so a mid-epoch resume skips what was consumed and Lightning does not warn that the loader
+    is "not resumable".
+    """
+
+    def __init__(self, dataset: ShardStream, resume: dict[str, int] | None = None, datamodule: Any = None,
+                 **kwargs: Any) -> None:
         super().__init__(dataset, batch_size=None, **kwargs)
         # DataLoader forbids passing a sampler with an IterableDataset; replace its placeholder with one that has
         # set_epoch (same iteration behaviour).
         object.__setattr__(self, "sampler", _EpochSampler(dataset))
         object.__setattr__(self, "_resume", resume)
+        object.__setattr__(self, "_datamodule", datamodule)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "consumed"}`` while training (the data module's position), else ``{}``."""
+        dm = self._datamodule
+        return dict(dm.state_dict()) if dm is not None else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the consumed batches of the interrupted epoch at the next iteration (if it is that epoch)."""
+        if state:
+            object.__setattr__(self, "_resume", {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])})
 
     def __iter__(self):  # noqa: ANN204
         resume = self._resume
@@ -126,7 +143,7 @@ class _ImageLabelSet(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {IMAGE: self.fmap.image(self.images[i]), LABEL: torch.tensor(self.labels[i])}
+        return {IMAGE: self.fmap.image(self.images[i]), LABEL: torch.tensor(self.labels[i]), IDX: torch.tensor(i)}
 
 
 class _PairSet(Dataset):
@@ -253,7 +270,8 @@ class WebDatasetDataModule(pl.LightningDataModule):
         if self._train is None:
             self.setup("fit")
         resume, self._resume = self._resume, None
-        return _ShardLoader(self._train, resume=resume, num_workers=self.num_workers, persistent_workers=False,
+        return _ShardLoader(self._train, resume=resume, datamodule=self, num_workers=self.num_workers,
+                            persistent_workers=False,
                             pin_memory=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -271,6 +289,16 @@ class WebDatasetDataModule(pl.LightningDataModule):
         if not self._val:
             self.setup("validate")
         return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=0) for ds in self._val]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The zero-shot classification set, in order (``lightning-ws predict``: class probabilities per image)."""
+        if not self._val:
+            self.setup("validate")
+        if "zeroshot" not in self.val_names:
+            raise ConfigError("predict classifies the zero-shot set, and this data module has none: set zeroshot "
+                              "(e.g. cifar10). For DataComp filter signals use configs/predict/clip_signals.yaml.")
+        ds = self._val[self.val_names.index("zeroshot")]
+        return DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=0)
 
 
 class _UidFilter:

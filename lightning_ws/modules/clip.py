@@ -181,6 +181,34 @@ class CLIPModule(pl.LightningModule):
         self._zeroshot = None
         self._retrieval = None
 
+    # ------------------------------------------------------------------------------------------------ predict
+    def on_predict_epoch_start(self) -> None:
+        """Build the zero-shot classifier (class-name prompts through the text tower) once per predict run."""
+        from lightning_ws.metrics.clip import ZeroShotAccuracy
+
+        task = self._zeroshot_task()
+        if task is None:
+            raise ConfigError("CLIPModule predicts zero-shot class probabilities and needs class names: give "
+                              "zeroshot_classnames or use a datamodule with zeroshot_classnames (zeroshot: cifar10).")
+        self._zeroshot = ZeroShotAccuracy(*task).to(self.device)
+        self._zeroshot.build_classifier(self.model.encode_text, self.tokenize, self.device)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Zero-shot ``probs`` (softmax of ``logit_scale * cos(image, class prompt)``), ``pred`` and ``idx``."""
+        from lightning_ws.contracts import IDX, IMAGE, LABEL
+
+        feats = F.normalize(self.model.encode_image(batch[IMAGE]), dim=-1)
+        logits = self.model.logit_scale.exp() * feats.float() @ self._zeroshot.classifier.to(feats.device).T
+        probs = logits.softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        for key in (IDX, LABEL):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    def on_predict_epoch_end(self) -> None:
+        self._zeroshot = None
+
     # ------------------------------------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []

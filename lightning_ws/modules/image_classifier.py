@@ -103,6 +103,16 @@ class ImageClassifier(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """``probs`` (softmax), ``pred`` and the batch's ``idx`` (``lightning-ws predict``)."""
+        from lightning_ws.contracts import IDX, X
+
+        probs = self(batch[X]).softmax(-1)
+        out = {"probs": probs, "pred": probs.argmax(-1)}
+        if IDX in batch:
+            out[IDX] = batch[IDX]
+        return out
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.optimizer == "adam":
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
