@@ -79,6 +79,11 @@ class AutoLabelModel(LabelModel):
         n_folds: folds of clusters (default 5; fewer when there are fewer clusters).
         margin_z: standard errors by which a candidate must beat majority vote (default 2).
         max_selection_rows: rows (a seeded random subset) used for the selection fits (default 200,000).
+        structure: the LF groups: ``"agreement"`` (default, :func:`~lightning_ws.labelmodels.matrix.lf_clusters`),
+            ``"rpca"`` (connected components of the robust-PCA dependency edges of Varma et al. 2019,
+            :func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`) or ``"both"`` (their union). The
+            benchmark compares them on the regime matrix (``BENCHMARKS.md``); the agreement clusters stay the
+            default there.
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
@@ -87,8 +92,11 @@ class AutoLabelModel(LabelModel):
 
     def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES, merge: str = "auto",
                  cluster_threshold: float = 0.7, n_folds: int = 5, margin_z: float = 2.0,
-                 max_selection_rows: int = 200_000, seed: int = 0) -> None:
+                 max_selection_rows: int = 200_000, structure: str = "agreement", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
+        if structure not in ("agreement", "rpca", "both"):
+            raise ConfigError(f"structure must be 'agreement', 'rpca' or 'both', got {structure!r}.")
+        self.structure = structure
         cands = [str(c) for c in ([candidates] if isinstance(candidates, str) else list(candidates))]
         reg = registry()
         bad = [c for c in cands if c not in reg or c == self.name]
@@ -111,7 +119,7 @@ class AutoLabelModel(LabelModel):
         """Constructor arguments."""
         return {**super().get_config(), "candidates": list(self.candidates), "merge": self.merge,
                 "cluster_threshold": self.cluster_threshold, "n_folds": self.n_folds, "margin_z": self.margin_z,
-                "max_selection_rows": self.max_selection_rows}
+                "max_selection_rows": self.max_selection_rows, "structure": self.structure}
 
     # -- selection ----------------------------------------------------------------------------------------------
 
@@ -234,11 +242,29 @@ class AutoLabelModel(LabelModel):
                 best, best_gain = key, float(d.mean())
         return best, {"criterion": "dev accuracy", "scores": scores}
 
+    def _clusters(self, L: np.ndarray) -> list[list[int]]:
+        """LF groups held out (and merged) together: agreement clusters, robust-PCA components, or their union."""
+        k, m = self.k_, L.shape[1]
+        groups = lf_clusters(L, k, threshold=self.cluster_threshold) if self.structure != "rpca" else []
+        if self.structure == "agreement":
+            return groups
+        from lightning_ws.labelmodels.structure import learn_structure_rpca
+
+        sub = L if L.shape[0] <= self.max_selection_rows else L[np.sort(np.random.default_rng(
+            [self.seed, 4050]).choice(L.shape[0], self.max_selection_rows, replace=False))]
+        est = learn_structure_rpca(sub, k, seed=self.seed)
+        edges = list(est.edges) + [(g[0], j) for g in groups for j in g[1:]]
+        from lightning_ws.labelmodels.structure import StructureEstimate
+
+        self.fit_report_["rpca_edges"] = [list(e) for e in est.edges]
+        return StructureEstimate(edges=edges, scores=est.scores, rank=est.rank, n_iter=est.n_iter,
+                                 converged=est.converged, columns=est.columns).components(m)
+
     # -- LabelModel hooks ---------------------------------------------------------------------------------------
 
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:
         k = self.k_
-        self.clusters_ = lf_clusters(L, k, threshold=self.cluster_threshold)
+        self.clusters_ = self._clusters(L)
         if dev_L is not None and dev_y is not None:
             choice, info = self._select_dev(L, dev_L, dev_y)
         else:
