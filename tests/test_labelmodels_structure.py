@@ -7,8 +7,8 @@ import pytest
 
 from lightning_ws.errors import ConfigError
 from lightning_ws.labelmodels import (
-    LABEL_MODEL_NAMES,
     ALIASES,
+    LABEL_MODEL_NAMES,
     AutoLabelModel,
     LabelModelName,
     LFAnalysis,
