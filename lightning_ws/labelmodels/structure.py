@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError
-from lightning_ws.labelmodels.matrix import ABSTAIN, _row_chunks, gram_float32
+from lightning_ws.labelmodels.matrix import _row_chunks, gram_float32
 
 __all__ = ["StructureEstimate", "learn_structure_rpca", "structure_recovery"]
 
@@ -164,7 +164,7 @@ def learn_structure_rpca(L: Any, num_classes: int | None = None, *, sparsity: fl
     S_y, L_y = S.copy(), Lr.copy()
     t_k = 1.0
     converged, it = False, 0
-    for it in range(1, max_iter + 1):  # noqa: B007
+    for it in range(1, max_iter + 1):
         G = C @ (S_y - L_y) @ C - np.eye(d)  # gradient of 1/2 tr(R C R C) - tr(R) at R = S - Lr
         G = 0.5 * (G + G.T)
         A = S_y - step * G
