@@ -64,7 +64,8 @@ def test_lfanalysis_reports_rpca_edges_beside_clusters():
     a = LFAnalysis(d.L, num_classes=3)
     edges = a.rpca_edges()
     assert edges and all(set(e) <= {"lfs", "partial_corr", "cluster"} for e in edges)
-    planted = {frozenset(p) for c in d.clusters for p in [(a.lf_names[i], a.lf_names[j]) for i in c for j in c if i < j]}
+    names = a.lf_names
+    planted = {frozenset((names[i], names[j])) for c in d.clusters for i in c for j in c if i < j}
     assert all(frozenset(e["lfs"]) in planted for e in edges)
     table = a.to_table()
     assert "clusters of strongly dependent LFs" in table and "Varma et al. 2019" in table
