@@ -222,6 +222,9 @@ class AutoLabelModel(LabelModel):
                     elif c == "moment_matching":
                         model = MomentMatching(k, tol=1e-3 * _SELECT_TOL, seed=self.seed)
                         if ds is not None and cb is not None:
+                            # the start a label-free MomentMatching fit takes (its own EM confusions), so the
+                            # candidate scored is the model that gets refitted (the objective is not convex: the
+                            # majority-vote start used before could end in another optimum)
                             model._em_conf_hint = ds.lf_confusions
                         model._collapsed_hint = hint
                         model = self._fit_quiet(c, Mr, cb, model=model)
