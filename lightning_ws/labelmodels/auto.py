@@ -9,7 +9,7 @@ criterion that uses no gold label.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -109,9 +109,10 @@ class AutoLabelModel(LabelModel):
     name = "auto"
     min_lfs = 1
 
-    def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES, merge: str = "auto",
-                 cluster_threshold: float = 0.7, n_folds: int = 5, margin_z: float = 2.0,
-                 max_selection_rows: int = 200_000, structure: str = "agreement", seed: int = 0) -> None:
+    def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES,
+                 merge: Literal["auto", "never", "always"] = "auto", cluster_threshold: float = 0.7, n_folds: int = 5,
+                 margin_z: float = 2.0, max_selection_rows: int = 200_000,
+                 structure: Literal["agreement", "rpca", "both"] = "agreement", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
         if structure not in ("agreement", "rpca", "both"):
             raise ConfigError(f"structure must be 'agreement', 'rpca' or 'both', got {structure!r}.")
