@@ -261,6 +261,41 @@ def bench_structure(n: int, n_seeds: int) -> list[dict]:
     return rows
 
 
+def bench_structure_ablation(n: int, n_seeds: int) -> None:
+    """``auto`` label-free with each LF grouping (``structure=``): real sets (test / train) and the regime matrix."""
+    from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix
+
+    structures = ("agreement", "rpca", "both")
+    print("\n### auto's LF groups: agreement clusters (default) vs robust-PCA components vs both (label-free)\n")
+    print("| set | MV | " + " | ".join(f"auto, structure={st}" for st in structures) + " |")
+    print("|---|---|" + "---|" * len(structures))
+    for d in _real_sets():
+        L, k, metric = d["L"], d["k"], d["metric"]
+        split = "test" if d["L_test"] is not None else "train"
+        Le, ye = (d["L_test"], d["y_test"]) if d["L_test"] is not None else (L, d["y_train"])
+        cells = []
+        for nm, kw in [("majority_vote", {})] + [("auto", {"structure": st}) for st in structures]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = make_label_model(nm, num_classes=k, seed=0, **kw).fit(L)
+            v = np.mean([_score(ye, p, metric) for p in _hard(m.predict_proba(Le), range(10))])
+            cells.append(f"{100 * v:.2f}" + (f" ({m.selected})" if nm == "auto" else ""))
+        print(f"| {d['name']} ({split}, {metric}) | " + " | ".join(cells) + " |", flush=True)
+    for rname, kw in REGIMES:
+        acc: dict = {}
+        for sd in range(n_seeds):
+            dd = make_regime_label_matrix(n + 300, seed=sd, **kw)
+            L, y = dd.L[:n], dd.y[:n]
+            for nm, st in [("majority_vote", None)] + [("auto", st) for st in structures]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = make_label_model(nm, num_classes=kw["k"], seed=0,
+                                         **({} if st is None else {"structure": st})).fit(L)
+                acc.setdefault(st, []).append(np.mean([(p == y).mean() for p in _hard(m.predict_proba(L), range(3))]))
+        cells = [f"{100 * np.mean(acc[st]):.2f}" for st in (None, *structures)]
+        print(f"| regime: {rname} | " + " | ".join(cells) + " |", flush=True)
+
+
 def print_structure(rows: list[dict]) -> None:
     print("\n### Dependency recovery: agreement clusters vs robust-PCA structure learning (planted clusters of 3)\n")
     print("| LFs | copy prob | planted pairs | agreement: found / true (P, R) | robust PCA: found / true (P, R) | "
@@ -465,6 +500,8 @@ def main() -> None:
     ap.add_argument("--no-scale-snorkel", action="store_true")
     ap.add_argument("--timeout", type=int, default=900, help="per-model timeout of the scale runs (s)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--structure-ablation", action="store_true",
+                    help="only compare auto's LF groupings (agreement / rpca / both), label-free")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
@@ -482,6 +519,10 @@ def main() -> None:
         return
     print(f"snorkel: {'installed' if _snorkel() is not None else 'NOT installed - skipped'}; "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; torch threads {args.threads}, {blas}")
+    if args.structure_ablation:
+        bench_structure_ablation(args.regime_n, args.regime_seeds)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     if not args.skip_real:
         print_real(bench_real(args.repeats, args.snorkel_epochs))
     if not args.skip_regimes:
