@@ -480,8 +480,10 @@ def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement:
     which reaches 0.5-0.6 for high-recall rules) and they agree on at least
     ``min_agreement`` of at least ``min_overlap`` co-votes (:func:`lf_dependencies`); clusters are the connected
     components (single linkage, union-find). Every LF is in exactly one cluster; clusters are sorted by their first LF.
-    This is agreement clustering, a cheap stand-in for the structure learning of Varma et al. (ICML 2019,
-    arXiv 1903.05844): it finds duplicated and strongly overlapping rules, not weaker dependencies.
+    This is agreement clustering: it finds duplicated and strongly overlapping rules, not weaker dependencies (for
+    those, :func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`, the robust-PCA structure learning of
+    Varma et al., ICML 2019, arXiv 1903.05844). ``AutoLabelModel`` holds out and merges these clusters: the
+    benchmark's structure ablation found them the better groups for its held-out test.
     """
     m = L.shape[1]
     phi, agree = lf_dependencies(L, k, min_overlap=min_overlap)
