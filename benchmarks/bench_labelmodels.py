@@ -146,7 +146,7 @@ def _real_sets():
 
 
 def bench_real(repeats: int, snorkel_epochs: int) -> list[dict]:
-    from lightning_ws.labelmodels import covered_mask, make_label_model
+    from lightning_ws.labelmodels import covered_mask
 
     SL = _snorkel()
     seeds = range(10)
@@ -313,7 +313,7 @@ def print_structure(rows: list[dict]) -> None:
 
 
 def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
-    from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix
+    from lightning_ws.labelmodels import REGIMES, make_regime_label_matrix
 
     SL = _snorkel()
     rows: list[dict] = []

@@ -99,3 +99,14 @@ def test_datamodule_label_model_is_literal():
     ann = inspect.signature(PseudoLabelDataModule.__init__).parameters["label_model"].annotation
     assert ann in ("LabelModelName", LabelModelName)
     assert not hasattr(PseudoLabelDataModule, "_known_models")
+
+
+def test_lfanalysis_table_skips_rpca_on_wide_matrices(monkeypatch):
+    import lightning_ws.labelmodels.matrix as mx
+
+    d = make_regime_label_matrix(500, k=3, m=8, seed=0)
+    monkeypatch.setattr(mx, "_TABLE_RPCA_MAX_COLUMNS", 5)
+    a = LFAnalysis(d.L, num_classes=3)
+    assert "not computed" in a.to_table() and a._structure is None
+    assert isinstance(a.rpca_edges(), list)  # explicit access still computes it
+    assert "not computed" not in a.to_table()

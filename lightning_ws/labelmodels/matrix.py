@@ -368,9 +368,14 @@ class LFAnalysis:
         lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
         groups = [[self.lf_names[j] for j in g] for g in self.clusters if len(g) > 1]
         lines.append(f"clusters of strongly dependent LFs: {len(groups)}" + (f" {groups}" if groups else ""))
-        edges = [e["lfs"] for e in self.rpca_edges()]
-        lines.append(f"dependency edges, sparse + low-rank inverse covariance (Varma et al. 2019): {len(edges)}"
-                     + (f" {edges[:20]}" + (" ..." if len(edges) > 20 else "") if edges else ""))
+        d = sum(len(p) for p in self.polarity)
+        if self._structure is None and d > _TABLE_RPCA_MAX_COLUMNS:
+            lines.append(f"dependency edges, sparse + low-rank inverse covariance (Varma et al. 2019): not computed "
+                         f"for the table ({d} LF-class indicator columns; access .structure to compute them)")
+        else:
+            edges = [e["lfs"] for e in self.rpca_edges()]
+            lines.append(f"dependency edges, sparse + low-rank inverse covariance (Varma et al. 2019): {len(edges)}"
+                         + (f" {edges[:20]}" + (" ..." if len(edges) > 20 else "") if edges else ""))
         return "\n".join(lines)
 
     def to_wandb_table(self) -> Any:
@@ -380,6 +385,11 @@ class LFAnalysis:
         rows = self.summary()
         cols = list(rows[0].keys())
         return wandb.Table(columns=cols, data=[[str(r[c]) if c == "polarity" else r[c] for c in cols] for r in rows])
+
+
+#: ``to_table`` computes the robust-PCA edges itself only up to this many (LF, class) indicator columns: the solver
+#: runs dense ``d x d`` eigendecompositions (seconds at a few hundred columns, minutes at thousands).
+_TABLE_RPCA_MAX_COLUMNS = 600
 
 
 def _fmt(v: Any) -> str:
