@@ -40,9 +40,19 @@ from pathlib import Path
 
 import numpy as np
 
-OURS = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto")
+OURS = ("majority_vote", "weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto", "auto_both")
 SHORT = {"majority_vote": "MV", "weighted_majority_vote": "weighted MV", "dawid_skene": "Dawid-Skene",
-         "moment_matching": "MomentMatching", "triplet": "Triplet", "auto": "**auto (default)**"}
+         "moment_matching": "MomentMatching", "triplet": "Triplet", "auto": "**auto (default)**",
+         "auto_both": "auto, structure=both"}
+
+
+def _make(nm, k):
+    """A fixed configuration by benchmark name (``auto_both``: auto with agreement clusters + robust-PCA edges)."""
+    from lightning_ws.labelmodels import make_label_model
+
+    if nm == "auto_both":
+        return make_label_model("auto", num_classes=k, seed=0, structure="both")
+    return make_label_model(nm, num_classes=k, seed=0)
 
 
 def _snorkel():
@@ -136,7 +146,7 @@ def _real_sets():
 
 
 def bench_real(repeats: int, snorkel_epochs: int) -> list[dict]:
-    from lightning_ws.labelmodels import covered_mask, make_label_model
+    from lightning_ws.labelmodels import covered_mask
 
     SL = _snorkel()
     seeds = range(10)
@@ -157,7 +167,7 @@ def bench_real(repeats: int, snorkel_epochs: int) -> list[dict]:
                     if nm == "snorkel":
                         m = _fit_snorkel(SL, L, k, None if mode == "uniform" else list(dev_cb), snorkel_epochs, 0)
                     else:
-                        m = make_label_model(nm, num_classes=k, seed=0).fit(L, mode, dev_y=d["dev_y"])
+                        m = _make(nm, k).fit(L, mode, dev_y=d["dev_y"])
                 times[(nm, mode)].append(time.perf_counter() - t0)
                 models[(nm, mode)] = m
         ref = statistics.median(times[("snorkel", "uniform")]) if SL is not None else float("nan")
@@ -173,15 +183,137 @@ def bench_real(repeats: int, snorkel_epochs: int) -> list[dict]:
                 preds = _hard(P, seeds)
                 r["test"] = float(np.mean([_score(d["y_test"], p, metric) for p in preds]))
                 r["test_covered"] = float(np.mean([_score(d["y_test"][cov], p[cov], metric) for p in preds]))
-            if nm == "auto":
+            if nm.startswith("auto"):
                 r["selected"] = m.selected
+            if d["L_test"] is not None:
+                r["_test_proba"] = P
+            rows.append(r)
+            print(json.dumps({a: b for a, b in r.items() if not a.startswith("_")}), flush=True)
+        if d["L_test"] is not None:
+            _paired_bootstrap(rows, d)
+    return rows
+
+
+def _paired_bootstrap(rows: list[dict], d: dict, n_boot: int = 1000) -> None:
+    """Paired bootstrap over test rows of (auto - peer) for MV and snorkel (label-free / default settings).
+
+    Each resample scores the same rows for both models with the same 10 tie seeds; prints the mean difference and
+    its 95 % interval, plus how the test rows where no LF votes are labelled (those rows only get the prior).
+    """
+    from lightning_ws.labelmodels import covered_mask
+
+    sub = {(r["model"], r["class_balance"]): r for r in rows if r["dataset"] == d["name"]}
+    yt, metric = d["y_test"], d["metric"]
+    rng = np.random.default_rng(0)
+    idx = [rng.integers(0, len(yt), len(yt)) for _ in range(n_boot)]
+    auto = _hard(sub[("auto", "estimated")]["_test_proba"], range(10))
+    unc = ~covered_mask(d["L_test"])
+    out = sub[("auto", "estimated")].setdefault("_bootstrap", [])
+    out.append(f"{d['name']}: {int(unc.sum())} of {len(yt)} test rows get no vote (gold classes there: "
+               f"{np.bincount(yt[unc], minlength=d['k']).tolist()}); auto labels them "
+               f"{np.bincount(auto[0][unc], minlength=d['k']).tolist()} (tie seed 0)")
+    print(out[-1], flush=True)
+    for peer in (("majority_vote", "estimated"), ("snorkel", "uniform")):
+        if peer not in sub:
+            continue
+        other = _hard(sub[peer]["_test_proba"], range(10))
+        diffs = []
+        for ix in idx:
+            a = np.mean([_score(yt[ix], p[ix], metric) for p in auto])
+            b = np.mean([_score(yt[ix], p[ix], metric) for p in other])
+            diffs.append(a - b)
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        full = sub[("auto", "estimated")]["test"] - sub[peer]["test"]
+        line = (f"{d['name']}: auto - {peer[0]} ({peer[1]}) on test = {100 * full:+.2f} points, paired bootstrap 95 % "
+                f"interval [{100 * lo:+.2f}, {100 * hi:+.2f}] ({n_boot} resamples of the {len(yt)} test rows)")
+        print(line, flush=True)
+        out.append(line)
+
+
+def bench_structure(n: int, n_seeds: int) -> list[dict]:
+    """Recovery of planted LF dependencies: agreement clusters vs robust-PCA edges (Varma et al. 2019)."""
+    from lightning_ws.labelmodels import learn_structure_rpca, lf_clusters, make_regime_label_matrix, structure_recovery
+
+    rows = []
+    for name, kw in (("k=2 multi-class LFs, m=20", {"k": 2, "m": 20, "lf_type": "multi"}),
+                     ("k=4 mixed LFs, m=30", {"k": 4, "m": 30, "lf_type": "mixed"}),
+                     ("k=6 single-class LFs, m=36", {"k": 6, "m": 36, "lf_type": "single"})):
+        for cp in (0.9, 0.6, 0.4, 0.0):
+            acc: dict = {"agreement": [], "rpca": []}
+            secs = []
+            for sd in range(n_seeds):
+                dd = make_regime_label_matrix(n, seed=sd, cluster_frac=0.4 if cp else 0.0, cluster_size=3,
+                                              copy_prob=cp, **kw)
+                planted = [c for c in dd.clusters if len(c) > 1]
+                acc["agreement"].append(structure_recovery(lf_clusters(dd.L, kw["k"]), planted))
+                t0 = time.perf_counter()
+                est = learn_structure_rpca(dd.L, kw["k"])
+                secs.append(time.perf_counter() - t0)
+                acc["rpca"].append(structure_recovery([list(e) for e in est.edges], planted))
+            r = {"setting": name, "copy_prob": cp, "rpca_s": float(np.median(secs))}
+            for meth, recs in acc.items():
+                found = sum(x["found"] for x in recs)
+                tp = sum(round(x["precision"] * x["found"]) for x in recs if x["found"])
+                pl = sum(x["planted"] for x in recs)
+                r[meth] = {"found": found, "true": tp, "planted": pl}
             rows.append(r)
             print(json.dumps(r), flush=True)
     return rows
 
 
-def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
+def bench_structure_ablation(n: int, n_seeds: int) -> None:
+    """``auto`` label-free with each LF grouping (``structure=``): real sets (test / train) and the regime matrix."""
     from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix
+
+    structures = ("agreement", "rpca", "both")
+    print("\n### auto's LF groups: agreement clusters (default) vs robust-PCA components vs both (label-free)\n")
+    print("| set | MV | " + " | ".join(f"auto, structure={st}" for st in structures) + " |")
+    print("|---|---|" + "---|" * len(structures))
+    for d in _real_sets():
+        L, k, metric = d["L"], d["k"], d["metric"]
+        split = "test" if d["L_test"] is not None else "train"
+        Le, ye = (d["L_test"], d["y_test"]) if d["L_test"] is not None else (L, d["y_train"])
+        cells = []
+        for nm, kw in [("majority_vote", {})] + [("auto", {"structure": st}) for st in structures]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = make_label_model(nm, num_classes=k, seed=0, **kw).fit(L)
+            v = np.mean([_score(ye, p, metric) for p in _hard(m.predict_proba(Le), range(10))])
+            cells.append(f"{100 * v:.2f}" + (f" ({m.selected})" if nm == "auto" else ""))
+        print(f"| {d['name']} ({split}, {metric}) | " + " | ".join(cells) + " |", flush=True)
+    for rname, kw in REGIMES:
+        acc: dict = {}
+        for sd in range(n_seeds):
+            dd = make_regime_label_matrix(n + 300, seed=sd, **kw)
+            L, y = dd.L[:n], dd.y[:n]
+            for nm, st in [("majority_vote", None)] + [("auto", st) for st in structures]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = make_label_model(nm, num_classes=kw["k"], seed=0,
+                                         **({} if st is None else {"structure": st})).fit(L)
+                acc.setdefault(st, []).append(np.mean([(p == y).mean() for p in _hard(m.predict_proba(L), range(3))]))
+        cells = [f"{100 * np.mean(acc[st]):.2f}" for st in (None, *structures)]
+        print(f"| regime: {rname} | " + " | ".join(cells) + " |", flush=True)
+
+
+def print_structure(rows: list[dict]) -> None:
+    print("\n### Dependency recovery: agreement clusters vs robust-PCA structure learning (planted clusters of 3)\n")
+    print("| LFs | copy prob | planted pairs | agreement: found / true (P, R) | robust PCA: found / true (P, R) | "
+          "robust PCA s |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cells = []
+        for meth in ("agreement", "rpca"):
+            x = r[meth]
+            p = f"{x['true'] / x['found']:.2f}" if x["found"] else "-"
+            rc = f"{x['true'] / x['planted']:.2f}" if x["planted"] else "-"
+            cells.append(f"{x['found']} / {x['true']} ({p}, {rc})")
+        print(f"| {r['setting']} | {r['copy_prob']} | {r['agreement']['planted']} | {cells[0]} | {cells[1]} | "
+              f"{r['rpca_s']:.2f} |")
+
+
+def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
+    from lightning_ws.labelmodels import REGIMES, make_regime_label_matrix
 
     SL = _snorkel()
     rows: list[dict] = []
@@ -190,6 +322,7 @@ def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
         acc: dict = {}
         times: dict = {}
         picks: list[str] = []
+        picks_both: list[str] = []
         for sd in range(n_seeds):
             d = make_regime_label_matrix(n + 300, seed=sd, **kw)
             L, y, dev_y = d.L[:n], d.y[:n], d.y[n:]
@@ -204,18 +337,22 @@ def bench_regimes(n: int, n_seeds: int, snorkel_epochs: int) -> list[dict]:
                     if nm == "snorkel":
                         m = _fit_snorkel(SL, L, k, None if mode == "uniform" else list(dev_cb), snorkel_epochs, 0)
                     else:
-                        m = make_label_model(nm, num_classes=k, seed=0).fit(L, mode, dev_y=dev_y)
+                        m = _make(nm, k).fit(L, mode, dev_y=dev_y)
                 times.setdefault((nm, mode), []).append(time.perf_counter() - t0)
                 a = float(np.mean([(p == y).mean() for p in _hard(m.predict_proba(L), range(3))]))
                 acc.setdefault((nm, mode), []).append(a)
                 if nm == "auto" and mode == "estimated":
                     picks.append(m.selected)
+                if nm == "auto_both" and mode == "estimated":
+                    picks_both.append(m.selected)
         ref = statistics.median(times[("snorkel", "uniform")]) if SL is not None else float("nan")
         for key, v in acc.items():
             r = {"regime": rname, "model": key[0], "class_balance": key[1], "accuracy": float(np.mean(v)),
                  "fit_s": statistics.median(times[key]), "x_snorkel": statistics.median(times[key]) / ref}
             if key == ("auto", "estimated"):
                 r["selected"] = picks
+            if key == ("auto_both", "estimated"):
+                r["selected"] = picks_both
             rows.append(r)
         print(json.dumps({"regime": rname, "done": True}), flush=True)
     return rows
@@ -228,6 +365,7 @@ def _fmt(v, pct=True):
 def print_real(rows: list[dict]) -> None:
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == ds]
+        boot = next((r["_bootstrap"] for r in sub if "_bootstrap" in r), [])
         has_test = "test" in sub[0]
         print(f"\n### {ds} ({sub[0]['metric']}, %)\n")
         cols = (["test, all rows", "test, covered rows"] if has_test else []) + ["train (transductive)"]
@@ -238,6 +376,10 @@ def print_real(rows: list[dict]) -> None:
             name = SHORT.get(r["model"], "snorkel 0.10") + (f" -> {r['selected']}" if "selected" in r else "")
             print(f"| {name} | {r['class_balance']} | " + " | ".join(vals) +
                   f" | {r['fit_s']:.3f} | {r['x_snorkel']:.2f} |")
+        if boot:
+            print("")
+            for line in boot:
+                print(f"- {line}")
 
 
 def print_regimes(rows: list[dict]) -> None:
@@ -358,6 +500,8 @@ def main() -> None:
     ap.add_argument("--no-scale-snorkel", action="store_true")
     ap.add_argument("--timeout", type=int, default=900, help="per-model timeout of the scale runs (s)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--structure-ablation", action="store_true",
+                    help="only compare auto's LF groupings (agreement / rpca / both), label-free")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
@@ -375,10 +519,15 @@ def main() -> None:
         return
     print(f"snorkel: {'installed' if _snorkel() is not None else 'NOT installed - skipped'}; "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; torch threads {args.threads}, {blas}")
+    if args.structure_ablation:
+        bench_structure_ablation(args.regime_n, args.regime_seeds)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     if not args.skip_real:
         print_real(bench_real(args.repeats, args.snorkel_epochs))
     if not args.skip_regimes:
         print_regimes(bench_regimes(args.regime_n, args.regime_seeds, args.snorkel_epochs))
+        print_structure(bench_structure(args.regime_n, args.regime_seeds))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if not args.skip_scale:
         print(f"\n### Scale: synthetic {args.scale_n} x {args.scale_m}, binary, P(Y=1)=0.35, "

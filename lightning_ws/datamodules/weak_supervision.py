@@ -20,6 +20,7 @@ from lightning_ws.contracts import WEIGHT
 from lightning_ws.data import WrenchSplit
 from lightning_ws.datamodules.text import TextClassificationDataModule
 from lightning_ws.errors import ConfigError, DataError, check_choice
+from lightning_ws.labelmodels.factory import LabelModelName
 
 __all__ = ["PseudoLabelDataModule", "balance_targets", "argmax_random_ties"]
 
@@ -127,7 +128,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
     def __init__(
         self,
         dataset: str = "youtube",
-        label_model: str = "auto",
+        label_model: LabelModelName = "auto",
         label_model_kwargs: dict[str, Any] | None = None,
         label_model_path: str | None = None,
         save_label_model: str | None = None,
@@ -149,7 +150,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
     ) -> None:
         super().__init__(dataset=dataset, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed, train_limit=train_limit)
-        from lightning_ws.labelmodels import LABEL_MODEL_NAMES, make_label_model
+        from lightning_ws.labelmodels import make_label_model
 
         if lf_workers < 1:
             raise ConfigError(f"lf_workers must be >= 1, got {lf_workers}.")
@@ -174,7 +175,6 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         self._lf_workers = lf_workers
         self._tie_break = tie_break
         self._class_weighting = class_weighting
-        self._known_models = LABEL_MODEL_NAMES
         self.label_model = None
         self.label_model_report: dict[str, Any] = {}
         self.lf_analysis: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from lightning_ws.labelmodels.base import (
     resolve_class_balance,
 )
 from lightning_ws.labelmodels.dawid_skene import DawidSkene
-from lightning_ws.labelmodels.factory import ALIASES, LABEL_MODEL_NAMES, make_label_model
+from lightning_ws.labelmodels.factory import ALIASES, LABEL_MODEL_NAMES, LabelModelName, make_label_model
 from lightning_ws.labelmodels.majority import MajorityVote, WeightedMajorityVote, estimate_class_balance
 from lightning_ws.labelmodels.matrix import (
     ABSTAIN,
@@ -39,6 +39,7 @@ from lightning_ws.labelmodels.moment_matching import (
     moment_matching_objective,
     off_diagonal_block_mask,
 )
+from lightning_ws.labelmodels.structure import StructureEstimate, learn_structure_rpca, structure_recovery
 from lightning_ws.labelmodels.synthetic import (
     REGIMES,
     RegimeLabelMatrix,
@@ -58,6 +59,10 @@ __all__ = [
     "CLASS_BALANCE_MODES",
     "DawidSkene",
     "LABEL_MODEL_NAMES",
+    "LabelModelName",
+    "StructureEstimate",
+    "learn_structure_rpca",
+    "structure_recovery",
     "LFAnalysis",
     "LabelModel",
     "MajorityVote",

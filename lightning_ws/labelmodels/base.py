@@ -305,8 +305,8 @@ class LabelModel(ABC):
         L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=True,
                                   lf_names=lf_names, check_inferred_classes=dev_y is None)
         k = self.num_classes if self.num_classes is not None else max(int(L.max()) + 1, 2)
-        if self.num_classes is not None:
-            _warn_unvoted_classes(L, k)
+        if self.num_classes is not None and not self.__dict__.get("_internal", False):
+            _warn_unvoted_classes(L, k)  # a caller's sub-fit (auto's selection) warns once for the whole matrix
         dev_yv = None
         if dev_y is not None:
             dev_yv = np.asarray(_to_numpy(dev_y, "dev_y")).reshape(-1)

@@ -259,7 +259,10 @@ class LFAnalysis:
     Dependencies: ``firing_corr`` and ``agreement`` (``(m, m)``, :func:`lf_dependencies`), ``clusters`` (lists of LF
     indices, singletons included) and ``cluster_of`` (``(m,)`` cluster id); :meth:`dependent_pairs` lists the linked
     pairs, the summary has a ``cluster`` column. Found from the label matrix alone: near-duplicate keyword rules
-    are what the conditional-independence label models over-count.
+    are what the conditional-independence label models over-count. Beside these agreement clusters,
+    :attr:`structure` holds the sparse + low-rank structure estimate of Varma et al. 2019
+    (:func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`, computed on first access), which also finds
+    weaker dependencies; :meth:`rpca_edges` lists its edges and :meth:`to_table` reports both.
 
     Example:
         >>> import numpy as np
@@ -298,6 +301,8 @@ class LFAnalysis:
         self.cluster_of = np.empty(m, dtype=np.int64)
         for g, members in enumerate(self.clusters):
             self.cluster_of[members] = g
+        self._L = L
+        self._structure: Any = None
         self.correct: np.ndarray | None = None
         self.incorrect: np.ndarray | None = None
         self.emp_acc: np.ndarray | None = None
@@ -334,6 +339,23 @@ class LFAnalysis:
                   "agreement": float(agree[i, j])} for i, j in zip(ii, jj)]
         return sorted(pairs, key=lambda r: -r["firing_corr"])
 
+    @property
+    def structure(self) -> Any:
+        """The :class:`~lightning_ws.labelmodels.structure.StructureEstimate` of the robust-PCA structure learning
+        (Varma et al. 2019, arXiv 1903.05844), computed on first access with its defaults."""
+        if self._structure is None:
+            from lightning_ws.labelmodels.structure import learn_structure_rpca
+
+            self._structure = learn_structure_rpca(self._L, self.num_classes)
+        return self._structure
+
+    def rpca_edges(self) -> list[dict[str, Any]]:
+        """Edges of :attr:`structure`, strongest first: ``{"lfs": (name_i, name_j), "partial_corr", "cluster"}``
+        where ``cluster`` says whether the agreement clustering linked the pair too."""
+        st = self.structure
+        return [{"lfs": (self.lf_names[i], self.lf_names[j]), "partial_corr": float(st.scores[i, j]),
+                 "cluster": bool(self.cluster_of[i] == self.cluster_of[j])} for i, j in st.edges]
+
     def to_table(self) -> str:
         """A fixed-width text table of :meth:`summary`, with a final line giving total coverage."""
         rows = self.summary()
@@ -346,6 +368,14 @@ class LFAnalysis:
         lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
         groups = [[self.lf_names[j] for j in g] for g in self.clusters if len(g) > 1]
         lines.append(f"clusters of strongly dependent LFs: {len(groups)}" + (f" {groups}" if groups else ""))
+        d = sum(len(p) for p in self.polarity)
+        if self._structure is None and d > _TABLE_RPCA_MAX_COLUMNS:
+            lines.append(f"dependency edges, sparse + low-rank inverse covariance (Varma et al. 2019): not computed "
+                         f"for the table ({d} LF-class indicator columns; access .structure to compute them)")
+        else:
+            edges = [e["lfs"] for e in self.rpca_edges()]
+            lines.append(f"dependency edges, sparse + low-rank inverse covariance (Varma et al. 2019): {len(edges)}"
+                         + (f" {edges[:20]}" + (" ..." if len(edges) > 20 else "") if edges else ""))
         return "\n".join(lines)
 
     def to_wandb_table(self) -> Any:
@@ -355,6 +385,11 @@ class LFAnalysis:
         rows = self.summary()
         cols = list(rows[0].keys())
         return wandb.Table(columns=cols, data=[[str(r[c]) if c == "polarity" else r[c] for c in cols] for r in rows])
+
+
+#: ``to_table`` computes the robust-PCA edges itself only up to this many (LF, class) indicator columns: the solver
+#: runs dense ``d x d`` eigendecompositions (seconds at a few hundred columns, minutes at thousands).
+_TABLE_RPCA_MAX_COLUMNS = 600
 
 
 def _fmt(v: Any) -> str:
@@ -455,8 +490,10 @@ def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement:
     which reaches 0.5-0.6 for high-recall rules) and they agree on at least
     ``min_agreement`` of at least ``min_overlap`` co-votes (:func:`lf_dependencies`); clusters are the connected
     components (single linkage, union-find). Every LF is in exactly one cluster; clusters are sorted by their first LF.
-    This is agreement clustering, a cheap stand-in for the structure learning of Varma et al. (ICML 2019,
-    arXiv 1903.05844): it finds duplicated and strongly overlapping rules, not weaker dependencies.
+    This is agreement clustering: it finds duplicated and strongly overlapping rules, not weaker dependencies (for
+    those, :func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`, the robust-PCA structure learning of
+    Varma et al., ICML 2019, arXiv 1903.05844). ``AutoLabelModel`` holds out and merges these clusters: the
+    benchmark's structure ablation found them the better groups for its held-out test.
     """
     m = L.shape[1]
     phi, agree = lf_dependencies(L, k, min_overlap=min_overlap)

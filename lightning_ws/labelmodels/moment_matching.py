@@ -300,8 +300,11 @@ class MomentMatching(MuLabelModel):
 
         n, m = L.shape
         k = self.k_
-        collapsed = collapse_rows(L)
-        em_conf = None
+        hint = self.__dict__.pop("_collapsed_hint", None)  # (U, inverse, counts) or False: the caller's collapse_rows
+        collapsed = collapse_rows(L) if hint is None else (hint or None)
+        # a caller that fitted Dawid-Skene on this very matrix (AutoLabelModel's selection) passes its confusions as
+        # the starting point: the same population quantity, so fewer Newton steps to the same optimum
+        em_conf = self.__dict__.pop("_em_conf_hint", None)
         if self.class_balance_ is None:
             if self.class_balance_estimator == "em":
                 ds = _em_class_balance(L, k, self.seed, collapsed)
