@@ -51,7 +51,7 @@ def test_pool_fit_predict_filter_through_the_cli(tmp_path, monkeypatch, capsys):
                "--filtered-out", str(tmp_path / "filtered"), "--report", str(tmp_path / "report.json")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| ensemble (triplet) |" in out and "| single: clip_score" in out
+    assert "| ensemble (dawid_skene) |" in out and "| single: clip_score" in out
     uids = np.load(tmp_path / "keep.npy")
     assert uids.dtype == np.dtype("u8,u8") and 0 < len(uids) <= 69
     assert (tmp_path / "report.json").is_file() and list((tmp_path / "filtered").glob("*.tar"))

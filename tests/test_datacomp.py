@@ -308,3 +308,36 @@ def test_keep_filter_that_keeps_nothing_fails_instead_of_hanging(shard_dir):
     ds = _stream(shard_dir, batch_size=2, batches_per_epoch=3, keep=lambda s: False)
     with pytest.raises(DataError, match="no sample passes the keep filter"):
         list(ds)
+
+
+def _failure_mode_pool(n: int = 3000, seed: int = 0):
+    """Bad samples of three disjoint kinds, each caught by one rule that votes drop on it and keep elsewhere (as the
+    DataComp-style rules do), a weak two-sided quality score, and a size rule that never fires."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(4, size=n, p=[0.7, 0.1, 0.1, 0.1])  # 0 good, 1-3 a failure mode
+    good = kind == 0
+    cols = {f"bad{m}": (kind == m).astype(np.float32) for m in (1, 2, 3)}
+    cols["score"] = (good + rng.normal(0, 1.2, n)).astype(np.float32)
+    cols["side"] = np.full(n, 64.0, np.float32)
+    uids = [shards.make_uid("fm", i) for i in range(n)]
+    cols["uid_hi"], cols["uid_lo"] = Fl._uid_halves(uids)
+    lfs = [Fl.FilterLF(f"rule{m}", (lambda s, m=m: np.where(s[f"bad{m}"] > 0, Fl.DROP, Fl.KEEP)), (f"bad{m}",),
+                       mode=f"mode{m}") for m in (1, 2, 3)]
+    lfs.append(Fl.FilterLF("size", lambda s: np.where(s["side"] < 16, Fl.DROP, Fl.KEEP), ("side",), mode="size"))
+    lfs.append(Fl.clip_score_lf(0.3, 0.3, column="score"))
+    return cols, good, lfs
+
+
+def test_failure_mode_latent_beats_binary_and_every_single_filter():
+    sig, good, lfs = _failure_mode_pool()
+    fm = E.FilterEnsemble(lfs).run(sig)
+    binary = E.FilterEnsemble(lfs, latent="binary").run(sig)
+    f1 = E.keep_metrics(fm.keep, good)["f1"]
+    singles = {lf.name: E.keep_metrics(E.single_filter_keep(lf(sig)), good)["f1"] for lf in lfs}
+    assert f1 > max(singles.values()) + 0.02, (f1, singles)
+    assert f1 > E.keep_metrics(binary.keep, good)["f1"] + 0.02
+    assert fm.report["lfs_constant"] == ["size"]  # votes keep everywhere: left out of the fit
+    assert set(fm.report["failure_modes"]) == {"mode1", "mode2", "mode3", "quality"}
+    assert abs(fm.report["class_prior_keep"] - good.mean()) < 0.08
+    with pytest.raises(ConfigError, match="latent"):
+        E.FilterEnsemble(lfs, latent="ternary")

@@ -264,6 +264,13 @@ class FilterLF:
 
     ``needs`` lists the signal columns it reads (checked); ``family`` groups correlated variants (e.g. several
     thresholds of one score) so the ensemble can de-duplicate them.
+
+    ``mode`` names the failure mode the filter's *drop* votes detect (``"caption"``, ``"blank"``, ``"duplicate"``...).
+    Rules that each check one failure mode fire on disjoint sets of bad samples; the
+    :class:`~lightning_ws.datacomp.ensemble.FilterEnsemble` gives every mode its own latent "drop" class, so the
+    conditional-independence label models see them as independent given the class. ``""`` (default): a generic
+    quality score (CLIP score, a planted two-sided filter) whose drop votes all point at one shared "low quality"
+    class.
     """
 
     name: str
@@ -271,6 +278,7 @@ class FilterLF:
     needs: tuple[str, ...]
     family: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    mode: str = ""
 
     def __call__(self, signals: Signals) -> np.ndarray:
         missing = [c for c in self.needs if c not in signals]
@@ -293,20 +301,21 @@ def caption_length_lf(min_words: int = 2, max_words: int = 40, *, keep_on_pass: 
     words)."""
     return FilterLF(f"caption_length[{min_words},{max_words}]",
                     lambda s: _rule((s["cap_words"] < min_words) | (s["cap_words"] > max_words), keep_on_pass),
-                    ("cap_words",), "caption_length", {"min_words": min_words, "max_words": max_words})
+                    ("cap_words",), "caption_length", {"min_words": min_words, "max_words": max_words},
+                    mode="caption")
 
 
 def caption_charset_lf(min_alpha: float = 0.6, *, keep_on_pass: bool = True) -> FilterLF:
     """Drop captions whose non-space characters are less than ``min_alpha`` ASCII letters (symbol runs, other
     scripts: a crude stand-in for DataComp's fastText English filter)."""
     return FilterLF(f"caption_charset[{min_alpha}]", lambda s: _rule(s["cap_alpha"] < min_alpha, keep_on_pass),
-                    ("cap_alpha",), "caption_charset", {"min_alpha": min_alpha})
+                    ("cap_alpha",), "caption_charset", {"min_alpha": min_alpha}, mode="caption")
 
 
 def caption_boilerplate_lf(*, keep_on_pass: bool = True) -> FilterLF:
     """Drop captions matching a boilerplate pattern (:data:`BOILERPLATE_PATTERNS` at signal time)."""
     return FilterLF("caption_boilerplate", lambda s: _rule(s["cap_boilerplate"] > 0, keep_on_pass),
-                    ("cap_boilerplate",), "caption_boilerplate")
+                    ("cap_boilerplate",), "caption_boilerplate", mode="caption")
 
 
 def image_size_lf(min_side: int = 16, max_aspect: float = 3.0, *, keep_on_pass: bool = True) -> FilterLF:
@@ -318,13 +327,13 @@ def image_size_lf(min_side: int = 16, max_aspect: float = 3.0, *, keep_on_pass: 
         return _rule((np.minimum(w, h) < min_side) | (aspect > max_aspect), keep_on_pass)
 
     return FilterLF(f"image_size[{min_side},{max_aspect}]", fn, ("img_width", "img_height"), "image_size",
-                    {"min_side": min_side, "max_aspect": max_aspect})
+                    {"min_side": min_side, "max_aspect": max_aspect}, mode="image_size")
 
 
 def image_blank_lf(min_std: float = 6.0, *, keep_on_pass: bool = True) -> FilterLF:
     """Drop (almost) uniform images: grayscale pixel standard deviation below ``min_std`` (0-255 scale)."""
     return FilterLF(f"image_blank[{min_std}]", lambda s: _rule(s["img_std"] < min_std, keep_on_pass),
-                    ("img_std",), "image_blank", {"min_std": min_std})
+                    ("img_std",), "image_blank", {"min_std": min_std}, mode="blank")
 
 
 def duplicate_lf(max_distance: int = 4, *, keep_on_pass: bool = False) -> FilterLF:
@@ -348,7 +357,7 @@ def duplicate_lf(max_distance: int = 4, *, keep_on_pass: bool = False) -> Filter
         return votes.astype(np.int8)
 
     return FilterLF(f"duplicate[{max_distance}]", fn, ("img_phash", "uid_hi", "uid_lo"), "duplicate",
-                    {"max_distance": max_distance})
+                    {"max_distance": max_distance}, mode="duplicate")
 
 
 def clip_score_lf(keep_top: float = 0.3, drop_bottom: float = 0.3, *, column: str = "clip_score") -> FilterLF:
@@ -377,7 +386,8 @@ def detector_grounded_lf(tau: float = 0.1, *, drop_below: float | None = None) -
         p = 1 / (1 + np.exp(-s["det_top_logits"][:, 0].astype(np.float64)))
         return np.where(p >= tau, KEEP, np.where(p < lo, DROP, ABSTAIN)).astype(np.int8)
 
-    return FilterLF(f"det_grounded[{tau}]", fn, ("det_top_logits",), "det_grounded", {"tau": tau, "drop_below": lo})
+    return FilterLF(f"det_grounded[{tau}]", fn, ("det_top_logits",), "det_grounded", {"tau": tau, "drop_below": lo},
+                    mode="grounding")
 
 
 def detector_count_lf(tau: float = 0.1, k_min: int = 1, k_max: int = 6) -> FilterLF:
@@ -388,7 +398,7 @@ def detector_count_lf(tau: float = 0.1, k_min: int = 1, k_max: int = 6) -> Filte
         return np.where((k >= k_min) & (k <= k_max), KEEP, DROP).astype(np.int8)
 
     return FilterLF(f"det_count[{tau},{k_min},{k_max}]", fn, ("det_top_logits",), "det_count",
-                    {"tau": tau, "k_min": k_min, "k_max": k_max})
+                    {"tau": tau, "k_min": k_min, "k_max": k_max}, mode="grounding")
 
 
 def detector_area_lf(tau: float = 0.1, min_area: float = 0.05) -> FilterLF:
@@ -401,7 +411,7 @@ def detector_area_lf(tau: float = 0.1, min_area: float = 0.05) -> FilterLF:
         return np.where(~conf.any(1), ABSTAIN, np.where(area >= min_area, KEEP, DROP)).astype(np.int8)
 
     return FilterLF(f"det_area[{tau},{min_area}]", fn, ("det_top_logits", "det_top_areas"), "det_area",
-                    {"tau": tau, "min_area": min_area})
+                    {"tau": tau, "min_area": min_area}, mode="grounding")
 
 
 def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[FilterLF]:
@@ -496,7 +506,7 @@ def caption_basic_lf(min_words: int = 2, max_words: int = 40, min_alpha: float =
         return _rule(bad, keep_on_pass)
 
     return FilterLF("caption_basic", fn, ("cap_words", "cap_alpha", "cap_boilerplate"), "caption",
-                    {"min_words": min_words, "max_words": max_words, "min_alpha": min_alpha})
+                    {"min_words": min_words, "max_words": max_words, "min_alpha": min_alpha}, mode="caption")
 
 
 __all__.append("caption_basic_lf")
