@@ -234,9 +234,18 @@ def test_detector_signals_tiny_owlvit():
     assert out["det_top_logits"].shape == (3, 4) and out["det_top_areas"].shape == (3, 4)
     assert (out["det_top_logits"][:, :-1] >= out["det_top_logits"][:, 1:]).all()
     assert ((out["det_top_areas"] >= 0) & (out["det_top_areas"] <= 1)).all()
+    # rule (d): one extra query per noun phrase in the same forward; NaN where a caption has fewer phrases
+    ph = out["det_phrase_logits"]
+    assert ph.shape == (3, 4) and torch.isnan(ph[0, 1:]).all() and torch.isfinite(ph[1, :2]).all()
+    assert torch.isnan(ph[1, 2:]).all() and torch.isfinite(ph[2, 0]) and torch.isnan(ph[2, 1:]).all()
     sig = {k: v.numpy() for k, v in out.items()}
-    for lf in (Fl.detector_grounded_lf(0.5), Fl.detector_count_lf(0.5), Fl.detector_area_lf(0.5)):
+    for lf in (Fl.detector_grounded_lf(0.5), Fl.detector_count_lf(0.5), Fl.detector_area_lf(0.5),
+               Fl.detector_phrase_lf(0.5)):
         assert lf(sig).shape == (3,)
+    # each phrase query is scored like the caption query: a caption that is one phrase grounds it identically
+    single = det(imgs[:1], ["cat"])
+    assert single["det_phrase_logits"][0, 0] == pytest.approx(float(single["det_top_logits"][0, 0]), abs=1e-5)
+    assert "det_phrase_logits" not in Fl.OwlDetector(det.model, max_phrases=0)(imgs[:1], ["a cat"])
     with pytest.raises(ConfigError, match="local folder"):
         Fl.OwlDetector("google/owlvit-base-patch32")
 
@@ -341,3 +350,29 @@ def test_failure_mode_latent_beats_binary_and_every_single_filter():
     assert abs(fm.report["class_prior_keep"] - good.mean()) < 0.08
     with pytest.raises(ConfigError, match="latent"):
         E.FilterEnsemble(lfs, latent="ternary")
+
+
+def test_noun_phrases_heuristic():
+    assert Fl.noun_phrases("a photo of a tabby cat on the grass") == ["tabby cat", "grass"]
+    assert Fl.noun_phrases("A dog, a dog and a red ball!") == ["dog", "red ball"]
+    assert Fl.noun_phrases("Click here to download IMG_1234.JPG", 2) == ["click", "download img"]
+    assert Fl.noun_phrases("#$%& 1234") == [] and Fl.noun_phrases("") == []
+    assert len(Fl.noun_phrases("cat dog, bird; frog: horse . ship", 3)) == 3
+
+
+def test_detector_phrase_rule_d_votes():
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    nan = float("nan")
+    x = np.array([[logit(0.9), logit(0.8), nan, nan],      # 2/2 grounded -> keep
+                  [logit(0.9), logit(0.01), nan, nan],     # 1/2 >= 0.5 -> keep
+                  [logit(0.9), logit(0.01), logit(0.02), nan],  # 1/3 < 0.5 -> drop
+                  [nan, nan, nan, nan],                    # no noun phrase -> abstain
+                  [logit(0.05), nan, nan, nan]], np.float32)  # 0/1 -> drop
+    lf = Fl.detector_phrase_lf(tau=0.5, min_fraction=0.5)
+    assert lf({"det_phrase_logits": x}).tolist() == [1, 1, 0, -1, 0]
+    assert Fl.detector_phrase_lf(tau=0.5, min_fraction=1.0)({"det_phrase_logits": x}).tolist() == [1, 0, 0, -1, 0]
+    assert lf.mode == "grounding" and "det_phrase_logits" in lf.needs
+    with pytest.raises(ConfigError):
+        Fl.detector_phrase_lf(min_fraction=0.0)
+    names = [f.name for f in Fl.default_lfs(["cap_words", "det_top_logits", "det_top_areas", "det_phrase_logits"])]
+    assert "det_phrases[0.1,0.5]" in names

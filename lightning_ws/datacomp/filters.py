@@ -50,6 +50,9 @@ __all__ = [
     "detector_grounded_lf",
     "detector_count_lf",
     "detector_area_lf",
+    "detector_phrase_lf",
+    "noun_phrases",
+    "PHRASE_STOPWORDS",
     "default_lfs",
     "save_signal_cache",
     "load_signal_cache",
@@ -172,6 +175,41 @@ def clip_similarity(model: Any, images: Any, tokens: Any) -> Any:
     return (fi * ft).sum(-1)
 
 
+#: Words that end a noun phrase in :func:`noun_phrases`: articles, pronouns, prepositions, conjunctions, auxiliary
+#: and common verbs, and photo meta-words ("a photo of ...") that no detector grounds.
+PHRASE_STOPWORDS = frozenset("""
+a an the this that these those my your his her its our their some any each every no one two three several many few
+of in on at to from with without by for about over under above below near next into onto through between behind
+beside around across along against among out off up down inside outside during before after while than as like
+and or but nor so yet then there here is are was were be been being am has have had do does did can could will
+would shall should may might must it they we you he she i me him them us what which who whom whose where when why
+how very too also just not only more most less least much such own same other another all both either neither
+photo photograph picture image pic shot snapshot close-up closeup view seen showing shows show look looking see
+taken cropped blurry low resolution high quality nice old new small large big little""".split())
+
+
+def noun_phrases(caption: str, max_phrases: int = 4) -> list[str]:
+    """The caption's noun phrases for rule (d), by a dependency-free heuristic: maximal runs of words that are not in
+    :data:`PHRASE_STOPWORDS` (so "a photo of a tabby cat on the grass" -> ``["tabby cat", "grass"]``), in order,
+    unique, at most ``max_phrases``. Adjectives inside a run stay (the detector grounds "tabby cat" as one query);
+    punctuation, symbols and digits split runs. A parser (spaCy) would do better on real web captions; this keeps the
+    library free of one.
+    """
+    tokens = re.findall(r"[a-z][a-z\-']*|[^a-z\s]+", str(caption).lower())  # words, and symbol/digit runs
+    phrases: list[str] = []
+    run: list[str] = []
+    for w in tokens + [""]:
+        if w and w[0].isalpha() and w not in PHRASE_STOPWORDS:
+            run.append(w)
+            continue
+        if run:
+            phrase = " ".join(run)
+            if phrase not in phrases:
+                phrases.append(phrase)
+            run = []
+    return phrases[:max_phrases]
+
+
 def tiny_owlvit(seed: int = 0, image_size: int = 32) -> Any:
     """A tiny, randomly initialised OWL-ViT (for tests and wiring; no weights are downloaded)."""
     import torch
@@ -200,14 +238,20 @@ class OwlDetector:
     Hugging Face tokenizer files are needed. For each image the top ``top_k`` box logits and box areas (as a share
     of the image) are returned; the rule LFs derive counts, grounding and area rules from them.
 
+    Phrase grounding (rule (d)): the caption's noun phrases (:func:`noun_phrases`, at most ``max_phrases``) are
+    extra text queries of the same forward pass (OWL-ViT scores every box against every query of its image), and
+    ``det_phrase_logits`` holds each phrase's best box logit (``NaN`` where the caption has fewer phrases). Grounding
+    DINO grounds phrases inside one caption query instead; the cached column is the same.
+
     Args:
         model: an ``OwlViTForObjectDetection`` / ``Owlv2ForObjectDetection`` instance, or a local folder with one
             (``from_pretrained(path)``; never downloaded).
         top_k: boxes kept per image.
         max_query_tokens: text length of the detector (16 for the released OWL-ViT checkpoints).
+        max_phrases: noun phrases queried per caption (0: no ``det_phrase_logits``).
     """
 
-    def __init__(self, model: Any, *, top_k: int = 8, max_query_tokens: int = 16) -> None:
+    def __init__(self, model: Any, *, top_k: int = 8, max_query_tokens: int = 16, max_phrases: int = 4) -> None:
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForZeroShotObjectDetection
 
@@ -219,6 +263,9 @@ class OwlDetector:
         self.model = model
         self.top_k = int(top_k)
         self.max_query_tokens = int(max_query_tokens)
+        if max_phrases < 0:
+            raise ConfigError(f"max_phrases must be >= 0, got {max_phrases}.")
+        self.max_phrases = int(max_phrases)
         vc = model.config.vision_config
         self.image_size = int(vc.image_size)
         self.mean = getattr(vc, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
@@ -241,14 +288,26 @@ class OwlDetector:
     def __call__(self, pixel_values: Any, captions: Sequence[str]) -> dict[str, Any]:
         import torch
 
-        tokens = self.tokenize(captions).to(pixel_values.device)
+        captions = list(captions)
+        phrases = [noun_phrases(c, self.max_phrases) for c in captions] if self.max_phrases else []
+        q = 1 + self.max_phrases
+        queries = [t for c, ph in zip(captions, phrases or [[]] * len(captions))
+                   for t in [c] + ph + [""] * (q - 1 - len(ph))]
+        tokens = self.tokenize(queries).to(pixel_values.device)
         with torch.no_grad():
             out = self.model(input_ids=tokens, attention_mask=(tokens != 0).long(), pixel_values=pixel_values)
-        logits = out.logits[..., 0].float()  # (B, boxes): one query per image
+        logits = out.logits.float()  # (B, boxes, q): every box against every query of its image
+        cap = logits[..., 0]
         areas = (out.pred_boxes[..., 2] * out.pred_boxes[..., 3]).float().clamp(0, 1)
-        k = min(self.top_k, logits.shape[1])
-        top, idx = logits.topk(k, dim=1)
-        return {"det_top_logits": top, "det_top_areas": areas.gather(1, idx)}
+        k = min(self.top_k, cap.shape[1])
+        top, idx = cap.topk(k, dim=1)
+        res = {"det_top_logits": top, "det_top_areas": areas.gather(1, idx)}
+        if self.max_phrases:
+            best = logits[..., 1:].amax(1)  # (B, max_phrases): each phrase's best box
+            have = torch.tensor([[j < len(ph) for j in range(self.max_phrases)] for ph in phrases],
+                                device=best.device)
+            res["det_phrase_logits"] = torch.where(have, best, torch.full_like(best, float("nan")))
+        return res
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -414,6 +473,26 @@ def detector_area_lf(tau: float = 0.1, min_area: float = 0.05) -> FilterLF:
                     {"tau": tau, "min_area": min_area}, mode="grounding")
 
 
+def detector_phrase_lf(tau: float = 0.1, min_fraction: float = 0.5) -> FilterLF:
+    """Rule (d): keep if at least ``min_fraction`` of the caption's noun phrases are grounded (their best box has
+    probability >= ``tau``), drop if fewer are; abstain when the caption has no noun phrase (``det_phrase_logits``
+    all ``NaN``)."""
+    if not 0.0 < min_fraction <= 1.0:
+        raise ConfigError(f"min_fraction must lie in (0, 1], got {min_fraction}.")
+
+    def fn(s: Signals) -> np.ndarray:
+        x = s["det_phrase_logits"].astype(np.float64)
+        have = ~np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            grounded = (1 / (1 + np.exp(-np.where(have, x, 0.0))) >= tau) & have
+        n = have.sum(1)
+        frac = grounded.sum(1) / np.maximum(n, 1)
+        return np.where(n == 0, ABSTAIN, np.where(frac >= min_fraction, KEEP, DROP)).astype(np.int8)
+
+    return FilterLF(f"det_phrases[{tau},{min_fraction}]", fn, ("det_phrase_logits",), "det_phrases",
+                    {"tau": tau, "min_fraction": min_fraction}, mode="grounding")
+
+
 def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[FilterLF]:
     """The default filter set for the signal columns present: the caption rules as one LF (:func:`caption_basic_lf`),
     image size, blank image, near-duplicates, CLIP score (if ``clip_score`` is there: top 30% keep, bottom 30% drop)
@@ -430,6 +509,8 @@ def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[Fi
         lfs.append(clip_score_lf())
     if "det_top_logits" in cols:
         lfs += [detector_grounded_lf(), detector_count_lf(), detector_area_lf()]
+    if "det_phrase_logits" in cols:
+        lfs.append(detector_phrase_lf())
     return lfs
 
 
