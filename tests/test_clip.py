@@ -134,6 +134,49 @@ def test_resume_mid_epoch_equals_uninterrupted(pool_dir, tmp_path):
                              atol=1e-6, rtol=1e-5)
 
 
+class _SeenStream(pl.Callback):
+    """Records the uids of every training batch (compared between the uninterrupted and the resumed run)."""
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.uids += [f"{trainer.current_epoch}:{u}" for u in batch["uid"]]
+
+    def state_dict(self) -> dict:
+        return {"uids": list(self.uids)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.uids = list(state["uids"])
+
+
+def _resume_build_seen(shard_dir: str, batches_per_epoch: int):
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    def build():
+        torch.manual_seed(0)
+        model = CLIPModule(model_config=TINY, lr=2e-3, warmup_steps=2, total_steps=6)
+        dm = WebDatasetDataModule(shard_dir, batch_size=4, batches_per_epoch=batches_per_epoch, shuffle_buffer=8,
+                                  seed=1, context_length=16, zeroshot=None, retrieval=None)
+        return model, dm, [_SeenStream()]
+
+    return build
+
+
+@pytest.mark.parametrize("interrupt_step", [2, 3])
+def test_resume_at_an_epochs_last_batch_equals_uninterrupted(pool_dir, tmp_path, interrupt_step):
+    """4 batches per epoch, 2 micro-batches per step: step 2 ends exactly on epoch 0's last batch (the checkpoint is
+    written inside the loop, before Lightning closes the epoch), step 3 in the middle of epoch 1. The resumed run must
+    see the same batches, in the same epochs, as the uninterrupted one."""
+    from tests.helpers.resume import assert_resume_equivalent
+
+    res = assert_resume_equivalent(_resume_build_seen(str(pool_dir), 4), total_steps=5, interrupt_step=interrupt_step,
+                                   tmp_path=tmp_path, atol=1e-6, rtol=1e-5)
+    seen = next(iter(res.full_callbacks.values()))["uids"]
+    assert len(seen) == 40 and len({u.split(":")[0] for u in seen}) == 3  # epochs 0, 1 and 2 were entered
+
+
 # ---------------------------------------------------------------------------------------------------- DDP
 class _TensorPairs(pl.LightningDataModule):
     """16 fixed (image, text) pairs in order; under DDP rank r reads rows r, r + W, ... itself (the trainer runs with

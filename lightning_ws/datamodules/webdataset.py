@@ -10,8 +10,10 @@ every rank, seeded shuffling) and provides two validation sets:
 
 Epoch propagation: the train loader's sampler has ``set_epoch``, which Lightning calls at the start of every epoch;
 it writes the epoch into a shared counter the workers read, so every epoch reshuffles (also with non-persistent
-workers). Exact mid-epoch resume: on a restart, the batches the trainer already consumed in the current epoch are
-skipped on the raw byte stream (num_workers >= 0; not with persistent workers).
+workers). Exact resume: on a restart, the batches the trainer already consumed in the current epoch are skipped on
+the raw byte stream (num_workers >= 0; not with persistent workers); a checkpoint written on an epoch's last batch
+resumes at the start of the next epoch (the epoch is taken from the checkpoint, because Lightning creates the first
+iterator of a resumed fit before it calls ``set_epoch``).
 
 Batches: ``{"image": (B, 3, S, S) float, "text": (B, T) long, "uid": list[str], "idx": (B,) int64}`` (+ ``"domain"``
 with ``domain_field``).
@@ -108,9 +110,17 @@ class _ShardLoader(DataLoader):
 
     def __iter__(self):  # noqa: ANN204
         resume = self._resume
-        if resume is not None and self.dataset.epoch.get() == resume["epoch"]:
-            # first epoch after a mid-epoch restart: skip what the checkpointed run had consumed of it
-            self.dataset.skip_batches = int(resume["consumed"])
+        if resume is not None:
+            # The first iterator after a restart is created by Lightning's ``setup_data`` *before* it calls
+            # ``sampler.set_epoch``, so the epoch comes from the checkpoint, not from the shared counter. A checkpoint
+            # written on an epoch's last batch (inside the loop, before the epoch closed) resumes at the start of the
+            # next epoch, as Lightning does (it marks that epoch finished); otherwise the same epoch continues after
+            # the batches already consumed.
+            epoch, consumed = int(resume["epoch"]), int(resume["consumed"])
+            if consumed >= int(self.dataset.batches_per_epoch or 0) > 0:
+                epoch, consumed = epoch + 1, 0
+            self.dataset.set_epoch(epoch)
+            self.dataset.skip_batches = consumed
         object.__setattr__(self, "_resume", None)
         it = super().__iter__()
         self.dataset.skip_batches = 0  # one epoch only (the iterator snapshotted it)
