@@ -1,0 +1,174 @@
+"""Domain mixtures on the webdataset CLIP data module (R&B, arXiv 2505.00358) and Grad-Mimic on the CLIP module."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from lightning_ws.contracts import DOMAIN, SupportsMixture, is_mixture_datamodule
+from lightning_ws.datacomp import pool, shards
+from lightning_ws.datacomp.clip import TINY_CLIP_CONFIG
+from lightning_ws.errors import ConfigError
+
+TINY = {**TINY_CLIP_CONFIG, "embed_dim": 32,
+        "vision_cfg": {**TINY_CLIP_CONFIG["vision_cfg"], "width": 32, "layers": 1, "patch_size": 8, "head_width": 16},
+        "text_cfg": {**TINY_CLIP_CONFIG["text_cfg"], "width": 32, "layers": 1, "context_length": 16}}
+LAYER = "model.visual.transformer.resblocks.0.mlp.c_proj"
+
+
+def _trainer(**kw) -> pl.Trainer:
+    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0, deterministic=True, limit_val_batches=0)
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """Three domains of real CIFAR-10 pairs: clean captions, junk captions, mismatched captions (30, 20, 20)."""
+    root = tmp_path_factory.mktemp("domains")
+    src = pool.load_cifar10_subset("pool")
+    specs = {"clean": (src[:30], pool.NoiseSpec(0, 0, 0, 0)), "junk": (src[30:50], pool.NoiseSpec(0, 1.0, 0, 0)),
+             "mismatch": (src[50:70], pool.NoiseSpec(1.0, 0, 0, 0))}
+    out = {}
+    for name, (imgs, noise) in specs.items():
+        samples = pool.build_pool(imgs, noise, seed=len(name))
+        shards.write_shards(samples, root / name, samples_per_shard=8)
+        out[name] = str(root / name)
+    return out
+
+
+def _dm(domains, **kw):
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+
+    args = dict(batch_size=6, context_length=16, zeroshot=None, retrieval=None, shuffle_buffer=0, seed=3)
+    args.update(kw)
+    return WebDatasetDataModule(domains, **args)
+
+
+def test_webdataset_module_satisfies_supports_mixture(domains):
+    dm = _dm(domains)
+    assert isinstance(dm, SupportsMixture) and is_mixture_datamodule(dm)
+    assert dm.num_domains == 3 and dm.domain_names == ["clean", "junk", "mismatch"]
+    assert dm.domain_sizes.tolist() == [30, 20, 20]
+    torch.testing.assert_close(dm.p_eval, torch.tensor([30, 20, 20], dtype=torch.float64) / 70)
+    torch.testing.assert_close(dm.mixture, torch.full((3,), 1 / 3, dtype=torch.float64))
+    with pytest.raises(ConfigError):
+        dm.set_mixture([0.5, 0.5])
+    with pytest.raises(ConfigError, match="needs domains"):
+        _dm(domains["clean"]).set_mixture([1.0])
+    with pytest.raises(ConfigError, match="domain_field"):
+        _dm(domains, domain_field="label")
+
+
+def test_set_mixture_takes_effect_without_rebuilding_the_loader(domains):
+    dm = _dm(domains, batches_per_epoch=12, mixture=[1.0, 0.0, 0.0], mixture_lag=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    it = iter(loader)
+    first = [next(it) for _ in range(3)]
+    assert all((b[DOMAIN] == 0).all() for b in first)  # only "clean" before the change
+    # what a callback does mid-epoch: the trainer has consumed 3 batches; the change applies from batch 3 + lag
+    dm._schedule.set([0.0, 0.0, 1.0], epoch=0, next_batch=3)
+    rest = list(it)
+    assert len(rest) == 9
+    assert all((b[DOMAIN] == 0).all() for b in rest[:2]) and all((b[DOMAIN] == 2).all() for b in rest[2:])
+    uids = [u for b in first + rest for u in b["uid"]]
+    by_domain = {d: {s.uid for s in shards.iter_shards(p)} for d, p in enumerate(domains.values())}
+    for b in first + rest:
+        for u, d in zip(b["uid"], b[DOMAIN].tolist()):
+            assert u in by_domain[d]
+    assert len(uids) == 72
+    # a mixed p draws every domain
+    dm2 = _dm(domains, batches_per_epoch=20, mixture=[0.2, 0.3, 0.5])
+    dm2.setup("fit")
+    counts = np.bincount(torch.cat([b[DOMAIN] for b in dm2.train_dataloader()]).numpy(), minlength=3)
+    assert counts.sum() == 120 and (counts > 10).all() and counts[2] > counts[0]
+
+
+def test_mixture_stream_is_identical_with_workers(domains):
+    """The schedule fixes which mixture each batch uses, so 0 and 2 workers give the same domain sequence."""
+    seqs = []
+    for workers in (0, 2):
+        dm = _dm(domains, batches_per_epoch=8, mixture=[0.5, 0.25, 0.25], num_workers=workers, mixture_lag=3)
+        dm.setup("fit")
+        dm._stream_started = True
+        dm._schedule.set([0.0, 1.0, 0.0], epoch=0, next_batch=2)  # applies from batch 5
+        seqs.append([b[DOMAIN].tolist() for b in dm.train_dataloader()])
+    assert seqs[0] == seqs[1]
+    assert all(d == 1 for b in seqs[0][5:] for d in b) and any(d != 1 for b in seqs[0][:5] for d in b)
+
+
+class _SetMixtureAt(pl.Callback):
+    """Changes the data module's mixture at fixed optimizer steps (deterministic stand-in for a mixture rule)."""
+
+    def __init__(self) -> None:
+        self.plan = {1: [0.7, 0.2, 0.1], 3: [0.1, 0.1, 0.8]}
+        self.domains: list[int] = []
+        self.done: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.domains += batch[DOMAIN].tolist()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        p = self.plan.get(trainer.global_step)
+        if p is not None and trainer.global_step not in self.done:
+            trainer.datamodule.set_mixture(p)
+            self.done.append(trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"domains": list(self.domains), "done": list(self.done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.domains, self.done = list(state["domains"]), list(state["done"])
+
+
+def _mixture_resume_build(domains):
+    from lightning_ws.modules.clip import CLIPModule
+
+    def build():
+        torch.manual_seed(0)
+        model = CLIPModule(model_config=TINY, lr=2e-3, warmup_steps=2, total_steps=6)
+        return model, _dm(domains, batches_per_epoch=5, shuffle_buffer=4), [_SetMixtureAt()]
+
+    return build
+
+
+@pytest.mark.parametrize("interrupt_step", [2, 3])
+def test_mixture_resume_equals_uninterrupted(domains, tmp_path, interrupt_step):
+    """Mixture changes at steps 1 and 3, 5 batches per epoch, 2 micro-batches per step (interruption at the end of
+    epoch 0's second step, and in epoch 1): the resumed run draws the same domains and samples (the schedule is in
+    the checkpoint)."""
+    from tests.helpers.resume import assert_resume_equivalent
+
+    res = assert_resume_equivalent(_mixture_resume_build(domains), total_steps=6, interrupt_step=interrupt_step,
+                                   tmp_path=tmp_path, atol=1e-6, rtol=1e-5)
+    seen = next(iter(res.full_callbacks.values()))["domains"]
+    # 5 batches per epoch -> 3 optimizer steps per epoch (the last one on a single micro-batch): 10 batches in all
+    assert len(seen) == 60, len(seen)
+    assert sum(d == 2 for d in seen[-12:]) >= 8, seen  # the last change (0.8 on domain 2) reached the data
+
+
+def test_rnb_callback_changes_the_clip_mixture_and_trains(domains):
+    from lightning_ws.callbacks import RnBCallback
+    from lightning_ws.modules.clip import CLIPModule
+
+    torch.manual_seed(0)
+    model = CLIPModule(model_config=TINY, lr=2e-3, warmup_steps=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    dm = _dm(domains, batches_per_epoch=6, shuffle_buffer=4)
+    cb = RnBCallback(layer=LAYER, steps_per_round=2, lam=3.0)
+    seen = _SetMixtureAt()
+    seen.plan = {}
+    trainer = _trainer(max_steps=8, max_epochs=-1, callbacks=[cb, seen])
+    trainer.fit(model, dm)
+    assert trainer.global_step == 8
+    p = dm.mixture
+    assert p.shape == (3,) and abs(float(p.sum()) - 1) < 1e-6
+    assert (p - 1 / 3).abs().max() > 1e-3  # R&B moved the mixture away from the uniform start
+    torch.testing.assert_close(p.float(), torch.as_tensor(cb.p).float())
+    assert set(seen.domains) == {0, 1, 2}
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it trained
+    assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
