@@ -172,3 +172,42 @@ def test_rnb_callback_changes_the_clip_mixture_and_trains(domains):
     assert set(seen.domains) == {0, 1, 2}
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it trained
     assert np.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+# ---------------------------------------------------------------------------------------------------- Grad-Mimic
+def _fit_steps(model, shard_dir: str, steps: int, callbacks=(), seed: int = 0):
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+
+    dm = WebDatasetDataModule(shard_dir, batch_size=8, context_length=16, zeroshot=None, retrieval=None, seed=seed)
+    trainer = _trainer(max_steps=steps, max_epochs=-1, callbacks=list(callbacks))
+    trainer.fit(model, dm)
+    return trainer
+
+
+def test_gradmimic_on_clip_fine_tuned_from_the_references_start(domains, tmp_path):
+    """The supported Grad-Mimic configuration on CLIP (docs/datacomp.md): the paper's full fine-tuning setting. The
+    reference is the common starting point fine-tuned on clean data; the model fine-tunes from the same starting
+    point on the noisy pool; ``space="weights"`` with ``forward_module="model.visual"`` (the tower that runs the mimic
+    layer, so the callback can run the reference on the same images and check the alignment). The check passes and
+    every step is re-weighted. A model from another init is refused by the same check (tests/test_clip.py)."""
+    from lightning_ws.callbacks import GradMimicCallback
+    from lightning_ws.modules.clip import CLIPModule
+
+    torch.manual_seed(0)
+    start = CLIPModule(model_config=TINY, lr=2e-4, warmup_steps=1).state_dict()
+    reference = CLIPModule(model_config=TINY, lr=2e-4, warmup_steps=1)
+    reference.load_state_dict(start)
+    _fit_steps(reference, domains["clean"], 4)
+    torch.save(reference.state_dict(), tmp_path / "reference.pt")
+
+    model = CLIPModule(model_config=TINY, lr=2e-4, warmup_steps=1)
+    model.load_state_dict(start)
+    cb = GradMimicCallback(LAYER, reference=str(tmp_path / "reference.pt"), space="weights",
+                           forward_module="model.visual", check_every_n_steps=2)
+    _fit_steps(model, domains["junk"], 4, [cb])
+    sig = cb.signal
+    assert sig["ok"] and sig["space"] == "weights" and sig["alignment"], sig
+    assert all(k >= 0.5 for _, k, _ in sig["alignment"])
+    assert cb.state_dict()["reweighted_steps"] == 4
+    table = cb.score_table(num_samples=20, by="step")
+    assert table.shape == (4, 20) and np.isfinite(table).sum() == 32  # 4 steps x 8 pairs scored

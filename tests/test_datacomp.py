@@ -376,3 +376,16 @@ def test_detector_phrase_rule_d_votes():
         Fl.detector_phrase_lf(min_fraction=0.0)
     names = [f.name for f in Fl.default_lfs(["cap_words", "det_top_logits", "det_top_areas", "det_phrase_logits"])]
     assert "det_phrases[0.1,0.5]" in names
+
+
+def test_shuffle_buffer_larger_than_a_pass_does_not_repeat_samples_within_an_epoch(shard_dir):
+    """A buffer bigger than the data is flushed at the end of each pass: an epoch that is one pass is a permutation
+    (before, the buffer filled from the following passes and an epoch had repeats and gaps)."""
+    ds = _stream(shard_dir, batch_size=8, batches_per_epoch=5, shuffle_buffer=1000, seed=4)
+    seen = [i for b in ds for i in b]
+    assert sorted(seen) == list(range(40)) and seen != list(range(40))
+    ds.set_epoch(1)
+    assert sorted(i for b in ds for i in b) == list(range(40))
+    # longer epochs cross into the next pass: every pass is complete before the next begins
+    long = [i for b in _stream(shard_dir, batch_size=8, batches_per_epoch=10, shuffle_buffer=1000, seed=4) for i in b]
+    assert sorted(long[:40]) == sorted(long[40:]) == list(range(40))

@@ -378,6 +378,39 @@ class ShardStream(IterableDataset):
             if self.batches_per_epoch is None:
                 return
 
+    def _pass_samples(self, epoch: int, rank: int, world: int, worker: int, nworkers: int,
+                      rng: random.Random) -> Iterator[Sample]:
+        """Samples of this reader's passes over its shards, each pass shuffled within itself (buffer flushed at its
+        end: with a buffer larger than a pass, an epoch is then still a permutation of the pass, without repeats)."""
+        urls = list(self._shard_passes(epoch, rank, world, worker, nworkers)) if self.batches_per_epoch is None else None
+        passes = [urls] if urls is not None else self._pass_lists(epoch, rank, world, worker, nworkers)
+        for mine in passes:
+            got = False
+            samples: Iterator[Sample] = (_to_sample(r) for r in _raw_samples(mine))
+            if self.keep is not None:
+                samples = (x for x in samples if self.keep(x))
+            if self.shuffle_buffer > 0:
+                samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+            for x in samples:
+                got = True
+                yield x
+            if not got and self.batches_per_epoch is not None:
+                raise DataError(f"no sample passes the keep filter in this reader's shards {mine[:3]}"
+                                f"{' ...' if len(mine) > 3 else ''}; check the uid list against these shards.")
+
+    def _pass_lists(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[list[str]]:
+        consumers = world * nworkers
+        if len(self.urls) < consumers and not self.allow_idle_workers:
+            raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
+                              f"worker needs at least one shard. Write more, smaller shards, use fewer workers, or "
+                              f"set resampled=True.")
+        npass = 0
+        while True:
+            order = list(self.urls)
+            random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
+            yield order[rank::world][worker::nworkers]
+            npass += 1
+
     def __iter__(self) -> Iterator[Any]:
         # snapshot the epoch and the resume offset now (not lazily on the first next())
         return self._generate(self.epoch.get(), int(self.skip_batches))
@@ -391,12 +424,15 @@ class ShardStream(IterableDataset):
         if nbatches is not None and skip_here >= nbatches:
             return
         rng = random.Random(_seed(self.seed, epoch, rank, worker, 3))
-        raw = _raw_samples(self._shard_passes(epoch, rank, world, worker, nworkers))
-        samples: Iterator[Sample] = (_to_sample(r) for r in raw)
-        if self.keep is not None:
-            samples = _kept(samples, self.keep, 2 * len(self.urls) + 2)
-        if self.shuffle_buffer > 0:
-            samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        samples: Iterator[Sample]
+        if self.resampled:  # one endless draw with replacement: the buffer runs across it
+            samples = (_to_sample(r) for r in _raw_samples(self._shard_passes(epoch, rank, world, worker, nworkers)))
+            if self.keep is not None:
+                samples = _kept(samples, self.keep, 2 * len(self.urls) + 2)
+            if self.shuffle_buffer > 0:
+                samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        else:  # passes: the shuffle buffer is flushed at the end of each pass, so a pass never mixes with the next
+            samples = self._pass_samples(epoch, rank, world, worker, nworkers, rng)
         produced = 0
         batch: list[Any] = []
         skip_samples = skip_here * self.batch_size
