@@ -72,3 +72,28 @@ def test_clip_config_fits_through_the_cli(tmp_path, capsys):
                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     assert rc == 0
     assert "val/zeroshot_acc" in capsys.readouterr().out
+
+
+def test_clip_rnb_config_fits_through_the_cli(tmp_path):
+    """configs/clip_rnb.yaml: two domain folders, RnBCallback moves the mixture, the data module follows it."""
+    import torch
+
+    for name, noise in (("clean", ["--mismatch", "0", "--junk", "0", "--blank", "0", "--near-duplicate", "0"]),
+                        ("noisy", ["--mismatch", "0.5", "--junk", "0.3"])):
+        assert main(["datacomp", "build-pool", "--out", str(tmp_path / name), "--limit", "24",
+                     "--samples-per-shard", "8", "--seed", "1" if name == "clean" else "2", *noise]) == 0
+    cfg = yaml.safe_load((REPO / "configs/clip_rnb.yaml").read_text())
+    cfg["data"]["init_args"].update(train_shards={"clean": str(tmp_path / "clean"), "noisy": str(tmp_path / "noisy")},
+                                    batch_size=8, zeroshot=None, retrieval=None)
+    cfg["trainer"]["callbacks"][0]["init_args"]["steps_per_round"] = 2
+    cfg["trainer"].update(max_steps=4, logger=False, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                          limit_val_batches=0)
+    (tmp_path / "rnb.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(["fit", "-c", str(tmp_path / "rnb.yaml")])
+    assert rc == 0
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    rnb = next(v for k, v in ckpt["callbacks"].items() if k.startswith("RnBCallback"))
+    p = torch.as_tensor(rnb["p"]).double()
+    assert p.shape == (2,) and (p - 0.5).abs().max() > 1e-3  # R&B changed the mixture
+    dm_state = ckpt["WebDatasetDataModule"]
+    assert torch.allclose(torch.tensor(dm_state["mixture_schedule"]["rows"][-1][2:]).double(), p, atol=1e-6)
