@@ -375,7 +375,14 @@ def test_detector_phrase_rule_d_votes():
     with pytest.raises(ConfigError):
         Fl.detector_phrase_lf(min_fraction=0.0)
     names = [f.name for f in Fl.default_lfs(["cap_words", "det_top_logits", "det_top_areas", "det_phrase_logits"])]
-    assert "det_phrases[0.1,0.5]" in names
+    assert "det_phrases[0.1,0.5]" in names and "det_rank[top0.3,bottom0.3]" in names
+
+
+def test_detector_rank_rule_e_votes():
+    top = np.array([[3.0, 1.0], [2.0, 0.0], [1.0, 0.5], [0.0, -1.0], [-1.0, -2.0]], np.float32)
+    assert Fl.detector_rank_lf(0.4, 0.4)({"det_top_logits": top}).tolist() == [1, 1, -1, 0, 0]
+    with pytest.raises(ConfigError):
+        Fl.detector_rank_lf(0.8, 0.5)
 
 
 def test_shuffle_buffer_larger_than_a_pass_does_not_repeat_samples_within_an_epoch(shard_dir):

@@ -51,6 +51,7 @@ __all__ = [
     "detector_count_lf",
     "detector_area_lf",
     "detector_phrase_lf",
+    "detector_rank_lf",
     "noun_phrases",
     "PHRASE_STOPWORDS",
     "default_lfs",
@@ -493,10 +494,27 @@ def detector_phrase_lf(tau: float = 0.1, min_fraction: float = 0.5) -> FilterLF:
                     {"tau": tau, "min_fraction": min_fraction}, mode="grounding")
 
 
+def detector_rank_lf(keep_top: float = 0.3, drop_bottom: float = 0.3) -> FilterLF:
+    """Rule (e): rank the pool by the best box logit; keep the top ``keep_top`` share, drop the bottom
+    ``drop_bottom`` share, abstain in between (pool quantiles, as :func:`clip_score_lf`)."""
+    if not (0 < keep_top <= 1 and 0 <= drop_bottom < 1 and keep_top + drop_bottom <= 1):
+        raise ConfigError(f"need 0 < keep_top <= 1, 0 <= drop_bottom < 1, keep_top + drop_bottom <= 1; got "
+                          f"{keep_top}, {drop_bottom}.")
+
+    def fn(s: Signals) -> np.ndarray:
+        x = s["det_top_logits"][:, 0].astype(np.float64)  # sorted descending: column 0 is the best box
+        hi = np.quantile(x, 1 - keep_top)
+        lo = np.quantile(x, drop_bottom) if drop_bottom > 0 else -np.inf
+        return np.where(x >= hi, KEEP, np.where(x < lo, DROP, ABSTAIN)).astype(np.int8)
+
+    return FilterLF(f"det_rank[top{keep_top},bottom{drop_bottom}]", fn, ("det_top_logits",), "det_rank",
+                    {"keep_top": keep_top, "drop_bottom": drop_bottom}, mode="grounding")
+
+
 def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[FilterLF]:
     """The default filter set for the signal columns present: the caption rules as one LF (:func:`caption_basic_lf`),
     image size, blank image, near-duplicates, CLIP score (if ``clip_score`` is there: top 30% keep, bottom 30% drop)
-    and the detector rules (if ``det_top_logits`` is there).
+    and the detector rules (a)-(c) and (e) (if ``det_top_logits`` is there) and (d) (if ``det_phrase_logits`` is).
 
     Rules that check one failure mode vote keep when they pass (``keep_on_pass``), as DataComp's baseline filters
     keep what passes. This set (caption rules merged, keep on pass) was chosen on a development pool (pool seed 1,
@@ -508,7 +526,7 @@ def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[Fi
     if "clip_score" in cols:
         lfs.append(clip_score_lf())
     if "det_top_logits" in cols:
-        lfs += [detector_grounded_lf(), detector_count_lf(), detector_area_lf()]
+        lfs += [detector_grounded_lf(), detector_count_lf(), detector_area_lf(), detector_rank_lf()]
     if "det_phrase_logits" in cols:
         lfs.append(detector_phrase_lf())
     return lfs
