@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import lightning.pytorch as pl
 import numpy as np
@@ -331,3 +332,38 @@ def test_ddp_webdataset_ranks_read_disjoint_shards_equal_steps(tmp_path):
     assert [r["global_step"] for r in res] == [12, 12]
     assert [next(iter(r["callbacks"].values()))["n"] for r in res] == [48, 48]
     assert seen[0] and seen[1] and len(seen[0] | seen[1]) > max(len(seen[0]), len(seen[1]))
+
+
+def test_wandb_example_images_carry_their_decoded_captions(pool_dir):
+    """``log_images_every_n_steps``: up to 8 de-normalised training images go to W&B with the batch's own captions."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    class _Capture(WandbLogger):
+        def __init__(self) -> None:  # no W&B run: only the call is recorded
+            self.calls: list = []
+
+        def log_image(self, key, images, step=None, **kwargs) -> None:
+            self.calls.append((key, images, step, kwargs))
+
+    dm = WebDatasetDataModule(str(pool_dir), batch_size=10, context_length=16, zeroshot=None, retrieval=None,
+                              shuffle_buffer=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    captions = {s.uid: s.caption for s in shards.iter_shards(str(pool_dir))}
+    model = CLIPModule(model_config=TINY)
+    cap = _Capture()
+    model._trainer = SimpleNamespace(loggers=[cap], global_rank=0, global_step=7)
+    model._log_examples(batch)
+    (key, images, step, kw), = cap.calls
+    assert key == "train/examples" and step == 7 and len(images) == 8
+    assert all(im.shape == (3, 32, 32) and 0 <= float(im.min()) and float(im.max()) <= 1 for im in images)
+    want = [captions[u].lower() for u in batch["uid"][:8]]
+    got = [c.lower() for c in kw["caption"]]
+    # plain-word captions come back exactly (the tokenizer lower-cases; junk symbols / CJK are not round-trip safe)
+    plain = [(g, w) for g, w in zip(got, want) if re.fullmatch(r"[a-z\- ]+", w) and len(w.split()) <= 10]
+    assert len(plain) >= 5 and all(g == w for g, w in plain), (got, want)
