@@ -211,3 +211,49 @@ def test_gradmimic_on_clip_fine_tuned_from_the_references_start(domains, tmp_pat
     assert cb.state_dict()["reweighted_steps"] == 4
     table = cb.score_table(num_samples=20, by="step")
     assert table.shape == (4, 20) and np.isfinite(table).sum() == 32  # 4 steps x 8 pairs scored
+
+
+class _DomainLog(pl.Callback):
+    """Per-rank record of the uids and domains read, and of the data module's mixture at the end."""
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+        self.domains: list[int] = []
+        self.final: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.uids += list(batch["uid"])
+        self.domains += batch[DOMAIN].tolist()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.final = trainer.datamodule.mixture.tolist()
+
+    def state_dict(self) -> dict:
+        return {"uids": ",".join(self.uids), "domains": self.domains, "final": self.final}
+
+
+def make_rnb_ddp_case(domains: dict):
+    from lightning_ws.callbacks import RnBCallback
+    from lightning_ws.modules.clip import CLIPModule
+
+    torch.manual_seed(0)
+    model = CLIPModule(model_config=TINY, lr=2e-3, warmup_steps=1)
+    dm = _dm(domains, batches_per_epoch=4, shuffle_buffer=4)
+    return model, dm, [RnBCallback(layer=LAYER, steps_per_round=2, lam=3.0), _DomainLog()]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_rnb_on_clip_under_two_process_ddp(domains, tmp_path):
+    """2 gloo ranks: both hold the same mixture at the end (R&B's broadcast + the same schedule positions), read
+    disjoint samples in the first epoch, and draw every domain."""
+    from tests.helpers.ddp import run_fit
+
+    res = run_fit("tests.test_clip_mixture:make_rnb_ddp_case", tmp_path, devices=2,
+                  factory_kwargs={"domains": domains}, trainer_kwargs={"max_steps": 6, "max_epochs": -1})
+    logs = [next(v for k, v in r["callbacks"].items() if k.startswith("_DomainLog")) for r in res]
+    assert [r["global_step"] for r in res] == [6, 6]
+    assert logs[0]["final"] == pytest.approx(logs[1]["final"]) and max(abs(x - 1 / 3) for x in logs[0]["final"]) > 1e-3
+    first = [set(lg["uids"].split(",")[:24]) for lg in logs]  # epoch 0: 4 batches x 6 per rank (split fixed per epoch)
+    assert not first[0] & first[1]
+    assert set(logs[0]["domains"]) | set(logs[1]["domains"]) == {0, 1, 2}

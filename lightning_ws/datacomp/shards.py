@@ -571,7 +571,8 @@ class MixtureShardStream(IterableDataset):
 
     Each domain is its own stream of shards (rank and worker splitting per domain: whole shards when the domain has
     at least one shard per (rank, worker), else every reader takes every ``k``-th sample of all of the domain's
-    shards, so readers never overlap; passes repeat forever, reshuffled each pass). For every batch slot a domain is
+    shards; the split is fixed for the epoch, so readers never overlap within an epoch; a reader that exhausts its
+    part starts another pass over it, in a new shard order). For every batch slot a domain is
     drawn from the mixture that :class:`MixtureSchedule` assigns to that batch, with a generator seeded by
     ``(seed, epoch, rank, worker, batch)``, and the domain's next sample fills it. ``set_mixture`` therefore needs
     no loader rebuild. Each sample's ``meta[domain_key]`` is set to its domain index before ``map_sample``.
@@ -615,11 +616,14 @@ class MixtureShardStream(IterableDataset):
     def _domain_samples(self, d: int, epoch: int, consumer: int, consumers: int) -> Iterator[Sample]:
         urls = self.domain_urls[d]
         whole = len(urls) >= consumers
+        order = list(urls)
+        random.Random(_seed(self.seed, epoch, d, 5)).shuffle(order)  # same on every reader
+        assigned = order[consumer::consumers] if whole else order  # fixed for the epoch: readers never overlap
         npass = 0
         while True:
-            order = list(urls)
-            random.Random(_seed(self.seed, epoch, d, npass, 5)).shuffle(order)  # same on every reader
-            mine = order[consumer::consumers] if whole else order
+            mine = list(assigned)
+            if whole:
+                random.Random(_seed(self.seed, epoch, d, consumer, npass, 8)).shuffle(mine)
             got = False
             for i, raw in enumerate(_raw_samples(mine)):
                 if not whole and i % consumers != consumer:
