@@ -97,3 +97,15 @@ def test_clip_rnb_config_fits_through_the_cli(tmp_path):
     assert p.shape == (2,) and (p - 0.5).abs().max() > 1e-3  # R&B changed the mixture
     dm_state = ckpt["WebDatasetDataModule"]
     assert torch.allclose(torch.tensor(dm_state["mixture_schedule"]["rows"][-1][2:]).double(), p, atol=1e-6)
+
+
+def test_signal_predict_config_runs_through_the_cli(tmp_path):
+    """configs/predict/clip_signals.yaml through `lightning-ws predict` (rules only: no CLIP checkpoint needed)."""
+    pool = tmp_path / "pool"
+    assert main(["datacomp", "build-pool", "--out", str(pool), "--limit", "20", "--samples-per-shard", "8"]) == 0
+    cache = tmp_path / "signals"
+    rc = main(["predict", "-c", str(REPO / "configs/predict/clip_signals.yaml"), "--data.init_args.shards", str(pool),
+               "--data.init_args.cache_dir", str(cache), "--data.init_args.clip_image_size", "null",
+               "--trainer.callbacks.init_args.cache_dir", str(cache), "--trainer.enable_progress_bar", "false"])
+    assert rc == 0
+    assert len(list(cache.glob("*.signals.safetensors"))) == len(list(pool.glob("*.tar"))) == 3
