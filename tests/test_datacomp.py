@@ -361,7 +361,7 @@ def test_noun_phrases_heuristic():
 
 
 def test_detector_phrase_rule_d_votes():
-    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731
+    logit = lambda p: float(np.log(p / (1 - p)))
     nan = float("nan")
     x = np.array([[logit(0.9), logit(0.8), nan, nan],      # 2/2 grounded -> keep
                   [logit(0.9), logit(0.01), nan, nan],     # 1/2 >= 0.5 -> keep

@@ -37,15 +37,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import _InfiniteConstantSampler
 
+from lightning_ws.contracts import DOMAIN, IDX, IMAGE, TEXT, UID
 from lightning_ws.datacomp.clip import clip_image_transform, get_tokenizer
 from lightning_ws.datacomp.pool import CIFAR10_CLASSES, ZEROSHOT_TEMPLATES, load_cifar10_subset, load_coco_captions
-from lightning_ws.contracts import DOMAIN, IDX, IMAGE, TEXT, UID
 from lightning_ws.datacomp.shards import (
     MixtureSchedule,
     MixtureShardStream,
     Sample,
-    SharedEpoch,
     ShardStream,
+    SharedEpoch,
     array_to_uids,
     decode_image,
     list_shards,
@@ -129,7 +129,7 @@ class _ShardLoader(DataLoader):
         object.__setattr__(self, "sampler", _EpochSampler(dataset))
         object.__setattr__(self, "_resume", resume)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         resume = self._resume
         if resume is not None:
             # The first iterator after a restart is created by Lightning's ``setup_data`` *before* it calls
