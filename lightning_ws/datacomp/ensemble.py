@@ -91,8 +91,8 @@ class FilterEnsemble:
         top_fraction: keep this share of the pool with the highest ``P(keep)`` instead (ties broken by uid).
         dedupe_agreement: drop LFs that agree with an earlier LF on at least this share of jointly-voted rows (None
             = off).
-        class_balance: the label model's class prior: ``"estimated"`` (label-free), ``"uniform"``, or
-            ``[P(drop), P(keep)]``.
+        class_balance: the label model's class prior: ``"estimated"`` (label-free, default), ``"uniform"`` (over the
+            latent classes: keep and every failure mode), or ``[P(drop), P(keep)]`` (binary latent only).
         latent: ``"failure_modes"`` (one latent drop class per filter mode; see module docstring) or ``"binary"``.
         drop_constant: leave filters that cast only one kind of vote (all keep or all drop) out of the fit.
         seed: label-model seed.
