@@ -197,7 +197,9 @@ class WebDatasetDataModule(pl.LightningDataModule):
             domain-mixing callbacks such as R&B).
         demo_pool_if_missing: when ``train_shards`` is a folder that does not exist, build the shipped noisy demo
             pool there first (:func:`lightning_ws.datacomp.pool.build_pool`, seed 0; rank zero, in
-            ``prepare_data``), as ``lightning-ws datacomp build-pool`` would.
+            ``prepare_data``), as ``lightning-ws datacomp build-pool`` would. With a ``{domain: folder}`` mapping,
+            each missing folder gets a demo domain built from a disjoint slice of the shipped images: the first
+            domain clean, the others with 50% mismatched and 30% junk captions.
         mixture: initial domain mixture (domains only; default uniform, R&B's stratified start).
         p_eval: evaluation proportions per domain that R&B's update targets (domains only; default: proportional
             to the domains' training sample counts, i.e. the pool's own mix).
@@ -344,11 +346,24 @@ class WebDatasetDataModule(pl.LightningDataModule):
         return _UidFilter(array_to_uids(load_uid_array(self.keep_uids)))
 
     def prepare_data(self) -> None:
-        target = Path(self.train_shards) if isinstance(self.train_shards, (str, Path)) else None
-        if self.demo_pool_if_missing and target is not None and not target.exists() and "{" not in str(target):
-            from lightning_ws.datacomp.pool import build_pool
-            from lightning_ws.datacomp.shards import write_shards
+        if not self.demo_pool_if_missing:
+            return
+        from lightning_ws.datacomp.pool import NoiseSpec, build_pool
+        from lightning_ws.datacomp.shards import write_shards
 
+        if self._domains is not None:
+            # demo domains: disjoint slices of the shipped images; the first domain clean, the others noisy
+            targets = [Path(str(v)) for v in self.train_shards.values()]
+            images = load_cifar10_subset("pool")
+            k = len(targets)
+            for i, target in enumerate(targets):
+                if target.exists() or "{" in str(target):
+                    continue
+                noise = NoiseSpec(0, 0, 0, 0) if i == 0 else NoiseSpec(mismatch=0.5, junk=0.3)
+                write_shards(build_pool(images[i::k], noise, seed=1 + i), target, samples_per_shard=128)
+            return
+        target = Path(self.train_shards) if isinstance(self.train_shards, (str, Path)) else None
+        if target is not None and not target.exists() and "{" not in str(target):
             write_shards(build_pool(load_cifar10_subset("pool"), seed=0), target, samples_per_shard=256)
 
     def _world(self) -> int:
