@@ -4,9 +4,10 @@ Prints, in order:
 1. shard reading: samples/s of ``lightning_ws.datacomp.shards.iter_shards`` (webdataset) vs plain ``tarfile`` over the
    same pool shards, interleaved repeats, and their ratio;
 2. the filter-signal pass in samples/s (rules only; + CLIP score; + a tiny random OWL-ViT detector, for speed only);
-3. filter quality on the pool (truth known): precision / recall / F1 of "keep" for keep-all, each single filter, and
-   the label-model ensembles (FlyingSquid "triplet" is the default, chosen on a development pool with another
-   corruption draw before measuring), and "drop if any filter drops" (no label model);
+3. filter quality (truth known): precision / recall / F1 of "keep" for keep-all, each single filter, the label-model
+   ensembles with one latent drop class per failure mode (the default: Dawid-Skene; chosen on the development pool,
+   pool seed 1 with 1,000 source images and its own scorer, whose rows are printed first) and with the old binary
+   latent, and "drop if any filter drops" (no label model);
 4. CLIP from scratch (tiny config) at equal steps, seeds 0-2, on the unfiltered pool, the default ensemble's subset
    (skipped when it keeps everything) and the "any filter drops" subset:
    zero-shot CIFAR-10 on 1,000 held-out images (never in the pool), COCO recall@5 (154 photos x 5 captions), and the
@@ -14,7 +15,7 @@ Prints, in order:
 
 The CLIP-score filter uses a CLIP trained here on the unfiltered pool (seed 100): no outside model exists offline.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_datacomp.py [--steps 200] [--seeds 0 1 2] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/bench_datacomp.py [--steps 200] [--seeds 0 1 2] [--quick] [--no-dev]
 """
 
 from __future__ import annotations
@@ -62,12 +63,50 @@ def _fit_clip(shards: str, *, steps: int, seed: int, batch_size: int, keep_uids:
     return model, metrics, float(np.median(timer.times[5:] or timer.times))
 
 
+DEFAULT = ("dawid_skene", "failure_modes")
+
+
+def _quality_table(title: str, sig: dict, truth: dict) -> tuple[dict, np.ndarray]:
+    """Print precision / recall / F1 of keep for keep-all, each single filter, any-drop and the ensembles."""
+    from lightning_ws.datacomp import ensemble as E
+    from lightning_ws.datacomp import filters as Fl
+
+    uids = Fl.uids_from_signals(sig)
+    y = np.array([truth[u] for u in uids])
+    lfs = Fl.default_lfs(list(sig))
+    rows = [("keep all", E.keep_metrics(np.ones(len(y), bool), y))]
+    for lf in lfs:
+        rows.append((f"single: {lf.name}", E.keep_metrics(E.single_filter_keep(lf(sig)), y)))
+    L = np.stack([lf(sig) for lf in lfs], 1)
+    rows.append(("any filter drops -> drop (no label model)", E.keep_metrics((L != Fl.DROP).all(1), y)))
+    results = {}
+    for latent in ("failure_modes", "binary"):
+        for lm in ("dawid_skene", "moment_matching", "auto", "majority_vote", "triplet"):
+            if lm == "triplet" and latent == "failure_modes":
+                continue  # FlyingSquid is binary
+            res = E.FilterEnsemble(lfs, label_model=lm, latent=latent).run(sig)
+            results[(lm, latent)] = res
+            tag = " (default)" if (lm, latent) == DEFAULT else ""
+            rows.append((f"ensemble {lm}, {latent}{tag}, P(keep)>=0.5; prior {res.report['class_prior_keep']:.2f}",
+                         E.keep_metrics(res.keep, y)))
+    print(f"{title}: constant filters left out of the fit: {results[DEFAULT].report['lfs_constant']}")
+    print("| filter | precision | recall | F1 | kept |")
+    for name, mt in rows:
+        print(f"| {name} | {mt['precision']:.3f} | {mt['recall']:.3f} | {mt['f1']:.3f} | "
+              f"{mt['n_kept']} ({mt['kept']:.0%}) |")
+    best_single = max(mt["f1"] for name, mt in rows if name.startswith("single"))
+    ens_f1 = E.keep_metrics(results[DEFAULT].keep, y)["f1"]
+    print(f"{title}: ensemble (default) F1 {ens_f1:.3f} vs best single filter F1 {best_single:.3f}", flush=True)
+    return results, L
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="400 source images, 30 steps, one seed (wiring check)")
+    ap.add_argument("--no-dev", action="store_true", help="skip the development pool (seed 1) rows")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import logging
@@ -129,36 +168,26 @@ def main() -> None:
         print(f"| filter-signal pass (samples/s) | rules {r_rules:,.0f} | + CLIP score {r_clip:,.0f} | "
               f"+ CLIP + tiny OWL-ViT {r_det:,.0f} |")
 
-        # 3. filter quality
+        # 3. filter quality (development pool first: the defaults were chosen there)
+        if not args.no_dev and not args.quick:
+            dev_src = pool.load_cifar10_subset("pool")[:1000]
+            dev = pool.build_pool(dev_src, seed=1)
+            dev_truth = {s.uid: s.meta["truth_keep"] for s in dev}
+            shards.write_shards(dev, work / "dev", samples_per_shard=256)
+            dev_scorer, _, _ = _fit_clip(str(work / "dev"), steps=args.steps, seed=100, batch_size=args.batch_size,
+                                         keep_uids=None, val=False)
+            dev_paths = compute_signals(shards.list_shards(work / "dev"), work / "dev_cache",
+                                        clip_model=dev_scorer.model)
+            _quality_table("development pool (seed 1, 1,000 images)", Fl.load_signal_caches(dev_paths), dev_truth)
         sig = Fl.load_signal_caches(paths)
         uids = Fl.uids_from_signals(sig)
-        y = np.array([truth[u] for u in uids])
-        lfs = Fl.default_lfs(list(sig))
-        rows = [("keep all", E.keep_metrics(np.ones(len(y), bool), y))]
-        for lf in lfs:
-            rows.append((f"single: {lf.name}", E.keep_metrics(E.single_filter_keep(lf(sig)), y)))
-        results = {}
-        L = np.stack([lf(sig) for lf in lfs], 1)
-        rows.append(("any filter drops -> drop (no label model)", E.keep_metrics((L != Fl.DROP).all(1), y)))
-        for lm in ("triplet", "moment_matching", "dawid_skene", "majority_vote"):
-            res = E.FilterEnsemble(lfs, label_model=lm).run(sig)
-            results[lm] = res
-            tag = " (default)" if lm == "triplet" else ""
-            rows.append((f"ensemble {lm}{tag}, P(keep)>=0.5; prior {res.report['class_prior_keep']:.2f}",
-                         E.keep_metrics(res.keep, y)))
-        print("| filter | precision | recall | F1 | kept |")
-        for name, mt in rows:
-            print(f"| {name} | {mt['precision']:.3f} | {mt['recall']:.3f} | {mt['f1']:.3f} | "
-                  f"{mt['n_kept']} ({mt['kept']:.0%}) |")
-        best_single = max(mt["f1"] for name, mt in rows if name.startswith("single"))
-        ens_f1 = E.keep_metrics(results["triplet"].keep, y)["f1"]
-        print(f"ensemble (default) F1 {ens_f1:.3f} vs best single filter F1 {best_single:.3f}")
+        results, L = _quality_table("benchmark pool (seed 0)", sig, truth)
         subsets = {"unfiltered": None}
-        ens_keep = results["triplet"].keep
+        ens_keep = results[DEFAULT].keep
         if ens_keep.all():
             print("the default ensemble keeps every sample: its CLIP runs are the unfiltered runs")
         else:
-            E.save_submission(work / "ensemble.npy", results["triplet"])
+            E.save_submission(work / "ensemble.npy", results[DEFAULT])
             subsets["ensemble (default)"] = str(work / "ensemble.npy")
         shards.save_uid_array(work / "any_drop.npy", [u for u, k in zip(uids, (L != Fl.DROP).all(1)) if k])
         subsets["any filter drops"] = str(work / "any_drop.npy")

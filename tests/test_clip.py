@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import lightning.pytorch as pl
 import numpy as np
@@ -132,6 +133,49 @@ def test_resume_mid_epoch_equals_uninterrupted(pool_dir, tmp_path):
     # mid-epoch, so the resumed stream must skip the 4 batches already consumed; the run then crosses epochs
     assert_resume_equivalent(_resume_build(str(pool_dir)), total_steps=5, interrupt_step=2, tmp_path=tmp_path,
                              atol=1e-6, rtol=1e-5)
+
+
+class _SeenStream(pl.Callback):
+    """Records the uids of every training batch (compared between the uninterrupted and the resumed run)."""
+
+    def __init__(self) -> None:
+        self.uids: list[str] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.uids += [f"{trainer.current_epoch}:{u}" for u in batch["uid"]]
+
+    def state_dict(self) -> dict:
+        return {"uids": list(self.uids)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.uids = list(state["uids"])
+
+
+def _resume_build_seen(shard_dir: str, batches_per_epoch: int):
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    def build():
+        torch.manual_seed(0)
+        model = CLIPModule(model_config=TINY, lr=2e-3, warmup_steps=2, total_steps=6)
+        dm = WebDatasetDataModule(shard_dir, batch_size=4, batches_per_epoch=batches_per_epoch, shuffle_buffer=8,
+                                  seed=1, context_length=16, zeroshot=None, retrieval=None)
+        return model, dm, [_SeenStream()]
+
+    return build
+
+
+@pytest.mark.parametrize("interrupt_step", [2, 3])
+def test_resume_at_an_epochs_last_batch_equals_uninterrupted(pool_dir, tmp_path, interrupt_step):
+    """4 batches per epoch, 2 micro-batches per step: step 2 ends exactly on epoch 0's last batch (the checkpoint is
+    written inside the loop, before Lightning closes the epoch), step 3 in the middle of epoch 1. The resumed run must
+    see the same batches, in the same epochs, as the uninterrupted one."""
+    from tests.helpers.resume import assert_resume_equivalent
+
+    res = assert_resume_equivalent(_resume_build_seen(str(pool_dir), 4), total_steps=5, interrupt_step=interrupt_step,
+                                   tmp_path=tmp_path, atol=1e-6, rtol=1e-5)
+    seen = next(iter(res.full_callbacks.values()))["uids"]
+    assert len(seen) == 40 and len({u.split(":")[0] for u in seen}) == 3  # epochs 0, 1 and 2 were entered
 
 
 # ---------------------------------------------------------------------------------------------------- DDP
@@ -288,3 +332,39 @@ def test_ddp_webdataset_ranks_read_disjoint_shards_equal_steps(tmp_path):
     assert [r["global_step"] for r in res] == [12, 12]
     assert [next(iter(r["callbacks"].values()))["n"] for r in res] == [48, 48]
     assert seen[0] and seen[1] and len(seen[0] | seen[1]) > max(len(seen[0]), len(seen[1]))
+
+
+def test_wandb_example_images_carry_their_decoded_captions(pool_dir):
+    """``log_images_every_n_steps``: up to 8 de-normalised training images go to W&B with the batch's own captions."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_ws.datamodules.webdataset import WebDatasetDataModule
+    from lightning_ws.modules.clip import CLIPModule
+
+    class _Capture(WandbLogger):
+        def __init__(self) -> None:  # no W&B run: only the call is recorded
+            self.calls: list = []
+
+        def log_image(self, key, images, step=None, **kwargs) -> None:
+            self.calls.append((key, images, step, kwargs))
+
+    dm = WebDatasetDataModule(str(pool_dir), batch_size=10, context_length=16, zeroshot=None, retrieval=None,
+                              shuffle_buffer=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    captions = {s.uid: s.caption for s in shards.iter_shards(str(pool_dir))}
+    model = CLIPModule(model_config=TINY)
+    cap = _Capture()
+    model._trainer = SimpleNamespace(loggers=[cap], global_rank=0, global_step=7)
+    model._log_examples(batch)
+    (key, images, step, kw), = cap.calls
+    assert key == "train/examples" and step == 7 and len(images) == 8
+    assert all(im.shape == (3, 32, 32) and 0 <= float(im.min()) and float(im.max()) <= 1 for im in images)
+    want = [captions[u].lower() for u in batch["uid"][:8]]
+    got = [c.lower() for c in kw["caption"]]
+    # plain-word captions come back exactly (the tokenizer lower-cases; punctuation, junk symbols and CJK are not
+    # round-trip safe: "close-up" decodes as "close - up")
+    plain = [(g, w) for g, w in zip(got, want) if re.fullmatch(r"[a-z ]+", w) and len(w.split()) <= 10]
+    assert len(plain) >= 5 and [g for g, w in plain if g != w] == [], plain

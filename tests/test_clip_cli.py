@@ -51,7 +51,7 @@ def test_pool_fit_predict_filter_through_the_cli(tmp_path, monkeypatch, capsys):
                "--filtered-out", str(tmp_path / "filtered"), "--report", str(tmp_path / "report.json")])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "| ensemble (triplet) |" in out and "| single: clip_score" in out
+    assert "| ensemble (dawid_skene) |" in out and "| single: clip_score" in out
     uids = np.load(tmp_path / "keep.npy")
     assert uids.dtype == np.dtype("u8,u8") and 0 < len(uids) <= 69
     assert (tmp_path / "report.json").is_file() and list((tmp_path / "filtered").glob("*.tar"))
@@ -72,3 +72,40 @@ def test_clip_config_fits_through_the_cli(tmp_path, capsys):
                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     assert rc == 0
     assert "val/zeroshot_acc" in capsys.readouterr().out
+
+
+def test_clip_rnb_config_fits_through_the_cli(tmp_path):
+    """configs/clip_rnb.yaml: two domain folders, RnBCallback moves the mixture, the data module follows it."""
+    import torch
+
+    for name, noise in (("clean", ["--mismatch", "0", "--junk", "0", "--blank", "0", "--near-duplicate", "0"]),
+                        ("noisy", ["--mismatch", "0.5", "--junk", "0.3"])):
+        assert main(["datacomp", "build-pool", "--out", str(tmp_path / name), "--limit", "24",
+                     "--samples-per-shard", "8", "--seed", "1" if name == "clean" else "2", *noise]) == 0
+    cfg = yaml.safe_load((REPO / "configs/clip_rnb.yaml").read_text())
+    cfg["data"]["init_args"].update(train_shards={"clean": str(tmp_path / "clean"), "noisy": str(tmp_path / "noisy")},
+                                    batch_size=8, zeroshot=None, retrieval=None)
+    cfg["trainer"]["callbacks"][0]["init_args"]["steps_per_round"] = 2
+    cfg["trainer"].update(max_steps=4, logger=False, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                          limit_val_batches=0)
+    (tmp_path / "rnb.yaml").write_text(yaml.safe_dump(cfg))
+    rc = main(["fit", "-c", str(tmp_path / "rnb.yaml")])
+    assert rc == 0
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=False)
+    rnb = next(v for k, v in ckpt["callbacks"].items() if k.startswith("RnBCallback"))
+    p = torch.as_tensor(rnb["p"]).double()
+    assert p.shape == (2,) and (p - 0.5).abs().max() > 1e-3  # R&B changed the mixture
+    dm_state = ckpt["WebDatasetDataModule"]
+    assert torch.allclose(torch.tensor(dm_state["mixture_schedule"]["rows"][-1][2:]).double(), p, atol=1e-6)
+
+
+def test_signal_predict_config_runs_through_the_cli(tmp_path):
+    """configs/predict/clip_signals.yaml through `lightning-ws predict` (rules only: no CLIP checkpoint needed)."""
+    pool = tmp_path / "pool"
+    assert main(["datacomp", "build-pool", "--out", str(pool), "--limit", "20", "--samples-per-shard", "8"]) == 0
+    cache = tmp_path / "signals"
+    rc = main(["predict", "-c", str(REPO / "configs/predict/clip_signals.yaml"), "--data.init_args.shards", str(pool),
+               "--data.init_args.cache_dir", str(cache), "--data.init_args.clip_image_size", "null",
+               "--trainer.callbacks.init_args.cache_dir", str(cache), "--trainer.enable_progress_bar", "false"])
+    assert rc == 0
+    assert len(list(cache.glob("*.signals.safetensors"))) == len(list(pool.glob("*.tar"))) == 3

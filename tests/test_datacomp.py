@@ -234,9 +234,18 @@ def test_detector_signals_tiny_owlvit():
     assert out["det_top_logits"].shape == (3, 4) and out["det_top_areas"].shape == (3, 4)
     assert (out["det_top_logits"][:, :-1] >= out["det_top_logits"][:, 1:]).all()
     assert ((out["det_top_areas"] >= 0) & (out["det_top_areas"] <= 1)).all()
+    # rule (d): one extra query per noun phrase in the same forward; NaN where a caption has fewer phrases
+    ph = out["det_phrase_logits"]
+    assert ph.shape == (3, 4) and torch.isnan(ph[0, 1:]).all() and torch.isfinite(ph[1, :2]).all()
+    assert torch.isnan(ph[1, 2:]).all() and torch.isfinite(ph[2, 0]) and torch.isnan(ph[2, 1:]).all()
     sig = {k: v.numpy() for k, v in out.items()}
-    for lf in (Fl.detector_grounded_lf(0.5), Fl.detector_count_lf(0.5), Fl.detector_area_lf(0.5)):
+    for lf in (Fl.detector_grounded_lf(0.5), Fl.detector_count_lf(0.5), Fl.detector_area_lf(0.5),
+               Fl.detector_phrase_lf(0.5)):
         assert lf(sig).shape == (3,)
+    # each phrase query is scored like the caption query: a caption that is one phrase grounds it identically
+    single = det(imgs[:1], ["cat"])
+    assert single["det_phrase_logits"][0, 0] == pytest.approx(float(single["det_top_logits"][0, 0]), abs=1e-5)
+    assert "det_phrase_logits" not in Fl.OwlDetector(det.model, max_phrases=0)(imgs[:1], ["a cat"])
     with pytest.raises(ConfigError, match="local folder"):
         Fl.OwlDetector("google/owlvit-base-patch32")
 
@@ -308,3 +317,82 @@ def test_keep_filter_that_keeps_nothing_fails_instead_of_hanging(shard_dir):
     ds = _stream(shard_dir, batch_size=2, batches_per_epoch=3, keep=lambda s: False)
     with pytest.raises(DataError, match="no sample passes the keep filter"):
         list(ds)
+
+
+def _failure_mode_pool(n: int = 3000, seed: int = 0):
+    """Bad samples of three disjoint kinds, each caught by one rule that votes drop on it and keep elsewhere (as the
+    DataComp-style rules do), a weak two-sided quality score, and a size rule that never fires."""
+    rng = np.random.default_rng(seed)
+    kind = rng.choice(4, size=n, p=[0.7, 0.1, 0.1, 0.1])  # 0 good, 1-3 a failure mode
+    good = kind == 0
+    cols = {f"bad{m}": (kind == m).astype(np.float32) for m in (1, 2, 3)}
+    cols["score"] = (good + rng.normal(0, 1.2, n)).astype(np.float32)
+    cols["side"] = np.full(n, 64.0, np.float32)
+    uids = [shards.make_uid("fm", i) for i in range(n)]
+    cols["uid_hi"], cols["uid_lo"] = Fl._uid_halves(uids)
+    lfs = [Fl.FilterLF(f"rule{m}", (lambda s, m=m: np.where(s[f"bad{m}"] > 0, Fl.DROP, Fl.KEEP)), (f"bad{m}",),
+                       mode=f"mode{m}") for m in (1, 2, 3)]
+    lfs.append(Fl.FilterLF("size", lambda s: np.where(s["side"] < 16, Fl.DROP, Fl.KEEP), ("side",), mode="size"))
+    lfs.append(Fl.clip_score_lf(0.3, 0.3, column="score"))
+    return cols, good, lfs
+
+
+def test_failure_mode_latent_beats_binary_and_every_single_filter():
+    sig, good, lfs = _failure_mode_pool()
+    fm = E.FilterEnsemble(lfs).run(sig)
+    binary = E.FilterEnsemble(lfs, latent="binary").run(sig)
+    f1 = E.keep_metrics(fm.keep, good)["f1"]
+    singles = {lf.name: E.keep_metrics(E.single_filter_keep(lf(sig)), good)["f1"] for lf in lfs}
+    assert f1 > max(singles.values()) + 0.02, (f1, singles)
+    assert f1 > E.keep_metrics(binary.keep, good)["f1"] + 0.02
+    assert fm.report["lfs_constant"] == ["size"]  # votes keep everywhere: left out of the fit
+    assert set(fm.report["failure_modes"]) == {"mode1", "mode2", "mode3", "quality"}
+    assert abs(fm.report["class_prior_keep"] - good.mean()) < 0.08
+    with pytest.raises(ConfigError, match="latent"):
+        E.FilterEnsemble(lfs, latent="ternary")
+
+
+def test_noun_phrases_heuristic():
+    assert Fl.noun_phrases("a photo of a tabby cat on the grass") == ["tabby cat", "grass"]
+    assert Fl.noun_phrases("A dog, a dog and a red ball!") == ["dog", "red ball"]
+    assert Fl.noun_phrases("Click here to download IMG_1234.JPG", 2) == ["click", "download img"]
+    assert Fl.noun_phrases("#$%& 1234") == [] and Fl.noun_phrases("") == []
+    assert len(Fl.noun_phrases("cat dog, bird; frog: horse . ship", 3)) == 3
+
+
+def test_detector_phrase_rule_d_votes():
+    logit = lambda p: float(np.log(p / (1 - p)))
+    nan = float("nan")
+    x = np.array([[logit(0.9), logit(0.8), nan, nan],      # 2/2 grounded -> keep
+                  [logit(0.9), logit(0.01), nan, nan],     # 1/2 >= 0.5 -> keep
+                  [logit(0.9), logit(0.01), logit(0.02), nan],  # 1/3 < 0.5 -> drop
+                  [nan, nan, nan, nan],                    # no noun phrase -> abstain
+                  [logit(0.05), nan, nan, nan]], np.float32)  # 0/1 -> drop
+    lf = Fl.detector_phrase_lf(tau=0.5, min_fraction=0.5)
+    assert lf({"det_phrase_logits": x}).tolist() == [1, 1, 0, -1, 0]
+    assert Fl.detector_phrase_lf(tau=0.5, min_fraction=1.0)({"det_phrase_logits": x}).tolist() == [1, 0, 0, -1, 0]
+    assert lf.mode == "grounding" and "det_phrase_logits" in lf.needs
+    with pytest.raises(ConfigError):
+        Fl.detector_phrase_lf(min_fraction=0.0)
+    names = [f.name for f in Fl.default_lfs(["cap_words", "det_top_logits", "det_top_areas", "det_phrase_logits"])]
+    assert "det_phrases[0.1,0.5]" in names and "det_rank[top0.3,bottom0.3]" in names
+
+
+def test_detector_rank_rule_e_votes():
+    top = np.array([[3.0, 1.0], [2.0, 0.0], [1.0, 0.5], [0.0, -1.0], [-1.0, -2.0]], np.float32)
+    assert Fl.detector_rank_lf(0.4, 0.4)({"det_top_logits": top}).tolist() == [1, 1, -1, 0, 0]
+    with pytest.raises(ConfigError):
+        Fl.detector_rank_lf(0.8, 0.5)
+
+
+def test_shuffle_buffer_larger_than_a_pass_does_not_repeat_samples_within_an_epoch(shard_dir):
+    """A buffer bigger than the data is flushed at the end of each pass: an epoch that is one pass is a permutation
+    (before, the buffer filled from the following passes and an epoch had repeats and gaps)."""
+    ds = _stream(shard_dir, batch_size=8, batches_per_epoch=5, shuffle_buffer=1000, seed=4)
+    seen = [i for b in ds for i in b]
+    assert sorted(seen) == list(range(40)) and seen != list(range(40))
+    ds.set_epoch(1)
+    assert sorted(i for b in ds for i in b) == list(range(40))
+    # longer epochs cross into the next pass: every pass is complete before the next begins
+    long = [i for b in _stream(shard_dir, batch_size=8, batches_per_epoch=10, shuffle_buffer=1000, seed=4) for i in b]
+    assert sorted(long[:40]) == sorted(long[40:]) == list(range(40))

@@ -69,7 +69,7 @@ def _filter(args: argparse.Namespace) -> int:
         raise ConfigError(f"no *.signals.safetensors in {args.cache}; run `lightning-ws datacomp signals` first.")
     sig = Fl.load_signal_caches(caches)
     lfs = Fl.default_lfs(list(sig))
-    ens = E.FilterEnsemble(lfs, label_model=args.label_model, threshold=args.threshold,
+    ens = E.FilterEnsemble(lfs, label_model=args.label_model, latent=args.latent, threshold=args.threshold,
                            top_fraction=args.top_fraction)
     res = ens.run(sig)
     E.save_submission(args.out, res)
@@ -123,7 +123,9 @@ def main(argv: list[str]) -> int:
     f = sub.add_parser("filter", help="label-model ensemble -> kept uids (.npy), report, filtered shards")
     f.add_argument("--cache", required=True)
     f.add_argument("--out", required=True, help="DataComp uid array (.npy)")
-    f.add_argument("--label-model", default="triplet")
+    f.add_argument("--label-model", default="dawid_skene")
+    f.add_argument("--latent", choices=("failure_modes", "binary"), default="failure_modes",
+                   help="one latent drop class per failure mode (default) or one binary drop class")
     f.add_argument("--threshold", type=float, default=None)
     f.add_argument("--top-fraction", type=float, default=None)
     f.add_argument("--shards", help="the pool shards (for truth metrics and --filtered-out)")

@@ -1,13 +1,29 @@
-"""The keep/drop filter ensemble: filter votes -> binary label model -> P(keep) -> selection -> uids and shards.
+"""The keep/drop filter ensemble: filter votes -> label model -> P(keep) -> selection -> uids and shards.
 
-Stage 2 of Huang, Shin et al. (arXiv 2401.12225): every filter is a labeling function over image-text pairs; a
-binary label model from :mod:`lightning_ws.labelmodels` is fitted without labels; the samples with the highest
-posterior P(keep) are kept, by a posterior threshold or a top fraction (the paper's rule is not public; the
-subset size and the estimated class prior are reported with every result). Class ``1`` is keep, ``0`` drop.
+Stage 2 of Huang, Shin et al. (arXiv 2401.12225): every filter is a labeling function over image-text pairs; a label
+model from :mod:`lightning_ws.labelmodels` is fitted without labels; the samples with the highest posterior P(keep)
+are kept, by a posterior threshold or a top fraction (the paper's rule is not public; the subset size and the
+estimated class prior are reported with every result).
+
+**Latent structure** (``latent``). A bad pair is bad for one reason: a junk caption, a blank image, a redundant
+near-duplicate, a mismatched caption. The DataComp-style rules each detect one such failure mode, so on the bad
+samples they fire on *disjoint* sets: given a single "drop" class they are strongly negatively dependent, which the
+conditionally independent binary label models cannot represent (measured on the demo pool: every binary model
+explained only one mode, e.g. the blank images, and kept the rest; BENCHMARKS.md). With ``latent="failure_modes"``
+(default) every failure mode (:attr:`FilterLF.mode`) gets its own latent class: a filter's keep vote is class 0
+("keep"), its drop vote is its mode's class, and the label model is fitted with ``1 + #modes`` classes; given the
+class, the rules are (close to) independent again. ``P(keep)`` is the posterior of class 0. Filters with the empty
+mode (generic quality scores such as the CLIP score) share one "low quality" class, so a set of two-sided quality
+filters is exactly the binary model (``latent="binary"`` forces that for every filter).
 
 Label-free binary models have a sign ambiguity (which latent class is "keep"). It is fixed by the assumption that
 the filters are better than random: if the fitted posterior agrees with the non-abstain votes less often than it
-disagrees, the two columns are swapped (and the report says so).
+disagrees, the two columns are swapped (and the report says so). With failure-mode classes the classes are anchored
+by the votes (each drop class receives only its own filters' votes); the report gives the vote agreement.
+
+Filters that cast only one kind of vote on the whole pool (a size rule that never fires, so it votes keep everywhere)
+carry no information about the pool and are left out of the fit (``lfs_constant`` in the report): moment-based models
+otherwise read them as perfectly accurate keep votes and inflate the keep prior.
 
 Correlated filters (threshold families) break conditional independence; ``dedupe_agreement`` drops an LF whose
 votes agree with an earlier one on at least that share of the rows both vote on (and on nearly all rows).
@@ -18,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,23 +81,29 @@ class FilterEnsemble:
 
     Args:
         lfs: the filters (:class:`~lightning_ws.datacomp.filters.FilterLF`).
-        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`: ``"triplet"`` (FlyingSquid,
-            closed form; the default, chosen on a development pool, see BENCHMARKS.md), ``"moment_matching"`` /
-            ``"snorkel"``, ``"dawid_skene"``, ``"majority_vote"``.
+        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`: ``"dawid_skene"`` (default:
+            class-conditional confusion matrices with abstain as an observed vote, which is what one-sided failure
+            rules need; chunked E-steps, so it scales to DataComp pools; chosen on a development pool, see
+            BENCHMARKS.md), ``"moment_matching"`` / ``"snorkel"``, ``"auto"``, ``"majority_vote"``, ``"triplet"``
+            (FlyingSquid, binary only: use it with ``latent="binary"``).
         label_model_kwargs: extra constructor arguments.
         threshold: keep rows with ``P(keep) >= threshold`` (default 0.5 when ``top_fraction`` is None).
         top_fraction: keep this share of the pool with the highest ``P(keep)`` instead (ties broken by uid).
         dedupe_agreement: drop LFs that agree with an earlier LF on at least this share of jointly-voted rows (None
             = off).
-        class_balance: the label model's class prior: ``"estimated"`` (label-free), ``"uniform"``, or
-            ``[P(drop), P(keep)]``.
+        class_balance: the label model's class prior: ``"estimated"`` (label-free, default), ``"uniform"`` (over the
+            latent classes: keep and every failure mode), or ``[P(drop), P(keep)]`` (binary latent only).
+        latent: ``"failure_modes"`` (one latent drop class per filter mode; see module docstring) or ``"binary"``.
+        drop_constant: leave filters that cast only one kind of vote (all keep or all drop) out of the fit.
         seed: label-model seed.
     """
 
-    def __init__(self, lfs: Sequence[FilterLF], *, label_model: str = "triplet",
+    def __init__(self, lfs: Sequence[FilterLF], *, label_model: str = "dawid_skene",
                  label_model_kwargs: Mapping[str, Any] | None = None, threshold: float | None = None,
                  top_fraction: float | None = None, dedupe_agreement: float | None = 0.99,
-                 class_balance: str | Sequence[float] = "estimated", seed: int = 0) -> None:
+                 class_balance: str | Sequence[float] = "estimated",
+                 latent: Literal["failure_modes", "binary"] = "failure_modes", drop_constant: bool = True,
+                 seed: int = 0) -> None:
         if not lfs:
             raise ConfigError("FilterEnsemble needs at least one filter LF.")
         names = [lf.name for lf in lfs]
@@ -95,6 +117,14 @@ class FilterEnsemble:
             raise ConfigError(f"top_fraction must lie in (0, 1], got {top_fraction}.")
         if dedupe_agreement is not None and not 0.5 < dedupe_agreement <= 1.0:
             raise ConfigError(f"dedupe_agreement must lie in (0.5, 1] or be None, got {dedupe_agreement}.")
+        if latent not in ("failure_modes", "binary"):
+            raise ConfigError(f"latent must be 'failure_modes' or 'binary', got {latent!r}.")
+        if not isinstance(class_balance, str) and latent == "failure_modes" and len(
+                {lf.mode for lf in lfs}) > 1:
+            raise ConfigError("a [P(drop), P(keep)] class balance fixes a binary model; with several failure modes use "
+                              "latent='binary' or class_balance='estimated' / 'uniform'.")
+        self.latent = latent
+        self.drop_constant = bool(drop_constant)
         self.lfs = list(lfs)
         self.label_model = label_model
         self.label_model_kwargs = dict(label_model_kwargs or {})
@@ -136,30 +166,65 @@ class FilterEnsemble:
         used = self._dedupe(L) if self.dedupe_agreement is not None else list(range(L.shape[1]))
         silent = [j for j in used if not (L[:, j] != ABSTAIN).any()]  # no votes: nothing to estimate
         used = [j for j in used if j not in silent]
+        constant: list[int] = []
+        if self.drop_constant:
+            constant = [j for j in used if not ((L[:, j] == KEEP).any() and (L[:, j] == DROP).any())
+                        and not (L[:, j] == ABSTAIN).any()]
+            used = [j for j in used if j not in constant]
         if not used:
-            raise DataError("every filter abstains on every row; nothing to fit.")
+            raise DataError("no filter casts both keep and drop votes (or abstains) on this pool; nothing to fit. "
+                            f"Constant filters: {[names[j] for j in constant]}; silent: {[names[j] for j in silent]}.")
         Lu = L[:, used]
-        lm = make_label_model(self.label_model, num_classes=2, seed=self.seed, **self.label_model_kwargs)
-        covered = (Lu != ABSTAIN).any(1)
+        # latent classes: 0 = keep, then one drop class per failure mode (binary: one drop class)
+        modes: list[str] = []
+        for j in used:
+            mode = self.lfs[j].mode if self.latent == "failure_modes" else ""
+            if (L[:, j] == DROP).any() and mode not in modes:
+                modes.append(mode)
+        if not modes:
+            modes = [""]
+        M = np.full(Lu.shape, ABSTAIN, dtype=np.int64)
+        for c, j in enumerate(used):
+            mode = self.lfs[j].mode if self.latent == "failure_modes" else ""
+            drop_class = 1 + modes.index(mode) if mode in modes else ABSTAIN  # keep-only filters cast no drop
+            M[:, c] = np.where(Lu[:, c] == KEEP, 0, np.where(Lu[:, c] == DROP, drop_class, ABSTAIN))
+        k = 1 + len(modes)
+        balance = self.class_balance
+        if not isinstance(balance, str):  # given as [P(drop), P(keep)] -> class order (keep, drop)
+            balance = [balance[1], balance[0]]
+        try:
+            lm = make_label_model(self.label_model, num_classes=k, seed=self.seed, **self.label_model_kwargs)
+        except ConfigError as err:
+            raise ConfigError(f"{err} With {len(modes)} failure modes the label model needs {k} classes; use a "
+                              f"multi-class model (dawid_skene, moment_matching, auto) or latent='binary'.") from err
+        covered = (M != ABSTAIN).any(1)
         if not covered.any():
             raise DataError("every filter abstains on every row; nothing to fit.")
-        lm.fit(Lu[covered], class_balance=self.class_balance, lf_names=[names[j] for j in used])
-        proba = lm.predict_proba(Lu)
-        # sign: the "keep" column must agree with the votes more often than not
-        pred = proba.argmax(1)
-        voted = Lu != ABSTAIN
-        agree = float((Lu == pred[:, None])[voted].mean()) if voted.any() else 1.0
-        flipped = agree < 0.5
-        p_keep = proba[:, 0] if flipped else proba[:, KEEP]
-        keep = self.select(p_keep, uids)
+        lm.fit(M[covered], class_balance=balance, lf_names=[names[j] for j in used])
+        proba = lm.predict_proba(M)
         prior = np.asarray(lm.class_balance_, dtype=float)
+        # anchoring: the fitted classes must agree with the votes more often than not
+        pred = proba.argmax(1)
+        voted = M != ABSTAIN
+        agree = float((M == pred[:, None])[voted].mean()) if voted.any() else 1.0
+        flipped = k == 2 and agree < 0.5
+        if flipped:  # binary sign ambiguity: swap keep and drop
+            proba, prior = proba[:, ::-1], prior[::-1]
+            agree = 1.0 - agree
+        p_keep = np.ascontiguousarray(proba[:, 0])
+        keep = self.select(p_keep, uids)
         report: dict[str, Any] = {
             "label_model": lm.name if hasattr(lm, "name") else self.label_model,
+            "latent": self.latent, "failure_modes": [m or "quality" for m in modes],
             "n": int(L.shape[0]), "n_kept": int(keep.sum()), "kept_share": float(keep.mean()),
             "selection": {"threshold": self.threshold, "top_fraction": self.top_fraction},
-            "class_prior_keep": float(prior[0] if flipped else prior[KEEP]), "sign_flipped": flipped,
+            "class_prior_keep": float(prior[0]),
+            "class_prior_modes": {(m or "quality"): float(prior[1 + i]) for i, m in enumerate(modes)},
+            "sign_flipped": flipped, "vote_agreement": agree,
             "lfs_used": [names[j] for j in used], "lfs_silent": [names[j] for j in silent],
-            "lfs_deduplicated": [names[j] for j in range(len(names)) if j not in used and j not in silent],
+            "lfs_constant": [names[j] for j in constant],
+            "lfs_deduplicated": [names[j] for j in range(len(names))
+                                 if j not in used and j not in silent and j not in constant],
             "lf_stats": {names[j]: {"coverage": float((L[:, j] != ABSTAIN).mean()),
                                     "keep_votes": float((L[:, j] == KEEP).mean()),
                                     "drop_votes": float((L[:, j] == DROP).mean())} for j in range(len(names))},

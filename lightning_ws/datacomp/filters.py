@@ -50,6 +50,10 @@ __all__ = [
     "detector_grounded_lf",
     "detector_count_lf",
     "detector_area_lf",
+    "detector_phrase_lf",
+    "detector_rank_lf",
+    "noun_phrases",
+    "PHRASE_STOPWORDS",
     "default_lfs",
     "save_signal_cache",
     "load_signal_cache",
@@ -172,6 +176,41 @@ def clip_similarity(model: Any, images: Any, tokens: Any) -> Any:
     return (fi * ft).sum(-1)
 
 
+#: Words that end a noun phrase in :func:`noun_phrases`: articles, pronouns, prepositions, conjunctions, auxiliary
+#: and common verbs, and photo meta-words ("a photo of ...") that no detector grounds.
+PHRASE_STOPWORDS = frozenset("""
+a an the this that these those my your his her its our their some any each every no one two three several many few
+of in on at to from with without by for about over under above below near next into onto through between behind
+beside around across along against among out off up down inside outside during before after while than as like
+and or but nor so yet then there here is are was were be been being am has have had do does did can could will
+would shall should may might must it they we you he she i me him them us what which who whom whose where when why
+how very too also just not only more most less least much such own same other another all both either neither
+photo photograph picture image pic shot snapshot close-up closeup view seen showing shows show look looking see
+taken cropped blurry low resolution high quality nice old new small large big little""".split())
+
+
+def noun_phrases(caption: str, max_phrases: int = 4) -> list[str]:
+    """The caption's noun phrases for rule (d), by a dependency-free heuristic: maximal runs of words that are not in
+    :data:`PHRASE_STOPWORDS` (so "a photo of a tabby cat on the grass" -> ``["tabby cat", "grass"]``), in order,
+    unique, at most ``max_phrases``. Adjectives inside a run stay (the detector grounds "tabby cat" as one query);
+    punctuation, symbols and digits split runs. A parser (spaCy) would do better on real web captions; this keeps the
+    library free of one.
+    """
+    tokens = re.findall(r"[a-z][a-z\-']*|[^a-z\s]+", str(caption).lower())  # words, and symbol/digit runs
+    phrases: list[str] = []
+    run: list[str] = []
+    for w in tokens + [""]:
+        if w and w[0].isalpha() and w not in PHRASE_STOPWORDS:
+            run.append(w)
+            continue
+        if run:
+            phrase = " ".join(run)
+            if phrase not in phrases:
+                phrases.append(phrase)
+            run = []
+    return phrases[:max_phrases]
+
+
 def tiny_owlvit(seed: int = 0, image_size: int = 32) -> Any:
     """A tiny, randomly initialised OWL-ViT (for tests and wiring; no weights are downloaded)."""
     import torch
@@ -200,14 +239,20 @@ class OwlDetector:
     Hugging Face tokenizer files are needed. For each image the top ``top_k`` box logits and box areas (as a share
     of the image) are returned; the rule LFs derive counts, grounding and area rules from them.
 
+    Phrase grounding (rule (d)): the caption's noun phrases (:func:`noun_phrases`, at most ``max_phrases``) are
+    extra text queries of the same forward pass (OWL-ViT scores every box against every query of its image), and
+    ``det_phrase_logits`` holds each phrase's best box logit (``NaN`` where the caption has fewer phrases). Grounding
+    DINO grounds phrases inside one caption query instead; the cached column is the same.
+
     Args:
         model: an ``OwlViTForObjectDetection`` / ``Owlv2ForObjectDetection`` instance, or a local folder with one
             (``from_pretrained(path)``; never downloaded).
         top_k: boxes kept per image.
         max_query_tokens: text length of the detector (16 for the released OWL-ViT checkpoints).
+        max_phrases: noun phrases queried per caption (0: no ``det_phrase_logits``).
     """
 
-    def __init__(self, model: Any, *, top_k: int = 8, max_query_tokens: int = 16) -> None:
+    def __init__(self, model: Any, *, top_k: int = 8, max_query_tokens: int = 16, max_phrases: int = 4) -> None:
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForZeroShotObjectDetection
 
@@ -219,6 +264,9 @@ class OwlDetector:
         self.model = model
         self.top_k = int(top_k)
         self.max_query_tokens = int(max_query_tokens)
+        if max_phrases < 0:
+            raise ConfigError(f"max_phrases must be >= 0, got {max_phrases}.")
+        self.max_phrases = int(max_phrases)
         vc = model.config.vision_config
         self.image_size = int(vc.image_size)
         self.mean = getattr(vc, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
@@ -243,14 +291,26 @@ class OwlDetector:
     def __call__(self, pixel_values: Any, captions: Sequence[str]) -> dict[str, Any]:
         import torch
 
-        tokens = self.tokenize(captions).to(pixel_values.device)
+        captions = list(captions)
+        phrases = [noun_phrases(c, self.max_phrases) for c in captions] if self.max_phrases else []
+        q = 1 + self.max_phrases
+        queries = [t for c, ph in zip(captions, phrases or [[]] * len(captions))
+                   for t in [c] + ph + [""] * (q - 1 - len(ph))]
+        tokens = self.tokenize(queries).to(pixel_values.device)
         with torch.no_grad():
             out = self.model(input_ids=tokens, attention_mask=(tokens != 0).long(), pixel_values=pixel_values)
-        logits = out.logits[..., 0].float()  # (B, boxes): one query per image
+        logits = out.logits.float()  # (B, boxes, q): every box against every query of its image
+        cap = logits[..., 0]
         areas = (out.pred_boxes[..., 2] * out.pred_boxes[..., 3]).float().clamp(0, 1)
-        k = min(self.top_k, logits.shape[1])
-        top, idx = logits.topk(k, dim=1)
-        return {"det_top_logits": top, "det_top_areas": areas.gather(1, idx)}
+        k = min(self.top_k, cap.shape[1])
+        top, idx = cap.topk(k, dim=1)
+        res = {"det_top_logits": top, "det_top_areas": areas.gather(1, idx)}
+        if self.max_phrases:
+            best = logits[..., 1:].amax(1)  # (B, max_phrases): each phrase's best box
+            have = torch.tensor([[j < len(ph) for j in range(self.max_phrases)] for ph in phrases],
+                                device=best.device)
+            res["det_phrase_logits"] = torch.where(have, best, torch.full_like(best, float("nan")))
+        return res
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -266,6 +326,13 @@ class FilterLF:
 
     ``needs`` lists the signal columns it reads (checked); ``family`` groups correlated variants (e.g. several
     thresholds of one score) so the ensemble can de-duplicate them.
+
+    ``mode`` names the failure mode the filter's *drop* votes detect (``"caption"``, ``"blank"``, ``"duplicate"``...).
+    Rules that each check one failure mode fire on disjoint sets of bad samples; the
+    :class:`~lightning_ws.datacomp.ensemble.FilterEnsemble` gives every mode its own latent "drop" class, so the
+    conditional-independence label models see them as independent given the class. ``""`` (default): a generic
+    quality score (CLIP score, a planted two-sided filter) whose drop votes all point at one shared "low quality"
+    class.
     """
 
     name: str
@@ -273,6 +340,7 @@ class FilterLF:
     needs: tuple[str, ...]
     family: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    mode: str = ""
 
     def __call__(self, signals: Signals) -> np.ndarray:
         missing = [c for c in self.needs if c not in signals]
@@ -295,20 +363,21 @@ def caption_length_lf(min_words: int = 2, max_words: int = 40, *, keep_on_pass: 
     words)."""
     return FilterLF(f"caption_length[{min_words},{max_words}]",
                     lambda s: _rule((s["cap_words"] < min_words) | (s["cap_words"] > max_words), keep_on_pass),
-                    ("cap_words",), "caption_length", {"min_words": min_words, "max_words": max_words})
+                    ("cap_words",), "caption_length", {"min_words": min_words, "max_words": max_words},
+                    mode="caption")
 
 
 def caption_charset_lf(min_alpha: float = 0.6, *, keep_on_pass: bool = True) -> FilterLF:
     """Drop captions whose non-space characters are less than ``min_alpha`` ASCII letters (symbol runs, other
     scripts: a crude stand-in for DataComp's fastText English filter)."""
     return FilterLF(f"caption_charset[{min_alpha}]", lambda s: _rule(s["cap_alpha"] < min_alpha, keep_on_pass),
-                    ("cap_alpha",), "caption_charset", {"min_alpha": min_alpha})
+                    ("cap_alpha",), "caption_charset", {"min_alpha": min_alpha}, mode="caption")
 
 
 def caption_boilerplate_lf(*, keep_on_pass: bool = True) -> FilterLF:
     """Drop captions matching a boilerplate pattern (:data:`BOILERPLATE_PATTERNS` at signal time)."""
     return FilterLF("caption_boilerplate", lambda s: _rule(s["cap_boilerplate"] > 0, keep_on_pass),
-                    ("cap_boilerplate",), "caption_boilerplate")
+                    ("cap_boilerplate",), "caption_boilerplate", mode="caption")
 
 
 def image_size_lf(min_side: int = 16, max_aspect: float = 3.0, *, keep_on_pass: bool = True) -> FilterLF:
@@ -320,13 +389,13 @@ def image_size_lf(min_side: int = 16, max_aspect: float = 3.0, *, keep_on_pass: 
         return _rule((np.minimum(w, h) < min_side) | (aspect > max_aspect), keep_on_pass)
 
     return FilterLF(f"image_size[{min_side},{max_aspect}]", fn, ("img_width", "img_height"), "image_size",
-                    {"min_side": min_side, "max_aspect": max_aspect})
+                    {"min_side": min_side, "max_aspect": max_aspect}, mode="image_size")
 
 
 def image_blank_lf(min_std: float = 6.0, *, keep_on_pass: bool = True) -> FilterLF:
     """Drop (almost) uniform images: grayscale pixel standard deviation below ``min_std`` (0-255 scale)."""
     return FilterLF(f"image_blank[{min_std}]", lambda s: _rule(s["img_std"] < min_std, keep_on_pass),
-                    ("img_std",), "image_blank", {"min_std": min_std})
+                    ("img_std",), "image_blank", {"min_std": min_std}, mode="blank")
 
 
 def duplicate_lf(max_distance: int = 4, *, keep_on_pass: bool = False) -> FilterLF:
@@ -350,7 +419,7 @@ def duplicate_lf(max_distance: int = 4, *, keep_on_pass: bool = False) -> Filter
         return votes.astype(np.int8)
 
     return FilterLF(f"duplicate[{max_distance}]", fn, ("img_phash", "uid_hi", "uid_lo"), "duplicate",
-                    {"max_distance": max_distance})
+                    {"max_distance": max_distance}, mode="duplicate")
 
 
 def clip_score_lf(keep_top: float = 0.3, drop_bottom: float = 0.3, *, column: str = "clip_score") -> FilterLF:
@@ -379,7 +448,8 @@ def detector_grounded_lf(tau: float = 0.1, *, drop_below: float | None = None) -
         p = 1 / (1 + np.exp(-s["det_top_logits"][:, 0].astype(np.float64)))
         return np.where(p >= tau, KEEP, np.where(p < lo, DROP, ABSTAIN)).astype(np.int8)
 
-    return FilterLF(f"det_grounded[{tau}]", fn, ("det_top_logits",), "det_grounded", {"tau": tau, "drop_below": lo})
+    return FilterLF(f"det_grounded[{tau}]", fn, ("det_top_logits",), "det_grounded", {"tau": tau, "drop_below": lo},
+                    mode="grounding")
 
 
 def detector_count_lf(tau: float = 0.1, k_min: int = 1, k_max: int = 6) -> FilterLF:
@@ -390,7 +460,7 @@ def detector_count_lf(tau: float = 0.1, k_min: int = 1, k_max: int = 6) -> Filte
         return np.where((k >= k_min) & (k <= k_max), KEEP, DROP).astype(np.int8)
 
     return FilterLF(f"det_count[{tau},{k_min},{k_max}]", fn, ("det_top_logits",), "det_count",
-                    {"tau": tau, "k_min": k_min, "k_max": k_max})
+                    {"tau": tau, "k_min": k_min, "k_max": k_max}, mode="grounding")
 
 
 def detector_area_lf(tau: float = 0.1, min_area: float = 0.05) -> FilterLF:
@@ -403,13 +473,50 @@ def detector_area_lf(tau: float = 0.1, min_area: float = 0.05) -> FilterLF:
         return np.where(~conf.any(1), ABSTAIN, np.where(area >= min_area, KEEP, DROP)).astype(np.int8)
 
     return FilterLF(f"det_area[{tau},{min_area}]", fn, ("det_top_logits", "det_top_areas"), "det_area",
-                    {"tau": tau, "min_area": min_area})
+                    {"tau": tau, "min_area": min_area}, mode="grounding")
+
+
+def detector_phrase_lf(tau: float = 0.1, min_fraction: float = 0.5) -> FilterLF:
+    """Rule (d): keep if at least ``min_fraction`` of the caption's noun phrases are grounded (their best box has
+    probability >= ``tau``), drop if fewer are; abstain when the caption has no noun phrase (``det_phrase_logits``
+    all ``NaN``)."""
+    if not 0.0 < min_fraction <= 1.0:
+        raise ConfigError(f"min_fraction must lie in (0, 1], got {min_fraction}.")
+
+    def fn(s: Signals) -> np.ndarray:
+        x = s["det_phrase_logits"].astype(np.float64)
+        have = ~np.isnan(x)
+        with np.errstate(invalid="ignore"):
+            grounded = (1 / (1 + np.exp(-np.where(have, x, 0.0))) >= tau) & have
+        n = have.sum(1)
+        frac = grounded.sum(1) / np.maximum(n, 1)
+        return np.where(n == 0, ABSTAIN, np.where(frac >= min_fraction, KEEP, DROP)).astype(np.int8)
+
+    return FilterLF(f"det_phrases[{tau},{min_fraction}]", fn, ("det_phrase_logits",), "det_phrases",
+                    {"tau": tau, "min_fraction": min_fraction}, mode="grounding")
+
+
+def detector_rank_lf(keep_top: float = 0.3, drop_bottom: float = 0.3) -> FilterLF:
+    """Rule (e): rank the pool by the best box logit; keep the top ``keep_top`` share, drop the bottom
+    ``drop_bottom`` share, abstain in between (pool quantiles, as :func:`clip_score_lf`)."""
+    if not (0 < keep_top <= 1 and 0 <= drop_bottom < 1 and keep_top + drop_bottom <= 1):
+        raise ConfigError(f"need 0 < keep_top <= 1, 0 <= drop_bottom < 1, keep_top + drop_bottom <= 1; got "
+                          f"{keep_top}, {drop_bottom}.")
+
+    def fn(s: Signals) -> np.ndarray:
+        x = s["det_top_logits"][:, 0].astype(np.float64)  # sorted descending: column 0 is the best box
+        hi = np.quantile(x, 1 - keep_top)
+        lo = np.quantile(x, drop_bottom) if drop_bottom > 0 else -np.inf
+        return np.where(x >= hi, KEEP, np.where(x < lo, DROP, ABSTAIN)).astype(np.int8)
+
+    return FilterLF(f"det_rank[top{keep_top},bottom{drop_bottom}]", fn, ("det_top_logits",), "det_rank",
+                    {"keep_top": keep_top, "drop_bottom": drop_bottom}, mode="grounding")
 
 
 def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[FilterLF]:
     """The default filter set for the signal columns present: the caption rules as one LF (:func:`caption_basic_lf`),
     image size, blank image, near-duplicates, CLIP score (if ``clip_score`` is there: top 30% keep, bottom 30% drop)
-    and the detector rules (if ``det_top_logits`` is there).
+    and the detector rules (a)-(c) and (e) (if ``det_top_logits`` is there) and (d) (if ``det_phrase_logits`` is).
 
     Rules that check one failure mode vote keep when they pass (``keep_on_pass``), as DataComp's baseline filters
     keep what passes. This set (caption rules merged, keep on pass) was chosen on a development pool (pool seed 1,
@@ -421,7 +528,9 @@ def default_lfs(columns: Sequence[str], *, keep_on_pass: bool = True) -> list[Fi
     if "clip_score" in cols:
         lfs.append(clip_score_lf())
     if "det_top_logits" in cols:
-        lfs += [detector_grounded_lf(), detector_count_lf(), detector_area_lf()]
+        lfs += [detector_grounded_lf(), detector_count_lf(), detector_area_lf(), detector_rank_lf()]
+    if "det_phrase_logits" in cols:
+        lfs.append(detector_phrase_lf())
     return lfs
 
 
@@ -498,7 +607,7 @@ def caption_basic_lf(min_words: int = 2, max_words: int = 40, min_alpha: float =
         return _rule(bad, keep_on_pass)
 
     return FilterLF("caption_basic", fn, ("cap_words", "cap_alpha", "cap_boilerplate"), "caption",
-                    {"min_words": min_words, "max_words": max_words, "min_alpha": min_alpha})
+                    {"min_words": min_words, "max_words": max_words, "min_alpha": min_alpha}, mode="caption")
 
 
 __all__.append("caption_basic_lf")

@@ -29,7 +29,7 @@ import multiprocessing as mp
 import os
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,8 @@ __all__ = [
     "save_uid_array",
     "load_uid_array",
     "raw_tar_read",
+    "MixtureSchedule",
+    "MixtureShardStream",
 ]
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -382,6 +384,39 @@ class ShardStream(IterableDataset):
             if self.batches_per_epoch is None:
                 return
 
+    def _pass_samples(self, epoch: int, rank: int, world: int, worker: int, nworkers: int,
+                      rng: random.Random) -> Iterator[Sample]:
+        """Samples of this reader's passes over its shards, each pass shuffled within itself (buffer flushed at its
+        end: with a buffer larger than a pass, an epoch is then still a permutation of the pass, without repeats)."""
+        urls = list(self._shard_passes(epoch, rank, world, worker, nworkers)) if self.batches_per_epoch is None else None
+        passes = [urls] if urls is not None else self._pass_lists(epoch, rank, world, worker, nworkers)
+        for mine in passes:
+            got = False
+            samples: Iterator[Sample] = (_to_sample(r) for r in _raw_samples(mine))
+            if self.keep is not None:
+                samples = (x for x in samples if self.keep(x))
+            if self.shuffle_buffer > 0:
+                samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+            for x in samples:
+                got = True
+                yield x
+            if not got and self.batches_per_epoch is not None:
+                raise DataError(f"no sample passes the keep filter in this reader's shards {mine[:3]}"
+                                f"{' ...' if len(mine) > 3 else ''}; check the uid list against these shards.")
+
+    def _pass_lists(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[list[str]]:
+        consumers = world * nworkers
+        if len(self.urls) < consumers and not self.allow_idle_workers:
+            raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
+                              f"worker needs at least one shard. Write more, smaller shards, use fewer workers, or "
+                              f"set resampled=True.")
+        npass = 0
+        while True:
+            order = list(self.urls)
+            random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
+            yield order[rank::world][worker::nworkers]
+            npass += 1
+
     def __iter__(self) -> Iterator[Any]:
         # snapshot the epoch and the resume offset now (not lazily on the first next())
         return self._generate(self.epoch.get(), int(self.skip_batches))
@@ -395,12 +430,15 @@ class ShardStream(IterableDataset):
         if nbatches is not None and skip_here >= nbatches:
             return
         rng = random.Random(_seed(self.seed, epoch, rank, worker, 3))
-        raw = _raw_samples(self._shard_passes(epoch, rank, world, worker, nworkers))
-        samples: Iterator[Sample] = (_to_sample(r) for r in raw)
-        if self.keep is not None:
-            samples = _kept(samples, self.keep, 2 * len(self.urls) + 2)
-        if self.shuffle_buffer > 0:
-            samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        samples: Iterator[Sample]
+        if self.resampled:  # one endless draw with replacement: the buffer runs across it
+            samples = (_to_sample(r) for r in _raw_samples(self._shard_passes(epoch, rank, world, worker, nworkers)))
+            if self.keep is not None:
+                samples = _kept(samples, self.keep, 2 * len(self.urls) + 2)
+            if self.shuffle_buffer > 0:
+                samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        else:  # passes: the shuffle buffer is flushed at the end of each pass, so a pass never mixes with the next
+            samples = self._pass_samples(epoch, rank, world, worker, nworkers, rng)
         produced = 0
         batch: list[Any] = []
         skip_samples = skip_here * self.batch_size
@@ -447,3 +485,187 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iter
         yield item
     rng.shuffle(buf)
     yield from buf
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Domain-mixture streaming (R&B and other mixture rules)
+# ------------------------------------------------------------------------------------------------------------------
+
+class MixtureSchedule:
+    """The training mixture over time, shared with DataLoader workers (shared-memory tensors).
+
+    Every change is stored with the **batch position from which it applies**: ``(epoch, batch index within the
+    epoch)``. :meth:`set` is given the position of the next batch the trainer will consume and adds a fixed ``lag``
+    (at least the number of batches the loader can have drawn ahead: Lightning's one-batch prefetch plus
+    ``num_workers * prefetch_factor``). A worker drawing batch ``b`` uses the latest change whose position is
+    ``<= b``. So which mixture a batch uses does not depend on thread timing: runs with any number of workers are
+    reproducible, and a resumed run (the schedule is part of the checkpoint) draws exactly the batches of the
+    uninterrupted one. The cost: a new mixture reaches the data ``lag`` batches after it is set.
+
+    A ring of ``capacity`` changes is kept; a worker that needs an entry older than the ring raises (only possible
+    with more than ``capacity`` changes within ``lag`` batches).
+    """
+
+    def __init__(self, p: Sequence[float], *, lag: int = 2, capacity: int = 64) -> None:
+        import torch
+
+        if lag < 1:
+            raise ConfigError(f"lag must be >= 1, got {lag}.")
+        m = len(p)
+        self.lag, self.capacity, self.m = int(lag), int(capacity), m
+        # rows: [epoch, batch, p_0 .. p_m-1]; count = changes recorded so far (the ring holds the last `capacity`)
+        self._rows = torch.zeros(capacity, 2 + m, dtype=torch.float64).share_memory_()
+        self._count = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.reset(p)
+
+    def reset(self, p: Sequence[float]) -> None:
+        """Forget the history; ``p`` applies from the very first batch."""
+        import torch
+
+        self._rows.zero_()
+        self._rows[0, 0], self._rows[0, 1] = -1.0, -1.0
+        self._rows[0, 2:] = torch.as_tensor(list(map(float, p)), dtype=torch.float64)
+        self._count[0] = 1
+
+    def set(self, p: Sequence[float], *, epoch: int, next_batch: int) -> tuple[int, int]:
+        """Record ``p`` to apply from batch ``next_batch + lag`` of ``epoch`` (later epochs inherit it); returns that
+        position."""
+        import torch
+
+        n = int(self._count[0])
+        row = self._rows[n % self.capacity]
+        row[0], row[1] = float(epoch), float(next_batch + self.lag)
+        row[2:] = torch.as_tensor(list(map(float, p)), dtype=torch.float64)
+        self._count[0] = n + 1
+        return epoch, next_batch + self.lag
+
+    def current(self) -> list[float]:
+        """The most recently set mixture."""
+        n = int(self._count[0])
+        return self._rows[(n - 1) % self.capacity, 2:].tolist()
+
+    def at(self, epoch: int, batch: int) -> list[float]:
+        """The mixture that applies to batch ``batch`` of ``epoch``."""
+        n = int(self._count[0])
+        for i in range(n - 1, max(-1, n - 1 - self.capacity), -1):
+            row = self._rows[i % self.capacity]
+            if (row[0].item(), row[1].item()) <= (epoch, batch):
+                return row[2:].tolist()
+        raise DataError(f"the mixture for batch {batch} of epoch {epoch} fell out of the schedule's ring of "
+                        f"{self.capacity} changes; set the mixture less often or raise the capacity.")
+
+    def state_dict(self) -> dict[str, Any]:
+        n = int(self._count[0])
+        rows = [self._rows[i % self.capacity].tolist() for i in range(max(0, n - self.capacity), n)]
+        return {"rows": rows, "lag": self.lag}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        import torch
+
+        rows = list(state["rows"])[-self.capacity:]
+        if not rows or len(rows[0]) != 2 + self.m:
+            raise DataError(f"mixture schedule state has rows of width {len(rows[0]) if rows else 0}, expected "
+                            f"{2 + self.m} (another number of domains?).")
+        self._rows.zero_()
+        for i, r in enumerate(rows):
+            self._rows[i] = torch.as_tensor(r, dtype=torch.float64)
+        self._count[0] = len(rows)
+
+
+class MixtureShardStream(IterableDataset):
+    """Batches whose samples are drawn from several domains' shards by a mutable mixture (R&B, arXiv 2505.00358).
+
+    Each domain is its own stream of shards (rank and worker splitting per domain: whole shards when the domain has
+    at least one shard per (rank, worker), else every reader takes every ``k``-th sample of all of the domain's
+    shards; the split is fixed for the epoch, so readers never overlap within an epoch; a reader that exhausts its
+    part starts another pass over it, in a new shard order). For every batch slot a domain is
+    drawn from the mixture that :class:`MixtureSchedule` assigns to that batch, with a generator seeded by
+    ``(seed, epoch, rank, worker, batch)``, and the domain's next sample fills it. ``set_mixture`` therefore needs
+    no loader rebuild. Each sample's ``meta[domain_key]`` is set to its domain index before ``map_sample``.
+
+    Same conventions as :class:`ShardStream` for ``batches_per_epoch`` (required here: a mixture stream is
+    unbounded), the shared epoch counter and ``skip_batches`` (exact resume: skipped batches are drawn with their
+    scheduled mixture and skipped on the raw byte stream).
+    """
+
+    def __init__(self, domains: Sequence[str | Sequence[str]], *, map_sample: Callable[[Sample], Any],
+                 collate: Callable[[list[Any]], Any], batch_size: int, batches_per_epoch: int,
+                 schedule: MixtureSchedule, shuffle_buffer: int = 0, seed: int = 0,
+                 epoch: SharedEpoch | None = None, rank: int | None = None, world_size: int | None = None,
+                 keep: Callable[[Sample], bool] | None = None, domain_key: str = "__domain__") -> None:
+        if batch_size < 1 or batches_per_epoch < 1:
+            raise ConfigError(f"batch_size and batches_per_epoch must be >= 1, got {batch_size}, {batches_per_epoch}.")
+        if not domains:
+            raise ConfigError("a mixture stream needs at least one domain.")
+        self.domain_urls = [list_shards(d) for d in domains]
+        if schedule.m != len(self.domain_urls):
+            raise ConfigError(f"the schedule has {schedule.m} domains, the stream {len(self.domain_urls)}.")
+        self.urls = [u for d in self.domain_urls for u in d]
+        self.map_sample, self.collate = map_sample, collate
+        self.batch_size, self.batches_per_epoch = int(batch_size), int(batches_per_epoch)
+        self.schedule, self.shuffle_buffer, self.seed = schedule, int(shuffle_buffer), int(seed)
+        self.epoch = epoch if epoch is not None else SharedEpoch(0)
+        self._rank, self._world = rank, world_size
+        self.keep, self.domain_key = keep, domain_key
+        self.skip_batches = 0
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+
+    def rank_world(self) -> tuple[int, int]:
+        rank, world = _rank_world()
+        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
+
+    def _domain_samples(self, d: int, epoch: int, consumer: int, consumers: int) -> Iterator[Sample]:
+        urls = self.domain_urls[d]
+        whole = len(urls) >= consumers
+        order = list(urls)
+        random.Random(_seed(self.seed, epoch, d, 5)).shuffle(order)  # same on every reader
+        assigned = order[consumer::consumers] if whole else order  # fixed for the epoch: readers never overlap
+        npass = 0
+        while True:
+            mine = list(assigned)
+            if whole:
+                random.Random(_seed(self.seed, epoch, d, consumer, npass, 8)).shuffle(mine)
+            got = False
+            for i, raw in enumerate(_raw_samples(mine)):
+                if not whole and i % consumers != consumer:
+                    continue
+                s = _to_sample(raw)
+                if self.keep is not None and not self.keep(s):
+                    continue
+                got = True
+                s.meta[self.domain_key] = d
+                yield s
+            if not got:
+                raise DataError(f"domain {d} has no sample for reader {consumer} of {consumers} (shards {urls[:3]}"
+                                f"{' ...' if len(urls) > 3 else ''}, after the keep filter); give it more data.")
+            npass += 1
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._generate(self.epoch.get(), int(self.skip_batches))
+
+    def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
+        rank, world = self.rank_world()
+        worker, nworkers = _worker()
+        consumer, consumers = rank * nworkers + worker, world * nworkers
+        streams: list[Iterator[Sample]] = []
+        for d in range(len(self.domain_urls)):
+            it = self._domain_samples(d, epoch, consumer, consumers)
+            if self.shuffle_buffer > 0:
+                it = _buffer_shuffle(it, self.shuffle_buffer, random.Random(_seed(self.seed, epoch, rank, worker,
+                                                                                     d, 6)))
+            streams.append(it)
+        # this worker makes batches worker, worker + nworkers, ... of the rank's epoch (the DataLoader's round robin)
+        for b in range(worker, self.batches_per_epoch, nworkers):
+            p = np.asarray(self.schedule.at(epoch, b), dtype=np.float64)
+            rng = np.random.default_rng(_seed(self.seed, epoch, rank, b, 7))
+            doms = rng.choice(len(p), size=self.batch_size, p=p / p.sum())
+            if b < skip:  # consumed before the restart: advance the domain streams without decoding
+                for d in doms:
+                    next(streams[d])
+                continue
+            yield self.collate([self.map_sample(next(streams[d])) for d in doms])
