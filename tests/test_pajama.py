@@ -259,12 +259,15 @@ def _synth_answer(body, i):
             bad = ["import os\ndef judging_function(query, response):\n    return 1.0\n",
                    "def judging_function(query, response):\n    return 5.0\n", GOOD[1]]
             return "```python\n" + bad[min(2, (calls - 2))] + "```"
-    # language: always an infinite loop (probe timeout) -> the slot is recorded as missing
-    return "```python\ndef judging_function(query, response):\n    while True:\n        pass\n```"
+    # language: an infinite loop (probe timeout), then forbidden imports -> both slots are recorded as missing
+    if not getattr(_synth_answer, "looped", False):
+        _synth_answer.looped = True
+        return "```python\ndef judging_function(query, response):\n    while True:\n        pass\n```"
+    return "```python\nimport subprocess\ndef judging_function(query, response):\n    return 1.0\n```"
 
 
 def test_program_synthesizer_on_loopback_server(tmp_path):
-    _synth_answer.calls = 0
+    _synth_answer.calls, _synth_answer.looped = 0, False
     train = _small("hh_rlhf", 40)
     with FakeOpenAIServer(_synth_answer) as srv, ProgramSandbox(workers=1, call_timeout=0.5,
                                                                  batch_timeout=10.0) as sb:
@@ -274,8 +277,8 @@ def test_program_synthesizer_on_loopback_server(tmp_path):
                                  max_attempts_per_slot=3, examples=train, n_examples=3).generate()
     s = rep.summary()
     assert s["accepted"] == 2 and s["missing"] == ["language_v1", "language_v2"]
-    assert s["rejected"]["static_check"] == 1 and s["rejected"]["constant_output"] == 1
-    assert s["rejected"]["probe_failures"] == 6 and s["prompt_tokens"] > 0
+    assert s["rejected"]["static_check"] == 6 and s["rejected"]["constant_output"] == 1
+    assert s["rejected"]["probe_failures"] == 1 and s["prompt_tokens"] > 0 and s["attempts"] == 10
     progs = [p for p in store if p.entry == JUDGE_ENTRY]
     assert len(progs) == 2
     p2 = next(p for p in progs if p.prompt_id == "relevance_v2")

@@ -39,7 +39,11 @@ class JudgeConfig:
         q_low, q_high: normalisation percentiles (1, 99).
         objective, min_coverage, grid, n_grid, prefer: :class:`~lightning_ws.pajama.aggregate.ThresholdTuner`.
         min_accuracy, rank_by, k, k_metric: :func:`~lightning_ws.pajama.aggregate.select_programs`.
-        aggregator: ``"majority_vote"`` or a label-model name (default ``"dawid_skene"``), fitted label-free.
+        aggregator: ``"majority_vote"`` or a label-model name (default ``"auto"``, the library's label-free
+            safeguard), fitted without labels.
+        k_aggregator: the aggregator used while choosing ``k`` (default ``"majority_vote"``: one label-model fit per
+            candidate ``k`` costs seconds and the reference's own notes say the label model barely beats majority
+            vote; set it to ``aggregator`` for the reference's choice).
         fit_pool: what the label model is fitted on: ``"pool"`` (the unlabeled rows passed to :meth:`fit`, plus
             validation; default) or ``"val"`` (validation only, as the reference).
         seed: label-model seed.
@@ -56,7 +60,8 @@ class JudgeConfig:
     rank_by: Literal["objective", "accuracy"] = "objective"
     k: int | None = None
     k_metric: Literal["all", "covered"] = "all"
-    aggregator: str = "dawid_skene"
+    aggregator: str = "auto"
+    k_aggregator: str = "majority_vote"
     fit_pool: Literal["pool", "val"] = "pool"
     seed: int = 0
 
@@ -64,7 +69,8 @@ class JudgeConfig:
 #: The reference's rules (spec §9): fixed grid 0..0.14, covered accuracy with ties to the larger threshold, no
 #: minimum coverage, rank by covered accuracy, ``k`` by covered accuracy, label model fitted on validation only.
 REFERENCE_CONFIG = JudgeConfig(objective="covered_accuracy", min_coverage=0.0, grid="reference", prefer="larger",
-                               rank_by="accuracy", k_metric="covered", fit_pool="val")
+                               rank_by="accuracy", k_metric="covered", fit_pool="val", aggregator="dawid_skene",
+                               k_aggregator="dawid_skene")
 
 
 class ProgramJudgePipeline:
@@ -109,7 +115,7 @@ class ProgramJudgePipeline:
             pool = np.vstack([L_val, self.votes(pool_scores)])
         self.selection = select_programs(L_val, y_val, self.thresholds, min_accuracy=c.min_accuracy,
                                          require_feasible=c.min_coverage > 0, rank_by=c.rank_by, k=c.k,
-                                         k_metric=c.k_metric, aggregator=c.aggregator, pool_L=pool)
+                                         k_metric=c.k_metric, aggregator=c.k_aggregator, pool_L=pool)
         if not self.selection.chosen:
             raise DataError("no judge program passed the validation filters (accuracy >= "
                             f"{c.min_accuracy}, coverage >= {c.min_coverage}); lower them or add programs. "

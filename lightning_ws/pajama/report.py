@@ -34,12 +34,15 @@ def swap_consistency(p: np.ndarray, p_swapped: np.ndarray) -> float:
 
 def compare_judges(pairs: PreferencePairs, programs: Sequence[Any], *, val_fraction: float = 0.3, seed: int = 0,
                    config: JudgeConfig | None = None, sandbox: Any = None, cache_dir: str | Path | None = None,
-                   by_subset: bool = True) -> dict[str, Any]:
+                   by_subset: bool = True, extra_aggregators: Sequence[str] = ("dawid_skene",)) -> dict[str, Any]:
     """Rows ``{method, subset, n, acc_all, acc_all_strict, acc_covered, coverage, swap_consistency}`` on the report
     part, plus the fitted pipeline summaries and timing.
 
-    Methods: ``programs+<aggregator>`` (ours, ``config``), ``programs+majority_vote`` (same programs and thresholds),
-    ``programs, reference rules`` (:data:`~lightning_ws.pajama.pipeline.REFERENCE_CONFIG`), ``all programs, sign
+    Methods: ``programs+<aggregator>`` (ours, ``config``), ``programs+majority_vote`` and ``programs+<extra>`` for
+    each of ``extra_aggregators`` (same programs and thresholds, another aggregator),
+    ``programs, reference rules`` (:data:`~lightning_ws.pajama.pipeline.REFERENCE_CONFIG`: the reference's threshold,
+    ranking and ``k`` rules, a Dawid-Skene label model fitted on validation votes only, as the reference's Snorkel
+    model), ``all programs, sign
     vote`` (every program, threshold 0, no selection), ``single best program`` (the first of our ranking),
     ``prefer longer``, and the shipped verdicts of other judges when the set has them (``gpt35_verdict``,
     ``pandalm7b_verdict``; one presentation order only, so no swap consistency).
@@ -69,9 +72,14 @@ def compare_judges(pairs: PreferencePairs, programs: Sequence[Any], *, val_fract
                                                                                  names=names)
         methods["programs+majority_vote"] = (mv.predict_proba(S), mv.predict_proba(Ssw))
         summaries["majority_vote"] = mv.summary()
-    ref = ProgramJudgePipeline(replace(REFERENCE_CONFIG, aggregator=cfg.aggregator, seed=cfg.seed)).fit(
+    for agg in extra_aggregators:
+        if agg in (cfg.aggregator, "majority_vote"):
+            continue
+        other = ProgramJudgePipeline(replace(cfg, aggregator=agg)).fit(S[val_idx], yv, pool_scores=pool, names=names)
+        methods[f"programs+{agg}"] = (other.predict_proba(S), other.predict_proba(Ssw))
+    ref = ProgramJudgePipeline(replace(REFERENCE_CONFIG, seed=cfg.seed)).fit(
         S[val_idx], yv, pool_scores=pool, names=names)
-    methods["programs, reference rules"] = (ref.predict_proba(S), ref.predict_proba(Ssw))
+    methods["programs, reference rules (DS on val)"] = (ref.predict_proba(S), ref.predict_proba(Ssw))
     summaries["reference_rules"] = ref.summary()
 
     def sign_vote(scores: np.ndarray) -> np.ndarray:
