@@ -284,7 +284,10 @@ def test_program_synthesizer_on_loopback_server(tmp_path):
     p2 = next(p for p in progs if p.prompt_id == "relevance_v2")
     assert "variant 2 of 2" in p2.prompt and "Other variants for this rubric already exist" in p2.prompt
     assert "Example 1" in p2.prompt and len(p2.extra["example_ids"]) == 3 and p2.usage["completion_tokens"] > 0
-    # generated programs run through the same pipeline as the hand-written ones
+    # generated programs run through the same pipeline as the hand-written ones (the store is a `programs:` value)
+    from lightning_ws.pajama.distill import resolve_programs
+
+    assert sorted(p.id for p in resolve_programs(str(tmp_path / "store"))) == sorted(p.id for p in progs)
     d = _small(n=30)
     with ProgramSandbox(workers=1) as sb:
         S = score_pairs(progs, d.queries, d.responses_a, d.responses_b, sandbox=sb).scores
@@ -320,3 +323,30 @@ def test_cli_pajama_evaluate_and_judges(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "programs+majority_vote" in out and "prefer longer" in out
     assert json.loads((tmp_path / "r.json").read_text())["n_report"] > 0
+
+
+def _position_biased(body, i):
+    return "B" if "bandwagon" in body["messages"][1]["content"] else "A"
+
+
+@pytest.mark.slow
+def test_cli_pajama_bias_with_llm_judge_and_wandb_table(tmp_path, capsys, monkeypatch):
+    from lightning_ws.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    d = load_preferences("llmbar")
+    path = tmp_path / "mini.jsonl"
+    with path.open("w") as fh:
+        for i in range(0, 619, 20):
+            fh.write(json.dumps({"id": d.ids[i], "query": d.queries[i], "response_a": d.responses_a[i],
+                                 "response_b": d.responses_b[i], "preferred": "ab"[d.y[i]]}) + "\n")
+    with FakeOpenAIServer(_position_biased) as srv:
+        rc = main(["pajama", "bias", "--data", str(path), "--aggregator", "majority_vote", "--workers", "1",
+                   "--min-coverage", "0.1", "--score-cache", str(tmp_path / "sc"), "--llm-client", "openai",
+                   "--model", "fake-judge", "--base-url", srv.base_url, "--cache", str(tmp_path / "llm"),
+                   "--out", str(tmp_path / "bias.json"), "--wandb"])
+        assert rc == 0 and len(srv.requests) > 0
+    rows = {r["judge"]: r for r in json.loads((tmp_path / "bias.json").read_text())["rows"]}
+    assert rows["llm:fake-judge"]["swap_consistency"] == 0.0 and rows["programs+majority_vote"]["swap_consistency"] == 1
+    assert "flip_bandwagon" in capsys.readouterr().out
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
