@@ -116,17 +116,29 @@ def cost(args) -> None:
 
     progs = _programs(args.programs)
     prices = PriceTable()
+    cost_rows: list[tuple[str, float, float]] = []
     for name in SETS:
         d = load_preferences(name)
         c0, t0 = cpu_seconds(), time.perf_counter()
-        with ProgramSandbox(workers=args.workers) as sb:  # fresh workers, no cache: everything is counted
+        with ProgramSandbox(workers=args.workers) as sb:  # fresh workers, no cache
             score_pairs(progs, d.queries, d.responses_a, d.responses_b, sandbox=sb)
         cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
-        per_k = 1000.0 * cpu / len(d)
-        print(f"{name}: {len(d)} pairs x {len(progs)} programs: {cpu:.1f} CPU s ({wall:.1f} s wall, "
-              f"{len(d) / wall:.1f} pairs/s incl. sandbox start) -> {per_k:.2f} CPU s per 1,000 judgments "
-              f"(both responses, all programs)")
+        # the programs' own compute, measured in this process (trusted hand-written code only; never do this with
+        # generated programs): the sandbox's workers run under unshare, whose reaped-children CPU time may miss them
+        from lightning_ws.programs.sandbox import run_in_process
 
+        rows = [(q, r) for q, r in zip(d.queries, d.responses_a)] + [(q, r) for q, r in zip(d.queries, d.responses_b)]
+        p0 = time.process_time()
+        run_in_process(progs, rows, output="float", entry="judging_function")
+        inproc = time.process_time() - p0
+        per_k = 1000.0 * max(cpu, inproc) / len(d)
+        usd_k = per_k / 3600 * args.cpu_price
+        print(f"{name}: {len(d)} pairs x {len(progs)} programs: program compute {inproc:.2f} CPU s in-process; "
+              f"sandboxed run {wall:.1f} s wall with {args.workers} workers ({len(d) / wall:.0f} pairs/s incl. "
+              f"sandbox start), {cpu:.2f} CPU s in this process + reaped workers -> {per_k:.2f} CPU s per 1,000 "
+              f"judgments (both responses, all programs; the larger CPU figure) = ${usd_k:.6f} at "
+              f"${args.cpu_price}/vCPU-hour")
+        cost_rows.append((name, per_k, usd_k))
         class _NoClient:
             model = "none"
 
@@ -137,7 +149,7 @@ def cost(args) -> None:
             usd = 1000 * (toks.mean() * p + 1 * c) / 1000.0
             print(f"  LLM judge {model}: {toks.mean():.0f} prompt tokens / judgment (4 chars/token), 1 answer token "
                   f"-> ${usd:.2f} per 1,000 judgments, x2 with the swapped order (price table: ${p}/1K prompt, "
-                  f"${c}/1K completion)")
+                  f"${c}/1K completion); {usd / max(cost_rows[-1][2], 1e-12):,.0f} x the programs' CPU cost")
 
 
 def _embed(enc, tok, pairs, max_length: int, batch: int = 64):
@@ -259,6 +271,7 @@ def main() -> None:
     ap.add_argument("--llm-base-url", default=None)
     ap.add_argument("--llm-model", default="gpt-4")
     ap.add_argument("--wandb", action="store_true")
+    ap.add_argument("--cpu-price", type=float, default=0.05, help="USD per vCPU-hour for the cost comparison")
     args = ap.parse_args()
     for sec, fn in (("judges", judges), ("bias", bias), ("cost", cost), ("distill", distill)):
         if args.section in (sec, "all"):
