@@ -25,7 +25,6 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -66,8 +65,17 @@ def judges(args) -> None:
 
 
 def bias(args) -> None:
-    from lightning_ws.pajama import (BiasEvaluator, JudgeConfig, ProgramJudge, ProgramJudgePipeline, bias_table_rows,
-                                     length_judge, load_preferences, score_pairs, split_by_id)
+    from lightning_ws.pajama import (
+        BiasEvaluator,
+        JudgeConfig,
+        ProgramJudge,
+        ProgramJudgePipeline,
+        bias_table_rows,
+        length_judge,
+        load_preferences,
+        score_pairs,
+        split_by_id,
+    )
     from lightning_ws.pajama.report import format_rows
     from lightning_ws.programs import ProgramSandbox
 
@@ -180,11 +188,11 @@ def _embed(enc, tok, pairs, max_length: int, batch: int = 64):
 def distill(args) -> None:
     import torch
 
+    from lightning_ws.datamodules.text import load_tokenizer
     from lightning_ws.io import load_tensors, save_tensors
     from lightning_ws.modules.text_classifier import load_encoder
     from lightning_ws.pajama import load_preferences, split_by_id
     from lightning_ws.pajama.distill import bradley_terry_loss, pairwise_accuracy, program_labels
-    from lightning_ws.datamodules.text import load_tokenizer
 
     torch.set_num_threads(1)
     pool = load_preferences("hh_rlhf")

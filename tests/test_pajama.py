@@ -49,7 +49,7 @@ def sandbox():
 
 def test_shipped_preference_sets_and_splits():
     sizes = {"hh_rlhf": 4664, "pandalm_test": 894, "llmbar": 619}
-    for name, n in sizes.items():
+    for name in sizes:
         folder = ROOT / "lightning_ws" / "data" / "preferences" / name
         assert (folder / "LICENSE").is_file() and (folder / "README.md").is_file()
     d = load_preferences("llmbar")
@@ -58,9 +58,9 @@ def test_shipped_preference_sets_and_splits():
     assert len(p) == 50 and p.extra[0]["gpt35_verdict"] in ("a", "b", "tie", "unparsed")
     v, r = split_by_id(d.ids, 0.3, seed=0, strata=d.subsets)
     assert len(np.intersect1d(v, r)) == 0 and len(v) + len(r) == 619
-    for s in set(d.subsets):  # stratified
-        frac = np.mean(np.asarray(d.subsets)[v] == s) / np.mean(np.asarray(d.subsets) == s)
-        assert 0.25 < frac * len(v) / 619 / 0.3 * 0.3 < 0.35 or abs(frac * len(v) / 619 - 0.3) < 0.05
+    subs = np.asarray(d.subsets)
+    for s in set(d.subsets):  # stratified: about 30% of every subset
+        assert abs((subs[v] == s).sum() / (subs == s).sum() - 0.3) < 0.02
     v2, _ = split_by_id(list(reversed(d.ids)), 0.3, seed=0, strata=list(reversed(d.subsets)))
     assert sorted(d.ids[i] for i in v) == sorted(list(reversed(d.ids))[i] for i in v2)  # order-independent
     sw = d.swapped()
@@ -132,7 +132,7 @@ def _synthetic(n=600, seed=0):
 
 
 def test_normalizer_votes_and_swap_symmetry():
-    S, y = _synthetic()
+    S, _ = _synthetic()
     S[3, 0, 1] = np.nan
     norm = RobustNormalizer().fit(S)
     Z = norm.transform(S)
@@ -240,11 +240,11 @@ def test_llm_judge_on_loopback_server_then_replayed_from_cache(tmp_path):
 
 # -- synthesis on a loopback server ----------------------------------------------------------------------------------
 
-GOOD = ["import re\n\ndef judging_function(query, response):\n    try:\n        return float(len(set(re.findall("
-        "r'[a-z]+', response.lower()))))\n    except Exception:\n        return 0.0\n",
-        "def judging_function(query, response):\n    try:\n        q = set(query.lower().split())\n"
-        "        return 10.0 * len(q & set(response.lower().split())) / (len(q) or 1)\n    except Exception:\n"
-        "        return 0.0\n"]
+GOOD = [("import re\n\ndef judging_function(query, response):\n    try:\n        return float(len(set(re.findall("
+         "r'[a-z]+', response.lower()))))\n    except Exception:\n        return 0.0\n"),
+        ("def judging_function(query, response):\n    try:\n        q = set(query.lower().split())\n"
+         "        return 10.0 * len(q & set(response.lower().split())) / (len(q) or 1)\n    except Exception:\n"
+         "        return 0.0\n")]
 
 
 def _synth_answer(body, i):

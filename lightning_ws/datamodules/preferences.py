@@ -22,8 +22,15 @@ from lightning_ws.datamodules.resumable import ResumableDataLoader
 from lightning_ws.datamodules.text import EpochSeededRandomSampler, load_tokenizer
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["PreferenceDataModule", "PairDataset", "collate_pairs", "INPUT_IDS_A", "INPUT_IDS_B",
-           "ATTENTION_MASK_A", "ATTENTION_MASK_B"]
+__all__ = [
+    "ATTENTION_MASK_A",
+    "ATTENTION_MASK_B",
+    "INPUT_IDS_A",
+    "INPUT_IDS_B",
+    "PairDataset",
+    "PreferenceDataModule",
+    "collate_pairs",
+]
 
 # Pair batch keys (local: contracts.py has the single-sequence keys only).
 INPUT_IDS_A, INPUT_IDS_B = f"{INPUT_IDS}_a", f"{INPUT_IDS}_b"

@@ -22,7 +22,7 @@ from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedul
 from lightning_ws.pajama.distill import bradley_terry_loss, pairwise_accuracy
 from lightning_ws.sentence_embeddings import mean_pool
 
-__all__ = ["RewardModel", "PairwiseAccuracy"]
+__all__ = ["PairwiseAccuracy", "RewardModel"]
 
 _MAX_TEST_SETS = 8
 

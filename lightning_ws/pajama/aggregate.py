@@ -36,9 +36,21 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["RobustNormalizer", "score_differences", "pairwise_votes", "mirror_votes", "wilson_lower_bound",
-           "ThresholdTuner", "ThresholdFit", "select_programs", "Selection", "PairwiseAggregator",
-           "pairwise_metrics", "verdicts_from_proba", "OBJECTIVES"]
+__all__ = [
+    "OBJECTIVES",
+    "PairwiseAggregator",
+    "RobustNormalizer",
+    "Selection",
+    "ThresholdFit",
+    "ThresholdTuner",
+    "mirror_votes",
+    "pairwise_metrics",
+    "pairwise_votes",
+    "score_differences",
+    "select_programs",
+    "verdicts_from_proba",
+    "wilson_lower_bound",
+]
 
 OBJECTIVES = ("wilson", "accuracy_x_coverage", "covered_accuracy")
 
@@ -282,7 +294,7 @@ def select_programs(L_val: np.ndarray, y_val: np.ndarray, fit: ThresholdFit, *, 
     for j in range(L_val.shape[1]):
         if require_feasible and not fit.feasible[j]:
             dropped[j] = f"coverage {fit.coverage[j]:.3f} below the minimum"
-        elif not (fit.accuracy[j] == fit.accuracy[j]) or fit.accuracy[j] < min_accuracy:
+        elif np.isnan(fit.accuracy[j]) or fit.accuracy[j] < min_accuracy:
             dropped[j] = f"validation accuracy {fit.accuracy[j]:.3f} < {min_accuracy}"
         else:
             keep.append(j)

@@ -27,7 +27,7 @@ import numpy as np
 
 from lightning_ws.pajama.aggregate import pairwise_metrics, verdicts_from_proba
 
-__all__ = ["PERTURBATIONS", "perturb", "BiasEvaluator", "length_judge", "fixed_verdict_judge", "bias_table_rows"]
+__all__ = ["PERTURBATIONS", "BiasEvaluator", "bias_table_rows", "fixed_verdict_judge", "length_judge", "perturb"]
 
 Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from lightning_ws.errors import DataError, DataFileNotFoundError
 
-__all__ = ["PreferencePairs", "load_preferences", "DATASETS", "split_by_id", "data_dir"]
+__all__ = ["DATASETS", "PreferencePairs", "data_dir", "load_preferences", "split_by_id"]
 
 #: The shipped preference sets.
 DATASETS = ("hh_rlhf", "pandalm_test", "llmbar")
@@ -136,7 +136,7 @@ def split_by_id(ids: Sequence[str], fraction: float, *, seed: int = 0, strata: S
     for g in dict.fromkeys(groups.tolist()):
         rows = np.flatnonzero(groups == g)
         rows = rows[np.argsort(keys[rows], kind="stable")]
-        first += rows[: int(round(fraction * len(rows)))].tolist()
+        first += rows[: round(fraction * len(rows))].tolist()
     first_arr = np.array(sorted(first), dtype=np.int64)
     rest = np.setdiff1d(np.arange(len(ids)), first_arr)
     return first_arr, rest

@@ -17,8 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bradley_terry_loss", "pairwise_accuracy", "encode_query_response", "ProgramLabels",
-           "program_labels", "resolve_programs"]
+__all__ = [
+    "ProgramLabels",
+    "bradley_terry_loss",
+    "encode_query_response",
+    "pairwise_accuracy",
+    "program_labels",
+    "resolve_programs",
+]
 
 
 def bradley_terry_loss(r_a: torch.Tensor, r_b: torch.Tensor, target: torch.Tensor,

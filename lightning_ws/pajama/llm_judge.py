@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["LLMJudge", "load_pajama_template", "estimate_tokens"]
+__all__ = ["LLMJudge", "estimate_tokens", "load_pajama_template"]
 
 _TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -61,7 +61,7 @@ class LLMJudge:
 
     @staticmethod
     def parse(text: str) -> float:
-        m = re.match(r"\s*[\"'(\[]*(?:response\s+)?([AB])\b", text or "", re.I)
+        m = re.match(r"\s*[\"'(\[]*(?:response\s+)?([AB])\b", text or "", re.IGNORECASE)
         if not m:
             return 0.5
         return 1.0 if m.group(1).upper() == "B" else 0.0

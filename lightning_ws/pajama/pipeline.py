@@ -28,7 +28,7 @@ from lightning_ws.pajama.aggregate import (
     select_programs,
 )
 
-__all__ = ["JudgeConfig", "ProgramJudgePipeline", "ProgramJudge", "REFERENCE_CONFIG"]
+__all__ = ["REFERENCE_CONFIG", "JudgeConfig", "ProgramJudge", "ProgramJudgePipeline"]
 
 
 @dataclass

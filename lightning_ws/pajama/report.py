@@ -23,7 +23,7 @@ from lightning_ws.pajama.data import PreferencePairs, split_by_id
 from lightning_ws.pajama.pipeline import REFERENCE_CONFIG, JudgeConfig, ProgramJudgePipeline
 from lightning_ws.pajama.scoring import cpu_seconds, score_pairs
 
-__all__ = ["compare_judges", "swap_consistency", "format_rows"]
+__all__ = ["compare_judges", "format_rows", "swap_consistency"]
 
 
 def swap_consistency(p: np.ndarray, p_swapped: np.ndarray) -> float:
@@ -112,7 +112,7 @@ def compare_judges(pairs: PreferencePairs, programs: Sequence[Any], *, val_fract
             m = pairwise_metrics(p[idx], y[idx])
             m["swap_consistency"] = swap_consistency(p[idx], psw[idx]) if psw is not None else float("nan")
             rows.append({"data": pairs.name, "subset": gname, "method": mname, **m})
-    return {"rows": rows, "pipelines": summaries, "n_val": int(len(val_idx)), "n_report": int(len(rep_idx)),
+    return {"rows": rows, "pipelines": summaries, "n_val": len(val_idx), "n_report": len(rep_idx),
             "n_programs": len(names), "score_seconds": score_wall, "score_cpu_seconds": score_cpu,
             "error_rates": dict(zip(names, ps.error_rates().tolist())), "val_y_mean": float(yv.mean()),
             "report_y_mean": float(yr.mean())}
@@ -124,7 +124,7 @@ def format_rows(rows: Sequence[dict[str, Any]], cols: Sequence[str] = ("data", "
     """A Markdown table of ``rows`` (floats with 3 decimals)."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return "-" if v != v else f"{v:.3f}"
+            return "-" if np.isnan(v) else f"{v:.3f}"
         return str(v)
 
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -19,8 +19,15 @@ import numpy as np
 
 from lightning_ws.errors import DataError
 
-__all__ = ["JUDGE_ENTRY", "JUDGE_IMPORTS", "RUBRICS", "handwritten_judges", "PairScores", "score_pairs",
-           "cpu_seconds"]
+__all__ = [
+    "JUDGE_ENTRY",
+    "JUDGE_IMPORTS",
+    "RUBRICS",
+    "PairScores",
+    "cpu_seconds",
+    "handwritten_judges",
+    "score_pairs",
+]
 
 #: The entry point of a judge program.
 JUDGE_ENTRY = "judging_function"

@@ -24,8 +24,14 @@ from lightning_ws.pajama.data import PreferencePairs
 from lightning_ws.pajama.llm_judge import load_pajama_template
 from lightning_ws.pajama.scoring import JUDGE_ENTRY, JUDGE_IMPORTS, RUBRICS
 
-__all__ = ["render_judge_prompt", "fewshot_examples", "PROBES", "ProgramSynthesizer", "SynthesisReport",
-           "approach_summary"]
+__all__ = [
+    "PROBES",
+    "ProgramSynthesizer",
+    "SynthesisReport",
+    "approach_summary",
+    "fewshot_examples",
+    "render_judge_prompt",
+]
 
 #: Validation probes: (query, response) rows every accepted program must score with a finite number on at least
 #: ``min_probe_ok`` of them, and not with one constant value.
@@ -34,8 +40,8 @@ PROBES: list[tuple[str, str]] = [
     ("What is the capital of France?", "paris"),
     ("What is the capital of France?", ""),
     ("Explain photosynthesis in two sentences.",
-     "Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen. It happens in "
-     "chloroplasts, using the pigment chlorophyll."),
+     ("Photosynthesis is how plants turn light, water and carbon dioxide into sugar and oxygen. It happens in "
+      "chloroplasts, using the pigment chlorophyll.")),
     ("Explain photosynthesis in two sentences.", "I don't know."),
     ("List three prime numbers.", "1. 2\n2. 3\n3. 5"),
     ("List three prime numbers.", "Numbers numbers numbers numbers numbers numbers."),

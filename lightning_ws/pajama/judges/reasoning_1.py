@@ -9,9 +9,9 @@ def judging_function(query, response):
         text = response
         if not text.strip():
             return 0.0
-        steps = len(re.findall(r"(?m)^\s*(?:\d+[.)]|step\s*\d+)", text, flags=re.I))
+        steps = len(re.findall(r"(?m)^\s*(?:\d+[.)]|step\s*\d+)", text, flags=re.IGNORECASE))
         eqs = len(re.findall(r"\d\s*[-+*/x=]\s*\d", text))
-        concl = len(re.findall(r"\b(therefore|thus|so the|the answer is|in conclusion|in summary)\b", text, re.I))
+        concl = len(re.findall(r"\b(therefore|thus|so the|the answer is|in conclusion|in summary)\b", text, re.IGNORECASE))
         return min(5.0, steps) + min(3.0, 0.5 * eqs) + min(2.0, 2.0 * concl)
     except Exception:
         return 0.0

@@ -9,7 +9,7 @@ def judging_function(query, response):
         sents = [s for s in re.split(r"(?<=[.!?])\s+|\n+", response) if len(s.split()) >= 3]
         if not sents:
             return 0.0
-        why = re.compile(r"\b(because|since|due to|this means|which is why|as a result|so that|in order to)\b", re.I)
+        why = re.compile(r"\b(because|since|due to|this means|which is why|as a result|so that|in order to)\b", re.IGNORECASE)
         return 10.0 * sum(1 for s in sents if why.search(s)) / len(sents) + min(2.0, len(sents) / 5.0)
     except Exception:
         return 0.0
