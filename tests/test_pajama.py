@@ -350,3 +350,13 @@ def test_cli_pajama_bias_with_llm_judge_and_wandb_table(tmp_path, capsys, monkey
     assert rows["llm:fake-judge"]["swap_consistency"] == 0.0 and rows["programs+majority_vote"]["swap_consistency"] == 1
     assert "flip_bandwagon" in capsys.readouterr().out
     assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+
+
+def test_pipeline_drops_behavioural_duplicates():
+    S, y = _synthetic(400)
+    S2 = np.concatenate([S, 3.0 * S[:, :, :1] + 1.0], axis=2)  # program 4 = an affine copy of program 0
+    pipe = ProgramJudgePipeline(JudgeConfig(aggregator="majority_vote")).fit(S2, y)
+    summ = pipe.summary()
+    assert "program_4" in summ["dropped"] and "same validation votes" in summ["dropped"]["program_4"]
+    assert ProgramJudgePipeline(JudgeConfig(aggregator="majority_vote", dedup=False)).fit(S2, y).summary()[
+        "dropped"].get("program_4") is None

@@ -272,7 +272,8 @@ class Selection:
 def select_programs(L_val: np.ndarray, y_val: np.ndarray, fit: ThresholdFit, *, min_accuracy: float = 0.5,
                     require_feasible: bool = True, rank_by: Literal["objective", "accuracy"] = "objective",
                     k: int | None = None, k_metric: Literal["all", "covered"] = "all",
-                    aggregator: str = "majority_vote", pool_L: np.ndarray | None = None) -> Selection:
+                    aggregator: str = "majority_vote", pool_L: np.ndarray | None = None,
+                    exclude: dict[int, str] | None = None) -> Selection:
     """Filter and rank programs on validation, then choose how many to keep (spec §9.4-9.5, done better).
 
     Args:
@@ -286,12 +287,15 @@ def select_programs(L_val: np.ndarray, y_val: np.ndarray, fit: ThresholdFit, *, 
         k_metric: ``"all"`` (accuracy on all rows, abstain = 0.5; default) or ``"covered"`` (the reference).
         aggregator: how the top-k votes are combined while choosing ``k`` (see :class:`PairwiseAggregator`).
         pool_L: unlabeled votes to fit a label-model aggregator on while choosing ``k`` (default: ``L_val``).
+        exclude: programs to drop up front, with the reason (e.g. behavioural duplicates).
     """
     L_val = np.asarray(L_val)
     y_val = np.asarray(y_val)
-    dropped: dict[int, str] = {}
+    dropped: dict[int, str] = dict(exclude or {})
     keep = []
     for j in range(L_val.shape[1]):
+        if j in dropped:
+            continue
         if require_feasible and not fit.feasible[j]:
             dropped[j] = f"coverage {fit.coverage[j]:.3f} below the minimum"
         elif np.isnan(fit.accuracy[j]) or fit.accuracy[j] < min_accuracy:

@@ -46,6 +46,8 @@ class JudgeConfig:
             vote; set it to ``aggregator`` for the reference's choice).
         fit_pool: what the label model is fitted on: ``"pool"`` (the unlabeled rows passed to :meth:`fit`, plus
             validation; default) or ``"val"`` (validation only, as the reference).
+        dedup: behavioural de-duplication: of programs whose validation votes are identical, only the first is
+            kept (the others are dropped as duplicates before ranking; default True).
         seed: label-model seed.
     """
 
@@ -63,6 +65,7 @@ class JudgeConfig:
     aggregator: str = "auto"
     k_aggregator: str = "majority_vote"
     fit_pool: Literal["pool", "val"] = "pool"
+    dedup: bool = True
     seed: int = 0
 
 
@@ -113,9 +116,16 @@ class ProgramJudgePipeline:
         pool = L_val
         if c.fit_pool == "pool" and pool_scores is not None:
             pool = np.vstack([L_val, self.votes(pool_scores)])
+        duplicates: dict[int, str] = {}
+        if c.dedup:
+            from lightning_ws.programs.apply import dedup_programs
+
+            _, groups = dedup_programs(L_val)
+            duplicates = {j: f"same validation votes as {self.names[k]}" for k, g in groups.items() for j in g[1:]}
         self.selection = select_programs(L_val, y_val, self.thresholds, min_accuracy=c.min_accuracy,
                                          require_feasible=c.min_coverage > 0, rank_by=c.rank_by, k=c.k,
-                                         k_metric=c.k_metric, aggregator=c.k_aggregator, pool_L=pool)
+                                         k_metric=c.k_metric, aggregator=c.k_aggregator, pool_L=pool,
+                                         exclude=duplicates)
         if not self.selection.chosen:
             raise DataError("no judge program passed the validation filters (accuracy >= "
                             f"{c.min_accuracy}, coverage >= {c.min_coverage}); lower them or add programs. "
