@@ -207,6 +207,10 @@ def distill(args) -> None:
     print(f"hh_rlhf: tune {len(tune)} labelled rows, train pool {len(train)}; program labels ({args.aggregator}) "
           f"cover {cov.mean():.3f}, agree with the human label on {(hard[cov] == train.y[cov]).mean():.3f} of "
           f"covered rows; selected {lab.summary['selected']} ({time.perf_counter() - t0:.0f} s)")
+    lb = train.longer_is_b()
+    ok = cov & (lb >= 0)
+    print(f"  the longer response is preferred by the program labels on {(hard[ok] == lb[ok]).mean():.3f} of covered "
+          f"pairs, by the humans on {(train.y[ok] == lb[ok]).mean():.3f}")
     cache = Path(args.cache) / f"emb_minilm_{args.max_length}.safetensors"
     if cache.is_file():
         E, _ = load_tensors(cache)
@@ -227,10 +231,17 @@ def distill(args) -> None:
     for sname, (keep, target) in settings.items():
         for seed in range(args.seeds):
             g = torch.Generator().manual_seed(seed)
-            head = torch.nn.Linear(E["train"].shape[-1], 1)
+            H = E["train"].shape[-1]
+            if args.head == "linear":
+                head = torch.nn.Linear(H, 1)
+            else:
+                head = torch.nn.Sequential(torch.nn.Linear(H, 256), torch.nn.GELU(), torch.nn.Dropout(0.1),
+                                           torch.nn.Linear(256, 1))
             with torch.no_grad():
-                head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.02)
-                head.bias.zero_()
+                for mod in head.modules():
+                    if isinstance(mod, torch.nn.Linear):
+                        mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * 0.02)
+                        mod.bias.zero_()
             opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.01)
             X = E["train"][torch.as_tensor(np.flatnonzero(keep))]
             T = torch.as_tensor(target[keep])
@@ -243,6 +254,7 @@ def distill(args) -> None:
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
+            head.eval()
             row = {}
             with torch.no_grad():
                 for n in ("tune", *SETS):
@@ -257,7 +269,8 @@ def distill(args) -> None:
             results.setdefault(sname, []).append(row)
         rows = results[sname]
         keys = list(rows[0])
-        print(f"\n{sname}: {int(keep.sum())} training pairs, {args.seeds} seeds (mean +- std of pairwise accuracy)")
+        print(f"\n{sname}: {int(keep.sum())} training pairs, {args.head} head, {args.seeds} seeds (mean +- std of "
+              f"pairwise accuracy)")
         for k in keys:
             v = np.array([r[k] for r in rows])
             print(f"  {('hh_rlhf held-out tune rows' if k == 'tune' else k):<32} {v.mean():.3f} +- {v.std():.3f}   "
@@ -276,6 +289,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--head", choices=["linear", "mlp"], default="linear",
+                    help="distill: reward head on the frozen MiniLM embeddings")
     ap.add_argument("--llm-base-url", default=None)
     ap.add_argument("--llm-model", default="gpt-4")
     ap.add_argument("--wandb", action="store_true")
