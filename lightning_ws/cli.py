@@ -260,6 +260,8 @@ def _register_builtin_commands() -> None:
                             "LLM-written labeling programs: generate, list, show, validate, apply (sandboxed), sandbox")
     COMMANDS["datacomp"] = ("lightning_ws.datacomp.cli:main",
                             "DataComp filtering: build the noisy pool, filter signals, label-model filter ensemble")
+    COMMANDS["pajama"] = ("lightning_ws.pajama.cli:main",
+                          "PAJAMA program judges: judges, generate, evaluate (vs baselines), bias probes")
     COMMANDS["export"] = ("lightning_ws.export:main",
                           "export a checkpoint: safetensors (full / merged / adapter-only), HF model or PEFT folder")
 

@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "ClassSkewedImageDataModule": "lightning_ws.datamodules.images",
     "WebDatasetDataModule": "lightning_ws.datamodules.webdataset",
     "ShardSignalDataModule": "lightning_ws.datamodules.webdataset",
+    "PreferenceDataModule": "lightning_ws.datamodules.preferences",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "ImageClassifier": "lightning_ws.modules.image_classifier",
     "CLIPModule": "lightning_ws.modules.clip",
     "FilterSignalModule": "lightning_ws.modules.clip",
+    "RewardModel": "lightning_ws.modules.reward_model",
+    "PairwiseAccuracy": "lightning_ws.modules.reward_model",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
