@@ -8,11 +8,14 @@ Sections (each prints the rows recorded in BENCHMARKS.md, "Programs"):
   one run, interleaved; rows/s and the ratio;
 * ``quality``: the recorded ScriptoriumWS / Alchemist responses on WRENCH YouTube and SMS: valid programs, mean
   coverage and accuracy of the programs (train split), label-model test metrics (MV and Snorkel-style moment
-  matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade.
+  matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade;
+* ``label-model-default``: ``auto`` (the package's default label model) vs ``moment_matching`` for every combination
+  mode, valid and test metrics (YouTube, SMS, and TREC's hand-written LFs);
 
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section attacks
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section throughput --n 100000
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section quality
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section label-model-default
 """
 
 from __future__ import annotations
@@ -160,9 +163,55 @@ def quality(min_dev_accuracy: float) -> None:
             row("WRENCH + programs, cascade", every, len(allp), True, True, "cascade")
 
 
+def label_model_default(models: list[str]) -> None:
+    """``ProgramLabelDataModule``'s label model: the package default ``auto`` vs ``moment_matching`` (its former
+    default), on the valid split (where a choice may be made) and the test split, every combination mode."""
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, label_metrics
+    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    cache = Path("runs/program_cache")
+    print("Label-model metric (YouTube, TREC: accuracy; SMS: F1 of spam) on valid and test, all rows; label models "
+          "fitted on the train matrix, label-free class balance. auto = AutoLabelModel (its pick in brackets).")
+    print("| set | combine | " + " | ".join(f"{m} valid | {m} test" for m in models) + " | seconds (" +
+          ", ".join(models) + ") |")
+    print("|---|---|" + "---|---|" * len(models) + "---|")
+    with ProgramSandbox(workers=2) as sb:
+        for task in ("youtube", "sms", "trec"):
+            S = {s: load_wrench(task, s) for s in ("train", "valid", "test")}
+            k = len(S["train"].class_names)
+            metric = "f1" if task == "sms" else "acc"
+            progs = [p for p in recorded_programs(task) if p.valid] if task != "trec" else []
+            Lg = {s: None for s in S}
+            if progs:
+                A = {s: apply_programs(progs, S[s].texts, num_classes=k, sandbox=sb, cache_dir=cache).L for s in S}
+                keep, _ = dedup_programs(A["train"])
+                Lg = {s: A[s][:, keep] for s in S}
+            modes = ("human", "generated", "joint", "cascade") if progs else ("human",)
+            for mode in modes:
+                cells, secs = [], []
+                for lm in models:
+                    t = time.perf_counter()
+                    c = combine_sources(S["train"].weak_labels, Lg["train"], mode=mode, label_model=lm,
+                                        num_classes=k)
+                    secs.append(time.perf_counter() - t)
+                    pick = ""
+                    inner = getattr(next(iter(c.models.values())), "inner_", None)
+                    if inner is not None:
+                        pick = f" [{inner.name}]"
+                    for split in ("valid", "test"):
+                        prob = c.predict_proba(S[split].weak_labels, Lg[split])
+                        cells.append(f"{label_metrics(prob, S[split].labels)[metric]:.3f}" +
+                                     (pick if split == "test" else ""))
+                print(f"| {task} | {mode} | " + " | ".join(cells) + " | " + ", ".join(f"{x:.1f}" for x in secs)
+                      + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", choices=["attacks", "throughput", "quality"], required=True)
+    ap.add_argument("--section", choices=["attacks", "throughput", "quality", "label-model-default"], required=True)
+    ap.add_argument("--label-models", default="moment_matching,auto", help="label models (label-model-default)")
     ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")
     ap.add_argument("--programs", type=int, default=20, help="programs (throughput)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats (throughput)")
@@ -178,8 +227,10 @@ def main() -> None:
         attacks()
     elif args.section == "throughput":
         throughput(args.n, args.programs, args.repeats)
-    else:
+    elif args.section == "quality":
         quality(args.min_dev_accuracy)
+    else:
+        label_model_default(args.label_models.split(","))
 
 
 if __name__ == "__main__":
