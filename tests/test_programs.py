@@ -197,6 +197,39 @@ def test_openai_client_on_loopback_server(tmp_path, monkeypatch):
             client.complete(msgs)
 
 
+def test_client_concurrency_limit_on_loopback_server():
+    """``complete_many`` never has more than ``concurrency`` requests in flight at the server."""
+    import threading
+    import time
+
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow_answer(body, i):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.15)
+        with lock:
+            state["now"] -= 1
+        return "```python\ndef label(t):\n    return 1\n```"
+
+    with FakeOpenAIServer(slow_answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", concurrency=2, backoff=0.01)
+        out = client.complete_many([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(6)])
+    assert len(out) == 6 and len(srv.requests) == 6
+    assert 1 <= state["max"] <= 2, state
+    assert client.totals["calls"] == 6
+
+
+def test_sandbox_progress_bar(sandbox, capsys):
+    res = apply_programs(["def label(t):\n    return int('a' in t)\n"] * 2, ["a", "b", "c"], num_classes=2,
+                         sandbox=sandbox, progress=True)
+    assert res.L[:, 0].tolist() == [1, 0, 0]
+    err = capsys.readouterr().err
+    assert "6/6" in err and "call" in err  # tqdm: rows x programs calls
+
+
 def test_pipeline_on_loopback_server_k6(tmp_path, monkeypatch, sandbox):
     """TREC (6 classes) end to end: generate from a loopback server, store, apply in the sandbox, label model."""
     from lightning_ws.data import load_wrench

@@ -48,6 +48,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             split (uses its gold labels; ``0`` = no filtering, the papers' setting).
         cache_dir: cache of program outputs by (program hash, data hash).
         sandbox: :class:`~lightning_ws.programs.sandbox.SandboxConfig` fields (workers, timeouts, ...).
+        progress: a progress bar (tqdm, on stderr) while the programs run on the training texts.
         **others: as :class:`TextClassificationDataModule`.
 
     Under ``fast_dev_run`` only the first 256 training rows are labelled (a smoke test of the whole path).
@@ -75,6 +76,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         min_dev_coverage: float = 0.0,
         cache_dir: str | None = None,
         sandbox: dict[str, Any] | None = None,
+        progress: bool = True,
         tokenizer: str | None = None,
         max_length: int = 64,
         batch_size: int = 32,
@@ -115,6 +117,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         self.min_dev_coverage = min_dev_coverage
         self.cache_dir = cache_dir
         self.sandbox_kwargs = dict(sandbox or {})
+        self.progress = progress
         self.combined = None
         self.label_report: dict[str, Any] = {}
 
@@ -156,7 +159,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             progs = self.load_programs()
             with ProgramSandbox(**self.sandbox_kwargs) as sb:
                 app = apply_programs(progs, data.texts, num_classes=self.num_classes, sandbox=sb,
-                                     cache_dir=self.cache_dir)
+                                     cache_dir=self.cache_dir, progress=self.progress)
                 keep = list(range(len(progs)))
                 if self.dedup:
                     keep, _ = dedup_programs(app.L)
