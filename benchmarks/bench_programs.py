@@ -35,8 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def attacks() -> None:
     from lightning_ws.programs.attacks import run_attack_suite
 
+    from lightning_ws.programs.sandbox import available_isolation
+
     configs = [
         ("full sandbox (default)", {}),
+        ("full sandbox, namespaces by unshare", {"isolation": "unshare"}),
+        ("full sandbox, namespaces by bwrap", {"isolation": "bwrap"}),
         ("python guard off", {"python_guard": False}),
         ("guard + seccomp off", {"python_guard": False, "seccomp": False}),
         ("guard + landlock off", {"python_guard": False, "landlock": False}),
@@ -47,12 +51,16 @@ def attacks() -> None:
     print("| configuration | attacks tried | contained | honest programs exact | run completed | seconds | "
           "not contained |")
     print("|---|---|---|---|---|---|---|")
+    iso = available_isolation()
     for name, kw in configs:
+        if kw.get("isolation") in ("bwrap", "unshare") and not iso[kw["isolation"]]:
+            print(f"| {name} | - | - | - | - | - | {kw['isolation']} not available here |")
+            continue
         rep = run_attack_suite(**kw)
         bad = [a["name"] for a in rep["attacks"] if not a["contained"]]
         print(f"| {name} | {rep['tried']} | {rep['contained']} | {rep['honest_ok']} | {rep['completed']} | "
               f"{rep['seconds']:.1f} | {', '.join(bad) or '-'} |", flush=True)
-        if name.startswith("full"):
+        if name == "full sandbox (default)":
             print("layers: " + json.dumps(rep["layers"]), flush=True)
             for a in rep["attacks"]:
                 print(f"  {a['name']:24s} contained={a['contained']} errors={','.join(a['errors']) or '-'}",
@@ -67,19 +75,21 @@ def _recorded_sources(n_programs: int) -> list[str]:
     return [p.source for p in progs[::step][:n_programs]]
 
 
-def throughput(n: int, n_programs: int, repeats: int) -> None:
+def throughput(n: int, n_programs: int, repeats: int, isolation: str) -> None:
     from lightning_ws.data import load_wrench
     from lightning_ws.programs.sandbox import ProgramSandbox, run_in_process
 
     srcs = _recorded_sources(n_programs)
     pool = load_wrench("sms", "train").texts + load_wrench("youtube", "train").texts
     texts = [pool[i % len(pool)] + ("" if i < len(pool) else f" #{i // len(pool)}") for i in range(n)]
-    print(f"{len(srcs)} programs x {n} texts ({len(srcs) * n} calls); cpu count {os.cpu_count()}")
+    print(f"{len(srcs)} programs x {n} texts ({len(srcs) * n} calls); cpu count {os.cpu_count()}; "
+          f"isolation {isolation}")
     ref = None
     rows = {"in-process (no isolation)": [], "sandbox, 1 worker": [], "sandbox, 2 workers": []}
-    with ProgramSandbox(workers=1) as sb1, ProgramSandbox(workers=2) as sb2:
+    with ProgramSandbox(workers=1, isolation=isolation) as sb1, ProgramSandbox(workers=2, isolation=isolation) as sb2:
         sb1.run(srcs[:1], texts[:10], num_classes=2)  # start the workers (counted separately below)
         sb2.run(srcs[:1], texts[:10], num_classes=2)
+        print(f"sandbox namespaces: {sb1.layers.get('namespaces')}; missing layers: {sb1.missing_layers() or 'none'}")
         for _ in range(repeats):
             t = time.perf_counter()
             a = run_in_process(srcs, texts, num_classes=2)
@@ -197,9 +207,10 @@ def label_model_default(models: list[str]) -> None:
                                         num_classes=k)
                     secs.append(time.perf_counter() - t)
                     pick = ""
-                    inner = getattr(next(iter(c.models.values())), "inner_", None)
+                    top = next(iter(c.models.values()))
+                    inner = getattr(top, "inner_", None)
                     if inner is not None:
-                        pick = f" [{inner.name}]"
+                        pick = f" [{inner.name}{', merged' if getattr(top, 'merged_', False) else ''}]"
                     for split in ("valid", "test"):
                         prob = c.predict_proba(S[split].weak_labels, Lg[split])
                         cells.append(f"{label_metrics(prob, S[split].labels)[metric]:.3f}" +
@@ -215,6 +226,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")
     ap.add_argument("--programs", type=int, default=20, help="programs (throughput)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats (throughput)")
+    ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "none"],
+                    help="namespace launcher of the sandbox (throughput)")
     ap.add_argument("--min-dev-accuracy", type=float, default=0.8, help="dev filter (quality)")
     args = ap.parse_args()
     try:
@@ -226,7 +239,7 @@ def main() -> None:
     if args.section == "attacks":
         attacks()
     elif args.section == "throughput":
-        throughput(args.n, args.programs, args.repeats)
+        throughput(args.n, args.programs, args.repeats, args.isolation)
     elif args.section == "quality":
         quality(args.min_dev_accuracy)
     else:
