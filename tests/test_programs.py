@@ -197,6 +197,33 @@ def test_openai_client_on_loopback_server(tmp_path, monkeypatch):
             client.complete(msgs)
 
 
+def test_alchemist_prior_knowledge_stage_on_loopback_server(tmp_path):
+    """Alchemist with a prior-knowledge step: one call for the knowledge, its answer prepended to the program prompt,
+    both calls' tokens and costs recorded with every program."""
+    def answer(body, i):
+        user = body["messages"][-1]["content"]
+        if user.startswith("Generate keywords"):
+            return "Spam keywords: free, prize, winner, claim, txt."
+        return _program_answer(body, i)
+
+    with FakeOpenAIServer(answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x",
+                                  prices=PriceTable({"fake-coder": (1.0, 1.0)}))
+        store = ProgramStore(tmp_path / "st")
+        rep = ProgramGenerator(client, store).generate(load_template("alchemist"), load_task("sms"), n=3,
+                                                       prior_type="keywords")
+    assert len(srv.requests) == 2 and rep.valid == 3
+    prior_req, prog_req = (r["body"]["messages"][-1]["content"] for r in srv.requests)
+    assert prior_req.startswith("Generate keywords") and "Spam keywords: free" in prog_req
+    assert rep.prior_knowledge == "Spam keywords: free, prize, winner, claim, txt."
+    progs = store.select(task="sms")
+    assert len(progs) == 3 and all("Spam keywords" in p.prompt for p in progs)
+    extra = progs[0].extra
+    assert extra["prior_type"] == "keywords" and extra["prior_usage"]["prompt_tokens"] > 0
+    assert extra["prior_knowledge"] == rep.prior_knowledge
+    assert sum(p.cost_usd for p in progs) == pytest.approx(client.totals["cost_usd"])
+
+
 def test_client_concurrency_limit_on_loopback_server():
     """``complete_many`` never has more than ``concurrency`` requests in flight at the server."""
     import threading
