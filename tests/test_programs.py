@@ -443,10 +443,10 @@ def test_transformers_client_on_a_tiny_local_model(tmp_path):
 # -- k > 2: WRENCH TREC through ProgramLabelDataModule -----------------------------------------------------------------
 
 TREC_PROGRAMS = [  # keyword programs for the 6 TREC classes, written for this test (standing in for a code LLM)
-    ("description", 0, r"^(why|how (do|does|did|can|is|are|was|were)) |^what (is|are|was) (a |an |the )?[a-z-]+ \?$|"
-                       r"^what does .* mean"),
-    ("entity", 1, r"^(what|which) (kind|type|color|colour|animal|breed|sport|food|instrument|book|disease|language)|"
-                  r"^name (a|an|the) "),
+    ("description", 0, (r"^(why|how (do|does|did|can|is|are|was|were)) |^what (is|are|was) (a |an |the )?[a-z-]+ \?$|"
+                        r"^what does .* mean")),
+    ("entity", 1, (r"^(what|which) (kind|type|color|colour|animal|breed|sport|food|instrument|book|disease|language)|"
+                   r"^name (a|an|the) ")),
     ("human", 2, r"^who(m|se)? |^(what|which) (person|man|woman|president|actor|company|team|singer|author) "),
     ("abbreviation", 3, r"stand for|abbreviat|acronym"),
     ("location", 4, r"^where |\b(country|city|state|capital|continent|river|mountain|island)\b"),
@@ -469,8 +469,8 @@ def _trec_store(tmp_path):
                                                        tier="T2_task_description", n=6)
     assert rep.valid == 6 and len(srv.requests) == 1
     assert "six classes" in srv.requests[0]["body"]["messages"][-1]["content"]
-    return dict(programs=str(tmp_path / "store"), cache_dir=str(tmp_path / "lf"), sandbox={"workers": 1},
-                batch_size=16, max_length=32)
+    return {"programs": str(tmp_path / "store"), "cache_dir": str(tmp_path / "lf"), "sandbox": {"workers": 1},
+            "batch_size": 16, "max_length": 32}
 
 
 def test_trec_k6_program_labels_through_datamodule(tmp_path):

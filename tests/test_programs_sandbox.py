@@ -98,8 +98,8 @@ def test_config_validation_and_helpers():
     assert root[0] == "/x/bwrap" and "--unshare-all" not in root and "--unshare-net" in root
     assert root[root.index("--cap-drop"):][:2] == ["--cap-drop", "ALL"]
     assert {root[i + 1] for i, a in enumerate(root) if a == "--cap-add"} == {"CAP_SETUID", "CAP_SETGID"}
-    for argv in (argv, root):
-        assert argv[-1] == "--" and argv[argv.index("--ro-bind"):][:3] == ["--ro-bind", "/", "/"]
+    for cmd in (argv, root):
+        assert cmd[-1] == "--" and cmd[cmd.index("--ro-bind"):][:3] == ["--ro-bind", "/", "/"]
 
 
 FAKE_BWRAP = '''#!/bin/sh
