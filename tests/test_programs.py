@@ -404,6 +404,38 @@ def test_concept_route_through_the_sandbox(sandbox):
         ConceptScorer({"bad name": "x"}, encode_items=enc, encode_texts=enc)
 
 
+def test_concept_route_for_images_with_a_tiny_open_clip(sandbox):
+    """Images take the text path: a (tiny, random) open_clip CLIP scores PIL images against concept prompts, the
+    score dicts go through the same sandbox as texts. Mechanics only: no CLIP weights ship with the project."""
+    pytest.importorskip("open_clip")
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from PIL import Image
+
+    from lightning_ws.programs.concepts import ConceptScorer
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, image_size=16, patch_size=8),
+                 text_cfg=CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=2, layers=1)).eval()
+
+    def preprocess(im):
+        return torch.from_numpy(np.asarray(im.resize((16, 16)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def tokenizer(texts):
+        return torch.tensor([[(sum(map(ord, t)) * (j + 1)) % 50 for j in range(8)] for t in texts])
+
+    concepts = {"red_feathers": "a photo of a bird with red feathers", "webbed_feet": "a photo of webbed feet"}
+    scorer = ConceptScorer.from_open_clip(model, preprocess, tokenizer, concepts, batch_size=2)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(5)]
+    rows = scorer.scores(images)
+    assert len(rows) == 5 and all(set(r) == set(concepts) and all(-1 <= v <= 1 for v in r.values()) for r in rows)
+    prog = "def label(scores):\n    return 1 if scores['red_feathers'] > scores['webbed_feet'] else 0\n"
+    res = sandbox.run([prog], rows, num_classes=2)
+    expect = [int(r["red_feathers"] > r["webbed_feet"]) for r in rows]
+    assert res.values[:, 0].tolist() == expect and not res.errors
+
+
 @pytest.mark.slow
 def test_concept_route_with_minilm(sandbox):
     from lightning_ws.data import load_wrench
