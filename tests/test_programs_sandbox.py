@@ -194,3 +194,16 @@ def test_attack_suite_is_contained_without_the_python_guard(tmp_path):
     report = run_attack_suite(tmp_path, python_guard=False)
     assert report["contained"] == report["tried"], [a for a in report["attacks"] if not a["contained"]]
     assert report["honest_ok"] and report["completed"]
+
+
+def test_cli_sandbox_reports_layers_and_launchers(capsys):
+    import json
+
+    from lightning_ws.cli import main
+
+    assert main(["programs", "sandbox", "--no-attacks", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert set(rep["launchers"]) == {"bwrap", "unshare"} and "namespaces" in rep["layers"]
+    assert rep["layers"]["namespaces"] == ("bwrap" if rep["launchers"]["bwrap"] else
+                                           "unshare" if rep["launchers"]["unshare"] else "missing")
+    assert (rep["bwrap"] is not None) or not rep["launchers"]["bwrap"]
