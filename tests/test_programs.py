@@ -489,7 +489,7 @@ TREC_PROGRAMS = [  # keyword programs for the 6 TREC classes, written for this t
 def _trec_answer(body, i):
     name, cls, pattern = TREC_PROGRAMS[i % len(TREC_PROGRAMS)]
     return (f"A rule for {name} questions.\n\n```python\nimport re\n\n"
-            f"PATTERN = re.compile(r{pattern!r})\n\n\ndef label(text: str) -> int:\n"
+            f"PATTERN = re.compile({pattern!r})\n\n\ndef label(text: str) -> int:\n"
             f"    return {cls} if PATTERN.search(text.lower()) else -1\n```\n")
 
 
