@@ -8,11 +8,14 @@ Sections (each prints the rows recorded in BENCHMARKS.md, "Programs"):
   one run, interleaved; rows/s and the ratio;
 * ``quality``: the recorded ScriptoriumWS / Alchemist responses on WRENCH YouTube and SMS: valid programs, mean
   coverage and accuracy of the programs (train split), label-model test metrics (MV and Snorkel-style moment
-  matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade.
+  matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade;
+* ``label-model-default``: ``auto`` (the package's default label model) vs ``moment_matching`` for every combination
+  mode, valid and test metrics (YouTube, SMS, and TREC's hand-written LFs);
 
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section attacks
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section throughput --n 100000
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section quality
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section label-model-default
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def attacks() -> None:
     from lightning_ws.programs.attacks import run_attack_suite
 
+    from lightning_ws.programs.sandbox import available_isolation
+
     configs = [
         ("full sandbox (default)", {}),
+        ("full sandbox, namespaces by unshare", {"isolation": "unshare"}),
+        ("full sandbox, namespaces by bwrap", {"isolation": "bwrap"}),
         ("python guard off", {"python_guard": False}),
         ("guard + seccomp off", {"python_guard": False, "seccomp": False}),
         ("guard + landlock off", {"python_guard": False, "landlock": False}),
@@ -44,12 +51,16 @@ def attacks() -> None:
     print("| configuration | attacks tried | contained | honest programs exact | run completed | seconds | "
           "not contained |")
     print("|---|---|---|---|---|---|---|")
+    iso = available_isolation()
     for name, kw in configs:
+        if kw.get("isolation") in ("bwrap", "unshare") and not iso[kw["isolation"]]:
+            print(f"| {name} | - | - | - | - | - | {kw['isolation']} not available here |")
+            continue
         rep = run_attack_suite(**kw)
         bad = [a["name"] for a in rep["attacks"] if not a["contained"]]
         print(f"| {name} | {rep['tried']} | {rep['contained']} | {rep['honest_ok']} | {rep['completed']} | "
               f"{rep['seconds']:.1f} | {', '.join(bad) or '-'} |", flush=True)
-        if name.startswith("full"):
+        if name == "full sandbox (default)":
             print("layers: " + json.dumps(rep["layers"]), flush=True)
             for a in rep["attacks"]:
                 print(f"  {a['name']:24s} contained={a['contained']} errors={','.join(a['errors']) or '-'}",
@@ -64,19 +75,21 @@ def _recorded_sources(n_programs: int) -> list[str]:
     return [p.source for p in progs[::step][:n_programs]]
 
 
-def throughput(n: int, n_programs: int, repeats: int) -> None:
+def throughput(n: int, n_programs: int, repeats: int, isolation: str) -> None:
     from lightning_ws.data import load_wrench
     from lightning_ws.programs.sandbox import ProgramSandbox, run_in_process
 
     srcs = _recorded_sources(n_programs)
     pool = load_wrench("sms", "train").texts + load_wrench("youtube", "train").texts
     texts = [pool[i % len(pool)] + ("" if i < len(pool) else f" #{i // len(pool)}") for i in range(n)]
-    print(f"{len(srcs)} programs x {n} texts ({len(srcs) * n} calls); cpu count {os.cpu_count()}")
+    print(f"{len(srcs)} programs x {n} texts ({len(srcs) * n} calls); cpu count {os.cpu_count()}; "
+          f"isolation {isolation}")
     ref = None
     rows = {"in-process (no isolation)": [], "sandbox, 1 worker": [], "sandbox, 2 workers": []}
-    with ProgramSandbox(workers=1) as sb1, ProgramSandbox(workers=2) as sb2:
+    with ProgramSandbox(workers=1, isolation=isolation) as sb1, ProgramSandbox(workers=2, isolation=isolation) as sb2:
         sb1.run(srcs[:1], texts[:10], num_classes=2)  # start the workers (counted separately below)
         sb2.run(srcs[:1], texts[:10], num_classes=2)
+        print(f"sandbox namespaces: {sb1.layers.get('namespaces')}; missing layers: {sb1.missing_layers() or 'none'}")
         for _ in range(repeats):
             t = time.perf_counter()
             a = run_in_process(srcs, texts, num_classes=2)
@@ -160,12 +173,61 @@ def quality(min_dev_accuracy: float) -> None:
             row("WRENCH + programs, cascade", every, len(allp), True, True, "cascade")
 
 
+def label_model_default(models: list[str]) -> None:
+    """``ProgramLabelDataModule``'s label model: the package default ``auto`` vs ``moment_matching`` (its former
+    default), on the valid split (where a choice may be made) and the test split, every combination mode."""
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, label_metrics
+    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    cache = Path("runs/program_cache")
+    print("Label-model metric (YouTube, TREC: accuracy; SMS: F1 of spam) on valid and test, all rows; label models "
+          "fitted on the train matrix, label-free class balance. auto = AutoLabelModel (its pick in brackets).")
+    print("| set | combine | " + " | ".join(f"{m} valid | {m} test" for m in models) + " | seconds (" +
+          ", ".join(models) + ") |")
+    print("|---|---|" + "---|---|" * len(models) + "---|")
+    with ProgramSandbox(workers=2) as sb:
+        for task in ("youtube", "sms", "trec"):
+            S = {s: load_wrench(task, s) for s in ("train", "valid", "test")}
+            k = len(S["train"].class_names)
+            metric = "f1" if task == "sms" else "acc"
+            progs = [p for p in recorded_programs(task) if p.valid] if task != "trec" else []
+            Lg = {s: None for s in S}
+            if progs:
+                A = {s: apply_programs(progs, S[s].texts, num_classes=k, sandbox=sb, cache_dir=cache).L for s in S}
+                keep, _ = dedup_programs(A["train"])
+                Lg = {s: A[s][:, keep] for s in S}
+            modes = ("human", "generated", "joint", "cascade") if progs else ("human",)
+            for mode in modes:
+                cells, secs = [], []
+                for lm in models:
+                    t = time.perf_counter()
+                    c = combine_sources(S["train"].weak_labels, Lg["train"], mode=mode, label_model=lm,
+                                        num_classes=k)
+                    secs.append(time.perf_counter() - t)
+                    pick = ""
+                    top = next(iter(c.models.values()))
+                    inner = getattr(top, "inner_", None)
+                    if inner is not None:
+                        pick = f" [{inner.name}{', merged' if getattr(top, 'merged_', False) else ''}]"
+                    for split in ("valid", "test"):
+                        prob = c.predict_proba(S[split].weak_labels, Lg[split])
+                        cells.append(f"{label_metrics(prob, S[split].labels)[metric]:.3f}" +
+                                     (pick if split == "test" else ""))
+                print(f"| {task} | {mode} | " + " | ".join(cells) + " | " + ", ".join(f"{x:.1f}" for x in secs)
+                      + " |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", choices=["attacks", "throughput", "quality"], required=True)
+    ap.add_argument("--section", choices=["attacks", "throughput", "quality", "label-model-default"], required=True)
+    ap.add_argument("--label-models", default="moment_matching,auto", help="label models (label-model-default)")
     ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")
     ap.add_argument("--programs", type=int, default=20, help="programs (throughput)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats (throughput)")
+    ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "none"],
+                    help="namespace launcher of the sandbox (throughput)")
     ap.add_argument("--min-dev-accuracy", type=float, default=0.8, help="dev filter (quality)")
     args = ap.parse_args()
     try:
@@ -177,9 +239,11 @@ def main() -> None:
     if args.section == "attacks":
         attacks()
     elif args.section == "throughput":
-        throughput(args.n, args.programs, args.repeats)
-    else:
+        throughput(args.n, args.programs, args.repeats, args.isolation)
+    elif args.section == "quality":
         quality(args.min_dev_accuracy)
+    else:
+        label_model_default(args.label_models.split(","))
 
 
 if __name__ == "__main__":

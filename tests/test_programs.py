@@ -197,6 +197,66 @@ def test_openai_client_on_loopback_server(tmp_path, monkeypatch):
             client.complete(msgs)
 
 
+def test_alchemist_prior_knowledge_stage_on_loopback_server(tmp_path):
+    """Alchemist with a prior-knowledge step: one call for the knowledge, its answer prepended to the program prompt,
+    both calls' tokens and costs recorded with every program."""
+    def answer(body, i):
+        user = body["messages"][-1]["content"]
+        if user.startswith("Generate keywords"):
+            return "Spam keywords: free, prize, winner, claim, txt."
+        return _program_answer(body, i)
+
+    with FakeOpenAIServer(answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x",
+                                  prices=PriceTable({"fake-coder": (1.0, 1.0)}))
+        store = ProgramStore(tmp_path / "st")
+        rep = ProgramGenerator(client, store).generate(load_template("alchemist"), load_task("sms"), n=3,
+                                                       prior_type="keywords")
+    assert len(srv.requests) == 2 and rep.valid == 3
+    prior_req, prog_req = (r["body"]["messages"][-1]["content"] for r in srv.requests)
+    assert prior_req.startswith("Generate keywords") and "Spam keywords: free" in prog_req
+    assert rep.prior_knowledge == "Spam keywords: free, prize, winner, claim, txt."
+    progs = store.select(task="sms")
+    assert len(progs) == 3 and all("Spam keywords" in p.prompt for p in progs)
+    extra = progs[0].extra
+    assert extra["prior_type"] == "keywords" and extra["prior_usage"]["prompt_tokens"] > 0
+    assert extra["prior_knowledge"] == rep.prior_knowledge
+    assert sum(p.cost_usd for p in progs) == pytest.approx(client.totals["cost_usd"])
+
+
+def test_client_concurrency_limit_on_loopback_server():
+    """``complete_many`` never has more than ``concurrency`` requests in flight at the server."""
+    import threading
+    import time
+
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow_answer(body, i):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.15)
+        with lock:
+            state["now"] -= 1
+        return "```python\ndef label(t):\n    return 1\n```"
+
+    with FakeOpenAIServer(slow_answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", concurrency=2, backoff=0.01)
+        out = client.complete_many([{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(6)])
+    assert len(out) == 6 and len(srv.requests) == 6
+    assert 1 <= state["max"] <= 2, state
+    assert client.totals["calls"] == 6
+
+
+def test_sandbox_progress_bar(sandbox, capsys):
+    res = apply_programs(["def label(t):\n    return int('a' in t)\n"] * 2, ["a", "b", "c"], num_classes=2,
+                         sandbox=sandbox, progress=True)
+    assert res.L[:, 0].tolist() == [1, 0, 0]
+    err = capsys.readouterr().err
+    assert "6/6" in err and "call" in err  # tqdm: rows x programs calls
+
+
 def test_pipeline_on_loopback_server_k6(tmp_path, monkeypatch, sandbox):
     """TREC (6 classes) end to end: generate from a loopback server, store, apply in the sandbox, label model."""
     from lightning_ws.data import load_wrench
@@ -344,6 +404,38 @@ def test_concept_route_through_the_sandbox(sandbox):
         ConceptScorer({"bad name": "x"}, encode_items=enc, encode_texts=enc)
 
 
+def test_concept_route_for_images_with_a_tiny_open_clip(sandbox):
+    """Images take the text path: a (tiny, random) open_clip CLIP scores PIL images against concept prompts, the
+    score dicts go through the same sandbox as texts. Mechanics only: no CLIP weights ship with the project."""
+    pytest.importorskip("open_clip")
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+    from PIL import Image
+
+    from lightning_ws.programs.concepts import ConceptScorer
+
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, image_size=16, patch_size=8),
+                 text_cfg=CLIPTextCfg(context_length=8, vocab_size=50, width=32, heads=2, layers=1)).eval()
+
+    def preprocess(im):
+        return torch.from_numpy(np.asarray(im.resize((16, 16)), dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def tokenizer(texts):
+        return torch.tensor([[(sum(map(ord, t)) * (j + 1)) % 50 for j in range(8)] for t in texts])
+
+    concepts = {"red_feathers": "a photo of a bird with red feathers", "webbed_feet": "a photo of webbed feet"}
+    scorer = ConceptScorer.from_open_clip(model, preprocess, tokenizer, concepts, batch_size=2)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(5)]
+    rows = scorer.scores(images)
+    assert len(rows) == 5 and all(set(r) == set(concepts) and all(-1 <= v <= 1 for v in r.values()) for r in rows)
+    prog = "def label(scores):\n    return 1 if scores['red_feathers'] > scores['webbed_feet'] else 0\n"
+    res = sandbox.run([prog], rows, num_classes=2)
+    expect = [int(r["red_feathers"] > r["webbed_feet"]) for r in rows]
+    assert res.values[:, 0].tolist() == expect and not res.errors
+
+
 @pytest.mark.slow
 def test_concept_route_with_minilm(sandbox):
     from lightning_ws.data import load_wrench
@@ -378,3 +470,83 @@ def test_transformers_client_on_a_tiny_local_model(tmp_path):
     assert client.complete(msgs, n=2, max_tokens=8).cached
     with pytest.raises(Exception, match="not found"):
         TransformersClient(str(tmp_path / "missing"))
+
+
+# -- k > 2: WRENCH TREC through ProgramLabelDataModule -----------------------------------------------------------------
+
+TREC_PROGRAMS = [  # keyword programs for the 6 TREC classes, written for this test (standing in for a code LLM)
+    ("description", 0, (r"^(why|how (do|does|did|can|is|are|was|were)) |^what (is|are|was) (a |an |the )?[a-z-]+ \?$|"
+                        r"^what does .* mean")),
+    ("entity", 1, (r"^(what|which) (kind|type|color|colour|animal|breed|sport|food|instrument|book|disease|language)|"
+                   r"^name (a|an|the) ")),
+    ("human", 2, r"^who(m|se)? |^(what|which) (person|man|woman|president|actor|company|team|singer|author) "),
+    ("abbreviation", 3, r"stand for|abbreviat|acronym"),
+    ("location", 4, r"^where |\b(country|city|state|capital|continent|river|mountain|island)\b"),
+    ("number", 5, r"^(how (many|much|long|far|old|big|tall|fast|hot|cold)|when|what year|what date) "),
+]
+
+
+def _trec_answer(body, i):
+    name, cls, pattern = TREC_PROGRAMS[i % len(TREC_PROGRAMS)]
+    return (f"A rule for {name} questions.\n\n```python\nimport re\n\n"
+            f"PATTERN = re.compile({pattern!r})\n\n\ndef label(text: str) -> int:\n"
+            f"    return {cls} if PATTERN.search(text.lower()) else -1\n```\n")
+
+
+def _trec_store(tmp_path):
+    with FakeOpenAIServer(_trec_answer) as srv:
+        client = OpenAIChatClient("fake-coder", base_url=srv.base_url, api_key="x", cache_dir=tmp_path / "c")
+        store = ProgramStore(tmp_path / "store")
+        rep = ProgramGenerator(client, store).generate(load_template("scriptoriumws"), load_task("trec"),
+                                                       tier="T2_task_description", n=6)
+    assert rep.valid == 6 and len(srv.requests) == 1
+    assert "six classes" in srv.requests[0]["body"]["messages"][-1]["content"]
+    return {"programs": str(tmp_path / "store"), "cache_dir": str(tmp_path / "lf"), "sandbox": {"workers": 1},
+            "batch_size": 16, "max_length": 32}
+
+
+def test_trec_k6_program_labels_through_datamodule(tmp_path):
+    """TREC (6 classes): programs generated by a loopback OpenAI-compatible server, stored, applied in the sandbox,
+    alone and joint with WRENCH's 68 hand-written LFs, through ``ProgramLabelDataModule``'s defaults (label model
+    ``auto``, class-balanced targets for k > 2)."""
+    from lightning_ws.datamodules.programs import ProgramLabelDataModule
+
+    kw = _trec_store(tmp_path)
+    reports = {}
+    for mode in ("generated", "joint"):
+        # auto's selection fits on a 1,000-row sample keep the test fast; the choice is then refitted on every row
+        dm = ProgramLabelDataModule("trec", combine=mode, label_model_kwargs={"max_selection_rows": 1000}, **kw)
+        assert dm.label_model_name == "auto" and dm.num_classes == 6
+        rows, labels, extras = dm.train_targets(dm.load_split("train"))
+        assert labels.shape == (rows.size, 6) and extras["weight"].shape == (rows.size,)
+        reports[mode] = rep_ = dm.label_report
+        assert rep_["programs_used"] == 6 and rep_["sandbox_errors"] == 0
+        assert rep_["class_weighting"] == "balanced" and len(rep_["class_balance"]) == 6
+    gen, joint = reports["generated"], reports["joint"]
+    # the keyword programs alone: precise on the rows they cover; joint with the 68 WRENCH LFs: more rows
+    assert gen["pseudolabel_accuracy_vs_gold"] > 0.6 and 0.3 < gen["coverage"] < 1.0, gen
+    assert joint["coverage"] > gen["coverage"] and joint["pseudolabel_accuracy_vs_gold"] > 0.5, joint
+    with pytest.raises(ConfigError, match="class_weighting"):
+        ProgramLabelDataModule("trec", class_weighting="inverse", **kw)
+
+
+@pytest.mark.slow
+def test_trec_k6_program_labels_train_an_end_model(tmp_path):
+    """The same TREC program labels train the MiniLM end model (a few steps) and it is tested on gold labels."""
+    import lightning.pytorch as pl
+
+    from lightning_ws.datamodules.programs import ProgramLabelDataModule
+    from lightning_ws.modules import TextClassifier
+
+    dm = ProgramLabelDataModule("trec", combine="joint", train_limit=64, **_trec_store(tmp_path))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["labels"].shape[1] == 6 and "weight" in batch
+    pl.seed_everything(0, verbose=False)
+    model = TextClassifier(num_classes=6, lr=5e-5, head_lr=1e-3)
+    trainer = pl.Trainer(max_steps=3, limit_val_batches=1, limit_test_batches=2, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    out = trainer.test(model, dm, verbose=False)[0]
+    assert 0.0 <= out["test/acc"] <= 1.0 and np.isfinite(out["test/loss"])

