@@ -10,7 +10,11 @@ default (``binarize="prior"``, band (0.1, 0.9), no groups, no guard). Then the f
 1,000 problems x 100 candidates, and the share of the Weaver teacher's within-problem variance on GSM8K that answer
 agreement explains (why a pointwise distilled student cannot match it).
 
-    python benchmarks/bench_weaver_suite.py [--seeds 3] [--sets a,b] [--skip-gsm8k] [--skip-timing]
+    python benchmarks/bench_weaver_suite.py [--seeds 5] [--seeds-small 12] [--sets a,b] [--skip-extra]
+        [--skip-gsm8k] [--skip-timing] [--per-seed]
+
+``--seeds`` seeds per 500-problem set, ``--seeds-small`` per 64-problem judge set (one problem = 1.6 points there,
+so the worst case needs more seeds); ``--per-seed`` prints every seed's row too.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def _mean(v: list[float]) -> str:
     return "n/a (fit error)" if not ok else f"{np.mean(ok):.4f}" + ("" if len(ok) == len(v) else f" ({len(ok)} fits)")
 
 
-def run_set(name: str, seeds: int, rows: list[str], extra_rows: list[str]) -> None:
+def run_set(name: str, seeds: int, rows: list[str], extra_rows: list[str], *, extra: bool = True,
+            per_seed: bool = False) -> None:
     acc: dict[str, list[float]] = {k: [] for k in SUITE_BASELINES}
     pis, rates, choices, fits, binary, old = [], [], [], [], [], []
     for seed in range(seeds):
@@ -61,9 +66,15 @@ def run_set(name: str, seeds: int, rows: list[str], extra_rows: list[str]) -> No
         rates.append(rep["correct_rate"])
         choices.append(rep["weaver"]["guard"]["choice"])
         fits.append(rep["fit_seconds"])
-        binary.append(_extra(data, {"label_model": "moment_matching", "seed": seed}))
-        old.append(_extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
-                                 "group_verifiers": False, "guard": False, "seed": seed}))
+        if per_seed:
+            sa = rep["select_at_1"]
+            print(f"    seed {seed}: MV {sa['majority_vote']:.4f} mean {sa['mean_verifier']:.4f} Weaver "
+                  f"{sa['weaver']:.4f} diff {sa['weaver'] - max(sa['majority_vote'], sa['mean_verifier']):+.4f} "
+                  f"guard {choices[-1]}", flush=True)
+        if extra:
+            binary.append(_extra(data, {"label_model": "moment_matching", "seed": seed}))
+            old.append(_extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
+                                     "group_verifiers": False, "guard": False, "seed": seed}))
     m = {k: float(np.mean(v)) for k, v in acc.items()}
     diff = np.array(acc["weaver"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
     spec = SUITE[name]
@@ -71,11 +82,13 @@ def run_set(name: str, seeds: int, rows: list[str], extra_rows: list[str]) -> No
     row = (f"| {name} | {np.mean(rates):.3f} | {np.mean(pis):.3f} | " + " | ".join(f"{m[k]:.4f}" for k in COLS)
            + f" | {diff.mean():+.4f} (min {diff.min():+.4f}) | {counts} | {np.mean(fits):.2f} |")
     rows.append(row)
-    extra_rows.append(f"| {name} | {_mean(binary)} | {_mean(old)} | {m['weaver']:.4f} |")
-    print(row, f"  [{spec.num_problems}x{spec.num_candidates}x{sum(g.copies for g in spec.groups)}]", flush=True)
+    if extra:
+        extra_rows.append(f"| {name} | {_mean(binary)} | {_mean(old)} | {m['weaver']:.4f} |")
+    print(row, f"  [{spec.num_problems}x{spec.num_candidates}x{sum(g.copies for g in spec.groups)}, {seeds} seeds]",
+          flush=True)
 
 
-def run_gsm8k(seeds: int, rows: list[str], extra_rows: list[str]) -> None:
+def run_gsm8k(rows: list[str], extra_rows: list[str], *, extra: bool = True) -> None:
     for verifiers in ("heuristic", "all"):
         data = load_gsm8k_verification(verifiers=verifiers)
         rep = suite_report(data, seed=0)
@@ -86,10 +99,11 @@ def run_gsm8k(seeds: int, rows: list[str], extra_rows: list[str]) -> None:
                + " | ".join(f"{m[k]:.4f}" for k in COLS)
                + f" | {diff:+.4f} | {{'{g['choice']}': 1}} | {rep['fit_seconds']:.2f} |")
         rows.append(row)
-        binary = _extra(data, {"label_model": "moment_matching"})
-        old = _extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
-                            "group_verifiers": False, "guard": False})
-        extra_rows.append(f"| gsm8k[{verifiers}] | {_mean([binary])} | {_mean([old])} | {m['weaver']:.4f} |")
+        if extra:
+            binary = _extra(data, {"label_model": "moment_matching"})
+            old = _extra(data, {"label_model": "moment_matching", "binarize": "prior", "band": (0.1, 0.9),
+                                "group_verifiers": False, "guard": False})
+            extra_rows.append(f"| gsm8k[{verifiers}] | {_mean([binary])} | {_mean([old])} | {m['weaver']:.4f} |")
         print(row, flush=True)
         print(f"    groups: {rep['weaver']['verifier_groups']['groups']}; guard estimates "
               f"{ {k: round(v, 4) for k, v in g['estimated_accuracy'].items()} }", flush=True)
@@ -141,7 +155,10 @@ def timing(rows: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds-small", type=int, default=12)
+    ap.add_argument("--skip-extra", action="store_true", help="skip the binary-path and issue-4-default rows")
+    ap.add_argument("--per-seed", action="store_true")
     ap.add_argument("--sets", default=",".join(SUITE))
     ap.add_argument("--skip-gsm8k", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
@@ -151,13 +168,15 @@ def main() -> None:
     print(HEAD)
     print("|" + "---|" * (HEAD.count("|") - 1))
     for name in args.sets.split(","):
-        run_set(name, args.seeds, rows, extra)
+        n = args.seeds_small if SUITE[name].num_problems <= 100 else args.seeds
+        run_set(name, n, rows, extra, extra=not args.skip_extra, per_seed=args.per_seed)
     if not args.skip_gsm8k:
-        run_gsm8k(args.seeds, rows, extra)
-    print("\n| set | binary path (moment_matching, youden, guard) | issue-4 default (prior votes, band .1-.9) | "
-          "Weaver default |")
-    print("|---|---|---|---|")
-    print("\n".join(extra))
+        run_gsm8k(rows, extra, extra=not args.skip_extra)
+    if not args.skip_extra:
+        print("\n| set | binary path (moment_matching, youden, guard) | issue-4 default (prior votes, band .1-.9) | "
+              "Weaver default |")
+        print("|---|---|---|---|")
+        print("\n".join(extra))
     if not args.skip_timing:
         print("\n| data | size (P x N x V) | fit + select, default (guard on) | without guard | guard choice |")
         print("|---|---|---|---|---|")
