@@ -29,6 +29,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lightning_ws.weaver import Weaver, load_gsm8k_verification
 from lightning_ws.weaver.report import SUITE_BASELINES, suite_report
+from lightning_ws.weaver.select import select_candidates
 from lightning_ws.weaver.suite import SUITE, make_suite_set
 
 COLS = ("first_sample", "majority_vote", "mean_verifier", "naive_ensemble", "best_single_verifier", "weaver",
@@ -109,6 +110,7 @@ def run_gsm8k(rows: list[str], extra_rows: list[str], *, extra: bool = True) -> 
               f"{ {k: round(v, 4) for k, v in g['estimated_accuracy'].items()} }", flush=True)
         if verifiers == "all":
             agreement_share(data)
+            pointwise_ceiling(data)
 
 
 def agreement_share(data) -> None:
@@ -135,6 +137,49 @@ def agreement_share(data) -> None:
     print(f"    distillation: on {int(ok.sum())} GSM8K problems whose answers differ, the answer share explains "
           f"R^2 = {r2:.3f} of the teacher's within-problem variance (share + per-candidate mean verifier: "
           f"{r2_both:.3f}); teacher Select@1 {float(y[np.arange(len(y)), w.select(data)].mean()):.4f}", flush=True)
+
+
+def pointwise_ceiling(data, seeds: int = 5) -> None:
+    """Feature-level students of the Weaver teacher on GSM8K: what a student can reach from what it sees.
+
+    Problems are split 60/40 (train/test, 5 seeded splits); the teacher is the default label-free Weaver fitted on
+    the training problems' scores; a gradient-boosted regressor (scikit-learn ``HistGradientBoostingRegressor``,
+    defaults) learns the teacher's P(correct) from (a) the 8 *per-candidate* verifiers (everything a pointwise
+    cross-encoder could in principle compute from one (question, response) pair - an optimistic stand-in for it),
+    (b) those + the candidate's answer share (``WeaverCrossEncoder(use_agreement=True)``'s extra input), (c) all 10
+    verifiers + share. Prints the students' Select@1 on the test problems and its ratio to the teacher's.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from lightning_ws.weaver.distill import split_problems
+    from lightning_ws.weaver.guard import answer_share
+
+    names = list(data.verifier_names)
+    pointwise = [j for j, n in enumerate(names) if n not in ("step_agreement", "answer_support")]
+    share = answer_share(data.answer_ids())
+    raw = data.scores
+    feats = {"per-candidate verifiers (pointwise)": raw[:, :, pointwise],
+             "per-candidate verifiers + answer share": np.concatenate([raw[:, :, pointwise], share[:, :, None]], 2),
+             "all 10 verifiers + answer share": np.concatenate([raw, share[:, :, None]], 2)}
+    y = data.correct
+    res: dict[str, list[float]] = {k: [] for k in ("teacher", *feats)}
+    for seed in range(seeds):
+        tr, _, te = split_problems(data.num_problems, val_fraction=0.0, test_fraction=0.4, seed=seed)
+        w = Weaver(seed=seed).fit(data.subset(tr), "label_free")
+        t_tr = w.score(data.subset(tr))
+        sel = w.select(data.subset(te))
+        res["teacher"].append(float(y[te][np.arange(len(te)), sel].mean()))
+        for k, x in feats.items():
+            m = HistGradientBoostingRegressor(random_state=seed).fit(x[tr].reshape(-1, x.shape[2]), t_tr.ravel())
+            pred = m.predict(x[te].reshape(-1, x.shape[2])).reshape(len(te), -1)
+            pick = select_candidates(pred, tie_break="first")[0]
+            res[k].append(float(y[te][np.arange(len(te)), pick].mean()))
+    t = np.mean(res["teacher"])
+    print(f"    feature-level students of the Weaver teacher (GSM8K, {seeds} problem splits 60/40, Select@1 on test "
+          f"problems): teacher {t:.4f}", flush=True)
+    for k in feats:
+        print(f"      {k}: {np.mean(res[k]):.4f} +- {np.std(res[k]):.4f} ({np.mean(res[k]) / t:.3f}x teacher)",
+              flush=True)
 
 
 def timing(rows: list[str]) -> None:
