@@ -6,15 +6,22 @@ model decide each one. Two facts of verifier data break that: correctness is a f
 correct. :class:`AnswerLevelModel` uses both. For problem ``p`` with distinct answers ``a`` (a candidate without an
 extracted answer is its own singleton answer), the latent ``z_p`` is the correct answer or "none":
 
-    P(z_p = a) = gamma * softmax_a(beta * log share_a),   P(z_p = none) = 1 - gamma,
+    P(z_p = a) = gamma * softmax_a(theta_1 log share_a + theta_2 log(1 - share_a)),   P(z_p = none) = 1 - gamma,
     P(bin of source k for answer a | a is / is not z_p) = f1[k, b] / f0[k, b],
 
-where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` (``beta = 0``: agreement carries
-no evidence; ``beta = 1``: the generator is calibrated; large ``beta``: majority vote), and source ``k``'s
-observation for answer ``a`` is the binned mean of the (pooled, normalised) source scores of ``a``'s candidates. EM
-learns ``gamma``, ``beta`` (Newton steps in ``[0, beta_max]``) and the binned class-conditional score distributions
-``f1, f0`` without labels, so how much to trust agreement versus each verifier is estimated from the data instead of
-being fixed. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection takes the most probable answer.
+where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` and source ``k``'s evidence for
+``a`` is built from the binned (pooled, normalised) scores of ``a``'s candidates. EM learns ``gamma``, the agreement
+weights ``theta`` (Newton steps on the concave M-step objective) and the binned class-conditional score
+distributions ``f1, f0`` without labels, so how much - and in which shape - to trust agreement versus each verifier
+is estimated from the data instead of being fixed. ``theta_2 = 0`` is the monotone ``share ** beta`` prior
+(``agreement="exponent"``); the second feature lets the prior be U-shaped, which is what the Bayes-optimal rule looks
+like on hard multiple choice with evenly spread distractors (a correct answer held by few candidates is more
+plausible than a wrong one held by a middling number). Two symmetry-breaking constraints keep EM from the inverted
+fits it otherwise finds on hard sets (both label-free; the weak-supervision assumption that sources beat chance):
+``theta_1 >= theta_2`` (of two answers that split the candidates, the more frequent is never the less likely
+correct) and, among the EM starts, fits whose sources are on average clearly worse than chance (implied AUROC
+below ``0.5 - orient_tol``) are dropped. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection
+takes the most probable answer.
 
 Lightning-free (numpy).
 """
