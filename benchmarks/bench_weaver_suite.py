@@ -13,6 +13,7 @@ agreement explains (why a pointwise distilled student cannot match it).
     python benchmarks/bench_weaver_suite.py [--seeds 5] [--seeds-small 12] [--sets a,b] [--skip-extra]
         [--skip-gsm8k] [--skip-timing] [--per-seed]
 
+``--heldout SEEDS`` runs only the held-out judge variants (parameters chosen after the model was fixed).
 ``--seeds`` seeds per 500-problem set, ``--seeds-small`` per 64-problem judge set (one problem = 1.6 points there,
 so the worst case needs more seeds); ``--per-seed`` prints every seed's row too.
 """
@@ -182,6 +183,54 @@ def pointwise_ceiling(data, seeds: int = 5) -> None:
               flush=True)
 
 
+def _heldout_specs() -> dict:
+    """64 x 64 x 32 judge-draw sets with parameters no design choice was made on (written after the model was fixed):
+    other correct rates, judge strengths and biases, answer spaces and distractor spreads."""
+    from lightning_ws.weaver.suite import GroupSpec, SetSpec
+
+    def judge(strength, kind="judge_verdict", bias=0.0, answer=0.3):
+        return (GroupSpec(strength, copies=32, shared=1.0, answer=answer, kind=kind, bias=bias, name="judge"),)
+
+    common = {"missing": 0.01, "num_problems": 64, "num_candidates": 64}
+    return {
+        "ho_mc4_r25_s08_even": SetSpec(0.25, judge(0.8), num_wrong=3, distractor_concentration=2.0, **common),
+        "ho_mc4_r50_s05_yes": SetSpec(0.50, judge(0.5, bias=1.5), num_wrong=3, distractor_concentration=5.0,
+                                      **common),
+        "ho_mc4_r10_s10_no": SetSpec(0.10, judge(1.0, bias=-1.5), num_wrong=3, distractor_concentration=1.0,
+                                     **common),
+        "ho_mc10_r30_s07": SetSpec(0.30, judge(0.7), num_wrong=9, distractor_concentration=1.0, **common),
+        "ho_free_r40_s06_prob": SetSpec(0.40, judge(0.6, kind="judge_prob", answer=0.5), num_wrong=20, **common),
+        "ho_mc4_r70_s04": SetSpec(0.70, judge(0.4), num_wrong=3, distractor_concentration=5.0, **common),
+    }
+
+
+def heldout(seeds: int) -> None:
+    """Weaver vs max(MV, mean judge) on :func:`_heldout_specs`, every seed printed."""
+    from lightning_ws.weaver.suite import make_set
+
+    print("\n| held-out set | correct rate | MV | mean judge | Weaver | Weaver - max(MV, mean) | min over seeds | "
+          "seeds below -0.5 point | guard choices | Weaver(dependence='icc') - max: mean / min / seeds below |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, spec in _heldout_specs().items():
+        acc = {k: [] for k in ("majority_vote", "mean_verifier", "weaver", "icc")}
+        rates, choices = [], []
+        for seed in range(seeds):
+            data = make_set(spec, seed=1000 + seed)
+            rep = suite_report(data, seed=seed)
+            for k in ("majority_vote", "mean_verifier", "weaver"):
+                acc[k].append(rep["select_at_1"][k])
+            acc["icc"].append(_extra(data, {"label_model_kwargs": {"dependence": "icc"}, "seed": seed}))
+            rates.append(rep["correct_rate"])
+            choices.append(rep["weaver"]["guard"]["choice"])
+        d = np.array(acc["weaver"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
+        di = np.array(acc["icc"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
+        print(f"| {name} | {np.mean(rates):.3f} | {np.mean(acc['majority_vote']):.4f} | "
+              f"{np.mean(acc['mean_verifier']):.4f} | {np.mean(acc['weaver']):.4f} | {d.mean():+.4f} | {d.min():+.4f} | "
+              f"{int((d < -0.005).sum())} of {seeds} | { {c: choices.count(c) for c in dict.fromkeys(choices)} } | "
+              f"{di.mean():+.4f} / {di.min():+.4f} / {int((di < -0.005).sum())} |",
+              flush=True)
+
+
 def timing(rows: list[str]) -> None:
     for name, note in (("rate_0.20", "6 independent verifiers"), ("judges_and_rms", "37 verifiers, 3 groups")):
         data = make_suite_set(name, num_problems=1000, num_candidates=100, seed=0)
@@ -204,10 +253,15 @@ def main() -> None:
     ap.add_argument("--seeds-small", type=int, default=12)
     ap.add_argument("--skip-extra", action="store_true", help="skip the binary-path and issue-4-default rows")
     ap.add_argument("--per-seed", action="store_true")
+    ap.add_argument("--heldout", type=int, default=0, metavar="SEEDS",
+                    help="only run the held-out judge variants with this many seeds (seeds 1000+)")
     ap.add_argument("--sets", default=",".join(SUITE))
     ap.add_argument("--skip-gsm8k", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
+    if args.heldout:
+        heldout(args.heldout)
+        return
     rows: list[str] = []
     extra: list[str] = []
     print(HEAD)

@@ -288,3 +288,16 @@ def test_weaver_core_imports_neither_lightning_nor_torchmetrics():
 
     assert modules_weaver.FlatSelectionAccuracy is FlatSelectionAccuracy
     assert FlatSelectionAccuracy.__module__ == "lightning_ws.metrics.weaver"
+
+
+def test_icc_dependence_option_estimates_within_answer_correlation_and_roundtrips():
+    d = make_suite_set("judge_draws", num_problems=48, num_candidates=32, seed=2)
+    s = ScoreNormalizer().fit_transform(d.scores).mean(axis=2, keepdims=True)
+    m = AnswerLevelModel(dependence="icc").fit(d.answer_ids(), s)
+    rho = m.report_["within_answer_correlation"]
+    assert len(rho) == 1 and 0.0 < rho[0] < 1.0  # the suite's judges share an answer-level error component
+    p = m.predict_proba(d.answer_ids(), s)
+    np.testing.assert_allclose(AnswerLevelModel.from_state_dict(m.state_dict()).predict_proba(d.answer_ids(), s), p)
+    assert AnswerLevelModel().fit(d.answer_ids(), s).report_["within_answer_correlation"] is None
+    with pytest.raises(ConfigError, match="dependence"):
+        AnswerLevelModel(dependence="full")

@@ -111,8 +111,14 @@ class AnswerLevelModel:
             per-candidate binned log-likelihood ratios, averaged and scaled by ``size ** size_exponent``),
             ``"answer_mean"`` (one binned observation per answer) or ``"random_effects"`` (Gaussian with a shared
             per-answer component).
-        size_exponent: ``"candidates"`` evidence: an answer's mean log-likelihood ratio is multiplied by
-            ``size ** size_exponent`` (default 0.5; 1 = candidates independent, 0 = fully dependent).
+        size_exponent: ``"candidates"`` evidence with ``dependence="exponent"``: an answer's mean log-likelihood ratio
+            is multiplied by ``size ** size_exponent`` (default 0.5; 1 = candidates independent, 0 = fully dependent).
+        dependence: ``"exponent"`` (default: the fixed ``size_exponent``) or ``"icc"``: per source, the mean
+            log-likelihood ratio times the answer's *effective* number of candidates ``n / (1 + (n - 1) rho)``,
+            with ``rho`` the within-answer correlation of the source's scores given the class, re-estimated from the
+            EM posterior at every step (label-free; reported as ``within_answer_correlation``). Better on held-out
+            judge sets where an answer's candidates share most of their verifier error, worse on small or
+            noise-verifier sets (numbers in BENCHMARKS.md), so it is not the default.
         orient: break the label-swap symmetry with the scores' orientation (default True): among the EM solutions
             keep the best likelihood whose sources are not, on average, clearly worse than chance (mean implied
             AUROC >= 0.5 - ``orient_tol``) - the standard weak-supervision assumption that verifiers beat random
@@ -123,7 +129,7 @@ class AnswerLevelModel:
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "learned",
-                 evidence: str = "candidates", size_exponent: float = 0.5, orient: bool = True,
+                 evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "exponent", orient: bool = True,
                  orient_tol: float = 0.05) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
@@ -131,7 +137,12 @@ class AnswerLevelModel:
             raise ConfigError(f"agreement must be one of {AGREEMENT}, got {agreement!r}.")
         if not 0.0 <= orient_tol < 0.5:
             raise ConfigError(f"orient_tol must lie in [0, 0.5), got {orient_tol}.")
+        if dependence not in ("icc", "exponent"):
+            raise ConfigError(f"dependence must be 'icc' or 'exponent', got {dependence!r}.")
         self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
+        self.dependence = dependence
+        self.rho_: np.ndarray | None = None
+        self._icc_obs: Any = None
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -181,6 +192,15 @@ class AnswerLevelModel:
         if self.evidence == "answer_mean":
             return ev
         g = groups.group.ravel()
+        if self.dependence == "icc":  # per source: mean LLR of the answer's candidates x their effective number
+            out = np.zeros(groups.num_groups)
+            for k, llr in enumerate(self.llr_):
+                ok = b[:, k] >= 0
+                tot = np.bincount(g[ok], weights=llr[b[ok, k]], minlength=groups.num_groups)
+                n = np.bincount(g[ok], minlength=groups.num_groups).astype(np.float64)
+                rho = float(self.rho_[k])
+                out += np.where(n > 0, tot / np.maximum(n, 1.0) * n / (1.0 + (n - 1.0) * rho), 0.0)
+            return out
         tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
 
@@ -296,6 +316,8 @@ class AnswerLevelModel:
             rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
             b, self.edges_ = bin_scores(rows, self.bins)
             sizes = [e.size + 1 for e in self.edges_]
+            icc = self.evidence == "candidates" and self.dependence == "icc"
+            self._icc_obs = _re_stats(groups, s) if icc else None
         with np.errstate(all="ignore"):
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
@@ -334,15 +356,18 @@ class AnswerLevelModel:
         #: every admissible EM solution (one per start) with its mean log-likelihood per problem, for plausibility
         #: checks; ``inverted`` solutions (sources worse than chance) are listed in the report, not here
         self.solutions_ = [{"log_f": o["log_f"], "re": o["re"], "beta": o["beta"], "gamma": o["gamma"],
-                            "share_h": o["share_h"], "ll": o["ll"], "start": o["start"]} for o in (oriented or sols)]
+                            "share_h": o["share_h"], "rho": o["rho"], "ll": o["ll"], "start": o["start"]}
+                           for o in (oriented or sols)]
         self.num_problems_ = groups.num_problems
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
-        self.beta_, self.gamma_, self.share_h_ = best["beta"], best["gamma"], best["share_h"]
+        self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
+        self._icc_obs = None
         r = best["r"]
         self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
                         "beta": self.beta_ if not self._learned else None, "gamma": self.gamma_,
                         "agreement_weights": None if not self._learned else {
                             "log_share": float(self.share_h_[0]), "log_one_minus_share": float(self.share_h_[1])},
+                        "within_answer_correlation": None if self.rho_ is None else self.rho_.tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
@@ -367,6 +392,8 @@ class AnswerLevelModel:
                 c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
+            if cand and self.dependence == "icc":
+                self.rho_ = _within_answer_icc(self._icc_obs, r)
             if self._learned:
                 self.share_h_ = self._newton_theta(groups, r, self.share_h_)
             elif self.use_agreement:
@@ -379,7 +406,7 @@ class AnswerLevelModel:
                 break
             prev = ll
         return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
-                "it": it, "share_h": self.share_h_}
+                "it": it, "share_h": self.share_h_, "rho": self.rho_}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
@@ -406,17 +433,17 @@ class AnswerLevelModel:
         best_ll = max(sol["ll"] for sol in self.solutions_)
         keep = sorted((sol for sol in self.solutions_
                        if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
-        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_)
+        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_)
         out = []
         try:
             for sol in keep:
                 self.log_f_, self.re_ = sol["log_f"], sol["re"]
                 if self.evidence != "random_effects":
                     self.llr_ = [b - a for a, b in sol["log_f"]]
-                self.beta_, self.gamma_, self.share_h_ = sol["beta"], sol["gamma"], sol["share_h"]
+                self.beta_, self.gamma_, self.share_h_, self.rho_ = sol["beta"], sol["gamma"], sol["share_h"], sol["rho"]
                 out.append(self.predict_proba(answer_ids, sources))
         finally:
-            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_ = saved
+            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_ = saved
         return out
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -430,10 +457,11 @@ class AnswerLevelModel:
             raise ConfigError("AnswerLevelModel is not fitted; nothing to save.")
         return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
-                           "agreement": self.agreement, "orient": self.orient,
+                           "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
                            "orient_tol": self.orient_tol,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
                 "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
+                "rho": None if self.rho_ is None else self.rho_.tolist(),
                 "edges": None if self.edges_ is None else [e.tolist() for e in self.edges_],
                 "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
                 "re": None if self.re_ is None else [list(map(float, x)) for x in self.re_],
@@ -448,6 +476,8 @@ class AnswerLevelModel:
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
         m.llr_ = [b - a for a, b in m.log_f_] if m.re_ is None else [np.zeros(1)] * len(m.re_)
         m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
+        if state.get("rho") is not None:
+            m.rho_ = np.asarray(state["rho"], dtype=np.float64)
         if state.get("share_h") is not None:
             m.share_h_ = np.asarray(state["share_h"], dtype=np.float64)
         return m
@@ -458,6 +488,25 @@ def _share_features(groups: AnswerGroups) -> np.ndarray:
     ``1 - 1/(2N)``; a problem with one answer gives it prior 1 whatever the weights)."""
     s = np.minimum(groups.share, 1.0 - 0.5 / groups.num_candidates)
     return np.stack([np.log(s), np.log1p(-s)], axis=1)
+
+
+def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+    """``(K,)`` intra-answer correlation of each source given the class: the share of a source's score variance,
+    after removing the class means under the answer posteriors ``r``, that candidates of one answer have in common
+    (``sa2 / (sa2 + sw2)``, method of moments on probit scores). 0 = an answer's candidates are independent evidence;
+    1 = they are one observation. Label-free (``r`` is the EM posterior)."""
+    m, n, sw2 = obs
+    out = np.zeros(m.shape[1])
+    for k in range(m.shape[1]):
+        ok = n[:, k] > 0
+        mk, nk, rk = m[ok, k], n[ok, k], r[ok]
+        w1, w0 = rk * nk, (1.0 - rk) * nk
+        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
+        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        resid = rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2
+        sa2 = max(float((resid - sw2[k] / nk).mean()), 0.0)
+        out[k] = sa2 / (sa2 + sw2[k])
+    return out
 
 
 def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
