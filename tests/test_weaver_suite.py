@@ -201,7 +201,7 @@ def test_inverted_em_solutions_are_dropped():
             assert rep["inverted_solutions_dropped"] and all(s["mean_auroc"] < 0.45
                                                              for s in rep["inverted_solutions_dropped"])
             assert np.all(w.label_model_.source_auroc() > 0.5)
-    assert acc[True] > 0.4 > 0.1 > acc[False], acc
+    assert acc[True] > 0.4 and acc[False] < 0.1, acc
     with pytest.raises(ConfigError, match="orient_tol"):
         AnswerLevelModel(orient_tol=0.6)
 
@@ -280,7 +280,7 @@ def test_weaver_core_imports_neither_lightning_nor_torchmetrics():
             "lightning_ws.weaver.cli, lightning_ws.weaver.scoring, lightning_ws.weaver.suite; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'torchmetrics')]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     # the distillation metric lives with the other Weaver metrics
     from lightning_ws.metrics.weaver import FlatSelectionAccuracy

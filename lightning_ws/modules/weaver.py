@@ -19,7 +19,7 @@ from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.metrics.weaver import FlatSelectionAccuracy
 from lightning_ws.modules.text_classifier import load_encoder
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
-from lightning_ws.weaver.distill import RANKING_LOSSES, flat_selection_accuracy, ranking_loss, select_from_scores
+from lightning_ws.weaver.distill import RANKING_LOSSES, ranking_loss, select_from_scores
 
 __all__ = ["SCORE", "WeaverCrossEncoder", "select_from_scores"]
 

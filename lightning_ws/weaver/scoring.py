@@ -100,7 +100,7 @@ def score_auroc(scores: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     ss = s[order]
     ranks = torch.empty_like(ss)
     # average ranks over ties
-    uniq, inv, counts = torch.unique_consecutive(ss, return_inverse=True, return_counts=True)
+    _, inv, counts = torch.unique_consecutive(ss, return_inverse=True, return_counts=True)
     ends = torch.cumsum(counts, 0).double()
     avg = ends - (counts.double() - 1) / 2.0
     ranks = avg[inv]
