@@ -291,6 +291,11 @@ def test_selection_majority_auroc_and_tie_metrics():
                          (ScoreAUROC(), (torch.from_numpy(s), c)), (TieRate(), (torch.from_numpy(tied),))):
         metric.update(*[a[:20] for a in args])
         metric.update(*[a[20:] for a in args])
+        if isinstance(metric, ScoreAUROC):  # torchmetrics' BinaryAUROC underneath, NaN scores dropped
+            assert float(metric.compute()) == pytest.approx(float(score_auroc(torch.from_numpy(s), c)))
+    one_class = ScoreAUROC()
+    one_class.update(torch.tensor([0.1, 0.7]), torch.tensor([True, True]))
+    assert np.isnan(float(one_class.compute())) and np.isnan(float(ScoreAUROC().compute()))
     assert float(TieRate().forward(torch.from_numpy(np.nan_to_num(tied, nan=-9)))) == pytest.approx(
         tie_rate(np.nan_to_num(tied, nan=-9)))
     with pytest.warns(UserWarning, match="before the ``update``"):

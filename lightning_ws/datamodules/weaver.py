@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_ws.contracts import AGREEMENT, ATTENTION_MASK, CORRECT, IDX, INPUT_IDS, PROBLEM, TARGET, TOKEN_TYPE_IDS
 from lightning_ws.datamodules.resumable import ResumableDataLoader
 from lightning_ws.datamodules.text import EpochSeededRandomSampler, load_tokenizer
 from lightning_ws.errors import ConfigError, DataError
@@ -75,39 +76,39 @@ class ProblemPairDataset(Dataset):
         return int(self.problems.size)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {"problem": int(self.problems[i]), "input_ids": self.input_ids[i], "target": self.targets[i],
-                "correct": self.correct[i], "agreement": self.agreement[i]}
+        item = {PROBLEM: int(self.problems[i]), INPUT_IDS: self.input_ids[i], TARGET: self.targets[i],
+                CORRECT: self.correct[i], AGREEMENT: self.agreement[i]}
         if self.token_type_ids is not None:
-            item["token_type_ids"] = self.token_type_ids[i]
+            item[TOKEN_TYPE_IDS] = self.token_type_ids[i]
         return item
 
 
 def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidates: int) -> dict[str, torch.Tensor]:
     """Flatten whole problems into a candidate batch, padded to the longest pair in the batch (dynamic padding)."""
-    seqs = [s for it in items for s in it["input_ids"]]
+    seqs = [s for it in items for s in it[INPUT_IDS]]
     longest = max(len(s) for s in seqs)
     B = len(seqs)
     ids = torch.full((B, longest), pad_id, dtype=torch.long)
     mask = torch.zeros((B, longest), dtype=torch.long)
-    types = torch.zeros((B, longest), dtype=torch.long) if "token_type_ids" in items[0] else None
+    types = torch.zeros((B, longest), dtype=torch.long) if TOKEN_TYPE_IDS in items[0] else None
     row = 0
     for it in items:
-        for n, s in enumerate(it["input_ids"]):
+        for n, s in enumerate(it[INPUT_IDS]):
             ids[row, : len(s)] = torch.as_tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
             if types is not None:
-                types[row, : len(s)] = torch.as_tensor(it["token_type_ids"][n], dtype=torch.long)
+                types[row, : len(s)] = torch.as_tensor(it[TOKEN_TYPE_IDS][n], dtype=torch.long)
             row += 1
-    problem = torch.as_tensor([it["problem"] for it in items], dtype=torch.long).repeat_interleave(num_candidates)
+    problem = torch.as_tensor([it[PROBLEM] for it in items], dtype=torch.long).repeat_interleave(num_candidates)
     cand = torch.arange(num_candidates, dtype=torch.long).repeat(len(items))
-    batch = {"input_ids": ids, "attention_mask": mask,
-             "target": torch.from_numpy(np.concatenate([it["target"] for it in items])).float(),
-             "correct": torch.from_numpy(np.concatenate([it["correct"] for it in items])).long(),
-             "problem": problem, "idx": problem * num_candidates + cand}
-    if "agreement" in items[0]:
-        batch["agreement"] = torch.from_numpy(np.concatenate([it["agreement"] for it in items])).float()
+    batch = {INPUT_IDS: ids, ATTENTION_MASK: mask,
+             TARGET: torch.from_numpy(np.concatenate([it[TARGET] for it in items])).float(),
+             CORRECT: torch.from_numpy(np.concatenate([it[CORRECT] for it in items])).long(),
+             PROBLEM: problem, IDX: problem * num_candidates + cand}
+    if AGREEMENT in items[0]:
+        batch[AGREEMENT] = torch.from_numpy(np.concatenate([it[AGREEMENT] for it in items])).float()
     if types is not None:
-        batch["token_type_ids"] = types
+        batch[TOKEN_TYPE_IDS] = types
     return batch
 
 
@@ -270,7 +271,7 @@ class WeaverDistillDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return collate_problems(items, int(self.tokenizer.pad_token_id or 0), items[0]["target"].shape[0])
+        return collate_problems(items, int(self.tokenizer.pad_token_id or 0), items[0][TARGET].shape[0])
 
     def train_dataloader(self) -> DataLoader:
         """Whole problems shuffled per epoch with ``(seed, epoch)``; resumes mid-epoch exactly."""

@@ -12,43 +12,19 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import nn
-from torchmetrics import MeanSquaredError, Metric
-from torchmetrics.utilities import dim_zero_cat
+from torchmetrics import MeanSquaredError
 
+from lightning_ws.contracts import AGREEMENT, ATTENTION_MASK, CORRECT, IDX, INPUT_IDS, PROBLEM, TARGET, TOKEN_TYPE_IDS
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.metrics.weaver import FlatSelectionAccuracy
 from lightning_ws.modules.text_classifier import load_encoder
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
-from lightning_ws.weaver.distill import RANKING_LOSSES, flat_selection_accuracy, ranking_loss, select_from_scores
+from lightning_ws.weaver.distill import RANKING_LOSSES, ranking_loss, select_from_scores
 
-__all__ = ["WeaverCrossEncoder", "FlatSelectionAccuracy", "select_from_scores"]
+__all__ = ["SCORE", "WeaverCrossEncoder", "select_from_scores"]
 
-
-class FlatSelectionAccuracy(Metric):
-    """Select@1 from flat per-candidate ``(problem, score, correct)`` triples (arXiv 2506.18203).
-
-    Concatenation states, so under DDP every rank computes the same value from all ranks' candidates (a problem's
-    candidates may even be split across ranks). Per problem, the argmax-score candidate is selected (first on ties).
-    """
-
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("problem", default=[], dist_reduce_fx="cat")
-        self.add_state("score", default=[], dist_reduce_fx="cat")
-        self.add_state("correct", default=[], dist_reduce_fx="cat")
-
-    def update(self, problem: torch.Tensor, score: torch.Tensor, correct: torch.Tensor) -> None:
-        """Add a batch of candidates."""
-        self.problem.append(problem.detach().long())
-        self.score.append(score.detach().float())
-        self.correct.append(correct.detach().long())
-
-    def compute(self) -> torch.Tensor:
-        """Fraction of problems whose selected candidate is correct."""
-        p, s, c = dim_zero_cat(self.problem), dim_zero_cat(self.score), dim_zero_cat(self.correct)
-        # A problem seen twice (DDP padding repeats samples) only duplicates its candidates: it still counts once.
-        return torch.tensor(flat_selection_accuracy(p.cpu(), s.cpu(), c.cpu()), device=s.device)
+SCORE = "score"
+"""Key of the predicted score in :meth:`WeaverCrossEncoder.predict_step` outputs (a step output, not a batch key)."""
 
 
 class WeaverCrossEncoder(pl.LightningModule):
@@ -147,9 +123,9 @@ class WeaverCrossEncoder(pl.LightningModule):
         """Logits ``z`` ``(B,)`` (float32) of the (instruction, response) pairs; with ``use_agreement`` the
         ``(B,)`` answer agreement (fraction of the problem's candidates sharing the candidate's final answer) is
         appended to the CLS vector."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        kwargs = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
+            kwargs[TOKEN_TYPE_IDS] = token_type_ids
         cls = self.encoder(**kwargs).last_hidden_state[:, 0]
         if self.hparams.use_agreement:
             if agreement is None:
@@ -164,18 +140,18 @@ class WeaverCrossEncoder(pl.LightningModule):
         return torch.sigmoid(z) if self.hparams.output == "sigmoid" else z
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), batch.get("agreement"))
+        return self(batch[INPUT_IDS], batch[ATTENTION_MASK], batch.get(TOKEN_TYPE_IDS), batch.get(AGREEMENT))
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """MSE to the Weaver scores plus the optional within-problem ranking loss."""
         z = self._logits(batch)
-        target = batch["target"].float()
+        target = batch[TARGET].float()
         mse = torch.mean((self.score_from_logits(z) - target) ** 2)
         loss = mse
         B = z.shape[0]
         if self.hparams.ranking_weight > 0:
-            rank = ranking_loss(self.hparams.ranking_loss, z, target, batch["problem"])
+            rank = ranking_loss(self.hparams.ranking_loss, z, target, batch[PROBLEM])
             loss = mse + self.hparams.ranking_weight * rank
             self.log("train/mse", mse, batch_size=B)
             self.log("train/rank", rank, batch_size=B)
@@ -185,8 +161,8 @@ class WeaverCrossEncoder(pl.LightningModule):
     def _eval(self, batch: dict[str, torch.Tensor], mse: MeanSquaredError, select: FlatSelectionAccuracy,
               prefix: str) -> None:
         s = self.score_from_logits(self._logits(batch))
-        mse.update(s, batch["target"].float())
-        select.update(batch["problem"], s, batch["correct"])
+        mse.update(s, batch[TARGET].float())
+        select.update(batch[PROBLEM], s, batch[CORRECT])
         self.log(f"{prefix}/mse", mse, batch_size=s.shape[0])
         self.log(f"{prefix}/select_acc", select, prog_bar=True, batch_size=s.shape[0])
 
@@ -201,14 +177,14 @@ class WeaverCrossEncoder(pl.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """``{"score": (B,), "problem": (B,), "idx": (B,)}``; select with :func:`select_from_scores`."""
         s = self.score_from_logits(self._logits(batch))
-        return {"score": s, "problem": batch["problem"], "idx": batch["idx"]}
+        return {SCORE: s, PROBLEM: batch[PROBLEM], IDX: batch[IDX]}
 
     @staticmethod
     def select(outputs: Sequence[dict[str, torch.Tensor]]) -> dict[int, int]:
         """From concatenated ``predict`` outputs: ``{problem id: selected candidate idx}``."""
-        p = torch.cat([o["problem"] for o in outputs])
-        s = torch.cat([o["score"] for o in outputs])
-        idx = torch.cat([o["idx"] for o in outputs])
+        p = torch.cat([o[PROBLEM] for o in outputs])
+        s = torch.cat([o[SCORE] for o in outputs])
+        idx = torch.cat([o[IDX] for o in outputs])
         probs, pos = select_from_scores(p, s)
         return {int(a): int(idx[b]) for a, b in zip(probs, pos)}
 

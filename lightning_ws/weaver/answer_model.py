@@ -6,15 +6,22 @@ model decide each one. Two facts of verifier data break that: correctness is a f
 correct. :class:`AnswerLevelModel` uses both. For problem ``p`` with distinct answers ``a`` (a candidate without an
 extracted answer is its own singleton answer), the latent ``z_p`` is the correct answer or "none":
 
-    P(z_p = a) = gamma * softmax_a(beta * log share_a),   P(z_p = none) = 1 - gamma,
+    P(z_p = a) = gamma * softmax_a(theta_1 log share_a + theta_2 log(1 - share_a)),   P(z_p = none) = 1 - gamma,
     P(bin of source k for answer a | a is / is not z_p) = f1[k, b] / f0[k, b],
 
-where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` (``beta = 0``: agreement carries
-no evidence; ``beta = 1``: the generator is calibrated; large ``beta``: majority vote), and source ``k``'s
-observation for answer ``a`` is the binned mean of the (pooled, normalised) source scores of ``a``'s candidates. EM
-learns ``gamma``, ``beta`` (Newton steps in ``[0, beta_max]``) and the binned class-conditional score distributions
-``f1, f0`` without labels, so how much to trust agreement versus each verifier is estimated from the data instead of
-being fixed. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection takes the most probable answer.
+where ``share_a`` is the fraction of the problem's candidates giving answer ``a`` and source ``k``'s evidence for
+``a`` is built from the binned (pooled, normalised) scores of ``a``'s candidates. EM learns ``gamma``, the agreement
+weights ``theta`` (Newton steps on the concave M-step objective) and the binned class-conditional score
+distributions ``f1, f0`` without labels, so how much - and in which shape - to trust agreement versus each verifier
+is estimated from the data instead of being fixed. ``theta_2 = 0`` is the monotone ``share ** beta`` prior
+(``agreement="exponent"``); the second feature lets the prior be U-shaped, which is what the Bayes-optimal rule looks
+like on hard multiple choice with evenly spread distractors (a correct answer held by few candidates is more
+plausible than a wrong one held by a middling number). Two symmetry-breaking constraints keep EM from the inverted
+fits it otherwise finds on hard sets (both label-free; the weak-supervision assumption that sources beat chance):
+``theta_1 >= theta_2`` (of two answers that split the candidates, the more frequent is never the less likely
+correct) and, among the EM starts, fits whose sources are on average clearly worse than chance (implied AUROC
+below ``0.5 - orient_tol``) are dropped. The posterior ``P(z_p = a)`` is each candidate's P(correct); selection
+takes the most probable answer.
 
 Lightning-free (numpy).
 """
@@ -28,10 +35,12 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver.ordinal import bin_scores
 
-__all__ = ["EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
+__all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
 
 #: Evidence models of :class:`AnswerLevelModel`.
 EVIDENCE = ("random_effects", "candidates", "answer_mean")
+#: How answer agreement enters :class:`AnswerLevelModel`.
+AGREEMENT = ("learned", "exponent")
 
 
 class AnswerGroups:
@@ -52,6 +61,11 @@ class AnswerGroups:
         self.share = self.size / N
         self.starts = np.flatnonzero(np.r_[True, self.problem[1:] != self.problem[:-1]])
         self.num_problems, self.num_candidates = P, N
+
+    @property
+    def answers_per_problem(self) -> np.ndarray:
+        """``(G,)`` number of distinct answers of each group's problem."""
+        return np.bincount(self.problem, minlength=self.num_problems)[self.problem].astype(np.float64)
 
     @property
     def num_groups(self) -> int:
@@ -86,14 +100,49 @@ class AnswerLevelModel:
         smoothing: add-``smoothing`` counts per bin and class (default 1.0).
         beta_max: largest agreement exponent (default 6; found by Newton steps on the concave M-step objective).
         max_iter, tol: EM stopping rule (defaults 100, 1e-6 gain of the mean log-likelihood per problem).
-        use_agreement: let the answer share enter the prior (default True); False = verifiers only.
+        use_agreement: let the answer share enter the model (default True); False = verifiers only.
+        agreement: ``"learned"`` (default): the prior over a problem's answers is
+            ``softmax_a(theta_1 log share_a + theta_2 log(1 - share_a))`` with both weights learned by EM (each in
+            ``[-beta_max, beta_max]``), so the model learns *how* agreement relates to correctness - the majority
+            answer (``theta_1 > 0``, ``theta_2 = 0`` is the ``share ** beta`` prior), or, on hard multiple choice
+            with evenly spread distractors, also an answer held by few candidates (a U shape). ``"exponent"``: the
+            monotone prior ``share ** beta`` alone (the issue-17 first version).
+        evidence: how the sources' scores of an answer's candidates become evidence: ``"candidates"`` (default:
+            per-candidate binned log-likelihood ratios, averaged and scaled by ``size ** size_exponent``),
+            ``"answer_mean"`` (one binned observation per answer) or ``"random_effects"`` (Gaussian with a shared
+            per-answer component).
+        size_exponent: ``"candidates"`` evidence with ``dependence="exponent"``: an answer's mean log-likelihood ratio
+            is multiplied by ``size ** size_exponent`` (default 0.5; 1 = candidates independent, 0 = fully dependent).
+        dependence: ``"exponent"`` (default: the fixed ``size_exponent``) or ``"icc"``: per source, the mean
+            log-likelihood ratio times the answer's *effective* number of candidates ``n / (1 + (n - 1) rho)``,
+            with ``rho`` the within-answer correlation of the source's scores given the class, re-estimated from the
+            EM posterior at every step (label-free; reported as ``within_answer_correlation``). Better on held-out
+            judge sets where an answer's candidates share most of their verifier error, worse on small or
+            noise-verifier sets (numbers in BENCHMARKS.md), so it is not the default.
+        orient: break the label-swap symmetry with the scores' orientation (default True): among the EM solutions
+            keep the best likelihood whose sources are not, on average, clearly worse than chance (mean implied
+            AUROC >= 0.5 - ``orient_tol``) - the standard weak-supervision assumption that verifiers beat random
+            (Weaver spec 12.2). False = the best likelihood whatever it implies.
+        orient_tol: tolerance of that test (default 0.05: sources at chance, e.g. pure noise, give fits within a
+            few hundredths of 0.5 either way; the inverted fits seen on hard judge sets sit near 0.3).
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
-                 tol: float = 1e-6, use_agreement: bool = True, evidence: str = "candidates",
-                 size_exponent: float = 0.5) -> None:
+                 tol: float = 1e-6, use_agreement: bool = True, agreement: str = "learned",
+                 evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "exponent", orient: bool = True,
+                 orient_tol: float = 0.05) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
+        if agreement not in AGREEMENT:
+            raise ConfigError(f"agreement must be one of {AGREEMENT}, got {agreement!r}.")
+        if not 0.0 <= orient_tol < 0.5:
+            raise ConfigError(f"orient_tol must lie in [0, 0.5), got {orient_tol}.")
+        if dependence not in ("icc", "exponent"):
+            raise ConfigError(f"dependence must be 'icc' or 'exponent', got {dependence!r}.")
+        self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
+        self.dependence = dependence
+        self.rho_: np.ndarray | None = None
+        self._icc_obs: Any = None
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -105,6 +154,7 @@ class AnswerLevelModel:
         self.llr_: list[np.ndarray] | None = None
         self.log_f_: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.re_: list[tuple[float, float, float, float]] | None = None
+        self.share_h_: np.ndarray | None = None  # per share bin log-weight of the answer prior
         self.solutions_: list[dict[str, Any]] = []
         self.num_problems_ = 0
         self.beta_: float | None = None
@@ -142,6 +192,15 @@ class AnswerLevelModel:
         if self.evidence == "answer_mean":
             return ev
         g = groups.group.ravel()
+        if self.dependence == "icc":  # per source: mean LLR of the answer's candidates x their effective number
+            out = np.zeros(groups.num_groups)
+            for k, llr in enumerate(self.llr_):
+                ok = b[:, k] >= 0
+                tot = np.bincount(g[ok], weights=llr[b[ok, k]], minlength=groups.num_groups)
+                n = np.bincount(g[ok], minlength=groups.num_groups).astype(np.float64)
+                rho = float(self.rho_[k])
+                out += np.where(n > 0, tot / np.maximum(n, 1.0) * n / (1.0 + (n - 1.0) * rho), 0.0)
+            return out
         tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
 
@@ -164,27 +223,73 @@ class AnswerLevelModel:
             beta = new
         return beta
 
+    def _newton_theta(self, groups: AnswerGroups, r: np.ndarray, theta: np.ndarray | None) -> np.ndarray:
+        """Maximise the concave ``sum r * log softmax_p(theta_1 log s + theta_2 log(1 - s))`` over the agreement
+        weights subject to ``theta_1 >= theta_2`` (of two answers that split the candidates ``s`` vs ``1 - s``, the
+        more frequent is never the less likely correct: agreement is at least as good as chance, the counterpart of
+        the verifiers' orientation) and ``|theta| <= beta_max``. Newton in ``(a, d) = (theta_2, theta_1 - theta_2)``
+        on the features ``(log s(1 - s), log s)``; when the free optimum has ``d < 0`` the constrained one lies on
+        ``d = 0`` (concavity), where ``a`` alone is optimised."""
+        F = _share_features(groups)
+        G = np.stack([F[:, 0] + F[:, 1], F[:, 0]], axis=1)
+        x = np.zeros(2) if theta is None else np.array([theta[1], max(theta[0] - theta[1], 0.0)])
+        x = self._newton_softmax(groups, r, G, x, free=[0, 1])
+        if x[1] < 0.0:
+            x[1] = 0.0
+            x = self._newton_softmax(groups, r, G, x, free=[0])
+        return np.clip(np.array([x[0] + x[1], x[0]]), -self.beta_max, self.beta_max)
+
+    def _newton_softmax(self, groups: AnswerGroups, r: np.ndarray, G: np.ndarray, x: np.ndarray,
+                        free: list[int]) -> np.ndarray:
+        """Newton steps on ``sum r * log softmax_p(G x)`` over the coordinates ``free`` of ``x`` (1e-6 ridge)."""
+        x = x.copy()
+        rs = np.add.reduceat(r, groups.starts)
+        Gf = G[:, free]
+        target = r @ Gf
+        for _ in range(30):
+            v = G @ x
+            pi = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            m1 = np.add.reduceat(pi[:, None] * Gf, groups.starts)
+            m2 = np.add.reduceat(pi[:, None, None] * Gf[:, :, None] * Gf[:, None, :], groups.starts)
+            grad = target - rs @ m1 - 1e-6 * x[free]
+            hess = np.einsum("p,pij->ij", rs, m2) - (m1 * rs[:, None]).T @ m1 + 1e-6 * np.eye(len(free))
+            step = np.linalg.solve(hess, grad)
+            step *= min(1.0, 2.0 * self.beta_max / max(float(np.abs(step).max()), 1e-12))  # damp huge steps
+            x[free] += step
+            if np.abs(step).max() < 1e-5:
+                break
+        return x
+
     def source_auroc(self) -> np.ndarray:
         """Per source, the single-candidate AUROC implied by the fitted class-conditional model (label-free)."""
+        if (self.re_ if self.evidence == "random_effects" else self.log_f_) is None:
+            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+        return self._implied_auroc(self.log_f_, self.re_)
+
+    def _implied_auroc(self, log_f: Any, re: Any) -> np.ndarray:
         if self.evidence == "random_effects":
             from scipy.special import ndtr
 
-            if self.re_ is None:
-                raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
-            return np.array([float(ndtr((mu1 - mu0) / np.sqrt(2.0 * (sa2 + sw2)))) for mu0, mu1, sa2, sw2 in self.re_])
-        if self.log_f_ is None:
-            raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
+            return np.array([float(ndtr((mu1 - mu0) / np.sqrt(2.0 * (sa2 + sw2)))) for mu0, mu1, sa2, sw2 in re])
         out = []
-        for lf0, lf1 in self.log_f_:
+        for lf0, lf1 in log_f:
             f0, f1 = np.exp(lf0), np.exp(lf1)
             below = np.concatenate([[0.0], np.cumsum(f0)[:-1]])
             out.append(float(np.sum(f1 * (below + 0.5 * f0))))
         return np.asarray(out)
 
+    @property
+    def _learned(self) -> bool:
+        return self.use_agreement and self.agreement == "learned"
+
     def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
                    ) -> tuple[np.ndarray, float]:
-        ls = np.log(groups.share) * (beta if self.use_agreement else 0.0)
-        prior = ls - groups.segment_logsumexp(ls)[groups.problem]
+        if self._learned:
+            h = _share_features(groups) @ self.share_h_
+            prior = h - groups.segment_logsumexp(h)[groups.problem]
+        else:
+            ls = np.log(groups.share) * (beta if self.use_agreement else 0.0)
+            prior = ls - groups.segment_logsumexp(ls)[groups.problem]
         v = np.log(gamma) + prior + self._evidence(groups, b)
         lz = np.logaddexp(groups.segment_logsumexp(v), np.log1p(-gamma))
         return np.exp(v - lz[groups.problem]), float(lz.mean())
@@ -211,6 +316,8 @@ class AnswerLevelModel:
             rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
             b, self.edges_ = bin_scores(rows, self.bins)
             sizes = [e.size + 1 for e in self.edges_]
+            icc = self.evidence == "candidates" and self.dependence == "icc"
+            self._icc_obs = _re_stats(groups, s) if icc else None
         with np.errstate(all="ignore"):
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
@@ -235,19 +342,36 @@ class AnswerLevelModel:
             r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
+            self.share_h_ = None  # every start learns its own agreement weights
             out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
+            out["auroc"] = self._implied_auroc(out["log_f"], out["re"])
             sols.append(out)
-            if best is None or out["ll"] > best["ll"] + 1e-9:
-                best = out
-        #: every EM solution (one per start) with its mean log-likelihood per problem, for plausibility checks
+        # Label-swap symmetry: the scores are "higher = better", so a fit in which the sources are on average worse
+        # than chance (mean implied AUROC < 0.5 - orient_tol) has the latent inverted - typically "the majority answer is right
+        # and the verifiers prefer wrong answers" on hard sets. Such fits are dropped unless every start ends there.
+        oriented = [o for o in sols if float(np.mean(o["auroc"])) >= 0.5 - self.orient_tol] if self.orient else sols
+        for o in oriented or sols:
+            if best is None or o["ll"] > best["ll"] + 1e-9:
+                best = o
+        #: every admissible EM solution (one per start) with its mean log-likelihood per problem, for plausibility
+        #: checks; ``inverted`` solutions (sources worse than chance) are listed in the report, not here
         self.solutions_ = [{"log_f": o["log_f"], "re": o["re"], "beta": o["beta"], "gamma": o["gamma"],
-                            "ll": o["ll"], "start": o["start"]} for o in sols]
+                            "share_h": o["share_h"], "rho": o["rho"], "ll": o["ll"], "start": o["start"]}
+                           for o in (oriented or sols)]
         self.num_problems_ = groups.num_problems
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
-        self.beta_, self.gamma_ = best["beta"], best["gamma"]
+        self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
+        self._icc_obs = None
         r = best["r"]
-        self.report_ = {"iterations": best["it"], "beta": self.beta_, "gamma": self.gamma_,
+        self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
+                        "beta": self.beta_ if not self._learned else None, "gamma": self.gamma_,
+                        "agreement_weights": None if not self._learned else {
+                            "log_share": float(self.share_h_[0]), "log_one_minus_share": float(self.share_h_[1])},
+                        "within_answer_correlation": None if self.rho_ is None else self.rho_.tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
+                        "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
+                                                        "mean_auroc": float(np.mean(o["auroc"]))}
+                                                       for o in sols if oriented and all(o is not k for k in oriented)],
                         "class_balance": float((r * groups.size).sum() / groups.size.sum())}
         return self
 
@@ -268,7 +392,11 @@ class AnswerLevelModel:
                 c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
-            if self.use_agreement:
+            if cand and self.dependence == "icc":
+                self.rho_ = _within_answer_icc(self._icc_obs, r)
+            if self._learned:
+                self.share_h_ = self._newton_theta(groups, r, self.share_h_)
+            elif self.use_agreement:
                 beta = self._newton_beta(groups, r, ls, beta)
             r, ll = self._posterior(groups, b, beta, gam)
             if clamp is not None:
@@ -278,7 +406,7 @@ class AnswerLevelModel:
                 break
             prev = ll
         return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
-                "it": it}
+                "it": it, "share_h": self.share_h_, "rho": self.rho_}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
@@ -305,17 +433,17 @@ class AnswerLevelModel:
         best_ll = max(sol["ll"] for sol in self.solutions_)
         keep = sorted((sol for sol in self.solutions_
                        if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
-        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_)
+        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_)
         out = []
         try:
             for sol in keep:
                 self.log_f_, self.re_ = sol["log_f"], sol["re"]
                 if self.evidence != "random_effects":
                     self.llr_ = [b - a for a, b in sol["log_f"]]
-                self.beta_, self.gamma_ = sol["beta"], sol["gamma"]
+                self.beta_, self.gamma_, self.share_h_, self.rho_ = sol["beta"], sol["gamma"], sol["share_h"], sol["rho"]
                 out.append(self.predict_proba(answer_ids, sources))
         finally:
-            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_ = saved
+            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_ = saved
         return out
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -329,7 +457,11 @@ class AnswerLevelModel:
             raise ConfigError("AnswerLevelModel is not fitted; nothing to save.")
         return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
+                           "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
+                           "orient_tol": self.orient_tol,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
+                "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
+                "rho": None if self.rho_ is None else self.rho_.tolist(),
                 "edges": None if self.edges_ is None else [e.tolist() for e in self.edges_],
                 "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
                 "re": None if self.re_ is None else [list(map(float, x)) for x in self.re_],
@@ -344,7 +476,37 @@ class AnswerLevelModel:
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
         m.llr_ = [b - a for a, b in m.log_f_] if m.re_ is None else [np.zeros(1)] * len(m.re_)
         m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
+        if state.get("rho") is not None:
+            m.rho_ = np.asarray(state["rho"], dtype=np.float64)
+        if state.get("share_h") is not None:
+            m.share_h_ = np.asarray(state["share_h"], dtype=np.float64)
         return m
+
+
+def _share_features(groups: AnswerGroups) -> np.ndarray:
+    """``(G, 2)`` agreement features of every answer: ``log share`` and ``log(1 - share)`` (share capped at
+    ``1 - 1/(2N)``; a problem with one answer gives it prior 1 whatever the weights)."""
+    s = np.minimum(groups.share, 1.0 - 0.5 / groups.num_candidates)
+    return np.stack([np.log(s), np.log1p(-s)], axis=1)
+
+
+def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+    """``(K,)`` intra-answer correlation of each source given the class: the share of a source's score variance,
+    after removing the class means under the answer posteriors ``r``, that candidates of one answer have in common
+    (``sa2 / (sa2 + sw2)``, method of moments on probit scores). 0 = an answer's candidates are independent evidence;
+    1 = they are one observation. Label-free (``r`` is the EM posterior)."""
+    m, n, sw2 = obs
+    out = np.zeros(m.shape[1])
+    for k in range(m.shape[1]):
+        ok = n[:, k] > 0
+        mk, nk, rk = m[ok, k], n[ok, k], r[ok]
+        w1, w0 = rk * nk, (1.0 - rk) * nk
+        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
+        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        resid = rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2
+        sa2 = max(float((resid - sw2[k] / nk).mean()), 0.0)
+        out[k] = sa2 / (sa2 + sw2[k])
+    return out
 
 
 def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

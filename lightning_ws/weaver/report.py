@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from lightning_ws.errors import ConfigError, DataError
-from lightning_ws.metrics.weaver import pass_at_k, score_auroc, selection_accuracy, top_tie_rate
 from lightning_ws.weaver.data import VerificationData
+from lightning_ws.weaver.distill import split_problems
+from lightning_ws.weaver.scoring import pass_at_k, score_auroc, selection_accuracy, top_tie_rate
 from lightning_ws.weaver.select import (
     ScoreNormalizer,
     Weaver,
@@ -25,19 +26,21 @@ from lightning_ws.weaver.select import (
     select_candidates,
 )
 
-__all__ = ["split_problems", "naive_ensemble_scores", "best_single_verifier", "logistic_regression_scores",
+__all__ = ["naive_ensemble_scores", "best_single_verifier", "logistic_regression_scores",
            "weaver_report", "format_report", "suite_report", "SUITE_BASELINES"]
 
 
-def split_problems(num_problems: int, dev_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of problem indices into ``(dev, eval)`` (by problem, never by candidate)."""
+def _dev_eval_split(num_problems: int, dev_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded ``(dev, eval)`` split of problem indices (by problem, never by candidate), through the one
+    :func:`~lightning_ws.weaver.distill.split_problems` of the package (its train part is the dev split)."""
     if not 0.0 < float(dev_fraction) < 1.0:
         raise ConfigError(f"dev_fraction must lie in (0, 1), got {dev_fraction}.")
-    perm = np.random.default_rng(seed).permutation(num_problems)
-    n_dev = max(1, int(round(dev_fraction * num_problems)))
-    if n_dev >= num_problems:
-        raise DataError(f"{num_problems} problems are too few for a dev split of {dev_fraction}.")
-    return np.sort(perm[:n_dev]), np.sort(perm[n_dev:])
+    try:
+        dev, _, ev = split_problems(num_problems, val_fraction=0.0, test_fraction=1.0 - float(dev_fraction),
+                                    seed=seed)
+    except ConfigError as e:
+        raise DataError(f"{num_problems} problems are too few for a dev split of {dev_fraction}: {e}") from e
+    return dev, ev
 
 
 def _with_mv(data: VerificationData) -> tuple[np.ndarray, list[str]]:
@@ -95,7 +98,7 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
     the evaluation problems' scores (no labels / eval prior); ``few_labels`` on dev + eval scores with dev labels.
     """
     correct = data.require_labels("weaver_report")
-    dev, ev = split_problems(data.num_problems, dev_fraction, seed)
+    dev, ev = _dev_eval_split(data.num_problems, dev_fraction, seed)
     d_dev, d_ev = data.subset(dev), data.subset(ev)
     if d_dev.verifier_names != data.verifier_names or d_ev.verifier_names != data.verifier_names:
         raise DataError("a verifier has no scores on the dev or eval split; drop it or change the split seed.")

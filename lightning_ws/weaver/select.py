@@ -563,7 +563,9 @@ class Weaver:
 
        * ``"answer_level"`` (default, :class:`~lightning_ws.weaver.answer_model.AnswerLevelModel`): label-free EM
          over which answer of each problem is correct, if any, with answer agreement as a learned prior
-         (``share ** beta``) and binned continuous source scores as evidence - no binarisation, no threshold;
+         (``softmax(theta_1 log share + theta_2 log(1 - share))``, oriented: ``theta_1 >= theta_2``), binned
+         continuous source scores as evidence, and inverted EM fits (sources worse than chance) dropped - no
+         binarisation, no threshold;
        * any :func:`lightning_ws.labelmodels.make_label_model` name (``"moment_matching"``, ``"dawid_skene"``,
          ``"triplet"``, ``"metal_compat"``): the paper's binary path - the majority-vote pseudo-verifier is added
          as a column, :class:`Binarizer` (``"youden"`` by default: cut at the estimated best ``TPR + TNR`` under a
@@ -571,11 +573,14 @@ class Weaver:
          label-free prior), :class:`VerifierFilter` (never drops every real verifier), then the label model;
     4. the **guard** (``guard=True``, default): choose between the label model, the pooled mean score and
        answer-level majority vote by their *2-fold cross-fitted estimated accuracy*: problems are split in two
-       seeded halves; on each half the label model is refitted on that half alone, an answer-level model fitted on
-       the *other* half estimates P(correct) of every candidate, and each selector's estimated accuracy is the mean
-       of that estimate at its picks. The label model is kept unless a simpler selector is estimated at least as
-       accurate (ties go to the simpler one: majority vote, then pooled mean). No gold label is read. The choice and
-       the three estimates are in ``report_["guard"]``;
+       seeded halves; an answer-level model fitted on one half estimates P(correct) of every candidate of the
+       other half, under each of its EM solutions within ``guard_gap`` nats of its best likelihood, and a
+       selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
+       of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
+       vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
+       under every such solution. No gold label is read. The choice, the criterion and the estimates are in
+       ``report_["guard"]``. (The evaluator is a model of the same family as the label model, so the guard
+       catches unstable or noise-driven fits better than systematic misspecification; see docs/weaver.md.)
     5. ties broken by continuous evidence (``tie_break``).
 
     The **supervision mode** is explicit and recorded in every report: ``"label_free"`` (no labels anywhere),
