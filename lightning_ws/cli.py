@@ -24,13 +24,13 @@ Additions to LightningCLI:
   run folder (:mod:`lightning_ws.predictions`);
 * a run that fails is closed in W&B with a non-zero exit code (shown as failed).
 
-Example (``configs/base/trainer.yaml`` holds the trainer/logger settings every shipped config shares; later ``-c``
-files win key by key)::
+Example (the training subcommands start from ``lightning_ws/configs/base_trainer.yaml``, the trainer/logger settings
+every shipped config shares, also at ``configs/base/trainer.yaml``; later ``-c`` files win key by key)::
 
-    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml
-    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml --trainer.max_epochs 1
-    lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml --ckpt_path last   # continue the run
-    lightning-ws predict -c configs/base/trainer.yaml -c configs/quickstart.yaml --ckpt_path last  # predictions.jsonl
+    lightning-ws fit -c configs/quickstart.yaml
+    lightning-ws fit -c configs/quickstart.yaml --trainer.max_epochs 1
+    lightning-ws fit -c configs/quickstart.yaml --ckpt_path last   # continue the run
+    lightning-ws predict -c configs/quickstart.yaml --ckpt_path last  # predictions.jsonl
     lightning-ws labelmodel youtube
 """
 
@@ -79,6 +79,22 @@ def __getattr__(name: str) -> Any:  # lazy public classes
     raise AttributeError(name)
 
 
+#: The shared trainer/logger settings every training command starts from (W&B logger under ``runs/``, precision,
+#: log cadence). ``lightning-ws fit -c configs/<x>.yaml`` applies it first, so a method config holds only what differs;
+#: ``configs/base/trainer.yaml`` is the same file, for users who compose it explicitly.
+BASE_TRAINER_CONFIG = Path(__file__).resolve().parent / "configs" / "base_trainer.yaml"
+TRAINING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _parser_kwargs(run: bool) -> dict[str, Any]:
+    """Parser options: environment variables on, and the base trainer config as the default config of every
+    training subcommand (``LightningCLI`` takes per-subcommand options under the subcommand's name)."""
+    defaults = {"default_env": True, "default_config_files": [str(BASE_TRAINER_CONFIG)]}
+    if not run:
+        return defaults
+    return {"default_env": True, "exit_on_error": False, **{sub: dict(defaults) for sub in TRAINING_SUBCOMMANDS}}
+
+
 def cli_main(args: Sequence[str] | dict | None = None, run: bool = True) -> Any:
     """Build (and by default run) the training CLI; usable from Python and tests with a list or dict of args."""
     import lightning.pytorch as pl
@@ -92,7 +108,7 @@ def cli_main(args: Sequence[str] | dict | None = None, run: bool = True) -> Any:
         subclass_mode_data=True,
         save_config_callback=save_cls,
         save_config_kwargs={"overwrite": False, "save_to_log_dir": False},
-        parser_kwargs={"default_env": True, "exit_on_error": False} if run else {"default_env": True},
+        parser_kwargs=_parser_kwargs(run),
         args=list(args) if isinstance(args, (list, tuple)) else args,
         run=run,
     )

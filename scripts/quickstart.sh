@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/lightning-ws fit -c configs/base/trainer.yaml -c configs/quickstart.yaml "$@"
+exec .venv/bin/lightning-ws fit -c configs/quickstart.yaml "$@"

@@ -83,6 +83,25 @@ def test_base_config_is_composed(capsys):
     assert cfg["trainer"]["logger"]["init_args"]["project"] == "lightning-ws"  # the base's
 
 
+@pytest.mark.parametrize("explicit", [False, True], ids=["implicit-base", "explicit-base"])
+def test_single_config_gets_the_base(capsys, explicit):
+    """`lightning-ws fit -c configs/<x>.yaml` alone starts from the base (the parser's default config file), and
+    composing the base explicitly gives the same resolved config."""
+    args = [*BASE] if explicit else []
+    assert main(["fit", *args, "-c", str(REPO / "configs" / "quickstart.yaml"), "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["log_every_n_steps"] == 10 and cfg["trainer"]["precision"] == "32-true"
+    assert cfg["trainer"]["logger"]["class_path"] == "lightning_ws.loggers.WSWandbLogger"
+    assert cfg["trainer"]["logger"]["init_args"]["project"] == "lightning-ws"
+    assert cfg["trainer"]["logger"]["init_args"]["name"] == "quickstart"
+
+
+def test_base_config_file_is_the_packaged_one():
+    from lightning_ws.cli import BASE_TRAINER_CONFIG
+
+    assert BASE_TRAINER_CONFIG.is_file() and BASE_CONFIG.resolve() == BASE_TRAINER_CONFIG
+
+
 def _error(capsys, args):
     rc = main(args)
     err = capsys.readouterr().err
