@@ -596,9 +596,11 @@ class GradMimicCallback(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # flat weights on every logging step of the epoch (the same statistics on every rank: gathered weights)
         self._monitor.end_epoch(trainer.current_epoch, self.tau, judged=self.score in ("proj", "cos"))
+        from lightning.pytorch.loggers import WandbLogger
+
         from lightning_ws.gradmimic.outputs import write_epoch_outputs
 
-        write_epoch_outputs(self, trainer)  # per-sample scores/weights/keep mask/quality to the run folder and W&B
+        write_epoch_outputs(self, trainer, [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)])  # per-sample scores/weights/keep mask/quality to the run folder and W&B
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is not None and trainer.is_global_zero:

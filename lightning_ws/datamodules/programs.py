@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_ws.contracts import WEIGHT
 from lightning_ws.data import WrenchSplit
 from lightning_ws.datamodules.text import TextClassificationDataModule
 from lightning_ws.errors import ConfigError, DataError
@@ -193,7 +194,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         extras: dict[str, np.ndarray] = {}
         if weighting == "balanced":
             labels, weight = balance_targets(labels, self.num_classes)
-            extras["weight"] = np.asarray(weight, dtype=np.float32)
+            extras[WEIGHT] = np.asarray(weight, dtype=np.float32)
         model = next(iter(comb.models.values()))
         inner = getattr(model, "inner_", None)
         report.update(label_model=type(model).__name__ + (f" -> {type(inner).__name__}" if inner is not None else ""),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -68,8 +68,9 @@ def summarize(table: np.ndarray, binarizer: str = "threshold", aggregator: str =
             "samples_unseen": int((~seen).sum()), "reliable": reliable, "reasons": reasons}
 
 
-def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
-    """Write this epoch's outputs (rank 0) and log them to W&B; return the JSON path (``None`` if nothing to write)."""
+def write_epoch_outputs(callback: Any, trainer: Any, wandb_loggers: Sequence[Any] = ()) -> Path | None:
+    """Write this epoch's outputs (rank 0) and log them to the given W&B loggers (the caller, in the Lightning layer,
+    picks them out of ``trainer.loggers``); return the JSON path (``None`` if nothing to write)."""
     if not trainer.is_global_zero or trainer.sanity_checking or not len(callback.score_log):
         return None
     from lightning_ws.io import save_json, save_tensors
@@ -106,16 +107,11 @@ def write_epoch_outputs(callback: Any, trainer: Any) -> Path | None:
                "tensors": f"{name}.safetensors"}
     path = save_json(folder / f"{name}.json", summary)
     save_json(folder / "latest.json", summary)
-    _log_wandb(trainer, s, n, dm)
+    _log_wandb(trainer, list(wandb_loggers), s, n, dm)
     return path
 
 
-def _log_wandb(trainer: Any, s: dict[str, Any], n: int, dm: Any) -> None:
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:  # pragma: no cover
-        return
-    loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+def _log_wandb(trainer: Any, loggers: list[Any], s: dict[str, Any], n: int, dm: Any) -> None:
     if not loggers:
         return
     import wandb

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_ws.contracts import IDX, LABELS, X
 from lightning_ws.errors import ConfigError
 from lightning_ws.gradmimic.loss import reduce_per_sample_loss
 from lightning_ws.io import save_tensors
@@ -21,7 +22,7 @@ __all__ = ["GradMimicClassifier"]
 
 
 class GradMimicClassifier(pl.LightningModule):
-    """Linear (``hidden_dims=[]``) or MLP classifier on feature vectors ``batch["x"]`` with a mimic layer ``head``.
+    """Linear (``hidden_dims=[]``) or MLP classifier on feature vectors ``batch[X]`` with a mimic layer ``head``.
 
     Optimiser: AdamW by default (the Grad-Mimic code's choice; lr 1e-3 here because the features are not ViT features).
 
@@ -74,16 +75,16 @@ class GradMimicClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per-sample cross-entropy (hard or soft labels), reduced by the Grad-Mimic protocol."""
-        logits = self(batch["x"])
-        per = F.cross_entropy(logits, batch["labels"], reduction="none")
+        logits = self(batch[X])
+        per = F.cross_entropy(logits, batch[LABELS], reduction="none")
         loss = reduce_per_sample_loss(self, per)
         self.log("train/loss", per.mean(), batch_size=len(per))
         return {"loss": loss, "per_sample_loss": per.detach()}
 
     def _eval(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        logits = self(batch["x"])
-        loss = F.cross_entropy(logits, batch["labels"])
-        acc = (logits.argmax(-1) == batch["labels"]).float().mean()
+        logits = self(batch[X])
+        loss = F.cross_entropy(logits, batch[LABELS])
+        acc = (logits.argmax(-1) == batch[LABELS]).float().mean()
         self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, sync_dist=True, batch_size=len(logits))
         return loss
 
@@ -97,10 +98,10 @@ class GradMimicClassifier(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """``{"probs", "pred", "idx"}`` per example (``lightning-ws predict`` writes them to the run folder)."""
-        probs = self(batch["x"]).softmax(-1)
+        probs = self(batch[X]).softmax(-1)
         out = {"probs": probs, "pred": probs.argmax(-1)}
-        if "idx" in batch:
-            out["idx"] = batch["idx"]
+        if IDX in batch:
+            out[IDX] = batch[IDX]
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
