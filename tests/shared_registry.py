@@ -136,6 +136,12 @@ MODULES: dict[str, Entry] = {
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/weaver_distill.yaml"),
     ),
+    "RewardModel": Entry(
+        resume=Generic("tests.shared_registry:build_reward"),
+        ddp=Gap("no 2-process test of the Bradley-Terry reward model yet"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
+        config=Config("configs/pajama_distill.yaml"),
+    ),
     "ImageClassifier": Entry(
         resume=Generic("tests.shared_registry:build_image"),
         ddp=Generic("tests.shared_registry:build_image_sequential", slow=True),
@@ -218,6 +224,20 @@ def build_image(batch_size: int = 16, seed: int = 0):
     torch.manual_seed(seed)
     model = ImageClassifier(input_dim=64, num_classes=10, hidden_dims=[16], optimizer="sgd", lr=0.05)
     return model, ClassSkewedImageDataModule(batch_size=batch_size, eval_batch_size=64), []
+
+
+def build_reward(batch_size: int = 8, seed: int = 0):
+    """RewardModel on a 1-layer, 32-wide random encoder, dropout off, trained on 48 human-labelled HH-RLHF pairs."""
+    from lightning_ws.datamodules import PreferenceDataModule
+    from lightning_ws.modules import RewardModel
+
+    torch.manual_seed(seed)
+    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    model = RewardModel(pretrained=False, config_overrides=tiny, lr=1e-3)
+    dm = PreferenceDataModule(labels="human", tune_size=16, max_train=48, max_test=8, max_length=24,
+                              batch_size=batch_size, test_data=["llmbar"])
+    return model, dm, []
 
 
 def build_loki(batch_size: int = 16, seed: int = 0):
