@@ -57,7 +57,7 @@ RUN_IN_FULL = {("labelmodel", "youtube"), ("labelmodel", "youtube", "--wandb"), 
 
 def test_readme_has_commands():
     assert len(COMMANDS_IN_README) >= 8
-    assert ["fit", "-c", "configs/base/trainer.yaml", "-c", "configs/quickstart.yaml", "--ckpt_path", "last"] \
+    assert ["fit", "-c", "configs/quickstart.yaml", "--ckpt_path", "last"] \
         in COMMANDS_IN_README
 
 

@@ -40,7 +40,7 @@ def tiny_modernbert(tmp_path_factory) -> Path:
 def test_override_documents_required_paths():
     text = OVERRIDE.read_text()
     assert "bf16-mixed" in text and "/path/to/ModernBERT-large" in text
-    assert "lightning-ws fit -c configs/base/trainer.yaml -c configs/weaver_distill.yaml -c configs/overrides/" in text
+    assert "lightning-ws fit -c configs/weaver_distill.yaml -c configs/overrides/" in text
 
 
 def test_modernbert_override_trains_and_tests(tiny_modernbert, capsys):
