@@ -107,6 +107,26 @@ class TrackedLinear:
 
         return grads if all(g is None or bool(torch.isfinite(g).all()) for g in grads) else None
 
+    def replace_grad(self, trainer: pl.Trainer, optimizer: Any, weight: Any, bias: Any = None) -> bool:
+        """Write a replacement gradient of the layer into its ``.grad`` in ``on_before_optimizer_step``: summed over
+        ranks (every rank must call it once per optimizer step), unscaled by :meth:`unscale_replacement`; nothing is
+        written when the layer has no gradient or on an AMP overflow step. Returns whether it was written."""
+        if self.world > 1:
+            weight = trainer.strategy.reduce(weight, reduce_op="sum")
+            if bias is not None:
+                bias = trainer.strategy.reduce(bias, reduce_op="sum")
+        layer = self.module
+        if layer.weight.grad is None:
+            return False
+        unscaled = self.unscale_replacement([weight, bias], optimizer)
+        if unscaled is None:  # an AMP overflow step (the scaler skips it): keep the plain gradient
+            return False
+        weight, bias = unscaled
+        layer.weight.grad.copy_(weight)
+        if bias is not None and layer.bias is not None and layer.bias.grad is not None:
+            layer.bias.grad.copy_(bias)
+        return True
+
     @staticmethod
     def new_optimizer_step(trainer: pl.Trainer, last_step: int) -> bool:
         """Whether an optimizer step ran since ``last_step`` (``False`` while micro-batches are accumulated)."""
