@@ -26,7 +26,7 @@ from torch import nn
 from lightning_ws.errors import ConfigError
 from lightning_ws.tracked_layer import ForwardFn, LayerTap, TapHandle, resolve_linear
 
-__all__ = ["TrackedLinear", "active_scaler", "check_trainer", "gather_rows"]
+__all__ = ["StateKeyCache", "TrackedLinear", "active_scaler", "check_trainer", "gather_rows"]
 
 
 def active_scaler(trainer: Any) -> Any:
@@ -44,6 +44,21 @@ def check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule, who: str, 
     if not pl_module.automatic_optimization:
         raise ConfigError(f"{who} supports automatic optimization only ({why_automatic}); set "
                           f"automatic_optimization=True.")
+
+
+class StateKeyCache:
+    """A callback's ``state_key``, made once per identity (Lightning reads it on every hook call: profiler names)."""
+
+    def __init__(self) -> None:
+        self.ident: tuple[tuple[str, Any], ...] | None = None
+        self.key = ""
+
+    def get(self, callback: pl.Callback, **ident: Any) -> str:
+        """``callback._generate_state_key(**ident)``, recomputed only when ``ident`` changed."""
+        items = tuple((k, repr(v)) for k, v in ident.items())
+        if items != self.ident:
+            self.ident, self.key = items, callback._generate_state_key(**ident)
+        return self.key
 
 
 class TrackedLinear:

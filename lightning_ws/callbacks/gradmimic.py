@@ -22,27 +22,21 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_ws.callbacks._tracked import TrackedLinear, check_trainer, gather_rows
-from lightning_ws.contracts import LABELS
+from lightning_ws.callbacks._tracked import StateKeyCache, TrackedLinear, check_trainer, gather_rows
 from lightning_ws.errors import ConfigError, DataError
-from lightning_ws.gradmimic import (
-    FilterResult,
-    GradMimicSignalWarning,
-    MimicScoreFilter,
-    ScoreLog,
-    TargetDirection,
-    weighted_layer_grad,
-)
 from lightning_ws.gradmimic import config as core
 from lightning_ws.gradmimic.config import DirectionCache, Micro
+from lightning_ws.gradmimic.filters import FilterResult, MimicScoreFilter
 from lightning_ws.gradmimic.loss import reduce_per_sample_loss
+from lightning_ws.gradmimic.records import ScoreLog
 from lightning_ws.gradmimic.reference import ReferenceRunner, output_contains, reference_forward_active
-from lightning_ws.gradmimic.scores import batch_scores
-from lightning_ws.gradmimic.signal import SignalMonitor
+from lightning_ws.gradmimic.scores import TargetDirection, batch_scores, weighted_layer_grad
+from lightning_ws.gradmimic.signal import GradMimicSignalWarning, SignalMonitor
 from lightning_ws.io import save_tensors
 from lightning_ws.tracked_layer import resolve_linear
 
 __all__ = ["GradMimicCallback", "GradMimicSignalWarning", "reduce_per_sample_loss"]
+
 
 class GradMimicCallback(Callback):
     """Re-weight each mini-batch by its samples' mimic scores toward a reference model (arXiv 2501.06708).
@@ -165,19 +159,14 @@ class GradMimicCallback(Callback):
         self._stats: dict[str, Any] = {}
         self._last_logged_step = -1
         self._epoch_rel: list[Tensor] = []
-        self._state_key_cache: tuple[tuple[str, str, str], str] | None = None
+        self._state_key = StateKeyCache()
 
     # ------------------------------------------------------------------ identity and state
 
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads state_key on every hook call (profiler names), so it is cached
-        ident = (self.mimic_layer, self.score, self.mode)
-        if self._state_key_cache is None or self._state_key_cache[0] != ident:
-            self._state_key_cache = (ident, self._generate_state_key(mimic_layer=self.mimic_layer, score=self.score,
-                                                                     mode=self.mode))
-        return self._state_key_cache[1]
+        return self._state_key.get(self, mimic_layer=self.mimic_layer, score=self.score, mode=self.mode)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -244,11 +233,7 @@ class GradMimicCallback(Callback):
         if not self._monitor.choose_space(self.space, score=self.score, others_train=others_train, shared=shared,
                                           full=full):
             return
-        try:
-            fwd = pl_module.get_submodule(self.forward_module) if self.forward_module else pl_module
-        except AttributeError as err:
-            raise ConfigError(f"forward_module {self.forward_module!r} is not a submodule of "
-                              f"{type(pl_module).__name__}.") from err
+        fwd = core.forward_module_of(pl_module, self.forward_module)
         self._runner = ReferenceRunner(fwd, ref, self.forward_module, self.mimic_layer, ref_w, ref_b)
 
     @override
@@ -431,7 +416,8 @@ class GradMimicCallback(Callback):
 
         from lightning_ws.gradmimic.outputs import write_epoch_outputs
 
-        write_epoch_outputs(self, trainer, [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)])  # per-sample scores/weights/keep mask/quality to the run folder and W&B
+        # per-sample scores/weights/keep mask/quality to the run folder and W&B
+        write_epoch_outputs(self, trainer, [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)])
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is not None and trainer.is_global_zero:
@@ -449,14 +435,12 @@ class GradMimicCallback(Callback):
         micro = self._micro
         direction = self._target_direction() if self.score in ("proj", "cos") else None
         v_norm = None if direction is None else direction[2]  # grand/rho: the norm is computed when logged
-        if self.score == "rho" and (micro.labels is None or micro.z is None):
-            raise DataError(f"score='rho' needs batch[{LABELS!r}] and the mimic layer's output.")
-        uses_ref = self._monitor.space == "outputs" if self.score in ("proj", "cos") else \
-            (self.score == "rho" and self._runner is not None)  # rho with trained layers below: the reference's own
+        # rho with trained layers below uses the reference's own outputs
+        ref_outputs = micro.ref_outputs(self.score, self._monitor.space, self._runner is not None, self.forward_module)
         if self.score == "rho" and self._direction_fn.device != a.device:
             self._direction_fn.to(a.device)
         scores = batch_scores(self.score, a, delta, grad_scale=grad_scale, direction=direction, outputs=micro.z,
-                              ref_outputs=self._require_ref_outputs() if uses_ref else None,
+                              ref_outputs=ref_outputs,
                               ref_head=(self._direction_fn.ref_weight, self._direction_fn.ref_bias),
                               labels=micro.labels, with_bias=self._tracked.module.bias is not None, eps=self.eps)
         gather = (lambda t: gather_rows(self._trainer, t)) if self._tracked.world > 1 else None
@@ -472,11 +456,6 @@ class GradMimicCallback(Callback):
                 self._epoch_rel.append((weights * n_all).cpu())
             self._stats = {"weights": weights, "scores": all_scores, "v_norm": v_norm, "batch_size": n_local}
         return local, epoch >= self.start_epoch
-
-    def _require_ref_outputs(self) -> Tensor:
-        if self._micro.z_ref is None:
-            raise core.missing_ref_outputs(self.forward_module, self._monitor.space, self.score)
-        return self._micro.z_ref
 
     def _v_norm_now(self) -> float:
         """``||W_ref - W_t||`` of the current weights (logged under the baseline scores)."""
@@ -509,8 +488,5 @@ class GradMimicCallback(Callback):
 
     def save_scores(self, path: str | os.PathLike) -> Path:
         """Write the score log atomically as safetensors (columns ``idx, weight, score, batch_size, epoch, step``)."""
-        mon = self._monitor
-        return save_tensors(path, self.score_log.tensors(), metadata={
-            "method": "gradmimic", "score": self.score, "tau": repr(self.tau), "mode": self.mode,
-            "mimic_layer": self.mimic_layer, "space": mon.space, "signal_ok": str(mon.ok).lower(),
-            "signal_reasons": " | ".join(mon.reasons)})
+        return save_tensors(path, self.score_log.tensors(), metadata=core.score_metadata(
+            score=self.score, tau=self.tau, mode=self.mode, mimic_layer=self.mimic_layer, monitor=self._monitor))

@@ -172,6 +172,17 @@ class Micro:
                               f"step; the closed-form scores need a layer that is applied once per forward.")
         self.a, self.z = x.detach(), output
 
+    def ref_outputs(self, score: str, space: str, has_runner: bool, forward_module: str) -> Tensor | None:
+        """The reference's outputs on this micro-batch where the score uses them (``space="outputs"``, or ``rho``
+        with a runnable reference), else ``None``; ``DataError`` for ``rho`` without labels or the layer's output,
+        ``ConfigError`` when the forward module did not run."""
+        if score == "rho" and (self.labels is None or self.z is None):
+            raise DataError(f"score='rho' needs batch[{LABELS!r}] and the mimic layer's output.")
+        uses_ref = space == "outputs" if score in ("proj", "cos") else (score == "rho" and has_runner)
+        if uses_ref and self.z_ref is None:
+            raise missing_ref_outputs(forward_module, space, score)
+        return self.z_ref if uses_ref else None
+
     def check_loss(self, per_sample_loss: Tensor, mimic_layer: str) -> None:
         """``reduce_loss`` in ``all_params`` mode: the layer ran, and the losses match its batch."""
         if self.z is None or self.a is None:
@@ -190,6 +201,20 @@ class Micro:
         if mode == "layer_only" and (self.a is None or self.delta is None):
             raise ConfigError(f"the mimic layer {mimic_layer!r} received no gradient in this training step; "
                               f"check that its output reaches the loss.")
+
+
+def forward_module_of(root: nn.Module, name: str) -> nn.Module:
+    """The submodule ``name`` of ``root`` that the training step calls (``""``: ``root``), or ``ConfigError``."""
+    try:
+        return root.get_submodule(name) if name else root
+    except AttributeError as err:
+        raise ConfigError(f"forward_module {name!r} is not a submodule of {type(root).__name__}.") from err
+
+
+def score_metadata(*, score: str, tau: float, mode: str, mimic_layer: str, monitor: Any) -> dict[str, str]:
+    """The metadata written with a saved score log (the run's settings and signal findings)."""
+    return {"method": "gradmimic", "score": score, "tau": repr(tau), "mode": mode, "mimic_layer": mimic_layer,
+            "space": monitor.space, "signal_ok": str(monitor.ok).lower(), "signal_reasons": " | ".join(monitor.reasons)}
 
 
 def sample_coeffs(weights: Tensor, loss_reduction: str) -> Tensor:
