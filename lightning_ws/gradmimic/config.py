@@ -81,6 +81,7 @@ from torch import Tensor, nn
 
 from lightning_ws.contracts import IDX, LABELS
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.gradmimic.filters import NO_SIGNAL_POLICIES
 from lightning_ws.gradmimic.reference import check_same_architecture, load_reference_state, reference_layer
 from lightning_ws.gradmimic.scores import SCORE_VARIANTS, TargetDirection, batch_softmax_weights_checked, weight_entropy
 from lightning_ws.tracked_layer import check_state_version
@@ -109,7 +110,7 @@ __all__ = [
 MODES = ("layer_only", "all_params")
 REDUCTIONS = ("mean", "sum")
 SPACES = ("auto", "weights", "outputs")
-POLICIES = ("raise", "warn")
+POLICIES = NO_SIGNAL_POLICIES
 STATE_VERSION = 2
 
 
