@@ -365,22 +365,12 @@ class ShardStream(IterableDataset):
         return n // num_workers + (1 if worker < n % num_workers else 0)
 
     def _shard_passes(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[str]:
-        consumers = world * nworkers
         if self.resampled:
             rng = random.Random(_seed(self.seed, epoch, rank, worker, 1))
             while True:
                 yield self.urls[rng.randrange(len(self.urls))]
-        if len(self.urls) < consumers and not self.allow_idle_workers:
-            raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
-                              f"worker needs at least one shard. Write more, smaller shards, use fewer workers, or "
-                              f"set resampled=True.")
-        npass = 0
-        while True:
-            order = list(self.urls)
-            random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
-            mine = order[rank::world][worker::nworkers]
+        for mine in self._pass_lists(epoch, rank, world, worker, nworkers):
             yield from mine
-            npass += 1
             if self.batches_per_epoch is None:
                 return
 
@@ -405,6 +395,7 @@ class ShardStream(IterableDataset):
                                 f"{' ...' if len(mine) > 3 else ''}; check the uid list against these shards.")
 
     def _pass_lists(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[list[str]]:
+        """This reader's shards of each pass (one permutation per pass, the same on every rank), passes forever."""
         consumers = world * nworkers
         if len(self.urls) < consumers and not self.allow_idle_workers:
             raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
