@@ -302,7 +302,23 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-class ShardStream(IterableDataset):
+class _Stream(IterableDataset):
+    """What both shard streams share: the shared epoch counter and the rank/world (set, or read from
+    ``torch.distributed`` / the environment)."""
+
+    epoch: SharedEpoch
+    _rank: int | None
+    _world: int | None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+
+    def rank_world(self) -> tuple[int, int]:
+        rank, world = _rank_world()
+        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
+
+
+class ShardStream(_Stream):
     """Stream decoded, batched samples from DataComp-layout shards (an ``IterableDataset``; see module docstring).
 
     Args:
@@ -349,13 +365,6 @@ class ShardStream(IterableDataset):
         if self.batches_per_epoch is None:
             raise TypeError("ShardStream has no length without batches_per_epoch")
         return self.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def rank_world(self) -> tuple[int, int]:
-        rank, world = _rank_world()
-        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
 
     def worker_batches(self, worker: int, num_workers: int) -> int | None:
         """Batches the given worker yields per epoch (the rank's total split as evenly as possible)."""
@@ -563,7 +572,7 @@ class MixtureSchedule:
         self._count[0] = len(rows)
 
 
-class MixtureShardStream(IterableDataset):
+class MixtureShardStream(_Stream):
     """Batches whose samples are drawn from several domains' shards by a mutable mixture (R&B, arXiv 2505.00358).
 
     Each domain is its own stream of shards (rank and worker splitting per domain: whole shards when the domain has
@@ -602,13 +611,6 @@ class MixtureShardStream(IterableDataset):
 
     def __len__(self) -> int:
         return self.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def rank_world(self) -> tuple[int, int]:
-        rank, world = _rank_world()
-        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
 
     def _domain_samples(self, d: int, epoch: int, consumer: int, consumers: int) -> Iterator[Sample]:
         urls = self.domain_urls[d]
