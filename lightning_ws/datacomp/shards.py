@@ -303,12 +303,20 @@ def _seed(*parts: int) -> int:
 
 
 class _Stream(IterableDataset):
-    """What both shard streams share: the shared epoch counter and the rank/world (set, or read from
-    ``torch.distributed`` / the environment)."""
+    """What both shard streams share: the shared epoch counter, the resume offset, the rank/world (set, or read from
+    ``torch.distributed`` / the environment); subclasses yield an epoch's batches from ``_generate``."""
 
     epoch: SharedEpoch
+    skip_batches: int
     _rank: int | None
     _world: int | None
+
+    def __iter__(self) -> Iterator[Any]:
+        # snapshot the epoch and the resume offset now (not lazily on the first next())
+        return self._generate(self.epoch.get(), int(self.skip_batches))
+
+    def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.set(epoch)
@@ -416,10 +424,6 @@ class ShardStream(_Stream):
             random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
             yield order[rank::world][worker::nworkers]
             npass += 1
-
-    def __iter__(self) -> Iterator[Any]:
-        # snapshot the epoch and the resume offset now (not lazily on the first next())
-        return self._generate(self.epoch.get(), int(self.skip_batches))
 
     def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
         rank, world = self.rank_world()
@@ -637,9 +641,6 @@ class MixtureShardStream(_Stream):
                 raise DataError(f"domain {d} has no sample for reader {consumer} of {consumers} (shards {urls[:3]}"
                                 f"{' ...' if len(urls) > 3 else ''}, after the keep filter); give it more data.")
             npass += 1
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._generate(self.epoch.get(), int(self.skip_batches))
 
     def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
         rank, world = self.rank_world()
