@@ -26,7 +26,7 @@ from torch import nn
 from lightning_ws.errors import ConfigError
 from lightning_ws.tracked_layer import ForwardFn, LayerTap, TapHandle, resolve_linear
 
-__all__ = ["TrackedLinear", "active_scaler", "check_trainer", "gather_rows"]
+__all__ = ["StateKeyCache", "TrackedLinear", "active_scaler", "check_trainer", "gather_rows"]
 
 
 def active_scaler(trainer: Any) -> Any:
@@ -44,6 +44,21 @@ def check_trainer(trainer: pl.Trainer, pl_module: pl.LightningModule, who: str, 
     if not pl_module.automatic_optimization:
         raise ConfigError(f"{who} supports automatic optimization only ({why_automatic}); set "
                           f"automatic_optimization=True.")
+
+
+class StateKeyCache:
+    """A callback's ``state_key``, made once per identity (Lightning reads it on every hook call: profiler names)."""
+
+    def __init__(self) -> None:
+        self.ident: tuple[tuple[str, Any], ...] | None = None
+        self.key = ""
+
+    def get(self, callback: pl.Callback, **ident: Any) -> str:
+        """``callback._generate_state_key(**ident)``, recomputed only when ``ident`` changed."""
+        items = tuple((k, repr(v)) for k, v in ident.items())
+        if items != self.ident:
+            self.ident, self.key = items, callback._generate_state_key(**ident)
+        return self.key
 
 
 class TrackedLinear:
@@ -106,6 +121,26 @@ class TrackedLinear:
         import torch
 
         return grads if all(g is None or bool(torch.isfinite(g).all()) for g in grads) else None
+
+    def replace_grad(self, trainer: pl.Trainer, optimizer: Any, weight: Any, bias: Any = None) -> bool:
+        """Write a replacement gradient of the layer into its ``.grad`` in ``on_before_optimizer_step``: summed over
+        ranks (every rank must call it once per optimizer step), unscaled by :meth:`unscale_replacement`; nothing is
+        written when the layer has no gradient or on an AMP overflow step. Returns whether it was written."""
+        if self.world > 1:
+            weight = trainer.strategy.reduce(weight, reduce_op="sum")
+            if bias is not None:
+                bias = trainer.strategy.reduce(bias, reduce_op="sum")
+        layer = self.module
+        if layer.weight.grad is None:
+            return False
+        unscaled = self.unscale_replacement([weight, bias], optimizer)
+        if unscaled is None:  # an AMP overflow step (the scaler skips it): keep the plain gradient
+            return False
+        weight, bias = unscaled
+        layer.weight.grad.copy_(weight)
+        if bias is not None and layer.bias is not None and layer.bias.grad is not None:
+            layer.bias.grad.copy_(bias)
+        return True
 
     @staticmethod
     def new_optimizer_step(trainer: pl.Trainer, last_step: int) -> bool:

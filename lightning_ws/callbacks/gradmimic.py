@@ -22,49 +22,20 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_ws.callbacks._tracked import TrackedLinear, check_trainer, gather_rows
-from lightning_ws.contracts import IDX, LABELS
+from lightning_ws.callbacks._tracked import StateKeyCache, TrackedLinear, check_trainer, gather_rows
 from lightning_ws.errors import ConfigError, DataError
-from lightning_ws.gradmimic import (
-    SCORE_VARIANTS,
-    FilterResult,
-    GradMimicSignalWarning,
-    MimicScoreFilter,
-    ScoreLog,
-    TargetDirection,
-    batch_softmax_weights_checked,
-    check_same_architecture,
-    load_reference_state,
-    reference_layer,
-    weight_entropy,
-    weighted_layer_grad,
-)
+from lightning_ws.gradmimic import config as core
+from lightning_ws.gradmimic.config import DirectionCache, Micro
+from lightning_ws.gradmimic.filters import FilterResult, MimicScoreFilter
 from lightning_ws.gradmimic.loss import reduce_per_sample_loss
-from lightning_ws.gradmimic.scores import batch_scores
+from lightning_ws.gradmimic.records import ScoreLog
 from lightning_ws.gradmimic.reference import ReferenceRunner, output_contains, reference_forward_active
-from lightning_ws.gradmimic.signal import SignalMonitor
+from lightning_ws.gradmimic.scores import TargetDirection, batch_scores, weighted_layer_grad
+from lightning_ws.gradmimic.signal import GradMimicSignalWarning, SignalMonitor
 from lightning_ws.io import save_tensors
-from lightning_ws.tracked_layer import check_state_version, resolve_linear
+from lightning_ws.tracked_layer import resolve_linear
 
 __all__ = ["GradMimicCallback", "GradMimicSignalWarning", "reduce_per_sample_loss"]
-
-_MODES = ("layer_only", "all_params")
-_REDUCTIONS = ("mean", "sum")
-_SPACES = ("auto", "weights", "outputs")
-_POLICIES = ("raise", "warn")
-
-
-class _Micro:
-    """What one training micro-batch's capture holds (replaced in ``on_train_batch_start``)."""
-
-    __slots__ = ("capturing", "a", "z", "delta", "idx", "labels", "calls", "weighted", "in_graph", "z_ref", "ref_due")
-
-    def __init__(self, idx: Tensor | None = None, labels: Tensor | None = None, ref_due: bool = False) -> None:
-        self.capturing = idx is not None
-        self.a = self.z = self.delta = self.z_ref = None
-        self.idx, self.labels, self.ref_due = idx, labels, ref_due
-        self.calls = 0
-        self.weighted = self.in_graph = False
 
 
 class GradMimicCallback(Callback):
@@ -83,70 +54,17 @@ class GradMimicCallback(Callback):
     are shared/frozen, as in linear probing; the loss is cross-entropy on ``batch["labels"]``), and ``tau=inf`` (plain
     SGD: uniform weights).
 
-    Modes:
-        * ``"layer_only"`` (paper default): the mimic layer gets ``sum_i w_i g_i`` per micro-batch; every other
-          parameter keeps the plain mean gradient. No change to the module. Requires the module's loss to be the mean
-          (``loss_reduction="mean"``) or the sum (``"sum"``) of per-sample losses; the mimic layer must be called once
-          per forward. Linear probe (the layer's input does not require grad, one process, float32/64 output): the
-          output-gradient hook returns ``c_i * delta_i`` so autograd computes the weighted gradient itself (no extra
-          matmul). Otherwise the layer's ``.grad`` is replaced once per optimizer step by the accumulated
-          ``sum_i w_i g_i`` (the gradient flowing to the layers below stays the plain one). Both paths give the same
-          result; ``tau=inf`` leaves the gradient untouched (bit-identical to plain SGD).
-        * ``"all_params"``: every parameter gets ``sum_i w_i g_i``. The module must reduce its per-sample losses with
-          :func:`reduce_per_sample_loss` (or this callback's :meth:`reduce_loss`) inside ``training_step``; the
-          weights are computed there from ``d loss_i / d z_i`` of the mimic layer's output ``z`` (a partial backward
-          from the losses to ``z``: for an output head that is only the loss's own backward, ``O(B C)``; for an
-          inner layer it is the backward of the layers above it), and the returned loss is ``sum_i w_i loss_i``.
-          No second full backward.
+    Modes (details in :mod:`lightning_ws.gradmimic.config`): ``"layer_only"`` (paper default) re-weights the mimic
+    layer's gradient only (in-graph for a linear probe on one process, else by replacing its ``.grad`` once per
+    optimizer step); ``"all_params"`` re-weights every parameter through the loss, which the module must reduce with
+    :func:`reduce_per_sample_loss` (or :meth:`reduce_loss`) in ``training_step``.
 
-    Defaults the paper leaves open (documented choices):
-        * Gradient accumulation: each micro-batch gets its own softmax (weights sum to 1 per micro-batch); the
-          weighted micro-batch gradients are averaged over micro-batches exactly like Lightning averages the plain
-          ones. The gradient is replaced once per optimizer step, in ``on_before_optimizer_step``.
-        * DDP: the softmax runs over the *global* micro-batch (scores are all-gathered), the replaced gradient is
-          all-reduced, and the score log is built from gathered values, so every rank holds the same state.
-        * AMP: hooked gradients carry the loss scale; scores are computed from unscaled gradients and the replacement
-          is unscaled with the grad scaler's scale (it runs after Lightning's ``unscale_``). A micro-batch whose
-          scores are not finite (an overflow step, skipped by the scaler anyway) gets uniform weights and no record.
-        * ``v = 0`` (``||W_ref - W_t|| <= eps``): uniform weights (the paper leaves this open; spec §8).
-        * Scores use per-sample losses: hooked gradients of a mean-reduced loss are multiplied by the micro-batch
-          size (and by ``accumulate_grad_batches``), so ``tau`` has the same meaning at any batch size.
-        * The reference can be perturbed with Gaussian noise of std ``reference_noise_std`` (the paper's ``sigma``
-          robustness knob), drawn from a generator seeded with ``seed``.
-        * Improvement over the reference code (~20x SGD per batch: ``vmap`` per-sample gradients of every parameter
-          and a Python loop): closed-form scores, the weighted gradient from autograd itself (linear probe) or one
-          matmul; ``W_ref - W_t`` recomputed once per optimizer step; statistics only on steps that log.
-        * Sharing the layer: the hooks go through the layer's shared :class:`~lightning_ws.tracked_layer.LayerTap`;
-          the scores use the plain output gradient, and the in-graph re-weighting runs after every other tracker
-          (R&B) has read it, so another callback on the same layer sees what it would see alone, in either order.
-
-    Where the mimic direction carries signal (``space``; background in :mod:`lightning_ws.gradmimic.signal`, numbers
-    in BENCHMARKS.md, section Grad-Mimic): the paper's score applies the reference layer to *the model's* layer inputs,
-    which is the reference's own output only when the layers below are the reference's (linear probing on a shared
-    backbone); when they train away from it, the score ranks samples by the model's own margin and favours
-    mislabelled samples (AUC 0.31 on digits, 0.32 on a CIFAR-10 CNN). Therefore:
-
-        * ``space="weights"``: the paper's direction. When the layers below are not provably the reference's (some
-          parameter other than the mimic layer trains, or differs from the reference), the callback runs the
-          reference on the training inputs for the first ``MIN_ALIGNMENT_ROWS`` rows and then every
-          ``check_every_n_steps`` steps, and measures the *alignment*: Cohen's kappa between the argmax of the
-          reference layer on the model's inputs and of the reference's own output (1 = same feature space, ~0 =
-          unrelated). Below ``min_alignment`` at the start it raises (``on_no_signal="raise"``, default) or warns;
-          later drops warn. The reason is kept in :attr:`signal`.
-        * ``space="outputs"``: the same projection in the layer's output space, ``-delta_i . (z_ref_i - z_i) /
-          ||V||`` with ``z_ref_i`` the reference's own output on the same input (one reference forward pass per
-          step, no gradient). Identical to ``"weights"`` when the layers below are shared; meaningful whatever the
-          layers below do, provided the mimic layer is the output layer (its coordinates are the classes in both
-          models). Refused for a layer whose output is not the forward's output.
-        * ``space="auto"`` (default): ``"weights"`` when every other parameter is frozen and equal to the reference's
-          (or the reference holds only the mimic layer and every other parameter is frozen, which is then assumed to
-          be shared), else ``"outputs"``.
-
-        The reference is run with ``torch.func.functional_call`` on the module named ``forward_module`` (default: the
-        LightningModule) with the reference's tensors, in eval mode, on the arguments the training step passed to it;
-        ``training_step`` must call that module (``self(x)``). A reference that holds only the mimic layer
-        (``strict_reference=False``) cannot be run: with trained layers below it is refused (or warned about).
-        GraNd (``score="grand"``) does not use the reference and is never checked.
+    The defaults the paper leaves open (gradient accumulation, DDP, AMP, ``v = 0``, per-sample-loss units, reference
+    noise, sharing the layer with R&B through its :class:`~lightning_ws.tracked_layer.LayerTap`) and where the mimic
+    direction carries signal (``space``: ``"weights"`` is the paper's direction, checked by the alignment kappa when
+    the layers below are not provably the reference's; ``"outputs"`` projects in the output layer's space on the
+    reference's own outputs; ``"auto"`` picks ``"weights"`` only when the layers below are shared, and how the
+    reference is run on ``forward_module``) are documented in :mod:`lightning_ws.gradmimic.config`.
 
     Records: every micro-batch appends ``(idx, weight, score, batch size, epoch, step)`` per sample (the sample id is
     ``batch["idx"]``; the batch's ``idx`` tensor is kept by reference, so it must not be modified in place later);
@@ -190,7 +108,7 @@ class GradMimicCallback(Callback):
         result = cb.filter("gmm", "majority") # keep mask, quality estimate, top-p
     """
 
-    STATE_VERSION = 2
+    STATE_VERSION = core.STATE_VERSION
 
     def __init__(
         self,
@@ -213,33 +131,11 @@ class GradMimicCallback(Callback):
         on_no_signal: Literal["raise", "warn"] = "raise",
     ) -> None:
         super().__init__()
-        if not isinstance(mimic_layer, str) or not mimic_layer:
-            raise ConfigError(f"mimic_layer must be the dotted name of an nn.Linear, got {mimic_layer!r}.")
-        if not isinstance(reference, (str, os.PathLike, Mapping, nn.Module)):
-            raise ConfigError(f"reference must be a checkpoint path, a state dict or an nn.Module, got "
-                              f"{type(reference).__name__}.")
-        tau = float(tau) if isinstance(tau, (int, float)) and not isinstance(tau, bool) else tau
-        if not isinstance(tau, float) or not tau > 0:
-            raise ConfigError(f"tau must be a positive number (inf = plain SGD), got {tau!r}.")
-        for name, value, options in (("mode", mode, _MODES), ("score", score, SCORE_VARIANTS),
-                                     ("loss_reduction", loss_reduction, _REDUCTIONS), ("space", space, _SPACES),
-                                     ("on_no_signal", on_no_signal, _POLICIES)):
-            if value not in options:  # LightningCLI checks the Literal; direct Python use is checked here
-                raise ConfigError(f"{name} must be one of {options}, got {value!r}.")
-        for name, value in (("start_epoch", start_epoch), ("check_every_n_steps", check_every_n_steps)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}.")
-        if not isinstance(reference_noise_std, (int, float)) or not reference_noise_std >= 0 \
-                or math.isinf(reference_noise_std):
-            raise ConfigError(f"reference_noise_std must be a finite number >= 0, got {reference_noise_std!r}.")
-        if not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ConfigError(f"eps must be >= 0, got {eps!r}.")
-        if not isinstance(forward_module, str):
-            raise ConfigError(f"forward_module must be a dotted submodule name ('' = the LightningModule), got "
-                              f"{forward_module!r}.")
-        if min_alignment is not None and (isinstance(min_alignment, bool) or not isinstance(min_alignment, (int, float))
-                                          or not -1.0 <= min_alignment <= 1.0):
-            raise ConfigError(f"min_alignment must be a kappa in [-1, 1] or None, got {min_alignment!r}.")
+        tau = core.check_gradmimic_args(
+            mimic_layer=mimic_layer, reference=reference, tau=tau, mode=mode, score=score, start_epoch=start_epoch,
+            loss_reduction=loss_reduction, reference_noise_std=reference_noise_std, eps=eps, space=space,
+            forward_module=forward_module, min_alignment=min_alignment, check_every_n_steps=check_every_n_steps,
+            on_no_signal=on_no_signal)
         self.mimic_layer, self.reference, self.tau, self.mode, self.score = mimic_layer, reference, tau, mode, score
         self.start_epoch, self.record_scores, self.loss_reduction = start_epoch, bool(record_scores), loss_reduction
         self.strict_reference, self.reference_noise_std = bool(strict_reference), float(reference_noise_std)
@@ -252,42 +148,33 @@ class GradMimicCallback(Callback):
         self._tracked = TrackedLinear("Grad-Mimic")
         self._monitor = SignalMonitor(mimic_layer, on_no_signal, self.min_alignment, check_every_n_steps)
         self._direction_fn: TargetDirection | None = None
-        self._direction: tuple[tuple[int, ...], tuple[Tensor, Tensor | None, float]] | None = None  # (key, value)
+        self._direction = DirectionCache()
         self._runner: ReferenceRunner | None = None  # runs the reference on the training inputs, when needed
         self._module_hook: Any = None
         self._output_checked = False
         self._trainer: pl.Trainer | None = None
-        self._micro = _Micro()
+        self._micro = Micro()
         self._acc: tuple[Tensor, Tensor | None] | None = None  # sum of weighted micro-batch gradients of the step
         self._step_applied = False
         self._stats: dict[str, Any] = {}
         self._last_logged_step = -1
         self._epoch_rel: list[Tensor] = []
-        self._state_key_cache: tuple[tuple[str, str, str], str] | None = None
+        self._state_key = StateKeyCache()
 
     # ------------------------------------------------------------------ identity and state
 
     @property
     @override
     def state_key(self) -> str:
-        # Lightning reads state_key on every hook call (profiler names), so it is cached
-        ident = (self.mimic_layer, self.score, self.mode)
-        if self._state_key_cache is None or self._state_key_cache[0] != ident:
-            self._state_key_cache = (ident, self._generate_state_key(mimic_layer=self.mimic_layer, score=self.score,
-                                                                     mode=self.mode))
-        return self._state_key_cache[1]
+        return self._state_key.get(self, mimic_layer=self.mimic_layer, score=self.score, mode=self.mode)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"version": self.STATE_VERSION, "reweighted_steps": self.reweighted_steps,
-                "log": self.score_log.state_dict(), "signal": self._monitor.state_dict()}
+        return core.pack_state(self.reweighted_steps, self.score_log, self._monitor)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        if check_state_version(state, self.STATE_VERSION, "GradMimicCallback") < 2:  # v1 had no signal checks
-            state["signal"] = {"ok": True, "space": "", "reasons": [], "first_check_done": False,
-                               "alignment": torch.zeros(0, 3, dtype=torch.float64)}
+        state = core.unpack_state(state_dict)
         self.reweighted_steps = int(state["reweighted_steps"])
         self.score_log.load_state_dict(state["log"])
         self._monitor.load_state_dict(state["signal"])
@@ -320,23 +207,15 @@ class GradMimicCallback(Callback):
         if not layer.weight.requires_grad:
             raise ConfigError(f"mimic_layer {self.mimic_layer!r} is frozen (weight.requires_grad=False); the mimic "
                               f"layer must be trained.")
-        ref = load_reference_state(self.reference)
         model_state = pl_module.state_dict()
-        keys = None if self.strict_reference else [k for k in (f"{self.mimic_layer}.weight",
-                                                                f"{self.mimic_layer}.bias") if k in model_state]
-        check_same_architecture(ref, model_state, keys=keys)
-        ref_w, ref_b = reference_layer(ref, self.mimic_layer, has_bias=layer.bias is not None)
-        if self.reference_noise_std > 0:
-            gen = torch.Generator().manual_seed(self.seed)
-            ref_w = ref_w + self.reference_noise_std * torch.randn(ref_w.shape, generator=gen)
-            if ref_b is not None:
-                ref_b = ref_b + self.reference_noise_std * torch.randn(ref_b.shape, generator=gen)
-        self._direction_fn = TargetDirection(ref_w.to(layer.weight.device),
-                                             ref_b.to(layer.weight.device) if ref_b is not None else None)
+        ref, full, ref_w, ref_b, self._direction_fn = core.prepare_reference(
+            self.reference, model_state, self.mimic_layer, strict=self.strict_reference,
+            has_bias=layer.bias is not None, noise_std=self.reference_noise_std, seed=self.seed,
+            device=layer.weight.device)
         self._trainer = trainer
-        self._direction = None
+        self._direction = DirectionCache()
         self._remove_hooks()
-        self._resolve_space(pl_module, ref, model_state, full=keys is None, ref_w=ref_w, ref_b=ref_b)
+        self._resolve_space(pl_module, ref, model_state, full=full, ref_w=ref_w, ref_b=ref_b)
         # the in-graph re-weighting (one process, layer_only) rewrites the layer's output gradient: it is declared to
         # the layer's tap, which runs it after every other tracker of the layer has read the plain gradient
         self._tracked.attach(trainer, pl_module, self.mimic_layer, self._forward_hook, what="mimic_layer",
@@ -347,20 +226,14 @@ class GradMimicCallback(Callback):
     def _resolve_space(self, pl_module: pl.LightningModule, ref: Mapping[str, Tensor],
                        model_state: Mapping[str, Tensor], *, full: bool, ref_w: Tensor, ref_b: Tensor | None) -> None:
         """Decide the score space and whether the alignment must be checked; prepare the runnable reference."""
-        mimic_keys = {f"{self.mimic_layer}.weight", f"{self.mimic_layer}.bias"}
-        others_train = [n for n, p in pl_module.named_parameters() if p.requires_grad and n not in mimic_keys]
-        shared = not others_train and (not full or all(
-            torch.equal(ref[k].to(v.device, v.dtype), v) for k, v in model_state.items() if k not in mimic_keys))
+        others_train, shared = core.layers_below(pl_module.named_parameters(), ref, model_state, self.mimic_layer,
+                                                 full=full)
         self._output_checked, self._runner = False, None
         # a fresh fit (a resume restores the findings afterwards)
         if not self._monitor.choose_space(self.space, score=self.score, others_train=others_train, shared=shared,
                                           full=full):
             return
-        try:
-            fwd = pl_module.get_submodule(self.forward_module) if self.forward_module else pl_module
-        except AttributeError as err:
-            raise ConfigError(f"forward_module {self.forward_module!r} is not a submodule of "
-                              f"{type(pl_module).__name__}.") from err
+        fwd = core.forward_module_of(pl_module, self.forward_module)
         self._runner = ReferenceRunner(fwd, ref, self.forward_module, self.mimic_layer, ref_w, ref_b)
 
     @override
@@ -393,12 +266,8 @@ class GradMimicCallback(Callback):
         if not micro.capturing or not torch.is_grad_enabled() or not isinstance(output, Tensor) \
                 or not output.requires_grad:
             return
-        micro.calls += 1
-        if micro.calls > 1:
-            raise ConfigError(f"mimic_layer {self.mimic_layer!r} was called {micro.calls} times in one training "
-                              f"step; the closed-form scores need a layer that is applied once per forward.")
         x = inputs[0]
-        micro.a, micro.z = x.detach(), output
+        micro.layer_called(x, output, self.mimic_layer)
         if self.mode == "layer_only":
             # In-graph re-weighting when nothing below the layer gets a gradient through its input (a linear probe
             # on frozen features, the paper's setting), the softmax needs no collective (one process) and the output
@@ -425,8 +294,7 @@ class GradMimicCallback(Callback):
         self._step_applied = True
         if math.isinf(self.tau):
             return None  # uniform weights: the plain gradient, exactly
-        coeffs = weights * a.shape[0] if self.loss_reduction == "mean" else weights
-        return grad * (coeffs.unsqueeze(1) if grad.dim() == 2 else coeffs.reshape(-1, *([1] * (grad.dim() - 1))))
+        return core.scale_rows(grad, core.sample_coeffs(weights, self.loss_reduction))
 
     def _module_forward_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                              output: Any) -> None:
@@ -438,13 +306,7 @@ class GradMimicCallback(Callback):
             return  # the mimic layer did not run in this call, or the reference already ran for this micro-batch
         if self._monitor.space == "outputs" and not self._output_checked:
             if not output_contains(output, micro.z):
-                raise ConfigError(
-                    f"space='outputs' compares the reference's and the model's outputs of the mimic layer "
-                    f"{self.mimic_layer!r}, which is meaningful only for the output layer (its coordinates are the "
-                    f"classes in both models), but {self._runner.name} does not return that layer's output. For an "
-                    f"inner layer use space='weights' with the layers below shared with the reference (the alignment "
-                    f"check says whether they are), or set forward_module to the module whose output the mimic layer "
-                    f"produces.")
+                raise core.not_output_layer(self.mimic_layer, self._runner.name)
             self._output_checked = True
         micro.z_ref = self._runner.run(args, kwargs, self._tracked.module.weight, tuple(micro.z.shape))
         step = self._trainer.global_step if self._trainer is not None else 0
@@ -455,30 +317,20 @@ class GradMimicCallback(Callback):
             self._monitor.measure(micro.a, micro.z_ref, d.ref_weight, d.ref_bias, step, reduce)
 
     def _units_factor(self, batch_size: int) -> float:
-        """Factor from a hooked output gradient to per-sample-loss units (accumulation, AMP scale, mean reduction)."""
-        scale = self._tracked.loss_scale()
-        factor = self._tracked.accum / (scale if scale is not None else 1.0)
-        return factor * batch_size if self.loss_reduction == "mean" else factor
+        """Factor from a hooked output gradient to per-sample-loss units (accumulation, AMP scale, reduction)."""
+        return core.units_factor(batch_size, accum=self._tracked.accum, loss_scale=self._tracked.loss_scale(),
+                                 loss_reduction=self.loss_reduction)
 
     # ------------------------------------------------------------------ Lightning hooks
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if not isinstance(batch, Mapping) or IDX not in batch:
-            self._micro = _Micro()
-            raise DataError(f"GradMimicCallback needs dict batches with an {IDX!r} entry (the sample's stable id, its "
-                            f"row index in the training set) to record per-sample scores; add it in the dataset.")
-        idx = batch[IDX]
-        idx = idx if isinstance(idx, Tensor) and idx.dim() == 1 else torch.as_tensor(idx).reshape(-1)
-        labels = None
-        if self.score == "rho":
-            if LABELS not in batch:
-                raise DataError(f"score='rho' needs batch[{LABELS!r}] to compute the reference loss.")
-            labels = torch.as_tensor(batch[LABELS])
+        self._micro = Micro()
+        idx, labels = core.read_batch(batch, need_labels=self.score == "rho")
         ref_due = self._runner is not None and (self._monitor.space == "outputs" or self.score == "rho"
                                                 or self._monitor.alignment_due(trainer.global_step))
-        self._micro = _Micro(idx, labels, ref_due)
+        self._micro = Micro(idx, labels, ref_due)
 
     def reduce_loss(self, per_sample_loss: Tensor) -> Tensor:
         """Reduce per-sample losses ``(B,)``: the weighted sum in ``"all_params"`` mode, else the plain reduction.
@@ -491,12 +343,7 @@ class GradMimicCallback(Callback):
         micro = self._micro
         if self.mode != "all_params" or not micro.capturing:
             return plain
-        if micro.z is None or micro.a is None:
-            raise ConfigError(f"reduce_loss was called before the mimic layer {self.mimic_layer!r} ran in this "
-                              f"training step; call it after the forward pass.")
-        if per_sample_loss.shape[0] != micro.a.shape[0]:
-            raise DataError(f"per_sample_loss has {per_sample_loss.shape[0]} entries but the mimic layer saw a batch "
-                            f"of {micro.a.shape[0]}.")
+        micro.check_loss(per_sample_loss, self.mimic_layer)
         (delta,) = torch.autograd.grad(per_sample_loss.sum(), micro.z, retain_graph=True)
         weights_local, apply = self._weights(micro.a, delta, grad_scale=1.0)
         micro.weighted = True
@@ -510,35 +357,23 @@ class GradMimicCallback(Callback):
         if not micro.capturing:
             return
         micro.capturing = False
-        if self.mode == "all_params":
-            if not micro.weighted:
-                raise ConfigError("mode='all_params' needs the module to reduce its per-sample losses with "
-                                  "lightning_ws.gradmimic.loss.reduce_per_sample_loss(self, per_sample_loss) in "
-                                  "training_step; it was not called in this step.")
-            return
-        if micro.a is None or micro.delta is None:
-            raise ConfigError(f"the mimic layer {self.mimic_layer!r} received no gradient in this training step; "
-                              f"check that its output reaches the loss.")
+        micro.check_backward(self.mode, self.mimic_layer)
         a, delta_hooked = micro.a, micro.delta
-        if micro.in_graph:  # already re-weighted inside backward
-            micro.a = micro.z = micro.delta = None
+        if self.mode == "all_params" or micro.in_graph:  # weighted in the loss, or re-weighted inside backward
+            if micro.in_graph:
+                micro.clear()
             return
         with torch.no_grad():
             weights_local, apply = self._weights(a, delta_hooked, grad_scale=self._units_factor(a.shape[0]))
-            micro.a = micro.z = micro.delta = None
+            micro.clear()
             if not apply:
                 return
             self._step_applied = True
             if math.isinf(self.tau):
                 return  # uniform weights on every micro-batch: the plain gradient is the weighted one, exactly
-            coeffs = weights_local * a.shape[0] if self.loss_reduction == "mean" else weights_local
-            gw, gb = weighted_layer_grad(a, delta_hooked, coeffs, with_bias=self._tracked.module.bias is not None)
-            if self._acc is None:
-                self._acc = (gw, gb)
-            else:
-                self._acc[0].add_(gw)
-                if gb is not None:
-                    self._acc[1].add_(gb)
+            gw, gb = weighted_layer_grad(a, delta_hooked, core.sample_coeffs(weights_local, self.loss_reduction),
+                                         with_bias=self._tracked.module.bias is not None)
+            self._acc = core.add_weighted_grad(self._acc, gw, gb)
 
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
@@ -549,22 +384,8 @@ class GradMimicCallback(Callback):
         if acc is None:  # in-graph path or tau=inf: .grad already holds the weighted gradient
             self.reweighted_steps += 1
             return
-        acc_w, acc_b = acc
-        if self._tracked.world > 1:  # every rank reaches this point once per optimizer step
-            acc_w = trainer.strategy.reduce(acc_w, reduce_op="sum")
-            if acc_b is not None:
-                acc_b = trainer.strategy.reduce(acc_b, reduce_op="sum")
-        layer = self._tracked.module
-        if layer.weight.grad is None:
-            return
-        unscaled = self._tracked.unscale_replacement([acc_w, acc_b], optimizer)
-        if unscaled is None:  # an AMP overflow step (the scaler skips it): keep the plain gradient
-            return
-        acc_w, acc_b = unscaled
-        layer.weight.grad.copy_(acc_w)
-        if acc_b is not None and layer.bias is not None and layer.bias.grad is not None:
-            layer.bias.grad.copy_(acc_b)
-        self.reweighted_steps += 1
+        if self._tracked.replace_grad(trainer, optimizer, *acc):  # every rank reaches this once per optimizer step
+            self.reweighted_steps += 1
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -583,14 +404,9 @@ class GradMimicCallback(Callback):
         if not stats or step == self._last_logged_step or step % self._tracked.log_every != 0:
             return
         self._last_logged_step = step
-        w, sc = stats["weights"], stats["scores"]
-        max_rel = float(w.max() * w.numel())
-        self._monitor.observe_weights(max_rel)
-        values = {"weight_entropy": weight_entropy(w), "max_relative_weight": max_rel,
-                  "score_mean": float(sc.mean()), "score_std": float(sc.std()) if sc.numel() > 1 else 0.0,
-                  "v_norm": float(stats["v_norm"]) if stats["v_norm"] is not None else self._v_norm_now()}
-        pl_module.log_dict({f"gradmimic/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False,
-                           batch_size=int(stats["batch_size"]))
+        values = core.step_log_values(stats, self._v_norm_now)
+        self._monitor.observe_weights(values["gradmimic/max_relative_weight"])
+        pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=int(stats["batch_size"]))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -600,7 +416,8 @@ class GradMimicCallback(Callback):
 
         from lightning_ws.gradmimic.outputs import write_epoch_outputs
 
-        write_epoch_outputs(self, trainer, [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)])  # per-sample scores/weights/keep mask/quality to the run folder and W&B
+        # per-sample scores/weights/keep mask/quality to the run folder and W&B
+        write_epoch_outputs(self, trainer, [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)])
         rel = torch.cat(self._epoch_rel) if self._epoch_rel else None
         self._epoch_rel = []
         if rel is not None and trainer.is_global_zero:
@@ -618,30 +435,17 @@ class GradMimicCallback(Callback):
         micro = self._micro
         direction = self._target_direction() if self.score in ("proj", "cos") else None
         v_norm = None if direction is None else direction[2]  # grand/rho: the norm is computed when logged
-        if self.score == "rho" and (micro.labels is None or micro.z is None):
-            raise DataError(f"score='rho' needs batch[{LABELS!r}] and the mimic layer's output.")
-        uses_ref = self._monitor.space == "outputs" if self.score in ("proj", "cos") else \
-            (self.score == "rho" and self._runner is not None)  # rho with trained layers below: the reference's own
+        # rho with trained layers below uses the reference's own outputs
+        ref_outputs = micro.ref_outputs(self.score, self._monitor.space, self._runner is not None, self.forward_module)
         if self.score == "rho" and self._direction_fn.device != a.device:
             self._direction_fn.to(a.device)
         scores = batch_scores(self.score, a, delta, grad_scale=grad_scale, direction=direction, outputs=micro.z,
-                              ref_outputs=self._require_ref_outputs() if uses_ref else None,
+                              ref_outputs=ref_outputs,
                               ref_head=(self._direction_fn.ref_weight, self._direction_fn.ref_bias),
                               labels=micro.labels, with_bias=self._tracked.module.bias is not None, eps=self.eps)
-        n_local, idx_local = scores.shape[0], micro.idx
-        if idx_local is None or idx_local.numel() != n_local:
-            raise DataError(f"batch[{IDX!r}] has {0 if idx_local is None else idx_local.numel()} entries but the "
-                            f"mimic layer saw {n_local} samples; {IDX!r} must hold one id per sample.")
-        world = self._tracked.world
-        if world > 1:
-            all_scores, offset = gather_rows(self._trainer, scores.float().contiguous())
-            all_idx, _ = gather_rows(self._trainer, idx_local.to(scores.device).long().contiguous())
-        else:
-            all_scores, offset, all_idx = scores, 0, idx_local
-        weights, finite = batch_softmax_weights_checked(all_scores, self.tau)
-        all_scores = all_scores if all_scores.dtype == torch.float32 else all_scores.float()
-        n_all = all_scores.shape[0]
-        local = weights[offset: offset + n_local] if world > 1 else weights
+        gather = (lambda t: gather_rows(self._trainer, t)) if self._tracked.world > 1 else None
+        weights, finite, all_scores, all_idx, local = core.global_weights(scores, micro.idx, self.tau, gather)
+        n_all, n_local = all_scores.shape[0], local.shape[0]
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         if finite:
@@ -653,28 +457,13 @@ class GradMimicCallback(Callback):
             self._stats = {"weights": weights, "scores": all_scores, "v_norm": v_norm, "batch_size": n_local}
         return local, epoch >= self.start_epoch
 
-    def _require_ref_outputs(self) -> Tensor:
-        if self._micro.z_ref is None:
-            name = repr(self.forward_module) if self.forward_module else "the LightningModule's forward"
-            raise ConfigError(f"Grad-Mimic (space={self._monitor.space!r}, score={self.score!r}) needs the reference's "
-                              f"outputs on the training inputs, but {name} was not called with them in this training "
-                              f"step. Call it in training_step (e.g. logits = self(x)), or set forward_module to the "
-                              f"submodule training_step calls.")
-        return self._micro.z_ref
-
     def _v_norm_now(self) -> float:
         """``||W_ref - W_t||`` of the current weights (logged under the baseline scores)."""
         return self._direction_fn(self._tracked.module.weight, self._tracked.module.bias)[2]
 
     def _target_direction(self) -> tuple[Tensor, Tensor | None, float]:
-        """``W_ref - W_t`` and its norm, recomputed only when the layer's parameters changed (an optimizer step, or
-        any in-place update: it bumps the tensor's version counter), not once per micro-batch."""
-        w, b = self._tracked.module.weight, self._tracked.module.bias
-        # an optimizer step or any in-place update bumps the version counters; a replaced tensor changes id/data_ptr
-        key = (id(w), w.data_ptr(), w._version, -1 if b is None else b._version)
-        if self._direction is None or key != self._direction[0]:
-            self._direction = (key, self._direction_fn(w, b))
-        return self._direction[1]
+        """``W_ref - W_t`` and its norm (cached until the layer's parameters change: :class:`DirectionCache`)."""
+        return self._direction.get(self._direction_fn, self._tracked.module.weight, self._tracked.module.bias)
 
     # ------------------------------------------------------------------ results
 
@@ -699,8 +488,5 @@ class GradMimicCallback(Callback):
 
     def save_scores(self, path: str | os.PathLike) -> Path:
         """Write the score log atomically as safetensors (columns ``idx, weight, score, batch_size, epoch, step``)."""
-        mon = self._monitor
-        return save_tensors(path, self.score_log.tensors(), metadata={
-            "method": "gradmimic", "score": self.score, "tau": repr(self.tau), "mode": self.mode,
-            "mimic_layer": self.mimic_layer, "space": mon.space, "signal_ok": str(mon.ok).lower(),
-            "signal_reasons": " | ".join(mon.reasons)})
+        return save_tensors(path, self.score_log.tensors(), metadata=core.score_metadata(
+            score=self.score, tau=self.tau, mode=self.mode, mimic_layer=self.mimic_layer, monitor=self._monitor))

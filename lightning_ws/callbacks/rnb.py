@@ -19,30 +19,15 @@ from torch import nn
 from lightning_ws.callbacks._tracked import TrackedLinear, active_scaler, check_trainer
 from lightning_ws.contracts import DOMAIN, SupportsMixture, is_mixture_datamodule
 from lightning_ws.errors import ConfigError
+from lightning_ws.rnb import config as core
 from lightning_ws.rnb.accumulate import DomainAccumulator
 from lightning_ws.rnb.capture import DomainGradCapture
-from lightning_ws.rnb.fused import DomainGradSink, FusedForwardHandle, fused_blocker, install_fused_forward
-from lightning_ws.rnb.mixture import (
-    domain_gram,
-    gram_stats,
-    initial_mixture,
-    mixture_entropy,
-    multiplicative_update,
-    rnb_update,
-    trajectory_image,
-    validate_mixture,
-)
-from lightning_ws.tracked_layer import LossReweighter, check_state_version
+from lightning_ws.rnb.config import ACCUMULATIONS, GRAD_METHODS, METHODS
+from lightning_ws.rnb.fused import DomainGradSink, FusedForwardHandle, install_fused_forward
+from lightning_ws.rnb.mixture import domain_gram, initial_mixture, trajectory_image, validate_mixture
+from lightning_ws.tracked_layer import LossReweighter
 
-__all__ = ["RnBCallback", "METHODS", "ACCUMULATIONS"]
-
-#: Mixture rules behind the same interface.
-METHODS = ("rnb", "doge", "stratified", "proportional")
-_GRAD_METHODS = ("rnb", "doge")
-#: Ways to collect the per-domain sums (see ``RnBCallback``'s ``accumulation``).
-ACCUMULATIONS = ("auto", "fused", "hooks")
-_REDUCTIONS = ("mean", "token_mean", "sum")
-_STATE_VERSION = 1
+__all__ = ["ACCUMULATIONS", "METHODS", "RnBCallback"]
 
 
 class RnBCallback(Callback):
@@ -60,38 +45,12 @@ class RnBCallback(Callback):
     ``"stratified"`` = uniform, fixed; ``"proportional"`` = proportional to domain sizes, fixed. The fixed ones
     register no hooks and cost nothing.
 
-    Defaults for what the paper leaves open (arXiv 2505.00358, spec §15):
-
-    * tracked layer: ``"classifier"`` (the head of :class:`lightning_ws.modules.TextClassifier`); bias included;
-    * round length ``steps_per_round=10`` optimizer steps (choose it so ``K * B / m >= 20``); ``lam=3`` (the one value
-      the paper reports); normalised logits (main text; ``normalize=False`` gives the appendix's Algorithm 3);
-    * per-example loss (:func:`~lightning_ws.rnb.accumulate.example_scale`): ``loss_reduction="mean"`` multiplies
-      ``delta`` by the micro-batch size (and by ``accumulate_grad_batches``, which Lightning divides the loss by);
-      ``"token_mean"`` (with ``target_key``) weights example ``i`` by ``N_tokens / n_i`` so each example's loss is the
-      mean over its own target tokens; ``"sum"`` applies no factor;
-    * AMP: output gradients are divided by the active GradScaler's scale; under loss scaling, micro-batches with
-      non-finite gradients (skipped AMP steps) are not accumulated (without a GradScaler there is no such check: the
-      optimizer applies those gradients too, and a round whose Gram matrix is non-finite keeps ``p``);
-    * empty domain in a round: it is left out of ``G p_eval`` and keeps its previous probability; ``||G p_eval|| = 0``
-      or non-finite: ``p`` is kept; ``prob_floor`` (default 0) mixes in uniform so that ``p_i >= prob_floor / m``;
-      ``warmup_rounds=1``: the first round trains on the initial mixture (uniform, as in the paper);
-    * memory: exact accumulators ``m x d_out x (d_in + 1)`` fp32, or a Kronecker random-projection sketch
-      (``sketch_dim=(k_out, k_in)`` or an int for both), an unbiased estimate of ``G`` (not in the paper).
-
-    Two ways to collect the exact per-domain sums (``accumulation``): ``"hooks"`` captures ``a`` and ``delta`` and
-    calls :func:`~lightning_ws.rnb.accumulate.accumulate_domain_grads` in ``on_after_backward`` (about one extra
-    weight-gradient computation of the layer); ``"fused"`` routes the layer's forward through
-    :func:`~lightning_ws.rnb.fused.fused_linear` while a training micro-batch is captured (an instance-level
-    ``forward`` set in ``setup`` and removed in ``teardown`` / ``on_exception``), whose backward derives autograd's
-    weight gradient from the per-example products and adds the per-domain sums as a by-product (about no extra GEMM;
-    see :mod:`lightning_ws.rnb.fused`). ``"auto"`` (default) uses fused where it is valid and cheap and the hooks
-    otherwise (``fused_fallback_reason`` says why): with a ``sketch_dim``; for a layer that is not exactly
-    ``nn.Linear`` or already has an instance ``forward``; per call under autocast or an active GradScaler, for inputs
-    that are not 2-D/3-D or not float32/float64, for ``token_mean`` above
-    :data:`~lightning_ws.rnb.fused.FUSED_PER_EXAMPLE_MAX_ELEMENTS`, and while another callback re-weights the same
-    layer's output gradient (Grad-Mimic's in-graph path: the fused backward would see the re-weighted gradient).
-    ``"fused"`` ignores the size limit, raises ``ConfigError`` for a sketch or a non-``nn.Linear`` layer, and warns
-    once when a call falls back. The fused backward is once-differentiable.
+    Defaults for what the paper leaves open (tracked layer, round length, ``lam``, per-example loss units, AMP,
+    empty domains, ``prob_floor``, warm-up, sketch memory) and the two ways to collect the per-domain sums
+    (``accumulation``: ``"hooks"`` re-derives them from captured factors after the backward; ``"fused"`` routes the
+    layer's forward through :func:`~lightning_ws.rnb.fused.fused_linear`, whose backward adds them as a by-product;
+    ``"auto"`` uses fused where valid and cheap, ``fused_fallback_reason`` says why not) are documented in
+    :mod:`lightning_ws.rnb.config`.
 
     Sharing the layer: the hooks go through the layer's shared :class:`~lightning_ws.tracked_layer.LayerTap`, so R&B
     reads the plain output gradient even when another callback (Grad-Mimic) re-weights it, whatever the callback order.
@@ -131,12 +90,6 @@ class RnBCallback(Callback):
         plot_every_n_rounds: W&B trajectory image cadence (0 = never).
         accumulation: ``"auto"``, ``"fused"`` or ``"hooks"`` (see above).
 
-    Attributes:
-        fused_fallback_reason: why the last capture (or ``setup``) used the hook path instead of the fused one
-            (``None`` if it never fell back).
-        capture_counts: tracked-layer calls captured per path since ``setup``: ``per_example`` / ``grouped`` (fused)
-            and ``hooks``.
-
     Example:
         >>> cb = RnBCallback(layer="classifier", lam=3.0, steps_per_round=10)
         >>> cb.state_key
@@ -165,34 +118,10 @@ class RnBCallback(Callback):
         plot_every_n_rounds: int = 1,
         accumulation: Literal["auto", "fused", "hooks"] = "auto",
     ) -> None:
-        for name, value, options in (("method", method, METHODS), ("loss_reduction", loss_reduction, _REDUCTIONS),
-                                     ("accumulation", accumulation, ACCUMULATIONS)):
-            if value not in options:  # LightningCLI checks the Literal; direct Python use is checked here
-                raise ConfigError(f"{name} must be one of {options}, got {value!r}.")
-        if not isinstance(layer, str) or not layer:
-            raise ConfigError(f"layer must be the dotted name of an nn.Linear (e.g. 'classifier'), got {layer!r}.")
-        for name, value, ok, need in (
-                ("lam", lam, float(lam) > 0, "be > 0"), ("steps_per_round", steps_per_round, int(steps_per_round) >= 1,
-                                                         "be >= 1"),
-                ("prob_floor", prob_floor, 0.0 <= float(prob_floor) < 1.0, "lie in [0, 1)"),
-                ("num_domains", num_domains, num_domains is None or int(num_domains) >= 1, "be >= 1"),
-                ("doge_lr", doge_lr, float(doge_lr) > 0, "be > 0"),
-                ("plot_every_n_rounds", plot_every_n_rounds, int(plot_every_n_rounds) >= 0, "be >= 0")):
-            if not ok:
-                raise ConfigError(f"{name} must {need}, got {value}.")
-        if int(warmup_rounds) < 1:
-            raise ConfigError(f"warmup_rounds must be >= 1 (1 = the paper: the first round uses the initial "
-                              f"mixture), got {warmup_rounds}.")
-        if loss_reduction == "token_mean" and not target_key:
-            raise ConfigError("loss_reduction='token_mean' needs target_key (the batch key of the (B, T) targets).")
-        if accumulation == "fused" and sketch_dim is not None:
-            raise ConfigError("accumulation='fused' is exact accumulation; with sketch_dim the sketch is built from "
-                              "the hooked factors (use accumulation='auto' or 'hooks').")
-        if sketch_dim is not None:
-            dims = [int(sketch_dim)] * 2 if isinstance(sketch_dim, int) else [int(v) for v in sketch_dim]
-            if len(dims) != 2 or min(dims) < 1:
-                raise ConfigError(f"sketch_dim must be a positive int or [k_out, k_in], got {sketch_dim!r}.")
-            sketch_dim = dims
+        sketch_dim = core.check_rnb_args(
+            layer=layer, method=method, lam=lam, steps_per_round=steps_per_round, num_domains=num_domains,
+            sketch_dim=sketch_dim, prob_floor=prob_floor, warmup_rounds=warmup_rounds, loss_reduction=loss_reduction,
+            target_key=target_key, doge_lr=doge_lr, plot_every_n_rounds=plot_every_n_rounds, accumulation=accumulation)
         self.layer, self.method, self.lam = layer, method, float(lam)
         self.steps_per_round = int(steps_per_round)
         self._p_eval_arg = None if p_eval is None else validate_mixture(p_eval, num_domains, name="p_eval")
@@ -266,15 +195,11 @@ class RnBCallback(Callback):
         names = list(dm.domain_names or [])
         self.domain_names = names if len(names) == self.m else [str(i) for i in range(self.m)]
         self._tracked.read_facts(trainer)
-        if self.method in _GRAD_METHODS:
-            pe = self._p_eval_arg if self._p_eval_arg is not None else dm.p_eval
-            if pe is None:
-                raise ConfigError("R&B needs p_eval (evaluation proportions per domain): pass p_eval= or give the "
-                                  "datamodule evaluation domains.")
-            self.p_eval = validate_mixture(pe, self.m, name="p_eval")
+        if self.method in GRAD_METHODS:
+            self.p_eval = core.resolve_p_eval(self._p_eval_arg, dm.p_eval, self.m)
         if self.p is None:
             self.p = initial_mixture(self.m, dm.domain_sizes, proportional=self.method == "proportional")
-        if self.method in _GRAD_METHODS:
+        if self.method in GRAD_METHODS:
             reweighters = [type(cb).__name__ for cb in trainer.callbacks
                            if isinstance(cb, LossReweighter) and cb.reweights_loss]
             if reweighters:
@@ -283,34 +208,20 @@ class RnBCallback(Callback):
                                   f"weight. Use GradMimicCallback(mode='layer_only'): it leaves the output gradient "
                                   f"R&B reads untouched.")
             module = self._tracked.attach(trainer, pl_module, self.layer, self._forward_hook)
-            use_bias = bool(self.include_bias and module.bias is not None)
-            old, self.acc = self.acc, DomainAccumulator(self.m, module.out_features, module.in_features + use_bias,
-                                                        sketch_dim=self.sketch_dim, seed=self.seed,
-                                                        distributed=trainer.world_size > 1)
-            if old is not None and old.sums.shape == self.acc.sums.shape:
-                self.acc.load(old.sums, old.counts)
-            self._capture = DomainGradCapture(self.acc, loss_reduction=self.loss_reduction,
-                                              ignore_index=self.ignore_index, include_bias=use_bias,
-                                              force_fused=self.accumulation == "fused")
-            self._install_fused(module)
+            self._capture = DomainGradCapture.for_layer(
+                module, self.m, include_bias=self.include_bias, sketch_dim=self.sketch_dim, seed=self.seed,
+                distributed=trainer.world_size > 1, loss_reduction=self.loss_reduction, ignore_index=self.ignore_index,
+                force_fused=self.accumulation == "fused", previous=self.acc)
+            self.acc = self._capture.acc
+            reason = None if self.accumulation == "hooks" else \
+                core.fused_unavailable(self.accumulation, self.sketch_dim, module, self.layer)
+            if reason is None and self.accumulation != "hooks":
+                self._fused_handle = install_fused_forward(module, self._plan_fused)
+            self._capture.fallback_reason = reason
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
         dm.set_mixture(self.p.clone())
-
-    def _install_fused(self, module: nn.Module) -> None:
-        """Route the tracked layer through the fused backward (``accumulation`` ``"auto"``/``"fused"``) if valid."""
-        if self.accumulation == "hooks":
-            return
-        reason = "sketch_dim is set (the sketch is built from the hooked factors)" if self.sketch_dim is not None \
-            else fused_blocker(module, self.layer)
-        if reason is not None:
-            if self.accumulation == "fused":
-                raise ConfigError(f"accumulation='fused' is not possible: {reason}; use accumulation='auto' or "
-                                  f"'hooks'.")
-            self._capture.fallback_reason = reason
-            return
-        self._fused_handle = install_fused_forward(module, self._plan_fused)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Remove the hooks and restore the tracked layer's forward."""
@@ -335,15 +246,9 @@ class RnBCallback(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         """Read the micro-batch's domain ids (and targets for ``token_mean``)."""
-        if self.method not in _GRAD_METHODS:
+        if self.method not in GRAD_METHODS:
             return
-        if not isinstance(batch, dict) or self.domain_key not in batch:
-            raise ConfigError(f"RnBCallback needs dict batches with a {self.domain_key!r} key of (B,) domain ids; "
-                              f"got {type(batch).__name__} (keys {list(batch) if isinstance(batch, dict) else '-'}).")
-        if self.loss_reduction == "token_mean" and self.target_key not in batch:
-            raise ConfigError(f"loss_reduction='token_mean' needs batch[{self.target_key!r}].")
-        self._capture.start(batch[self.domain_key], batch.get(self.target_key) if self.target_key else None,
-                            float(trainer.accumulate_grad_batches))
+        self._capture.start_batch(batch, self.domain_key, self.target_key, float(trainer.accumulate_grad_batches))
 
     def _plan_fused(self, module: nn.Linear, x: torch.Tensor) -> DomainGradSink | None:
         """Called by the tracked layer's forward: a sink for the fused backward, or ``None`` (plain forward; the hook
@@ -360,9 +265,8 @@ class RnBCallback(Callback):
 
     @staticmethod
     def _amp_scale(trainer: pl.Trainer) -> float | None:
-        """The active GradScaler's scale, or ``None`` without loss scaling (then no finiteness check is needed)."""
-        scaler = active_scaler(trainer)
-        return float(scaler.get_scale()) if scaler is not None else None
+        """The active GradScaler's scale, or ``None`` without loss scaling."""
+        return float(scaler.get_scale()) if (scaler := active_scaler(trainer)) is not None else None
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Hook path: add this micro-batch's per-example tracked-layer gradients into the per-domain sums
@@ -376,7 +280,7 @@ class RnBCallback(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         """Under DDP, all-reduce this optimizer step's contributions so that every rank holds the global sums."""
-        if self.method in _GRAD_METHODS and self.acc.distributed:
+        if self.method in GRAD_METHODS and self.acc.distributed:
             self.acc.merge_step(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
 
     # ------------------------------------------------------------------ update
@@ -405,17 +309,13 @@ class RnBCallback(Callback):
         self.steps_in_round = 0
         updated, stats, counts = False, {}, None
         logging = trainer.logger is not None or bool(trainer.loggers)  # statistics are only made to be logged
-        if self.method in _GRAD_METHODS:
+        if self.method in GRAD_METHODS:
             acc = self.acc  # already global: reduced every optimizer step under DDP
             counts = acc.counts.clone() if logging else None
             if self.round >= self.warmup_rounds:
-                gram, present = domain_gram(acc.sums.cpu(), acc.counts.cpu())
-                update = rnb_update if self.method == "rnb" else multiplicative_update
-                rate = {"lam": self.lam} if self.method == "rnb" else {"lr": self.doge_lr}
-                p_new, updated = update(gram, self.p_eval, self.p.double(), present=present, normalize=self.normalize,
-                                        prob_floor=self.prob_floor, **rate)
-                self.p = p_new.cpu()
-                stats = gram_stats(gram) if logging else {}
+                self.p, updated, stats = core.round_update(
+                    self.method, acc.sums, acc.counts, self.p, self.p_eval, lam=self.lam, doge_lr=self.doge_lr,
+                    normalize=self.normalize, prob_floor=self.prob_floor, with_stats=logging)
             acc.reset()
         # identical on every rank already; broadcast removes any floating-point divergence (all ranks call it)
         self.p = torch.as_tensor(trainer.strategy.broadcast(self.p.clone(), src=0), dtype=torch.float64).cpu()
@@ -427,13 +327,8 @@ class RnBCallback(Callback):
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, updated: bool, stats: dict[str, float],
              counts: torch.Tensor | None, elapsed_ms: float) -> None:
-        values = {f"rnb/p_{name}": float(v) for name, v in zip(self.domain_names, self.p)}
-        values.update({"rnb/entropy": mixture_entropy(self.p), "rnb/round": float(self.round),
-                       "rnb/updated": float(updated), "rnb/update_ms": elapsed_ms})
-        values.update({f"rnb/{k}": v for k, v in stats.items()})
-        if counts is not None:
-            values.update({f"rnb/n_{name}": float(c) for name, c in zip(self.domain_names, counts.cpu())})
-        pl_module.log_dict(values, on_step=True, on_epoch=False)
+        pl_module.log_dict(core.round_log_values(self.p, self.domain_names, self.round, updated, stats, counts,
+                                                 elapsed_ms), on_step=True, on_epoch=False)
         if self.plot_every_n_rounds and self.round % self.plot_every_n_rounds == 0 and self._tracked.wandb \
                 and trainer.is_global_zero:
             import wandb
@@ -449,40 +344,26 @@ class RnBCallback(Callback):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """``p``, accumulators, counts, round/step counters, history (plain tensors/numbers/lists)."""
-        state: dict[str, Any] = {
-            "version": _STATE_VERSION, "method": self.method, "p": None if self.p is None else self.p.clone().cpu(),
-            "round": self.round, "steps_in_round": self.steps_in_round, "last_global_step": self.last_global_step,
-            "history": [list(h) for h in self.history],
-        }
-        if self.acc is not None:
-            state["sums"] = self.acc.sums.detach().clone().cpu()
-            state["counts"] = self.acc.counts.detach().clone().cpu()
-        return state
+        return core.pack_state(self.method, self.p, self.round, self.steps_in_round, self.last_global_step,
+                               self.history, self.acc)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (before or after ``setup``)."""
         state = dict(state_dict)
-        check_state_version(state, _STATE_VERSION, "RnBCallback")
-        if state.get("method", self.method) != self.method:
-            raise ConfigError(f"checkpoint state is for method={state['method']!r}, this callback uses "
-                              f"{self.method!r}.")
+        core.unpack_state(state, self.method, self.m)  # checks the version and the method now
         if self.m is None:
             self._pending_state = state
         else:
             self._apply_state(state)
 
     def _apply_state(self, state: dict[str, Any]) -> None:
-        if state.get("p") is not None:
-            p = torch.as_tensor(state["p"], dtype=torch.float64)
-            if self.m is not None and p.numel() != self.m:
-                raise ConfigError(f"checkpoint mixture has {p.numel()} domains, the data has {self.m}.")
-            self.p = p.clone()
-        self.round = int(state["round"])
-        self.steps_in_round = int(state["steps_in_round"])
-        self.last_global_step = int(state["last_global_step"])
-        self.history = [list(h) for h in state.get("history", [])]
-        if "sums" in state and self.acc is not None:
-            self.acc.load(state["sums"], state["counts"])
+        values = core.unpack_state(state, self.method, self.m)
+        if values["p"] is not None:
+            self.p = values["p"]
+        self.round, self.steps_in_round = values["round"], values["steps_in_round"]
+        self.last_global_step, self.history = values["last_global_step"], values["history"]
+        if "sums" in values and self.acc is not None:
+            self.acc.load(values["sums"], values["counts"])
 
     # ------------------------------------------------------------------ convenience
     @property

@@ -302,7 +302,31 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-class ShardStream(IterableDataset):
+class _Stream(IterableDataset):
+    """What both shard streams share: the shared epoch counter, the resume offset, the rank/world (set, or read from
+    ``torch.distributed`` / the environment); subclasses yield an epoch's batches from ``_generate``."""
+
+    epoch: SharedEpoch
+    skip_batches: int
+    _rank: int | None
+    _world: int | None
+
+    def __iter__(self) -> Iterator[Any]:
+        # snapshot the epoch and the resume offset now (not lazily on the first next())
+        return self._generate(self.epoch.get(), int(self.skip_batches))
+
+    def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+
+    def rank_world(self) -> tuple[int, int]:
+        rank, world = _rank_world()
+        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
+
+
+class ShardStream(_Stream):
     """Stream decoded, batched samples from DataComp-layout shards (an ``IterableDataset``; see module docstring).
 
     Args:
@@ -350,13 +374,6 @@ class ShardStream(IterableDataset):
             raise TypeError("ShardStream has no length without batches_per_epoch")
         return self.batches_per_epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def rank_world(self) -> tuple[int, int]:
-        rank, world = _rank_world()
-        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
-
     def worker_batches(self, worker: int, num_workers: int) -> int | None:
         """Batches the given worker yields per epoch (the rank's total split as evenly as possible)."""
         if self.batches_per_epoch is None:
@@ -365,22 +382,12 @@ class ShardStream(IterableDataset):
         return n // num_workers + (1 if worker < n % num_workers else 0)
 
     def _shard_passes(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[str]:
-        consumers = world * nworkers
         if self.resampled:
             rng = random.Random(_seed(self.seed, epoch, rank, worker, 1))
             while True:
                 yield self.urls[rng.randrange(len(self.urls))]
-        if len(self.urls) < consumers and not self.allow_idle_workers:
-            raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
-                              f"worker needs at least one shard. Write more, smaller shards, use fewer workers, or "
-                              f"set resampled=True.")
-        npass = 0
-        while True:
-            order = list(self.urls)
-            random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
-            mine = order[rank::world][worker::nworkers]
+        for mine in self._pass_lists(epoch, rank, world, worker, nworkers):
             yield from mine
-            npass += 1
             if self.batches_per_epoch is None:
                 return
 
@@ -405,6 +412,7 @@ class ShardStream(IterableDataset):
                                 f"{' ...' if len(mine) > 3 else ''}; check the uid list against these shards.")
 
     def _pass_lists(self, epoch: int, rank: int, world: int, worker: int, nworkers: int) -> Iterator[list[str]]:
+        """This reader's shards of each pass (one permutation per pass, the same on every rank), passes forever."""
         consumers = world * nworkers
         if len(self.urls) < consumers and not self.allow_idle_workers:
             raise ConfigError(f"{len(self.urls)} shard(s) for {world} rank(s) x {nworkers} worker(s): every "
@@ -416,10 +424,6 @@ class ShardStream(IterableDataset):
             random.Random(_seed(self.seed, epoch, npass, 2)).shuffle(order)  # same permutation on every rank
             yield order[rank::world][worker::nworkers]
             npass += 1
-
-    def __iter__(self) -> Iterator[Any]:
-        # snapshot the epoch and the resume offset now (not lazily on the first next())
-        return self._generate(self.epoch.get(), int(self.skip_batches))
 
     def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
         rank, world = self.rank_world()
@@ -572,7 +576,7 @@ class MixtureSchedule:
         self._count[0] = len(rows)
 
 
-class MixtureShardStream(IterableDataset):
+class MixtureShardStream(_Stream):
     """Batches whose samples are drawn from several domains' shards by a mutable mixture (R&B, arXiv 2505.00358).
 
     Each domain is its own stream of shards (rank and worker splitting per domain: whole shards when the domain has
@@ -612,13 +616,6 @@ class MixtureShardStream(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch.set(epoch)
-
-    def rank_world(self) -> tuple[int, int]:
-        rank, world = _rank_world()
-        return (self._rank if self._rank is not None else rank), (self._world if self._world is not None else world)
-
     def _domain_samples(self, d: int, epoch: int, consumer: int, consumers: int) -> Iterator[Sample]:
         urls = self.domain_urls[d]
         whole = len(urls) >= consumers
@@ -644,9 +641,6 @@ class MixtureShardStream(IterableDataset):
                 raise DataError(f"domain {d} has no sample for reader {consumer} of {consumers} (shards {urls[:3]}"
                                 f"{' ...' if len(urls) > 3 else ''}, after the keep filter); give it more data.")
             npass += 1
-
-    def __iter__(self) -> Iterator[Any]:
-        return self._generate(self.epoch.get(), int(self.skip_batches))
 
     def _generate(self, epoch: int, skip: int) -> Iterator[Any]:
         rank, world = self.rank_world()

@@ -21,6 +21,7 @@ __all__ = [
     "validate_label_matrix",
     "covered_mask",
     "LFAnalysis",
+    "edge_components",
     "lf_clusters",
     "lf_dependencies",
     "merge_clusters",
@@ -498,6 +499,12 @@ def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement:
     m = L.shape[1]
     phi, agree = lf_dependencies(L, k, min_overlap=min_overlap)
     link = (phi >= threshold) & (np.nan_to_num(agree, nan=0.0) >= min_agreement)
+    return edge_components(m, ((int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(link, 1)))))
+
+
+def edge_components(m: int, edges: Any) -> list[list[int]]:
+    """Connected components of an undirected graph over ``m`` nodes given its ``(i, j)`` edges (union-find;
+    singletons included), each sorted, sorted by their first node."""
     parent = list(range(m))
 
     def find(a: int) -> int:
@@ -506,8 +513,8 @@ def lf_clusters(L: np.ndarray, k: int, *, threshold: float = 0.7, min_agreement:
             a = parent[a]
         return a
 
-    for i, j in zip(*np.nonzero(np.triu(link, 1))):
-        ri, rj = find(int(i)), find(int(j))
+    for i, j in edges:
+        ri, rj = find(i), find(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError
-from lightning_ws.labelmodels.matrix import _row_chunks, gram_float32
+from lightning_ws.labelmodels.matrix import _row_chunks, edge_components, gram_float32
 
 __all__ = ["StructureEstimate", "learn_structure_rpca", "structure_recovery"]
 
@@ -71,22 +71,7 @@ class StructureEstimate:
 
     def components(self, m: int) -> list[list[int]]:
         """Connected components of the edge graph over ``m`` LFs (singletons included), sorted by first LF."""
-        parent = list(range(m))
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        for i, j in self.edges:
-            ri, rj = find(i), find(j)
-            if ri != rj:
-                parent[max(ri, rj)] = min(ri, rj)
-        groups: dict[int, list[int]] = {}
-        for j in range(m):
-            groups.setdefault(find(j), []).append(j)
-        return sorted(groups.values(), key=lambda g: g[0])
+        return edge_components(m, self.edges)
 
 
 def _indicator_covariance(L: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

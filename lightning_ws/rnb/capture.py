@@ -45,6 +45,31 @@ class DomainGradCapture:
         self.fallbacks = 0
         self.stop()
 
+    @classmethod
+    def for_layer(cls, module: nn.Linear, m: int, *, include_bias: bool, sketch_dim: list[int] | None, seed: int,
+                  distributed: bool, loss_reduction: str, ignore_index: int, force_fused: bool,
+                  previous: DomainAccumulator | None = None) -> DomainGradCapture:
+        """A capture of ``module`` into a fresh :class:`DomainAccumulator` for ``m`` domains (bias column when
+        ``include_bias`` and the layer has a bias), keeping ``previous``'s sums when their shapes match."""
+        use_bias = bool(include_bias and module.bias is not None)
+        acc = DomainAccumulator(m, module.out_features, module.in_features + use_bias, sketch_dim=sketch_dim,
+                                seed=seed, distributed=distributed)
+        if previous is not None and previous.sums.shape == acc.sums.shape:
+            acc.load(previous.sums, previous.counts)
+        return cls(acc, loss_reduction=loss_reduction, ignore_index=ignore_index, include_bias=use_bias,
+                   force_fused=force_fused)
+
+    def start_batch(self, batch: Any, domain_key: str, target_key: str | None, factor: float, *,
+                    who: str = "RnBCallback") -> None:
+        """:meth:`start` from a dict batch: its ``domain_key`` ids and, for ``token_mean``, its ``target_key``
+        targets (``ConfigError`` when they are missing)."""
+        if not isinstance(batch, dict) or domain_key not in batch:
+            raise ConfigError(f"{who} needs dict batches with a {domain_key!r} key of (B,) domain ids; "
+                              f"got {type(batch).__name__} (keys {list(batch) if isinstance(batch, dict) else '-'}).")
+        if self.loss_reduction == "token_mean" and target_key not in batch:
+            raise ConfigError(f"loss_reduction='token_mean' needs batch[{target_key!r}].")
+        self.start(batch[domain_key], batch.get(target_key) if target_key else None, factor)
+
     def start(self, domains: Any, targets: Any = None, factor: float = 1.0) -> None:
         """Begin a training micro-batch: its ``(B,)`` domain ids, ``(B, T)`` targets (``token_mean``) and the loss
         factor ``accumulate_grad_batches``. The token-mean factors depend on the batch only: they are made here
