@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,20 @@ import numpy as np
 from lightning_ws.data._common import ABSTAIN, DATA_DIR, SHIPPED_WRENCH, _require_file
 from lightning_ws.errors import DataError, DataFileNotFoundError
 
-__all__ = ["WrenchSplit", "load_wrench", "wrench_lf_names_from_readme"]
+__all__ = [
+    "RuleCheck",
+    "WrenchRuleMismatchWarning",
+    "check_wrench_rules",
+    "load_wrench",
+    "weak_labels_from_rules",
+    "wrench_lf_names_from_readme",
+    "wrench_rules_from_readme",
+    "WrenchSplit",
+]
+
+
+class WrenchRuleMismatchWarning(UserWarning):
+    """A split's shipped weak labels are not what its readme's rules give on its texts (see :func:`check_wrench_rules`)."""
 
 _YOUTUBE_LF_NAMES = (
     "keyword_my",
@@ -90,6 +104,34 @@ def _rule_name(polarity: str, index: int, pattern: str) -> str:
     return f"{pol}_{index:02d}" + (f"_{kw}" if kw else "")
 
 
+def _rule_lines(readme: Path) -> list[tuple[str, str]]:
+    """``(polarity, regex)`` of every ``POLARITY<TAB>regex<TAB>...`` line of a readme (Learning-From-Rules layout)."""
+    if not readme.is_file():
+        return []
+    out = []
+    for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ()-]{0,40}", parts[0].strip()) and "(" in parts[1]:
+            out.append((parts[0].strip(), parts[1]))
+    return out
+
+
+def wrench_rules_from_readme(readme: Path, m: int) -> list[re.Pattern[str]] | None:
+    """The compiled regex of each labeling function listed in a WRENCH ``readme.txt``, in column order.
+
+    Only the Learning-From-Rules layout (``POLARITY<TAB>regex<TAB>example``, SMS and TREC) lists its rules; other
+    layouts (YouTube's named Python LFs), a count that differs from ``m`` or a pattern that does not compile give
+    ``None``.
+    """
+    lines = _rule_lines(Path(readme))
+    if len(lines) != m or m == 0:
+        return None
+    try:
+        return [re.compile(rx) for _, rx in lines]
+    except re.error:
+        return None
+
+
 def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
     """Labeling-function names parsed from a WRENCH ``readme.txt``, or ``None`` when it does not list ``m`` of them.
 
@@ -107,11 +149,7 @@ def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
     if not readme.is_file():
         return None
     lines = readme.read_text(encoding="utf-8", errors="replace").splitlines()
-    rules = []
-    for line in lines:
-        parts = line.split("\t")
-        if len(parts) >= 2 and re.fullmatch(r"[A-Za-z][A-Za-z0-9_ ()-]{0,40}", parts[0].strip()) and "(" in parts[1]:
-            rules.append(_rule_name(parts[0].strip(), len(rules), parts[1]))
+    rules = [_rule_name(pol, i, rx) for i, (pol, rx) in enumerate(_rule_lines(readme))]
     if len(rules) == m and m > 0:
         return rules
     listed: list[str] = []
@@ -131,7 +169,8 @@ def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
     return None
 
 
-def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") -> WrenchSplit:
+def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
+                check_rules: bool = True) -> WrenchSplit:
     """Load one split of a WRENCH-format data set.
 
     Args:
@@ -139,6 +178,11 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") ->
             ``{split}.json`` maps an id to ``{"data": {"text": ...}, "label": int, "weak_labels": [int, ...]}`` and
             an optional ``label.json`` maps class ids to names.
         split: ``"train"``, ``"valid"`` or ``"test"``.
+        check_rules: when the folder's ``readme.txt`` lists the labeling functions as regexes (the
+            Learning-From-Rules layout of SMS and TREC), re-apply them to the split's texts and warn
+            (:class:`WrenchRuleMismatchWarning`) when fewer than 95 % of the rows get the shipped firing pattern:
+            such weak labels do not belong to their texts (WRENCH's own SMS valid/test splits are like that; the
+            shipped copy is repaired, see ``lightning_ws/data/README.md``). A few milliseconds per 1,000 rows.
 
     Returns:
         A :class:`WrenchSplit` with texts, gold labels, the ``n x m`` label matrix (``-1`` = abstain), LF names.
@@ -192,6 +236,114 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train") ->
     else:
         lf_names = (wrench_lf_names_from_readme(folder / "readme.txt", m or 0)
                     or [f"lf_{j:02d}" for j in range(m or 0)])
-    return WrenchSplit(name=name, split=split, ids=ids, texts=texts, labels=labels_arr, weak_labels=weak_arr,
-                       lf_names=lf_names, class_names=class_names)
+    out = WrenchSplit(name=name, split=split, ids=ids, texts=texts, labels=labels_arr, weak_labels=weak_arr,
+                      lf_names=lf_names, class_names=class_names)
+    if check_rules:
+        rules = wrench_rules_from_readme(folder / "readme.txt", m or 0)
+        if rules is not None:
+            check = _check(out, rules, sample=_RULE_CHECK_ROWS)
+            if check.rows_exact < _RULE_MATCH_MIN:
+                warnings.warn(check.message(folder), WrenchRuleMismatchWarning, stacklevel=2)
+    return out
+
+
+_RULE_MATCH_MIN = 0.95
+_RULE_CHECK_ROWS = 1000  # load_wrench checks at most this many evenly spaced rows (about 0.1 s)
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """How far a split's shipped weak labels agree with its readme's rules applied to its texts.
+
+    Attributes:
+        split: the split checked.
+        rows: number of rows checked (``load_wrench`` checks at most 1,000 evenly spaced rows).
+        rows_exact: fraction of rows whose shipped firing pattern (which LFs vote) equals the rules' on the text.
+        entries: fraction of the ``n x m`` entries (fires / abstains) that agree.
+        fires_shipped: number of non-abstain entries in the shipped matrix.
+        fires_rules: number of rule matches on the texts.
+    """
+
+    split: str
+    rows: int
+    rows_exact: float
+    entries: float
+    fires_shipped: int
+    fires_rules: int
+
+    def message(self, folder: Path) -> str:
+        """The warning text: what disagrees, and how to rebuild the weak labels."""
+        return (f"{folder}: the {self.split} split's weak labels do not belong to its texts: re-applying the "
+                f"{Path(folder).name} readme's regex rules reproduces the shipped firing pattern on "
+                f"{self.rows_exact:.1%} of {self.rows} rows ({self.fires_rules} rule matches vs {self.fires_shipped} "
+                f"shipped votes). Label-model scores on this split are then meaningless. Rebuild the matrix with "
+                f"`lightning_ws.data.weak_labels_from_rules(path, {self.split!r})`, or pass check_rules=False to "
+                f"silence this if the rules are known to differ from the readme.")
+
+
+def _fires(texts: list[str], rules: list[re.Pattern[str]]) -> np.ndarray:
+    return np.array([[rx.search(t) is not None for rx in rules] for t in texts], dtype=bool).reshape(len(texts),
+                                                                                                       len(rules))
+
+
+def _check(split: WrenchSplit, rules: list[re.Pattern[str]], sample: int | None = None) -> RuleCheck:
+    rows = np.arange(split.n)
+    if sample is not None and split.n > sample:
+        rows = np.unique(np.linspace(0, split.n - 1, sample).astype(np.int64))
+    fired = _fires([split.texts[i] for i in rows], rules)
+    shipped = split.weak_labels[rows] != ABSTAIN
+    return RuleCheck(split=split.split, rows=len(rows), rows_exact=float((fired == shipped).all(axis=1).mean()),
+                     entries=float((fired == shipped).mean()), fires_shipped=int(shipped.sum()),
+                     fires_rules=int(fired.sum()))
+
+
+def check_wrench_rules(name_or_path: str | Path, split: Split) -> RuleCheck | None:
+    """Re-apply the readme's regex labeling functions to a split's texts and compare with its shipped weak labels.
+
+    Returns ``None`` when the readme does not list the rules as regexes (YouTube's LFs are Python functions).
+    WRENCH's train splits of SMS and TREC agree on 100 % of rows; WRENCH's SMS valid and test splits agree on about
+    41 % (their weak labels belong to other texts), which is why the shipped SMS copy was rebuilt.
+    """
+    data = load_wrench(name_or_path, split, check_rules=False)
+    _, folder = _wrench_dir(name_or_path)
+    rules = wrench_rules_from_readme(folder / "readme.txt", data.weak_labels.shape[1])
+    return None if rules is None else _check(data, rules)
+
+
+def weak_labels_from_rules(name_or_path: str | Path, split: Split, *, reference: Split = "train") -> np.ndarray:
+    """The label matrix of a split rebuilt by applying the readme's regex rules to its texts.
+
+    Each rule votes for one class (the Learning-From-Rules sets have single-class rules); which class is read off
+    the ``reference`` split's shipped votes (its most frequent vote), so the class ids are the data set's own and no
+    polarity-name mapping is guessed. Use it when :func:`check_wrench_rules` shows a split's shipped weak labels do
+    not match its texts and the reference split does.
+
+    Raises:
+        DataError: the readme lists no regex rules, the reference split itself disagrees with the rules (< 95 %
+            of rows), or a rule never fires on the reference split (its class is unknown).
+    """
+    ref = load_wrench(name_or_path, reference, check_rules=False)
+    _, folder = _wrench_dir(name_or_path)
+    m = ref.weak_labels.shape[1]
+    rules = wrench_rules_from_readme(folder / "readme.txt", m)
+    if rules is None:
+        raise DataError(f"{folder / 'readme.txt'} does not list {m} regex rules (POLARITY<TAB>regex<TAB>example), "
+                        f"so the weak labels cannot be rebuilt from it.")
+    check = _check(ref, rules)
+    if check.rows_exact < _RULE_MATCH_MIN:
+        raise DataError(f"the reference split {reference!r} itself agrees with the readme's rules on only "
+                        f"{check.rows_exact:.1%} of rows; pick a reference split whose weak labels match its texts.")
+    classes = np.full(m, -1, dtype=np.int64)
+    for j in range(m):
+        votes = ref.weak_labels[:, j]
+        votes = votes[votes != ABSTAIN]
+        if votes.size:
+            classes[j] = int(np.bincount(votes).argmax())
+    if (classes < 0).any():
+        never = [ref.lf_names[j] for j in np.flatnonzero(classes < 0)]
+        raise DataError(f"rules {never} never fire on the {reference!r} split, so their class is unknown; pass a "
+                        f"larger reference split.")
+    target = load_wrench(name_or_path, split, check_rules=False)
+    fired = _fires(target.texts, rules)
+    return np.where(fired, classes[None, :], ABSTAIN).astype(np.int64)
 

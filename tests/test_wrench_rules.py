@@ -1,0 +1,72 @@
+"""The WRENCH rule check: shipped label matrices match their readme's regex rules; mismatched splits warn and rebuild."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from lightning_ws.data import (
+    DATA_DIR,
+    WrenchRuleMismatchWarning,
+    check_wrench_rules,
+    load_wrench,
+    weak_labels_from_rules,
+)
+from lightning_ws.errors import DataError
+
+
+@pytest.mark.parametrize("name", ["sms", "trec"])
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_shipped_rule_sets_match_their_texts(name, split):
+    check = check_wrench_rules(name, split)
+    assert check is not None and check.rows_exact == 1.0 and check.fires_rules == check.fires_shipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WrenchRuleMismatchWarning)
+        load_wrench(name, split)
+
+
+def test_youtube_has_no_regex_rules():
+    assert check_wrench_rules("youtube", "test") is None
+
+
+def test_sms_keeps_wrench_original_matrix():
+    raw = json.loads((DATA_DIR / "wrench" / "sms" / "test.json").read_text())
+    orig = np.array([ex["weak_labels_wrench"] for ex in raw.values()])
+    fixed = load_wrench("sms", "test").weak_labels
+    assert orig.shape == fixed.shape and (orig != fixed).any(axis=1).mean() > 0.5
+
+
+def _scrambled_copy(tmp_path, seed=0):
+    folder = tmp_path / "sms_copy"
+    shutil.copytree(DATA_DIR / "wrench" / "sms", folder)
+    path = folder / "test.json"
+    raw = json.loads(path.read_text())
+    keys = list(raw)
+    perm = np.random.default_rng(seed).permutation(len(keys))
+    weak = [raw[k]["weak_labels"] for k in keys]
+    for k, j in zip(keys, perm):
+        raw[k]["weak_labels"] = weak[j]
+    path.write_text(json.dumps(raw))
+    return folder
+
+
+def test_scrambled_split_warns_and_rebuilds(tmp_path):
+    folder = _scrambled_copy(tmp_path)
+    with pytest.warns(WrenchRuleMismatchWarning, match="do not belong to its texts.*weak_labels_from_rules"):
+        load_wrench(folder, "test")
+    assert check_wrench_rules(folder, "test").rows_exact < 0.7
+    rebuilt = weak_labels_from_rules(folder, "test")
+    assert np.array_equal(rebuilt, load_wrench("sms", "test").weak_labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WrenchRuleMismatchWarning)
+        load_wrench(folder, "test", check_rules=False)
+
+
+def test_rebuild_refuses_a_mismatched_reference(tmp_path):
+    folder = _scrambled_copy(tmp_path)
+    with pytest.raises(DataError, match="reference split 'test'"):
+        weak_labels_from_rules(folder, "valid", reference="test")
