@@ -244,6 +244,48 @@ def test_guard_report_states_a_label_free_criterion_and_falls_back_when_verifier
     assert w2.report_["guard"]["choice"] == g["choice"]
 
 
+def _shared_error_judge(strength: float, rate: float, num_wrong: int, kind: str, answer: float,
+                        concentration: float) -> SetSpec:
+    """64 x 64 x 32 draws of one judge whose error is largely shared by every candidate of an answer (the held-out
+    judge sets of benchmarks/bench_weaver_suite.py --heldout, where majority vote is strong)."""
+    judge = (GroupSpec(strength, copies=32, shared=1.0, answer=answer, kind=kind, name="judge"),)
+    return SetSpec(rate, judge, num_wrong=num_wrong, distractor_concentration=concentration, missing=0.01,
+                   num_problems=64, num_candidates=64)
+
+
+@pytest.mark.parametrize("spec, seed", [
+    (_shared_error_judge(0.6, 0.40, 20, "judge_prob", 0.5, 0.5), 3),  # ho_free_r40_s06_prob, seed 3
+    (_shared_error_judge(0.4, 0.70, 3, "judge_verdict", 0.3, 5.0), 4),  # ho_mc4_r70_s04, seed 4
+])
+def test_guard_dependence_check_prefers_majority_vote_when_the_judge_error_is_shared_by_an_answer(spec, seed):
+    from dataclasses import replace
+
+    d = make_set(spec, seed=1000 + seed)
+    y, P = d.correct, d.num_problems
+    acc = lambda w: float(y[np.arange(P), w.select(d)].mean())  # noqa: E731
+    old = Weaver(seed=seed, guard_check=False).fit(d, "label_free")
+    new = Weaver(seed=seed).fit(d, "label_free")
+    assert old.choice_ == "label_model"  # the same-family evaluator agrees with the over-confident label model
+    g = new.report_["guard"]
+    assert new.choice_ == "majority_vote" and g["dependence_check"]["choice"] == "majority_vote", g
+    assert g["dependence_check"]["evaluator"] == {"dependence": "icc"} and "within-answer" in g["criterion"]
+    assert acc(new) > acc(old) + 0.05
+    assert acc(new) >= float(y[np.arange(P), new.select_with(d, "majority_vote")].mean())
+    # label-free: the same fit without labels makes the same choice
+    assert Weaver(seed=seed).fit(replace(d, correct=None), "label_free").choice_ == "majority_vote"
+
+
+def test_guard_dependence_check_keeps_the_label_model_where_majority_vote_is_weak():
+    # judge_draws seed 10: one plausible fit of the check's evaluator finds no gain over majority vote, but it ranks
+    # the pooled mean above majority vote, so majority vote is no fallback and the label model is kept
+    d = make_suite_set("judge_draws", seed=10)
+    w = Weaver(seed=10).fit(d, "label_free")
+    chk = w.report_["guard"]["dependence_check"]
+    assert w.choice_ == "label_model" and chk["choice"] == "label_model", chk
+    assert min(chk["label_model_gain_vs_majority_vote"]) < 0.0
+    assert chk["estimated_accuracy"]["pooled_mean"] > chk["estimated_accuracy"]["majority_vote"]
+
+
 def test_weaver_default_persistence_modes_and_errors(tmp_path):
     d = make_suite_set("judges_and_rms", num_problems=40, num_candidates=8, seed=0)
     w = Weaver().fit(d, "label_free")
@@ -251,7 +293,9 @@ def test_weaver_default_persistence_modes_and_errors(tmp_path):
     w2 = Weaver.load(tmp_path / "w")
     np.testing.assert_array_equal(w2.select(d), w.select(d))
     np.testing.assert_allclose(w2.score(d), w.score(d))
-    assert w2.report_["guard"]["choice"] == w.choice_
+    assert w2.report_["guard"]["choice"] == w.choice_ and w2.guard_check
+    Weaver(guard_check=False).fit(d, "label_free").save(tmp_path / "nc")
+    assert not Weaver.load(tmp_path / "nc").guard_check
     wf = Weaver().fit(d, "few_labels", dev_fraction=0.25)
     assert wf.report_["n_dev_problems"] == 10 and wf.report_["mode"] == "few_labels"
     with pytest.raises(DataError, match="answer_level"):

@@ -64,6 +64,9 @@ ANSWER_POOLING = ("none", "sum")
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
 #: The guard's evaluator: an answer-level model with the default settings, fitted on the other half of the problems.
 GUARD_EVALUATOR: dict[str, Any] = {}
+#: The guard's dependence check: an answer-level model that estimates, per source, how much of its error the
+#: candidates of one answer share (``dependence="icc"``), fitted like the evaluator on the other half.
+GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "icc"}
 #: Methods of :class:`Binarizer`.
 BINARIZE_METHODS = ("youden", "prior", "fixed")
 _NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
@@ -578,9 +581,13 @@ class Weaver:
        selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
        of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
        vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
-       under every such solution. No gold label is read. The choice, the criterion and the estimates are in
-       ``report_["guard"]``. (The evaluator is a model of the same family as the label model, so the guard
-       catches unstable or noise-driven fits better than systematic misspecification; see docs/weaver.md.)
+       under every such solution. A label model kept that way must then pass a *dependence check*
+       (``guard_check``): an evaluator that estimates each source's within-answer error correlation from the data
+       (a judge fooled the same way by every candidate of a wrong answer) must also find it better than majority
+       vote, else majority vote is chosen (:meth:`_dependence_check`). No gold label is read. The choice, the
+       criterion and the estimates are in ``report_["guard"]``. (The evaluators are models of the same family as
+       the label model, so the guard catches unstable or noise-driven fits better than systematic
+       misspecification; see docs/weaver.md.)
     5. ties broken by continuous evidence (``tie_break``).
 
     The **supervision mode** is explicit and recorded in every report: ``"label_free"`` (no labels anywhere),
@@ -607,6 +614,10 @@ class Weaver:
             gain (default 1.0; 0 = keep it whenever its estimate is higher).
         guard_gap: EM solutions of the guard's evaluator within this many nats of the best log-likelihood count as
             plausible, and the label model must win under each (default 2.0).
+        guard_check: the guard's dependence check (default True): a label model the guard keeps must also beat
+            majority vote under an evaluator that estimates how much of each source's error an answer's candidates
+            share (:data:`GUARD_CHECK_EVALUATOR`); if it does not, and that evaluator ranks majority vote above the
+            pooled mean, majority vote is chosen.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -616,7 +627,7 @@ class Weaver:
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
-                 guard_gap: float = 2.0, seed: int = 0) -> None:
+                 guard_gap: float = 2.0, guard_check: bool = True, seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -643,6 +654,7 @@ class Weaver:
         if not float(guard_gap) >= 0.0:
             raise ConfigError(f"guard_gap must be >= 0, got {guard_gap}.")
         self.guard_gap = float(guard_gap)
+        self.guard_check = bool(guard_check)
         self.seed = int(seed)
         self.label_model_ = None
         self.groups_: list[list[int]] | None = None
@@ -675,7 +687,7 @@ class Weaver:
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
-                   seed=self.seed)
+                   guard_check=self.guard_check, seed=self.seed)
         return w
 
     @staticmethod
@@ -862,8 +874,6 @@ class Weaver:
     # -- guard --------------------------------------------------------------------------------------------------
     def _run_guard(self, data: VerificationData, pooled: np.ndarray, pm: np.ndarray, mode: str,
                    dev_idx: np.ndarray | None) -> dict[str, Any]:
-        from lightning_ws.weaver.answer_model import AnswerLevelModel
-
         P = data.num_problems
         criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
                      "from an answer-level model fitted label-free on the other half of the problems - under every EM "
@@ -872,7 +882,11 @@ class Weaver:
                      "(refits on 32-problem halves were unstable). The better of "
                      "majority_vote and pooled_mean (ties: majority_vote) is the fallback; the label model replaces "
                      f"it only if its estimated per-problem gain exceeds z = {self.guard_z} standard errors under "
-                     "every such solution")
+                     "every such solution"
+                     + ("; a label model kept must also beat majority_vote by z standard errors under an evaluator "
+                        "with the within-answer error correlation of each source estimated (dependence='icc'), "
+                        "else majority_vote is chosen when that evaluator ranks it above pooled_mean"
+                        if self.guard_check else ""))
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
                     "note": f"{P} problems are too few for a 2-fold guard; the label model is used."}
@@ -880,27 +894,11 @@ class Weaver:
         folds = [np.sort(perm[: P // 2]), np.sort(perm[P // 2:])]
         ids = data.answer_ids()
         names = ("label_model", "pooled_mean", "majority_vote")
-        per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
         full_lm = self.select_with(data, "label_model")
-        for f in range(2):
-            here, other = folds[f], folds[1 - f]
-            picks = {"label_model": full_lm[here],
-                     "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
-                     "majority_vote": _mv_pick(ids[here], pm[here])}
-            evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[other], pooled[other])
-            qs = evaluator.plausible_probas(ids[here], pooled[here], max_loglik_gap=self.guard_gap)
-            for s_i, q in enumerate(qs):
-                if s_i >= len(per_problem):  # a solution index missing in the other fold copies its best one
-                    per_problem.append({k: v.copy() for k, v in per_problem[0].items()} if per_problem
-                                       else {k: np.full(P, np.nan) for k in names})
-                for k, sel in picks.items():
-                    per_problem[s_i][k][here] = q[np.arange(len(here)), sel]
-            for s_i in range(len(qs), len(per_problem)):  # fewer plausible solutions here: reuse the best one
-                for k in names:
-                    per_problem[s_i][k][here] = per_problem[0][k][here]
-        for pp in per_problem[1:]:  # solutions first seen in the second fold: fill the first fold from the best
-            for k in names:
-                pp[k] = np.where(np.isnan(pp[k]), per_problem[0][k], pp[k])
+        fold_picks = [{"label_model": full_lm[here],
+                       "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
+                       "majority_vote": _mv_pick(ids[here], pm[here])} for here in folds]
+        per_problem = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_EVALUATOR)
         ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
         est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
         simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
@@ -911,9 +909,68 @@ class Weaver:
             ses.append(float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0)
         ok = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
         choice = "label_model" if ok else simple
+        check: dict[str, Any] | None = None
+        if ok and self.guard_check:
+            choice, check = self._dependence_check(ids, pooled, folds, fold_picks)
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
                 "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
-                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds]}
+                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check}
+
+    def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
+                          fold_picks: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, Any]]:
+        """Second opinion on a label model the guard kept: does it still beat majority vote when the evaluator
+        models how much of each source's error the candidates of one answer share?
+
+        The default evaluator counts an answer's candidates as ``size ** 0.5`` pieces of evidence; when a judge's
+        error is shared by every candidate of an answer (the same wrong answer fools it every time) that over-counts
+        the judge against agreement, and the evaluator then agrees with the label model it is meant to check. The
+        check refits the cross-fitted evaluator with :data:`GUARD_CHECK_EVALUATOR` (the within-answer correlation
+        of every source estimated label-free from the data, candidates weighted by their effective number). If that
+        evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote at least as high
+        as the pooled mean, and the label model does not beat majority vote by ``guard_z`` standard errors under
+        every plausible solution, majority vote is chosen; otherwise the label model is kept (so the check can only
+        replace the label model by majority vote, never by the pooled mean)."""
+        P = ids.shape[0]
+        pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
+        est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
+        gains, ses = [], []
+        for pp in pp2:
+            diff = pp["label_model"] - pp["majority_vote"]
+            gains.append(float(diff.mean()))
+            ses.append(float(diff.std(ddof=1) / np.sqrt(P)))
+        beats = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
+        mv_fallback = est["majority_vote"] >= est["pooled_mean"] - 1e-12
+        choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
+        return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est,
+                        "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses, "choice": choice}
+
+    def _guard_estimates(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
+                         fold_picks: list[dict[str, np.ndarray]], evaluator_kwargs: dict[str, Any]
+                         ) -> list[dict[str, np.ndarray]]:
+        """Per plausible evaluator solution: ``{selector: (P,) P(correct) at its picks}``, each fold scored by an
+        answer-level model (``evaluator_kwargs``) fitted label-free on the other fold."""
+        from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+        P = ids.shape[0]
+        names = tuple(fold_picks[0])
+        per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
+        for f in range(2):
+            here, other = folds[f], folds[1 - f]
+            evaluator = AnswerLevelModel(**evaluator_kwargs).fit(ids[other], pooled[other])
+            qs = evaluator.plausible_probas(ids[here], pooled[here], max_loglik_gap=self.guard_gap)
+            for s_i, q in enumerate(qs):
+                if s_i >= len(per_problem):  # a solution index missing in the other fold copies its best one
+                    per_problem.append({k: v.copy() for k, v in per_problem[0].items()} if per_problem
+                                       else {k: np.full(P, np.nan) for k in names})
+                for k, sel in fold_picks[f].items():
+                    per_problem[s_i][k][here] = q[np.arange(len(here)), sel]
+            for s_i in range(len(qs), len(per_problem)):  # fewer plausible solutions here: reuse the best one
+                for k in names:
+                    per_problem[s_i][k][here] = per_problem[0][k][here]
+        for pp in per_problem[1:]:  # solutions first seen in the second fold: fill the first fold from the best
+            for k in names:
+                pp[k] = np.where(np.isnan(pp[k]), per_problem[0][k], pp[k])
+        return per_problem
 
     # -- inference ----------------------------------------------------------------------------------------------
     def score(self, data: VerificationData) -> np.ndarray:
@@ -978,7 +1035,8 @@ class Weaver:
             "normalizer": self.normalizer.state_dict(), "mv_verifier": self.mv_verifier, "tie_break": self.tie_break,
             "prior_iterations": self.prior_iterations, "answer_pooling": self.answer_pooling,
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
-            "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap, "choice": self.choice_, "seed": self.seed,
+            "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap,
+            "guard_check": self.guard_check, "choice": self.choice_, "seed": self.seed,
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "report": self.report_}
         if self.answer_level:
@@ -1009,6 +1067,7 @@ class Weaver:
                 tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
                 group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
+                guard_check=st.get("guard_check", True),
                 seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
