@@ -125,9 +125,11 @@ MODULES: dict[str, Entry] = {
         config=Config("configs/gradmimic_digits.yaml"),
     ),
     "PeftSequenceClassifier": Entry(
-        resume=Gap("MoRe's module has checkpoint round-trip tests (adapter-only) but no resume-equivalence test yet"),
+        # Checkpoints are adapter-only (the frozen base is refilled from model_path on load): the resume check
+        # proves that is enough to continue bit for bit.
+        resume=Generic("tests.shared_registry:build_peft"),
         ddp=Gap("no 2-process test of the PEFT/MoRe module yet"),
-        accumulation=Gap("no accumulation test of the PEFT/MoRe module yet"),
+        accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/more_youtube.yaml"),
     ),
     "WeaverCrossEncoder": Entry(
@@ -238,6 +240,70 @@ def build_reward(batch_size: int = 8, seed: int = 0):
     dm = PreferenceDataModule(labels="human", tune_size=16, max_train=48, max_test=8, max_length=24,
                               batch_size=batch_size, test_data=["llmbar"])
     return model, dm, []
+
+
+_TINY_BERT = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def tiny_minilm_folder(seed: int = 0) -> str:
+    """A local Hugging Face folder holding a 1-layer, 32-wide random BERT with the shipped MiniLM's config (so its
+    tokenizer and vocabulary fit), dropout off; built once per machine under the temp folder, atomically.
+
+    :class:`~lightning_ws.modules.PeftSequenceClassifier` loads its base model with ``from_pretrained`` from a folder
+    (there is no ``pretrained=False``; ``config_overrides`` cannot change the architecture of saved weights), so the
+    tiny model is saved to a folder first. Every process (DDP ranks included) gets the same weights: the init is
+    seeded and the folder is keyed by its config, the seed and the torch/transformers versions.
+    """
+    import hashlib
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from lightning_ws.more.hf import default_model_path
+
+    key = json.dumps([_TINY_BERT, seed, torch.__version__, transformers.__version__], sort_keys=True)
+    root = Path(tempfile.gettempdir()) / "lightning_ws_tests"
+    folder = root / f"tiny_minilm_seqcls_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(default_model_path(), local_files_only=True, num_labels=2, **_TINY_BERT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging_"))
+    model.save_pretrained(staging)
+    try:
+        os.rename(staging, folder)  # atomic; another process may have won the race, its folder is identical
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
+def build_peft(batch_size: int = 16, seed: int = 0):
+    """PeftSequenceClassifier (MoRe on query/key/value, K=4, r=4, trainable head) on a 1-layer, 32-wide random
+    BERT (:func:`tiny_minilm_folder`), dropout off, with the linear warm-up/decay schedule of the shipped config, on
+    the shipped YouTube spam training split."""
+    from lightning_ws.datamodules import TextClassificationDataModule
+    from lightning_ws.modules import PeftSequenceClassifier
+
+    torch.manual_seed(seed)
+    model = PeftSequenceClassifier(num_labels=2, model_path=tiny_minilm_folder(), adapter="more", nblocks=4, blk_r=4,
+                                   adapter_dropout=0.0, lr=1e-2, warmup_ratio=0.25, seed=seed)
+    dm = TextClassificationDataModule(dataset="youtube", max_length=32, batch_size=batch_size)
+    return model, dm, []
+
+
+def build_peft_sequential(batch_size: int = 16, seed: int = 0):
+    """:func:`build_peft` with batches in dataset order (for the 2-process == 1-process check)."""
+    model, dm, cbs = build_peft(batch_size=batch_size, seed=seed)
+    return model, SequentialOrder(dm, batch_size), cbs
 
 
 def build_loki(batch_size: int = 16, seed: int = 0):
