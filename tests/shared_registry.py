@@ -128,13 +128,16 @@ MODULES: dict[str, Entry] = {
         # Checkpoints are adapter-only (the frozen base is refilled from model_path on load): the resume check
         # proves that is enough to continue bit for bit.
         resume=Generic("tests.shared_registry:build_peft"),
-        ddp=Gap("no 2-process test of the PEFT/MoRe module yet"),
+        ddp=Generic("tests.shared_registry:build_peft_sequential", slow=True),  # the pooler is frozen: plain ddp
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/more_youtube.yaml"),
     ),
     "WeaverCrossEncoder": Entry(
         resume=Covered("tests/test_weaver_distill.py::test_resume_is_exact"),
-        ddp=Gap("no 2-process test of the Weaver cross-encoder yet"),
+        # CLS pooling: the encoder's pooler is unused, as for TextClassifier. The pairwise ranking term is normalised
+        # by the pair count over all ranks (it once took each rank's own mean, so 2 processes != 1 process).
+        ddp=Generic("tests.shared_registry:build_weaver_sequential", slow=True,
+                    ddp_strategy="ddp_find_unused_parameters_true"),
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/weaver_distill.yaml"),
     ),
@@ -228,15 +231,16 @@ def build_image(batch_size: int = 16, seed: int = 0):
     return model, ClassSkewedImageDataModule(batch_size=batch_size, eval_batch_size=64), []
 
 
-def build_reward(batch_size: int = 8, seed: int = 0):
-    """RewardModel on a 1-layer, 32-wide random encoder, dropout off, trained on 48 human-labelled HH-RLHF pairs."""
+def build_reward(batch_size: int = 8, seed: int = 0, dropout: float = 0.1):
+    """RewardModel on a 1-layer, 32-wide random encoder (no dropout inside), head dropout ``dropout`` (the module's
+    default; resumes exactly through the RNG states), trained on 48 human-labelled HH-RLHF pairs."""
     from lightning_ws.datamodules import PreferenceDataModule
     from lightning_ws.modules import RewardModel
 
     torch.manual_seed(seed)
     tiny = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    model = RewardModel(pretrained=False, config_overrides=tiny, lr=1e-3)
+    model = RewardModel(pretrained=False, config_overrides=tiny, dropout=dropout, lr=1e-3)
     dm = PreferenceDataModule(labels="human", tune_size=16, max_train=48, max_test=8, max_length=24,
                               batch_size=batch_size, test_data=["llmbar"])
     return model, dm, []
@@ -304,6 +308,35 @@ def build_peft_sequential(batch_size: int = 16, seed: int = 0):
     """:func:`build_peft` with batches in dataset order (for the 2-process == 1-process check)."""
     model, dm, cbs = build_peft(batch_size=batch_size, seed=seed)
     return model, SequentialOrder(dm, batch_size), cbs
+
+
+def build_reward_sequential(batch_size: int = 16, seed: int = 0):
+    """:func:`build_reward` with batches in dataset order and the head dropout off (each rank draws its own dropout
+    masks), for the 2-process == 1-process check."""
+    model, dm, cbs = build_reward(batch_size=batch_size, seed=seed, dropout=0.0)
+    return model, SequentialOrder(dm, batch_size), cbs
+
+
+def build_weaver_sequential(batch_size: int = 16, seed: int = 0):
+    """WeaverCrossEncoder on a 1-layer, 32-wide random encoder, dropout off, MSE plus the pairwise ranking term,
+    distilled on 36 GSM8K problems x 4 candidates (offline heuristic verifiers), batches in dataset order.
+
+    ``batch_size`` counts candidates: a batch holds ``batch_size // 4`` whole problems (the ranking term compares the
+    candidates of one problem, so problems are never split across batches or ranks)."""
+    import numpy as np
+
+    from lightning_ws.datamodules.weaver import WeaverDistillDataModule
+    from lightning_ws.modules import WeaverCrossEncoder
+    from lightning_ws.weaver import load_gsm8k_verification
+
+    torch.manual_seed(seed)
+    model = WeaverCrossEncoder(pretrained=False, config_overrides=_TINY_BERT, head_dims=(16,), dropout=0.0, lr=1e-3,
+                               head_lr=3e-3, ranking_weight=0.5, schedule_steps=6)
+    data = load_gsm8k_verification(verifiers="heuristic").subset(np.arange(36))
+    problems = max(1, batch_size // 4)
+    dm = WeaverDistillDataModule(data=data, max_length=64, batch_problems=problems, eval_batch_problems=4,
+                                 val_fraction=0.2, test_fraction=0.2, seed=0)
+    return model, SequentialOrder(dm, problems), []
 
 
 def build_loki(batch_size: int = 16, seed: int = 0):
