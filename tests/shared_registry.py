@@ -144,13 +144,9 @@ MODULES: dict[str, Entry] = {
     ),
     "RewardModel": Entry(
         resume=Generic("tests.shared_registry:build_reward"),
-        # tests.shared_registry:build_reward_sequential reproduces this: the ranks' losses average to the single
-        # process's loss (the sharding is right), the parameters do not agree to the check's 1e-5.
-        ddp=Gap("2 processes != 1 process parameter by parameter, from the optimiser, not the sharding: the "
-                "Bradley-Terry loss sees only r_B - r_A, so head.bias (and, with dropout off as the check needs, the "
-                "encoder's last LayerNorm bias) get a zero gradient up to rounding and tokens shared by both "
-                "responses nearly cancelling ones; AdamW scales that rounding to steps of ~lr whose sign follows the "
-                "summation order (up to 3e-3 on the LayerNorm bias, 2.6e-5 on word embeddings at lr 1e-3 in 4 steps)"),
+        # Mean pooling: the encoder's pooler is unused (as for TextClassifier). AdamW's eps at 1e-3, see the factory.
+        ddp=Generic("tests.shared_registry:build_reward_sequential", slow=True,
+                    ddp_strategy="ddp_find_unused_parameters_true"),
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/pajama_distill.yaml"),
     ),
@@ -238,16 +234,17 @@ def build_image(batch_size: int = 16, seed: int = 0):
     return model, ClassSkewedImageDataModule(batch_size=batch_size, eval_batch_size=64), []
 
 
-def build_reward(batch_size: int = 8, seed: int = 0, dropout: float = 0.1):
+def build_reward(batch_size: int = 8, seed: int = 0, dropout: float = 0.1, eps: float = 1e-8):
     """RewardModel on a 1-layer, 32-wide random encoder (no dropout inside), head dropout ``dropout`` (the module's
-    default; resumes exactly through the RNG states), trained on 48 human-labelled HH-RLHF pairs."""
+    default; resumes exactly through the RNG states), AdamW epsilon ``eps``, trained on 48 human-labelled HH-RLHF
+    pairs."""
     from lightning_ws.datamodules import PreferenceDataModule
     from lightning_ws.modules import RewardModel
 
     torch.manual_seed(seed)
     tiny = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    model = RewardModel(pretrained=False, config_overrides=tiny, dropout=dropout, lr=1e-3)
+    model = RewardModel(pretrained=False, config_overrides=tiny, dropout=dropout, lr=1e-3, eps=eps)
     dm = PreferenceDataModule(labels="human", tune_size=16, max_train=48, max_test=8, max_length=24,
                               batch_size=batch_size, test_data=["llmbar"])
     return model, dm, []
@@ -318,9 +315,12 @@ def build_peft_sequential(batch_size: int = 16, seed: int = 0):
 
 
 def build_reward_sequential(batch_size: int = 16, seed: int = 0):
-    """:func:`build_reward` with batches in dataset order and the head dropout off (each rank draws its own dropout
-    masks), for the 2-process == 1-process check."""
-    model, dm, cbs = build_reward(batch_size=batch_size, seed=seed, dropout=0.0)
+    """:func:`build_reward` with batches in dataset order, for the 2-process == 1-process check: the head dropout
+    off (each rank draws its own masks) and AdamW's epsilon at 1e-3, as in the CLIP DDP test: the Bradley-Terry loss
+    sees only r_B - r_A, so the head's bias and (without dropout) the encoder's last LayerNorm bias get a zero
+    gradient up to rounding, and tokens shared by both responses nearly cancelling ones; with eps=1e-8 AdamW turns
+    that rounding into steps of ~lr whose sign follows the summation order (measured: 3e-3 apart after 4 steps)."""
+    model, dm, cbs = build_reward(batch_size=batch_size, seed=seed, dropout=0.0, eps=1e-3)
     return model, SequentialOrder(dm, batch_size), cbs
 
 
