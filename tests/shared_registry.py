@@ -296,8 +296,8 @@ def tiny_minilm_folder(seed: int = 0) -> str:
 
 def build_peft(batch_size: int = 16, seed: int = 0):
     """PeftSequenceClassifier (MoRe on query/key/value, K=4, r=4, trainable head) on a 1-layer, 32-wide random
-    BERT (:func:`tiny_minilm_folder`), dropout off, with the linear warm-up/decay schedule of the shipped config, on
-    the shipped YouTube spam training split."""
+    BERT (:func:`tiny_minilm_folder`), dropout off, linear warm-up over a quarter of the steps then linear decay
+    (the module's schedule), on the shipped YouTube spam training split."""
     from lightning_ws.datamodules import TextClassificationDataModule
     from lightning_ws.modules import PeftSequenceClassifier
 
