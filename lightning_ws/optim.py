@@ -24,9 +24,14 @@ def check_optim_args(*, lr: float, head_lr: float | None, warmup_ratio: float, d
 
 
 def adamw_with_head(module: nn.Module, *, head_prefix: str, lr: float, head_lr: float | None,
-                    weight_decay: float) -> torch.optim.AdamW:
+                    weight_decay: float, eps: float = 1e-8) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: decoupled weight decay except on biases and norm weights, and a separate
-    learning rate (``head_lr``, default ``lr``) for parameters whose name starts with ``head_prefix``."""
+    learning rate (``head_lr``, default ``lr``) for parameters whose name starts with ``head_prefix``; ``eps`` is
+    AdamW's epsilon (default PyTorch's 1e-8)."""
+    from lightning_ws.errors import ConfigError
+
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ConfigError(f"eps must be a positive number, got {eps!r}.")
     decay, no_decay, head = [], [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:
@@ -40,7 +45,7 @@ def adamw_with_head(module: nn.Module, *, head_prefix: str, lr: float, head_lr: 
     groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
               {"params": no_decay, "weight_decay": 0.0, "lr": lr},
               {"params": head, "weight_decay": weight_decay, "lr": head_lr or lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+    return torch.optim.AdamW([g for g in groups if g["params"]], eps=float(eps))
 
 
 def warmup_schedule(total_steps: int, warmup_ratio: float, decay: str = "linear") -> Callable[[int], float]:

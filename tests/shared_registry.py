@@ -71,6 +71,7 @@ _RNB = "tests/test_rnb_callback.py"
 _MKT = "tests/test_market_callback.py"
 _CLIP = "tests/test_clip.py"
 _CLIP_CLI = "tests/test_clip_cli.py::test_pool_fit_predict_filter_through_the_cli"
+_SIGNALS_DDP = f"{_CLIP}::test_signal_predict_two_processes_write_what_one_process_writes"
 #: the resume helper trains with accumulate_grad_batches=2 by default, so a resume test also runs accumulation
 _ACC_IN_RESUME = "accumulation runs inside the resume test (accumulate_grad_batches=2)"
 
@@ -95,7 +96,7 @@ CALLBACKS: dict[str, Entry] = {
     ),
     "SignalCacheWriter": Entry(
         resume=NotApplicable("a prediction writer: it runs in `predict` and keeps no training state"),
-        ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
+        ddp=Covered(_SIGNALS_DDP),
         accumulation=NotApplicable("runs in `predict` only (no optimizer steps)"),
         config=Config("configs/predict/clip_signals.yaml", run_by=_CLIP_CLI),
     ),
@@ -125,20 +126,27 @@ MODULES: dict[str, Entry] = {
         config=Config("configs/gradmimic_digits.yaml"),
     ),
     "PeftSequenceClassifier": Entry(
-        resume=Gap("MoRe's module has checkpoint round-trip tests (adapter-only) but no resume-equivalence test yet"),
-        ddp=Gap("no 2-process test of the PEFT/MoRe module yet"),
-        accumulation=Gap("no accumulation test of the PEFT/MoRe module yet"),
+        # Checkpoints are adapter-only (the frozen base is refilled from model_path on load): the resume check
+        # proves that is enough to continue bit for bit.
+        resume=Generic("tests.shared_registry:build_peft"),
+        ddp=Generic("tests.shared_registry:build_peft_sequential", slow=True),  # the pooler is frozen: plain ddp
+        accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/more_youtube.yaml"),
     ),
     "WeaverCrossEncoder": Entry(
         resume=Covered("tests/test_weaver_distill.py::test_resume_is_exact"),
-        ddp=Gap("no 2-process test of the Weaver cross-encoder yet"),
+        # CLS pooling: the encoder's pooler is unused, as for TextClassifier. The pairwise ranking term is normalised
+        # by the pair count over all ranks (it once took each rank's own mean, so 2 processes != 1 process).
+        ddp=Generic("tests.shared_registry:build_weaver_sequential", slow=True,
+                    ddp_strategy="ddp_find_unused_parameters_true"),
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/weaver_distill.yaml"),
     ),
     "RewardModel": Entry(
         resume=Generic("tests.shared_registry:build_reward"),
-        ddp=Gap("no 2-process test of the Bradley-Terry reward model yet"),
+        # Mean pooling: the encoder's pooler is unused (as for TextClassifier). AdamW's eps at 1e-3, see the factory.
+        ddp=Generic("tests.shared_registry:build_reward_sequential", slow=True,
+                    ddp_strategy="ddp_find_unused_parameters_true"),
         accumulation=NotApplicable(_ACC_IN_RESUME),
         config=Config("configs/pajama_distill.yaml"),
     ),
@@ -156,7 +164,7 @@ MODULES: dict[str, Entry] = {
     ),
     "FilterSignalModule": Entry(
         resume=NotApplicable("a predict-only module (computes filter signals; no parameters are trained)"),
-        ddp=Gap("the filter-signal predict pass has no 2-process test yet"),
+        ddp=Covered(_SIGNALS_DDP),
         accumulation=NotApplicable("predict-only (no optimizer steps)"),
         config=Config("configs/predict/clip_signals.yaml", run_by=_CLIP_CLI),
     ),
@@ -226,18 +234,116 @@ def build_image(batch_size: int = 16, seed: int = 0):
     return model, ClassSkewedImageDataModule(batch_size=batch_size, eval_batch_size=64), []
 
 
-def build_reward(batch_size: int = 8, seed: int = 0):
-    """RewardModel on a 1-layer, 32-wide random encoder, dropout off, trained on 48 human-labelled HH-RLHF pairs."""
+def build_reward(batch_size: int = 8, seed: int = 0, dropout: float = 0.1, eps: float = 1e-8):
+    """RewardModel on a 1-layer, 32-wide random encoder (no dropout inside), head dropout ``dropout`` (the module's
+    default; resumes exactly through the RNG states), AdamW epsilon ``eps``, trained on 48 human-labelled HH-RLHF
+    pairs."""
     from lightning_ws.datamodules import PreferenceDataModule
     from lightning_ws.modules import RewardModel
 
     torch.manual_seed(seed)
     tiny = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    model = RewardModel(pretrained=False, config_overrides=tiny, lr=1e-3)
+    model = RewardModel(pretrained=False, config_overrides=tiny, dropout=dropout, lr=1e-3, eps=eps)
     dm = PreferenceDataModule(labels="human", tune_size=16, max_train=48, max_test=8, max_length=24,
                               batch_size=batch_size, test_data=["llmbar"])
     return model, dm, []
+
+
+_TINY_BERT = {"num_hidden_layers": 1, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+              "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+def tiny_minilm_folder(seed: int = 0) -> str:
+    """A local Hugging Face folder holding a 1-layer, 32-wide random BERT with the shipped MiniLM's config (so its
+    tokenizer and vocabulary fit), dropout off; built once per machine under the temp folder, atomically.
+
+    :class:`~lightning_ws.modules.PeftSequenceClassifier` loads its base model with ``from_pretrained`` from a folder
+    (there is no ``pretrained=False``; ``config_overrides`` cannot change the architecture of saved weights), so the
+    tiny model is saved to a folder first. Every process (DDP ranks included) gets the same weights: the init is
+    seeded and the folder is keyed by its config, the seed and the torch/transformers versions.
+    """
+    import hashlib
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from lightning_ws.more.hf import default_model_path
+
+    key = json.dumps([_TINY_BERT, seed, torch.__version__, transformers.__version__], sort_keys=True)
+    root = Path(tempfile.gettempdir()) / "lightning_ws_tests"
+    folder = root / f"tiny_minilm_seqcls_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    config = AutoConfig.from_pretrained(default_model_path(), local_files_only=True, num_labels=2, **_TINY_BERT)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging_"))
+    model.save_pretrained(staging)
+    try:
+        os.rename(staging, folder)  # atomic; another process may have won the race, its folder is identical
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
+def build_peft(batch_size: int = 16, seed: int = 0):
+    """PeftSequenceClassifier (MoRe on query/key/value, K=4, r=4, trainable head) on a 1-layer, 32-wide random
+    BERT (:func:`tiny_minilm_folder`), dropout off, linear warm-up over a quarter of the steps then linear decay
+    (the module's schedule), on the shipped YouTube spam training split."""
+    from lightning_ws.datamodules import TextClassificationDataModule
+    from lightning_ws.modules import PeftSequenceClassifier
+
+    torch.manual_seed(seed)
+    model = PeftSequenceClassifier(num_labels=2, model_path=tiny_minilm_folder(), adapter="more", nblocks=4, blk_r=4,
+                                   adapter_dropout=0.0, lr=1e-2, warmup_ratio=0.25, seed=seed)
+    dm = TextClassificationDataModule(dataset="youtube", max_length=32, batch_size=batch_size)
+    return model, dm, []
+
+
+def build_peft_sequential(batch_size: int = 16, seed: int = 0):
+    """:func:`build_peft` with batches in dataset order (for the 2-process == 1-process check)."""
+    model, dm, cbs = build_peft(batch_size=batch_size, seed=seed)
+    return model, SequentialOrder(dm, batch_size), cbs
+
+
+def build_reward_sequential(batch_size: int = 16, seed: int = 0):
+    """:func:`build_reward` with batches in dataset order, for the 2-process == 1-process check: the head dropout
+    off (each rank draws its own masks) and AdamW's epsilon at 1e-3, as in the CLIP DDP test: the Bradley-Terry loss
+    sees only r_B - r_A, so the head's bias and (without dropout) the encoder's last LayerNorm bias get a zero
+    gradient up to rounding, and tokens shared by both responses nearly cancelling ones; with eps=1e-8 AdamW turns
+    that rounding into steps of ~lr whose sign follows the summation order (measured: 3e-3 apart after 4 steps)."""
+    model, dm, cbs = build_reward(batch_size=batch_size, seed=seed, dropout=0.0, eps=1e-3)
+    return model, SequentialOrder(dm, batch_size), cbs
+
+
+def build_weaver_sequential(batch_size: int = 16, seed: int = 0):
+    """WeaverCrossEncoder on a 1-layer, 32-wide random encoder, dropout off, MSE plus the pairwise ranking term,
+    distilled on 36 GSM8K problems x 4 candidates (offline heuristic verifiers), batches in dataset order.
+
+    ``batch_size`` counts candidates: a batch holds ``batch_size // 4`` whole problems (the ranking term compares the
+    candidates of one problem, so problems are never split across batches or ranks)."""
+    import numpy as np
+
+    from lightning_ws.datamodules.weaver import WeaverDistillDataModule
+    from lightning_ws.modules import WeaverCrossEncoder
+    from lightning_ws.weaver import load_gsm8k_verification
+
+    torch.manual_seed(seed)
+    model = WeaverCrossEncoder(pretrained=False, config_overrides=_TINY_BERT, head_dims=(16,), dropout=0.0, lr=1e-3,
+                               head_lr=3e-3, ranking_weight=0.5, schedule_steps=6)
+    data = load_gsm8k_verification(verifiers="heuristic").subset(np.arange(36))
+    problems = max(1, batch_size // 4)
+    dm = WeaverDistillDataModule(data=data, max_length=64, batch_problems=problems, eval_batch_problems=4,
+                                 val_fraction=0.2, test_fraction=0.2, seed=0)
+    return model, SequentialOrder(dm, problems), []
 
 
 def build_loki(batch_size: int = 16, seed: int = 0):

@@ -267,6 +267,49 @@ def test_signal_predict_pass_matches_plain_loop(pool_dir, tmp_path):
         ShardSignalDataModule(str(pool_dir), str(tmp_path / "pl")).predict_dataloader()
 
 
+def make_signal_case(shard_dir: str, cache_dir: str):
+    """FilterSignalModule (a seeded tiny CLIP and tiny random OWL-ViT) + ShardSignalDataModule + SignalCacheWriter."""
+    from lightning_ws.callbacks.datacomp import SignalCacheWriter
+    from lightning_ws.datacomp.filters import OwlDetector, tiny_owlvit
+    from lightning_ws.datamodules.webdataset import ShardSignalDataModule
+    from lightning_ws.modules.clip import FilterSignalModule
+
+    torch.manual_seed(0)
+    clip = build_clip(model_config=TINY)
+    det = OwlDetector(tiny_owlvit(seed=0), top_k=4)
+    dm = ShardSignalDataModule(shard_dir, cache_dir, batch_size=8, context_length=16, det_image_size=det.image_size)
+    return FilterSignalModule.from_models(clip, det), dm, [SignalCacheWriter(cache_dir)]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_signal_predict_two_processes_write_what_one_process_writes(tmp_path):
+    """The filter-signal predict pass on 2 gloo processes: each rank writes the caches of the whole shards it read
+    (3 uneven shards, none written twice, none missing) and the signals equal those of 1 process."""
+    from lightning_ws.datacomp.filters import load_signal_caches
+    from tests.helpers.ddp import run_predict
+
+    samples = pool.build_pool(pool.load_cifar10_subset("pool")[:49], seed=0)
+    shards.write_shards(samples, tmp_path / "s", samples_per_shard=20)  # 3 shards, the last one short
+    written = {}
+    for devices in (1, 2):
+        kwargs = {"shard_dir": str(tmp_path / "s"), "cache_dir": str(tmp_path / f"c{devices}")}
+        res = run_predict("tests.test_clip:make_signal_case", tmp_path, devices=devices, factory_kwargs=kwargs)
+        written[devices] = [sorted(p for paths in r["written"].values() for p in paths) for r in res]
+    (one,) = written[1]
+    assert len(one) == 3 == len(list((tmp_path / "c1").glob("*.signals.safetensors")))
+    rank0, rank1 = written[2]
+    assert rank0 and rank1 and not set(rank0) & set(rank1), written[2]  # whole shards per rank, none twice
+    names = sorted(p.rsplit("/", 1)[-1] for p in rank0 + rank1)
+    assert names == sorted(p.rsplit("/", 1)[-1] for p in one)
+    a = load_signal_caches(sorted((tmp_path / "c1").glob("*.signals.safetensors")))
+    b = load_signal_caches(sorted((tmp_path / "c2").glob("*.signals.safetensors")))
+    assert set(a) == set(b) >= {"clip_score", "det_top_logits", "img_phash", "cap_words", "uid_hi"}
+    assert len(a["uid_hi"]) == len(samples)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
 def test_gradmimic_callback_runs_on_the_clip_module(pool_dir):
     """Grad-Mimic (layer_only) on an inner CLIP layer: scores recorded for every training sample id."""
     from lightning_ws.callbacks import GradMimicCallback

@@ -95,3 +95,22 @@ def test_reward_model_learns_program_labels_and_predicts(tmp_path, tiny_encoder_
     assert cols["pred"].shape == (16,) and cols["idx"].tolist() == list(range(16))
     with pytest.raises(Exception, match="labels"):
         PreferenceDataModule(labels="gold")
+
+
+def test_reward_model_adamw_eps_reaches_the_optimizer_and_is_validated(tiny_encoder_overrides):
+    """``eps`` (AdamW's epsilon; the shared DDP check raises it so that rounding on the directions the
+    Bradley-Terry loss cannot see stays small) reaches every parameter group; the default stays PyTorch's 1e-8."""
+    import lightning.pytorch as pl
+
+    from lightning_ws.errors import ConfigError
+    from lightning_ws.modules import RewardModel
+
+    for eps in (None, 1e-3):
+        kwargs = {} if eps is None else {"eps": eps}
+        model = RewardModel(pretrained=False, config_overrides=tiny_encoder_overrides, schedule_steps=4, **kwargs)
+        model.trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        opt = model.configure_optimizers()["optimizer"]
+        assert {g["eps"] for g in opt.param_groups} == {eps or 1e-8}
+    for bad in (0.0, -1e-8, 1.0):
+        with pytest.raises(ConfigError, match="eps"):
+            RewardModel(pretrained=False, config_overrides=tiny_encoder_overrides, eps=bad)

@@ -96,6 +96,36 @@ def test_ranking_losses_without_pairs_are_zero_with_finite_gradient():
         assert loss.item() == 0.0 and torch.isfinite(s.grad).all() and (s.grad == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["pairwise", "listwise"])
+def test_ranking_terms_split_across_ranks_give_the_whole_batch_loss(kind):
+    """(total, count) reproduce the loss, and two halves normalised by the mean count over both (what the module does
+    under DDP) average to the whole batch's loss and gradient; each half's own mean does not (pairs differ)."""
+    from lightning_ws.weaver.distill import ranking_loss, ranking_loss_terms
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.arange(6).repeat_interleave(4)
+    t = torch.rand(24, generator=g).round(decimals=1)
+    t[:4] = 0.5  # problem 0: no ordered pair
+    t[8:11] = 0.2  # problem 2: three tied candidates
+    s = torch.randn(24, generator=g, dtype=torch.float64, requires_grad=True)
+    total, count = ranking_loss_terms(kind, s, t, p)
+    whole = ranking_loss(kind, s, t, p)
+    assert torch.allclose(total / count, whole, rtol=1e-12)
+    (grad_whole,) = torch.autograd.grad(whole, s)
+    halves = [torch.arange(0, 12), torch.arange(12, 24)]
+    terms = [ranking_loss_terms(kind, s[h], t[h], p[h]) for h in halves]
+    if kind == "pairwise":
+        assert terms[0][1] != terms[1][1]  # the ranks hold different numbers of pairs
+    mean_count = (terms[0][1] + terms[1][1]).double() / 2
+    ddp = sum(tot / mean_count for tot, _ in terms) / 2
+    assert torch.allclose(ddp, whole, rtol=1e-12)
+    (grad_ddp,) = torch.autograd.grad(ddp, s)
+    torch.testing.assert_close(grad_ddp, grad_whole, rtol=1e-12, atol=1e-15)
+    if kind == "pairwise":
+        local = sum(ranking_loss(kind, s[h], t[h], p[h]) for h in halves) / 2
+        assert not torch.allclose(local, whole, rtol=1e-6)
+
+
 def test_listwise_ranking_loss_hand_example():
     s = torch.tensor([0.0, 1.0, 2.0, 0.5])
     t = torch.tensor([0.2, 0.8, 0.5, 0.5])

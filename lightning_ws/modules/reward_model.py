@@ -67,19 +67,25 @@ class RewardModel(pl.LightningModule):
         pooling: ``"mean"`` (default), ``"cls"`` or ``"last"`` (last non-padding token).
         dropout: before the head (0.1).
         lr, head_lr, weight_decay, warmup_ratio: AdamW with cosine decay after linear warm-up.
+        eps: AdamW's epsilon (default 1e-8). The loss sees only ``r_B - r_A``, so the head's bias (and, without
+            dropout, the encoder's last LayerNorm bias) get a zero gradient up to rounding; AdamW divides that
+            rounding by ``sqrt(v) + eps``, and a small ``eps`` turns it into steps of about ``lr`` (harmless for
+            the rewards' differences; a larger ``eps`` keeps those parameters still).
         schedule_steps: schedule length in optimizer steps (default the fit's estimate).
     """
 
     def __init__(self, model_name_or_path: str | None = None, pretrained: bool = True,
                  config_overrides: dict[str, Any] | None = None, pooling: Literal["mean", "cls", "last"] = "mean",
                  dropout: float = 0.1, lr: float = 2e-5, head_lr: float | None = None, weight_decay: float = 0.001,
-                 warmup_ratio: float = 0.03, schedule_steps: int | None = None) -> None:
+                 warmup_ratio: float = 0.03, schedule_steps: int | None = None, eps: float = 1e-8) -> None:
         super().__init__()
         if pooling not in ("mean", "cls", "last"):
             raise ConfigError(f"pooling must be 'mean', 'cls' or 'last', got {pooling!r}.")
         check_optim_args(lr=lr, head_lr=head_lr, warmup_ratio=warmup_ratio, dropout=dropout)
         if schedule_steps is not None and int(schedule_steps) < 1:
             raise ConfigError(f"schedule_steps must be >= 1 or None, got {schedule_steps}.")
+        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+            raise ConfigError(f"eps must be in (0, 1), got {eps!r}.")
         self.save_hyperparameters()
         self.encoder = load_encoder(model_name_or_path, pretrained=pretrained, config_overrides=config_overrides)
         self.dropout = nn.Dropout(dropout)
@@ -148,7 +154,8 @@ class RewardModel(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
-        opt = adamw_with_head(self, head_prefix="head.", lr=h.lr, head_lr=h.head_lr, weight_decay=h.weight_decay)
+        opt = adamw_with_head(self, head_prefix="head.", lr=h.lr, head_lr=h.head_lr, weight_decay=h.weight_decay,
+                              eps=h.eps)
         total = h.schedule_steps or max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(total, h.warmup_ratio, "cosine"))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -19,7 +19,7 @@ from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.metrics.weaver import FlatSelectionAccuracy
 from lightning_ws.modules.text_classifier import load_encoder
 from lightning_ws.optim import adamw_with_head, check_optim_args, warmup_schedule
-from lightning_ws.weaver.distill import RANKING_LOSSES, ranking_loss, select_from_scores
+from lightning_ws.weaver.distill import RANKING_LOSSES, ranking_loss_terms, select_from_scores
 
 __all__ = ["SCORE", "WeaverCrossEncoder", "select_from_scores"]
 
@@ -151,7 +151,14 @@ class WeaverCrossEncoder(pl.LightningModule):
         loss = mse
         B = z.shape[0]
         if self.hparams.ranking_weight > 0:
-            rank = ranking_loss(self.hparams.ranking_loss, z, target, batch[PROBLEM])
+            total, count = ranking_loss_terms(self.hparams.ranking_loss, z, target, batch[PROBLEM])
+            world = self.trainer.world_size if self._trainer is not None else 1
+            if world > 1:
+                # The number of pairs differs per rank: divide by the mean count over ranks, so that the gradients DDP
+                # averages are those of the mean over every rank's pairs (= one process with the whole batch).
+                rank = total / (self.all_gather(count).sum().to(z.dtype) / world).clamp_min(1.0 / world)
+            else:
+                rank = total / count.clamp_min(1).to(z.dtype)
             loss = mse + self.hparams.ranking_weight * rank
             self.log("train/mse", mse, batch_size=B)
             self.log("train/rank", rank, batch_size=B)

@@ -31,6 +31,7 @@ __all__ = [
     "load_score_file",
     "pairwise_ranking_loss",
     "ranking_loss",
+    "ranking_loss_terms",
     "select_from_scores",
     "split_problems",
 ]
@@ -95,14 +96,20 @@ def pairwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, problem: 
         problem: ``(B,)`` problem ids; only candidates with equal ids are compared.
         margin: minimum target gap for a pair to count (default 1e-6; the paper has no ranking loss).
     """
+    total, n = _pairwise_terms(scores, targets, problem, margin=margin)
+    return total / n.clamp_min(1).to(scores.dtype)
+
+
+def _pairwise_terms(scores: torch.Tensor, targets: torch.Tensor, problem: torch.Tensor, *,
+                    margin: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of the pair losses, number of ordered pairs)`` of :func:`pairwise_ranking_loss`."""
     _check_flat(problem, scores, targets)
     same = problem[:, None] == problem[None, :]
     better = (targets[:, None] - targets[None, :]) > margin
     pairs = same & better
-    n = pairs.sum()
     diff = scores[:, None] - scores[None, :]
     losses = F.softplus(-diff) * pairs.to(scores.dtype)
-    return losses.sum() / n.clamp_min(1).to(scores.dtype)
+    return losses.sum(), pairs.sum()
 
 
 def listwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, problem: torch.Tensor, *,
@@ -121,6 +128,15 @@ def listwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, problem: 
         temperature: softmax temperature of the teacher scores (default 0.1, our choice: Weaver probabilities lie in
             [0, 1], so a small temperature makes the teacher's preferred candidate dominate).
     """
+    kl, valid = _listwise_terms(scores, targets, problem, temperature=temperature)
+    if not bool(valid.any()):
+        return scores.sum() * 0.0
+    return kl[valid].mean()
+
+
+def _listwise_terms(scores: torch.Tensor, targets: torch.Tensor, problem: torch.Tensor, *,
+                    temperature: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-problem KL terms of :func:`listwise_ranking_loss` and the mask of problems with >= 2 candidates."""
     _check_flat(problem, scores, targets)
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}.")
@@ -135,10 +151,7 @@ def listwise_ranking_loss(scores: torch.Tensor, targets: torch.Tensor, problem: 
     log_q = torch.where(member, log_q, 0.0)
     q = log_q.exp() * member.to(scores.dtype)
     kl = (q * (log_q - log_p)).sum(dim=1)
-    valid = counts >= 2
-    if not bool(valid.any()):
-        return scores.sum() * 0.0
-    return kl[valid].mean()
+    return kl, counts >= 2
 
 
 def ranking_loss(kind: str, scores: torch.Tensor, targets: torch.Tensor, problem: torch.Tensor) -> torch.Tensor:
@@ -147,6 +160,24 @@ def ranking_loss(kind: str, scores: torch.Tensor, targets: torch.Tensor, problem
         return pairwise_ranking_loss(scores, targets, problem)
     if kind == "listwise":
         return listwise_ranking_loss(scores, targets, problem)
+    raise ConfigError(f"ranking loss must be one of {RANKING_LOSSES}, got {kind!r}.")
+
+
+def ranking_loss_terms(kind: str, scores: torch.Tensor, targets: torch.Tensor, problem: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(total, count)`` with ``ranking_loss(...) == total / max(count, 1)``: the summed pair losses and the number of
+    ordered pairs (``"pairwise"``), or the summed per-problem KLs and the number of problems with at least two
+    candidates (``"listwise"``).
+
+    For data parallelism: dividing each rank's ``total`` by the *global* count (summed over ranks) divided by the
+    world size makes the averaged gradient that of the mean over all ranks' pairs, as one process with the combined
+    batch computes; each rank's own mean would weight the pairs of a rank with fewer pairs more.
+    """
+    if kind == "pairwise":
+        return _pairwise_terms(scores, targets, problem)
+    if kind == "listwise":
+        kl, valid = _listwise_terms(scores, targets, problem)
+        return (kl[valid].sum() if bool(valid.any()) else scores.sum() * 0.0), valid.sum()
     raise ConfigError(f"ranking loss must be one of {RANKING_LOSSES}, got {kind!r}.")
 
 

@@ -4,7 +4,8 @@
 subprocess from the repository root. The worker builds ``(model, datamodule, callbacks)`` with the factory, fits with
 ``strategy="ddp", accelerator="cpu", devices=devices`` (Lightning relaunches the script once per extra rank), and
 every rank writes its parameters (safetensors), callback states and logged metrics (JSON) to ``tmp_path``. Run with
-``devices=1`` for the single-process reference. No pickle crosses processes.
+``devices=1`` for the single-process reference. ``run_predict`` does the same with ``trainer.predict`` (prediction
+writers: each rank reports the files its callbacks list in ``written``). No pickle crosses processes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ def run_fit(
     out.mkdir(parents=True, exist_ok=True)
     spec = {"factory": factory, "devices": devices, "factory_kwargs": dict(factory_kwargs or {}),
             "trainer_kwargs": dict(trainer_kwargs or {}), "out": str(out)}
+    proc = _launch(spec, out, timeout)
+    results = []
+    for rank in range(devices):
+        meta_file = out / f"rank{rank}.json"
+        if not meta_file.is_file():
+            raise AssertionError(f"rank {rank} wrote no result.\nstderr:\n{proc.stderr[-8000:]}")
+        meta = json.loads(meta_file.read_text())
+        params = load_file(str(out / f"rank{rank}_params.safetensors"))
+        callbacks = {}
+        for key, fname in meta["callback_files"].items():
+            callbacks[key] = _unflatten(load_file(str(out / fname)), meta["callback_meta"][key])
+        results.append({"rank": rank, "params": params, "callbacks": callbacks, "metrics": meta["metrics"],
+                        "global_step": meta["global_step"]})
+    return results
+
+
+def _launch(spec: Mapping[str, Any], out: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run the worker on ``spec`` (written to ``out/spec.json``); raise with its output when it fails."""
     spec_file = out / "spec.json"
     spec_file.write_text(json.dumps(spec))
     env = dict(os.environ)
@@ -60,18 +79,31 @@ def run_fit(
     if proc.returncode != 0:
         raise AssertionError(f"DDP run failed (exit {proc.returncode}).\nstdout:\n{proc.stdout[-4000:]}\n"
                              f"stderr:\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def run_predict(
+    factory: str,
+    tmp_path: Path,
+    *,
+    devices: int,
+    factory_kwargs: Mapping[str, Any] | None = None,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    timeout: float = 300.0,
+) -> list[dict[str, Any]]:
+    """``trainer.predict`` with ``devices`` CPU processes (gloo), for prediction writers; returns one dict per rank:
+    ``rank`` and ``written`` (``{callback state_key: [paths]}`` of every callback with a ``written`` list)."""
+    out = Path(tmp_path) / f"predict_{devices}_{abs(hash((factory, json.dumps(factory_kwargs or {}, sort_keys=True))))}"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"factory": factory, "devices": devices, "factory_kwargs": dict(factory_kwargs or {}),
+            "trainer_kwargs": dict(trainer_kwargs or {}), "out": str(out), "stage": "predict"}
+    _launch(spec, out, timeout)
     results = []
     for rank in range(devices):
         meta_file = out / f"rank{rank}.json"
         if not meta_file.is_file():
-            raise AssertionError(f"rank {rank} wrote no result.\nstderr:\n{proc.stderr[-8000:]}")
-        meta = json.loads(meta_file.read_text())
-        params = load_file(str(out / f"rank{rank}_params.safetensors"))
-        callbacks = {}
-        for key, fname in meta["callback_files"].items():
-            callbacks[key] = _unflatten(load_file(str(out / fname)), meta["callback_meta"][key])
-        results.append({"rank": rank, "params": params, "callbacks": callbacks, "metrics": meta["metrics"],
-                        "global_step": meta["global_step"]})
+            raise AssertionError(f"rank {rank} wrote no result")
+        results.append({"rank": rank, **json.loads(meta_file.read_text())})
     return results
 
 

@@ -45,8 +45,13 @@ def main(spec_file: str) -> None:
         kwargs["strategy"] = "ddp"
     kwargs.update(spec["trainer_kwargs"])
     trainer = pl.Trainer(**kwargs)
-    trainer.fit(model, dm)
     rank, out = trainer.global_rank, Path(spec["out"])
+    if spec.get("stage", "fit") == "predict":
+        trainer.predict(model, dm, return_predictions=False)
+        written = {cb.state_key: [str(p) for p in cb.written] for cb in callbacks if hasattr(cb, "written")}
+        (out / f"rank{rank}.json").write_text(json.dumps({"written": written}))
+        return
+    trainer.fit(model, dm)
     params = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(params, str(out / f"rank{rank}_params.safetensors"))
     callback_files, callback_meta = {}, {}
