@@ -70,3 +70,31 @@ def test_rebuild_refuses_a_mismatched_reference(tmp_path):
     folder = _scrambled_copy(tmp_path)
     with pytest.raises(DataError, match="reference split 'test'"):
         weak_labels_from_rules(folder, "valid", reference="test")
+
+
+def _featureless_copy(tmp_path):
+    """A WRENCH-format set whose examples carry features instead of text (as WRENCH's tabular / video sets do)."""
+    folder = tmp_path / "tabular"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("valid", 20), ("test", 20)):
+        y = rng.integers(0, 3, n)
+        rows = {}
+        for i in range(n):
+            votes = [int(y[i]) if rng.random() < 0.7 else int(rng.integers(0, 3)) for _ in range(4)]
+            votes = [v if rng.random() < 0.8 else -1 for v in votes]
+            rows[str(i)] = {"label": int(y[i]), "data": {"feature": rng.normal(size=3).tolist()}, "weak_labels": votes}
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_text_free_sets_load_for_label_models_and_refuse_text_models(tmp_path, capsys):
+    folder = _featureless_copy(tmp_path)
+    with pytest.raises(DataError, match="no data.text.*require_text=False"):
+        load_wrench(folder, "train")
+    data = load_wrench(folder, "train", require_text=False)
+    assert data.weak_labels.shape == (60, 4) and data.texts == [""] * 60 and data.num_classes == 3
+    from lightning_ws.labelmodels.cli import main
+
+    assert main([str(folder), "--models", "mv,auto", "--no-analysis"]) == 0
+    assert "auto" in capsys.readouterr().out

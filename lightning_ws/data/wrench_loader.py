@@ -170,7 +170,7 @@ def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
 
 
 def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
-                check_rules: bool = True) -> WrenchSplit:
+                check_rules: bool = True, require_text: bool = True) -> WrenchSplit:
     """Load one split of a WRENCH-format data set.
 
     Args:
@@ -183,6 +183,9 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
             (:class:`WrenchRuleMismatchWarning`) when fewer than 95 % of the rows get the shipped firing pattern:
             such weak labels do not belong to their texts (WRENCH's own SMS valid/test splits are like that; the
             shipped copy is repaired, see ``lightning_ws/data/README.md``). A few milliseconds per 1,000 rows.
+        require_text: ``False`` accepts examples without ``data.text`` (WRENCH's tabular, image and video sets keep
+            features elsewhere; label models need only the label matrix); their ``texts`` are ``""``. The label-model
+            CLI and benchmark load this way. ``True`` (for text models) refuses them with a message saying so.
 
     Returns:
         A :class:`WrenchSplit` with texts, gold labels, the ``n x m`` label matrix (``-1`` = abstain), LF names.
@@ -208,12 +211,20 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
     m = None
     for key, ex in raw.items():
         try:
-            text = ex["data"]["text"]
             lab = int(ex["label"])
             wl = [int(v) for v in ex["weak_labels"]]
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: example {key!r} is not in WRENCH format ({err!r}); expected "
                             f"{{'data': {{'text': ...}}, 'label': int, 'weak_labels': [int, ...]}}.") from None
+        data = ex.get("data") if isinstance(ex, dict) else None
+        text = data.get("text") if isinstance(data, dict) else None
+        if text is None:
+            if require_text:
+                raise DataError(
+                    f"{path}: example {key!r} has no data.text. A text model needs it; for a WRENCH set without "
+                    f"text (tabular / image / video features kept elsewhere) the label models need only the weak "
+                    f"labels: load it with load_wrench(..., require_text=False) (`lightning-ws labelmodel` does).")
+            text = ""
         if m is None:
             m = len(wl)
         elif len(wl) != m:

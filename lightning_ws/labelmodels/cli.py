@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--models is empty; pass e.g. --models mv,ds,mm.")
     for n in names:  # fail fast on unknown names, before loading data
         make_label_model(n, seed=args.seed)
-    train = load_wrench(args.dataset, "train")
-    valid = load_wrench(args.dataset, "valid")
-    evals = load_wrench(args.dataset, args.eval_split)
+    train = load_wrench(args.dataset, "train", require_text=False)
+    valid = load_wrench(args.dataset, "valid", require_text=False)
+    evals = load_wrench(args.dataset, args.eval_split, require_text=False)
     k = train.num_classes
     metric = args.metric if args.metric != "auto" else ("f1" if train.name == "sms" else "accuracy")
     if args.class_balance == "oracle":
