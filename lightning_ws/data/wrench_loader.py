@@ -17,12 +17,12 @@ from lightning_ws.errors import DataError, DataFileNotFoundError
 __all__ = [
     "RuleCheck",
     "WrenchRuleMismatchWarning",
+    "WrenchSplit",
     "check_wrench_rules",
     "load_wrench",
     "weak_labels_from_rules",
     "wrench_lf_names_from_readme",
     "wrench_rules_from_readme",
-    "WrenchSplit",
 ]
 
 

@@ -18,7 +18,7 @@ from lightning_ws.labelmodels.base import TIE_BREAKS
 from lightning_ws.labelmodels.factory import LABEL_MODEL_NAMES, make_label_model
 from lightning_ws.labelmodels.matrix import LFAnalysis, covered_mask
 
-__all__ = ["main", "build_parser", "score"]
+__all__ = ["build_parser", "main", "score"]
 
 
 #: WRENCH sets whose benchmark metric is F1 of class 1 (the WRENCH paper's convention); the rest use accuracy.
