@@ -98,3 +98,21 @@ def test_text_free_sets_load_for_label_models_and_refuse_text_models(tmp_path, c
 
     assert main([str(folder), "--models", "mv,auto", "--no-analysis"]) == 0
     assert "auto" in capsys.readouterr().out
+
+
+def test_cli_metric_follows_the_wrench_convention(tmp_path, capsys):
+    from lightning_ws.labelmodels.cli import main
+
+    binary = tmp_path / "spouse"
+    binary.mkdir()
+    rng = np.random.default_rng(1)
+    for split in ("train", "valid", "test"):
+        y = rng.integers(0, 2, 40)
+        rows = {str(i): {"label": int(y[i]), "data": {"span1": "a", "span2": "b"},
+                         "weak_labels": [int(y[i]) if rng.random() < 0.8 else -1 for _ in range(3)]}
+                for i in range(40)}
+        (binary / f"{split}.json").write_text(json.dumps(rows))
+    main([str(binary), "--models", "mv", "--no-analysis"])
+    assert "metric=f1" in capsys.readouterr().out
+    main([str(_featureless_copy(tmp_path)), "--models", "mv", "--no-analysis"])
+    assert "metric=accuracy" in capsys.readouterr().out
