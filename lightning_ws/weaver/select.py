@@ -902,12 +902,7 @@ class Weaver:
         ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
         est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
         simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
-        gains, ses = [], []
-        for pp in per_problem:
-            diff = pp["label_model"] - pp[simple]
-            gains.append(float(diff.mean()))
-            ses.append(float(diff.std(ddof=1) / np.sqrt(P)) if P > 1 else 0.0)
-        ok = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
+        gains, ses, ok = self._label_model_gain(per_problem, simple)
         choice = "label_model" if ok else simple
         check: dict[str, Any] | None = None
         if ok and self.guard_check:
@@ -930,19 +925,24 @@ class Weaver:
         as the pooled mean, and the label model does not beat majority vote by ``guard_z`` standard errors under
         every plausible solution, majority vote is chosen; otherwise the label model is kept (so the check can only
         replace the label model by majority vote, never by the pooled mean)."""
-        P = ids.shape[0]
         pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
         est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
-        gains, ses = [], []
-        for pp in pp2:
-            diff = pp["label_model"] - pp["majority_vote"]
-            gains.append(float(diff.mean()))
-            ses.append(float(diff.std(ddof=1) / np.sqrt(P)))
-        beats = all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
+        gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
         mv_fallback = est["majority_vote"] >= est["pooled_mean"] - 1e-12
         choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
         return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est,
                         "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses, "choice": choice}
+
+    def _label_model_gain(self, per_problem: list[dict[str, np.ndarray]], baseline: str
+                          ) -> tuple[list[float], list[float], bool]:
+        """Per plausible evaluator solution, the label model's mean estimated gain over ``baseline`` and its standard
+        error; and whether the gain exceeds ``guard_z`` standard errors under every solution."""
+        gains, ses = [], []
+        for pp in per_problem:
+            diff = pp["label_model"] - pp[baseline]
+            gains.append(float(diff.mean()))
+            ses.append(float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0)
+        return gains, ses, all(g > self.guard_z * se + 1e-12 for g, se in zip(gains, ses))
 
     def _guard_estimates(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
                          fold_picks: list[dict[str, np.ndarray]], evaluator_kwargs: dict[str, Any]
