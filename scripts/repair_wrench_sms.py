@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from lightning_ws.data import DATA_DIR, check_wrench_rules, weak_labels_from_rules
+from lightning_ws.io import atomic_write_text
 
 
 def main() -> None:
@@ -39,12 +38,9 @@ def main() -> None:
             ex = raw[key]
             ex.setdefault("weak_labels_wrench", ex["weak_labels"])
             ex["weak_labels"] = [int(v) for v in row]
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            # the WRENCH layout: one example per line
-            fh.write("{\n" + ",\n".join(f"\t{json.dumps(k)}: {json.dumps(v)}" for k, v in raw.items()) + "\n}\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        # the WRENCH layout: one example per line
+        atomic_write_text(path, "{\n" + ",\n".join(f"\t{json.dumps(k)}: {json.dumps(v)}" for k, v in raw.items())
+                          + "\n}\n")
         print(split, "rebuilt:", check_wrench_rules(folder, split))
 
 

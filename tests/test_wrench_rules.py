@@ -94,6 +94,11 @@ def test_text_free_sets_load_for_label_models_and_refuse_text_models(tmp_path, c
         load_wrench(folder, "train")
     data = load_wrench(folder, "train", require_text=False)
     assert data.weak_labels.shape == (60, 4) and data.texts == [""] * 60 and data.num_classes == 3
+    # a readme that lists regex rules has no texts to be checked against here: no mismatch warning
+    (folder / "readme.txt").write_text("".join(f"a\t( |^)(w{j})[^\\w]*( |$)\tex\n" for j in range(4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WrenchRuleMismatchWarning)
+        load_wrench(folder, "train", require_text=False)
     from lightning_ws.labelmodels.cli import main
 
     assert main([str(folder), "--models", "mv,auto", "--no-analysis"]) == 0

@@ -208,6 +208,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
         mapping = json.loads(label_file.read_text(encoding="utf-8"))
         class_names = [mapping[str(i)] for i in range(len(mapping))]
     ids, texts, labels, weak = [], [], [], []
+    all_text = True
     m = None
     for key, ex in raw.items():
         try:
@@ -224,7 +225,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
                     f"{path}: example {key!r} has no data.text. A text model needs it; for a WRENCH set without "
                     f"text (tabular / image / video features kept elsewhere) the label models need only the weak "
                     f"labels: load it with load_wrench(..., require_text=False) (`lightning-ws labelmodel` does).")
-            text = ""
+            text, all_text = "", False
         if m is None:
             m = len(wl)
         elif len(wl) != m:
@@ -249,7 +250,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
                     or [f"lf_{j:02d}" for j in range(m or 0)])
     out = WrenchSplit(name=name, split=split, ids=ids, texts=texts, labels=labels_arr, weak_labels=weak_arr,
                       lf_names=lf_names, class_names=class_names)
-    if check_rules:
+    if check_rules and all_text:  # the rules read the texts; a text-free set has nothing to check them on
         rules = wrench_rules_from_readme(folder / "readme.txt", m or 0)
         if rules is not None:
             check = _check(out, rules, sample=_RULE_CHECK_ROWS)
