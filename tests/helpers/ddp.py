@@ -44,17 +44,9 @@ def run_fit(
             no checkpointing, deterministic).
         timeout: seconds before the run is killed (a hang fails the test instead of blocking the suite).
     """
-    out = Path(tmp_path) / f"ddp_{devices}_{abs(hash((factory, json.dumps(factory_kwargs or {}, sort_keys=True))))}"
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {"factory": factory, "devices": devices, "factory_kwargs": dict(factory_kwargs or {}),
-            "trainer_kwargs": dict(trainer_kwargs or {}), "out": str(out)}
-    proc = _launch(spec, out, timeout)
+    out, metas = _run("fit", factory, tmp_path, devices, factory_kwargs, trainer_kwargs, timeout)
     results = []
-    for rank in range(devices):
-        meta_file = out / f"rank{rank}.json"
-        if not meta_file.is_file():
-            raise AssertionError(f"rank {rank} wrote no result.\nstderr:\n{proc.stderr[-8000:]}")
-        meta = json.loads(meta_file.read_text())
+    for rank, meta in enumerate(metas):
         params = load_file(str(out / f"rank{rank}_params.safetensors"))
         callbacks = {}
         for key, fname in meta["callback_files"].items():
@@ -62,6 +54,25 @@ def run_fit(
         results.append({"rank": rank, "params": params, "callbacks": callbacks, "metrics": meta["metrics"],
                         "global_step": meta["global_step"]})
     return results
+
+
+def _run(stage: str, factory: str, tmp_path: Path, devices: int, factory_kwargs: Mapping[str, Any] | None,
+         trainer_kwargs: Mapping[str, Any] | None, timeout: float) -> tuple[Path, list[dict[str, Any]]]:
+    """Launch the worker for ``stage`` (``"fit"`` or ``"predict"``) in a fresh sub-folder of ``tmp_path``; return the
+    folder and every rank's JSON result (raise with the worker's stderr when a rank wrote none)."""
+    tag = abs(hash((factory, json.dumps(factory_kwargs or {}, sort_keys=True))))
+    out = Path(tmp_path) / f"{'ddp' if stage == 'fit' else stage}_{devices}_{tag}"
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"factory": factory, "devices": devices, "factory_kwargs": dict(factory_kwargs or {}),
+            "trainer_kwargs": dict(trainer_kwargs or {}), "out": str(out), "stage": stage}
+    proc = _launch(spec, out, timeout)
+    metas = []
+    for rank in range(devices):
+        meta_file = out / f"rank{rank}.json"
+        if not meta_file.is_file():
+            raise AssertionError(f"rank {rank} wrote no result.\nstderr:\n{proc.stderr[-8000:]}")
+        metas.append(json.loads(meta_file.read_text()))
+    return out, metas
 
 
 def _launch(spec: Mapping[str, Any], out: Path, timeout: float) -> subprocess.CompletedProcess:
@@ -93,18 +104,8 @@ def run_predict(
 ) -> list[dict[str, Any]]:
     """``trainer.predict`` with ``devices`` CPU processes (gloo), for prediction writers; returns one dict per rank:
     ``rank`` and ``written`` (``{callback state_key: [paths]}`` of every callback with a ``written`` list)."""
-    out = Path(tmp_path) / f"predict_{devices}_{abs(hash((factory, json.dumps(factory_kwargs or {}, sort_keys=True))))}"
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {"factory": factory, "devices": devices, "factory_kwargs": dict(factory_kwargs or {}),
-            "trainer_kwargs": dict(trainer_kwargs or {}), "out": str(out), "stage": "predict"}
-    _launch(spec, out, timeout)
-    results = []
-    for rank in range(devices):
-        meta_file = out / f"rank{rank}.json"
-        if not meta_file.is_file():
-            raise AssertionError(f"rank {rank} wrote no result")
-        results.append({"rank": rank, **json.loads(meta_file.read_text())})
-    return results
+    _, metas = _run("predict", factory, tmp_path, devices, factory_kwargs, trainer_kwargs, timeout)
+    return [{"rank": rank, **meta} for rank, meta in enumerate(metas)]
 
 
 def _unflatten(tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
