@@ -189,8 +189,8 @@ def report(name: str, L: np.ndarray, y: np.ndarray, k: int, metric: str, restart
     blk = _score(polarity_block_em(L, k, q0)[rows], y[rows], metric)
     where = "covered rows" if not rows.all() else "all rows"
     print(f"{name:15s} ({metric}, {where}): MV {_score(mv[rows], y[rows], metric):6.2f}  Dawid-Skene "
-          f"{_score(q0[rows], y[rows], metric):6.2f}  subclass (BIC picks S={sizes}) {acc:6.2f}  polarity blocks {blk:6.2f}",
-          flush=True)
+          f"{_score(q0[rows], y[rows], metric):6.2f}  subclass (BIC picks S={sizes}) {acc:6.2f}  "
+          f"polarity blocks {blk:6.2f}", flush=True)
     print("    every S, best of the restarts by likelihood: "
           + ", ".join(f"S={s}: {a:.2f}" for _, s, a, _ in sorted(fits, key=lambda f: f[1])), flush=True)
 
