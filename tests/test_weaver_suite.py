@@ -263,8 +263,7 @@ def test_guard_dependence_check_prefers_majority_vote_when_the_judge_error_is_sh
     d = make_set(spec, seed=1000 + seed)
     y, P = d.correct, d.num_problems
     acc = lambda w: float(y[np.arange(P), w.select(d)].mean())  # noqa: E731
-    # the pipeline before the check (size ** 0.5 label model, guard without the dependence check)
-    old = Weaver(seed=seed, guard_check=False, label_model_kwargs={"dependence": "exponent"}).fit(d, "label_free")
+    old = Weaver(seed=seed, guard_check=False).fit(d, "label_free")
     new = Weaver(seed=seed).fit(d, "label_free")
     assert old.choice_ == "label_model"  # the same-family evaluator agrees with the over-confident label model
     g = new.report_["guard"]

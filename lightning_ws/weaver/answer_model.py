@@ -35,12 +35,10 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver.ordinal import bin_scores
 
-__all__ = ["AGREEMENT", "DEPENDENCE", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
+__all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
 
 #: Evidence models of :class:`AnswerLevelModel`.
 EVIDENCE = ("random_effects", "candidates", "answer_mean")
-#: How an answer's candidates are counted by :class:`AnswerLevelModel` (``"candidates"`` evidence).
-DEPENDENCE = ("exponent", "icc", "capped")
 #: How answer agreement enters :class:`AnswerLevelModel`.
 AGREEMENT = ("learned", "exponent")
 
@@ -139,8 +137,8 @@ class AnswerLevelModel:
             raise ConfigError(f"agreement must be one of {AGREEMENT}, got {agreement!r}.")
         if not 0.0 <= orient_tol < 0.5:
             raise ConfigError(f"orient_tol must lie in [0, 0.5), got {orient_tol}.")
-        if dependence not in DEPENDENCE:
-            raise ConfigError(f"dependence must be one of {DEPENDENCE}, got {dependence!r}.")
+        if dependence not in ("icc", "exponent"):
+            raise ConfigError(f"dependence must be 'icc' or 'exponent', got {dependence!r}.")
         self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
         self.dependence = dependence
         self.rho_: np.ndarray | None = None
@@ -194,17 +192,14 @@ class AnswerLevelModel:
         if self.evidence == "answer_mean":
             return ev
         g = groups.group.ravel()
-        if self.dependence in ("icc", "capped"):  # per source: mean LLR of the answer's candidates x their count
+        if self.dependence == "icc":  # per source: mean LLR of the answer's candidates x their effective number
             out = np.zeros(groups.num_groups)
             for k, llr in enumerate(self.llr_):
                 ok = b[:, k] >= 0
                 tot = np.bincount(g[ok], weights=llr[b[ok, k]], minlength=groups.num_groups)
                 n = np.bincount(g[ok], minlength=groups.num_groups).astype(np.float64)
                 rho = float(self.rho_[k])
-                eff = n / (1.0 + (n - 1.0) * rho)
-                if self.dependence == "capped":
-                    eff = np.minimum(eff, n ** self.size_exponent)
-                out += np.where(n > 0, tot / np.maximum(n, 1.0) * eff, 0.0)
+                out += np.where(n > 0, tot / np.maximum(n, 1.0) * n / (1.0 + (n - 1.0) * rho), 0.0)
             return out
         tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
@@ -321,7 +316,7 @@ class AnswerLevelModel:
             rows = groups.group_mean(s) if self.evidence == "answer_mean" else s.reshape(-1, s.shape[2])
             b, self.edges_ = bin_scores(rows, self.bins)
             sizes = [e.size + 1 for e in self.edges_]
-            icc = self.evidence == "candidates" and self.dependence in ("icc", "capped")
+            icc = self.evidence == "candidates" and self.dependence == "icc"
             self._icc_obs = _re_stats(groups, s) if icc else None
         with np.errstate(all="ignore"):
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
@@ -397,7 +392,7 @@ class AnswerLevelModel:
                 c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
-            if cand and self.dependence in ("icc", "capped"):
+            if cand and self.dependence == "icc":
                 self.rho_ = _within_answer_icc(self._icc_obs, r)
             if self._learned:
                 self.share_h_ = self._newton_theta(groups, r, self.share_h_)

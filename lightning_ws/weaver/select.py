@@ -62,13 +62,8 @@ MODES = ("label_free", "few_labels", "transductive")
 ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
-#: Defaults of the answer-level label model under :class:`Weaver` (``label_model_kwargs`` override them): an
-#: answer's candidates count ``min(size ** 0.5, effective number)`` per source, the effective number from the
-#: estimated within-answer error correlation (``AnswerLevelModel(dependence="capped")``).
-ANSWER_LEVEL_DEFAULTS: dict[str, Any] = {"dependence": "capped"}
-#: The guard's evaluator: an answer-level model counting an answer's candidates as ``size ** 0.5`` (the fixed rule),
-#: fitted on the other half of the problems.
-GUARD_EVALUATOR: dict[str, Any] = {"dependence": "exponent"}
+#: The guard's evaluator: an answer-level model with the default settings, fitted on the other half of the problems.
+GUARD_EVALUATOR: dict[str, Any] = {}
 #: The guard's dependence check: an answer-level model that estimates, per source, how much of its error the
 #: candidates of one answer share (``dependence="icc"``), fitted like the evaluator on the other half.
 GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "icc"}
@@ -679,7 +674,7 @@ class Weaver:
         if self.answer_level:
             from lightning_ws.weaver.answer_model import AnswerLevelModel
 
-            return AnswerLevelModel(**{**ANSWER_LEVEL_DEFAULTS, **self.label_model_kwargs})
+            return AnswerLevelModel(**self.label_model_kwargs)
         from lightning_ws.labelmodels import make_label_model
 
         return make_label_model(self.label_model_name, num_classes=2, seed=self.seed, **self.label_model_kwargs)
@@ -906,46 +901,36 @@ class Weaver:
         per_problem = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_EVALUATOR)
         ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
         est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
-        # Fallback: majority vote unless the evaluator ranks the pooled mean higher - and, with the dependence check
-        # on, the dependence-aware evaluator does too. The two differ exactly in how much they trust agreement
-        # against the verifiers, which the size ** 0.5 evaluator over-rates for the verifiers when an answer's
-        # candidates share their verifier error (it then prefers the pooled mean to a strong majority vote).
-        checked = (self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
-                   if self.guard_check else None)
-        rankings = [est] + ([] if checked is None else [_lowest(checked, names)])
-        simple = ("majority_vote" if any(r["majority_vote"] >= r["pooled_mean"] - 1e-12 for r in rankings)
-                  else "pooled_mean")
+        simple = "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean"
         gains, ses, ok = self._label_model_gain(per_problem, simple)
         choice = "label_model" if ok else simple
         check: dict[str, Any] | None = None
-        if checked is not None:
-            check = {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": rankings[1], "fallback": simple,
-                     "choice": choice}
-            if ok:
-                choice, check = self._dependence_check(checked)
+        if ok and self.guard_check:
+            choice, check = self._dependence_check(ids, pooled, folds, fold_picks)
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
                 "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
                 "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check}
 
-    def _dependence_check(self, pp2: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, Any]]:
+    def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
+                          fold_picks: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, Any]]:
         """Second opinion on a label model the guard kept: does it still beat majority vote when the evaluator
         models how much of each source's error the candidates of one answer share?
 
         The default evaluator counts an answer's candidates as ``size ** 0.5`` pieces of evidence; when a judge's
         error is shared by every candidate of an answer (the same wrong answer fools it every time) that over-counts
-        the judge against agreement, and the evaluator then agrees with the label model it is meant to check.
-        ``pp2`` are the per-problem estimates of the cross-fitted evaluator :data:`GUARD_CHECK_EVALUATOR` (the
-        within-answer correlation of every source estimated label-free from the data, candidates weighted by their
-        effective number). If that evaluator's estimated accuracy (the lowest over its plausible solutions) ranks
-        majority vote at least as high as the pooled mean, and the label model does not beat majority vote by
-        ``guard_z`` standard errors under every plausible solution, majority vote is chosen; otherwise the label
-        model is kept (so the check can only replace the label model by majority vote, never by the pooled mean)."""
-        est = _lowest(pp2, ("label_model", "pooled_mean", "majority_vote"))
+        the judge against agreement, and the evaluator then agrees with the label model it is meant to check. The
+        check refits the cross-fitted evaluator with :data:`GUARD_CHECK_EVALUATOR` (the within-answer correlation
+        of every source estimated label-free from the data, candidates weighted by their effective number). If that
+        evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote at least as high
+        as the pooled mean, and the label model does not beat majority vote by ``guard_z`` standard errors under
+        every plausible solution, majority vote is chosen; otherwise the label model is kept (so the check can only
+        replace the label model by majority vote, never by the pooled mean)."""
+        pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
+        est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
         gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
         mv_fallback = est["majority_vote"] >= est["pooled_mean"] - 1e-12
         choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
         return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est,
-                        "fallback": "majority_vote" if mv_fallback else "pooled_mean",
                         "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses, "choice": choice}
 
     def _label_model_gain(self, per_problem: list[dict[str, np.ndarray]], baseline: str
@@ -1099,11 +1084,6 @@ class Weaver:
             w.filter.kept_ = np.asarray(st["filter"]["kept"], dtype=np.int64)
             w.label_model_ = LabelModel.load(folder / "label_model")
         return w
-
-
-def _lowest(per_problem: list[dict[str, np.ndarray]], names: Sequence[str]) -> dict[str, float]:
-    """Each selector's estimated accuracy: the lowest mean over the plausible evaluator solutions."""
-    return {k: min(float(pp[k].mean()) for pp in per_problem) for k in names}
 
 
 def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
