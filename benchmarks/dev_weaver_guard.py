@@ -27,7 +27,9 @@ below. Policies:
 * ``tempered``: the tempered (lambda = 0.5) posterior replaces the label model everywhere, guard unchanged.
 
 It also prints, per set, the evaluators' estimates of majority vote's and the label model's accuracy (best EM
-solution and the minimum over the plausible ones) next to the true values.
+solution and the minimum over the plausible ones) next to the true values, the ``icc`` model's label-free estimate of
+the judge's within-answer correlation next to the same estimate computed with the true labels, and the judge's
+implied (label-free) single-candidate AUROC next to its true AUROC.
 
     python benchmarks/dev_weaver_guard.py [--sets a,b] [--seeds 12] [--fresh-seeds 10] [--label-model-kwargs JSON]
 
@@ -45,8 +47,16 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from sklearn.metrics import roc_auc_score
+
 from lightning_ws.weaver import Weaver
-from lightning_ws.weaver.answer_model import AnswerGroups, _share_features
+from lightning_ws.weaver.answer_model import (
+    AnswerGroups,
+    AnswerLevelModel,
+    _re_stats,
+    _share_features,
+    _within_answer_icc,
+)
 from lightning_ws.weaver.select import GUARD_CHECK_EVALUATOR, GUARD_EVALUATOR, _mv_pick, select_candidates
 from lightning_ws.weaver.suite import SUITE, GroupSpec, SetSpec, make_set
 
@@ -104,6 +114,15 @@ def collect(spec: SetSpec, data_seed: int, seed: int, lm_kwargs: dict) -> dict:
     fold_picks = [{k: v[f] for k, v in picks.items()} for f in folds]
     out = {e: w._guard_estimates(ids, pooled, folds, fold_picks, kw) for e, kw in EVALUATORS.items()}
     out["true"] = {k: y[np.arange(P), v].astype(float) for k, v in picks.items()}
+    # within-answer correlation of the (first) source: the icc model's label-free estimate on all problems, and the
+    # same method-of-moments estimate with the EM posterior replaced by the true answer correctness
+    g = AnswerGroups(ids)
+    icc = AnswerLevelModel(**GUARD_CHECK_EVALUATOR).fit(ids, pooled)
+    truth = g.group_mean(y[:, :, None].astype(np.float64))[:, 0]
+    out["rho"] = (float(icc.rho_[0]), float(_within_answer_icc(_re_stats(g, pooled), truth)[0]),
+                  float(icc.source_auroc()[0]))
+    ok = ~np.isnan(pooled[:, :, 0])
+    out["auroc_true"] = float(roc_auc_score(y[ok], pooled[:, :, 0][ok]))
     return out
 
 
@@ -189,16 +208,17 @@ def diagnostics(res: dict[str, list[dict]]) -> None:
     print("\nTrue Select@1 of the picks (mean over seeds) and the evaluators' estimates (best EM solution / minimum "
           "over the plausible ones)")
     print("| set | MV | pooled mean | label model | tempered 0.5 | tempered 0.25 | MV est. default | MV est. icc | "
-          "MV est. re | LM est. icc |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "MV est. re | LM est. icc | rho: icc EM / with true labels | judge AUROC: icc implied / true |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, cs in res.items():
         t = {k: np.mean([c["true"][k].mean() for c in cs]) for k in cs[0]["true"]}
         ev = {e: (np.mean([c[e][0][MV].mean() for c in cs]), np.mean([_est(c[e], MV) for c in cs]))
               for e in EVALUATORS}
         lm_icc = (np.mean([c["icc"][0][LM].mean() for c in cs]), np.mean([_est(c["icc"], LM) for c in cs]))
         print(f"| {name} | {t[MV]:.3f} | {t[PM]:.3f} | {t[LM]:.3f} | {t['t0.5']:.3f} | {t['t0.25']:.3f} | "
-              + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in ev.values()) + f" | {lm_icc[0]:.3f} / {lm_icc[1]:.3f} |",
-              flush=True)
+              + " | ".join(f"{a:.3f} / {b:.3f}" for a, b in ev.values()) + f" | {lm_icc[0]:.3f} / {lm_icc[1]:.3f} | "
+              f"{np.mean([c['rho'][0] for c in cs]):.3f} / {np.mean([c['rho'][1] for c in cs]):.3f} | "
+              f"{np.mean([c['rho'][2] for c in cs]):.3f} / {np.mean([c['auroc_true'] for c in cs]):.3f} |", flush=True)
 
 
 def main() -> None:
