@@ -51,3 +51,25 @@ def test_no_model_silently_loses_to_majority_vote(regime, kw):
             assert acc >= mv - 0.005, (regime, mv, report, lm.fit_report_["selection"])
         elif acc < mv - 0.03:
             assert warned, f"{name} fell to {acc:.3f} < MV {mv:.3f} without a warning in regime {regime!r}"
+
+
+def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
+    """6 single-class LFs at 2-30 % coverage, 32 % of rows without a vote (a draw of the wider sweep of
+    benchmarks/diag_uncovered_rows.py): Dawid-Skene wins the selection on covered rows, but its class balance gives
+    the uncovered rows the other class than majority vote's vote shares - auto must say so, and not with a dev prior."""
+    d = make_regime_label_matrix(3000, k=2, m=6, lf_type="single", coverage=(0.02, 0.3), seed=101)
+    with pytest.warns(UserWarning, match=r"32% of the rows get no vote .* class_balance='dev'"):
+        lm = make_label_model("auto", num_classes=2, seed=0).fit(d.L)
+    rep = lm.fit_report_["uncovered"]
+    assert lm.selected == "dawid_skene/raw" and abs(rep["share"] - 0.3187) < 1e-3
+    assert np.argmax(rep["class_balance"]) != np.argmax(rep["majority_vote_class_balance"])
+    with warnings.catch_warnings(record=True) as caught:  # a given prior: nothing unchecked to warn about
+        warnings.simplefilter("always")
+        make_label_model("auto", num_classes=2, seed=0).fit(d.L, [0.5, 0.5])
+    assert not [w for w in caught if "get no vote" in str(w.message)]
+    # the same pick with few uncovered rows: no warning
+    cov = (d.L != -1).any(axis=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_label_model("auto", num_classes=2, seed=0).fit(d.L[cov])
+    assert not [w for w in caught if "get no vote" in str(w.message)]
