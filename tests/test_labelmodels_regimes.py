@@ -14,7 +14,13 @@ import warnings
 import numpy as np
 import pytest
 
-from lightning_ws.labelmodels import REGIMES, make_label_model, make_regime_label_matrix, probs_to_preds
+from lightning_ws.labelmodels import (
+    REGIMES,
+    covered_mask,
+    make_label_model,
+    make_regime_label_matrix,
+    probs_to_preds,
+)
 
 MODELS = ("weighted_majority_vote", "dawid_skene", "moment_matching", "triplet", "auto")
 #: regimes run in the fast suite (the others are marked slow)
@@ -68,7 +74,7 @@ def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
         make_label_model("auto", num_classes=2, seed=0).fit(d.L, [0.5, 0.5])
     assert not [w for w in caught if "get no vote" in str(w.message)]
     # the same pick with few uncovered rows: no warning
-    cov = (d.L != -1).any(axis=1)
+    cov = covered_mask(d.L)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_label_model("auto", num_classes=2, seed=0).fit(d.L[cov])

@@ -92,7 +92,7 @@ class AutoLabelModel(LabelModel):
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
     least 5 % of the rows get no vote and the pick's balance gives them another class than majority vote's vote
-    shares would (``fit_report_["uncovered"]`` records both balances).
+    shares would (``fit_report_["uncovered"]`` records the share and the balances compared).
 
     Args:
         num_classes: ``k``.
@@ -340,18 +340,25 @@ class AutoLabelModel(LabelModel):
         (``benchmarks/diag_uncovered_rows.py``) this was how ``auto`` lost most to majority vote without a warning
         (-4.97 and -4.10 points, 32-39 % of rows uncovered). Warn (at most once per fit) when at least
         :data:`_UNCOVERED_WARN_SHARE` of the rows are uncovered and the pick's most likely class differs from the one
-        majority vote's vote-share balance gives them; the report records both balances either way.
+        majority vote's vote-share balance gives them. The report records the share and the pick's balance, and
+        majority vote's balance where it was needed (the pick itself when that is majority vote; not refitted below
+        the threshold, where nothing is compared).
         """
-        cov = covered_mask(L)
-        share = float(1.0 - cov.mean())
+        share = float(1.0 - covered_mask(L).mean())
+        ours = np.asarray(self.class_balance_, dtype=np.float64)
+        report: dict[str, Any] = {"share": share, "class_balance": ours.tolist()}
+        self.fit_report_["uncovered"] = report
+        if name == "majority_vote":
+            report["majority_vote_class_balance"] = ours.tolist()
+            return
+        if share < _UNCOVERED_WARN_SHARE:
+            return
         mv = self._fit_quiet("majority_vote", L, "estimated")
         if mv is None:  # pragma: no cover - majority vote fits any valid matrix
             return
         mv_balance = mv.class_balance_
-        ours = np.asarray(self.class_balance_, dtype=np.float64)
-        self.fit_report_["uncovered"] = {"share": share, "class_balance": ours.tolist(),
-                                         "majority_vote_class_balance": mv_balance.tolist()}
-        if name == "majority_vote" or share < _UNCOVERED_WARN_SHARE or int(ours.argmax()) == int(mv_balance.argmax()):
+        report["majority_vote_class_balance"] = mv_balance.tolist()
+        if int(ours.argmax()) == int(mv_balance.argmax()):
             return
         warnings.warn(f"AutoLabelModel picked {name}: {share:.0%} of the rows get no vote and take its estimated "
                       f"class balance {np.round(ours, 3).tolist()} (class {int(ours.argmax())}), while majority "
