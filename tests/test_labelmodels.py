@@ -372,6 +372,26 @@ def test_cli_youtube_writes_json(tmp_path, capsys):
     assert all(r["class_balance_source"] == "estimated" for r in res["results"])
 
 
+def test_cli_drops_lfs_that_never_vote_on_train(tmp_path, capsys):
+    # A WRENCH-format folder with an LF that fires on test but never on train: every model used to refuse it.
+    from lightning_ws.data.wrench_loader import DATA_DIR
+
+    src = DATA_DIR / "wrench" / "youtube"
+    for split in ("train", "valid", "test"):
+        rows = json.loads((src / f"{split}.json").read_text())
+        for i, row in enumerate(rows.values()):
+            row["weak_labels"] = list(row["weak_labels"]) + [1 if split != "train" and i % 7 == 0 else -1]
+        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
+    (tmp_path / "label.json").write_text((src / "label.json").read_text())
+    args = ["--models", "mv,ds,auto", "--no-analysis"]
+    assert cli_main([str(tmp_path), *args, "--output", str(tmp_path / "res.json")]) == 0
+    assert cli_main(["youtube", *args, "--output", str(tmp_path / "ref.json")]) == 0
+    assert "1 LF(s) never vote on the train split and are dropped for every model" in capsys.readouterr().out
+    res, ref = (json.loads((tmp_path / f).read_text()) for f in ("res.json", "ref.json"))
+    assert res["lfs_dropped_never_vote_on_train"] == ["lf_10"] and ref["lfs_dropped_never_vote_on_train"] == []
+    assert [r["metric_all"] for r in res["results"]] == [r["metric_all"] for r in ref["results"]]
+
+
 def test_cli_bad_input(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="neither a shipped"):
         cli_main([str(tmp_path / "missing")])

@@ -190,3 +190,37 @@ def test_metal_compat_keeps_snorkels_absolute_clamp():
     d = make_synthetic_label_matrix(3000, [0.8, 0.7, 0.75, 0.9], [0.02, 0.03, 0.5, 0.4], [0.5, 0.5], seed=12)
     mc = MetalCompat(seed=0).fit(d.L, [0.5, 0.5])
     assert np.all(mc._logtab()[:, :, 1:] >= np.log(0.01) - 1e-12)
+
+
+def test_auto_ignores_lfs_that_never_vote(tmp_path):
+    # A rule that never fires on the train split (a rare keyword, a generated program) used to make every model,
+    # the default included, refuse the matrix. auto now drops such columns with a warning and ignores them at
+    # prediction too: with two silent columns inserted it must give what it gives without them.
+    d = make_regime_label_matrix(2000, k=3, m=10, lf_type="mixed", seed=3)
+    silent = [0, 6]
+
+    def widen(L, fill):
+        out = L.astype(np.int64)
+        for j in silent:
+            out = np.insert(out, j, fill(L.shape[0]), axis=1)
+        return out
+
+    L_silent = widen(d.L, lambda n: np.full(n, -1))
+    ref = make_label_model("auto", num_classes=3, seed=0).fit(d.L)
+    with pytest.warns(UserWarning, match=r"2 of 12 labeling functions never vote"):
+        auto = make_label_model("auto", num_classes=3, seed=0).fit(L_silent)
+    assert auto.fit_report_["silent_lfs"] == silent
+    assert auto.selected == ref.selected
+    rng = np.random.default_rng(1)
+    L_new = widen(d.L[:500], lambda n: np.where(rng.random(n) < 0.5, rng.integers(0, 3, n), -1))
+    np.testing.assert_allclose(auto.predict_proba(L_new), ref.predict_proba(d.L[:500]))
+    conf = auto.lf_confusions
+    assert conf.shape == (12, 3, 4)
+    np.testing.assert_allclose(conf[silent, :, 0], 1.0)
+    np.testing.assert_allclose(np.delete(conf, silent, axis=0), ref.lf_confusions)
+    back = LabelModel.load(auto.save(tmp_path / "auto"))
+    np.testing.assert_array_equal(back.predict(L_new), auto.predict(L_new))
+    with pytest.raises(DataError, match="nothing to fit"):
+        make_label_model("auto", num_classes=3).fit(np.full((20, 4), -1))
+    with pytest.raises(DataError, match="abstains on every row"):  # the single models keep refusing
+        MajorityVote(num_classes=3).fit(L_silent)

@@ -19,6 +19,7 @@ from lightning_ws.labelmodels.dawid_skene import DawidSkene
 from lightning_ws.labelmodels.matrix import (
     _COLLAPSE_MAX_RATIO,
     ABSTAIN,
+    _column_vote_counts,
     covered_mask,
     lf_clusters,
     merge_clusters,
@@ -94,6 +95,12 @@ class AutoLabelModel(LabelModel):
     least 5 % of the rows get no vote and the pick's balance gives them another class than majority vote's vote
     shares would (``fit_report_["uncovered"]`` records the share and the balances compared).
 
+    LFs that never vote on the fit matrix (a rare rule on a small train split, a program that never fires) carry no
+    information there: instead of refusing the matrix, as the single models do, ``auto`` warns, records them in
+    ``fit_report_["silent_lfs"]`` and ignores their columns, also at prediction (their votes get no weight; a row
+    only they vote on gets the class balance). ``lf_confusions`` gives them ``P(abstain | Y) = 1``. Indices in
+    ``fit_report_["clusters"]`` refer to the columns of the matrix passed to ``fit``; ``clusters_`` to the LFs kept.
+
     Args:
         num_classes: ``k``.
         candidates: label-model names (``majority_vote`` is always added first).
@@ -113,6 +120,7 @@ class AutoLabelModel(LabelModel):
 
     name = "auto"
     min_lfs = 1
+    tolerates_silent_lfs = True
 
     def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES,
                  merge: Literal["auto", "never", "always"] = "auto", cluster_threshold: float = 0.7, n_folds: int = 5,
@@ -138,6 +146,7 @@ class AutoLabelModel(LabelModel):
         self.max_selection_rows = _check_int("max_selection_rows", max_selection_rows, 100)
         self.inner_: LabelModel | None = None
         self.clusters_: list[list[int]] = []
+        self.active_lfs_: np.ndarray | None = None
         self.merged_: bool = False
 
     def get_config(self) -> dict[str, Any]:
@@ -309,7 +318,11 @@ class AutoLabelModel(LabelModel):
 
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:
         k = self.k_
+        L, dev_L = self._drop_silent(L, dev_L)
         self.clusters_ = self._clusters(L)
+        if self.active_lfs_ is not None and "rpca_edges" in self.fit_report_:
+            self.fit_report_["rpca_edges"] = [[int(self.active_lfs_[j]) for j in e]
+                                              for e in self.fit_report_["rpca_edges"]]
         if dev_L is not None and dev_y is not None:
             choice, info = self._select_dev(L, dev_L, dev_y)
         else:
@@ -326,11 +339,28 @@ class AutoLabelModel(LabelModel):
             self.class_balance_ = model.class_balance_
             if dev_y is None:
                 self._warn_uncovered_balance(L, name)
+        cols = self.active_lfs_ if self.active_lfs_ is not None else np.arange(L.shape[1])
         self.fit_report_.update(selected=name, variant=variant,
-                                clusters=[c for c in self.clusters_ if len(c) > 1],
+                                clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
                                 n_clusters=len(self.clusters_), selection=info,
                                 converged=bool(model.fit_report_.get("converged", True)),
                                 n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_)
+
+    def _drop_silent(self, L: np.ndarray, dev_L: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Remove the LF columns that never vote (warn and record them; ``fit`` refused a matrix without votes)."""
+        votes = _column_vote_counts(L)
+        silent = np.flatnonzero(votes == 0)
+        self.active_lfs_ = None
+        self.fit_report_["silent_lfs"] = silent.tolist()
+        if not silent.size:
+            return L, dev_L
+        names = [self.lf_names_[j] if self.lf_names_ else int(j) for j in silent[:10]]
+        warnings.warn(f"{silent.size} of {L.shape[1]} labeling functions never vote on the {L.shape[0]} rows "
+                      f"passed to fit (e.g. {names}); they carry no information here, so AutoLabelModel ignores "
+                      f"them, also at prediction (their votes get no weight). Drop them, or fit on data where they "
+                      f"fire, to use them.", UserWarning, stacklevel=4)
+        self.active_lfs_ = np.flatnonzero(votes > 0)
+        return L[:, self.active_lfs_], (None if dev_L is None else dev_L[:, self.active_lfs_])
 
     def _warn_uncovered_balance(self, L: np.ndarray, name: str) -> None:
         """Warn when the pick's estimated class balance labels the all-abstain rows differently from majority vote.
@@ -368,6 +398,8 @@ class AutoLabelModel(LabelModel):
                       "with predict(..., abstain_uncovered=True).", stacklevel=3)
 
     def _transform(self, L: np.ndarray) -> np.ndarray:
+        if self.active_lfs_ is not None:
+            L = L[:, self.active_lfs_]
         return merge_clusters(L, self.clusters_, self.k_) if self.merged_ else L
 
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
@@ -375,12 +407,18 @@ class AutoLabelModel(LabelModel):
 
     def _lf_confusions(self) -> np.ndarray:
         conf = self.inner_.lf_confusions
-        if not self.merged_:
+        active = self.active_lfs_
+        if self.merged_:
+            out = np.empty((self.num_lfs_ if active is None else active.size,) + conf.shape[1:])
+            for g, members in enumerate(self.clusters_):
+                out[members] = conf[g]  # each member gets its cluster's (merged) confusions
+            conf = out
+        if active is None:
             return conf
-        out = np.empty((self.num_lfs_,) + conf.shape[1:])
-        for g, members in enumerate(self.clusters_):
-            out[members] = conf[g]  # each member gets its cluster's (merged) confusions
-        return out
+        full = np.zeros((self.num_lfs_,) + conf.shape[1:])
+        full[:, :, 0] = 1.0  # an LF that never voted: abstains whatever the class
+        full[active] = conf
+        return full
 
     @property
     def selected(self) -> str:
@@ -395,7 +433,8 @@ class AutoLabelModel(LabelModel):
         state = super().state_dict()
         inner = self.inner_.state_dict()
         state["arrays"].update({f"inner.{k}": np.array(v, copy=True) for k, v in inner["arrays"].items()})
-        state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_}
+        state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_,
+                                  "active_lfs": None if self.active_lfs_ is None else self.active_lfs_.tolist()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -409,4 +448,6 @@ class AutoLabelModel(LabelModel):
         self.inner_ = inner
         self.clusters_ = [list(map(int, c)) for c in extra["clusters"]]
         self.merged_ = bool(extra["merged"])
+        active = extra.get("active_lfs")  # absent in files written before silent LFs were accepted
+        self.active_lfs_ = None if active is None else np.asarray(active, dtype=np.int64)
 

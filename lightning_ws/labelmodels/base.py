@@ -250,6 +250,8 @@ class LabelModel(ABC):
     min_lfs: ClassVar[int] = 1
     #: Whether the model assumes conditionally independent LFs (then ``fit`` warns about dependent LF clusters).
     assumes_independence: ClassVar[bool] = False
+    #: Whether ``fit`` accepts LF columns that never vote (the model then ignores them and warns).
+    tolerates_silent_lfs: ClassVar[bool] = False
     #: Names of the fitted numpy arrays that ``state_dict`` persists (besides ``class_balance_``).
     _param_names: ClassVar[tuple[str, ...]] = ()
 
@@ -302,8 +304,11 @@ class LabelModel(ABC):
             ConfigError: invalid ``class_balance``.
         """
         t0 = time.perf_counter()
-        L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=True,
+        L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=not self.tolerates_silent_lfs,
                                   lf_names=lf_names, check_inferred_classes=dev_y is None)
+        if self.tolerates_silent_lfs and not covered_mask(L).any():
+            raise DataError(f"every labeling function abstains on every row of L ({L.shape[0]} rows x {L.shape[1]} "
+                            f"LFs); there is nothing to fit. Check that the LFs were applied to this data.")
         k = self.num_classes if self.num_classes is not None else max(int(L.max()) + 1, 2)
         if self.num_classes is not None and not self.__dict__.get("_internal", False):
             _warn_unvoted_classes(L, k)  # a caller's sub-fit (auto's selection) warns once for the whole matrix

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0). Bad input raises ``DataError`` / ``ConfigError`` /
     ``DataFileNotFoundError`` (the top-level ``lightning-ws`` wrapper prints them)."""
     from lightning_ws.data import load_wrench
-    from lightning_ws.io import save_json
+    from lightning_ws.io import save_json, to_jsonable
 
     args = build_parser().parse_args(argv)
     names = [s.strip() for s in args.models.split(",") if s.strip()]
@@ -103,12 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LF analysis, {train.name} train split (emp_acc uses gold labels):")
         print(LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names, num_classes=k).to_table())
         print()
-    cov = covered_mask(evals.weak_labels)
+    # LFs that never vote on train leave every per-LF parameter undefined: the single models refuse them, so they
+    # are dropped for every model alike (auto would ignore them anyway) and the table says so.
+    votes = (train.weak_labels != -1).any(axis=0)
+    silent, keep = np.flatnonzero(~votes), np.flatnonzero(votes)
+    lf_names = [train.lf_names[j] for j in keep]
+    L_train, L_eval = train.weak_labels[:, keep], evals.weak_labels[:, keep]
+    if silent.size:
+        print(f"{silent.size} LF(s) never vote on the train split and are dropped for every model: "
+              f"{[train.lf_names[j] for j in silent][:20]}\n")
+    cov = covered_mask(L_eval)
     rows = []
     for name in names:
         lm = make_label_model(name, num_classes=k, seed=args.seed)
-        lm.fit(train.weak_labels, cb, dev_y=valid.labels, lf_names=train.lf_names)
-        pred, ties = lm.predict(evals.weak_labels, args.tie_break, return_ties=True)
+        lm.fit(L_train, cb, dev_y=valid.labels, lf_names=lf_names)
+        pred, ties = lm.predict(L_eval, args.tie_break, return_ties=True)
         rep = lm.fit_report_
         rows.append({"model": lm.name, "metric_all": score(evals.labels, pred, metric, args.pos_label),
                      "metric_covered": score(evals.labels[cov], pred[cov], metric, args.pos_label),
@@ -116,17 +125,18 @@ def main(argv: list[str] | None = None) -> int:
                      "class_balance_source": lm.class_balance_source,
                      "class_balance": lm.class_balance_.tolist(), "converged": bool(rep.get("converged", True)),
                      "n_iter": int(rep.get("n_iter", 0)), "lf_accuracies": lm.lf_accuracies.tolist()})
-    print(f"{train.name}: fit on train (n={train.n}, m={train.weak_labels.shape[1]}), scored on {args.eval_split} "
+    print(f"{train.name}: fit on train (n={train.n}, m={L_train.shape[1]}), scored on {args.eval_split} "
           f"(n={evals.n}, covered {cov.mean():.3f}); metric={metric}, class balance={args.class_balance}, "
           f"tie break={args.tie_break}, seed={args.seed}")
     print(_results_table(rows, metric))
     if args.output:
-        save_json(args.output, {"dataset": train.name, "eval_split": args.eval_split, "metric": metric,
-                                "class_balance_mode": args.class_balance, "tie_break": args.tie_break,
-                                "seed": args.seed, "evaluation": "inductive (fit on train)",
-                                "eval_coverage": float(cov.mean()), "results": rows,
-                                "lf_analysis": LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names,
-                                                          num_classes=k).summary()})
+        report = {"dataset": train.name, "eval_split": args.eval_split, "metric": metric,
+                  "class_balance_mode": args.class_balance, "tie_break": args.tie_break, "seed": args.seed,
+                  "evaluation": "inductive (fit on train)", "eval_coverage": float(cov.mean()), "results": rows,
+                  "lfs_dropped_never_vote_on_train": [train.lf_names[j] for j in silent],
+                  "lf_analysis": LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names,
+                                            num_classes=k).summary()}
+        save_json(args.output, to_jsonable(report))  # NaN (e.g. emp_acc of an LF without votes) -> null
         print(f"results written to {args.output}")
     return 0
 
