@@ -192,11 +192,15 @@ def test_metal_compat_keeps_snorkels_absolute_clamp():
     assert np.all(mc._logtab()[:, :, 1:] >= np.log(0.01) - 1e-12)
 
 
-def test_auto_ignores_lfs_that_never_vote(tmp_path):
+@pytest.mark.parametrize("spec", [dict(k=3, m=10, lf_type="mixed", seed=3),  # raw pick
+                                  dict(k=6, m=60, lf_type="single", coverage=(0.01, 0.1), cluster_frac=0.5,
+                                       cluster_size=5, seed=1)])  # merged clusters
+def test_auto_ignores_lfs_that_never_vote(tmp_path, spec):
     # A rule that never fires on the train split (a rare keyword, a generated program) used to make every model,
     # the default included, refuse the matrix. auto now drops such columns with a warning and ignores them at
     # prediction too: with two silent columns inserted it must give what it gives without them.
-    d = make_regime_label_matrix(2000, k=3, m=10, lf_type="mixed", seed=3)
+    d = make_regime_label_matrix(2000, **spec)
+    k, m = spec["k"], spec["m"]
     silent = [0, 6]
 
     def widen(L, fill):
@@ -206,21 +210,23 @@ def test_auto_ignores_lfs_that_never_vote(tmp_path):
         return out
 
     L_silent = widen(d.L, lambda n: np.full(n, -1))
-    ref = make_label_model("auto", num_classes=3, seed=0).fit(d.L)
-    with pytest.warns(UserWarning, match=r"2 of 12 labeling functions never vote"):
-        auto = make_label_model("auto", num_classes=3, seed=0).fit(L_silent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the clustered matrix also has uncovered rows auto warns about
+        ref = make_label_model("auto", num_classes=k, seed=0).fit(d.L)
+    with pytest.warns(UserWarning, match=rf"2 of {m + 2} labeling functions never vote"):
+        auto = make_label_model("auto", num_classes=k, seed=0).fit(L_silent)
     assert auto.fit_report_["silent_lfs"] == silent
     assert auto.selected == ref.selected
     rng = np.random.default_rng(1)
-    L_new = widen(d.L[:500], lambda n: np.where(rng.random(n) < 0.5, rng.integers(0, 3, n), -1))
+    L_new = widen(d.L[:500], lambda n: np.where(rng.random(n) < 0.5, rng.integers(0, k, n), -1))
     np.testing.assert_allclose(auto.predict_proba(L_new), ref.predict_proba(d.L[:500]))
     conf = auto.lf_confusions
-    assert conf.shape == (12, 3, 4)
+    assert conf.shape == (m + 2, k, k + 1)
     np.testing.assert_allclose(conf[silent, :, 0], 1.0)
     np.testing.assert_allclose(np.delete(conf, silent, axis=0), ref.lf_confusions)
     back = LabelModel.load(auto.save(tmp_path / "auto"))
     np.testing.assert_array_equal(back.predict(L_new), auto.predict(L_new))
     with pytest.raises(DataError, match="nothing to fit"):
-        make_label_model("auto", num_classes=3).fit(np.full((20, 4), -1))
+        make_label_model("auto", num_classes=k).fit(np.full((20, 4), -1))
     with pytest.raises(DataError, match="abstains on every row"):  # the single models keep refusing
-        MajorityVote(num_classes=3).fit(L_silent)
+        MajorityVote(num_classes=k).fit(L_silent)
