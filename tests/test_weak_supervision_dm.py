@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from lightning_ws.data import load_wrench
+from lightning_ws.data.wrench_loader import DATA_DIR
 from lightning_ws.datamodules import PseudoLabelDataModule
 from lightning_ws.errors import ConfigError
 from lightning_ws.labelmodels.lf_apply import apply_lfs, lf_fingerprint
@@ -74,6 +77,26 @@ def test_label_model_save_and_reuse(tmp_path):
         PseudoLabelDataModule("youtube", label_model_path=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="unknown label model"):
         PseudoLabelDataModule("youtube", label_model="nonsense")
+
+
+def test_default_datamodule_accepts_an_lf_that_never_votes_on_train(tmp_path):
+    # A WRENCH-format folder (youtube plus an 11th rule that fires on valid/test only): the default label model
+    # ignores the silent rule with a warning naming it, and the pseudolabels equal those of the shipped set.
+    src = DATA_DIR / "wrench" / "youtube"
+    for split in ("train", "valid", "test"):
+        rows = json.loads((src / f"{split}.json").read_text())
+        for i, row in enumerate(rows.values()):
+            row["weak_labels"] = list(row["weak_labels"]) + [1 if split != "train" and i % 5 == 0 else -1]
+        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
+    (tmp_path / "label.json").write_text((src / "label.json").read_text())
+    dm = PseudoLabelDataModule(str(tmp_path), batch_size=16)
+    with pytest.warns(UserWarning, match=r"1 of 11 labeling functions never vote.*'lf_10'"):
+        dm.setup("fit")
+    ref = PseudoLabelDataModule("youtube", batch_size=16)
+    ref.setup("fit")
+    assert dm.label_model.fit_report_["silent_lfs"] == [10]
+    np.testing.assert_allclose(dm.datasets["train"].labels, ref.datasets["train"].labels)
+    assert dm.label_model_report["rows_kept"] == ref.label_model_report["rows_kept"]
 
 
 def test_labeling_functions_applied_in_parallel_and_cached(tmp_path):

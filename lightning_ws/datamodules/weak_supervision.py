@@ -187,7 +187,13 @@ class PseudoLabelDataModule(TextClassificationDataModule):
 
         return apply_lfs(self._lfs, data.texts, workers=self._lf_workers, cache_dir=self._lf_cache_dir)
 
-    def _fit_label_model(self, L: np.ndarray):
+    def _lf_names(self, data: WrenchSplit, m: int) -> list[str] | None:
+        """The LF names of the label matrix's columns (the split's, or the given functions'), if there are ``m``."""
+        names = getattr(data, "lf_names", None) if self._lfs is None else [
+            getattr(f, "name", None) or getattr(f, "__name__", f"lf_{j:02d}") for j, f in enumerate(self._lfs)]
+        return list(names) if names is not None and len(names) == m else None
+
+    def _fit_label_model(self, L: np.ndarray, lf_names: list[str] | None = None):
         from lightning_ws.labelmodels import LabelModel, make_label_model
 
         if self._label_model_path is not None:
@@ -198,7 +204,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
             dev = self.load_split("valid")
             dev_L = dev.weak_labels if self._lfs is None else self.label_matrix(dev)
             fit_kwargs.update(dev_L=dev_L, dev_y=dev.labels)
-        model.fit(L, class_balance=self._class_balance, **fit_kwargs)
+        model.fit(L, class_balance=self._class_balance, lf_names=lf_names, **fit_kwargs)
         if self._save_label_model is not None:
             target = Path(self._save_label_model)
             if target.exists():
@@ -215,7 +221,8 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         L = self.label_matrix(data)
         if L.shape[0] != data.n:
             raise DataError(f"the label matrix has {L.shape[0]} rows for {data.n} training texts.")
-        self.label_model = model = self._fit_label_model(L)
+        names = self._lf_names(data, L.shape[1])
+        self.label_model = model = self._fit_label_model(L, names)
         covered = covered_mask(L)
         probs = model.predict_proba(L)
         rows = np.flatnonzero(covered) if self._drop_uncovered else np.arange(data.n)
@@ -251,10 +258,6 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         }
         from lightning_ws.labelmodels.matrix import LFAnalysis
 
-        names = getattr(data, "lf_names", None) if self._lfs is None else [
-            getattr(f, "name", None) or getattr(f, "__name__", f"lf_{j:02d}") for j, f in enumerate(self._lfs)]
-        if names is not None and len(names) != L.shape[1]:
-            names = None
         self.lf_analysis = LFAnalysis(L, data.labels, lf_names=names,
                                       num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
