@@ -374,15 +374,9 @@ def test_cli_youtube_writes_json(tmp_path, capsys):
 
 def test_cli_drops_lfs_that_never_vote_on_train(tmp_path, capsys):
     # A WRENCH-format folder with an LF that fires on test but never on train: every model used to refuse it.
-    from lightning_ws.data.wrench_loader import DATA_DIR
+    from tests.helpers.wrench import youtube_with_silent_lf
 
-    src = DATA_DIR / "wrench" / "youtube"
-    for split in ("train", "valid", "test"):
-        rows = json.loads((src / f"{split}.json").read_text())
-        for i, row in enumerate(rows.values()):
-            row["weak_labels"] = list(row["weak_labels"]) + [1 if split != "train" and i % 7 == 0 else -1]
-        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
-    (tmp_path / "label.json").write_text((src / "label.json").read_text())
+    youtube_with_silent_lf(tmp_path)
     args = ["--models", "mv,ds,auto", "--no-analysis"]
     assert cli_main([str(tmp_path), *args, "--output", str(tmp_path / "res.json")]) == 0
     assert cli_main(["youtube", *args, "--output", str(tmp_path / "ref.json")]) == 0

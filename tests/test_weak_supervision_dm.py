@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from lightning_ws.data import load_wrench
-from lightning_ws.data.wrench_loader import DATA_DIR
 from lightning_ws.datamodules import PseudoLabelDataModule
 from lightning_ws.errors import ConfigError
 from lightning_ws.labelmodels.lf_apply import apply_lfs, lf_fingerprint
@@ -82,14 +79,9 @@ def test_label_model_save_and_reuse(tmp_path):
 def test_default_datamodule_accepts_an_lf_that_never_votes_on_train(tmp_path):
     # A WRENCH-format folder (youtube plus an 11th rule that fires on valid/test only): the default label model
     # ignores the silent rule with a warning naming it, and the pseudolabels equal those of the shipped set.
-    src = DATA_DIR / "wrench" / "youtube"
-    for split in ("train", "valid", "test"):
-        rows = json.loads((src / f"{split}.json").read_text())
-        for i, row in enumerate(rows.values()):
-            row["weak_labels"] = list(row["weak_labels"]) + [1 if split != "train" and i % 5 == 0 else -1]
-        (tmp_path / f"{split}.json").write_text(json.dumps(rows))
-    (tmp_path / "label.json").write_text((src / "label.json").read_text())
-    dm = PseudoLabelDataModule(str(tmp_path), batch_size=16)
+    from tests.helpers.wrench import youtube_with_silent_lf
+
+    dm = PseudoLabelDataModule(str(youtube_with_silent_lf(tmp_path, every=5)), batch_size=16)
     with pytest.warns(UserWarning, match=r"1 of 11 labeling functions never vote.*'lf_10'"):
         dm.setup("fit")
     ref = PseudoLabelDataModule("youtube", batch_size=16)
