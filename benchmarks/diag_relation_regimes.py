@@ -36,6 +36,7 @@ import time
 import warnings
 
 import numpy as np
+from diag_uncovered_rows import abstain_posterior  # the fitted model's P(Y | every LF abstains)
 
 from lightning_ws.labelmodels import covered_mask, make_label_model, make_regime_label_matrix, probs_to_preds
 
@@ -43,14 +44,6 @@ GRID = {"k": (5, 9), "m": (60, 164), "coverage": ((0.002, 0.02), (0.005, 0.05)),
         "accuracy": ((0.5, 0.9), (0.8, 0.99)), "imbalance": (1.0, 8.0), "cluster_frac": (0.0, 0.5), "seed": (300, 301)}
 TIE_SEEDS = (0, 1, 2)
 GATE_ALPHA = 1e-3
-
-
-def own_posterior(lm) -> np.ndarray:
-    """``(k,)`` the fitted model's posterior for a row on which every LF abstains."""
-    logp = np.log(np.clip(lm.class_balance_, 1e-12, 1.0)) + np.log(
-        np.clip(lm.lf_confusions[:, :, 0], 1e-12, 1.0)).sum(0)
-    p = np.exp(logp - logp.max())
-    return p / p.sum()
 
 
 def silent_groups_dependent(Lc: np.ndarray, q: np.ndarray, groups: list[list[int]], alpha: float) -> list[list[int]]:
@@ -148,7 +141,7 @@ def sweep(seeds) -> list[dict]:
             P = lm.predict_proba(L)
             rec[nm] = {"covered": _acc(P, y, ~unc), "ship": _acc(P, y, unc) if unc.any() else 0.0}
             if unc.any() and nm == "auto":
-                for var, r in (("post", own_posterior(lm)), ("em", uncovered_mix(L, lm, groups, False)),
+                for var, r in (("post", abstain_posterior(lm)), ("em", uncovered_mix(L, lm, groups, False)),
                                ("gated", uncovered_mix(L, lm, groups, True))):
                     rec[nm][var] = float(np.mean(y[unc] == int(np.argmax(r))))
             elif nm == "auto":

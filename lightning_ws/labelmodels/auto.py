@@ -319,10 +319,10 @@ class AutoLabelModel(LabelModel):
     def _fit(self, L: np.ndarray, dev_L: np.ndarray | None, dev_y: np.ndarray | None) -> None:
         k = self.k_
         L, dev_L = self._drop_silent(L, dev_L)
+        cols = self.active_lfs_ if self.active_lfs_ is not None else np.arange(L.shape[1])  # -> caller's columns
         self.clusters_ = self._clusters(L)
-        if self.active_lfs_ is not None and "rpca_edges" in self.fit_report_:
-            self.fit_report_["rpca_edges"] = [[int(self.active_lfs_[j]) for j in e]
-                                              for e in self.fit_report_["rpca_edges"]]
+        if "rpca_edges" in self.fit_report_:
+            self.fit_report_["rpca_edges"] = [[int(cols[j]) for j in e] for e in self.fit_report_["rpca_edges"]]
         if dev_L is not None and dev_y is not None:
             choice, info = self._select_dev(L, dev_L, dev_y)
         else:
@@ -339,7 +339,6 @@ class AutoLabelModel(LabelModel):
             self.class_balance_ = model.class_balance_
             if dev_y is None:
                 self._warn_uncovered_balance(L, name)
-        cols = self.active_lfs_ if self.active_lfs_ is not None else np.arange(L.shape[1])
         self.fit_report_.update(selected=name, variant=variant,
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
                                 n_clusters=len(self.clusters_), selection=info,

@@ -304,8 +304,9 @@ class LabelModel(ABC):
             ConfigError: invalid ``class_balance``.
         """
         t0 = time.perf_counter()
-        L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs, require_votes_per_lf=not self.tolerates_silent_lfs,
-                                  lf_names=lf_names, check_inferred_classes=dev_y is None)
+        L = validate_label_matrix(L, self.num_classes, min_lfs=self.min_lfs,
+                                  require_votes_per_lf=not self.tolerates_silent_lfs, lf_names=lf_names,
+                                  check_inferred_classes=dev_y is None)
         if self.tolerates_silent_lfs and not covered_mask(L).any():
             raise DataError(f"every labeling function abstains on every row of L ({L.shape[0]} rows x {L.shape[1]} "
                             f"LFs); there is nothing to fit. Check that the LFs were applied to this data.")

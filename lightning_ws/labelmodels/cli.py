@@ -16,7 +16,7 @@ import numpy as np
 from lightning_ws.errors import ConfigError
 from lightning_ws.labelmodels.base import TIE_BREAKS
 from lightning_ws.labelmodels.factory import LABEL_MODEL_NAMES, make_label_model
-from lightning_ws.labelmodels.matrix import LFAnalysis, covered_mask
+from lightning_ws.labelmodels.matrix import LFAnalysis, _column_vote_counts, covered_mask
 
 __all__ = ["build_parser", "main", "score"]
 
@@ -105,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         print()
     # LFs that never vote on train leave every per-LF parameter undefined: the single models refuse them, so they
     # are dropped for every model alike (auto would ignore them anyway) and the table says so.
-    votes = (train.weak_labels != -1).any(axis=0)
-    silent, keep = np.flatnonzero(~votes), np.flatnonzero(votes)
+    votes = _column_vote_counts(train.weak_labels) > 0
+    keep = np.flatnonzero(votes)
+    silent_names = [nm for nm, v in zip(train.lf_names, votes) if not v]
     lf_names = [train.lf_names[j] for j in keep]
     L_train, L_eval = train.weak_labels[:, keep], evals.weak_labels[:, keep]
-    if silent.size:
-        print(f"{silent.size} LF(s) never vote on the train split and are dropped for every model: "
-              f"{[train.lf_names[j] for j in silent][:20]}\n")
+    if silent_names:
+        print(f"{len(silent_names)} LF(s) never vote on the train split and are dropped for every model: "
+              f"{silent_names[:20]}\n")
     cov = covered_mask(L_eval)
     rows = []
     for name in names:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"dataset": train.name, "eval_split": args.eval_split, "metric": metric,
                   "class_balance_mode": args.class_balance, "tie_break": args.tie_break, "seed": args.seed,
                   "evaluation": "inductive (fit on train)", "eval_coverage": float(cov.mean()), "results": rows,
-                  "lfs_dropped_never_vote_on_train": [train.lf_names[j] for j in silent],
+                  "lfs_dropped_never_vote_on_train": silent_names,
                   "lf_analysis": LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names,
                                             num_classes=k).summary()}
         save_json(args.output, to_jsonable(report))  # NaN (e.g. emp_acc of an LF without votes) -> null
