@@ -18,8 +18,14 @@ draws of ``--regime-n`` rows (+300 dev rows from the same draw); accuracy on the
 Part 3 (scale): a synthetic ``n x m`` binary label matrix (default 1,000,000 x 100, int8) with known LF accuracies;
 each model is fitted in a fresh subprocess: fit time, peak memory, MAE of the recovered LF accuracies.
 
+Part 4 (``--solvers`` only): MomentMatching's solvers on many LFs x many classes (``SOLVER_CASES``: relation-style
+single-class LFs, LFs voting every class, crowd-style annotators, LFs for all classes but one), one fit each: the default (dense Newton up to 1,200
+unknowns, matrix-free Newton-CG above), L-BFGS-B alone (the only solver above 1,200 unknowns before Newton-CG), and
+snorkel 0.10 (its defaults): fit seconds, objective, projected-gradient norm, iterations, transductive accuracy.
+
     python benchmarks/bench_labelmodels.py --skip-scale          # parts 1 and 2
     python benchmarks/bench_labelmodels.py --skip-real --skip-regimes --scale-n 200000
+    python benchmarks/bench_labelmodels.py --solvers             # part 4
 """
 
 from __future__ import annotations
@@ -486,6 +492,73 @@ def bench_scale(n: int, m: int, with_snorkel: bool, timeout: int) -> list[dict]:
     return out
 
 
+SOLVER_CASES = (
+    ("relation-style: 164 single-class LFs, k=9", dict(n=3000, k=9, m=164, lf_type="single",
+                                                       coverage=(0.005, 0.05), accuracy=(0.8, 0.99))),
+    ("164 LFs voting every class, k=9", dict(n=3000, k=9, m=164, lf_type="multi", coverage=(0.005, 0.05))),
+    ("crowd-style: 100 annotators, k=10", dict(n=5000, k=10, m=100, lf_type="multi", coverage=(0.02, 0.2))),
+    ("60 LFs voting every class, k=6", dict(n=5000, k=6, m=60, lf_type="multi", coverage=(0.05, 0.3))),
+    ("164 LFs of 8 classes, 10 % stray votes, k=9", dict(n=1749, k=9, m=164, noise=0.1)),
+    ("164 LFs of 8 classes, 30 % stray votes, k=9", dict(n=1749, k=9, m=164, noise=0.3)),
+)
+
+
+def _class_without_lfs(n: int, k: int, m: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform classes; each LF belongs to one of the first ``k - 1`` classes (the last class has no LF, like a
+    "no relation" class); every row gets 1-2 votes from LFs of its class (any LFs for the last class), and each vote
+    names a random class other than the LF's own with probability ``noise``. Returns ``(L, y)``; the ill-conditioned
+    case of the solver benchmark."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    lf_cls = rng.integers(0, k - 1, m)
+    L = np.full((n, m), -1, dtype=np.int64)
+    for i in range(n):
+        pool = np.flatnonzero(lf_cls == y[i]) if y[i] < k - 1 else np.arange(m)
+        for j in rng.choice(pool, rng.integers(1, 3)):
+            L[i, j] = lf_cls[j] if rng.random() >= noise else rng.integers(0, k - 1)
+    keep = (L >= 0).any(axis=0)
+    return L[:, keep], y
+
+
+def bench_solvers(snorkel_epochs: int) -> None:
+    """Part 4: fit time and optimum of each MomentMatching solver against snorkel (one fit each, seed 7)."""
+    from lightning_ws.labelmodels import MomentMatching, make_regime_label_matrix
+
+    SL = _snorkel()
+    print("\n### MomentMatching solvers on many LFs x many classes (one fit each; accuracy transductive, ties "
+          "random, seed 0)\n")
+    print("| matrix | unknowns | solver | fit s | x snorkel | objective | proj. grad. norm | iterations | accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, kw in SOLVER_CASES:
+        if "noise" in kw:
+            L, y = _class_without_lfs(seed=7, **kw)
+        else:
+            R = make_regime_label_matrix(seed=7, **kw)
+            L, y = R.L, R.y
+        k = kw["k"]
+        t_snorkel, acc_snorkel = float("nan"), float("nan")
+        if SL is not None:
+            t0 = time.perf_counter()
+            slm = _fit_snorkel(SL, L, k, None, snorkel_epochs, 0)
+            t_snorkel = time.perf_counter() - t0
+            proba = slm.predict_proba(np.asarray(L, dtype=np.int64))
+            acc_snorkel = float((_hard(proba, (0,))[0] == y).mean())
+        for solver in ("auto", "l-bfgs-b"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                lm = MomentMatching(k, solver=solver, seed=0).fit(L)
+                fit_s = time.perf_counter() - t0
+            r = lm.fit_report_
+            acc = float((lm.predict(L) == y).mean())
+            its = f"{r['n_iter']}" + (f" (CG {r['cg_iter']})" if "cg_iter" in r else "")
+            print(f"| {name} | {r['n_free_rows'] * k} | {solver} -> {r['solver']} | {fit_s:.2f} | "
+                  f"{fit_s / t_snorkel:.2f} | {r['objective']:.9e} | {r['proj_grad_norm']:.1e} | {its} | "
+                  f"{100 * acc:.2f} |", flush=True)
+        print(f"| {name} | | snorkel 0.10 | {t_snorkel:.2f} | 1.00 | | | {snorkel_epochs} epochs | "
+              f"{100 * acc_snorkel:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -502,6 +575,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--structure-ablation", action="store_true",
                     help="only compare auto's LF groupings (agreement / rpca / both), label-free")
+    ap.add_argument("--solvers", action="store_true", help="only part 4: MomentMatching's solvers vs snorkel")
     ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
@@ -519,6 +593,10 @@ def main() -> None:
         return
     print(f"snorkel: {'installed' if _snorkel() is not None else 'NOT installed - skipped'}; "
           f"cpu count {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; torch threads {args.threads}, {blas}")
+    if args.solvers:
+        bench_solvers(args.snorkel_epochs)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
+        return
     if args.structure_ablation:
         bench_structure_ablation(args.regime_n, args.regime_seeds)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -21,6 +21,7 @@ from lightning_ws.labelmodels import (
     WeightedMajorityVote,
     covered_mask,
     make_label_model,
+    make_regime_label_matrix,
     make_synthetic_label_matrix,
     moment_matching_objective,
     off_diagonal_block_mask,
@@ -450,7 +451,7 @@ def test_squarem_em_reaches_the_same_fixed_point(binary_data):
 
 
 def test_moment_matching_hessian_matches_finite_differences():
-    from lightning_ws.labelmodels.moment_matching import moment_matching_hessian
+    from lightning_ws.labelmodels.moment_matching import _hessian_diagonal, moment_matching_hessian, moment_matching_hvp
 
     rng = np.random.default_rng(5)
     for m, k, l2 in ((4, 2, 0.0), (3, 3, 0.3)):
@@ -467,13 +468,17 @@ def test_moment_matching_hessian_matches_finite_differences():
             gm = moment_matching_objective(mu - e.reshape(N, k), O, p, mask, mu, l2)[1].ravel()
             num[:, i] = (gp - gm) / 2e-6
         np.testing.assert_allclose(H, num, rtol=0, atol=1e-7)
+        V = rng.normal(size=(N, k))  # the matrix-free product and the diagonal used by Newton-CG agree with H
+        np.testing.assert_allclose(moment_matching_hvp(mu, V, O, p, mask, l2).ravel(), H @ V.ravel(), rtol=0,
+                                   atol=1e-10)
+        np.testing.assert_allclose(_hessian_diagonal(mu, p, mask, l2).ravel(), np.diag(H), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("init", ["auto", "mv", "precision"])
-def test_newton_equals_lbfgs_and_rowwise_statistics(binary_data, init, monkeypatch):
-    """Projected Newton on collapsed statistics reaches the L-BFGS-B optimum computed from the full rows."""
+def test_newton_equals_newton_cg_and_lbfgs_and_rowwise_statistics(binary_data, init, monkeypatch):
+    """Projected Newton on collapsed statistics reaches the optimum that Newton-CG (matrix-free) and L-BFGS-B
+    compute from the full rows."""
     import lightning_ws.labelmodels.matrix as mx
-    import lightning_ws.labelmodels.moment_matching as mm_mod
 
     L = binary_data.L[:20_000]
     fast = MomentMatching(init=init).fit(L)
@@ -481,9 +486,37 @@ def test_newton_equals_lbfgs_and_rowwise_statistics(binary_data, init, monkeypat
     assert rep["solver"] == "newton" and rep["converged"] and rep["proj_grad_norm"] < 1e-9
     assert rep["init"] == ("em" if init == "auto" else init)
     monkeypatch.setattr(mx, "_COLLAPSE_MAX_RATIO", 0.0)
-    monkeypatch.setattr(mm_mod, "_NEWTON_MAX_VARS", 0)
-    slow = MomentMatching(init="mv").fit(L, fast.class_balance_)
+    cg = MomentMatching(init="mv", solver="newton-cg").fit(L, fast.class_balance_)
+    assert cg.fit_report_["solver"] == "newton-cg" and cg.fit_report_["converged"]
+    assert cg.fit_report_["proj_grad_norm"] < 1e-9 and cg.fit_report_["cg_iter"] > 0
+    slow = MomentMatching(init="mv", solver="l-bfgs-b").fit(L, fast.class_balance_)
     assert slow.fit_report_["solver"] == "l-bfgs-b" and slow.fit_report_["stat_rows"] == L.shape[0]
+    for other in (cg, slow):
+        assert rep["objective"] <= other.fit_report_["objective"] + 1e-12
+        np.testing.assert_allclose(fast.mu_, other.mu_, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(fast.predict_proba(L), other.predict_proba(L), rtol=0, atol=1e-4)
+
+
+def test_newton_cg_takes_over_where_lbfgs_crawls(monkeypatch):
+    """20 LFs voting 4 of 5 classes (no LF ever votes the last one): an ill-conditioned problem on which L-BFGS-B alone
+    needs over a thousand iterations. The hybrid hands over to Newton-CG after 300, converges to the tolerance and
+    lands at least as low; above the dense-Newton limit it is what ``"auto"`` runs; a bad solver name is refused."""
+    import lightning_ws.labelmodels.moment_matching as mm_mod
+
+    R = make_regime_label_matrix(800, k=5, m=20, lf_type="multi", coverage=(0.01, 0.1), seed=3)
+    L = R.L.copy()
+    L[L == 4] = -1
+    L = L[:, (L != -1).any(axis=0)]
+    hybrid = MomentMatching(5, solver="l-bfgs-b+newton-cg").fit(L)
+    rep = hybrid.fit_report_
+    assert rep["solver"] == "l-bfgs-b+newton-cg" and rep["converged"] and rep["proj_grad_norm"] < 1e-9
+    assert rep["n_iter"] > 300 and rep["cg_iter"] > 0
+    slow = MomentMatching(5, solver="l-bfgs-b").fit(L)
+    assert slow.fit_report_["solver"] == "l-bfgs-b" and slow.fit_report_["n_iter"] > 1000
     assert rep["objective"] <= slow.fit_report_["objective"] + 1e-12
-    np.testing.assert_allclose(fast.mu_, slow.mu_, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(fast.predict_proba(L), slow.predict_proba(L), rtol=0, atol=1e-4)
+    agree = (hybrid.predict(L) == slow.predict(L)).mean()
+    assert agree >= 0.98, agree
+    monkeypatch.setattr(mm_mod, "_NEWTON_MAX_VARS", 100)  # this problem has 400 unknowns
+    assert MomentMatching(5).fit(L).fit_report_["solver"] == "l-bfgs-b+newton-cg"
+    with pytest.raises(ConfigError, match="solver must be one of"):
+        MomentMatching(solver="sgd")
