@@ -55,6 +55,26 @@ def test_wrench_user_folder_and_errors(tmp_path):
         load_wrench("youtube", "dev")  # type: ignore[arg-type]
 
 
+def test_wrench_rows_without_gold_labels(tmp_path):
+    # WRENCH writes -1 for an unlabelled row; null and a missing key mean the same. Refused by default (gold-label
+    # training and scoring need labels), accepted with allow_unlabeled (label models and pseudolabels need none).
+    rows = {"a": {"data": {"text": "hi"}, "label": -1, "weak_labels": [0, -1]},
+            "b": {"data": {"text": "buy"}, "label": None, "weak_labels": [1, 1]},
+            "c": {"data": {"text": "now"}, "weak_labels": [-1, 1]},
+            "d": {"data": {"text": "ok"}, "label": 0, "weak_labels": [0, 0]}}
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"3 of 4 examples have no gold label.*allow_unlabeled=True"):
+        load_wrench(tmp_path, "train")
+    d = load_wrench(tmp_path, "train", allow_unlabeled=True)
+    assert d.labels.tolist() == [-1, -1, -1, 0] and d.has_gold.tolist() == [False, False, False, True]
+    assert d.num_classes == 2 and d.weak_labels.tolist() == [[0, -1], [1, 1], [-1, 1], [0, 0]]
+    rows["d"]["label"] = -2
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"gold labels must lie in 0..1 \(or -1 for no label\); found -2"):
+        load_wrench(tmp_path, "train", allow_unlabeled=True)
+    assert load_wrench("youtube", "train").has_gold.all()
+
+
 def test_youtube_comments_domains():
     yt = load_youtube_comments()
     assert len(yt) == 1956

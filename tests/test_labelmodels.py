@@ -387,6 +387,34 @@ def test_cli_drops_lfs_that_never_vote_on_train(tmp_path, capsys):
     assert [r["metric_all"] for r in res["results"]] == [r["metric_all"] for r in ref["results"]]
 
 
+def test_cli_fits_an_unlabelled_train_split(tmp_path, capsys):
+    # WRENCH marks an unlabelled split with label -1 (users' own data has no label at all): the label models never
+    # read train gold labels, so the results equal the labelled set's; unlabelled test rows are not scored.
+    from tests.helpers.wrench import youtube_without_train_labels
+
+    youtube_without_train_labels(tmp_path / "yt")
+    args = ["--models", "mv,ds,auto"]
+    assert cli_main([str(tmp_path / "yt"), *args, "--output", str(tmp_path / "res.json")]) == 0
+    assert "no gold train labels: no emp_acc" in capsys.readouterr().out
+    assert cli_main(["youtube", *args, "--no-analysis", "--output", str(tmp_path / "ref.json")]) == 0
+    res, ref = (json.loads((tmp_path / f).read_text()) for f in ("res.json", "ref.json"))
+    assert res["train_rows_with_gold"] == 0 and ref["train_rows_with_gold"] == 1586
+    assert "emp_acc" not in res["lf_analysis"][0] and "emp_acc" in ref["lf_analysis"][0]
+    assert [r["metric_all"] for r in res["results"]] == [r["metric_all"] for r in ref["results"]]
+    with pytest.raises(ConfigError, match="oracle needs gold labels on every train row"):
+        cli_main([str(tmp_path / "yt"), "--models", "mv", "--class-balance", "oracle"])
+    youtube_without_train_labels(tmp_path / "yt5", test_unlabelled_every=5)
+    assert cli_main([str(tmp_path / "yt5"), "--models", "mv", "--no-analysis", "--tie-break", "first",
+                     "--output", str(tmp_path / "res5.json")]) == 0
+    assert "50 rows without a gold label not scored" in capsys.readouterr().out
+    res5 = json.loads((tmp_path / "res5.json").read_text())
+    test = load_wrench("youtube", "test")
+    keep = np.arange(test.n) % 5 != 0
+    pred = MajorityVote(2).fit(load_wrench("youtube", "train").weak_labels).predict(test.weak_labels, "first")
+    assert res5["eval_rows_scored"] == 200
+    assert res5["results"][0]["metric_all"] == pytest.approx((pred[keep] == test.labels[keep]).mean())
+
+
 def test_cli_bad_input(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="neither a shipped"):
         cli_main([str(tmp_path / "missing")])

@@ -8,7 +8,7 @@ import torch
 
 from lightning_ws.data import load_wrench
 from lightning_ws.datamodules import PseudoLabelDataModule
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.labelmodels.lf_apply import apply_lfs, lf_fingerprint
 from lightning_ws.losses import soft_cross_entropy
 
@@ -89,6 +89,26 @@ def test_default_datamodule_accepts_an_lf_that_never_votes_on_train(tmp_path):
     assert dm.label_model.fit_report_["silent_lfs"] == [10]
     np.testing.assert_allclose(dm.datasets["train"].labels, ref.datasets["train"].labels)
     assert dm.label_model_report["rows_kept"] == ref.label_model_report["rows_kept"]
+
+
+def test_pseudolabels_from_an_unlabelled_train_split(tmp_path):
+    # Weak supervision's use case: the train split has no gold labels (WRENCH's -1, null or none). The pseudolabel
+    # datamodule trains on it exactly as on the labelled copy; the gold-label datamodule refuses it, naming the fix.
+    from lightning_ws.datamodules import TextClassificationDataModule
+    from tests.helpers.wrench import youtube_without_train_labels
+
+    folder = str(youtube_without_train_labels(tmp_path))
+    dm = PseudoLabelDataModule(folder, batch_size=16)
+    dm.setup("fit")
+    ref = PseudoLabelDataModule("youtube", batch_size=16)
+    ref.setup("fit")
+    np.testing.assert_allclose(dm.datasets["train"].labels, ref.datasets["train"].labels)
+    assert dm.label_model_report["pseudolabel_accuracy_vs_gold"] is None
+    assert dm.label_model_report["gold_train_rows"] == 0 and ref.label_model_report["gold_train_rows"] == 1586
+    assert ref.label_model_report["pseudolabel_accuracy_vs_gold"] > 0.8
+    assert "emp_acc" not in dm.lf_analysis[0] and "emp_acc" in ref.lf_analysis[0]
+    with pytest.raises(DataError, match="have no gold label.*allow_unlabeled=True"):
+        TextClassificationDataModule(folder, batch_size=16).setup("fit")
 
 
 def test_labeling_functions_applied_in_parallel_and_cached(tmp_path):

@@ -54,7 +54,8 @@ class WrenchSplit:
         split: ``"train"``, ``"valid"`` or ``"test"``.
         ids: the example ids as they appear in the JSON file (strings).
         texts: the example texts.
-        labels: gold labels, shape ``(n,)``, int64 in ``0..k-1``.
+        labels: gold labels, shape ``(n,)``, int64 in ``0..k-1``; ``-1`` marks a row without a gold label (only
+            when loaded with ``allow_unlabeled=True``; see :attr:`has_gold`).
         weak_labels: the label matrix, shape ``(n, m)``, int64, ``-1`` = abstain.
         lf_names: one name per labeling function (column of ``weak_labels``).
         class_names: one name per class, index = class id.
@@ -68,6 +69,11 @@ class WrenchSplit:
     weak_labels: np.ndarray
     lf_names: list[str]
     class_names: list[str]
+
+    @property
+    def has_gold(self) -> np.ndarray:
+        """``(n,)`` bool: the rows that carry a gold label (all of them unless loaded with ``allow_unlabeled``)."""
+        return self.labels >= 0
 
     @property
     def n(self) -> int:
@@ -170,7 +176,7 @@ def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
 
 
 def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
-                check_rules: bool = True, require_text: bool = True) -> WrenchSplit:
+                check_rules: bool = True, require_text: bool = True, allow_unlabeled: bool = False) -> WrenchSplit:
     """Load one split of a WRENCH-format data set.
 
     Args:
@@ -186,13 +192,18 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
         require_text: ``False`` accepts examples without ``data.text`` (WRENCH's tabular, image and video sets keep
             features elsewhere; label models need only the label matrix); their ``texts`` are ``""``. The label-model
             CLI and benchmark load this way. ``True`` (for text models) refuses them with a message saying so.
+        allow_unlabeled: accept rows without a gold label (``"label": -1``, ``null`` or no ``label`` key: WRENCH
+            marks an unlabelled training split this way, and a user's own data is usually unlabelled); they get
+            label ``-1``. Label models and pseudolabel datamodules need no gold labels on the split they fit; the
+            default ``False`` refuses such rows with a message saying so (gold-label training and scoring need them).
 
     Returns:
         A :class:`WrenchSplit` with texts, gold labels, the ``n x m`` label matrix (``-1`` = abstain), LF names.
 
     Raises:
         DataFileNotFoundError: the folder or split file does not exist.
-        DataError: rows with a different number of weak labels, or a label outside the class range.
+        DataError: rows with a different number of weak labels, a label outside the class range, or rows without
+            a gold label when ``allow_unlabeled`` is ``False``.
     """
     if split not in ("train", "valid", "test"):
         raise DataError(f"split must be 'train', 'valid' or 'test', got {split!r}.")
@@ -212,7 +223,8 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
     m = None
     for key, ex in raw.items():
         try:
-            lab = int(ex["label"])
+            raw_lab = ex.get("label", None) if isinstance(ex, dict) else ex["label"]
+            lab = ABSTAIN if raw_lab is None else int(raw_lab)
             wl = [int(v) for v in ex["weak_labels"]]
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: example {key!r} is not in WRENCH format ({err!r}); expected "
@@ -239,8 +251,17 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
     k = len(class_names) if class_names else int(max(labels_arr.max(), weak_arr.max()) + 1)
     if class_names is None:
         class_names = [str(i) for i in range(k)]
-    if labels_arr.min() < 0 or labels_arr.max() >= k:
-        raise DataError(f"{path}: gold labels must lie in 0..{k - 1}; found {labels_arr.min()}..{labels_arr.max()}.")
+    unlabelled = labels_arr == ABSTAIN
+    if unlabelled.any() and not allow_unlabeled:
+        raise DataError(
+            f"{path}: {int(unlabelled.sum())} of {len(ids)} examples have no gold label (label -1, null or missing). "
+            f"Label models and pseudolabels need none on the split they fit: load it with "
+            f"load_wrench(..., allow_unlabeled=True) (`lightning-ws labelmodel` and PseudoLabelDataModule's train "
+            f"split do); training on gold labels or scoring against them needs labelled rows.")
+    gold = labels_arr[~unlabelled]
+    if gold.size and (gold.min() < 0 or gold.max() >= k):
+        raise DataError(f"{path}: gold labels must lie in 0..{k - 1} (or -1 for no label); found "
+                        f"{gold.min()}..{gold.max()}.")
     if weak_arr.size and (weak_arr.min() < ABSTAIN or weak_arr.max() >= k):
         raise DataError(f"{path}: weak labels must lie in -1..{k - 1}; found {weak_arr.min()}..{weak_arr.max()}.")
     if name == "youtube" and m == len(_YOUTUBE_LF_NAMES):

@@ -191,10 +191,15 @@ class TextClassificationDataModule(TokenizingMixin, pl.LightningDataModule):
         """Number of classes of the data set."""
         return len(self.class_names)
 
+    #: whether the train split must carry gold labels (the pseudolabel datamodules train without them)
+    _train_needs_gold: bool = True
+
     def load_split(self, split: str) -> WrenchSplit:
-        """The raw split (cached)."""
+        """The raw split (cached). A train split without gold labels is accepted only where the training targets do
+        not come from them (pseudolabel datamodules); validation and test need their gold labels."""
         if split not in self.splits:
-            self.splits[split] = load_wrench(self.dataset, split)  # type: ignore[arg-type]
+            self.splits[split] = load_wrench(self.dataset, split,  # type: ignore[arg-type]
+                                             allow_unlabeled=split == "train" and not self._train_needs_gold)
         return self.splits[split]
 
     def train_targets(self, data: WrenchSplit) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

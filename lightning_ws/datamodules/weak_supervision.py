@@ -87,6 +87,19 @@ def balance_targets(targets: np.ndarray, num_classes: int, max_weight: float = 1
     return new_q.astype(t.dtype if t.dtype.kind == "f" else np.float64), w
 
 
+def accuracy_vs_gold(pred: np.ndarray, gold: np.ndarray) -> float | None:
+    """Accuracy of hard pseudolabels on the rows that carry a gold label (``gold >= 0``); ``None`` when none does
+    (an unlabelled training split). A diagnostic of the pseudolabel datamodules: gold labels never reach training."""
+    known = np.asarray(gold) >= 0
+    return float((np.asarray(pred)[known] == np.asarray(gold)[known]).mean()) if known.any() else None
+
+
+def gold_or_none(gold: np.ndarray) -> np.ndarray | None:
+    """The gold labels when every row has one, else ``None`` (so ``LFAnalysis`` reports no empirical accuracies
+    instead of counting unlabelled rows as errors)."""
+    return gold if bool((np.asarray(gold) >= 0).all()) else None
+
+
 class PseudoLabelDataModule(TextClassificationDataModule):
     """Text classification trained from label-model pseudolabels instead of gold labels.
 
@@ -122,8 +135,10 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         label_model_report: coverage, kept rows, class balance and its source, the targets' class mass, the class
             weighting used, and the pseudolabels' accuracy against the gold training labels (a diagnostic only, with
             ties between classes broken at random by a generator seeded with ``seed``; gold labels never reach
-            training).
+            training; computed on the rows that have one, ``None`` for an unlabelled train split).
     """
+
+    _train_needs_gold = False  # the targets are pseudolabels: an unlabelled train split is fine
 
     def __init__(
         self,
@@ -254,11 +269,12 @@ class PseudoLabelDataModule(TextClassificationDataModule):
             "targets": "soft" if self._soft else "hard",
             "target_class_mass": np.asarray(mass, dtype=np.float64).round(4).tolist(),
             "class_weighting": weighting,
-            "pseudolabel_accuracy_vs_gold": float((hard == data.labels[rows]).mean()),
+            "pseudolabel_accuracy_vs_gold": accuracy_vs_gold(hard, data.labels[rows]),
+            "gold_train_rows": int(data.has_gold.sum()),
         }
         from lightning_ws.labelmodels.matrix import LFAnalysis
 
-        self.lf_analysis = LFAnalysis(L, data.labels, lf_names=names,
+        self.lf_analysis = LFAnalysis(L, gold_or_none(data.labels), lf_names=names,
                                       num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_ws.errors import ConfigError
+from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.labelmodels.base import TIE_BREAKS
 from lightning_ws.labelmodels.factory import LABEL_MODEL_NAMES, make_label_model
 from lightning_ws.labelmodels.matrix import LFAnalysis, _column_vote_counts, covered_mask
@@ -90,18 +90,30 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--models is empty; pass e.g. --models mv,ds,mm.")
     for n in names:  # fail fast on unknown names, before loading data
         make_label_model(n, seed=args.seed)
-    train = load_wrench(args.dataset, "train", require_text=False)
-    valid = load_wrench(args.dataset, "valid", require_text=False)
-    evals = load_wrench(args.dataset, args.eval_split, require_text=False)
+    # label models fit without gold labels: any split may hold unlabelled rows (WRENCH marks them -1); the gold
+    # labels that exist are used for scoring, the dev prior and the LF analysis only
+    train, valid, evals = (load_wrench(args.dataset, s, require_text=False, allow_unlabeled=True)
+                           for s in ("train", "valid", args.eval_split))
     k = train.num_classes
     metric = args.metric if args.metric != "auto" else ("f1" if train.name.lower() in WRENCH_F1_SETS else "accuracy")
+    scored = evals.has_gold
+    if not scored.any():
+        raise DataError(f"the {args.eval_split} split of {train.name} has no gold labels to score against; pass "
+                        f"--eval-split with a labelled split.")
     if args.class_balance == "oracle":
+        if not train.has_gold.all():
+            raise ConfigError("--class-balance oracle needs gold labels on every train row; this train split has "
+                              f"{int((~train.has_gold).sum())} without one. Use estimated or dev.")
         cb: Any = np.bincount(train.labels, minlength=k) / len(train.labels)
     else:
         cb = args.class_balance
+    if cb == "dev" and not valid.has_gold.any():
+        raise ConfigError("--class-balance dev needs gold labels on the valid split; it has none. Use estimated.")
+    y_analysis = train.labels if train.has_gold.all() else None
     if not args.no_analysis:
-        print(f"LF analysis, {train.name} train split (emp_acc uses gold labels):")
-        print(LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names, num_classes=k).to_table())
+        print(f"LF analysis, {train.name} train split" + (" (emp_acc uses gold labels):" if y_analysis is not None
+                                                            else " (no gold train labels: no emp_acc):"))
+        print(LFAnalysis(train.weak_labels, y_analysis, lf_names=train.lf_names, num_classes=k).to_table())
         print()
     # LFs that never vote on train leave every per-LF parameter undefined: the single models refuse them, so they
     # are dropped for every model alike (auto would ignore them anyway) and the table says so.
@@ -114,28 +126,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(silent_names)} LF(s) never vote on the train split and are dropped for every model: "
               f"{silent_names[:20]}\n")
     cov = covered_mask(L_eval)
+    y_eval, cov_scored = evals.labels[scored], cov[scored]
+    dev_y = valid.labels[valid.has_gold] if valid.has_gold.any() else None
     rows = []
     for name in names:
         lm = make_label_model(name, num_classes=k, seed=args.seed)
-        lm.fit(L_train, cb, dev_y=valid.labels, lf_names=lf_names)
+        lm.fit(L_train, cb, dev_y=dev_y, lf_names=lf_names)
         pred, ties = lm.predict(L_eval, args.tie_break, return_ties=True)
+        pred = pred[scored]
         rep = lm.fit_report_
-        rows.append({"model": lm.name, "metric_all": score(evals.labels, pred, metric, args.pos_label),
-                     "metric_covered": score(evals.labels[cov], pred[cov], metric, args.pos_label),
+        rows.append({"model": lm.name, "metric_all": score(y_eval, pred, metric, args.pos_label),
+                     "metric_covered": score(y_eval[cov_scored], pred[cov_scored], metric, args.pos_label),
                      "tie_rate": float(ties.mean()), "fit_time_s": float(rep["fit_time_s"]),
                      "class_balance_source": lm.class_balance_source,
                      "class_balance": lm.class_balance_.tolist(), "converged": bool(rep.get("converged", True)),
                      "n_iter": int(rep.get("n_iter", 0)), "lf_accuracies": lm.lf_accuracies.tolist()})
+    unscored = f", {evals.n - int(scored.sum())} rows without a gold label not scored" if not scored.all() else ""
     print(f"{train.name}: fit on train (n={train.n}, m={L_train.shape[1]}), scored on {args.eval_split} "
-          f"(n={evals.n}, covered {cov.mean():.3f}); metric={metric}, class balance={args.class_balance}, "
+          f"(n={int(scored.sum())}{unscored}, covered {cov_scored.mean():.3f}); metric={metric}, "
+          f"class balance={args.class_balance}, "
           f"tie break={args.tie_break}, seed={args.seed}")
     print(_results_table(rows, metric))
     if args.output:
         report = {"dataset": train.name, "eval_split": args.eval_split, "metric": metric,
                   "class_balance_mode": args.class_balance, "tie_break": args.tie_break, "seed": args.seed,
-                  "evaluation": "inductive (fit on train)", "eval_coverage": float(cov.mean()), "results": rows,
-                  "lfs_dropped_never_vote_on_train": silent_names,
-                  "lf_analysis": LFAnalysis(train.weak_labels, train.labels, lf_names=train.lf_names,
+                  "evaluation": "inductive (fit on train)", "eval_coverage": float(cov_scored.mean()),
+                  "eval_rows_scored": int(scored.sum()), "train_rows_with_gold": int(train.has_gold.sum()),
+                  "results": rows, "lfs_dropped_never_vote_on_train": silent_names,
+                  "lf_analysis": LFAnalysis(train.weak_labels, y_analysis, lf_names=train.lf_names,
                                             num_classes=k).summary()}
         save_json(args.output, to_jsonable(report))  # NaN (e.g. emp_acc of an LF without votes) -> null
         print(f"results written to {args.output}")

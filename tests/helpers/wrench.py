@@ -20,3 +20,28 @@ def youtube_with_silent_lf(folder: Path, every: int = 7) -> Path:
         (folder / f"{split}.json").write_text(json.dumps(rows))
     (folder / "label.json").write_text((src / "label.json").read_text())
     return folder
+
+
+def youtube_without_train_labels(folder: Path, test_unlabelled_every: int = 0) -> Path:
+    """Write the shipped YouTube set to ``folder`` with no gold label on train (WRENCH's ``-1`` on the first third of
+    the rows, ``null`` on the second, no ``label`` key on the rest) and, with ``test_unlabelled_every > 0``, label -1
+    on every such row of test (the readme is copied, so the LFs keep their names)."""
+    src = DATA_DIR / "wrench" / "youtube"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        rows = json.loads((src / f"{split}.json").read_text())
+        n = len(rows)
+        for i, row in enumerate(rows.values()):
+            if split == "train":
+                if i < n // 3:
+                    row["label"] = -1
+                elif i < 2 * n // 3:
+                    row["label"] = None
+                else:
+                    del row["label"]
+            elif split == "test" and test_unlabelled_every and i % test_unlabelled_every == 0:
+                row["label"] = -1
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    for name in ("label.json", "readme.txt"):
+        (folder / name).write_text((src / name).read_text())
+    return folder
