@@ -167,6 +167,28 @@ def test_auto_keeps_majority_vote_when_ci_models_fail_and_leaves_it_when_they_wi
     assert (auto.predict(good.L) == good.y).mean() > (MajorityVote().fit(good.L).predict(good.L) == good.y).mean()
 
 
+def test_auto_rejects_a_label_swapped_pick():
+    # 8 % positives, single-class LFs whose precision (0.3-0.7) is below the negative class's share for the
+    # negative rules: EM's label-free optimum is the class-permuted one, the selection criterion (which assumes
+    # held-out LFs better than chance) prefers it, and it labels 97 % of the rows wrong. It reverses most clear
+    # vote majorities, so auto keeps majority vote and says why; healthy picks agree with MV on most clear rows.
+    R = make_regime_label_matrix(4000, k=2, m=5, lf_type="single", coverage=(0.02, 0.1), accuracy=(0.3, 0.7),
+                                 imbalance=11.5, seed=501)
+    swapped = DawidSkene(2).fit(R.L)
+    mv = MajorityVote(2).fit(R.L)
+    assert (swapped.predict(R.L) == R.y).mean() < 0.1 < 0.85 < (mv.predict(R.L) == R.y).mean()
+    with pytest.warns(UserWarning, match=r"dawid_skene agrees with majority vote on only \d+% .*majority vote is used"):
+        auto = AutoLabelModel(2).fit(R.L)
+    rejected = auto.fit_report_["selection"]["rejected"]
+    assert auto.selected == "majority_vote/raw" and rejected["pick"] == "dawid_skene"
+    assert rejected["mv_agreement"] < 0.5 and rejected["reason"] == "label-swapped"
+    np.testing.assert_array_equal(auto.predict(R.L), mv.predict(R.L))
+    good = make_regime_label_matrix(4000, k=2, m=12, lf_type="multi", coverage=(0.1, 0.5), seed=10)
+    fine = AutoLabelModel(2).fit(good.L)
+    assert fine.selected != "majority_vote/raw" and fine.fit_report_["selection"]["mv_agreement"] > 0.8
+    assert "rejected" not in fine.fit_report_["selection"]
+
+
 def test_auto_with_dev_labels_selects_on_dev_and_round_trips(tmp_path):
     d = make_regime_label_matrix(4000, k=3, m=15, lf_type="multi", seed=11)
     dev = make_regime_label_matrix(300, k=3, m=15, lf_type="multi", seed=11)  # same LF parameters, fresh rows

@@ -45,6 +45,10 @@ _SELECT_TOL = 1e-4
 #: a flat ridge (WRENCH TREC and SMS: 9 of 20 fold fits ran to the default cap of 1000 steps without meeting the
 #: tolerance) while its hard labels stopped changing long before.
 _SELECT_MAX_ITER = 100
+#: A label-free pick must agree with majority vote on at least this share of the rows where the vote majority is
+#: clear (covered, no tie); below it the fit took the class-permuted ("label-swapped") solution, see
+#: :meth:`AutoLabelModel._reject_swapped`.
+_MIN_MV_AGREEMENT = 0.5
 #: Share of all-abstain rows from which :meth:`AutoLabelModel._warn_uncovered_balance` warns (at 5 % a class
 #: balance that picks the other class can move accuracy by up to 5 points).
 _UNCOVERED_WARN_SHARE = 0.05
@@ -94,6 +98,10 @@ class AutoLabelModel(LabelModel):
     LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
     least 5 % of the rows get no vote and the pick's balance gives them another class than majority vote's vote
     shares would (``fit_report_["uncovered"]`` records the share and the balances compared).
+
+    Label-swap guard: a label-free pick whose hard labels differ from majority vote's on more than half of the rows
+    where the vote majority is clear is a class-permuted fit; it is rejected for majority vote, with a warning
+    (:meth:`_reject_swapped`; ``fit_report_["selection"]["mv_agreement"]`` and ``["rejected"]``).
 
     LFs that never vote on the fit matrix (a rare rule on a small train split, a program that never fires) carry no
     information there: instead of refusing the matrix, as the single models do, ``auto`` warns, records them in
@@ -334,6 +342,9 @@ class AutoLabelModel(LabelModel):
         if model is None:  # pragma: no cover - the candidate fitted on sub-matrices, so the full fit works
             variant, name, self.merged_ = "raw", "majority_vote", False
             model = self._make(name).fit(L, self._cb())
+        if name != "majority_vote" and dev_y is None and self._reject_swapped(L, model, M, name, info):
+            variant, name, self.merged_ = "raw", "majority_vote", False
+            model = self._fit_quiet(name, L)
         self.inner_ = model
         if self.class_balance_ is None:
             self.class_balance_ = model.class_balance_
@@ -344,6 +355,39 @@ class AutoLabelModel(LabelModel):
                                 n_clusters=len(self.clusters_), selection=info,
                                 converged=bool(model.fit_report_.get("converged", True)),
                                 n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_)
+
+    def _reject_swapped(self, L: np.ndarray, model: LabelModel, M: np.ndarray, name: str,
+                        info: dict[str, Any]) -> bool:
+        """``True`` (and a warning) when the label-free pick contradicts the plain vote majority on most rows.
+
+        Label-free estimation identifies the classes only up to a permutation; the assumption that fixes it is that
+        LFs vote for their class better than chance. A model whose hard labels differ from majority vote's on more
+        than half (:data:`_MIN_MV_AGREEMENT`) of the rows where the vote majority is clear (covered, untied) has
+        taken the permuted solution, however well it scores: the selection criterion itself assumes held-out LFs
+        better than chance, and LFs of a majority class whose precision is below that class's share break it. On
+        spouse-like synthetic matrices (8-20 % positives, LF precision 0.3-0.7) 14 picks agreed on 41-50 %: 13 of
+        them were 55-86 points of accuracy below majority vote, one 1.8 above; picks in the other regimes, the
+        regime matrix, WRENCH and a 720-draw sweep agreed on 64 % or more (``benchmarks/diag_label_swap.py``). The
+        agreement is recorded in ``fit_report_["selection"]["mv_agreement"]``.
+        """
+        k = self.k_
+        votes = np.stack([(L == c).sum(axis=1) for c in range(k)], axis=1)
+        top = votes.max(axis=1)
+        clear = (top > 0) & ((votes == top[:, None]).sum(axis=1) == 1)
+        if not clear.any():
+            return False
+        P = model.predict_proba(M[clear])
+        agree = float((P.argmax(axis=1) == votes[clear].argmax(axis=1)).mean())
+        info["mv_agreement"] = agree
+        if agree >= _MIN_MV_AGREEMENT:
+            return False
+        info["rejected"] = {"pick": name, "mv_agreement": agree, "reason": "label-swapped"}
+        warnings.warn(f"AutoLabelModel: the label-free pick {name} agrees with majority vote on only {agree:.0%} "
+                      f"of the {int(clear.sum())} rows where the vote majority is clear, i.e. it reverses most "
+                      "unambiguous votes (a class-permuted fit: some LFs are probably worse than chance for their "
+                      "class); majority vote is used instead. Check the LFs' precision, or pass dev_L/dev_y.",
+                      stacklevel=3)
+        return True
 
     def _drop_silent(self, L: np.ndarray, dev_L: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Remove the LF columns that never vote (warn and record them; ``fit`` refused a matrix without votes)."""
