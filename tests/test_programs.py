@@ -292,6 +292,9 @@ def test_apply_dedup_filter_and_metrics(sandbox, tmp_path):
     assert m[0] == {"coverage": 1.0, "accuracy": 1.0} and m[2]["coverage"] == 0.4
     assert filter_programs(app.L, y, min_accuracy=0.9) == [0, 1]
     assert filter_programs(app.L, y, min_coverage=0.5) == [0, 1]
+    partly = np.array([1, -1, -1, 0, 0])  # rows without a gold label (-1) count for coverage, not accuracy
+    assert lf_metrics(app.L, partly)[2] == {"coverage": 0.4, "accuracy": 0.0}
+    assert lf_metrics(app.L, partly)[0] == {"coverage": 1.0, "accuracy": 1.0}
     assert data_hash(["a", "b"]) != data_hash(["ab"]) and data_hash([{"x": 1}]) == data_hash([{"x": 1}])
 
 

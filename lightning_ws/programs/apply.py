@@ -174,13 +174,16 @@ def dedup_programs(L_probe: np.ndarray) -> tuple[list[int], dict[int, list[int]]
 
 
 def lf_metrics(L: np.ndarray, y: np.ndarray | None = None) -> list[dict[str, float]]:
-    """Per column: coverage, and accuracy on the rows it covers (``NaN`` when it covers none) when ``y`` is given."""
+    """Per column: coverage, and, when ``y`` is given, accuracy on the rows it covers that have a gold label
+    (``y >= 0``; ``-1`` marks an unlabelled row; ``NaN`` when there are none)."""
     out = []
+    gold = None if y is None else np.asarray(y) >= 0
     for j in range(L.shape[1]):
         cov = L[:, j] >= 0
         d = {"coverage": float(cov.mean()) if len(cov) else 0.0}
         if y is not None:
-            d["accuracy"] = float((L[cov, j] == y[cov]).mean()) if cov.any() else float("nan")
+            scored = cov & gold
+            d["accuracy"] = float((L[scored, j] == y[scored]).mean()) if scored.any() else float("nan")
         out.append(d)
     return out
 

@@ -185,7 +185,7 @@ def _apply(args: argparse.Namespace) -> int:
     from lightning_ws.io import save_json, save_tensors
     from lightning_ws.programs.apply import apply_programs, dedup_programs, lf_metrics
 
-    data = load_wrench(args.dataset, args.split)
+    data = load_wrench(args.dataset, args.split, allow_unlabeled=True)  # programs need texts, not labels
     task = args.task or data.name
     if args.store == "recorded":
         from lightning_ws.programs.generate import recorded_programs
@@ -208,7 +208,8 @@ def _apply(args: argparse.Namespace) -> int:
         keep, _ = dedup_programs(app.L)
     L = app.L[:, keep]
     metrics = lf_metrics(L, data.labels)
-    print(f"{'program':16s} {'prompt':30s} coverage accuracy({args.split} gold)")
+    gold = int(data.has_gold.sum())
+    print(f"{'program':16s} {'prompt':30s} coverage accuracy({args.split} gold, {gold} of {data.n} rows labelled)")
     for j, m in zip(keep, metrics):
         print(f"{progs[j].id:16s} {progs[j].prompt_id:30s} {m['coverage']:.3f}    {m['accuracy']:.3f}")
     cov = float((L >= 0).any(1).mean()) if L.size else 0.0
