@@ -415,6 +415,16 @@ def test_cli_fits_an_unlabelled_train_split(tmp_path, capsys):
     assert res5["results"][0]["metric_all"] == pytest.approx((pred[keep] == test.labels[keep]).mean())
 
 
+def test_cli_needs_the_valid_split_only_for_the_dev_prior(tmp_path):
+    from lightning_ws.data.wrench_loader import DATA_DIR
+
+    for name in ("train.json", "test.json", "label.json"):
+        (tmp_path / name).write_text((DATA_DIR / "wrench" / "youtube" / name).read_text())
+    assert cli_main([str(tmp_path), "--models", "mv,auto", "--no-analysis"]) == 0
+    with pytest.raises(DataFileNotFoundError, match="valid split not found"):
+        cli_main([str(tmp_path), "--models", "mv", "--class-balance", "dev"])
+
+
 def test_cli_bad_input(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="neither a shipped"):
         cli_main([str(tmp_path / "missing")])

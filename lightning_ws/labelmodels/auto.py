@@ -342,7 +342,8 @@ class AutoLabelModel(LabelModel):
         if model is None:  # pragma: no cover - the candidate fitted on sub-matrices, so the full fit works
             variant, name, self.merged_ = "raw", "majority_vote", False
             model = self._make(name).fit(L, self._cb())
-        if name != "majority_vote" and dev_y is None and self._reject_swapped(L, model, M, name, info):
+        label_free = info.get("criterion") != "dev accuracy"  # a pick made on dev labels is checked by them
+        if name != "majority_vote" and label_free and self._reject_swapped(L, model, M, name, info):
             variant, name, self.merged_ = "raw", "majority_vote", False
             model = self._fit_quiet(name, L)
         self.inner_ = model

@@ -92,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         make_label_model(n, seed=args.seed)
     # label models fit without gold labels: any split may hold unlabelled rows (WRENCH marks them -1); the gold
     # labels that exist are used for scoring, the dev prior and the LF analysis only
-    train, valid, evals = (load_wrench(args.dataset, s, require_text=False, allow_unlabeled=True)
-                           for s in ("train", "valid", args.eval_split))
+    train, evals = (load_wrench(args.dataset, s, require_text=False, allow_unlabeled=True)
+                    for s in ("train", args.eval_split))
+    # the valid split serves only the dev prior: read it when that is asked for
+    valid = (load_wrench(args.dataset, "valid", require_text=False, allow_unlabeled=True)
+             if args.class_balance == "dev" else None)
     k = train.num_classes
     metric = args.metric if args.metric != "auto" else ("f1" if train.name.lower() in WRENCH_F1_SETS else "accuracy")
     scored = evals.has_gold
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         cb: Any = np.bincount(train.labels, minlength=k) / len(train.labels)
     else:
         cb = args.class_balance
-    if cb == "dev" and not valid.has_gold.any():
+    if valid is not None and not valid.has_gold.any():
         raise ConfigError("--class-balance dev needs gold labels on the valid split; it has none. Use estimated.")
     y_analysis = train.labels if train.has_gold.all() else None
     if not args.no_analysis:
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{silent_names[:20]}\n")
     cov = covered_mask(L_eval)
     y_eval, cov_scored = evals.labels[scored], cov[scored]
-    dev_y = valid.labels[valid.has_gold] if valid.has_gold.any() else None
+    dev_y = None if valid is None else valid.labels[valid.has_gold]
     rows = []
     for name in names:
         lm = make_label_model(name, num_classes=k, seed=args.seed)
