@@ -428,6 +428,16 @@ def test_cli_needs_the_valid_split_only_for_the_dev_prior(tmp_path):
 def test_cli_bad_input(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="neither a shipped"):
         cli_main([str(tmp_path / "missing")])
+    from lightning_ws.data.wrench_loader import DATA_DIR
+
+    for name in ("train.json", "test.json"):  # test rows carry one more LF column than train rows
+        rows = json.loads((DATA_DIR / "wrench" / "youtube" / name).read_text())
+        if name == "test.json":
+            for row in rows.values():
+                row["weak_labels"] = list(row["weak_labels"]) + [-1]
+        (tmp_path / name).write_text(json.dumps(rows))
+    with pytest.raises(DataError, match="train split of .* has 10 labeling-function columns but the test split has 11"):
+        cli_main([str(tmp_path), "--models", "mv", "--no-analysis"])
     with pytest.raises(ConfigError, match="unknown label model"):
         cli_main(["youtube", "--models", "mv,bogus"])
 

@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     valid = (load_wrench(args.dataset, "valid", require_text=False, allow_unlabeled=True)
              if args.class_balance == "dev" else None)
     k = train.num_classes
+    if evals.weak_labels.shape[1] != train.weak_labels.shape[1]:
+        raise DataError(f"the train split of {train.name} has {train.weak_labels.shape[1]} labeling-function columns "
+                        f"but the {args.eval_split} split has {evals.weak_labels.shape[1]}; every split must hold "
+                        f"the same LFs in the same column order (WRENCH's weak_labels lists).")
     metric = args.metric if args.metric != "auto" else ("f1" if train.name.lower() in WRENCH_F1_SETS else "accuracy")
     scored = evals.has_gold
     if not scored.any():
