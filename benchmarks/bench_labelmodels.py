@@ -493,13 +493,13 @@ def bench_scale(n: int, m: int, with_snorkel: bool, timeout: int) -> list[dict]:
 
 
 SOLVER_CASES = (
-    ("relation-style: 164 single-class LFs, k=9", dict(n=3000, k=9, m=164, lf_type="single",
-                                                       coverage=(0.005, 0.05), accuracy=(0.8, 0.99))),
-    ("164 LFs voting every class, k=9", dict(n=3000, k=9, m=164, lf_type="multi", coverage=(0.005, 0.05))),
-    ("crowd-style: 100 annotators, k=10", dict(n=5000, k=10, m=100, lf_type="multi", coverage=(0.02, 0.2))),
-    ("60 LFs voting every class, k=6", dict(n=5000, k=6, m=60, lf_type="multi", coverage=(0.05, 0.3))),
-    ("164 LFs of 8 classes, 10 % stray votes, k=9", dict(n=1749, k=9, m=164, noise=0.1)),
-    ("164 LFs of 8 classes, 30 % stray votes, k=9", dict(n=1749, k=9, m=164, noise=0.3)),
+    ("relation-style: 164 single-class LFs, k=9", {"n": 3000, "k": 9, "m": 164, "lf_type": "single",
+                                                   "coverage": (0.005, 0.05), "accuracy": (0.8, 0.99)}),
+    ("164 LFs voting every class, k=9", {"n": 3000, "k": 9, "m": 164, "lf_type": "multi", "coverage": (0.005, 0.05)}),
+    ("crowd-style: 100 annotators, k=10", {"n": 5000, "k": 10, "m": 100, "lf_type": "multi", "coverage": (0.02, 0.2)}),
+    ("60 LFs voting every class, k=6", {"n": 5000, "k": 6, "m": 60, "lf_type": "multi", "coverage": (0.05, 0.3)}),
+    ("164 LFs of 8 classes, 10 % stray votes, k=9", {"n": 1749, "k": 9, "m": 164, "noise": 0.1}),
+    ("164 LFs of 8 classes, 30 % stray votes, k=9", {"n": 1749, "k": 9, "m": 164, "noise": 0.3}),
 )
 
 

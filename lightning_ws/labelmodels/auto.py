@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lightning_ws.errors import ConfigError
-from lightning_ws.labelmodels.base import LabelModel, _check_float, _check_int, registry
+from lightning_ws.labelmodels.base import LabelModel, _check_float, _check_int, registry, single_thread_blas
 from lightning_ws.labelmodels.dawid_skene import DawidSkene
 from lightning_ws.labelmodels.matrix import (
     _COLLAPSE_MAX_RATIO,
@@ -331,10 +331,11 @@ class AutoLabelModel(LabelModel):
         self.clusters_ = self._clusters(L)
         if "rpca_edges" in self.fit_report_:
             self.fit_report_["rpca_edges"] = [[int(cols[j]) for j in e] for e in self.fit_report_["rpca_edges"]]
-        if dev_L is not None and dev_y is not None:
-            choice, info = self._select_dev(L, dev_L, dev_y)
-        else:
-            choice, info = self._select_label_free(L)
+        with single_thread_blas():  # dozens of small fits: BLAS threads cost more than they give
+            if dev_L is not None and dev_y is not None:
+                choice, info = self._select_dev(L, dev_L, dev_y)
+            else:
+                choice, info = self._select_label_free(L)
         variant, name = choice
         self.merged_ = variant == "merged"
         M = merge_clusters(L, self.clusters_, k) if self.merged_ else L

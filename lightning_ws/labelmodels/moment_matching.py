@@ -14,6 +14,7 @@ from lightning_ws.labelmodels.base import (
     confusions_from_soft_labels,
     mv_proba,
     posterior_from_logtab,
+    single_thread_blas,
 )
 from lightning_ws.labelmodels.matrix import collapse_rows, covered_mask, onehot_block, overlap_matrix
 
@@ -288,10 +289,11 @@ class MomentMatching(MuLabelModel):
     with the exact Hessian (:func:`moment_matching_hessian`; a handful of iterations) when there are at most 1200
     unknowns; above, up to 300 iterations of bound-constrained L-BFGS-B, then, if that has not reached the tolerance,
     projected Newton with truncated conjugate-gradient steps on Hessian-vector products (:func:`moment_matching_hvp`,
-    ``fit_report_["cg_iter"]``); L-BFGS-B to ``max_iter`` if Newton does not converge. L-BFGS-B alone needed 6,258
-    iterations (72 s) on an ill-conditioned 164-LF, 9-class matrix that Newton-CG solves in about 2 s, while on
+    ``fit_report_["cg_iter"]``); L-BFGS-B to ``max_iter`` if Newton does not converge. L-BFGS-B alone needed
+    thousands of iterations on ill-conditioned many-LF, 9-class matrices that the hand-over solves in 1-4 s, while on
     well-conditioned ones it converges in 40-140 iterations, faster than Newton-CG (``benchmarks/
-    bench_labelmodels.py --solvers``). ``fit_report_["solver"]`` names the solver(s) that ran. Rows ``(j, l)`` of a vote that LF ``j`` never casts are exactly 0 at
+    bench_labelmodels.py --solvers``). ``fit_report_["solver"]`` names the solver(s) that ran. The solve runs with
+    BLAS limited to one thread (:func:`~lightning_ws.labelmodels.base.single_thread_blas`). Rows ``(j, l)`` of a vote that LF ``j`` never casts are exactly 0 at
     every optimum (with ``l2 = 0``) and are dropped from the solve. The sufficient statistic ``O`` is built from the
     unique vote patterns weighted by their counts when the matrix has few of them (exact: integer counts; WRENCH SMS
     4571 rows -> 143 patterns), else in one streaming pass (float32 GEMM per chunk, float64 accumulation), so the
@@ -428,63 +430,64 @@ class MomentMatching(MuLabelModel):
             O = (psi * w[:, None]).T @ psi / n
         else:
             O = overlap_matrix(L, k)
-        init = self.init
-        if init == "auto":
-            init = "em" if em_conf is not None and self.l2 == 0 else "mv"
-        if init == "em":  # the EM confusions P(lambda_j = l | Y = y) estimate the same population quantity as mu
-            mu0 = em_conf[:, :, 1:].transpose(0, 2, 1).reshape(m * k, k).copy()
-        elif collapsed is not None:
-            mu0 = self._initial_mu(U, O, p, w, init)
-        else:
-            mu0 = self._initial_mu(L, O, p, None, init)
-        mask = off_diagonal_block_mask(m, k)
-        f0, _ = moment_matching_objective(mu0, O, p, mask, mu0, self.l2)
-        # Rows (j, l) for a vote l that LF j never casts (every single-polarity LF has them) have O's row and
-        # column zero, so they only add non-negative terms and are 0 at every optimum (when l2 = 0). Dropping them
-        # leaves an exactly equivalent, smaller problem without the degenerate (zero-gradient) bounds.
-        keep = np.diag(O) > 0 if self.l2 == 0 else np.ones(m * k, dtype=bool)
-        Ok, maskk, mu0k = O[np.ix_(keep, keep)], mask[np.ix_(keep, keep)], mu0[keep]
-        shape = mu0k.shape
+        with single_thread_blas():  # many small dense products: BLAS threads cost more than they give
+            init = self.init
+            if init == "auto":
+                init = "em" if em_conf is not None and self.l2 == 0 else "mv"
+            if init == "em":  # the EM confusions P(lambda_j = l | Y = y) estimate the same population quantity as mu
+                mu0 = em_conf[:, :, 1:].transpose(0, 2, 1).reshape(m * k, k).copy()
+            elif collapsed is not None:
+                mu0 = self._initial_mu(U, O, p, w, init)
+            else:
+                mu0 = self._initial_mu(L, O, p, None, init)
+            mask = off_diagonal_block_mask(m, k)
+            f0, _ = moment_matching_objective(mu0, O, p, mask, mu0, self.l2)
+            # Rows (j, l) for a vote l that LF j never casts (every single-polarity LF has them) have O's row and
+            # column zero, so they only add non-negative terms and are 0 at every optimum (when l2 = 0). Dropping them
+            # leaves an exactly equivalent, smaller problem without the degenerate (zero-gradient) bounds.
+            keep = np.diag(O) > 0 if self.l2 == 0 else np.ones(m * k, dtype=bool)
+            Ok, maskk, mu0k = O[np.ix_(keep, keep)], mask[np.ix_(keep, keep)], mu0[keep]
+            shape = mu0k.shape
 
-        def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-            f, g = moment_matching_objective(x.reshape(shape), Ok, p, maskk, mu0k, self.l2)
-            return f, g.ravel()
+            def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+                f, g = moment_matching_objective(x.reshape(shape), Ok, p, maskk, mu0k, self.l2)
+                return f, g.ravel()
 
-        solver = self.solver
-        if solver == "auto":
-            solver = "newton" if mu0k.size <= _NEWTON_MAX_VARS else "l-bfgs-b+newton-cg"
-        x, x0, nit, messages, used = None, mu0k.ravel(), 0, [], solver
-        if solver == "l-bfgs-b+newton-cg":  # well-conditioned problems end here, cheaply
-            x0, it, msg = _lbfgsb(fun, x0, self.tol, min(self.max_iter, _LBFGSB_FIRST_ITERS))
-            nit, used = nit + it, "l-bfgs-b"
-            messages.append(msg)
-            if _projected_grad_norm(x0, fun(x0)[1]) < self.tol:
-                x = x0
-        if x is None and solver != "l-bfgs-b":
-            if solver == "newton":  # dense Hessian, Cholesky-checked Newton steps
-                direction = _cholesky_direction(
-                    lambda z: moment_matching_hessian(z.reshape(shape), Ok, p, maskk, self.l2))
-            else:  # matrix-free: Hessian-vector products and conjugate gradients
-                direction = _cg_direction(
-                    lambda z, v: moment_matching_hvp(z.reshape(shape), v.reshape(shape), Ok, p, maskk,
-                                                     self.l2).ravel(),
-                    lambda z: _hessian_diagonal(z.reshape(shape), p, maskk, self.l2).ravel())
-            xn, it, msg = _projected_newton(fun, direction, x0, self.tol, min(self.max_iter, 200))
-            nit, used = nit + it, solver
-            messages.append(msg)
-            if solver != "newton":
-                self.fit_report_["cg_iter"] = direction.cg_iter
-            if msg == "converged":
-                x = xn
-        if x is None:  # asked for, or Newton did not reach the tolerance: L-BFGS-B
-            x, it, msg = _lbfgsb(fun, x0, self.tol, self.max_iter)
-            nit, used = nit + it, "l-bfgs-b" if solver in ("newton", "l-bfgs-b") else f"{solver}+l-bfgs-b"
-            messages.append(msg)
-        message = "; ".join(messages)
-        mu = np.zeros_like(mu0)
-        mu[keep] = np.clip(x.reshape(shape), 0.0, 1.0)
-        f, g = moment_matching_objective(mu, O, p, mask, mu0, self.l2)
-        pg = _projected_grad_norm(mu, g)
+            solver = self.solver
+            if solver == "auto":
+                solver = "newton" if mu0k.size <= _NEWTON_MAX_VARS else "l-bfgs-b+newton-cg"
+            x, x0, nit, messages, used = None, mu0k.ravel(), 0, [], solver
+            if solver == "l-bfgs-b+newton-cg":  # well-conditioned problems end here, cheaply
+                x0, it, msg = _lbfgsb(fun, x0, self.tol, min(self.max_iter, _LBFGSB_FIRST_ITERS))
+                nit, used = nit + it, "l-bfgs-b"
+                messages.append(msg)
+                if _projected_grad_norm(x0, fun(x0)[1]) < self.tol:
+                    x = x0
+            if x is None and solver != "l-bfgs-b":
+                if solver == "newton":  # dense Hessian, Cholesky-checked Newton steps
+                    direction = _cholesky_direction(
+                        lambda z: moment_matching_hessian(z.reshape(shape), Ok, p, maskk, self.l2))
+                else:  # matrix-free: Hessian-vector products and conjugate gradients
+                    direction = _cg_direction(
+                        lambda z, v: moment_matching_hvp(z.reshape(shape), v.reshape(shape), Ok, p, maskk,
+                                                         self.l2).ravel(),
+                        lambda z: _hessian_diagonal(z.reshape(shape), p, maskk, self.l2).ravel())
+                xn, it, msg = _projected_newton(fun, direction, x0, self.tol, min(self.max_iter, 200))
+                nit, used = nit + it, solver
+                messages.append(msg)
+                if solver != "newton":
+                    self.fit_report_["cg_iter"] = direction.cg_iter
+                if msg == "converged":
+                    x = xn
+            if x is None:  # asked for, or Newton did not reach the tolerance: L-BFGS-B
+                x, it, msg = _lbfgsb(fun, x0, self.tol, self.max_iter)
+                nit, used = nit + it, "l-bfgs-b" if solver in ("newton", "l-bfgs-b") else f"{solver}+l-bfgs-b"
+                messages.append(msg)
+            message = "; ".join(messages)
+            mu = np.zeros_like(mu0)
+            mu[keep] = np.clip(x.reshape(shape), 0.0, 1.0)
+            f, g = moment_matching_objective(mu, O, p, mask, mu0, self.l2)
+            pg = _projected_grad_norm(mu, g)
         self.mu_ = mu
         self.fit_report_.update(converged=bool(pg < max(self.tol, 1e-7) or messages[-1] == "converged"), n_iter=nit,
                                 objective=f, initial_objective=f0, proj_grad_norm=pg, init=init,
