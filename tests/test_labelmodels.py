@@ -568,3 +568,18 @@ def test_newton_cg_takes_over_where_lbfgs_crawls(monkeypatch):
     assert MomentMatching(5).fit(L).fit_report_["solver"] == "l-bfgs-b+newton-cg"
     with pytest.raises(ConfigError, match="solver must be one of"):
         MomentMatching(solver="sgd")
+
+
+def test_single_thread_blas_limits_and_restores():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from lightning_ws.labelmodels.base import single_thread_blas
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    with single_thread_blas():
+        assert blas_threads() == [1] * len(before)
+    assert blas_threads() == before
