@@ -19,9 +19,10 @@ Part 3 (scale): a synthetic ``n x m`` binary label matrix (default 1,000,000 x 1
 each model is fitted in a fresh subprocess: fit time, peak memory, MAE of the recovered LF accuracies.
 
 Part 4 (``--solvers`` only): MomentMatching's solvers on many LFs x many classes (``SOLVER_CASES``: relation-style
-single-class LFs, LFs voting every class, crowd-style annotators, LFs for all classes but one), one fit each: the default (dense Newton up to 1,200
-unknowns, matrix-free Newton-CG above), L-BFGS-B alone (the only solver above 1,200 unknowns before Newton-CG), and
-snorkel 0.10 (its defaults): fit seconds, objective, projected-gradient norm, iterations, transductive accuracy.
+single-class LFs, LFs voting every class, crowd-style annotators, LFs for all classes but one), one fit each: the
+default (dense Newton up to 1,200 unknowns; above, 300 L-BFGS-B iterations handing over to matrix-free Newton-CG),
+L-BFGS-B alone (the only solver above 1,200 unknowns before Newton-CG), and snorkel 0.10 (its defaults): fit
+seconds, objective, projected-gradient norm, iterations, transductive accuracy.
 
     python benchmarks/bench_labelmodels.py --skip-scale          # parts 1 and 2
     python benchmarks/bench_labelmodels.py --skip-real --skip-regimes --scale-n 200000

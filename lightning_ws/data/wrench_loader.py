@@ -76,6 +76,12 @@ class WrenchSplit:
         return self.labels >= 0
 
     @property
+    def complete_labels(self) -> np.ndarray | None:
+        """``labels`` when every row has a gold label, else ``None`` (e.g. for ``LFAnalysis``, whose empirical
+        accuracies would otherwise count unlabelled rows as errors)."""
+        return self.labels if bool(self.has_gold.all()) else None
+
+    @property
     def n(self) -> int:
         """Number of examples."""
         return len(self.texts)

@@ -145,7 +145,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
     def train_targets(self, data: WrenchSplit) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Rows kept, their pseudolabels (soft ``(n, k)`` float32 or hard ``(n,)`` int64) and, with balanced class
         weighting, a per-row ``weight``."""
-        from lightning_ws.datamodules.weak_supervision import accuracy_vs_gold, balance_targets, gold_or_none
+        from lightning_ws.datamodules.weak_supervision import accuracy_vs_gold, balance_targets
         from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, filter_programs
         from lightning_ws.programs.sandbox import ProgramSandbox
 
@@ -217,7 +217,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             L_all = np.hstack([m for m, _ in parts])
             names = [n for m, ns in parts for n in (ns if len(ns) == m.shape[1] else
                                                      [f"lf_{i}" for i in range(m.shape[1])])]
-            self.lf_analysis = LFAnalysis(L_all, gold_or_none(data.labels), lf_names=names,
+            self.lf_analysis = LFAnalysis(L_all, data.complete_labels, lf_names=names,
                                           num_classes=self.num_classes).summary()
         rank_zero_info("[ProgramLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in report.items()
                                                                    if k != "sandbox_layers"))

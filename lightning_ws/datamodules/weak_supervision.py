@@ -94,12 +94,6 @@ def accuracy_vs_gold(pred: np.ndarray, gold: np.ndarray) -> float | None:
     return float((np.asarray(pred)[known] == np.asarray(gold)[known]).mean()) if known.any() else None
 
 
-def gold_or_none(gold: np.ndarray) -> np.ndarray | None:
-    """The gold labels when every row has one, else ``None`` (so ``LFAnalysis`` reports no empirical accuracies
-    instead of counting unlabelled rows as errors)."""
-    return gold if bool((np.asarray(gold) >= 0).all()) else None
-
-
 class PseudoLabelDataModule(TextClassificationDataModule):
     """Text classification trained from label-model pseudolabels instead of gold labels.
 
@@ -274,7 +268,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         }
         from lightning_ws.labelmodels.matrix import LFAnalysis
 
-        self.lf_analysis = LFAnalysis(L, gold_or_none(data.labels), lf_names=names,
+        self.lf_analysis = LFAnalysis(L, data.complete_labels, lf_names=names,
                                       num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras

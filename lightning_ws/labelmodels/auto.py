@@ -24,6 +24,7 @@ from lightning_ws.labelmodels.matrix import (
     lf_clusters,
     merge_clusters,
     unique_rows,
+    vote_counts,
 )
 from lightning_ws.labelmodels.moment_matching import MomentMatching
 
@@ -372,8 +373,7 @@ class AutoLabelModel(LabelModel):
         regime matrix, WRENCH and a 720-draw sweep agreed on 64 % or more (``benchmarks/diag_label_swap.py``). The
         agreement is recorded in ``fit_report_["selection"]["mv_agreement"]``.
         """
-        k = self.k_
-        votes = np.stack([(L == c).sum(axis=1) for c in range(k)], axis=1)
+        votes = vote_counts(L, self.k_)
         top = votes.max(axis=1)
         clear = (top > 0) & ((votes == top[:, None]).sum(axis=1) == 1)
         if not clear.any():

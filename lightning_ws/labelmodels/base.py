@@ -49,7 +49,6 @@ _FORMAT_VERSION = 1
 _REGISTRY: dict[str, type[LabelModel]] = {}
 
 
-
 def single_thread_blas() -> Any:
     """Context manager: BLAS limited to one thread while a label model solves its small dense problems.
 
@@ -67,6 +66,7 @@ def single_thread_blas() -> Any:
 
         return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
 
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:

@@ -116,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         cb = args.class_balance
     if valid is not None and not valid.has_gold.any():
         raise ConfigError("--class-balance dev needs gold labels on the valid split; it has none. Use estimated.")
-    y_analysis = train.labels if train.has_gold.all() else None
+    analysis = (LFAnalysis(train.weak_labels, train.complete_labels, lf_names=train.lf_names, num_classes=k)
+                if args.output or not args.no_analysis else None)  # built once for the table and the JSON
     if not args.no_analysis:
-        print(f"LF analysis, {train.name} train split" + (" (emp_acc uses gold labels):" if y_analysis is not None
-                                                            else " (no gold train labels: no emp_acc):"))
-        print(LFAnalysis(train.weak_labels, y_analysis, lf_names=train.lf_names, num_classes=k).to_table())
+        gold = train.complete_labels is not None
+        print(f"LF analysis, {train.name} train split"
+              + (" (emp_acc uses gold labels):" if gold else " (no gold train labels: no emp_acc):"))
+        print(analysis.to_table())
         print()
     # LFs that never vote on train leave every per-LF parameter undefined: the single models refuse them, so they
     # are dropped for every model alike (auto would ignore them anyway) and the table says so.
@@ -160,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   "evaluation": "inductive (fit on train)", "eval_coverage": float(cov_scored.mean()),
                   "eval_rows_scored": int(scored.sum()), "train_rows_with_gold": int(train.has_gold.sum()),
                   "results": rows, "lfs_dropped_never_vote_on_train": silent_names,
-                  "lf_analysis": LFAnalysis(train.weak_labels, y_analysis, lf_names=train.lf_names,
-                                            num_classes=k).summary()}
+                  "lf_analysis": analysis.summary()}
         save_json(args.output, to_jsonable(report))  # NaN (e.g. emp_acc of an LF without votes) -> null
         print(f"results written to {args.output}")
     return 0

@@ -293,11 +293,12 @@ class MomentMatching(MuLabelModel):
     thousands of iterations on ill-conditioned many-LF, 9-class matrices that the hand-over solves in 1-4 s, while on
     well-conditioned ones it converges in 40-140 iterations, faster than Newton-CG (``benchmarks/
     bench_labelmodels.py --solvers``). ``fit_report_["solver"]`` names the solver(s) that ran. The solve runs with
-    BLAS limited to one thread (:func:`~lightning_ws.labelmodels.base.single_thread_blas`). Rows ``(j, l)`` of a vote that LF ``j`` never casts are exactly 0 at
-    every optimum (with ``l2 = 0``) and are dropped from the solve. The sufficient statistic ``O`` is built from the
-    unique vote patterns weighted by their counts when the matrix has few of them (exact: integer counts; WRENCH SMS
-    4571 rows -> 143 patterns), else in one streaming pass (float32 GEMM per chunk, float64 accumulation), so the
-    fit costs one pass over ``L`` plus an optimisation over ``m k^2`` numbers that does not depend on ``n``.
+    BLAS limited to one thread (:func:`~lightning_ws.labelmodels.base.single_thread_blas`). Rows ``(j, l)`` of a
+    vote that LF ``j`` never casts are exactly 0 at every optimum (with ``l2 = 0``) and are dropped from the solve.
+    The sufficient statistic ``O`` is built from the unique vote patterns weighted by their counts when the matrix
+    has few of them (exact: integer counts; WRENCH SMS 4571 rows -> 143 patterns), else in one streaming pass
+    (float32 GEMM per chunk, float64 accumulation), so the fit costs one pass over ``L`` plus an optimisation over
+    ``m k^2`` numbers that does not depend on ``n``.
 
     Defaults the paper leaves open: initialisation ``init="auto"`` - the Dawid-Skene EM confusions when the class
     balance is estimated by EM in the same fit (they estimate the same ``P(lambda_j = l | Y = y)``, so Newton needs
