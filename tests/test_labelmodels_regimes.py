@@ -79,3 +79,23 @@ def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
         warnings.simplefilter("always")
         make_label_model("auto", num_classes=2, seed=0).fit(d.L[cov])
     assert not [w for w in caught if "get no vote" in str(w.message)]
+
+
+def test_regime_generator_above_chance_scale():
+    """``accuracy_scale="absolute"`` with a skewed prior draws majority-class LFs that point to the other class
+    (precision below the class's share); ``"above_chance"`` draws every LF better than chance, also multi-class LFs."""
+    kw = {"k": 2, "m": 20, "lf_type": "single", "coverage": (0.05, 0.2), "accuracy": (0.5, 0.9), "imbalance": 11.5,
+          "seed": 7}
+    for scale, worse in (("absolute", True), ("above_chance", False)):
+        d = make_regime_label_matrix(40000, accuracy_scale=scale, **kw)
+        share = d.class_balance[d.lf_class]
+        emp = np.array([(d.y[d.L[:, j] == c] == c).mean() for j, c in enumerate(d.lf_class)])
+        assert bool((emp < share).any()) is worse, (scale, emp.round(3), share.round(3))
+        assert d.config["accuracy_scale"] == scale
+    d = make_regime_label_matrix(20000, k=4, m=8, lf_type="multi", accuracy=(0.0 + 1e-9, 0.3),
+                                 accuracy_scale="above_chance", seed=3)
+    voted = d.L != -1
+    emp = np.array([(d.L[voted[:, j], j] == d.y[voted[:, j]]).mean() for j in range(8)])
+    assert (emp > 0.25).all() and (d.accuracies >= 0.25).all() and (d.accuracies <= 0.25 + 0.3 * 0.75 + 1e-9).all()
+    with pytest.raises(Exception, match="accuracy_scale"):
+        make_regime_label_matrix(100, accuracy_scale="lift")

@@ -100,7 +100,7 @@ def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type:
                              coverage: tuple[float, float] = (0.05, 0.5),
                              accuracy: tuple[float, float] = (0.55, 0.95), imbalance: float = 1.0,
                              cluster_frac: float = 0.0, cluster_size: int = 4, copy_prob: float = 0.9,
-                             seed: int = 0) -> RegimeLabelMatrix:
+                             accuracy_scale: str = "absolute", seed: int = 0) -> RegimeLabelMatrix:
     """Draw a label matrix from one weak-supervision regime (the test matrix of the label models).
 
     * ``Y ~ p`` with ``p_c ∝ imbalance^(-c / (k - 1))`` (``imbalance = p_0 / p_{k-1}``; 1 = balanced).
@@ -111,6 +111,13 @@ def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type:
       ``P(fire | Y != c_j) = f_j`` chosen so that ``P(fire) = cov_j`` and ``P(Y = c_j | fire) = acc_j`` (``t_j``
       capped at 1, which then lowers the coverage); ``lf_type="mixed"``: half of each.
     * ``cov_j ~ U(coverage)``, ``acc_j ~ U(accuracy)``.
+    * ``accuracy_scale="absolute"`` (default) uses ``acc_j`` as it is. A single-class LF of a class whose share
+      ``p_c`` exceeds ``acc_j`` then fires *more* often on the other classes than on its own (precision 0.7 for a
+      class of 92 %): it is worse than chance, no label-free model can tell its class from the others', and with
+      ``imbalance > 1`` part of the majority class's LFs are like that. ``"above_chance"`` reads ``acc_j`` as the
+      share of the way from chance to certainty: precision ``p_c + acc_j (1 - p_c)`` for a single-class LF,
+      accuracy ``1/k + acc_j (1 - 1/k)`` for a multi-class LF, so every LF is better than chance (the assumption
+      of every label model here and of snorkel); ``accuracies`` holds the resulting precisions / accuracies.
     * Correlated clusters: a fraction ``cluster_frac`` of the LFs form clusters of ``cluster_size`` LFs; in a cluster
       every member but the leader copies the leader's output (vote or abstain) on each row with probability
       ``copy_prob`` and otherwise draws its own (keyword variants of one rule). Members share the leader's class.
@@ -125,6 +132,8 @@ def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type:
         raise ConfigError("coverage and accuracy must be (low, high) ranges in (0, 1] and imbalance >= 1.")
     if not (0 <= cluster_frac <= 1 and cluster_size >= 2 and 0 <= copy_prob <= 1):
         raise ConfigError("cluster_frac must lie in [0, 1], cluster_size >= 2 and copy_prob in [0, 1].")
+    if accuracy_scale not in ("absolute", "above_chance"):
+        raise ConfigError(f"accuracy_scale must be 'absolute' or 'above_chance', got {accuracy_scale!r}.")
     rng = np.random.default_rng(seed)
     p = imbalance ** (-np.arange(k) / (k - 1))
     p = p / p.sum()
@@ -147,6 +156,9 @@ def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type:
         single[cl] = single[cl[0]]
     clusters += [[int(j)] for j in perm[n_clustered:]]
     clusters.sort(key=lambda g: min(g))
+    if accuracy_scale == "above_chance":
+        base = np.where(single, p[np.maximum(lf_class, 0)], 1.0 / k)
+        acc = base + acc * (1.0 - base)
     L = np.empty((n, m), dtype=np.int8)
     for j in range(m):
         if single[j]:
@@ -171,7 +183,7 @@ def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type:
         L[i, j] = y[i] if lf_class[j] < 0 else lf_class[j]
     config = {"n": n, "k": k, "m": m, "lf_type": lf_type, "coverage": list(coverage), "accuracy": list(accuracy),
               "imbalance": imbalance, "cluster_frac": cluster_frac, "cluster_size": cluster_size,
-              "copy_prob": copy_prob, "seed": seed}
+              "copy_prob": copy_prob, "accuracy_scale": accuracy_scale, "seed": seed}
     return RegimeLabelMatrix(L=L, y=y, class_balance=p, accuracies=acc, coverage=cov, lf_class=lf_class,
                              clusters=clusters, config=config)
 
