@@ -15,7 +15,9 @@ off, records the pick's agreement with majority vote on those rows, and prints, 
 
 Groups: a spouse-like grid (LF precision ranges (0.3, 0.7), (0.5, 0.9), (0.6, 0.95); coverage (0.01, 0.05),
 (0.02, 0.1), (0.05, 0.2); 5, 9 or 20 LFs; imbalance 4 or 11.5; seeds 500-502; 10,000 rows), the regime matrix
-``REGIMES`` (seeds 0-1, 5,000 rows) and the WRENCH train splits shipped in the repository; ``--sweep`` adds the
+``REGIMES`` (seeds 0-1, 5,000 rows) and the WRENCH train splits shipped in the repository. The spouse-like precisions
+are drawn regardless of the class's share, so 41-53 % of those LFs fire more often on the other class than on their
+own (``diag_rare_class_f1.py`` counts them and redraws the grid with every LF better than chance); ``--sweep`` adds the
 720-draw grid of ``diag_uncovered_rows.py`` (seeds 100-102). Gold labels score only. Run:
 ``OMP_NUM_THREADS=1 python benchmarks/diag_label_swap.py [--sweep]`` (about 2 minutes; 5 with ``--sweep``).
 """
