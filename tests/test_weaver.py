@@ -466,3 +466,21 @@ def test_cli_select_writes_scores(tmp_path, capsys):
     assert load_json(tmp_path / "out" / "report.json")["split"]["dev_problems"] == 12
     assert main(["select", "--data", str(tmp_path / "nope.jsonl")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_problems_without_any_score_raise_no_numpy_warnings():
+    """Problems whose every score is missing (a judge that timed out on them) get NaN sources; fitting, scoring and
+    selecting must not leak numpy's "Mean of empty slice" RuntimeWarning to the user, and still select a candidate."""
+    import warnings
+
+    data = make_synthetic_verification(40, 8, [0.85, 0.8, 0.7], [0.8, 0.75, 0.7], seed=3)
+    scores = data.scores.copy()
+    scores[:5] = np.nan
+    data = VerificationData(scores=scores, answers=data.answers, verifier_names=data.verifier_names,
+                            verifier_kinds=data.verifier_kinds, correct=data.correct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        w = Weaver(seed=0).fit(data, "label_free")
+        sel = w.select(data)
+        w.score(data)
+    assert sel.shape == (40,) and ((sel >= 0) & (sel < 8)).all()

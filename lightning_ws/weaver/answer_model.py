@@ -28,6 +28,7 @@ Lightning-free (numpy).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -318,7 +319,8 @@ class AnswerLevelModel:
             sizes = [e.size + 1 for e in self.edges_]
             icc = self.evidence == "candidates" and self.dependence == "icc"
             self._icc_obs = _re_stats(groups, s) if icc else None
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean's "Mean of empty slice": all-NaN -> NaN
             start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
         g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))

@@ -29,6 +29,7 @@ Lightning-free (numpy + the numpy label models).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -708,7 +709,8 @@ class Weaver:
         """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups."""
         norm = self.normalizer.transform(data.scores)
         pooled = pool_groups(norm, self.groups_)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean's "Mean of empty slice": all-NaN -> NaN
             pm = np.where(np.isnan(pooled).all(axis=2), np.nan, np.nanmean(pooled, axis=2))
         return pooled, pm
 
