@@ -19,7 +19,7 @@ model and lose F1 to majority vote, and refit that model with the *true* class b
 only): if its F1 stays below majority vote's there, the loss is the accuracy-optimal decision rule (a lone vote of a
 weak positive LF does not make a positive posterior), not an error in the estimated class balance.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/diag_rare_class_f1.py`` (about 4 minutes on 2 CPU cores).
+Run: ``OMP_NUM_THREADS=1 python benchmarks/diag_rare_class_f1.py`` (about 25 seconds on 2 CPU cores).
 """
 
 from __future__ import annotations
