@@ -1,0 +1,116 @@
+"""Diagnostic (issue 16): ``auto`` on synthetic matrices shaped like the WRENCH sets this repository does not hold.
+
+The shipped WRENCH sets are YouTube, SMS and TREC. The others that ``auto`` will meet are drawn here at their
+sizes, from the data-set table of the WRENCH paper (arXiv 2109.11377, Table 1): rows of the train split, number of
+LFs and classes, and a rough positive share for the binary relation and tabular sets. Every LF votes one class and is
+better than chance (``make_regime_label_matrix(..., lf_type="single", accuracy_scale="above_chance")``); the
+``u`` and coverage ranges are a guess, not fitted to the real sets.
+
+The matrices are conditionally independent given the class. So this checks sizes, fit times and class skew, not
+the LF dependence that makes real sets hard (TREC, the YouTube spam keywords). A pass here is necessary, not
+sufficient.
+
+Per shape, over seeds 0-2, it prints:
+
+- ``auto - MV`` and ``auto - snorkel`` (snorkel 0.10, its defaults), mean and min over seeds, in points. The metric
+  is accuracy, and also the positive class's F1 for the binary sets WRENCH scores by F1. Every model's ties, the
+  uncovered rows included, are broken by the same seeded coin.
+- `auto`'s picks.
+- Median fit time, and its ratio to snorkel's median fit time on the same matrices.
+
+Transductive (the matrix the models were fitted on). Run:
+``OMP_NUM_THREADS=1 python benchmarks/diag_wrench_shapes.py`` (about 1 minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+
+import numpy as np
+
+from lightning_ws.labelmodels import make_label_model, make_regime_label_matrix, probs_to_preds
+
+#: name -> (rows, LFs, classes, imbalance p_0 / p_{k-1} (1 = balanced), coverage range per LF, WRENCH metric)
+SHAPES = {
+    "imdb": (20000, 5, 2, 1.0, (0.1, 0.4), "accuracy"),
+    "yelp": (30400, 8, 2, 1.0, (0.05, 0.3), "accuracy"),
+    "agnews": (96000, 9, 4, 1.0, (0.05, 0.2), "accuracy"),
+    "semeval": (1749, 164, 9, 4.0, (0.002, 0.02), "accuracy"),
+    "chemprot": (12861, 26, 10, 4.0, (0.01, 0.1), "accuracy"),
+    "spouse": (22254, 9, 2, 11.5, (0.01, 0.08), "f1"),
+    "cdr": (8430, 33, 2, 2.3, (0.01, 0.2), "f1"),
+    "census": (10083, 83, 2, 3.2, (0.01, 0.3), "f1"),
+    "basketball": (17970, 4, 2, 7.3, (0.05, 0.4), "f1"),
+    "tennis": (6959, 6, 2, 3.5, (0.1, 0.6), "f1"),
+    "commercial": (64130, 4, 2, 2.3, (0.1, 0.6), "f1"),
+}
+SEEDS = (0, 1, 2)
+U = (0.2, 0.8)
+
+
+def _f1(y: np.ndarray, p: np.ndarray) -> float:
+    tp = int(((p == 1) & (y == 1)).sum())
+    return 200.0 * tp / max(1, int((p == 1).sum() + (y == 1).sum()))
+
+
+def _pred(proba: np.ndarray) -> np.ndarray:
+    return probs_to_preds(proba, "random", seed=0)[0]
+
+
+def _snorkel():
+    try:
+        from snorkel.labeling.model import LabelModel as SnorkelLabelModel
+    except Exception:  # noqa: BLE001 - any import problem means "not available"
+        return None
+    return SnorkelLabelModel
+
+
+def _cell(x: list[float]) -> str:
+    return f"{np.mean(x):+.2f} / {np.min(x):+.2f}" if x else "-"
+
+
+def main() -> None:
+    SL = _snorkel()
+    print("| shape | rows x LFs, k | metric | auto - MV: mean / min | auto - snorkel: mean / min | auto picks | "
+          "auto fit s | x snorkel |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (n, m, k, imb, cov, metric) in SHAPES.items():
+        d_mv: dict[str, list[float]] = {"accuracy": [], "f1": []}
+        d_sn: dict[str, list[float]] = {"accuracy": [], "f1": []}
+        picks: dict[str, int] = {}
+        t_auto, t_snk = [], []
+        for seed in SEEDS:
+            R = make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
+                                         accuracy_scale="above_chance", seed=seed)
+            L, y = R.L, R.y
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                auto = make_label_model("auto", num_classes=k, seed=0).fit(L)
+                t_auto.append(time.perf_counter() - t0)
+                mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L)
+            pa, pm = _pred(auto.predict_proba(L)), _pred(mv.predict_proba(L))
+            picks[auto.selected] = picks.get(auto.selected, 0) + 1
+            ps = None
+            if SL is not None:
+                lm = SL(cardinality=k, verbose=False)
+                t0 = time.perf_counter()
+                lm.fit(L.astype(np.int64), n_epochs=100, lr=0.01, seed=0, progress_bar=False)
+                t_snk.append(time.perf_counter() - t0)
+                ps = _pred(lm.predict_proba(L.astype(np.int64)))
+            for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
+                score = _f1 if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
+                d_mv[met].append(score(y, pa) - score(y, pm))
+                if ps is not None:
+                    d_sn[met].append(score(y, pa) - score(y, ps))
+        ratio = statistics.median(t_auto) / statistics.median(t_snk) if t_snk else float("nan")
+        picks_s = ", ".join(f"{p} {c}" for p, c in sorted(picks.items()))
+        for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
+            print(f"| {name} | {n} x {m}, k={k} | {met} | {_cell(d_mv[met])} | {_cell(d_sn[met])} | {picks_s} | "
+                  f"{statistics.median(t_auto):.2f} | {ratio:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
