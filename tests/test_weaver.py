@@ -483,4 +483,8 @@ def test_problems_without_any_score_raise_no_numpy_warnings():
         w = Weaver(seed=0).fit(data, "label_free")
         sel = w.select(data)
         w.score(data)
+        from lightning_ws.weaver.report import suite_report
+
+        rep = suite_report(data, seed=0)  # its mean-verifier and naive-ensemble baselines average over verifiers
     assert sel.shape == (40,) and ((sel >= 0) & (sel < 8)).all()
+    assert 0.0 <= rep["select_at_1"]["mean_verifier"] <= 1.0

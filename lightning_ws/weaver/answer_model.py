@@ -28,12 +28,12 @@ Lightning-free (numpy).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver._numeric import nan_mean
 from lightning_ws.weaver.ordinal import bin_scores
 
 __all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
@@ -319,9 +319,7 @@ class AnswerLevelModel:
             sizes = [e.size + 1 for e in self.edges_]
             icc = self.evidence == "candidates" and self.dependence == "icc"
             self._icc_obs = _re_stats(groups, s) if icc else None
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean's "Mean of empty slice": all-NaN -> NaN
-            start = np.nanmean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
+        start = nan_mean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
         g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))
         ls = np.log(groups.share)

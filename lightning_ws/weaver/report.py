@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver._numeric import nan_mean
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.distill import split_problems
 from lightning_ws.weaver.scoring import pass_at_k, score_auroc, selection_accuracy, top_tie_rate
@@ -50,8 +51,7 @@ def _with_mv(data: VerificationData) -> tuple[np.ndarray, list[str]]:
 
 def naive_ensemble_scores(normalized: np.ndarray) -> np.ndarray:
     """``(P, N)`` unweighted nan-mean of normalised verifier scores (the paper's "naive ensemble")."""
-    with np.errstate(all="ignore"):
-        return np.nanmean(np.asarray(normalized, dtype=np.float64), axis=2)
+    return nan_mean(normalized, axis=2)
 
 
 def best_single_verifier(normalized: np.ndarray, correct: np.ndarray) -> int:

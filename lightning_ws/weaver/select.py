@@ -29,7 +29,6 @@ Lightning-free (numpy + the numpy label models).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import to_jsonable as _jsonable
+from lightning_ws.weaver._numeric import nan_mean
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.structure import pool_groups
 
@@ -709,9 +709,7 @@ class Weaver:
         """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups."""
         norm = self.normalizer.transform(data.scores)
         pooled = pool_groups(norm, self.groups_)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # nanmean's "Mean of empty slice": all-NaN -> NaN
-            pm = np.where(np.isnan(pooled).all(axis=2), np.nan, np.nanmean(pooled, axis=2))
+        pm = nan_mean(pooled, axis=2)
         return pooled, pm
 
     def _binary_columns(self, data: VerificationData, pooled: np.ndarray) -> np.ndarray:

@@ -1,0 +1,19 @@
+"""Small numeric helpers shared by the Weaver modules."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def nan_mean(x: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmean`` along ``axis`` where an all-NaN slice gives NaN silently.
+
+    Missing scores are normal in verifier data (a judge that timed out on a problem), so an all-missing slice is
+    not an error; numpy's "Mean of empty slice" RuntimeWarning (which ``np.errstate`` does not silence) would only
+    confuse users.
+    """
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(x, dtype=np.float64), axis=axis)
