@@ -14,6 +14,7 @@ agreement explains (why a pointwise distilled student cannot match it).
         [--skip-gsm8k] [--skip-timing] [--per-seed]
 
 ``--heldout SEEDS`` runs only the held-out judge variants (parameters chosen after the model was fixed).
+``--missing`` runs only the missing-score check: five suite sets with 10-70 % of all scores removed at random, 3 seeds.
 ``--seeds`` seeds per 500-problem set, ``--seeds-small`` per 64-problem judge set (one problem = 1.6 points there,
 so the worst case needs more seeds); ``--per-seed`` prints every seed's row too.
 """
@@ -231,6 +232,35 @@ def heldout(seeds: int) -> None:
               flush=True)
 
 
+def missing_scores() -> None:
+    """Weaver vs max(MV, mean verifier) when 10-70 % of all scores are missing (judge timeouts, RMs run on a subset)."""
+    from lightning_ws.weaver import VerificationData
+
+    print("\n| set (P x N) | missing | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min | "
+          "guard choices |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ("rate_0.20", "rate_0.50", "correlated", "judges_and_rms", "judge_draws"):
+        small = SUITE[name].num_problems <= 100
+        P, N = (64, 64) if small else (300, 32)
+        for miss in (0.1, 0.3, 0.5, 0.7):
+            acc = {k: [] for k in ("majority_vote", "mean_verifier", "weaver")}
+            choices = []
+            for seed in range(3):
+                d = make_suite_set(name, num_problems=P, num_candidates=N, seed=seed)
+                s = d.scores.copy()
+                s[np.random.default_rng(seed + 99).random(s.shape) < miss] = np.nan
+                d = VerificationData(scores=s, answers=d.answers, verifier_names=d.verifier_names,
+                                     verifier_kinds=d.verifier_kinds, correct=d.correct)
+                rep = suite_report(d, seed=seed)
+                for k, vals in acc.items():
+                    vals.append(rep["select_at_1"][k])
+                choices.append(rep["weaver"]["guard"]["choice"])
+            dlt = np.array(acc["weaver"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
+            print(f"| {name} ({P} x {N}) | {miss:.0%} | {np.mean(acc['majority_vote']):.4f} | "
+                  f"{np.mean(acc['mean_verifier']):.4f} | {np.mean(acc['weaver']):.4f} | {dlt.mean():+.4f} / "
+                  f"{dlt.min():+.4f} | { {c: choices.count(c) for c in dict.fromkeys(choices)} } |", flush=True)
+
+
 def timing(rows: list[str]) -> None:
     for name, note in (("rate_0.20", "6 independent verifiers"), ("judges_and_rms", "37 verifiers, 3 groups")):
         data = make_suite_set(name, num_problems=1000, num_candidates=100, seed=0)
@@ -255,12 +285,16 @@ def main() -> None:
     ap.add_argument("--per-seed", action="store_true")
     ap.add_argument("--heldout", type=int, default=0, metavar="SEEDS",
                     help="only run the held-out judge variants with this many seeds (seeds 1000+)")
+    ap.add_argument("--missing", action="store_true", help="only run the missing-score check (10-70 %% missing)")
     ap.add_argument("--sets", default=",".join(SUITE))
     ap.add_argument("--skip-gsm8k", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     args = ap.parse_args()
     if args.heldout:
         heldout(args.heldout)
+        return
+    if args.missing:
+        missing_scores()
         return
     rows: list[str] = []
     extra: list[str] = []
