@@ -3,6 +3,8 @@ the verifier-data suite (small sizes here; benchmarks/bench_weaver_suite.py runs
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -129,6 +131,11 @@ def test_binned_dawid_skene_recovers_a_two_class_mixture():
     assert np.all(j > 0.3) and np.all(np.isfinite(th))
     b, edges = bin_scores(np.array([[0.0], [1.0], [np.nan]]), 10)
     assert b.ravel().tolist() == [0, 1, -1] and edges[0].tolist() == [0.5]
+    x[:5] = np.nan  # items without any score: no numpy "Mean of empty slice" warning, a finite posterior
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        m = BinnedDawidSkene().fit(x)
+    assert np.isfinite(m.predict_proba(x)).all()
 
 
 # -- the answer-level model ----------------------------------------------------------------------------------------

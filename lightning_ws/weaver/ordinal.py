@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver._numeric import nan_mean
 
 __all__ = ["BinnedDawidSkene", "bin_scores"]
 
@@ -99,8 +100,7 @@ class BinnedDawidSkene:
             for k in range(K):
                 ok = b[:, k] >= 0
                 ranks[ok, k] = (b[ok, k] + 0.5) / sizes[k]
-            with np.errstate(all="ignore"):
-                q = np.nan_to_num(np.nanmean(ranks, axis=1), nan=0.5)
+            q = np.nan_to_num(nan_mean(ranks, axis=1), nan=0.5)  # an item without any score starts at 0.5
         else:
             q = np.clip(np.asarray(init, dtype=np.float64).reshape(-1), 0.0, 1.0)
             if q.size != n:
