@@ -56,15 +56,10 @@ def single_thread_blas() -> Any:
     with ``m k`` in the hundreds or low thousands; a multi-threaded BLAS spends more on waking its threads than on
     the work. Measured on the 2-core machine with numpy's default 2 threads: a 164-LF, 9-class matrix took 6.7 s in
     ``auto`` against 1.4 s with one thread, and 5.9 s against 1.7 s in MomentMatching (``BENCHMARKS.md``). Uses
-    ``threadpoolctl`` (a scikit-learn dependency); without it, a no-op. Process-wide while it is active, restored
-    on exit.
+    ``threadpoolctl`` (a declared dependency). Process-wide while it is active, restored on exit.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - scikit-learn requires threadpoolctl
-        from contextlib import nullcontext
+    from threadpoolctl import threadpool_limits
 
-        return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
