@@ -28,6 +28,7 @@ import itertools
 import warnings
 
 import numpy as np
+from bench_labelmodels import _fit_snorkel, _snorkel
 
 from lightning_ws.labelmodels import make_label_model, make_regime_label_matrix, probs_to_preds
 
@@ -48,12 +49,10 @@ def acc(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _snorkel_pred(L: np.ndarray) -> np.ndarray | None:
-    try:
-        from snorkel.labeling.model import LabelModel as SnorkelLabelModel
-    except Exception:  # noqa: BLE001 - any import problem means "not available"
+    SL = _snorkel()
+    if SL is None:
         return None
-    lm = SnorkelLabelModel(cardinality=2, verbose=False)
-    lm.fit(L.astype(np.int64), n_epochs=100, lr=0.01, seed=0, progress_bar=False)
+    lm = _fit_snorkel(SL, L, 2, None, 100, 0)
     return probs_to_preds(lm.predict_proba(L.astype(np.int64)), "random", seed=0)[0]
 
 

@@ -29,6 +29,8 @@ import time
 import warnings
 
 import numpy as np
+from bench_labelmodels import _fit_snorkel, _snorkel
+from diag_rare_class_f1 import f1_pos
 
 from lightning_ws.labelmodels import make_label_model, make_regime_label_matrix, probs_to_preds
 
@@ -50,21 +52,8 @@ SEEDS = (0, 1, 2)
 U = (0.2, 0.8)
 
 
-def _f1(y: np.ndarray, p: np.ndarray) -> float:
-    tp = int(((p == 1) & (y == 1)).sum())
-    return 200.0 * tp / max(1, int((p == 1).sum() + (y == 1).sum()))
-
-
 def _pred(proba: np.ndarray) -> np.ndarray:
     return probs_to_preds(proba, "random", seed=0)[0]
-
-
-def _snorkel():
-    try:
-        from snorkel.labeling.model import LabelModel as SnorkelLabelModel
-    except Exception:  # noqa: BLE001 - any import problem means "not available"
-        return None
-    return SnorkelLabelModel
 
 
 def _cell(x: list[float]) -> str:
@@ -95,13 +84,12 @@ def main() -> None:
             picks[auto.selected] = picks.get(auto.selected, 0) + 1
             ps = None
             if SL is not None:
-                lm = SL(cardinality=k, verbose=False)
                 t0 = time.perf_counter()
-                lm.fit(L.astype(np.int64), n_epochs=100, lr=0.01, seed=0, progress_bar=False)
+                lm = _fit_snorkel(SL, L, k, None, 100, 0)
                 t_snk.append(time.perf_counter() - t0)
                 ps = _pred(lm.predict_proba(L.astype(np.int64)))
             for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
-                score = _f1 if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
+                score = f1_pos if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
                 d_mv[met].append(score(y, pa) - score(y, pm))
                 if ps is not None:
                     d_sn[met].append(score(y, pa) - score(y, ps))
