@@ -43,11 +43,14 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, metric: str, pos_label: int = 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (``prog="lightning-ws labelmodel"``)."""
+    from lightning_ws.data._common import SHIPPED_WRENCH  # lazy, like load_wrench in main: data is not a core import
+
     ap = argparse.ArgumentParser(
         prog="lightning-ws labelmodel",
         description="Fit label models on the train split of a WRENCH-format data set (inductive: fit on train, "
                     "score on the evaluation split), print the LF analysis and every model's metric side by side.")
-    ap.add_argument("dataset", help="shipped data set name (youtube, sms) or a folder with train/valid/test.json")
+    ap.add_argument("dataset", help=f"shipped data set name ({', '.join(SHIPPED_WRENCH)}) or a folder with "
+                                    "train/valid/test.json")
     ap.add_argument("--models", default=",".join(LABEL_MODEL_NAMES),
                     help="comma-separated label models or aliases (mv, wmv, ds, mm, triplet, auto); default: all")
     ap.add_argument("--class-balance", default="estimated", choices=["estimated", "dev", "uniform", "oracle"],
