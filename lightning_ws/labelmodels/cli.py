@@ -95,11 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         make_label_model(n, seed=args.seed)
     # label models fit without gold labels: any split may hold unlabelled rows (WRENCH marks them -1); the gold
     # labels that exist are used for scoring, the dev prior and the LF analysis only
-    train, evals = (load_wrench(args.dataset, s, require_text=False, allow_unlabeled=True)
-                    for s in ("train", args.eval_split))
+    train = load_wrench(args.dataset, "train", require_text=False, allow_unlabeled=True)
+    evals = (train if args.eval_split == "train"  # transductive: the split already read
+             else load_wrench(args.dataset, args.eval_split, require_text=False, allow_unlabeled=True))
     # the valid split serves only the dev prior: read it when that is asked for
-    valid = (load_wrench(args.dataset, "valid", require_text=False, allow_unlabeled=True)
-             if args.class_balance == "dev" else None)
+    valid = None
+    if args.class_balance == "dev":
+        valid = (evals if args.eval_split == "valid"
+                 else load_wrench(args.dataset, "valid", require_text=False, allow_unlabeled=True))
     k = train.num_classes
     if evals.weak_labels.shape[1] != train.weak_labels.shape[1]:
         raise DataError(f"the train split of {train.name} has {train.weak_labels.shape[1]} labeling-function columns "
