@@ -190,6 +190,51 @@ def test_auto_rejects_a_label_swapped_pick():
     assert "rejected" not in fine.fit_report_["selection"]
 
 
+def test_clustered_standard_error_counts_held_out_clusters_not_votes():
+    from lightning_ws.labelmodels.auto import _macro, _macro_clustered_se
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=60)
+    cls = np.zeros(60, dtype=np.int64)
+    # one vote per cluster: the sandwich estimator with G / (G - 1) is the plain per-vote standard error
+    assert _macro_clustered_se(x, cls, np.arange(60), 2) == pytest.approx(_macro(x, cls, 2)[1])
+    # every cluster casts 10 identical votes: the per-vote SE shrinks by sqrt(10), the clustered one does not move
+    xr, cr, gr = np.repeat(x, 10), np.repeat(cls, 10), np.repeat(np.arange(60), 10)
+    assert _macro(xr, cr, 2)[1] < _macro(x, cls, 2)[1] / 3
+    assert _macro_clustered_se(xr, cr, gr, 2) == pytest.approx(_macro_clustered_se(x, cls, np.arange(60), 2))
+    assert _macro_clustered_se(x, cls, np.zeros(60, dtype=np.int64), 2) == float("inf")  # one cluster: no estimate
+
+
+def test_auto_does_not_merge_on_thin_cluster_evidence_youtube_programs():
+    """Real data: the 50 shipped LLM-written YouTube programs on the WRENCH YouTube train split (gold labels score
+    only). Six agreement clusters group 24 accurate spam detectors; about a dozen "ham unless sure" programs that miss
+    the same ~30 % of spam are not a cluster. Merging the six clusters lets that group outvote the detectors (train
+    accuracy 0.85 against majority vote's 0.95), yet the held-out agreement rewards it (z = 11 per vote), because the
+    held-out "ham unless sure" programs share those errors. Per held-out cluster the evidence is z = 1.1, so the merged
+    candidate is not taken."""
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.apply import apply_programs, dedup_programs
+    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    data = load_wrench("youtube", "train")
+    with ProgramSandbox(workers=2) as sb:
+        A = apply_programs([p for p in recorded_programs("youtube") if p.valid], data.texts, num_classes=2,
+                           sandbox=sb).L
+    keep, _ = dedup_programs(A)
+    L, y = A[:, keep], np.asarray(data.labels)
+    auto = AutoLabelModel(2).fit(L)
+    scores = auto.fit_report_["selection"]["scores"]
+    merged = scores["moment_matching/merged"]
+    assert merged["gain_vs_mv"] > 2 * merged["se"] and merged["gain_vs_mv"] < 2 * merged["se_clustered"]
+    assert auto.fit_report_["variant"] == "raw"
+    mv_acc = (MajorityVote(2).fit(L).predict_proba(L).argmax(1) == y).mean()
+    assert (auto.predict_proba(L).argmax(1) == y).mean() >= mv_acc - 0.005
+    forced = AutoLabelModel(2, merge="always").fit(L)  # the merged matrix alone: worse, and it says which it used
+    assert forced.fit_report_["variant"] == "merged"
+    assert (forced.predict_proba(L).argmax(1) == y).mean() < mv_acc - 0.05
+
+
 def test_auto_with_dev_labels_selects_on_dev_and_round_trips(tmp_path):
     d = make_regime_label_matrix(4000, k=3, m=15, lf_type="multi", seed=11)
     dev = make_regime_label_matrix(300, k=3, m=15, lf_type="multi", seed=11)  # same LF parameters, fresh rows
