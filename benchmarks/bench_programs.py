@@ -9,13 +9,18 @@ Sections (each prints the rows recorded in BENCHMARKS.md, "Programs"):
 * ``quality``: the recorded ScriptoriumWS / Alchemist responses on WRENCH YouTube and SMS: valid programs, mean
   coverage and accuracy of the programs (train split), label-model test metrics (MV and Snorkel-style moment
   matching), with and without dev filtering; the WRENCH hand-written LFs, programs pooled, joint and cascade;
-* ``label-model-default``: ``auto`` (the package's default label model) vs ``moment_matching`` for every combination
-  mode, valid and test metrics (YouTube, SMS, and TREC's hand-written LFs);
+* ``label-model-default``: ``auto`` (the package's default label model) vs majority vote and ``moment_matching`` for
+  every combination mode, valid and test metrics (YouTube, SMS, and TREC's hand-written LFs);
+* ``label-model-tiers``: the same label models on every program LF set on its own (each ScriptoriumWS prompt tier and
+  Alchemist mode, all programs pooled, and joined with the WRENCH LFs), YouTube and SMS: 18 real label matrices that
+  the label models were not developed on; train (transductive), valid and test, and how often ``auto`` falls more
+  than 0.5 point below majority vote;
 
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section attacks
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section throughput --n 100000
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section quality
     OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section label-model-default
+    OMP_NUM_THREADS=1 python benchmarks/bench_programs.py --section label-model-tiers
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +180,9 @@ def quality(min_dev_accuracy: float) -> None:
 
 
 def label_model_default(models: list[str]) -> None:
-    """``ProgramLabelDataModule``'s label model: the package default ``auto`` vs ``moment_matching`` (its former
-    default), on the valid split (where a choice may be made) and the test split, every combination mode."""
+    """``ProgramLabelDataModule``'s label model: the package default ``auto`` vs majority vote (the baseline it must
+    not lose to) and ``moment_matching`` (the datamodule's former default), on the valid split (where a choice may be
+    made) and the test split, every combination mode."""
     from lightning_ws.data import load_wrench
     from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, label_metrics
     from lightning_ws.programs.generate import recorded_programs
@@ -219,10 +226,67 @@ def label_model_default(models: list[str]) -> None:
                       + " |", flush=True)
 
 
+def label_model_tiers(models: list[str]) -> None:
+    """Each program LF set on its own (prompt tier / Alchemist mode), all programs pooled, and pooled + WRENCH LFs:
+    every label model of ``models`` fitted label-free on the train matrix, metric on train, valid and test."""
+    from lightning_ws.data import load_wrench
+    from lightning_ws.labelmodels import make_label_model
+    from lightning_ws.programs.apply import apply_programs, label_metrics
+    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    splits = ("train", "valid", "test")
+    base = models[0]
+    print(f"Program LF sets on their own. Metric (YouTube: accuracy, SMS: F1 of spam) on all rows of train "
+          f"(transductive), valid and test; label-free fits on the train matrix; ties to class 0. Last model's pick "
+          f"in brackets. Cells: {', '.join(models)}.")
+    print("| set | LF set | LFs | " + " | ".join(splits) + " |")
+    print("|---|---|---|" + "---|" * len(splits))
+    below: dict[str, list[str]] = {s: [] for s in splits}
+    n_sets = 0
+    with ProgramSandbox(workers=2) as sb:
+        for task in ("youtube", "sms"):
+            S = {s: load_wrench(task, s) for s in splits}
+            metric = "f1" if task == "sms" else "acc"
+            progs = [p for p in recorded_programs(task) if p.valid]
+            A = {s: apply_programs(progs, S[s].texts, num_classes=2, sandbox=sb,
+                                   cache_dir=Path("runs/program_cache")).L for s in S}
+            sets = {t: [i for i, p in enumerate(progs) if p.prompt_id == t]
+                    for t in dict.fromkeys(p.prompt_id for p in progs)}
+            sets["all programs"] = list(range(len(progs)))
+            sets["all programs + WRENCH LFs"] = list(range(len(progs)))
+            for name, idx in sets.items():
+                n_sets += 1
+                Ls = {s: A[s][:, idx] for s in S}
+                if name.endswith("WRENCH LFs"):
+                    Ls = {s: np.concatenate([np.asarray(S[s].weak_labels), Ls[s]], axis=1) for s in S}
+                vals: dict[str, dict[str, float]] = {}
+                pick = ""
+                for lm in models:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model = make_label_model(lm, num_classes=2, seed=0).fit(Ls["train"])
+                    vals[lm] = {s: label_metrics(model.predict_proba(Ls[s]), np.asarray(S[s].labels))[metric]
+                                for s in splits}
+                    if getattr(model, "inner_", None) is not None:
+                        pick = f" [{model.fit_report_['selected']}/{model.fit_report_['variant']}]"
+                for s in splits:
+                    if vals[models[-1]][s] < vals[base][s] - 0.005:
+                        below[s].append(f"{task}/{name} ({100 * (vals[models[-1]][s] - vals[base][s]):+.1f})")
+                cells = [" / ".join(f"{vals[m][s]:.3f}" for m in models) for s in splits]
+                print(f"| {task} | {name} | {Ls['train'].shape[1]} | " + " | ".join(cells[:-1]) + " | " + cells[-1]
+                      + pick + " |", flush=True)
+    for s in splits:
+        print(f"{models[-1]} more than 0.5 point below {base} on {s}: {len(below[s])} of {n_sets}"
+              + (f" ({', '.join(below[s])})" if below[s] else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", choices=["attacks", "throughput", "quality", "label-model-default"], required=True)
-    ap.add_argument("--label-models", default="moment_matching,auto", help="label models (label-model-default)")
+    ap.add_argument("--section", choices=["attacks", "throughput", "quality", "label-model-default", "label-model-tiers"],
+                    required=True)
+    ap.add_argument("--label-models", default="majority_vote,moment_matching,auto",
+                    help="label models (label-model-default); majority vote first: the baseline auto must not lose to")
     ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")
     ap.add_argument("--programs", type=int, default=20, help="programs (throughput)")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved repeats (throughput)")
@@ -242,6 +306,8 @@ def main() -> None:
         throughput(args.n, args.programs, args.repeats, args.isolation)
     elif args.section == "quality":
         quality(args.min_dev_accuracy)
+    elif args.section == "label-model-tiers":
+        label_model_tiers(args.label_models.split(","))
     else:
         label_model_default(args.label_models.split(","))
 
