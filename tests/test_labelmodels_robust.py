@@ -232,6 +232,7 @@ def test_auto_does_not_merge_on_thin_cluster_evidence_youtube_programs():
     merged = scores["moment_matching/merged"]
     assert merged["gain_vs_mv"] > 2 * merged["se"] and merged["gain_vs_mv"] < 2 * merged["se_clustered"]
     assert auto.fit_report_["variant"] == "raw"
+    assert "moment_matching/merged" in auto.fit_report_["selection"]["thin_evidence"]
     mv_acc = (MajorityVote(2).fit(L).predict_proba(L).argmax(1) == y).mean()
     assert (auto.predict_proba(L).argmax(1) == y).mean() >= mv_acc - 0.005
     forced = AutoLabelModel(2, merge="always").fit(L)  # the merged matrix alone: worse, and it says which it used
@@ -260,6 +261,7 @@ def test_auto_needs_evidence_per_held_out_lf_youtube_subset():
     ds = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
     assert ds["gain_vs_mv"] > 2 * ds["se"] and ds["gain_vs_mv"] < 2 * ds["se_clustered"]
     assert auto.selected == "majority_vote/raw"
+    assert "per held-out cluster" in auto.fit_report_["selection"]["thin_evidence"]["dawid_skene/raw"]
     assert (auto.predict_proba(L).argmax(1) == y).mean() >= mv_acc - 0.005
 
 

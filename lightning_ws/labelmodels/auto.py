@@ -124,7 +124,8 @@ class AutoLabelModel(LabelModel):
     be large to be taken (WRENCH YouTube test: MomentMatching 83.20, now majority vote 81.16). With
     ``merge="always"`` the reference is majority vote on the merged matrix. The chosen candidate is then refitted on
     the whole matrix. ``fit_report_`` lists every candidate's score (``se`` per vote, ``se_clustered``), the clusters,
-    and the choice. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin rule, per-row
+    and the choice; ``fit_report_["selection"]["thin_evidence"]`` names the candidates that beat the choice per vote
+    but not per held-out cluster. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin rule, per-row
     standard error), which uses labels the caller gave for that purpose.
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
@@ -318,8 +319,22 @@ class AutoLabelModel(LabelModel):
             # the gain must hold per vote and per held-out cluster (the votes of one cluster are not independent)
             if key != ref and gain > self.margin_z * max(se, se_cl) and gain > best_gain:
                 best, best_gain = key, gain
-        return best, {"criterion": "leave-cluster-out agreement", "folds": len(folds),
-                      "held_out_votes": int(base.size), "scores": scores}
+        info: dict[str, Any] = {"criterion": "leave-cluster-out agreement", "folds": len(folds),
+                                "held_out_votes": int(base.size), "scores": scores}
+        # candidates that beat the kept choice per vote but not per held-out cluster: say so, it is why MV stayed
+        thin = [name for name, sc in scores.items() if sc is not None and name != f"{ref[1]}/{ref[0]}"
+                and sc["gain_vs_mv"] > max(best_gain, self.margin_z * sc["se"])
+                and sc["gain_vs_mv"] <= self.margin_z * sc["se_clustered"]]
+        if thin:
+            def z(gain: float, se: float) -> float:
+                return gain / se if se > 0 else float("inf")
+
+            info["thin_evidence"] = {
+                name: f"gain {scores[name]['gain_vs_mv']:+.4f} is {z(scores[name]['gain_vs_mv'], scores[name]['se']):.1f} "
+                      f"standard errors per vote but "
+                      f"{z(scores[name]['gain_vs_mv'], scores[name]['se_clustered']):.1f} per held-out cluster "
+                      f"(margin_z = {self.margin_z})" for name in thin}
+        return best, info
 
     @staticmethod
     def _reference(variants: dict[str, Any]) -> tuple[str, str]:
