@@ -32,6 +32,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,16 +180,26 @@ def quality(min_dev_accuracy: float) -> None:
             row("WRENCH + programs, cascade", every, len(allp), True, True, "cascade")
 
 
+def _program_votes(task: str, sb: Any, S: dict[str, Any]) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """The recorded programs of ``task`` that passed the static checks and their vote matrix on each split of ``S``
+    (applied in the sandbox ``sb``, cached under ``runs/program_cache``)."""
+    from lightning_ws.programs.apply import apply_programs
+    from lightning_ws.programs.generate import recorded_programs
+
+    progs = [p for p in recorded_programs(task) if p.valid]
+    k = len(S["train"].class_names)
+    return progs, {s: apply_programs(progs, S[s].texts, num_classes=k, sandbox=sb,
+                                     cache_dir=Path("runs/program_cache")).L for s in S}
+
+
 def label_model_default(models: list[str]) -> None:
     """``ProgramLabelDataModule``'s label model: the package default ``auto`` vs majority vote (the baseline it must
     not lose to) and ``moment_matching`` (the datamodule's former default), on the valid split (where a choice may be
     made) and the test split, every combination mode."""
     from lightning_ws.data import load_wrench
-    from lightning_ws.programs.apply import apply_programs, combine_sources, dedup_programs, label_metrics
-    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.apply import combine_sources, dedup_programs, label_metrics
     from lightning_ws.programs.sandbox import ProgramSandbox
 
-    cache = Path("runs/program_cache")
     print("Label-model metric (YouTube, TREC: accuracy; SMS: F1 of spam) on valid and test, all rows; label models "
           "fitted on the train matrix, label-free class balance. auto = AutoLabelModel (its pick in brackets).")
     print("| set | combine | " + " | ".join(f"{m} valid | {m} test" for m in models) + " | seconds (" +
@@ -199,10 +210,9 @@ def label_model_default(models: list[str]) -> None:
             S = {s: load_wrench(task, s) for s in ("train", "valid", "test")}
             k = len(S["train"].class_names)
             metric = "f1" if task == "sms" else "acc"
-            progs = [p for p in recorded_programs(task) if p.valid] if task != "trec" else []
+            progs, A = _program_votes(task, sb, S) if task != "trec" else ([], {})
             Lg = {s: None for s in S}
             if progs:
-                A = {s: apply_programs(progs, S[s].texts, num_classes=k, sandbox=sb, cache_dir=cache).L for s in S}
                 keep, _ = dedup_programs(A["train"])
                 Lg = {s: A[s][:, keep] for s in S}
             modes = ("human", "generated", "joint", "cascade") if progs else ("human",)
@@ -231,8 +241,7 @@ def label_model_tiers(models: list[str]) -> None:
     every label model of ``models`` fitted label-free on the train matrix, metric on train, valid and test."""
     from lightning_ws.data import load_wrench
     from lightning_ws.labelmodels import make_label_model
-    from lightning_ws.programs.apply import apply_programs, label_metrics
-    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.apply import label_metrics
     from lightning_ws.programs.sandbox import ProgramSandbox
 
     splits = ("train", "valid", "test")
@@ -248,9 +257,7 @@ def label_model_tiers(models: list[str]) -> None:
         for task in ("youtube", "sms"):
             S = {s: load_wrench(task, s) for s in splits}
             metric = "f1" if task == "sms" else "acc"
-            progs = [p for p in recorded_programs(task) if p.valid]
-            A = {s: apply_programs(progs, S[s].texts, num_classes=2, sandbox=sb,
-                                   cache_dir=Path("runs/program_cache")).L for s in S}
+            progs, A = _program_votes(task, sb, S)
             sets = {t: [i for i, p in enumerate(progs) if p.prompt_id == t]
                     for t in dict.fromkeys(p.prompt_id for p in progs)}
             sets["all programs"] = list(range(len(progs)))
@@ -283,8 +290,8 @@ def label_model_tiers(models: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", choices=["attacks", "throughput", "quality", "label-model-default", "label-model-tiers"],
-                    required=True)
+    ap.add_argument("--section", required=True,
+                    choices=["attacks", "throughput", "quality", "label-model-default", "label-model-tiers"])
     ap.add_argument("--label-models", default="majority_vote,moment_matching,auto",
                     help="label models (label-model-default); majority vote first: the baseline auto must not lose to")
     ap.add_argument("--n", type=int, default=100_000, help="texts (throughput)")

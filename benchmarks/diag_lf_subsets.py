@@ -27,16 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_labelmodels import _fit_snorkel, _snorkel
 from diag_rare_class_f1 import f1_pos
+from diag_wrench_shapes import _pred
 
 from lightning_ws.data import load_wrench
-from lightning_ws.labelmodels import make_label_model, probs_to_preds
+from lightning_ws.labelmodels import make_label_model
 
 SETS = ("youtube", "sms", "trec")
 FRACTIONS = (0.25, 0.5, 0.75)
-
-
-def _pred(proba: np.ndarray) -> np.ndarray:
-    return probs_to_preds(proba, "random", seed=0)[0]
 
 
 def _metric(task: str, y: np.ndarray, pred: np.ndarray) -> float:

@@ -107,26 +107,27 @@ class AutoLabelModel(LabelModel):
     held-out LF is conditionally independent of the others given ``Y`` and better than chance, this agreement is an
     increasing function of the candidate's (balanced) accuracy on those rows, so it ranks aggregators without labels
     (the same idea as validating on a held-out noisy annotator). It is evidence, not a guarantee: real keyword LFs
-    fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube its pick beats majority vote
-    on test but not on the train split). Holding out whole clusters keeps a near-duplicate of the held-out LF from rewarding the models that
-    over-count it.
+    fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube MomentMatching, its pick until
+    the cluster-robust test below, beats majority vote on test but not on the train split). Holding out whole
+    clusters keeps a near-duplicate of the held-out LF from rewarding the models that over-count it.
 
     Candidates: each model of ``candidates`` on the raw LFs and, when clusters with several LFs are found
     (``merge="auto"``), on the merged matrix (one column per cluster: the majority of its members). The
     winner must beat raw majority vote by ``margin_z`` standard errors of the paired per-vote difference and by
     ``margin_z`` cluster-robust standard errors (the votes grouped by held-out cluster, :func:`_macro_clustered_se`);
-    otherwise majority vote is kept. The votes of one held-out cluster share its precision and its dependence on the LFs
-    kept, so thousands of them can be a handful of independent pieces of evidence: on 8 of WRENCH YouTube's 10 LFs
-    Dawid-Skene scored z = 4.2 per vote and 0.7 per held-out LF (two weak ham rules, one worse than chance, carried
-    the gain) and lost 24 points of train accuracy to majority vote; merging the clusters of the 50 shipped YouTube
-    programs scored z = 11 per vote and 1.1 per held-out cluster and lost 10 points (``tests/test_labelmodels_robust.py``,
-    ``BENCHMARKS.md``). The price: with 4-10 LFs there are only 4-10 held-out clusters, so real gains there need to
-    be large to be taken (WRENCH YouTube test: MomentMatching 83.20, now majority vote 81.16). With
+    otherwise majority vote is kept. The votes of one held-out cluster share its precision and its dependence on the
+    LFs kept, so thousands of them can be a handful of independent pieces of evidence: on 8 of WRENCH YouTube's 10
+    LFs Dawid-Skene scored z = 4.2 per vote and 0.7 per held-out LF (two weak ham rules, one worse than chance,
+    carried the gain) and lost 24 points of train accuracy to majority vote; merging the clusters of the 50 shipped
+    YouTube programs scored z = 11 per vote and 1.1 per held-out cluster and lost 10 points
+    (``tests/test_labelmodels_robust.py``, ``BENCHMARKS.md``). The price: with 4-10 LFs there are only 4-10 held-out
+    clusters, so real gains there need to be large to be taken (WRENCH YouTube test: MomentMatching 83.20, now
+    majority vote 81.16). With
     ``merge="always"`` the reference is majority vote on the merged matrix. The chosen candidate is then refitted on
     the whole matrix. ``fit_report_`` lists every candidate's score (``se`` per vote, ``se_clustered``), the clusters,
     and the choice; ``fit_report_["selection"]["thin_evidence"]`` names the candidates that beat the choice per vote
-    but not per held-out cluster. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin rule, per-row
-    standard error), which uses labels the caller gave for that purpose.
+    but not per held-out cluster. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin
+    rule, per-row standard error), which uses labels the caller gave for that purpose.
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
@@ -250,7 +251,8 @@ class AutoLabelModel(LabelModel):
         failed: set[tuple[str, str]] = set()
         for f_idx, held in enumerate(folds):
             held_set = set(held.tolist())
-            H = held_votes[:, sorted(held_set)]
+            held_cols = np.sort(held)  # the held-out clusters, in the column order of H
+            H = held_votes[:, held_cols]
             for v, (M, groups) in variants.items():
                 keep = [col for g, cols in enumerate(groups) if g not in held_set for col in cols]
                 Mr = M[:, keep]
@@ -263,7 +265,7 @@ class AutoLabelModel(LabelModel):
                 hint = (U, inv, counts) if U.shape[0] <= _COLLAPSE_MAX_RATIO * Mr.shape[0] else False
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
-                    vote_grp.append(np.asarray(sorted(held_set), dtype=np.int64)[hcols])
+                    vote_grp.append(held_cols[hcols])
                 # One (SQUAREM-accelerated) Dawid-Skene fit per sub-matrix serves as the Dawid-Skene candidate and
                 # gives the label-free class balance of the others (MomentMatching and Triplet would each refit
                 # the same EM for it).
@@ -322,18 +324,17 @@ class AutoLabelModel(LabelModel):
         info: dict[str, Any] = {"criterion": "leave-cluster-out agreement", "folds": len(folds),
                                 "held_out_votes": int(base.size), "scores": scores}
         # candidates that beat the kept choice per vote but not per held-out cluster: say so, it is why MV stayed
-        thin = [name for name, sc in scores.items() if sc is not None and name != f"{ref[1]}/{ref[0]}"
-                and sc["gain_vs_mv"] > max(best_gain, self.margin_z * sc["se"])
-                and sc["gain_vs_mv"] <= self.margin_z * sc["se_clustered"]]
+        thin: dict[str, str] = {}
+        for name, sc in scores.items():
+            if sc is None or name == f"{ref[1]}/{ref[0]}":
+                continue
+            g, se, se_cl = sc["gain_vs_mv"], sc["se"], sc["se_clustered"]
+            if g > max(best_gain, self.margin_z * se) and g <= self.margin_z * se_cl:
+                z_vote = g / se if se > 0 else float("inf")
+                thin[name] = (f"gain {g:+.4f} is {z_vote:.1f} standard errors per vote but {g / se_cl:.1f} per "
+                              f"held-out cluster (margin_z = {self.margin_z})")
         if thin:
-            def z(gain: float, se: float) -> float:
-                return gain / se if se > 0 else float("inf")
-
-            info["thin_evidence"] = {
-                name: f"gain {scores[name]['gain_vs_mv']:+.4f} is {z(scores[name]['gain_vs_mv'], scores[name]['se']):.1f} "
-                      f"standard errors per vote but "
-                      f"{z(scores[name]['gain_vs_mv'], scores[name]['se_clustered']):.1f} per held-out cluster "
-                      f"(margin_z = {self.margin_z})" for name in thin}
+            info["thin_evidence"] = thin
         return best, info
 
     @staticmethod
