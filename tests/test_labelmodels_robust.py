@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from lightning_ws.errors import DataError
+from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.labelmodels import (
     AutoLabelModel,
     DawidSkene,
@@ -24,6 +24,7 @@ from lightning_ws.labelmodels import (
     make_regime_label_matrix,
     make_synthetic_label_matrix,
     merge_clusters,
+    restrict_to_voted,
 )
 
 
@@ -328,3 +329,63 @@ def test_auto_ignores_lfs_that_never_vote(tmp_path, spec):
         make_label_model("auto", num_classes=k).fit(np.full((20, 4), -1))
     with pytest.raises(DataError, match="abstains on every row"):  # the single models keep refusing
         MajorityVote(num_classes=k).fit(L_silent)
+
+
+def test_restrict_to_voted_keeps_voted_classes_and_uncovered_rows():
+    P = np.array([[0.7, 0.2, 0.1], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1]])
+    L = np.array([[1, 2], [-1, -1], [0, -1], [2, -1], [1, 1]])
+    Q = restrict_to_voted(P, L, 3)
+    np.testing.assert_allclose(Q[0], [0.0, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(Q[1], P[1])  # all-abstain row: untouched (the class balance)
+    np.testing.assert_allclose(Q[2], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(Q[3], [0.0, 0.0, 1.0])  # the voted class had probability 0: vote shares
+    np.testing.assert_allclose(Q[4], [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(P[0], [0.7, 0.2, 0.1])  # input not modified
+
+
+def test_auto_keeps_to_the_voted_classes_on_trec_subset_where_moment_matching_overrides_the_votes(tmp_path):
+    """Real data: 17 of WRENCH TREC's 68 single-class LFs (draw 3 of that size in ``benchmarks/diag_lf_subsets.py``,
+    where ``auto`` lost most). One class-0 rule fires on 62 % of the rows at 23 % precision; moment matching's
+    posterior, driven by the class prior and the LFs that abstain, labels covered rows with classes no LF voted on
+    them (e.g. rows where only a 97 %-precise class-5 rule fires go to class 0) and loses about 10 points to majority
+    vote, yet its held-out gain passes both tests, so ``auto`` picks it. With the default ``support="voted"`` its
+    predictions keep to the voted classes of each row and ``auto`` does not lose to majority vote;
+    ``support="model"`` (the behaviour before, and of files saved before) does."""
+    from lightning_ws.data import load_wrench
+
+    data = load_wrench("trec", "train")
+    cols = [1, 3, 8, 10, 11, 16, 23, 25, 34, 41, 44, 47, 53, 60, 62, 63, 66]
+    L = np.asarray(data.weak_labels)[:, cols]
+    y = np.asarray(data.labels)
+    cov = (L >= 0).any(axis=1)
+
+    def acc(P: np.ndarray) -> float:
+        return float((P[cov].argmax(1) == y[cov]).mean())
+
+    mv = acc(MajorityVote(6).fit(L).predict_proba(L))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the duplicated class-5 rule: MomentMatching warns about it
+        P_mm = MomentMatching(6).fit(L).predict_proba(L)
+        own = AutoLabelModel(6, support="model").fit(L)
+        auto = AutoLabelModel(6).fit(L)
+    voted = np.zeros((L.shape[0], 6), dtype=bool)
+    rows, lfs = np.nonzero(L >= 0)
+    voted[rows, L[rows, lfs]] = True
+    assert (~voted[cov, P_mm[cov].argmax(1)]).mean() > 0.05  # many covered rows get a class nobody voted
+    assert acc(P_mm) < mv - 0.05
+    assert acc(restrict_to_voted(P_mm, L, 6)) >= mv - 0.005
+    assert own.selected == auto.selected == "moment_matching/raw"  # same pick, same criterion
+    assert acc(own.predict_proba(L)) < mv - 0.05
+    P = auto.predict_proba(L)
+    assert acc(P) >= mv - 0.005
+    assert voted[cov, P[cov].argmax(1)].all()
+    loaded = LabelModel.load(auto.save(tmp_path / "auto"))
+    assert loaded.support == "voted"
+    np.testing.assert_allclose(loaded.predict_proba(L), P)
+    state = auto.state_dict()
+    del state["meta"]["config"]["support"]  # a file written before the option: it predicted like "model"
+    old = AutoLabelModel(6)
+    old.load_state_dict(state)
+    np.testing.assert_allclose(old.predict_proba(L), own.predict_proba(L))
+    with pytest.raises(ConfigError, match="support"):
+        AutoLabelModel(6, support="votes")

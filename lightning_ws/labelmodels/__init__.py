@@ -31,6 +31,7 @@ from lightning_ws.labelmodels.matrix import (
     lf_clusters,
     lf_dependencies,
     merge_clusters,
+    restrict_to_voted,
     validate_label_matrix,
 )
 from lightning_ws.labelmodels.metal_compat import MetalCompat
@@ -77,6 +78,7 @@ __all__ = [
     "lf_clusters",
     "lf_dependencies",
     "merge_clusters",
+    "restrict_to_voted",
     "make_label_model",
     "make_regime_label_matrix",
     "make_synthetic_label_matrix",

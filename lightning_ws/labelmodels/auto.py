@@ -23,6 +23,7 @@ from lightning_ws.labelmodels.matrix import (
     covered_mask,
     lf_clusters,
     merge_clusters,
+    restrict_to_voted,
     unique_rows,
     vote_counts,
 )
@@ -129,6 +130,18 @@ class AutoLabelModel(LabelModel):
     but not per held-out cluster. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin
     rule, per-row standard error), which uses labels the caller gave for that purpose.
 
+    Voted classes (``support="voted"``, the default): on a row where LFs vote, the chosen model's probabilities are
+    restricted to the classes some LF voted on that row (:func:`~lightning_ws.labelmodels.matrix.restrict_to_voted`),
+    so ``auto`` never contradicts every vote on a row, as majority vote never does. A conditional-independence model
+    otherwise moves covered rows to a class no LF named on the strength of the class prior and of the LFs that
+    abstained; on real keyword LFs those predictions were mostly wrong (75 WRENCH YouTube / SMS / TREC matrices:
+    right on 11 % of such rows, where majority vote was right on 68-69 %), and on a TREC subset the pick lost 10 points
+    of train accuracy to majority vote that way (``benchmarks/diag_voted_support.py``, ``BENCHMARKS.md``). The
+    selection still compares the candidates' own probabilities: scoring restricted candidates let near-copies of
+    majority vote win on tiny gains and was worse on the program LF sets. On synthetic conditionally independent LFs
+    the unvoted predictions are the Bayes decision, so ``"voted"`` gives up part of the gain there; ``"model"`` keeps
+    it (and is how models saved before this option predict).
+
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
     least 5 % of the rows get no vote and the pick's balance gives them another class than majority vote's vote
@@ -158,6 +171,8 @@ class AutoLabelModel(LabelModel):
             :func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`) or ``"both"`` (their union). The
             benchmark compares them on the regime matrix (``BENCHMARKS.md``); the agreement clusters stay the
             default there.
+        support: ``"voted"`` (default: the chosen model's prediction on a covered row is restricted to the classes
+            some LF voted on it) or ``"model"`` (its own probabilities).
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
@@ -168,8 +183,12 @@ class AutoLabelModel(LabelModel):
     def __init__(self, num_classes: int | None = None, *, candidates: Any = DEFAULT_CANDIDATES,
                  merge: Literal["auto", "never", "always"] = "auto", cluster_threshold: float = 0.7, n_folds: int = 5,
                  margin_z: float = 2.0, max_selection_rows: int = 200_000,
-                 structure: Literal["agreement", "rpca", "both"] = "agreement", seed: int = 0) -> None:
+                 structure: Literal["agreement", "rpca", "both"] = "agreement",
+                 support: Literal["voted", "model"] = "voted", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
+        if support not in ("voted", "model"):
+            raise ConfigError(f"support must be 'voted' or 'model', got {support!r}.")
+        self.support = support
         if structure not in ("agreement", "rpca", "both"):
             raise ConfigError(f"structure must be 'agreement', 'rpca' or 'both', got {structure!r}.")
         self.structure = structure
@@ -196,7 +215,7 @@ class AutoLabelModel(LabelModel):
         """Constructor arguments."""
         return {**super().get_config(), "candidates": list(self.candidates), "merge": self.merge,
                 "cluster_threshold": self.cluster_threshold, "n_folds": self.n_folds, "margin_z": self.margin_z,
-                "max_selection_rows": self.max_selection_rows, "structure": self.structure}
+                "max_selection_rows": self.max_selection_rows, "structure": self.structure, "support": self.support}
 
     # -- selection ----------------------------------------------------------------------------------------------
 
@@ -507,7 +526,9 @@ class AutoLabelModel(LabelModel):
         return merge_clusters(L, self.clusters_, self.k_) if self.merged_ else L
 
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
-        return self.inner_.predict_proba(self._transform(L))
+        M = self._transform(L)
+        P = self.inner_.predict_proba(M)
+        return restrict_to_voted(P, M, self.k_) if self.support == "voted" else P
 
     def _lf_confusions(self) -> np.ndarray:
         conf = self.inner_.lf_confusions
@@ -544,6 +565,8 @@ class AutoLabelModel(LabelModel):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         super().load_state_dict(state)
+        # files written before ``support`` existed predicted with the inner model's own probabilities
+        self.support = state["meta"].get("config", {}).get("support", "model")
         extra = state["meta"]["extra"]
         im = extra["inner_meta"]
         inner = registry()[im["name"]](**im["config"])
