@@ -236,7 +236,7 @@ def label_model_default(models: list[str]) -> None:
                       + " |", flush=True)
 
 
-def label_model_tiers(models: list[str]) -> None:
+def label_model_tiers(models: list[str], auto_support: str = "voted") -> None:
     """Each program LF set on its own (prompt tier / Alchemist mode), all programs pooled, and pooled + WRENCH LFs:
     every label model of ``models`` fitted label-free on the train matrix, metric on train, valid and test."""
     from lightning_ws.data import load_wrench
@@ -272,7 +272,8 @@ def label_model_tiers(models: list[str]) -> None:
                 for lm in models:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        model = make_label_model(lm, num_classes=2, seed=0).fit(Ls["train"])
+                        kw = {"support": auto_support} if lm == "auto" else {}
+                        model = make_label_model(lm, num_classes=2, seed=0, **kw).fit(Ls["train"])
                     vals[lm] = {s: label_metrics(model.predict_proba(Ls[s]), np.asarray(S[s].labels))[metric]
                                 for s in splits}
                     if getattr(model, "inner_", None) is not None:
@@ -300,6 +301,8 @@ def main() -> None:
     ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "none"],
                     help="namespace launcher of the sandbox (throughput)")
     ap.add_argument("--min-dev-accuracy", type=float, default=0.8, help="dev filter (quality)")
+    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
+                    help="AutoLabelModel(support=...) in label-model-tiers")
     args = ap.parse_args()
     try:
         import torch
@@ -314,7 +317,7 @@ def main() -> None:
     elif args.section == "quality":
         quality(args.min_dev_accuracy)
     elif args.section == "label-model-tiers":
-        label_model_tiers(args.label_models.split(","))
+        label_model_tiers(args.label_models.split(","), args.auto_support)
     else:
         label_model_default(args.label_models.split(","))
 

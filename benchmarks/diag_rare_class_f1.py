@@ -32,6 +32,7 @@ Run: ``OMP_NUM_THREADS=1 python benchmarks/diag_rare_class_f1.py`` (about 25 sec
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import warnings
 
@@ -97,7 +98,7 @@ def worse_than_chance() -> None:
         print(f"| {prec} | {total} | {bad} ({100.0 * bad / total:.0f} %) |", flush=True)
 
 
-def above_chance() -> list[str]:
+def above_chance(auto_support: str = "voted") -> list[str]:
     """Print the second table; return the rows of the third (the F1 decision rule on the same fits)."""
     print("\n| u (precision = p_c + u (1 - p_c)) | draws | auto picks | accuracy: auto - MV | accuracy: auto - snorkel | "
           "F1: auto - MV | F1: auto - snorkel | label-model picks losing F1 to MV | of those, still losing with the "
@@ -114,7 +115,7 @@ def above_chance() -> list[str]:
             L, y = R.L, R.y
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                auto = make_label_model("auto", num_classes=2, seed=0).fit(L)
+                auto = make_label_model("auto", num_classes=2, seed=0, support=auto_support).fit(L)
                 mv = make_label_model("majority_vote", num_classes=2, seed=0).fit(L)
                 Pa, Pm = auto.predict_proba(L), mv.predict_proba(L)
                 pa = probs_to_preds(Pa, "random", seed=0)[0]
@@ -157,8 +158,13 @@ def f1_decision(rows: list[str]) -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
+                    help="AutoLabelModel(support=...): 'voted' (default) restricts covered rows to their voted "
+                         "classes, 'model' does not")
+    args = ap.parse_args()
     worse_than_chance()
-    f1_decision(above_chance())
+    f1_decision(above_chance(args.auto_support))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Transductive (the matrix the models were fitted on). Run:
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 import warnings
@@ -61,6 +62,11 @@ def _cell(x: list[float]) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
+                    help="AutoLabelModel(support=...): 'voted' (default) restricts covered rows to their voted "
+                         "classes, 'model' does not")
+    args = ap.parse_args()
     SL = _snorkel()
     print("| shape | rows x LFs, k | metric | auto - MV: mean / min | auto - snorkel: mean / min | auto picks | "
           "auto fit s | x snorkel |")
@@ -77,7 +83,7 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                auto = make_label_model("auto", num_classes=k, seed=0).fit(L)
+                auto = make_label_model("auto", num_classes=k, seed=0, support=args.auto_support).fit(L)
                 t_auto.append(time.perf_counter() - t0)
                 mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L)
             pa, pm = _pred(auto.predict_proba(L)), _pred(mv.predict_proba(L))
