@@ -211,9 +211,12 @@ def restrict_to_voted(P: np.ndarray, L: np.ndarray, k: int) -> np.ndarray:
     new float64 array.
     """
     P = np.asarray(P, dtype=np.float64)
+    n, m = L.shape
     voted = np.zeros(P.shape, dtype=bool)
-    rows, lfs = np.nonzero(L != ABSTAIN)
-    voted[rows, L[rows, lfs]] = True
+    for sl in _row_chunks(n, m):  # k passes over row chunks: memory O(n k), not O(number of votes)
+        block = L[sl]
+        for c in range(k):
+            voted[sl, c] = (block == c).any(axis=1)
     cov = voted.any(axis=1)
     Q = np.where(voted, P, 0.0)
     total = Q.sum(axis=1, keepdims=True)
