@@ -375,6 +375,7 @@ def test_auto_keeps_to_the_voted_classes_on_trec_subset_where_moment_matching_ov
     assert acc(P_mm) < mv - 0.05
     assert acc(restrict_to_voted(P_mm, L, 6)) >= mv - 0.005
     assert own.selected == auto.selected == "moment_matching/raw"  # same pick, same criterion
+    assert auto.fit_report_["support"]["unvoted_argmax_rows"] > 0.05 * cov.sum()
     assert acc(own.predict_proba(L)) < mv - 0.05
     P = auto.predict_proba(L)
     assert acc(P) >= mv - 0.005
@@ -389,3 +390,25 @@ def test_auto_keeps_to_the_voted_classes_on_trec_subset_where_moment_matching_ov
     np.testing.assert_allclose(old.predict_proba(L), own.predict_proba(L))
     with pytest.raises(ConfigError, match="support"):
         AutoLabelModel(6, support="votes")
+
+
+def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
+    """``fit_report_["support"]`` counts the covered fit rows where the pick's own argmax names a class that no LF
+    voted there, checked against a direct count; majority vote never does."""
+    d = make_regime_label_matrix(3000, k=2, m=9, lf_type="single", coverage=(0.05, 0.2), accuracy=(0.2, 0.8),
+                                 imbalance=4.0, accuracy_scale="above_chance", seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
+    rep = auto.fit_report_["support"]
+    cov = (d.L >= 0).any(axis=1)
+    assert auto.selected == "dawid_skene/raw"  # margin 0: the candidate is taken
+    assert rep["mode"] == "voted" and rep["covered_rows"] == int(cov.sum())
+    own = auto.inner_.predict_proba(d.L).argmax(1)
+    unvoted = cov & ~np.array([(d.L[i] == own[i]).any() for i in range(len(own))])
+    assert unvoted.sum() > 100  # conditionally independent weak LFs: the prior overrules many lone votes
+    assert rep["unvoted_argmax_rows"] == int(unvoted.sum())
+    P = auto.predict_proba(d.L)
+    assert all((d.L[i] == P[i].argmax()).any() for i in np.flatnonzero(cov))
+    mv = AutoLabelModel(2, candidates=("majority_vote",)).fit(d.L)
+    assert mv.fit_report_["support"]["unvoted_argmax_rows"] == 0

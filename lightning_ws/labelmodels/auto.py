@@ -140,7 +140,8 @@ class AutoLabelModel(LabelModel):
     selection still compares the candidates' own probabilities: scoring restricted candidates let near-copies of
     majority vote win on tiny gains and was worse on the program LF sets. On synthetic conditionally independent LFs
     the unvoted predictions are the Bayes decision, so ``"voted"`` gives up part of the gain there; ``"model"`` keeps
-    it (and is how models saved before this option predict).
+    it (and is how models saved before this option predict). ``fit_report_["support"]["unvoted_argmax_rows"]`` counts
+    the covered fit rows where the pick's own argmax is a class no LF voted (the rows ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
@@ -435,7 +436,25 @@ class AutoLabelModel(LabelModel):
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
                                 n_clusters=len(self.clusters_), selection=info,
                                 converged=bool(model.fit_report_.get("converged", True)),
-                                n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_)
+                                n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_,
+                                support=self._unvoted_report(model, M))
+
+    def _unvoted_report(self, model: LabelModel, M: np.ndarray) -> dict[str, Any]:
+        """How often the pick's own argmax on a covered fit row is a class no LF voted there (what ``support="voted"``
+        overrides), on at most ``max_selection_rows`` seeded rows."""
+        if M.shape[0] > self.max_selection_rows:
+            M = M[np.sort(np.random.default_rng([self.seed, 4051]).choice(M.shape[0], self.max_selection_rows,
+                                                                          replace=False))]
+        cov = covered_mask(M)
+        report: dict[str, Any] = {"mode": self.support, "covered_rows": int(cov.sum()), "unvoted_argmax_rows": 0}
+        if not cov.any() or model.name == "majority_vote":
+            return report
+        U, inv, _ = unique_rows(M[cov])  # posteriors depend on the vote pattern only
+        top = model.predict_proba(U).argmax(axis=1)
+        votes = vote_counts(U, self.k_)
+        unvoted = votes[np.arange(U.shape[0]), top] == 0
+        report["unvoted_argmax_rows"] = int(unvoted[inv].sum())
+        return report
 
     def _reject_swapped(self, L: np.ndarray, model: LabelModel, M: np.ndarray, name: str,
                         info: dict[str, Any]) -> bool:
