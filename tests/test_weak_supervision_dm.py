@@ -45,6 +45,7 @@ def test_soft_targets_drop_uncovered_and_report():
     rep = dm.label_model_report
     assert rep["rows_kept"] == len(ds) and rep["class_balance_source"] in ("estimated", "uniform", "given", "dev")
     assert 0.7 < rep["pseudolabel_accuracy_vs_gold"] <= 1.0
+    assert rep["label_model_pick"] is None and rep["unvoted_argmax_rows"] is None  # not AutoLabelModel
     batch = next(iter(dm.train_dataloader()))
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape[1] == 2
     # validation keeps gold labels
@@ -142,3 +143,12 @@ def test_soft_cross_entropy_matches_hard_on_one_hot():
     torch.testing.assert_close(soft_cross_entropy(logits, onehot), torch.nn.functional.cross_entropy(logits, y))
     with pytest.raises(ValueError, match="shape"):
         soft_cross_entropy(logits, onehot[:, :2])
+
+
+def test_default_auto_reports_its_pick_and_the_rows_it_keeps_to_voted_classes():
+    dm = PseudoLabelDataModule("youtube", batch_size=16)  # label_model="auto", the default
+    dm.setup("fit")
+    rep = dm.label_model_report
+    assert rep["label_model"] == "AutoLabelModel"
+    assert rep["label_model_pick"] == dm.label_model.selected == "majority_vote/raw"  # label-free on WRENCH YouTube
+    assert rep["unvoted_argmax_rows"] == 0  # majority vote only names voted classes

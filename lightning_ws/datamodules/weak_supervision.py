@@ -126,7 +126,9 @@ class PseudoLabelDataModule(TextClassificationDataModule):
 
     Attributes:
         label_model: the fitted (or loaded) label model, after ``setup("fit")``.
-        label_model_report: coverage, kept rows, class balance and its source, the targets' class mass, the class
+        label_model_report: coverage, kept rows, class balance and its source, ``auto``'s pick and the covered rows
+            where that pick alone would name a class no LF voted (``None`` for other models; ``support="voted"``
+            keeps those rows among the voted classes), the targets' class mass, the class
             weighting used, and the pseudolabels' accuracy against the gold training labels (a diagnostic only, with
             ties between classes broken at random by a generator seeded with ``seed``; gold labels never reach
             training; computed on the rows that have one, ``None`` for an unlabelled train split).
@@ -253,8 +255,13 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         if weighting == "balanced":
             labels, weight = balance_targets(labels, self.num_classes)
             extras[WEIGHT] = weight.astype(np.float32)
+        fit_rep = getattr(model, "fit_report_", None) or {}
         self.label_model_report = {
             "label_model": type(model).__name__,
+            # AutoLabelModel: what it chose, and how many covered rows its pick alone would give a class no LF voted
+            "label_model_pick": (f"{fit_rep['selected']}/{fit_rep.get('variant', 'raw')}" if "selected" in fit_rep
+                                 else None),
+            "unvoted_argmax_rows": (fit_rep.get("support") or {}).get("unvoted_argmax_rows"),
             "class_balance": np.asarray(model.class_balance_).round(4).tolist(),
             "class_balance_source": model.class_balance_source,
             "coverage": float(covered.mean()),
