@@ -374,6 +374,7 @@ def test_program_label_datamodule_modes(tmp_path):
     assert reports["generated"]["programs"] == 12 and reports["joint"]["cache_hits"] == 12
     assert reports["cascade"]["coverage"] == 1.0 and reports["cascade"]["targets"] == "hard"
     assert reports["generated"]["pseudolabel_accuracy_vs_gold"] > 0.8
+    assert reports["joint"]["unvoted_argmax_rows"] is None  # majority vote: no AutoLabelModel support report
     with pytest.raises(ConfigError, match="combine"):
         ProgramLabelDataModule("youtube", combine="both")
 
@@ -525,6 +526,7 @@ def test_trec_k6_program_labels_through_datamodule(tmp_path):
         reports[mode] = rep_ = dm.label_report
         assert rep_["programs_used"] == 6 and rep_["sandbox_errors"] == 0
         assert rep_["class_weighting"] == "balanced" and len(rep_["class_balance"]) == 6
+        assert isinstance(rep_["unvoted_argmax_rows"], int) and rep_["unvoted_argmax_rows"] >= 0  # auto's report
     gen, joint = reports["generated"], reports["joint"]
     # the keyword programs alone: precise on the rows they cover; joint with the 68 WRENCH LFs: more rows
     assert gen["pseudolabel_accuracy_vs_gold"] > 0.6 and 0.3 < gen["coverage"] < 1.0, gen
