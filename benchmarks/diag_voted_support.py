@@ -33,6 +33,7 @@ from diag_wrench_shapes import _pred
 
 from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import DawidSkene, make_label_model, restrict_to_voted
+from lightning_ws.labelmodels.matrix import vote_counts
 
 MODELS = ("dawid_skene", "moment_matching")
 
@@ -54,12 +55,10 @@ def _matrices(draws: int):
                     yield task, f"{size} of {m}", k, L, y
 
 
-def _unvoted(pred: np.ndarray, L: np.ndarray) -> np.ndarray:
+def _unvoted(pred: np.ndarray, L: np.ndarray, k: int) -> np.ndarray:
     """Covered rows whose prediction no LF voted on that row."""
-    hit = np.zeros(L.shape[0], dtype=bool)
-    for j in range(L.shape[1]):
-        hit |= L[:, j] == pred
-    return (L >= 0).any(axis=1) & ~hit
+    counts = vote_counts(L, k)
+    return (counts.sum(axis=1) > 0) & (counts[np.arange(L.shape[0]), pred] == 0)
 
 
 def _cell(x: list[float]) -> str:
@@ -96,7 +95,7 @@ def main() -> None:
                 d_model[(n, s, "model")].append(_metric(task, y[s], p) - base)
                 d_model[(n, s, "voted")].append(_metric(task, y[s], _pred(restrict_to_voted(P, L[s], k))) - base)
                 if s == "train":
-                    u = _unvoted(p, L[s])
+                    u = _unvoted(p, L[s], k)
                     unv[n][0] += int((L[s] >= 0).any(axis=1).sum())
                     unv[n][1] += int(u.sum())
                     unv[n][2] += int((p[u] == y[s][u]).sum())

@@ -255,13 +255,13 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         if weighting == "balanced":
             labels, weight = balance_targets(labels, self.num_classes)
             extras[WEIGHT] = weight.astype(np.float32)
-        fit_rep = getattr(model, "fit_report_", None) or {}
+        fit_rep = model.fit_report_
         self.label_model_report = {
             "label_model": type(model).__name__,
             # AutoLabelModel: what it chose, and how many covered rows its pick alone would give a class no LF voted
             "label_model_pick": (f"{fit_rep['selected']}/{fit_rep.get('variant', 'raw')}" if "selected" in fit_rep
                                  else None),
-            "unvoted_argmax_rows": (fit_rep.get("support") or {}).get("unvoted_argmax_rows"),
+            "unvoted_argmax_rows": fit_rep.get("support", {}).get("unvoted_argmax_rows"),
             "class_balance": np.asarray(model.class_balance_).round(4).tolist(),
             "class_balance_source": model.class_balance_source,
             "coverage": float(covered.mean()),

@@ -211,20 +211,15 @@ def restrict_to_voted(P: np.ndarray, L: np.ndarray, k: int) -> np.ndarray:
     new float64 array.
     """
     P = np.asarray(P, dtype=np.float64)
-    n, m = L.shape
-    voted = np.zeros(P.shape, dtype=bool)
-    for sl in _row_chunks(n, m):  # k passes over row chunks: memory O(n k), not O(number of votes)
-        block = L[sl]
-        for c in range(k):
-            voted[sl, c] = (block == c).any(axis=1)
+    counts = vote_counts(L, k)  # chunked over rows: memory O(n k)
+    voted = counts > 0
     cov = voted.any(axis=1)
     Q = np.where(voted, P, 0.0)
     total = Q.sum(axis=1, keepdims=True)
     out = np.where(total > 0, Q / np.where(total > 0, total, 1.0), 0.0)
     dead = cov & (total[:, 0] <= 0)
     if dead.any():  # every voted class at probability 0: fall back to the vote shares
-        counts = vote_counts(L[dead], k)
-        out[dead] = counts / counts.sum(axis=1, keepdims=True)
+        out[dead] = counts[dead] / counts[dead].sum(axis=1, keepdims=True)
     out[~cov] = P[~cov]
     return out
 
