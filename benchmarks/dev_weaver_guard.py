@@ -54,7 +54,6 @@ from lightning_ws.weaver.answer_model import (
     AnswerGroups,
     AnswerLevelModel,
     _re_stats,
-    _share_features,
     _within_answer_icc,
 )
 from lightning_ws.weaver.select import GUARD_CHECK_EVALUATOR, GUARD_EVALUATOR, _mv_pick, select_candidates
@@ -94,8 +93,7 @@ def tempered_picks(w: Weaver, ids: np.ndarray, pooled: np.ndarray, pm: np.ndarra
     """``(P,)`` argmax of log agreement prior + ``lam`` x verifier evidence of the fitted answer-level model."""
     lm = w.label_model_
     g = AnswerGroups(ids)
-    h = _share_features(g) @ lm.share_h_
-    v = h - g.segment_logsumexp(h)[g.problem] + lam * lm._evidence(g, lm._obs(g, pooled))
+    v = lm._log_prior(g, lm.beta_) + lam * lm._evidence(g, lm._obs(g, pooled))
     return (v[g.group] + 1e-9 * np.nan_to_num(pm)).argmax(axis=1)
 
 

@@ -566,10 +566,10 @@ class Weaver:
     3. a label model over the pooled sources:
 
        * ``"answer_level"`` (default, :class:`~lightning_ws.weaver.answer_model.AnswerLevelModel`): label-free EM
-         over which answer of each problem is correct, if any, with answer agreement as a learned prior
-         (``softmax(theta_1 log share + theta_2 log(1 - share))``, oriented: ``theta_1 >= theta_2``), binned
-         continuous source scores as evidence, and inverted EM fits (sources worse than chance) dropped - no
-         binarisation, no threshold;
+         over which answer of each problem is correct, if any, with answer agreement as a learned generative
+         prior (the correct answer's count beta-binomial, the wrong answers a Pitman-Yor partition, both fitted to
+         the answer counts; ``agreement="partition"``), binned continuous source scores as evidence, and inverted EM
+         fits (sources worse than chance) dropped - no binarisation, no threshold;
        * any :func:`lightning_ws.labelmodels.make_label_model` name (``"moment_matching"``, ``"dawid_skene"``,
          ``"triplet"``, ``"metal_compat"``): the paper's binary path - the majority-vote pseudo-verifier is added
          as a column, :class:`Binarizer` (``"youden"`` by default: cut at the estimated best ``TPR + TNR`` under a
