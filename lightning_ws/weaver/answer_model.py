@@ -207,9 +207,8 @@ class AnswerLevelModel:
                 ev[ok] += ((m[ok, k] - mu0) ** 2 - (m[ok, k] - mu1) ** 2) / (2.0 * v)
             return ev
         ev = np.zeros(b.shape[0])
-        for k, llr in enumerate(self.llr_):
-            ok = b[:, k] >= 0
-            ev[ok] += llr[b[ok, k]]
+        for k, llr in enumerate(self.llr_):  # a missing score (bin -1) reads the appended 0.0: no evidence
+            ev += np.append(llr, 0.0)[b[:, k]]
         if self.evidence == "answer_mean":
             return ev
         g = groups.group.ravel()
@@ -424,9 +423,9 @@ class AnswerLevelModel:
                 self.re_ = _re_m_step(b, r, self.re_ if it > 1 else None)
                 self.llr_ = [np.zeros(1)] * b[0].shape[1]  # marks "fitted"; unused by this evidence model
             for k in range(0 if self.evidence == "random_effects" else b.shape[1]):
-                ok = b[:, k] >= 0
-                c1 = np.bincount(b[ok, k], weights=w[ok], minlength=sizes[k]) + self.smoothing
-                c0 = np.bincount(b[ok, k], weights=1 - w[ok], minlength=sizes[k]) + self.smoothing
+                # bin -1 (missing) is counted in slot 0 and dropped
+                c1 = np.bincount(b[:, k] + 1, weights=w, minlength=sizes[k] + 1)[1:] + self.smoothing
+                c0 = np.bincount(b[:, k] + 1, weights=1 - w, minlength=sizes[k] + 1)[1:] + self.smoothing
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
             if cand and self.dependence == "icc":
@@ -539,8 +538,10 @@ def _partition_log_weight(groups: AnswerGroups, params: np.ndarray) -> np.ndarra
     from scipy.special import betaln, gammaln
 
     a, b, theta, sigma = (float(v) for v in params)
-    n, N = groups.size, float(groups.num_candidates)
-    return betaln(n + a, N - n + b) - gammaln(theta + N - n) - gammaln(n - sigma)
+    N = groups.num_candidates
+    n = np.arange(1, N + 1, dtype=np.float64)  # one value per possible answer size, then looked up
+    table = betaln(n + a, N - n + b) - gammaln(theta + N - n) - gammaln(n - sigma)
+    return table[groups.size.astype(np.int64) - 1]
 
 
 def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | None) -> np.ndarray:
