@@ -254,9 +254,7 @@ class AutoLabelModel(LabelModel):
     def _select_label_free(self, L: np.ndarray) -> tuple[tuple[str, str], dict[str, Any]]:
         k = self.k_
         rng = np.random.default_rng([self.seed, 4049])
-        n = L.shape[0]
-        if n > self.max_selection_rows:
-            L = L[np.sort(rng.choice(n, self.max_selection_rows, replace=False))]
+        L = self._selection_rows(L, rng)
         nc = len(self.clusters_)
         held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
         variants = self._variants(L)
@@ -392,8 +390,7 @@ class AutoLabelModel(LabelModel):
             return groups
         from lightning_ws.labelmodels.structure import learn_structure_rpca
 
-        sub = L if L.shape[0] <= self.max_selection_rows else L[np.sort(np.random.default_rng(
-            [self.seed, 4050]).choice(L.shape[0], self.max_selection_rows, replace=False))]
+        sub = self._selection_rows(L, np.random.default_rng([self.seed, 4050]))
         est = learn_structure_rpca(sub, k, seed=self.seed)
         edges = list(est.edges) + [(g[0], j) for g in groups for j in g[1:]]
         from lightning_ws.labelmodels.structure import StructureEstimate
@@ -439,12 +436,16 @@ class AutoLabelModel(LabelModel):
                                 n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_,
                                 support=self._unvoted_report(model, M))
 
+    def _selection_rows(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``X`` itself, or at most ``max_selection_rows`` of its rows drawn with ``rng``, in their original order."""
+        if X.shape[0] <= self.max_selection_rows:
+            return X
+        return X[np.sort(rng.choice(X.shape[0], self.max_selection_rows, replace=False))]
+
     def _unvoted_report(self, model: LabelModel, M: np.ndarray) -> dict[str, Any]:
         """How often the pick's own argmax on a covered fit row is a class no LF voted there (what ``support="voted"``
         overrides), on at most ``max_selection_rows`` seeded rows."""
-        if M.shape[0] > self.max_selection_rows:
-            M = M[np.sort(np.random.default_rng([self.seed, 4051]).choice(M.shape[0], self.max_selection_rows,
-                                                                          replace=False))]
+        M = self._selection_rows(M, np.random.default_rng([self.seed, 4051]))
         cov = covered_mask(M)
         report: dict[str, Any] = {"mode": self.support, "covered_rows": int(cov.sum()), "unvoted_argmax_rows": 0}
         if not cov.any() or model.name == "majority_vote":

@@ -589,9 +589,12 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
         p0 = min(float(np.exp(betaln(a, N + b) - z0)), 1.0 - 1e-12)
         return -float(hr[1:] @ betaln(sizes[1:] + a, N - sizes[1:] + b) - W * (z0 + np.log1p(-p0)))
 
-    def py(z: np.ndarray) -> float:
+    def theta_sigma(z: np.ndarray) -> tuple[float, float]:  # the unconstrained z -> (theta, sigma)
         sigma = _SIGMA_MAX - float(np.exp(z[1]))
-        theta = float(np.exp(z[0])) + max(-sigma, 0.0) * span
+        return float(np.exp(z[0])) + max(-sigma, 0.0) * span, sigma
+
+    def py(z: np.ndarray) -> float:
+        theta, sigma = theta_sigma(z)
         val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - hr[1:] @ gammaln(theta + N - sizes[1:])
                + wrong[1:] @ (gammaln(sizes[1:] - sigma) - gammaln(1.0 - sigma)))
         return -float(val)
@@ -608,9 +611,7 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     rb = minimize(bb, z_bb, method="L-BFGS-B", bounds=[(-6.0, 6.0)] * 2, options={"maxiter": 30})
     rp = minimize(py, z_py, method="L-BFGS-B", bounds=[(-6.0, 8.0), (-8.0, 6.0)], options={"maxiter": 30})
     a, b = np.exp(rb.x)
-    sigma = _SIGMA_MAX - float(np.exp(rp.x[1]))
-    theta = float(np.exp(rp.x[0])) + max(-sigma, 0.0) * span
-    return np.array([a, b, theta, sigma])
+    return np.array([a, b, *theta_sigma(rp.x)])
 
 
 def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
