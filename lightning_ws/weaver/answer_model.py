@@ -9,7 +9,11 @@ extracted answer is its own singleton answer), the latent ``z_p`` is the correct
     P(z_p = a) = gamma * P(a is correct | the problem's answer counts),   P(z_p = none) = 1 - gamma,
     P(bin of source k for answer a | a is / is not z_p) = f1[k, b] / f0[k, b],
 
-where source ``k``'s evidence for ``a`` is built from the binned (pooled, normalised) scores of ``a``'s candidates.
+where source ``k``'s evidence for ``a`` is built from the binned (pooled, normalised) scores of ``a``'s candidates:
+their mean log-likelihood ratio times their effective number ``n / (1 + (n - 1) rho_k)``, with ``rho_k`` the
+source's within-answer correlation given the class, estimated label-free in every EM step (``dependence="icc"``,
+the default since session 19; the fixed ``n ** 0.5`` before it let EM over-trust a judge fooled the same way by
+every candidate of an answer).
 The agreement prior (default ``agreement="partition"``) is a generative model of how a problem's ``N`` candidates
 split into answers: the problem's correct rate is ``Beta(a, b)`` (the correct answer's count is beta-binomial) and
 the wrong candidates form a Pitman-Yor partition (concentration ``theta``, discount ``sigma``; negative ``sigma`` is
@@ -129,17 +133,20 @@ class AnswerLevelModel:
             beta_max]``; U shapes allowed). ``"exponent"``: the monotone ``share ** beta`` (the issue-17 first
             version).
         evidence: how the sources' scores of an answer's candidates become evidence: ``"candidates"`` (default:
-            per-candidate binned log-likelihood ratios, averaged and scaled by ``size ** size_exponent``),
-            ``"answer_mean"`` (one binned observation per answer) or ``"random_effects"`` (Gaussian with a shared
-            per-answer component).
+            per-candidate binned log-likelihood ratios, averaged and scaled by the answer's effective number of
+            candidates, see ``dependence``), ``"answer_mean"`` (one binned observation per answer) or
+            ``"random_effects"`` (Gaussian with a shared per-answer component).
         size_exponent: ``"candidates"`` evidence with ``dependence="exponent"``: an answer's mean log-likelihood ratio
             is multiplied by ``size ** size_exponent`` (default 0.5; 1 = candidates independent, 0 = fully dependent).
-        dependence: ``"exponent"`` (default: the fixed ``size_exponent``) or ``"icc"``: per source, the mean
-            log-likelihood ratio times the answer's *effective* number of candidates ``n / (1 + (n - 1) rho)``,
-            with ``rho`` the within-answer correlation of the source's scores given the class, re-estimated from the
-            EM posterior at every step (label-free; reported as ``within_answer_correlation``). Better on held-out
-            judge sets where an answer's candidates share most of their verifier error, worse on small or
-            noise-verifier sets (numbers in BENCHMARKS.md), so it is not the default.
+        dependence: ``"icc"`` (default since session 19): per source, the mean log-likelihood ratio times the
+            answer's *effective* number of candidates ``n / (1 + (n - 1) rho)``, with ``rho`` the within-answer
+            correlation of the source's scores given the class, re-estimated from the EM posterior at every step
+            (label-free; reported as ``within_answer_correlation``). A judge fooled the same way by every candidate
+            of an answer (``rho`` near 1) then counts about once per answer; independent reward models (``rho``
+            near 0) count once per candidate. ``"exponent"``: the fixed ``size ** size_exponent`` (the default
+            before session 19; with the partition prior it over-estimated a judge whose error the candidates
+            share, BENCHMARKS.md, issue-17 section "Session 19"). Models saved without this key load as
+            ``"exponent"``.
         orient: break the label-swap symmetry with the scores' orientation (default True): among the EM solutions
             keep the best likelihood whose sources are not, on average, clearly worse than chance (mean implied
             AUROC >= 0.5 - ``orient_tol``) - the standard weak-supervision assumption that verifiers beat random
@@ -150,7 +157,7 @@ class AnswerLevelModel:
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "partition",
-                 evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "exponent", orient: bool = True,
+                 evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "icc", orient: bool = True,
                  orient_tol: float = 0.05) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
@@ -164,6 +171,7 @@ class AnswerLevelModel:
         self.dependence = dependence
         self.rho_: np.ndarray | None = None
         self._icc_obs: Any = None
+        self._icc_cache: tuple[np.ndarray, ...] | None = None
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -213,16 +221,30 @@ class AnswerLevelModel:
             return ev
         g = groups.group.ravel()
         if self.dependence == "icc":  # per source: mean LLR of the answer's candidates x their effective number
-            out = np.zeros(groups.num_groups)
-            for k, llr in enumerate(self.llr_):
-                ok = b[:, k] >= 0
-                tot = np.bincount(g[ok], weights=llr[b[ok, k]], minlength=groups.num_groups)
-                n = np.bincount(g[ok], minlength=groups.num_groups).astype(np.float64)
-                rho = float(self.rho_[k])
-                out += np.where(n > 0, tot / np.maximum(n, 1.0) * n / (1.0 + (n - 1.0) * rho), 0.0)
-            return out
+            bo, starts, n = self._icc_layout(groups, b)
+            if not starts.size:
+                return np.zeros(groups.num_groups)
+            # a missing score (bin -1) reads the appended 0.0; its candidate is not counted in n
+            vals = np.stack([np.append(llr, 0.0)[bo[:, k]] for k, llr in enumerate(self.llr_)], axis=1)
+            tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
+            return (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
         tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
+
+    def _icc_layout(self, groups: AnswerGroups, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidates' bins sorted by answer, each answer's first row and ``(G, K)`` count of scored candidates;
+        memoised for the ``b`` of the current EM (the same array in every step)."""
+        c = self._icc_cache
+        if c is not None and c[0] is b:
+            return c[1], c[2], c[3]
+        g = groups.group.ravel()
+        order = np.argsort(g, kind="stable")
+        gs = g[order]
+        starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if g.size else np.zeros(0, dtype=np.int64)
+        bo = b[order]
+        n = np.add.reduceat((bo >= 0).astype(np.float64), starts, axis=0) if g.size else np.zeros((0, b.shape[1]))
+        self._icc_cache = (b, bo, starts, n)
+        return bo, starts, n
 
     def _newton_beta(self, groups: AnswerGroups, r: np.ndarray, ls: np.ndarray, beta: float) -> float:
         """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
@@ -389,7 +411,7 @@ class AnswerLevelModel:
         self.num_problems_ = groups.num_problems
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
         self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
-        self._icc_obs = None
+        self._icc_obs = self._icc_cache = None
         r = best["r"]
         self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
                         "beta": self.beta_ if not (self._learned or self._partition) else None,
@@ -460,6 +482,7 @@ class AnswerLevelModel:
         else:
             obs = self._obs(groups, s)
         r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
+        self._icc_cache = None  # memoised for EM only: hold no reference to the caller's data
         return groups, r
 
     def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0
@@ -508,7 +531,7 @@ class AnswerLevelModel:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
         """Rebuild a fitted model from :meth:`state_dict` output."""
-        m = cls(**state["config"])
+        m = cls(**{"dependence": "exponent", **state["config"]})  # saved before the key existed: its old default
         m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
         m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]

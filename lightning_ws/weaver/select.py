@@ -63,11 +63,22 @@ MODES = ("label_free", "few_labels", "transductive")
 ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
-#: The guard's evaluator: an answer-level model with the default settings, fitted on the other half of the problems.
+#: The guard's evaluator: an answer-level model with the default settings (which estimate, per source, how much of
+#: its error the candidates of one answer share: ``dependence="icc"``), fitted on the other half of the problems.
 GUARD_EVALUATOR: dict[str, Any] = {}
-#: The guard's dependence check: an answer-level model that estimates, per source, how much of its error the
-#: candidates of one answer share (``dependence="icc"``), fitted like the evaluator on the other half.
-GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "icc"}
+#: The guard's second opinion: an answer-level model that weights an answer's candidates by the fixed ``size ** 0.5``
+#: instead (``dependence="exponent"``), fitted like the evaluator on the other half.
+GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "exponent"}
+
+
+def _kwargs_text(kw: dict[str, Any]) -> str:
+    """``AnswerLevelModel`` arguments as the guard's report names them (``{}`` = the defaults)."""
+    from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+    full = {"dependence": AnswerLevelModel().dependence, **kw}
+    return ", ".join(f"{k}={v!r}" for k, v in full.items())
+
+
 #: Methods of :class:`Binarizer`.
 BINARIZE_METHODS = ("youden", "prior", "fixed")
 _NORM_METHODS = ("quantile", "minmax", "winsorize", "none")
@@ -582,10 +593,12 @@ class Weaver:
        selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
        of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
        vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
-       under every such solution. A label model kept that way must then pass a *dependence check*
-       (``guard_check``): an evaluator that estimates each source's within-answer error correlation from the data
-       (a judge fooled the same way by every candidate of a wrong answer) must also find it better than majority
-       vote, else majority vote is chosen (:meth:`_dependence_check`). No gold label is read. The choice, the
+       under every such solution. The evaluator is the default answer-level model, which estimates from the data
+       how much of each source's error the candidates of one answer share (a judge fooled the same way by every
+       candidate of a wrong answer). A label model kept that way must then pass a *second opinion*
+       (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
+       must also find it better than majority vote, else majority vote is chosen (:meth:`_dependence_check`). No
+       gold label is read. The choice, the
        criterion and the estimates are in ``report_["guard"]``. (The evaluators are models of the same family as
        the label model, so the guard catches unstable or noise-driven fits better than systematic
        misspecification; see docs/weaver.md.)
@@ -615,10 +628,10 @@ class Weaver:
             gain (default 1.0; 0 = keep it whenever its estimate is higher).
         guard_gap: EM solutions of the guard's evaluator within this many nats of the best log-likelihood count as
             plausible, and the label model must win under each (default 2.0).
-        guard_check: the guard's dependence check (default True): a label model the guard keeps must also beat
-            majority vote under an evaluator that estimates how much of each source's error an answer's candidates
-            share (:data:`GUARD_CHECK_EVALUATOR`); if it does not, and that evaluator ranks majority vote above the
-            pooled mean, majority vote is chosen.
+        guard_check: the guard's second opinion (default True): a label model the guard keeps must also beat
+            majority vote under a second evaluator of another dependence specification
+            (:data:`GUARD_CHECK_EVALUATOR`: an answer's candidates weighted by the fixed ``size ** 0.5``); if it does
+            not, and that evaluator ranks majority vote above the pooled mean, majority vote is chosen.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -883,9 +896,10 @@ class Weaver:
                      "majority_vote and pooled_mean (ties: majority_vote) is the fallback; the label model replaces "
                      f"it only if its estimated per-problem gain exceeds z = {self.guard_z} standard errors under "
                      "every such solution"
-                     + ("; a label model kept must also beat majority_vote by z standard errors under an evaluator "
-                        "with the within-answer error correlation of each source estimated (dependence='icc'), "
-                        "else majority_vote is chosen when that evaluator ranks it above pooled_mean"
+                     + f" (evaluator: AnswerLevelModel({_kwargs_text(GUARD_EVALUATOR)}))"
+                     + ("; a label model kept must also beat majority_vote by z standard errors under a second "
+                        f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
+                        "chosen when that evaluator ranks it above pooled_mean"
                         if self.guard_check else ""))
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
@@ -913,18 +927,18 @@ class Weaver:
 
     def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
                           fold_picks: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, Any]]:
-        """Second opinion on a label model the guard kept: does it still beat majority vote when the evaluator
-        models how much of each source's error the candidates of one answer share?
+        """Second opinion on a label model the guard kept: does it still beat majority vote under an evaluator
+        with another specification of how an answer's candidates share their verifier error?
 
-        The default evaluator counts an answer's candidates as ``size ** 0.5`` pieces of evidence; when a judge's
-        error is shared by every candidate of an answer (the same wrong answer fools it every time) that over-counts
-        the judge against agreement, and the evaluator then agrees with the label model it is meant to check. The
-        check refits the cross-fitted evaluator with :data:`GUARD_CHECK_EVALUATOR` (the within-answer correlation
-        of every source estimated label-free from the data, candidates weighted by their effective number). If that
-        evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote at least as high
-        as the pooled mean, and the label model does not beat majority vote by ``guard_z`` standard errors under
-        every plausible solution, majority vote is chosen; otherwise the label model is kept (so the check can only
-        replace the label model by majority vote, never by the pooled mean)."""
+        The guard's evaluator (:data:`GUARD_EVALUATOR`) estimates each source's within-answer correlation from the
+        data and counts an answer's candidates by their effective number; where that estimate is off, the evaluator
+        can agree with the label model it is meant to check (both are fitted the same way). The check refits the
+        cross-fitted evaluator with :data:`GUARD_CHECK_EVALUATOR` (candidates counted as the fixed ``size **
+        0.5``). If that evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote
+        at least as high as the pooled mean, and the label model does not beat majority vote by ``guard_z``
+        standard errors under every plausible solution, majority vote is chosen; otherwise the label model is kept
+        (so the check can only replace the label model by majority vote, never by the pooled mean). Until session
+        19 the two evaluators were the other way round (numbers in BENCHMARKS.md)."""
         pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
         est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
         gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
