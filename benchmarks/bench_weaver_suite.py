@@ -205,26 +205,40 @@ def _heldout_specs() -> dict:
     }
 
 
+def _session18(data, seed: int) -> float:
+    """Select@1 of the Weaver shipped until session 18: label model and guard evaluator with the fixed ``size **
+    0.5`` evidence (``dependence="exponent"``), dependence check ``dependence="icc"`` (the module's guard
+    constants are swapped for the fit and restored)."""
+    import lightning_ws.weaver.select as sel
+
+    saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR
+    sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = {"dependence": "exponent"}, {"dependence": "icc"}
+    try:
+        return _extra(data, {"label_model_kwargs": {"dependence": "exponent"}, "seed": seed})
+    finally:
+        sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = saved
+
+
 def heldout(seeds: int) -> None:
     """Weaver vs max(MV, mean judge) on :func:`_heldout_specs`, every seed printed."""
     from lightning_ws.weaver.suite import make_set
 
     print("\n| held-out set | correct rate | MV | mean judge | Weaver | Weaver - max(MV, mean) | min over seeds | "
-          "seeds below -0.5 point | guard choices | Weaver(dependence='icc') - max: mean / min / seeds below |")
+          "seeds below -0.5 point | guard choices | session-18 Weaver - max: mean / min / seeds below |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, spec in _heldout_specs().items():
-        acc = {k: [] for k in ("majority_vote", "mean_verifier", "weaver", "icc")}
+        acc = {k: [] for k in ("majority_vote", "mean_verifier", "weaver", "s18")}
         rates, choices = [], []
         for seed in range(seeds):
             data = make_set(spec, seed=1000 + seed)
             rep = suite_report(data, seed=seed)
             for k in ("majority_vote", "mean_verifier", "weaver"):
                 acc[k].append(rep["select_at_1"][k])
-            acc["icc"].append(_extra(data, {"label_model_kwargs": {"dependence": "icc"}, "seed": seed}))
+            acc["s18"].append(_session18(data, seed))
             rates.append(rep["correct_rate"])
             choices.append(rep["weaver"]["guard"]["choice"])
         d = np.array(acc["weaver"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
-        di = np.array(acc["icc"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
+        di = np.array(acc["s18"]) - np.maximum(acc["majority_vote"], acc["mean_verifier"])
         print(f"| {name} | {np.mean(rates):.3f} | {np.mean(acc['majority_vote']):.4f} | "
               f"{np.mean(acc['mean_verifier']):.4f} | {np.mean(acc['weaver']):.4f} | {d.mean():+.4f} | {d.min():+.4f} | "
               f"{int((d < -0.005).sum())} of {seeds} | { {c: choices.count(c) for c in dict.fromkeys(choices)} } | "

@@ -7,15 +7,18 @@ issue-17 section). This script separates the causes, on development data only (t
 ``dev_weaver_guard.py``, data seeds 7000+; never the suite's seeds 0-11 or the held-out seeds 1000+):
 
 1. **Parameters vs family.** For each agreement prior - ``"learned"`` (with its default bound ``beta_max=6`` on the
-   agreement weights and with ``beta_max=30``) and ``"partition"`` (the default since session 18) - the label model
+   agreement weights and with ``beta_max=30``) and ``"partition"`` (the default since session 18), each with the
+   fixed ``size ** 0.5`` evidence of an answer's candidates (``dependence="exponent"``, the default until session
+   18), and the shipped default (partition prior, candidates counted by their estimated effective number,
+   ``dependence="icc"``, since session 19) - the label model
    fitted label-free is compared with the *same model* whose parameters are fitted with every problem's labels
    (``fit(..., known=correct)``). The latter is the family's ceiling at its maximum-likelihood parameters; it reads
    the labels, so it is a diagnostic, never a selector. The judge's implied single-candidate AUROC of each fit is
    printed next to that of the labelled fit.
 2. **Which EM solution** (conditional prior ``"learned"``). The model keeps the best-likelihood solution of its three
    EM starts. Printed: that choice, the solution (within 2 nats of the best) whose picks agree most often with
-   majority vote, the posterior averaged over those solutions, and, for comparison, the default label model (the
-   partition prior).
+   majority vote, the posterior averaged over those solutions, and, for comparison, the partition prior with the
+   same evidence (session 18's default) and the shipped default label model.
 
 Cells are Select@1 (part 1) or ``selected - max(majority vote, pooled mean)`` in points (part 2) of the label model
 alone (guard off).
@@ -41,8 +44,11 @@ from lightning_ws.weaver.answer_model import AnswerLevelModel
 from lightning_ws.weaver.select import select_candidates
 from lightning_ws.weaver.suite import make_set
 
-VARIANTS = {"learned": {"agreement": "learned"}, "learned beta_max=30": {"agreement": "learned", "beta_max": 30.0},
-            "partition": {"agreement": "partition"}}
+_FIXED = {"dependence": "exponent"}  # the size ** 0.5 evidence of an answer's candidates (default until session 18)
+VARIANTS = {"learned": {"agreement": "learned", **_FIXED},
+            "learned beta_max=30": {"agreement": "learned", "beta_max": 30.0, **_FIXED},
+            "partition": {"agreement": "partition", **_FIXED},
+            "default (partition, icc)": {}}
 
 
 def _fit(spec, data_seed: int, seed: int, lm_kwargs: dict | None = None):
@@ -81,11 +87,11 @@ def ceiling(names: list[str], seeds: int) -> None:
                 acc.setdefault(v, []).append(_acc(y, free.predict_proba(ids, pooled), pm))
                 acc.setdefault(v + "*", []).append(_acc(y, lab.predict_proba(ids, pooled), pm))
                 auc.setdefault(v, []).append(free.source_auroc()[0])
-                if v == "partition":  # the last AUROC column: the default model fitted with labels
+                if v == "partition":  # the last AUROC column: the partition model (size ** 0.5) fitted with labels
                     auc.setdefault("labels", []).append(lab.source_auroc()[0])
         print(f"| {name} | {np.mean(acc['mv']):.3f} | {np.mean(acc['pm']):.3f} | "
               + " | ".join(f"{np.mean(acc[v]):.3f} / {np.mean(acc[v + '*']):.3f}" for v in VARIANTS)
-              + " | " + " / ".join(f"{np.mean(a):.2f}" for a in auc.values()) + " |", flush=True)
+              + " | " + " / ".join(f"{np.mean(auc[k]):.2f}" for k in [*VARIANTS, "labels"]) + " |", flush=True)
 
 
 def rules(names: list[str], seeds: int, first: int) -> None:
@@ -94,22 +100,26 @@ def rules(names: list[str], seeds: int, first: int) -> None:
           "('learned') alone (guard off), `mean / min / seeds below -0.5 point` of selected - max(MV, pooled mean), "
           "points")
     print("| set | best likelihood (as shipped) | closest to MV within 2 nats | posterior averaged within 2 nats | "
-          "partition prior (default since session 18) | solutions within 2 nats |")
-    print("|---|---|---|---|---|---|")
+          "partition prior (default in session 18) | default since session 19 (partition, icc) | "
+          "solutions within 2 nats |")
+    print("|---|---|---|---|---|---|---|")
     tot: dict[str, list[float]] = {}
     for name in names:
         res: dict[str, list[float]] = {}
         nsol = []
         for s in range(seeds):
-            w, _data, y, ids, pooled, pm, mv, ref = _fit(DEV[name], first + s, s, {"agreement": "learned"})
+            w, _data, y, ids, pooled, pm, mv, ref = _fit(DEV[name], first + s, s, {"agreement": "learned", **_FIXED})
             P = len(y)
             qs = w.label_model_.plausible_probas(ids, pooled, max_loglik_gap=2.0)
             picks = [select_candidates(q + 1e-9 * np.nan_to_num(pm), tie_break="first")[0] for q in qs]
             agree = [float(np.mean(ids[np.arange(P), p] == ids[np.arange(P), mv])) for p in picks]
-            part = Weaver(guard=False, seed=s).fit(_data, "label_free").select_with(_data, "label_model")
+            part = Weaver(guard=False, seed=s, label_model_kwargs=_FIXED).fit(_data, "label_free").select_with(
+                _data, "label_model")
+            default = Weaver(guard=False, seed=s).fit(_data, "label_free").select_with(_data, "label_model")
             got = {"best": float(y[np.arange(P), picks[0]].mean()),
                    "close": float(y[np.arange(P), picks[int(np.argmax(agree))]].mean()),
-                   "avg": _acc(y, np.mean(qs, axis=0), pm), "partition": float(y[np.arange(P), part].mean())}
+                   "avg": _acc(y, np.mean(qs, axis=0), pm), "partition": float(y[np.arange(P), part].mean()),
+                   "default": float(y[np.arange(P), default].mean())}
             for k, v in got.items():
                 res.setdefault(k, []).append(100.0 * (v - ref))
             nsol.append(len(qs))

@@ -11,16 +11,21 @@ For every set and seed it fits the default ``Weaver`` once (guard off), takes th
 pooled mean, majority vote and two *tempered* label-model posteriors (log prior + lambda x verifier evidence,
 lambda = 0.5 / 0.25: a product of the label model's posterior and its agreement prior), and the guard's cross-fitted
 per-problem estimates of P(correct) at those picks under three evaluators fitted on the other half of the problems:
-the default (``size ** 0.5``), ``dependence="icc"`` (the shipped dependence check) and ``evidence="random_effects"``.
-Then it replays guard policies on those numbers (no refit) and prints, per set, the mean and minimum over seeds of
-``selected - max(majority vote, pooled mean)`` (true Select@1, points) and the number of seeds more than 0.5 point
-below. Policies:
+``dependence="icc"`` (the default answer-level model since session 19: the shipped guard's evaluator),
+``dependence="exponent"`` (the fixed ``size ** 0.5``: the shipped guard's second opinion; the evaluator until
+session 18) and ``evidence="random_effects"``. Then it replays guard policies on those numbers (no refit) and
+prints, per set, the mean and minimum over seeds of ``selected - max(majority vote, pooled mean)`` (true Select@1,
+points) and the number of seeds more than 0.5 point below. Policies:
 
-* ``current``: the shipped guard with its dependence check (``Weaver()``);
+* ``current``: the shipped guard (``Weaver()``): evaluator ``icc``, second opinion ``exponent``;
+* ``icc_only``: the ``icc`` evaluator alone, no second opinion (``guard_check=False``);
+* ``session18``: the guard shipped until session 18: evaluator ``exponent``, dependence check ``icc`` (with
+  ``--label-model-kwargs '{"dependence": "exponent"}'`` this is the session-18 Weaver);
+* the earlier development round's policies, each a variant of ``session18``:
 * ``+re_check``: additionally require the label model to beat majority vote under the random-effects evaluator;
 * ``re_check``: the random-effects evaluator instead of ``icc`` in the check, majority vote as its fallback;
-* ``fb_both``: majority vote stays the fallback unless *both* the default and the ``icc`` evaluator rank the pooled
-  mean above it (the current guard asks the default evaluator only), the rest as ``current``;
+* ``fb_both``: majority vote stays the fallback unless *both* the ``exponent`` and the ``icc`` evaluator rank the
+  pooled mean above it (``session18`` asks the ``exponent`` evaluator only), the rest as ``session18``;
 * ``paired_fb``: the check falls back to majority vote unless the pooled mean beats it by one standard error under
   every plausible ``icc`` solution (a paired test instead of the min-over-solutions point estimates);
 * ``blend_fb``: where the check picks majority vote, pick the tempered (lambda = 0.5) posterior instead;
@@ -60,7 +65,10 @@ from lightning_ws.weaver.select import GUARD_CHECK_EVALUATOR, GUARD_EVALUATOR, _
 from lightning_ws.weaver.suite import SUITE, GroupSpec, SetSpec, make_set
 
 MV, PM, LM = "majority_vote", "pooled_mean", "label_model"
-EVALUATORS = {"default": GUARD_EVALUATOR, "icc": GUARD_CHECK_EVALUATOR, "re": {"evidence": "random_effects"}}
+EVALUATORS = {"icc": {"dependence": "icc"}, "exponent": {"dependence": "exponent"},
+              "re": {"evidence": "random_effects"}}
+assert AnswerLevelModel(**GUARD_EVALUATOR).dependence == "icc" and GUARD_CHECK_EVALUATOR == {"dependence": "exponent"}, \
+    "the shipped guard changed: update the `current` policy"
 
 
 def _judge(strength: float, kind: str = "judge_verdict", bias: float = 0.0, answer: float = 0.3
@@ -115,7 +123,7 @@ def collect(spec: SetSpec, data_seed: int, seed: int, lm_kwargs: dict) -> dict:
     # within-answer correlation of the (first) source: the icc model's label-free estimate on all problems, and the
     # same method-of-moments estimate with the EM posterior replaced by the true answer correctness
     g = AnswerGroups(ids)
-    icc = AnswerLevelModel(**GUARD_CHECK_EVALUATOR).fit(ids, pooled)
+    icc = AnswerLevelModel(**EVALUATORS["icc"]).fit(ids, pooled)
     truth = g.group_mean(y[:, :, None].astype(np.float64))[:, 0]
     out["rho"] = (float(icc.rho_[0]), float(_within_answer_icc(_re_stats(g, pooled), truth)[0]),
                   float(icc.source_auroc()[0]))
@@ -136,14 +144,15 @@ def _beats(E: list, a: str, b: str, z: float = 1.0) -> bool:
     return True
 
 
-def _guard(c: dict, lm: str = LM, check: bool = True) -> tuple[str, str | None]:
-    e1 = c["default"]
+def _guard(c: dict, lm: str = LM, check: bool = True, first: str = "exponent", second: str = "icc"
+           ) -> tuple[str, str | None]:
+    e1 = c[first]
     simple = MV if _est(e1, MV) >= _est(e1, PM) - 1e-12 else PM
     if not _beats(e1, lm, simple):
         return simple, "first"
     if not check:
         return lm, None
-    e2 = c["icc"]
+    e2 = c[second]
     if _est(e2, MV) >= _est(e2, PM) - 1e-12 and not _beats(e2, lm, MV):
         return MV, "check"
     return lm, None
@@ -167,7 +176,7 @@ def _paired(c: dict) -> str:
 
 
 def _fb_both(c: dict) -> str:
-    e1, e2 = c["default"], c["icc"]
+    e1, e2 = c["exponent"], c["icc"]
     simple = MV if (_est(e1, MV) >= _est(e1, PM) - 1e-12 or _est(e2, MV) >= _est(e2, PM) - 1e-12) else PM
     if not _beats(e1, LM, simple):
         return simple
@@ -181,7 +190,9 @@ def _blend(c: dict) -> str:
     return "t0.5" if why == "check" else ch
 
 
-POLICIES = {"current": lambda c: _guard(c)[0], "fb_both": _fb_both, "+re_check": _plus_re, "re_check": _re_check, "paired_fb": _paired,
+POLICIES = {"current": lambda c: _guard(c, first="icc", second="exponent")[0],
+            "icc_only": lambda c: _guard(c, check=False, first="icc")[0],
+            "session18": lambda c: _guard(c)[0], "fb_both": _fb_both, "+re_check": _plus_re, "re_check": _re_check, "paired_fb": _paired,
             "blend_fb": _blend, "tempered": lambda c: _guard(c, lm="t0.5")[0]}
 
 
@@ -205,7 +216,7 @@ def table(res: dict[str, list[dict]], title: str) -> None:
 def diagnostics(res: dict[str, list[dict]]) -> None:
     print("\nTrue Select@1 of the picks (mean over seeds) and the evaluators' estimates (best EM solution / minimum "
           "over the plausible ones)")
-    print("| set | MV | pooled mean | label model | tempered 0.5 | tempered 0.25 | MV est. default | MV est. icc | "
+    print("| set | MV | pooled mean | label model | tempered 0.5 | tempered 0.25 | MV est. icc | MV est. exponent | "
           "MV est. re | LM est. icc | rho: icc EM / with true labels | judge AUROC: icc implied / true |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, cs in res.items():
