@@ -460,25 +460,34 @@ def test_partition_prior_is_well_defined_on_degenerate_count_data():
         assert np.isfinite(p).all() and (p >= 0).all() and (p.sum(axis=1) <= ids.shape[1] + 1e-9).all(), name
 
 
-def test_partition_prior_beats_the_conditional_prior_when_a_shared_judge_error_meets_a_strong_majority():
-    # free-form answers, 20 distractors, a weak judge whose error is largely shared by an answer's candidates: the
-    # conditional prior lets EM trust the judge over agreement; the partition prior is anchored by the counts.
-    # (Development data: the generator of dv_free_r45_s05_prob in benchmarks/dev_weaver_guard.py, seeds 7000-7003.)
-    # Pinned to the fixed size ** 0.5 evidence under which the comparison was made (session 18); the default
-    # evidence since session 19: next test.
+def _gains_on_shared_error_dev_set(variants: dict[str, dict]) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Label model alone (guard off), per variant of ``label_model_kwargs``: ``selected - max(majority vote, pooled
+    mean)`` on the free-form shared-error development set (the generator of dv_free_r45_s05_prob in
+    benchmarks/dev_weaver_guard.py, data seeds 7000-7003), and the fitted Weavers."""
     spec = _shared_error_judge(0.5, 0.45, 15, "judge_prob", 0.6, 0.5)
-    gain = {"partition": [], "learned": []}
+    gain: dict[str, list[float]] = {k: [] for k in variants}
+    fits: dict[str, list] = {k: [] for k in variants}
     for seed in range(4):
         d = make_set(spec, seed=7000 + seed)
         y, P = d.correct, d.num_problems
-        for kind, gains in gain.items():
-            w = Weaver(guard=False, label_model_kwargs={"agreement": kind, "dependence": "exponent"},
-                       seed=seed).fit(d, "label_free")
+        for name, kw in variants.items():
+            w = Weaver(guard=False, label_model_kwargs=kw, seed=seed).fit(d, "label_free")
             ref = max(float(y[np.arange(P), w.select_with(d, s)].mean()) for s in ("majority_vote", "pooled_mean"))
-            gains.append(float(y[np.arange(P), w.select(d)].mean()) - ref)
-            if kind == "partition":
-                aw = w.report_["answer_model"]["agreement_weights"]
-                assert set(aw) == {"correct_rate_beta", "correct_rate_mean", "wrong_answers_pitman_yor"}, aw
+            gain[name].append(float(y[np.arange(P), w.select(d)].mean()) - ref)
+            fits[name].append(w)
+    return gain, fits
+
+
+def test_partition_prior_beats_the_conditional_prior_when_a_shared_judge_error_meets_a_strong_majority():
+    # free-form answers, 20 distractors, a weak judge whose error is largely shared by an answer's candidates: the
+    # conditional prior lets EM trust the judge over agreement; the partition prior is anchored by the counts.
+    # Pinned to the fixed size ** 0.5 evidence under which the comparison was made (session 18); the default
+    # evidence since session 19: next test.
+    gain, fits = _gains_on_shared_error_dev_set({k: {"agreement": k, "dependence": "exponent"}
+                                                 for k in ("partition", "learned")})
+    for w in fits["partition"]:
+        aw = w.report_["answer_model"]["agreement_weights"]
+        assert set(aw) == {"correct_rate_beta", "correct_rate_mean", "wrong_answers_pitman_yor"}, aw
     assert np.mean(gain["partition"]) > np.mean(gain["learned"]) + 0.05, gain
     assert np.mean(gain["partition"]) > -0.1, gain
 
@@ -487,14 +496,6 @@ def test_estimated_within_answer_correlation_beats_the_fixed_size_exponent_on_a_
     # the same development set: counting an answer's candidates by their estimated effective number (the default)
     # instead of size ** 0.5 stops EM from over-trusting the judge; the label model alone (guard off) moves from
     # about 9 points below max(majority vote, pooled mean) to about that level (seeds 7000-7003: -9.0 -> +0.8)
-    spec = _shared_error_judge(0.5, 0.45, 15, "judge_prob", 0.6, 0.5)
-    gain = {"icc": [], "exponent": []}
-    for seed in range(4):
-        d = make_set(spec, seed=7000 + seed)
-        y, P = d.correct, d.num_problems
-        for dep, gains in gain.items():
-            w = Weaver(guard=False, label_model_kwargs={"dependence": dep}, seed=seed).fit(d, "label_free")
-            ref = max(float(y[np.arange(P), w.select_with(d, s)].mean()) for s in ("majority_vote", "pooled_mean"))
-            gains.append(float(y[np.arange(P), w.select(d)].mean()) - ref)
+    gain, _ = _gains_on_shared_error_dev_set({k: {"dependence": k} for k in ("icc", "exponent")})
     assert np.mean(gain["icc"]) > np.mean(gain["exponent"]) + 0.05, gain
     assert np.mean(gain["icc"]) > -0.02, gain
