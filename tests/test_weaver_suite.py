@@ -499,3 +499,25 @@ def test_estimated_within_answer_correlation_beats_the_fixed_size_exponent_on_a_
     gain, _ = _gains_on_shared_error_dev_set({k: {"dependence": k} for k in ("icc", "exponent")})
     assert np.mean(gain["icc"]) > np.mean(gain["exponent"]) + 0.05, gain
     assert np.mean(gain["icc"]) > -0.02, gain
+
+
+def test_a_verifier_scored_once_gives_no_runtime_warning_and_finite_scores():
+    # with the estimated dependence (the default) a source without any score in one guard fold used to give NaN
+    # within-answer statistics ("Mean of empty slice", "Degrees of freedom <= 0"); it now carries no evidence there
+    import warnings
+
+    from lightning_ws.weaver import VerificationData
+
+    d = make_suite_set("rate_0.20", num_problems=40, num_candidates=6, seed=1)
+    s = d.scores.copy()
+    s[:, :, 0] = np.nan
+    s[0, 0, 0] = 0.3  # scored once
+    s[:, :, 1] = 2.0  # constant
+    dd = VerificationData(scores=s, answers=d.answers, verifier_names=d.verifier_names,
+                          verifier_kinds=d.verifier_kinds, correct=d.correct)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        w = Weaver().fit(dd, "label_free")
+        assert np.isfinite(w.score(dd)).all()
+    est = w.report_["guard"]["estimated_accuracy"]
+    assert all(np.isfinite(v) for v in est.values()), est

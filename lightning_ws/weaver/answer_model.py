@@ -646,6 +646,8 @@ def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.nda
     out = np.zeros(m.shape[1])
     for k in range(m.shape[1]):
         ok = n[:, k] > 0
+        if not ok.any():  # a source with no score here (e.g. in one guard fold): no evidence to correlate
+            continue
         mk, nk, rk = m[ok, k], n[ok, k], r[ok]
         w1, w0 = rk * nk, (1.0 - rk) * nk
         mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
@@ -676,7 +678,9 @@ def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
         m = np.where(n > 0, s1 / n, np.nan)
     ss = np.where(n > 0, s2 - n * np.nan_to_num(m) ** 2, 0.0)
     dof = np.clip(n - 1.0, 0.0, None).sum(axis=0)
-    tot = np.nanvar(np.where(ok, flat, np.nan), axis=0)
+    cnt = ok.sum(axis=0)
+    mean = np.where(ok, flat, 0.0).sum(axis=0) / np.maximum(cnt, 1)
+    tot = np.where(ok, (flat - mean) ** 2, 0.0).sum(axis=0) / np.maximum(cnt, 1)  # 0 for a source without scores
     sw2 = np.where(dof > 0, ss.sum(axis=0) / np.maximum(dof, 1.0), 0.5 * tot)
     return m, n, np.maximum(sw2, 1e-6)
 
