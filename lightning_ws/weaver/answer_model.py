@@ -214,13 +214,8 @@ class AnswerLevelModel:
                 v = sa2 + sw2 / np.maximum(n[ok, k], 1.0)
                 ev[ok] += ((m[ok, k] - mu0) ** 2 - (m[ok, k] - mu1) ** 2) / (2.0 * v)
             return ev
-        ev = np.zeros(b.shape[0])
-        for k, llr in enumerate(self.llr_):  # a missing score (bin -1) reads the appended 0.0: no evidence
-            ev += np.append(llr, 0.0)[b[:, k]]
-        if self.evidence == "answer_mean":
-            return ev
-        g = groups.group.ravel()
-        if self.dependence == "icc":  # per source: mean LLR of the answer's candidates x their effective number
+        if self.evidence == "candidates" and self.dependence == "icc":
+            # per source: mean LLR of the answer's candidates x their effective number
             bo, starts, n = self._icc_layout(groups, b)
             if not starts.size:
                 return np.zeros(groups.num_groups)
@@ -228,7 +223,12 @@ class AnswerLevelModel:
             vals = np.stack([np.append(llr, 0.0)[bo[:, k]] for k, llr in enumerate(self.llr_)], axis=1)
             tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
             return (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
-        tot = np.bincount(g, weights=ev, minlength=groups.num_groups)
+        ev = np.zeros(b.shape[0])
+        for k, llr in enumerate(self.llr_):  # a missing score (bin -1) reads the appended 0.0: no evidence
+            ev += np.append(llr, 0.0)[b[:, k]]
+        if self.evidence == "answer_mean":
+            return ev
+        tot = np.bincount(groups.group.ravel(), weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
 
     def _icc_layout(self, groups: AnswerGroups, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
