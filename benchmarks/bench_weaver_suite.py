@@ -207,16 +207,20 @@ def _heldout_specs() -> dict:
 
 def _session18(data, seed: int) -> float:
     """Select@1 of the Weaver shipped until session 18: label model and guard evaluator with the fixed ``size **
-    0.5`` evidence (``dependence="exponent"``), dependence check ``dependence="icc"`` (the module's guard
-    constants are swapped for the fit and restored)."""
+    0.5`` evidence (``dependence="exponent"``), dependence check ``dependence="icc"`` whose own evaluator alone
+    ranks majority vote against the pooled mean (the module's guard constants and ``Weaver._dependence_check`` are
+    swapped for the fit and restored)."""
     import lightning_ws.weaver.select as sel
 
-    saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR
+    saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR, Weaver._dependence_check
+    original = Weaver._dependence_check
     sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = {"dependence": "exponent"}, {"dependence": "icc"}
+    Weaver._dependence_check = lambda self, ids, pooled, folds, picks, fallback="majority_vote": original(
+        self, ids, pooled, folds, picks)
     try:
         return _extra(data, {"label_model_kwargs": {"dependence": "exponent"}, "seed": seed})
     finally:
-        sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = saved
+        sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR, Weaver._dependence_check = saved
 
 
 def heldout(seeds: int) -> None:

@@ -17,7 +17,9 @@ session 18) and ``evidence="random_effects"``. Then it replays guard policies on
 prints, per set, the mean and minimum over seeds of ``selected - max(majority vote, pooled mean)`` (true Select@1,
 points) and the number of seeds more than 0.5 point below. Policies:
 
-* ``current``: the shipped guard (``Weaver()``): evaluator ``icc``, second opinion ``exponent``;
+* ``current``: the shipped guard (``Weaver()``): evaluator ``icc``, second opinion ``exponent``, which falls back to
+  majority vote only where both evaluators rank it at least as high as the pooled mean (session 20);
+* ``session19``: the same, but the second opinion alone ranks majority vote against the pooled mean (session 19);
 * ``icc_only``: the ``icc`` evaluator alone, no second opinion (``guard_check=False``);
 * ``session18``: the guard shipped until session 18: evaluator ``exponent``, dependence check ``icc`` (with
   ``--label-model-kwargs '{"dependence": "exponent"}'`` this is the session-18 Weaver);
@@ -144,8 +146,10 @@ def _beats(E: list, a: str, b: str, z: float = 1.0) -> bool:
     return True
 
 
-def _guard(c: dict, lm: str = LM, check: bool = True, first: str = "exponent", second: str = "icc"
-           ) -> tuple[str, str | None]:
+def _guard(c: dict, lm: str = LM, check: bool = True, first: str = "exponent", second: str = "icc",
+           check_needs_fallback_mv: bool = False) -> tuple[str, str | None]:
+    """The guard's decision. ``check_needs_fallback_mv`` (the shipped guard since session 20): the check falls back to
+    majority vote only where the first evaluator's fallback is majority vote too."""
     e1 = c[first]
     simple = MV if _est(e1, MV) >= _est(e1, PM) - 1e-12 else PM
     if not _beats(e1, lm, simple):
@@ -153,7 +157,8 @@ def _guard(c: dict, lm: str = LM, check: bool = True, first: str = "exponent", s
     if not check:
         return lm, None
     e2 = c[second]
-    if _est(e2, MV) >= _est(e2, PM) - 1e-12 and not _beats(e2, lm, MV):
+    if (_est(e2, MV) >= _est(e2, PM) - 1e-12 and not _beats(e2, lm, MV)
+            and (simple == MV or not check_needs_fallback_mv)):
         return MV, "check"
     return lm, None
 
@@ -190,7 +195,8 @@ def _blend(c: dict) -> str:
     return "t0.5" if why == "check" else ch
 
 
-POLICIES = {"current": lambda c: _guard(c, first="icc", second="exponent")[0],
+POLICIES = {"current": lambda c: _guard(c, first="icc", second="exponent", check_needs_fallback_mv=True)[0],
+            "session19": lambda c: _guard(c, first="icc", second="exponent")[0],
             "icc_only": lambda c: _guard(c, check=False, first="icc")[0],
             "session18": lambda c: _guard(c)[0], "fb_both": _fb_both, "+re_check": _plus_re, "re_check": _re_check, "paired_fb": _paired,
             "blend_fb": _blend, "tempered": lambda c: _guard(c, lm="t0.5")[0]}

@@ -329,7 +329,7 @@ def test_guard_dependence_check_keeps_the_label_model_where_majority_vote_is_wea
     assert chk["estimated_accuracy"]["pooled_mean"] > chk["estimated_accuracy"]["majority_vote"]
 
 
-def test_dependence_check_falls_back_to_majority_vote_only_when_its_evaluator_ranks_it_above_the_pooled_mean(
+def test_dependence_check_falls_back_to_majority_vote_only_when_both_evaluators_rank_it_above_the_pooled_mean(
         monkeypatch):
     # the decision rule alone, on crafted per-problem estimates: one plausible evaluator solution finds no gain of
     # the label model over majority vote; majority vote replaces the label model only if that evaluator ranks it at
@@ -345,6 +345,10 @@ def test_dependence_check_falls_back_to_majority_vote_only_when_its_evaluator_ra
         choice, check = w._dependence_check(None, None, [], [])
         assert choice == expected == check["choice"], check
         assert check["label_model_gain_vs_majority_vote"][1] < 0.0
+        # since session 20 the guard's own evaluator must rank majority vote at least as high as the pooled mean too
+        # (its fallback): where it prefers the pooled mean, the check keeps the label model
+        choice, check = w._dependence_check(None, None, [], [], "pooled_mean")
+        assert choice == "label_model" == check["choice"] and check["guard_fallback"] == "pooled_mean", check
 
 
 def test_weaver_default_persistence_modes_and_errors(tmp_path):

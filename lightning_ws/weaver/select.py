@@ -597,7 +597,8 @@ class Weaver:
        how much of each source's error the candidates of one answer share (a judge fooled the same way by every
        candidate of a wrong answer). A label model kept that way must then pass a *second opinion*
        (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
-       must also find it better than majority vote, else majority vote is chosen (:meth:`_dependence_check`). No
+       must also find it better than majority vote, else majority vote is chosen where both evaluators rank it at
+       least as high as the pooled mean (:meth:`_dependence_check`). No
        gold label is read. The choice, the
        criterion and the estimates are in ``report_["guard"]``. (The evaluators are models of the same family as
        the label model, so the guard catches unstable or noise-driven fits better than systematic
@@ -631,7 +632,8 @@ class Weaver:
         guard_check: the guard's second opinion (default True): a label model the guard keeps must also beat
             majority vote under a second evaluator of another dependence specification
             (:data:`GUARD_CHECK_EVALUATOR`: an answer's candidates weighted by the fixed ``size ** 0.5``); if it does
-            not, and that evaluator ranks majority vote above the pooled mean, majority vote is chosen.
+            not, and both evaluators rank majority vote at least as high as the pooled mean, majority vote is
+            chosen.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -899,7 +901,7 @@ class Weaver:
                      + f" (evaluator: AnswerLevelModel({_kwargs_text(GUARD_EVALUATOR)}))"
                      + ("; a label model kept must also beat majority_vote by z standard errors under a second "
                         f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
-                        "chosen when that evaluator ranks it above pooled_mean"
+                        "chosen when both evaluators rank it at least as high as pooled_mean"
                         if self.guard_check else ""))
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
@@ -920,13 +922,14 @@ class Weaver:
         choice = "label_model" if ok else simple
         check: dict[str, Any] | None = None
         if ok and self.guard_check:
-            choice, check = self._dependence_check(ids, pooled, folds, fold_picks)
+            choice, check = self._dependence_check(ids, pooled, folds, fold_picks, simple)
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
                 "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
                 "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check}
 
     def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
-                          fold_picks: list[dict[str, np.ndarray]]) -> tuple[str, dict[str, Any]]:
+                          fold_picks: list[dict[str, np.ndarray]], fallback: str = "majority_vote"
+                          ) -> tuple[str, dict[str, Any]]:
         """Second opinion on a label model the guard kept: does it still beat majority vote under an evaluator
         with another specification of how an answer's candidates share their verifier error?
 
@@ -935,16 +938,18 @@ class Weaver:
         can agree with the label model it is meant to check (both are fitted the same way). The check refits the
         cross-fitted evaluator with :data:`GUARD_CHECK_EVALUATOR` (candidates counted as the fixed ``size **
         0.5``). If that evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote
-        at least as high as the pooled mean, and the label model does not beat majority vote by ``guard_z``
+        at least as high as the pooled mean, the guard's own evaluator does too (``fallback``, the guard's choice
+        between the two, is majority vote), and the label model does not beat majority vote by ``guard_z``
         standard errors under every plausible solution, majority vote is chosen; otherwise the label model is kept
         (so the check can only replace the label model by majority vote, never by the pooled mean). Until session
-        19 the two evaluators were the other way round (numbers in BENCHMARKS.md)."""
+        19 the two evaluators were the other way round; until session 20 the check's evaluator alone ranked
+        majority vote against the pooled mean (numbers in BENCHMARKS.md)."""
         pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
         est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
         gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
-        mv_fallback = est["majority_vote"] >= est["pooled_mean"] - 1e-12
+        mv_fallback = fallback == "majority_vote" and est["majority_vote"] >= est["pooled_mean"] - 1e-12
         choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
-        return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est,
+        return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est, "guard_fallback": fallback,
                         "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses, "choice": choice}
 
     def _label_model_gain(self, per_problem: list[dict[str, np.ndarray]], baseline: str
