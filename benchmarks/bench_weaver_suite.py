@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -205,22 +206,32 @@ def _heldout_specs() -> dict:
     }
 
 
-def _session18(data, seed: int) -> float:
-    """Select@1 of the Weaver shipped until session 18: label model and guard evaluator with the fixed ``size **
-    0.5`` evidence (``dependence="exponent"``), dependence check ``dependence="icc"`` whose own evaluator alone
-    ranks majority vote against the pooled mean (the module's guard constants and ``Weaver._dependence_check`` are
-    swapped for the fit and restored)."""
-    import lightning_ws.weaver.select as sel
-
-    saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR, Weaver._dependence_check
+@contextmanager
+def check_rule_before_session20():
+    """The guard's second opinion as shipped until session 20: its own evaluator alone ranks majority vote against the
+    pooled mean (``Weaver._dependence_check`` is swapped for the block and restored)."""
     original = Weaver._dependence_check
-    sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = {"dependence": "exponent"}, {"dependence": "icc"}
     Weaver._dependence_check = lambda self, ids, pooled, folds, picks, fallback="majority_vote": original(
         self, ids, pooled, folds, picks)
     try:
-        return _extra(data, {"label_model_kwargs": {"dependence": "exponent"}, "seed": seed})
+        yield
     finally:
-        sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR, Weaver._dependence_check = saved
+        Weaver._dependence_check = original
+
+
+def _session18(data, seed: int) -> float:
+    """Select@1 of the Weaver shipped until session 18: label model and guard evaluator with the fixed ``size **
+    0.5`` evidence (``dependence="exponent"``), dependence check ``dependence="icc"`` with the check rule of that
+    time (the module's guard constants are swapped for the fit and restored)."""
+    import lightning_ws.weaver.select as sel
+
+    saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR
+    sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = {"dependence": "exponent"}, {"dependence": "icc"}
+    try:
+        with check_rule_before_session20():
+            return _extra(data, {"label_model_kwargs": {"dependence": "exponent"}, "seed": seed})
+    finally:
+        sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = saved
 
 
 def heldout(seeds: int) -> None:

@@ -10,10 +10,11 @@ with a few dozen problems. This script redraws ``judge_draws``, ``judge_draws_pr
 * 64 problems x 16 candidates, and 32 problems x 64 candidates (``--part sizes``);
 
 everything else as in the suite, data seeds 7300+ (noise) and 7400+ (sizes), used by no other script, and prints per
-variant ``Weaver() - max(majority vote, pooled mean)`` in points (mean / min / seeds more than 0.5 point below), the
-guard's choices and the number of verifier groups found. Column ``session-19 check``: the same fits with the guard's
-second opinion as in session 19, when the check's evaluator alone decided whether majority vote or the pooled mean is
-its fallback (replayed by patching ``Weaver._dependence_check``).
+variant ``Weaver() - max(majority vote, mean verifier)`` in points as ``bench_weaver_suite.py`` measures it
+(:func:`~lightning_ws.weaver.report.suite_report`; mean / min / seeds more than 0.5 point below), the guard's choices
+and the number of sources after pooling the verifier groups. Column ``session-19 check``: the same fits with the
+guard's second opinion as in session 19, when the check's evaluator alone decided whether majority vote or the pooled
+mean is its fallback (``bench_weaver_suite.check_rule_before_session20``).
 
     python benchmarks/diag_weaver_judge_variants.py [--part noise|sizes|all] [--seeds 8] [--size-seeds 12]
 """
@@ -28,23 +29,17 @@ import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from lightning_ws.weaver import Weaver
-from lightning_ws.weaver.select import _mv_pick, select_candidates
+from bench_weaver_suite import check_rule_before_session20
+
+from lightning_ws.weaver.report import suite_report
 from lightning_ws.weaver.suite import SUITE, make_set
 
-_ORIGINAL_CHECK = Weaver._dependence_check
 
-
-def _session19_check(self, ids, pooled, folds, fold_picks, fallback="majority_vote"):
-    return _ORIGINAL_CHECK(self, ids, pooled, folds, fold_picks)  # the check's evaluator alone ranks MV vs PM
-
-
-def _diff(w: Weaver, data) -> float:
-    _, pm = w._sources(data)
-    ids, y, P = data.answer_ids(), data.correct, data.num_problems
-    mv = y[np.arange(P), _mv_pick(ids, pm)].mean()
-    pmean = y[np.arange(P), select_candidates(pm, tie_break="first")[0]].mean()
-    return float(100 * (y[np.arange(P), w.select(data)].mean() - max(mv, pmean)))
+def _diff(data, seed: int) -> tuple[float, dict]:
+    """``Weaver(seed=seed) - max(majority vote, mean verifier)`` in points, as the suite measures it, and the report."""
+    rep = suite_report(data, seed=seed)
+    sa = rep["select_at_1"]
+    return 100 * (sa["weaver"] - max(sa["majority_vote"], sa["mean_verifier"])), rep["weaver"]
 
 
 def _cell(d: list[float]) -> str:
@@ -56,15 +51,12 @@ def row(name: str, label: str, spec, seeds: int, base: int, **sizes) -> None:
     now, old, choices, groups = [], [], [], []
     for s in range(seeds):
         data = make_set(spec, seed=base + s, **sizes)
-        w = Weaver(seed=s).fit(data, "label_free")
-        now.append(_diff(w, data))
-        choices.append(w.report_["guard"]["choice"])
-        groups.append(len(w.groups_))
-        Weaver._dependence_check = _session19_check
-        try:
-            old.append(_diff(Weaver(seed=s).fit(data, "label_free"), data))
-        finally:
-            Weaver._dependence_check = _ORIGINAL_CHECK
+        diff, report = _diff(data, s)
+        now.append(diff)
+        choices.append(report["guard"]["choice"])
+        groups.append(report["verifier_groups"]["n_sources"])
+        with check_rule_before_session20():
+            old.append(_diff(data, s)[0])
     counts = {c: choices.count(c) for c in dict.fromkeys(choices)}
     print(f"| {name} | {label} | {_cell(now)} | {_cell(old)} | {counts} | {sorted(set(groups))} |", flush=True)
 
@@ -75,8 +67,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8, help="noise variants: data seeds 7300 + i")
     ap.add_argument("--size-seeds", type=int, default=12, help="size variants: data seeds 7400 + i")
     args = ap.parse_args()
-    print("Cells: Weaver - max(MV, pooled mean), points: mean / min / seeds more than 0.5 below")
-    print("| set | variant | Weaver() | session-19 check | guard choices (Weaver()) | groups |")
+    print("Cells: Weaver - max(MV, mean verifier), points: mean / min / seeds more than 0.5 below")
+    print("| set | variant | Weaver() | session-19 check | guard choices (Weaver()) | sources |")
     print("|---|---|---|---|---|---|")
     names = ("judge_draws", "judge_draws_prob", "judge_vs_majority")
     if args.part in ("noise", "all"):
