@@ -168,7 +168,10 @@ def test_learned_agreement_is_oriented_and_beats_a_monotone_prior_when_distracto
         d = make_suite_set("judge_vs_majority", seed=seed)
         y = d.correct
         for kind in ("learned", "exponent"):
-            w = Weaver(guard=False, label_model_kwargs={"agreement": kind}, seed=seed).fit(d, "label_free")
+            # the agreement prior alone: no per-problem offsets (with them, default since session 21, the margin
+            # over the exponent prior on these two seeds is 1.6 points instead of 4.7)
+            w = Weaver(guard=False, label_model_kwargs={"agreement": kind}, problem_offsets=False,
+                       seed=seed).fit(d, "label_free")
             accs[kind].append(float(y[np.arange(64), w.select(d)].mean()))
             if kind == "learned":
                 aw = w.report_["answer_model"]["agreement_weights"]

@@ -28,6 +28,7 @@ from lightning_ws.weaver.select import (
     tie_rate,
 )
 from lightning_ws.weaver.answer_model import AnswerLevelModel
+from lightning_ws.weaver.leniency import ProblemOffsets, estimate_problem_offsets
 from lightning_ws.weaver.structure import detect_verifier_groups, pool_groups
 from lightning_ws.weaver.suite import SUITE, make_suite_set
 from lightning_ws.weaver.synthetic import make_synthetic_verification
@@ -37,6 +38,7 @@ __all__ = [
     "AnswerLevelModel",
     "MODES",
     "NO_ANSWER",
+    "ProblemOffsets",
     "TIE_BREAKS",
     "Binarizer",
     "ScoreNormalizer",
@@ -51,6 +53,7 @@ __all__ = [
     "make_suite_set",
     "make_synthetic_verification",
     "detect_verifier_groups",
+    "estimate_problem_offsets",
     "pool_groups",
     "select_candidates",
     "tie_rate",

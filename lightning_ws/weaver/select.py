@@ -573,7 +573,8 @@ class Weaver:
     1. :class:`ScoreNormalizer` (quantile by default);
     2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
        near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
-       (its mean normalised score) and reported;
+       (its mean normalised score) and reported; with the answer-level model, each problem's shift of a source
+       (a judge more lenient on some problems) is estimated and removed (``problem_offsets``);
     3. a label model over the pooled sources:
 
        * ``"answer_level"`` (default, :class:`~lightning_ws.weaver.answer_model.AnswerLevelModel`): label-free EM
@@ -634,6 +635,13 @@ class Weaver:
             (:data:`GUARD_CHECK_EVALUATOR`: an answer's candidates weighted by the fixed ``size ** 0.5``); if it does
             not, and both evaluators rank majority vote at least as high as the pooled mean, majority vote is
             chosen.
+        problem_offsets: remove each problem's verifier leniency (a shift of every candidate's score of one
+            problem, :mod:`lightning_ws.weaver.leniency`) before the answer-level model reads the sources:
+            ``"auto"`` (default since session 21) = on for the answer-level model, off for the binary path; ``True``
+            (answer-level model only) or ``False``. The offsets are shrunk random effects, so sources without a
+            problem-level shift are left (almost) as they are; ``report_["problem_offsets"]`` gives each source's
+            estimated shift variance ``tau2`` (also with ``False``, as a diagnostic). Not in the paper, which fits
+            one score distribution per class across problems.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -643,7 +651,8 @@ class Weaver:
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
-                 guard_gap: float = 2.0, guard_check: bool = True, seed: int = 0) -> None:
+                 guard_gap: float = 2.0, guard_check: bool = True, problem_offsets: bool | str = "auto",
+                 seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -671,7 +680,16 @@ class Weaver:
             raise ConfigError(f"guard_gap must be >= 0, got {guard_gap}.")
         self.guard_gap = float(guard_gap)
         self.guard_check = bool(guard_check)
+        if problem_offsets not in (True, False, "auto"):
+            raise ConfigError(f"problem_offsets must be True, False or 'auto', got {problem_offsets!r}.")
+        self.problem_offsets_setting: bool | str = problem_offsets
+        self.problem_offsets = self.answer_level if problem_offsets == "auto" else bool(problem_offsets)
+        if self.problem_offsets and not self.answer_level:
+            raise ConfigError("problem_offsets=True needs the answer-level label model (label_model='answer_level'); "
+                              f"{label_model!r} reads binarised votes, where a per-problem shift is a threshold "
+                              "question. Drop problem_offsets or use the answer-level model.")
         self.seed = int(seed)
+        self.offsets_: Any = None  # fitted ProblemOffsets when problem_offsets=True
         self.label_model_ = None
         self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
@@ -703,7 +721,7 @@ class Weaver:
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
-                   guard_check=self.guard_check, seed=self.seed)
+                   guard_check=self.guard_check, problem_offsets=self.problem_offsets_setting, seed=self.seed)
         return w
 
     @staticmethod
@@ -790,7 +808,14 @@ class Weaver:
                                   "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size)}
         pooled, pm = self._sources(data)
         if self.answer_level:
-            report.update(self._fit_answer_level(data, pooled, mode, correct, dev_idx, source_names))
+            fit_args = (mode, correct, dev_idx, source_names)
+            if self.problem_offsets:
+                pooled, fit_report, report["problem_offsets"] = self._fit_with_offsets(data, pooled, *fit_args)
+                report.update(fit_report)
+            else:
+                self.offsets_ = None
+                report.update(self._fit_answer_level(data, pooled, *fit_args))
+                report["problem_offsets"] = self._leniency_diagnostic(data, pooled, source_names)
             self.verifier_names_ = source_names
         else:
             report.update(self._fit_binary(data, pooled, mode, correct, dev_idx, source_names))
@@ -822,6 +847,43 @@ class Weaver:
                                          "transductive": "estimated_with_oracle_coverage"}[mode],
                 "answer_model": {k: v for k, v in lm.report_.items()},
                 "source_auroc_estimate": dict(zip(source_names, lm.source_auroc().tolist()))}
+
+    def _fit_with_offsets(self, data: VerificationData, pooled: np.ndarray, mode: str, correct: np.ndarray | None,
+                          dev_idx: np.ndarray | None, source_names: list[str]
+                          ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+        """``problem_offsets=True``: fit the answer-level model, then alternate (answer posteriors, shrunk
+        per-problem offsets on the normal scale, refit on the adjusted sources mapped back to their own scale)
+        ``ProblemOffsets.iterations`` times, stopping where no source shows a shift
+        (:mod:`lightning_ws.weaver.leniency`). Returns the adjusted sources of ``data`` (as :meth:`score` computes
+        them), the label model's fit report and the offsets' report entry."""
+        from lightning_ws.weaver.leniency import ProblemOffsets
+
+        ids = data.answer_ids()
+        self.offsets_ = ProblemOffsets().fit(pooled)
+        z0 = self.offsets_.normal_scale(pooled)
+        cur = pooled
+        fit_report = self._fit_answer_level(data, cur, mode, correct, dev_idx, source_names)
+        for _ in range(self.offsets_.iterations):
+            adj, stats = self.offsets_.adjust(z0, self.label_model_.predict_proba(ids, cur), ids)
+            if all(st["tau2"] == 0.0 for st in stats):  # no shift to remove: keep the fit
+                break
+            cur = self.offsets_.source_scale(adj)
+            fit_report = self._fit_answer_level(data, cur, mode, correct, dev_idx, source_names)
+        adjusted, stats = self.offsets_.transform(pooled, ids, self.label_model_)
+        return adjusted, fit_report, {"enabled": True, "iterations": self.offsets_.iterations,
+                                      "per_source": dict(zip(source_names, stats))}
+
+    def _leniency_diagnostic(self, data: VerificationData, pooled: np.ndarray, source_names: list[str]
+                             ) -> dict[str, Any]:
+        """``problem_offsets=False``: the per-problem score shift the offset model would estimate under the fitted
+        label model (``tau2`` = its variance on the normal scale; 0 = none detected), reported, not used."""
+        from lightning_ws.weaver.leniency import ProblemOffsets
+
+        ids = data.answer_ids()
+        po = ProblemOffsets().fit(pooled)
+        _, stats = po.adjust(po.normal_scale(pooled), self.label_model_.predict_proba(ids, pooled), ids)
+        return {"enabled": False, "per_source": {n: {"tau2": st["tau2"], "offset_sd": st["offset_sd"]}
+                                                 for n, st in zip(source_names, stats)}}
 
     def _fit_binary(self, data: VerificationData, pooled: np.ndarray, mode: str, correct: np.ndarray | None,
                     dev_idx: np.ndarray | None, source_names: list[str]) -> dict[str, Any]:
@@ -997,6 +1059,8 @@ class Weaver:
         self._check_names(data)
         pooled, _ = self._sources(data)
         if self.answer_level:
+            if self.offsets_ is not None:
+                pooled = self.offsets_.transform(pooled, data.answer_ids(), self.label_model_)[0]
             return self.label_model_.predict_proba(data.answer_ids(), pooled)
         votes = self.binarizer.transform(self._binary_columns(data, pooled))[:, :, self.filter.kept_]
         proba = self.label_model_.predict_proba(self._flat(votes))[:, 1]
@@ -1056,6 +1120,8 @@ class Weaver:
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
             "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap,
             "guard_check": self.guard_check, "choice": self.choice_, "seed": self.seed,
+            "problem_offsets": self.problem_offsets_setting,
+            "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "report": self.report_}
         if self.answer_level:
@@ -1086,7 +1152,7 @@ class Weaver:
                 tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
                 group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
-                guard_check=st.get("guard_check", True),
+                guard_check=st.get("guard_check", True), problem_offsets=st.get("problem_offsets", False),
                 seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
@@ -1096,6 +1162,10 @@ class Weaver:
             from lightning_ws.weaver.answer_model import AnswerLevelModel
 
             w.label_model_ = AnswerLevelModel.from_state_dict(st["answer_model"])
+            if st.get("offsets") is not None:
+                from lightning_ws.weaver.leniency import ProblemOffsets
+
+                w.offsets_ = ProblemOffsets.from_state_dict(st["offsets"])
         else:
             from lightning_ws.labelmodels import LabelModel
 

@@ -13,7 +13,9 @@ Verifiers come in **groups** (:class:`GroupSpec`). Member ``j`` of group ``g`` s
 
 (``e``, ``a``, ``eps`` standard normal): ``shared`` is how much the members agree beyond the label (0 = conditionally
 independent; 0.9 = near-duplicate reward models), ``answer`` is a per-(problem, answer) component (a verifier fooled
-the same way by every candidate with one wrong answer). The reported score is
+the same way by every candidate with one wrong answer). ``leniency`` (default 0) adds ``leniency * u_{p,g}`` (``u``
+standard normal per problem): a verifier more lenient on some problems than on others, shifting every candidate of
+the problem alike. The reported score is
 
 * ``kind="reward_model"``: ``offset + scale * z`` on a random native scale;
 * ``kind="judge_verdict"``: one Bernoulli draw of ``sigmoid(z + bias)`` per member (repeated draws of one judge: use
@@ -49,8 +51,11 @@ class GroupSpec:
     kind: str = "reward_model"
     bias: float = 0.0
     name: str = ""
+    leniency: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.leniency >= 0.0:
+            raise ConfigError(f"GroupSpec.leniency must be >= 0 (a standard deviation), got {self.leniency}.")
         if self.kind not in _KINDS:
             raise ConfigError(f"GroupSpec.kind must be one of {_KINDS}, got {self.kind!r}.")
         if self.copies < 1 or not 0.0 <= self.shared <= 1.0 or not 0.0 <= self.answer <= 1.0:
@@ -144,6 +149,8 @@ def make_set(spec: SetSpec, *, num_problems: int | None = None, num_candidates: 
         e = rng.standard_normal((P, N))
         a = rng.standard_normal((P, spec.num_wrong + 1))[np.arange(P)[:, None], aid]
         base = g.strength * y + np.sqrt(g.shared) * e + np.sqrt(g.answer) * a
+        if g.leniency > 0:  # drawn only when asked for, so the sets without it are unchanged
+            base = base + g.leniency * rng.standard_normal(P)[:, None]
         scale, offset = rng.uniform(0.5, 5.0), rng.uniform(-3.0, 3.0)
         gname = g.name or f"g{g_i}"
         for j in range(g.copies):

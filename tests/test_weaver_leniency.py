@@ -1,0 +1,123 @@
+"""Per-problem verifier leniency (issue 17, session 21): the offset estimate, Weaver(problem_offsets=True), the
+generator's ``leniency`` and the report's diagnostic."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver import Weaver
+from lightning_ws.weaver.leniency import ProblemOffsets, estimate_problem_offsets
+from lightning_ws.weaver.report import suite_report
+from lightning_ws.weaver.suite import SUITE, GroupSpec, make_set
+
+
+def _planted(P: int = 200, N: int = 16, shift_sd: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 4, size=(P, N))
+    correct = (ids == 0).astype(float)
+    answer_err = rng.standard_normal((P, 4))[np.arange(P)[:, None], ids] * 0.3
+    shift = shift_sd * rng.standard_normal(P)
+    z = 1.5 * correct + answer_err + rng.standard_normal((P, N)) + shift[:, None]
+    return z, correct, ids, shift
+
+
+def test_offsets_recover_a_planted_problem_shift_and_leave_a_set_without_one_alone():
+    z, r, ids, shift = _planted()
+    o, st = estimate_problem_offsets(z, r, ids)
+    assert np.corrcoef(o, shift)[0, 1] > 0.9
+    assert 0.6 < st["tau2"] < 1.5  # the planted shift has variance 1
+    z0, r0, ids0, _ = _planted(shift_sd=0.0, seed=1)
+    o0, st0 = estimate_problem_offsets(z0, r0, ids0)
+    assert st0["tau2"] < 0.05
+    assert np.abs(o0).max() < 0.1
+    with pytest.raises(DataError, match="share one"):
+        estimate_problem_offsets(z, r[:, :3], ids)
+
+
+def test_offsets_handle_missing_scores_and_unanswered_candidates():
+    z, r, ids, _ = _planted(P=50, seed=2)
+    z[0] = np.nan
+    z[1, :5] = np.nan
+    ids[2, :3] = -1
+    o, st = estimate_problem_offsets(z, r, ids)
+    assert o[0] == 0.0 and np.isfinite(o).all() and st["tau2"] >= 0.0
+
+
+def test_normal_scale_is_monotone_and_round_trips_through_state():
+    x = np.random.default_rng(0).random((10, 8, 2))
+    x[0, 0, 0] = np.nan
+    po = ProblemOffsets().fit(x)
+    z = po.normal_scale(x)
+    a, b = x[:, :, 1].ravel(), z[:, :, 1].ravel()
+    order = np.argsort(a)
+    assert np.all(np.diff(b[order]) >= -1e-12) and np.isnan(z[0, 0, 0])
+    po2 = ProblemOffsets.from_state_dict(po.state_dict())
+    assert np.allclose(po2.normal_scale(x), z, equal_nan=True)
+    with pytest.raises(ConfigError, match="not fitted"):
+        ProblemOffsets().normal_scale(x)
+    with pytest.raises(ConfigError, match="iterations"):
+        ProblemOffsets(iterations=0)
+
+
+def test_generator_leniency_shifts_whole_problems_and_is_validated():
+    spec = SUITE["judge_draws_prob"]
+    lenient = dataclasses.replace(spec, groups=(dataclasses.replace(spec.groups[0], leniency=1.5),))
+    plain_d, lenient_d = (make_set(s, num_problems=64, num_candidates=32, seed=3) for s in (spec, lenient))
+    per_problem = [np.nanmean(d.scores, axis=(1, 2)).std() for d in (plain_d, lenient_d)]
+    assert per_problem[1] > 1.5 * per_problem[0]
+    with pytest.raises(ConfigError, match="leniency"):
+        GroupSpec(1.0, leniency=-0.1)
+
+
+def _lenient_judge_set(seed: int):
+    spec = SUITE["judge_vs_majority"]
+    return make_set(dataclasses.replace(spec, groups=(dataclasses.replace(spec.groups[0], leniency=1.0),)),
+                    seed=seed)
+
+
+def test_problem_offsets_rescue_weaver_from_a_judge_lenient_on_some_problems():
+    """Without offsets the label model reads the judge as weak and follows the answer counts; with them it is back
+    above both baselines (development seeds of the suite's judge_vs_majority with leniency 1)."""
+    gains_off, gains_on = [], []
+    for seed in (0, 1):
+        data = _lenient_judge_set(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r_off = suite_report(data, seed=seed, weaver_kwargs={"problem_offsets": False})
+            r_on = suite_report(data, seed=seed)
+        sa = r_off["select_at_1"]
+        best = max(sa["majority_vote"], sa["mean_verifier"])
+        gains_off.append(sa["weaver"] - best)
+        gains_on.append(r_on["select_at_1"]["weaver"] - best)
+        diag = r_off["weaver"]["problem_offsets"]
+        assert diag["enabled"] is False and max(v["tau2"] for v in diag["per_source"].values()) > 0.1
+        assert r_on["weaver"]["problem_offsets"]["enabled"] is True
+    assert np.mean(gains_on) > 0.02
+    assert np.mean(gains_on) > np.mean(gains_off) + 0.02
+
+
+def test_problem_offsets_persist_and_need_the_answer_level_model(tmp_path):
+    data = _lenient_judge_set(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = Weaver(guard=False, seed=0).fit(data, "label_free")
+        w.save(tmp_path / "w")
+        w2 = Weaver.load(tmp_path / "w")
+    assert w2.problem_offsets and w2.offsets_ is not None
+    assert np.allclose(w.score(data), w2.score(data))
+    assert np.array_equal(w.select(data), w2.select(data))
+    with pytest.raises(ConfigError, match="answer-level"):
+        Weaver("moment_matching", problem_offsets=True)
+
+
+def test_problem_offsets_default_is_auto_and_validated():
+    assert Weaver().problem_offsets is True
+    assert Weaver("moment_matching").problem_offsets is False
+    assert Weaver(problem_offsets=False).problem_offsets is False
+    with pytest.raises(ConfigError, match="problem_offsets"):
+        Weaver(problem_offsets="yes")
