@@ -121,3 +121,14 @@ def test_problem_offsets_default_is_auto_and_validated():
     assert Weaver(problem_offsets=False).problem_offsets is False
     with pytest.raises(ConfigError, match="problem_offsets"):
         Weaver(problem_offsets="yes")
+
+
+def test_offsets_are_zero_where_a_problem_shift_is_not_identified():
+    rng = np.random.default_rng(4)
+    z, r = rng.standard_normal((20, 1)), rng.random((20, 1))
+    o, st = estimate_problem_offsets(z, r, np.zeros((20, 1), dtype=int))  # one candidate per problem
+    assert np.all(o == 0.0) and st["tau2"] == 0.0
+    z2, r2, ids2, _ = _planted(P=40, seed=5)
+    z2[:5, 1:] = np.nan  # five problems with a single scored candidate
+    o2, _ = estimate_problem_offsets(z2, r2, ids2)
+    assert np.all(o2[:5] == 0.0) and np.any(o2[5:] != 0.0)

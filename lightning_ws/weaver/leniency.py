@@ -49,7 +49,8 @@ def estimate_problem_offsets(z: np.ndarray, posterior: np.ndarray, answer_ids: n
         answer_ids: ``(P, N)`` answer codes (``-1`` = no answer: such a candidate is its own answer).
 
     Returns:
-        ``(P,)`` offsets (0 for a problem without scores) and ``{"tau2", "mean_sampling_var", "within_var",
+        ``(P,)`` offsets (0 for a problem with fewer than two scored candidates; all 0 where no answer has two scored
+        candidates) and ``{"tau2", "mean_sampling_var", "within_var",
         "answer_var"}``.
     """
     z = np.asarray(z, dtype=np.float64)
@@ -85,11 +86,13 @@ def estimate_problem_offsets(z: np.ndarray, posterior: np.ndarray, answer_ids: n
     ssb = float((cnt * (am - o[gp]) ** 2).sum())
     dfb = float(cnt.size - (n > 0).sum())
     cb = float(n.sum() - (sq[n > 0] / n[n > 0]).sum())
-    has = n > 0
+    # a problem's shift is told apart from its candidates' own errors only with two or more scored candidates, and
+    # only where some answer has two (the within-answer variance); otherwise nothing is removed
+    has = n >= 2
     s_w = ssw / dfw if dfw > 0 else 0.0
     s_a = max(0.0, (ssb - dfb * s_w) / cb) if cb > 0 else 0.0
     v = np.where(has, s_w / np.maximum(n, 1.0) + s_a * s2n, np.inf)
-    if has.sum() < 2:
+    if has.sum() < 2 or dfw <= 0 or s_w <= 0:
         return np.zeros(P), {"tau2": 0.0, "mean_sampling_var": float(v[has].mean()) if has.any() else 0.0,
                              "within_var": s_w, "answer_var": s_a}
     oc = o[has] - o[has].mean()
