@@ -78,8 +78,9 @@ def main() -> None:
     ap.add_argument("--leniency-seeds", type=int, default=8, help="leniency variants: data seeds 7500 + i")
     args = ap.parse_args()
     print("Cells: Weaver - max(MV, mean verifier), points: mean / min / seeds more than 0.5 below")
-    print("| set | variant | Weaver() | session-19 check | guard choices (Weaver()) | sources |")
-    print("|---|---|---|---|---|---|")
+    if args.part != "leniency":
+        print("| set | variant | Weaver() | session-19 check | guard choices (Weaver()) | sources |")
+        print("|---|---|---|---|---|---|")
     names = ("judge_draws", "judge_draws_prob", "judge_vs_majority")
     if args.part in ("noise", "all"):
         for name in names:
