@@ -17,3 +17,9 @@ def nan_mean(x: np.ndarray, axis: int) -> np.ndarray:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(np.asarray(x, dtype=np.float64), axis=axis)
+
+
+def quantile_interp(x: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Monotone map through possibly repeated quantiles ``q`` onto levels ``t``: the average of forward and backward
+    interpolation, so a value equal to a run of tied quantiles maps to the middle of the run's levels."""
+    return 0.5 * (np.interp(x, q, t) - np.interp(-x, -q[::-1], -t[::-1]))

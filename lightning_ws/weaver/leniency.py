@@ -35,6 +35,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from lightning_ws.errors import ConfigError, DataError
+from lightning_ws.weaver._numeric import quantile_interp
 
 __all__ = ["ProblemOffsets", "estimate_problem_offsets"]
 
@@ -155,15 +156,7 @@ class ProblemOffsets:
             if q[-1] <= q[0]:  # a constant source carries no ranking
                 out[:, :, g][ok] = 0.0
                 continue
-            v = col[ok]
-            i_l = np.searchsorted(q, v, side="left")
-            i_r = np.searchsorted(q, v, side="right")
-            j = np.clip(i_l, 1, q.size - 1)
-            span = q[j] - q[j - 1]
-            frac = np.where(span > 0, (v - q[j - 1]) / np.where(span > 0, span, 1.0), 0.5)
-            u = grid[j - 1] + np.clip(frac, 0.0, 1.0) * (grid[j] - grid[j - 1])
-            u = np.where(i_r > i_l, 0.5 * (grid[np.minimum(i_l, q.size - 1)] + grid[np.maximum(i_r - 1, 0)]), u)
-            out[:, :, g][ok] = ndtri(np.clip(u, lo, 1.0 - lo))
+            out[:, :, g][ok] = ndtri(np.clip(quantile_interp(col[ok], q, grid), lo, 1.0 - lo))
         return out
 
     def source_scale(self, z: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import to_jsonable as _jsonable
-from lightning_ws.weaver._numeric import nan_mean
+from lightning_ws.weaver._numeric import nan_mean, quantile_interp
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.structure import pool_groups
 
@@ -155,11 +155,6 @@ def first_sample_select(num_problems: int) -> np.ndarray:
 # Step 1: normalisation
 # ----------------------------------------------------------------------------------------------------------------
 
-def _quantile_interp(x: np.ndarray, q: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Monotone map through possibly repeated quantiles: average of forward and backward interpolation."""
-    return 0.5 * (np.interp(x, q, t) - np.interp(-x, -q[::-1], -t[::-1]))
-
-
 class ScoreNormalizer:
     """Per-verifier score normalisation, fitted once and persisted (Weaver, arXiv 2506.18203, spec Step 2).
 
@@ -234,7 +229,7 @@ class ScoreNormalizer:
             q = self.quantiles_[v]
             if q[-1] <= q[0]:
                 return np.where(np.isnan(x), np.nan, 0.5)
-            return np.where(np.isnan(x), np.nan, _quantile_interp(np.nan_to_num(x), q, np.linspace(0, 1, q.size)))
+            return np.where(np.isnan(x), np.nan, quantile_interp(np.nan_to_num(x), q, np.linspace(0, 1, q.size)))
         lo, hi = self.lo_[v], self.hi_[v]
         if hi <= lo:
             return np.where(np.isnan(x), np.nan, 0.5)
