@@ -17,8 +17,11 @@ session 18) and ``evidence="random_effects"``. Then it replays guard policies on
 prints, per set, the mean and minimum over seeds of ``selected - max(majority vote, pooled mean)`` (true Select@1,
 points) and the number of seeds more than 0.5 point below. Policies:
 
-* ``current``: the shipped guard (``Weaver()``): evaluator ``icc``, second opinion ``exponent``, which falls back to
-  majority vote only where both evaluators rank it at least as high as the pooled mean (session 20);
+* ``current``: the guard shipped in session 20: evaluator ``icc``, second opinion ``exponent``, which falls back to
+  majority vote only where both evaluators rank it at least as high as the pooled mean. Since session 21 the shipped
+  Weaver removes per-problem offsets (``problem_offsets="auto"``) and its evaluators read the adjusted sources; this
+  script replays the policies on the unadjusted sources, so ``current`` is no longer exactly ``Weaver()`` (the shipped
+  Weaver with and without offsets: ``dev_weaver_offsets.py``);
 * ``session19``: the same, but the second opinion alone ranks majority vote against the pooled mean (session 19);
 * ``icc_only``: the ``icc`` evaluator alone, no second opinion (``guard_check=False``);
 * ``session18``: the guard shipped until session 18: evaluator ``exponent``, dependence check ``icc`` (with
