@@ -132,3 +132,21 @@ def test_offsets_are_zero_where_a_problem_shift_is_not_identified():
     z2[:5, 1:] = np.nan  # five problems with a single scored candidate
     o2, _ = estimate_problem_offsets(z2, r2, ids2)
     assert np.all(o2[:5] == 0.0) and np.any(o2[5:] != 0.0)
+
+
+def test_score_reuses_the_fit_data_offsets_and_recomputes_for_changed_data():
+    data = _lenient_judge_set(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = Weaver(guard=False, seed=0).fit(data, "label_free")
+    first = w.score(data)
+    first[:] = -1.0  # the caller's copy: writing to it must not reach the next call
+    again = w.score(data)
+    assert again.min() >= 0.0
+    fresh = w.offsets_.transform(w._sources(data)[0], data.answer_ids(), w.label_model_)[0]
+    assert np.array_equal(again, w.label_model_.predict_proba(data.answer_ids(), fresh))
+    changed = dataclasses.replace(data, scores=data.scores[::-1].copy(), answers=data.answers[::-1],
+                                  correct=data.correct[::-1])
+    assert np.allclose(w.score(changed), again[::-1])  # problems in another order: the same per-problem offsets
+    shifted = dataclasses.replace(data, scores=np.where(np.isnan(data.scores), np.nan, data.scores * 0.5))
+    assert not np.array_equal(w.score(shifted), again)

@@ -686,6 +686,9 @@ class Weaver:
         self.seed = int(seed)
         self.offsets_: Any = None  # fitted ProblemOffsets when problem_offsets=True
         self.label_model_ = None
+        # (fingerprint of the pooled sources and answer codes, P(correct)) of the last answer-level score(): the
+        # offsets' alternations cost a few posteriors per call, and fit, its guard and select score the same data
+        self._score_cache: tuple[bytes, np.ndarray] | None = None
         self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
         self.input_names_: list[str] | None = None
@@ -764,6 +767,7 @@ class Weaver:
         from lightning_ws.weaver.structure import detect_verifier_groups
 
         t0 = time.perf_counter()
+        self._score_cache = None
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
         if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
@@ -805,8 +809,11 @@ class Weaver:
         if self.answer_level:
             fit_args = (mode, correct, dev_idx, source_names)
             if self.problem_offsets:
+                ids = data.answer_ids()
+                key = _fingerprint(pooled, ids)
                 pooled, fit_report, report["problem_offsets"] = self._fit_with_offsets(data, pooled, *fit_args)
                 report.update(fit_report)
+                self._score_cache = (key, self.label_model_.predict_proba(ids, pooled))
             else:
                 self.offsets_ = None
                 report.update(self._fit_answer_level(data, pooled, *fit_args))
@@ -1054,9 +1061,13 @@ class Weaver:
         self._check_names(data)
         pooled, _ = self._sources(data)
         if self.answer_level:
-            if self.offsets_ is not None:
-                pooled = self.offsets_.transform(pooled, data.answer_ids(), self.label_model_)[0]
-            return self.label_model_.predict_proba(data.answer_ids(), pooled)
+            ids = data.answer_ids()
+            key = _fingerprint(pooled, ids)
+            if self._score_cache is None or self._score_cache[0] != key:
+                if self.offsets_ is not None:
+                    pooled = self.offsets_.transform(pooled, ids, self.label_model_)[0]
+                self._score_cache = (key, self.label_model_.predict_proba(ids, pooled))
+            return self._score_cache[1].copy()
         votes = self.binarizer.transform(self._binary_columns(data, pooled))[:, :, self.filter.kept_]
         proba = self.label_model_.predict_proba(self._flat(votes))[:, 1]
         return proba.reshape(votes.shape[0], votes.shape[1])
@@ -1168,6 +1179,17 @@ class Weaver:
             w.filter.kept_ = np.asarray(st["filter"]["kept"], dtype=np.int64)
             w.label_model_ = LabelModel.load(folder / "label_model")
         return w
+
+
+def _fingerprint(pooled: np.ndarray, answer_ids: np.ndarray) -> bytes:
+    """A digest of the pooled sources and answer codes that :meth:`Weaver.score` is asked about."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for a in (np.ascontiguousarray(pooled, dtype=np.float64), np.ascontiguousarray(answer_ids, dtype=np.int64)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.digest()
 
 
 def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
