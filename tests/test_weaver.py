@@ -341,8 +341,18 @@ def test_load_weaver_table_validation_errors(tmp_path):
     rows = _rows()
     rows[2]["samples"] = rows[2]["samples"][:2]
     rows[2]["extracted_answers"] = rows[2]["extracted_answers"][:2]
-    with pytest.raises(DataError, match="row 2 has 2 candidates"):
+    with pytest.raises(DataError, match="answer_correct must list 2"), pytest.warns(UserWarning, match="padded"):
+        # a short row must be short in every per-candidate column
         load_weaver_table(_write(tmp_path / "ragged.jsonl", rows))
+    for key in ("answer_correct", "GRM_scores", "Judge_verdicts", "PRM_step_scores", "weaver_scores"):
+        rows[2][key] = rows[2][key][:2]
+    _write(tmp_path / "ragged.jsonl", rows)
+    with pytest.raises(DataError, match="pad_ragged=True"):
+        load_weaver_table(tmp_path / "ragged.jsonl", pad_ragged=False)
+    with pytest.warns(UserWarning, match="1 of 4 problems have fewer than 3 candidates"):
+        padded = load_weaver_table(tmp_path / "ragged.jsonl")
+    assert padded.scores.shape[1] == 3 and padded.answers[2][2] is None and np.isnan(padded.scores[2, 2]).all()
+    assert padded.samples[2][2] == "" and not padded.correct[2, 2]
     rows = _rows()
     rows[1]["GRM_scores"] = [1.0, 2.0]
     with pytest.raises(DataError, match="GRM_scores"):

@@ -11,6 +11,7 @@ import pytest
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver import Weaver
+from lightning_ws.weaver.guard import answer_share
 from lightning_ws.weaver.leniency import ProblemOffsets, estimate_problem_offsets
 from lightning_ws.weaver.report import suite_report
 from lightning_ws.weaver.suite import SUITE, GroupSpec, make_set
@@ -150,3 +151,39 @@ def test_score_reuses_the_fit_data_offsets_and_recomputes_for_changed_data():
     assert np.allclose(w.score(changed), again[::-1])  # problems in another order: the same per-problem offsets
     shifted = dataclasses.replace(data, scores=np.where(np.isnan(data.scores), np.nan, data.scores * 0.5))
     assert not np.array_equal(w.score(shifted), again)
+
+
+def test_padding_slots_change_no_score_and_are_never_selected():
+    """Problems with fewer candidates arrive padded to one N (no answer, no score): the padded fit gives the real
+    candidates the scores of the fit without the slots, and a slot is never picked."""
+    data = make_set(SUITE["judge_draws"], num_problems=120, seed=3)
+    P, N, _ = data.scores.shape
+    k = N * 3 // 4
+    short = dataclasses.replace(data, scores=data.scores[:, :k].copy(), answers=[r[:k] for r in data.answers],
+                                correct=data.correct[:, :k].copy())
+    scores = np.full_like(data.scores, np.nan)
+    scores[:, :k] = data.scores[:, :k]
+    padded = dataclasses.replace(data, scores=scores, answers=[r[:k] + [None] * (N - k) for r in data.answers],
+                                 correct=np.where(np.arange(N) < k, data.correct, False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws, wp = Weaver(seed=0).fit(short), Weaver(seed=0).fit(padded)
+    sp = wp.score(padded)
+    assert np.abs(ws.score(short) - sp[:, :k]).max() < 1e-4 and np.nanmax(sp[:, k:]) == 0.0
+    assert np.array_equal(ws.select(short), wp.select(padded))
+    assert not padded.present()[:, k:].any() and padded.present()[:, :k].all()
+    assert np.array_equal(answer_share(padded.answer_ids(), padded.present())[:, :k], answer_share(short.answer_ids()))
+    # ragged: every problem keeps a different number of its candidates; no slot is picked and the model does
+    # not read the slots as wrong answers (the fit before session 22 fell below the mean judge here)
+    keep = np.random.default_rng(0).integers(N // 4, N + 1, size=P)
+    slot = np.arange(N)[None, :] >= keep[:, None]
+    ragged = dataclasses.replace(data, scores=np.where(slot[:, :, None], np.nan, data.scores),
+                                 answers=[[None if slot[p, n] else a for n, a in enumerate(r)]
+                                          for p, r in enumerate(data.answers)], correct=data.correct & ~slot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = suite_report(ragged, seed=0)
+        picks = Weaver(seed=0).fit(ragged).select(ragged)
+    assert not slot[np.arange(P), picks].any()
+    sa = rep["select_at_1"]
+    assert sa["weaver"] > max(sa["majority_vote"], sa["mean_verifier"])

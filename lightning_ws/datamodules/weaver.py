@@ -258,7 +258,7 @@ class WeaverDistillDataModule(pl.LightningDataModule):
         correct = vd.correct if vd.correct is not None else np.zeros(scores.shape, dtype=bool)
         from lightning_ws.weaver.guard import answer_share
 
-        agreement = answer_share(vd.answer_ids())
+        agreement = answer_share(vd.answer_ids(), vd.present())
         N = vd.num_candidates
         for split, probs in self.splits.items():
             instr = [vd.instructions[p] for p in probs for _ in range(N)]

@@ -13,6 +13,7 @@ from lightning_ws.weaver.data import (
     VerificationData,
     load_gsm8k_verification,
     load_weaver_table,
+    present_candidates,
 )
 from lightning_ws.weaver.select import (
     MODES,
@@ -55,6 +56,7 @@ __all__ = [
     "detect_verifier_groups",
     "estimate_problem_offsets",
     "pool_groups",
+    "present_candidates",
     "select_candidates",
     "tie_rate",
 ]

@@ -48,6 +48,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver._numeric import nan_mean
+from lightning_ws.weaver.data import present_candidates
 from lightning_ws.weaver.ordinal import bin_scores
 
 __all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
@@ -61,9 +62,15 @@ _SIGMA_MAX = 0.95
 
 
 class AnswerGroups:
-    """The distinct answers of every problem: group index per candidate, per-group problem, size and share."""
+    """The distinct answers of every problem: group index per candidate, per-group problem, size and share.
 
-    def __init__(self, answer_ids: np.ndarray) -> None:
+    ``present`` (optional ``(P, N)`` bool) marks the candidates that exist. Problems with fewer candidates than
+    others arrive padded to one ``N`` (no answer, no score); a padding slot is not a candidate: it is kept as a
+    group of its own that can never be the correct answer (``log_mask`` = -inf), and shares and counts use the
+    problem's own number of candidates (``n_candidates``). A problem with no present candidate keeps all of them.
+    """
+
+    def __init__(self, answer_ids: np.ndarray, present: np.ndarray | None = None) -> None:
         ids = np.asarray(answer_ids)
         if ids.ndim != 2:
             raise DataError(f"answer_ids must have shape (P, N); got {ids.shape}.")
@@ -75,9 +82,34 @@ class AnswerGroups:
         self.group = inv.reshape(P, N)  # (P, N) group index, groups sorted by problem
         self.problem = (uniq // (codes.max() + 1)).astype(np.int64)  # (G,)
         self.size = counts.astype(np.float64)
-        self.share = self.size / N
         self.starts = np.flatnonzero(np.r_[True, self.problem[1:] != self.problem[:-1]])
         self.num_problems, self.num_candidates = P, N
+        #: (G,) 0.0, or -inf for a padding slot; None when every candidate is present
+        self.log_mask: np.ndarray | None = None
+        #: (P,) number of present candidates of each problem
+        self.n_present = np.full(P, float(N))
+        if present is not None:
+            pres = np.asarray(present, dtype=bool)
+            if pres.shape != ids.shape:
+                raise DataError(f"present must have shape {ids.shape}; got {pres.shape}.")
+            pres = pres | (ids >= 0) | ~pres.any(axis=1, keepdims=True)
+            if not pres.all():
+                absent = np.zeros(self.num_groups, dtype=bool)
+                absent[self.group[~pres]] = True
+                self.log_mask = np.where(absent, -np.inf, 0.0)
+                self.n_present = pres.sum(axis=1).astype(np.float64)
+        #: (G,) number of candidates of each group's problem
+        self.n_candidates = self.n_present[self.problem]
+        self.share = self.size / self.n_candidates
+
+    @property
+    def absent(self) -> np.ndarray:
+        """``(G,)`` True for a padding slot."""
+        return np.zeros(self.num_groups, dtype=bool) if self.log_mask is None else np.isinf(self.log_mask)
+
+    def masked(self, v: np.ndarray) -> np.ndarray:
+        """``(G,)`` values with padding slots set to -inf (``v`` itself when nothing is padded)."""
+        return v if self.log_mask is None else v + self.log_mask
 
     @property
     def answers_per_problem(self) -> np.ndarray:
@@ -256,7 +288,7 @@ class AnswerLevelModel:
         """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
         rs = np.add.reduceat(r, groups.starts)
         for _ in range(20):
-            v = beta * ls
+            v = groups.masked(beta * ls)
             p = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
             m1 = np.add.reduceat(p * ls, groups.starts)
             m2 = np.add.reduceat(p * ls * ls, groups.starts)
@@ -295,7 +327,7 @@ class AnswerLevelModel:
         Gf = G[:, free]
         target = r @ Gf
         for _ in range(30):
-            v = G @ x
+            v = groups.masked(G @ x)
             pi = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
             m1 = np.add.reduceat(pi[:, None] * Gf, groups.starts)
             m2 = np.add.reduceat(pi[:, None, None] * Gf[:, :, None] * Gf[:, None, :], groups.starts)
@@ -342,6 +374,7 @@ class AnswerLevelModel:
             h = _share_features(groups) @ self.share_h_
         else:
             h = np.log(groups.share) * (beta if self.use_agreement else 0.0)
+        h = groups.masked(h)  # a padding slot is never the correct answer
         return h - groups.segment_logsumexp(h)[groups.problem]
 
     def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
@@ -363,8 +396,8 @@ class AnswerLevelModel:
             known: optional ``(P, N)`` float correctness with NaN where unknown; problems whose candidates are all
                 known keep their true answer posterior in every EM step (semi-supervised EM on labelled dev problems).
         """
-        groups = AnswerGroups(answer_ids)
         s = np.asarray(sources, dtype=np.float64)
+        groups = AnswerGroups(answer_ids, _present(answer_ids, s))
         if s.ndim != 3 or s.shape[:2] != groups.group.shape:
             raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
         if self.evidence == "random_effects":
@@ -377,7 +410,8 @@ class AnswerLevelModel:
             self._icc_obs = _re_stats(groups, s) if icc else None
         start = nan_mean(s, axis=2) if init is None else np.asarray(init, dtype=np.float64)
         g0 = groups.group_mean(start[:, :, None])[:, 0]
-        g0 = np.nan_to_num((g0 - np.nanmean(g0)) / (np.nanstd(g0) + 1e-12))
+        real = g0 if groups.log_mask is None else g0[~groups.absent]  # padding slots carry no score
+        g0 = np.nan_to_num((g0 - np.nanmean(real)) / (np.nanstd(real) + 1e-12))
         ls = np.log(groups.share)
         clamp = clamp_val = None
         if known is not None:
@@ -394,7 +428,7 @@ class AnswerLevelModel:
         starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
         best, sols = None, []
         for w_score, w_share in starts:
-            v = w_score * g0 + w_share * ls
+            v = groups.masked(w_score * g0 + w_share * ls)
             r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
@@ -427,7 +461,7 @@ class AnswerLevelModel:
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
                                                        for o in sols if oriented and all(o is not k for k in oriented)],
-                        "class_balance": float((r * groups.size).sum() / groups.size.sum())}
+                        "class_balance": float((r * groups.size).sum() / groups.n_present.sum())}
         return self
 
     def _agreement_report(self) -> dict[str, Any] | None:
@@ -478,8 +512,8 @@ class AnswerLevelModel:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
         if self.llr_ is None:
             raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
-        groups = AnswerGroups(answer_ids)
         s = np.asarray(sources, dtype=np.float64)
+        groups = AnswerGroups(answer_ids, _present(answer_ids, s))
         if s.ndim != 3 or s.shape[:2] != groups.group.shape or s.shape[2] != len(self.llr_):
             raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
         if self.evidence == "random_effects":  # the within-answer variance stays the fitted one
@@ -550,10 +584,19 @@ class AnswerLevelModel:
         return m
 
 
+def _present(answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray | None:
+    """:func:`~lightning_ws.weaver.data.present_candidates`, or ``None`` for a malformed ``sources`` (the caller's
+    shape check reports it)."""
+    ids, s = np.asarray(answer_ids), np.asarray(sources)
+    if s.ndim != 3 or ids.shape != s.shape[:2]:
+        return None
+    return present_candidates(ids, s)
+
+
 def _share_features(groups: AnswerGroups) -> np.ndarray:
     """``(G, 2)`` agreement features of every answer: ``log share`` and ``log(1 - share)`` (share capped at
     ``1 - 1/(2N)``; a problem with one answer gives it prior 1 whatever the weights)."""
-    s = np.minimum(groups.share, 1.0 - 0.5 / groups.num_candidates)
+    s = np.minimum(groups.share, 1.0 - 0.5 / groups.n_candidates)
     return np.stack([np.log(s), np.log1p(-s)], axis=1)
 
 
@@ -567,6 +610,10 @@ def _partition_log_weight(groups: AnswerGroups, params: np.ndarray) -> np.ndarra
     from scipy.special import betaln, gammaln
 
     a, b, theta, sigma = (float(v) for v in params)
+    if groups.log_mask is not None:  # padded problems: each with its own number of candidates
+        n, Nn = groups.size, groups.n_candidates
+        return groups.masked(betaln(n + a, np.maximum(Nn - n, 0.0) + b) - gammaln(theta + np.maximum(Nn - n, 0.0))
+                             - gammaln(n - sigma))
     N = groups.num_candidates
     n = np.arange(1, N + 1, dtype=np.float64)  # one value per possible answer size, then looked up
     table = betaln(n + a, N - n + b) - gammaln(theta + N - n) - gammaln(n - sigma)
@@ -593,17 +640,27 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     from scipy.optimize import minimize
     from scipy.special import betaln, gammaln
 
-    N = groups.num_candidates
-    n = groups.size.astype(np.int64)
+    N = int(groups.n_present.max())  # = num_candidates unless every problem was padded
     P = groups.num_problems
-    K = np.bincount(groups.problem, minlength=P)
+    present = ~groups.absent  # padding slots are not answers
+    n, rp, gp = groups.size.astype(np.int64)[present], r[present], groups.problem[present]
+    K = np.bincount(gp, minlength=P)
     w = np.add.reduceat(r, groups.starts)  # (P,) posterior mass that the problem has a correct answer
     W = float(w.sum())
     if W <= 1e-9:
         return np.array([1.0, 1.0, 2.0, 0.0]) if params is None else np.asarray(params, dtype=np.float64)
-    hr = np.bincount(n, weights=r, minlength=N + 1).astype(np.float64)  # correct mass by answer size
-    hw = np.bincount(n, weights=w[groups.problem], minlength=N + 1).astype(np.float64)  # all answers, same weight
+    hr = np.bincount(n, weights=rp, minlength=N + 1).astype(np.float64)  # correct mass by answer size
+    hw = np.bincount(n, weights=w[gp], minlength=N + 1).astype(np.float64)  # all answers, same weight
     sizes = np.arange(N + 1, dtype=np.float64)
+    # the Beta-binomial and the wrong answers' count depend on each problem's number of candidates: one histogram
+    # per distinct number (a single one, N, unless problems were padded to a common N)
+    per_n = []
+    nc = groups.n_candidates[present]
+    for v in np.unique(groups.n_present).astype(np.int64):
+        here = nc == v
+        per_n.append((int(v), np.arange(v + 1, dtype=np.float64),
+                      np.bincount(n[here], weights=rp[here], minlength=v + 1).astype(np.float64)[: v + 1],
+                      float(w[groups.n_present == v].sum())))
     kmax = int(K.max())
     # c_i = solvable mass of problems whose wrong answers number more than i (i = 0 .. kmax - 2)
     kw = np.bincount(np.maximum(K - 1, 0), weights=w, minlength=kmax + 1)
@@ -615,8 +672,11 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     def bb(z: np.ndarray) -> float:
         a, b = np.exp(z)
         z0 = betaln(a, b)
-        p0 = min(float(np.exp(betaln(a, N + b) - z0)), 1.0 - 1e-12)
-        return -float(hr[1:] @ betaln(sizes[1:] + a, N - sizes[1:] + b) - W * (z0 + np.log1p(-p0)))
+        tot = 0.0
+        for v, sz, hr_v, W_v in per_n:
+            p0 = min(float(np.exp(betaln(a, v + b) - z0)), 1.0 - 1e-12)
+            tot += hr_v[1:] @ betaln(sz[1:] + a, v - sz[1:] + b) - W_v * (z0 + np.log1p(-p0))
+        return -float(tot)
 
     def theta_sigma(z: np.ndarray) -> tuple[float, float]:  # the unconstrained z -> (theta, sigma)
         sigma = _SIGMA_MAX - float(np.exp(z[1]))
@@ -624,7 +684,10 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
 
     def py(z: np.ndarray) -> float:
         theta, sigma = theta_sigma(z)
-        val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - hr[1:] @ gammaln(theta + N - sizes[1:])
+        correct_term = 0.0
+        for v, sz, hr_v, _ in per_n:
+            correct_term += hr_v[1:] @ gammaln(theta + v - sz[1:])
+        val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - correct_term
                + wrong[1:] @ (gammaln(sizes[1:] - sigma) - gammaln(1.0 - sigma)))
         return -float(val)
 

@@ -19,6 +19,7 @@ Lightning-free (numpy only).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "VERIFIER_KINDS",
     "DERIVED_COLUMNS",
     "VerificationData",
+    "present_candidates",
     "load_weaver_table",
     "load_gsm8k_verification",
     "GSM8K_VERIFIER_SETS",
@@ -45,6 +47,13 @@ NO_ANSWER = "NO_ANSWER"
 VERIFIER_KINDS = ("reward_model", "judge", "heuristic", "pseudo")
 #: Columns that hold earlier *outputs* of a selector and must never be loaded as verifiers.
 DERIVED_COLUMNS = ("weaver_scores", "weaver_verdicts", "naive_ensemble_scores", "distilled_scores")
+
+
+def present_candidates(answer_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``(P, N)`` True for a candidate that exists: it has an extracted answer (``answer_ids >= 0``) or some score in
+    ``scores`` (``(P, N, K)``). A slot with neither is padding (problems with fewer candidates padded to a common
+    ``N``): the answer-level model never selects it and answer shares count only present candidates."""
+    return (np.asarray(answer_ids) >= 0) | ~np.isnan(np.asarray(scores, dtype=np.float64)).all(axis=2)
 
 
 def _norm_answer(a: Any) -> str | None:
@@ -111,7 +120,8 @@ class VerificationData:
         bad = [p for p, row in enumerate(self.answers) if len(row) != N]
         if bad:
             raise DataError(f"answers is ragged: problem(s) {bad[:5]} do not have {N} answers (one per candidate); "
-                            f"every problem needs the same number of candidates.")
+                            f"every problem needs the same number of candidates: pad a shorter problem with empty "
+                            f"slots (answer None, every score NaN), which the answer-level model never selects.")
         self.answers = [[_norm_answer(a) for a in row] for row in self.answers]
         if self.correct is not None:
             c = np.asarray(self.correct)
@@ -164,6 +174,11 @@ class VerificationData:
                 if a is not None:
                     out[p, n] = codes.setdefault(a, len(codes))
         return out
+
+    def present(self) -> np.ndarray:
+        """``(P, N)`` True for a real candidate, False for a padding slot (no answer, no score);
+        see :func:`present_candidates`."""
+        return present_candidates(self.answer_ids(), self.scores)
 
     def subset(self, problems: Sequence[int] | np.ndarray) -> VerificationData:
         """The same data restricted to the given problem indices (in that order)."""
@@ -238,7 +253,7 @@ def _as_float(x: Any) -> float:
 
 def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = None,
                       exclude: Sequence[str] = DERIVED_COLUMNS, drop_empty_verifiers: bool = True,
-                      keep_texts: bool = True) -> VerificationData:
+                      keep_texts: bool = True, pad_ragged: bool = True) -> VerificationData:
     """Load a data set in the Weaver public layout (arXiv 2506.18203; HF ``hazyresearch/*_v1``, spec §5).
 
     Each row is one problem with ``instruction``, ``samples`` (N texts), ``extracted_answers`` (N),
@@ -254,6 +269,10 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
         drop_empty_verifiers: drop verifier columns that are NaN everywhere instead of raising (default True:
             released data sets have such columns for some subsets); with False they raise :class:`DataError`.
         keep_texts: keep ``instruction``/``samples`` (needed for distillation).
+        pad_ragged: problems with fewer candidates than the largest are padded to its ``N`` with slots that have no
+            answer, no score, no text and ``answer_correct`` False (default True, with a warning). Such a slot is not a
+            candidate: the answer-level model never selects it and counts shares over the problem's own candidates,
+            so padding does not change its scores (BENCHMARKS.md, issue 17, "Session 22"). False raises instead.
 
     Raises:
         DataFileNotFoundError: missing file. DataError: missing columns, ragged lists, bad label shapes.
@@ -285,38 +304,43 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
     if not cols:
         raise DataError(f"{path}: no verifier columns (<name>_scores or <name>_verdicts) found.")
     P = len(rows)
-    n_ref = None
     answers, correct, instr, samples = [], [], [], []
     has_correct = "answer_correct" in first
-    scores = None
+    counts = [len(r["extracted_answers"]) if r.get("extracted_answers") is not None else len(r.get("samples") or [])
+              for r in rows]
+    n_max = max(counts)
+    if min(counts) != n_max:
+        short = [p for p, n in enumerate(counts) if n != n_max]
+        if not pad_ragged:
+            raise DataError(f"{path}: {len(short)} row(s) (first: row {short[0]}, {counts[short[0]]} candidates) have "
+                            f"fewer candidates than the largest ({n_max}); pass pad_ragged=True to pad them with "
+                            f"empty slots (no answer, no score), which Weaver never selects.")
+        warnings.warn(f"{path}: {len(short)} of {P} problems have fewer than {n_max} candidates (fewest: "
+                      f"{min(counts)}); padded to {n_max} with empty slots (no answer, no score, never selected).",
+                      stacklevel=2)
+    scores = np.full((P, n_max, len(cols)), np.nan)
     for p, row in enumerate(rows):
         ans = row.get("extracted_answers")
         smp = row.get("samples")
-        n = len(ans) if ans is not None else len(smp)
-        if n_ref is None:
-            n_ref = n
-            scores = np.full((P, n, len(cols)), np.nan)
-        if n != n_ref:
-            raise DataError(f"{path}: row {p} has {n} candidates but row 0 has {n_ref}; the Weaver layout needs "
-                            f"the same number of samples per problem (truncate or pad with NaN scores).")
-        answers.append(list(ans) if ans is not None else [None] * n)
+        n = counts[p]
+        pad = [None] * (n_max - n)
+        answers.append((list(ans) if ans is not None else [None] * n) + pad)
         if smp is not None and len(smp) != n:
             raise DataError(f"{path}: row {p}: samples ({len(smp)}) and extracted_answers ({n}) differ in length.")
-        samples.append([str(s) for s in smp] if smp is not None else [""] * n)
+        samples.append(([str(s) for s in smp] if smp is not None else [""] * n) + [""] * len(pad))
         instr.append(str(row.get("instruction", "")))
         if has_correct:
             ac = row.get("answer_correct")
             if ac is None or len(ac) != n:
                 raise DataError(f"{path}: row {p}: answer_correct must list {n} booleans, got {ac!r:.80}.")
-            correct.append([bool(x) for x in ac])
+            correct.append([bool(x) for x in ac] + [False] * len(pad))
         for j, (c, name, _) in enumerate(cols):
             vals = row.get(c)
             if vals is None:
                 continue
             if len(vals) != n:
                 raise DataError(f"{path}: row {p}: column {c!r} has {len(vals)} entries for {n} candidates.")
-            scores[p, :, j] = [_as_float(v) for v in vals]
-    assert scores is not None
+            scores[p, :n, j] = [_as_float(v) for v in vals]
     keep = ~np.isnan(scores).all(axis=(0, 1))
     if drop_empty_verifiers and not keep.all():
         scores = scores[:, :, keep]

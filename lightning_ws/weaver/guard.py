@@ -16,10 +16,18 @@ from lightning_ws.errors import DataError
 __all__ = ["answer_share"]
 
 
-def answer_share(answer_ids: np.ndarray) -> np.ndarray:
-    """``(P, N)`` fraction of the problem's candidates that share each candidate's answer (0 without an answer)."""
+def answer_share(answer_ids: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """``(P, N)`` fraction of the problem's candidates that share each candidate's answer (0 without an answer).
+
+    ``present`` (optional ``(P, N)`` bool, :meth:`~lightning_ws.weaver.VerificationData.present`): the fraction is
+    of the problem's present candidates, so padding a problem to a common ``N`` does not dilute its shares."""
     ids = np.asarray(answer_ids)
     if ids.ndim != 2:
         raise DataError(f"answer_ids must have shape (P, N); got {ids.shape}.")
     same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)
-    return same.sum(axis=2) / ids.shape[1]
+    if present is None:
+        return same.sum(axis=2) / ids.shape[1]
+    pres = np.asarray(present, dtype=bool)
+    if pres.shape != ids.shape:
+        raise DataError(f"present must have shape {ids.shape}; got {pres.shape}.")
+    return same.sum(axis=2) / np.maximum(pres.sum(axis=1, keepdims=True), 1)
