@@ -185,5 +185,9 @@ def test_padding_slots_change_no_score_and_are_never_selected():
         rep = suite_report(ragged, seed=0)
         picks = Weaver(seed=0).fit(ragged).select(ragged)
     assert not slot[np.arange(P), picks].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wb = Weaver("moment_matching", group_verifiers=False, guard=False, seed=0).fit(ragged)
+    assert (wb.score(ragged)[slot] == 0.0).all() and not slot[np.arange(P), wb.select(ragged)].any()
     sa = rep["select_at_1"]
     assert sa["weaver"] > max(sa["majority_vote"], sa["mean_verifier"])

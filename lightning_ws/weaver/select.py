@@ -1069,8 +1069,9 @@ class Weaver:
                 self._score_cache = (key, self.label_model_.predict_proba(ids, pooled))
             return self._score_cache[1].copy()
         votes = self.binarizer.transform(self._binary_columns(data, pooled))[:, :, self.filter.kept_]
-        proba = self.label_model_.predict_proba(self._flat(votes))[:, 1]
-        return proba.reshape(votes.shape[0], votes.shape[1])
+        proba = self.label_model_.predict_proba(self._flat(votes))[:, 1].reshape(votes.shape[0], votes.shape[1])
+        # a padding slot (no answer, no score) abstains everywhere and would get the class prior: it is no candidate
+        return np.where(data.present(), proba, 0.0)
 
     def secondary_scores(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
