@@ -354,6 +354,10 @@ def test_load_weaver_table_validation_errors(tmp_path):
     assert padded.scores.shape[1] == 3 and padded.answers[2][2] is None and np.isnan(padded.scores[2, 2]).all()
     assert padded.samples[2][2] == "" and not padded.correct[2, 2]
     rows = _rows()
+    rows[1]["GRM_scores"] = [1.0, "yes", 2.0]
+    with pytest.raises(DataError, match="'yes' is not a number; map a judge's text verdicts"):
+        load_weaver_table(_write(tmp_path / "text.jsonl", rows))
+    rows = _rows()
     rows[1]["GRM_scores"] = [1.0, 2.0]
     with pytest.raises(DataError, match="GRM_scores"):
         load_weaver_table(_write(tmp_path / "col.jsonl", rows))

@@ -248,7 +248,8 @@ def _as_float(x: Any) -> float:
     try:
         return float(x)
     except (TypeError, ValueError):
-        raise DataError(f"verifier score {x!r} is not a number.") from None
+        raise DataError(f"verifier score {x!r} is not a number; map a judge's text verdicts to numbers before "
+                        f"loading (e.g. 'yes' -> 1, 'no' -> 0; higher = better), or give it as null if missing.") from None
 
 
 def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = None,
