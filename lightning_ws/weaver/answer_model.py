@@ -652,15 +652,21 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     hr = np.bincount(n, weights=rp, minlength=N + 1).astype(np.float64)  # correct mass by answer size
     hw = np.bincount(n, weights=w[gp], minlength=N + 1).astype(np.float64)  # all answers, same weight
     sizes = np.arange(N + 1, dtype=np.float64)
-    # the Beta-binomial and the wrong answers' count depend on each problem's number of candidates: one histogram
-    # per distinct number (a single one, N, unless problems were padded to a common N)
-    per_n = []
-    nc = groups.n_candidates[present]
-    for v in np.unique(groups.n_present).astype(np.int64):
-        here = nc == v
-        per_n.append((int(v), np.arange(v + 1, dtype=np.float64),
-                      np.bincount(n[here], weights=rp[here], minlength=v + 1).astype(np.float64)[: v + 1],
-                      float(w[groups.n_present == v].sum())))
+    # the Beta-binomial and the wrong answers' count depend on each problem's number of candidates: the correct mass
+    # by (answer size n, number of candidates M) and the solvable mass by M - one M, N, unless problems were padded
+    # to different numbers
+    if (groups.n_present == N).all():
+        t_n, t_m, t_r = sizes[1:], N, hr[1:]
+        m_val, m_w = np.array([N]), np.array([W])
+    else:
+        nc = groups.n_candidates[present].astype(np.int64)
+        pair, inv = np.unique(nc * (N + 1) + n, return_inverse=True)
+        t_n, t_m = (pair % (N + 1)).astype(np.float64), (pair // (N + 1)).astype(np.float64)
+        t_r = np.bincount(inv.ravel(), weights=rp).astype(np.float64)
+        keep = t_n > 0
+        t_n, t_m, t_r = t_n[keep], t_m[keep], t_r[keep]
+        m_val, m_inv = np.unique(groups.n_present, return_inverse=True)
+        m_w = np.bincount(m_inv.ravel(), weights=w).astype(np.float64)
     kmax = int(K.max())
     # c_i = solvable mass of problems whose wrong answers number more than i (i = 0 .. kmax - 2)
     kw = np.bincount(np.maximum(K - 1, 0), weights=w, minlength=kmax + 1)
@@ -672,11 +678,8 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     def bb(z: np.ndarray) -> float:
         a, b = np.exp(z)
         z0 = betaln(a, b)
-        tot = 0.0
-        for v, sz, hr_v, W_v in per_n:
-            p0 = min(float(np.exp(betaln(a, v + b) - z0)), 1.0 - 1e-12)
-            tot += hr_v[1:] @ betaln(sz[1:] + a, v - sz[1:] + b) - W_v * (z0 + np.log1p(-p0))
-        return -float(tot)
+        p0 = np.minimum(np.exp(betaln(a, m_val + b) - z0), 1.0 - 1e-12)  # P(no correct candidate) per M
+        return -float(t_r @ betaln(t_n + a, t_m - t_n + b) - m_w @ (z0 + np.log1p(-p0)))
 
     def theta_sigma(z: np.ndarray) -> tuple[float, float]:  # the unconstrained z -> (theta, sigma)
         sigma = _SIGMA_MAX - float(np.exp(z[1]))
@@ -684,10 +687,7 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
 
     def py(z: np.ndarray) -> float:
         theta, sigma = theta_sigma(z)
-        correct_term = 0.0
-        for v, sz, hr_v, _ in per_n:
-            correct_term += hr_v[1:] @ gammaln(theta + v - sz[1:])
-        val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - correct_term
+        val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - t_r @ gammaln(theta + t_m - t_n)
                + wrong[1:] @ (gammaln(sizes[1:] - sigma) - gammaln(1.0 - sigma)))
         return -float(val)
 
