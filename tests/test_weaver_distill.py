@@ -263,3 +263,39 @@ def test_resume_is_exact(vdata, tmp_path):
         return tiny_model(ranking_weight=0.5, schedule_steps=6), make_dm(vdata, batch_problems=2), []
 
     assert_resume_equivalent(build, total_steps=6, interrupt_step=3, tmp_path=tmp_path)
+
+
+def test_datamodule_leaves_out_padding_slots_of_ragged_problems(vdata):
+    """Problems with fewer candidates arrive padded (no answer, no score, no text): the batches, the answer shares, the
+    teacher's Select@1 and the student's picks see only the real candidates."""
+    import dataclasses
+
+    slot = np.zeros((36, 4), dtype=bool)
+    slot[::3, 3] = True  # every third problem has 3 candidates
+    slot[1::6, 2:] = True  # and some have 2
+    ragged = dataclasses.replace(
+        vdata, scores=np.where(slot[:, :, None], np.nan, vdata.scores),
+        answers=[[None if slot[p, n] else a for n, a in enumerate(row)] for p, row in enumerate(vdata.answers)],
+        correct=vdata.correct & ~slot,
+        samples=[["" if slot[p, n] else t for n, t in enumerate(row)] for p, row in enumerate(vdata.samples)])
+    assert np.array_equal(ragged.present(), ~slot)
+    dm = make_dm(ragged)
+    dm.setup("fit")
+    seen = 0
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            p, n = batch["problem"].numpy(), (batch["idx"] % 4).numpy()
+            assert torch.equal(batch["idx"] // 4, batch["problem"]) and not slot[p, n].any()
+            assert batch["input_ids"].shape[0] == p.size == batch["target"].shape[0] == batch["agreement"].shape[0]
+            assert torch.allclose(batch["target"], torch.as_tensor(dm.weaver_scores[p, n], dtype=torch.float32))
+            for q in np.unique(p):  # every real candidate of the problem, once; shares over its real candidates
+                assert sorted(n[p == q].tolist()) == np.flatnonzero(~slot[q]).tolist()
+                ans = [ragged.answers[q][k] for k in n[p == q]]
+                share = [ans.count(a) / len(ans) if a is not None else 0.0 for a in ans]
+                assert np.allclose(batch["agreement"][torch.as_tensor(p == q)].numpy(), share)
+            seen += p.size
+    assert seen == int((~slot).sum())
+    assert 0.0 <= dm.weaver_selection_accuracy("test") <= 1.0
+    out = _trainer().predict(tiny_model(), datamodule=dm)
+    picks = WeaverCrossEncoder.select(out)
+    assert picks and all(not slot[q, i % 4] for q, i in picks.items())

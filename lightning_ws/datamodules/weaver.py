@@ -57,12 +57,14 @@ class ProblemPairDataset(Dataset):
         problems: ``(Q,)`` global problem ids of this split.
         input_ids: ``Q`` lists of ``N`` token-id lists. token_type_ids: same layout, or ``None``.
         targets: ``(Q, N)`` Weaver scores. correct: ``(Q, N)`` bool (all False when unknown).
+        present: ``(Q, N)`` bool, False for a padding slot of a problem with fewer candidates (no answer, no score:
+            :meth:`~lightning_ws.weaver.VerificationData.present`); the collate drops such slots.
         num_candidates: ``N``.
     """
 
     def __init__(self, problems: np.ndarray, input_ids: list[list[list[int]]],
                  token_type_ids: list[list[list[int]]] | None, targets: np.ndarray, correct: np.ndarray,
-                 agreement: np.ndarray | None = None) -> None:
+                 agreement: np.ndarray | None = None, present: np.ndarray | None = None) -> None:
         self.problems = np.asarray(problems, dtype=np.int64)
         self.input_ids = input_ids
         self.token_type_ids = token_type_ids
@@ -71,20 +73,26 @@ class ProblemPairDataset(Dataset):
         self.num_candidates = int(self.targets.shape[1])
         self.agreement = (np.zeros(self.targets.shape, dtype=np.float32) if agreement is None
                           else np.asarray(agreement, dtype=np.float32))
+        self.present = (np.ones(self.targets.shape, dtype=bool) if present is None
+                        else np.asarray(present, dtype=bool))
 
     def __len__(self) -> int:
         return int(self.problems.size)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {PROBLEM: int(self.problems[i]), INPUT_IDS: self.input_ids[i], TARGET: self.targets[i],
-                CORRECT: self.correct[i], AGREEMENT: self.agreement[i]}
+                CORRECT: self.correct[i], AGREEMENT: self.agreement[i], _PRESENT: self.present[i]}
         if self.token_type_ids is not None:
             item[TOKEN_TYPE_IDS] = self.token_type_ids[i]
         return item
 
 
 def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidates: int) -> dict[str, torch.Tensor]:
-    """Flatten whole problems into a candidate batch, padded to the longest pair in the batch (dynamic padding)."""
+    """Flatten whole problems into a candidate batch, padded to the longest pair in the batch (dynamic padding).
+    Padding slots of problems with fewer candidates (an item's ``present`` mask) are left out: ``PROBLEM`` / ``IDX``
+    then list only the real candidates (``IDX`` keeps each one's original slot)."""
+    if any(_PRESENT in it and not np.all(it[_PRESENT]) for it in items):
+        items = [_present_only(it) for it in items]
     seqs = [s for it in items for s in it[INPUT_IDS]]
     longest = max(len(s) for s in seqs)
     B = len(seqs)
@@ -99,8 +107,12 @@ def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidate
             if types is not None:
                 types[row, : len(s)] = torch.as_tensor(it[TOKEN_TYPE_IDS][n], dtype=torch.long)
             row += 1
-    problem = torch.as_tensor([it[PROBLEM] for it in items], dtype=torch.long).repeat_interleave(num_candidates)
-    cand = torch.arange(num_candidates, dtype=torch.long).repeat(len(items))
+    if any("_slots" in it for it in items):
+        problem = torch.as_tensor([it[PROBLEM] for it in items for _ in it["_slots"]], dtype=torch.long)
+        cand = torch.as_tensor([n for it in items for n in it["_slots"]], dtype=torch.long)
+    else:
+        problem = torch.as_tensor([it[PROBLEM] for it in items], dtype=torch.long).repeat_interleave(num_candidates)
+        cand = torch.arange(num_candidates, dtype=torch.long).repeat(len(items))
     batch = {INPUT_IDS: ids, ATTENTION_MASK: mask,
              TARGET: torch.from_numpy(np.concatenate([it[TARGET] for it in items])).float(),
              CORRECT: torch.from_numpy(np.concatenate([it[CORRECT] for it in items])).long(),
@@ -110,6 +122,24 @@ def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidate
     if types is not None:
         batch[TOKEN_TYPE_IDS] = types
     return batch
+
+
+#: item key of the present-candidate mask (internal to this module's dataset and collate)
+_PRESENT = "present"
+
+
+def _present_only(item: dict[str, Any]) -> dict[str, Any]:
+    """One problem's item restricted to its present candidates, with ``_slots`` = their original positions."""
+    keep = np.flatnonzero(np.asarray(item.get(_PRESENT, np.ones(len(item[INPUT_IDS]), dtype=bool))))
+    out = dict(item)
+    out[INPUT_IDS] = [item[INPUT_IDS][n] for n in keep]
+    if TOKEN_TYPE_IDS in item:
+        out[TOKEN_TYPE_IDS] = [item[TOKEN_TYPE_IDS][n] for n in keep]
+    for key in (TARGET, CORRECT, AGREEMENT):
+        if key in item:
+            out[key] = np.asarray(item[key])[keep]
+    out["_slots"] = keep.tolist()
+    return out
 
 
 class WeaverDistillDataModule(pl.LightningDataModule):
@@ -245,7 +275,8 @@ class WeaverDistillDataModule(pl.LightningDataModule):
 
         ds = self.datasets[split]
         p = np.repeat(ds.problems, ds.num_candidates)
-        return flat_selection_accuracy(p, ds.targets.reshape(-1), ds.correct.reshape(-1))
+        real = ds.present.reshape(-1)  # padding slots are no candidates
+        return flat_selection_accuracy(p[real], ds.targets.reshape(-1)[real], ds.correct.reshape(-1)[real])
 
     def setup(self, stage: str | None = None) -> None:
         """Split problems, get Weaver scores and tokenise every split (once)."""
@@ -258,7 +289,8 @@ class WeaverDistillDataModule(pl.LightningDataModule):
         correct = vd.correct if vd.correct is not None else np.zeros(scores.shape, dtype=bool)
         from lightning_ws.weaver.guard import answer_share
 
-        agreement = answer_share(vd.answer_ids(), vd.present())
+        present = vd.present()
+        agreement = answer_share(vd.answer_ids(), present)
         N = vd.num_candidates
         for split, probs in self.splits.items():
             instr = [vd.instructions[p] for p in probs for _ in range(N)]
@@ -267,7 +299,7 @@ class WeaverDistillDataModule(pl.LightningDataModule):
             group = [ids[i * N:(i + 1) * N] for i in range(len(probs))]
             tgroup = None if types is None else [types[i * N:(i + 1) * N] for i in range(len(probs))]
             self.datasets[split] = ProblemPairDataset(probs, group, tgroup, scores[probs], correct[probs],
-                                                      agreement[probs])
+                                                      agreement[probs], present[probs])
 
     # ------------------------------------------------------------------ loaders
     def _collate(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
