@@ -14,7 +14,6 @@ point below), how many picks were padding slots (must be 0), and the same differ
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import warnings
 
@@ -32,10 +31,7 @@ def ragged(data, seed: int):
     P, N, _ = data.scores.shape
     keep = np.random.default_rng(seed + 99).integers(max(N // 4, 1), N + 1, size=P)
     slot = np.arange(N)[None, :] >= keep[:, None]
-    return dataclasses.replace(
-        data, scores=np.where(slot[:, :, None], np.nan, data.scores),
-        answers=[[None if slot[p, n] else a for n, a in enumerate(row)] for p, row in enumerate(data.answers)],
-        correct=data.correct & ~slot), slot
+    return data.pad_slots(slot), slot
 
 
 def main() -> None:

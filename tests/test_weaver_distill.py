@@ -268,17 +268,11 @@ def test_resume_is_exact(vdata, tmp_path):
 def test_datamodule_leaves_out_padding_slots_of_ragged_problems(vdata):
     """Problems with fewer candidates arrive padded (no answer, no score, no text): the batches, the answer shares, the
     teacher's Select@1 and the student's picks see only the real candidates."""
-    import dataclasses
-
     slot = np.zeros((36, 4), dtype=bool)
     slot[::3, 3] = True  # every third problem has 3 candidates
     slot[1::6, 2:] = True  # and some have 2
-    ragged = dataclasses.replace(
-        vdata, scores=np.where(slot[:, :, None], np.nan, vdata.scores),
-        answers=[[None if slot[p, n] else a for n, a in enumerate(row)] for p, row in enumerate(vdata.answers)],
-        correct=vdata.correct & ~slot,
-        samples=[["" if slot[p, n] else t for n, t in enumerate(row)] for p, row in enumerate(vdata.samples)])
-    assert np.array_equal(ragged.present(), ~slot)
+    ragged = vdata.pad_slots(slot)
+    assert np.array_equal(ragged.present(), ~slot) and ragged.samples[0][3] == "" and not ragged.correct[slot].any()
     dm = make_dm(ragged)
     dm.setup("fit")
     seen = 0

@@ -177,9 +177,7 @@ def test_padding_slots_change_no_score_and_are_never_selected():
     # not read the slots as wrong answers (the fit before session 22 fell below the mean judge here)
     keep = np.random.default_rng(0).integers(N // 4, N + 1, size=P)
     slot = np.arange(N)[None, :] >= keep[:, None]
-    ragged = dataclasses.replace(data, scores=np.where(slot[:, :, None], np.nan, data.scores),
-                                 answers=[[None if slot[p, n] else a for n, a in enumerate(r)]
-                                          for p, r in enumerate(data.answers)], correct=data.correct & ~slot)
+    ragged = data.pad_slots(slot)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rep = suite_report(ragged, seed=0)

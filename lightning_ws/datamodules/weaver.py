@@ -91,7 +91,8 @@ def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidate
     """Flatten whole problems into a candidate batch, padded to the longest pair in the batch (dynamic padding).
     Padding slots of problems with fewer candidates (an item's ``present`` mask) are left out: ``PROBLEM`` / ``IDX``
     then list only the real candidates (``IDX`` keeps each one's original slot)."""
-    if any(_PRESENT in it and not np.all(it[_PRESENT]) for it in items):
+    padded = any(_PRESENT in it and not np.all(it[_PRESENT]) for it in items)
+    if padded:
         items = [_present_only(it) for it in items]
     seqs = [s for it in items for s in it[INPUT_IDS]]
     longest = max(len(s) for s in seqs)
@@ -107,7 +108,7 @@ def collate_problems(items: Sequence[dict[str, Any]], pad_id: int, num_candidate
             if types is not None:
                 types[row, : len(s)] = torch.as_tensor(it[TOKEN_TYPE_IDS][n], dtype=torch.long)
             row += 1
-    if any("_slots" in it for it in items):
+    if padded:
         problem = torch.as_tensor([it[PROBLEM] for it in items for _ in it["_slots"]], dtype=torch.long)
         cand = torch.as_tensor([n for it in items for n in it["_slots"]], dtype=torch.long)
     else:

@@ -611,9 +611,9 @@ def _partition_log_weight(groups: AnswerGroups, params: np.ndarray) -> np.ndarra
 
     a, b, theta, sigma = (float(v) for v in params)
     if groups.log_mask is not None:  # padded problems: each with its own number of candidates
-        n, Nn = groups.size, groups.n_candidates
-        return groups.masked(betaln(n + a, np.maximum(Nn - n, 0.0) + b) - gammaln(theta + np.maximum(Nn - n, 0.0))
-                             - gammaln(n - sigma))
+        n = groups.size
+        rest = groups.n_candidates - n  # >= 0: a padding slot sits in a problem with at least one candidate
+        return groups.masked(betaln(n + a, rest + b) - gammaln(theta + rest) - gammaln(n - sigma))
     N = groups.num_candidates
     n = np.arange(1, N + 1, dtype=np.float64)  # one value per possible answer size, then looked up
     table = betaln(n + a, N - n + b) - gammaln(theta + N - n) - gammaln(n - sigma)

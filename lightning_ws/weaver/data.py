@@ -180,6 +180,21 @@ class VerificationData:
         see :func:`present_candidates`."""
         return present_candidates(self.answer_ids(), self.scores)
 
+    def pad_slots(self, slots: np.ndarray) -> VerificationData:
+        """The same data with the candidates marked in ``slots`` (``(P, N)`` bool) emptied into padding slots - no
+        answer, every score NaN, ``correct`` False, sample text ``""`` - as a problem with fewer candidates arrives
+        padded to the common ``N`` (:meth:`present` is then False there)."""
+        m = np.asarray(slots, dtype=bool)
+        if m.shape != (self.num_problems, self.num_candidates):
+            raise DataError(f"slots must have shape {(self.num_problems, self.num_candidates)}; got {m.shape}.")
+        return VerificationData(
+            scores=np.where(m[:, :, None], np.nan, self.scores),
+            answers=[[None if m[p, n] else a for n, a in enumerate(row)] for p, row in enumerate(self.answers)],
+            verifier_names=list(self.verifier_names), verifier_kinds=list(self.verifier_kinds),
+            correct=None if self.correct is None else self.correct & ~m, instructions=self.instructions,
+            samples=None if self.samples is None else [["" if m[p, n] else t for n, t in enumerate(row)]
+                                                       for p, row in enumerate(self.samples)])
+
     def subset(self, problems: Sequence[int] | np.ndarray) -> VerificationData:
         """The same data restricted to the given problem indices (in that order)."""
         idx = np.asarray(problems, dtype=np.int64).reshape(-1)

@@ -809,11 +809,8 @@ class Weaver:
         if self.answer_level:
             fit_args = (mode, correct, dev_idx, source_names)
             if self.problem_offsets:
-                ids = data.answer_ids()
-                key = _fingerprint(pooled, ids)
                 pooled, fit_report, report["problem_offsets"] = self._fit_with_offsets(data, pooled, *fit_args)
                 report.update(fit_report)
-                self._score_cache = (key, self.label_model_.predict_proba(ids, pooled))
             else:
                 self.offsets_ = None
                 report.update(self._fit_answer_level(data, pooled, *fit_args))
@@ -857,7 +854,8 @@ class Weaver:
         per-problem offsets on the normal scale, refit on the adjusted sources mapped back to their own scale)
         ``ProblemOffsets.iterations`` times, stopping where no source shows a shift
         (:mod:`lightning_ws.weaver.leniency`). Returns the adjusted sources of ``data`` (as :meth:`score` computes
-        them), the label model's fit report and the offsets' report entry."""
+        them; :meth:`score` of ``data`` is seeded with their P(correct)), the label model's fit report and the
+        offsets' report entry."""
         from lightning_ws.weaver.leniency import ProblemOffsets
 
         ids = data.answer_ids()
@@ -872,6 +870,7 @@ class Weaver:
             cur = self.offsets_.source_scale(adj)
             fit_report = self._fit_answer_level(data, cur, mode, correct, dev_idx, source_names)
         adjusted, stats = self.offsets_.transform(pooled, ids, self.label_model_)
+        self._score_cache = (_fingerprint(pooled, ids), self.label_model_.predict_proba(ids, adjusted))
         return adjusted, fit_report, {"enabled": True, "iterations": self.offsets_.iterations,
                                       "per_source": dict(zip(source_names, stats))}
 
