@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_ws.errors import LightningWSError
+from lightning_ws.weaver.select import _NORM_METHODS, BINARIZE_METHODS, TIE_BREAKS
 
 __all__ = ["main", "build_parser"]
 
@@ -35,14 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache-dir", type=Path, default=None, help="gsm8k --embed: cache folder for the embeddings")
     sp.add_argument("--dev-fraction", type=float, default=0.1, help="labelled dev problems (default 0.1)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--label-model", default="moment_matching",
-                    help="moment_matching (default), dawid_skene, triplet, metal_compat (the reference's fixed-step "
-                         "recipe), ...")
-    sp.add_argument("--normalize", default="quantile", choices=["quantile", "minmax", "winsorize", "none"])
-    sp.add_argument("--binarize", default="prior", choices=["prior", "fixed"])
-    sp.add_argument("--threshold", type=float, default=0.5, help="threshold for --binarize fixed")
-    sp.add_argument("--tie-break", default="continuous_mean",
-                    choices=["continuous_mean", "mv_frequency", "random", "first"])
+    # Model options default to None = the library's Weaver() default, so the command fits the model a user of
+    # Weaver() gets (before, it pinned the issue-4 recipe: MeTaL moment matching on "prior"-binarised votes, which
+    # fails at extreme correct rates and on a single pooled judge; BENCHMARKS.md, issue 17).
+    sp.add_argument("--label-model", default=None,
+                    help="label model (default: Weaver's, 'answer_level'); also moment_matching, dawid_skene, "
+                         "triplet, metal_compat (the reference's fixed-step recipe), ...")
+    sp.add_argument("--normalize", default=None, choices=list(_NORM_METHODS),
+                    help="score normalisation (default: Weaver's, 'quantile')")
+    sp.add_argument("--binarize", default=None, choices=list(BINARIZE_METHODS),
+                    help="vote thresholds of the binary label models (default: Weaver's, 'youden')")
+    sp.add_argument("--threshold", type=float, default=None, help="threshold for --binarize fixed (default 0.5)")
+    sp.add_argument("--tie-break", default=None, choices=list(TIE_BREAKS),
+                    help="ties among the top scores (default: Weaver's, 'continuous_mean')")
+    sp.add_argument("--no-guard", action="store_true",
+                    help="always use the label model (default: the label-free guard may fall back to the pooled "
+                         "mean score or majority vote and says so in the report)")
     sp.add_argument("--score-mode", default="label_free", choices=["label_free", "few_labels", "transductive"],
                     help="supervision mode of the Weaver fit whose scores are written to --out (default label_free)")
     sp.add_argument("--out", type=Path, default=None, help="folder for report.json, the model and the scores")
@@ -67,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def weaver_kwargs(args: argparse.Namespace) -> dict:
+    """The ``Weaver(...)`` arguments the user set on the command line; every other one keeps Weaver's default."""
+    kw = {name: getattr(args, attr) for name, attr in (("label_model", "label_model"), ("normalize", "normalize"),
+                                                         ("binarize", "binarize"), ("threshold", "threshold"),
+                                                         ("tie_break", "tie_break"))
+          if getattr(args, attr) is not None}
+    if args.no_guard:
+        kw["guard"] = False
+    return kw
+
+
 def _select(args: argparse.Namespace) -> int:
     import torch
 
@@ -75,8 +95,7 @@ def _select(args: argparse.Namespace) -> int:
     from lightning_ws.weaver.select import Weaver
 
     data = _load(args)
-    kw = {"label_model": args.label_model, "normalize": args.normalize, "binarize": args.binarize,
-          "threshold": args.threshold, "tie_break": args.tie_break}
+    kw = weaver_kwargs(args)
     print(f"data: {args.data}: {data.num_problems} problems x {data.num_candidates} candidates x "
           f"{data.num_verifiers} verifiers ({', '.join(data.verifier_names)})")
     if args.data == "gsm8k":

@@ -243,12 +243,33 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             frame = pd.read_parquet(path)
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ConfigError(f"reading Parquet needs pyarrow (pip install pyarrow): {err}.") from None
-        return [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()}
-                for r in frame.to_dict(orient="records")]
+        return [{k: _plain(v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
     rows = read_jsonl(path)
     if not rows:
         raise DataError(f"{path}: no rows.")
     return rows
+
+
+def _plain(x: Any) -> Any:
+    """A Parquet cell as the JSON reader gives it: nested lists of Python scalars.
+
+    pyarrow hands a list column to pandas as a numpy object array whose items are numpy arrays again (a judge's
+    ``<name>_verdicts`` cell: an array of one-element arrays); ``ndarray.tolist()`` converts the outer level only.
+    Without the full conversion a verdict list was read as "not a number" and a PRM's per-step column was not
+    recognised (and skipped) as it is in JSONL.
+    """
+    if isinstance(x, np.ndarray):
+        return [_plain(v) for v in x.tolist()] if x.dtype == object else x.tolist()
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _missing_cell(x: Any) -> bool:
+    """A whole cell left empty: ``None`` (JSON null) or a float NaN (pandas' missing value in a mixed column)."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _as_float(x: Any) -> float:
@@ -352,7 +373,7 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
             correct.append([bool(x) for x in ac] + [False] * len(pad))
         for j, (c, name, _) in enumerate(cols):
             vals = row.get(c)
-            if vals is None:
+            if _missing_cell(vals):
                 continue
             if len(vals) != n:
                 raise DataError(f"{path}: row {p}: column {c!r} has {len(vals)} entries for {n} candidates.")

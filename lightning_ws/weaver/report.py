@@ -17,7 +17,13 @@ from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.weaver._numeric import nan_mean
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.distill import split_problems
-from lightning_ws.weaver.scoring import pass_at_k, score_auroc, selection_accuracy, top_tie_rate
+from lightning_ws.weaver.scoring import (
+    pass_at_k,
+    score_auroc,
+    selection_accuracy,
+    top_answer_tie_rate,
+    top_tie_rate,
+)
 from lightning_ws.weaver.select import (
     ScoreNormalizer,
     Weaver,
@@ -94,7 +100,10 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
     """Evaluate baselines and Weaver on held-out problems; returns ``{"rows": [...], "split": ..., "weaver": ...}``.
 
     Each row: ``method``, ``supervision`` (``none`` / ``dev`` / ``oracle``), ``select_at_1`` and, where a
-    per-candidate score exists, ``auroc`` and ``tie_rate``. Weaver ``label_free`` / ``transductive`` are fitted on
+    per-candidate score exists, ``auroc``, ``tie_rate`` (top score shared by two candidates) and ``answer_tie_rate``
+    (shared by two candidates with different answers: the ties a selector must break; an answer-level scorer gives
+    the candidates of one answer one score, so its ``tie_rate`` is high by design). Weaver rows also carry the
+    ``guard`` choice (``label_model``, ``pooled_mean`` or ``majority_vote``). Weaver ``label_free`` / ``transductive`` are fitted on
     the evaluation problems' scores (no labels / eval prior); ``few_labels`` on dev + eval scores with dev labels.
     """
     correct = data.require_labels("weaver_report")
@@ -104,6 +113,7 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
         raise DataError("a verifier has no scores on the dev or eval split; drop it or change the split seed.")
     y_ev, y_dev = correct[ev], correct[dev]
     t_y = torch.from_numpy(y_ev)
+    t_ids = torch.from_numpy(d_ev.answer_ids())
     rows: list[dict[str, Any]] = []
 
     def add(method: str, supervision: str, sel: np.ndarray, scores: np.ndarray | None = None, **extra: Any) -> None:
@@ -112,6 +122,7 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
         if scores is not None:
             row["auroc"] = float(score_auroc(torch.from_numpy(scores), t_y))
             row["tie_rate"] = float(top_tie_rate(torch.from_numpy(scores)))
+            row["answer_tie_rate"] = float(top_answer_tie_rate(torch.from_numpy(scores), t_ids))
         row.update(extra)
         rows.append(row)
 
@@ -153,11 +164,15 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
 
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text table of :func:`weaver_report` output."""
-    lines = [f"{'method':<44} {'supervision':<11} {'select@1':>8} {'auroc':>6} {'ties':>6}"]
+    lines = [f"{'method':<44} {'supervision':<11} {'select@1':>8} {'auroc':>6} {'ties':>6} {'ans ties':>8}  guard"]
     for r in report["rows"]:
         au = f"{r['auroc']:.3f}" if "auroc" in r and r["auroc"] == r["auroc"] else "-"
         tr = f"{r['tie_rate']:.3f}" if "tie_rate" in r else "-"
-        lines.append(f"{r['method']:<44} {r['supervision']:<11} {r['select_at_1']:>8.4f} {au:>6} {tr:>6}")
+        at = f"{r['answer_tie_rate']:.3f}" if "answer_tie_rate" in r else "-"
+        lines.append(f"{r['method']:<44} {r['supervision']:<11} {r['select_at_1']:>8.4f} {au:>6} {tr:>6} {at:>8}  "
+                     f"{r.get('guard') or '-'}")
+    lines.append("(ties: top score shared by two candidates; ans ties: by two candidates with different answers, the "
+                 "ties a selector must break; guard: what Weaver's label-free guard used)")
     sp = report["split"]
     lines.append(f"(eval problems {sp['eval_problems']}, dev problems {sp['dev_problems']}, seed {sp['seed']}, "
                  f"eval correct rate {sp['eval_correct_rate']:.3f})")

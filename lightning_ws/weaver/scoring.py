@@ -13,7 +13,7 @@ import torch
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["selection_accuracy", "pass_at_k", "majority_at_k", "score_auroc", "top_tie_rate"]
+__all__ = ["selection_accuracy", "pass_at_k", "majority_at_k", "score_auroc", "top_tie_rate", "top_answer_tie_rate"]
 
 
 def _correct(correct: torch.Tensor) -> torch.Tensor:
@@ -114,3 +114,26 @@ def top_tie_rate(scores: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
     s = torch.as_tensor(scores).double()
     s = torch.where(torch.isnan(s), torch.full_like(s, -float("inf")), s)
     return ((s >= s.max(1, keepdim=True).values - tol).sum(1) > 1).double().mean()
+
+
+def top_answer_tie_rate(scores: torch.Tensor, answer_ids: torch.Tensor, tol: float = 1e-9) -> torch.Tensor:
+    """Fraction of problems whose top score is shared by candidates with *different* answers.
+
+    :func:`top_tie_rate` also counts candidates that share one extracted answer, which an answer-level scorer
+    (Weaver's default label model, majority vote) scores alike by design; picking any of them gives the same
+    answer. This rate counts only the ties a selector actually has to break. A candidate without an answer
+    (``answer_ids < 0``) counts as an answer of its own.
+    """
+    s = torch.as_tensor(scores).double()
+    ids = torch.as_tensor(answer_ids).long()
+    if s.shape != ids.shape:
+        raise DataError(f"scores {tuple(s.shape)} and answer_ids {tuple(ids.shape)} must have the same shape.")
+    s = torch.where(torch.isnan(s), torch.full_like(s, -float("inf")), s)
+    top = s >= s.max(1, keepdim=True).values - tol
+    n = s.shape[1]
+    # a distinct code per answer; each unanswered candidate its own code past the answers' range
+    code = torch.where(ids >= 0, ids, n + torch.arange(n).expand_as(ids))
+    lo = torch.where(top, code, torch.full_like(code, 2 * n)).min(1).values  # codes lie in [0, 2n)
+    hi = torch.where(top, code, torch.full_like(code, -1)).max(1).values
+    return (hi > lo).double().mean()
+
