@@ -243,14 +243,16 @@ def _voting_columns(L: np.ndarray | None) -> list[int]:
 
 
 def combine_sources(L_human: np.ndarray | None, L_gen: np.ndarray | None, *, mode: str = "joint",
-                    label_model: str = "moment_matching", num_classes: int, seed: int = 0,
+                    label_model: str = "auto", num_classes: int, seed: int = 0,
                     class_balance: Any = None, label_model_kwargs: dict[str, Any] | None = None) -> CombinedLabels:
     """Aggregate hand-written (``L_human``) and generated (``L_gen``) votes on the training split.
 
     Args:
         L_human, L_gen: ``(n, m_h)`` / ``(n, m_g)`` label matrices (either may be ``None`` for a single source).
         mode: ``human``, ``generated``, ``joint`` or ``cascade`` (see the module docstring).
-        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`.
+        label_model: a name for :func:`lightning_ws.labelmodels.make_label_model`; default ``"auto"``, the
+            package's label-free default, as in :class:`~lightning_ws.datamodules.ProgramLabelDataModule` (it was
+            ``"moment_matching"``, which can lose to majority vote).
         num_classes: ``k``.
         seed: label-model seed.
         class_balance: passed to ``fit`` (``None`` = estimated without labels; recorded by the model).
