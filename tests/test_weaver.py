@@ -412,6 +412,10 @@ def test_load_weaver_table_validation_errors(tmp_path):
         VerificationData(np.zeros((2, 3, 1)), [["a"] * 3, ["a"] * 2], ["v"])
     with pytest.raises(DataError, match="unique"):
         VerificationData(np.zeros((2, 3, 2)), [["a"] * 3] * 2, ["v", "v"])
+    inf = np.zeros((2, 3, 2))
+    inf[0, 1, 1] = -np.inf
+    with pytest.raises(DataError, match=r"\+-inf \(w: 1\); replace a missing score by NaN"):
+        VerificationData(inf, [["a"] * 3] * 2, ["v", "w"])
 
 
 def test_heuristic_verifiers():

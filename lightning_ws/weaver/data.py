@@ -98,10 +98,14 @@ class VerificationData:
         P, N, V = s.shape
         if P == 0 or N == 0 or V == 0:
             raise DataError(f"scores must be non-empty in every dimension; got shape {s.shape}.")
-        if np.isinf(s).any():
-            raise DataError("scores contain +-inf; use NaN for a missing score.")
-        self.scores = s
         names = [str(n) for n in self.verifier_names]
+        if np.isinf(s).any():
+            per_v = np.isinf(s).sum(axis=(0, 1))
+            where = ", ".join(f"{names[j] if len(names) == V else j}: {int(c)}" for j, c in enumerate(per_v) if c)
+            raise DataError(f"scores contain +-inf ({where}); replace a missing score by NaN, and an infinite one "
+                            f"(e.g. the log-probability of an impossible answer) by a finite value such as the "
+                            f"verifier's lowest / highest finite score.")
+        self.scores = s
         if len(names) != V:
             raise DataError(f"{len(names)} verifier names for {V} verifier columns in scores; pass one name each.")
         if len(set(names)) != V:
