@@ -335,6 +335,14 @@ def test_load_weaver_table_layout(tmp_path):
     assert d.correct.dtype == bool and d.instructions[1] == "q1"
     d2 = load_weaver_table(tmp_path / "d.jsonl", verifiers=["Judge"], keep_texts=False)
     assert d2.verifier_names == ["Judge"] and d2.samples is None
+    rows = _rows()
+    rows[0]["QwenPRM_step_scores"] = [0.5, 0.5, 0.5]  # named as the reference's step columns: skipped
+    rows[0]["ProcRM_scores"] = None  # step lists, missing on the first problem: still recognised and skipped
+    rows[1]["ProcRM_scores"] = [None, [0.2, 0.9], [0.4]]
+    rows[2]["Late_scores"] = [0.1, 0.2, 0.3]  # a verifier absent from the first rows: read, NaN where absent
+    d3 = load_weaver_table(_write(tmp_path / "d3.jsonl", rows))
+    assert d3.verifier_names == ["GRM", "Judge", "Late"]
+    assert np.isnan(d3.scores[[0, 1, 3], :, 2]).all() and np.allclose(d3.scores[2, :, 2], [0.1, 0.2, 0.3])
 
 
 def test_load_weaver_table_parquet_reads_as_jsonl(tmp_path):

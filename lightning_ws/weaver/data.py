@@ -276,6 +276,19 @@ def _missing_cell(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+def _holds_step_lists(rows: list[dict[str, Any]], column: str) -> bool:
+    """Whether a ``*_scores`` column holds a list per candidate (process-reward step scores), judged by its first
+    candidate entry that is not missing in any row."""
+    for r in rows:
+        vals = r.get(column)
+        if _missing_cell(vals) or not isinstance(vals, list):
+            continue
+        for v in vals:
+            if v is not None:
+                return isinstance(v, list)
+    return False
+
+
 def _as_float(x: Any) -> float:
     if x is None:
         return math.nan
@@ -300,8 +313,8 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
     Each row is one problem with ``instruction``, ``samples`` (N texts), ``extracted_answers`` (N),
     ``answer_correct`` (N booleans, optional) and one column per verifier: ``<Name>_scores`` (reward models, N
     floats) or ``<Name>_verdicts`` (LM judges, N one-element lists; several verdicts are averaged, as in the
-    reference). Columns whose entries are lists of per-step scores (PRM ``*_step`` columns) are skipped, as the
-    reference does; so are ``exclude`` (derived outputs such as ``weaver_scores``: the reference wrongly loads them).
+    reference). Columns of per-step scores (``*_step_scores``, or entries that are lists) are skipped, as the
+    reference does. Columns are collected over every row (a verifier absent from some rows is NaN there); so are ``exclude`` (derived outputs such as ``weaver_scores``: the reference wrongly loads them).
 
     Args:
         path: ``.jsonl`` (always supported) or ``.parquet`` (needs pandas + pyarrow).
@@ -325,15 +338,15 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
         raise DataError(f"{path}: rows need 'samples' or 'extracted_answers' (Weaver layout); found columns "
                         f"{sorted(first)}.")
     cols: list[tuple[str, str, str]] = []  # (column, name, kind)
-    for c in first:
+    columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's columns, in order of appearance
+    for c in columns:
         if c in exclude or c.startswith("_"):
             continue
         for suffix, kind in (("_scores", "reward_model"), ("_verdicts", "judge")):
             if c.endswith(suffix):
                 name = c[: -len(suffix)]
-                val = first[c]
-                if kind == "reward_model" and isinstance(val, list) and val and isinstance(val[0], list):
-                    break  # per-step PRM scores: skipped like the reference's *_step columns
+                if kind == "reward_model" and (name.endswith("_step") or _holds_step_lists(rows, c)):
+                    break  # per-step PRM scores (the reference's *_step_scores columns): skipped, as it does
                 cols.append((c, name, kind))
                 break
     if verifiers is not None:
