@@ -528,3 +528,51 @@ def test_a_verifier_scored_once_gives_no_runtime_warning_and_finite_scores():
         assert np.isfinite(w.score(dd)).all()
     est = w.report_["guard"]["estimated_accuracy"]
     assert all(np.isfinite(v) for v in est.values()), est
+
+
+def _shared_answer_error(d, w: float, seed: int):
+    """``d`` with standardised scores plus one per-(problem, answer) error common to every verifier."""
+    from lightning_ws.weaver import VerificationData
+
+    rng = np.random.default_rng(seed)
+    s = (d.scores - np.nanmean(d.scores, axis=(0, 1))) / np.nanstd(d.scores, axis=(0, 1))
+    ids = d.answer_ids()
+    per_answer = rng.standard_normal((ids.shape[0], ids.shape[1] + 1))
+    s = s + w * np.take_along_axis(per_answer, np.where(ids >= 0, ids, ids.shape[1]), axis=1)[:, :, None]
+    return VerificationData(scores=s, answers=d.answers, verifier_names=d.verifier_names, correct=d.correct)
+
+
+def test_cross_source_dependence_discounts_an_answer_error_shared_by_every_verifier():
+    # Development data (session 23, benchmarks/diag_weaver_shared_errors.py): every verifier drawn alike to some
+    # answers, as strongly as they see the label. Counting the sources as independent evidence, EM followed the
+    # shared error and the label model fell far below majority vote; the design effect of the cross-source
+    # correlation lets the answer counts decide.
+    d = _shared_answer_error(make_suite_set("rate_0.50", num_problems=200, num_candidates=32, seed=9300), 1.0, 1)
+    y, P = d.correct, d.num_problems
+    acc = {}
+    for cross in (True, False):
+        w = Weaver(label_model_kwargs={"cross_source": cross}).fit(d)
+        acc[cross] = float(y[np.arange(P), w.select_with(d, "label_model")].mean())
+        if cross:
+            corr = np.asarray(w.report_["answer_model"]["cross_source_correlation"])
+            assert corr.shape[0] >= 2 and corr[~np.eye(len(corr), dtype=bool)].mean() > 0.5
+            mv = float(y[np.arange(P), w.select_with(d, "majority_vote")].mean())
+    assert acc[True] >= mv - 0.005 and acc[True] > acc[False] + 0.1, (acc, mv)
+    # without a shared error the sources are about uncorrelated given the class at convergence (early EM steps,
+    # whose posterior has not yet found the label, may discount a little): the same picks
+    clean = make_suite_set("judges_and_rms", num_problems=200, num_candidates=32, seed=9300)
+    on = Weaver().fit(clean)
+    off = Weaver(label_model_kwargs={"cross_source": False}).fit(clean)
+    corr = on.report_["answer_model"]["cross_source_correlation"]
+    assert corr is None or np.asarray(corr)[~np.eye(len(corr), dtype=bool)].mean() < 0.2
+    np.testing.assert_array_equal(on.select(clean), off.select(clean))
+    # persistence, and models saved before the option load without it
+    s = ScoreNormalizer().fit_transform(d.scores)
+    m = AnswerLevelModel().fit(d.answer_ids(), s)
+    assert m.xdep_ is not None
+    p = m.predict_proba(d.answer_ids(), s)
+    np.testing.assert_allclose(AnswerLevelModel.from_state_dict(m.state_dict()).predict_proba(d.answer_ids(), s), p)
+    state = m.state_dict()
+    del state["config"]["cross_source"], state["xdep"]
+    old = AnswerLevelModel.from_state_dict(state)
+    assert old.cross_source is False and old.xdep_ is None

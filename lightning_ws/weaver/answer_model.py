@@ -191,12 +191,21 @@ class AnswerLevelModel:
             (Weaver spec 12.2). False = the best likelihood whatever it implies.
         orient_tol: tolerance of that test (default 0.05: sources at chance, e.g. pure noise, give fits within a
             few hundredths of 0.5 either way; the inverted fits seen on hard judge sets sit near 0.3).
+        cross_source: with ``dependence="icc"``, also model answer-level errors shared *across* sources (default
+            True, session 23): the sources' per-answer residuals given the class (probit scale, posterior-weighted,
+            as for ``rho``) give their between-answer covariance; when the mean correlation is positive, an answer's
+            summed evidence is divided by the design effect ``1 + (K - 1) c`` of ``K`` equicorrelated sources, ``c``
+            the mean correlation of their evidence for that answer (within-answer noise included, so a singleton's
+            sources are less correlated than a large answer's). Verifiers all drawn to the same wrong answers then
+            count about once per answer instead of once each; the counts can outweigh them. Without a shared error
+            the mean correlation is at or below 0 and nothing changes. Models saved without this key load with
+            ``False``.
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "partition",
                  evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "icc", orient: bool = True,
-                 orient_tol: float = 0.05) -> None:
+                 orient_tol: float = 0.05, cross_source: bool = True) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
         if agreement not in AGREEMENT:
@@ -207,7 +216,11 @@ class AnswerLevelModel:
             raise ConfigError(f"dependence must be 'icc' or 'exponent', got {dependence!r}.")
         self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
         self.dependence = dependence
+        self.cross_source = bool(cross_source)
         self.rho_: np.ndarray | None = None
+        #: ``(between-answer covariance of the sources given the class (K, K), within-answer variances (K,))`` when
+        #: the sources share answer-level errors (mean correlation > 0), else ``None``; see ``cross_source``
+        self.xdep_: tuple[np.ndarray, np.ndarray] | None = None
         self._icc_obs: Any = None
         self._icc_cache: tuple[np.ndarray, ...] | None = None
         if not 0.0 <= size_exponent <= 1.0:
@@ -260,7 +273,10 @@ class AnswerLevelModel:
             # a missing score (bin -1) reads the appended 0.0; its candidate is not counted in n
             vals = np.stack([np.append(llr, 0.0)[bo[:, k]] for k, llr in enumerate(self.llr_)], axis=1)
             tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
-            return (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
+            ev = (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
+            if self.xdep_ is not None:
+                ev = ev / _design_effect(self.xdep_, n)
+            return ev
         ev = np.zeros(b.shape[0])
         for k, llr in enumerate(self.llr_):  # a missing score (bin -1) reads the appended 0.0: no evidence
             ev += np.append(llr, 0.0)[b[:, k]]
@@ -433,6 +449,7 @@ class AnswerLevelModel:
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
             self.share_h_ = None  # every start learns its own agreement weights
+            self.xdep_ = None
             out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
             out["auroc"] = self._implied_auroc(out["log_f"], out["re"])
             sols.append(out)
@@ -446,17 +463,20 @@ class AnswerLevelModel:
         #: every admissible EM solution (one per start) with its mean log-likelihood per problem, for plausibility
         #: checks; ``inverted`` solutions (sources worse than chance) are listed in the report, not here
         self.solutions_ = [{"log_f": o["log_f"], "re": o["re"], "beta": o["beta"], "gamma": o["gamma"],
-                            "share_h": o["share_h"], "rho": o["rho"], "ll": o["ll"], "start": o["start"]}
+                            "share_h": o["share_h"], "rho": o["rho"], "xdep": o["xdep"], "ll": o["ll"],
+                            "start": o["start"]}
                            for o in (oriented or sols)]
         self.num_problems_ = groups.num_problems
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
         self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
+        self.xdep_ = best["xdep"]
         self._icc_obs = self._icc_cache = None
         r = best["r"]
         self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
                         "beta": self.beta_ if not (self._learned or self._partition) else None,
                         "gamma": self.gamma_, "agreement_weights": self._agreement_report(),
                         "within_answer_correlation": None if self.rho_ is None else self.rho_.tolist(),
+                        "cross_source_correlation": None if self.xdep_ is None else _xdep_corr(self.xdep_).tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
@@ -492,6 +512,8 @@ class AnswerLevelModel:
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
             if cand and self.dependence == "icc":
                 self.rho_ = _within_answer_icc(self._icc_obs, r)
+                if self.cross_source:
+                    self.xdep_ = _cross_source_cov(self._icc_obs, r)
             if self._partition:
                 self.share_h_ = _fit_partition(groups, r, self.share_h_)
             elif self._learned:
@@ -506,7 +528,7 @@ class AnswerLevelModel:
                 break
             prev = ll
         return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
-                "it": it, "share_h": self.share_h_, "rho": self.rho_}
+                "it": it, "share_h": self.share_h_, "rho": self.rho_, "xdep": self.xdep_}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
@@ -534,7 +556,7 @@ class AnswerLevelModel:
         best_ll = max(sol["ll"] for sol in self.solutions_)
         keep = sorted((sol for sol in self.solutions_
                        if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
-        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_)
+        saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_, self.xdep_)
         out = []
         try:
             for sol in keep:
@@ -542,9 +564,10 @@ class AnswerLevelModel:
                 if self.evidence != "random_effects":
                     self.llr_ = [b - a for a, b in sol["log_f"]]
                 self.beta_, self.gamma_, self.share_h_, self.rho_ = sol["beta"], sol["gamma"], sol["share_h"], sol["rho"]
+                self.xdep_ = sol["xdep"]
                 out.append(self.predict_proba(answer_ids, sources))
         finally:
-            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_ = saved
+            self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_, self.xdep_ = saved
         return out
 
     def predict_proba(self, answer_ids: np.ndarray, sources: np.ndarray) -> np.ndarray:
@@ -559,10 +582,11 @@ class AnswerLevelModel:
         return {"config": {"bins": self.bins, "smoothing": self.smoothing, "beta_max": self.beta_max,
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
                            "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
-                           "orient_tol": self.orient_tol,
+                           "orient_tol": self.orient_tol, "cross_source": self.cross_source,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
                 "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
                 "rho": None if self.rho_ is None else self.rho_.tolist(),
+                "xdep": None if self.xdep_ is None else [self.xdep_[0].tolist(), self.xdep_[1].tolist()],
                 "edges": None if self.edges_ is None else [e.tolist() for e in self.edges_],
                 "log_f": [[a.tolist(), b.tolist()] for a, b in self.log_f_],
                 "re": None if self.re_ is None else [list(map(float, x)) for x in self.re_],
@@ -571,7 +595,8 @@ class AnswerLevelModel:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
         """Rebuild a fitted model from :meth:`state_dict` output."""
-        m = cls(**{"dependence": "exponent", **state["config"]})  # saved before the key existed: its old default
+        # saved before a key existed: its old behaviour
+        m = cls(**{"dependence": "exponent", "cross_source": False, **state["config"]})
         m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
         m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
@@ -579,6 +604,8 @@ class AnswerLevelModel:
         m.beta_, m.gamma_, m.report_ = float(state["beta"]), float(state["gamma"]), dict(state["report"])
         if state.get("rho") is not None:
             m.rho_ = np.asarray(state["rho"], dtype=np.float64)
+        if state.get("xdep") is not None:
+            m.xdep_ = (np.asarray(state["xdep"][0], dtype=np.float64), np.asarray(state["xdep"][1], dtype=np.float64))
         if state.get("share_h") is not None:
             m.share_h_ = np.asarray(state["share_h"], dtype=np.float64)
         return m
@@ -725,6 +752,73 @@ def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.nda
         sa2 = max(float((resid - sw2[k] / nk).mean()), 0.0)
         out[k] = sa2 / (sa2 + sw2[k])
     return out
+
+
+def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Between-answer covariance of the sources given the class, ``((K, K), within-answer variances (K,))``, or
+    ``None`` when their mean correlation is not positive (no shared answer-level error to correct for).
+
+    Per source, an answer's residual is its mean probit score minus the class mean, weighted by the posterior ``r``
+    as in :func:`_within_answer_icc` (whose ``sa2`` is the diagonal). Off the diagonal, the posterior-weighted cross
+    products are averaged over the answers both sources score; the within-answer noise of two sources is
+    independent, so it needs no correction there. Label-free (``r`` is the EM posterior).
+    """
+    m, n, sw2 = obs
+    K = m.shape[1]
+    if K < 2:
+        return None
+    ok = n > 0
+    d1 = np.zeros(m.shape)
+    d0 = np.zeros(m.shape)
+    sa2 = np.zeros(K)
+    for k in range(K):
+        if not ok[:, k].any():
+            continue
+        mk, nk, rk = m[ok[:, k], k], n[ok[:, k], k], r[ok[:, k]]
+        w1, w0 = rk * nk, (1.0 - rk) * nk
+        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
+        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        d1[ok[:, k], k], d0[ok[:, k], k] = mk - mu1, mk - mu0
+        sa2[k] = max(float((rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2 - sw2[k] / nk).mean()), 0.0)
+    okf = ok.astype(np.float64)
+    both = okf.T @ okf  # answers scored by both sources
+    cross = (d1 * r[:, None]).T @ d1 + (d0 * (1.0 - r)[:, None]).T @ d0  # zero where a source is missing
+    cov = np.where(both > 0, cross / np.maximum(both, 1.0), 0.0)
+    np.fill_diagonal(cov, sa2)
+    corr = _xdep_corr((cov, sw2))
+    if not float(corr[~np.eye(K, dtype=bool)].mean()) > 0.0:
+        return None
+    return cov, np.asarray(sw2, dtype=np.float64)
+
+
+def _xdep_corr(xdep: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``(K, K)`` between-answer correlation of the sources from :func:`_cross_source_cov`'s covariance (0 where a
+    source has no between-answer variance)."""
+    cov = xdep[0]
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    with np.errstate(all="ignore"):
+        corr = np.where(np.outer(sd, sd) > 0, cov / np.outer(sd, sd), 0.0)
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)
+
+
+def _design_effect(xdep: tuple[np.ndarray, np.ndarray], n: np.ndarray) -> np.ndarray:
+    """``(G,)`` design effect ``1 + (K_g - 1) c_g`` of summing an answer's per-source evidence: ``K_g`` sources score
+    it, ``c_g`` (clipped to [0, 1]) is the mean correlation of their evidence for an answer with its counts ``n``
+    (``(G, K)`` scored candidates): between-answer covariance over ``sqrt((sa2_j + sw2_j / n_j)(sa2_k + sw2_k / n_k))``.
+    """
+    cov, sw2 = xdep
+    sa2 = np.clip(np.diag(cov), 0.0, None)
+    off = cov - np.diag(np.diag(cov))
+    has = n > 0
+    v = sa2[None, :] + sw2[None, :] / np.maximum(n, 1.0)
+    u = np.where(has, 1.0 / np.sqrt(np.maximum(v, 1e-12)), 0.0)
+    k = has.sum(axis=1).astype(np.float64)
+    pairs = k * (k - 1.0)
+    with np.errstate(all="ignore"):
+        c = np.where(pairs > 0, ((u @ off) * u).sum(axis=1) / np.maximum(pairs, 1.0), 0.0)
+    return 1.0 + np.maximum(k - 1.0, 0.0) * np.clip(c, 0.0, 1.0)
 
 
 def _re_stats(groups: AnswerGroups, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
