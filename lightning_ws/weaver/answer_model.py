@@ -733,13 +733,15 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     return np.array([a, b, *theta_sigma(rp.x)])
 
 
-def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
-    """``(K,)`` intra-answer correlation of each source given the class: the share of a source's score variance,
-    after removing the class means under the answer posteriors ``r``, that candidates of one answer have in common
-    (``sa2 / (sa2 + sw2)``, method of moments on probit scores). 0 = an answer's candidates are independent evidence;
-    1 = they are one observation. Label-free (``r`` is the EM posterior)."""
+def _class_residuals(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per answer and source, the mean probit score minus the class-1 and the class-0 mean (``(G, K)`` each, 0 where
+    the source scores none of the answer's candidates), the class means weighted by the posterior ``r`` and the
+    counts; and each source's between-answer variance given the class ``sa2`` (``(K,)``, method of moments: the
+    posterior-weighted squared residual minus the sampling variance ``sw2 / n``, at least 0)."""
     m, n, sw2 = obs
-    out = np.zeros(m.shape[1])
+    d1, d0 = np.zeros(m.shape), np.zeros(m.shape)
+    sa2 = np.zeros(m.shape[1])
     for k in range(m.shape[1]):
         ok = n[:, k] > 0
         if not ok.any():  # a source with no score here (e.g. in one guard fold): no evidence to correlate
@@ -748,10 +750,20 @@ def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.nda
         w1, w0 = rk * nk, (1.0 - rk) * nk
         mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
         mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
+        d1[ok, k], d0[ok, k] = mk - mu1, mk - mu0
         resid = rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2
-        sa2 = max(float((resid - sw2[k] / nk).mean()), 0.0)
-        out[k] = sa2 / (sa2 + sw2[k])
-    return out
+        sa2[k] = max(float((resid - sw2[k] / nk).mean()), 0.0)
+    return d1, d0, sa2
+
+
+def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+    """``(K,)`` intra-answer correlation of each source given the class: the share of a source's score variance,
+    after removing the class means under the answer posteriors ``r``, that candidates of one answer have in common
+    (``sa2 / (sa2 + sw2)``, method of moments on probit scores, :func:`_class_residuals`). 0 = an answer's candidates
+    are independent evidence; 1 = they are one observation. Label-free (``r`` is the EM posterior)."""
+    sw2 = obs[2]
+    sa2 = _class_residuals(obs, r)[2]
+    return sa2 / (sa2 + sw2)
 
 
 def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray
@@ -769,18 +781,7 @@ def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndar
     if K < 2:
         return None
     ok = n > 0
-    d1 = np.zeros(m.shape)
-    d0 = np.zeros(m.shape)
-    sa2 = np.zeros(K)
-    for k in range(K):
-        if not ok[:, k].any():
-            continue
-        mk, nk, rk = m[ok[:, k], k], n[ok[:, k], k], r[ok[:, k]]
-        w1, w0 = rk * nk, (1.0 - rk) * nk
-        mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
-        mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
-        d1[ok[:, k], k], d0[ok[:, k], k] = mk - mu1, mk - mu0
-        sa2[k] = max(float((rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2 - sw2[k] / nk).mean()), 0.0)
+    d1, d0, sa2 = _class_residuals(obs, r)
     okf = ok.astype(np.float64)
     both = okf.T @ okf  # answers scored by both sources
     cross = (d1 * r[:, None]).T @ d1 + (d0 * (1.0 - r)[:, None]).T @ d0  # zero where a source is missing
