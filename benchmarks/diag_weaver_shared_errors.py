@@ -37,7 +37,7 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from lightning_ws.weaver import ScoreNormalizer, VerificationData, Weaver
-from lightning_ws.weaver.report import suite_report
+from lightning_ws.weaver.report import naive_ensemble_scores, suite_report
 from lightning_ws.weaver.suite import SUITE, make_set, make_suite_set
 
 SETS = ("rate_0.20", "rate_0.50", "correlated", "weak_verifiers")
@@ -70,10 +70,7 @@ def perturb(data: VerificationData, kind: str, w: float, seed: int) -> Verificat
 
 def one_source(data: VerificationData) -> VerificationData:
     """``data`` with its verifiers replaced by one: the mean of their quantile-normalised scores."""
-    norm = ScoreNormalizer("quantile").fit_transform(data.scores)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a candidate without any score stays NaN
-        pooled = np.nanmean(norm, axis=2, keepdims=True)
+    pooled = naive_ensemble_scores(ScoreNormalizer("quantile").fit_transform(data.scores))[:, :, None]
     return VerificationData(scores=pooled, answers=data.answers, verifier_names=["mean_of_verifiers"],
                             correct=data.correct)
 

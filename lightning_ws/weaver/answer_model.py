@@ -511,9 +511,10 @@ class AnswerLevelModel:
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
             if cand and self.dependence == "icc":
-                self.rho_ = _within_answer_icc(self._icc_obs, r)
+                resid = _class_residuals(self._icc_obs, r)  # one pass serves both dependence estimates
+                self.rho_ = _within_answer_icc(self._icc_obs, r, resid)
                 if self.cross_source:
-                    self.xdep_ = _cross_source_cov(self._icc_obs, r)
+                    self.xdep_ = _cross_source_cov(self._icc_obs, r, resid)
             if self._partition:
                 self.share_h_ = _fit_partition(groups, r, self.share_h_)
             elif self._learned:
@@ -756,17 +757,19 @@ def _class_residuals(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarr
     return d1, d0, sa2
 
 
-def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray) -> np.ndarray:
+def _within_answer_icc(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray,
+                       resid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(K,)`` intra-answer correlation of each source given the class: the share of a source's score variance,
     after removing the class means under the answer posteriors ``r``, that candidates of one answer have in common
     (``sa2 / (sa2 + sw2)``, method of moments on probit scores, :func:`_class_residuals`). 0 = an answer's candidates
-    are independent evidence; 1 = they are one observation. Label-free (``r`` is the EM posterior)."""
-    sw2 = obs[2]
-    sa2 = _class_residuals(obs, r)[2]
-    return sa2 / (sa2 + sw2)
+    are independent evidence; 1 = they are one observation. Label-free (``r`` is the EM posterior). ``resid``: the
+    :func:`_class_residuals` of ``(obs, r)`` when already computed."""
+    sa2 = (_class_residuals(obs, r) if resid is None else resid)[2]
+    return sa2 / (sa2 + obs[2])
 
 
-def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray
+def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray,
+                      resid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                       ) -> tuple[np.ndarray, np.ndarray] | None:
     """Between-answer covariance of the sources given the class, ``((K, K), within-answer variances (K,))``, or
     ``None`` when their mean correlation is not positive (no shared answer-level error to correct for).
@@ -774,14 +777,15 @@ def _cross_source_cov(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndar
     Per source, an answer's residual is its mean probit score minus the class mean, weighted by the posterior ``r``
     as in :func:`_within_answer_icc` (whose ``sa2`` is the diagonal). Off the diagonal, the posterior-weighted cross
     products are averaged over the answers both sources score; the within-answer noise of two sources is
-    independent, so it needs no correction there. Label-free (``r`` is the EM posterior).
+    independent, so it needs no correction there. Label-free (``r`` is the EM posterior). ``resid``: the
+    :func:`_class_residuals` of ``(obs, r)`` when already computed.
     """
     m, n, sw2 = obs
     K = m.shape[1]
     if K < 2:
         return None
     ok = n > 0
-    d1, d0, sa2 = _class_residuals(obs, r)
+    d1, d0, sa2 = _class_residuals(obs, r) if resid is None else resid
     okf = ok.astype(np.float64)
     both = okf.T @ okf  # answers scored by both sources
     cross = (d1 * r[:, None]).T @ d1 + (d0 * (1.0 - r)[:, None]).T @ d0  # zero where a source is missing

@@ -78,10 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def weaver_kwargs(args: argparse.Namespace) -> dict:
     """The ``Weaver(...)`` arguments the user set on the command line; every other one keeps Weaver's default."""
-    kw = {name: getattr(args, attr) for name, attr in (("label_model", "label_model"), ("normalize", "normalize"),
-                                                         ("binarize", "binarize"), ("threshold", "threshold"),
-                                                         ("tie_break", "tie_break"))
-          if getattr(args, attr) is not None}
+    kw = {k: getattr(args, k) for k in ("label_model", "normalize", "binarize", "threshold", "tie_break")
+          if getattr(args, k) is not None}
     if args.no_guard:
         kw["guard"] = False
     return kw

@@ -314,7 +314,8 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
     ``answer_correct`` (N booleans, optional) and one column per verifier: ``<Name>_scores`` (reward models, N
     floats) or ``<Name>_verdicts`` (LM judges, N one-element lists; several verdicts are averaged, as in the
     reference). Columns of per-step scores (``*_step_scores``, or entries that are lists) are skipped, as the
-    reference does. Columns are collected over every row (a verifier absent from some rows is NaN there); so are ``exclude`` (derived outputs such as ``weaver_scores``: the reference wrongly loads them).
+    reference does; so are ``exclude`` (derived outputs such as ``weaver_scores``: the reference wrongly loads them).
+    Columns are collected over every row (a verifier absent from some rows is NaN there).
 
     Args:
         path: ``.jsonl`` (always supported) or ``.parquet`` (needs pandas + pyarrow).

@@ -136,4 +136,3 @@ def top_answer_tie_rate(scores: torch.Tensor, answer_ids: torch.Tensor, tol: flo
     lo = torch.where(top, code, torch.full_like(code, 2 * n)).min(1).values  # codes lie in [0, 2n)
     hi = torch.where(top, code, torch.full_like(code, -1)).max(1).values
     return (hi > lo).double().mean()
-
