@@ -550,8 +550,8 @@ def test_cross_source_dependence_discounts_an_answer_error_shared_by_every_verif
     d = _shared_answer_error(make_suite_set("rate_0.50", num_problems=200, num_candidates=32, seed=9300), 1.0, 1)
     y, P = d.correct, d.num_problems
     acc = {}
-    for cross in (True, False):
-        w = Weaver(label_model_kwargs={"cross_source": cross}).fit(d)
+    for cross in (True, False):  # the count check (session 24) off: this test isolates the design effect
+        w = Weaver(label_model_kwargs={"cross_source": cross, "count_check": None}).fit(d)
         acc[cross] = float(y[np.arange(P), w.select_with(d, "label_model")].mean())
         if cross:
             corr = np.asarray(w.report_["answer_model"]["cross_source_correlation"])
@@ -576,3 +576,95 @@ def test_cross_source_dependence_discounts_an_answer_error_shared_by_every_verif
     del state["config"]["cross_source"], state["xdep"]
     old = AnswerLevelModel.from_state_dict(state)
     assert old.cross_source is False and old.xdep_ is None
+
+
+def _count_log_likelihood_direct(ids: np.ndarray, present: np.ndarray, params) -> float:
+    """The partition prior's log P(answer partition | some answer correct), one problem and one answer at a time."""
+    from scipy.special import betaln, gammaln, logsumexp
+
+    a, b, theta, sigma = params
+    total = 0.0
+    for p in range(ids.shape[0]):
+        row = ids[p][present[p]]
+        n_cand = len(row)
+        codes = [x if x >= 0 else 10_000 + i for i, x in enumerate(row)]  # no answer: a singleton
+        _, sizes = np.unique(codes, return_counts=True)
+        p0 = np.exp(betaln(a, n_cand + b) - betaln(a, b))
+        terms = []
+        for i, n in enumerate(sizes):
+            rest = np.delete(sizes, i)
+            log_py = 0.0
+            if rest.size:
+                log_py = (sum(np.log(theta + j * sigma) for j in range(rest.size)) + gammaln(theta)
+                          - gammaln(theta + n_cand - n) + np.sum(gammaln(rest - sigma) - gammaln(1 - sigma)))
+            terms.append(betaln(n + a, n_cand - n + b) - betaln(a, b) - np.log1p(-p0) + log_py)
+        total += logsumexp(terms)
+    return float(total)
+
+
+def test_count_log_likelihood_matches_a_direct_sum_and_the_counts_only_fit_finds_the_correct_rate():
+    from lightning_ws.weaver.answer_model import _count_log_likelihood, _fit_partition_counts_only
+
+    spec = SetSpec(0.5, (GroupSpec(1.0),), num_wrong=20)  # free-form answers, half the candidates correct
+    d = make_set(spec, num_problems=300, num_candidates=16, seed=11)
+    ids = d.answer_ids()
+    ids[0, 3] = -1  # a candidate without an answer
+    present = np.ones(ids.shape, dtype=bool)
+    present[1, 10:] = False  # a problem with fewer candidates (padded)
+    ids[1, 10:] = -1
+    g = AnswerGroups(ids, present)
+    for params in ([1.0, 1.0, 2.0, 0.0], [0.3, 2.0, 5.0, 0.4], [2.0, 1.5, 30.0, -1.5]):  # sigma < 0: theta >= -sigma x (answers - 1)
+        assert _count_log_likelihood(g, np.array(params)) == pytest.approx(
+            _count_log_likelihood_direct(ids, present, params), rel=1e-9)
+    fit = _fit_partition_counts_only(g)
+    solvable = d.correct.any(axis=1)
+    true_rate = float(d.correct[solvable].mean())
+    assert abs(fit[0] / (fit[0] + fit[1]) - true_rate) < 0.1, (fit, true_rate)
+    assert _count_log_likelihood(g, fit) > _count_log_likelihood(g, np.array([0.01, 1.0, 2.0, 0.0]))
+
+
+def test_count_check_holds_the_count_model_a_shared_verifier_error_dragged_off_the_counts():
+    # Development data (session 24): four nearly useless reward models that share a per-answer error as large as
+    # their signal pool into one source. EM takes the shared error for the label, makes the highest-scored answer of
+    # each problem the correct one and fits a count model whose correct answer is almost never popular (Beta a at
+    # its bound) - one the answer counts reject by 13 nats. The check reruns EM with the counts-only fit.
+    d = _shared_answer_error(make_suite_set("weak_verifiers", num_problems=150, num_candidates=32, seed=9401), 1.0, 1)
+    y, P = d.correct, d.num_problems
+    fits = {cc: Weaver(guard=False, label_model_kwargs={"count_check": cc}).fit(d) for cc in (6.64, None)}
+    acc = {cc: float(y[np.arange(P), w.select_with(d, "label_model")].mean()) for cc, w in fits.items()}
+    mv = float(y[np.arange(P), fits[None].select_with(d, "majority_vote")].mean())
+    rep_on, rep_off = (fits[cc].report_["answer_model"] for cc in (6.64, None))
+    assert rep_on["count_check"]["held_at_counts_only_fit"] and rep_on["count_check"]["gap_nats"] > 6.64
+    assert rep_on["count_check"]["correct_rate_em"] < 0.5 * rep_on["count_check"]["correct_rate_counts_only"]
+    assert rep_off["count_check"] is None
+    assert rep_off["agreement_weights"]["correct_rate_beta"][0] < 0.05 < rep_on["agreement_weights"]["correct_rate_beta"][0]
+    assert acc[6.64] >= mv - 0.03 and acc[6.64] > acc[None] + 0.05, (acc, mv)
+
+
+def test_count_check_leaves_fits_the_counts_support_alone():
+    for name, size in (("rate_0.20", 200), ("judge_draws", 64), ("judges_and_rms", 200)):
+        d = make_suite_set(name, num_problems=size, num_candidates=32, seed=9400)
+        on = Weaver(guard=False).fit(d)
+        off = Weaver(guard=False, label_model_kwargs={"count_check": None}).fit(d)
+        check = on.report_["answer_model"]["count_check"]
+        assert not check["held_at_counts_only_fit"], (name, check)
+        np.testing.assert_array_equal(on.select(d), off.select(d))
+    # a hard set fits the same degenerate bound legitimately, and there the counts do not reject it
+    d = make_suite_set("rate_0.05", num_problems=200, num_candidates=32, seed=9400)
+    check = Weaver(guard=False).fit(d).report_["answer_model"]["count_check"]
+    assert not check["held_at_counts_only_fit"], check
+    # labels anchor the fit: no check in few-label or transductive mode
+    d = make_suite_set("rate_0.20", num_problems=100, num_candidates=16, seed=9401)
+    assert Weaver(guard=False).fit(d, "transductive").report_["answer_model"]["count_check"] is None
+
+
+def test_count_check_option_is_validated_and_persisted():
+    with pytest.raises(ConfigError, match="count_check"):
+        AnswerLevelModel(count_check=-1.0)
+    d = make_suite_set("rate_0.20", num_problems=60, num_candidates=16, seed=3)
+    s = ScoreNormalizer().fit_transform(d.scores)
+    m = AnswerLevelModel(count_check=3.0).fit(d.answer_ids(), s)
+    assert AnswerLevelModel.from_state_dict(m.state_dict()).count_check == 3.0
+    state = m.state_dict()
+    del state["config"]["count_check"]
+    assert AnswerLevelModel.from_state_dict(state).count_check is None  # saved before the option: its old behaviour

@@ -22,7 +22,9 @@ a Chinese restaurant process, the free-form case). Bayes' rule gives ``P(a is co
 ``a``'s count alone (:func:`_partition_log_weight`). EM learns ``gamma``, ``(a, b, theta, sigma)`` and the binned
 class-conditional score distributions ``f1, f0`` without labels. The count parameters are fitted to the *count data*
 of the problems EM believes solvable (:func:`_fit_partition`), so the weight of agreement is anchored by how the
-answers are distributed, not only by what the verifiers say. That matters when a judge's error is shared by every
+answers are distributed, not only by what the verifiers say. Since session 24 the anchor is also checked
+(``count_check``): a count model that explains the answer partitions clearly worse than the prior fitted to the counts
+alone (:func:`_fit_partition_counts_only`) is replaced by that fit, and EM rerun with it held. That matters when a judge's error is shared by every
 candidate of an answer: with the previous, conditional prior (``agreement="learned"``: ``softmax_a(theta_1 log
 share_a + theta_2 log(1 - share_a))`` fitted to the answer posteriors) EM could trade agreement for an over-trusted
 judge, and lost to majority vote by up to 39 points on development judge sets where majority vote is strong
@@ -200,12 +202,28 @@ class AnswerLevelModel:
             count about once per answer instead of once each; the counts can outweigh them. Without a shared error
             the mean correlation is at or below 0 and nothing changes. Models saved without this key load with
             ``False``.
+        count_check: with the partition prior, label-free, keep the count model consistent with the answer counts
+            (default 6.64 nats, session 24: half the 99 % quantile of chi-square with 4 degrees of freedom, a
+            likelihood-ratio test of the count model's 4 parameters; ``None`` = off). The partition prior is first fitted to the answer counts
+            alone (:func:`_fit_partition_counts_only`: EM over which answer of each problem is the correct one, no
+            verifier evidence). After each EM run, if the count model EM ended with makes the correct answer far
+            less popular than that fit does (its mean correct rate ``a / (a + b)`` under half the counts-only one)
+            and explains the problems' answer partitions worse than it by more than ``count_check`` nats of total
+            log-likelihood (:func:`_count_log_likelihood`), the run is repeated with the count model held at the
+            counts-only fit.
+            The failure it catches: a verifier error shared by the candidates of an answer (one judge's draws, or
+            reward models all fooled by the same wrong answer) looks like the label to EM, which then makes the
+            highest-scored answer of each problem the correct one and fits a count model in which the correct
+            answer is almost never a popular one (Beta ``a`` at its bound) - a model the counts themselves reject.
+            Where the counts cannot tell (hard multiple choice with one dominant distractor) the two fits are within
+            a nat or two and EM's stays. Not with ``gamma`` or ``known`` given (labels anchor the fit). Models saved
+            without this key load with ``None``.
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "partition",
                  evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "icc", orient: bool = True,
-                 orient_tol: float = 0.05, cross_source: bool = True) -> None:
+                 orient_tol: float = 0.05, cross_source: bool = True, count_check: float | None = 6.64) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
         if agreement not in AGREEMENT:
@@ -217,6 +235,10 @@ class AnswerLevelModel:
         self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
         self.dependence = dependence
         self.cross_source = bool(cross_source)
+        if count_check is not None and not float(count_check) >= 0.0:
+            raise ConfigError(f"count_check must be None or >= 0 (nats), got {count_check}.")
+        self.count_check = None if count_check is None else float(count_check)
+        self._frozen_counts: np.ndarray | None = None  # count model held fixed during one EM run (count_check)
         self.rho_: np.ndarray | None = None
         #: ``(between-answer covariance of the sources given the class (K, K), within-answer variances (K,))`` when
         #: the sources share answer-level errors (mean correlation > 0), else ``None``; see ``cross_source``
@@ -443,6 +465,8 @@ class AnswerLevelModel:
         # EM from several starts (scores and agreement, agreement only, scores only); keep the best likelihood
         starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
         best, sols = None, []
+        check = (self._partition and self.count_check is not None and gamma is None and clamp is None)
+        counts_fit: tuple[np.ndarray, float] | None = None  # the counts-only partition prior and its log-likelihood
         for w_score, w_share in starts:
             v = groups.masked(w_score * g0 + w_share * ls)
             r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
@@ -451,6 +475,25 @@ class AnswerLevelModel:
             self.share_h_ = None  # every start learns its own agreement weights
             self.xdep_ = None
             out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
+            if check:
+                if counts_fit is None:
+                    co = _fit_partition_counts_only(groups)
+                    counts_fit = (co, _count_log_likelihood(groups, co))
+                ll_em = _count_log_likelihood(groups, out["share_h"])
+                gap = max(counts_fit[1], ll_em) - ll_em
+                # the direction a shared verifier error drags it: the correct answer far less popular than the
+                # counts alone say (mean correct rate of the Beta under half the counts-only fit's)
+                rate_em, rate_co = (float(x[0] / (x[0] + x[1])) for x in (out["share_h"], counts_fit[0]))
+                hold = rate_em < 0.5 * rate_co and gap > self.count_check
+                out["count_check"] = {"gap_nats": float(gap), "correct_rate_em": rate_em,
+                                      "correct_rate_counts_only": rate_co, "held_at_counts_only_fit": bool(hold)}
+                if hold:  # EM's count model is one the counts reject: rerun with it held
+                    self.share_h_, self.xdep_, self._frozen_counts = None, None, counts_fit[0]
+                    try:
+                        out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val),
+                               "start": [w_score, w_share], "count_check": out["count_check"]}
+                    finally:
+                        self._frozen_counts = None
             out["auroc"] = self._implied_auroc(out["log_f"], out["re"])
             sols.append(out)
         # Label-swap symmetry: the scores are "higher = better", so a fit in which the sources are on average worse
@@ -478,6 +521,7 @@ class AnswerLevelModel:
                         "within_answer_correlation": None if self.rho_ is None else self.rho_.tolist(),
                         "cross_source_correlation": None if self.xdep_ is None else _xdep_corr(self.xdep_).tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
+                        "count_check": best.get("count_check"),
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
                                                        for o in sols if oriented and all(o is not k for k in oriented)],
@@ -516,7 +560,8 @@ class AnswerLevelModel:
                 if self.cross_source:
                     self.xdep_ = _cross_source_cov(self._icc_obs, r, resid)
             if self._partition:
-                self.share_h_ = _fit_partition(groups, r, self.share_h_)
+                self.share_h_ = (_fit_partition(groups, r, self.share_h_) if self._frozen_counts is None
+                                 else self._frozen_counts.copy())
             elif self._learned:
                 self.share_h_ = self._newton_theta(groups, r, self.share_h_)
             elif self.use_agreement:
@@ -584,6 +629,7 @@ class AnswerLevelModel:
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
                            "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
                            "orient_tol": self.orient_tol, "cross_source": self.cross_source,
+                           "count_check": self.count_check,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
                 "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
                 "rho": None if self.rho_ is None else self.rho_.tolist(),
@@ -597,7 +643,7 @@ class AnswerLevelModel:
     def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
         """Rebuild a fitted model from :meth:`state_dict` output."""
         # saved before a key existed: its old behaviour
-        m = cls(**{"dependence": "exponent", "cross_source": False, **state["config"]})
+        m = cls(**{"dependence": "exponent", "cross_source": False, "count_check": None, **state["config"]})
         m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
         m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
@@ -732,6 +778,53 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     rp = minimize(py, z_py, method="L-BFGS-B", bounds=[(-6.0, 8.0), (-8.0, 6.0)], options={"maxiter": 30})
     a, b = np.exp(rb.x)
     return np.array([a, b, *theta_sigma(rp.x)])
+
+
+
+def _count_log_likelihood(groups: AnswerGroups, params: np.ndarray) -> float:
+    """Total log-likelihood of every problem's answer partition under the partition prior ``(a, b, theta, sigma)``,
+    given that the problem has a correct answer: ``sum_p log sum_a P(counts | z = a)``, with ``P(counts | z = a)`` the
+    probability that exactly ``a``'s candidates are correct (Beta-binomial, given at least one correct candidate)
+    times the Pitman-Yor probability of the partition of the other candidates (the model of :func:`_fit_partition`,
+    every factor kept). Padding slots are not candidates."""
+    from scipy.special import betaln, gammaln
+
+    a, b, theta, sigma = (float(v) for v in params)
+    present = ~groups.absent
+    n, p = groups.size[present], groups.problem[present]
+    P = groups.num_problems
+    m = groups.n_present[p]  # the problem's number of candidates, per answer
+    k = np.bincount(p, minlength=P)  # answers per problem
+    lg = gammaln(n - sigma) - gammaln(1.0 - sigma)
+    others = np.bincount(p, weights=lg, minlength=P)[p] - lg  # the other answers' block terms
+    kmax = int(k.max())
+    # sum_{i < K - 1} log(theta + i sigma): terms past a problem's own K - 1 are never read (and may be <= 0)
+    cum = np.concatenate([[0.0], np.cumsum(np.log(np.maximum(theta + np.arange(kmax) * sigma, 1e-300)))])
+    py = cum[k[p] - 1] + gammaln(theta) - gammaln(theta + m - n) + others
+    p0 = np.minimum(np.exp(betaln(a, m + b) - betaln(a, b)), 1.0 - 1e-12)  # P(no correct candidate)
+    t = betaln(n + a, m - n + b) - betaln(a, b) - np.log1p(-p0) + py
+    top = np.full(P, -np.inf)
+    np.maximum.at(top, p, t)
+    return float((np.log(np.bincount(p, weights=np.exp(t - top[p]), minlength=P)) + top).sum())
+
+
+def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.ndarray:
+    """The partition prior ``(a, b, theta, sigma)`` fitted to the answer counts alone: EM over which answer of each
+    problem is the correct one (every problem taken as having one), started from answer shares, with the M-step of
+    :func:`_fit_partition`; stops when no parameter moves by more than 0.01 % (at most ``max_iter`` steps). No
+    verifier score enters, so a verifier error cannot move it (``AnswerLevelModel(count_check=...)``)."""
+    params: np.ndarray | None = None
+    for _ in range(max_iter):
+        h = np.log(groups.share) if params is None else _partition_log_weight(groups, params)
+        h = groups.masked(h)
+        r = np.exp(h - groups.segment_logsumexp(h)[groups.problem])
+        new = _fit_partition(groups, r, params)
+        done = params is not None and float(np.max(np.abs(np.log(np.abs(new) + 1e-9)
+                                                          - np.log(np.abs(params) + 1e-9)))) < 1e-4
+        params = new
+        if done:
+            break
+    return params
 
 
 def _class_residuals(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray

@@ -576,7 +576,10 @@ class Weaver:
          over which answer of each problem is correct, if any, with answer agreement as a learned generative
          prior (the correct answer's count beta-binomial, the wrong answers a Pitman-Yor partition, both fitted to
          the answer counts; ``agreement="partition"``), binned continuous source scores as evidence, and inverted EM
-         fits (sources worse than chance) dropped - no binarisation, no threshold;
+         fits (sources worse than chance) dropped - no binarisation, no threshold; a count model that the answer
+         counts themselves reject (the degenerate "the correct answer is almost never popular" fit a verifier error
+         shared by an answer's candidates drags EM to, more than ``count_check`` = 6.64 nats worse than the partition
+         prior fitted to the counts alone) is replaced by that fit and EM rerun;
        * any :func:`lightning_ws.labelmodels.make_label_model` name (``"moment_matching"``, ``"dawid_skene"``,
          ``"triplet"``, ``"metal_compat"``): the paper's binary path - the majority-vote pseudo-verifier is added
          as a column, :class:`Binarizer` (``"youden"`` by default: cut at the estimated best ``TPR + TNR`` under a
