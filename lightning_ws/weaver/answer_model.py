@@ -23,11 +23,12 @@ a Chinese restaurant process, the free-form case). Bayes' rule gives ``P(a is co
 class-conditional score distributions ``f1, f0`` without labels. The count parameters are fitted to the *count data*
 of the problems EM believes solvable (:func:`_fit_partition`), so the weight of agreement is anchored by how the
 answers are distributed, not only by what the verifiers say. Since session 24 the anchor is also checked
-(``count_check``): a count model that explains the answer partitions clearly worse than the prior fitted to the counts
-alone (:func:`_fit_partition_counts_only`) is replaced by that fit, and EM rerun with it held. That matters when a judge's error is shared by every
-candidate of an answer: with the previous, conditional prior (``agreement="learned"``: ``softmax_a(theta_1 log
-share_a + theta_2 log(1 - share_a))`` fitted to the answer posteriors) EM could trade agreement for an over-trusted
-judge, and lost to majority vote by up to 39 points on development judge sets where majority vote is strong
+(``count_check``): a count model that explains the answer partitions clearly worse than the prior fitted to the
+counts alone (:func:`_fit_partition_counts_only`) is replaced by that fit, and EM rerun with it held. The anchor
+matters when a judge's error is shared by every candidate of an answer: with the previous, conditional prior
+(``agreement="learned"``: ``softmax_a(theta_1 log share_a + theta_2 log(1 - share_a))`` fitted to the answer
+posteriors) EM could trade agreement for an over-trusted judge, and lost to majority vote by up to 39 points on
+development judge sets where majority vote is strong
 (BENCHMARKS.md, issue-17 section). The prior can be U-shaped (a correct answer held by few candidates more plausible
 than a wrong one held by a middling number: the Bayes-optimal shape on hard multiple choice with evenly spread
 distractors) and it is steep where the correct rate is concentrated. ``agreement="exponent"`` is the monotone ``share
@@ -204,20 +205,19 @@ class AnswerLevelModel:
             ``False``.
         count_check: with the partition prior, label-free, keep the count model consistent with the answer counts
             (default 6.64 nats, session 24: half the 99 % quantile of chi-square with 4 degrees of freedom, a
-            likelihood-ratio test of the count model's 4 parameters; ``None`` = off). The partition prior is first fitted to the answer counts
-            alone (:func:`_fit_partition_counts_only`: EM over which answer of each problem is the correct one, no
-            verifier evidence). After each EM run, if the count model EM ended with makes the correct answer far
-            less popular than that fit does (its mean correct rate ``a / (a + b)`` under half the counts-only one)
-            and explains the problems' answer partitions worse than it by more than ``count_check`` nats of total
-            log-likelihood (:func:`_count_log_likelihood`), the run is repeated with the count model held at the
-            counts-only fit.
-            The failure it catches: a verifier error shared by the candidates of an answer (one judge's draws, or
-            reward models all fooled by the same wrong answer) looks like the label to EM, which then makes the
-            highest-scored answer of each problem the correct one and fits a count model in which the correct
-            answer is almost never a popular one (Beta ``a`` at its bound) - a model the counts themselves reject.
-            Where the counts cannot tell (hard multiple choice with one dominant distractor) the two fits are within
-            a nat or two and EM's stays. Not with ``gamma`` or ``known`` given (labels anchor the fit). Models saved
-            without this key load with ``None``.
+            likelihood-ratio test of the count model's 4 parameters; ``None`` = off). The partition prior is first
+            fitted to the answer counts alone (:func:`_fit_partition_counts_only`: EM over which answer of each problem
+            is the correct one, no verifier evidence). After each EM run, if the count model EM ended with makes the
+            correct answer far less popular than that fit does (its mean correct rate ``a / (a + b)`` under half the
+            counts-only one) and explains the problems' answer partitions worse than it by more than ``count_check``
+            nats of total log-likelihood (:func:`_count_log_likelihood`), the run is repeated with the count model held
+            at the counts-only fit. The failure it catches: a verifier error shared by the candidates of an answer (one
+            judge's draws, or reward models all fooled by the same wrong answer) looks like the label to EM, which then
+            makes the highest-scored answer of each problem the correct one and fits a count model in which the correct
+            answer is almost never a popular one (Beta ``a`` at its bound) - a model the counts themselves reject. Where
+            the counts cannot tell (hard multiple choice with one dominant distractor) the two fits are within a nat or
+            two and EM's stays. Not with ``gamma`` or ``known`` given (labels anchor the fit). Models saved without this
+            key load with ``None``.
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
@@ -778,7 +778,6 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     rp = minimize(py, z_py, method="L-BFGS-B", bounds=[(-6.0, 8.0), (-8.0, 6.0)], options={"maxiter": 30})
     a, b = np.exp(rb.x)
     return np.array([a, b, *theta_sigma(rp.x)])
-
 
 
 def _count_log_likelihood(groups: AnswerGroups, params: np.ndarray) -> float:
