@@ -238,7 +238,6 @@ class AnswerLevelModel:
         if count_check is not None and not float(count_check) >= 0.0:
             raise ConfigError(f"count_check must be None or >= 0 (nats), got {count_check}.")
         self.count_check = None if count_check is None else float(count_check)
-        self._frozen_counts: np.ndarray | None = None  # count model held fixed during one EM run (count_check)
         self.rho_: np.ndarray | None = None
         #: ``(between-answer covariance of the sources given the class (K, K), within-answer variances (K,))`` when
         #: the sources share answer-level errors (mean correlation > 0), else ``None``; see ``cross_source``
@@ -488,12 +487,9 @@ class AnswerLevelModel:
                 out["count_check"] = {"gap_nats": float(gap), "correct_rate_em": rate_em,
                                       "correct_rate_counts_only": rate_co, "held_at_counts_only_fit": bool(hold)}
                 if hold:  # EM's count model is one the counts reject: rerun with it held
-                    self.share_h_, self.xdep_, self._frozen_counts = None, None, counts_fit[0]
-                    try:
-                        out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val),
-                               "start": [w_score, w_share], "count_check": out["count_check"]}
-                    finally:
-                        self._frozen_counts = None
+                    self.share_h_, self.xdep_ = None, None
+                    out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val, counts=counts_fit[0]),
+                           "start": [w_score, w_share], "count_check": out["count_check"]}
             out["auroc"] = self._implied_auroc(out["log_f"], out["re"])
             sols.append(out)
         # Label-swap symmetry: the scores are "higher = better", so a fit in which the sources are on average worse
@@ -538,7 +534,8 @@ class AnswerLevelModel:
         return None
 
     def _em(self, groups: AnswerGroups, b: np.ndarray, sizes: list[int], r: np.ndarray, ls: np.ndarray,
-            gamma: float | None, clamp: np.ndarray | None, clamp_val: np.ndarray | None) -> dict[str, Any]:
+            gamma: float | None, clamp: np.ndarray | None, clamp_val: np.ndarray | None,
+            counts: np.ndarray | None = None) -> dict[str, Any]:
         cand = self.evidence == "candidates"
         prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
         for it in range(1, self.max_iter + 1):
@@ -560,8 +557,8 @@ class AnswerLevelModel:
                 if self.cross_source:
                     self.xdep_ = _cross_source_cov(self._icc_obs, r, resid)
             if self._partition:
-                self.share_h_ = (_fit_partition(groups, r, self.share_h_) if self._frozen_counts is None
-                                 else self._frozen_counts.copy())
+                # counts: the partition prior held fixed (count_check), else fitted in every M-step
+                self.share_h_ = _fit_partition(groups, r, self.share_h_) if counts is None else counts.copy()
             elif self._learned:
                 self.share_h_ = self._newton_theta(groups, r, self.share_h_)
             elif self.use_agreement:
@@ -789,22 +786,17 @@ def _count_log_likelihood(groups: AnswerGroups, params: np.ndarray) -> float:
     from scipy.special import betaln, gammaln
 
     a, b, theta, sigma = (float(v) for v in params)
-    present = ~groups.absent
-    n, p = groups.size[present], groups.problem[present]
-    P = groups.num_problems
-    m = groups.n_present[p]  # the problem's number of candidates, per answer
-    k = np.bincount(p, minlength=P)  # answers per problem
-    lg = gammaln(n - sigma) - gammaln(1.0 - sigma)
-    others = np.bincount(p, weights=lg, minlength=P)[p] - lg  # the other answers' block terms
-    kmax = int(k.max())
+    present = (~groups.absent).astype(np.float64)
+    n, p, m = groups.size, groups.problem, groups.n_candidates  # m: the problem's number of candidates, per answer
+    k = np.bincount(p, weights=present, minlength=groups.num_problems).astype(np.int64)  # answers per problem
+    lg = (gammaln(n - sigma) - gammaln(1.0 - sigma)) * present
+    others = np.bincount(p, weights=lg, minlength=groups.num_problems)[p] - lg  # the other answers' block terms
     # sum_{i < K - 1} log(theta + i sigma): terms past a problem's own K - 1 are never read (and may be <= 0)
-    cum = np.concatenate([[0.0], np.cumsum(np.log(np.maximum(theta + np.arange(kmax) * sigma, 1e-300)))])
+    cum = np.concatenate([[0.0], np.cumsum(np.log(np.maximum(theta + np.arange(k.max()) * sigma, 1e-300)))])
     py = cum[k[p] - 1] + gammaln(theta) - gammaln(theta + m - n) + others
     p0 = np.minimum(np.exp(betaln(a, m + b) - betaln(a, b)), 1.0 - 1e-12)  # P(no correct candidate)
     t = betaln(n + a, m - n + b) - betaln(a, b) - np.log1p(-p0) + py
-    top = np.full(P, -np.inf)
-    np.maximum.at(top, p, t)
-    return float((np.log(np.bincount(p, weights=np.exp(t - top[p]), minlength=P)) + top).sum())
+    return float(groups.segment_logsumexp(groups.masked(t)).sum())  # a padding slot is never the correct answer
 
 
 def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.ndarray:
