@@ -3,6 +3,7 @@ the verifier-data suite (small sizes here; benchmarks/bench_weaver_suite.py runs
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -17,6 +18,7 @@ from lightning_ws.weaver import (
     majority_vote_scores,
 )
 from lightning_ws.weaver.answer_model import AnswerGroups, AnswerLevelModel
+from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.ordinal import BinnedDawidSkene, bin_scores
 from lightning_ws.weaver.report import suite_report
 from lightning_ws.weaver.structure import centred_correlation, detect_verifier_groups, pool_groups
@@ -670,3 +672,50 @@ def test_count_check_option_is_validated_and_persisted():
     state = m.state_dict()
     del state["config"]["count_check"]
     assert AnswerLevelModel.from_state_dict(state).count_check is None  # saved before the option: its old behaviour
+
+
+def _without_answers(d, share: float, seed: int, *, top_scores: bool = True):
+    """``d`` with the extracted answer of a random ``share`` of candidates removed (a grader scores them wrong); with
+    ``top_scores`` their verifier scores are set to each verifier's highest, as a judge may rate a truncated response."""
+    drop = np.random.default_rng(seed).random(d.correct.shape) < share
+    answers = [[None if drop[p, n] else a for n, a in enumerate(row)] for p, row in enumerate(d.answers)]
+    scores = np.where(drop[:, :, None], np.nanmax(d.scores, axis=(0, 1)), d.scores) if top_scores else d.scores
+    return VerificationData(scores, answers, d.verifier_names, d.verifier_kinds, d.correct & ~drop), drop
+
+
+def test_unanswered_candidates_are_never_selected_by_default_but_were_with_keep(tmp_path):
+    d, drop = _without_answers(make_suite_set("judge_draws", num_problems=48, num_candidates=16, seed=2), 0.1, 0)
+    # one problem without any extracted answer keeps its candidates (data without answer extraction)
+    answers = [list(r) for r in d.answers]
+    answers[0] = [None] * d.num_candidates
+    d = VerificationData(d.scores, answers, d.verifier_names, d.verifier_kinds, d.correct)
+    out = drop.copy()
+    out[0] = False
+    w = Weaver().fit(d, "label_free")
+    assert w.report_["unanswered"] == {"policy": "exclude", "excluded_candidates": int(out.sum()),
+                                       "problems": int(out.any(axis=1).sum())}
+    P = d.num_problems
+    for selector in ("label_model", "pooled_mean", "majority_vote"):
+        assert not out[np.arange(P), w.select_with(d, selector)].any(), selector
+    s = w.score(d)
+    assert (s[out] == 0.0).all() and (s[0] > 0.0).any()
+    keep = Weaver(unanswered="keep").fit(d, "label_free")
+    assert keep.report_["unanswered"]["excluded_candidates"] == 0
+    picked = keep.select(d)
+    assert out[np.arange(P), picked].sum() >= 5  # top-scored unanswered candidates win when they count
+    y = d.correct
+    assert y[np.arange(P), w.select(d)].mean() > y[np.arange(P), picked].mean() + 0.1
+    # binary path: an excluded candidate scores 0 as a padding slot does
+    wb = Weaver("moment_matching", guard=False, problem_offsets=False, group_verifiers=False).fit(d, "label_free")
+    assert (wb.score(d)[out] == 0.0).all()
+    # persisted; models saved before the option load its old behaviour
+    w.save(tmp_path / "w")
+    w2 = Weaver.load(tmp_path / "w")
+    assert w2.unanswered == "exclude"
+    np.testing.assert_array_equal(w2.select(d), w.select(d))
+    state = json.loads((tmp_path / "w" / "weaver.json").read_text())
+    del state["unanswered"]
+    (tmp_path / "w" / "weaver.json").write_text(json.dumps(state))
+    assert Weaver.load(tmp_path / "w").unanswered == "keep"
+    with pytest.raises(ConfigError, match="unanswered"):
+        Weaver(unanswered="drop")

@@ -54,6 +54,7 @@ __all__ = [
     "tie_rate",
     "pool_by_answer",
     "ANSWER_POOLING",
+    "UNANSWERED",
     "Weaver",
 ]
 
@@ -63,6 +64,9 @@ MODES = ("label_free", "few_labels", "transductive")
 ANSWER_POOLING = ("none", "sum")
 #: Tie-break policies of :func:`select_candidates` / :class:`Weaver`.
 TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
+#: What a candidate without an extracted answer is where another candidate of its problem has one
+#: (:class:`Weaver` ``unanswered``).
+UNANSWERED = ("exclude", "keep")
 #: The guard's evaluator: an answer-level model with the default settings (which estimate, per source, how much of
 #: its error the candidates of one answer share: ``dependence="icc"``), fitted on the other half of the problems.
 GUARD_EVALUATOR: dict[str, Any] = {}
@@ -640,6 +644,19 @@ class Weaver:
             problem-level shift are left (almost) as they are; ``report_["problem_offsets"]`` gives each source's
             estimated shift variance ``tau2`` (also with ``False``, as a diagnostic). Not in the paper, which fits
             one score distribution per class across problems.
+        unanswered: a candidate without an extracted answer (``None``), in a problem where another candidate has
+            one: ``"exclude"`` (default) - it is not a candidate of the label model, the guard or its selectors:
+            never selected, its scores dropped, the answer counts and shares taken over the answered candidates
+            (as majority vote does); ``"keep"`` - it is an answer of its own (the behaviour before session 25, and
+            of models saved before). Graders of best-of-N data compare the extracted answer with the reference, so
+            a candidate whose answer could not be extracted is wrong; kept, each is a singleton answer whose
+            verifier scores (a judge often rates a truncated but well-reasoned response highly) compete with the
+            real answers, and the extra singletons distort the answer-count model. On the suite's judge sets with
+            5 % of the answers removed, Weaver fell from +14.8 to -11.3 points against max(majority vote, mean
+            verifier) on ``judge_draws_prob`` with ``"keep"`` (``benchmarks/diag_weaver_unanswered.py``,
+            BENCHMARKS.md). A problem with no extracted answer at all keeps every candidate, each its own answer
+            (data without answer extraction, e.g. code). Not in the paper. ``report_["unanswered"]`` counts the
+            candidates excluded.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -650,7 +667,7 @@ class Weaver:
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
                  guard_gap: float = 2.0, guard_check: bool = True, problem_offsets: bool | str = "auto",
-                 seed: int = 0) -> None:
+                 unanswered: str = "exclude", seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -681,6 +698,9 @@ class Weaver:
         if problem_offsets not in (True, False, "auto"):
             raise ConfigError(f"problem_offsets must be True, False or 'auto', got {problem_offsets!r}.")
         self.problem_offsets_setting: bool | str = problem_offsets
+        if unanswered not in UNANSWERED:
+            raise ConfigError(f"unanswered must be one of {UNANSWERED}, got {unanswered!r}.")
+        self.unanswered = unanswered
         self.problem_offsets = self.answer_level if problem_offsets == "auto" else bool(problem_offsets)
         if self.problem_offsets and not self.answer_level:
             raise ConfigError("problem_offsets=True needs the answer-level label model (label_model='answer_level'); "
@@ -722,7 +742,8 @@ class Weaver:
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
-                   guard_check=self.guard_check, problem_offsets=self.problem_offsets_setting, seed=self.seed)
+                   guard_check=self.guard_check, problem_offsets=self.problem_offsets_setting,
+                   unanswered=self.unanswered, seed=self.seed)
         return w
 
     @staticmethod
@@ -739,10 +760,23 @@ class Weaver:
                             f"{self.input_names_}; pass the same verifiers in the same order "
                             f"(VerificationData.select_verifiers).")
 
+    def _excluded(self, data: VerificationData) -> np.ndarray:
+        """``(P, N)`` True for a candidate without an extracted answer in a problem where another candidate has one,
+        with ``unanswered="exclude"`` (all False with ``"keep"``)."""
+        ids = data.answer_ids()
+        if self.unanswered == "keep":
+            return np.zeros(ids.shape, dtype=bool)
+        return (ids < 0) & (ids >= 0).any(axis=1, keepdims=True)
+
     def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
-        """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups."""
+        """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups; an excluded
+        unanswered candidate (:meth:`_excluded`) gets NaN everywhere, so that it is a padding slot to the label
+        model and no selector picks it."""
         norm = self.normalizer.transform(data.scores)
         pooled = pool_groups(norm, self.groups_)
+        out = self._excluded(data)
+        if out.any():
+            pooled = np.where(out[:, :, None], np.nan, pooled)
         pm = nan_mean(pooled, axis=2)
         return pooled, pm
 
@@ -804,10 +838,13 @@ class Weaver:
             group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
         self.input_names_ = names
         source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
+        out = self._excluded(data)
         report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
                                   "n_candidates": data.num_candidates, "verifier_groups": group_report,
                                   "sources": source_names,
-                                  "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size)}
+                                  "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size),
+                                  "unanswered": {"policy": self.unanswered, "excluded_candidates": int(out.sum()),
+                                                 "problems": int(out.any(axis=1).sum())}}
         pooled, pm = self._sources(data)
         if self.answer_level:
             fit_args = (mode, correct, dev_idx, source_names)
@@ -1072,8 +1109,9 @@ class Weaver:
             return self._score_cache[1].copy()
         votes = self.binarizer.transform(self._binary_columns(data, pooled))[:, :, self.filter.kept_]
         proba = self.label_model_.predict_proba(self._flat(votes))[:, 1].reshape(votes.shape[0], votes.shape[1])
-        # a padding slot (no answer, no score) abstains everywhere and would get the class prior: it is no candidate
-        return np.where(data.present(), proba, 0.0)
+        # a padding slot (no answer, no score) abstains everywhere and would get the class prior: it is no candidate;
+        # nor is an excluded unanswered candidate (its pooled scores are NaN)
+        return np.where(data.present() & ~self._excluded(data), proba, 0.0)
 
     def secondary_scores(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
@@ -1129,7 +1167,7 @@ class Weaver:
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
             "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap,
             "guard_check": self.guard_check, "choice": self.choice_, "seed": self.seed,
-            "problem_offsets": self.problem_offsets_setting,
+            "problem_offsets": self.problem_offsets_setting, "unanswered": self.unanswered,
             "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "report": self.report_}
@@ -1162,7 +1200,7 @@ class Weaver:
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
                 group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
                 guard_check=st.get("guard_check", True), problem_offsets=st.get("problem_offsets", False),
-                seed=st["seed"], **kw)
+                unanswered=st.get("unanswered", "keep"), seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
