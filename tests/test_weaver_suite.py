@@ -719,3 +719,7 @@ def test_unanswered_candidates_are_never_selected_by_default_but_were_with_keep(
     assert Weaver.load(tmp_path / "w").unanswered == "keep"
     with pytest.raises(ConfigError, match="unanswered"):
         Weaver(unanswered="drop")
+    # labels that score an unanswered candidate correct contradict the default: said where labels are read
+    labelled = VerificationData(d.scores, d.answers, d.verifier_names, d.verifier_kinds, d.correct | out)
+    with pytest.warns(UserWarning, match="unanswered='keep'"):
+        Weaver(guard=False).fit(labelled, "transductive")

@@ -29,6 +29,7 @@ Lightning-free (numpy + the numpy label models).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -839,6 +840,11 @@ class Weaver:
         self.input_names_ = names
         source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
         out = self._excluded(data)
+        if correct is not None and (out & correct).any():
+            warnings.warn(f"{int((out & correct).sum())} candidates without an extracted answer are labelled correct; "
+                          f"with unanswered='exclude' (default) Weaver never selects such a candidate where another "
+                          f"candidate of its problem has an answer. If your grader scores responses whose answer "
+                          f"could not be extracted, pass Weaver(unanswered='keep').", UserWarning, stacklevel=2)
         report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
                                   "n_candidates": data.num_candidates, "verifier_groups": group_report,
                                   "sources": source_names,
