@@ -657,7 +657,8 @@ class Weaver:
             verifier) on ``judge_draws_prob`` with ``"keep"`` (``benchmarks/diag_weaver_unanswered.py``,
             BENCHMARKS.md). A problem with no extracted answer at all keeps every candidate, each its own answer
             (data without answer extraction, e.g. code). Not in the paper. ``report_["unanswered"]`` counts the
-            candidates excluded.
+            candidates excluded; in ``few_labels`` / ``transductive`` mode a warning says when the labels score an
+            excluded candidate correct.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
