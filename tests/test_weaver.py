@@ -524,9 +524,10 @@ def test_cli_select_writes_scores(tmp_path, capsys):
         load_weaver_table(path)))
     assert "ans ties" in out and "label_model" in out.split("weaver[label_free]")[1].splitlines()[0]
     assert main(["select", "--data", str(path), "--out", str(tmp_path / "mm"), "--label-model", "moment_matching",
-                 "--binarize", "prior", "--no-guard"]) == 0
+                 "--binarize", "prior", "--no-guard", "--unanswered", "keep"]) == 0
     cfg = load_json(tmp_path / "mm" / "weaver" / "weaver.json")
-    assert cfg["label_model"] == "moment_matching" and cfg["guard"] is False
+    assert cfg["label_model"] == "moment_matching" and cfg["guard"] is False and cfg["unanswered"] == "keep"
+    assert load_json(tmp_path / "out" / "weaver" / "weaver.json")["unanswered"] == "exclude"
 
 
 def test_top_answer_tie_rate_counts_only_ties_between_answers():

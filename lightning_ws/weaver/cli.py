@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lightning_ws.errors import LightningWSError
-from lightning_ws.weaver.select import _NORM_METHODS, BINARIZE_METHODS, TIE_BREAKS
+from lightning_ws.weaver.select import _NORM_METHODS, BINARIZE_METHODS, TIE_BREAKS, UNANSWERED
 
 __all__ = ["main", "build_parser"]
 
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-guard", action="store_true",
                     help="always use the label model (default: the label-free guard may fall back to the pooled "
                          "mean score or majority vote and says so in the report)")
+    sp.add_argument("--unanswered", default=None, choices=list(UNANSWERED),
+                    help="a candidate without an extracted answer where another candidate of its problem has one "
+                         "(default: Weaver's, 'exclude': never selected; 'keep': an answer of its own)")
     sp.add_argument("--score-mode", default="label_free", choices=["label_free", "few_labels", "transductive"],
                     help="supervision mode of the Weaver fit whose scores are written to --out (default label_free)")
     sp.add_argument("--out", type=Path, default=None, help="folder for report.json, the model and the scores")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def weaver_kwargs(args: argparse.Namespace) -> dict:
     """The ``Weaver(...)`` arguments the user set on the command line; every other one keeps Weaver's default."""
-    kw = {k: getattr(args, k) for k in ("label_model", "normalize", "binarize", "threshold", "tie_break")
+    kw = {k: getattr(args, k) for k in ("label_model", "normalize", "binarize", "threshold", "tie_break", "unanswered")
           if getattr(args, k) is not None}
     if args.no_guard:
         kw["guard"] = False
