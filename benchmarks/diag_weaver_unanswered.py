@@ -31,7 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from diag_weaver_few_candidates import issue_regime_sets
 
-from lightning_ws.weaver.data import VerificationData
+from lightning_ws.weaver.data import VerificationData, unanswered_candidates
 from lightning_ws.weaver.report import naive_ensemble_scores, suite_report
 from lightning_ws.weaver.select import ScoreNormalizer, select_candidates
 from lightning_ws.weaver.suite import SUITE, make_set
@@ -48,8 +48,7 @@ def drop_answers(data: VerificationData, share: float, seed: int) -> Verificatio
 def answered_mean_select(data: VerificationData) -> np.ndarray:
     """The mean normalised verifier score over the answered candidates (every candidate where a problem has none)."""
     mean_v = naive_ensemble_scores(ScoreNormalizer("quantile").fit_transform(data.scores))
-    ids = data.answer_ids()
-    out = (ids < 0) & (ids >= 0).any(axis=1, keepdims=True)
+    out = unanswered_candidates(data.answer_ids())
     return select_candidates(np.where(out, np.nan, mean_v), tie_break="first")[0]
 
 

@@ -14,6 +14,7 @@ from lightning_ws.weaver.data import (
     load_gsm8k_verification,
     load_weaver_table,
     present_candidates,
+    unanswered_candidates,
 )
 from lightning_ws.weaver.select import (
     MODES,
@@ -59,4 +60,5 @@ __all__ = [
     "present_candidates",
     "select_candidates",
     "tie_rate",
+    "unanswered_candidates",
 ]

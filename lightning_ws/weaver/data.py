@@ -56,6 +56,14 @@ def present_candidates(answer_ids: np.ndarray, scores: np.ndarray) -> np.ndarray
     return (np.asarray(answer_ids) >= 0) | ~np.isnan(np.asarray(scores, dtype=np.float64)).all(axis=2)
 
 
+def unanswered_candidates(answer_ids: np.ndarray) -> np.ndarray:
+    """``(P, N)`` True for a candidate without an extracted answer (``answer_ids < 0``) in a problem where another
+    candidate has one: the candidates ``Weaver(unanswered="exclude")`` never selects. A problem without any extracted
+    answer has none (its candidates stay each its own answer)."""
+    ids = np.asarray(answer_ids)
+    return (ids < 0) & (ids >= 0).any(axis=1, keepdims=True)
+
+
 def _norm_answer(a: Any) -> str | None:
     if a is None:
         return None

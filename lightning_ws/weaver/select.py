@@ -39,7 +39,7 @@ import numpy as np
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.io import to_jsonable as _jsonable
 from lightning_ws.weaver._numeric import nan_mean, quantile_interp
-from lightning_ws.weaver.data import VerificationData
+from lightning_ws.weaver.data import VerificationData, unanswered_candidates
 from lightning_ws.weaver.structure import pool_groups
 
 __all__ = [
@@ -765,10 +765,9 @@ class Weaver:
     def _excluded(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` True for a candidate without an extracted answer in a problem where another candidate has one,
         with ``unanswered="exclude"`` (all False with ``"keep"``)."""
-        ids = data.answer_ids()
         if self.unanswered == "keep":
-            return np.zeros(ids.shape, dtype=bool)
-        return (ids < 0) & (ids >= 0).any(axis=1, keepdims=True)
+            return np.zeros((data.num_problems, data.num_candidates), dtype=bool)
+        return unanswered_candidates(data.answer_ids())
 
     def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
         """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups; an excluded
