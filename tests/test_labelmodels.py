@@ -173,6 +173,10 @@ def test_class_balance_sources():
         DawidSkene().fit(d.L, [0.2, 0.3, 0.5])
     with pytest.raises(ConfigError, match="class_balance must"):
         DawidSkene().fit(d.L, "oracle")
+    with pytest.raises(ConfigError, match=r"num_classes=2"):  # fit(L, k), the cardinality slip, names the fix
+        DawidSkene().fit(d.L, 2)
+    with pytest.raises(ConfigError, match=r"num_classes=3"):
+        MajorityVote().fit(d.L, np.int64(3))
 
 
 def test_uncovered_rows_flagged_and_get_prior():

@@ -101,6 +101,11 @@ def resolve_class_balance(class_balance: Any, k: int, dev_y: np.ndarray | None) 
             return (counts + 1.0) / (counts.sum() + k), "dev"
         raise ConfigError(f"class_balance must be an array of {k} probabilities or one of "
                           f"{CLASS_BALANCE_MODES}, got {class_balance!r}.")
+    if isinstance(class_balance, (int, np.integer)) and not isinstance(class_balance, bool):
+        raise ConfigError(f"class_balance got the integer {int(class_balance)}; it takes {k} probabilities (one per "
+                          f"class) or one of {CLASS_BALANCE_MODES}. To set the number of classes, pass it to the "
+                          f"model instead: make_label_model(name, num_classes={int(class_balance)}) (snorkel's "
+                          f"cardinality).")
     p = np.asarray(_to_numpy(class_balance, "class_balance"), dtype=np.float64).reshape(-1)
     if p.shape[0] != k or not np.all(np.isfinite(p)) or (p < 0).any():
         raise ConfigError(f"class_balance must hold {k} finite non-negative probabilities (one per class), got "
