@@ -183,6 +183,14 @@ def test_majority_vote_pseudo_verifier_edge_cases():
     np.testing.assert_allclose(out[4], [1, 1, 1, 1, 0, 0])
     np.testing.assert_array_equal(majority_vote_select(ids), [0, 0, 0, 0, 0])
     np.testing.assert_array_equal(majority_vote_select(np.array([[-1, 3, 2, 2]])), [2])
+    # a VerificationData is accepted as is; an array of answer strings gets an error naming the fix
+    data = VerificationData(scores=np.zeros((2, 3, 1)), answers=[["7", "8", "8"], ["1", None, "1"]], verifier_names=["v"])
+    np.testing.assert_array_equal(majority_vote_select(data), [1, 0])
+    np.testing.assert_array_equal(majority_vote_scores(data), majority_vote_scores(data.answer_ids()))
+    with pytest.raises(DataError, match=r"integer array of answer codes.*answer_ids\(\)"):
+        majority_vote_select(np.array([["7", "8", "8"]]))
+    with pytest.raises(DataError, match="answer codes"):
+        majority_vote_scores(np.zeros((2, 3, 1), dtype=int))
 
 
 def test_normalizer_methods_and_nan_handling():

@@ -95,7 +95,19 @@ MV_NAME = "majority_vote"
 # Step 0: majority-vote pseudo-verifier and simple baselines
 # ----------------------------------------------------------------------------------------------------------------
 
-def majority_vote_scores(answer_ids: np.ndarray) -> np.ndarray:
+def _answer_id_array(answer_ids: Any) -> np.ndarray:
+    """``(P, N)`` integer answer codes from an array or a :class:`VerificationData` (a clear error otherwise)."""
+    if isinstance(answer_ids, VerificationData):
+        return answer_ids.answer_ids()
+    ids = np.asarray(answer_ids)
+    if ids.ndim != 2 or (ids.size and ids.dtype.kind not in "iu"):
+        raise DataError(f"answer_ids must be a (P, N) integer array of answer codes (-1 = no answer) or a "
+                        f"VerificationData; got shape {ids.shape}, dtype {ids.dtype}. VerificationData.answer_ids() "
+                        f"gives the codes of a data set.")
+    return ids
+
+
+def majority_vote_scores(answer_ids: np.ndarray | VerificationData) -> np.ndarray:
     """Min-max scaled answer frequency per problem (Weaver's MV pseudo-verifier, arXiv 2506.18203, spec Step 0).
 
     Each candidate gets ``(f(a_n) - min_a f) / (max_a f - min_a f)`` over the answers ``a`` present in its problem;
@@ -104,14 +116,13 @@ def majority_vote_scores(answer_ids: np.ndarray) -> np.ndarray:
     counts ``NO_ANSWER`` as an answer, which lets a crowd of failed extractions become "the majority").
 
     Args:
-        answer_ids: ``(P, N)`` int answer codes per problem, ``-1`` = no answer.
+        answer_ids: ``(P, N)`` int answer codes per problem, ``-1`` = no answer, or a :class:`VerificationData`
+            (its :meth:`~VerificationData.answer_ids`).
 
     Returns:
         ``(P, N)`` float64 in ``[0, 1]``.
     """
-    ids = np.asarray(answer_ids)
-    if ids.ndim != 2:
-        raise DataError(f"answer_ids must have shape (P, N); got {ids.shape}.")
+    ids = _answer_id_array(answer_ids)
     out = np.zeros(ids.shape, dtype=np.float64)
     for p in range(ids.shape[0]):
         row = ids[p]
@@ -124,16 +135,20 @@ def majority_vote_scores(answer_ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def majority_vote_select(answer_ids: np.ndarray, k: int | None = None) -> np.ndarray:
+def majority_vote_select(answer_ids: np.ndarray | VerificationData, k: int | None = None) -> np.ndarray:
     """Majority vote over the first ``k`` candidates (reference ``"one_sample"`` rule, spec §8).
 
     The most frequent extracted answer wins (candidates without an answer excluded; equal counts go to the answer
     that appears first) and the first candidate carrying it is selected. A problem without any answer selects 0.
 
+    Args:
+        answer_ids: ``(P, N)`` int answer codes per problem, ``-1`` = no answer, or a :class:`VerificationData`.
+        k: use only the first ``k`` candidates (default all).
+
     Returns:
         ``(P,)`` int64 selected candidate indices.
     """
-    ids = np.asarray(answer_ids)
+    ids = _answer_id_array(answer_ids)
     k = ids.shape[1] if k is None else int(k)
     if not 1 <= k <= ids.shape[1]:
         raise ConfigError(f"k must lie in [1, {ids.shape[1]}], got {k}.")
