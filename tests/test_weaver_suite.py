@@ -674,6 +674,45 @@ def test_count_check_option_is_validated_and_persisted():
     assert AnswerLevelModel.from_state_dict(state).count_check is None  # saved before the option: its old behaviour
 
 
+
+def test_rho_check_stops_the_within_answer_correlation_collapsing_to_zero():
+    # Development data (session 26): one weak judge's 32 draws, 64 problems x 16 candidates. EM's posterior sorts the
+    # answers by the judge's own scores, the residual variance given the class shrinks and the within-answer
+    # correlation comes out 0: every candidate of an answer counts as independent evidence, the judge is over-trusted
+    # and the label model falls below majority vote and the mean judge. The check floors rho at the estimate under
+    # the counts-only posterior (no score in it).
+    d = make_suite_set("judge_vs_majority", num_problems=64, num_candidates=16, seed=9600)
+    y, P = d.correct, d.num_problems
+    fits = {rc: Weaver(guard=False, label_model_kwargs={"rho_check": rc}).fit(d) for rc in (0.5, None)}
+    acc = {rc: float(y[np.arange(P), w.select_with(d, "label_model")].mean()) for rc, w in fits.items()}
+    base = max(float(y[np.arange(P), fits[None].select_with(d, k)].mean()) for k in ("pooled_mean", "majority_vote"))
+    on, off = (fits[rc].report_["answer_model"] for rc in (0.5, None))
+    rho_counts = on["rho_check"]["rho_counts_only"][0]
+    assert off["rho_check"] is None and off["within_answer_correlation"][0] < 0.5 * rho_counts, (off, rho_counts)
+    assert on["rho_check"]["held_at_counts_only"] == [True]
+    assert on["within_answer_correlation"][0] == pytest.approx(rho_counts)
+    assert acc[None] < base < acc[0.5], (acc, base)
+
+
+def test_rho_check_leaves_fits_without_a_collapse_alone_and_is_validated_and_persisted():
+    for name, size, n in (("rate_0.20", 200, 32), ("judges_and_rms", 200, 32), ("judge_draws", 64, 64)):
+        d = make_suite_set(name, num_problems=size, num_candidates=n, seed=9600)
+        on = Weaver(guard=False).fit(d)
+        off = Weaver(guard=False, label_model_kwargs={"rho_check": None}).fit(d)
+        assert not any(on.report_["answer_model"]["rho_check"]["held_at_counts_only"]), name
+        np.testing.assert_array_equal(on.select(d), off.select(d))
+    d = make_suite_set("rate_0.20", num_problems=100, num_candidates=16, seed=9601)
+    assert Weaver(guard=False).fit(d, "transductive").report_["answer_model"]["rho_check"] is None  # labels anchor
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="rho_check"):
+            AnswerLevelModel(rho_check=bad)
+    s = ScoreNormalizer().fit_transform(d.scores)
+    m = AnswerLevelModel(rho_check=0.3).fit(d.answer_ids(), s)
+    assert AnswerLevelModel.from_state_dict(m.state_dict()).rho_check == 0.3
+    state = m.state_dict()
+    del state["config"]["rho_check"]
+    assert AnswerLevelModel.from_state_dict(state).rho_check is None  # saved before the option
+
 def _without_answers(d, share: float, seed: int, *, top_scores: bool = True):
     """``d`` with the extracted answer of a random ``share`` of candidates removed (a grader scores them wrong); with
     ``top_scores`` their verifier scores are set to each verifier's highest, as a judge may rate a truncated response."""

@@ -24,7 +24,11 @@ class-conditional score distributions ``f1, f0`` without labels. The count param
 of the problems EM believes solvable (:func:`_fit_partition`), so the weight of agreement is anchored by how the
 answers are distributed, not only by what the verifiers say. Since session 24 the anchor is also checked
 (``count_check``): a count model that explains the answer partitions clearly worse than the prior fitted to the
-counts alone (:func:`_fit_partition_counts_only`) is replaced by that fit, and EM rerun with it held. The anchor
+counts alone (:func:`_fit_partition_counts_only`) is replaced by that fit, and EM rerun with it held. Since session
+26 the within-answer correlation is checked against the counts too (``rho_check``): EM's posterior sorts answers by
+the very scores whose residual variance gives ``rho``, so a fit that over-trusts a source estimates a ``rho`` near 0,
+counts every candidate of an answer as independent evidence and trusts the source more still; where EM's ``rho``
+falls under half of the one estimated under the counts-only posterior, that one is used. The anchor
 matters when a judge's error is shared by every candidate of an answer: with the previous, conditional prior
 (``agreement="learned"``: ``softmax_a(theta_1 log share_a + theta_2 log(1 - share_a))`` fitted to the answer
 posteriors) EM could trade agreement for an over-trusted judge, and lost to majority vote by up to 39 points on
@@ -218,12 +222,29 @@ class AnswerLevelModel:
             the counts cannot tell (hard multiple choice with one dominant distractor) the two fits are within a nat or
             two and EM's stays. Not with ``gamma`` or ``known`` given (labels anchor the fit). Models saved without this
             key load with ``None``.
+        rho_check: with ``dependence="icc"``, ``"candidates"`` evidence and the partition prior, label-free: the
+            floor, as a fraction, of each source's within-answer correlation relative to the one estimated under the
+            counts-only posterior (default 0.5, session 26; ``None`` = off). That posterior (the partition prior of
+            :func:`_fit_partition_counts_only`, no score) gives ``rho_counts``, the correlation of the source's scores
+            among an answer's candidates given the class, with the classes assigned by the counts alone. In every EM
+            step where the EM posterior's estimate falls under ``rho_check * rho_counts``, ``rho_counts`` is used for
+            that source. Why: EM's posterior sorts answers by the same scores whose residual variance estimates
+            ``rho``; a fit that over-trusts a source puts the highest-scored answer of each problem in the correct
+            class, which shrinks the residuals (the downward bias of variance estimates under classification), so
+            ``rho`` comes out near 0, each candidate of an answer counts as independent evidence and the source is
+            trusted more still. With 16 candidates per problem this fixed point was where the label model lost to
+            majority vote (one judge's draws: EM's ``rho`` 0-0.06 where the one under the true classes is 0.14-0.17
+            and ``rho_counts`` 0.16-0.19). ``rho_counts`` tends to err the other way (answers the counts misassign
+            inflate the residuals; 0.31-0.41 against 0.14-0.30 for a strong judge), so it serves only as a floor
+            against the collapse, not as the estimate. Reported as ``report_["rho_check"]``. Models saved without this key load with
+            ``None`` (it acts at fit time only).
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "partition",
                  evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "icc", orient: bool = True,
-                 orient_tol: float = 0.05, cross_source: bool = True, count_check: float | None = 6.64) -> None:
+                 orient_tol: float = 0.05, cross_source: bool = True, count_check: float | None = 6.64,
+                 rho_check: float | None = 0.5) -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
         if agreement not in AGREEMENT:
@@ -238,6 +259,10 @@ class AnswerLevelModel:
         if count_check is not None and not float(count_check) >= 0.0:
             raise ConfigError(f"count_check must be None or >= 0 (nats), got {count_check}.")
         self.count_check = None if count_check is None else float(count_check)
+        if rho_check is not None and not 0.0 <= float(rho_check) <= 1.0:
+            raise ConfigError(f"rho_check must be None or lie in [0, 1], got {rho_check}.")
+        self.rho_check = None if rho_check is None else float(rho_check)
+        self._rho_counts: np.ndarray | None = None  # rho under the counts-only posterior, for the rho check
         self.rho_: np.ndarray | None = None
         #: ``(between-answer covariance of the sources given the class (K, K), within-answer variances (K,))`` when
         #: the sources share answer-level errors (mean correlation > 0), else ``None``; see ``cross_source``
@@ -464,8 +489,15 @@ class AnswerLevelModel:
         # EM from several starts (scores and agreement, agreement only, scores only); keep the best likelihood
         starts = [(2.0, 1.0), (0.0, 2.0), (2.0, 0.0)] if self.use_agreement else [(2.0, 0.0)]
         best, sols = None, []
-        check = (self._partition and self.count_check is not None and gamma is None and clamp is None)
+        label_free = self._partition and gamma is None and clamp is None
+        check = label_free and self.count_check is not None
         counts_fit: tuple[np.ndarray, float] | None = None  # the counts-only partition prior and its log-likelihood
+        self._rho_counts = None
+        if label_free and self.rho_check is not None and self._icc_obs is not None:
+            co = _fit_partition_counts_only(groups)
+            counts_fit = (co, _count_log_likelihood(groups, co))
+            h = groups.masked(_partition_log_weight(groups, co))
+            self._rho_counts = _within_answer_icc(self._icc_obs, np.exp(h - groups.segment_logsumexp(h)[groups.problem]))
         for w_score, w_share in starts:
             v = groups.masked(w_score * g0 + w_share * ls)
             r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
@@ -518,6 +550,9 @@ class AnswerLevelModel:
                         "cross_source_correlation": None if self.xdep_ is None else _xdep_corr(self.xdep_).tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
                         "count_check": best.get("count_check"),
+                        "rho_check": None if self._rho_counts is None else {
+                            "rho_counts_only": self._rho_counts.tolist(), "floor_fraction": self.rho_check,
+                            "held_at_counts_only": best["rho_held"].tolist()},
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
                                                        for o in sols if oriented and all(o is not k for k in oriented)],
@@ -538,6 +573,7 @@ class AnswerLevelModel:
             counts: np.ndarray | None = None) -> dict[str, Any]:
         cand = self.evidence == "candidates"
         prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
+        rho_held = np.zeros(0, dtype=bool)
         for it in range(1, self.max_iter + 1):
             gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
             w = r[groups.group].ravel() if cand else r
@@ -554,6 +590,9 @@ class AnswerLevelModel:
             if cand and self.dependence == "icc":
                 resid = _class_residuals(self._icc_obs, r)  # one pass serves both dependence estimates
                 self.rho_ = _within_answer_icc(self._icc_obs, r, resid)
+                if self._rho_counts is not None:  # rho_check: EM's rho collapsed under the counts-only one's floor
+                    rho_held = self.rho_ < self.rho_check * self._rho_counts
+                    self.rho_ = np.where(rho_held, self._rho_counts, self.rho_)
                 if self.cross_source:
                     self.xdep_ = _cross_source_cov(self._icc_obs, r, resid)
             if self._partition:
@@ -571,7 +610,7 @@ class AnswerLevelModel:
                 break
             prev = ll
         return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
-                "it": it, "share_h": self.share_h_, "rho": self.rho_, "xdep": self.xdep_}
+                "it": it, "share_h": self.share_h_, "rho": self.rho_, "xdep": self.xdep_, "rho_held": rho_held}
 
     def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
         """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
@@ -626,7 +665,7 @@ class AnswerLevelModel:
                            "max_iter": self.max_iter, "tol": self.tol, "use_agreement": self.use_agreement,
                            "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
                            "orient_tol": self.orient_tol, "cross_source": self.cross_source,
-                           "count_check": self.count_check,
+                           "count_check": self.count_check, "rho_check": self.rho_check,
                            "evidence": self.evidence, "size_exponent": self.size_exponent},
                 "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
                 "rho": None if self.rho_ is None else self.rho_.tolist(),
@@ -640,7 +679,8 @@ class AnswerLevelModel:
     def from_state_dict(cls, state: dict[str, Any]) -> AnswerLevelModel:
         """Rebuild a fitted model from :meth:`state_dict` output."""
         # saved before a key existed: its old behaviour
-        m = cls(**{"dependence": "exponent", "cross_source": False, "count_check": None, **state["config"]})
+        m = cls(**{"dependence": "exponent", "cross_source": False, "count_check": None, "rho_check": None,
+                   **state["config"]})
         m.edges_ = None if state["edges"] is None else [np.asarray(e, dtype=np.float64) for e in state["edges"]]
         m.log_f_ = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in state["log_f"]]
         m.re_ = None if state["re"] is None else [tuple(x) for x in state["re"]]
