@@ -233,8 +233,8 @@ class AnswerLevelModel:
             class, which shrinks the residuals (the downward bias of variance estimates under classification), so
             ``rho`` comes out near 0, each candidate of an answer counts as independent evidence and the source is
             trusted more still. With 16 candidates per problem this fixed point was where the label model lost to
-            majority vote (one judge's draws: EM's ``rho`` 0-0.06 where the one under the true classes is 0.14-0.17
-            and ``rho_counts`` 0.16-0.19). ``rho_counts`` tends to err the other way (answers the counts misassign
+            majority vote (one judge's draws: EM's ``rho`` 0-0.07 where the one under the true classes is 0.14-0.17
+            and ``rho_counts`` 0.15-0.19). ``rho_counts`` tends to err the other way (answers the counts misassign
             inflate the residuals; 0.31-0.41 against 0.14-0.30 for a strong judge), so it serves only as a floor
             against the collapse, not as the estimate. Reported as ``report_["rho_check"]``. Models saved without this key load with
             ``None`` (it acts at fit time only).
