@@ -68,14 +68,21 @@ def main() -> None:
     label = args.count_check
     # the label model and the guard's evaluators are built with the constructor default: set it for this run
     AnswerLevelModel.__init__.__kwdefaults__["count_check"] = None if label == "none" else float(label)
+    print_gaps("count_check", label, jobs(args.parts.split(",")))
+
+
+def print_gaps(option: str, label: str, items) -> None:
+    """Fit ``suite_report`` on every ``(tag, data, seed)`` of ``items`` and print, per tag and per part (the tag's
+    prefix before ``/``), Weaver - max(majority vote, mean verifier) in points: mean / min / seeds more than 0.5
+    below. Shared by the ``dev_weaver_*_check.py`` scripts."""
     res: dict[str, list[float]] = defaultdict(list)
-    for tag, data, s in jobs(args.parts.split(",")):
+    for tag, data, s in items:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sa = suite_report(data, seed=s)["select_at_1"]
         res[tag].append(100 * (sa["weaver"] - max(sa["majority_vote"], sa["mean_verifier"])))
     cell = lambda v: f"{np.mean(v):+.2f} / {np.min(v):+.1f} / {int((np.array(v) < -0.5).sum())} of {len(v)}"
-    print("| count_check | set | Weaver - max(MV, mean): mean / min / seeds below |\n|---|---|---|")
+    print(f"| {option} | set | Weaver - max(MV, mean): mean / min / seeds below |\n|---|---|---|")
     parts: dict[str, list[float]] = defaultdict(list)
     for tag, v in res.items():
         parts[tag.split("/")[0]].extend(v)

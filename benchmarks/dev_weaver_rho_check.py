@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
-from collections import defaultdict
-
-import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from dev_weaver_count_check import print_gaps
 from dev_weaver_guard import DEV
 from diag_weaver_few_candidates import issue_regime_sets
 
 from lightning_ws.weaver.answer_model import AnswerLevelModel
-from lightning_ws.weaver.report import suite_report
 from lightning_ws.weaver.suite import SUITE, make_set, make_suite_set
 
 JUDGE_SETS = ("judge_draws", "judge_draws_prob", "judge_vs_majority")
@@ -69,20 +65,7 @@ def main() -> None:
     label = args.rho_check
     # the label model and the guard's evaluators are built with the constructor default: set it for this run
     AnswerLevelModel.__init__.__kwdefaults__["rho_check"] = None if label == "none" else float(label)
-    res: dict[str, list[float]] = defaultdict(list)
-    for tag, data, s in jobs(args.parts.split(",")):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sa = suite_report(data, seed=s)["select_at_1"]
-        res[tag].append(100 * (sa["weaver"] - max(sa["majority_vote"], sa["mean_verifier"])))
-    cell = lambda v: f"{np.mean(v):+.2f} / {np.min(v):+.1f} / {int((np.array(v) < -0.5).sum())} of {len(v)}"
-    print("| rho_check | set | Weaver - max(MV, mean): mean / min / seeds below |\n|---|---|---|")
-    parts: dict[str, list[float]] = defaultdict(list)
-    for tag, v in res.items():
-        parts[tag.split("/")[0]].extend(v)
-        print(f"| {label} | {tag} | {cell(v)} |", flush=True)
-    for part, v in parts.items():
-        print(f"| {label} | all {part} | {cell(v)} |")
+    print_gaps("rho_check", label, jobs(args.parts.split(",")))
 
 
 if __name__ == "__main__":
