@@ -146,6 +146,15 @@ class AnswerGroups:
         m = np.maximum.reduceat(v, self.starts)
         return m + np.log(np.add.reduceat(np.exp(v - m[self.problem]), self.starts))
 
+    def log_softmax(self, v: np.ndarray) -> np.ndarray:
+        """``(G,)`` log-softmax of ``(G,)`` values within each problem; a padding slot gets -inf (never chosen)."""
+        v = self.masked(v)
+        return v - self.segment_logsumexp(v)[self.problem]
+
+    def softmax(self, v: np.ndarray) -> np.ndarray:
+        """``(G,)`` softmax of ``(G,)`` values within each problem; a padding slot gets 0."""
+        return np.exp(self.log_softmax(v))
+
 
 class AnswerLevelModel:
     """Label-free EM over the correct answer of each problem (see the module docstring).
@@ -262,7 +271,6 @@ class AnswerLevelModel:
         if rho_check is not None and not 0.0 <= float(rho_check) <= 1.0:
             raise ConfigError(f"rho_check must be None or lie in [0, 1], got {rho_check}.")
         self.rho_check = None if rho_check is None else float(rho_check)
-        self._rho_counts: np.ndarray | None = None  # rho under the counts-only posterior, for the rho check
         self.rho_: np.ndarray | None = None
         #: ``(between-answer covariance of the sources given the class (K, K), within-answer variances (K,))`` when
         #: the sources share answer-level errors (mean correlation > 0), else ``None``; see ``cross_source``
@@ -350,8 +358,7 @@ class AnswerLevelModel:
         """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
         rs = np.add.reduceat(r, groups.starts)
         for _ in range(20):
-            v = groups.masked(beta * ls)
-            p = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            p = groups.softmax(beta * ls)
             m1 = np.add.reduceat(p * ls, groups.starts)
             m2 = np.add.reduceat(p * ls * ls, groups.starts)
             grad = float((r * ls).sum() - (rs * m1).sum())
@@ -389,8 +396,7 @@ class AnswerLevelModel:
         Gf = G[:, free]
         target = r @ Gf
         for _ in range(30):
-            v = groups.masked(G @ x)
-            pi = np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            pi = groups.softmax(G @ x)
             m1 = np.add.reduceat(pi[:, None] * Gf, groups.starts)
             m2 = np.add.reduceat(pi[:, None, None] * Gf[:, :, None] * Gf[:, None, :], groups.starts)
             grad = target - rs @ m1 - 1e-6 * x[free]
@@ -436,8 +442,7 @@ class AnswerLevelModel:
             h = _share_features(groups) @ self.share_h_
         else:
             h = np.log(groups.share) * (beta if self.use_agreement else 0.0)
-        h = groups.masked(h)  # a padding slot is never the correct answer
-        return h - groups.segment_logsumexp(h)[groups.problem]
+        return groups.log_softmax(h)  # a padding slot is never the correct answer
 
     def _posterior(self, groups: AnswerGroups, b: np.ndarray, beta: float, gamma: float
                    ) -> tuple[np.ndarray, float]:
@@ -491,25 +496,23 @@ class AnswerLevelModel:
         best, sols = None, []
         label_free = self._partition and gamma is None and clamp is None
         check = label_free and self.count_check is not None
+        rho_floor = label_free and self.rho_check is not None and self._icc_obs is not None
         counts_fit: tuple[np.ndarray, float] | None = None  # the counts-only partition prior and its log-likelihood
-        self._rho_counts = None
-        if label_free and self.rho_check is not None and self._icc_obs is not None:
+        rho_counts: np.ndarray | None = None  # rho under the counts-only posterior (rho_check)
+        if check or rho_floor:  # both checks compare against the one counts-only fit
             co = _fit_partition_counts_only(groups)
             counts_fit = (co, _count_log_likelihood(groups, co))
-            h = groups.masked(_partition_log_weight(groups, co))
-            self._rho_counts = _within_answer_icc(self._icc_obs, np.exp(h - groups.segment_logsumexp(h)[groups.problem]))
+            if rho_floor:
+                rho_counts = _within_answer_icc(self._icc_obs, groups.softmax(_partition_log_weight(groups, co)))
         for w_score, w_share in starts:
-            v = groups.masked(w_score * g0 + w_share * ls)
-            r = gamma0 * np.exp(v - groups.segment_logsumexp(v)[groups.problem])
+            r = gamma0 * groups.softmax(w_score * g0 + w_share * ls)
             if clamp is not None:
                 r = np.where(clamp, clamp_val, r)
             self.share_h_ = None  # every start learns its own agreement weights
             self.xdep_ = None
-            out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val), "start": [w_score, w_share]}
+            out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val, rho_counts=rho_counts),
+                   "start": [w_score, w_share]}
             if check:
-                if counts_fit is None:
-                    co = _fit_partition_counts_only(groups)
-                    counts_fit = (co, _count_log_likelihood(groups, co))
                 ll_em = _count_log_likelihood(groups, out["share_h"])
                 gap = max(counts_fit[1], ll_em) - ll_em
                 # the direction a shared verifier error drags it: the correct answer far less popular than the
@@ -520,7 +523,8 @@ class AnswerLevelModel:
                                       "correct_rate_counts_only": rate_co, "held_at_counts_only_fit": bool(hold)}
                 if hold:  # EM's count model is one the counts reject: rerun with it held
                     self.share_h_, self.xdep_ = None, None
-                    out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val, counts=counts_fit[0]),
+                    out = {**self._em(groups, b, sizes, r, ls, gamma, clamp, clamp_val, counts=counts_fit[0],
+                                      rho_counts=rho_counts),
                            "start": [w_score, w_share], "count_check": out["count_check"]}
             out["auroc"] = self._implied_auroc(out["log_f"], out["re"])
             sols.append(out)
@@ -550,8 +554,8 @@ class AnswerLevelModel:
                         "cross_source_correlation": None if self.xdep_ is None else _xdep_corr(self.xdep_).tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
                         "count_check": best.get("count_check"),
-                        "rho_check": None if self._rho_counts is None else {
-                            "rho_counts_only": self._rho_counts.tolist(), "floor_fraction": self.rho_check,
+                        "rho_check": None if rho_counts is None else {
+                            "rho_counts_only": rho_counts.tolist(), "floor_fraction": self.rho_check,
                             "held_at_counts_only": best["rho_held"].tolist()},
                         "inverted_solutions_dropped": [{"start": o["start"], "ll": o["ll"],
                                                         "mean_auroc": float(np.mean(o["auroc"]))}
@@ -570,7 +574,7 @@ class AnswerLevelModel:
 
     def _em(self, groups: AnswerGroups, b: np.ndarray, sizes: list[int], r: np.ndarray, ls: np.ndarray,
             gamma: float | None, clamp: np.ndarray | None, clamp_val: np.ndarray | None,
-            counts: np.ndarray | None = None) -> dict[str, Any]:
+            counts: np.ndarray | None = None, rho_counts: np.ndarray | None = None) -> dict[str, Any]:
         cand = self.evidence == "candidates"
         prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
         rho_held = np.zeros(0, dtype=bool)
@@ -590,9 +594,9 @@ class AnswerLevelModel:
             if cand and self.dependence == "icc":
                 resid = _class_residuals(self._icc_obs, r)  # one pass serves both dependence estimates
                 self.rho_ = _within_answer_icc(self._icc_obs, r, resid)
-                if self._rho_counts is not None:  # rho_check: EM's rho collapsed under the counts-only one's floor
-                    rho_held = self.rho_ < self.rho_check * self._rho_counts
-                    self.rho_ = np.where(rho_held, self._rho_counts, self.rho_)
+                if rho_counts is not None:  # rho_check: EM's rho collapsed under the counts-only one's floor
+                    rho_held = self.rho_ < self.rho_check * rho_counts
+                    self.rho_ = np.where(rho_held, rho_counts, self.rho_)
                 if self.cross_source:
                     self.xdep_ = _cross_source_cov(self._icc_obs, r, resid)
             if self._partition:
@@ -846,9 +850,7 @@ def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.n
     verifier score enters, so a verifier error cannot move it (``AnswerLevelModel(count_check=...)``)."""
     params: np.ndarray | None = None
     for _ in range(max_iter):
-        h = np.log(groups.share) if params is None else _partition_log_weight(groups, params)
-        h = groups.masked(h)
-        r = np.exp(h - groups.segment_logsumexp(h)[groups.problem])
+        r = groups.softmax(np.log(groups.share) if params is None else _partition_log_weight(groups, params))
         new = _fit_partition(groups, r, params)
         done = params is not None and float(np.max(np.abs(np.log(np.abs(new) + 1e-9)
                                                           - np.log(np.abs(params) + 1e-9)))) < 1e-4
