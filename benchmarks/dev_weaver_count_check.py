@@ -61,14 +61,20 @@ def jobs(parts: list[str]):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count-check", default="6.64", help="threshold in nats, or 'none'")
-    ap.add_argument("--parts", default="jdev,n16,shared")
+    run_check("count_check", "6.64", "threshold in nats, or 'none'", "jdev,n16,shared", jobs, __doc__)
+
+
+def run_check(option: str, default: str, help_text: str, parts: str, make_jobs, doc: str) -> None:
+    """Command line of the ``dev_weaver_*_check.py`` scripts: ``--<option> none|<value>`` sets that
+    ``AnswerLevelModel`` argument for the run, ``--parts`` picks the parts of ``make_jobs``, then :func:`print_gaps`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--" + option.replace("_", "-"), default=default, help=help_text)
+    ap.add_argument("--parts", default=parts)
     args = ap.parse_args()
-    label = args.count_check
+    label = getattr(args, option)
     # the label model and the guard's evaluators are built with the constructor default: set it for this run
-    AnswerLevelModel.__init__.__kwdefaults__["count_check"] = None if label == "none" else float(label)
-    print_gaps("count_check", label, jobs(args.parts.split(",")))
+    AnswerLevelModel.__init__.__kwdefaults__[option] = None if label == "none" else float(label)
+    print_gaps(option, label, make_jobs(args.parts.split(",")))
 
 
 def print_gaps(option: str, label: str, items) -> None:

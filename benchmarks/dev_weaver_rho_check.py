@@ -19,16 +19,14 @@ on one core.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from dev_weaver_count_check import print_gaps
+from dev_weaver_count_check import run_check
 from dev_weaver_guard import DEV
 from diag_weaver_few_candidates import issue_regime_sets
 
-from lightning_ws.weaver.answer_model import AnswerLevelModel
 from lightning_ws.weaver.suite import SUITE, make_set, make_suite_set
 
 JUDGE_SETS = ("judge_draws", "judge_draws_prob", "judge_vs_majority")
@@ -58,14 +56,7 @@ def jobs(parts: list[str]):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rho-check", default="0.5", help="floor fraction in [0, 1], or 'none'")
-    ap.add_argument("--parts", default="n16a,n16b,n64,multi")
-    args = ap.parse_args()
-    label = args.rho_check
-    # the label model and the guard's evaluators are built with the constructor default: set it for this run
-    AnswerLevelModel.__init__.__kwdefaults__["rho_check"] = None if label == "none" else float(label)
-    print_gaps("rho_check", label, jobs(args.parts.split(",")))
+    run_check("rho_check", "0.5", "floor fraction in [0, 1], or 'none'", "n16a,n16b,n64,multi", jobs, __doc__)
 
 
 if __name__ == "__main__":
