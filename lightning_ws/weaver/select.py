@@ -57,6 +57,7 @@ __all__ = [
     "ANSWER_POOLING",
     "UNANSWERED",
     "Weaver",
+    "guard_fold_count",
 ]
 
 #: Supervision modes of :meth:`Weaver.fit`.
@@ -69,11 +70,26 @@ TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
 #: (:class:`Weaver` ``unanswered``).
 UNANSWERED = ("exclude", "keep")
 #: The guard's evaluator: an answer-level model with the default settings (which estimate, per source, how much of
-#: its error the candidates of one answer share: ``dependence="icc"``), fitted on the other half of the problems.
+#: its error the candidates of one answer share: ``dependence="icc"``), fitted on the other folds of the problems
+#: (:func:`guard_fold_count`).
 GUARD_EVALUATOR: dict[str, Any] = {}
 #: The guard's second opinion: an answer-level model that weights an answer's candidates by the fixed ``size ** 0.5``
-#: instead (``dependence="exponent"``), fitted like the evaluator on the other half.
+#: instead (``dependence="exponent"``), fitted like the evaluator on the other folds.
 GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "exponent"}
+
+
+def guard_fold_count(num_problems: int) -> int:
+    """Number of cross-fitting folds of :class:`Weaver`'s guard for ``num_problems`` problems: ``512 //
+    num_problems`` clipped to 2..8 (8 folds up to 64 problems, 4 at 128, 2 from 171 on).
+
+    Each fold's estimates come from an evaluator fitted on the other folds, so more folds fit it on more problems
+    ((k - 1) / k of them) at about ``k - 1`` times the cost of one fit on all problems. With few problems the
+    halves of a 2-fold split (32 problems at 64) gave estimates that barely tracked the truth; 8 folds keep the
+    evaluator's fits on 56 of 64. ``(k - 1) * num_problems`` stays at most 448 below 171 problems, where the guard
+    keeps the 2-fold split it always had (until session 27 at every size). The constant 512 is ours (development seeds
+    9600-9611 / 9700-9711 at 64 problems, 2, 4 and 8 folds tried; BENCHMARKS.md, issue 17, session 27).
+    """
+    return int(min(8, max(2, 512 // max(int(num_problems), 1))))
 
 
 def _kwargs_text(kw: dict[str, Any]) -> str:
@@ -606,10 +622,10 @@ class Weaver:
          label-free :class:`~lightning_ws.weaver.ordinal.BinnedDawidSkene` posterior, which also supplies the
          label-free prior), :class:`VerifierFilter` (never drops every real verifier), then the label model;
     4. the **guard** (``guard=True``, default): choose between the label model, the pooled mean score and
-       answer-level majority vote by their *2-fold cross-fitted estimated accuracy*: problems are split in two
-       seeded halves; an answer-level model fitted on one half estimates P(correct) of every candidate of the
-       other half, under each of its EM solutions within ``guard_gap`` nats of its best likelihood, and a
-       selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
+       answer-level majority vote by their *cross-fitted estimated accuracy*: problems are split in
+       :func:`guard_fold_count` seeded folds (2 from 171 problems on, up to 8 for 64 or fewer); an answer-level
+       model fitted on the other folds estimates P(correct) of every candidate of a fold, under each of its EM
+       solutions within ``guard_gap`` nats of its best likelihood, and a selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
        of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
        vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
        under every such solution. The evaluator is the default answer-level model, which estimates from the data
@@ -1014,8 +1030,9 @@ class Weaver:
     def _run_guard(self, data: VerificationData, pooled: np.ndarray, pm: np.ndarray, mode: str,
                    dev_idx: np.ndarray | None) -> dict[str, Any]:
         P = data.num_problems
-        criterion = ("2-fold cross-fitted estimated accuracy: each selector's mean P(correct) at its picks, P(correct) "
-                     "from an answer-level model fitted label-free on the other half of the problems - under every EM "
+        criterion = (f"{guard_fold_count(P)}-fold cross-fitted estimated accuracy (folds: 512 // problems, clipped to "
+                     "2..8): each selector's mean P(correct) at its picks, P(correct) from an answer-level model "
+                     "fitted label-free on the other folds - under every EM "
                      f"solution within {self.guard_gap} nats of its best likelihood (fits the data cannot tell apart), "
                      "taking the lowest estimate; the label model's picks are those of its fit on all problems "
                      "(refits on 32-problem halves were unstable). The better of "
@@ -1029,9 +1046,11 @@ class Weaver:
                         if self.guard_check else ""))
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
-                    "note": f"{P} problems are too few for a 2-fold guard; the label model is used."}
+                    "note": f"{P} problems are too few for the cross-fitted guard; the label model is used."}
         perm = np.random.default_rng(self.seed + 7919).permutation(P)
-        folds = [np.sort(perm[: P // 2]), np.sort(perm[P // 2:])]
+        k = guard_fold_count(P)
+        cuts = [(i * P) // k for i in range(k + 1)]
+        folds = [np.sort(perm[cuts[i]: cuts[i + 1]]) for i in range(k)]
         ids = data.answer_ids()
         names = ("label_model", "pooled_mean", "majority_vote")
         full_lm = self.select_with(data, "label_model")
@@ -1091,18 +1110,18 @@ class Weaver:
                          fold_picks: list[dict[str, np.ndarray]], evaluator_kwargs: dict[str, Any]
                          ) -> list[dict[str, np.ndarray]]:
         """Per plausible evaluator solution: ``{selector: (P,) P(correct) at its picks}``, each fold scored by an
-        answer-level model (``evaluator_kwargs``) fitted label-free on the other fold."""
+        answer-level model (``evaluator_kwargs``) fitted label-free on the other folds."""
         from lightning_ws.weaver.answer_model import AnswerLevelModel
 
         P = ids.shape[0]
         names = tuple(fold_picks[0])
         per_problem: list[dict[str, np.ndarray]] = []  # one dict per plausible evaluator solution
-        for f in range(2):
-            here, other = folds[f], folds[1 - f]
+        for f, here in enumerate(folds):
+            other = np.sort(np.concatenate([g for j, g in enumerate(folds) if j != f]))
             evaluator = AnswerLevelModel(**evaluator_kwargs).fit(ids[other], pooled[other])
             qs = evaluator.plausible_probas(ids[here], pooled[here], max_loglik_gap=self.guard_gap)
             for s_i, q in enumerate(qs):
-                if s_i >= len(per_problem):  # a solution index missing in the other fold copies its best one
+                if s_i >= len(per_problem):  # a solution index new in this fold: earlier folds copy their best one
                     per_problem.append({k: v.copy() for k, v in per_problem[0].items()} if per_problem
                                        else {k: np.full(P, np.nan) for k in names})
                 for k, sel in fold_picks[f].items():
@@ -1110,7 +1129,7 @@ class Weaver:
             for s_i in range(len(qs), len(per_problem)):  # fewer plausible solutions here: reuse the best one
                 for k in names:
                     per_problem[s_i][k][here] = per_problem[0][k][here]
-        for pp in per_problem[1:]:  # solutions first seen in the second fold: fill the first fold from the best
+        for pp in per_problem[1:]:  # solutions first seen in a later fold: fill the earlier folds from the best
             for k in names:
                 pp[k] = np.where(np.isnan(pp[k]), per_problem[0][k], pp[k])
         return per_problem
