@@ -625,8 +625,8 @@ class Weaver:
        answer-level majority vote by their *cross-fitted estimated accuracy*: problems are split in
        :func:`guard_fold_count` seeded folds (2 from 171 problems on, up to 8 for 64 or fewer); an answer-level
        model fitted on the other folds estimates P(correct) of every candidate of a fold, under each of its EM
-       solutions within ``guard_gap`` nats of its best likelihood, and a selector's estimated accuracy is the mean of that estimate at its picks (the label model's picks are those
-       of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
+       solutions within ``guard_gap`` nats of its best likelihood, and a selector's estimated accuracy is the mean
+       of that estimate at its picks (the label model's picks are those of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
        vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
        under every such solution. The evaluator is the default answer-level model, which estimates from the data
        how much of each source's error the candidates of one answer share (a judge fooled the same way by every
@@ -1030,7 +1030,8 @@ class Weaver:
     def _run_guard(self, data: VerificationData, pooled: np.ndarray, pm: np.ndarray, mode: str,
                    dev_idx: np.ndarray | None) -> dict[str, Any]:
         P = data.num_problems
-        criterion = (f"{guard_fold_count(P)}-fold cross-fitted estimated accuracy (folds: 512 // problems, clipped to "
+        n_folds = guard_fold_count(P)
+        criterion = (f"{n_folds}-fold cross-fitted estimated accuracy (folds: 512 // problems, clipped to "
                      "2..8): each selector's mean P(correct) at its picks, P(correct) from an answer-level model "
                      "fitted label-free on the other folds - under every EM "
                      f"solution within {self.guard_gap} nats of its best likelihood (fits the data cannot tell apart), "
@@ -1048,9 +1049,8 @@ class Weaver:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
                     "note": f"{P} problems are too few for the cross-fitted guard; the label model is used."}
         perm = np.random.default_rng(self.seed + 7919).permutation(P)
-        k = guard_fold_count(P)
-        cuts = [(i * P) // k for i in range(k + 1)]
-        folds = [np.sort(perm[cuts[i]: cuts[i + 1]]) for i in range(k)]
+        cuts = [(i * P) // n_folds for i in range(n_folds + 1)]
+        folds = [np.sort(perm[cuts[i]: cuts[i + 1]]) for i in range(n_folds)]
         ids = data.answer_ids()
         names = ("label_model", "pooled_mean", "majority_vote")
         full_lm = self.select_with(data, "label_model")
