@@ -195,6 +195,36 @@ def test_auto_rejects_a_label_swapped_pick():
     assert "rejected" not in fine.fit_report_["selection"]
 
 
+def test_auto_uncovered_balance_vote_share_default_warns_and_em_option_on_a_spouse_shaped_matrix(tmp_path):
+    # The WRENCH-spouse shape of benchmarks/diag_wrench_shapes.py, seed 14: 8 % positives, 9 single-class LFs at 1-8 %
+    # coverage, 73 % of the rows without a vote. auto keeps majority vote, whose vote-share balance (the covered
+    # rows' class mix) names the rare class: those rows are almost all wrong. A label-free Dawid-Skene prior names
+    # the common class. The default keeps the vote shares (on real SMS LF subsets the EM prior was the one that
+    # named the rare class, benchmarks/diag_uncovered_balance.py) and warns that the two disagree.
+    R = make_regime_label_matrix(22254, k=2, m=9, lf_type="single", coverage=(0.01, 0.08), accuracy=(0.2, 0.8),
+                                 imbalance=11.5, accuracy_scale="above_chance", seed=14)
+    unc = ~(R.L >= 0).any(axis=1)
+    assert unc.mean() > 0.7
+    with pytest.warns(UserWarning, match=r"kept majority vote: 73% of the rows get no vote and take majority "
+                                         r"vote.s vote shares"):
+        default = AutoLabelModel(2).fit(R.L)
+    assert default.selected == "majority_vote/raw" and default.uncovered_balance == "vote_share"
+    report = default.fit_report_["uncovered_balance"]
+    assert report["source"] == "dawid_skene_em_prior" and np.argmax(report["em_prior"]) == 0
+    np.testing.assert_allclose(default.class_balance_, MajorityVote(2).fit(R.L).class_balance_)
+    assert (default.predict(R.L)[unc] == R.y[unc]).mean() < 0.05
+    em = AutoLabelModel(2, uncovered_balance="em").fit(R.L)
+    assert em.selected == "majority_vote/raw" and int(np.argmax(em.class_balance_)) == 0
+    assert (em.predict(R.L)[unc] == R.y[unc]).mean() > 0.95
+    np.testing.assert_array_equal(em.predict(R.L)[~unc], default.predict(R.L)[~unc])  # covered rows: majority vote
+    em.save(tmp_path / "em")
+    back = LabelModel.load(tmp_path / "em")
+    assert back.uncovered_balance == "em"
+    np.testing.assert_allclose(back.predict_proba(R.L), em.predict_proba(R.L))
+    with pytest.raises(ConfigError, match="uncovered_balance must be 'em' or 'vote_share'"):
+        AutoLabelModel(2, uncovered_balance="prior")
+
+
 def test_clustered_standard_error_counts_held_out_clusters_not_votes():
     from lightning_ws.labelmodels.auto import _macro, _macro_clustered_se
 

@@ -144,9 +144,18 @@ class AutoLabelModel(LabelModel):
     the covered fit rows where the pick's own argmax is a class no LF voted (the rows ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
-    LF abstains get it, as in every model. The criterion never sees those rows, so a label-free fit warns when at
-    least 5 % of the rows get no vote and the pick's balance gives them another class than majority vote's vote
-    shares would (``fit_report_["uncovered"]`` records the share and the balances compared).
+    LF abstains get it, as in every model. When majority vote is kept label-free, it is majority vote's vote share
+    over the covered rows (``uncovered_balance="vote_share"``, the default) or the class prior of a label-free
+    Dawid-Skene fit (``"em"``). Neither is safe (``benchmarks/diag_uncovered_balance.py``, BENCHMARKS.md): the vote
+    share describes the covered rows, weighted by how often each class's LFs fire, and on synthetic matrices
+    shaped like WRENCH spouse and basketball it gave the 73 % / 65 % of rows without a vote the rare class on 2 of
+    the 14 draws where majority vote was kept (1-2 % of them right, 98-99 % with the EM prior: 62-72 points of
+    accuracy); on random subsets of the real SMS LFs the EM prior named spam for those rows on 7 of 24 subsets
+    (13-18 % right, 82-87 % with the vote share: 44-69 points). So the default stays, and a label-free fit that
+    keeps majority vote warns when at least 5 % of the rows get no vote and the two estimates name different
+    classes (``fit_report_["uncovered_balance"]`` records both). A fit that picks another model warns when its balance
+    gives those rows another class than majority vote's vote shares would (``fit_report_["uncovered"]`` records
+    the share and the balances compared).
 
     Label-swap guard: a label-free pick whose hard labels differ from majority vote's on more than half of the rows
     where the vote majority is clear is a class-permuted fit; it is rejected for majority vote, with a warning
@@ -174,6 +183,12 @@ class AutoLabelModel(LabelModel):
             default there.
         support: ``"voted"`` (default: the chosen model's prediction on a covered row is restricted to the classes
             some LF voted on it) or ``"model"`` (its own probabilities).
+        uncovered_balance: where the label-free class balance comes from when majority vote is kept (it is what
+            rows without any vote get): ``"vote_share"`` (default: majority vote's own, its mean vote share over the
+            covered rows) or ``"em"`` (the class prior of a label-free Dawid-Skene fit on the same matrix; a
+            label-swapped fit falls back to the vote shares). See "Class balance" above for when each fails.
+            Ignored with a given, uniform or dev class balance, and when another model is picked (its own estimate
+            is used).
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
@@ -185,11 +200,15 @@ class AutoLabelModel(LabelModel):
                  merge: Literal["auto", "never", "always"] = "auto", cluster_threshold: float = 0.7, n_folds: int = 5,
                  margin_z: float = 2.0, max_selection_rows: int = 200_000,
                  structure: Literal["agreement", "rpca", "both"] = "agreement",
-                 support: Literal["voted", "model"] = "voted", seed: int = 0) -> None:
+                 support: Literal["voted", "model"] = "voted",
+                 uncovered_balance: Literal["vote_share", "em"] = "vote_share", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
         if support not in ("voted", "model"):
             raise ConfigError(f"support must be 'voted' or 'model', got {support!r}.")
         self.support = support
+        if uncovered_balance not in ("em", "vote_share"):
+            raise ConfigError(f"uncovered_balance must be 'em' or 'vote_share', got {uncovered_balance!r}.")
+        self.uncovered_balance = uncovered_balance
         if structure not in ("agreement", "rpca", "both"):
             raise ConfigError(f"structure must be 'agreement', 'rpca' or 'both', got {structure!r}.")
         self.structure = structure
@@ -216,7 +235,8 @@ class AutoLabelModel(LabelModel):
         """Constructor arguments."""
         return {**super().get_config(), "candidates": list(self.candidates), "merge": self.merge,
                 "cluster_threshold": self.cluster_threshold, "n_folds": self.n_folds, "margin_z": self.margin_z,
-                "max_selection_rows": self.max_selection_rows, "structure": self.structure, "support": self.support}
+                "max_selection_rows": self.max_selection_rows, "structure": self.structure, "support": self.support,
+                "uncovered_balance": self.uncovered_balance}
 
     # -- selection ----------------------------------------------------------------------------------------------
 
@@ -428,6 +448,11 @@ class AutoLabelModel(LabelModel):
         if self.class_balance_ is None:
             self.class_balance_ = model.class_balance_
             if dev_y is None:
+                if name == "majority_vote" and (self.uncovered_balance == "em"
+                                                or 1.0 - covered_mask(L).mean() >= _UNCOVERED_WARN_SHARE):
+                    em = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
+                    if self.uncovered_balance == "em":
+                        self.class_balance_ = em
                 self._warn_uncovered_balance(L, name)
         self.fit_report_.update(selected=name, variant=variant,
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
@@ -457,6 +482,17 @@ class AutoLabelModel(LabelModel):
         report["unvoted_argmax_rows"] = int(unvoted[inv].sum())
         return report
 
+    def _mv_agreement(self, L: np.ndarray, model: LabelModel, M: np.ndarray) -> tuple[float | None, int]:
+        """Share of the rows where the vote majority is clear (covered, untied) on which ``model`` (fitted on ``M``,
+        the matrix ``L`` or its cluster-merged form) predicts the majority's class; ``None`` without such rows."""
+        votes = vote_counts(L, self.k_)
+        top = votes.max(axis=1)
+        clear = (top > 0) & ((votes == top[:, None]).sum(axis=1) == 1)
+        if not clear.any():
+            return None, 0
+        P = model.predict_proba(M[clear])
+        return float((P.argmax(axis=1) == votes[clear].argmax(axis=1)).mean()), int(clear.sum())
+
     def _reject_swapped(self, L: np.ndarray, model: LabelModel, M: np.ndarray, name: str,
                         info: dict[str, Any]) -> bool:
         """``True`` (and a warning) when the label-free pick contradicts the plain vote majority on most rows.
@@ -471,19 +507,15 @@ class AutoLabelModel(LabelModel):
         regime matrix, WRENCH and a 720-draw sweep agreed on 64 % or more (``benchmarks/diag_label_swap.py``). The
         agreement is recorded in ``fit_report_["selection"]["mv_agreement"]``.
         """
-        votes = vote_counts(L, self.k_)
-        top = votes.max(axis=1)
-        clear = (top > 0) & ((votes == top[:, None]).sum(axis=1) == 1)
-        if not clear.any():
+        agree, n_clear = self._mv_agreement(L, model, M)
+        if agree is None:
             return False
-        P = model.predict_proba(M[clear])
-        agree = float((P.argmax(axis=1) == votes[clear].argmax(axis=1)).mean())
         info["mv_agreement"] = agree
         if agree >= _MIN_MV_AGREEMENT:
             return False
         info["rejected"] = {"pick": name, "mv_agreement": agree, "reason": "label-swapped"}
         warnings.warn(f"AutoLabelModel: the label-free pick {name} agrees with majority vote on only {agree:.0%} "
-                      f"of the {int(clear.sum())} rows where the vote majority is clear, i.e. it reverses most "
+                      f"of the {n_clear} rows where the vote majority is clear, i.e. it reverses most "
                       "unambiguous votes (a class-permuted fit: some LFs are probably worse than chance for their "
                       "class); majority vote is used instead. Check the LFs' precision, or pass dev_L/dev_y.",
                       stacklevel=3)
@@ -505,6 +537,23 @@ class AutoLabelModel(LabelModel):
         self.active_lfs_ = np.flatnonzero(votes > 0)
         return L[:, self.active_lfs_], (None if dev_L is None else dev_L[:, self.active_lfs_])
 
+    def _em_balance(self, L: np.ndarray, M: np.ndarray, vote_share: np.ndarray) -> np.ndarray:
+        """The class prior of a label-free Dawid-Skene fit on ``M`` (the kept majority vote's matrix: ``L`` or its
+        cluster-merged form), or ``vote_share`` where that fit fails or is label-swapped (it agrees with majority
+        vote on under half of the rows where the vote majority is clear: its prior is then permuted too, see
+        :meth:`_reject_swapped`). Recorded in ``fit_report_["uncovered_balance"]``."""
+        ds = self._fit_quiet("dawid_skene", M, "estimated")
+        prior = None if ds is None else np.asarray(ds.class_balance_, dtype=np.float64)
+        ok = prior is not None and prior.shape == vote_share.shape and bool(np.isfinite(prior).all())
+        agree = self._mv_agreement(L, ds, M)[0] if ok else None
+        swapped = agree is not None and agree < _MIN_MV_AGREEMENT
+        use = ok and not swapped
+        self.fit_report_["uncovered_balance"] = {
+            "source": "dawid_skene_em_prior" if use else "majority_vote_vote_share",
+            "em_prior": prior.tolist() if ok else None, "em_mv_agreement": agree,
+            "vote_share": np.asarray(vote_share).tolist()}
+        return prior if use else np.asarray(vote_share, dtype=np.float64)
+
     def _warn_uncovered_balance(self, L: np.ndarray, name: str) -> None:
         """Warn when the pick's estimated class balance labels the all-abstain rows differently from majority vote.
 
@@ -522,7 +571,27 @@ class AutoLabelModel(LabelModel):
         report: dict[str, Any] = {"share": share, "class_balance": ours.tolist()}
         self.fit_report_["uncovered"] = report
         if name == "majority_vote":
-            report["majority_vote_class_balance"] = ours.tolist()
+            mv_balance = np.asarray(self.inner_.class_balance_, dtype=np.float64)  # its vote shares
+            report["majority_vote_class_balance"] = mv_balance.tolist()
+            em = (self.fit_report_.get("uncovered_balance") or {})
+            if share < _UNCOVERED_WARN_SHARE or em.get("source") != "dawid_skene_em_prior":
+                return
+            prior = np.asarray(em["em_prior"], dtype=np.float64)
+            if int(prior.argmax()) == int(mv_balance.argmax()):
+                return
+            used, other = ((f"the class prior of a label-free Dawid-Skene fit {np.round(prior, 3).tolist()}",
+                            f"majority vote's vote shares {np.round(mv_balance, 3).tolist()}")
+                           if self.uncovered_balance == "em" else
+                           (f"majority vote's vote shares {np.round(mv_balance, 3).tolist()}",
+                            f"the class prior of a label-free Dawid-Skene fit {np.round(prior, 3).tolist()}"))
+            warnings.warn(f"AutoLabelModel kept majority vote: {share:.0%} of the rows get no vote and take "
+                          f"{used} (class {int(ours.argmax())}), while {other} would give them class "
+                          f"{int(prior.argmax() if self.uncovered_balance != 'em' else mv_balance.argmax())}; "
+                          "nothing label-free tells which is right (vote shares describe the covered rows and can "
+                          "name a rare class; the EM prior assumes conditionally independent LFs and named the rare "
+                          "class on real LF subsets). If those rows matter, pass a known prior or "
+                          "class_balance='dev' (with dev_L/dev_y), or exclude them with "
+                          "predict(..., abstain_uncovered=True).", stacklevel=3)
             return
         if share < _UNCOVERED_WARN_SHARE:
             return
