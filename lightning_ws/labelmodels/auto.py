@@ -448,12 +448,12 @@ class AutoLabelModel(LabelModel):
         if self.class_balance_ is None:
             self.class_balance_ = model.class_balance_
             if dev_y is None:
-                if name == "majority_vote" and (self.uncovered_balance == "em"
-                                                or 1.0 - covered_mask(L).mean() >= _UNCOVERED_WARN_SHARE):
+                share = float(1.0 - covered_mask(L).mean())
+                if name == "majority_vote" and (self.uncovered_balance == "em" or share >= _UNCOVERED_WARN_SHARE):
                     em = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
                     if self.uncovered_balance == "em":
                         self.class_balance_ = em
-                self._warn_uncovered_balance(L, name)
+                self._warn_uncovered_balance(L, name, share)
         self.fit_report_.update(selected=name, variant=variant,
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
                                 n_clusters=len(self.clusters_), selection=info,
@@ -554,7 +554,7 @@ class AutoLabelModel(LabelModel):
             "vote_share": np.asarray(vote_share).tolist()}
         return prior if use else np.asarray(vote_share, dtype=np.float64)
 
-    def _warn_uncovered_balance(self, L: np.ndarray, name: str) -> None:
+    def _warn_uncovered_balance(self, L: np.ndarray, name: str, share: float) -> None:
         """Warn when the pick's estimated class balance labels the all-abstain rows differently from majority vote.
 
         The selection criterion scores candidates on rows where LFs vote; rows where every LF abstains get the
@@ -562,11 +562,12 @@ class AutoLabelModel(LabelModel):
         (``benchmarks/diag_uncovered_rows.py``) this was how ``auto`` lost most to majority vote without a warning
         (-4.97 and -4.10 points, 32-39 % of rows uncovered). Warn (at most once per fit) when at least
         :data:`_UNCOVERED_WARN_SHARE` of the rows are uncovered and the pick's most likely class differs from the one
-        majority vote's vote-share balance gives them. The report records the share and the pick's balance, and
-        majority vote's balance where it was needed (the pick itself when that is majority vote; not refitted below
-        the threshold, where nothing is compared).
+        majority vote's vote-share balance gives them. When the pick is majority vote, warn instead when its vote
+        shares and the EM prior of :meth:`_em_balance` name different classes. The report records the share
+        (``share``: uncovered rows of ``L``, computed once by the caller) and the pick's balance, and majority vote's
+        balance where it was needed (the kept majority vote's own vote shares; not refitted below the threshold,
+        where nothing is compared).
         """
-        share = float(1.0 - covered_mask(L).mean())
         ours = np.asarray(self.class_balance_, dtype=np.float64)
         report: dict[str, Any] = {"share": share, "class_balance": ours.tolist()}
         self.fit_report_["uncovered"] = report
@@ -579,14 +580,12 @@ class AutoLabelModel(LabelModel):
             prior = np.asarray(em["em_prior"], dtype=np.float64)
             if int(prior.argmax()) == int(mv_balance.argmax()):
                 return
-            used, other = ((f"the class prior of a label-free Dawid-Skene fit {np.round(prior, 3).tolist()}",
-                            f"majority vote's vote shares {np.round(mv_balance, 3).tolist()}")
-                           if self.uncovered_balance == "em" else
-                           (f"majority vote's vote shares {np.round(mv_balance, 3).tolist()}",
-                            f"the class prior of a label-free Dawid-Skene fit {np.round(prior, 3).tolist()}"))
+            estimates = {"vote_share": ("majority vote's vote shares", mv_balance),
+                         "em": ("the class prior of a label-free Dawid-Skene fit", prior)}
+            (used, b_used), (other, b_other) = (estimates.pop(self.uncovered_balance), *estimates.values())
             warnings.warn(f"AutoLabelModel kept majority vote: {share:.0%} of the rows get no vote and take "
-                          f"{used} (class {int(ours.argmax())}), while {other} would give them class "
-                          f"{int(prior.argmax() if self.uncovered_balance != 'em' else mv_balance.argmax())}; "
+                          f"{used} {np.round(b_used, 3).tolist()} (class {int(b_used.argmax())}), while {other} "
+                          f"{np.round(b_other, 3).tolist()} would give them class {int(b_other.argmax())}; "
                           "nothing label-free tells which is right (vote shares describe the covered rows and can "
                           "name a rare class; the EM prior assumes conditionally independent LFs and named the rare "
                           "class on real LF subsets). If those rows matter, pass a known prior or "
