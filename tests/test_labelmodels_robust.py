@@ -195,34 +195,63 @@ def test_auto_rejects_a_label_swapped_pick():
     assert "rejected" not in fine.fit_report_["selection"]
 
 
-def test_auto_uncovered_balance_vote_share_default_warns_and_em_option_on_a_spouse_shaped_matrix(tmp_path):
+def test_auto_uncovered_balance_default_takes_the_em_prior_on_a_spouse_shaped_matrix(tmp_path):
     # The WRENCH-spouse shape of benchmarks/diag_wrench_shapes.py, seed 14: 8 % positives, 9 single-class LFs at 1-8 %
     # coverage, 73 % of the rows without a vote. auto keeps majority vote, whose vote-share balance (the covered
     # rows' class mix) names the rare class: those rows are almost all wrong. A label-free Dawid-Skene prior names
-    # the common class. The default keeps the vote shares (on real SMS LF subsets the EM prior was the one that
-    # named the rare class, benchmarks/diag_uncovered_balance.py) and warns that the two disagree.
+    # the common class, and its fit passes the checks of uncovered_balance="auto" (no LF at a vote rate of 0.95 for
+    # a class; log-likelihood far above the fit with the prior held at the vote shares), so the default uses it.
     R = make_regime_label_matrix(22254, k=2, m=9, lf_type="single", coverage=(0.01, 0.08), accuracy=(0.2, 0.8),
                                  imbalance=11.5, accuracy_scale="above_chance", seed=14)
     unc = ~(R.L >= 0).any(axis=1)
     assert unc.mean() > 0.7
-    with pytest.warns(UserWarning, match=r"kept majority vote: 73% of the rows get no vote and take majority "
-                                         r"vote.s vote shares"):
+    with pytest.warns(UserWarning, match=r"kept majority vote: 73% of the rows get no vote and take the class prior "
+                                         r"of a label-free Dawid-Skene fit .*uncovered_balance='auto'"):
         default = AutoLabelModel(2).fit(R.L)
-    assert default.selected == "majority_vote/raw" and default.uncovered_balance == "vote_share"
+    assert default.selected == "majority_vote/raw" and default.uncovered_balance == "auto"
     report = default.fit_report_["uncovered_balance"]
     assert report["source"] == "dawid_skene_em_prior" and np.argmax(report["em_prior"]) == 0
-    np.testing.assert_allclose(default.class_balance_, MajorityVote(2).fit(R.L).class_balance_)
-    assert (default.predict(R.L)[unc] == R.y[unc]).mean() < 0.05
-    em = AutoLabelModel(2, uncovered_balance="em").fit(R.L)
-    assert em.selected == "majority_vote/raw" and int(np.argmax(em.class_balance_)) == 0
-    assert (em.predict(R.L)[unc] == R.y[unc]).mean() > 0.95
-    np.testing.assert_array_equal(em.predict(R.L)[~unc], default.predict(R.L)[~unc])  # covered rows: majority vote
-    em.save(tmp_path / "em")
-    back = LabelModel.load(tmp_path / "em")
-    assert back.uncovered_balance == "em"
-    np.testing.assert_allclose(back.predict_proba(R.L), em.predict_proba(R.L))
-    with pytest.raises(ConfigError, match="uncovered_balance must be 'em' or 'vote_share'"):
+    assert report["em_max_vote_rate"] < 0.95 and report["em_loglik_gain"] > 20
+    assert (default.predict(R.L)[unc] == R.y[unc]).mean() > 0.95
+    mv = MajorityVote(2).fit(R.L)
+    np.testing.assert_array_equal(default.predict(R.L)[~unc], mv.predict(R.L)[~unc])  # covered rows: majority vote
+    with pytest.warns(UserWarning, match=r"take majority vote.s vote shares .*uncovered_balance='vote_share'"):
+        old = AutoLabelModel(2, uncovered_balance="vote_share").fit(R.L)
+    np.testing.assert_allclose(old.class_balance_, mv.class_balance_)
+    assert old.fit_report_["uncovered_balance"]["source"] == "majority_vote_vote_share"
+    assert (old.predict(R.L)[unc] == R.y[unc]).mean() < 0.05
+    default.save(tmp_path / "auto")
+    back = LabelModel.load(tmp_path / "auto")
+    assert back.uncovered_balance == "auto"
+    np.testing.assert_allclose(back.predict_proba(R.L), default.predict_proba(R.L))
+    with pytest.raises(ConfigError, match="uncovered_balance must be 'auto', 'em' or 'vote_share'"):
         AutoLabelModel(2, uncovered_balance="prior")
+
+
+@pytest.mark.parametrize("draw,reason", [(0, "an LF votes on 100.0% of one class"),
+                                         (2, "EM log-likelihood gain over the vote-share prior")])
+def test_auto_uncovered_balance_keeps_the_vote_share_where_the_em_prior_fails_on_real_sms_lfs(draw, reason):
+    # Random quarters of the real WRENCH SMS LFs (the draws of benchmarks/diag_lf_subsets.py). On draw 0 the EM fit
+    # makes "ham" the rows where one ham rule fires (its vote rate for ham is 1.0, the ham prior its 29 % coverage);
+    # on draw 2, 94 % of the rows get no vote and the prior is barely identified. The EM prior names spam for the
+    # silent rows, most of which are ham; the default keeps the vote shares there, uncovered_balance="em" does not.
+    from lightning_ws.data import load_wrench
+
+    data = load_wrench("sms", "train")
+    W, y = np.asarray(data.weak_labels), np.asarray(data.labels)
+    cols = np.sort(np.random.default_rng([draw, 18, 2]).choice(W.shape[1], 18, replace=False))
+    L = W[:, cols]
+    unc = ~(L >= 0).any(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = AutoLabelModel(2).fit(L)
+        em = AutoLabelModel(2, uncovered_balance="em").fit(L)
+    assert default.selected == em.selected == "majority_vote/raw"
+    report = default.fit_report_["uncovered_balance"]
+    assert report["source"] == "majority_vote_vote_share" and reason in report["kept_vote_share_because"]
+    assert np.argmax(report["em_prior"]) == 1 and np.argmax(report["vote_share"]) == 0
+    assert (default.predict(L)[unc] == y[unc]).mean() > 0.8
+    assert (em.predict(L)[unc] == y[unc]).mean() < 0.2
 
 
 def test_clustered_standard_error_counts_held_out_clusters_not_votes():

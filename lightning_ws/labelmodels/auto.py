@@ -52,8 +52,22 @@ _SELECT_MAX_ITER = 100
 #: :meth:`AutoLabelModel._reject_swapped`.
 _MIN_MV_AGREEMENT = 0.5
 #: Share of all-abstain rows from which :meth:`AutoLabelModel._warn_uncovered_balance` warns (at 5 % a class
-#: balance that picks the other class can move accuracy by up to 5 points).
+#: balance that picks the other class can move accuracy by up to 5 points), and from which
+#: ``uncovered_balance="auto"`` compares the two label-free balances.
 _UNCOVERED_WARN_SHARE = 0.05
+#: ``uncovered_balance="auto"``: an EM fit with some ``P(LF j votes | Y = y)`` at or above this is degenerate for the
+#: class balance - class ``y`` has become "the rows where LF ``j`` fires", so its prior is just that LF's coverage
+#: (real SMS / TREC LF subsets, where the EM prior was 44-69 points wrong, see :meth:`AutoLabelModel._em_balance`).
+_EM_BOUNDARY_FIRE_RATE = 0.95
+#: ``uncovered_balance="auto"``: log-likelihood by which the label-free Dawid-Skene fit must beat the same fit with
+#: its class prior held at majority vote's vote shares before its prior is used (a likelihood-ratio statistic of 40;
+#: misspecified real LFs inflate it, so the bar is far above a chi-square quantile).
+_EM_LOGLIK_MARGIN = 20.0
+#: ``uncovered_balance="auto"``: the EM prior must itself expect the switch to gain this much accuracy on the rows
+#: without a vote (its prior of its own class minus its prior of the vote-share class). Nearly flat priors
+#: (balanced multi-class sets) make the argmax a coin flip that cost up to 2.2 points against majority vote on
+#: synthetic semeval-shaped matrices.
+_EM_MIN_PRIOR_GAP = 0.2
 
 
 def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
@@ -144,18 +158,28 @@ class AutoLabelModel(LabelModel):
     the covered fit rows where the pick's own argmax is a class no LF voted (the rows ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
-    LF abstains get it, as in every model. When majority vote is kept label-free, it is majority vote's vote share
-    over the covered rows (``uncovered_balance="vote_share"``, the default) or the class prior of a label-free
-    Dawid-Skene fit (``"em"``). Neither is safe (``benchmarks/diag_uncovered_balance.py``, BENCHMARKS.md): the vote
-    share describes the covered rows, weighted by how often each class's LFs fire, and on synthetic matrices
+    LF abstains get it, as in every model. When majority vote is kept label-free, two estimates exist: majority
+    vote's vote share over the covered rows (``uncovered_balance="vote_share"``) and the class prior of a label-free
+    Dawid-Skene fit (``"em"``). Neither is safe alone (``benchmarks/diag_uncovered_balance.py``, BENCHMARKS.md): the
+    vote share describes the covered rows, weighted by how often each class's LFs fire, and on synthetic matrices
     shaped like WRENCH spouse and basketball it gave the 73 % / 65 % of rows without a vote the rare class on 2 of
     the 14 draws where majority vote was kept (1-2 % of them right, 98-99 % with the EM prior: 62-72 points of
     accuracy); on random subsets of the real SMS LFs the EM prior named spam for those rows on 7 of 24 subsets
-    (13-18 % right, 82-87 % with the vote share: 44-69 points). So the default stays, and a label-free fit that
-    keeps majority vote warns when at least 5 % of the rows get no vote and the two estimates name different
-    classes (``fit_report_["uncovered_balance"]`` records both). A fit that picks another model warns when its balance
-    gives those rows another class than majority vote's vote shares would (``fit_report_["uncovered"]`` records
-    the share and the balances compared).
+    (13-18 % right, 82-87 % with the vote share: 44-69 points). The default, ``"auto"``, uses the vote share unless,
+    with at least 5 % of the rows without a vote, the EM prior names another class *and* that EM fit is
+    trustworthy for its prior: not label-swapped, its prior of its own class at least 0.2 above its prior of the
+    vote-share class (a nearly flat prior's argmax is a coin flip), no LF with ``P(vote | Y = y) >= 0.95`` for some
+    class (on the real subsets where the EM prior failed, one class had collapsed onto one LF's firing rows, or the
+    prior was not identified), and a log-likelihood at least 20 above the same fit with its prior held at the vote
+    shares (the data reject the vote-share balance). The rule was written on the matrices above and checked on two
+    fresh sets of them (new LF subsets, new synthetic seeds; BENCHMARKS.md "Session 29"): it never moved a matrix
+    below the vote share by more than 0.5 points, took the EM prior on the spouse / basketball failures and on
+    some YouTube subsets (+9 to +31 points), and left most real-LF matrices at the vote share, including
+    subsets where the EM prior would have been right. It is a heuristic, not a guarantee. A label-free
+    fit that keeps majority vote warns when at least 5 % of the rows get no vote and the two estimates name
+    different classes, saying which it used (``fit_report_["uncovered_balance"]`` records both and the checks). A
+    fit that picks another model warns when its balance gives those rows another class than majority vote's vote
+    shares would (``fit_report_["uncovered"]`` records the share and the balances compared).
 
     Label-swap guard: a label-free pick whose hard labels differ from majority vote's on more than half of the rows
     where the vote majority is clear is a class-permuted fit; it is rejected for majority vote, with a warning
@@ -184,11 +208,12 @@ class AutoLabelModel(LabelModel):
         support: ``"voted"`` (default: the chosen model's prediction on a covered row is restricted to the classes
             some LF voted on it) or ``"model"`` (its own probabilities).
         uncovered_balance: where the label-free class balance comes from when majority vote is kept (it is what
-            rows without any vote get): ``"vote_share"`` (default: majority vote's own, its mean vote share over the
-            covered rows) or ``"em"`` (the class prior of a label-free Dawid-Skene fit on the same matrix; a
-            label-swapped fit falls back to the vote shares). See "Class balance" above for when each fails.
-            Ignored with a given, uniform or dev class balance, and when another model is picked (its own estimate
-            is used).
+            rows without any vote get): ``"auto"`` (default: the vote share unless the checks of "Class balance"
+            above pass for the EM prior), ``"vote_share"`` (majority vote's own, its mean vote share over the
+            covered rows; the default before 0.29 of this repository's sessions) or ``"em"`` (the class prior of a
+            label-free Dawid-Skene fit on the same matrix; a label-swapped fit falls back to the vote shares). See
+            "Class balance" above for when each fails. Ignored with a given, uniform or dev class balance, and when
+            another model is picked (its own estimate is used).
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
@@ -201,13 +226,13 @@ class AutoLabelModel(LabelModel):
                  margin_z: float = 2.0, max_selection_rows: int = 200_000,
                  structure: Literal["agreement", "rpca", "both"] = "agreement",
                  support: Literal["voted", "model"] = "voted",
-                 uncovered_balance: Literal["vote_share", "em"] = "vote_share", seed: int = 0) -> None:
+                 uncovered_balance: Literal["auto", "vote_share", "em"] = "auto", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
         if support not in ("voted", "model"):
             raise ConfigError(f"support must be 'voted' or 'model', got {support!r}.")
         self.support = support
-        if uncovered_balance not in ("em", "vote_share"):
-            raise ConfigError(f"uncovered_balance must be 'em' or 'vote_share', got {uncovered_balance!r}.")
+        if uncovered_balance not in ("auto", "em", "vote_share"):
+            raise ConfigError(f"uncovered_balance must be 'auto', 'em' or 'vote_share', got {uncovered_balance!r}.")
         self.uncovered_balance = uncovered_balance
         if structure not in ("agreement", "rpca", "both"):
             raise ConfigError(f"structure must be 'agreement', 'rpca' or 'both', got {structure!r}.")
@@ -450,9 +475,7 @@ class AutoLabelModel(LabelModel):
             if dev_y is None:
                 share = float(1.0 - covered_mask(L).mean())
                 if name == "majority_vote" and (self.uncovered_balance == "em" or share >= _UNCOVERED_WARN_SHARE):
-                    em = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
-                    if self.uncovered_balance == "em":
-                        self.class_balance_ = em
+                    self.class_balance_ = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
                 self._warn_uncovered_balance(L, name, share)
         self.fit_report_.update(selected=name, variant=variant,
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
@@ -538,21 +561,63 @@ class AutoLabelModel(LabelModel):
         return L[:, self.active_lfs_], (None if dev_L is None else dev_L[:, self.active_lfs_])
 
     def _em_balance(self, L: np.ndarray, M: np.ndarray, vote_share: np.ndarray) -> np.ndarray:
-        """The class prior of a label-free Dawid-Skene fit on ``M`` (the kept majority vote's matrix: ``L`` or its
-        cluster-merged form), or ``vote_share`` where that fit fails or is label-swapped (it agrees with majority
-        vote on under half of the rows where the vote majority is clear: its prior is then permuted too, see
-        :meth:`_reject_swapped`). Recorded in ``fit_report_["uncovered_balance"]``."""
+        """The balance rows without a vote get when majority vote is kept, per ``uncovered_balance``.
+
+        Fits a label-free Dawid-Skene model on ``M`` (the kept majority vote's matrix: ``L`` or its cluster-merged
+        form) for its class prior. ``"em"`` uses that prior unless the fit failed or is label-swapped (it agrees with
+        majority vote on under half of the rows where the vote majority is clear: its prior is then permuted too, see
+        :meth:`_reject_swapped`). ``"auto"`` uses it only when it names another class than ``vote_share`` and the
+        fit passes two more checks; otherwise ``vote_share``:
+
+        * the EM prior expects a real gain: its prior of its own class exceeds its prior of the vote-share class by
+          at least :data:`_EM_MIN_PRIOR_GAP` (a nearly flat prior's argmax is a coin flip);
+        * no LF has ``P(vote | Y = y) >= 0.95`` (:data:`_EM_BOUNDARY_FIRE_RATE`) for a class ``y``. Such a fit has
+          made class ``y`` "the rows where LF ``j`` fires" (WRENCH SMS subsets: a ham rule at 29 % coverage got rate
+          1.0, so the ham prior became 0.29 and every silent row spam, 82-87 % of them wrongly);
+        * its log-likelihood beats a Dawid-Skene fit with the prior held at ``vote_share`` by at least
+          :data:`_EM_LOGLIK_MARGIN`: the data reject the vote-share balance, rather than leaving the prior on a flat
+          ridge (SMS subsets with 94 % silent rows: 7 log-likelihood units, prior wrong by 69 points).
+
+        ``vote_share`` is returned as ``float64``. Everything is recorded in ``fit_report_["uncovered_balance"]``.
+        """
+        vote_share = np.asarray(vote_share, dtype=np.float64)
         ds = self._fit_quiet("dawid_skene", M, "estimated")
         prior = None if ds is None else np.asarray(ds.class_balance_, dtype=np.float64)
         ok = prior is not None and prior.shape == vote_share.shape and bool(np.isfinite(prior).all())
         agree = self._mv_agreement(L, ds, M)[0] if ok else None
         swapped = agree is not None and agree < _MIN_MV_AGREEMENT
+        report: dict[str, Any] = {"mode": self.uncovered_balance, "em_prior": prior.tolist() if ok else None,
+                                  "em_mv_agreement": agree, "vote_share": vote_share.tolist()}
         use = ok and not swapped
-        self.fit_report_["uncovered_balance"] = {
-            "source": "dawid_skene_em_prior" if use else "majority_vote_vote_share",
-            "em_prior": prior.tolist() if ok else None, "em_mv_agreement": agree,
-            "vote_share": np.asarray(vote_share).tolist()}
-        return prior if use else np.asarray(vote_share, dtype=np.float64)
+        if use and self.uncovered_balance == "auto":
+            reason = None
+            gap = float(prior.max() - prior[int(vote_share.argmax())])
+            report["em_prior_gap"] = gap
+            if int(prior.argmax()) == int(vote_share.argmax()):
+                reason = "same class"
+            elif gap < _EM_MIN_PRIOR_GAP:
+                reason = (f"the EM prior expects only {gap:.2f} more accuracy on those rows from its class "
+                          f"(< {_EM_MIN_PRIOR_GAP})")
+            else:
+                fire = float((1.0 - ds.lf_confusions[:, :, 0]).max())
+                report["em_max_vote_rate"] = fire
+                if fire >= _EM_BOUNDARY_FIRE_RATE:
+                    reason = f"an LF votes on {fire:.1%} of one class's rows in the EM fit (>= {_EM_BOUNDARY_FIRE_RATE})"
+                else:
+                    held = self._fit_quiet("dawid_skene", M, vote_share)
+                    gain = (float("nan") if held is None else float(ds.fit_report_.get("log_likelihood", np.nan))
+                            - float(held.fit_report_.get("log_likelihood", np.nan)))
+                    report["em_loglik_gain"] = gain
+                    if not gain >= _EM_LOGLIK_MARGIN:  # nan (a failed fit) keeps the vote share too
+                        reason = f"EM log-likelihood gain over the vote-share prior {gain:.1f} < {_EM_LOGLIK_MARGIN}"
+            use = reason is None
+            if reason is not None:
+                report["kept_vote_share_because"] = reason
+        elif self.uncovered_balance == "vote_share":
+            use = False
+        report["source"] = "dawid_skene_em_prior" if use else "majority_vote_vote_share"
+        self.fit_report_["uncovered_balance"] = report
+        return prior if use else vote_share
 
     def _warn_uncovered_balance(self, L: np.ndarray, name: str, share: float) -> None:
         """Warn when the pick's estimated class balance labels the all-abstain rows differently from majority vote.
@@ -575,20 +640,23 @@ class AutoLabelModel(LabelModel):
             mv_balance = np.asarray(self.inner_.class_balance_, dtype=np.float64)  # its vote shares
             report["majority_vote_class_balance"] = mv_balance.tolist()
             em = (self.fit_report_.get("uncovered_balance") or {})
-            if share < _UNCOVERED_WARN_SHARE or em.get("source") != "dawid_skene_em_prior":
+            if share < _UNCOVERED_WARN_SHARE or em.get("em_prior") is None or em.get("em_mv_agreement") is None \
+                    or em["em_mv_agreement"] < _MIN_MV_AGREEMENT:
                 return
             prior = np.asarray(em["em_prior"], dtype=np.float64)
             if int(prior.argmax()) == int(mv_balance.argmax()):
                 return
-            estimates = {"vote_share": ("majority vote's vote shares", mv_balance),
-                         "em": ("the class prior of a label-free Dawid-Skene fit", prior)}
-            (used, b_used), (other, b_other) = (estimates.pop(self.uncovered_balance), *estimates.values())
+            estimates = {"majority_vote_vote_share": ("majority vote's vote shares", mv_balance),
+                         "dawid_skene_em_prior": ("the class prior of a label-free Dawid-Skene fit", prior)}
+            (used, b_used), (other, b_other) = (estimates.pop(em["source"]), *estimates.values())
             warnings.warn(f"AutoLabelModel kept majority vote: {share:.0%} of the rows get no vote and take "
                           f"{used} {np.round(b_used, 3).tolist()} (class {int(b_used.argmax())}), while {other} "
-                          f"{np.round(b_other, 3).tolist()} would give them class {int(b_other.argmax())}; "
-                          "nothing label-free tells which is right (vote shares describe the covered rows and can "
-                          "name a rare class; the EM prior assumes conditionally independent LFs and named the rare "
-                          "class on real LF subsets). If those rows matter, pass a known prior or "
+                          f"{np.round(b_other, 3).tolist()} would give them class {int(b_other.argmax())} "
+                          f"(uncovered_balance={self.uncovered_balance!r}"
+                          f"{': ' + em['kept_vote_share_because'] if 'kept_vote_share_because' in em else ''}). "
+                          "Neither is safe (vote shares describe the covered rows and can name a rare class; the EM "
+                          "prior assumes conditionally independent LFs and named the rare class on real LF subsets). "
+                          "If those rows matter, pass a known prior or "
                           "class_balance='dev' (with dev_L/dev_y), or exclude them with "
                           "predict(..., abstain_uncovered=True).", stacklevel=3)
             return
