@@ -210,7 +210,7 @@ class AutoLabelModel(LabelModel):
         uncovered_balance: where the label-free class balance comes from when majority vote is kept (it is what
             rows without any vote get): ``"auto"`` (default: the vote share unless the checks of "Class balance"
             above pass for the EM prior), ``"vote_share"`` (majority vote's own, its mean vote share over the
-            covered rows; the default before 0.29 of this repository's sessions) or ``"em"`` (the class prior of a
+            covered rows; the default until session 29, see BENCHMARKS.md) or ``"em"`` (the class prior of a
             label-free Dawid-Skene fit on the same matrix; a label-swapped fit falls back to the vote shares). See
             "Class balance" above for when each fails. Ignored with a given, uniform or dev class balance, and when
             another model is picked (its own estimate is used).
