@@ -254,6 +254,27 @@ def test_auto_uncovered_balance_keeps_the_vote_share_where_the_em_prior_fails_on
     assert (em.predict(L)[unc] == y[unc]).mean() < 0.2
 
 
+def test_auto_uncovered_balance_keeps_the_vote_share_when_the_em_fit_barely_agrees_with_majority_vote():
+    # A spouse-like draw of benchmarks/diag_label_swap.py whose LF precisions (0.3-0.7) ignore the class shares, so
+    # many majority-class LFs are worse than chance. The label-free EM fit agrees with majority vote on about half of
+    # the clearly voted rows (just above the swap guard) and its prior names the rare class for the 31 % of rows
+    # without a vote; the default keeps the vote share there (the "em" option shows what that prior would cost).
+    R = make_regime_label_matrix(10000, k=2, m=9, lf_type="single", coverage=(0.05, 0.2), accuracy=(0.3, 0.7),
+                                 imbalance=4.0, seed=502)
+    unc = ~(R.L >= 0).any(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = AutoLabelModel(2).fit(R.L)
+        em = AutoLabelModel(2, uncovered_balance="em").fit(R.L)
+    assert default.selected == em.selected == "majority_vote/raw"
+    report = default.fit_report_["uncovered_balance"]
+    assert 0.5 <= report["em_mv_agreement"] < 0.6 and report["source"] == "majority_vote_vote_share"
+    assert "agrees with majority vote on" in report["kept_vote_share_because"]
+    mv = MajorityVote(2).fit(R.L)
+    np.testing.assert_array_equal(default.predict(R.L), mv.predict(R.L))
+    assert (em.predict(R.L)[unc] == R.y[unc]).mean() < (default.predict(R.L)[unc] == R.y[unc]).mean() - 0.5
+
+
 def test_clustered_standard_error_counts_held_out_clusters_not_votes():
     from lightning_ws.labelmodels.auto import _macro, _macro_clustered_se
 

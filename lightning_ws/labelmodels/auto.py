@@ -68,6 +68,13 @@ _EM_LOGLIK_MARGIN = 20.0
 #: (balanced multi-class sets) make the argmax a coin flip that cost up to 2.2 points against majority vote on
 #: synthetic semeval-shaped matrices.
 _EM_MIN_PRIOR_GAP = 0.2
+#: ``uncovered_balance="auto"``: the EM fit must agree with majority vote on at least this share of the rows where the
+#: vote majority is clear. Label-free fits with LFs better than chance for their class agreed on 64 % or more in every
+#: regime checked (:meth:`AutoLabelModel._reject_swapped`); on spouse-like matrices whose majority-class LFs are worse
+#: than chance, fits at 50-52 % passed the swap check (50 %) and their prior was 18-68 points wrong for the silent rows.
+#: A separate constant from :data:`_MIN_MV_AGREEMENT`, so switching the swap guard off (``diag_label_swap.py``) leaves
+#: this check on.
+_EM_MIN_MV_AGREEMENT = 0.6
 
 
 def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
@@ -167,15 +174,18 @@ class AutoLabelModel(LabelModel):
     accuracy); on random subsets of the real SMS LFs the EM prior named spam for those rows on 7 of 24 subsets
     (13-18 % right, 82-87 % with the vote share: 44-69 points). The default, ``"auto"``, uses the vote share unless,
     with at least 5 % of the rows without a vote, the EM prior names another class *and* that EM fit is
-    trustworthy for its prior: not label-swapped, its prior of its own class at least 0.2 above its prior of the
+    trustworthy for its prior: it agrees with majority vote on at least 60 % of the rows where the vote majority is
+    clear (not nearly label-swapped), its prior of its own class is at least 0.2 above its prior of the
     vote-share class (a nearly flat prior's argmax is a coin flip), no LF with ``P(vote | Y = y) >= 0.95`` for some
     class (on the real subsets where the EM prior failed, one class had collapsed onto one LF's firing rows, or the
     prior was not identified), and a log-likelihood at least 20 above the same fit with its prior held at the vote
     shares (the data reject the vote-share balance). The rule was written on the matrices above and checked on two
     fresh sets of them (new LF subsets, new synthetic seeds; BENCHMARKS.md "Session 29"): it never moved a matrix
     below the vote share by more than 0.5 points, took the EM prior on the spouse / basketball failures and on
-    some YouTube subsets (+9 to +31 points), and left most real-LF matrices at the vote share, including
-    subsets where the EM prior would have been right. It is a heuristic, not a guarantee. A label-free
+    some YouTube subsets (+9 to +24 points), and left most real-LF matrices at the vote share, including
+    subsets where the EM prior would have been right. The agreement check was added after
+    ``diag_label_swap.py``'s spouse-like grid, whose LFs are often worse than chance, showed five draws losing 18-68
+    points without it. It is a heuristic, not a guarantee. A label-free
     fit that keeps majority vote warns when at least 5 % of the rows get no vote and the two estimates name
     different classes, saying which it used (``fit_report_["uncovered_balance"]`` records both and the checks). A
     fit that picks another model warns when its balance gives those rows another class than majority vote's vote
@@ -571,6 +581,8 @@ class AutoLabelModel(LabelModel):
 
         * the EM prior expects a real gain: its prior of its own class exceeds its prior of the vote-share class by
           at least :data:`_EM_MIN_PRIOR_GAP` (a nearly flat prior's argmax is a coin flip);
+        * the fit agrees with majority vote on at least :data:`_EM_MIN_MV_AGREEMENT` of the rows where the vote
+          majority is clear (fits of LFs worse than chance for their class sit just above the swap guard's 50 %);
         * no LF has ``P(vote | Y = y) >= 0.95`` (:data:`_EM_BOUNDARY_FIRE_RATE`) for a class ``y``. Such a fit has
           made class ``y`` "the rows where LF ``j`` fires" (WRENCH SMS subsets: a ham rule at 29 % coverage got rate
           1.0, so the ham prior became 0.29 and every silent row spam, 82-87 % of them wrongly);
@@ -598,6 +610,9 @@ class AutoLabelModel(LabelModel):
             elif gap < _EM_MIN_PRIOR_GAP:
                 reason = (f"the EM prior expects only {gap:.2f} more accuracy on those rows from its class "
                           f"(< {_EM_MIN_PRIOR_GAP})")
+            elif agree is None or agree < _EM_MIN_MV_AGREEMENT:
+                reason = (f"the EM fit agrees with majority vote on {agree if agree is not None else float('nan'):.1%} "
+                          f"of the rows where the vote majority is clear (< {_EM_MIN_MV_AGREEMENT:.0%})")
             else:
                 fire = float((1.0 - ds.lf_confusions[:, :, 0]).max())
                 report["em_max_vote_rate"] = fire
