@@ -174,8 +174,8 @@ class AutoLabelModel(LabelModel):
     accuracy); on random subsets of the real SMS LFs the EM prior named spam for those rows on 7 of 24 subsets
     (13-18 % right, 82-87 % with the vote share: 44-69 points). The default, ``"auto"``, uses the vote share unless,
     with at least 5 % of the rows without a vote, the EM prior names another class *and* that EM fit is
-    trustworthy for its prior: it agrees with majority vote on at least 60 % of the rows where the vote majority is
-    clear (not nearly label-swapped), its prior of its own class is at least 0.2 above its prior of the
+    trustworthy for its prior: ``auto`` found no cluster of dependent LFs (the fit assumes none), it agrees with
+    majority vote on at least 60 % of the rows where the vote majority is clear (not nearly label-swapped), its prior of its own class is at least 0.2 above its prior of the
     vote-share class (a nearly flat prior's argmax is a coin flip), no LF with ``P(vote | Y = y) >= 0.95`` for some
     class (on the real subsets where the EM prior failed, one class had collapsed onto one LF's firing rows, or the
     prior was not identified), and a log-likelihood at least 20 above the same fit with its prior held at the vote
@@ -185,7 +185,9 @@ class AutoLabelModel(LabelModel):
     some YouTube subsets (+9 to +24 points), and left most real-LF matrices at the vote share, including
     subsets where the EM prior would have been right. The agreement check was added after
     ``diag_label_swap.py``'s spouse-like grid, whose LFs are often worse than chance, showed five draws losing 18-68
-    points without it. It is a heuristic, not a guarantee. A label-free
+    points without it, and the cluster check after ``diag_relation_regimes.py`` showed two draws with planted
+    near-copies losing 5.6 and 12.7 points (and one gaining 17.8) without it. It is a heuristic, not a guarantee.
+    A label-free
     fit that keeps majority vote warns when at least 5 % of the rows get no vote and the two estimates name
     different classes, saying which it used (``fit_report_["uncovered_balance"]`` records both and the checks). A
     fit that picks another model warns when its balance gives those rows another class than majority vote's vote
@@ -581,6 +583,9 @@ class AutoLabelModel(LabelModel):
 
         * the EM prior expects a real gain: its prior of its own class exceeds its prior of the vote-share class by
           at least :data:`_EM_MIN_PRIOR_GAP` (a nearly flat prior's argmax is a coin flip);
+        * ``auto`` found no cluster of dependent LFs (:func:`~lightning_ws.labelmodels.matrix.lf_clusters`): the EM
+          fit counts each copy of a duplicated rule as independent evidence, and on relation-style matrices with
+          near-copies (``diag_relation_regimes.py``) its prior gave the silent rows a class that cost 5.6-12.7 points;
         * the fit agrees with majority vote on at least :data:`_EM_MIN_MV_AGREEMENT` of the rows where the vote
           majority is clear (fits of LFs worse than chance for their class sit just above the swap guard's 50 %);
         * no LF has ``P(vote | Y = y) >= 0.95`` (:data:`_EM_BOUNDARY_FIRE_RATE`) for a class ``y``. Such a fit has
@@ -610,6 +615,9 @@ class AutoLabelModel(LabelModel):
             elif gap < _EM_MIN_PRIOR_GAP:
                 reason = (f"the EM prior expects only {gap:.2f} more accuracy on those rows from its class "
                           f"(< {_EM_MIN_PRIOR_GAP})")
+            elif any(len(c) > 1 for c in self.clusters_):
+                reason = (f"{sum(len(c) > 1 for c in self.clusters_)} cluster(s) of dependent LFs were found, and "
+                          "the EM prior assumes conditionally independent LFs")
             elif agree is None or agree < _EM_MIN_MV_AGREEMENT:
                 reason = (f"the EM fit agrees with majority vote on {agree if agree is not None else float('nan'):.1%} "
                           f"of the rows where the vote majority is clear (< {_EM_MIN_MV_AGREEMENT:.0%})")
