@@ -7,10 +7,11 @@ two estimates, or a rule between them (``AutoLabelModel(uncovered_balance=...)``
   how often each class's LFs fire, so with single-class LFs of unequal coverage it can name a rare class.
 * ``em``: the class prior of a label-free Dawid-Skene fit on the same matrix (an estimate of the class mix of all
   rows under conditionally independent LFs); a label-swapped fit falls back to the vote shares.
-* ``auto`` (the default since session 29): the EM prior where it names another class and its fit passes three
-  checks (its prior of its class at least 0.2 above its prior of the vote-share class; no LF votes on 95 % or more
-  of one class's rows; log-likelihood at least 20 above the fit with the prior held at the vote shares), else the
-  vote share.
+* ``auto`` (the default since session 29): the EM prior where it names another class and its fit passes five
+  checks (its prior of its class at least 0.2 above its prior of the vote-share class; no cluster of dependent LFs
+  found; agreement with majority vote on at least 60 % of the clearly voted rows; no LF votes on 95 % or more of one
+  class's rows; log-likelihood at least 20 above the fit with the prior held at the vote shares), else the vote
+  share.
 
 For every matrix on which ``auto`` keeps majority vote and some rows get no vote, it prints the share of such rows,
 the accuracy on them of each estimate's class, and the whole-matrix accuracy of ``auto`` with each, in %. Matrices:
@@ -22,8 +23,9 @@ the accuracy on them of each estimate's class, and the whole-matrix accuracy of 
   conditionally independent single-class LFs better than chance), ``--seeds``, scored transductively.
 
 Every model's ties are broken by the same seeded coin (``diag_wrench_shapes._pred``). Gold labels score only. The
-``auto`` rule's last two checks were written after looking at the default draws and seeds (session 29), the prior-gap
-check after ``--first-draw 100 --seeds 30,...,41``; ``--first-draw 200 --seeds 60,...,71`` was unseen by all three.
+``auto`` rule's vote-rate and log-likelihood checks were written after looking at the default draws and seeds
+(session 29), the prior-gap check after ``--first-draw 100 --seeds 30,...,41``; ``--first-draw 200 --seeds
+60,...,71`` was unseen by those three; the cluster and agreement checks came later (BENCHMARKS.md, "Session 29").
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/diag_uncovered_balance.py`` (about 5 minutes on 2 CPU cores).
 """
