@@ -36,6 +36,13 @@ SETS = ("youtube", "sms", "trec")
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
+def subset_columns(m: int, k: int, frac: float, draw: int) -> np.ndarray:
+    """The sorted LF columns of draw ``draw`` that keep ``frac`` of ``m`` LFs (at least 3) of a ``k``-class set: the
+    LF subsets this script and the other WRENCH LF-subset diagnostics share."""
+    size = max(3, round(frac * m))
+    return np.sort(np.random.default_rng([draw, size, k]).choice(m, size, replace=False))
+
+
 def _metric(task: str, y: np.ndarray, pred: np.ndarray) -> float:
     return f1_pos(y, pred) if task == "sms" else 100.0 * float((pred == y).mean())
 
@@ -65,7 +72,7 @@ def main() -> None:
             cells: dict[str, list[float]] = {"mv_train": [], "mv_test": [], "pk_train": [], "pk_test": []}
             picks: dict[str, int] = {}
             for draw in range(args.draws):
-                cols = np.sort(np.random.default_rng([draw, size, k]).choice(m, size, replace=False))
+                cols = subset_columns(m, k, frac, draw)
                 L = {s: W[s][:, cols] for s in S}
                 if not (L["train"] >= 0).any():
                     continue

@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS
+from diag_lf_subsets import FRACTIONS, SETS, subset_columns
 from diag_wrench_shapes import SHAPES, U, _pred
 
 from lightning_ws.data import load_wrench
@@ -96,10 +96,9 @@ def main() -> None:
         k, m = len(S["train"].class_names), W["train"].shape[1]
         draws = [("all", np.arange(m))]
         for frac in FRACTIONS:
-            size = max(3, round(frac * m))
             for d in range(args.first_draw, args.first_draw + args.draws):  # 0-7: diag_lf_subsets.py's
-                draws.append((f"{size} of {m} #{d}",
-                               np.sort(np.random.default_rng([d, size, k]).choice(m, size, replace=False))))
+                cols = subset_columns(m, k, frac, d)
+                draws.append((f"{cols.size} of {m} #{d}", cols))
         for tag, cols in draws:
             if not (W["train"][:, cols] >= 0).any():
                 continue

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS, _metric
+from diag_lf_subsets import FRACTIONS, SETS, _metric, subset_columns
 from diag_wrench_shapes import _pred
 
 from lightning_ws.data import load_wrench
@@ -47,12 +47,11 @@ def _matrices(draws: int):
         k, m = len(S["train"].class_names), W["train"].shape[1]
         yield task, f"all {m}", k, W, y
         for frac in FRACTIONS:
-            size = max(3, round(frac * m))
             for draw in range(draws):
-                cols = np.sort(np.random.default_rng([draw, size, k]).choice(m, size, replace=False))
+                cols = subset_columns(m, k, frac, draw)
                 L = {s: W[s][:, cols] for s in S}
                 if (L["train"] >= 0).any():
-                    yield task, f"{size} of {m}", k, L, y
+                    yield task, f"{cols.size} of {m}", k, L, y
 
 
 def _unvoted(pred: np.ndarray, L: np.ndarray, k: int) -> np.ndarray:

@@ -604,45 +604,47 @@ class AutoLabelModel(LabelModel):
         prior = None if ds is None else np.asarray(ds.class_balance_, dtype=np.float64)
         ok = prior is not None and prior.shape == vote_share.shape and bool(np.isfinite(prior).all())
         agree = self._mv_agreement(L, ds, M)[0] if ok else None
-        swapped = agree is not None and agree < _MIN_MV_AGREEMENT
+        usable = ok and not (agree is not None and agree < _MIN_MV_AGREEMENT)  # failed or label-swapped: unusable
         report: dict[str, Any] = {"mode": self.uncovered_balance, "em_prior": prior.tolist() if ok else None,
-                                  "em_mv_agreement": agree, "vote_share": vote_share.tolist()}
-        use = ok and not swapped
+                                  "em_mv_agreement": agree, "em_usable": usable, "vote_share": vote_share.tolist()}
+        use = usable and self.uncovered_balance != "vote_share"
         if use and self.uncovered_balance == "auto":
-            reason = None
-            gap = float(prior.max() - prior[int(vote_share.argmax())])
-            report["em_prior_gap"] = gap
-            if int(prior.argmax()) == int(vote_share.argmax()):
-                reason = "same class"
-            elif gap < _EM_MIN_PRIOR_GAP:
-                reason = (f"the EM prior expects only {gap:.2f} more accuracy on those rows from its class "
-                          f"(< {_EM_MIN_PRIOR_GAP})")
-            elif any(len(c) > 1 for c in self.clusters_):
-                reason = (f"{sum(len(c) > 1 for c in self.clusters_)} cluster(s) of dependent LFs were found, and "
-                          "the EM prior assumes conditionally independent LFs")
-            elif agree is None or agree < _EM_MIN_MV_AGREEMENT:
-                reason = (f"the EM fit agrees with majority vote on {agree if agree is not None else float('nan'):.1%} "
-                          f"of the rows where the vote majority is clear (< {_EM_MIN_MV_AGREEMENT:.0%})")
-            else:
-                fire = float((1.0 - ds.lf_confusions[:, :, 0]).max())
-                report["em_max_vote_rate"] = fire
-                if fire >= _EM_BOUNDARY_FIRE_RATE:
-                    reason = f"an LF votes on {fire:.1%} of one class's rows in the EM fit (>= {_EM_BOUNDARY_FIRE_RATE})"
-                else:
-                    held = self._fit_quiet("dawid_skene", M, vote_share)
-                    gain = (float("nan") if held is None else float(ds.fit_report_.get("log_likelihood", np.nan))
-                            - float(held.fit_report_.get("log_likelihood", np.nan)))
-                    report["em_loglik_gain"] = gain
-                    if not gain >= _EM_LOGLIK_MARGIN:  # nan (a failed fit) keeps the vote share too
-                        reason = f"EM log-likelihood gain over the vote-share prior {gain:.1f} < {_EM_LOGLIK_MARGIN}"
+            reason = self._em_prior_veto(ds, M, prior, vote_share, agree, report)
             use = reason is None
             if reason is not None:
                 report["kept_vote_share_because"] = reason
-        elif self.uncovered_balance == "vote_share":
-            use = False
         report["source"] = "dawid_skene_em_prior" if use else "majority_vote_vote_share"
         self.fit_report_["uncovered_balance"] = report
         return prior if use else vote_share
+
+    def _em_prior_veto(self, ds: LabelModel, M: np.ndarray, prior: np.ndarray, vote_share: np.ndarray,
+                       agree: float | None, report: dict[str, Any]) -> str | None:
+        """Why ``uncovered_balance="auto"`` keeps ``vote_share`` instead of the usable EM ``prior`` (``None``: it does
+        not). The checks of :meth:`_em_balance`, cheapest first; the measured ones go into ``report``."""
+        gap = float(prior.max() - prior[int(vote_share.argmax())])
+        report["em_prior_gap"] = gap
+        if int(prior.argmax()) == int(vote_share.argmax()):
+            return "same class"
+        if gap < _EM_MIN_PRIOR_GAP:
+            return f"the EM prior expects only {gap:.2f} more accuracy on those rows from its class (< {_EM_MIN_PRIOR_GAP})"
+        n_groups = sum(len(c) > 1 for c in self.clusters_)
+        if n_groups:
+            return (f"{n_groups} cluster(s) of dependent LFs were found, and the EM prior assumes conditionally "
+                    "independent LFs")
+        if agree is None or agree < _EM_MIN_MV_AGREEMENT:
+            return (f"the EM fit agrees with majority vote on {agree if agree is not None else float('nan'):.1%} of "
+                    f"the rows where the vote majority is clear (< {_EM_MIN_MV_AGREEMENT:.0%})")
+        fire = float((1.0 - ds.lf_confusions[:, :, 0]).max())
+        report["em_max_vote_rate"] = fire
+        if fire >= _EM_BOUNDARY_FIRE_RATE:
+            return f"an LF votes on {fire:.1%} of one class's rows in the EM fit (>= {_EM_BOUNDARY_FIRE_RATE})"
+        held = self._fit_quiet("dawid_skene", M, vote_share)
+        gain = (float("nan") if held is None else float(ds.fit_report_.get("log_likelihood", np.nan))
+                - float(held.fit_report_.get("log_likelihood", np.nan)))
+        report["em_loglik_gain"] = gain
+        if not gain >= _EM_LOGLIK_MARGIN:  # nan (a failed fit) keeps the vote share too
+            return f"EM log-likelihood gain over the vote-share prior {gain:.1f} < {_EM_LOGLIK_MARGIN}"
+        return None
 
     def _warn_uncovered_balance(self, L: np.ndarray, name: str, share: float) -> None:
         """Warn when the pick's estimated class balance labels the all-abstain rows differently from majority vote.
@@ -665,8 +667,7 @@ class AutoLabelModel(LabelModel):
             mv_balance = np.asarray(self.inner_.class_balance_, dtype=np.float64)  # its vote shares
             report["majority_vote_class_balance"] = mv_balance.tolist()
             em = (self.fit_report_.get("uncovered_balance") or {})
-            if share < _UNCOVERED_WARN_SHARE or em.get("em_prior") is None or em.get("em_mv_agreement") is None \
-                    or em["em_mv_agreement"] < _MIN_MV_AGREEMENT:
+            if share < _UNCOVERED_WARN_SHARE or not em.get("em_usable"):
                 return
             prior = np.asarray(em["em_prior"], dtype=np.float64)
             if int(prior.argmax()) == int(mv_balance.argmax()):
