@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -326,6 +327,28 @@ def test_weighted_majority_vote_given_and_dev_accuracies():
     with pytest.raises(DataError, match="dev_y"):
         WeightedMajorityVote().fit(d.L, dev_L=d.L[:10])
 
+
+
+def test_weighted_majority_vote_warns_when_one_coin_weights_count_a_rare_class_rule_against_it():
+    # Binary, 8 % positives, single-class LFs better than chance for their class (spouse-like): a positive rule's
+    # precision is well above the 0.08 prior but below 1/2, so its one-coin weight is negative.
+    R = make_regime_label_matrix(20000, k=2, m=9, lf_type="single", coverage=(0.01, 0.08), accuracy=(0.2, 0.8),
+                                 imbalance=11.5, accuracy_scale="above_chance", seed=900)
+    with pytest.warns(UserWarning, match="count their votes against the class they name"):
+        wmv = WeightedMajorityVote(seed=0).fit(R.L)
+    bad = wmv.fit_report_["votes_against_own_class"]
+    assert bad
+    pos_rules = [j for j in range(R.L.shape[1]) if (R.L[:, j] == 1).any()]
+    assert set(bad) <= set(pos_rules)
+    prior = wmv.class_balance_[1]
+    assert all(prior < wmv.lf_accuracies[j] < 0.5 for j in bad)
+    # balanced classes with the same kind of LFs: no rule is below 1/k and above its prior, no warning
+    B = make_regime_label_matrix(20000, k=2, m=9, lf_type="single", coverage=(0.01, 0.08), accuracy=(0.2, 0.8),
+                                 imbalance=1.0, accuracy_scale="above_chance", seed=900)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        balanced = WeightedMajorityVote(seed=0).fit(B.L)
+    assert balanced.fit_report_["votes_against_own_class"] == []
 
 def test_lf_analysis_hand_computed():
     L = np.array([[0, -1, 0], [1, 0, -1], [-1, -1, -1], [1, 1, 1]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,17 @@ class WeightedMajorityVote(LabelModel):
     ``class_balance="estimated"`` the prior is the EM prior (label-free accuracies) or the mean posterior over
     covered rows (given / dev accuracies).
 
+    Limitation (imbalanced classes): the accuracy behind a weight is a precision, ``P(Y = vote | vote)``, which already
+    contains the class prior, and the prior is added once more. A rule for a rare class that is right less often than
+    ``1 / k`` gets a negative weight even when it fires far more on its class than on the others (precision above the
+    prior), so that class can vanish: positive-class F1 0 on synthetic spouse- and tennis-shaped matrices. ``fit``
+    warns and lists such LFs in ``fit_report_["votes_against_own_class"]`` (on WRENCH SMS train, label-free, 6 of 73
+    spam rules; WMV's test spam F1 is 21.3 against majority vote's 41.9). A naive-Bayes correction that counts the prior
+    once (weight ``logit(a) - logit(p_vote)``) was tried in session 30 and not adopted: it fixed the binary
+    imbalanced shapes (spouse F1 27 -> 59, SMS test +9) but lost 14 F1 on census-shaped matrices, where the ignored
+    abstains matter, and 20 points on TREC with dev accuracies (``benchmarks/diag_wmv_prior.py``, ``BENCHMARKS.md``). Dawid-Skene and moment matching
+    model each class's firing rates and abstains, and ``auto`` chooses among them.
+
     Args:
         num_classes: ``k``.
         accuracies: optional ``(m,)`` known LF accuracies in ``(0, 1)``.
@@ -191,6 +203,43 @@ class WeightedMajorityVote(LabelModel):
             post = np.concatenate([normalize_log(self._scores(L, w, prior, sl))[0] for sl in _row_chunks(n, m)])
             self.class_balance_ = _floor_normalize(post[cov].mean(axis=0) if cov.any() else np.ones(k))
         self.fit_report_["accuracy_source"] = self.accuracy_source
+        self._warn_against_own_class(L)
+
+    def _warn_against_own_class(self, L: np.ndarray) -> None:
+        """Warn about LFs whose votes count *against* the class they name although they beat that class's prior.
+
+        The one-coin weight ``log(a (k - 1) / (1 - a))`` is negative when the accuracy ``a`` (here a precision,
+        ``P(Y = vote | vote)``) is below ``1 / k``, and the class prior is added on top. With imbalanced classes a
+        rule for a rare class is often right less than half the time while still firing far more on that class than
+        on the others (precision above the prior): its votes carry evidence *for* the class, but the one-coin
+        weights count them against it, so such a class can vanish from the predictions (synthetic spouse- and
+        tennis-shaped matrices, ``diag_wrench_shapes.py``'s seeds 80-82: positive-class F1 0). ``fit_report_``
+        lists the LFs under ``"votes_against_own_class"``.
+        """
+        k = self.k_
+        a = self.accuracies_
+        counts = np.zeros((L.shape[1], k))  # votes per LF and class
+        for sl in _row_chunks(*L.shape):
+            for c in range(k):
+                counts[:, c] += (L[sl] == c).sum(axis=0)
+        fired = counts.sum(axis=1)
+        if not fired.any():
+            return
+        share = counts / np.maximum(fired, 1)[:, None]
+        prior_voted = share @ np.asarray(self.class_balance_, dtype=np.float64)  # the prior of the classes it names
+        bad = np.flatnonzero((fired > 0) & (self._weights(a) < -1e-9) & (a > prior_voted))
+        self.fit_report_["votes_against_own_class"] = bad.tolist()
+        if bad.size:
+            names = [self.lf_names_[j] if self.lf_names_ else f"LF {j}" for j in bad[:5]]
+            more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+            j = int(bad[0])
+            warnings.warn(
+                f"WeightedMajorityVote: {bad.size} of {L.shape[1]} labeling functions ({', '.join(names)}{more}) are "
+                f"right more often than their class's prior (e.g. {names[0]}: precision {a[j]:.2f}, prior "
+                f"{prior_voted[j]:.2f}) but below 1/k = {1 / k:.2f}, so the one-coin weights count their votes "
+                f"against the class they name and that class can vanish from the predictions. This happens with "
+                f"imbalanced classes; use dawid_skene, moment_matching or auto, which model each class's firing "
+                f"rates.", UserWarning, stacklevel=3)
 
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
         w = self._weights(self.accuracies_)
