@@ -460,10 +460,21 @@ def test_auto_keeps_to_the_voted_classes_on_trec_subset_where_moment_matching_ov
     P = auto.predict_proba(L)
     assert acc(P) >= mv - 0.005
     assert voted[cov, P[cov].argmax(1)].all()
+    # the default support="auto" keeps to the voted classes here: moment matching does not reproduce how often
+    # these LFs fire together
+    rep = auto.fit_report_["support"]
+    assert rep["mode"] == "auto" and rep["used"] == "voted"
+    assert "6 classes" in rep["check"]["kept_voted_because"]
+    assert rep["check"]["cofiring"]["mean_z2"] > 1.0 and not rep["check"]["cofiring"]["passed"]
     loaded = LabelModel.load(auto.save(tmp_path / "auto"))
-    assert loaded.support == "voted"
+    assert loaded.support == "auto" and loaded.support_ == "voted"
     np.testing.assert_allclose(loaded.predict_proba(L), P)
     state = auto.state_dict()
+    del state["meta"]["extra"]["support_used"]  # a file written before support="auto" (session 30)
+    voted_era = AutoLabelModel(6)
+    voted_era.load_state_dict({**state, "meta": {**state["meta"],
+                                                  "config": {**state["meta"]["config"], "support": "voted"}}})
+    np.testing.assert_allclose(voted_era.predict_proba(L), P)
     del state["meta"]["config"]["support"]  # a file written before the option: it predicted like "model"
     old = AutoLabelModel(6)
     old.load_state_dict(state)
@@ -479,11 +490,11 @@ def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
     rep = auto.fit_report_["support"]
     cov = (d.L >= 0).any(axis=1)
     assert auto.selected == "dawid_skene/raw"  # margin 0: the candidate is taken
-    assert rep["mode"] == "voted" and rep["covered_rows"] == int(cov.sum())
+    assert rep["mode"] == "voted" and rep["used"] == "voted" and rep["covered_rows"] == int(cov.sum())
     own = auto.inner_.predict_proba(d.L).argmax(1)
     unvoted = cov & ~np.array([(d.L[i] == own[i]).any() for i in range(len(own))])
     assert unvoted.sum() > 100  # conditionally independent weak LFs: the prior overrules many lone votes
@@ -492,3 +503,64 @@ def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
     assert all((d.L[i] == P[i].argmax()).any() for i in np.flatnonzero(cov))
     mv = AutoLabelModel(2, candidates=("majority_vote",)).fit(d.L)
     assert mv.fit_report_["support"]["unvoted_argmax_rows"] == 0
+
+
+def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lfs_fire_together(tmp_path):
+    """``support="auto"`` (the default): on conditionally independent LFs the pick's fitted model reproduces the
+    pairwise co-firing counts (mean squared Pearson residual under 1), so its own probabilities are used and
+    the lone votes its prior rightly overrules are not forced back (accuracy above the voted-class restriction); the
+    residual is recomputed here from the pick's parameters. The real TREC subset above fails the check."""
+    d = make_regime_label_matrix(3000, k=2, m=9, lf_type="single", coverage=(0.05, 0.2), accuracy=(0.2, 0.8),
+                                 imbalance=4.0, accuracy_scale="above_chance", seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
+        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
+    rep = auto.fit_report_["support"]
+    assert rep["mode"] == "auto" and rep["used"] == "model" and auto.support_ == "model"
+    fire = 1.0 - auto.inner_.lf_confusions[:, :, 0]
+    F = (d.L >= 0).astype(float)
+    expected = len(d.L) * (fire * auto.inner_.class_balance_) @ fire.T
+    observed = F.T @ F
+    iu = np.triu_indices(d.L.shape[1], 1)
+    keep = expected[iu] >= 5
+    z2 = ((observed[iu] - expected[iu]) ** 2 / expected[iu])[keep]
+    cof = rep["check"]["cofiring"]
+    assert cof["pairs"] == int(keep.sum()) > 10
+    assert cof["mean_z2"] == pytest.approx(z2.mean()) and z2.mean() < 1.0
+    assert rep["check"]["mv_agreement"] >= 0.6 and "kept_voted_because" not in rep["check"]
+    np.testing.assert_allclose(auto.predict_proba(d.L), auto.inner_.predict_proba(d.L))
+    acc_auto = (auto.predict_proba(d.L).argmax(1) == d.y).mean()
+    acc_voted = (voted.predict_proba(d.L).argmax(1) == d.y).mean()
+    assert acc_auto > acc_voted + 0.01
+    loaded = LabelModel.load(auto.save(tmp_path / "auto"))
+    assert loaded.support_ == "model"
+    np.testing.assert_allclose(loaded.predict_proba(d.L), auto.predict_proba(d.L))
+    with pytest.raises(ConfigError, match="support must be"):
+        AutoLabelModel(2, support="own")
+
+
+def test_auto_support_keeps_the_voted_classes_on_youtube_subset_whose_lfs_fire_together_beyond_the_model():
+    """Real binary data: 5 of WRENCH YouTube's 10 LFs (draw 1 of that size in ``benchmarks/diag_lf_subsets.py``).
+    ``auto`` picks moment matching, which agrees with majority vote on 72 % of the clear rows (so the agreement check
+    would let its own probabilities through), but its own probabilities lose 15 points of train accuracy to the
+    voted-class restriction: the spam keyword rules fire together more than a conditionally independent model
+    allows, and the co-firing check sees it (mean squared residual about 2)."""
+    from lightning_ws.data import load_wrench
+
+    data = load_wrench("youtube", "train")
+    L = np.asarray(data.weak_labels)[:, [0, 1, 5, 8, 9]]
+    y = np.asarray(data.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = AutoLabelModel(2, seed=0).fit(L)
+        own = AutoLabelModel(2, seed=0, support="model").fit(L)
+    assert auto.selected == own.selected == "moment_matching/raw"
+    check = auto.fit_report_["support"]["check"]
+    assert check["mv_agreement"] >= 0.6 and check["classes"] == 2
+    assert check["cofiring"]["mean_z2"] > 1.0 and "fire together" in check["kept_voted_because"]
+    assert auto.support_ == "voted"
+    acc_auto = (auto.predict_proba(L).argmax(1) == y).mean()
+    acc_own = (own.predict_proba(L).argmax(1) == y).mean()
+    assert acc_auto > acc_own + 0.10
+

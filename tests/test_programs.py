@@ -527,6 +527,7 @@ def test_trec_k6_program_labels_through_datamodule(tmp_path):
         assert rep_["programs_used"] == 6 and rep_["sandbox_errors"] == 0
         assert rep_["class_weighting"] == "balanced" and len(rep_["class_balance"]) == 6
         assert isinstance(rep_["unvoted_argmax_rows"], int) and rep_["unvoted_argmax_rows"] >= 0  # auto's report
+        assert rep_["support_used"] == "voted"  # 6 classes: auto keeps to the voted classes
     gen, joint = reports["generated"], reports["joint"]
     # the keyword programs alone: precise on the rows they cover; joint with the 68 WRENCH LFs: more rows
     assert gen["pseudolabel_accuracy_vs_gold"] > 0.6 and 0.3 < gen["coverage"] < 1.0, gen

@@ -152,3 +152,4 @@ def test_default_auto_reports_its_pick_and_the_rows_it_keeps_to_voted_classes():
     assert rep["label_model"] == "AutoLabelModel"
     assert rep["label_model_pick"] == dm.label_model.selected == "majority_vote/raw"  # label-free on WRENCH YouTube
     assert rep["unvoted_argmax_rows"] == 0  # majority vote only names voted classes
+    assert rep["support_used"] == "voted"

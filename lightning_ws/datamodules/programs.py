@@ -201,6 +201,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
         inner = getattr(model, "inner_", None)
         report.update(label_model=type(model).__name__ + (f" -> {type(inner).__name__}" if inner is not None else ""),
                       unvoted_argmax_rows=model.fit_report_.get("support", {}).get("unvoted_argmax_rows"),
+                      support_used=model.fit_report_.get("support", {}).get("used"),
                       class_balance_source=model.class_balance_source,
                       class_balance=np.asarray(model.class_balance_).round(4).tolist(),
                       coverage=float(comb.covered.mean()), rows_kept=int(rows.size), rows_total=int(data.n),

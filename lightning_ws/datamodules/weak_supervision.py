@@ -127,8 +127,9 @@ class PseudoLabelDataModule(TextClassificationDataModule):
     Attributes:
         label_model: the fitted (or loaded) label model, after ``setup("fit")``.
         label_model_report: coverage, kept rows, class balance and its source, ``auto``'s pick and the covered rows
-            where that pick alone would name a class no LF voted (``None`` for other models; ``support="voted"``
-            keeps those rows among the voted classes), the targets' class mass, the class
+            where that pick alone would name a class no LF voted (``None`` for other models) and whether they keep
+            to the voted classes (``support_used``: ``"voted"``, or ``"model"`` where ``support="auto"`` trusts
+            the pick's own probabilities), the targets' class mass, the class
             weighting used, and the pseudolabels' accuracy against the gold training labels (a diagnostic only, with
             ties between classes broken at random by a generator seeded with ``seed``; gold labels never reach
             training; computed on the rows that have one, ``None`` for an unlabelled train split).
@@ -262,6 +263,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
             "label_model_pick": (f"{fit_rep['selected']}/{fit_rep.get('variant', 'raw')}" if "selected" in fit_rep
                                  else None),
             "unvoted_argmax_rows": fit_rep.get("support", {}).get("unvoted_argmax_rows"),
+            "support_used": fit_rep.get("support", {}).get("used"),  # "voted" or "model" (auto's support_)
             "class_balance": np.asarray(model.class_balance_).round(4).tolist(),
             "class_balance_source": model.class_balance_source,
             "coverage": float(covered.mean()),

@@ -78,6 +78,23 @@ _EM_MIN_PRIOR_GAP = 0.2
 #: this check on.
 _EM_MIN_MV_AGREEMENT = 0.6
 
+#: ``support="auto"``: the pick's own probabilities are used on covered rows only if its fitted model reproduces how
+#: often each pair of LFs fires together: the mean squared Pearson residual ``(observed - expected) ** 2 / expected``
+#: over the LF pairs with at least :data:`_SUPPORT_MIN_EXPECTED` expected co-firing rows must be at most this, the
+#: value Poisson-like residuals of a correctly specified model average to (less, since its parameters are fitted to
+#: the same counts: 95 % of the label-model picks on the synthetic grids of BENCHMARKS.md "Session 30" were at or
+#: under 0.78). The real WRENCH / program LF sets where ``auto`` picked a model gave 1.6-46.
+_SUPPORT_MAX_MEAN_Z2 = 1.0
+#: LF pairs expected to fire together on fewer rows than this are left out of the co-firing check (their residuals
+#: are mostly Poisson noise).
+_SUPPORT_MIN_EXPECTED = 5.0
+#: ``support="auto"`` uses the pick's own probabilities only for tasks with at most this many classes. With more, the
+#: model also chooses *which* unvoted class, on the prior and the abstains alone: on the multi-class synthetic grids of
+#: BENCHMARKS.md "Session 30" the own probabilities gained 0.18 points on average over the voted classes and lost 5.8
+#: on a chemprot-shaped draw whose EM prior had merged two classes (co-firing check passed), against +2.15 on
+#: average for the binary draws.
+_SUPPORT_MAX_CLASSES = 2
+
 
 def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
     """Mean of ``x`` per held-out vote class, averaged over the classes present, and its standard error.
@@ -153,18 +170,26 @@ class AutoLabelModel(LabelModel):
     but not per held-out cluster. With ``dev_L``/``dev_y`` the choice is made on dev accuracy instead (same margin
     rule, per-row standard error), which uses labels the caller gave for that purpose.
 
-    Voted classes (``support="voted"``, the default): on a row where LFs vote, the chosen model's probabilities are
-    restricted to the classes some LF voted on that row (:func:`~lightning_ws.labelmodels.matrix.restrict_to_voted`),
-    so ``auto`` never contradicts every vote on a row, as majority vote never does. A conditional-independence model
-    otherwise moves covered rows to a class no LF named on the strength of the class prior and of the LFs that
-    abstained; on real keyword LFs those predictions were mostly wrong (75 WRENCH YouTube / SMS / TREC matrices:
-    right on 11 % of such rows, where majority vote was right on 68-69 %), and on a TREC subset the pick lost 10 points
-    of train accuracy to majority vote that way (``benchmarks/diag_voted_support.py``, ``BENCHMARKS.md``). The
-    selection still compares the candidates' own probabilities: scoring restricted candidates let near-copies of
-    majority vote win on tiny gains and was worse on the program LF sets. On synthetic conditionally independent LFs
-    the unvoted predictions are the Bayes decision, so ``"voted"`` gives up part of the gain there; ``"model"`` keeps
-    it (and is how models saved before this option predict). ``fit_report_["support"]["unvoted_argmax_rows"]`` counts
-    the covered fit rows where the pick's own argmax is a class no LF voted (the rows ``"voted"`` changes).
+    Voted classes (``support``). A conditional-independence model can predict, on a row where LFs vote, a class that
+    no LF named there, on the strength of the class prior and of the LFs that abstained. On conditionally
+    independent LFs that is the Bayes decision (a lone vote of a weak rule for a rare class is rightly overruled). On
+    real keyword LFs those predictions were mostly wrong (75 WRENCH YouTube / SMS / TREC matrices: right on 11 % of
+    such rows, where majority vote was right on 68-69 %), and on a TREC subset the pick lost 10 points of train
+    accuracy to majority vote that way (``benchmarks/diag_voted_support.py``, ``BENCHMARKS.md``). ``"voted"``
+    restricts the chosen model's probabilities on every covered row to the classes some LF voted there
+    (:func:`~lightning_ws.labelmodels.matrix.restrict_to_voted`), so ``auto`` never contradicts every vote on a row,
+    as majority vote never does; ``"model"`` keeps the model's own probabilities (how models saved before session 17
+    predict). ``"auto"`` (the default since session 30) uses the model's own probabilities only when the fitted model
+    reproduces how often each pair of LFs fires together (:meth:`_cofiring_check`: the mean squared Pearson residual
+    of the pairwise co-firing counts against the model's ``sum_y p_y P(i fires | y) P(j fires | y)`` is at most
+    :data:`_SUPPORT_MAX_MEAN_Z2`), i.e. when the abstains behave as the model assumes; otherwise it restricts. It is
+    evidence about the abstain model, not a guarantee: the held-out agreement of the selection was no help here
+    (it preferred the unrestricted predictions on every real matrix where they lost, BENCHMARKS.md "Session 30").
+    The selection compares the candidates' own probabilities in every mode: scoring restricted candidates let
+    near-copies of majority vote win on tiny gains and was worse on the program LF sets.
+    ``fit_report_["support"]`` holds the mode, the one ``used``, the co-firing check (``"cofiring"``: pairs, mean
+    squared residual, threshold) and ``unvoted_argmax_rows``, the covered fit rows where the pick's own argmax is a
+    class no LF voted (the rows ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model. When majority vote is kept label-free, two estimates exist: majority
@@ -219,8 +244,10 @@ class AutoLabelModel(LabelModel):
             :func:`~lightning_ws.labelmodels.structure.learn_structure_rpca`) or ``"both"`` (their union). The
             benchmark compares them on the regime matrix (``BENCHMARKS.md``); the agreement clusters stay the
             default there.
-        support: ``"voted"`` (default: the chosen model's prediction on a covered row is restricted to the classes
-            some LF voted on it) or ``"model"`` (its own probabilities).
+        support: ``"auto"`` (default: the chosen model's own probabilities when it reproduces the LFs' pairwise
+            co-firing, else ``"voted"``), ``"voted"`` (its prediction on a covered row is restricted to the classes
+            some LF voted on it; the default from session 17 to 29) or ``"model"`` (its own probabilities). See
+            "Voted classes" above; ``support_`` is the one a fitted model uses.
         uncovered_balance: where the label-free class balance comes from when majority vote is kept (it is what
             rows without any vote get): ``"auto"`` (default: the vote share unless the checks of "Class balance"
             above pass for the EM prior), ``"vote_share"`` (majority vote's own, its mean vote share over the
@@ -239,12 +266,13 @@ class AutoLabelModel(LabelModel):
                  merge: Literal["auto", "never", "always"] = "auto", cluster_threshold: float = 0.7, n_folds: int = 5,
                  margin_z: float = 2.0, max_selection_rows: int = 200_000,
                  structure: Literal["agreement", "rpca", "both"] = "agreement",
-                 support: Literal["voted", "model"] = "voted",
+                 support: Literal["auto", "voted", "model"] = "auto",
                  uncovered_balance: Literal["auto", "vote_share", "em"] = "auto", seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
-        if support not in ("voted", "model"):
-            raise ConfigError(f"support must be 'voted' or 'model', got {support!r}.")
+        if support not in ("auto", "voted", "model"):
+            raise ConfigError(f"support must be 'auto', 'voted' or 'model', got {support!r}.")
         self.support = support
+        self.support_: str = "voted" if support == "auto" else support  # what predictions use (fit resolves "auto")
         if uncovered_balance not in ("auto", "em", "vote_share"):
             raise ConfigError(f"uncovered_balance must be 'auto', 'em' or 'vote_share', got {uncovered_balance!r}.")
         self.uncovered_balance = uncovered_balance
@@ -496,7 +524,7 @@ class AutoLabelModel(LabelModel):
                                 n_clusters=len(self.clusters_), selection=info,
                                 converged=bool(model.fit_report_.get("converged", True)),
                                 n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_,
-                                support=self._unvoted_report(model, M))
+                                support=self._support_report(L, model, M))
 
     def _selection_rows(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``X`` itself, or at most ``max_selection_rows`` of its rows drawn with ``rng``, in their original order."""
@@ -504,20 +532,74 @@ class AutoLabelModel(LabelModel):
             return X
         return X[np.sort(rng.choice(X.shape[0], self.max_selection_rows, replace=False))]
 
-    def _unvoted_report(self, model: LabelModel, M: np.ndarray) -> dict[str, Any]:
-        """How often the pick's own argmax on a covered fit row is a class no LF voted there (what ``support="voted"``
-        overrides), on at most ``max_selection_rows`` seeded rows."""
-        M = self._selection_rows(M, np.random.default_rng([self.seed, 4051]))
+    def _support_report(self, L: np.ndarray, model: LabelModel, M: np.ndarray) -> dict[str, Any]:
+        """Resolve ``support_`` and report how often the pick's own argmax on a covered fit row is a class no LF
+        voted there (what ``"voted"`` overrides), on at most ``max_selection_rows`` seeded rows.
+
+        ``support="auto"`` uses the pick's own probabilities (``"model"``) only when all of these hold, else
+        ``"voted"``: the task is binary (:data:`_SUPPORT_MAX_CLASSES`); the pick's fitted model reproduces the LFs'
+        pairwise co-firing (:meth:`_cofiring_check`); and it agrees with majority vote on at least
+        :data:`_EM_MIN_MV_AGREEMENT` of the rows where the vote majority is clear (nearer 50 % is a nearly
+        label-swapped fit, whose overruling of lone votes cost 16-24 points on two spouse-like draws).
+        """
+        rows = self._selection_rows(np.arange(M.shape[0]), np.random.default_rng([self.seed, 4051]))
+        L, M = L[rows], M[rows]
         cov = covered_mask(M)
         report: dict[str, Any] = {"mode": self.support, "covered_rows": int(cov.sum()), "unvoted_argmax_rows": 0}
-        if not cov.any() or model.name == "majority_vote":
+        self.support_ = "voted" if self.support == "auto" else self.support
+        if model.name == "majority_vote":  # never predicts an unvoted class: nothing to decide
+            report["used"] = self.support_
             return report
-        U, inv, _ = unique_rows(M[cov])  # posteriors depend on the vote pattern only
-        top = model.predict_proba(U).argmax(axis=1)
-        votes = vote_counts(U, self.k_)
-        unvoted = votes[np.arange(U.shape[0]), top] == 0
-        report["unvoted_argmax_rows"] = int(unvoted[inv].sum())
+        if self.support == "auto":
+            agree, _ = self._mv_agreement(L, model, M)
+            check = {"classes": self.k_, "max_classes": _SUPPORT_MAX_CLASSES, "mv_agreement": agree,
+                     "min_mv_agreement": _EM_MIN_MV_AGREEMENT, "cofiring": self._cofiring_check(model, M)}
+            if self.k_ > _SUPPORT_MAX_CLASSES:
+                check["kept_voted_because"] = f"{self.k_} classes (own probabilities only for binary tasks)"
+            elif not check["cofiring"]["passed"]:
+                check["kept_voted_because"] = "the model does not reproduce how often the LFs fire together"
+            elif agree is None or agree < _EM_MIN_MV_AGREEMENT:
+                check["kept_voted_because"] = (f"it agrees with majority vote on {agree if agree is not None else 0:.0%}"
+                                               f" of the rows with a clear vote majority (< "
+                                               f"{_EM_MIN_MV_AGREEMENT:.0%})")
+            else:
+                self.support_ = "model"
+            report["check"] = check
+        report["used"] = self.support_
+        if cov.any():
+            U, inv, _ = unique_rows(M[cov])  # posteriors depend on the vote pattern only
+            top = model.predict_proba(U).argmax(axis=1)
+            votes = vote_counts(U, self.k_)
+            unvoted = votes[np.arange(U.shape[0]), top] == 0
+            report["unvoted_argmax_rows"] = int(unvoted[inv].sum())
         return report
+
+    @staticmethod
+    def _cofiring_check(model: LabelModel, M: np.ndarray) -> dict[str, Any]:
+        """Does the pick's fitted model reproduce how often each pair of LFs fires together?
+
+        Expected co-firing rows of LFs ``i, j`` under the model: ``n * sum_y p_y P(i fires | y) P(j fires | y)``
+        (its class balance and ``lf_confusions``); observed: the rows where both vote. Statistic: the mean of
+        ``(observed - expected) ** 2 / expected`` over the pairs expected on at least :data:`_SUPPORT_MIN_EXPECTED`
+        rows. The check passes when there is such a pair and the mean is at most :data:`_SUPPORT_MAX_MEAN_Z2`.
+        """
+        U, _, counts = unique_rows(M)
+        F = (U != ABSTAIN).astype(np.float64)
+        fire = 1.0 - np.asarray(model.lf_confusions)[:, :, 0]  # (m, k) P(fires | Y = y)
+        p = np.asarray(model.class_balance_, dtype=np.float64)
+        n = float(counts.sum())
+        observed = F.T @ (F * counts[:, None])
+        expected = n * (fire * p[None, :]) @ fire.T
+        iu = np.triu_indices(F.shape[1], 1)
+        o, e = observed[iu], expected[iu]
+        keep = e >= _SUPPORT_MIN_EXPECTED
+        out: dict[str, Any] = {"pairs": int(keep.sum()), "mean_z2": None, "max_mean_z2": _SUPPORT_MAX_MEAN_Z2,
+                               "passed": False}
+        if keep.any():
+            z2 = (o[keep] - e[keep]) ** 2 / e[keep]
+            out["mean_z2"] = float(z2.mean())
+            out["passed"] = bool(out["mean_z2"] <= _SUPPORT_MAX_MEAN_Z2)
+        return out
 
     def _mv_agreement(self, L: np.ndarray, model: LabelModel, M: np.ndarray) -> tuple[float | None, int]:
         """Share of the rows where the vote majority is clear (covered, untied) on which ``model`` (fitted on ``M``,
@@ -710,7 +792,7 @@ class AutoLabelModel(LabelModel):
     def _proba_covered(self, L: np.ndarray) -> np.ndarray:
         M = self._transform(L)
         P = self.inner_.predict_proba(M)
-        return restrict_to_voted(P, M, self.k_) if self.support == "voted" else P
+        return restrict_to_voted(P, M, self.k_) if self.support_ == "voted" else P
 
     def _lf_confusions(self) -> np.ndarray:
         conf = self.inner_.lf_confusions
@@ -741,7 +823,8 @@ class AutoLabelModel(LabelModel):
         inner = self.inner_.state_dict()
         state["arrays"].update({f"inner.{k}": np.array(v, copy=True) for k, v in inner["arrays"].items()})
         state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_,
-                                  "active_lfs": None if self.active_lfs_ is None else self.active_lfs_.tolist()}
+                                  "active_lfs": None if self.active_lfs_ is None else self.active_lfs_.tolist(),
+                                  "support_used": self.support_}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -750,6 +833,8 @@ class AutoLabelModel(LabelModel):
         # files written before ``support`` existed predicted with the inner model's own probabilities
         self.support = state["meta"].get("config", {}).get("support", "model")
         extra = state["meta"]["extra"]
+        # files written before support="auto" existed hold "voted" or "model" in their config
+        self.support_ = extra.get("support_used", "voted" if self.support == "auto" else self.support)
         im = extra["inner_meta"]
         inner = registry()[im["name"]](**im["config"])
         inner.load_state_dict({"meta": im, "arrays": {k[6:]: v for k, v in state["arrays"].items()
