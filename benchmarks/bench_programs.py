@@ -236,7 +236,7 @@ def label_model_default(models: list[str]) -> None:
                       + " |", flush=True)
 
 
-def label_model_tiers(models: list[str], auto_support: str = "voted") -> None:
+def label_model_tiers(models: list[str], auto_support: str = "auto") -> None:
     """Each program LF set on its own (prompt tier / Alchemist mode), all programs pooled, and pooled + WRENCH LFs:
     every label model of ``models`` fitted label-free on the train matrix, metric on train, valid and test."""
     from lightning_ws.data import load_wrench
@@ -301,7 +301,7 @@ def main() -> None:
     ap.add_argument("--isolation", default="auto", choices=["auto", "bwrap", "unshare", "none"],
                     help="namespace launcher of the sandbox (throughput)")
     ap.add_argument("--min-dev-accuracy", type=float, default=0.8, help="dev filter (quality)")
-    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
+    ap.add_argument("--auto-support", default="auto", choices=["auto", "voted", "model"],
                     help="AutoLabelModel(support=...) in label-model-tiers")
     args = ap.parse_args()
     try:

@@ -98,7 +98,7 @@ def worse_than_chance() -> None:
         print(f"| {prec} | {total} | {bad} ({100.0 * bad / total:.0f} %) |", flush=True)
 
 
-def above_chance(auto_support: str = "voted") -> list[str]:
+def above_chance(auto_support: str = "auto") -> list[str]:
     """Print the second table; return the rows of the third (the F1 decision rule on the same fits)."""
     print("\n| u (precision = p_c + u (1 - p_c)) | draws | auto picks | accuracy: auto - MV | accuracy: auto - snorkel | "
           "F1: auto - MV | F1: auto - snorkel | label-model picks losing F1 to MV | of those, still losing with the "
@@ -159,9 +159,10 @@ def f1_decision(rows: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
-                    help="AutoLabelModel(support=...): 'voted' (default) restricts covered rows to their voted "
-                         "classes, 'model' does not")
+    ap.add_argument("--auto-support", default="auto", choices=["auto", "voted", "model"],
+                    help="AutoLabelModel(support=...): 'auto' (default) uses the pick's own probabilities when its model "
+                         "reproduces the LFs' pairwise co-firing, else restricts covered rows to their voted classes "
+                         "('voted'); 'model' never restricts")
     args = ap.parse_args()
     worse_than_chance()
     f1_decision(above_chance(args.auto_support))

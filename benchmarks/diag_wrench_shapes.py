@@ -63,9 +63,10 @@ def _cell(x: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--auto-support", default="voted", choices=["voted", "model"],
-                    help="AutoLabelModel(support=...): 'voted' (default) restricts covered rows to their voted "
-                         "classes, 'model' does not")
+    ap.add_argument("--auto-support", default="auto", choices=["auto", "voted", "model"],
+                    help="AutoLabelModel(support=...): 'auto' (default) uses the pick's own probabilities when its model "
+                         "reproduces the LFs' pairwise co-firing, else restricts covered rows to their voted classes "
+                         "('voted'); 'model' never restricts")
     ap.add_argument("--seeds", default=",".join(str(s) for s in SEEDS),
                     help="data seeds, comma-separated (default 0,1,2, the seeds of the table in BENCHMARKS.md)")
     args = ap.parse_args()
