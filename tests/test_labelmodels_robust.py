@@ -529,7 +529,15 @@ def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lf
     assert cof["pairs"] == int(keep.sum()) > 10
     assert cof["mean_z2"] == pytest.approx(z2.mean()) and z2.mean() < 1.0
     assert rep["check"]["mv_agreement"] >= 0.6 and "kept_voted_because" not in rep["check"]
-    np.testing.assert_allclose(auto.predict_proba(d.L), auto.inner_.predict_proba(d.L))
+    cov = (d.L >= 0).any(axis=1)
+    P = auto.predict_proba(d.L)
+    np.testing.assert_allclose(P[cov], auto.inner_.predict_proba(d.L)[cov])
+    # rows without a vote get the pick's P(Y | every LF abstains), not its class balance
+    conf, prior = auto.inner_.lf_confusions, auto.inner_.class_balance_
+    post = prior * conf[:, :, 0].prod(axis=0)
+    np.testing.assert_allclose(P[~cov], np.tile(post / post.sum(), ((~cov).sum(), 1)))
+    assert auto.fit_report_["uncovered"]["source"] == "all_abstain_posterior"
+    assert voted.uncovered_proba_ is None and voted.fit_report_["uncovered"]["source"] == "class_balance"
     acc_auto = (auto.predict_proba(d.L).argmax(1) == d.y).mean()
     acc_voted = (voted.predict_proba(d.L).argmax(1) == d.y).mean()
     assert acc_auto > acc_voted + 0.01

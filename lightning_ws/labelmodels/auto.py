@@ -192,7 +192,15 @@ class AutoLabelModel(LabelModel):
     class no LF voted (the rows ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
-    LF abstains get it, as in every model. When majority vote is kept label-free, two estimates exist: majority
+    LF abstains get it, as in every model, with one exception: a label-free pick whose abstain model passed the
+    checks of ``support="auto"`` (``support_ == "model"``: binary task, pairwise co-firing reproduced, agreement
+    with majority vote) gives those rows its posterior for the all-abstain pattern, ``P(Y | every LF abstains)``
+    (``uncovered_proba_``; ``fit_report_["uncovered"]["source"]``). Under conditional independence that is the Bayes
+    decision: the rows nobody votes on lean to the class whose LFs fire least, which the class balance ignores (on
+    synthetic WRENCH-shaped imdb / yelp draws the balance, nearly flat, named the other class and cost 1.1-2.8
+    points against majority vote; BENCHMARKS.md "Session 30"). On real keyword LFs the posterior was no better than
+    the balance (53 % of the all-abstain rows right against 52 %, ``diag_voted_support.py``), and none of those
+    picks passes the checks. When majority vote is kept label-free, two estimates exist: majority
     vote's vote share over the covered rows (``uncovered_balance="vote_share"``) and the class prior of a label-free
     Dawid-Skene fit (``"em"``). Neither is safe alone (``benchmarks/diag_uncovered_balance.py``, BENCHMARKS.md): the
     vote share describes the covered rows, weighted by how often each class's LFs fire, and on synthetic matrices
@@ -273,6 +281,7 @@ class AutoLabelModel(LabelModel):
             raise ConfigError(f"support must be 'auto', 'voted' or 'model', got {support!r}.")
         self.support = support
         self.support_: str = "voted" if support == "auto" else support  # what predictions use (fit resolves "auto")
+        self.uncovered_proba_: np.ndarray | None = None  # what rows without a vote get, when not class_balance_
         if uncovered_balance not in ("auto", "em", "vote_share"):
             raise ConfigError(f"uncovered_balance must be 'auto', 'em' or 'vote_share', got {uncovered_balance!r}.")
         self.uncovered_balance = uncovered_balance
@@ -512,19 +521,43 @@ class AutoLabelModel(LabelModel):
             variant, name, self.merged_ = "raw", "majority_vote", False
             model = self._fit_quiet(name, L)
         self.inner_ = model
+        self.uncovered_proba_ = None
+        support = self._support_report(L, model, M)
         if self.class_balance_ is None:
             self.class_balance_ = model.class_balance_
             if dev_y is None:
                 share = float(1.0 - covered_mask(L).mean())
                 if name == "majority_vote" and (self.uncovered_balance == "em" or share >= _UNCOVERED_WARN_SHARE):
                     self.class_balance_ = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
+                if name != "majority_vote" and self.support == "auto" and self.support_ == "model":
+                    self.uncovered_proba_ = self._all_abstain_posterior(model)  # its abstain model passed the checks
                 self._warn_uncovered_balance(L, name, share)
         self.fit_report_.update(selected=name, variant=variant,
                                 clusters=[[int(cols[j]) for j in c] for c in self.clusters_ if len(c) > 1],
                                 n_clusters=len(self.clusters_), selection=info,
                                 converged=bool(model.fit_report_.get("converged", True)),
                                 n_iter=int(model.fit_report_.get("n_iter", 0)), inner_report=model.fit_report_,
-                                support=self._support_report(L, model, M))
+                                support=support)
+
+    @staticmethod
+    def _all_abstain_posterior(model: LabelModel) -> np.ndarray:
+        """``(k,)`` the fitted model's ``P(Y | every LF abstains)``: its class balance times each LF's
+        ``P(abstain | Y)`` (column 0 of ``lf_confusions``), normalised."""
+        logp = (np.log(np.clip(np.asarray(model.class_balance_, dtype=np.float64), 1e-300, None))
+                + np.log(np.clip(np.asarray(model.lf_confusions)[:, :, 0], 1e-300, None)).sum(axis=0))
+        p = np.exp(logp - logp.max())
+        return p / p.sum()
+
+    def predict_proba(self, L: Any) -> np.ndarray:
+        """Class probabilities ``(n, k)``. Rows where every LF abstains get ``class_balance_``, or, when the fit
+        trusted its pick's abstain model (``uncovered_proba_`` set; see "Class balance" above), the pick's
+        ``P(Y | every LF abstains)``."""
+        L = self._validate_predict(L)
+        proba = self._proba_covered(L)
+        cov = covered_mask(L)
+        if not cov.all():
+            proba[~cov] = self.class_balance_ if self.uncovered_proba_ is None else self.uncovered_proba_
+        return proba
 
     def _selection_rows(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``X`` itself, or at most ``max_selection_rows`` of its rows drawn with ``rng``, in their original order."""
@@ -742,8 +775,13 @@ class AutoLabelModel(LabelModel):
         balance where it was needed (the kept majority vote's own vote shares; not refitted below the threshold,
         where nothing is compared).
         """
-        ours = np.asarray(self.class_balance_, dtype=np.float64)
-        report: dict[str, Any] = {"share": share, "class_balance": ours.tolist()}
+        ours = np.asarray(self.class_balance_ if self.uncovered_proba_ is None else self.uncovered_proba_,
+                          dtype=np.float64)
+        report: dict[str, Any] = {"share": share, "class_balance": np.asarray(self.class_balance_).tolist(),
+                                  "source": "class_balance" if self.uncovered_proba_ is None
+                                  else "all_abstain_posterior"}
+        if self.uncovered_proba_ is not None:
+            report["all_abstain_posterior"] = ours.tolist()
         self.fit_report_["uncovered"] = report
         if name == "majority_vote":
             mv_balance = np.asarray(self.inner_.class_balance_, dtype=np.float64)  # its vote shares
@@ -777,8 +815,10 @@ class AutoLabelModel(LabelModel):
         report["majority_vote_class_balance"] = mv_balance.tolist()
         if int(ours.argmax()) == int(mv_balance.argmax()):
             return
-        warnings.warn(f"AutoLabelModel picked {name}: {share:.0%} of the rows get no vote and take its estimated "
-                      f"class balance {np.round(ours, 3).tolist()} (class {int(ours.argmax())}), while majority "
+        what = ("estimated class balance" if self.uncovered_proba_ is None else
+                "posterior for a row where every LF abstains (its abstain model passed the co-firing check)")
+        warnings.warn(f"AutoLabelModel picked {name}: {share:.0%} of the rows get no vote and take its {what} "
+                      f"{np.round(ours, 3).tolist()} (class {int(ours.argmax())}), while majority "
                       f"vote's vote shares {np.round(mv_balance, 3).tolist()} would give them class "
                       f"{int(mv_balance.argmax())}; the label-free selection cannot check rows without votes. If "
                       "they matter, pass a known prior or class_balance='dev' (with dev_L/dev_y), or exclude them "
@@ -824,7 +864,9 @@ class AutoLabelModel(LabelModel):
         state["arrays"].update({f"inner.{k}": np.array(v, copy=True) for k, v in inner["arrays"].items()})
         state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_,
                                   "active_lfs": None if self.active_lfs_ is None else self.active_lfs_.tolist(),
-                                  "support_used": self.support_}
+                                  "support_used": self.support_,
+                                  "uncovered_proba": None if self.uncovered_proba_ is None
+                                  else [float(x) for x in self.uncovered_proba_]}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -835,6 +877,8 @@ class AutoLabelModel(LabelModel):
         extra = state["meta"]["extra"]
         # files written before support="auto" existed hold "voted" or "model" in their config
         self.support_ = extra.get("support_used", "voted" if self.support == "auto" else self.support)
+        unc = extra.get("uncovered_proba")  # absent in files written before session 30
+        self.uncovered_proba_ = None if unc is None else np.asarray(unc, dtype=np.float64)
         im = extra["inner_meta"]
         inner = registry()[im["name"]](**im["config"])
         inner.load_state_dict({"meta": im, "arrays": {k[6:]: v for k, v in state["arrays"].items()
