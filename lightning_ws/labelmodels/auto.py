@@ -190,14 +190,14 @@ class AutoLabelModel(LabelModel):
     of the pairwise co-firing counts against the model's ``sum_y p_y P(i fires | y) P(j fires | y)`` is at most
     :data:`_SUPPORT_MAX_MEAN_Z2`, over at least :data:`_SUPPORT_MIN_PAIR_SHARE` of the LF pairs), i.e. when the
     abstains behave as the model assumes, agrees with majority vote on clear rows, and the task is binary; otherwise
-    it restricts. It is
-    evidence about the abstain model, not a guarantee: the held-out agreement of the selection was no help here
-    (it preferred the unrestricted predictions on every real matrix where they lost, BENCHMARKS.md "Session 30").
-    The selection compares the candidates' own probabilities in every mode: scoring restricted candidates let
-    near-copies of majority vote win on tiny gains and was worse on the program LF sets.
-    ``fit_report_["support"]`` holds the mode, the one ``used``, the co-firing check (``"cofiring"``: pairs, mean
-    squared residual, threshold) and ``unvoted_argmax_rows``, the covered fit rows where the pick's own argmax is a
-    class no LF voted (the rows ``"voted"`` changes).
+    it restricts. It is evidence about the abstain model, not a guarantee: the held-out agreement of the selection
+    was no help here (it preferred the unrestricted predictions on every real matrix where they lost, BENCHMARKS.md
+    "Session 30"). The selection compares the candidates' own probabilities in every mode: scoring restricted
+    candidates let near-copies of majority vote win on tiny gains and was worse on the program LF sets.
+    ``fit_report_["support"]`` holds the ``mode``, the one ``used``, the checks (``"check"``: ``classes``,
+    ``mv_agreement``, ``cofiring`` with its pairs, mean squared residual and thresholds, and ``kept_voted_because``)
+    and ``unvoted_argmax_rows``, the covered fit rows where the pick's own argmax is a class no LF voted (the rows
+    ``"voted"`` changes).
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model, with one exception: a label-free pick whose abstain model passed the
