@@ -556,16 +556,10 @@ class AutoLabelModel(LabelModel):
         p = np.exp(logp - logp.max())
         return p / p.sum()
 
-    def predict_proba(self, L: Any) -> np.ndarray:
-        """Class probabilities ``(n, k)``. Rows where every LF abstains get ``class_balance_``, or, when the fit
-        trusted its pick's abstain model (``uncovered_proba_`` set; see "Class balance" above), the pick's
-        ``P(Y | every LF abstains)``."""
-        L = self._validate_predict(L)
-        proba = self._proba_covered(L)
-        cov = covered_mask(L)
-        if not cov.all():
-            proba[~cov] = self.class_balance_ if self.uncovered_proba_ is None else self.uncovered_proba_
-        return proba
+    def _uncovered_proba(self) -> np.ndarray:
+        """``class_balance_``, or, when the fit trusted its pick's abstain model (``uncovered_proba_`` set; see "Class
+        balance" above), the pick's ``P(Y | every LF abstains)``."""
+        return self.class_balance_ if self.uncovered_proba_ is None else self.uncovered_proba_
 
     def _selection_rows(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``X`` itself, or at most ``max_selection_rows`` of its rows drawn with ``rng``, in their original order."""
@@ -786,8 +780,7 @@ class AutoLabelModel(LabelModel):
         balance where it was needed (the kept majority vote's own vote shares; not refitted below the threshold,
         where nothing is compared).
         """
-        ours = np.asarray(self.class_balance_ if self.uncovered_proba_ is None else self.uncovered_proba_,
-                          dtype=np.float64)
+        ours = np.asarray(self._uncovered_proba(), dtype=np.float64)
         report: dict[str, Any] = {"share": share, "class_balance": np.asarray(self.class_balance_).tolist(),
                                   "source": "class_balance" if self.uncovered_proba_ is None
                                   else "all_abstain_posterior"}

@@ -421,14 +421,19 @@ class LabelModel(ABC):
     def predict_proba(self, L: Any) -> np.ndarray:
         """Class probabilities ``(n, k)`` (float64, rows sum to 1).
 
-        Rows where every LF abstains get ``class_balance_``; find them with :meth:`covered_mask`.
+        Rows where every LF abstains get :meth:`_uncovered_proba` (``class_balance_``, except where a model says
+        otherwise: :class:`~lightning_ws.labelmodels.AutoLabelModel`); find them with :meth:`covered_mask`.
         """
         L = self._validate_predict(L)
         proba = self._proba_covered(L)
         cov = covered_mask(L)
         if not cov.all():
-            proba[~cov] = self.class_balance_
+            proba[~cov] = self._uncovered_proba()
         return proba
+
+    def _uncovered_proba(self) -> np.ndarray:
+        """``(k,)`` what rows where every LF abstains get: the class balance."""
+        return self.class_balance_
 
     @staticmethod
     def covered_mask(L: Any) -> np.ndarray:
