@@ -19,7 +19,13 @@ from lightning_ws.labelmodels.base import (
     soft_counts,
     vote_loglik,
 )
-from lightning_ws.labelmodels.matrix import ABSTAIN, _column_vote_counts, _row_chunks, collapse_rows
+from lightning_ws.labelmodels.matrix import (
+    ABSTAIN,
+    _column_vote_counts,
+    _lf_class_vote_counts,
+    _row_chunks,
+    collapse_rows,
+)
 
 __all__ = ["DawidSkene"]
 
@@ -326,13 +332,7 @@ def _em_votes(rows: np.ndarray, cols: np.ndarray, nr: int, w: np.ndarray | None,
 
 def _single_class_lfs(L: np.ndarray, k: int) -> np.ndarray:
     """``(m,)`` bool: LFs that only ever vote one class (keyword LFs of multi-class WRENCH sets)."""
-    m = L.shape[1]
-    seen = np.zeros((m, k), dtype=bool)
-    for sl in _row_chunks(*L.shape):
-        block = L[sl]
-        for c in range(k):
-            seen[:, c] |= (block == c).any(axis=0)
-    return seen.sum(axis=1) == 1
+    return (_lf_class_vote_counts(L, k) > 0).sum(axis=1) == 1
 
 
 def _safe_prior(p: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from lightning_ws.labelmodels.base import (
     mv_proba,
     normalize_log,
 )
-from lightning_ws.labelmodels.matrix import ABSTAIN, _row_chunks, covered_mask
+from lightning_ws.labelmodels.matrix import ABSTAIN, _lf_class_vote_counts, _row_chunks, covered_mask
 
 __all__ = ["MajorityVote", "WeightedMajorityVote", "estimate_class_balance"]
 
@@ -218,10 +218,7 @@ class WeightedMajorityVote(LabelModel):
         """
         k = self.k_
         a = self.accuracies_
-        counts = np.zeros((L.shape[1], k))  # votes per LF and class
-        for sl in _row_chunks(*L.shape):
-            for c in range(k):
-                counts[:, c] += (L[sl] == c).sum(axis=0)
+        counts = _lf_class_vote_counts(L, k).astype(np.float64)  # votes per LF and class
         fired = counts.sum(axis=1)
         if not fired.any():
             return

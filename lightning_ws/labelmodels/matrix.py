@@ -183,6 +183,17 @@ def _column_vote_counts(L: np.ndarray) -> np.ndarray:
     return out
 
 
+def _lf_class_vote_counts(L: np.ndarray, k: int) -> np.ndarray:
+    """``(m, k)`` int64: how many votes each LF casts for each class."""
+    n, m = L.shape
+    out = np.zeros((m, k), dtype=np.int64)
+    for sl in _row_chunks(n, m):
+        block = L[sl]
+        for c in range(k):
+            out[:, c] += (block == c).sum(axis=0)
+    return out
+
+
 def covered_mask(L: Any) -> np.ndarray:
     """Return a boolean ``(n,)`` mask of the rows where at least one LF votes (not all abstain)."""
     arr = _to_numpy(L, "L")
