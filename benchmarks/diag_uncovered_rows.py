@@ -27,17 +27,16 @@ import warnings
 
 import numpy as np
 
-from lightning_ws.labelmodels import covered_mask, make_label_model, make_regime_label_matrix
+from lightning_ws.labelmodels import AutoLabelModel, covered_mask, make_label_model, make_regime_label_matrix
 
 GRID = {"m": (3, 4, 5, 6, 8, 20, 50), "k": (2, 3, 4, 6), "lf_type": ("multi", "single", "mixed"),
         "coverage": ((0.1, 0.6), (0.02, 0.3), (0.005, 0.05)), "seed": (100, 101, 102)}
 
 
 def abstain_posterior(lm) -> np.ndarray:
-    """``(k,)`` the fitted model's posterior for a row on which every LF abstains."""
-    logp = np.log(np.clip(lm.class_balance_, 1e-12, 1.0)) + np.log(np.clip(lm.lf_confusions[:, :, 0], 1e-12, 1.0)).sum(0)
-    p = np.exp(logp - logp.max())
-    return p / p.sum()
+    """``(k,)`` the fitted model's posterior for a row on which every LF abstains (what ``AutoLabelModel`` gives
+    such rows when its pick's abstain model passes the ``support="auto"`` checks)."""
+    return AutoLabelModel._all_abstain_posterior(lm)
 
 
 def main() -> None:
