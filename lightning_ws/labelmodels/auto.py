@@ -530,7 +530,7 @@ class AutoLabelModel(LabelModel):
             model = self._fit_quiet(name, L)
         self.inner_ = model
         self.uncovered_proba_ = None
-        support = self._support_report(L, model, M)
+        support = self._support_report(L, model, M, info.get("mv_agreement"))
         if self.class_balance_ is None:
             self.class_balance_ = model.class_balance_
             if dev_y is None:
@@ -567,9 +567,13 @@ class AutoLabelModel(LabelModel):
             return X
         return X[np.sort(rng.choice(X.shape[0], self.max_selection_rows, replace=False))]
 
-    def _support_report(self, L: np.ndarray, model: LabelModel, M: np.ndarray) -> dict[str, Any]:
+    def _support_report(self, L: np.ndarray, model: LabelModel, M: np.ndarray,
+                        mv_agreement: float | None = None) -> dict[str, Any]:
         """Resolve ``support_`` and report how often the pick's own argmax on a covered fit row is a class no LF
         voted there (what ``"voted"`` overrides), on at most ``max_selection_rows`` seeded rows.
+
+        ``mv_agreement``: the pick's agreement with majority vote on all clear rows, when the label-swap guard
+        (:meth:`_reject_swapped`) already computed it; otherwise it is computed here on the seeded rows.
 
         ``support="auto"`` uses the pick's own probabilities (``"model"``) only when all of these hold, else
         ``"voted"``: the task is binary (:data:`_SUPPORT_MAX_CLASSES`); the pick's fitted model reproduces the LFs'
@@ -586,7 +590,7 @@ class AutoLabelModel(LabelModel):
             report["used"] = self.support_
             return report
         if self.support == "auto":
-            agree, _ = self._mv_agreement(L, model, M)
+            agree = mv_agreement if mv_agreement is not None else self._mv_agreement(L, model, M)[0]
             check = {"classes": self.k_, "max_classes": _SUPPORT_MAX_CLASSES, "mv_agreement": agree,
                      "min_mv_agreement": _EM_MIN_MV_AGREEMENT, "cofiring": self._cofiring_check(model, M)}
             if self.k_ > _SUPPORT_MAX_CLASSES:
