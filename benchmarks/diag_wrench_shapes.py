@@ -17,6 +17,8 @@ Per shape, over seeds 0-2 (``--seeds`` draws others), it prints:
   uncovered rows included, are broken by the same seeded coin.
 - `auto`'s picks.
 - Median fit time, and its ratio to snorkel's median fit time on the same matrices.
+- With ``--per-seed``, after the table, one row per shape and seed: ``auto``'s pick, and the metric(s) of ``auto``,
+  majority vote, a label-free Dawid-Skene fit and snorkel on that matrix.
 
 Transductive (the matrix the models were fitted on). Run:
 ``OMP_NUM_THREADS=1 python benchmarks/diag_wrench_shapes.py`` (about 1 minute on 2 CPU cores).
@@ -69,8 +71,11 @@ def main() -> None:
                          "('voted'); 'model' never restricts")
     ap.add_argument("--seeds", default=",".join(str(s) for s in SEEDS),
                     help="data seeds, comma-separated (default 0,1,2, the seeds of the table in BENCHMARKS.md)")
+    ap.add_argument("--per-seed", action="store_true",
+                    help="also print one row per shape and seed (auto's pick; auto, MV, Dawid-Skene, snorkel)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed: list[str] = []
     SL = _snorkel()
     print("| shape | rows x LFs, k | metric | auto - MV: mean / min | auto - snorkel: mean / min | auto picks | "
           "auto fit s | x snorkel |")
@@ -90,6 +95,7 @@ def main() -> None:
                 auto = make_label_model("auto", num_classes=k, seed=0, support=args.auto_support).fit(L)
                 t_auto.append(time.perf_counter() - t0)
                 mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L)
+                ds = make_label_model("dawid_skene", num_classes=k, seed=0).fit(L) if args.per_seed else None
             pa, pm = _pred(auto.predict_proba(L)), _pred(mv.predict_proba(L))
             picks[auto.selected] = picks.get(auto.selected, 0) + 1
             ps = None
@@ -103,11 +109,23 @@ def main() -> None:
                 d_mv[met].append(score(y, pa) - score(y, pm))
                 if ps is not None:
                     d_sn[met].append(score(y, pa) - score(y, ps))
+            if args.per_seed:
+                pd_ = _pred(ds.predict_proba(L))
+                cells = []
+                for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
+                    score = f1_pos if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
+                    sn_cell = f"{score(y, ps):.2f}" if ps is not None else "-"
+                    cells.append(f"{met} {score(y, pa):.2f} / {score(y, pm):.2f} / {score(y, pd_):.2f} / {sn_cell}")
+                per_seed.append(f"| {name} | {seed} | {auto.selected} | {'; '.join(cells)} |")
         ratio = statistics.median(t_auto) / statistics.median(t_snk) if t_snk else float("nan")
         picks_s = ", ".join(f"{p} {c}" for p, c in sorted(picks.items()))
         for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
             print(f"| {name} | {n} x {m}, k={k} | {met} | {_cell(d_mv[met])} | {_cell(d_sn[met])} | {picks_s} | "
                   f"{statistics.median(t_auto):.2f} | {ratio:.2f} |", flush=True)
+    if per_seed:
+        print("\n| shape | seed | auto picks | auto / MV / Dawid-Skene / snorkel |")
+        print("|---|---|---|---|")
+        print("\n".join(per_seed))
 
 
 if __name__ == "__main__":
