@@ -44,8 +44,8 @@ DEFAULT_CANDIDATES = ("majority_vote", "dawid_skene", "moment_matching")
 #: at 1.5-2x fewer EM steps. The chosen model is refitted on the whole matrix with its own defaults.
 _SELECT_TOL = 1e-4
 #: EM-step cap of the selection's Dawid-Skene fits. With LF folds held out, EM on the remaining LFs often crawls along
-#: a flat ridge (WRENCH TREC and SMS: 9 of 20 fold fits ran to the default cap of 1000 steps without meeting the
-#: tolerance) while its hard labels stopped changing long before.
+#: a flat ridge (WRENCH TREC and SMS, an ad hoc check when this cap was set: 9 of 20 fold fits ran to the default cap
+#: of 1000 steps without meeting the tolerance) while its hard labels stopped changing long before.
 _SELECT_MAX_ITER = 100
 #: A label-free pick must agree with majority vote on at least this share of the rows where the vote majority is
 #: clear (covered, no tie); below it the fit took the class-permuted ("label-swapped") solution, see

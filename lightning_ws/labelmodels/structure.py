@@ -28,9 +28,10 @@ Extensions (defaults the paper leaves open, stated here):
   ``lambda_n ~ sqrt(d / n)``); defaults ``sparsity = 6``, ``rank_penalty = 1`` chosen on planted-dependency synthetic
   matrices (``benchmarks/bench_labelmodels.py`` prints the recovery table), never on a real data set;
 * rank: the latent part is also capped at the rank the model implies, ``k - 1`` (``rank=-1``, the default; ``None``
-  leaves only the nuclear norm). Without the cap the nuclear-norm relaxation alone either kept a rank of 15-40 or,
-  penalised harder, left the latent class's own correlation (same-class single-class LFs) in the sparse part: 47-54
-  false edges on 30 independent single-class LFs, none with the cap;
+  leaves only the nuclear norm). Without the cap (an ad hoc check when the cap was added) the nuclear-norm
+  relaxation alone either kept a rank of 15-40 or, penalised harder, left the latent class's own correlation
+  (same-class single-class LFs) in the sparse part: 47-54 false edges on 30 independent single-class LFs, none with
+  the cap;
 * edges: the partial correlations ``-S_ab / sqrt(S_aa S_bb)`` of the sparse part; an LF pair's score is the
   largest magnitude over its blocks, and the pair is an edge when it reaches ``threshold`` (default 0.1).
 """
