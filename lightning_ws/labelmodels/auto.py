@@ -583,16 +583,20 @@ class AutoLabelModel(LabelModel):
         """
         rows = self._selection_rows(np.arange(M.shape[0]), np.random.default_rng([self.seed, 4051]))
         L, M = L[rows], M[rows]
-        cov = covered_mask(M)
-        report: dict[str, Any] = {"mode": self.support, "covered_rows": int(cov.sum()), "unvoted_argmax_rows": 0}
+        report: dict[str, Any] = {"mode": self.support, "covered_rows": 0, "unvoted_argmax_rows": 0}
         self.support_ = "voted" if self.support == "auto" else self.support
         if model.name == "majority_vote":  # never predicts an unvoted class: nothing to decide
-            report["used"] = self.support_
+            report.update(covered_rows=int(covered_mask(M).sum()), used=self.support_)
             return report
+        patterns = unique_rows(M)  # posteriors and co-firing depend on the vote pattern only
+        U, _, counts = patterns
+        cov = (U != ABSTAIN).any(axis=1)  # covered patterns
+        report["covered_rows"] = int(counts[cov].sum())
         if self.support == "auto":
             agree = mv_agreement if mv_agreement is not None else self._mv_agreement(L, model, M)[0]
             check = {"classes": self.k_, "max_classes": _SUPPORT_MAX_CLASSES, "mv_agreement": agree,
-                     "min_mv_agreement": _EM_MIN_MV_AGREEMENT, "cofiring": self._cofiring_check(model, M)}
+                     "min_mv_agreement": _EM_MIN_MV_AGREEMENT,
+                     "cofiring": self._cofiring_check(model, M, patterns=patterns)}
             if self.k_ > _SUPPORT_MAX_CLASSES:
                 check["kept_voted_because"] = f"{self.k_} classes (own probabilities only for binary tasks)"
             elif not check["cofiring"]["passed"]:
@@ -606,24 +610,25 @@ class AutoLabelModel(LabelModel):
             report["check"] = check
         report["used"] = self.support_
         if cov.any():
-            U, inv, _ = unique_rows(M[cov])  # posteriors depend on the vote pattern only
-            top = model.predict_proba(U).argmax(axis=1)
-            votes = vote_counts(U, self.k_)
-            unvoted = votes[np.arange(U.shape[0]), top] == 0
-            report["unvoted_argmax_rows"] = int(unvoted[inv].sum())
+            Uc = U[cov]
+            top = model.predict_proba(Uc).argmax(axis=1)
+            unvoted = vote_counts(Uc, self.k_)[np.arange(Uc.shape[0]), top] == 0
+            report["unvoted_argmax_rows"] = int(counts[cov][unvoted].sum())
         return report
 
     @staticmethod
-    def _cofiring_check(model: LabelModel, M: np.ndarray) -> dict[str, Any]:
+    def _cofiring_check(model: LabelModel, M: np.ndarray,
+                        patterns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
         """Does the pick's fitted model reproduce how often each pair of LFs fires together?
 
         Expected co-firing rows of LFs ``i, j`` under the model: ``n * sum_y p_y P(i fires | y) P(j fires | y)``
         (its class balance and ``lf_confusions``); observed: the rows where both vote. Statistic: the mean of
         ``(observed - expected) ** 2 / expected`` over the pairs expected on at least :data:`_SUPPORT_MIN_EXPECTED`
         rows. The check passes when such pairs are at least :data:`_SUPPORT_MIN_PAIR_SHARE` of all LF pairs and the
-        mean is at most :data:`_SUPPORT_MAX_MEAN_Z2`.
+        mean is at most :data:`_SUPPORT_MAX_MEAN_Z2`. ``patterns``: :func:`unique_rows` of ``M``, when the caller
+        already has it.
         """
-        U, _, counts = unique_rows(M)
+        U, _, counts = unique_rows(M) if patterns is None else patterns
         F = (U != ABSTAIN).astype(np.float64)
         fire = 1.0 - np.asarray(model.lf_confusions)[:, :, 0]  # (m, k) P(fires | Y = y)
         p = np.asarray(model.class_balance_, dtype=np.float64)
