@@ -43,7 +43,8 @@ DRAWS = 8
 
 
 def _tie_pick(P: np.ndarray, score: np.ndarray, tol: float = 1e-9) -> np.ndarray:
-    """Argmax of ``P``; on rows where several classes tie, the tied class with the largest ``score`` (row-wise)."""
+    """Argmax of ``P``; on rows where several classes tie, the tied class with the largest ``score`` (row-wise; a
+    per-class ``score`` is ``probs_to_preds(P, "prior", prior=score)``)."""
     tied = P >= P.max(axis=1, keepdims=True) - tol
     return np.where(tied, score, -np.inf).argmax(axis=1)
 
@@ -77,8 +78,8 @@ def main() -> None:
                 n_tied[s].append(int(tied.sum()))
                 coin = float(np.mean([_metric(task, y, probs_to_preds(P, "random", seed=c)[0])
                                       for c in range(COIN_SEEDS)]))
-                picks = (_tie_pick(P, np.broadcast_to(mv.class_balance_, P.shape)),
-                         _tie_pick(P, np.broadcast_to(em_prior, P.shape)),
+                picks = (probs_to_preds(P, "prior", prior=mv.class_balance_)[0],
+                         probs_to_preds(P, "prior", prior=em_prior)[0],
                          _tie_pick(P, ds.predict_proba(L)))
                 diffs[s].append([_metric(task, y, p) - coin for p in picks])
         for s in S:
