@@ -36,8 +36,7 @@ from dev_weaver_guard import DEV
 from diag_weaver_few_candidates import issue_regime_sets
 
 from lightning_ws.weaver import Weaver
-from lightning_ws.weaver.report import naive_ensemble_scores
-from lightning_ws.weaver.select import ScoreNormalizer, majority_vote_select, select_candidates
+from lightning_ws.weaver.report import suite_baselines
 from lightning_ws.weaver.suite import make_set
 
 SELECTORS = ("label_model", "pooled_mean", "majority_vote")
@@ -46,9 +45,8 @@ SELECTORS = ("label_model", "pooled_mean", "majority_vote")
 def _record(data: Any, seed: int) -> dict[str, Any]:
     y, P = data.require_labels("dev_weaver_guard_z"), data.num_problems
     acc = lambda sel: float(y[np.arange(P), sel].mean())
-    norm = ScoreNormalizer("quantile").fit_transform(data.scores)
-    baseline = max(acc(majority_vote_select(data.answer_ids())),
-                   acc(select_candidates(naive_ensemble_scores(norm), tie_break="first")[0]))
+    base = suite_baselines(data)[0]
+    baseline = max(base["majority_vote"], base["mean_verifier"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w = Weaver(seed=seed).fit(data, "label_free")

@@ -34,7 +34,7 @@ from lightning_ws.weaver.select import (
 )
 
 __all__ = ["naive_ensemble_scores", "best_single_verifier", "logistic_regression_scores",
-           "weaver_report", "format_report", "suite_report", "SUITE_BASELINES"]
+           "weaver_report", "format_report", "suite_report", "suite_baselines", "SUITE_BASELINES"]
 
 
 def _dev_eval_split(num_problems: int, dev_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,6 +184,27 @@ SUITE_BASELINES = ("first_sample", "majority_vote", "mean_verifier", "naive_ense
                    "weaver", "oracle")
 
 
+def suite_baselines(data: VerificationData) -> tuple[dict[str, float], int]:
+    """Select@1 of the simple baselines of :func:`suite_report` on one whole labelled set (``first_sample``,
+    ``majority_vote``, ``mean_verifier``, ``naive_ensemble``, ``best_single_verifier``; definitions there) and the
+    index of the best single verifier (chosen with the set's own labels)."""
+    y = data.require_labels("suite_baselines")
+    P = data.num_problems
+    acc = lambda sel: float(y[np.arange(P), sel].mean())
+    norm = ScoreNormalizer("quantile").fit_transform(data.scores)
+    mv_col = ScoreNormalizer("quantile").fit_transform(majority_vote_scores(data.answer_ids())[:, :, None])
+    mean_v = naive_ensemble_scores(norm)
+    ne = naive_ensemble_scores(np.concatenate([norm, mv_col], axis=2))
+    best = best_single_verifier(norm, y)
+    out = {"first_sample": acc(first_sample_select(P)),
+           "majority_vote": acc(majority_vote_select(data.answer_ids())),
+           "mean_verifier": acc(select_candidates(mean_v, tie_break="first")[0]),
+           "naive_ensemble": acc(select_candidates(ne, tie_break="first")[0]),
+           "best_single_verifier": acc(select_candidates(norm[:, :, best], secondary=mean_v,
+                                                         tie_break="secondary")[0])}
+    return out, best
+
+
 def suite_report(data: VerificationData, *, seed: int = 0, weaver_kwargs: dict[str, Any] | None = None
                  ) -> dict[str, Any]:
     """Label-free Weaver against the simple baselines on one whole labelled set (no split: nothing is fitted on
@@ -200,17 +221,7 @@ def suite_report(data: VerificationData, *, seed: int = 0, weaver_kwargs: dict[s
     y = data.require_labels("suite_report")
     P = data.num_problems
     acc = lambda sel: float(y[np.arange(P), sel].mean())  # noqa: E731
-    norm = ScoreNormalizer("quantile").fit_transform(data.scores)
-    mv_col = ScoreNormalizer("quantile").fit_transform(majority_vote_scores(data.answer_ids())[:, :, None])
-    mean_v = naive_ensemble_scores(norm)
-    ne = naive_ensemble_scores(np.concatenate([norm, mv_col], axis=2))
-    best = best_single_verifier(norm, y)
-    out = {"first_sample": acc(first_sample_select(P)),
-           "majority_vote": acc(majority_vote_select(data.answer_ids())),
-           "mean_verifier": acc(select_candidates(mean_v, tie_break="first")[0]),
-           "naive_ensemble": acc(select_candidates(ne, tie_break="first")[0]),
-           "best_single_verifier": acc(select_candidates(norm[:, :, best], secondary=mean_v,
-                                                         tie_break="secondary")[0])}
+    out, best = suite_baselines(data)
     t0 = time.perf_counter()
     w = Weaver(**{"seed": seed, **(weaver_kwargs or {})}).fit(data, "label_free")
     sel = w.select(data)
