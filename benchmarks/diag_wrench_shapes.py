@@ -81,6 +81,7 @@ def main() -> None:
           "auto fit s | x snorkel |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (n, m, k, imb, cov, metric) in SHAPES.items():
+        mets = ("accuracy", "f1") if metric == "f1" else ("accuracy",)
         d_mv: dict[str, list[float]] = {"accuracy": [], "f1": []}
         d_sn: dict[str, list[float]] = {"accuracy": [], "f1": []}
         picks: dict[str, int] = {}
@@ -104,22 +105,21 @@ def main() -> None:
                 lm = _fit_snorkel(SL, L, k, None, 100, 0)
                 t_snk.append(time.perf_counter() - t0)
                 ps = _pred(lm.predict_proba(L.astype(np.int64)))
-            for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
+            pd_ = _pred(ds.predict_proba(L)) if ds is not None else None
+            cells = []
+            for met in mets:
                 score = f1_pos if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
                 d_mv[met].append(score(y, pa) - score(y, pm))
                 if ps is not None:
                     d_sn[met].append(score(y, pa) - score(y, ps))
-            if args.per_seed:
-                pd_ = _pred(ds.predict_proba(L))
-                cells = []
-                for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
-                    score = f1_pos if met == "f1" else (lambda yy, p: 100.0 * float((p == yy).mean()))
+                if pd_ is not None:
                     sn_cell = f"{score(y, ps):.2f}" if ps is not None else "-"
                     cells.append(f"{met} {score(y, pa):.2f} / {score(y, pm):.2f} / {score(y, pd_):.2f} / {sn_cell}")
+            if cells:
                 per_seed.append(f"| {name} | {seed} | {auto.selected} | {'; '.join(cells)} |")
         ratio = statistics.median(t_auto) / statistics.median(t_snk) if t_snk else float("nan")
         picks_s = ", ".join(f"{p} {c}" for p, c in sorted(picks.items()))
-        for met in ("accuracy", "f1") if metric == "f1" else ("accuracy",):
+        for met in mets:
             print(f"| {name} | {n} x {m}, k={k} | {met} | {_cell(d_mv[met])} | {_cell(d_sn[met])} | {picks_s} | "
                   f"{statistics.median(t_auto):.2f} | {ratio:.2f} |", flush=True)
     if per_seed:
