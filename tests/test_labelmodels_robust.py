@@ -342,7 +342,14 @@ def test_auto_needs_evidence_per_held_out_lf_youtube_subset():
     ds = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
     assert ds["gain_vs_mv"] > 2 * ds["se"] and ds["gain_vs_mv"] < 2 * ds["se_clustered"]
     assert auto.selected == "majority_vote/raw"
-    assert "per held-out cluster" in auto.fit_report_["selection"]["thin_evidence"]["dawid_skene/raw"]
+    msg = auto.fit_report_["selection"]["thin_evidence"]["dawid_skene/raw"]
+    assert "per held-out cluster" in msg
+    # the report names each held-out cluster by its LF columns; several of them favour majority vote
+    gains = ds["cluster_gains"]
+    assert sorted(int(c) for key in gains for c in key.split(",")) == list(range(L.shape[1]))
+    against = sum(g < 0 for g in gains.values())
+    assert against >= 3
+    assert f"{against} of {len(gains)} held-out clusters agree more with majority vote" in msg
     assert (auto.predict_proba(L).argmax(1) == y).mean() >= mv_acc - 0.005
 
 
@@ -592,3 +599,28 @@ def test_cofiring_check_needs_to_see_most_lf_pairs_sms_subset():
     assert check["mean_z2"] is not None and check["mean_z2"] <= 1.0  # the pairs it sees fit
     assert 0 < check["pairs"] < 0.5 * check["all_pairs"] and not check["passed"]
 
+
+
+def test_auto_few_cluster_test_takes_a_clear_gain_on_a_four_lf_matrix():
+    """A basketball-shaped matrix (4 single-class LFs, 12 % positives, conditionally independent given Y: the shape of
+    ``benchmarks/diag_wrench_shapes.py``, seed 151). Dawid-Skene's held-out agreement gain over majority vote is many
+    standard errors per vote, but with 4 held-out clusters the cluster-robust test has 3 degrees of freedom and fails;
+    three of the four held-out LFs agree more with Dawid-Skene, so the few-cluster sign test takes it (and it is far
+    more accurate). ``few_cluster_test=False`` keeps majority vote and names the candidate as thin evidence."""
+    R = make_regime_label_matrix(17970, k=2, m=4, lf_type="single", coverage=(0.05, 0.4), accuracy=(0.2, 0.8),
+                                 imbalance=7.3, accuracy_scale="above_chance", seed=151)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mv_acc = (MajorityVote(2).fit(R.L).predict(R.L, "random") == R.y).mean()
+        auto = AutoLabelModel(2).fit(R.L)
+        strict = AutoLabelModel(2, few_cluster_test=False).fit(R.L)
+    sc = auto.fit_report_["selection"]["scores"][auto.selected]
+    assert auto.selected != "majority_vote/raw"
+    assert sc["per_cluster_test"] == "signs" and len(sc["cluster_gains"]) == 4
+    assert sum(g < 0 for g in sc["cluster_gains"].values()) <= 1
+    assert (auto.predict(R.L, "random") == R.y).mean() > mv_acc + 0.1
+    assert strict.selected == "majority_vote/raw"
+    assert auto.selected in strict.fit_report_["selection"]["thin_evidence"]
+    assert strict.get_config()["few_cluster_test"] is False
+    with pytest.raises(ConfigError, match="few_cluster_test must be True or False"):
+        AutoLabelModel(2, few_cluster_test="yes")
