@@ -624,3 +624,25 @@ def test_auto_few_cluster_test_takes_a_clear_gain_on_a_four_lf_matrix():
     assert strict.get_config()["few_cluster_test"] is False
     with pytest.raises(ConfigError, match="few_cluster_test must be True or False"):
         AutoLabelModel(2, few_cluster_test="yes")
+
+
+def test_auto_keeps_majority_vote_when_a_fold_leaves_one_class_youtube_three_lfs():
+    """Real data: 3 of WRENCH YouTube's LFs, two spam keyword rules and ``textblob_subjectivity`` (ham, worse than
+    chance). Holding out the ham rule leaves two spam-only LFs, on which no label model can tell the classes apart, so
+    the held-out agreement cannot score the candidates; before session 32 Dawid-Skene passed both tests there (all
+    three held-out LFs favoured it) and was about 18 points below majority vote on train and test
+    (``benchmarks/diag_lf_subsets.py --first-draw 700``, YouTube 3 of 10, draw 702)."""
+    from lightning_ws.data import load_wrench
+
+    data = load_wrench("youtube", "train")
+    cols = [data.lf_names.index(n) for n in ("keyword_link", "regex_check_out", "textblob_subjectivity")]
+    L, y = np.asarray(data.weak_labels)[:, cols], np.asarray(data.labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds_acc = (DawidSkene(2).fit(L).predict(L, "random") == y).mean()
+        mv_acc = (MajorityVote(2).fit(L).predict(L, "random") == y).mean()
+        auto = AutoLabelModel(2).fit(L)
+    assert ds_acc < mv_acc - 0.1
+    assert auto.selected == "majority_vote/raw"
+    assert "not identifiable" in auto.fit_report_["selection"]["reason"]
+    assert "[2]" in auto.fit_report_["selection"]["reason"]  # the ham rule, column 2, is the one held out
