@@ -312,9 +312,9 @@ class AutoLabelModel(LabelModel):
                  uncovered_balance: Literal["auto", "vote_share", "em"] = "auto", few_cluster_test: bool = True,
                  seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
-        if not isinstance(few_cluster_test, bool):
+        if not isinstance(few_cluster_test, (bool, np.bool_)):
             raise ConfigError(f"few_cluster_test must be True or False, got {few_cluster_test!r}.")
-        self.few_cluster_test = few_cluster_test
+        self.few_cluster_test = bool(few_cluster_test)
         if support not in ("auto", "voted", "model"):
             raise ConfigError(f"support must be 'auto', 'voted' or 'model', got {support!r}.")
         self.support = support
