@@ -38,18 +38,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diag_lf_subsets import FRACTIONS, SETS, subset_columns
-from diag_wrench_shapes import SHAPES, U, _pred
+from diag_wrench_shapes import SHAPES, _pred, shape_matrix
 
-from lightning_ws.labelmodels import make_label_model, make_regime_label_matrix, merge_clusters
+from lightning_ws.labelmodels import make_label_model, merge_clusters
 
 
 def _matrices(seeds: list[int], first_draw: int, draws: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, int]]:
     """``(label, L, y, k)`` of every WRENCH-shaped matrix and every LF subset of the shipped WRENCH train splits."""
-    for name, (n, m, k, imb, cov, _metric) in SHAPES.items():
+    for name, spec in SHAPES.items():
         for seed in seeds:
-            R = make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
-                                         accuracy_scale="above_chance", seed=seed)
-            yield f"shape {name} seed {seed}", R.L, R.y, k
+            R = shape_matrix(name, seed)
+            yield f"shape {name} seed {seed}", R.L, R.y, spec[2]
     from lightning_ws.data import load_wrench
 
     for task in SETS:

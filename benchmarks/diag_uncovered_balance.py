@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diag_lf_subsets import FRACTIONS, SETS, subset_columns
-from diag_wrench_shapes import SHAPES, U, _pred
+from diag_wrench_shapes import SHAPES, _pred, shape_matrix
 
 from lightning_ws.data import load_wrench
-from lightning_ws.labelmodels import AutoLabelModel, make_regime_label_matrix
+from lightning_ws.labelmodels import AutoLabelModel
 
 MODES = ("vote_share", "em", "auto")
 
@@ -107,10 +107,9 @@ def main() -> None:
                 continue
             for s in S:
                 _row(f"{task} {tag}", s, W[s][:, cols], y[s], fits, real)
-    for name, (n, m, k, imb, cov, _metric) in SHAPES.items():
+    for name, (_, _, k, _, _, _) in SHAPES.items():
         for seed in (int(x) for x in args.seeds.split(",")):
-            R = make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
-                                         accuracy_scale="above_chance", seed=seed)
+            R = shape_matrix(name, seed)
             fits = _fit_all(R.L, k)
             if fits["vote_share"].selected == "majority_vote/raw":
                 _row(f"{name}:{seed}", "train", R.L, R.y, fits, synth)

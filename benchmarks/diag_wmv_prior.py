@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diag_lf_subsets import _metric
 from diag_rare_class_f1 import f1_pos
-from diag_wrench_shapes import SHAPES, U, _pred
+from diag_wrench_shapes import SHAPES, _pred, shape_matrix
 
 from lightning_ws.data import load_wrench
-from lightning_ws.labelmodels import MajorityVote, WeightedMajorityVote, make_regime_label_matrix
+from lightning_ws.labelmodels import MajorityVote, WeightedMajorityVote
 
 
 class PriorOnceWMV(WeightedMajorityVote):
@@ -75,11 +75,10 @@ def main() -> None:
           "scores F1, else accuracy):\n")
     print("| shape | metric | MV | shipped | prior once |")
     print("|---|---|---|---|---|")
-    for name, (n, m, k, imb, cov, metric) in SHAPES.items():
+    for name, (_, _, k, _, _, metric) in SHAPES.items():
         cells = np.zeros(3)
         for seed in seeds:
-            R = make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
-                                         accuracy_scale="above_chance", seed=seed)
+            R = shape_matrix(name, seed)
             for i, cls in enumerate((MajorityVote, WeightedMajorityVote, PriorOnceWMV)):
                 p = _pred(_fit(cls, R.L, k).predict_proba(R.L))
                 cells[i] += (f1_pos(R.y, p) if metric == "f1" else 100.0 * float((p == R.y).mean())) / len(seeds)

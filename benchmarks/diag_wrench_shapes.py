@@ -55,6 +55,14 @@ SEEDS = (0, 1, 2)
 U = (0.2, 0.8)
 
 
+def shape_matrix(name: str, seed: int):
+    """The WRENCH-shaped synthetic matrix of shape ``name`` (a key of :data:`SHAPES`) and data seed ``seed``: the
+    ``RegimeLabelMatrix`` this script and the other WRENCH-shape diagnostics score."""
+    n, m, k, imb, cov, _metric = SHAPES[name]
+    return make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
+                                    accuracy_scale="above_chance", seed=seed)
+
+
 def _pred(proba: np.ndarray) -> np.ndarray:
     return probs_to_preds(proba, "random", seed=0)[0]
 
@@ -87,8 +95,7 @@ def main() -> None:
         picks: dict[str, int] = {}
         t_auto, t_snk = [], []
         for seed in seeds:
-            R = make_regime_label_matrix(n, k=k, m=m, lf_type="single", coverage=cov, accuracy=U, imbalance=imb,
-                                         accuracy_scale="above_chance", seed=seed)
+            R = shape_matrix(name, seed)
             L, y = R.L, R.y
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
