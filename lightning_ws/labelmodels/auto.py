@@ -395,12 +395,13 @@ class AutoLabelModel(LabelModel):
         if nc < 2:
             return ("raw", "majority_vote"), {"reason": "fewer than 2 LF clusters: nothing to hold out"}
         folds = np.array_split(rng.permutation(nc), min(self.n_folds, nc))
+        cols = self.active_lfs_ if self.active_lfs_ is not None else np.arange(L.shape[1])  # -> caller's columns
         for held in folds:  # every fold must leave LFs that vote two classes, or nothing can be scored on it
-            rest = [col for g, cols in enumerate(self.clusters_) if g not in set(held.tolist()) for col in cols]
+            held_set = set(held.tolist())
+            rest = [col for g, members in enumerate(self.clusters_) if g not in held_set for col in members]
             sub = L[:, rest]
             voted = np.unique(sub[sub != ABSTAIN])
             if voted.size < 2:
-                cols = self.active_lfs_ if self.active_lfs_ is not None else np.arange(L.shape[1])
                 lfs = sorted(int(cols[j]) for g in held for j in self.clusters_[g])
                 return ("raw", "majority_vote"), {
                     "reason": f"holding out the LF(s) {lfs} (columns of the fit matrix) leaves LFs that vote "
@@ -472,16 +473,19 @@ class AutoLabelModel(LabelModel):
         grp = np.concatenate(vote_grp) if vote_grp else np.zeros(0, dtype=np.int64)
         scores: dict[str, Any] = {}
         best, best_gain = ref, 0.0
+        held = np.unique(grp)  # the held-out clusters that were scored, named by the caller's LF columns in them
+        held_names = [",".join(str(int(cols[j])) for j in self.clusters_[g]) for g in held]
+        held_masks = [grp == g for g in held]
         for key in keys:
             if key in failed or not per_vote[key]:
                 scores[f"{key[1]}/{key[0]}"] = None
                 continue
             a = np.concatenate(per_vote[key])
+            d = a - base
             agreement, _ = _macro(a, cls, k)
-            gain, se = _macro(a - base, cls, k)
-            se_cl = _macro_clustered_se(a - base, cls, grp, k)
-            held = np.unique(grp)
-            cluster_gains = {int(g): float((a - base)[grp == g].mean()) for g in held}
+            gain, se = _macro(d, cls, k)
+            se_cl = _macro_clustered_se(d, cls, grp, k)
+            cluster_gains = {nm: float(d[mask].mean()) for nm, mask in zip(held_names, held_masks)}
             against = sum(v < 0 for v in cluster_gains.values())
             # the gain must hold per vote and per held-out cluster (the votes of one cluster are not independent);
             # per cluster: by the cluster-robust standard error or, with few held-out clusters, by their signs
@@ -570,10 +574,6 @@ class AutoLabelModel(LabelModel):
                 choice, info = self._select_dev(L, dev_L, dev_y)
             else:
                 choice, info = self._select_label_free(L)
-                for sc in info.get("scores", {}).values():  # held-out cluster -> the caller's LF columns in it
-                    if sc is not None:
-                        sc["cluster_gains"] = {",".join(str(int(cols[j])) for j in self.clusters_[g]): v
-                                               for g, v in sc["cluster_gains"].items()}
         variant, name = choice
         self.merged_ = variant == "merged"
         M = merge_clusters(L, self.clusters_, k) if self.merged_ else L
