@@ -89,6 +89,17 @@ def both_else_mv(r: dict[str, Any]) -> str:
     return "label_model" if dc is not None and _beats(dc["gains"], dc["ses"], 1.0) else "majority_vote"
 
 
+def summary(points: list[tuple[str, float]]) -> str:
+    """``mean / min / fits below -0.5 | sets below -0.5 on average`` of per-fit ``(set, Weaver - max(MV, mean
+    verifier) in points)`` pairs: the cells these development scripts print per rule."""
+    per_set: dict[str, list[float]] = {}
+    for name, v in points:
+        per_set.setdefault(name, []).append(v)
+    a = np.concatenate([np.asarray(v) for v in per_set.values()])
+    below = [f"{n} {np.mean(v):+.2f}" for n, v in per_set.items() if np.mean(v) < -0.5]
+    return f"{a.mean():+.2f} / {a.min():+.1f} / {int((a < -0.5).sum())} of {a.size} | {below}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed-base", type=int, default=10000)
@@ -109,13 +120,8 @@ def main() -> None:
     print("| rule | all fits: mean / min / below -0.5 | sets below -0.5 on average |")
     print("|---|---|---|")
     for label, rule in rules:
-        per_set: dict[str, list[float]] = {}
-        for name, r in recs:
-            per_set.setdefault(name, []).append(100 * (r["true"][rule(r)] - r["baseline"]))
-        a = np.concatenate([np.asarray(v) for v in per_set.values()])
-        below = [f"{n} {np.mean(v):+.2f}" for n, v in per_set.items() if np.mean(v) < -0.5]
-        print(f"| {label} | {a.mean():+.2f} / {a.min():+.1f} / {int((a < -0.5).sum())} of {a.size} | {below} |",
-              flush=True)
+        cells = summary([(name, 100 * (r["true"][rule(r)] - r["baseline"])) for name, r in recs])
+        print(f"| {label} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,12 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from dev_weaver_guard import DEV
+from dev_weaver_guard_z import SELECTORS, summary
 from diag_weaver_few_candidates import issue_regime_sets
 
 from lightning_ws.weaver import Weaver
 from lightning_ws.weaver.report import suite_baselines
 from lightning_ws.weaver.suite import make_set
-
-SELECTORS = ("label_model", "pooled_mean", "majority_vote")
 
 
 def _record(task: tuple[str, dict[str, Any], int, int, int]) -> dict[str, Any]:
@@ -62,12 +61,7 @@ def _record(task: tuple[str, dict[str, Any], int, int, int]) -> dict[str, Any]:
 
 
 def _summary(recs: list[dict[str, Any]], pick: Any) -> str:
-    per_set: dict[str, list[float]] = {}
-    for r in recs:
-        per_set.setdefault(r["set"], []).append(100 * (float(pick(r).mean()) - r["baseline"]))
-    a = np.concatenate([np.asarray(v) for v in per_set.values()])
-    below = [f"{n} {np.mean(v):+.2f}" for n, v in per_set.items() if np.mean(v) < -0.5]
-    return f"{a.mean():+.2f} / {a.min():+.1f} / {int((a < -0.5).sum())} of {a.size} | {below}"
+    return summary([(r["set"], 100 * (float(pick(r).mean()) - r["baseline"])) for r in recs])
 
 
 def _lm_then_mv_if(clear: Any) -> Any:
