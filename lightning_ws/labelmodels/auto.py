@@ -390,8 +390,6 @@ class AutoLabelModel(LabelModel):
         rng = np.random.default_rng([self.seed, 4049])
         L = self._selection_rows(L, rng)
         nc = len(self.clusters_)
-        held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
-        variants = self._variants(L)
         if nc < 2:
             return ("raw", "majority_vote"), {"reason": "fewer than 2 LF clusters: nothing to hold out"}
         folds = np.array_split(rng.permutation(nc), min(self.n_folds, nc))
@@ -408,6 +406,8 @@ class AutoLabelModel(LabelModel):
                               f"only class(es) {voted.tolist()}: a model fitted on them cannot tell the classes apart "
                               f"(not identifiable), so the held-out agreement cannot score the candidates; majority "
                               f"vote is kept"}
+        held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
+        variants = self._variants(L)
         ref = self._reference(variants)
         keys = [(v, c) for v in variants for c in self.candidates]
         per_vote: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
