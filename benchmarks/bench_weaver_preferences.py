@@ -1,0 +1,147 @@
+"""Check (issue 17): label-free Weaver on real judge data - the shipped pairwise preference sets.
+
+Every other Weaver check in this folder is synthetic or GSM8K. Here the candidates are the two responses of each pair
+of ``pandalm_test`` (894 pairs, majority of three human annotators; its ties are kept apart and not used),
+``llmbar`` (619 pairs, expert-checked gold; five adversarial or natural LLMBar subsets plus 200 MT-Bench pairs) and
+``hh_rlhf`` (4,664 pairs, crowdworkers; the helpful and harmless test splits), all shipped in
+``lightning_ws/data/preferences/`` (provenance and licences there). The correct candidate is the human-preferred one,
+so every problem has exactly one correct candidate of two (correct rate 0.5).
+
+Verifiers (each scores one response at a time, as Weaver expects):
+
+* the 20 hand-written PAJAMA judge programs (``lightning_ws.pajama.handwritten_judges``, run in the sandbox; kind
+  ``heuristic``);
+* ``length``: log(1 + characters) of the response ("prefer the longer response"; ``heuristic``);
+* PandaLM only: the GPT-3.5-turbo and PandaLM-7B verdicts shipped with the set (``judge``): 1 for the response the
+  judge preferred, 0 for the other, 0.5 each on a tie, missing where the judge's output did not parse.
+
+Each pair's two responses are different answers, so answer-level majority vote has nothing to count: it is the first
+candidate (``first``), which scores about 0.5. ``mean verifier`` averages the normalised verifiers; ``best single``
+is chosen with the set's labels (an oracle choice). Weaver is label-free with its defaults; nothing is tuned here.
+Also the two selectors Weaver's guard chooses between (its label model and its pooled mean over the verifier
+groups; its third, majority vote, breaks every tie by the pooled mean, so here it is the pooled mean), and a paired
+bootstrap 95 % interval of Weaver minus the mean verifier (1,000 resamples of the pairs, seeded). Rows: each set
+with all its verifiers, PandaLM without its two LLM verdicts, and each LLMBar and HH-RLHF subset. Per row also
+the verifiers' pairwise accuracy range (ties and missing count 0.5), the guard's choice and the verifier groups.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_weaver_preferences.py   # about 25 seconds on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_ws.pajama import load_preferences
+from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
+from lightning_ws.weaver import Weaver
+from lightning_ws.weaver.data import VerificationData
+from lightning_ws.weaver.report import naive_ensemble_scores, suite_baselines
+from lightning_ws.weaver.select import ScoreNormalizer, select_candidates
+
+VERDICTS = ("gpt35_verdict", "pandalm7b_verdict")
+
+
+def _verdict_scores(v: object) -> tuple[float, float]:
+    return {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}.get(str(v).strip().lower(), (np.nan, np.nan))
+
+
+def build(name: str, *, llm_verdicts: bool = True, sandbox=None):
+    """``(VerificationData, subsets)`` of one preference set: its labelled pairs as 2-candidate problems."""
+    pr = load_preferences(name)
+    pr = pr.take(np.flatnonzero(pr.y >= 0))
+    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b, sandbox=sandbox)
+    cols, names, kinds = [ps.scores], list(ps.names), ["heuristic"] * len(ps.names)
+    if llm_verdicts and pr.extra and all(k in pr.extra[0] for k in VERDICTS):
+        for key in VERDICTS:
+            cols.append(np.array([_verdict_scores(e.get(key)) for e in pr.extra])[:, :, None])
+            names.append(key)
+            kinds.append("judge")
+    lengths = np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], dtype=np.float64)
+    cols.append(np.log1p(lengths)[:, :, None])
+    names.append("length")
+    kinds.append("heuristic")
+    S = np.concatenate(cols, axis=2)
+    correct = np.stack([pr.y == 0, pr.y == 1], axis=1)
+    subsets = np.array(pr.subsets if pr.subsets else [""] * len(pr))
+    return VerificationData(S, [["a", "b"]] * len(pr), names, kinds, correct=correct), subsets
+
+
+def _take(data: VerificationData, rows: np.ndarray) -> VerificationData:
+    keep = [j for j in range(data.num_verifiers) if not np.isnan(data.scores[rows][:, :, j]).all()]
+    return VerificationData(data.scores[rows][:, :, keep], [data.answers[i] for i in rows],
+                            [data.verifier_names[j] for j in keep], [data.verifier_kinds[j] for j in keep],
+                            correct=data.correct[rows])
+
+
+def pairwise_accuracy(data: VerificationData) -> dict[str, float]:
+    """Each verifier's accuracy at picking the correct response of a pair (a tie or a missing score counts 0.5)."""
+    y_b = data.correct[:, 1]
+    out = {}
+    for j, name in enumerate(data.verifier_names):
+        d = data.scores[:, 1, j] - data.scores[:, 0, j]
+        out[name] = float(np.where(np.isnan(d) | (d == 0), 0.5, (d > 0) == y_b).mean())
+    return out
+
+
+def row(label: str, data: VerificationData, seed: int) -> str:
+    y = data.correct
+    P = data.num_problems
+    base, best = suite_baselines(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = Weaver(seed=seed).fit(data, "label_free")
+    acc_of = lambda sel: float(y[np.arange(P), sel].mean())
+    sel = w.select(data)
+    weaver = acc_of(sel)
+    mean_sel = select_candidates(naive_ensemble_scores(ScoreNormalizer("quantile").fit_transform(data.scores)),
+                                 tie_break="first")[0]
+    d = y[np.arange(P), sel].astype(float) - y[np.arange(P), mean_sel]
+    boot = np.random.default_rng(seed).integers(0, P, size=(1000, P))
+    ci = 100.0 * np.percentile(d[boot].mean(axis=1), [2.5, 97.5])
+    lm, pooled = acc_of(w.select_with(data, "label_model")), acc_of(w.select_with(data, "pooled_mean"))
+    acc = pairwise_accuracy(data)
+    lo, hi = min(acc, key=acc.get), max(acc, key=acc.get)
+    groups = w.report_["verifier_groups"]["groups"]
+    diff = 100.0 * (weaver - max(base["majority_vote"], base["mean_verifier"]))
+    return (f"| {label} | {P} | {data.num_verifiers} | {acc[lo]:.3f} ({lo}) .. {acc[hi]:.3f} ({hi}) | "
+            f"{base['first_sample']:.4f} | {base['majority_vote']:.4f} | {base['mean_verifier']:.4f} | "
+            f"{base['best_single_verifier']:.4f} ({data.verifier_names[best]}) | {lm:.4f} / {pooled:.4f} | "
+            f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {groups} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0, help="Weaver seed (default 0)")
+    args = ap.parse_args()
+    from lightning_ws.programs import ProgramSandbox
+
+    print("| set | pairs | verifiers | verifier pairwise accuracy: min .. max | first | MV | mean verifier | "
+          "best single (oracle choice) | Weaver's label model / pooled mean | Weaver | Weaver - max(MV, mean), points | "
+          "Weaver - mean verifier, paired bootstrap 95 % | guard | verifier groups |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    with ProgramSandbox() as sb:
+        pandalm, _ = build("pandalm_test", sandbox=sb)
+        print(row("pandalm_test, programs + length + 2 LLM verdicts", pandalm, args.seed), flush=True)
+        no_llm, _ = build("pandalm_test", llm_verdicts=False, sandbox=sb)
+        print(row("pandalm_test, programs + length", no_llm, args.seed), flush=True)
+        llmbar, subsets = build("llmbar", sandbox=sb)
+        print(row("llmbar, programs + length", llmbar, args.seed), flush=True)
+        for sub in sorted(set(subsets)):
+            print(row(f"llmbar {sub}", _take(llmbar, np.flatnonzero(subsets == sub)), args.seed), flush=True)
+        hh, subsets = build("hh_rlhf", sandbox=sb)
+        print(row("hh_rlhf, programs + length", hh, args.seed), flush=True)
+        for sub in sorted(set(subsets)):
+            print(row(f"hh_rlhf {sub}", _take(hh, np.flatnonzero(subsets == sub)), args.seed), flush=True)
+
+
+if __name__ == "__main__":
+    main()
