@@ -24,7 +24,10 @@ bootstrap 95 % interval of Weaver minus the mean verifier (1,000 resamples of th
 with all its verifiers, PandaLM without its two LLM verdicts, and each LLMBar and HH-RLHF subset. Per row also
 the verifiers' pairwise accuracy range (ties and missing count 0.5), the guard's choice and the verifier groups.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_weaver_preferences.py   # about 25 seconds on 2 CPU cores
+    OMP_NUM_THREADS=1 python benchmarks/bench_weaver_preferences.py [--variants]   # about 25 seconds on 2 CPU cores
+
+``--variants`` also prints the five sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
+binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
 """
 
 from __future__ import annotations
@@ -92,13 +95,18 @@ def pairwise_accuracy(data: VerificationData) -> dict[str, float]:
     return out
 
 
-def row(label: str, data: VerificationData, seed: int) -> str:
+#: ``--variants``: Weaver settings printed after the default rows (a diagnostic; none of them is the default).
+VARIANTS: dict[str, dict] = {"group_verifiers=False": {"group_verifiers": False},
+                             "label_model='moment_matching' (binary path)": {"label_model": "moment_matching"}}
+
+
+def row(label: str, data: VerificationData, seed: int, weaver_kwargs: dict | None = None) -> str:
     y = data.correct
     P = data.num_problems
     base, best = suite_baselines(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        w = Weaver(seed=seed).fit(data, "label_free")
+        w = Weaver(seed=seed, **(weaver_kwargs or {})).fit(data, "label_free")
     acc_of = lambda sel: float(y[np.arange(P), sel].mean())
     sel = w.select(data)
     weaver = acc_of(sel)
@@ -121,6 +129,8 @@ def row(label: str, data: VerificationData, seed: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="Weaver seed (default 0)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also print the sets where the verifiers beat a coin with two non-default Weaver settings")
     args = ap.parse_args()
     from lightning_ws.programs import ProgramSandbox
 
@@ -133,14 +143,24 @@ def main() -> None:
         print(row("pandalm_test, programs + length + 2 LLM verdicts", pandalm, args.seed), flush=True)
         no_llm, _ = build("pandalm_test", llm_verdicts=False, sandbox=sb)
         print(row("pandalm_test, programs + length", no_llm, args.seed), flush=True)
-        llmbar, subsets = build("llmbar", sandbox=sb)
+        llmbar, llmbar_subsets = build("llmbar", sandbox=sb)
         print(row("llmbar, programs + length", llmbar, args.seed), flush=True)
-        for sub in sorted(set(subsets)):
-            print(row(f"llmbar {sub}", _take(llmbar, np.flatnonzero(subsets == sub)), args.seed), flush=True)
+        for sub in sorted(set(llmbar_subsets)):
+            print(row(f"llmbar {sub}", _take(llmbar, np.flatnonzero(llmbar_subsets == sub)), args.seed), flush=True)
         hh, subsets = build("hh_rlhf", sandbox=sb)
         print(row("hh_rlhf, programs + length", hh, args.seed), flush=True)
         for sub in sorted(set(subsets)):
             print(row(f"hh_rlhf {sub}", _take(hh, np.flatnonzero(subsets == sub)), args.seed), flush=True)
+        if args.variants:
+            informative = {"pandalm_test, programs + length + 2 LLM verdicts": pandalm,
+                           "pandalm_test, programs + length": no_llm,
+                           "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
+                           "llmbar Processed/MT-Bench":
+                               _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
+                           "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}
+            for vname, kw in VARIANTS.items():
+                for label, data in informative.items():
+                    print(row(f"{label} [{vname}]", data, args.seed, kw), flush=True)
 
 
 if __name__ == "__main__":
