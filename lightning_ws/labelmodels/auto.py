@@ -299,7 +299,7 @@ class AutoLabelModel(LabelModel):
             another model is picked (its own estimate is used).
         few_cluster_test: with 4-8 held-out clusters, let a candidate pass the per-cluster test when at most one
             held-out cluster favours majority vote (default ``False``: the cluster-robust standard error test alone,
-            the rule of sessions 16-31 and 33-; ``True`` was the default in session 32, see above).
+            the rule of sessions 16-31 and again since 33; ``True`` was the default in session 32, see above).
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
