@@ -21,12 +21,13 @@ is chosen with the set's labels (an oracle choice). Weaver is label-free with it
 Also the two selectors Weaver's guard chooses between (its label model and its pooled mean over the verifier
 groups; its third, majority vote, breaks every tie by the pooled mean, so here it is the pooled mean), and a paired
 bootstrap 95 % interval of Weaver minus the mean verifier (1,000 resamples of the pairs, seeded). Rows: each set
-with all its verifiers, PandaLM without its two LLM verdicts, and each LLMBar and HH-RLHF subset. Per row also
-the verifiers' pairwise accuracy range (ties and missing count 0.5), the guard's choice and the verifier groups.
+with all its verifiers, PandaLM without its two LLM verdicts and with only them and length, and each LLMBar and
+HH-RLHF subset. Per row also the verifiers' pairwise accuracy range (ties and missing count 0.5), the guard's choice
+and the verifier groups.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_weaver_preferences.py [--variants]   # about 25 seconds on 2 CPU cores
 
-``--variants`` also prints the five sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
+``--variants`` also prints the six sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
 binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
 """
 
@@ -57,12 +58,16 @@ def _verdict_scores(v: object) -> tuple[float, float]:
     return {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}.get(str(v).strip().lower(), (np.nan, np.nan))
 
 
-def build(name: str, *, llm_verdicts: bool = True, sandbox=None):
+def build(name: str, *, llm_verdicts: bool = True, programs: bool = True, sandbox=None):
     """``(VerificationData, subsets)`` of one preference set: its labelled pairs as 2-candidate problems."""
     pr = load_preferences(name)
     pr = pr.take(np.flatnonzero(pr.y >= 0))
-    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b, sandbox=sandbox)
-    cols, names, kinds = [ps.scores], list(ps.names), ["heuristic"] * len(ps.names)
+    cols: list[np.ndarray] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    if programs:
+        ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b, sandbox=sandbox)
+        cols, names, kinds = [ps.scores], list(ps.names), ["heuristic"] * len(ps.names)
     if llm_verdicts and pr.extra and all(k in pr.extra[0] for k in VERDICTS):
         for key in VERDICTS:
             cols.append(np.array([_verdict_scores(e.get(key)) for e in pr.extra])[:, :, None])
@@ -143,6 +148,8 @@ def main() -> None:
         print(row("pandalm_test, programs + length + 2 LLM verdicts", pandalm, args.seed), flush=True)
         no_llm, _ = build("pandalm_test", llm_verdicts=False, sandbox=sb)
         print(row("pandalm_test, programs + length", no_llm, args.seed), flush=True)
+        judges_only, _ = build("pandalm_test", programs=False)
+        print(row("pandalm_test, 2 LLM verdicts + length", judges_only, args.seed), flush=True)
         llmbar, llmbar_subsets = build("llmbar", sandbox=sb)
         print(row("llmbar, programs + length", llmbar, args.seed), flush=True)
         for sub in sorted(set(llmbar_subsets)):
@@ -154,6 +161,7 @@ def main() -> None:
         if args.variants:
             informative = {"pandalm_test, programs + length + 2 LLM verdicts": pandalm,
                            "pandalm_test, programs + length": no_llm,
+                           "pandalm_test, 2 LLM verdicts + length": judges_only,
                            "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
                            "llmbar Processed/MT-Bench":
                                _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
