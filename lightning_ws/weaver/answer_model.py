@@ -161,7 +161,8 @@ class AnswerLevelModel:
 
     Args:
         bins: quantile bins of each source's per-answer mean score (default 8; sources with few distinct values keep
-            one bin per value).
+            one bin per value, and near-equal values of such a source share a bin: see
+            :func:`lightning_ws.weaver.ordinal.bin_scores`).
         smoothing: add-``smoothing`` counts per bin and class (default 1.0).
         beta_max: largest agreement weight of ``"learned"`` / ``"exponent"`` (default 6; Newton steps on the concave
             M-step objective).

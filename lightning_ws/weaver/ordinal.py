@@ -29,10 +29,42 @@ from lightning_ws.weaver._numeric import nan_mean
 __all__ = ["BinnedDawidSkene", "bin_scores"]
 
 
+#: A column with at most ``_ATOM_FACTOR * bins`` distinct values is a few *atoms* (pooled verdicts, heuristic flags);
+#: two neighbouring atoms closer than ``_ATOM_GAP`` times the column's mean gap between atoms are one level.
+_ATOM_FACTOR = 4
+_ATOM_GAP = 0.25
+
+
+def _atom_edges(col: np.ndarray, vals: np.ndarray, bins: int) -> np.ndarray | None:
+    """Edges for a column of few distinct values where some neighbours are near-equal, or ``None``.
+
+    Two verdict judges pooled into one source score a pair where they disagree 0.4925 / 0.5075 (their quantile
+    mid-ranks differ with their tie rates): one level, "the judges disagree". A quantile edge at 0.5 split it into two
+    bins, and label-free EM learned to follow one judge there with posterior 0.999 (PandaLM pairs, session 33,
+    ``benchmarks/bench_weaver_preferences.py``). Near-equal atoms are merged into one level and no edge falls inside
+    a level; with more levels than ``bins``, the quantile edges move to the nearest boundary between levels.
+    """
+    if vals.size < 3 or vals.size > _ATOM_FACTOR * bins:
+        return None
+    gaps = np.diff(vals)
+    close = gaps < _ATOM_GAP * gaps.mean()
+    if not close.any():
+        return None
+    between = np.flatnonzero(~close)  # boundary i lies between vals[i] and vals[i + 1]
+    mids = 0.5 * (vals[between] + vals[between + 1])
+    if mids.size + 1 <= bins:
+        return mids
+    q = np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.unique(mids[np.abs(mids[:, None] - q[None, :]).argmin(axis=0)])
+
+
 def bin_scores(scores: np.ndarray, bins: int = 10) -> tuple[np.ndarray, list[np.ndarray]]:
     """Bin each column of ``(n, K)`` scores by its own quantiles: ``(n, K)`` int bins (``-1`` = NaN) and the edges.
 
-    A column with at most ``bins`` distinct values gets one bin per value (edges midway between them).
+    A column with at most ``bins`` distinct values gets one bin per value (edges midway between them). A column of a
+    few distinct values (at most ``4 * bins``) where some neighbours are much closer than the others (under a quarter
+    of the mean gap) treats each run of near-equal values as one level, and no edge splits a level (see
+    :func:`_atom_edges`; since session 33).
     """
     x = np.asarray(scores, dtype=np.float64)
     if x.ndim != 2:
@@ -43,7 +75,10 @@ def bin_scores(scores: np.ndarray, bins: int = 10) -> tuple[np.ndarray, list[np.
         col = x[:, k]
         ok = ~np.isnan(col)
         vals = np.unique(col[ok])
-        if vals.size <= bins:
+        atoms = _atom_edges(col[ok], vals, bins)
+        if atoms is not None:
+            e = atoms
+        elif vals.size <= bins:
             e = 0.5 * (vals[1:] + vals[:-1])
         else:
             e = np.unique(np.quantile(col[ok], np.linspace(0, 1, bins + 1)[1:-1]))
