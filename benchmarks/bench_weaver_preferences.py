@@ -58,17 +58,14 @@ def _verdict_scores(v: object) -> tuple[float, float]:
     return {"a": (1.0, 0.0), "b": (0.0, 1.0), "tie": (0.5, 0.5)}.get(str(v).strip().lower(), (np.nan, np.nan))
 
 
-def build(name: str, *, llm_verdicts: bool = True, programs: bool = True, sandbox=None):
-    """``(VerificationData, subsets)`` of one preference set: its labelled pairs as 2-candidate problems."""
+def build(name: str, *, sandbox=None):
+    """``(VerificationData, subsets)`` of one preference set: its labelled pairs as 2-candidate problems, with every
+    verifier (programs, the LLM verdicts where the set has them, length); :func:`_take` selects rows and verifiers."""
     pr = load_preferences(name)
     pr = pr.take(np.flatnonzero(pr.y >= 0))
-    cols: list[np.ndarray] = []
-    names: list[str] = []
-    kinds: list[str] = []
-    if programs:
-        ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b, sandbox=sandbox)
-        cols, names, kinds = [ps.scores], list(ps.names), ["heuristic"] * len(ps.names)
-    if llm_verdicts and pr.extra and all(k in pr.extra[0] for k in VERDICTS):
+    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b, sandbox=sandbox)
+    cols, names, kinds = [ps.scores], list(ps.names), ["heuristic"] * len(ps.names)
+    if pr.extra and all(k in pr.extra[0] for k in VERDICTS):
         for key in VERDICTS:
             cols.append(np.array([_verdict_scores(e.get(key)) for e in pr.extra])[:, :, None])
             names.append(key)
@@ -83,10 +80,16 @@ def build(name: str, *, llm_verdicts: bool = True, programs: bool = True, sandbo
     return VerificationData(S, [["a", "b"]] * len(pr), names, kinds, correct=correct), subsets
 
 
-def _take(data: VerificationData, rows: np.ndarray) -> VerificationData:
-    keep = [j for j in range(data.num_verifiers) if not np.isnan(data.scores[rows][:, :, j]).all()]
+def _take(data: VerificationData, rows: np.ndarray | None = None, verifiers: list[str] | None = None
+          ) -> VerificationData:
+    """The pairs ``rows`` (default all) and the ``verifiers`` (default all, in the data's order) of ``data``; a verifier
+    with no score on those rows is dropped."""
+    rows = np.arange(data.num_problems) if rows is None else rows
+    names = data.verifier_names
+    keep = [j for j in range(data.num_verifiers) if (verifiers is None or names[j] in verifiers)
+            and not np.isnan(data.scores[rows][:, :, j]).all()]
     return VerificationData(data.scores[rows][:, :, keep], [data.answers[i] for i in rows],
-                            [data.verifier_names[j] for j in keep], [data.verifier_kinds[j] for j in keep],
+                            [names[j] for j in keep], [data.verifier_kinds[j] for j in keep],
                             correct=data.correct[rows])
 
 
@@ -146,9 +149,9 @@ def main() -> None:
     with ProgramSandbox() as sb:
         pandalm, _ = build("pandalm_test", sandbox=sb)
         print(row("pandalm_test, programs + length + 2 LLM verdicts", pandalm, args.seed), flush=True)
-        no_llm, _ = build("pandalm_test", llm_verdicts=False, sandbox=sb)
+        no_llm = _take(pandalm, verifiers=[n for n in pandalm.verifier_names if n not in VERDICTS])
         print(row("pandalm_test, programs + length", no_llm, args.seed), flush=True)
-        judges_only, _ = build("pandalm_test", programs=False)
+        judges_only = _take(pandalm, verifiers=[*VERDICTS, "length"])
         print(row("pandalm_test, 2 LLM verdicts + length", judges_only, args.seed), flush=True)
         llmbar, llmbar_subsets = build("llmbar", sandbox=sb)
         print(row("llmbar, programs + length", llmbar, args.seed), flush=True)
