@@ -164,7 +164,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             cm = make_label_model(model_name, num_classes=k, seed=0).fit(M)
             mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L)
-        delta = 100.0 * (float((_pred(cm.predict_proba(M)) == y).mean()) - float((_pred(mv.predict_proba(L)) == y).mean()))
+        delta = _acc(cm, M, y) - _acc(mv, L, y)
         against = int((gains < 0).sum())
         rows.append((label, against, gains.size, delta))
         print(f"| {label} | {auto.selected} | {cand} | {against} / {gains.size} | {delta:+.2f} |", flush=True)
