@@ -182,6 +182,39 @@ def test_weaver_on_real_pairwise_judge_verdicts_is_not_below_the_mean_verifier()
     assert acc >= suite_baselines(data)[0]["mean_verifier"] - 0.005
 
 
+def test_weaver_on_real_pairwise_judge_programs_falls_back_to_the_mean_verifier(tmp_path):
+    """Real judge data: PandaLM's 894 human-labelled pairs as 2-candidate problems, the 20 hand-written PAJAMA judge
+    programs (run in the sandbox) and the response length as verifiers, no LLM verdict
+    (``benchmarks/bench_weaver_preferences.py``). The group detector puts length, the best verifier here, in one
+    source with two weak programs, so the pooled mean over groups is 2.3 points below the plain mean of the
+    verifiers; before session 34 the guard fell back to majority vote (ties by the pooled mean), 2.35 points below
+    the mean verifier. Since then it weighs the mean verifier (each verifier once) as a fallback too."""
+    from lightning_ws.pajama import load_preferences
+    from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
+    from lightning_ws.weaver.report import suite_baselines
+
+    pr = load_preferences("pandalm_test")
+    pr = pr.take(np.flatnonzero(pr.y >= 0))
+    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b)
+    length = np.log1p(np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], float))
+    data = VerificationData(np.concatenate([ps.scores, length[:, :, None]], axis=2), [["a", "b"]] * len(pr),
+                            [*ps.names, "length"], ["heuristic"] * (len(ps.names) + 1),
+                            correct=np.stack([pr.y == 0, pr.y == 1], axis=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = Weaver(seed=0).fit(data, "label_free")
+    acc = lambda k: float(data.correct[np.arange(len(pr)), w.select_with(data, k)].mean())
+    assert any(len(g) > 1 for g in w.groups_)
+    assert acc("pooled_mean") < acc("mean_verifier") - 0.01  # the grouping hurts the plain average here
+    base = suite_baselines(data)[0]
+    assert acc("mean_verifier") == base["mean_verifier"]  # the selector is the suite's baseline
+    assert w.report_["guard"]["choice"] == "mean_verifier", w.report_["guard"]
+    assert w.report_["guard"]["mean_verifier_replaced"] == "majority_vote"
+    assert float(data.correct[np.arange(len(pr)), w.select(data)].mean()) >= max(
+        base["majority_vote"], base["mean_verifier"]) - 0.005
+    np.testing.assert_array_equal(Weaver.load(w.save(tmp_path / "w")).select(data), w.select(data))
+
+
 # -- the answer-level model ----------------------------------------------------------------------------------------
 
 def test_answer_groups_and_answer_level_model_roundtrip():
@@ -291,7 +324,7 @@ def test_guard_report_states_a_label_free_criterion_and_falls_back_when_verifier
     g = w.report_["guard"]
     assert g["choice"] == "majority_vote", g
     assert "no gold" not in g["criterion"] and "cross-fitted" in g["criterion"]
-    assert set(g["estimated_accuracy"]) == {"label_model", "pooled_mean", "majority_vote"}
+    assert set(g["estimated_accuracy"]) == {"label_model", "pooled_mean", "majority_vote", "mean_verifier"}
     np.testing.assert_array_equal(w.select(d), w.select_with(d, "majority_vote"))
     # the guard never reads labels: the same fit on unlabeled data gives the same choice
     from dataclasses import replace
@@ -412,6 +445,41 @@ def test_dependence_check_falls_back_to_majority_vote_only_when_both_evaluators_
         # (its fallback): where it prefers the pooled mean, the check keeps the label model
         choice, check = w._dependence_check(None, None, [], [], "pooled_mean")
         assert choice == "label_model" == check["choice"] and check["guard_fallback"] == "pooled_mean", check
+
+
+def test_guard_gives_a_simple_fallback_way_to_the_mean_verifier_only_where_every_evaluator_ranks_it_higher(
+        monkeypatch):
+    # session 34, the decision rule alone on crafted per-problem estimates (both evaluators): the label model's fate
+    # is decided as before; a majority-vote or pooled-mean choice becomes the mean verifier only where every
+    # evaluator that was fitted ranks the mean verifier higher
+    from lightning_ws.weaver.select import GUARD_CHECK_EVALUATOR
+
+    d = make_suite_set("rate_0.50", num_problems=40, num_candidates=8, seed=0)
+    w = Weaver(seed=0).fit(d, "label_free")
+    pooled, pm = w._sources(d)
+    P = d.num_problems
+    full = lambda v: np.full(P, v)
+
+    def run(main: dict[str, float], check: dict[str, float]) -> dict:
+        sols = {False: [{k: full(v) for k, v in main.items()}], True: [{k: full(v) for k, v in check.items()}]}
+        monkeypatch.setattr(Weaver, "_guard_estimates",
+                            lambda self, ids, pooled, folds, picks, ev: sols[ev == GUARD_CHECK_EVALUATOR])
+        return w._run_guard(d, pooled, pm, "label_free", None)
+
+    lm_loses = {"label_model": 0.4, "majority_vote": 0.5, "pooled_mean": 0.45}
+    g = run({**lm_loses, "mean_verifier": 0.6}, {})
+    assert g["choice"] == "mean_verifier" and g["mean_verifier_replaced"] == "majority_vote", g
+    assert run({**lm_loses, "mean_verifier": 0.5}, {})["choice"] == "majority_vote"  # a tie keeps majority vote
+    # the label model passes the guard's evaluator but not the check: majority vote, then the mean verifier only
+    # where both evaluators rank it higher
+    main = {"label_model": 0.7, "majority_vote": 0.5, "pooled_mean": 0.45}
+    check = {"label_model": 0.5, "majority_vote": 0.55, "pooled_mean": 0.45}
+    assert run({**main, "mean_verifier": 0.6}, {**check, "mean_verifier": 0.6})["choice"] == "mean_verifier"
+    assert run({**main, "mean_verifier": 0.6}, {**check, "mean_verifier": 0.5})["choice"] == "majority_vote"
+    assert run({**main, "mean_verifier": 0.4}, {**check, "mean_verifier": 0.6})["choice"] == "majority_vote"
+    # a label model kept by both evaluators is never displaced by the mean verifier
+    g = run({**main, "mean_verifier": 0.69}, {**check, "label_model": 0.9, "mean_verifier": 0.8})
+    assert g["choice"] == "label_model" and g["mean_verifier_replaced"] is None, g
 
 
 def test_weaver_default_persistence_modes_and_errors(tmp_path):

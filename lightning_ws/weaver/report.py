@@ -103,8 +103,8 @@ def weaver_report(data: VerificationData, *, dev_fraction: float = 0.1, seed: in
     per-candidate score exists, ``auroc``, ``tie_rate`` (top score shared by two candidates) and ``answer_tie_rate``
     (shared by two candidates with different answers: the ties a selector must break; an answer-level scorer gives
     the candidates of one answer one score, so its ``tie_rate`` is high by design). Weaver rows also carry the
-    ``guard`` choice (``label_model``, ``pooled_mean`` or ``majority_vote``). Weaver ``label_free`` / ``transductive`` are fitted on
-    the evaluation problems' scores (no labels / eval prior); ``few_labels`` on dev + eval scores with dev labels.
+    ``guard`` choice (``label_model``, ``pooled_mean``, ``mean_verifier`` or ``majority_vote``). Weaver ``label_free`` /
+    ``transductive`` are fitted on the evaluation problems' scores (no labels / eval prior); ``few_labels`` on dev + eval scores with dev labels.
     """
     correct = data.require_labels("weaver_report")
     dev, ev = _dev_eval_split(data.num_problems, dev_fraction, seed)

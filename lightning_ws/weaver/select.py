@@ -626,14 +626,17 @@ class Weaver:
        :func:`guard_fold_count` seeded folds (2 from 171 problems on, up to 8 for 64 or fewer); an answer-level
        model fitted on the other folds estimates P(correct) of every candidate of a fold, under each of its EM
        solutions within ``guard_gap`` nats of its best likelihood, and a selector's estimated accuracy is the mean
-       of that estimate at its picks (the label model's picks are those of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties: majority
-       vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z`` standard errors
-       under every such solution. The evaluator is the default answer-level model, which estimates from the data
+       of that estimate at its picks (the label model's picks are those of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties:
+       majority vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z``
+       standard errors under every such solution. The evaluator is the default answer-level model, which estimates from the data
        how much of each source's error the candidates of one answer share (a judge fooled the same way by every
        candidate of a wrong answer). A label model kept that way must then pass a *second opinion*
        (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
        must also find it better than majority vote, else majority vote is chosen where both evaluators rank it at
-       least as high as the pooled mean (:meth:`_dependence_check`). No
+       least as high as the pooled mean (:meth:`_dependence_check`). Where the guard ends with majority vote or the
+       pooled mean, the *mean verifier* (every verifier counted once, not every group: the suite's baseline; it
+       differs from the pooled mean only where a verifier group has two or more members) replaces it if every
+       evaluator that was fitted ranks the mean verifier higher (session 34; it never displaces the label model). No
        gold label is read. The choice, the
        criterion and the estimates are in ``report_["guard"]``. (The evaluators are models of the same family as
        the label model, so the guard catches unstable or noise-driven fits better than systematic
@@ -811,6 +814,13 @@ class Weaver:
             pooled = np.where(out[:, :, None], np.nan, pooled)
         pm = nan_mean(pooled, axis=2)
         return pooled, pm
+
+    def _mean_verifier(self, data: VerificationData) -> np.ndarray:
+        """``(P, N)`` nan-mean of the normalised verifiers, each column once (no groups): the suite's *mean
+        verifier*; NaN for an excluded unanswered candidate (:meth:`_excluded`)."""
+        mv = nan_mean(self.normalizer.transform(data.scores), axis=2)
+        out = self._excluded(data)
+        return np.where(out, np.nan, mv) if out.any() else mv
 
     def _binary_columns(self, data: VerificationData, pooled: np.ndarray) -> np.ndarray:
         if not self.mv_verifier:
@@ -1044,7 +1054,9 @@ class Weaver:
                      + ("; a label model kept must also beat majority_vote by z standard errors under a second "
                         f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
                         "chosen when both evaluators rank it at least as high as pooled_mean"
-                        if self.guard_check else ""))
+                        if self.guard_check else "")
+                     + "; a majority_vote or pooled_mean choice gives way to mean_verifier (each verifier once) where "
+                       "every evaluator fitted ranks mean_verifier higher")
         if P < 8:
             return {"choice": "label_model", "criterion": criterion, "estimated_accuracy": None,
                     "note": f"{P} problems are too few for the cross-fitted guard; the label model is used."}
@@ -1052,11 +1064,13 @@ class Weaver:
         cuts = [(i * P) // n_folds for i in range(n_folds + 1)]
         folds = [np.sort(perm[cuts[i]: cuts[i + 1]]) for i in range(n_folds)]
         ids = data.answer_ids()
-        names = ("label_model", "pooled_mean", "majority_vote")
+        names = ("label_model", "pooled_mean", "majority_vote", "mean_verifier")
         full_lm = self.select_with(data, "label_model")
+        mvf = self._mean_verifier(data)
         fold_picks = [{"label_model": full_lm[here],
                        "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
-                       "majority_vote": _mv_pick(ids[here], pm[here])} for here in folds]
+                       "majority_vote": _mv_pick(ids[here], pm[here]),
+                       "mean_verifier": select_candidates(mvf[here], tie_break="first")[0]} for here in folds]
         per_problem = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_EVALUATOR)
         ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
         est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
@@ -1066,9 +1080,17 @@ class Weaver:
         check: dict[str, Any] | None = None
         if ok and self.guard_check:
             choice, check = self._dependence_check(ids, pooled, folds, fold_picks, simple)
+        # the label model's fate is decided; a simple selector chosen gives way to the mean verifier (each verifier
+        # once) where every evaluator that ranked the simple selectors ranks the mean verifier above it
+        replaced = None
+        if choice != "label_model" and est["mean_verifier"] > est[choice] + 1e-12 and (
+                check is None or check["estimated_accuracy"]["mean_verifier"]
+                > check["estimated_accuracy"][choice] + 1e-12):
+            replaced, choice = choice, "mean_verifier"
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
                 "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
-                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check}
+                "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check,
+                "mean_verifier_replaced": replaced}
 
     def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
                           fold_picks: list[dict[str, np.ndarray]], fallback: str = "majority_vote"
@@ -1084,11 +1106,12 @@ class Weaver:
         at least as high as the pooled mean, the guard's own evaluator does too (``fallback``, the guard's choice
         between the two, is majority vote), and the label model does not beat majority vote by ``guard_z``
         standard errors under every plausible solution, majority vote is chosen; otherwise the label model is kept
-        (so the check can only replace the label model by majority vote, never by the pooled mean). Until session
-        19 the two evaluators were the other way round; until session 20 the check's evaluator alone ranked
-        majority vote against the pooled mean (numbers in BENCHMARKS.md)."""
+        (so the check can only replace the label model by majority vote, never by the pooled mean; since session 34
+        :meth:`_run_guard` may then replace majority vote by the mean verifier). Until session 19 the two evaluators
+        were the other way round; until session 20 the check's evaluator alone ranked majority vote against the
+        pooled mean (numbers in BENCHMARKS.md)."""
         pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
-        est = {k: min(float(pp[k].mean()) for pp in pp2) for k in ("label_model", "pooled_mean", "majority_vote")}
+        est = {k: min(float(pp[k].mean()) for pp in pp2) for k in pp2[0]}
         gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
         mv_fallback = fallback == "majority_vote" and est["majority_vote"] >= est["pooled_mean"] - 1e-12
         choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
@@ -1163,16 +1186,22 @@ class Weaver:
         return np.full((data.num_problems, data.num_candidates), np.nan)
 
     def select_with(self, data: VerificationData, selector: str) -> np.ndarray:
-        """``(P,)`` picks of one of the guard's selectors: ``"label_model"``, ``"pooled_mean"``, ``"majority_vote"``
-        (most frequent answer, ties by its mean pooled score; within it the candidate with the best pooled score)."""
+        """``(P,)`` picks of one of the guard's selectors: ``"label_model"``, ``"pooled_mean"`` (mean over the
+        verifier groups), ``"mean_verifier"`` (mean over the verifiers, each once; ties to the first candidate) or
+        ``"majority_vote"`` (most frequent answer, ties by its mean pooled score; within it the candidate with the
+        best pooled score)."""
         if selector == "pooled_mean":
             self._check_names(data)
             return select_candidates(self._sources(data)[1], tie_break="first")[0]
         if selector == "majority_vote":
             self._check_names(data)
             return _mv_pick(data.answer_ids(), self._sources(data)[1])
+        if selector == "mean_verifier":
+            self._check_names(data)
+            return select_candidates(self._mean_verifier(data), tie_break="first")[0]
         if selector != "label_model":
-            raise ConfigError(f"selector must be 'label_model', 'pooled_mean' or 'majority_vote', got {selector!r}.")
+            raise ConfigError("selector must be 'label_model', 'pooled_mean', 'mean_verifier' or 'majority_vote', "
+                              f"got {selector!r}.")
         s = self.score(data)
         if self.answer_pooling == "sum" and not self.answer_level:
             s = pool_by_answer(s, data.answer_ids())
