@@ -39,7 +39,7 @@ from lightning_ws.weaver import Weaver
 from lightning_ws.weaver.report import suite_baselines
 from lightning_ws.weaver.suite import make_set
 
-SELECTORS = ("label_model", "pooled_mean", "majority_vote")
+SELECTORS = ("label_model", "pooled_mean", "majority_vote", "mean_verifier")
 
 
 def _record(data: Any, seed: int) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def _record(data: Any, seed: int) -> dict[str, Any]:
     est = g["estimated_accuracy"]
     dc = g.get("dependence_check")
     return {"baseline": baseline, "true": {k: acc(w.select_with(data, k)) for k in SELECTORS},
-            "choice": g["choice"], "gains": g["label_model_gain"], "ses": g["gain_standard_error"],
+            "choice": g["choice"], "gains": g["label_model_gain"], "ses": g["gain_standard_error"], "est": est,
             "simple": "majority_vote" if est["majority_vote"] >= est["pooled_mean"] - 1e-12 else "pooled_mean",
             "dc": None if dc is None else {"gains": dc["label_model_gain_vs_majority_vote"],
                                            "ses": dc["gain_standard_error"], "est": dc["estimated_accuracy"],
@@ -67,13 +67,23 @@ def _beats(gains: list[float], ses: list[float], z: float) -> bool:
 
 def shipped_rule(r: dict[str, Any], z: float = 1.0) -> str:
     """The guard of ``Weaver._run_guard`` / ``_dependence_check`` at ``guard_z = z``."""
-    if not _beats(r["gains"], r["ses"], z):
-        return r["simple"]
     dc = r["dc"]
+    if not _beats(r["gains"], r["ses"], z):
+        return _mean_verifier_rule(r, r["simple"], None)
     if dc is None:
         return "label_model"
     mv_fallback = dc["fallback"] == "majority_vote" and dc["est"]["majority_vote"] >= dc["est"]["pooled_mean"] - 1e-12
-    return "majority_vote" if (mv_fallback and not _beats(dc["gains"], dc["ses"], z)) else "label_model"
+    if mv_fallback and not _beats(dc["gains"], dc["ses"], z):
+        return _mean_verifier_rule(r, "majority_vote", dc)
+    return "label_model"
+
+
+def _mean_verifier_rule(r: dict[str, Any], choice: str, dc: dict[str, Any] | None) -> str:
+    """Since session 34: a simple selector chosen gives way to the mean verifier where every evaluator fitted ranks
+    it higher (identical picks, as on these one-judge sets, give equal estimates: no change)."""
+    higher = r["est"]["mean_verifier"] > r["est"][choice] + 1e-12 and (
+        dc is None or dc["est"]["mean_verifier"] > dc["est"][choice] + 1e-12)
+    return "mean_verifier" if higher else choice
 
 
 def both_else_fallback(r: dict[str, Any]) -> str:
