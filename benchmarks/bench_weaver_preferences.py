@@ -29,6 +29,9 @@ and the verifier groups.
 
 ``--variants`` also prints the six sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
 binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
+``--subsets DRAWS`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers (the PandaLM row
+with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin, next to the guard
+before session 34 (:func:`subset_rows`; about 10 minutes with 8 draws).
 """
 
 from __future__ import annotations
@@ -134,11 +137,52 @@ def row(label: str, data: VerificationData, seed: int, weaver_kwargs: dict | Non
             f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {groups} |")
 
 
+def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int, ...] = (4, 8, 12)) -> None:
+    """``--subsets``: Weaver on random subsets of the heuristic verifiers (programs and length) of each set, ``draws``
+    seeded draws per size (draw ``d`` of size ``k``: ``numpy.random.default_rng([d, k])``); the LLM verdicts, where a
+    set name says so, are kept in every subset. Per set and size: Weaver - max(MV, mean verifier) in points (mean / min
+    / draws more than 0.5 below) for the shipped Weaver and for the guard before session 34 (no mean-verifier
+    selector; ``diag_weaver_mean_fallback.py``), and the shipped guard's choices."""
+    from collections import Counter
+
+    from diag_weaver_mean_fallback import _without_mean_verifier
+
+    from lightning_ws.weaver.report import suite_report
+
+    print("\n| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
+          "/ draws below | before session 34 | guard choices |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
+    for label, data in sets.items():
+        fixed = [v for v in data.verifier_names if v in VERDICTS]
+        pool = [v for v in data.verifier_names if v not in VERDICTS]
+        for k in sizes:
+            accs, now, before, choices = [], [], [], Counter()
+            for d in range(draws):
+                pick = np.random.default_rng([d, k]).choice(len(pool), size=k, replace=False)
+                sub = _take(data, verifiers=fixed + [pool[j] for j in sorted(pick)])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    reps = (suite_report(sub, seed=0), _without_mean_verifier(sub, 0))
+                m = reps[0]["select_at_1"]
+                accs.append((m["majority_vote"], m["mean_verifier"], m["weaver"]))
+                now.append(100 * (m["weaver"] - max(m["majority_vote"], m["mean_verifier"])))
+                o = reps[1]["select_at_1"]
+                before.append(100 * (o["weaver"] - max(o["majority_vote"], o["mean_verifier"])))
+                choices[reps[0]["weaver"]["guard"]["choice"]] += 1
+            a = np.mean(accs, axis=0)
+            print(f"| {label} | {k} | {draws} | {a[0]:.4f} | {a[1]:.4f} | {a[2]:.4f} | {cell(now)} | {cell(before)} | "
+                  f"{dict(choices)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="Weaver seed (default 0)")
     ap.add_argument("--variants", action="store_true",
                     help="also print the sets where the verifiers beat a coin with two non-default Weaver settings")
+    ap.add_argument("--subsets", type=int, default=0, metavar="DRAWS",
+                    help="also print Weaver on DRAWS random subsets of 4, 8 and 12 heuristic verifiers per set where "
+                         "the verifiers beat a coin")
     args = ap.parse_args()
     from lightning_ws.programs import ProgramSandbox
 
@@ -172,6 +216,12 @@ def main() -> None:
             for vname, kw in VARIANTS.items():
                 for label, data in informative.items():
                     print(row(f"{label} [{vname}]", data, args.seed, kw), flush=True)
+        if args.subsets:
+            subset_rows({"pandalm_test, programs + length": no_llm,
+                         "pandalm_test, 2 LLM verdicts + programs + length": pandalm,
+                         "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
+                         "llmbar Processed/MT-Bench": _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
+                         "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}, args.subsets)
 
 
 if __name__ == "__main__":
