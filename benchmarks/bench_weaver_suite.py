@@ -226,7 +226,8 @@ def _session18(data, seed: int) -> float:
     import lightning_ws.weaver.select as sel
 
     saved = sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR
-    sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = {"dependence": "exponent"}, {"dependence": "icc"}
+    sel.GUARD_EVALUATOR, sel.GUARD_CHECK_EVALUATOR = ({"dependence": "exponent", "monotone": False},
+                                                      {"dependence": "icc", "monotone": False})
     try:
         with check_rule_before_session20():
             return _extra(data, {"label_model_kwargs": {"dependence": "exponent"}, "seed": seed})

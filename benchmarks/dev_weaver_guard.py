@@ -72,7 +72,8 @@ from lightning_ws.weaver.suite import SUITE, GroupSpec, SetSpec, make_set
 MV, PM, LM = "majority_vote", "pooled_mean", "label_model"
 EVALUATORS = {"icc": {"dependence": "icc"}, "exponent": {"dependence": "exponent"},
               "re": {"evidence": "random_effects"}}
-assert AnswerLevelModel(**GUARD_EVALUATOR).dependence == "icc" and GUARD_CHECK_EVALUATOR == {"dependence": "exponent"}, \
+assert AnswerLevelModel(**GUARD_EVALUATOR).dependence == "icc" and \
+    GUARD_CHECK_EVALUATOR == {"dependence": "exponent", "monotone": False}, \
     "the shipped guard changed: update the `current` policy"
 
 

@@ -215,6 +215,34 @@ def test_weaver_on_real_pairwise_judge_programs_falls_back_to_the_mean_verifier(
     np.testing.assert_array_equal(Weaver.load(w.save(tmp_path / "w")).select(data), w.select(data))
 
 
+def test_monotone_likelihood_ratio_keeps_a_one_source_fit_ranking_as_its_scores_without_answer_agreement():
+    """One judge's 32 draws pool into one source; with every candidate its own answer (no agreement signal,
+    ``benchmarks/diag_weaver_no_agreement.py``) EM can collapse to a flat, non-monotone per-bin likelihood ratio and
+    the label model then ranks below its own pooled score (seeds 101 and 102 here, with ``monotone=False``). With the
+    likelihood-ratio order (``monotone="auto"``, the default, turns it on exactly where no answer is shared) every
+    source's ratio is non-decreasing and the label model picks as well as the pooled mean."""
+    for seed in (100, 101, 102):
+        d = make_suite_set("judge_draws", num_problems=120, num_candidates=16, seed=seed)
+        d = VerificationData(d.scores, [[f"c{i}" for i in range(16)] for _ in range(120)], d.verifier_names,
+                             d.verifier_kinds, correct=d.correct)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w = Weaver(seed=0, guard=False).fit(d, "label_free")
+        assert len(w.groups_) == 1 and w.label_model_.report_["monotone"] is True
+        assert all(np.all(np.diff(llr) >= -1e-12) for llr in w.label_model_.llr_)
+        acc = lambda k: float(d.correct[np.arange(120), w.select_with(d, k)].mean())  # noqa: B023
+        assert acc("label_model") >= acc("pooled_mean") - 0.01, seed
+        m2 = type(w.label_model_).from_state_dict(w.label_model_.state_dict())
+        assert m2.monotone_setting == "auto"
+    # with answers shared (the suite's own sets) "auto" leaves the model as it was
+    d = make_suite_set("judge_draws", num_problems=40, num_candidates=16, seed=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert Weaver(seed=0, guard=False).fit(d, "label_free").label_model_.report_["monotone"] is False
+    with pytest.raises(ConfigError, match="monotone"):
+        Weaver(label_model_kwargs={"monotone": "yes"})
+
+
 # -- the answer-level model ----------------------------------------------------------------------------------------
 
 def test_answer_groups_and_answer_level_model_roundtrip():

@@ -156,6 +156,21 @@ class AnswerGroups:
         return np.exp(self.log_softmax(v))
 
 
+def _pava(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares non-decreasing fit of ``y`` (pool adjacent violators)."""
+    vals, wts, lens = [], [], []
+    for yi, wi in zip(y.tolist(), w.tolist()):
+        vals.append(yi)
+        wts.append(wi)
+        lens.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            wsum = wts[-2] + wts[-1]
+            vals[-2] = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / wsum
+            wts[-2], lens[-2] = wsum, lens[-2] + lens[-1]
+            del vals[-1], wts[-1], lens[-1]
+    return np.repeat(np.asarray(vals), lens)
+
+
 class AnswerLevelModel:
     """Label-free EM over the correct answer of each problem (see the module docstring).
 
@@ -248,13 +263,28 @@ class AnswerLevelModel:
             inflate the residuals; 0.31-0.41 against 0.14-0.30 for a strong judge), so it serves only as a floor
             against the collapse, not as the estimate. Reported as ``report_["rho_check"]``. Models saved without this key load with
             ``None`` (it acts at fit time only).
+        monotone: ``"candidates"`` evidence: constrain each source's per-bin likelihood ratio ``f1(bin) / f0(bin)``
+            to be non-decreasing in the score (``True``), or not (``False``, the behaviour before session 34), or
+            ``"auto"`` (default since session 34): only where no two candidates of a problem share an answer - data
+            without an agreement signal (pairwise preferences, code, free-form responses without answer extraction),
+            where the scores alone must identify the latent class and the count model cannot anchor it. Whether it
+            was on is ``report_["monotone"]``. The constraint is "a higher score is never evidence
+            against", the orientation assumption applied bin by bin instead of to the mean implied AUROC. The
+            M-step is then the likelihood-ratio-ordered maximum likelihood estimate: the posterior-weighted share of
+            class 1 in each bin, made non-decreasing by weighted isotonic regression (bin mass as weight), gives both
+            class distributions. Without it, an EM that has collapsed (a handful of weak sources, no answer
+            agreement) can fit a flat, non-monotone ratio in which the top bin counts less than the one below it,
+            and a one-source fit then ranks candidates against its own scores (BENCHMARKS.md, issue-17 section,
+            "Session 34"). With agreement the count model anchors the latent, and the constraint was measured only
+            where there is none. Not in the paper. Models saved without this key load as ``"auto"`` (it acts at fit
+            time only).
     """
 
     def __init__(self, bins: int = 8, *, smoothing: float = 1.0, beta_max: float = 6.0, max_iter: int = 100,
                  tol: float = 1e-6, use_agreement: bool = True, agreement: str = "partition",
                  evidence: str = "candidates", size_exponent: float = 0.5, dependence: str = "icc", orient: bool = True,
                  orient_tol: float = 0.05, cross_source: bool = True, count_check: float | None = 6.64,
-                 rho_check: float | None = 0.5) -> None:
+                 rho_check: float | None = 0.5, monotone: bool | str = "auto") -> None:
         if evidence not in EVIDENCE:
             raise ConfigError(f"evidence must be one of {EVIDENCE}, got {evidence!r}.")
         if agreement not in AGREEMENT:
@@ -266,6 +296,10 @@ class AnswerLevelModel:
         self.agreement, self.orient, self.orient_tol = agreement, bool(orient), float(orient_tol)
         self.dependence = dependence
         self.cross_source = bool(cross_source)
+        if monotone not in (True, False, "auto"):
+            raise ConfigError(f"monotone must be True, False or 'auto', got {monotone!r}.")
+        self.monotone_setting: bool | str = monotone
+        self.monotone = monotone is True  # resolved at fit time
         if count_check is not None and not float(count_check) >= 0.0:
             raise ConfigError(f"count_check must be None or >= 0 (nats), got {count_check}.")
         self.count_check = None if count_check is None else float(count_check)
@@ -468,6 +502,9 @@ class AnswerLevelModel:
         groups = AnswerGroups(answer_ids, _present(answer_ids, s))
         if s.ndim != 3 or s.shape[:2] != groups.group.shape:
             raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
+        # "auto": the likelihood-ratio order where no two candidates of a problem share an answer (no agreement signal)
+        self.monotone = (bool(groups.size.max() <= 1) if self.monotone_setting == "auto"
+                         else bool(self.monotone_setting))
         if self.evidence == "random_effects":
             b, sizes = _re_stats(groups, s), []
         else:
@@ -554,7 +591,7 @@ class AnswerLevelModel:
                         "within_answer_correlation": None if self.rho_ is None else self.rho_.tolist(),
                         "cross_source_correlation": None if self.xdep_ is None else _xdep_corr(self.xdep_).tolist(),
                         "log_likelihood_per_problem": best["ll"], "em_start": best["start"],
-                        "count_check": best.get("count_check"),
+                        "count_check": best.get("count_check"), "monotone": self.monotone,
                         "rho_check": None if rho_counts is None else {
                             "rho_counts_only": rho_counts.tolist(), "floor_fraction": self.rho_check,
                             "held_at_counts_only": best["rho_held"].tolist()},
@@ -590,6 +627,10 @@ class AnswerLevelModel:
                 # bin -1 (missing) is counted in slot 0 and dropped
                 c1 = np.bincount(b[:, k] + 1, weights=w, minlength=sizes[k] + 1)[1:] + self.smoothing
                 c0 = np.bincount(b[:, k] + 1, weights=1 - w, minlength=sizes[k] + 1)[1:] + self.smoothing
+                if self.monotone:  # the likelihood-ratio-ordered MLE: P(class 1 | bin) made non-decreasing
+                    n = c1 + c0
+                    q = _pava(c1 / n, n)
+                    c1, c0 = n * q, n * (1.0 - q)
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
             if cand and self.dependence == "icc":
@@ -671,7 +712,8 @@ class AnswerLevelModel:
                            "agreement": self.agreement, "orient": self.orient, "dependence": self.dependence,
                            "orient_tol": self.orient_tol, "cross_source": self.cross_source,
                            "count_check": self.count_check, "rho_check": self.rho_check,
-                           "evidence": self.evidence, "size_exponent": self.size_exponent},
+                           "evidence": self.evidence, "size_exponent": self.size_exponent,
+                           "monotone": self.monotone_setting},
                 "share_h": None if self.share_h_ is None else self.share_h_.tolist(),
                 "rho": None if self.rho_ is None else self.rho_.tolist(),
                 "xdep": None if self.xdep_ is None else [self.xdep_[0].tolist(), self.xdep_[1].tolist()],

@@ -71,11 +71,14 @@ TIE_BREAKS = ("continuous_mean", "mv_frequency", "random", "first")
 UNANSWERED = ("exclude", "keep")
 #: The guard's evaluator: an answer-level model with the default settings (which estimate, per source, how much of
 #: its error the candidates of one answer share: ``dependence="icc"``), fitted on the other folds of the problems
-#: (:func:`guard_fold_count`).
-GUARD_EVALUATOR: dict[str, Any] = {}
+#: (:func:`guard_fold_count`), except that it never takes the likelihood-ratio order (``monotone=False``): where no
+#: answer is shared the label model takes it (session 34) and the evaluators keep the unconstrained fit. With both
+#: constrained, the guard on PandaLM's pairs with the 20 PAJAMA programs stopped preferring the mean verifier to
+#: majority vote, 2.35 points below it (BENCHMARKS.md, issue-17 section, "Session 34").
+GUARD_EVALUATOR: dict[str, Any] = {"monotone": False}
 #: The guard's second opinion: an answer-level model that weights an answer's candidates by the fixed ``size ** 0.5``
 #: instead (``dependence="exponent"``), fitted like the evaluator on the other folds.
-GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "exponent"}
+GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "exponent", "monotone": False}
 
 
 def guard_fold_count(num_problems: int) -> int:
@@ -628,7 +631,8 @@ class Weaver:
        solutions within ``guard_gap`` nats of its best likelihood, and a selector's estimated accuracy is the mean
        of that estimate at its picks (the label model's picks are those of its fit on all problems). The fallback is the better of majority vote and pooled mean (ties:
        majority vote); the label model replaces it only if its estimated per-problem gain exceeds ``guard_z``
-       standard errors under every such solution. The evaluator is the default answer-level model, which estimates from the data
+       standard errors under every such solution. The evaluator is the default answer-level model (without the
+       likelihood-ratio order, ``monotone=False``), which estimates from the data
        how much of each source's error the candidates of one answer share (a judge fooled the same way by every
        candidate of a wrong answer). A label model kept that way must then pass a *second opinion*
        (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
