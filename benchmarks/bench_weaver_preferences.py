@@ -29,9 +29,9 @@ and the verifier groups.
 
 ``--variants`` also prints the six sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
 binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
-``--subsets DRAWS`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers (the PandaLM row
-with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin, next to the guard
-before session 34 (:func:`subset_rows`; about 10 minutes with 8 draws).
+``--subsets DRAWS [--first-draw D]`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers (the PandaLM row
+with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin, next to Weaver
+before session 34 (:func:`subset_rows`; about 5 minutes with 8 draws).
 """
 
 from __future__ import annotations
@@ -137,19 +137,33 @@ def row(label: str, data: VerificationData, seed: int, weaver_kwargs: dict | Non
             f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {groups} |")
 
 
-def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int, ...] = (4, 8, 12)) -> None:
+def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int, ...] = (4, 8, 12),
+                first_draw: int = 0) -> None:
     """``--subsets``: Weaver on random subsets of the heuristic verifiers (programs and length) of each set, ``draws``
-    seeded draws per size (draw ``d`` of size ``k``: ``numpy.random.default_rng([d, k])``); the LLM verdicts, where a
+    seeded draws per size (draws ``first_draw`` .. ``first_draw + draws - 1``; draw ``d`` of size ``k``:
+    ``numpy.random.default_rng([d, k])``); the LLM verdicts, where a
     set name says so, are kept in every subset. Per set and size: Weaver - max(MV, mean verifier) in points (mean / min
-    / draws more than 0.5 below) for the shipped Weaver and for the guard before session 34 (no mean-verifier
-    selector; ``diag_weaver_mean_fallback.py``), and the shipped guard's choices."""
+    / draws more than 0.5 below) for the shipped Weaver and for Weaver before session 34 (no mean-verifier selector
+    in the guard, no likelihood-ratio order in the answer-level models), and the shipped guard's choices."""
     from collections import Counter
 
-    from diag_weaver_mean_fallback import _without_mean_verifier
-
+    from lightning_ws.weaver.answer_model import AnswerLevelModel
     from lightning_ws.weaver.report import suite_report
 
-    print("\n| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
+    def before_session34(sub: VerificationData) -> dict:
+        """``suite_report`` with session 34's two changes undone: no mean-verifier selector in the guard and no
+        likelihood-ratio order in any answer-level model (label model and guard evaluators)."""
+        defaults = AnswerLevelModel.__init__.__kwdefaults__
+        original = (Weaver._mean_verifier, defaults["monotone"])
+        Weaver._mean_verifier = lambda self, d: self._sources(d)[1]
+        defaults["monotone"] = False
+        try:
+            return suite_report(sub, seed=0)
+        finally:
+            Weaver._mean_verifier, defaults["monotone"] = original
+
+    print(f"\nRandom verifier subsets, draws {first_draw}-{first_draw + draws - 1}")
+    print("| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
           "/ draws below | before session 34 | guard choices |")
     print("|---|---|---|---|---|---|---|---|---|")
     cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
@@ -158,12 +172,12 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
         pool = [v for v in data.verifier_names if v not in VERDICTS]
         for k in sizes:
             accs, now, before, choices = [], [], [], Counter()
-            for d in range(draws):
+            for d in range(first_draw, first_draw + draws):
                 pick = np.random.default_rng([d, k]).choice(len(pool), size=k, replace=False)
                 sub = _take(data, verifiers=fixed + [pool[j] for j in sorted(pick)])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    reps = (suite_report(sub, seed=0), _without_mean_verifier(sub, 0))
+                    reps = (suite_report(sub, seed=0), before_session34(sub))
                 m = reps[0]["select_at_1"]
                 accs.append((m["majority_vote"], m["mean_verifier"], m["weaver"]))
                 now.append(100 * (m["weaver"] - max(m["majority_vote"], m["mean_verifier"])))
@@ -183,6 +197,9 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=0, metavar="DRAWS",
                     help="also print Weaver on DRAWS random subsets of 4, 8 and 12 heuristic verifiers per set where "
                          "the verifiers beat a coin")
+    ap.add_argument("--first-draw", type=int, default=0,
+                    help="first verifier-subset draw of --subsets (default 0; session 34 developed on draws 0-7 and "
+                         "checked on 8-15)")
     args = ap.parse_args()
     from lightning_ws.programs import ProgramSandbox
 
@@ -221,7 +238,8 @@ def main() -> None:
                          "pandalm_test, 2 LLM verdicts + programs + length": pandalm,
                          "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
                          "llmbar Processed/MT-Bench": _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
-                         "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}, args.subsets)
+                         "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}, args.subsets,
+                        first_draw=args.first_draw)
 
 
 if __name__ == "__main__":

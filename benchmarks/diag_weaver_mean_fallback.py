@@ -9,8 +9,10 @@ selectors pick the same candidates, the guard's estimates of them are equal and 
 before. This script
 finds the fits where they differ: for every data set and seed the Weaver benchmarks use, it fits the normaliser and
 the verifier groups only (cheap), compares the two selectors' picks, and for the sets where they differ fits
-``Weaver()`` twice - as shipped, and with the ``mean_verifier`` selector replaced by the pooled mean (the guard before
-session 34, exactly) - and prints both against ``max(majority vote, mean verifier)`` (points, as
+``Weaver()`` twice - as shipped, and with the ``mean_verifier`` selector replaced by the pooled mean (the guard
+without the mean-verifier rule, exactly; the same session's likelihood-ratio order, ``AnswerLevelModel(monotone=
+"auto")``, stays as shipped in both, and acts only on data where no answer is shared: here the preference pairs) -
+and prints both against ``max(majority vote, mean verifier)`` (points, as
 ``bench_weaver_suite.py`` measures it) with the guard's choice.
 
 Data: the suite at the seeds of ``bench_weaver_suite.py`` (0-4; 0-11 for the 64-problem sets), its held-out judge
@@ -21,7 +23,7 @@ missing-score check of ``bench_weaver_suite.py --missing``, the shared-error set
 (9100+, 9200+), GSM8K and the preference pairs of ``bench_weaver_preferences.py`` without the LLM verdicts (each set
 and subset) and with them. Weaver's seed is the one each script passes. Gold labels score the rows only.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_mean_fallback.py [--quick]   # about 20 minutes on 2 CPU cores (--quick: 3)
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_mean_fallback.py [--quick] [--families prefs,gsm8k]   # about 20 minutes on 2 CPU cores (--quick: 3)
 """
 
 from __future__ import annotations
@@ -49,9 +51,15 @@ from lightning_ws.weaver.structure import detect_verifier_groups
 from lightning_ws.weaver.suite import SUITE, make_set, make_suite_set
 
 
-def _datasets(quick: bool) -> Iterator[tuple[str, int, int, VerificationData]]:
-    """``(family/set, data seed, Weaver seed, data)`` of every fit in the census, the seeds as each script uses
-    them."""
+def _datasets(quick: bool, only: set[str] | None = None) -> Iterator[tuple[str, int, int, VerificationData]]:
+    """``(family/set, data seed, Weaver seed, data)`` of every fit in the census (of the families in ``only``, if
+    given; a family is the name before the ``/``), the seeds as each script uses them."""
+    for item in _all_datasets(quick):
+        if not only or item[0].split("/")[0] in only:
+            yield item
+
+
+def _all_datasets(quick: bool) -> Iterator[tuple[str, int, int, VerificationData]]:
     import bench_weaver_preferences as prefs
     from bench_weaver_suite import _heldout_specs
     from dev_weaver_guard import DEV
@@ -130,7 +138,8 @@ def _picks_differ(data: VerificationData, seed: int) -> tuple[bool, int]:
 
 
 def _without_mean_verifier(data: VerificationData, seed: int) -> dict:
-    """``suite_report`` with the guard's ``mean_verifier`` selector replaced by the pooled mean (the old guard)."""
+    """``suite_report`` with the guard's ``mean_verifier`` selector replaced by the pooled mean (the guard without the
+    mean-verifier rule)."""
     original = Weaver._mean_verifier
     Weaver._mean_verifier = lambda self, d: self._sources(d)[1]
     try:
@@ -142,16 +151,21 @@ def _without_mean_verifier(data: VerificationData, seed: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds per set and one seed block (a smoke run)")
+    ap.add_argument("--families", default="", help="comma-separated data families to run (default: all), e.g. prefs")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    print("| data | data seed | sources | Weaver() - max(MV, mean) | guard | before session 34 | guard |")
+    print("| data | data seed | sources | Weaver() - max(MV, mean) | guard | without the mean-verifier rule | guard |")
     print("|---|---|---|---|---|---|---|")
     fits: Counter[str] = Counter()
     differ: Counter[str] = Counter()
+    no_shared: Counter[str] = Counter()  # fits where the likelihood-ratio order (monotone="auto") is on
     moved: list[float] = []
-    for family_set, data_seed, seed, data in _datasets(args.quick):
+    only = {f for f in args.families.split(",") if f}
+    for family_set, data_seed, seed, data in _datasets(args.quick, only):
         family = family_set.split("/")[0]
         fits[family] += 1
+        ids = data.answer_ids()
+        no_shared[family] += int(all(np.bincount(r[r >= 0]).max() < 2 if (r >= 0).any() else True for r in ids))
         changed, n_sources = _picks_differ(data, seed)
         if not changed:
             continue
@@ -166,7 +180,8 @@ def main() -> None:
               f"{rows[1][1]} |", flush=True)
     print()
     for family in fits:
-        print(f"{family}: {fits[family]} fits, mean_verifier and pooled_mean pick differently on {differ[family]}")
+        print(f"{family}: {fits[family]} fits, mean_verifier and pooled_mean pick differently on {differ[family]}; "
+              f"no answer shared (the likelihood-ratio order is on) in {no_shared[family]}")
     if moved:
         d = np.array(moved)
         print(f"where they differ ({d.size} fits): Weaver() minus the old guard, points: mean {d.mean():+.2f}, "

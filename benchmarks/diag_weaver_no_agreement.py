@@ -4,12 +4,14 @@ Data without answer extraction (code, free-form responses, the preference pairs 
 ``bench_weaver_preferences.py``) gives Weaver no agreement signal: every candidate is an answer of its own, majority
 vote has nothing to count, and the label model can only weight the verifiers. The suite has no such set. This script
 draws every suite set, replaces each candidate's answer with an answer of its own (correctness and verifier scores
-unchanged), and prints per set, over ``--seeds`` data seeds (100, 101, ...; used by no other script), the Select@1 of
+unchanged), and prints per set, over ``--seeds`` data seeds (``--first-seed``: 100, 101, ...; 100-102 and 200-202 are
+used by no other script), the Select@1 of
 majority vote (here the first candidate), the mean verifier, Weaver's pooled mean, its label model and ``Weaver()``,
 ``Weaver - max(MV, mean verifier)`` in points (mean / min / seeds more than 0.5 below), the label model's mean implied
 source AUROC and the guard's choices. Gold labels score the rows only.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_no_agreement.py [--seeds 3] [--problems 300] [--candidates 16]
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_no_agreement.py [--seeds 3] [--first-seed 100] [--problems 300]
+        [--candidates 16]
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ def unique_answers(data: VerificationData) -> VerificationData:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=100, help="first data seed (default 100)")
     ap.add_argument("--problems", type=int, default=300)
     ap.add_argument("--candidates", type=int, default=16)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     print(f"{args.problems} problems x {args.candidates} candidates, every candidate its own answer; data seeds "
-          f"100-{99 + args.seeds}")
+          f"{args.first_seed}-{args.first_seed + args.seeds - 1}")
     print("| set | MV (first) | mean verifier | pooled mean | label model | Weaver | Weaver - max(MV, mean): mean / min "
           "/ seeds below | mean implied AUROC | guard choices |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -55,7 +58,7 @@ def main() -> None:
         acc, diffs, aucs, choices = [], [], [], Counter()
         for s in range(args.seeds):
             d = unique_answers(make_suite_set(name, num_problems=args.problems, num_candidates=args.candidates,
-                                              seed=100 + s))
+                                              seed=args.first_seed + s))
             y, P = d.correct, d.num_problems
             base = suite_baselines(d)[0]
             w = Weaver(seed=s).fit(d, "label_free")
