@@ -263,7 +263,7 @@ class AnswerLevelModel:
             inflate the residuals; 0.31-0.41 against 0.14-0.30 for a strong judge), so it serves only as a floor
             against the collapse, not as the estimate. Reported as ``report_["rho_check"]``. Models saved without this key load with
             ``None`` (it acts at fit time only).
-        monotone: ``"candidates"`` evidence: constrain each source's per-bin likelihood ratio ``f1(bin) / f0(bin)``
+        monotone: binned evidence (``"candidates"``, ``"answer_mean"``): constrain each source's per-bin likelihood ratio ``f1(bin) / f0(bin)``
             to be non-decreasing in the score (``True``), or not (``False``, the behaviour before session 34), or
             ``"auto"`` (default since session 34): only where no two candidates of a problem share an answer - data
             without an agreement signal (pairwise preferences, code, free-form responses without answer extraction),
