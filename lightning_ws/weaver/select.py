@@ -807,24 +807,23 @@ class Weaver:
             return np.zeros((data.num_problems, data.num_candidates), dtype=bool)
         return unanswered_candidates(data.answer_ids())
 
-    def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
-        """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups; an excluded
-        unanswered candidate (:meth:`_excluded`) gets NaN everywhere, so that it is a padding slot to the label
-        model and no selector picks it."""
+    def _normalized(self, data: VerificationData) -> np.ndarray:
+        """``(P, N, V)`` scores under the fitted normaliser; an excluded unanswered candidate (:meth:`_excluded`) gets
+        NaN everywhere, so that it is a padding slot to the label model and no selector picks it."""
         norm = self.normalizer.transform(data.scores)
-        pooled = pool_groups(norm, self.groups_)
         out = self._excluded(data)
-        if out.any():
-            pooled = np.where(out[:, :, None], np.nan, pooled)
-        pm = nan_mean(pooled, axis=2)
-        return pooled, pm
+        return np.where(out[:, :, None], np.nan, norm) if out.any() else norm
+
+    def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
+        """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups (a group's score
+        is NaN only where all its members are: so an excluded candidate is NaN everywhere)."""
+        pooled = pool_groups(self._normalized(data), self.groups_)
+        return pooled, nan_mean(pooled, axis=2)
 
     def _mean_verifier(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` nan-mean of the normalised verifiers, each column once (no groups): the suite's *mean
-        verifier*; NaN for an excluded unanswered candidate (:meth:`_excluded`)."""
-        mv = nan_mean(self.normalizer.transform(data.scores), axis=2)
-        out = self._excluded(data)
-        return np.where(out, np.nan, mv) if out.any() else mv
+        verifier*; NaN for an excluded unanswered candidate."""
+        return nan_mean(self._normalized(data), axis=2)
 
     def _binary_columns(self, data: VerificationData, pooled: np.ndarray) -> np.ndarray:
         if not self.mv_verifier:
