@@ -147,6 +147,8 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
     in the guard, no likelihood-ratio order in the answer-level models), and the shipped guard's choices."""
     from collections import Counter
 
+    from diag_weaver_mean_fallback import mean_verifier_off
+
     from lightning_ws.weaver.answer_model import AnswerLevelModel
     from lightning_ws.weaver.report import suite_report
 
@@ -154,13 +156,13 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
         """``suite_report`` with session 34's two changes undone: no mean-verifier selector in the guard and no
         likelihood-ratio order in any answer-level model (label model and guard evaluators)."""
         defaults = AnswerLevelModel.__init__.__kwdefaults__
-        original = (Weaver._mean_verifier, defaults["monotone"])
-        Weaver._mean_verifier = lambda self, d: self._sources(d)[1]
+        original = defaults["monotone"]
         defaults["monotone"] = False
         try:
-            return suite_report(sub, seed=0)
+            with mean_verifier_off():
+                return suite_report(sub, seed=0)
         finally:
-            Weaver._mean_verifier, defaults["monotone"] = original
+            defaults["monotone"] = original
 
     print(f"\nRandom verifier subsets, draws {first_draw}-{first_draw + draws - 1}")
     print("| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
@@ -222,23 +224,20 @@ def main() -> None:
         print(row("hh_rlhf, programs + length", hh, args.seed), flush=True)
         for sub in sorted(set(subsets)):
             print(row(f"hh_rlhf {sub}", _take(hh, np.flatnonzero(subsets == sub)), args.seed), flush=True)
+        # the subsets where the verifiers beat a coin, for --variants and --subsets
+        beat_coin = {"llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
+                     "llmbar Processed/MT-Bench": _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
+                     "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}
         if args.variants:
             informative = {"pandalm_test, programs + length + 2 LLM verdicts": pandalm,
                            "pandalm_test, programs + length": no_llm,
-                           "pandalm_test, 2 LLM verdicts + length": judges_only,
-                           "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
-                           "llmbar Processed/MT-Bench":
-                               _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
-                           "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}
+                           "pandalm_test, 2 LLM verdicts + length": judges_only, **beat_coin}
             for vname, kw in VARIANTS.items():
                 for label, data in informative.items():
                     print(row(f"{label} [{vname}]", data, args.seed, kw), flush=True)
         if args.subsets:
             subset_rows({"pandalm_test, programs + length": no_llm,
-                         "pandalm_test, 2 LLM verdicts + programs + length": pandalm,
-                         "llmbar Natural": _take(llmbar, np.flatnonzero(llmbar_subsets == "Natural")),
-                         "llmbar Processed/MT-Bench": _take(llmbar, np.flatnonzero(llmbar_subsets == "Processed/MT-Bench")),
-                         "hh_rlhf helpful-base": _take(hh, np.flatnonzero(subsets == "helpful-base"))}, args.subsets,
+                         "pandalm_test, 2 LLM verdicts + programs + length": pandalm, **beat_coin}, args.subsets,
                         first_draw=args.first_draw)
 
 

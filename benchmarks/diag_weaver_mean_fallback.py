@@ -35,6 +35,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -137,15 +138,22 @@ def _picks_differ(data: VerificationData, seed: int) -> tuple[bool, int]:
     return bool((pm != mv).any()), len(w.groups_)
 
 
-def _without_mean_verifier(data: VerificationData, seed: int) -> dict:
-    """``suite_report`` with the guard's ``mean_verifier`` selector replaced by the pooled mean (the guard without the
-    mean-verifier rule)."""
+@contextmanager
+def mean_verifier_off() -> Iterator[None]:
+    """Within the block the guard's ``mean_verifier`` selector is the pooled mean, which makes its rule a no-op (the
+    guard without the mean-verifier rule, exactly)."""
     original = Weaver._mean_verifier
     Weaver._mean_verifier = lambda self, d: self._sources(d)[1]
     try:
-        return suite_report(data, seed=seed)
+        yield
     finally:
         Weaver._mean_verifier = original
+
+
+def _without_mean_verifier(data: VerificationData, seed: int) -> dict:
+    """``suite_report`` with the guard's ``mean_verifier`` selector replaced by the pooled mean."""
+    with mean_verifier_off():
+        return suite_report(data, seed=seed)
 
 
 def main() -> None:
