@@ -4,11 +4,12 @@ Data without answer extraction (code, free-form responses, the preference pairs 
 ``bench_weaver_preferences.py``) gives Weaver no agreement signal: every candidate is an answer of its own, majority
 vote has nothing to count, and the label model can only weight the verifiers. The suite has no such set. This script
 draws every suite set, replaces each candidate's answer with an answer of its own (correctness and verifier scores
-unchanged), and prints per set, over ``--seeds`` data seeds (``--first-seed``: 100, 101, ...; 100-102 and 200-202 are
-used by no other script), the Select@1 of
-majority vote (here the first candidate), the mean verifier, Weaver's pooled mean, its label model and ``Weaver()``,
-``Weaver - max(MV, mean verifier)`` in points (mean / min / seeds more than 0.5 below), the label model's mean implied
-source AUROC and the guard's choices. Gold labels score the rows only.
+unchanged), and prints per set, over ``--seeds`` data seeds (``--first-seed``: 100, 101, ...; 100-102, 200-202 and
+300-302 are used by no other script), the Select@1 of majority vote (here the first candidate), the mean verifier,
+Weaver's pooled mean, its label model and ``Weaver()``, ``Weaver - max(MV, mean verifier)`` in points (mean / min /
+seeds more than 0.5 below), the same for ``Weaver`` without the guard's split test (``guard_split=False``, the
+default until session 35), the label model's mean implied source AUROC and the guard's choices. Gold labels score
+the rows only.
 
     OMP_NUM_THREADS=1 python benchmarks/diag_weaver_no_agreement.py [--seeds 3] [--first-seed 100] [--problems 300]
         [--candidates 16]
@@ -52,10 +53,10 @@ def main() -> None:
     print(f"{args.problems} problems x {args.candidates} candidates, every candidate its own answer; data seeds "
           f"{args.first_seed}-{args.first_seed + args.seeds - 1}")
     print("| set | MV (first) | mean verifier | pooled mean | label model | Weaver | Weaver - max(MV, mean): mean / min "
-          "/ seeds below | mean implied AUROC | guard choices |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "/ seeds below | the same without the split test | mean implied AUROC | guard choices |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in SUITE:
-        acc, diffs, aucs, choices = [], [], [], Counter()
+        acc, diffs, diffs_off, aucs, choices = [], [], [], [], Counter()
         for s in range(args.seeds):
             d = unique_answers(make_suite_set(name, num_problems=args.problems, num_candidates=args.candidates,
                                               seed=args.first_seed + s))
@@ -66,12 +67,15 @@ def main() -> None:
             weaver = float(y[np.arange(P), w.select(d)].mean())
             acc.append((base["majority_vote"], base["mean_verifier"], a["pooled_mean"], a["label_model"], weaver))
             diffs.append(100 * (weaver - max(base["majority_vote"], base["mean_verifier"])))
+            off = Weaver(seed=s, guard_split=False).fit(d, "label_free").select(d)
+            diffs_off.append(100 * (float(y[np.arange(P), off].mean()) - max(base["majority_vote"],
+                                                                           base["mean_verifier"])))
             aucs.append(float(np.mean(w.label_model_.source_auroc())))
             choices[w.report_["guard"]["choice"]] += 1
         m = np.mean(acc, axis=0)
-        print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.4f} | {np.mean(diffs):+.2f} / "
-              f"{np.min(diffs):+.2f} / {sum(x < -0.5 for x in diffs)} of {len(diffs)} | {np.mean(aucs):.2f} | "
-              f"{dict(choices)} |", flush=True)
+        cell = lambda v: f"{np.mean(v):+.2f} / {np.min(v):+.2f} / {sum(x < -0.5 for x in v)} of {len(v)}"
+        print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.4f} | {cell(diffs)} | "
+              f"{cell(diffs_off)} | {np.mean(aucs):.2f} | {dict(choices)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -941,3 +941,60 @@ def test_guard_fold_count_grows_when_problems_are_few_and_partitions_the_problem
     # from 171 problems on the guard keeps its two halves
     big = make_suite_set("rate_0.20", num_problems=200, num_candidates=8, seed=0)
     assert Weaver(seed=0).fit(big, "label_free").report_["guard"]["fold_sizes"] == [100, 100]
+
+
+def _own_answers(d: VerificationData) -> VerificationData:
+    """``d`` with every candidate its own answer (no agreement signal), as ``diag_weaver_no_agreement.py`` draws it."""
+    return VerificationData(d.scores, [[f"c{i}" for i in range(d.num_candidates)] for _ in range(d.num_problems)],
+                            d.verifier_names, d.verifier_kinds, correct=d.correct)
+
+
+def test_guard_split_test_drops_a_label_model_that_wins_only_through_noisy_weights_without_answer_agreement():
+    """Four nearly useless independent verifiers, every candidate its own answer (``weak_verifiers`` of
+    ``diag_weaver_no_agreement.py``, data seeds 100 and 102): the label model learns its weights from the scores
+    alone, the guard's evaluators share that noise and keep it, 2.0-3.3 points below the mean verifier
+    (``guard_split=False``). Refitted on one half of the problems it no longer beats the mean verifier on the other
+    half, so the split test sends the guard to its fallback, which here picks as the mean verifier does."""
+    from lightning_ws.weaver.report import suite_baselines
+
+    for seed in (100, 102):
+        d = _own_answers(make_suite_set("weak_verifiers", num_problems=300, num_candidates=16, seed=seed))
+        rows = np.arange(d.num_problems)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            off = Weaver(seed=0, guard_split=False).fit(d, "label_free")
+            w = Weaver(seed=0).fit(d, "label_free")
+        base = suite_baselines(d)[0]
+        floor = max(base["majority_vote"], base["mean_verifier"])
+        assert off.choice_ == "label_model"
+        assert off.report_["guard"]["split_check"] == {"applied": False, "reason": "guard_split=False"}
+        assert float(d.correct[rows, off.select(d)].mean()) < floor - 0.015  # the failure the test removes
+        split = w.report_["guard"]["split_check"]
+        assert split["applied"] and not split["passed"] and split["half_sizes"] == [150, 150], split
+        assert split["gain_vs_mean_verifier"] <= w.guard_z * split["standard_error"]
+        assert w.choice_ != "label_model"
+        assert float(d.correct[rows, w.select(d)].mean()) >= floor - 0.005
+
+
+def test_guard_split_runs_only_where_no_answer_is_shared_unless_asked_and_is_saved(tmp_path):
+    """``guard_split="auto"`` runs the split test only where no two candidates of a problem share an answer; ``True``
+    runs it on any label-free fit of at least 32 problems (with agreement and 64 problems its half refits rarely pass:
+    one reason ``"auto"`` leaves such fits alone); the setting is validated and saved."""
+    shared = make_suite_set("rate_0.20", num_problems=64, num_candidates=8, seed=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = Weaver(seed=0).fit(shared, "label_free")
+        forced = Weaver(seed=0, guard_split=True, guard_check=False).fit(shared, "label_free")
+        small = Weaver(seed=0).fit(_own_answers(shared.subset(np.arange(20))), "label_free")
+    assert auto.choice_ == "label_model"
+    assert "share an answer" in auto.report_["guard"]["split_check"]["reason"]
+    split = forced.report_["guard"]["split_check"]  # 32-problem halves: the refits are too noisy to pass here
+    assert split["applied"] and split["half_sizes"] == [32, 32] and not split["passed"], split
+    assert forced.choice_ != "label_model"
+    assert small.choice_ == "label_model"  # too few problems for the guard's split test: not run
+    assert small.report_["guard"]["split_check"] == {"applied": False,
+                                                     "reason": "20 problems: the split test needs at least 32"}
+    with pytest.raises(ConfigError, match="guard_split"):
+        Weaver(guard_split="sometimes")
+    assert Weaver.load(forced.save(tmp_path / "w")).guard_split is True
+    assert Weaver.load(auto.save(tmp_path / "a")).guard_split == "auto"

@@ -79,6 +79,9 @@ GUARD_EVALUATOR: dict[str, Any] = {"monotone": False}
 #: The guard's second opinion: an answer-level model that weights an answer's candidates by the fixed ``size ** 0.5``
 #: instead (``dependence="exponent"``), fitted like the evaluator on the other folds.
 GUARD_CHECK_EVALUATOR: dict[str, Any] = {"dependence": "exponent", "monotone": False}
+#: Fewest problems on which the guard's split test (:meth:`Weaver._split_check`, ``guard_split``) runs: each half
+#: fit then sees at least 16.
+SPLIT_MIN_PROBLEMS = 32
 
 
 def guard_fold_count(num_problems: int) -> int:
@@ -640,8 +643,10 @@ class Weaver:
        least as high as the pooled mean (:meth:`_dependence_check`). Where the guard ends with majority vote or the
        pooled mean, the *mean verifier* (every verifier counted once, not every group: the suite's baseline; it
        differs from the pooled mean only where a verifier group has two or more members) replaces it if every
-       evaluator that was fitted ranks the mean verifier higher (session 34; it never displaces the label model). No
-       gold label is read. The choice, the
+       evaluator that was fitted ranks the mean verifier higher (session 34; it never displaces the label model).
+       Where no two candidates of a problem share an answer, a label model kept must also pass a *split test*
+       (``guard_split``): refitted on one half of the problems, it must beat the mean verifier on the other half
+       under an evaluator fitted there. No gold label is read. The choice, the
        criterion and the estimates are in ``report_["guard"]``. (The evaluators are models of the same family as
        the label model, so the guard catches unstable or noise-driven fits better than systematic
        misspecification; see docs/weaver.md.)
@@ -676,6 +681,15 @@ class Weaver:
             (:data:`GUARD_CHECK_EVALUATOR`: an answer's candidates weighted by the fixed ``size ** 0.5``); if it does
             not, and both evaluators rank majority vote at least as high as the pooled mean, majority vote is
             chosen.
+        guard_split: the guard's split test (:meth:`_split_check`, session 35): a label model the guard (and its
+            second opinion) kept must also beat the mean verifier by ``guard_z`` standard errors when refitted on one
+            seeded half of the problems and scored on the other by an evaluator fitted on that half alone; else the
+            fallback is chosen (and may give way to the mean verifier as below). ``"auto"`` (default): only where no
+            two candidates of a problem share an answer (preference pairs, code, free-form responses: no agreement
+            signal, so the label model's weights come from the scores alone and the guard's evaluators share their
+            estimation noise); ``True``: on every label-free fit of at least :data:`SPLIT_MIN_PROBLEMS` problems;
+            ``False``: never (the behaviour before session 35, and of models saved before). It costs two refits of
+            the label model on half the problems. Not in the paper.
         problem_offsets: remove each problem's verifier leniency (a shift of every candidate's score of one
             problem, :mod:`lightning_ws.weaver.leniency`) before the answer-level model reads the sources:
             ``"auto"`` (default since session 21) = on for the answer-level model, off for the binary path; ``True``
@@ -706,8 +720,8 @@ class Weaver:
                  min_keep: int = 3, mv_verifier: bool = True, tie_break: str = "continuous_mean",
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
-                 guard_gap: float = 2.0, guard_check: bool = True, problem_offsets: bool | str = "auto",
-                 unanswered: str = "exclude", seed: int = 0) -> None:
+                 guard_gap: float = 2.0, guard_check: bool = True, guard_split: bool | str = "auto",
+                 problem_offsets: bool | str = "auto", unanswered: str = "exclude", seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -735,6 +749,9 @@ class Weaver:
             raise ConfigError(f"guard_gap must be >= 0, got {guard_gap}.")
         self.guard_gap = float(guard_gap)
         self.guard_check = bool(guard_check)
+        if guard_split not in (True, False, "auto"):
+            raise ConfigError(f"guard_split must be True, False or 'auto', got {guard_split!r}.")
+        self.guard_split: bool | str = guard_split
         if problem_offsets not in (True, False, "auto"):
             raise ConfigError(f"problem_offsets must be True, False or 'auto', got {problem_offsets!r}.")
         self.problem_offsets_setting: bool | str = problem_offsets
@@ -782,8 +799,8 @@ class Weaver:
                    tie_break=self.tie_break, prior_iterations=self.prior_iterations,
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
-                   guard_check=self.guard_check, problem_offsets=self.problem_offsets_setting,
-                   unanswered=self.unanswered, seed=self.seed)
+                   guard_check=self.guard_check, guard_split=self.guard_split,
+                   problem_offsets=self.problem_offsets_setting, unanswered=self.unanswered, seed=self.seed)
         return w
 
     @staticmethod
@@ -1058,6 +1075,10 @@ class Weaver:
                         f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
                         "chosen when both evaluators rank it at least as high as pooled_mean"
                         if self.guard_check else "")
+                     + ("; a label model kept must also beat mean_verifier by z standard errors in a split test "
+                        "(refitted on one half of the problems, scored on the other by an evaluator fitted there)"
+                        + (" where no two candidates of a problem share an answer" if self.guard_split == "auto"
+                           else "") + ", else the fallback is chosen" if self.guard_split else "")
                      + "; a majority_vote or pooled_mean choice gives way to mean_verifier (each verifier once) where "
                        "every evaluator fitted ranks mean_verifier higher")
         if P < 8:
@@ -1083,6 +1104,9 @@ class Weaver:
         check: dict[str, Any] | None = None
         if ok and self.guard_check:
             choice, check = self._dependence_check(ids, pooled, folds, fold_picks, simple)
+        split = self._split_check(data, pooled, ids, mode) if choice == "label_model" else None
+        if split is not None and split["applied"] and not split["passed"]:
+            choice = simple
         # the label model's fate is decided; a simple selector chosen gives way to the mean verifier (each verifier
         # once) where every evaluator that ranked the simple selectors ranks the mean verifier above it
         replaced = None
@@ -1093,7 +1117,57 @@ class Weaver:
         return {"choice": choice, "criterion": criterion, "estimated_accuracy": est,
                 "estimated_accuracy_per_solution": ests, "label_model_gain": gains, "gain_standard_error": ses,
                 "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check,
-                "mean_verifier_replaced": replaced}
+                "split_check": split, "mean_verifier_replaced": replaced}
+
+    def _split_check(self, data: VerificationData, pooled: np.ndarray, ids: np.ndarray, mode: str
+                     ) -> dict[str, Any]:
+        """Sample-split test of a label model the guard kept, where no answer is shared (``guard_split``).
+
+        Without answer agreement the label model learns its source weights from the verifier scores alone, and the
+        guard's evaluators, fitted on most of the same problems by a model of the same family, inherit the same
+        estimation noise: they rate the label model's picks highly because they share its weights. Here the
+        problems are split into two seeded halves; the label model is refitted (label-free, without the guard) on
+        one half and picks on the other, where an evaluator (:data:`GUARD_EVALUATOR`) fitted on that other half
+        alone estimates P(correct) at its picks and at the mean verifier's. Neither the refit nor its weights have
+        seen the scored half, so a label model that wins only through noise in its weights does not win there. It
+        passes if its estimated per-problem gain over the mean verifier, over both halves and under the lowest of
+        each half's plausible evaluator solutions, exceeds ``guard_z`` standard errors. The refits see half the
+        problems, so the test is conservative: it gives up some real gains (BENCHMARKS.md, issue 17, session 35).
+        """
+        from lightning_ws.weaver.answer_model import AnswerLevelModel
+
+        P = data.num_problems
+        reason = None
+        if self.guard_split is False:
+            reason = "guard_split=False"
+        elif mode != "label_free":
+            reason = f"mode {mode!r}: the refit on half the problems is label-free only"
+        elif P < SPLIT_MIN_PROBLEMS:
+            reason = f"{P} problems: the split test needs at least {SPLIT_MIN_PROBLEMS}"
+        elif self.guard_split == "auto" and not _no_shared_answer(ids):
+            reason = ("candidates of a problem share an answer (guard_split='auto' runs the test only where none "
+                      "does)")
+        if reason is not None:
+            return {"applied": False, "reason": reason}
+        perm = np.random.default_rng(self.seed + 104729).permutation(P)
+        halves = (np.sort(perm[: P // 2]), np.sort(perm[P // 2:]))
+        mvf = self._mean_verifier(data)
+        diffs = []
+        for fit_on, scored in (halves, halves[::-1]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the half fit's warnings repeat what the full fit said
+                half = self._clone().fit(data.subset(fit_on), "label_free")
+            lm = half.select_with(data.subset(scored), "label_model")
+            mv = select_candidates(mvf[scored], tie_break="first")[0]
+            evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[scored], pooled[scored])
+            rows = np.arange(len(scored))
+            per_solution = [q[rows, lm] - q[rows, mv] for q in
+                            evaluator.plausible_probas(ids[scored], pooled[scored], max_loglik_gap=self.guard_gap)]
+            diffs.append(min(per_solution, key=lambda d: float(d.mean())))
+        d = np.concatenate(diffs)
+        gain, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+        return {"applied": True, "gain_vs_mean_verifier": gain, "standard_error": se,
+                "passed": bool(gain > self.guard_z * se + 1e-12), "half_sizes": [len(h) for h in halves]}
 
     def _dependence_check(self, ids: np.ndarray, pooled: np.ndarray, folds: list[np.ndarray],
                           fold_picks: list[dict[str, np.ndarray]], fallback: str = "majority_vote"
@@ -1238,7 +1312,7 @@ class Weaver:
             "prior_iterations": self.prior_iterations, "answer_pooling": self.answer_pooling,
             "group_verifiers": self.group_verifiers, "group_kwargs": self.group_kwargs, "groups": self.groups_,
             "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap,
-            "guard_check": self.guard_check, "choice": self.choice_, "seed": self.seed,
+            "guard_check": self.guard_check, "guard_split": self.guard_split, "choice": self.choice_, "seed": self.seed,
             "problem_offsets": self.problem_offsets_setting, "unanswered": self.unanswered,
             "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
@@ -1271,7 +1345,8 @@ class Weaver:
                 tie_break=st["tie_break"], prior_iterations=st["prior_iterations"],
                 answer_pooling=st["answer_pooling"], group_verifiers=st["group_verifiers"],
                 group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
-                guard_check=st.get("guard_check", True), problem_offsets=st.get("problem_offsets", False),
+                guard_check=st.get("guard_check", True), guard_split=st.get("guard_split", False),
+                problem_offsets=st.get("problem_offsets", False),
                 unanswered=st.get("unanswered", "keep"), seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
@@ -1303,6 +1378,12 @@ def _fingerprint(pooled: np.ndarray, answer_ids: np.ndarray) -> bytes:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.digest()
+
+
+def _no_shared_answer(answer_ids: np.ndarray) -> bool:
+    """Whether no two candidates of any problem share an answer (``-1``, no answer, is nobody's answer)."""
+    ids = np.sort(np.asarray(answer_ids), axis=1)
+    return not bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)).any())
 
 
 def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
