@@ -29,9 +29,12 @@ and the verifier groups.
 
 ``--variants`` also prints the six sets where the verifiers beat a coin with ``group_verifiers=False`` and with the
 binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
-``--subsets DRAWS [--first-draw D]`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers (the PandaLM row
-with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin, next to Weaver
-before session 34 (:func:`subset_rows`; about 5 minutes with 8 draws).
+``--subsets DRAWS [--first-draw D]`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers
+(the PandaLM row with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin,
+next to Weaver
+before session 34 and without the guard's split test of session 35 (:func:`subset_rows`; about 8 minutes with 8
+draws). Each default row also gives the guard's split test (where it ran: the label model refitted on one half of the
+pairs, its estimated gain over the mean verifier on the other half) and Weaver without it (``guard_split=False``).
 """
 
 from __future__ import annotations
@@ -131,10 +134,20 @@ def row(label: str, data: VerificationData, seed: int, weaver_kwargs: dict | Non
     lo, hi = min(acc, key=acc.get), max(acc, key=acc.get)
     groups = w.report_["verifier_groups"]["groups"]
     diff = 100.0 * (weaver - max(base["majority_vote"], base["mean_verifier"]))
+    split = w.report_["guard"].get("split_check") or {}
+    if split.get("applied"):  # Weaver as of session 34: the same fit without the guard's split test
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            off = Weaver(seed=seed, **{**(weaver_kwargs or {}), "guard_split": False}).fit(data, "label_free")
+        off_cell = f"{100.0 * (acc_of(off.select(data)) - max(base['majority_vote'], base['mean_verifier'])):+.2f}"
+        split_cell = f"{100 * split['gain_vs_mean_verifier']:+.2f} ± {100 * split['standard_error']:.2f}"
+    else:
+        off_cell, split_cell = "same", "not run"
     return (f"| {label} | {P} | {data.num_verifiers} | {acc[lo]:.3f} ({lo}) .. {acc[hi]:.3f} ({hi}) | "
             f"{base['first_sample']:.4f} | {base['majority_vote']:.4f} | {base['mean_verifier']:.4f} | "
             f"{base['best_single_verifier']:.4f} ({data.verifier_names[best]}) | {lm:.4f} / {pooled:.4f} | "
-            f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {groups} |")
+            f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {split_cell} | "
+            f"{off_cell} | {groups} |")
 
 
 def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int, ...] = (4, 8, 12),
@@ -154,40 +167,44 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
 
     def before_session34(sub: VerificationData) -> dict:
         """``suite_report`` with session 34's two changes undone: no mean-verifier selector in the guard and no
-        likelihood-ratio order in any answer-level model (label model and guard evaluators)."""
+        likelihood-ratio order in any answer-level model (label model and guard evaluators); no split test either
+        (session 35)."""
         defaults = AnswerLevelModel.__init__.__kwdefaults__
         original = defaults["monotone"]
         defaults["monotone"] = False
         try:
             with mean_verifier_off():
-                return suite_report(sub, seed=0)
+                return suite_report(sub, seed=0, weaver_kwargs={"guard_split": False})
         finally:
             defaults["monotone"] = original
 
     print(f"\nRandom verifier subsets, draws {first_draw}-{first_draw + draws - 1}")
     print("| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
-          "/ draws below | before session 34 | guard choices |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "/ draws below | without the split test (session 34) | before session 34 | guard choices |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
     for label, data in sets.items():
         fixed = [v for v in data.verifier_names if v in VERDICTS]
         pool = [v for v in data.verifier_names if v not in VERDICTS]
         for k in sizes:
-            accs, now, before, choices = [], [], [], Counter()
+            accs, now, no_split, before, choices = [], [], [], [], Counter()
             for d in range(first_draw, first_draw + draws):
                 pick = np.random.default_rng([d, k]).choice(len(pool), size=k, replace=False)
                 sub = _take(data, verifiers=fixed + [pool[j] for j in sorted(pick)])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    reps = (suite_report(sub, seed=0), before_session34(sub))
+                    reps = (suite_report(sub, seed=0), before_session34(sub),
+                            suite_report(sub, seed=0, weaver_kwargs={"guard_split": False}))
                 m = reps[0]["select_at_1"]
                 accs.append((m["majority_vote"], m["mean_verifier"], m["weaver"]))
                 now.append(100 * (m["weaver"] - max(m["majority_vote"], m["mean_verifier"])))
                 o = reps[1]["select_at_1"]
                 before.append(100 * (o["weaver"] - max(o["majority_vote"], o["mean_verifier"])))
+                n = reps[2]["select_at_1"]
+                no_split.append(100 * (n["weaver"] - max(n["majority_vote"], n["mean_verifier"])))
                 choices[reps[0]["weaver"]["guard"]["choice"]] += 1
             a = np.mean(accs, axis=0)
-            print(f"| {label} | {k} | {draws} | {a[0]:.4f} | {a[1]:.4f} | {a[2]:.4f} | {cell(now)} | {cell(before)} | "
+            print(f"| {label} | {k} | {draws} | {a[0]:.4f} | {a[1]:.4f} | {a[2]:.4f} | {cell(now)} | {cell(no_split)} | {cell(before)} | "
                   f"{dict(choices)} |", flush=True)
 
 
@@ -207,8 +224,9 @@ def main() -> None:
 
     print("| set | pairs | verifiers | verifier pairwise accuracy: min .. max | first | MV | mean verifier | "
           "best single (oracle choice) | Weaver's label model / pooled mean | Weaver | Weaver - max(MV, mean), points | "
-          "Weaver - mean verifier, paired bootstrap 95 % | guard | verifier groups |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "Weaver - mean verifier, paired bootstrap 95 % | guard | split test: gain over mean verifier ± SE, points | "
+          "Weaver - max(MV, mean) without the split test | verifier groups |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     with ProgramSandbox() as sb:
         pandalm, _ = build("pandalm_test", sandbox=sb)
         print(row("pandalm_test, programs + length + 2 LLM verdicts", pandalm, args.seed), flush=True)
