@@ -998,3 +998,34 @@ def test_guard_split_runs_only_where_no_answer_is_shared_unless_asked_and_is_sav
         Weaver(guard_split="sometimes")
     assert Weaver.load(forced.save(tmp_path / "w")).guard_split is True
     assert Weaver.load(auto.save(tmp_path / "a")).guard_split == "auto"
+
+
+def test_split_test_on_real_llmbar_mt_bench_pairs_falls_back_from_a_noisy_label_model():
+    """Real judge data: LLMBar's 200 MT-Bench pairs (expert-checked gold) as 2-candidate problems, the 20 PAJAMA
+    judge programs and the response length as verifiers (``benchmarks/bench_weaver_preferences.py``). Without the
+    split test (session 34) the guard kept a label model 2.00 points below the mean verifier; refitted on half the
+    pairs it does not beat the mean verifier on the other half, and Weaver is no worse than the simple baselines."""
+    from lightning_ws.pajama import load_preferences
+    from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
+    from lightning_ws.weaver.report import suite_baselines
+
+    pr = load_preferences("llmbar")
+    pr = pr.take(np.flatnonzero((pr.y >= 0) & (np.asarray(pr.subsets) == "Processed/MT-Bench")))
+    assert len(pr) == 200
+    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b)
+    length = np.log1p(np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], float))
+    data = VerificationData(np.concatenate([ps.scores, length[:, :, None]], axis=2), [["a", "b"]] * len(pr),
+                            [*ps.names, "length"], ["heuristic"] * (len(ps.names) + 1),
+                            correct=np.stack([pr.y == 0, pr.y == 1], axis=1))
+    rows = np.arange(len(pr))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = Weaver(seed=0, guard_split=False).fit(data, "label_free")
+        w = Weaver(seed=0).fit(data, "label_free")
+    base = suite_baselines(data)[0]
+    floor = max(base["majority_vote"], base["mean_verifier"])
+    assert off.choice_ == "label_model" and float(data.correct[rows, off.select(data)].mean()) < floor - 0.015
+    split = w.report_["guard"]["split_check"]
+    assert split["applied"] and not split["passed"] and split["half_sizes"] == [100, 100], split
+    assert w.choice_ != "label_model"
+    assert float(data.correct[rows, w.select(data)].mean()) >= floor - 0.005
