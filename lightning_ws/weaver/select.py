@@ -769,6 +769,7 @@ class Weaver:
         # (fingerprint of the pooled sources and answer codes, P(correct)) of the last answer-level score(): the
         # offsets' alternations cost a few posteriors per call, and fit, its guard and select score the same data
         self._score_cache: tuple[bytes, np.ndarray] | None = None
+        self._norm_cache: tuple[bytes, np.ndarray] | None = None  # (digest of scores and answers, _normalized)
         self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
         self.input_names_: list[str] | None = None
@@ -826,10 +827,16 @@ class Weaver:
 
     def _normalized(self, data: VerificationData) -> np.ndarray:
         """``(P, N, V)`` scores under the fitted normaliser; an excluded unanswered candidate (:meth:`_excluded`) gets
-        NaN everywhere, so that it is a padding slot to the label model and no selector picks it."""
-        norm = self.normalizer.transform(data.scores)
-        out = self._excluded(data)
-        return np.where(out[:, :, None], np.nan, norm) if out.any() else norm
+        NaN everywhere, so that it is a padding slot to the label model and no selector picks it. The last result is
+        kept (keyed by a digest of the scores and answers; :meth:`fit` clears it): a fit, its guard and ``select``
+        normalise the same data several times."""
+        ids = data.answer_ids()
+        key = _fingerprint(data.scores, ids)
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            norm = self.normalizer.transform(data.scores)
+            out = self._excluded(data)
+            self._norm_cache = (key, np.where(out[:, :, None], np.nan, norm) if out.any() else norm)
+        return self._norm_cache[1].copy()
 
     def _sources(self, data: VerificationData) -> tuple[np.ndarray, np.ndarray]:
         """``(pooled sources (P, N, G), pooled mean (P, N))`` with the fitted normaliser and groups (a group's score
@@ -866,7 +873,7 @@ class Weaver:
         from lightning_ws.weaver.structure import detect_verifier_groups
 
         t0 = time.perf_counter()
-        self._score_cache = None
+        self._score_cache = self._norm_cache = None
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
         if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
