@@ -182,6 +182,18 @@ def test_weaver_on_real_pairwise_judge_verdicts_is_not_below_the_mean_verifier()
     assert acc >= suite_baselines(data)[0]["mean_verifier"] - 0.005
 
 
+def _pairs_with_programs(pr) -> VerificationData:
+    """Labelled preference pairs as 2-candidate problems with the 20 hand-written PAJAMA judge programs and the
+    response length as verifiers, as ``benchmarks/bench_weaver_preferences.py`` builds them (no LLM verdict)."""
+    from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
+
+    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b)
+    length = np.log1p(np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], float))
+    return VerificationData(np.concatenate([ps.scores, length[:, :, None]], axis=2), [["a", "b"]] * len(pr),
+                            [*ps.names, "length"], ["heuristic"] * (len(ps.names) + 1),
+                            correct=np.stack([pr.y == 0, pr.y == 1], axis=1))
+
+
 def test_weaver_on_real_pairwise_judge_programs_falls_back_to_the_mean_verifier(tmp_path):
     """Real judge data: PandaLM's 894 human-labelled pairs as 2-candidate problems, the 20 hand-written PAJAMA judge
     programs (run in the sandbox) and the response length as verifiers, no LLM verdict
@@ -190,16 +202,11 @@ def test_weaver_on_real_pairwise_judge_programs_falls_back_to_the_mean_verifier(
     verifiers; before session 34 the guard fell back to majority vote (ties by the pooled mean), 2.35 points below
     the mean verifier. Since then it weighs the mean verifier (each verifier once) as a fallback too."""
     from lightning_ws.pajama import load_preferences
-    from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
     from lightning_ws.weaver.report import suite_baselines
 
     pr = load_preferences("pandalm_test")
     pr = pr.take(np.flatnonzero(pr.y >= 0))
-    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b)
-    length = np.log1p(np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], float))
-    data = VerificationData(np.concatenate([ps.scores, length[:, :, None]], axis=2), [["a", "b"]] * len(pr),
-                            [*ps.names, "length"], ["heuristic"] * (len(ps.names) + 1),
-                            correct=np.stack([pr.y == 0, pr.y == 1], axis=1))
+    data = _pairs_with_programs(pr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w = Weaver(seed=0).fit(data, "label_free")
@@ -949,31 +956,38 @@ def _own_answers(d: VerificationData) -> VerificationData:
                             d.verifier_names, d.verifier_kinds, correct=d.correct)
 
 
+def _assert_split_test_falls_back(d: VerificationData, half: int) -> None:
+    """Without the split test the guard keeps a label model more than 1.5 points below max(MV, mean verifier) on
+    ``d``; with it (the default) the test runs on two halves of ``half`` problems, fails, and Weaver is no worse than
+    the simple baselines."""
+    from lightning_ws.weaver.report import suite_baselines
+
+    rows = np.arange(d.num_problems)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = Weaver(seed=0, guard_split=False).fit(d, "label_free")
+        w = Weaver(seed=0).fit(d, "label_free")
+    base = suite_baselines(d)[0]
+    floor = max(base["majority_vote"], base["mean_verifier"])
+    assert off.choice_ == "label_model"
+    assert off.report_["guard"]["split_check"] == {"applied": False, "reason": "guard_split=False"}
+    assert float(d.correct[rows, off.select(d)].mean()) < floor - 0.015  # the failure the test removes
+    split = w.report_["guard"]["split_check"]
+    assert split["applied"] and not split["passed"] and split["half_sizes"] == [half, half], split
+    assert split["gain_vs_mean_verifier"] <= w.guard_z * split["standard_error"]
+    assert w.choice_ != "label_model"
+    assert float(d.correct[rows, w.select(d)].mean()) >= floor - 0.005
+
+
 def test_guard_split_test_drops_a_label_model_that_wins_only_through_noisy_weights_without_answer_agreement():
     """Four nearly useless independent verifiers, every candidate its own answer (``weak_verifiers`` of
     ``diag_weaver_no_agreement.py``, data seeds 100 and 102): the label model learns its weights from the scores
     alone, the guard's evaluators share that noise and keep it, 2.0-3.3 points below the mean verifier
     (``guard_split=False``). Refitted on one half of the problems it no longer beats the mean verifier on the other
     half, so the split test sends the guard to its fallback, which here picks as the mean verifier does."""
-    from lightning_ws.weaver.report import suite_baselines
-
     for seed in (100, 102):
-        d = _own_answers(make_suite_set("weak_verifiers", num_problems=300, num_candidates=16, seed=seed))
-        rows = np.arange(d.num_problems)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            off = Weaver(seed=0, guard_split=False).fit(d, "label_free")
-            w = Weaver(seed=0).fit(d, "label_free")
-        base = suite_baselines(d)[0]
-        floor = max(base["majority_vote"], base["mean_verifier"])
-        assert off.choice_ == "label_model"
-        assert off.report_["guard"]["split_check"] == {"applied": False, "reason": "guard_split=False"}
-        assert float(d.correct[rows, off.select(d)].mean()) < floor - 0.015  # the failure the test removes
-        split = w.report_["guard"]["split_check"]
-        assert split["applied"] and not split["passed"] and split["half_sizes"] == [150, 150], split
-        assert split["gain_vs_mean_verifier"] <= w.guard_z * split["standard_error"]
-        assert w.choice_ != "label_model"
-        assert float(d.correct[rows, w.select(d)].mean()) >= floor - 0.005
+        _assert_split_test_falls_back(
+            _own_answers(make_suite_set("weak_verifiers", num_problems=300, num_candidates=16, seed=seed)), 150)
 
 
 def test_guard_split_runs_only_where_no_answer_is_shared_unless_asked_and_is_saved(tmp_path):
@@ -1006,26 +1020,8 @@ def test_split_test_on_real_llmbar_mt_bench_pairs_falls_back_from_a_noisy_label_
     split test (session 34) the guard kept a label model 2.00 points below the mean verifier; refitted on half the
     pairs it does not beat the mean verifier on the other half, and Weaver is no worse than the simple baselines."""
     from lightning_ws.pajama import load_preferences
-    from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
-    from lightning_ws.weaver.report import suite_baselines
 
     pr = load_preferences("llmbar")
     pr = pr.take(np.flatnonzero((pr.y >= 0) & (np.asarray(pr.subsets) == "Processed/MT-Bench")))
     assert len(pr) == 200
-    ps = score_pairs(handwritten_judges(), pr.queries, pr.responses_a, pr.responses_b)
-    length = np.log1p(np.array([[len(a), len(b)] for a, b in zip(pr.responses_a, pr.responses_b)], float))
-    data = VerificationData(np.concatenate([ps.scores, length[:, :, None]], axis=2), [["a", "b"]] * len(pr),
-                            [*ps.names, "length"], ["heuristic"] * (len(ps.names) + 1),
-                            correct=np.stack([pr.y == 0, pr.y == 1], axis=1))
-    rows = np.arange(len(pr))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        off = Weaver(seed=0, guard_split=False).fit(data, "label_free")
-        w = Weaver(seed=0).fit(data, "label_free")
-    base = suite_baselines(data)[0]
-    floor = max(base["majority_vote"], base["mean_verifier"])
-    assert off.choice_ == "label_model" and float(data.correct[rows, off.select(data)].mean()) < floor - 0.015
-    split = w.report_["guard"]["split_check"]
-    assert split["applied"] and not split["passed"] and split["half_sizes"] == [100, 100], split
-    assert w.choice_ != "label_model"
-    assert float(data.correct[rows, w.select(data)].mean()) >= floor - 0.005
+    _assert_split_test_falls_back(_pairs_with_programs(pr), 100)
