@@ -31,10 +31,11 @@ and the verifier groups.
 binary path (``label_model="moment_matching"``): diagnostics of where the loss comes from, not defaults.
 ``--subsets DRAWS [--first-draw D]`` also fits Weaver on random subsets of 4, 8 and 12 of the 21 heuristic verifiers
 (the PandaLM row with the two LLM verdicts keeps them in every subset) of the sets where the verifiers beat a coin,
-next to Weaver
-before session 34 and without the guard's split test of session 35 (:func:`subset_rows`; about 8 minutes with 8
-draws). Each default row also gives the guard's split test (where it ran: the label model refitted on one half of the
-pairs, its estimated gain over the mean verifier on the other half) and Weaver without it (``guard_split=False``).
+next to Weaver before session 34 and without the guard's split test of session 35 (:func:`subset_rows`; about 8
+minutes with 8 draws). ``--pairs 24,48,96`` also fits Weaver on 12 random samples of that many pairs per set
+(:func:`small_set_rows`), as a user with a small preference set would. Each default row also gives the guard's split
+test (where it ran: the label model refitted on one half of the pairs, its estimated gain over the mean verifier on
+the other half) and Weaver without it (``guard_split=False``).
 """
 
 from __future__ import annotations
@@ -208,6 +209,42 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
                   f"{dict(choices)} |", flush=True)
 
 
+def small_set_rows(sets: dict[str, VerificationData], sizes: tuple[int, ...], draws: int = 12) -> None:
+    """``--pairs``: Weaver on ``draws`` random samples of ``size`` pairs of each set (all its verifiers; sample ``d`` of
+    size ``k``: ``numpy.random.default_rng([777, d, k])``), as a user with a small preference set would run it. Per set
+    and size: Weaver - max(MV, mean verifier) in points (mean / min / samples more than 0.5 below), the same for the
+    label model alone, the pooled mean over the detected verifier groups minus the mean verifier, and the guard's
+    choices. With a few dozen pairs a selector's accuracy has a standard error of 7-10 points, and "MV" is the first
+    response of each pair, so the differences are mostly noise; the pooled-mean column shows what the groups detected
+    on so few pairs do."""
+    from collections import Counter
+
+    print(f"\nSmall preference sets: {draws} random samples of {', '.join(map(str, sizes))} pairs")
+    print("| set | pairs | Weaver - max(MV, mean): mean / min / samples below | label model - max(MV, mean) | pooled mean - "
+          "mean verifier: mean / min | guard choices |")
+    print("|---|---|---|---|---|---|")
+    cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
+    for label, data in sets.items():
+        for k in sizes:
+            now, lm, pooled, choices = [], [], [], Counter()
+            for d in range(draws):
+                rows = np.sort(np.random.default_rng([777, d, k]).choice(data.num_problems, size=k, replace=False))
+                sub = _take(data, rows)
+                base = suite_baselines(sub)[0]
+                floor = max(base["majority_vote"], base["mean_verifier"])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    w = Weaver(seed=0).fit(sub, "label_free")
+                acc = {sel: float(sub.correct[np.arange(k), w.select_with(sub, sel)].mean())
+                       for sel in ("label_model", "pooled_mean", w.choice_)}
+                now.append(100 * (acc[w.choice_] - floor))
+                lm.append(100 * (acc["label_model"] - floor))
+                pooled.append(100 * (acc["pooled_mean"] - base["mean_verifier"]))
+                choices[w.choice_] += 1
+            print(f"| {label} | {k} | {cell(now)} | {np.mean(lm):+.2f} | {np.mean(pooled):+.2f} / {np.min(pooled):+.2f} | "
+                  f"{dict(choices)} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="Weaver seed (default 0)")
@@ -216,6 +253,9 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=0, metavar="DRAWS",
                     help="also print Weaver on DRAWS random subsets of 4, 8 and 12 heuristic verifiers per set where "
                          "the verifiers beat a coin")
+    ap.add_argument("--pairs", default="", metavar="K[,K...]",
+                    help="also print Weaver on 12 random samples of K pairs of the sets where the verifiers beat a "
+                         "coin and of PandaLM (programs + length), e.g. --pairs 24,48,96")
     ap.add_argument("--first-draw", type=int, default=0,
                     help="first verifier-subset draw of --subsets (default 0; session 34 developed on draws 0-7 and "
                          "checked on 8-15)")
@@ -253,6 +293,9 @@ def main() -> None:
             for vname, kw in VARIANTS.items():
                 for label, data in informative.items():
                     print(row(f"{label} [{vname}]", data, args.seed, kw), flush=True)
+        if args.pairs:
+            small_set_rows({"pandalm_test, programs + length": no_llm, **beat_coin},
+                           tuple(int(k) for k in args.pairs.split(",")))
         if args.subsets:
             subset_rows({"pandalm_test, programs + length": no_llm,
                          "pandalm_test, 2 LLM verdicts + programs + length": pandalm, **beat_coin}, args.subsets,
