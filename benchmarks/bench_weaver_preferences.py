@@ -147,8 +147,13 @@ def row(label: str, data: VerificationData, seed: int, weaver_kwargs: dict | Non
     return (f"| {label} | {P} | {data.num_verifiers} | {acc[lo]:.3f} ({lo}) .. {acc[hi]:.3f} ({hi}) | "
             f"{base['first_sample']:.4f} | {base['majority_vote']:.4f} | {base['mean_verifier']:.4f} | "
             f"{base['best_single_verifier']:.4f} ({data.verifier_names[best]}) | {lm:.4f} / {pooled:.4f} | "
-            f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | {split_cell} | "
-            f"{off_cell} | {groups} |")
+            f"{weaver:.4f} | {diff:+.2f} | [{ci[0]:+.2f}, {ci[1]:+.2f}] | {w.report_['guard']['choice']} | "
+            f"{split_cell} | {off_cell} | {groups} |")
+
+
+def _cell(diffs: list[float]) -> str:
+    """``mean / min / count more than 0.5 below`` of per-draw differences in points."""
+    return f"{np.mean(diffs):+.2f} / {np.min(diffs):+.2f} / {int((np.asarray(diffs) < -0.5).sum())} of {len(diffs)}"
 
 
 def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int, ...] = (4, 8, 12),
@@ -183,7 +188,6 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
     print("| set | programs + length drawn | draws | MV | mean verifier | Weaver | Weaver - max(MV, mean): mean / min "
           "/ draws below | without the split test (session 34) | before session 34 | guard choices |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
     for label, data in sets.items():
         fixed = [v for v in data.verifier_names if v in VERDICTS]
         pool = [v for v in data.verifier_names if v not in VERDICTS]
@@ -205,8 +209,8 @@ def subset_rows(sets: dict[str, VerificationData], draws: int, sizes: tuple[int,
                 no_split.append(100 * (n["weaver"] - max(n["majority_vote"], n["mean_verifier"])))
                 choices[reps[0]["weaver"]["guard"]["choice"]] += 1
             a = np.mean(accs, axis=0)
-            print(f"| {label} | {k} | {draws} | {a[0]:.4f} | {a[1]:.4f} | {a[2]:.4f} | {cell(now)} | {cell(no_split)} | {cell(before)} | "
-                  f"{dict(choices)} |", flush=True)
+            print(f"| {label} | {k} | {draws} | {a[0]:.4f} | {a[1]:.4f} | {a[2]:.4f} | {_cell(now)} | "
+                  f"{_cell(no_split)} | {_cell(before)} | {dict(choices)} |", flush=True)
 
 
 def small_set_rows(sets: dict[str, VerificationData], sizes: tuple[int, ...], draws: int = 12) -> None:
@@ -214,16 +218,15 @@ def small_set_rows(sets: dict[str, VerificationData], sizes: tuple[int, ...], dr
     size ``k``: ``numpy.random.default_rng([777, d, k])``), as a user with a small preference set would run it. Per set
     and size: Weaver - max(MV, mean verifier) in points (mean / min / samples more than 0.5 below), the same for the
     label model alone, the pooled mean over the detected verifier groups minus the mean verifier, and the guard's
-    choices. With a few dozen pairs a selector's accuracy has a standard error of 7-10 points, and "MV" is the first
+    choices. With a few dozen pairs a selector's accuracy has a standard error of 5-10 points, and "MV" is the first
     response of each pair, so the differences are mostly noise; the pooled-mean column shows what the groups detected
     on so few pairs do."""
     from collections import Counter
 
     print(f"\nSmall preference sets: {draws} random samples of {', '.join(map(str, sizes))} pairs")
-    print("| set | pairs | Weaver - max(MV, mean): mean / min / samples below | label model - max(MV, mean) | pooled mean - "
-          "mean verifier: mean / min | guard choices |")
+    print("| set | pairs | Weaver - max(MV, mean): mean / min / samples below | label model - max(MV, mean) | "
+          "pooled mean - mean verifier: mean / min | guard choices |")
     print("|---|---|---|---|---|---|")
-    cell = lambda d: f"{np.mean(d):+.2f} / {np.min(d):+.2f} / {int((np.asarray(d) < -0.5).sum())} of {len(d)}"
     for label, data in sets.items():
         for k in sizes:
             now, lm, pooled, choices = [], [], [], Counter()
@@ -241,8 +244,8 @@ def small_set_rows(sets: dict[str, VerificationData], sizes: tuple[int, ...], dr
                 lm.append(100 * (acc["label_model"] - floor))
                 pooled.append(100 * (acc["pooled_mean"] - base["mean_verifier"]))
                 choices[w.choice_] += 1
-            print(f"| {label} | {k} | {cell(now)} | {np.mean(lm):+.2f} | {np.mean(pooled):+.2f} / {np.min(pooled):+.2f} | "
-                  f"{dict(choices)} |", flush=True)
+            print(f"| {label} | {k} | {_cell(now)} | {np.mean(lm):+.2f} | {np.mean(pooled):+.2f} / "
+                  f"{np.min(pooled):+.2f} | {dict(choices)} |", flush=True)
 
 
 def main() -> None:
