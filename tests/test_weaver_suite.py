@@ -1025,3 +1025,23 @@ def test_split_test_on_real_llmbar_mt_bench_pairs_falls_back_from_a_noisy_label_
     pr = pr.take(np.flatnonzero((pr.y >= 0) & (np.asarray(pr.subsets) == "Processed/MT-Bench")))
     assert len(pr) == 200
     _assert_split_test_falls_back(_pairs_with_programs(pr), 100)
+
+
+def test_guard_split_takes_the_fallback_when_the_half_refit_fails(monkeypatch):
+    """A label model that cannot be refitted on half of the problems (here a refit that raises, as a binary label
+    model does with too few sources on a half) fails the split test with the error in the report, and the fit goes on
+    with the guard's fallback instead of raising."""
+    d = _own_answers(make_suite_set("rate_0.20", num_problems=200, num_candidates=8, seed=301))
+
+    class Broken(Weaver):
+        def fit(self, data, mode="label_free", **kw):
+            raise ConfigError("binary label models need 3 sources after pooling")
+
+    monkeypatch.setattr(Weaver, "_clone", lambda self: Broken(seed=self.seed, guard=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept = Weaver(seed=0, guard_split=True, guard_z=0.0, guard_check=False).fit(d, "label_free")
+    split = kept.report_["guard"]["split_check"]
+    assert split is not None, kept.report_["guard"]  # the guard kept the label model, so the test ran
+    assert split["applied"] and not split["passed"] and "could not be refitted" in split["error"]
+    assert kept.choice_ != "label_model"
