@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_ws.weaver import Weaver, load_gsm8k_verification
+from lightning_ws.weaver.answer_model import no_shared_answer
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.report import suite_report
 from lightning_ws.weaver.select import majority_vote_scores, select_candidates
@@ -172,8 +173,7 @@ def main() -> None:
     for family_set, data_seed, seed, data in _datasets(args.quick, only):
         family = family_set.split("/")[0]
         fits[family] += 1
-        ids = data.answer_ids()
-        no_shared[family] += int(all(np.bincount(r[r >= 0]).max() < 2 if (r >= 0).any() else True for r in ids))
+        no_shared[family] += int(no_shared_answer(data.answer_ids()))
         changed, n_sources = _picks_differ(data, seed)
         if not changed:
             continue

@@ -58,7 +58,7 @@ from lightning_ws.weaver._numeric import nan_mean
 from lightning_ws.weaver.data import present_candidates
 from lightning_ws.weaver.ordinal import bin_scores
 
-__all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel"]
+__all__ = ["AGREEMENT", "EVIDENCE", "AnswerGroups", "AnswerLevelModel", "no_shared_answer"]
 
 #: Evidence models of :class:`AnswerLevelModel`.
 EVIDENCE = ("random_effects", "candidates", "answer_mean")
@@ -66,6 +66,14 @@ EVIDENCE = ("random_effects", "candidates", "answer_mean")
 AGREEMENT = ("partition", "learned", "exponent")
 #: Largest Pitman-Yor discount of the ``"partition"`` agreement prior (the wrong answers' spread).
 _SIGMA_MAX = 0.95
+
+
+def no_shared_answer(answer_ids: np.ndarray) -> bool:
+    """Whether no two candidates of any problem share an answer (``-1``, no answer, is nobody's answer, as in
+    :class:`AnswerGroups`): data without an agreement signal, where ``AnswerLevelModel(monotone="auto")`` takes the
+    likelihood-ratio order and ``Weaver(guard_split="auto")`` runs its split test."""
+    ids = np.sort(np.asarray(answer_ids), axis=1)
+    return not bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)).any())
 
 
 class AnswerGroups:
@@ -503,7 +511,7 @@ class AnswerLevelModel:
         if s.ndim != 3 or s.shape[:2] != groups.group.shape:
             raise DataError(f"sources must have shape {groups.group.shape + ('K',)}; got {s.shape}.")
         # "auto": the likelihood-ratio order where no two candidates of a problem share an answer (no agreement signal)
-        self.monotone = (bool(groups.size.max() <= 1) if self.monotone_setting == "auto"
+        self.monotone = (no_shared_answer(answer_ids) if self.monotone_setting == "auto"
                          else bool(self.monotone_setting))
         if self.evidence == "random_effects":
             b, sizes = _re_stats(groups, s), []

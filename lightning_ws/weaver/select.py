@@ -1068,6 +1068,12 @@ class Weaver:
                    dev_idx: np.ndarray | None) -> dict[str, Any]:
         P = data.num_problems
         n_folds = guard_fold_count(P)
+        split_text = ""
+        if self.guard_split:
+            where = " where no two candidates of a problem share an answer" if self.guard_split == "auto" else ""
+            split_text = ("; a label model kept must also beat mean_verifier by z standard errors in a split test "
+                          f"(refitted on one half of the problems, scored on the other by an evaluator fitted "
+                          f"there){where}, else the fallback is chosen")
         criterion = (f"{n_folds}-fold cross-fitted estimated accuracy (folds: 512 // problems, clipped to "
                      "2..8): each selector's mean P(correct) at its picks, P(correct) from an answer-level model "
                      "fitted label-free on the other folds - under every EM "
@@ -1082,10 +1088,7 @@ class Weaver:
                         f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
                         "chosen when both evaluators rank it at least as high as pooled_mean"
                         if self.guard_check else "")
-                     + ("; a label model kept must also beat mean_verifier by z standard errors in a split test "
-                        "(refitted on one half of the problems, scored on the other by an evaluator fitted there)"
-                        + (" where no two candidates of a problem share an answer" if self.guard_split == "auto"
-                           else "") + ", else the fallback is chosen" if self.guard_split else "")
+                     + split_text
                      + "; a majority_vote or pooled_mean choice gives way to mean_verifier (each verifier once) where "
                        "every evaluator fitted ranks mean_verifier higher")
         if P < 8:
@@ -1097,11 +1100,11 @@ class Weaver:
         ids = data.answer_ids()
         names = ("label_model", "pooled_mean", "majority_vote", "mean_verifier")
         full_lm = self.select_with(data, "label_model")
-        mvf = self._mean_verifier(data)
+        full_mv = select_candidates(self._mean_verifier(data), tie_break="first")[0]  # per problem: subsets agree
         fold_picks = [{"label_model": full_lm[here],
                        "pooled_mean": select_candidates(pm[here], tie_break="first")[0],
                        "majority_vote": _mv_pick(ids[here], pm[here]),
-                       "mean_verifier": select_candidates(mvf[here], tie_break="first")[0]} for here in folds]
+                       "mean_verifier": full_mv[here]} for here in folds]
         per_problem = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_EVALUATOR)
         ests = [{k: float(v.mean()) for k, v in pp.items()} for pp in per_problem]
         est = {k: min(e[k] for e in ests) for k in names}  # the lowest estimate over the plausible fits
@@ -1111,7 +1114,7 @@ class Weaver:
         check: dict[str, Any] | None = None
         if ok and self.guard_check:
             choice, check = self._dependence_check(ids, pooled, folds, fold_picks, simple)
-        split = self._split_check(data, pooled, ids, mode) if choice == "label_model" else None
+        split = self._split_check(data, pooled, ids, full_mv, mode) if choice == "label_model" else None
         if split is not None and split["applied"] and not split["passed"]:
             choice = simple
         # the label model's fate is decided; a simple selector chosen gives way to the mean verifier (each verifier
@@ -1126,8 +1129,8 @@ class Weaver:
                 "z": self.guard_z, "fold_sizes": [int(len(f)) for f in folds], "dependence_check": check,
                 "split_check": split, "mean_verifier_replaced": replaced}
 
-    def _split_check(self, data: VerificationData, pooled: np.ndarray, ids: np.ndarray, mode: str
-                     ) -> dict[str, Any]:
+    def _split_check(self, data: VerificationData, pooled: np.ndarray, ids: np.ndarray, mean_verifier: np.ndarray,
+                     mode: str) -> dict[str, Any]:
         """Sample-split test of a label model the guard kept, where no answer is shared (``guard_split``).
 
         Without answer agreement the label model learns its source weights from the verifier scores alone, and the
@@ -1135,14 +1138,15 @@ class Weaver:
         estimation noise: they rate the label model's picks highly because they share its weights. Here the
         problems are split into two seeded halves; the label model is refitted (label-free, without the guard) on
         one half and picks on the other, where an evaluator (:data:`GUARD_EVALUATOR`) fitted on that other half
-        alone estimates P(correct) at its picks and at the mean verifier's. Neither the refit nor its weights have
+        alone estimates P(correct) at its picks and at the mean verifier's (``mean_verifier``: its ``(P,)`` picks).
+        Neither the refit nor its weights have
         seen the scored half, so a label model that wins only through noise in its weights does not win there. It
         passes if its estimated per-problem gain over the mean verifier, over both halves and under the lowest of
         each half's plausible evaluator solutions, exceeds ``guard_z`` standard errors. A label model that cannot be
         refitted on a half (an error from the refit) fails, with the error in the report. The refits see half the
         problems, so the test is conservative: it gives up some real gains (BENCHMARKS.md, issue 17, session 35).
         """
-        from lightning_ws.weaver.answer_model import AnswerLevelModel
+        from lightning_ws.weaver.answer_model import AnswerLevelModel, no_shared_answer
 
         P = data.num_problems
         reason = None
@@ -1152,14 +1156,13 @@ class Weaver:
             reason = f"mode {mode!r}: the refit on half the problems is label-free only"
         elif P < SPLIT_MIN_PROBLEMS:
             reason = f"{P} problems: the split test needs at least {SPLIT_MIN_PROBLEMS}"
-        elif self.guard_split == "auto" and not _no_shared_answer(ids):
+        elif self.guard_split == "auto" and not no_shared_answer(ids):
             reason = ("candidates of a problem share an answer (guard_split='auto' runs the test only where none "
                       "does)")
         if reason is not None:
             return {"applied": False, "reason": reason}
         perm = np.random.default_rng(self.seed + 104729).permutation(P)
         halves = (np.sort(perm[: P // 2]), np.sort(perm[P // 2:]))
-        mvf = self._mean_verifier(data)
         diffs = []
         for fit_on, scored in (halves, halves[::-1]):
             try:
@@ -1171,7 +1174,7 @@ class Weaver:
                 return {"applied": True, "passed": False, "half_sizes": [len(h) for h in halves],
                         "error": f"the label model could not be refitted on half of the problems ({err}); the guard "
                                  "takes its fallback"}
-            mv = select_candidates(mvf[scored], tie_break="first")[0]
+            mv = mean_verifier[scored]
             evaluator = AnswerLevelModel(**GUARD_EVALUATOR).fit(ids[scored], pooled[scored])
             rows = np.arange(len(scored))
             per_solution = [q[rows, lm] - q[rows, mv] for q in
@@ -1391,12 +1394,6 @@ def _fingerprint(pooled: np.ndarray, answer_ids: np.ndarray) -> bytes:
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.digest()
-
-
-def _no_shared_answer(answer_ids: np.ndarray) -> bool:
-    """Whether no two candidates of any problem share an answer (``-1``, no answer, is nobody's answer)."""
-    ids = np.sort(np.asarray(answer_ids), axis=1)
-    return not bool(((ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] >= 0)).any())
 
 
 def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
