@@ -535,7 +535,16 @@ def test_cli_select_writes_scores(tmp_path, capsys):
                  "--binarize", "prior", "--no-guard", "--unanswered", "keep"]) == 0
     cfg = load_json(tmp_path / "mm" / "weaver" / "weaver.json")
     assert cfg["label_model"] == "moment_matching" and cfg["guard"] is False and cfg["unanswered"] == "keep"
-    assert load_json(tmp_path / "out" / "weaver" / "weaver.json")["unanswered"] == "exclude"
+    default_cfg = load_json(tmp_path / "out" / "weaver" / "weaver.json")
+    assert default_cfg["unanswered"] == "exclude"
+    assert default_cfg["guard_split"] == "auto" and default_cfg["group_verifiers"] is True
+    assert main(["select", "--data", str(path), "--out", str(tmp_path / "split"), "--guard-split", "off",
+                 "--no-groups"]) == 0
+    cfg = load_json(tmp_path / "split" / "weaver" / "weaver.json")
+    assert cfg["guard_split"] is False and cfg["group_verifiers"] is False and all(len(g) == 1 for g in cfg["groups"])
+    from lightning_ws.weaver.cli import build_parser, weaver_kwargs
+
+    assert weaver_kwargs(build_parser().parse_args(["select", "--guard-split", "on"]))["guard_split"] is True
 
 
 def test_top_answer_tie_rate_counts_only_ties_between_answers():

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-guard", action="store_true",
                     help="always use the label model (default: the label-free guard may fall back to the pooled "
                          "mean score or majority vote and says so in the report)")
+    sp.add_argument("--guard-split", default=None, choices=["auto", "on", "off"],
+                    help="the guard's split test of a kept label model (default: Weaver's, 'auto': only where no two "
+                         "candidates of a problem share an answer, e.g. preference pairs; 'on': every label-free fit "
+                         "of at least 32 problems; 'off': never)")
+    sp.add_argument("--no-groups", action="store_true",
+                    help="count every verifier as its own source (default: detect groups of near-duplicate or "
+                         "exchangeable verifiers, e.g. repeated draws of one judge, and pool each into one source)")
     sp.add_argument("--unanswered", default=None, choices=list(UNANSWERED),
                     help="a candidate without an extracted answer where another candidate of its problem has one "
                          "(default: Weaver's, 'exclude': never selected; 'keep': an answer of its own)")
@@ -85,6 +92,10 @@ def weaver_kwargs(args: argparse.Namespace) -> dict:
           if getattr(args, k) is not None}
     if args.no_guard:
         kw["guard"] = False
+    if args.guard_split is not None:
+        kw["guard_split"] = {"auto": "auto", "on": True, "off": False}[args.guard_split]
+    if args.no_groups:
+        kw["group_verifiers"] = False
     return kw
 
 
