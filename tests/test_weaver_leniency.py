@@ -27,6 +27,24 @@ def _planted(P: int = 200, N: int = 16, shift_sd: float = 1.0, seed: int = 0):
     return z, correct, ids, shift
 
 
+
+def test_offsets_do_not_depend_on_how_answers_are_coded():
+    """Dense codes (0..3, a presence table) and sparse ones (the same answers as codes near 1e9, the sort path) and
+    a missing score give the same clusters and so exactly the same offsets."""
+    from lightning_ws.weaver.leniency import _dense_rank
+
+    z, r, ids, _ = _planted(P=60, N=8, seed=4)
+    z[0, 0] = np.nan
+    ids = ids.copy()
+    ids[1, :3] = -1  # candidates without an answer: clusters of their own
+    sparse = np.where(ids >= 0, ids * 250_000_000 + 7, -1)
+    o1, st1 = estimate_problem_offsets(z, r, ids)
+    o2, st2 = estimate_problem_offsets(z, r, sparse)
+    np.testing.assert_array_equal(o1, o2)
+    assert st1 == st2 and st1["tau2"] > 0
+    for v in (np.array([5, 0, 5, 3, 3, 9]), np.array([10 ** 12, 4, 10 ** 12]), np.zeros(0, dtype=np.int64)):
+        np.testing.assert_array_equal(_dense_rank(v), np.unique(v, return_inverse=True)[1].ravel())
+
 def test_offsets_recover_a_planted_problem_shift_and_leave_a_set_without_one_alone():
     z, r, ids, shift = _planted()
     o, st = estimate_problem_offsets(z, r, ids)

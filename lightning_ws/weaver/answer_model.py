@@ -320,6 +320,7 @@ class AnswerLevelModel:
         self.xdep_: tuple[np.ndarray, np.ndarray] | None = None
         self._icc_obs: Any = None
         self._icc_cache: tuple[np.ndarray, ...] | None = None
+        self._icc_gather_cache: tuple[np.ndarray, ...] | None = None
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -367,8 +368,9 @@ class AnswerLevelModel:
             bo, starts, n = self._icc_layout(groups, b)
             if not starts.size:
                 return np.zeros(groups.num_groups)
-            # a missing score (bin -1) reads the appended 0.0; its candidate is not counted in n
-            vals = np.stack([np.append(llr, 0.0)[bo[:, k]] for k, llr in enumerate(self.llr_)], axis=1)
+            # a missing score (bin -1) reads its source's appended 0.0; its candidate is not counted in n
+            table = np.concatenate([np.append(llr, 0.0) for llr in self.llr_])
+            vals = table[self._icc_gather(bo)]
             tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
             ev = (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
             if self.xdep_ is not None:
@@ -381,6 +383,18 @@ class AnswerLevelModel:
             return ev
         tot = np.bincount(groups.group.ravel(), weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
+
+    def _icc_gather(self, bo: np.ndarray) -> np.ndarray:
+        """``(n, K)`` indices into the concatenated ``[llr_k, 0.0]`` tables of the sources for the sorted bins ``bo``
+        (bin -1, missing, reads source ``k``'s trailing 0.0); memoised with the layout of the current EM."""
+        sizes = np.array([llr.size + 1 for llr in self.llr_], dtype=np.int64)
+        c = self._icc_gather_cache
+        if c is not None and c[0] is bo and np.array_equal(c[1], sizes):
+            return c[2]
+        off = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        idx = np.where(bo < 0, sizes - 1, bo) + off
+        self._icc_gather_cache = (bo, sizes, idx)
+        return idx
 
     def _icc_layout(self, groups: AnswerGroups, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The candidates' bins sorted by answer, each answer's first row and ``(G, K)`` count of scored candidates;
@@ -591,7 +605,7 @@ class AnswerLevelModel:
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
         self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
         self.xdep_ = best["xdep"]
-        self._icc_obs = self._icc_cache = None
+        self._icc_obs = self._icc_cache = self._icc_gather_cache = None
         r = best["r"]
         self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
                         "beta": self.beta_ if not (self._learned or self._partition) else None,
@@ -624,17 +638,20 @@ class AnswerLevelModel:
         cand = self.evidence == "candidates"
         prev, it, beta, gam = -np.inf, 0, 1.0, 0.5
         rho_held = np.zeros(0, dtype=bool)
+        # each source's bins shifted by one (bin -1, missing, counted in slot 0 and dropped), one contiguous row per
+        # source: the same for every EM step
+        b1 = None if self.evidence == "random_effects" else np.ascontiguousarray((b + 1).T)
         for it in range(1, self.max_iter + 1):
             gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
             w = r[groups.group].ravel() if cand else r
+            w0 = 1 - w
             self.llr_, logf = [], []
             if self.evidence == "random_effects":
                 self.re_ = _re_m_step(b, r, self.re_ if it > 1 else None)
                 self.llr_ = [np.zeros(1)] * b[0].shape[1]  # marks "fitted"; unused by this evidence model
-            for k in range(0 if self.evidence == "random_effects" else b.shape[1]):
-                # bin -1 (missing) is counted in slot 0 and dropped
-                c1 = np.bincount(b[:, k] + 1, weights=w, minlength=sizes[k] + 1)[1:] + self.smoothing
-                c0 = np.bincount(b[:, k] + 1, weights=1 - w, minlength=sizes[k] + 1)[1:] + self.smoothing
+            for k in range(0 if b1 is None else b1.shape[0]):
+                c1 = np.bincount(b1[k], weights=w, minlength=sizes[k] + 1)[1:] + self.smoothing
+                c0 = np.bincount(b1[k], weights=w0, minlength=sizes[k] + 1)[1:] + self.smoothing
                 if self.monotone:  # the likelihood-ratio-ordered MLE: P(class 1 | bin) made non-decreasing
                     n = c1 + c0
                     q = _pava(c1 / n, n)
@@ -680,7 +697,7 @@ class AnswerLevelModel:
         else:
             obs = self._obs(groups, s)
         r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
-        self._icc_cache = None  # memoised for EM only: hold no reference to the caller's data
+        self._icc_cache = self._icc_gather_cache = None  # memoised for EM only: no reference to the caller's data
         return groups, r
 
     def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0

@@ -40,6 +40,18 @@ from lightning_ws.weaver._numeric import quantile_interp
 __all__ = ["ProblemOffsets", "estimate_problem_offsets"]
 
 
+def _dense_rank(v: np.ndarray) -> np.ndarray:
+    """``np.unique(v, return_inverse=True)[1]`` for non-negative integer codes: by a presence table where the codes
+    are dense (no sort), else by ``np.unique``."""
+    v = np.asarray(v, dtype=np.int64).ravel()
+    top = int(v.max(initial=-1)) + 1
+    if v.size and top <= 8 * v.size + 1024:
+        present = np.zeros(top, dtype=bool)
+        present[v] = True
+        return (np.cumsum(present) - 1)[v]
+    return np.unique(v, return_inverse=True)[1].ravel()
+
+
 def estimate_problem_offsets(z: np.ndarray, posterior: np.ndarray, answer_ids: np.ndarray
                              ) -> tuple[np.ndarray, dict[str, float]]:
     """Shrunk per-problem offsets of one source.
@@ -73,8 +85,7 @@ def estimate_problem_offsets(z: np.ndarray, posterior: np.ndarray, answer_ids: n
     key = np.where(ids >= 0, ids, ids.max(initial=0) + 2 + np.arange(N)[None, :]).astype(np.int64)
     pid = np.broadcast_to(np.arange(P)[:, None], (P, N))[ok]
     ev = e[ok]
-    _, gid = np.unique(pid * (int(key.max(initial=0)) + 1) + key[ok], return_inverse=True)
-    gid = gid.ravel()
+    gid = _dense_rank(pid * (int(key.max(initial=0)) + 1) + key[ok])
     cnt = np.bincount(gid).astype(np.float64)
     am = np.bincount(gid, ev) / cnt
     gp = np.zeros(cnt.size, dtype=np.int64)

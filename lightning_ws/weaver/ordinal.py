@@ -74,14 +74,15 @@ def bin_scores(scores: np.ndarray, bins: int = 10) -> tuple[np.ndarray, list[np.
     for k in range(x.shape[1]):
         col = x[:, k]
         ok = ~np.isnan(col)
-        vals = np.unique(col[ok])
-        atoms = _atom_edges(col[ok], vals, bins)
+        srt = np.sort(col[ok])  # sorted once: its distinct values and its quantiles (the same as of the column)
+        vals = srt[np.r_[True, srt[1:] != srt[:-1]]] if srt.size else srt
+        atoms = _atom_edges(srt, vals, bins)
         if atoms is not None:
             e = atoms
         elif vals.size <= bins:
             e = 0.5 * (vals[1:] + vals[:-1])
         else:
-            e = np.unique(np.quantile(col[ok], np.linspace(0, 1, bins + 1)[1:-1]))
+            e = np.unique(np.quantile(srt, np.linspace(0, 1, bins + 1)[1:-1]))
         edges.append(e)
         out[ok, k] = np.searchsorted(e, col[ok], side="right")
     return out, edges
