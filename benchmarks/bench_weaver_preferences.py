@@ -35,7 +35,10 @@ next to Weaver before session 34 and without the guard's split test of session 3
 minutes with 8 draws). ``--pairs 24,48,96`` also fits Weaver on 12 random samples of that many pairs per set
 (:func:`small_set_rows`), as a user with a small preference set would. Each default row also gives the guard's split
 test (where it ran: the label model refitted on one half of the pairs, its estimated gain over the mean verifier on
-the other half) and Weaver without it (``guard_split=False``).
+the other half) and Weaver without it (``guard_split=False``). ``--few-labels 0.05,0.1,0.25`` also scores each full set
+and subset on held-out pairs with that fraction of the pairs labelled (:func:`few_label_rows`, ``weaver_report``'s
+seeded split): the mean verifier, label-free Weaver, ``Weaver(mode="few_labels")``, and the two supervised baselines
+fitted on the labelled pairs (logistic regression and the best single verifier).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import numpy as np
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_ws.errors import DataError
 from lightning_ws.pajama import load_preferences
 from lightning_ws.pajama.scoring import handwritten_judges, score_pairs
 from lightning_ws.weaver import Weaver
@@ -248,6 +252,44 @@ def small_set_rows(sets: dict[str, VerificationData], sizes: tuple[int, ...], dr
                   f"{np.min(pooled):+.2f} | {dict(choices)} |", flush=True)
 
 
+def few_label_rows(sets: dict[str, VerificationData], fractions: tuple[float, ...], seeds: int = 3) -> None:
+    """``--few-labels``: what a few labelled pairs buy. For each set and labelled fraction, ``weaver_report`` with
+    ``seeds`` seeded dev/eval splits; every number is Select@1 on the held-out (eval) pairs in points, averaged over
+    the splits, and the last columns count the splits where Weaver is more than 0.5 point below the mean verifier."""
+    from lightning_ws.weaver.report import weaver_report
+
+    print(f"\nA few labelled pairs: Select@1 on the held-out pairs, mean of {seeds} seeded splits")
+    print("| set | labelled fraction | labelled pairs | mean verifier | Weaver label-free | Weaver few_labels | "
+          "logistic regression (labelled pairs) | best single verifier (chosen on the labelled pairs) | "
+          "few_labels - mean verifier: mean / splits below | label-free - mean verifier: mean / splits below |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, data in sets.items():
+        for frac in fractions:
+            acc: dict[str, list[float]] = {}
+            n_dev = 0
+            for seed in range(seeds):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        rep = weaver_report(data, dev_fraction=frac, seed=seed, modes=("label_free", "few_labels"))
+                    except DataError as err:  # e.g. a verifier without a score on the few labelled pairs
+                        print(f"| {label} | {frac:g} | split seed {seed}: {err} |", flush=True)
+                        continue
+                n_dev = rep["split"]["dev_problems"]
+                for r in rep["rows"]:
+                    key = "best_single" if r["method"].startswith("best_single_verifier") else r["method"]
+                    acc.setdefault(key, []).append(100 * r["select_at_1"])
+            if not acc:
+                continue
+            seeds_run = len(acc["mean_verifier"])
+            mv = np.array(acc["mean_verifier"])
+            fl, lf = np.array(acc["weaver[few_labels]"]) - mv, np.array(acc["weaver[label_free]"]) - mv
+            print(f"| {label} | {frac:g} | {n_dev} | {mv.mean():.2f} | {np.mean(acc['weaver[label_free]']):.2f} | "
+                  f"{np.mean(acc['weaver[few_labels]']):.2f} | {np.mean(acc['logistic_regression']):.2f} | "
+                  f"{np.mean(acc['best_single']):.2f} | {fl.mean():+.2f} / {int((fl < -0.5).sum())} of {seeds_run} | "
+                  f"{lf.mean():+.2f} / {int((lf < -0.5).sum())} of {seeds_run} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="Weaver seed (default 0)")
@@ -259,6 +301,9 @@ def main() -> None:
     ap.add_argument("--pairs", default="", metavar="K[,K...]",
                     help="also print Weaver on 12 random samples of K pairs of the sets where the verifiers beat a "
                          "coin and of PandaLM (programs + length), e.g. --pairs 24,48,96")
+    ap.add_argument("--few-labels", default="", metavar="F[,F...]",
+                    help="also score each set on held-out pairs with a fraction F of the pairs labelled "
+                         "(Weaver few_labels and supervised baselines), e.g. --few-labels 0.05,0.1,0.25")
     ap.add_argument("--first-draw", type=int, default=0,
                     help="first verifier-subset draw of --subsets (default 0; session 34 developed on draws 0-7 and "
                          "checked on 8-15)")
@@ -299,6 +344,15 @@ def main() -> None:
         if args.pairs:
             small_set_rows({"pandalm_test, programs + length": no_llm, **beat_coin},
                            tuple(int(k) for k in args.pairs.split(",")))
+        if args.few_labels:
+            few_label_rows({"pandalm_test, programs + length + 2 LLM verdicts": pandalm,
+                            "pandalm_test, programs + length": no_llm, "llmbar, programs + length": llmbar,
+                            **{f"llmbar {sub}": _take(llmbar, np.flatnonzero(llmbar_subsets == sub))
+                               for sub in sorted(set(llmbar_subsets))},
+                            "hh_rlhf, programs + length": hh,
+                            **{f"hh_rlhf {sub}": _take(hh, np.flatnonzero(subsets == sub))
+                               for sub in sorted(set(subsets))}},
+                           tuple(float(f) for f in args.few_labels.split(",")))
         if args.subsets:
             subset_rows({"pandalm_test, programs + length": no_llm,
                          "pandalm_test, 2 LLM verdicts + programs + length": pandalm, **beat_coin}, args.subsets,
