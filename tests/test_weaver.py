@@ -581,3 +581,28 @@ def test_problems_without_any_score_raise_no_numpy_warnings():
         rep = suite_report(data, seed=0)  # its mean-verifier and naive-ensemble baselines average over verifiers
     assert sel.shape == (40,) and ((sel >= 0) & (sel < 8)).all()
     assert 0.0 <= rep["select_at_1"]["mean_verifier"] <= 1.0
+
+
+def test_weaver_runs_blas_on_one_thread_and_restores_the_user_setting(monkeypatch):
+    """Fit, score and select limit BLAS to one thread while they run (small dense products: threads cost more than
+    they give, and the results would depend on the thread count); the caller's setting is back afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen: list[int] = []
+    original = Weaver._sources
+
+    def spy(self, data):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return original(self, data)
+
+    monkeypatch.setattr(Weaver, "_sources", spy)
+    data = make_synthetic_verification(40, 6, [0.85, 0.8, 0.7], [0.8, 0.75, 0.7], seed=1)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        w = Weaver(seed=0).fit(data)
+        w.select(data)
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    if not before:
+        pytest.skip("no BLAS library that threadpoolctl can see")
+    assert seen and set(seen) == {1}
+    assert after == before

@@ -29,10 +29,11 @@ Lightning-free (numpy + the numpy label models).
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +60,28 @@ __all__ = [
     "Weaver",
     "guard_fold_count",
 ]
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_blas_thread(method: _F) -> _F:
+    """Run ``method`` with BLAS limited to one thread (:func:`~lightning_ws.labelmodels.base.single_thread_blas`).
+
+    A Weaver fit is thousands of small dense products and L-BFGS-B steps; BLAS threads cost more to wake than they
+    save. With numpy's default 2 threads on 2 cores, the default fit at 500 x 100 x 40 took 10.90 s against 8.51 s
+    with one (BENCHMARKS.md, "Session 36"). One thread also makes a user's results those of the benchmarks, which
+    run with ``OMP_NUM_THREADS=1``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lightning_ws.labelmodels.base import single_thread_blas
+
+        with single_thread_blas():
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 #: Supervision modes of :meth:`Weaver.fit`.
 MODES = ("label_free", "few_labels", "transductive")
@@ -855,6 +878,7 @@ class Weaver:
         return np.concatenate([pooled, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
 
     # -- fit ----------------------------------------------------------------------------------------------------
+    @_one_blas_thread
     def fit(self, data: VerificationData, mode: str = "label_free", *, dev_problems: Sequence[int] | None = None,
             dev_fraction: float | None = None) -> Weaver:
         """Fit the pipeline on ``data`` in an explicit supervision mode.
@@ -1251,6 +1275,7 @@ class Weaver:
         return per_problem
 
     # -- inference ----------------------------------------------------------------------------------------------
+    @_one_blas_thread
     def score(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` float64 P(correct) from the fitted label model (answer level: P(its answer is correct))."""
         self._check_names(data)
@@ -1269,6 +1294,7 @@ class Weaver:
         # nor is an excluded unanswered candidate (its pooled scores are NaN)
         return np.where(data.present() & ~self._excluded(data), proba, 0.0)
 
+    @_one_blas_thread
     def secondary_scores(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
         self._check_names(data)
@@ -1278,6 +1304,7 @@ class Weaver:
             return majority_vote_scores(data.answer_ids())
         return np.full((data.num_problems, data.num_candidates), np.nan)
 
+    @_one_blas_thread
     def select_with(self, data: VerificationData, selector: str) -> np.ndarray:
         """``(P,)`` picks of one of the guard's selectors: ``"label_model"``, ``"pooled_mean"`` (mean over the
         verifier groups), ``"mean_verifier"`` (mean over the verifiers, each once; ties to the first candidate) or
@@ -1302,6 +1329,7 @@ class Weaver:
             return select_candidates(s, tie_break=self.tie_break, seed=self.seed)[0]
         return select_candidates(s, secondary=self.secondary_scores(data), tie_break="secondary")[0]
 
+    @_one_blas_thread
     def select(self, data: VerificationData, *, return_ties: bool = False
                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(P,)`` selected candidate per problem by the guard's choice (and, with ``return_ties``, the ``(P,)`` mask
