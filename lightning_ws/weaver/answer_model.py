@@ -320,7 +320,6 @@ class AnswerLevelModel:
         self.xdep_: tuple[np.ndarray, np.ndarray] | None = None
         self._icc_obs: Any = None
         self._icc_cache: tuple[np.ndarray, ...] | None = None
-        self._icc_gather_cache: tuple[np.ndarray, ...] | None = None
         if not 0.0 <= size_exponent <= 1.0:
             raise ConfigError(f"size_exponent must lie in [0, 1], got {size_exponent}.")
         self.evidence, self.size_exponent = evidence, float(size_exponent)
@@ -365,12 +364,11 @@ class AnswerLevelModel:
             return ev
         if self.evidence == "candidates" and self.dependence == "icc":
             # per source: mean LLR of the answer's candidates x their effective number
-            bo, starts, n = self._icc_layout(groups, b)
+            gather, starts, n = self._icc_layout(groups, b)
             if not starts.size:
                 return np.zeros(groups.num_groups)
             # a missing score (bin -1) reads its source's appended 0.0; its candidate is not counted in n
-            table = np.concatenate([np.append(llr, 0.0) for llr in self.llr_])
-            vals = table[self._icc_gather(bo)]
+            vals = np.concatenate([np.append(llr, 0.0) for llr in self.llr_])[gather]
             tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
             ev = (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
             if self.xdep_ is not None:
@@ -384,32 +382,24 @@ class AnswerLevelModel:
         tot = np.bincount(groups.group.ravel(), weights=ev, minlength=groups.num_groups)
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
 
-    def _icc_gather(self, bo: np.ndarray) -> np.ndarray:
-        """``(n, K)`` indices into the concatenated ``[llr_k, 0.0]`` tables of the sources for the sorted bins ``bo``
-        (bin -1, missing, reads source ``k``'s trailing 0.0); memoised with the layout of the current EM."""
-        sizes = np.array([llr.size + 1 for llr in self.llr_], dtype=np.int64)
-        c = self._icc_gather_cache
-        if c is not None and c[0] is bo and np.array_equal(c[1], sizes):
-            return c[2]
-        off = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        idx = np.where(bo < 0, sizes - 1, bo) + off
-        self._icc_gather_cache = (bo, sizes, idx)
-        return idx
-
     def _icc_layout(self, groups: AnswerGroups, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The candidates' bins sorted by answer, each answer's first row and ``(G, K)`` count of scored candidates;
-        memoised for the ``b`` of the current EM (the same array in every step)."""
+        """The candidates sorted by answer: ``(n, K)`` indices of their bins into the concatenated ``[llr_k, 0.0]``
+        tables of the sources (bin -1, missing, reads source ``k``'s trailing 0.0), each answer's first row and the
+        ``(G, K)`` count of scored candidates; memoised for the ``b`` (and bin counts) of the current EM, the same in
+        every step."""
+        sizes = np.array([llr.size + 1 for llr in self.llr_], dtype=np.int64)
         c = self._icc_cache
-        if c is not None and c[0] is b:
-            return c[1], c[2], c[3]
+        if c is not None and c[0] is b and np.array_equal(c[1], sizes):
+            return c[2], c[3], c[4]
         g = groups.group.ravel()
         order = np.argsort(g, kind="stable")
         gs = g[order]
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if g.size else np.zeros(0, dtype=np.int64)
         bo = b[order]
         n = np.add.reduceat((bo >= 0).astype(np.float64), starts, axis=0) if g.size else np.zeros((0, b.shape[1]))
-        self._icc_cache = (b, bo, starts, n)
-        return bo, starts, n
+        gather = np.where(bo < 0, sizes - 1, bo) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self._icc_cache = (b, sizes, gather, starts, n)
+        return gather, starts, n
 
     def _newton_beta(self, groups: AnswerGroups, r: np.ndarray, ls: np.ndarray, beta: float) -> float:
         """Maximise the concave ``sum r * log softmax_p(beta * ls)`` over ``beta`` in ``[0, beta_max]`` (Newton)."""
@@ -605,7 +595,7 @@ class AnswerLevelModel:
         self.llr_, self.log_f_, self.re_ = best["llr"], best["log_f"], best["re"]
         self.beta_, self.gamma_, self.share_h_, self.rho_ = best["beta"], best["gamma"], best["share_h"], best["rho"]
         self.xdep_ = best["xdep"]
-        self._icc_obs = self._icc_cache = self._icc_gather_cache = None
+        self._icc_obs = self._icc_cache = None
         r = best["r"]
         self.report_ = {"iterations": best["it"], "agreement": self.agreement if self.use_agreement else "none",
                         "beta": self.beta_ if not (self._learned or self._partition) else None,
@@ -697,7 +687,7 @@ class AnswerLevelModel:
         else:
             obs = self._obs(groups, s)
         r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
-        self._icc_cache = self._icc_gather_cache = None  # memoised for EM only: no reference to the caller's data
+        self._icc_cache = None  # memoised for EM only: hold no reference to the caller's data
         return groups, r
 
     def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0

@@ -83,6 +83,7 @@ def _one_blas_thread(method: _F) -> _F:
 
     return wrapper  # type: ignore[return-value]
 
+
 #: Supervision modes of :meth:`Weaver.fit`.
 MODES = ("label_free", "few_labels", "transductive")
 #: Answer-level pooling policies of :class:`Weaver` selection.
