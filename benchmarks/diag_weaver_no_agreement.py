@@ -27,7 +27,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_weaver_preferences import _cell
 
 from lightning_ws.weaver import Weaver
 from lightning_ws.weaver.data import VerificationData
@@ -73,9 +76,8 @@ def main() -> None:
             aucs.append(float(np.mean(w.label_model_.source_auroc())))
             choices[w.report_["guard"]["choice"]] += 1
         m = np.mean(acc, axis=0)
-        cell = lambda v: f"{np.mean(v):+.2f} / {np.min(v):+.2f} / {sum(x < -0.5 for x in v)} of {len(v)}"
-        print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.4f} | {cell(diffs)} | "
-              f"{cell(diffs_off)} | {np.mean(aucs):.2f} | {dict(choices)} |", flush=True)
+        print(f"| {name} | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:.4f} | {m[4]:.4f} | {_cell(diffs)} | "
+              f"{_cell(diffs_off)} | {np.mean(aucs):.2f} | {dict(choices)} |", flush=True)
 
 
 if __name__ == "__main__":
