@@ -122,9 +122,11 @@ def _report_labelmodel(result: dict[str, Any], run: Any) -> None:
 
     metric = result.get("metric", "metric")
     cols = ["model", f"{metric}_all", f"{metric}_covered", "tie_rate", "fit_time_s", "class_balance_source",
-            "converged"]
-    rows = [[r["model"], r["metric_all"], r["metric_covered"], r["tie_rate"], r["fit_time_s"],
-             r["class_balance_source"], r["converged"]] for r in result.get("results", [])]
+            "converged", "skipped"]
+    fitted = [r for r in result.get("results", []) if "skipped" not in r]  # a model that refused the matrix
+    rows = [[r["model"], r.get("metric_all"), r.get("metric_covered"), r.get("tie_rate"), r.get("fit_time_s"),
+             r.get("class_balance_source"), r.get("converged"), r.get("skipped", "")]
+            for r in result.get("results", [])]
     log: dict[str, Any] = {"labelmodel/results": wandb.Table(columns=cols, data=rows)}
     lf = result.get("lf_analysis") or []
     if lf:
@@ -132,7 +134,7 @@ def _report_labelmodel(result: dict[str, Any], run: Any) -> None:
         log["labelmodel/lf_analysis"] = wandb.Table(
             columns=lf_cols, data=[[str(r[c]) if c == "polarity" else r[c] for c in lf_cols] for r in lf])
     run.log(log)
-    for r in result.get("results", []):
+    for r in fitted:
         run.summary[f"labelmodel/{r['model']}/{metric}"] = r["metric_all"]
 
 

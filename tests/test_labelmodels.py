@@ -414,6 +414,26 @@ def test_cli_drops_lfs_that_never_vote_on_train(tmp_path, capsys):
     assert [r["metric_all"] for r in res["results"]] == [r["metric_all"] for r in ref["results"]]
 
 
+def test_cli_skips_models_that_refuse_the_matrix_and_runs_the_rest(tmp_path, capsys):
+    # Two LFs: moment matching and triplet need three. With several models asked for, the command used to stop at
+    # the first refusal; now the others are scored and the table says which were skipped and why.
+    from tests.helpers.wrench import youtube_with_lfs
+
+    youtube_with_lfs(tmp_path, [1, 4])
+    out = tmp_path / "res.json"
+    assert cli_main([str(tmp_path), "--models", "mv,mm,triplet,auto", "--no-analysis", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "moment_matching skipped: L has 2 labeling function(s) but this label model needs at least 3" in printed
+    res = {r["model"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(res) == ["majority_vote", "moment_matching", "triplet", "auto"]
+    assert "skipped" in res["triplet"] and "skipped" not in res["auto"]
+    assert 0.5 < res["majority_vote"]["metric_all"] <= 1
+    with pytest.raises(DataError, match="needs at least 3"):  # one model asked for: its refusal is the error
+        cli_main([str(tmp_path), "--models", "mm", "--no-analysis"])
+    with pytest.raises(DataError, match="no label model could be fitted.*moment_matching: .*triplet: "):
+        cli_main([str(tmp_path), "--models", "mm,triplet", "--no-analysis"])
+
+
 def test_cli_fits_an_unlabelled_train_split(tmp_path, capsys):
     # WRENCH marks an unlabelled split with label -1 (users' own data has no label at all): the label models never
     # read train gold labels, so the results equal the labelled set's; unlabelled test rows are not scored.

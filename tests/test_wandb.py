@@ -132,6 +132,19 @@ def test_labelmodel_wandb_logs_results_and_lf_tables(tmp_path, monkeypatch, caps
     assert any(f.endswith("labelmodel.json") for f in run.summary["files"])  # written into the run folder
 
 
+def test_labelmodel_wandb_logs_a_model_that_refused_the_matrix_as_skipped(tmp_path, monkeypatch):
+    # two LFs: moment matching refuses them; the run still completes and logs majority vote
+    from tests.helpers.wrench import youtube_with_lfs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = youtube_with_lfs(tmp_path / "yt2", [1, 4])
+    assert main(["labelmodel", str(folder), "--models", "mv,mm", "--no-analysis", "--wandb"]) == 0
+    run = read_offline_run(_wait_for_run("runs"), wait=60)
+    assert run.complete and run.exit_code == 0
+    assert 0.5 < run.summary["labelmodel/majority_vote/accuracy"] <= 1.0
+    assert "labelmodel/moment_matching/accuracy" not in run.summary
+
+
 def test_accuracy_vs_n_curve():
     import numpy as np
 

@@ -269,8 +269,12 @@ class AutoLabelModel(LabelModel):
     LFs that never vote on the fit matrix (a rare rule on a small train split, a program that never fires) carry no
     information there: instead of refusing the matrix, as the single models do, ``auto`` warns, records them in
     ``fit_report_["silent_lfs"]`` and ignores their columns, also at prediction (their votes get no weight; a row
-    only they vote on gets the class balance). ``lf_confusions`` gives them ``P(abstain | Y) = 1``. Indices in
-    ``fit_report_["clusters"]`` refer to the columns of the matrix passed to ``fit``; ``clusters_`` to the LFs kept.
+    only they vote on gets the class balance). ``lf_confusions`` gives them ``P(abstain | Y) = 1``. LFs that vote
+    one and the same class on every row are ignored the same way (``fit_report_["constant_lfs"]``; their vote does
+    not depend on the class, but majority vote would count it on every row and the held-out agreement would reward
+    the candidate that predicts their class most; ``lf_confusions`` gives them ``P(vote = c | Y) = 1``), unless
+    nothing else votes. Indices in ``fit_report_["clusters"]`` refer to the columns of the matrix passed to ``fit``;
+    ``clusters_`` to the LFs kept.
 
     Args:
         num_classes: ``k``.
@@ -748,20 +752,57 @@ class AutoLabelModel(LabelModel):
         return True
 
     def _drop_silent(self, L: np.ndarray, dev_L: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Remove the LF columns that never vote (warn and record them; ``fit`` refused a matrix without votes)."""
+        """Remove the LF columns that carry no information on the fit matrix (warn and record them).
+
+        Two kinds: LFs that never vote (``fit_report_["silent_lfs"]``), and LFs that vote one and the same class on
+        every row (``fit_report_["constant_lfs"]``, ``{column: class}``). A constant LF's vote does not depend on
+        ``Y`` (``P(vote = c | Y) = 1`` for every class), so every conditional-independence model gives it no
+        weight; but majority vote counts it as a vote for ``c`` on every row, which breaks ties toward ``c``, and a
+        constant LF held out by the label-free selection rewards whichever candidate predicts ``c`` most often
+        (agreement with it is the share of rows predicted ``c``). Constant LFs are kept when nothing else votes.
+        ``fit`` refused a matrix without votes.
+        """
         votes = _column_vote_counts(L)
         silent = np.flatnonzero(votes == 0)
+        constant = self._constant_columns(L, votes)
+        if constant and len(constant) == int((votes > 0).sum()):
+            constant = {}  # nothing else votes: keep them (majority vote of constant LFs, as before)
         self.active_lfs_ = None
+        self.constant_lfs_ = constant
         self.fit_report_["silent_lfs"] = silent.tolist()
-        if not silent.size:
+        self.fit_report_["constant_lfs"] = {int(j): c for j, c in constant.items()}
+        if not silent.size and not constant:
             return L, dev_L
-        names = [self.lf_names_[j] if self.lf_names_ else int(j) for j in silent[:10]]
-        warnings.warn(f"{silent.size} of {L.shape[1]} labeling functions never vote on the {L.shape[0]} rows "
-                      f"passed to fit (e.g. {names}); they carry no information here, so AutoLabelModel ignores "
-                      f"them, also at prediction (their votes get no weight). Drop them, or fit on data where they "
-                      f"fire, to use them.", UserWarning, stacklevel=4)
-        self.active_lfs_ = np.flatnonzero(votes > 0)
+
+        def _names(cols: Any) -> list[Any]:
+            return [self.lf_names_[j] if self.lf_names_ else int(j) for j in list(cols)[:10]]
+
+        if silent.size:
+            warnings.warn(f"{silent.size} of {L.shape[1]} labeling functions never vote on the {L.shape[0]} rows "
+                          f"passed to fit (e.g. {_names(silent)}); they carry no information here, so AutoLabelModel "
+                          f"ignores them, also at prediction (their votes get no weight). Drop them, or fit on data "
+                          f"where they fire, to use them.", UserWarning, stacklevel=4)
+        if constant:
+            warnings.warn(f"{len(constant)} of {L.shape[1]} labeling functions vote the same class on every one of "
+                          f"the {L.shape[0]} rows passed to fit (e.g. {_names(sorted(constant))}, classes "
+                          f"{[constant[j] for j in sorted(constant)][:10]}); such a vote does not depend on the true "
+                          f"class and carries no information, so AutoLabelModel ignores them, also at prediction "
+                          f"(majority vote would count them as a vote on every row and break its ties toward their "
+                          f"class). Check them for a bug (a rule that always fires); make them abstain where they "
+                          f"do not apply to use them.", UserWarning, stacklevel=4)
+        self.active_lfs_ = np.flatnonzero((votes > 0) & ~np.isin(np.arange(L.shape[1]), list(constant)))
         return L[:, self.active_lfs_], (None if dev_L is None else dev_L[:, self.active_lfs_])
+
+    @staticmethod
+    def _constant_columns(L: np.ndarray, votes: np.ndarray) -> dict[int, int]:
+        """``{column: class}`` for the LFs that vote on every row of ``L``, always the same class."""
+        n = L.shape[0]
+        full = np.flatnonzero(votes == n)
+        if not full.size or n < 2:
+            return {}
+        sub = L[:, full]
+        same = (sub == sub[0]).all(axis=0)
+        return {int(j): int(sub[0, i]) for i, j in enumerate(full) if same[i]}
 
     def _em_balance(self, L: np.ndarray, M: np.ndarray, vote_share: np.ndarray) -> np.ndarray:
         """The balance rows without a vote get when majority vote is kept, per ``uncovered_balance``.
@@ -919,6 +960,8 @@ class AutoLabelModel(LabelModel):
             return conf
         full = np.zeros((self.num_lfs_,) + conf.shape[1:])
         full[:, :, 0] = 1.0  # an LF that never voted: abstains whatever the class
+        for j, c in getattr(self, "constant_lfs_", {}).items():  # a constant LF: votes c whatever the class
+            full[j, :, 0], full[j, :, c + 1] = 0.0, 1.0
         full[active] = conf
         return full
 
@@ -937,6 +980,8 @@ class AutoLabelModel(LabelModel):
         state["arrays"].update({f"inner.{k}": np.array(v, copy=True) for k, v in inner["arrays"].items()})
         state["meta"]["extra"] = {"inner_meta": inner["meta"], "clusters": self.clusters_, "merged": self.merged_,
                                   "active_lfs": None if self.active_lfs_ is None else self.active_lfs_.tolist(),
+                                  "constant_lfs": [[int(j), int(c)] for j, c in
+                                                   sorted(getattr(self, "constant_lfs_", {}).items())],
                                   "support_used": self.support_,
                                   "uncovered_proba": None if self.uncovered_proba_ is None
                                   else [float(x) for x in self.uncovered_proba_]}
@@ -961,4 +1006,5 @@ class AutoLabelModel(LabelModel):
         self.merged_ = bool(extra["merged"])
         active = extra.get("active_lfs")  # absent in files written before silent LFs were accepted
         self.active_lfs_ = None if active is None else np.asarray(active, dtype=np.int64)
+        self.constant_lfs_ = {int(j): int(c) for j, c in extra.get("constant_lfs", [])}  # absent before session 37
 

@@ -73,11 +73,12 @@ def _results_table(rows: list[dict[str, Any]], metric: str) -> str:
             "converged"]
     cells = [[r["model"], f"{100 * r['metric_all']:.2f}", f"{100 * r['metric_covered']:.2f}",
               f"{r['tie_rate']:.3f}", f"{r['fit_time_s']:.3f}", r["class_balance_source"], str(r["converged"])]
-             for r in rows]
+             if "skipped" not in r else [r["model"], "skipped (below)"] + ["-"] * 5 for r in rows]
     w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     out = ["| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |",
            "|" + "|".join("-" * (x + 2) for x in w) + "|"]
     out += ["| " + " | ".join(c.ljust(x) for c, x in zip(row, w)) + " |" for row in cells]
+    out += [f"{r['model']} skipped: {r['skipped']}" for r in rows if "skipped" in r]
     return "\n".join(out)
 
 
@@ -146,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         lm = make_label_model(name, num_classes=k, seed=args.seed)
-        lm.fit(L_train, cb, dev_y=dev_y, lf_names=lf_names)
+        try:
+            lm.fit(L_train, cb, dev_y=dev_y, lf_names=lf_names)
+        except DataError as err:  # e.g. too few LFs for this model: the others still run, and the table says why
+            if len(names) == 1:
+                raise
+            rows.append({"model": lm.name, "skipped": str(err)})
+            continue
         pred, ties = lm.predict(L_eval, args.tie_break, return_ties=True)
         pred = pred[scored]
         rep = lm.fit_report_
@@ -156,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                      "class_balance_source": lm.class_balance_source,
                      "class_balance": lm.class_balance_.tolist(), "converged": bool(rep.get("converged", True)),
                      "n_iter": int(rep.get("n_iter", 0)), "lf_accuracies": lm.lf_accuracies.tolist()})
+    if all("skipped" in r for r in rows):
+        raise DataError("no label model could be fitted on this train split: "
+                        + "; ".join(f"{r['model']}: {r['skipped']}" for r in rows))
     unscored = f", {evals.n - int(scored.sum())} rows without a gold label not scored" if not scored.all() else ""
     print(f"{train.name}: fit on train (n={train.n}, m={L_train.shape[1]}), scored on {args.eval_split} "
           f"(n={int(scored.sum())}{unscored}, covered {cov_scored.mean():.3f}); metric={metric}, "

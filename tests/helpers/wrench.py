@@ -45,3 +45,16 @@ def youtube_without_train_labels(folder: Path, test_unlabelled_every: int = 0) -
     for name in ("label.json", "readme.txt"):
         (folder / name).write_text((src / name).read_text())
     return folder
+
+
+def youtube_with_lfs(folder: Path, columns: list[int]) -> Path:
+    """Write the shipped YouTube set to ``folder`` keeping only the LF ``columns`` (no readme: generic LF names)."""
+    src = DATA_DIR / "wrench" / "youtube"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        rows = json.loads((src / f"{split}.json").read_text())
+        for row in rows.values():
+            row["weak_labels"] = [row["weak_labels"][j] for j in columns]
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    (folder / "label.json").write_text((src / "label.json").read_text())
+    return folder

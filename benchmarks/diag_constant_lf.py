@@ -1,0 +1,66 @@
+"""Label-free ``auto`` against majority vote when one LF votes the same class on every row (session 37).
+
+A rule that always fires with one class (a generated program with a bug, a catch-all default) carries no
+information about ``Y``. Majority vote counts it on every row; the label-free selection, holding it out, scored
+candidates by their agreement with it, i.e. by how often they predict its class. Since session 37
+``AutoLabelModel`` ignores such columns (``fit_report_["constant_lfs"]``). This prints, per regime, ``auto - MV``
+(points of accuracy; MV on every column, as a user gets it) over seeded draws: mean / min / draws more than 0.5
+below, on the fit rows (transductive) and on fresh rows of the same draw (inductive), and ``auto``'s picks.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_constant_lf.py [--draws 30] [--first-seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import warnings
+
+import numpy as np
+
+from lightning_ws.labelmodels import make_label_model
+
+
+def draw(seed: int, k: int, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``2n`` rows: ``m`` LFs (precision 0.6-0.9, coverage 10-50 %, wrong votes uniform over the other classes) and,
+    in column 0, a rule that votes class 1 on every row."""
+    rng = np.random.default_rng([37, seed, k, m])
+    y = rng.integers(0, k, 2 * n)
+    L = -np.ones((2 * n, m + 1), dtype=np.int64)
+    L[:, 0] = 1
+    for j in range(1, m + 1):
+        fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
+        right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
+        wrong = (y + rng.integers(1, k, 2 * n)) % k
+        L[fire, j] = np.where(right, y, wrong)[fire]
+    return L, y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--draws", type=int, default=30)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--n", type=int, default=400, help="fit rows (the same number of fresh rows is scored)")
+    args = ap.parse_args()
+    print("| regime | draws | auto - MV, fit rows: mean / min / below -0.5 | fresh rows | auto picks |")
+    print("|---|---|---|---|---|")
+    for k, m in ((2, 3), (2, 6), (4, 6), (4, 12)):
+        gains: dict[str, list[float]] = {"fit": [], "fresh": []}
+        picks: collections.Counter[str] = collections.Counter()
+        for s in range(args.first_seed, args.first_seed + args.draws):
+            L, y = draw(s, k, m, args.n)
+            fit, fresh = slice(0, args.n), slice(args.n, 2 * args.n)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # uncovered rows, the constant LF
+                auto = make_label_model("auto", num_classes=k, seed=0).fit(L[fit])
+                mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L[fit])
+                for part, rows in (("fit", fit), ("fresh", fresh)):
+                    acc = [float((lm.predict(L[rows]) == y[rows]).mean()) for lm in (auto, mv)]
+                    gains[part].append(100 * (acc[0] - acc[1]))
+            picks[auto.fit_report_["selected"]] += 1
+        cells = [f"{np.mean(g):+.2f} / {min(g):+.2f} / {sum(x < -0.5 for x in g)}" for g in gains.values()]
+        print(f"| k={k}, {m} LFs + 1 constant | {args.draws} | {cells[0]} | {cells[1]} | {dict(picks)} |")
+
+
+if __name__ == "__main__":
+    main()
