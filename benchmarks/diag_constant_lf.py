@@ -7,7 +7,13 @@ candidates by their agreement with it, i.e. by how often they predict its class.
 (points of accuracy; MV on every column, as a user gets it) over seeded draws: mean / min / draws more than 0.5
 below, on the fit rows (transductive) and on fresh rows of the same draw (inductive), and ``auto``'s picks.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_constant_lf.py [--draws 30] [--first-seed 0]
+``--extra LF`` replaces the constant LF by an uninformative one that is not constant, which ``auto`` does not
+detect: ``near`` votes class 1 on a random 95 % of the rows, ``skew`` votes 1 on a random 90 % and 0 on the rest.
+``--without`` fits ``auto`` on the matrix without column 0 (what a user who knew it was noise would do), still
+against majority vote over every column.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_constant_lf.py [--draws 30] [--first-seed 0] [--extra near|skew]
+        [--without]
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import numpy as np
 from lightning_ws.labelmodels import make_label_model
 
 
-def draw(seed: int, k: int, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+def draw(seed: int, k: int, m: int, n: int, extra: str = "constant") -> tuple[np.ndarray, np.ndarray]:
     """``2n`` rows: ``m`` LFs (precision 0.6-0.9, coverage 10-50 %, wrong votes uniform over the other classes) and,
-    in column 0, a rule that votes class 1 on every row."""
+    in column 0, an LF whose vote does not depend on the class (``extra``: ``constant``, ``near`` or ``skew``)."""
     rng = np.random.default_rng([37, seed, k, m])
     y = rng.integers(0, k, 2 * n)
     L = -np.ones((2 * n, m + 1), dtype=np.int64)
-    L[:, 0] = 1
+    u = rng.random(2 * n)
+    L[:, 0] = {"constant": np.ones(2 * n), "near": np.where(u < 0.95, 1, -1), "skew": np.where(u < 0.9, 1, 0)}[extra]
     for j in range(1, m + 1):
         fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
         right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
@@ -41,25 +48,30 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=30)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--n", type=int, default=400, help="fit rows (the same number of fresh rows is scored)")
+    ap.add_argument("--extra", default="constant", choices=["constant", "near", "skew"])
+    ap.add_argument("--without", action="store_true", help="fit auto without column 0")
     args = ap.parse_args()
+    c0 = 1 if args.without else 0
+    print(f"column 0: {args.extra}; auto fitted {'without' if args.without else 'with'} it; MV over every column")
     print("| regime | draws | auto - MV, fit rows: mean / min / below -0.5 | fresh rows | auto picks |")
     print("|---|---|---|---|---|")
     for k, m in ((2, 3), (2, 6), (4, 6), (4, 12)):
         gains: dict[str, list[float]] = {"fit": [], "fresh": []}
         picks: collections.Counter[str] = collections.Counter()
         for s in range(args.first_seed, args.first_seed + args.draws):
-            L, y = draw(s, k, m, args.n)
+            L, y = draw(s, k, m, args.n, args.extra)
             fit, fresh = slice(0, args.n), slice(args.n, 2 * args.n)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # uncovered rows, the constant LF
-                auto = make_label_model("auto", num_classes=k, seed=0).fit(L[fit])
+                auto = make_label_model("auto", num_classes=k, seed=0).fit(L[fit, c0:])
                 mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L[fit])
                 for part, rows in (("fit", fit), ("fresh", fresh)):
-                    acc = [float((lm.predict(L[rows]) == y[rows]).mean()) for lm in (auto, mv)]
+                    acc = [float((auto.predict(L[rows, c0:]) == y[rows]).mean()),
+                           float((mv.predict(L[rows]) == y[rows]).mean())]
                     gains[part].append(100 * (acc[0] - acc[1]))
             picks[auto.fit_report_["selected"]] += 1
         cells = [f"{np.mean(g):+.2f} / {min(g):+.2f} / {sum(x < -0.5 for x in g)}" for g in gains.values()]
-        print(f"| k={k}, {m} LFs + 1 constant | {args.draws} | {cells[0]} | {cells[1]} | {dict(picks)} |")
+        print(f"| k={k}, {m} LFs + 1 {args.extra} | {args.draws} | {cells[0]} | {cells[1]} | {dict(picks)} |")
 
 
 if __name__ == "__main__":
