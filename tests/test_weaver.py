@@ -379,6 +379,34 @@ def test_load_weaver_table_parquet_reads_as_jsonl(tmp_path):
     assert isinstance(from_parquet.correct[0, 0], np.bool_)
 
 
+def test_load_weaver_table_reads_answer_correct_strictly(tmp_path):
+    # bool("False") is True: labels written as text used to mark every candidate correct, without a word; and a
+    # column missing from the first row silently dropped the labels of every other row
+    ref = load_weaver_table(_write(tmp_path / "d.jsonl", _rows()))
+    rows = _rows()
+    for r in rows:
+        r["answer_correct"] = [["False", "false", "0", "NO"][i % 4] if not c else ["True", "1", "yes"][i % 3]
+                               for i, c in enumerate(r["answer_correct"])]
+    text = load_weaver_table(_write(tmp_path / "text.jsonl", rows))
+    np.testing.assert_array_equal(text.correct, ref.correct)
+    rows = _rows()
+    for r in rows:
+        r["answer_correct"] = [float(c) for c in r["answer_correct"]]  # 0.0 / 1.0
+    np.testing.assert_array_equal(load_weaver_table(_write(tmp_path / "num.jsonl", rows)).correct, ref.correct)
+    rows[1]["answer_correct"][0] = "maybe"
+    with pytest.raises(DataError, match=r"row 1: answer_correct entry 'maybe' is not a boolean"):
+        load_weaver_table(_write(tmp_path / "bad.jsonl", rows))
+    rows = _rows()
+    del rows[0]["answer_correct"]
+    rows[2]["answer_correct"] = None
+    with pytest.raises(DataError, match=r"answer_correct is given on 2 of 4 rows; row\(s\) \[0, 2\] lack it"):
+        load_weaver_table(_write(tmp_path / "partial.jsonl", rows))
+    rows = _rows()
+    for r in rows:
+        del r["answer_correct"]
+    assert load_weaver_table(_write(tmp_path / "none.jsonl", rows)).correct is None  # label-free data still loads
+
+
 def test_load_weaver_table_validation_errors(tmp_path):
     rows = _rows()
     rows[2]["samples"] = rows[2]["samples"][:2]

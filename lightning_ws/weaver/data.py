@@ -297,6 +297,24 @@ def _holds_step_lists(rows: list[dict[str, Any]], column: str) -> bool:
     return False
 
 
+_TRUE_TEXT = frozenset({"true", "1", "yes"})
+_FALSE_TEXT = frozenset({"false", "0", "no"})
+
+
+def _as_correct(x: Any, where: str) -> bool:
+    """One ``answer_correct`` entry as a bool: a bool, 0 / 1, or the text ``true`` / ``false`` (any case; also
+    ``1`` / ``0``, ``yes`` / ``no``). Anything else raises: ``bool("False")`` is ``True``, so a lenient cast would
+    mark every candidate correct without a word."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and float(x) in (0.0, 1.0):
+        return bool(float(x))
+    if isinstance(x, str) and x.strip().lower() in _TRUE_TEXT | _FALSE_TEXT:
+        return x.strip().lower() in _TRUE_TEXT
+    raise DataError(f"{where}: answer_correct entry {x!r:.40} is not a boolean; give true / false (or 1 / 0) per "
+                    f"candidate.")
+
+
 def _as_float(x: Any) -> float:
     if x is None:
         return math.nan
@@ -368,7 +386,13 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
         raise DataError(f"{path}: no verifier columns (<name>_scores or <name>_verdicts) found.")
     P = len(rows)
     answers, correct, instr, samples = [], [], [], []
-    has_correct = "answer_correct" in first
+    with_correct = [p for p, r in enumerate(rows) if not _missing_cell(r.get("answer_correct"))]
+    has_correct = bool(with_correct)
+    if has_correct and len(with_correct) != len(rows):
+        lacking = sorted(set(range(len(rows))) - set(with_correct))
+        raise DataError(f"{path}: answer_correct is given on {len(with_correct)} of {len(rows)} rows; row(s) "
+                        f"{lacking[:10]} lack it. Give it on every row (labels are all or none), or drop the column "
+                        f"to run label-free.")
     counts = [len(r["extracted_answers"]) if r.get("extracted_answers") is not None else len(r.get("samples") or [])
               for r in rows]
     n_max = max(counts)
@@ -396,7 +420,7 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
             ac = row.get("answer_correct")
             if ac is None or len(ac) != n:
                 raise DataError(f"{path}: row {p}: answer_correct must list {n} booleans, got {ac!r:.80}.")
-            correct.append([bool(x) for x in ac] + [False] * len(pad))
+            correct.append([_as_correct(x, f"{path}: row {p}") for x in ac] + [False] * len(pad))
         for j, (c, name, _) in enumerate(cols):
             vals = row.get(c)
             if _missing_cell(vals):
