@@ -445,6 +445,9 @@ def test_auto_ignores_lfs_that_vote_one_class_on_every_row(tmp_path):
         with pytest.warns(UserWarning, match=r"1 of 4 labeling functions vote the same class on every one"):
             auto = make_label_model("auto", num_classes=2, seed=0).fit(L)
     assert auto.fit_report_["constant_lfs"] == {0: 1}
+    analysis = LFAnalysis(L, num_classes=2)
+    assert analysis.constant_lfs == ["lf_00"] and "LFs voting one class on every row" in analysis.to_table()
+    assert LFAnalysis(L[:, 1:], num_classes=2).constant_lfs == []
     assert auto.selected == ref.selected
     np.testing.assert_allclose(auto.predict_proba(L), ref.predict_proba(L[:, 1:]))
     assert (auto.predict(L) == y).mean() >= (mv.predict(L) == y).mean() - 0.005

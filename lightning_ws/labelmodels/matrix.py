@@ -337,6 +337,10 @@ class LFAnalysis:
         self.polarity = [sorted({int(v) for v in np.unique(L[:, j]) if v != ABSTAIN}) for j in range(m)]
         self.total_coverage = float((n_votes > 0).mean())
         self.num_classes = k
+        #: LFs that vote one and the same class on every row: their vote carries no information about ``Y``
+        #: (``AutoLabelModel`` ignores them; majority vote counts them on every row)
+        self.constant_lfs = [self.lf_names[j] for j in range(m)
+                             if n > 1 and votes[:, j].all() and len(self.polarity[j]) == 1]
         #: firing correlation and co-vote agreement of every LF pair (:func:`lf_dependencies`)
         self.firing_corr, self.agreement = lf_dependencies(L, k)
         #: clusters of strongly dependent LFs (:func:`lf_clusters`; singletons included)
@@ -409,6 +413,9 @@ class LFAnalysis:
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
         lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
+        if self.constant_lfs:
+            lines.append(f"LFs voting one class on every row (no information about the class; auto ignores them): "
+                         f"{self.constant_lfs}")
         groups = [[self.lf_names[j] for j in g] for g in self.clusters if len(g) > 1]
         lines.append(f"clusters of strongly dependent LFs: {len(groups)}" + (f" {groups}" if groups else ""))
         d = sum(len(p) for p in self.polarity)
