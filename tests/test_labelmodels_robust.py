@@ -451,6 +451,11 @@ def test_auto_ignores_lfs_that_vote_one_class_on_every_row(tmp_path):
     assert auto.selected == ref.selected
     np.testing.assert_allclose(auto.predict_proba(L), ref.predict_proba(L[:, 1:]))
     assert (auto.predict(L) == y).mean() >= (mv.predict(L) == y).mean() - 0.005
+    # a row only the constant rule votes on is not covered: abstain_uncovered gives -1 there, as without the rule
+    only_constant = (L[:, 1:] == -1).all(axis=1)
+    assert only_constant.any() and (auto.covered_rows(L) == ~only_constant).all()
+    np.testing.assert_array_equal(auto.predict(L, abstain_uncovered=True),
+                                  ref.predict(L[:, 1:], abstain_uncovered=True))
     conf = auto.lf_confusions
     np.testing.assert_allclose(conf[0, :, 2], 1.0)  # votes class 1 whatever the class
     np.testing.assert_allclose(conf[1:], ref.lf_confusions)

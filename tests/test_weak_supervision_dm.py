@@ -92,6 +92,21 @@ def test_default_datamodule_accepts_an_lf_that_never_votes_on_train(tmp_path):
     assert dm.label_model_report["rows_kept"] == ref.label_model_report["rows_kept"]
 
 
+def test_default_datamodule_ignores_an_lf_that_votes_one_class_on_every_row(tmp_path):
+    # youtube plus a rule that votes spam everywhere: it used to make every row "covered", so the rows no real rule
+    # votes on were kept and trained on the class balance; auto ignores the rule and the rows it alone covers
+    from tests.helpers.wrench import youtube_with_constant_lf
+
+    dm = PseudoLabelDataModule(str(youtube_with_constant_lf(tmp_path)), batch_size=16)
+    with pytest.warns(UserWarning, match=r"1 of 11 labeling functions vote the same class on every one"):
+        dm.setup("fit")
+    ref = PseudoLabelDataModule("youtube", batch_size=16)
+    ref.setup("fit")
+    assert dm.label_model.fit_report_["constant_lfs"] == {10: 1}
+    assert dm.label_model_report["rows_kept"] == ref.label_model_report["rows_kept"] < 1586
+    np.testing.assert_allclose(dm.datasets["train"].labels, ref.datasets["train"].labels)
+
+
 def test_pseudolabels_from_an_unlabelled_train_split(tmp_path):
     # Weak supervision's use case: the train split has no gold labels (WRENCH's -1, null or none). The pseudolabel
     # datamodule trains on it exactly as on the labelled copy; the gold-label datamodule refuses it, naming the fix.

@@ -228,14 +228,12 @@ class PseudoLabelDataModule(TextClassificationDataModule):
     def train_targets(self, data: WrenchSplit) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Rows kept, pseudolabels (soft ``(n, k)`` float32 or hard ``(n,)`` int64), and ``weight`` when the class
         weighting is balanced."""
-        from lightning_ws.labelmodels import covered_mask
-
         L = self.label_matrix(data)
         if L.shape[0] != data.n:
             raise DataError(f"the label matrix has {L.shape[0]} rows for {data.n} training texts.")
         names = self._lf_names(data, L.shape[1])
         self.label_model = model = self._fit_label_model(L, names)
-        covered = covered_mask(L)
+        covered = model.covered_rows(L)  # a vote of an LF the model ignores (auto: constant on train) labels nothing
         probs = model.predict_proba(L)
         rows = np.flatnonzero(covered) if self._drop_uncovered else np.arange(data.n)
         if rows.size == 0:

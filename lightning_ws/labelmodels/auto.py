@@ -938,6 +938,10 @@ class AutoLabelModel(LabelModel):
                       "they matter, pass a known prior or class_balance='dev' (with dev_L/dev_y), or exclude them "
                       "with predict(..., abstain_uncovered=True).", stacklevel=3)
 
+    def _covered_rows(self, L: np.ndarray) -> np.ndarray:
+        """Rows where an LF the fit kept votes: a vote of an LF ignored as silent or constant labels nothing."""
+        return covered_mask(L if self.active_lfs_ is None else L[:, self.active_lfs_])
+
     def _transform(self, L: np.ndarray) -> np.ndarray:
         if self.active_lfs_ is not None:
             L = L[:, self.active_lfs_]

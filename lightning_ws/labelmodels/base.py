@@ -426,10 +426,19 @@ class LabelModel(ABC):
         """
         L = self._validate_predict(L)
         proba = self._proba_covered(L)
-        cov = covered_mask(L)
+        cov = self._covered_rows(L)
         if not cov.all():
             proba[~cov] = self._uncovered_proba()
         return proba
+
+    def covered_rows(self, L: Any) -> np.ndarray:
+        """``(n,)`` bool: True where at least one LF this fitted model uses votes (the rows it labels from votes;
+        the others get :meth:`_uncovered_proba`). Equal to :meth:`covered_mask` except where the model ignores some
+        LFs (:class:`~lightning_ws.labelmodels.AutoLabelModel`: LFs silent or constant on the fit matrix)."""
+        return self._covered_rows(self._validate_predict(L))
+
+    def _covered_rows(self, L: np.ndarray) -> np.ndarray:
+        return covered_mask(L)
 
     def _uncovered_proba(self) -> np.ndarray:
         """``(k,)`` what rows where every LF abstains get: the class balance."""
@@ -450,7 +459,8 @@ class LabelModel(ABC):
                 ``"random"`` (uniform among the tied classes, generator seeded from ``seed``: the same call gives
                 the same answer), ``"first"`` (lowest class id, WRENCH), ``"prior"`` (largest ``class_balance_``,
                 then lowest id) or ``"abstain"`` (``-1``).
-            abstain_uncovered: return ``-1`` for rows where every LF abstains.
+            abstain_uncovered: return ``-1`` for rows where every LF abstains (every LF the model uses:
+                :meth:`covered_rows`).
             tol: tie tolerance on probabilities.
             return_ties: also return the ``(n,)`` bool mask of tied rows (tie rate = ``mask.mean()``).
         """
@@ -458,7 +468,7 @@ class LabelModel(ABC):
         pred, ties = probs_to_preds(self.predict_proba(L), tie_break, seed=self.seed, prior=self.class_balance_,
                                     tol=tol)
         if abstain_uncovered:
-            pred[~covered_mask(L)] = ABSTAIN
+            pred[~self._covered_rows(L)] = ABSTAIN
         return (pred, ties) if return_ties else pred
 
     # -- LF parameters ------------------------------------------------------------------------------------------

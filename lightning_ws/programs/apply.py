@@ -219,8 +219,6 @@ class CombinedLabels:
 
     def predict_proba(self, L_human: np.ndarray | None, L_gen: np.ndarray | None) -> np.ndarray:
         """Posteriors on another split (same columns as at fit time), for label-model test metrics."""
-        from lightning_ws.labelmodels import covered_mask
-
         Lh = L_human[:, self.columns["human"]] if L_human is not None and self.columns.get("human") else None
         Lg = L_gen[:, self.columns["generated"]] if L_gen is not None and self.columns.get("generated") else None
         if self.mode == "human":
@@ -233,7 +231,7 @@ class CombinedLabels:
         if "generated" not in self.models:
             return ph
         pg = self.models["generated"].predict_proba(Lg)
-        return np.where(covered_mask(Lh)[:, None], ph, pg)
+        return np.where(self.models["human"].covered_rows(Lh)[:, None], ph, pg)
 
 
 def _voting_columns(L: np.ndarray | None) -> list[int]:
@@ -261,7 +259,7 @@ def combine_sources(L_human: np.ndarray | None, L_gen: np.ndarray | None, *, mod
     Raises:
         ConfigError: unknown mode, or a source the mode needs is missing / never votes.
     """
-    from lightning_ws.labelmodels import covered_mask, make_label_model
+    from lightning_ws.labelmodels import make_label_model
 
     if mode not in COMBINE_MODES:
         raise ConfigError(f"unknown combination mode {mode!r}; choose from {COMBINE_MODES}.")
@@ -283,15 +281,15 @@ def combine_sources(L_human: np.ndarray | None, L_gen: np.ndarray | None, *, mod
     if mode in ("human", "generated"):
         L = Lh if mode == "human" else Lg
         model = fit(L)
-        return CombinedLabels(model.predict_proba(L), covered_mask(L), {mode: model}, cols, mode)
+        return CombinedLabels(model.predict_proba(L), model.covered_rows(L), {mode: model}, cols, mode)
     if mode == "joint":
         L = np.hstack([x for x in (Lh, Lg) if x is not None])
         model = fit(L)
-        return CombinedLabels(model.predict_proba(L), covered_mask(L), {"joint": model}, cols, mode)
+        return CombinedLabels(model.predict_proba(L), model.covered_rows(L), {"joint": model}, cols, mode)
     # cascade (spec §3.6)
     mh = fit(Lh)
     n = Lh.shape[0]
-    cov = covered_mask(Lh)
+    cov = mh.covered_rows(Lh)  # rows a human LF the model uses votes on (auto ignores constant LFs)
     probs = np.zeros((n, num_classes))
     ph = mh.predict_proba(Lh)
     probs[cov, ph[cov].argmax(1)] = 1.0

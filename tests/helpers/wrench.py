@@ -58,3 +58,17 @@ def youtube_with_lfs(folder: Path, columns: list[int]) -> Path:
         (folder / f"{split}.json").write_text(json.dumps(rows))
     (folder / "label.json").write_text((src / "label.json").read_text())
     return folder
+
+
+def youtube_with_constant_lf(folder: Path, vote: int = 1) -> Path:
+    """Write the shipped YouTube set to ``folder`` with an 11th LF (``lf_10``) that votes ``vote`` on every row of
+    every split (no readme, so every LF gets a generic name)."""
+    src = DATA_DIR / "wrench" / "youtube"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid", "test"):
+        rows = json.loads((src / f"{split}.json").read_text())
+        for row in rows.values():
+            row["weak_labels"] = list(row["weak_labels"]) + [vote]
+        (folder / f"{split}.json").write_text(json.dumps(rows))
+    (folder / "label.json").write_text((src / "label.json").read_text())
+    return folder
