@@ -407,6 +407,26 @@ def test_load_weaver_table_reads_answer_correct_strictly(tmp_path):
     assert load_weaver_table(_write(tmp_path / "none.jsonl", rows)).correct is None  # label-free data still loads
 
 
+def test_numeric_answers_agree_whatever_their_form(tmp_path):
+    # 72 (a JSON int), 72.0 (a float) and "72.00" (text) are one answer for majority vote and the answer-level
+    # model; before session 37 they were three answers, so answer agreement split
+    rows = _rows(n_problems=2, n=4)
+    for r in rows:
+        r["samples"] = r["samples"] + [r["samples"][0]]
+        r["GRM_scores"] = r["GRM_scores"] + [0.0]
+        r["Judge_verdicts"] = [[1.0], [0.0], [1.0], [0.0], [1.0]]
+        r["answer_correct"] = [True, True, True, False, False]
+        r["PRM_step_scores"] = [[0.1]] * 5
+        r["weaver_scores"] = [0.5] * 5
+    rows[0]["extracted_answers"] = [72, 72.0, "72.00", "7.2", "A"]
+    rows[1]["extracted_answers"] = ["0.50", ".5", "1e-1", "NO_ANSWER", "1e999999"]
+    d = load_weaver_table(_write(tmp_path / "num.jsonl", rows))
+    assert d.answers[0] == ["72", "72", "72", "7.2", "A"]
+    assert d.answers[1] == ["0.5", "0.5", "0.1", None, "1e999999"]  # a huge exponent stays text
+    ids = d.answer_ids()
+    assert ids[0, 0] == ids[0, 1] == ids[0, 2] != ids[0, 3] and ids[1, 0] == ids[1, 1]
+
+
 def test_load_weaver_table_validation_errors(tmp_path):
     rows = _rows()
     rows[2]["samples"] = rows[2]["samples"][:2]

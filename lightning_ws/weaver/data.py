@@ -19,9 +19,11 @@ Lightning-free (numpy only).
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +66,26 @@ def unanswered_candidates(answer_ids: np.ndarray) -> np.ndarray:
     return (ids < 0) & (ids >= 0).any(axis=1, keepdims=True)
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def _norm_answer(a: Any) -> str | None:
-    if a is None:
-        return None
-    if isinstance(a, float) and math.isnan(a):
+    """An extracted answer as the string answer agreement compares: ``None`` for none (``None``, NaN, empty,
+    ``NO_ANSWER``); a plain decimal number in one canonical form (``72``, ``72.0``, ``"72.00"`` and ``7.2e1`` all
+    become ``"72"``; ``"0.50"`` becomes ``"0.5"``), so numbers parsed or serialised differently still agree; any
+    other text stripped, otherwise as given (no case folding or LaTeX normalisation: extract answers in one form)."""
+    if a is None or isinstance(a, bool):
+        return None if a is None else str(a)
+    if isinstance(a, (float, np.floating)) and math.isnan(a):
         return None
     s = str(a).strip()
-    return None if (not s or s == NO_ANSWER) else s
+    if not s or s == NO_ANSWER:
+        return None
+    if _NUMBER.match(s):
+        d = Decimal(s)
+        if abs(d.adjusted()) <= 30:  # beyond that, keep the text (1e999999 would be a million-digit integer)
+            s = str(int(d)) if d == d.to_integral_value() else format(d.normalize(), "f")
+    return s
 
 
 @dataclass
