@@ -55,6 +55,40 @@ def test_wrench_user_folder_and_errors(tmp_path):
         load_wrench("youtube", "dev")  # type: ignore[arg-type]
 
 
+def test_wrench_labels_and_label_json_are_read_strictly(tmp_path):
+    # int(1.5) is 1 and a label.json with a gap raised a bare KeyError (session 37): labels are whole numbers or
+    # class names, label.json maps exactly 0..k-1 (a JSON list of names is accepted)
+    def write(rows, label_json=None):
+        (tmp_path / "train.json").write_text(json.dumps(rows))
+        if label_json is not None:
+            (tmp_path / "label.json").write_text(label_json)
+
+    rows = {"a": {"data": {"text": "hi"}, "label": 0.0, "weak_labels": [0, -1.0]},
+            "b": {"data": {"text": "buy"}, "label": "spam", "weak_labels": ["1", 1]}}
+    write(rows, json.dumps(["ham", "spam"]))
+    d = load_wrench(tmp_path, "train")
+    assert d.labels.tolist() == [0, 1] and d.weak_labels.tolist() == [[0, -1], [1, 1]]
+    assert d.class_names == ["ham", "spam"]
+    for bad, match in ((1.5, "1.5 is not a whole number"), ("eggs", "'eggs' is neither a class id or one of the "
+                                                                     "class names \\['ham', 'spam'\\]"),
+                       (True, "True is a boolean")):
+        write({**rows, "c": {"data": {"text": "x"}, "label": bad, "weak_labels": [0, 1]}})
+        with pytest.raises(DataError, match=f"example 'c' is not in WRENCH format \\({match}"):
+            load_wrench(tmp_path, "train")
+    write({**rows, "c": {"data": {"text": "x"}, "label": 0, "weak_labels": [0, 0.5]}})
+    with pytest.raises(DataError, match="0.5 is not a whole number"):
+        load_wrench(tmp_path, "train")
+    write(rows, json.dumps({"0": "ham", "2": "spam"}))
+    with pytest.raises(DataError, match=r"label.json has class ids \['0', '2'\]; they must be 0..1"):
+        load_wrench(tmp_path, "train")
+    write(rows, "{not json")
+    with pytest.raises(DataError, match="label.json is not valid JSON"):
+        load_wrench(tmp_path, "train")
+    ten = {str(i): f"c{i}" for i in range(11)}  # ids 10 and up sort after 9
+    write({"a": {"data": {"text": "hi"}, "label": 10, "weak_labels": [10]}}, json.dumps(ten))
+    assert load_wrench(tmp_path, "train").class_names[10] == "c10"
+
+
 def test_wrench_rows_without_gold_labels(tmp_path):
     # WRENCH writes -1 for an unlabelled row; null and a missing key mean the same. Refused by default (gold-label
     # training and scoring need labels), accepted with allow_unlabeled (label models and pseudolabels need none).

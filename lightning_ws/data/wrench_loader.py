@@ -181,6 +181,51 @@ def wrench_lf_names_from_readme(readme: Path, m: int) -> list[str] | None:
     return None
 
 
+def _class_names(label_file: Path) -> list[str] | None:
+    """Class names from WRENCH's ``label.json`` (``{"0": name, "1": name, ...}``; a JSON list of names is accepted
+    too), or ``None`` without the file. Keys must be exactly ``0..k-1``."""
+    if not label_file.is_file():
+        return None
+    try:
+        mapping = json.loads(label_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{label_file} is not valid JSON ({err}); it should map class ids to names, e.g. "
+                        f'{{"0": "ham", "1": "spam"}}.') from None
+    if isinstance(mapping, list):
+        return [str(n) for n in mapping]
+    if not isinstance(mapping, dict) or not mapping:
+        raise DataError(f"{label_file} should map class ids to names, e.g. {{\"0\": \"ham\", \"1\": \"spam\"}}; "
+                        f"got {type(mapping).__name__}.")
+    want = [str(i) for i in range(len(mapping))]
+    if sorted(mapping, key=lambda c: (len(c), c)) != want:
+        raise DataError(f"{label_file} has class ids {sorted(mapping)}; they must be 0..{len(mapping) - 1}, each once "
+                        f"(the label matrix and gold labels index classes by position).")
+    return [str(mapping[c]) for c in want]
+
+
+def _class_id(value: object, class_names: list[str] | None) -> int:
+    """A gold label or vote as an int: an int, an integral float (``1.0``), a numeric string, or (gold labels,
+    when ``label.json`` names the classes) a class name. Raises ``ValueError`` otherwise: ``int(1.5)`` is 1, so a
+    lenient cast would relabel rows without a word."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is a boolean, not a class id")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if float(value).is_integer():
+            return int(value)
+        raise ValueError(f"{value!r} is not a whole number")
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        if class_names is not None and text in class_names:
+            return class_names.index(text)
+        names = f" or one of the class names {class_names}" if class_names is not None else ""
+        raise ValueError(f"{value!r} is neither a class id{names}")
+    raise ValueError(f"{value!r} is not a class id")
+
+
 def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
                 check_rules: bool = True, require_text: bool = True, allow_unlabeled: bool = False) -> WrenchSplit:
     """Load one split of a WRENCH-format data set.
@@ -188,7 +233,9 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
     Args:
         name_or_path: ``"youtube"``, ``"sms"`` or ``"trec"`` for the shipped sets, or a folder in WRENCH format:
             ``{split}.json`` maps an id to ``{"data": {"text": ...}, "label": int, "weak_labels": [int, ...]}`` and
-            an optional ``label.json`` maps class ids to names.
+            an optional ``label.json`` maps class ids ``0..k-1`` to names (a JSON list of names works too). Labels
+            and votes must be whole numbers (``1.0`` and ``"1"`` are read as 1; ``1.5`` is an error); a gold label
+            may also be a class name from ``label.json``.
         split: ``"train"``, ``"valid"`` or ``"test"``.
         check_rules: when the folder's ``readme.txt`` lists the labeling functions as regexes (the
             Learning-From-Rules layout of SMS and TREC), re-apply them to the split's texts and warn
@@ -208,8 +255,9 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
 
     Raises:
         DataFileNotFoundError: the folder or split file does not exist.
-        DataError: rows with a different number of weak labels, a label outside the class range, or rows without
-            a gold label when ``allow_unlabeled`` is ``False``.
+        DataError: rows with a different number of weak labels, a label outside the class range or not a whole
+            number, a ``label.json`` that is not JSON or does not map exactly ``0..k-1``, or rows without a gold
+            label when ``allow_unlabeled`` is ``False``.
     """
     if split not in ("train", "valid", "test"):
         raise DataError(f"split must be 'train', 'valid' or 'test', got {split!r}.")
@@ -219,21 +267,17 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
         raw = json.load(fh)
     if not isinstance(raw, dict) or not raw:
         raise DataError(f"{path}: expected a non-empty JSON object mapping ids to examples.")
-    label_file = folder / "label.json"
-    class_names: list[str] | None = None
-    if label_file.is_file():
-        mapping = json.loads(label_file.read_text(encoding="utf-8"))
-        class_names = [mapping[str(i)] for i in range(len(mapping))]
+    class_names = _class_names(folder / "label.json")
     ids, texts, labels, weak = [], [], [], []
     all_text = True
     m = None
     for key, ex in raw.items():
         try:
             raw_lab = ex.get("label", None) if isinstance(ex, dict) else ex["label"]
-            lab = ABSTAIN if raw_lab is None else int(raw_lab)
-            wl = [int(v) for v in ex["weak_labels"]]
+            lab = ABSTAIN if raw_lab is None else _class_id(raw_lab, class_names)
+            wl = [_class_id(v, None) for v in ex["weak_labels"]]
         except (KeyError, TypeError, ValueError) as err:
-            raise DataError(f"{path}: example {key!r} is not in WRENCH format ({err!r}); expected "
+            raise DataError(f"{path}: example {key!r} is not in WRENCH format ({err}); expected "
                             f"{{'data': {{'text': ...}}, 'label': int, 'weak_labels': [int, ...]}}.") from None
         data = ex.get("data") if isinstance(ex, dict) else None
         text = data.get("text") if isinstance(data, dict) else None
