@@ -427,6 +427,11 @@ def test_numeric_answers_agree_whatever_their_form(tmp_path):
     assert ids[0, 0] == ids[0, 1] == ids[0, 2] != ids[0, 3] and ids[1, 0] == ids[1, 1]
 
 
+def test_verification_data_refuses_text_scores_with_a_data_error():
+    with pytest.raises(DataError, match="scores must be numbers.*could not convert string to float: 'yes'"):
+        VerificationData(scores=[[[0.1], ["yes"]]], answers=[["a", "b"]], verifier_names=["judge"])
+
+
 def test_load_weaver_table_validation_errors(tmp_path):
     rows = _rows()
     rows[2]["samples"] = rows[2]["samples"][:2]

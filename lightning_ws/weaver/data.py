@@ -115,7 +115,11 @@ class VerificationData:
     samples: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
-        s = np.asarray(self.scores, dtype=np.float64)
+        try:
+            s = np.asarray(self.scores, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"scores must be numbers (NaN or None for a missing score), shape (P problems, N "
+                            f"candidates, V verifiers): {err}. Map a judge's text verdicts to numbers first.") from None
         if s.ndim != 3:
             raise DataError(f"scores must have shape (P problems, N candidates, V verifiers); got {s.shape}.")
         P, N, V = s.shape
