@@ -69,9 +69,8 @@ def test_wrench_labels_and_label_json_are_read_strictly(tmp_path):
     d = load_wrench(tmp_path, "train")
     assert d.labels.tolist() == [0, 1] and d.weak_labels.tolist() == [[0, -1], [1, 1]]
     assert d.class_names == ["ham", "spam"]
-    for bad, match in ((1.5, "1.5 is not a whole number"), ("eggs", "'eggs' is neither a class id or one of the "
-                                                                     "class names \\['ham', 'spam'\\]"),
-                       (True, "True is a boolean")):
+    eggs = "'eggs' is neither a class id or one of the class names \\['ham', 'spam'\\]"
+    for bad, match in ((1.5, "1.5 is not a whole number"), ("eggs", eggs), (True, "True is a boolean")):
         write({**rows, "c": {"data": {"text": "x"}, "label": bad, "weak_labels": [0, 1]}})
         with pytest.raises(DataError, match=f"example 'c' is not in WRENCH format \\({match}"):
             load_wrench(tmp_path, "train")

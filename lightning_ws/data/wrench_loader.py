@@ -205,10 +205,10 @@ def _class_names(label_file: Path) -> list[str] | None:
 
 def _class_id(value: object, class_names: list[str] | None) -> int:
     """A gold label or vote as an int: an int, an integral float (``1.0``), a numeric string, or (gold labels,
-    when ``label.json`` names the classes) a class name. Raises ``ValueError`` otherwise: ``int(1.5)`` is 1, so a
-    lenient cast would relabel rows without a word."""
+    when ``label.json`` names the classes) a class name. Raises ``ValueError`` / ``TypeError`` otherwise:
+    ``int(1.5)`` is 1, so a lenient cast would relabel rows without a word."""
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is a boolean, not a class id")
+        raise TypeError(f"{value!r} is a boolean, not a class id")
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
@@ -223,7 +223,7 @@ def _class_id(value: object, class_names: list[str] | None) -> int:
             return class_names.index(text)
         names = f" or one of the class names {class_names}" if class_names is not None else ""
         raise ValueError(f"{value!r} is neither a class id{names}")
-    raise ValueError(f"{value!r} is not a class id")
+    raise TypeError(f"{value!r} is not a class id")
 
 
 def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
