@@ -20,6 +20,7 @@ from lightning_ws.labelmodels.matrix import (
     _COLLAPSE_MAX_RATIO,
     ABSTAIN,
     _column_vote_counts,
+    _constant_columns,
     covered_mask,
     lf_clusters,
     merge_clusters,
@@ -764,7 +765,7 @@ class AutoLabelModel(LabelModel):
         """
         votes = _column_vote_counts(L)
         silent = np.flatnonzero(votes == 0)
-        constant = self._constant_columns(L, votes)
+        constant = _constant_columns(L, votes)
         if constant and len(constant) == int((votes > 0).sum()):
             constant = {}  # nothing else votes: keep them (majority vote of constant LFs, as before)
         self.active_lfs_ = None
@@ -792,17 +793,6 @@ class AutoLabelModel(LabelModel):
                           f"do not apply to use them.", UserWarning, stacklevel=4)
         self.active_lfs_ = np.flatnonzero((votes > 0) & ~np.isin(np.arange(L.shape[1]), list(constant)))
         return L[:, self.active_lfs_], (None if dev_L is None else dev_L[:, self.active_lfs_])
-
-    @staticmethod
-    def _constant_columns(L: np.ndarray, votes: np.ndarray) -> dict[int, int]:
-        """``{column: class}`` for the LFs that vote on every row of ``L``, always the same class."""
-        n = L.shape[0]
-        full = np.flatnonzero(votes == n)
-        if not full.size or n < 2:
-            return {}
-        sub = L[:, full]
-        same = (sub == sub[0]).all(axis=0)
-        return {int(j): int(sub[0, i]) for i, j in enumerate(full) if same[i]}
 
     def _em_balance(self, L: np.ndarray, M: np.ndarray, vote_share: np.ndarray) -> np.ndarray:
         """The balance rows without a vote get when majority vote is kept, per ``uncovered_balance``.

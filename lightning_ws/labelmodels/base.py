@@ -337,14 +337,14 @@ class LabelModel(ABC):
             dev_yv = np.asarray(_to_numpy(dev_y, "dev_y")).reshape(-1)
             if dev_yv.dtype.kind not in "iu" or dev_yv.size == 0:
                 raise DataError(f"dev_y must be a non-empty integer array of class ids, got dtype {dev_yv.dtype}.")
-            if self.num_classes is None and int(dev_yv.max()) + 1 > k:
+            k_dev = int(dev_yv.max()) + 1
+            if self.num_classes is None and k_dev > k:
                 if not self.__dict__.get("_internal", False):  # the class count comes from dev_y alone: say so
-                    warnings.warn(f"dev_y holds class(es) {list(range(k, int(dev_yv.max()) + 1))} that no labeling "
-                                  f"function votes (L votes classes 0..{k - 1}), so the model gets "
-                                  f"{int(dev_yv.max()) + 1} classes, and those can only come from the class balance. "
-                                  f"If the task has them, pass num_classes={int(dev_yv.max()) + 1} to say so; if not, "
-                                  f"fix dev_y.", UserWarning, stacklevel=2)
-                k = int(dev_yv.max()) + 1
+                    warnings.warn(f"dev_y holds class(es) {list(range(k, k_dev))} that no labeling function votes (L "
+                                  f"votes classes 0..{k - 1}), so the model gets {k_dev} classes, and those can only "
+                                  f"come from the class balance. If the task has them, pass num_classes={k_dev} to "
+                                  f"say so; if not, fix dev_y.", UserWarning, stacklevel=2)
+                k = k_dev
             if dev_yv.min() < 0 or dev_yv.max() >= k:
                 raise DataError(f"dev_y holds labels {int(dev_yv.min())}..{int(dev_yv.max())}, outside 0..{k - 1}.")
             dev_yv = dev_yv.astype(np.int64)

@@ -183,6 +183,19 @@ def _column_vote_counts(L: np.ndarray) -> np.ndarray:
     return out
 
 
+def _constant_columns(L: np.ndarray, votes: np.ndarray | None = None) -> dict[int, int]:
+    """``{column: class}`` for the LFs that vote on every row of ``L`` (at least 2 rows), always the same class: their
+    vote does not depend on ``Y``. ``votes``: the per-column vote counts, when the caller has them."""
+    n = L.shape[0]
+    votes = _column_vote_counts(L) if votes is None else votes
+    full = np.flatnonzero(votes == n)
+    if not full.size or n < 2:
+        return {}
+    sub = L[:, full]
+    same = (sub == sub[0]).all(axis=0)
+    return {int(j): int(sub[0, i]) for i, j in enumerate(full) if same[i]}
+
+
 def _lf_class_vote_counts(L: np.ndarray, k: int) -> np.ndarray:
     """``(m, k)`` int64: how many votes each LF casts for each class."""
     n, m = L.shape
@@ -339,8 +352,7 @@ class LFAnalysis:
         self.num_classes = k
         #: LFs that vote one and the same class on every row: their vote carries no information about ``Y``
         #: (``AutoLabelModel`` ignores them; majority vote counts them on every row)
-        self.constant_lfs = [self.lf_names[j] for j in range(m)
-                             if n > 1 and votes[:, j].all() and len(self.polarity[j]) == 1]
+        self.constant_lfs = [self.lf_names[j] for j in _constant_columns(L)]
         #: firing correlation and co-vote agreement of every LF pair (:func:`lf_dependencies`)
         self.firing_corr, self.agreement = lf_dependencies(L, k)
         #: clusters of strongly dependent LFs (:func:`lf_clusters`; singletons included)

@@ -74,8 +74,8 @@ def _norm_answer(a: Any) -> str | None:
     ``NO_ANSWER``); a plain decimal number in one canonical form (``72``, ``72.0``, ``"72.00"`` and ``7.2e1`` all
     become ``"72"``; ``"0.50"`` becomes ``"0.5"``), so numbers parsed or serialised differently still agree; any
     other text stripped, otherwise as given (no case folding or LaTeX normalisation: extract answers in one form)."""
-    if a is None or isinstance(a, bool):
-        return None if a is None else str(a)
+    if a is None:
+        return None
     if isinstance(a, (float, np.floating)) and math.isnan(a):
         return None
     s = str(a).strip()
@@ -326,7 +326,7 @@ def _as_correct(x: Any, where: str) -> bool:
     mark every candidate correct without a word."""
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
-    if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and float(x) in (0.0, 1.0):
+    if isinstance(x, (int, float, np.integer, np.floating)) and float(x) in (0.0, 1.0):  # bools returned above
         return bool(float(x))
     if isinstance(x, str) and x.strip().lower() in _TRUE_TEXT | _FALSE_TEXT:
         return x.strip().lower() in _TRUE_TEXT
