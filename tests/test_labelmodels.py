@@ -293,6 +293,9 @@ def test_predict_before_fit_and_wrong_width():
         (np.array([[0, 1], [3, 1]]), r"L\[1, 0\].*= 3 is outside -1..1"),
         (np.array([[0, -2], [1, 1]]), r"L\[0, 1\].*= -2 is outside"),
         (np.array([[0.0, np.nan]]), r"L\[0, 1\].*NaN"),
+        (np.array([[0.0, -np.inf]]), r"L\[0, 1\].*-inf \(not a class id\)"),
+        (np.array([[0, None], [1, 1]], dtype=object), r"L\[0, 1\].*None.*-1 \(abstain\)"),
+        (torch.tensor([[1, 2], [2, 1]]).to_sparse(), r"sparse torch tensor.*class 0.*to_dense\(\) - 1"),
         (np.zeros((0, 3), dtype=int), "empty"),
         (np.array([0, 1, 1]), "2-D"),
         (np.array([[0, -1], [1, -1]]), r"column 1.*abstains on every row"),
@@ -310,6 +313,43 @@ def test_too_few_lfs_and_names_in_messages():
             cls().fit(L)
     with pytest.raises(DataError, match="LF 'spam_kw'"):
         validate_label_matrix(np.array([[0, 5]]), 2, lf_names=["ham_kw", "spam_kw"])
+
+
+def test_sparse_and_pandas_inputs():
+    """A scipy sparse matrix is refused (its implicit zeros would be class-0 votes); pandas frames work, a missing
+    value in one is named, and nullable integer columns without missing values are accepted."""
+    sparse = pytest.importorskip("scipy.sparse")
+    pd = pytest.importorskip("pandas")
+    L = np.array([[0, 1, 1], [1, 1, -1], [0, 0, 0], [-1, 1, 0]])
+    with pytest.raises(DataError, match=r"scipy sparse matrix \(csr_matrix\).*toarray\(\)"):
+        MajorityVote().fit(sparse.csr_matrix(L + 1))
+    want = MajorityVote().fit(L).predict_proba(L)
+    frame = pd.DataFrame(L).astype("Int64")
+    np.testing.assert_array_equal(MajorityVote().fit(frame).predict_proba(frame), want)
+    np.testing.assert_array_equal(MajorityVote().fit(L.astype(object)).predict_proba(L), want)
+    frame.iloc[2, 1] = pd.NA
+    with pytest.raises(DataError, match=r"missing value at row 2, column 1.*fillna\(-1\)"):
+        MajorityVote().fit(frame)
+
+
+def test_predict_on_no_rows_and_zero_class_balance():
+    """An empty batch predicts to empty arrays; a class_balance entry of 0 is allowed (no log(0) warnings) and that
+    class is never predicted unless the votes say it."""
+    d = make_synthetic_label_matrix(2_000, ACC[:5], COV[:5], [0.5, 0.3, 0.2], seed=3)
+    for name in ("majority_vote", "dawid_skene", "moment_matching", "triplet", "auto"):
+        lm = make_label_model(name, seed=0).fit(d.L)
+        assert lm.predict_proba(d.L[:0]).shape == (0, 3)
+        pred, ties = lm.predict(d.L[:0], abstain_uncovered=True, return_ties=True)
+        assert pred.shape == ties.shape == (0,)
+        with pytest.raises(DataError, match="empty"):
+            make_label_model(name, seed=0).fit(d.L[:0])
+    for name in ("dawid_skene", "moment_matching", "triplet"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            lm = make_label_model(name, seed=0).fit(d.L, class_balance=[0.0, 0.6, 0.4])
+            proba = lm.predict_proba(d.L)
+        assert np.isfinite(proba).all() and lm.class_balance_[0] <= 1e-11
+        assert (lm.predict(d.L) == 0).mean() < (d.y == 0).mean() / 2, name
 
 
 def test_accepts_torch_and_integral_floats():

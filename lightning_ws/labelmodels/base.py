@@ -83,7 +83,7 @@ def resolve_class_balance(class_balance: Any, k: int, dev_y: np.ndarray | None) 
 
     ``None`` means ``"dev"`` when ``dev_y`` is given, else ``"estimated"``. ``"estimated"`` returns ``p=None``
     (the model estimates it). An array must have ``k`` non-negative entries summing to 1 (within 1e-3; it is then
-    renormalised). ``"dev"`` uses ``(count_c + 1) / (n_dev + k)``: add-one smoothing that, unlike WRENCH's
+    renormalised, and a zero entry is floored at 1e-12). ``"dev"`` uses ``(count_c + 1) / (n_dev + k)``: add-one smoothing that, unlike WRENCH's
     ``(count + 1) / n`` helper, sums to 1.
     """
     if class_balance is None:
@@ -112,6 +112,9 @@ def resolve_class_balance(class_balance: Any, k: int, dev_y: np.ndarray | None) 
                           f"{p.tolist()}.")
     if abs(p.sum() - 1.0) > 1e-3:
         raise ConfigError(f"class_balance must sum to 1, got {p.tolist()} (sum {p.sum():.6f}).")
+    # A zero entry ("this class does not occur") is floored at 1e-12: the models work with log priors, which stay
+    # finite, and the class still never wins unless every vote says it.
+    p = np.maximum(p / p.sum(), 1e-12)
     return p / p.sum(), "given"
 
 
@@ -418,7 +421,7 @@ class LabelModel(ABC):
 
     def _validate_predict(self, L: Any) -> np.ndarray:
         self._check_fitted()
-        L = validate_label_matrix(L, self.k_, lf_names=self.lf_names_)
+        L = validate_label_matrix(L, self.k_, lf_names=self.lf_names_, allow_no_rows=True)
         if L.shape[1] != self.num_lfs_:
             raise DataError(f"L has {L.shape[1]} columns but the model was fitted on {self.num_lfs_} labeling "
                             f"functions; pass the same LFs in the same order.")
@@ -431,6 +434,8 @@ class LabelModel(ABC):
         otherwise: :class:`~lightning_ws.labelmodels.AutoLabelModel`); find them with :meth:`covered_mask`.
         """
         L = self._validate_predict(L)
+        if not L.shape[0]:
+            return np.zeros((0, self.k_))
         proba = self._proba_covered(L)
         cov = self._covered_rows(L)
         if not cov.all():

@@ -41,17 +41,41 @@ def _to_numpy(L: Any, name: str) -> np.ndarray:
         import torch
 
         if isinstance(L, torch.Tensor):
+            if L.layout != torch.strided:
+                raise DataError(_sparse_message(name, f"a sparse torch tensor ({L.layout})", ".to_dense()"))
             if L.dtype == torch.bool:
                 raise DataError(f"{name} is a bool tensor; label matrices hold class ids in -1..k-1 "
                                 f"(-1 = abstain). Convert it with .long() if True/False really mean classes 1/0.")
             return L.detach().cpu().numpy()
     if isinstance(L, np.ndarray):
         return L
+    if type(L).__module__.startswith("scipy.sparse"):
+        raise DataError(_sparse_message(name, f"a scipy sparse matrix ({type(L).__name__})", ".toarray()"))
+    if type(L).__module__.split(".")[0] == "pandas" and hasattr(L, "isna") and hasattr(L, "to_numpy"):
+        missing = np.asarray(L.isna())
+        if missing.any():
+            where = np.argwhere(missing.reshape(missing.shape[0], -1))[0]
+            raise DataError(f"{name} (a pandas object) has a missing value at row {int(where[0])}, column "
+                            f"{int(where[-1])}; encode a missing vote as -1 (abstain), e.g. "
+                            f"{name}.fillna(-1).astype(int).")
+        return np.asarray(L.to_numpy())  # nullable Int64 columns come back as objects; converted below
     try:
         return np.asarray(L)
     except (ValueError, TypeError) as err:
         raise DataError(f"{name} could not be converted to an array ({err}); pass an n x m integer array with "
                         f"one column per labeling function.") from None
+
+
+def _sparse_message(name: str, what: str, densify: str) -> str:
+    return (f"{name} is {what}; label matrices are dense with -1 for abstain, and a sparse matrix's implicit "
+            f"zeros would read as votes for class 0. Convert it with {name}{densify} once abstains are stored as "
+            f"-1 (a matrix in snorkel's pre-0.9 encoding, 0 = abstain and classes 1..k, becomes "
+            f"{name}{densify} - 1).")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ in ("NAType",
+                                                                                                      "NaTType")
 
 
 def validate_label_matrix(
@@ -63,6 +87,7 @@ def validate_label_matrix(
     lf_names: Sequence[str] | None = None,
     name: str = "L",
     check_inferred_classes: bool = False,
+    allow_no_rows: bool = False,
 ) -> np.ndarray:
     """Check a label matrix and return it as a 2-D numpy integer array.
 
@@ -82,6 +107,8 @@ def validate_label_matrix(
             support: a class id below ``max(L)`` that no LF ever votes (one stray ``5`` in a binary matrix would
             otherwise silently build a 6-class model), or a top class with a handful of votes in a large matrix.
             Label models set it when they infer ``k``.
+        allow_no_rows: accept a matrix with zero rows (and at least one column): predicting on an empty batch or
+            split returns empty results instead of raising. Fitting needs rows.
 
     Returns:
         The validated matrix (same object when it was already a suitable numpy integer array).
@@ -96,17 +123,34 @@ def validate_label_matrix(
         raise DataError(f"{name} must be 2-D (n examples x m labeling functions), got shape {tuple(arr.shape)}. "
                         f"For a single labeling function pass L.reshape(-1, 1).")
     n, m = arr.shape
+    if n == 0 and m > 0 and allow_no_rows and arr.dtype.kind in "iuf":
+        return arr.astype(np.int64)
     if n == 0 or m == 0:
         raise DataError(f"{name} is empty (shape {n} x {m}); a label model needs at least one example and one "
                         f"labeling function.")
     if arr.dtype == np.bool_:
         raise DataError(f"{name} has dtype bool; label matrices hold class ids in -1..k-1 (-1 = abstain). "
                         f"Convert with L.astype(np.int64) if True/False really mean classes 1/0.")
+    if arr.dtype.kind == "O":  # Python objects: ints (kept), None / NaN / pd.NA (missing votes), anything else
+        missing = np.frompyfunc(_is_missing, 1, 1)(arr).astype(bool)
+        if missing.any():
+            i, j = map(int, np.argwhere(missing)[0])
+            raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) is {arr[i, j]!r}; encode a missing vote as -1 "
+                            f"(abstain).")
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{name} has dtype object and holds values that are not numbers (e.g. "
+                            f"{next(v for v in arr.ravel() if not isinstance(v, (int, float, np.number)))!r}); "
+                            f"expected an integer array with -1 for abstain and 0..k-1 for classes. Map class "
+                            f"names to ids first.") from None
     if arr.dtype.kind == "f":
-        bad = np.isnan(arr)
+        bad = ~np.isfinite(arr)
         if bad.any():
             i, j = map(int, np.argwhere(bad)[0])
-            raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) is NaN; encode a missing vote as -1 (abstain).")
+            what = "NaN" if np.isnan(arr[i, j]) else f"{float(arr[i, j])} (not a class id)"
+            raise DataError(f"{name}[{i}, {j}] ({_lf(lf_names, j)}) is {what}; encode a missing vote as -1 "
+                            f"(abstain).")
         nonint = arr != np.round(arr)
         if nonint.any():
             i, j = map(int, np.argwhere(nonint)[0])
@@ -114,8 +158,9 @@ def validate_label_matrix(
                             f"matrices hold class ids in -1..k-1. Threshold scores into votes first.")
         arr = arr.astype(np.int64)
     elif arr.dtype.kind not in "iu":
+        hint = " Map class names to ids first." if arr.dtype.kind in "US" else ""
         raise DataError(f"{name} has dtype {arr.dtype}; expected an integer array with -1 for abstain and "
-                        f"0..k-1 for classes.")
+                        f"0..k-1 for classes.{hint}")
     lo, hi = int(arr.min()), int(arr.max())
     k = num_classes if num_classes is not None else max(hi + 1, 2)
     if lo < ABSTAIN or hi >= k:
