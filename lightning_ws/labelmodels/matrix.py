@@ -74,8 +74,8 @@ def _sparse_message(name: str, what: str, densify: str) -> str:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value) or type(value).__name__ in ("NAType",
-                                                                                                      "NaTType")
+    return (value is None or (isinstance(value, float) and np.isnan(value))
+            or type(value).__name__ in ("NAType", "NaTType"))
 
 
 def validate_label_matrix(
