@@ -106,8 +106,17 @@ def test_weaver_mode_errors_and_refit_shape_checks():
     with pytest.raises(ConfigError, match="not fitted"):
         Weaver().score(data)
     w = Weaver().fit(unlabeled, "label_free")
-    with pytest.raises(DataError, match="fitted on"):
+    with pytest.raises(DataError, match=r"lacks verifier\(s\) \['verifier_3'\].*refit"):
         w.score(data.select_verifiers(data.verifier_names[:3]))
+    # matched by name: another column order gives the same scores and picks, extra verifiers are left out (warned)
+    want, picks = w.score(data), w.select(data)
+    shuffled = data.select_verifiers(data.verifier_names[::-1])
+    np.testing.assert_array_equal(w.score(shuffled), want)
+    np.testing.assert_array_equal(w.select(shuffled), picks)
+    wider = VerificationData(np.concatenate([data.scores, data.scores[:, :, :1]], axis=2), data.answers,
+                             [*data.verifier_names, "new_judge"])
+    with pytest.warns(UserWarning, match=r"\['new_judge'\].*left out"):
+        np.testing.assert_array_equal(w.score(wider), want)
     with pytest.raises(ConfigError, match="tie_break"):
         Weaver(tie_break="lowest")
     with pytest.raises(ConfigError, match="unknown label model"):

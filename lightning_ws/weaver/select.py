@@ -832,15 +832,26 @@ class Weaver:
     def _flat(votes: np.ndarray) -> np.ndarray:
         return votes.reshape(-1, votes.shape[2])
 
-    def _check_names(self, data: VerificationData) -> None:
+    def _aligned(self, data: VerificationData) -> VerificationData:
+        """``data`` with the fitted verifiers in the fitted order, matched by name: another column order is
+        reordered, extra verifiers are left out (with a warning); a missing one is an error."""
         if self.verifier_names_ is None:
             raise ConfigError("Weaver is not fitted; call fit(data, mode=...) first.")
         if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
             raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass mv_verifier=False.")
-        if list(data.verifier_names) != self.input_names_:
-            raise DataError(f"data has verifiers {list(data.verifier_names)} but Weaver was fitted on "
-                            f"{self.input_names_}; pass the same verifiers in the same order "
-                            f"(VerificationData.select_verifiers).")
+        names = list(data.verifier_names)
+        if names == self.input_names_:
+            return data
+        missing = [n for n in self.input_names_ if n not in names]
+        if missing:
+            raise DataError(f"data lacks verifier(s) {missing} that Weaver was fitted on (fitted: "
+                            f"{self.input_names_}; data: {names}). Score with the same verifiers, or refit on the "
+                            f"ones you have.")
+        extra = [n for n in names if n not in self.input_names_]
+        if extra:
+            warnings.warn(f"data has verifier(s) {extra} that Weaver was not fitted on; they are left out of the "
+                          f"scores. Refit to use them.", UserWarning, stacklevel=3)
+        return data.select_verifiers(self.input_names_)
 
     def _excluded(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` True for a candidate without an extracted answer in a problem where another candidate has one,
@@ -1278,8 +1289,9 @@ class Weaver:
     # -- inference ----------------------------------------------------------------------------------------------
     @_one_blas_thread
     def score(self, data: VerificationData) -> np.ndarray:
-        """``(P, N)`` float64 P(correct) from the fitted label model (answer level: P(its answer is correct))."""
-        self._check_names(data)
+        """``(P, N)`` float64 P(correct) from the fitted label model (answer level: P(its answer is correct)).
+        Verifiers are matched to the fitted ones by name (another order is fine; extra ones are left out)."""
+        data = self._aligned(data)
         pooled, _ = self._sources(data)
         if self.answer_level:
             ids = data.answer_ids()
@@ -1298,7 +1310,7 @@ class Weaver:
     @_one_blas_thread
     def secondary_scores(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` continuous tie-break score of the configured policy (NaN for ``random``/``first``)."""
-        self._check_names(data)
+        data = self._aligned(data)
         if self.tie_break == "continuous_mean":
             return self._sources(data)[1]
         if self.tie_break == "mv_frequency":
@@ -1311,18 +1323,16 @@ class Weaver:
         verifier groups), ``"mean_verifier"`` (mean over the verifiers, each once; ties to the first candidate) or
         ``"majority_vote"`` (most frequent answer, ties by its mean pooled score; within it the candidate with the
         best pooled score)."""
-        if selector == "pooled_mean":
-            self._check_names(data)
-            return select_candidates(self._sources(data)[1], tie_break="first")[0]
-        if selector == "majority_vote":
-            self._check_names(data)
-            return _mv_pick(data.answer_ids(), self._sources(data)[1])
-        if selector == "mean_verifier":
-            self._check_names(data)
-            return select_candidates(self._mean_verifier(data), tie_break="first")[0]
-        if selector != "label_model":
+        if selector not in ("label_model", "pooled_mean", "majority_vote", "mean_verifier"):
             raise ConfigError("selector must be 'label_model', 'pooled_mean', 'mean_verifier' or 'majority_vote', "
                               f"got {selector!r}.")
+        data = self._aligned(data)
+        if selector == "pooled_mean":
+            return select_candidates(self._sources(data)[1], tie_break="first")[0]
+        if selector == "majority_vote":
+            return _mv_pick(data.answer_ids(), self._sources(data)[1])
+        if selector == "mean_verifier":
+            return select_candidates(self._mean_verifier(data), tie_break="first")[0]
         s = self.score(data)
         if self.answer_pooling == "sum" and not self.answer_level:
             s = pool_by_answer(s, data.answer_ids())
@@ -1335,6 +1345,7 @@ class Weaver:
                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(P,)`` selected candidate per problem by the guard's choice (and, with ``return_ties``, the ``(P,)`` mask
         of problems whose top label-model score was tied)."""
+        data = self._aligned(data)
         sel = self.select_with(data, self.choice_)
         if not return_ties:
             return sel
