@@ -77,6 +77,14 @@ def test_wrench_labels_and_label_json_are_read_strictly(tmp_path):
     write({**rows, "c": {"data": {"text": "x"}, "label": 0, "weak_labels": [0, 0.5]}})
     with pytest.raises(DataError, match="0.5 is not a whole number"):
         load_wrench(tmp_path, "train")
+    # a mapping of votes was read by its keys ("0", "1" are valid votes of a binary set), null for an abstain failed
+    # as "None is not a class id" (session 38)
+    write({**rows, "c": {"data": {"text": "x"}, "label": 0, "weak_labels": {"0": -1, "1": 1}}})
+    with pytest.raises(DataError, match="weak_labels must be a list with one vote per labeling function, got dict"):
+        load_wrench(tmp_path, "train")
+    write({**rows, "c": {"data": {"text": "x"}, "label": 0, "weak_labels": [None, 1]}})
+    with pytest.raises(DataError, match="holds null; write -1 for an abstaining labeling function"):
+        load_wrench(tmp_path, "train")
     write(rows, json.dumps({"0": "ham", "2": "spam"}))
     with pytest.raises(DataError, match=r"label.json has class ids \['0', '2'\]; they must be 0..1"):
         load_wrench(tmp_path, "train")

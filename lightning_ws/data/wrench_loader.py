@@ -203,6 +203,17 @@ def _class_names(label_file: Path) -> list[str] | None:
     return [str(mapping[c]) for c in want]
 
 
+def _weak_labels(value: object) -> list[int]:
+    """One example's ``weak_labels``: a JSON list with one vote per LF (``-1`` = abstain). A mapping is refused (its
+    keys would be read as votes), and so is ``null`` for an abstain, with the fix in the message."""
+    if not isinstance(value, list):
+        raise TypeError(f"weak_labels must be a list with one vote per labeling function, got "
+                        f"{type(value).__name__} {str(value)[:60]}")
+    if any(v is None for v in value):
+        raise ValueError(f"weak_labels {str(value)[:60]} holds null; write -1 for an abstaining labeling function")
+    return [_class_id(v, None) for v in value]
+
+
 def _class_id(value: object, class_names: list[str] | None) -> int:
     """A gold label or vote as an int: an int, an integral float (``1.0``), a numeric string, or (gold labels,
     when ``label.json`` names the classes) a class name. Raises ``ValueError`` / ``TypeError`` otherwise:
@@ -275,7 +286,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
         try:
             raw_lab = ex.get("label", None) if isinstance(ex, dict) else ex["label"]
             lab = ABSTAIN if raw_lab is None else _class_id(raw_lab, class_names)
-            wl = [_class_id(v, None) for v in ex["weak_labels"]]
+            wl = _weak_labels(ex["weak_labels"])
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: example {key!r} is not in WRENCH format ({err}); expected "
                             f"{{'data': {{'text': ...}}, 'label': int, 'weak_labels': [int, ...]}}.") from None
