@@ -436,6 +436,19 @@ def test_numeric_answers_agree_whatever_their_form(tmp_path):
     assert ids[0, 0] == ids[0, 1] == ids[0, 2] != ids[0, 3] and ids[1, 0] == ids[1, 1]
 
 
+def test_load_weaver_table_needs_lists_per_candidate(tmp_path):
+    # a mapping cell was read by its keys ({"0": 0.9, "1": 0.2, "2": 0.4} became scores 0, 1, 2; answer_correct
+    # {"0": true, ...} became [False, True, ...]) and a string answer character by character (session 38)
+    for column, cell in (("GRM_scores", {"0": 0.9, "1": 0.2, "2": 0.4}),
+                         ("answer_correct", {"0": True, "1": False, "2": False}),
+                         ("extracted_answers", "123")):
+        rows = _rows()
+        rows[1][column] = cell
+        with pytest.raises(DataError, match=f"row 1: column '{column}' must be a list with one entry per candidate, "
+                                            f"got {type(cell).__name__}"):
+            load_weaver_table(_write(tmp_path / "cells.jsonl", rows))
+
+
 def test_verification_data_refuses_text_scores_with_a_data_error():
     with pytest.raises(DataError, match="scores must be numbers.*could not convert string to float: 'yes'"):
         VerificationData(scores=[[[0.1], ["yes"]]], answers=[["a", "b"]], verifier_names=["judge"])

@@ -303,6 +303,22 @@ def _missing_cell(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+#: Columns of the Weaver layout that hold one entry per candidate.
+_LIST_COLUMNS = ("samples", "extracted_answers", "answer_correct")
+
+
+def _check_list_cells(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Every present cell of these per-candidate columns must be a list: a mapping (``{"0": 0.8, ...}``) would be
+    read by its keys and a string answer (``"72"``) character by character, both without an error."""
+    for p, row in enumerate(rows):
+        for c in columns:
+            v = row.get(c)
+            if not _missing_cell(v) and not isinstance(v, (list, tuple)):
+                raise DataError(f"{path}: row {p}: column {c!r} must be a list with one entry per candidate, got "
+                                f"{type(v).__name__} {str(v)[:60]!r}. Store per-candidate values as JSON lists in "
+                                f"candidate order.")
+
+
 def _holds_step_lists(rows: list[dict[str, Any]], column: str) -> bool:
     """Whether a ``*_scores`` column holds a list per candidate (process-reward step scores), judged by its first
     candidate entry that is not missing in any row."""
@@ -403,6 +419,7 @@ def load_weaver_table(path: str | Path, *, verifiers: Sequence[str] | None = Non
         cols = [c for v in verifiers for c in cols if c[1] == v]
     if not cols:
         raise DataError(f"{path}: no verifier columns (<name>_scores or <name>_verdicts) found.")
+    _check_list_cells(path, rows, [*_LIST_COLUMNS, *(c for c, _, _ in cols)])
     P = len(rows)
     answers, correct, instr, samples = [], [], [], []
     with_correct = [p for p, r in enumerate(rows) if not _missing_cell(r.get("answer_correct"))]
