@@ -144,6 +144,19 @@ def test_labeling_functions_applied_in_parallel_and_cached(tmp_path):
     assert lf_fingerprint(lf_subscribe) != lf_fingerprint(lf_check_out)
 
 
+@pytest.mark.parametrize(("ret", "match"), [
+    (False, "a boolean is not a vote"),        # int(False) == 0: "does not apply" became a class-0 vote
+    (0.7, "not a whole number"),               # int(0.7) == 0: a score became a class-0 vote
+    (None, "None is not a vote; return -1"),
+    ("spam", "not a class id"),
+])
+def test_labeling_function_return_values_are_read_strictly(ret, match):
+    with pytest.raises(DataError, match=f"returned {ret!r} for example 0: {match}"):
+        apply_lfs([lambda text: ret], ["a", "b"], progress=False)
+    ok = apply_lfs([lambda text: 1.0, lambda text: np.int64(0), lambda text: -1], ["a", "b"], progress=False)
+    assert ok.tolist() == [[1, 0, -1], [1, 0, -1]]
+
+
 def test_datamodule_with_labeling_functions():
     dm = PseudoLabelDataModule("youtube", label_model="majority_vote",
                                labeling_functions=[lf_subscribe, lf_check_out, lf_short], batch_size=8)

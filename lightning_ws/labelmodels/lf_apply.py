@@ -49,15 +49,34 @@ def data_fingerprint(examples: Sequence[Any]) -> str:
     return h.hexdigest()[:24]
 
 
+def _vote(value: Any) -> int:
+    """An LF's return value as a vote. Strict where ``int()`` is lenient: ``int(0.7)`` is 0 (a score read as a vote
+    for class 0) and ``int(False)`` is 0 (an LF's "does not apply" read as a vote for class 0)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError("a boolean is not a vote (False would count as a vote for class 0); return the class id "
+                        "when the LF fires and -1 (abstain) otherwise")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        raise TypeError("not a whole number (a score or probability?); threshold it into a class id or -1")
+    if value is None:
+        raise TypeError("None is not a vote; return -1 to abstain")
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise TypeError("not a class id; return a class id (0..k-1) or -1 (abstain)")
+
+
 def _apply_one(lf: Callable[..., Any], examples: Sequence[Any]) -> np.ndarray:
     out = np.empty(len(examples), dtype=np.int64)
     for i, ex in enumerate(examples):
         value = lf(ex)
         try:
-            out[i] = int(value)
-        except (TypeError, ValueError):
-            raise DataError(f"labeling function {getattr(lf, '__name__', lf)!r} returned {value!r} for example {i}; "
-                            f"it must return a class id or -1 (abstain).") from None
+            out[i] = _vote(value)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"labeling function {getattr(lf, '__name__', lf)!r} returned {value!r} for example {i}: "
+                            f"{err}.") from None
     return out
 
 
