@@ -426,6 +426,22 @@ def test_lf_analysis_hand_computed():
     assert isinstance(t, wandb.Table) and t.columns[0] == "lf" and len(t.data) == 3
 
 
+def test_lf_analysis_rows_without_gold_labels():
+    # y = -1 (an unlabelled row, as load_wrench(..., allow_unlabeled=True) gives) counted every vote on it as
+    # incorrect; float and out-of-range labels were accepted without a word (session 38)
+    L = np.array([[0, -1, 0], [1, 0, -1], [-1, -1, -1], [1, 1, 1], [0, 0, 1]])
+    y = np.array([0, 1, 1, 1, -1])
+    a = LFAnalysis(L, y, lf_names=["a", "b", "c"])
+    np.testing.assert_allclose(a.emp_acc, [1.0, 0.5, 1.0])  # row 4's votes count neither way
+    assert a.correct.tolist() == [3, 1, 2] and a.incorrect.tolist() == [0, 1, 0] and a.labelled_rows == 4
+    assert "rows with a gold label (emp_acc): 4" in a.to_table()
+    np.testing.assert_allclose(LFAnalysis(L, y.astype(float)).emp_acc, a.emp_acc)
+    with pytest.raises(DataError, match="integer class ids"):
+        LFAnalysis(L, y + 0.5)
+    with pytest.raises(DataError, match=r"y holds labels -1..2; gold labels are class ids 0..1"):
+        LFAnalysis(L, np.array([0, 1, 2, 1, -1]), num_classes=2)
+
+
 def test_youtube_majority_vote_matches_direct_computation():
     tr, te = load_wrench("youtube", "train"), load_wrench("youtube", "test")
     mv = MajorityVote().fit(tr.weak_labels, "uniform")
@@ -488,6 +504,23 @@ def test_cli_skips_models_that_refuse_the_matrix_and_runs_the_rest(tmp_path, cap
         cli_main([str(tmp_path), "--models", "mm", "--no-analysis"])
     with pytest.raises(DataError, match="no label model could be fitted.*moment_matching: .*triplet: "):
         cli_main([str(tmp_path), "--models", "mm,triplet", "--no-analysis"])
+
+
+def test_cli_lf_analysis_on_a_partly_labelled_train_split(tmp_path, capsys):
+    # with some train rows unlabelled the table had no emp_acc at all; it now counts the labelled rows only
+    from tests.helpers.wrench import youtube_without_train_labels
+
+    youtube_without_train_labels(tmp_path / "yt")
+    rows = json.loads((tmp_path / "yt" / "train.json").read_text())
+    gold = load_wrench("youtube", "train")
+    for i, row in enumerate(rows.values()):
+        if i % 2:
+            row["label"] = int(gold.labels[i])
+    (tmp_path / "yt" / "train.json").write_text(json.dumps(rows))
+    assert cli_main([str(tmp_path / "yt"), "--models", "mv", "--output", str(tmp_path / "res.json")]) == 0
+    assert "(emp_acc uses the gold labels of 793 of 1586 rows)" in capsys.readouterr().out
+    got = [r["emp_acc"] for r in json.loads((tmp_path / "res.json").read_text())["lf_analysis"]]
+    np.testing.assert_allclose(got, LFAnalysis(gold.weak_labels[1::2], gold.labels[1::2]).emp_acc)
 
 
 def test_cli_fits_an_unlabelled_train_split(tmp_path, capsys):

@@ -77,9 +77,14 @@ class WrenchSplit:
 
     @property
     def complete_labels(self) -> np.ndarray | None:
-        """``labels`` when every row has a gold label, else ``None`` (e.g. for ``LFAnalysis``, whose empirical
-        accuracies would otherwise count unlabelled rows as errors)."""
+        """``labels`` when every row has a gold label, else ``None``."""
         return self.labels if bool(self.has_gold.all()) else None
+
+    @property
+    def gold_labels(self) -> np.ndarray | None:
+        """``labels`` (``-1`` on rows without one) when some row has a gold label, else ``None``: what
+        ``LFAnalysis`` takes for its empirical accuracies, which count the labelled rows only."""
+        return self.labels if bool(self.has_gold.any()) else None
 
     @property
     def n(self) -> int:

@@ -219,7 +219,7 @@ class ProgramLabelDataModule(TextClassificationDataModule):
             L_all = np.hstack([m for m, _ in parts])
             names = [n for m, ns in parts for n in (ns if len(ns) == m.shape[1] else
                                                      [f"lf_{i}" for i in range(m.shape[1])])]
-            self.lf_analysis = LFAnalysis(L_all, data.complete_labels, lf_names=names,
+            self.lf_analysis = LFAnalysis(L_all, data.gold_labels, lf_names=names,
                                           num_classes=self.num_classes).summary()
         rank_zero_info("[ProgramLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in report.items()
                                                                    if k != "sandbox_layers"))

@@ -275,7 +275,7 @@ class PseudoLabelDataModule(TextClassificationDataModule):
         }
         from lightning_ws.labelmodels.matrix import LFAnalysis
 
-        self.lf_analysis = LFAnalysis(L, data.complete_labels, lf_names=names,
+        self.lf_analysis = LFAnalysis(L, data.gold_labels, lf_names=names,
                                       num_classes=self.num_classes).summary()  # W&B's LF table (wandb_training.py)
         rank_zero_info("[PseudoLabelDataModule] " + ", ".join(f"{k}={v}" for k, v in self.label_model_report.items()))
         return rows, labels, extras

@@ -123,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         cb = args.class_balance
     if valid is not None and not valid.has_gold.any():
         raise ConfigError("--class-balance dev needs gold labels on the valid split; it has none. Use estimated.")
-    analysis = (LFAnalysis(train.weak_labels, train.complete_labels, lf_names=train.lf_names, num_classes=k)
+    analysis = (LFAnalysis(train.weak_labels, train.gold_labels, lf_names=train.lf_names, num_classes=k)
                 if args.output or not args.no_analysis else None)  # built once for the table and the JSON
     if not args.no_analysis:
-        gold = train.complete_labels is not None
+        n_gold = int(train.has_gold.sum())
         print(f"LF analysis, {train.name} train split"
-              + (" (emp_acc uses gold labels):" if gold else " (no gold train labels: no emp_acc):"))
+              + (" (emp_acc uses gold labels):" if n_gold == train.n else
+                 f" (emp_acc uses the gold labels of {n_gold} of {train.n} rows):" if n_gold else
+                 " (no gold train labels: no emp_acc):"))
         print(analysis.to_table())
         print()
     # LFs that never vote on train leave every per-LF parameter undefined: the single models refuse them, so they

@@ -348,11 +348,12 @@ class LFAnalysis:
     Definitions follow Snorkel's ``LFAnalysis`` (arXiv 1711.10160): *coverage* is the fraction of rows where the LF
     votes, *overlaps* the fraction where it votes and at least one other LF votes, *conflicts* the fraction where it
     votes and another LF votes a different class, *polarity* the sorted set of classes it emits. With gold labels,
-    *correct*/*incorrect* count its votes and *emp_acc* is correct / votes (NaN for an LF that never votes).
+    *correct*/*incorrect* count its votes on rows with a gold label and *emp_acc* is correct / those votes (NaN for
+    an LF that never votes there).
 
     Args:
         L: ``n x m`` label matrix (``-1`` = abstain).
-        y: optional gold labels ``(n,)``.
+        y: optional gold labels ``(n,)``; ``-1`` marks a row without one (it counts for no LF's accuracy).
         lf_names: optional LF names (default ``lf_00``, ``lf_01``...).
         num_classes: ``k`` (inferred when ``None``).
         cluster_threshold: firing-correlation threshold of the dependency clusters (:func:`lf_clusters`).
@@ -410,15 +411,30 @@ class LFAnalysis:
         self.correct: np.ndarray | None = None
         self.incorrect: np.ndarray | None = None
         self.emp_acc: np.ndarray | None = None
+        self.labelled_rows: int | None = None
         if y is not None:
             yv = np.asarray(_to_numpy(y, "y")).reshape(-1)
             if yv.shape[0] != n:
                 raise DataError(f"y has {yv.shape[0]} labels but L has {n} rows.")
-            corr = (L == yv[:, None]) & votes
-            self.correct = corr.sum(axis=0)
-            self.incorrect = votes.sum(axis=0) - self.correct
+            if yv.dtype.kind == "f" and np.isfinite(yv).all() and (yv == np.round(yv)).all():
+                yv = yv.astype(np.int64)
+            if yv.dtype.kind not in "iu":
+                raise DataError(f"y must hold integer class ids (-1 for a row without a gold label), got dtype "
+                                f"{yv.dtype}.")
+            high = num_classes if num_classes is not None else None
+            if yv.size and (yv.min() < ABSTAIN or (high is not None and yv.max() >= high)):
+                raise DataError(f"y holds labels {int(yv.min())}..{int(yv.max())}; gold labels are class ids "
+                                f"0..{(high or k) - 1}, or -1 for a row without one.")
+            # rows without a gold label (-1, e.g. an unlabelled WRENCH train split) count neither way; before
+            # session 38 every vote on them counted as incorrect
+            labelled = yv != ABSTAIN
+            scored = votes & labelled[:, None]
+            self.correct = ((L == yv[:, None]) & scored).sum(axis=0)
+            self.incorrect = scored.sum(axis=0) - self.correct
+            #: rows with a gold label (``y != -1``): the rows ``correct`` / ``incorrect`` / ``emp_acc`` count
+            self.labelled_rows = int(labelled.sum())
             with np.errstate(invalid="ignore", divide="ignore"):
-                self.emp_acc = self.correct / votes.sum(axis=0)
+                self.emp_acc = self.correct / scored.sum(axis=0)
 
     def summary(self) -> list[dict[str, Any]]:
         """One dict per LF: ``lf, polarity, coverage, overlaps, conflicts`` (+ ``correct, incorrect, emp_acc``)."""
@@ -469,7 +485,9 @@ class LFAnalysis:
         lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)),
                  "  ".join("-" * w for w in widths)]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-        lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}")
+        lines.append(f"n={self.n}  m={self.m}  rows with at least one vote: {self.total_coverage:.4f}"
+                     + (f"  rows with a gold label (emp_acc): {self.labelled_rows}"
+                        if self.labelled_rows is not None and self.labelled_rows < self.n else ""))
         if self.constant_lfs:
             lines.append(f"LFs voting one class on every row (no information about the class; auto ignores them): "
                          f"{self.constant_lfs}")
