@@ -175,7 +175,7 @@ class MetalCompat(MuLabelModel):
                 self.class_balance_ = np.full(k, 1.0 / k)
             self.fit_report_["class_balance_estimator"] = self.class_balance_estimator
         p = np.asarray(self.class_balance_, dtype=np.float64)
-        if (p == 0).any():
+        if (p < 1e-9).any():  # an entry given as 0 (resolve_class_balance floors it at 1e-12)
             p = np.clip(p, 0.01, 0.99)
             p = p / p.sum()
             self.fit_report_["class_balance_clipped"] = True
