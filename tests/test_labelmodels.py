@@ -442,6 +442,22 @@ def test_lf_analysis_rows_without_gold_labels():
         LFAnalysis(L, np.array([0, 1, 2, 1, -1]), num_classes=2)
 
 
+@pytest.mark.parametrize("name", ["majority_vote", "dawid_skene", "moment_matching", "triplet", "auto"])
+def test_fits_do_not_depend_on_row_column_or_class_order(name):
+    # the same matrix with its rows shuffled, its LF columns shuffled or its class ids relabelled is the same data
+    # (metamorphic check of session 38, on a real matrix)
+    L = load_wrench("youtube", "train").weak_labels
+    rng = np.random.default_rng(38)
+    ref = make_label_model(name, seed=0).fit(L).predict_proba(L)
+    rows, cols = rng.permutation(L.shape[0]), rng.permutation(L.shape[1])
+    np.testing.assert_allclose(make_label_model(name, seed=0).fit(L[rows]).predict_proba(L), ref, atol=1e-9)
+    np.testing.assert_allclose(make_label_model(name, seed=0).fit(L[:, cols]).predict_proba(L[:, cols]), ref,
+                               atol=1e-9)
+    flipped = np.where(L >= 0, 1 - L, -1)
+    np.testing.assert_allclose(make_label_model(name, seed=0).fit(flipped).predict_proba(flipped)[:, ::-1], ref,
+                               atol=1e-9)
+
+
 def test_youtube_majority_vote_matches_direct_computation():
     tr, te = load_wrench("youtube", "train"), load_wrench("youtube", "test")
     mv = MajorityVote().fit(tr.weak_labels, "uniform")
