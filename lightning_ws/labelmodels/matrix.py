@@ -421,10 +421,9 @@ class LFAnalysis:
             if yv.dtype.kind not in "iu":
                 raise DataError(f"y must hold integer class ids (-1 for a row without a gold label), got dtype "
                                 f"{yv.dtype}.")
-            high = num_classes if num_classes is not None else None
-            if yv.size and (yv.min() < ABSTAIN or (high is not None and yv.max() >= high)):
+            if yv.size and (yv.min() < ABSTAIN or (num_classes is not None and yv.max() >= num_classes)):
                 raise DataError(f"y holds labels {int(yv.min())}..{int(yv.max())}; gold labels are class ids "
-                                f"0..{(high or k) - 1}, or -1 for a row without one.")
+                                f"0..{k - 1}, or -1 for a row without one.")
             # rows without a gold label (-1, e.g. an unlabelled WRENCH train split) count neither way; before
             # session 38 every vote on them counted as incorrect
             labelled = yv != ABSTAIN
