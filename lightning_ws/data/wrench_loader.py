@@ -76,11 +76,6 @@ class WrenchSplit:
         return self.labels >= 0
 
     @property
-    def complete_labels(self) -> np.ndarray | None:
-        """``labels`` when every row has a gold label, else ``None``."""
-        return self.labels if bool(self.has_gold.all()) else None
-
-    @property
     def gold_labels(self) -> np.ndarray | None:
         """``labels`` (``-1`` on rows without one) when some row has a gold label, else ``None``: what
         ``LFAnalysis`` takes for its empirical accuracies, which count the labelled rows only."""

@@ -83,8 +83,8 @@ def resolve_class_balance(class_balance: Any, k: int, dev_y: np.ndarray | None) 
 
     ``None`` means ``"dev"`` when ``dev_y`` is given, else ``"estimated"``. ``"estimated"`` returns ``p=None``
     (the model estimates it). An array must have ``k`` non-negative entries summing to 1 (within 1e-3; it is then
-    renormalised, and a zero entry is floored at 1e-12). ``"dev"`` uses ``(count_c + 1) / (n_dev + k)``: add-one smoothing that, unlike WRENCH's
-    ``(count + 1) / n`` helper, sums to 1.
+    renormalised, and a zero entry is floored at 1e-12). ``"dev"`` uses ``(count_c + 1) / (n_dev + k)``: add-one
+    smoothing that, unlike WRENCH's ``(count + 1) / n`` helper, sums to 1.
     """
     if class_balance is None:
         class_balance = "dev" if dev_y is not None else "estimated"
