@@ -57,13 +57,26 @@ def save_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
 
 
 def load_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, with an error that names the file when it is missing."""
+    """Read a JSON file, with an error that names the file when it is missing or not JSON.
+
+    A UTF-8 byte-order mark (what some Windows editors write) is skipped. Malformed JSON raises ``DataError`` naming
+    ``file:line:column``.
+    """
+    from lightning_ws.errors import DataError
+
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"JSON file not found: {path}. Check the path (relative paths are resolved "
                                     f"from the current directory {Path.cwd()}).")
-    with path.open("r", encoding="utf-8") as fh:
-        return json.load(fh)
+    with path.open("r", encoding="utf-8-sig") as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg}). Fix the file there (a "
+                            f"truncated copy or a hand edit is the usual cause).") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); JSON files must be "
+                            f"UTF-8. Re-save it as UTF-8.") from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
@@ -128,18 +141,23 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Read a JSON-lines file (blank lines skipped); a malformed line raises ``DataError`` naming ``file:line``."""
+    """Read a JSON-lines file (blank lines skipped; a UTF-8 byte-order mark at the start is skipped); a malformed
+    line raises ``DataError`` naming ``file:line``."""
     from lightning_ws.errors import DataError
 
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"JSONL file not found: {path}.")
     rows = []
-    with path.open("r", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+    with path.open("r", encoding="utf-8-sig") as fh:
+        try:
+            for i, line in enumerate(fh):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{i + 1}: not valid JSON ({err.msg}).") from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err.reason}, after line {len(rows)}); JSON-lines files must "
+                            f"be UTF-8. Re-save it as UTF-8.") from None
     return rows

@@ -55,6 +55,36 @@ def test_wrench_user_folder_and_errors(tmp_path):
         load_wrench("youtube", "dev")  # type: ignore[arg-type]
 
 
+def test_wrench_files_with_a_byte_order_mark_load_and_malformed_json_is_named(tmp_path):
+    # a train.json saved by a Windows editor starts with a UTF-8 byte-order mark; json.load raised "Unexpected UTF-8
+    # BOM" as a bare traceback, and a truncated file a bare JSONDecodeError (session 39)
+    rows = {"a": {"data": {"text": "hi"}, "label": "ham", "weak_labels": [0, -1]},
+            "b": {"data": {"text": "buy"}, "label": "spam", "weak_labels": [1, 1]}}
+    (tmp_path / "train.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows).encode("utf-8"))
+    (tmp_path / "label.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"0": "ham", "1": "spam"}).encode("utf-8"))
+    d = load_wrench(tmp_path, "train")
+    assert d.labels.tolist() == [0, 1] and d.weak_labels.tolist() == [[0, -1], [1, 1]]
+    (tmp_path / "test.json").write_text(json.dumps(rows)[:-7])  # truncated
+    with pytest.raises(DataError, match=r"test\.json:1:\d+: not valid JSON"):
+        load_wrench(tmp_path, "test")
+    (tmp_path / "valid.json").write_bytes(json.dumps(rows).replace("buy", "b\\u00fcy").encode("utf-8")
+                                          .replace(b"\\u00fc", b"\xfc"))  # a Latin-1 byte in UTF-8 text
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        load_wrench(tmp_path, "valid")
+
+
+def test_json_readers_skip_a_byte_order_mark(tmp_path):
+    from lightning_ws.io import load_json, read_jsonl
+
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf{\"x\": 1}")
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf{\"x\": 1}\n\n{\"x\": 2}\n")
+    assert load_json(tmp_path / "a.json") == {"x": 1}
+    assert read_jsonl(tmp_path / "b.jsonl") == [{"x": 1}, {"x": 2}]
+    (tmp_path / "c.jsonl").write_bytes(b"{\"x\": 1}\n{\"x\": \"\xff\"}\n")
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_jsonl(tmp_path / "c.jsonl")
+
+
 def test_wrench_labels_and_label_json_are_read_strictly(tmp_path):
     # int(1.5) is 1 and a label.json with a gap raised a bare KeyError (session 37): labels are whole numbers or
     # class names, label.json maps exactly 0..k-1 (a JSON list of names is accepted)

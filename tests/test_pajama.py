@@ -69,6 +69,32 @@ def test_shipped_preference_sets_and_splits():
         load_preferences("nope")
 
 
+def test_user_preference_file_reads_preferred_strictly(tmp_path):
+    # "A" / 1 / "response_a" were read as "no gold preference" without a word, and a malformed line raised a bare
+    # JSONDecodeError (session 39)
+    from lightning_ws.errors import DataError
+
+    def write(prefs, prefix=b""):
+        rows = [{"id": str(i), "query": "q", "response_a": "x", "response_b": "yy", "preferred": p}
+                for i, p in enumerate(prefs)]
+        path = tmp_path / "p.jsonl"
+        path.write_bytes(prefix + "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"))
+        return path
+
+    d = load_preferences(write(["a", "B", " b ", None, "tie", ""], prefix=b"\xef\xbb\xbf"))
+    assert d.y.tolist() == [0, 1, 1, -1, -1, -1] and d.ids[0] == "0"
+    for bad in (1, "response_a", 0.5):
+        with pytest.raises(DataError, match=r"p\.jsonl:2: preferred is"):
+            load_preferences(write(["a", bad]))
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "0", "query": "q", "response_a": "x", "response_b": "y", "preferred": "a"}\n{"id": \n')
+    with pytest.raises(DataError, match=r"q\.jsonl:2: not valid JSON"):
+        load_preferences(path)
+    path.write_text('["0", "q", "x", "y", "a"]\n')
+    with pytest.raises(DataError, match=r"q\.jsonl:1: expected a JSON object"):
+        load_preferences(path)
+
+
 def test_handwritten_judges_are_labelled_valid_and_cover_every_rubric():
     progs = handwritten_judges()
     assert len(progs) == 20 and all(p.valid for p in progs)

@@ -13,6 +13,7 @@ import numpy as np
 
 from lightning_ws.data._common import ABSTAIN, DATA_DIR, SHIPPED_WRENCH, _require_file
 from lightning_ws.errors import DataError, DataFileNotFoundError
+from lightning_ws.io import load_json
 
 __all__ = [
     "RuleCheck",
@@ -187,7 +188,7 @@ def _class_names(label_file: Path) -> list[str] | None:
     if not label_file.is_file():
         return None
     try:
-        mapping = json.loads(label_file.read_text(encoding="utf-8"))
+        mapping = json.loads(label_file.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataError(f"{label_file} is not valid JSON ({err}); it should map class ids to names, e.g. "
                         f'{{"0": "ham", "1": "spam"}}.') from None
@@ -274,8 +275,7 @@ def load_wrench(name_or_path: str | Path = "youtube", split: Split = "train", *,
         raise DataError(f"split must be 'train', 'valid' or 'test', got {split!r}.")
     name, folder = _wrench_dir(name_or_path)
     path = _require_file(folder / f"{split}.json", f"WRENCH {split} split")
-    with path.open("r", encoding="utf-8") as fh:
-        raw = json.load(fh)
+    raw = load_json(path)  # a byte-order mark is skipped; malformed JSON names file:line:column
     if not isinstance(raw, dict) or not raw:
         raise DataError(f"{path}: expected a non-empty JSON object mapping ids to examples.")
     class_names = _class_names(folder / "label.json")

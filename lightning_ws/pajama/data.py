@@ -80,16 +80,38 @@ class PreferencePairs:
 
 
 def _open(path: Path) -> Any:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    # utf-8-sig: a byte-order mark at the start of the file (some Windows editors write one) is skipped
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(path, encoding="utf-8-sig")
+
+
+#: ``preferred`` values that mean "no gold preference" (the pair is kept, its label is -1).
+_UNKNOWN_PREFERENCE = ("", "none", "null", "unknown", "tie", "?")
+
+
+def _preference(value: object, path: Path, ln: int) -> int:
+    """0 for A, 1 for B, -1 for no gold preference; anything else is refused (it was read as unknown before)."""
+    if value is None:
+        return -1
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("a", "b"):
+            return 0 if v == "a" else 1
+        if v in _UNKNOWN_PREFERENCE:
+            return -1
+    raise DataError(f"{path}:{ln}: preferred is {value!r}; write \"a\" or \"b\" (the preferred response), or null / "
+                    f"\"tie\" for a pair without a gold preference. (0/1 and other labels are not guessed: 1 could "
+                    f"mean either response.)")
 
 
 def load_preferences(name_or_path: str | Path, *, limit: int | None = None) -> PreferencePairs:
     """Load a shipped set (``hh_rlhf``, ``pandalm_test``, ``llmbar``) or a JSONL file with the fields ``id``,
-    ``query``, ``response_a``, ``response_b`` and ``preferred`` (``a`` | ``b``; anything else = unknown).
+    ``query``, ``response_a``, ``response_b`` and ``preferred`` (``a`` | ``b``, any case; ``null``, missing,
+    ``""``, ``"tie"``, ``"unknown"`` = no gold preference, label -1).
 
     Raises:
         DataFileNotFoundError: unknown name / missing file.
-        DataError: a row misses a field.
+        DataError: a row misses a field, is not a JSON object or not JSON, or its ``preferred`` is another value
+            (``1``, ``"response_a"``: before session 39 these were silently read as unknown).
     """
     name = str(name_or_path)
     if name in DATASETS:
@@ -105,7 +127,13 @@ def load_preferences(name_or_path: str | Path, *, limit: int | None = None) -> P
         for ln, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{ln}: not valid JSON ({err.msg}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{ln}: expected a JSON object with id, query, response_a, response_b and "
+                                f"preferred; got {type(row).__name__}.")
             try:
                 ids.append(str(row["id"]))
                 qs.append(str(row["query"]))
@@ -114,8 +142,7 @@ def load_preferences(name_or_path: str | Path, *, limit: int | None = None) -> P
             except KeyError as err:
                 raise DataError(f"{path}:{ln}: missing field {err}; rows need id, query, response_a, response_b "
                                 f"and preferred.") from None
-            pref = row.get("preferred")
-            ys.append(0 if pref == "a" else 1 if pref == "b" else -1)
+            ys.append(_preference(row.get("preferred"), path, ln))
             subs.append(str(row.get("subset", "")))
             extra.append({k: v for k, v in row.items()
                           if k not in ("id", "query", "response_a", "response_b", "preferred", "subset")})
