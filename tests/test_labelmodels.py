@@ -30,7 +30,7 @@ from lightning_ws.labelmodels import (
     validate_label_matrix,
 )
 from lightning_ws.labelmodels.cli import main as cli_main
-from lightning_ws.labelmodels.matrix import overlap_matrix
+from lightning_ws.labelmodels.matrix import covered_mask, overlap_matrix
 
 ACC = np.array([0.62, 0.68, 0.72, 0.78, 0.83, 0.88, 0.92, 0.65])
 COV = np.array([0.9, 0.5, 0.7, 0.35, 0.6, 0.8, 0.4, 0.55])
@@ -735,3 +735,32 @@ def test_single_thread_blas_limits_and_restores():
     with single_thread_blas():
         assert blas_threads() == [1] * len(before)
     assert blas_threads() == before
+
+
+def test_score_like_snorkel_with_abstains_counted_and_unlabelled_rows_left_out():
+    from sklearn.metrics import f1_score
+
+    d = load_wrench("youtube", "train")
+    L, y = d.weak_labels, d.labels
+    mv = make_label_model("mv", seed=0).fit(L)
+    pred = mv.predict(L)
+    s = mv.score(L, y, metrics=("accuracy", "f1", "coverage"))
+    assert s["accuracy"] == pytest.approx((pred == y).mean()) and s["coverage"] == 1.0
+    assert s["f1"] == pytest.approx(f1_score(y, pred))
+    y2 = y.copy()
+    y2[:100] = -1  # rows without a gold label are left out, not counted wrong
+    assert mv.score(L, y2)["accuracy"] == pytest.approx((pred[100:] == y[100:]).mean())
+    p_ab = mv.predict(L, abstain_uncovered=True)
+    s_ab = mv.score(L, y, ("accuracy", "coverage"), abstain_uncovered=True)
+    assert s_ab["coverage"] == pytest.approx(covered_mask(L).mean()) and s_ab["coverage"] < 1.0
+    assert s_ab["accuracy"] == pytest.approx((p_ab == y).mean())  # an abstained row counts as wrong
+    assert mv.score(L, np.full(len(y), -1))["accuracy"] != mv.score(L, np.full(len(y), -1))["accuracy"]  # NaN
+    assert mv.score(L, y.astype(float), "accuracy") == {"accuracy": s["accuracy"]}
+    with pytest.raises(ConfigError, match="metrics must name"):
+        mv.score(L, y, ("auc",))
+    with pytest.raises(DataError, match="y holds labels"):
+        mv.score(L, np.where(y == 1, 2, y))
+    with pytest.raises(DataError, match="labels but L has"):
+        mv.score(L, y[:-1])
+    with pytest.raises(ConfigError, match="pos_label"):
+        mv.score(L, y, ("f1",), pos_label=2)

@@ -35,18 +35,41 @@ from lightning_ws.labelmodels.matrix import (
     _row_chunks,
     _to_numpy,
     covered_mask,
+    validate_gold_labels,
     validate_label_matrix,
     vote_counts,
 )
 
-__all__ = ["LabelModel", "TIE_BREAKS", "CLASS_BALANCE_MODES", "resolve_class_balance", "probs_to_preds"]
+__all__ = ["LabelModel", "TIE_BREAKS", "CLASS_BALANCE_MODES", "SCORE_METRICS", "resolve_class_balance", "probs_to_preds",
+           "score_predictions"]
 
 #: Tie policies accepted by :meth:`LabelModel.predict`.
 TIE_BREAKS = ("random", "first", "prior", "abstain")
 #: String modes accepted as ``class_balance``.
 CLASS_BALANCE_MODES = ("uniform", "dev", "estimated")
+#: Metrics accepted by :meth:`LabelModel.score` and :func:`score_predictions`.
+SCORE_METRICS = ("accuracy", "f1", "coverage")
 _FORMAT_VERSION = 1
 _REGISTRY: dict[str, type[LabelModel]] = {}
+
+
+def score_predictions(y_true: Any, y_pred: Any, metric: str, pos_label: int = 1) -> float:
+    """``accuracy``, binary ``f1`` of ``pos_label`` or ``coverage`` (fraction of rows with a prediction) of hard
+    labels; a prediction of ``-1`` counts as wrong / not positive (it is not dropped). NaN on zero rows."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    if metric not in SCORE_METRICS:
+        raise ConfigError(f"metric must be one of {SCORE_METRICS}, got {metric!r}.")
+    if y_true.size == 0:
+        return float("nan")
+    if metric == "accuracy":
+        return float((y_true == y_pred).mean())
+    if metric == "coverage":
+        return float((y_pred != ABSTAIN).mean())
+    tp = float(((y_pred == pos_label) & (y_true == pos_label)).sum())
+    fp = float(((y_pred == pos_label) & (y_true != pos_label)).sum())
+    fn = float(((y_pred != pos_label) & (y_true == pos_label)).sum())
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def single_thread_blas() -> Any:
@@ -481,6 +504,38 @@ class LabelModel(ABC):
         if abstain_uncovered:
             pred[~self._covered_rows(L)] = ABSTAIN
         return (pred, ties) if return_ties else pred
+
+    def score(self, L: Any, y: Any, metrics: Sequence[str] = ("accuracy",), tie_break: str = "random", *,
+              pos_label: int = 1, abstain_uncovered: bool = False) -> dict[str, float]:
+        """Score the hard labels of :meth:`predict` against gold labels (snorkel's ``LabelModel.score``).
+
+        Args:
+            L: label matrix.
+            y: gold labels ``(n,)``; rows with ``-1`` (no gold label) are left out.
+            metrics: any of ``"accuracy"``, ``"f1"`` (binary F1 of ``pos_label``) and ``"coverage"`` (fraction of
+                the scored rows with a prediction other than ``-1``).
+            tie_break, abstain_uncovered: as in :meth:`predict`.
+            pos_label: positive class of ``"f1"``.
+
+        Returns:
+            ``{metric: value}``; NaN when no row has a gold label.
+
+        Unlike snorkel (``tie_break_policy="abstain"``, abstained predictions dropped before scoring), a ``-1``
+        prediction counts as wrong here: accuracy on the rows a model chooses to label flatters the model that
+        abstains most. Snorkel's figure is ``score(L, y, tie_break="abstain", abstain_uncovered=True)`` restricted
+        to the rows where :meth:`predict` returns a label; ``coverage`` says how many those are.
+        """
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        bad = [m for m in metrics if m not in SCORE_METRICS]
+        if bad or not metrics:
+            raise ConfigError(f"metrics must name one or more of {SCORE_METRICS}, got {metrics!r}.")
+        pred = self.predict(L, tie_break, abstain_uncovered=abstain_uncovered)
+        self._check_fitted()
+        yv = validate_gold_labels(y, pred.shape[0], self.k_, self.k_)
+        if "f1" in metrics and not 0 <= pos_label < self.k_:
+            raise ConfigError(f"pos_label must be a class id in 0..{self.k_ - 1}, got {pos_label!r}.")
+        keep = yv != ABSTAIN
+        return {m: score_predictions(yv[keep], pred[keep], m, pos_label) for m in metrics}
 
     # -- LF parameters ------------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 from lightning_ws.labelmodels.base import TIE_BREAKS
+from lightning_ws.labelmodels.base import score_predictions as score
 from lightning_ws.labelmodels.factory import LABEL_MODEL_NAMES, make_label_model
 from lightning_ws.labelmodels.matrix import LFAnalysis, _column_vote_counts, covered_mask
 
@@ -23,22 +24,6 @@ __all__ = ["build_parser", "main", "score"]
 
 #: WRENCH sets whose benchmark metric is F1 of class 1 (the WRENCH paper's convention); the rest use accuracy.
 WRENCH_F1_SETS = frozenset({"sms", "spouse", "cdr", "census", "basketball", "tennis", "commercial"})
-
-
-def score(y_true: np.ndarray, y_pred: np.ndarray, metric: str, pos_label: int = 1) -> float:
-    """``accuracy`` or binary ``f1`` of ``pos_label`` (a prediction of ``-1`` counts as wrong / not positive)."""
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if y_true.size == 0:
-        return float("nan")
-    if metric == "accuracy":
-        return float((y_true == y_pred).mean())
-    if metric == "f1":
-        tp = float(((y_pred == pos_label) & (y_true == pos_label)).sum())
-        fp = float(((y_pred == pos_label) & (y_true != pos_label)).sum())
-        fn = float(((y_pred != pos_label) & (y_true == pos_label)).sum())
-        return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
-    raise ConfigError(f"metric must be 'accuracy' or 'f1', got {metric!r}.")
 
 
 def build_parser() -> argparse.ArgumentParser:

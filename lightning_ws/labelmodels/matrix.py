@@ -17,6 +17,7 @@ import numpy as np
 from lightning_ws.errors import DataError
 
 __all__ = [
+    "validate_gold_labels",
     "ABSTAIN",
     "validate_label_matrix",
     "covered_mask",
@@ -342,6 +343,27 @@ def overlap_matrix(L: np.ndarray, k: int) -> np.ndarray:
     return O / n
 
 
+def validate_gold_labels(y: Any, n: int, num_classes: int | None, k: int, name: str = "y") -> np.ndarray:
+    """``y`` as an int64 ``(n,)`` array of gold class ids, ``-1`` for a row without a gold label.
+
+    Whole-number floats are accepted (a pandas column with NaN elsewhere comes as float); anything else, labels under
+    ``-1`` and (when ``num_classes`` is given) labels ``>= num_classes`` raise :class:`DataError`; ``k`` is the class
+    count the message names.
+    """
+    yv = np.asarray(_to_numpy(y, name)).reshape(-1)
+    if yv.shape[0] != n:
+        raise DataError(f"{name} has {yv.shape[0]} labels but L has {n} rows.")
+    if yv.dtype.kind == "f" and np.isfinite(yv).all() and (yv == np.round(yv)).all():
+        yv = yv.astype(np.int64)
+    if yv.dtype.kind not in "iu":
+        raise DataError(f"{name} must hold integer class ids (-1 for a row without a gold label), got dtype "
+                        f"{yv.dtype}.")
+    if yv.size and (yv.min() < ABSTAIN or (num_classes is not None and yv.max() >= num_classes)):
+        raise DataError(f"{name} holds labels {int(yv.min())}..{int(yv.max())}; gold labels are class ids "
+                        f"0..{k - 1}, or -1 for a row without one.")
+    return yv.astype(np.int64)
+
+
 class LFAnalysis:
     """Per-LF summary statistics of a label matrix (coverage, overlaps, conflicts, polarity, empirical accuracy).
 
@@ -413,17 +435,7 @@ class LFAnalysis:
         self.emp_acc: np.ndarray | None = None
         self.labelled_rows: int | None = None
         if y is not None:
-            yv = np.asarray(_to_numpy(y, "y")).reshape(-1)
-            if yv.shape[0] != n:
-                raise DataError(f"y has {yv.shape[0]} labels but L has {n} rows.")
-            if yv.dtype.kind == "f" and np.isfinite(yv).all() and (yv == np.round(yv)).all():
-                yv = yv.astype(np.int64)
-            if yv.dtype.kind not in "iu":
-                raise DataError(f"y must hold integer class ids (-1 for a row without a gold label), got dtype "
-                                f"{yv.dtype}.")
-            if yv.size and (yv.min() < ABSTAIN or (num_classes is not None and yv.max() >= num_classes)):
-                raise DataError(f"y holds labels {int(yv.min())}..{int(yv.max())}; gold labels are class ids "
-                                f"0..{k - 1}, or -1 for a row without one.")
+            yv = validate_gold_labels(y, n, num_classes, k)
             # rows without a gold label (-1, e.g. an unlabelled WRENCH train split) count neither way; before
             # session 38 every vote on them counted as incorrect
             labelled = yv != ABSTAIN
