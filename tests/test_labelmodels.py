@@ -30,7 +30,7 @@ from lightning_ws.labelmodels import (
     validate_label_matrix,
 )
 from lightning_ws.labelmodels.cli import main as cli_main
-from lightning_ws.labelmodels.matrix import covered_mask, overlap_matrix
+from lightning_ws.labelmodels.matrix import overlap_matrix
 
 ACC = np.array([0.62, 0.68, 0.72, 0.78, 0.83, 0.88, 0.92, 0.65])
 COV = np.array([0.9, 0.5, 0.7, 0.35, 0.6, 0.8, 0.4, 0.55])
