@@ -196,6 +196,57 @@ def test_auto_rejects_a_label_swapped_pick():
     assert "rejected" not in fine.fit_report_["selection"]
 
 
+def _rare_class_detector_matrix(seed):
+    """10 % positives; LF 0 catches 95 % of them and 2 % of the rest; six both-class LFs at 60-80 % accuracy."""
+    rng = np.random.default_rng(seed)
+    n = 6000
+    y = (rng.random(n) < 0.1).astype(np.int64)
+    c = np.full(n, -1)
+    c[(y == 1) & (rng.random(n) < 0.95)] = 1
+    c[(y == 0) & (rng.random(n) < 0.02)] = 1
+    cols = [c]
+    for _ in range(6):
+        c = np.full(n, -1)
+        fire = rng.random(n) < 0.3
+        accuracy = rng.uniform(0.6, 0.8)
+        right = rng.random(n) < accuracy
+        c[fire] = np.where(right[fire], y[fire], 1 - y[fire])
+        cols.append(c)
+    return np.stack(cols, 1), y
+
+
+def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
+    # session 39: WRENCH YouTube train with a copy of keyword_please appended. MomentMatching and Dawid-Skene read the
+    # two copies as nearly perfect, made spam "the rows where keyword_please fires" (prior 0.11; 58 % accuracy), and
+    # the held-out selection took MomentMatching (gain +0.11, both tests passed): 8.70 points below majority vote
+    from lightning_ws.data import load_wrench
+
+    d = load_wrench("youtube", "train")
+    L = np.hstack([d.weak_labels, d.weak_labels[:, [3]]])
+    names = d.lf_names + ["keyword_please_copy"]
+    mv = MajorityVote(2).fit(L)
+    with pytest.warns(UserWarning, match=r"made class 1 the rows where LF 'keyword_please' fires .* near-copies"):
+        auto = AutoLabelModel(2).fit(L, lf_names=names)
+    rejected = auto.fit_report_["selection"]["rejected"]
+    assert rejected["reason"] == "class collapsed onto a copied LF" and rejected["cluster"] == [3, 10]
+    assert rejected["vote_rate_in_class"] >= 0.9 and rejected["vote_rate_other_classes"] <= 0.05
+    # and it says other spam rules are mostly wrong (fitted precision under 1/2): the contradiction that separates a
+    # copy from a genuine detector (below)
+    assert rejected["contradicted"] and max(rejected["contradicted"].values()) < 0.5
+    assert auto.selected == "majority_vote/raw"
+    np.testing.assert_array_equal(auto.predict(L), mv.predict(L))
+    assert (MomentMatching(2).fit(L).predict(L) == d.labels).mean() < 0.6  # the collapsed fit, on its own
+    # without the copy nothing is rejected
+    assert "rejected" not in AutoLabelModel(2).fit(d.weak_labels).fit_report_["selection"]
+    # a real rare-class detector (no copy) gives the same rates and is kept: the pick is 21 points above MV here
+    L2, y2 = _rare_class_detector_matrix(39401)
+    kept = AutoLabelModel(2).fit(L2)
+    assert kept.selected != "majority_vote/raw" and "rejected" not in kept.fit_report_["selection"]
+    fire = 1.0 - kept.inner_.lf_confusions[0, :, 0]
+    assert fire[1] >= 0.9 and fire[0] <= 0.05
+    assert (kept.predict(L2) == y2).mean() > (MajorityVote(2).fit(L2).predict(L2) == y2).mean() + 0.15
+
+
 def test_auto_uncovered_balance_default_takes_the_em_prior_on_a_spouse_shaped_matrix(tmp_path):
     # The WRENCH-spouse shape of benchmarks/diag_wrench_shapes.py, seed 14: 8 % positives, 9 single-class LFs at 1-8 %
     # coverage, 73 % of the rows without a vote. auto keeps majority vote, whose vote-share balance (the covered
