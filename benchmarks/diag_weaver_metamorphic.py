@@ -1,0 +1,79 @@
+"""Check (issue 17): transformations that leave a Weaver data set the same data, or nearly, and what they do to the
+label-free fit (session 39).
+
+For every suite set (64 problems x 16 candidates, one data seed) this fits ``Weaver()`` on the data as drawn and on:
+
+* the problems in another order;
+* each problem's candidates in another order;
+* every score mapped by ``3 x - 1`` (one affine map for all verifiers: the quantile normaliser sees the same ranks);
+* every answer string renamed (``"7"`` -> ``"ans<7>"``, the same partition of the candidates);
+* one verifier column appended again under a new name (for each of the first three verifiers): not the same data -
+  the copy counts twice in the mean-verifier baseline and in a pooled group - but a user mistake worth measuring.
+
+It prints Select@1 as drawn, the change in Select@1 under each transformation and, for the first four, the largest
+change of any candidate's score (EM's stopping tolerance gives 1e-10 to 1e-3). Picks may only change through ties.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from lightning_ws.weaver import VerificationData, Weaver, make_suite_set
+from lightning_ws.weaver.suite import SUITE
+
+
+def _select_at_1(d: VerificationData, w: Weaver) -> float:
+    return 100 * float(d.correct[np.arange(d.num_problems), w.select(d)].mean())
+
+
+def _like(d: VerificationData, scores: np.ndarray | None = None, answers: list | None = None,
+          correct: np.ndarray | None = None) -> VerificationData:
+    return VerificationData(d.scores if scores is None else scores, d.answers if answers is None else answers,
+                            list(d.verifier_names), list(d.verifier_kinds), d.correct if correct is None else correct)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=39001)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    print("| set | V | Select@1 | problems reordered | candidates reordered | scores 3x-1 | answers renamed | "
+          "verifier 0 / 1 / 2 appended again |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in SUITE:
+        d = make_suite_set(name, num_problems=64, num_candidates=16, seed=args.seed)
+        P, N = d.num_problems, d.num_candidates
+        rng = np.random.default_rng([39001, args.seed])
+        w = Weaver().fit(d)
+        base, ref = _select_at_1(d, w), w.score(d)
+        cells = []
+        pp = rng.permutation(P)
+        dp = _like(d, d.scores[pp], [d.answers[i] for i in pp], d.correct[pp])
+        cp = np.stack([rng.permutation(N) for _ in range(P)])
+        r = np.arange(P)[:, None]
+        dc = _like(d, d.scores[r, cp], [[d.answers[i][j] for j in cp[i]] for i in range(P)], d.correct[r, cp])
+        da = _like(d, 3.0 * d.scores - 1.0)
+        dr = _like(d, answers=[[None if a is None else f"ans<{a}>" for a in row] for row in d.answers])
+        for dt, expect in ((dp, ref[pp]), (dc, ref[r, cp]), (da, ref), (dr, ref)):
+            wt = Weaver().fit(dt)
+            cells.append(f"{_select_at_1(dt, wt) - base:+.2f} ({np.nanmax(np.abs(wt.score(dt) - expect)):.1e})")
+        dups = []
+        for v in range(min(d.num_verifiers, 3)):
+            dd = VerificationData(np.concatenate([d.scores, d.scores[:, :, [v]]], axis=2), d.answers,
+                                  d.verifier_names + [d.verifier_names[v] + "_again"],
+                                  d.verifier_kinds + [d.verifier_kinds[v]], d.correct)
+            dups.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
+        print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + f" | {' / '.join(dups)} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
