@@ -274,9 +274,10 @@ class AutoLabelModel(LabelModel):
 
     Copied-LF guard (session 39): a label-free pick fitted on the raw LFs that has made a class "the rows where one
     LF fires" (``P(vote | Y = y) >= 0.9``, ``P(vote | Y != y) <= 0.05``), where that LF has near-copies in its
-    agreement cluster, is rejected for majority vote, with a warning (:meth:`_reject_copy_collapse`;
-    ``fit_report_["selection"]["rejected"]``). The copies agree always, so a conditional-independence fit reads them
-    as nearly perfect; the held-out selection rewarded such fits on WRENCH YouTube with one rule copied.
+    agreement cluster and the fit says another rule's votes for that class mostly mean another class, is rejected for
+    majority vote, with a warning (:meth:`_reject_copy_collapse`; ``fit_report_["selection"]["rejected"]``). The
+    copies agree always, so a conditional-independence fit reads them as nearly perfect; the held-out selection
+    rewarded such fits on WRENCH YouTube with one rule copied.
 
     LFs that never vote on the fit matrix (a rare rule on a small train split, a program that never fires) carry no
     information there: instead of refusing the matrix, as the single models do, ``auto`` warns, records them in
