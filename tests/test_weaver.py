@@ -357,6 +357,21 @@ def test_fit_does_not_depend_on_the_order_of_the_verifier_columns():
     np.testing.assert_array_equal(ws.select(shuffled), w.select(d))
 
 
+def test_a_verifier_passed_twice_stays_in_its_exchangeable_group():
+    # session 39: one of 32 judge draws appended again under a new name formed a near-duplicate group with its original,
+    # which then left the exchangeable group (its correlation profile had a 1.0 the other draws lack): two sources
+    # instead of one, and 6-12 points of Select@1 lost on judge_vs_majority at 64 x 16
+    from lightning_ws.weaver import make_suite_set
+
+    d = make_suite_set("judge_vs_majority", num_problems=64, num_candidates=16, seed=0)  # 32 x 8 has the slack
+    again = VerificationData(np.concatenate([d.scores, d.scores[:, :, [0]]], axis=2), d.answers,
+                             d.verifier_names + ["judge_0_again"], d.verifier_kinds + [d.verifier_kinds[0]], d.correct)
+    before = Weaver().fit(d).report_["verifier_groups"]
+    groups = Weaver().fit(again).report_["verifier_groups"]
+    assert before["n_sources"] == 1 and sorted(before["groups"][0]) == sorted(d.verifier_names)
+    assert groups["n_sources"] == 1 and sorted(groups["groups"][0]) == sorted(again.verifier_names)
+
+
 def test_load_weaver_table_layout(tmp_path):
     d = load_weaver_table(_write(tmp_path / "d.jsonl", _rows()))
     assert d.verifier_names == ["GRM", "Judge"] and d.verifier_kinds == ["reward_model", "judge"]

@@ -106,7 +106,9 @@ def detect_verifier_groups(normalized: np.ndarray, names: Sequence[str] | None =
             c = C[i, j]
             if c < min_corr:
                 continue
-            others = [k for k in range(T) if k != i and k != j]
+            # a near-duplicate of i or j (a column passed twice) is left out of the profile: it would make i look
+            # unlike every other member of its exchangeable group (prototype, session 39)
+            others = [k for k in range(T) if k != i and k != j and not (k < V and max(C[i, k], C[j, k]) >= dup_corr)]
             prof = float(np.sqrt(np.mean((C[i, others] - C[j, others]) ** 2))) if others else np.inf
             d = (1.0 - c) / (1.0 - dup_corr)
             if profile_tol > 0 and (ks is None or ks[i, j] <= ks_tol):
