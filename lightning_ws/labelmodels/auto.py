@@ -766,6 +766,10 @@ class AutoLabelModel(LabelModel):
                       stacklevel=3)
         return True
 
+    def _lf_label(self, j: Any) -> Any:
+        """LF ``j`` (a caller's column) as warnings name it: its name when ``fit`` got ``lf_names``, else the index."""
+        return self.lf_names_[int(j)] if self.lf_names_ else int(j)
+
     def _reject_copy_collapse(self, L: np.ndarray, model: LabelModel, name: str, cols: np.ndarray,
                               info: dict[str, Any]) -> bool:
         """``True`` (and a warning) when the label-free pick, fitted on the raw LFs, has turned a class into "the rows
@@ -819,8 +823,8 @@ class AutoLabelModel(LabelModel):
                     contradicted = [i for i in others if int(post[i].argmax()) != y]
                     if not contradicted:
                         continue
-                    lf = self.lf_names_[int(cols[j])] if self.lf_names_ else int(cols[j])
-                    copies = [self.lf_names_[int(cols[i])] if self.lf_names_ else int(cols[i]) for i in c]
+                    lf = self._lf_label(cols[j])
+                    copies = [self._lf_label(cols[i]) for i in c]
                     info["rejected"] = {"pick": name, "reason": "class collapsed onto a copied LF", "lf": int(cols[j]),
                                         "class": y, "vote_rate_in_class": float(fire[j, y]),
                                         "vote_rate_other_classes": out, "cluster": [int(cols[i]) for i in c],
@@ -859,7 +863,7 @@ class AutoLabelModel(LabelModel):
             return L, dev_L
 
         def _names(cols: Any) -> list[Any]:
-            return [self.lf_names_[j] if self.lf_names_ else int(j) for j in list(cols)[:10]]
+            return [self._lf_label(j) for j in list(cols)[:10]]
 
         if silent.size:
             warnings.warn(f"{silent.size} of {L.shape[1]} labeling functions never vote on the {L.shape[0]} rows "

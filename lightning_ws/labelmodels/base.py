@@ -529,8 +529,7 @@ class LabelModel(ABC):
         bad = [m for m in metrics if m not in SCORE_METRICS]
         if bad or not metrics:
             raise ConfigError(f"metrics must name one or more of {SCORE_METRICS}, got {metrics!r}.")
-        pred = self.predict(L, tie_break, abstain_uncovered=abstain_uncovered)
-        self._check_fitted()
+        pred = self.predict(L, tie_break, abstain_uncovered=abstain_uncovered)  # checks that the model is fitted
         yv = validate_gold_labels(y, pred.shape[0], self.k_, self.k_)
         if "f1" in metrics and not 0 <= pos_label < self.k_:
             raise ConfigError(f"pos_label must be a class id in 0..{self.k_ - 1}, got {pos_label!r}.")
