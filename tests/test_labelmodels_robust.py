@@ -225,8 +225,13 @@ def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
     L = np.hstack([d.weak_labels, d.weak_labels[:, [3]]])
     names = d.lf_names + ["keyword_please_copy"]
     mv = MajorityVote(2).fit(L)
+    # since session 40 the default rejects the pick earlier: refitted without the 195 rows no LF votes on,
+    # MomentMatching does not beat majority vote; the copy guard is tested with that check off
+    default = AutoLabelModel(2).fit(L, lf_names=names)
+    assert default.selected == "majority_vote/raw"
+    assert "rows without a vote" in default.fit_report_["selection"]["rejected"]["reason"]
     with pytest.warns(UserWarning, match=r"made class 1 the rows where LF 'keyword_please' fires .* near-copies"):
-        auto = AutoLabelModel(2).fit(L, lf_names=names)
+        auto = AutoLabelModel(2, uncovered_check=False).fit(L, lf_names=names)
     rejected = auto.fit_report_["selection"]["rejected"]
     assert rejected["reason"] == "class collapsed onto a copied LF" and rejected["cluster"] == [3, 10]
     assert rejected["vote_rate_in_class"] >= 0.9 and rejected["vote_rate_other_classes"] <= 0.05
@@ -245,6 +250,45 @@ def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
     fire = 1.0 - kept.inner_.lf_confusions[0, :, 0]
     assert fire[1] >= 0.9 and fire[0] <= 0.05
     assert (kept.predict(L2) == y2).mean() > (MajorityVote(2).fit(L2).predict(L2) == y2).mean() + 0.15
+
+
+def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vote():
+    """Session 40: WRENCH YouTube train with 10 % more rows on which no LF votes (20 % in all, the shipped split has
+    12 %). Dawid-Skene and MomentMatching read the all-abstain rows as ham (the class whose LFs abstain most), their
+    class balance goes to 83 % ham and their held-out agreement gain over majority vote to +0.10 (+0.04 without the
+    extra rows): without the check ``auto`` picks MomentMatching and is more than 5 points below majority vote on the
+    original rows. Refitted on the covered rows alone no candidate beats majority vote, so the default keeps it; on
+    the shipped split (majority vote already) and on a matrix where every row has a vote nothing is rerun."""
+    from lightning_ws.data import load_wrench
+
+    d = load_wrench("youtube", "train")
+    L0, y = np.asarray(d.weak_labels), np.asarray(d.labels)
+    n, m = L0.shape
+    L = np.vstack([L0, np.full((n // 10, m), -1)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = AutoLabelModel(2, uncovered_check=False).fit(L)
+        auto = AutoLabelModel(2).fit(L)
+        mv = MajorityVote(2).fit(L)
+    def acc(model: AutoLabelModel | MajorityVote) -> float:
+        return float((model.predict(L0) == y).mean())
+
+    assert off.selected != "majority_vote/raw" and acc(off) < acc(mv) - 0.05
+    assert max(off.inner_.class_balance_) > 0.75  # true balance: 47.6 % ham
+    assert auto.selected == "majority_vote/raw"
+    np.testing.assert_array_equal(auto.predict(L0), mv.predict(L0))
+    sel = auto.fit_report_["selection"]
+    rerun = sel["without_uncovered"]
+    assert rerun["uncovered_rows"] == int((L == -1).all(axis=1).sum()) and not rerun["passed"]
+    assert rerun["pick"] == off.selected and rerun["score"]["gain_vs_mv"] < 0
+    assert sel["rejected"]["pick"] == off.selected.split("/")[0] and "rows without a vote" in sel["rejected"]["reason"]
+    # the pick's own selection scores (with the extra rows) are still reported: they are what the check overruled
+    assert sel["scores"][off.selected]["gain_vs_mv"] > 0.05
+    # a matrix where every row has a vote: nothing to rerun
+    cov = (L0 != -1).any(axis=1)
+    assert "without_uncovered" not in AutoLabelModel(2).fit(L0[cov]).fit_report_["selection"]
+    with pytest.raises(ConfigError, match="uncovered_check"):
+        AutoLabelModel(2, uncovered_check="yes")
 
 
 def test_auto_uncovered_balance_default_takes_the_em_prior_on_a_spouse_shaped_matrix(tmp_path):
@@ -619,7 +663,8 @@ def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted",
+                              uncovered_check=False).fit(d.L)
     rep = auto.fit_report_["support"]
     cov = (d.L >= 0).any(axis=1)
     assert auto.selected == "dawid_skene/raw"  # margin 0: the candidate is taken
@@ -643,8 +688,9 @@ def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lf
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
-        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, uncovered_check=False).fit(d.L)
+        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted",
+                               uncovered_check=False).fit(d.L)
     rep = auto.fit_report_["support"]
     assert rep["mode"] == "auto" and rep["used"] == "model" and auto.support_ == "model"
     fire = 1.0 - auto.inner_.lf_confusions[:, :, 0]
@@ -679,7 +725,7 @@ def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lf
 
 def test_auto_support_keeps_the_voted_classes_on_youtube_subset_whose_lfs_fire_together_beyond_the_model():
     """Real binary data: 5 of WRENCH YouTube's 10 LFs (draw 1 of that size in ``benchmarks/diag_lf_subsets.py``).
-    ``auto`` picks moment matching, which agrees with majority vote on 72 % of the clear rows (so the agreement check
+    ``auto`` without the uncovered check (the default since session 40 keeps majority vote) picks moment matching, which agrees with majority vote on 72 % of the clear rows (so the agreement check
     would let its own probabilities through), but its own probabilities lose 15 points of train accuracy to the
     voted-class restriction: the spam keyword rules fire together more than a conditionally independent model
     allows, and the co-firing check sees it (mean squared residual about 2)."""
@@ -690,9 +736,11 @@ def test_auto_support_keeps_the_voted_classes_on_youtube_subset_whose_lfs_fire_t
     y = np.asarray(data.labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, seed=0).fit(L)
-        own = AutoLabelModel(2, seed=0, support="model").fit(L)
+        auto = AutoLabelModel(2, seed=0, uncovered_check=False).fit(L)
+        own = AutoLabelModel(2, seed=0, support="model", uncovered_check=False).fit(L)
+        default = AutoLabelModel(2, seed=0).fit(L)
     assert auto.selected == own.selected == "moment_matching/raw"
+    assert default.selected == "majority_vote/raw"  # since session 40: its win rests on the rows without a vote
     check = auto.fit_report_["support"]["check"]
     assert check["mv_agreement"] >= 0.6 and check["classes"] == 2
     assert check["cofiring"]["mean_z2"] > 1.0 and "fire together" in check["kept_voted_because"]
@@ -764,7 +812,7 @@ def test_auto_default_keeps_majority_vote_where_the_few_cluster_sign_test_loses_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         default = AutoLabelModel(2).fit(L)
-        signs = AutoLabelModel(2, few_cluster_test=True).fit(L)
+        signs = AutoLabelModel(2, few_cluster_test=True, uncovered_check=False).fit(L)
         mv = MajorityVote(2).fit(L)
     assert default.selected == "majority_vote/raw"
     assert signs.selected != "majority_vote/raw"
