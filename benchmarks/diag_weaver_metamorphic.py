@@ -13,7 +13,16 @@ For every suite set (64 problems x 16 candidates, one data seed) this fits ``Wea
 It prints Select@1 as drawn, the change in Select@1 under each transformation and, for the first four, the largest
 change of any candidate's score (EM's stopping tolerance gives 1e-10 to 1e-3). Picks may only change through ties.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001]
+``--monotone`` (session 40) prints a second table instead: each verifier's scores through a strictly increasing map
+(min-max scaled to ``z`` in [0, 1], then ``z ** 3``, ``exp(4 z)``, ``log(z + 0.001)`` or ``10 z + 5``), either one
+map per verifier kind (every judge draw the same map; the quantile normaliser sees the same ranks, so this should
+change nothing beyond interpolation inside its 101 stored quantiles) or a map per verifier in turn (the four maps
+cycle over the columns, so draws of one judge get different maps). The second is not the same data for Weaver:
+:func:`~lightning_ws.weaver.structure.detect_verifier_groups` reads the raw score distributions (a
+Kolmogorov-Smirnov check) to tell draws of one judge from independent verifiers, so draws put on different scales
+stop being one group.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone]
 """
 
 from __future__ import annotations
@@ -43,8 +52,12 @@ def _like(d: VerificationData, scores: np.ndarray | None = None, answers: list |
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=39001)
+    ap.add_argument("--monotone", action="store_true", help="the per-verifier monotone maps table instead")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.monotone:
+        _monotone(args.seed)
+        return
     print("| set | V | Select@1 | problems reordered | candidates reordered | scores 3x-1 | answers renamed | "
           "verifier 0 / 1 / 2 appended again |")
     print("|---|---|---|---|---|---|---|---|")
@@ -73,6 +86,34 @@ def main() -> None:
             dups.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
         print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + f" | {' / '.join(dups)} |",
               flush=True)
+
+
+def _monotone_map(x: np.ndarray, which: int) -> np.ndarray:
+    lo, hi = np.nanmin(x), np.nanmax(x)
+    z = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return (z ** 3, np.exp(4.0 * z), np.log(z + 1e-3), 10.0 * z + 5.0)[which % 4]
+
+
+def _monotone(seed: int) -> None:
+    print("| set | V | Select@1 | one map per verifier kind: change (largest score change) | a map per verifier: "
+          "change (largest score change) | groups as drawn -> per verifier |")
+    print("|---|---|---|---|---|---|")
+    for name in SUITE:
+        d = make_suite_set(name, num_problems=64, num_candidates=16, seed=seed)
+        w = Weaver().fit(d)
+        base, ref = _select_at_1(d, w), w.score(d)
+        kinds = sorted(set(d.verifier_kinds))
+        by_kind = np.stack([_monotone_map(d.scores[:, :, v], kinds.index(d.verifier_kinds[v]) + 1)
+                            for v in range(d.num_verifiers)], axis=2)
+        per_v = np.stack([_monotone_map(d.scores[:, :, v], v) for v in range(d.num_verifiers)], axis=2)
+        cells, groups = [], []
+        for S in (by_kind, per_v):
+            dt = _like(d, S)
+            wt = Weaver().fit(dt)
+            cells.append(f"{_select_at_1(dt, wt) - base:+.2f} ({np.nanmax(np.abs(wt.score(dt) - ref)):.1e})")
+            groups.append(len(wt.report_["verifier_groups"]["groups"]))
+        print(f"| {name} | {d.num_verifiers} | {base:.2f} | {cells[0]} | {cells[1]} | "
+              f"{len(w.report_['verifier_groups']['groups'])} -> {groups[1]} |", flush=True)
 
 
 if __name__ == "__main__":
