@@ -67,8 +67,8 @@ def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
     (its vote shares unless the EM prior passes the checks) and auto warns, as when it keeps majority vote, that the
     EM prior would name the other class; not with a dev prior. With the default ``support="auto"`` the pick passes
     the co-firing check, so those rows get its posterior for the all-abstain pattern, which names majority vote's
-    class too. The default's uncovered check rejects this pick (refitted on the covered rows alone it does not win),
-    so the machinery is tested with ``uncovered_check=False``."""
+    class too. The machinery is tested with ``uncovered_check=False``; the default's check lets the pick stand
+    (its model reproduces how the LFs fire together)."""
     d = make_regime_label_matrix(3000, k=2, m=6, lf_type="single", coverage=(0.02, 0.3), seed=101)
     with pytest.warns(UserWarning, match=r"picked dawid_skene, and rows without a vote get what majority vote would "
                                          r"give them: 32% of the rows get no vote .* class_balance='dev'"):
@@ -106,13 +106,15 @@ def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
     assert right > (d.y[unc] == own).mean() + 0.1
     mv = make_label_model("majority_vote", num_classes=2, seed=0).fit(d.L)
     assert (auto.predict(d.L) == d.y).mean() > (mv.predict(d.L) == d.y).mean()
-    # the default: refitted on the covered rows alone Dawid-Skene does not win, so majority vote is kept - the price
-    # of the uncovered check on conditionally independent LFs, where the all-abstain rows are real evidence
+    # the default's uncovered check: the pick reproduces how the LFs fire together (they are conditionally
+    # independent here), so the all-abstain rows are evidence its model explains and nothing is rerun
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         default = make_label_model("auto", num_classes=2, seed=0).fit(d.L)
-    assert default.selected == "majority_vote/raw"
-    assert "rows without a vote" in default.fit_report_["selection"]["rejected"]["reason"]
+    assert default.selected == "dawid_skene/raw"
+    rec = default.fit_report_["selection"]["without_uncovered"]
+    assert rec["cofiring"]["passed"] and rec["passed"] and not rec["rerun"]
+    np.testing.assert_array_equal(default.predict(d.L), auto.predict(d.L))
 
 
 def test_regime_generator_above_chance_scale():

@@ -257,7 +257,8 @@ def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vot
     12 %). Dawid-Skene and MomentMatching read the all-abstain rows as ham (the class whose LFs abstain most), their
     class balance goes to 83 % ham and their held-out agreement gain over majority vote to +0.10 (+0.04 without the
     extra rows): without the check ``auto`` picks MomentMatching and is more than 5 points below majority vote on the
-    original rows. Refitted on the covered rows alone no candidate beats majority vote, so the default keeps it; on
+    original rows. Its model does not reproduce how the keyword LFs fire together, so the selection is rerun on the
+    covered rows alone, where no candidate beats majority vote, and the default keeps majority vote; on
     the shipped split (majority vote already) and on a matrix where every row has a vote nothing is rerun."""
     from lightning_ws.data import load_wrench
 
@@ -281,6 +282,7 @@ def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vot
     rerun = sel["without_uncovered"]
     assert rerun["uncovered_rows"] == int((L == -1).all(axis=1).sum()) and not rerun["passed"]
     assert rerun["pick"] == off.selected and rerun["score"]["gain_vs_mv"] < 0
+    assert rerun["rerun"] and not rerun["cofiring"]["passed"]  # keyword LFs fire together beyond its model
     assert sel["rejected"]["pick"] == off.selected.split("/")[0] and "rows without a vote" in sel["rejected"]["reason"]
     # the pick's own selection scores (with the extra rows) are still reported: they are what the check overruled
     assert sel["scores"][off.selected]["gain_vs_mv"] > 0.05
