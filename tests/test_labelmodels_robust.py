@@ -665,8 +665,7 @@ def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted",
-                              uncovered_check=False).fit(d.L)
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
     rep = auto.fit_report_["support"]
     cov = (d.L >= 0).any(axis=1)
     assert auto.selected == "dawid_skene/raw"  # margin 0: the candidate is taken
@@ -690,9 +689,8 @@ def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lf
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, uncovered_check=False).fit(d.L)
-        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted",
-                               uncovered_check=False).fit(d.L)
+        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
+        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
     rep = auto.fit_report_["support"]
     assert rep["mode"] == "auto" and rep["used"] == "model" and auto.support_ == "model"
     fire = 1.0 - auto.inner_.lf_confusions[:, :, 0]

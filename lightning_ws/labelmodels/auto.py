@@ -233,12 +233,15 @@ class AutoLabelModel(LabelModel):
 
     Class balance: the chosen candidate's own (``"estimated"``), or the given / dev / uniform one. Rows where every
     LF abstains get it, as in every model, with two exceptions. First (session 40), a label-free pick other than
-    majority vote, with at least 5 % of the rows without a vote (or ``uncovered_balance="em"``), gives those rows the
-    balance majority vote would give them (the rule below), not its own estimate: the selection scores candidates on
-    covered rows only, so nothing checked the pick's class balance, and on correlated real LFs it can be far off (a
-    55-LF subset of WRENCH SMS: Dawid-Skene on the merged clusters, as accurate as majority vote on the covered rows,
-    estimated 71 % spam - 13.5 % true - and gave the 61 % of rows without a vote spam: 15.81 F1 points below
-    majority vote on train). Second, a label-free pick whose abstain model passed the
+    majority vote whose fitted model does not reproduce how the LFs fire together (:meth:`_cofiring_check`), with at
+    least 5 % of the rows without a vote (or ``uncovered_balance="em"``), gives those rows the balance majority vote
+    would give them (the rule below), not its own estimate: the selection scores candidates on covered rows only, so
+    nothing checked the pick's class balance, and on correlated real LFs it can be far off (a 55-LF subset of WRENCH
+    SMS: Dawid-Skene on the merged clusters, as accurate as majority vote on the covered rows, estimated 71 % spam -
+    13.5 % true - and gave the 61 % of rows without a vote spam: 15.81 F1 points below majority vote on train). A
+    pick that reproduces the co-firing keeps its own balance: on conditionally independent synthetic matrices
+    (``diag_relation_regimes.py``) majority vote's rule was the worse guess there. Second, a label-free pick whose
+    abstain model passed the
     checks of ``support="auto"`` (``support_ == "model"``: binary task, pairwise co-firing reproduced, agreement
     with majority vote) gives those rows its posterior for the all-abstain pattern, ``P(Y | every LF abstains)``
     (``uncovered_proba_``; ``fit_report_["uncovered"]["source"]``). Under conditional independence that is the Bayes
@@ -319,8 +322,8 @@ class AutoLabelModel(LabelModel):
             covered rows; the default until session 29, see BENCHMARKS.md) or ``"em"`` (the class prior of a
             label-free Dawid-Skene fit on the same matrix; a label-swapped fit falls back to the vote shares). See
             "Class balance" above for when each fails; since session 40 also what those rows get when another model
-            is picked label-free, unless its own all-abstain posterior passed the ``support="auto"`` checks. Ignored
-            with a given, uniform or dev class balance.
+            is picked label-free whose model does not reproduce how the LFs fire together. Ignored with a given,
+            uniform or dev class balance.
         few_cluster_test: with 4-8 held-out clusters, let a candidate pass the per-cluster test when at most one
             held-out cluster favours majority vote (default ``False``: the cluster-robust standard error test alone,
             the rule of sessions 16-31 and again since 33; ``True`` was the default in session 32, see above).
@@ -694,9 +697,12 @@ class AutoLabelModel(LabelModel):
                     self.class_balance_ = self._em_balance(L, M if self.merged_ else L, model.class_balance_)
                 if name != "majority_vote" and self.support == "auto" and self.support_ == "model":
                     self.uncovered_proba_ = self._all_abstain_posterior(model)  # its abstain model passed the checks
-                elif name != "majority_vote" and (self.uncovered_balance == "em" or share >= _UNCOVERED_WARN_SHARE):
-                    # the selection never scored the rows without a vote: they get what they would get under
-                    # majority vote (its vote shares unless the EM prior passes the checks), not the pick's estimate
+                elif (name != "majority_vote" and (self.uncovered_balance == "em" or share >= _UNCOVERED_WARN_SHARE)
+                      and not (info.get("without_uncovered", {}).get("cofiring")
+                               or self._cofiring_check(model, M))["passed"]):
+                    # the selection never scored the rows without a vote and the pick's model does not reproduce how
+                    # the LFs fire together: those rows get what they would get under majority vote (its vote shares
+                    # unless the EM prior passes the checks), not the pick's estimate
                     mv = self._fit_quiet("majority_vote", L, "estimated")
                     if mv is not None:
                         self.class_balance_ = self._em_balance(L, L, np.asarray(mv.class_balance_))
