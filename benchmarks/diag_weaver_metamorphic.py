@@ -22,7 +22,13 @@ cycle over the columns, so draws of one judge get different maps). The second is
 Kolmogorov-Smirnov check) to tell draws of one judge from independent verifiers, so draws put on different scales
 stop being one group.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone]
+``--copies-census`` (session 41) prints instead how many of the data sets the Weaver benchmarks fit have two
+verifier columns equal on every candidate (:func:`~lightning_ws.weaver.structure.exact_copies`; ``Weaver`` merges
+such columns since session 41, so a set without them fits as before): the three shipped preference sets, their
+subsets and the small samples of ``bench_weaver_preferences.py --pairs 24,48,96``, GSM8K, the suite at 64 x 16 and
+64 x 64 (seeds 0-3) and the held-out judge sets (seeds 1000-1011).
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone | --copies-census]
 """
 
 from __future__ import annotations
@@ -53,8 +59,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=39001)
     ap.add_argument("--monotone", action="store_true", help="the per-verifier monotone maps table instead")
+    ap.add_argument("--copies-census", action="store_true",
+                    help="count the benchmark data sets with two verifier columns equal everywhere, instead")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.copies_census:
+        _copies_census()
+        return
     if args.monotone:
         _monotone(args.seed)
         return
@@ -114,6 +125,67 @@ def _monotone(seed: int) -> None:
             groups.append(len(wt.report_["verifier_groups"]["groups"]))
         print(f"| {name} | {d.num_verifiers} | {base:.2f} | {cells[0]} | {cells[1]} | "
               f"{len(w.report_['verifier_groups']['groups'])} -> {groups[1]} |", flush=True)
+
+
+
+def _copies_census() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_weaver_preferences as bp
+    from bench_weaver_suite import _heldout_specs
+
+    from lightning_ws.programs import ProgramSandbox
+    from lightning_ws.weaver import load_gsm8k_verification
+    from lightning_ws.weaver.structure import exact_copies
+    from lightning_ws.weaver.suite import make_set
+
+    counts: dict[str, list[int]] = {}
+
+    def check(family: str, label: str, d: VerificationData) -> None:
+        c = exact_copies(d.scores)
+        counts.setdefault(family, [0, 0])[0] += 1
+        if c:
+            counts[family][1] += 1
+            print(f"    {label}: {[[d.verifier_names[j] for j in g] for g in c]}")
+
+    with ProgramSandbox() as sb:
+        built = {name: bp.build(name, sandbox=sb) for name in ("pandalm_test", "llmbar", "hh_rlhf")}
+    pandalm = built["pandalm_test"][0]
+    no_llm = bp._take(pandalm, verifiers=[n for n in pandalm.verifier_names if n not in bp.VERDICTS])
+    check("preference sets and subsets", "pandalm_test", pandalm)
+    check("preference sets and subsets", "pandalm_test, programs + length", no_llm)
+    small = {"pandalm_test, programs + length": no_llm}
+    for name in ("llmbar", "hh_rlhf"):
+        data, subsets = built[name]
+        check("preference sets and subsets", name, data)
+        for sub in sorted(set(subsets)):
+            part = bp._take(data, np.flatnonzero(subsets == sub))
+            check("preference sets and subsets", f"{name} {sub}", part)
+            if sub in ("Natural", "Processed/MT-Bench", "helpful-base"):
+                small[f"{name} {sub}"] = part
+    for label, data in small.items():
+        for k in (24, 48, 96):
+            for draw in range(12):
+                rows = np.sort(np.random.default_rng([777, draw, k]).choice(data.num_problems, size=k, replace=False))
+                check("small preference samples (24 / 48 / 96 pairs, 12 draws)", f"{label} {k} pairs, draw {draw}",
+                      bp._take(data, rows))
+    for v in ("heuristic", "all"):
+        check("GSM8K", f"gsm8k[{v}]", load_gsm8k_verification(verifiers=v))
+    for name in SUITE:
+        for n in (16, 64):
+            for seed in range(4):
+                check("suite, 64 x 16 and 64 x 64, seeds 0-3", f"{name} {n} seed {seed}",
+                      make_suite_set(name, num_problems=64, num_candidates=n, seed=seed))
+    for name, spec in _heldout_specs().items():
+        for seed in range(12):
+            check("held-out judge sets, seeds 1000-1011", f"{name} seed {1000 + seed}", make_set(spec, seed=1000 + seed))
+    print("| data sets | checked | with two columns equal everywhere |")
+    print("|---|---|---|")
+    for family, (n, hit) in counts.items():
+        print(f"| {family} | {n} | {hit} |")
+    print(f"| all | {sum(v[0] for v in counts.values())} | {sum(v[1] for v in counts.values())} |")
 
 
 if __name__ == "__main__":

@@ -360,16 +360,72 @@ def test_fit_does_not_depend_on_the_order_of_the_verifier_columns():
 def test_a_verifier_passed_twice_stays_in_its_exchangeable_group():
     # session 39: one of 32 judge draws appended again under a new name formed a near-duplicate group with its original,
     # which then left the exchangeable group (its correlation profile had a 1.0 the other draws lack): two sources
-    # instead of one, and 6-12 points of Select@1 lost on judge_vs_majority at 64 x 16
+    # instead of one, and 6-12 points of Select@1 lost on judge_vs_majority at 64 x 16 (merge_copies=False: the
+    # grouping alone must still put the copy in the group)
     from lightning_ws.weaver import make_suite_set
 
     d = make_suite_set("judge_vs_majority", num_problems=64, num_candidates=16, seed=0)  # 32 x 8 has the slack
     again = VerificationData(np.concatenate([d.scores, d.scores[:, :, [0]]], axis=2), d.answers,
                              d.verifier_names + ["judge_0_again"], d.verifier_kinds + [d.verifier_kinds[0]], d.correct)
     before = Weaver().fit(d).report_["verifier_groups"]
-    groups = Weaver().fit(again).report_["verifier_groups"]
+    groups = Weaver(merge_copies=False).fit(again).report_["verifier_groups"]
     assert before["n_sources"] == 1 and sorted(before["groups"][0]) == sorted(d.verifier_names)
     assert groups["n_sources"] == 1 and sorted(groups["groups"][0]) == sorted(again.verifier_names)
+
+
+def test_a_verifier_passed_twice_gives_the_fit_without_the_copy(tmp_path):
+    # session 41: in the group's mean and the mean-verifier baseline the copy still counted twice and moved Select@1 by
+    # up to 4.69 points (diag_weaver_metamorphic.py); exact copies are now merged into their first column
+    from lightning_ws.weaver import make_suite_set
+
+    d = make_suite_set("judge_vs_majority", num_problems=32, num_candidates=8, seed=1)
+    w = Weaver().fit(d)
+    assert w.report_["verifier_copies"] == []
+    cols = [*range(d.num_verifiers), 2, 5, 2]  # judge_2 three times, judge_5 twice, copies at the end
+    names = d.verifier_names + ["j2_again", "j5_again", "j2_third"]
+    again = VerificationData(d.scores[:, :, cols], d.answers, names, [d.verifier_kinds[c] for c in cols], d.correct)
+    with pytest.warns(UserWarning, match="j2_again.*j2_third.*equal 'judge_2'"):
+        wa = Weaver().fit(again)
+    assert wa.report_["verifier_copies"] == [["judge_2", "j2_again", "j2_third"], ["judge_5", "j5_again"]]
+    np.testing.assert_array_equal(wa.score(again), w.score(d))
+    np.testing.assert_array_equal(wa.select(again), w.select(d))
+    assert wa.choice_ == w.choice_ and wa.report_["guard"] == w.report_["guard"]
+    np.testing.assert_array_equal(wa.score(d), w.score(d))  # the copies may be left out of later data
+    wa.save(tmp_path / "w")
+    np.testing.assert_array_equal(Weaver.load(tmp_path / "w").score(again), w.score(d))
+    # where the copies differ on new data, the merged column is their mean: scoring as the mean passed once
+    other = again.scores.copy()
+    other[:, :, names.index("j5_again")] = 0.25
+    merged = d.scores.copy()
+    merged[:, :, 5] = np.where(d.scores[:, :, 5] == 0.25, 0.25, (d.scores[:, :, 5] + 0.25) / 2)
+    differ = VerificationData(other, d.answers, names, again.verifier_kinds, d.correct)
+    assert not np.array_equal(merged, d.scores)
+    np.testing.assert_array_equal(wa.score(differ), w.score(VerificationData(merged, d.answers, d.verifier_names,
+                                                                             d.verifier_kinds, d.correct)))
+    # merge_copies=False keeps every column: the copies count again, and nothing is reported
+    wk = Weaver(merge_copies=False).fit(again)
+    assert wk.report_["verifier_copies"] == [] and len(wk.fit_names_) == len(names)
+
+
+def test_exact_copies_and_merge_copies():
+    from lightning_ws.weaver.structure import exact_copies, merge_copies
+
+    x = np.random.default_rng(0).random((5, 4, 5))
+    x[:, :, 3] = x[:, :, 1]
+    x[0, 0, 1] = x[0, 0, 3] = np.nan  # missing in both: still copies
+    x[:, :, 4] = x[:, :, 0]
+    x[1, 1, 4] = np.nan  # missing in one only: not a copy
+    z = np.zeros((2, 2, 2))
+    z[:, :, 1] = -0.0
+    assert exact_copies(x) == [[1, 3]] and exact_copies(z) == [[0, 1]] and exact_copies(x[:, :, :1]) == []
+    m = merge_copies(x, [[1, 3]])
+    assert m.shape == (5, 4, 4)
+    np.testing.assert_array_equal(m, x[:, :, [0, 1, 2, 4]])
+    y = x.copy()
+    y[2, 2, 3] = y[2, 2, 1] + 1.0
+    np.testing.assert_allclose(merge_copies(y, [[1, 3]])[2, 2, 1], y[2, 2, 1] + 0.5, rtol=1e-14)
+    with pytest.raises(DataError):
+        exact_copies(x[:, :, 0])
 
 
 def test_load_weaver_table_layout(tmp_path):
@@ -650,6 +706,8 @@ def test_cli_select_writes_scores(tmp_path, capsys):
     from lightning_ws.weaver.cli import build_parser, weaver_kwargs
 
     assert weaver_kwargs(build_parser().parse_args(["select", "--guard-split", "on"]))["guard_split"] is True
+    assert weaver_kwargs(build_parser().parse_args(["select", "--keep-copies"]))["merge_copies"] is False
+    assert "merge_copies" not in weaver_kwargs(build_parser().parse_args(["select"]))
 
 
 def test_top_answer_tie_rate_counts_only_ties_between_answers():

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-groups", action="store_true",
                     help="count every verifier as its own source (default: detect groups of near-duplicate or "
                          "exchangeable verifiers, e.g. repeated draws of one judge, and pool each into one source)")
+    sp.add_argument("--keep-copies", action="store_true",
+                    help="keep verifier columns that have the same score on every candidate as another as separate "
+                         "verifiers (default: each such set counts as one verifier, with a warning)")
     sp.add_argument("--unanswered", default=None, choices=list(UNANSWERED),
                     help="a candidate without an extracted answer where another candidate of its problem has one "
                          "(default: Weaver's, 'exclude': never selected; 'keep': an answer of its own)")
@@ -96,6 +99,8 @@ def weaver_kwargs(args: argparse.Namespace) -> dict:
         kw["guard_split"] = {"auto": "auto", "on": True, "off": False}[args.guard_split]
     if args.no_groups:
         kw["group_verifiers"] = False
+    if args.keep_copies:
+        kw["merge_copies"] = False
     return kw
 
 

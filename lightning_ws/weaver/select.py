@@ -631,7 +631,8 @@ class Weaver:
     mode allows); ``score(data) -> (P, N)`` gives P(correct); ``select(data) -> (P,)`` picks one candidate per
     problem. Pipeline:
 
-    1. :class:`ScoreNormalizer` (quantile by default);
+    1. verifier columns equal on every candidate (one verifier passed twice) merged into one (``merge_copies``);
+       :class:`ScoreNormalizer` (quantile by default);
     2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
        near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
        (its mean normalised score) and reported; with the answer-level model, each problem's shift of a source
@@ -735,6 +736,14 @@ class Weaver:
             (data without answer extraction, e.g. code). Not in the paper. ``report_["unanswered"]`` counts the
             candidates excluded; in ``few_labels`` / ``transductive`` mode a warning says when the labels score an
             excluded candidate correct.
+        merge_copies: verifier columns with the same score on every candidate of the fit data (one verifier passed
+            twice under two names) count as one verifier: each set is merged into its first column before anything
+            else, with a warning, and listed in ``report_["verifier_copies"]`` (default True; session 41). Counted
+            twice, a copy reweighted the mean-verifier baseline and its verifier group and changed how groups
+            formed: Select@1 moved by up to 4.69 points on the suite's judge sets
+            (``benchmarks/diag_weaver_metamorphic.py``); merged, the fit is the one without the copy, bit for bit.
+            Where the copies differ on data passed to :meth:`score`, the merged column is their mean. ``False`` keeps
+            every column. Not in the paper.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -745,7 +754,8 @@ class Weaver:
                  prior_iterations: int = 3, answer_pooling: str = "none", group_verifiers: bool = True,
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
                  guard_gap: float = 2.0, guard_check: bool = True, guard_split: bool | str = "auto",
-                 problem_offsets: bool | str = "auto", unanswered: str = "exclude", seed: int = 0) -> None:
+                 problem_offsets: bool | str = "auto", unanswered: str = "exclude", merge_copies: bool = True,
+                 seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -755,6 +765,7 @@ class Weaver:
         self.label_model_name = label_model
         self.label_model_kwargs = dict(label_model_kwargs or {})
         self.seed = int(seed)
+        self.merge_copies = bool(merge_copies)
         self._make_lm()  # validate early
         self.normalizer = ScoreNormalizer(normalize, normalize_scope)
         self.binarizer = Binarizer(binarize, threshold)
@@ -796,7 +807,9 @@ class Weaver:
         self._norm_cache: tuple[bytes, np.ndarray] | None = None  # (digest of scores and answers, _normalized)
         self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
-        self.input_names_: list[str] | None = None
+        self.input_names_: list[str] | None = None  # the verifiers fit() got, in its order
+        self.fit_names_: list[str] | None = None  # the same after exact copies are merged (what the fit used)
+        self.copies_: list[list[str]] = []  # classes of verifiers equal on every fit candidate, first member kept
         self.mode_: str | None = None
         self.choice_: str = "label_model"
         self.report_: dict[str, Any] = {}
@@ -825,7 +838,8 @@ class Weaver:
                    answer_pooling=self.answer_pooling, group_verifiers=self.group_verifiers,
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
                    guard_check=self.guard_check, guard_split=self.guard_split,
-                   problem_offsets=self.problem_offsets_setting, unanswered=self.unanswered, seed=self.seed)
+                   problem_offsets=self.problem_offsets_setting, unanswered=self.unanswered,
+                   merge_copies=False, seed=self.seed)  # fitted on merged data: a subset's coincidences stay apart
         return w
 
     @staticmethod
@@ -840,10 +854,13 @@ class Weaver:
         if MV_NAME in data.verifier_names and not self.answer_level and self.mv_verifier:
             raise DataError(f"data already has a verifier named {MV_NAME!r}; rename it or pass mv_verifier=False.")
         names = list(data.verifier_names)
-        if names == self.input_names_:
+        fit_names = self.fit_names_ if self.fit_names_ is not None else self.input_names_
+        if names == fit_names:
             return data
+        if names == self.input_names_:
+            return self._merge_copies(data)
         missing = [n for n in self.input_names_ if n not in names]
-        if missing:
+        if missing and any(n not in names for n in fit_names):
             raise DataError(f"data lacks verifier(s) {missing} that Weaver was fitted on (fitted: "
                             f"{self.input_names_}; data: {names}). Score with the same verifiers, or refit on the "
                             f"ones you have.")
@@ -851,7 +868,25 @@ class Weaver:
         if extra:
             warnings.warn(f"data has verifier(s) {extra} that Weaver was not fitted on; they are left out of the "
                           f"scores. Refit to use them.", UserWarning, stacklevel=3)
-        return data.select_verifiers(self.input_names_)
+        if missing:  # only copies of fitted verifiers are missing: they were merged into the first of their class
+            return data.select_verifiers(fit_names)
+        return self._merge_copies(data.select_verifiers(self.input_names_))
+
+    def _merge_copies(self, data: VerificationData) -> VerificationData:
+        """``data`` (with every fitted verifier) with each class of exact copies found at fit time merged into its
+        first member (:func:`~lightning_ws.weaver.structure.merge_copies`)."""
+        if not self.copies_:
+            return data
+        from lightning_ws.weaver.structure import merge_copies
+
+        names = list(data.verifier_names)
+        classes = [[names.index(n) for n in c] for c in self.copies_]
+        dropped = {n for c in self.copies_ for n in c[1:]}
+        keep = [j for j, n in enumerate(names) if n not in dropped]
+        return VerificationData(scores=merge_copies(data.scores, classes), answers=data.answers,
+                                verifier_names=[names[j] for j in keep],
+                                verifier_kinds=[data.verifier_kinds[j] for j in keep], correct=data.correct,
+                                instructions=data.instructions, samples=data.samples)
 
     def _excluded(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` True for a candidate without an extracted answer in a problem where another candidate has one,
@@ -906,7 +941,7 @@ class Weaver:
         """
         import time
 
-        from lightning_ws.weaver.structure import detect_verifier_groups
+        from lightning_ws.weaver.structure import detect_verifier_groups, exact_copies
 
         t0 = time.perf_counter()
         self._score_cache = self._norm_cache = None
@@ -932,6 +967,16 @@ class Weaver:
             raise ConfigError(f"dev_problems/dev_fraction only apply to mode='few_labels', not {mode!r}.")
         elif mode == "transductive":
             correct = data.require_labels("mode='transductive'")
+        input_names = list(data.verifier_names)
+        self.copies_ = ([[input_names[j] for j in c] for c in exact_copies(data.scores)]
+                        if self.merge_copies else [])
+        if self.copies_:
+            said = "; ".join(f"{c[1:]} equal {c[0]!r}" for c in self.copies_)
+            warnings.warn(f"verifier(s) with the same score on every candidate as another: {said}. Each such set "
+                          f"counts as one verifier (the first; on data where they differ, their mean). Drop the "
+                          f"repeated columns to silence this; a set of verifiers meant to be independent cannot be "
+                          f"told apart on this data.", UserWarning, stacklevel=2)
+            data = self._merge_copies(data)
         names = list(data.verifier_names)
         norm = self.normalizer.fit_transform(data.scores)
         if self.group_verifiers and len(names) > 1:
@@ -941,7 +986,7 @@ class Weaver:
         else:
             self.groups_ = [[j] for j in range(len(names))]
             group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
-        self.input_names_ = names
+        self.input_names_, self.fit_names_ = input_names, names
         source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
         out = self._excluded(data)
         if correct is not None and (out & correct).any():
@@ -951,7 +996,7 @@ class Weaver:
                           f"could not be extracted, pass Weaver(unanswered='keep').", UserWarning, stacklevel=2)
         report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
                                   "n_candidates": data.num_candidates, "verifier_groups": group_report,
-                                  "sources": source_names,
+                                  "sources": source_names, "verifier_copies": self.copies_,
                                   "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size),
                                   "unanswered": {"policy": self.unanswered, "excluded_candidates": int(out.sum()),
                                                  "problems": int(out.any(axis=1).sum())}}
@@ -1370,8 +1415,10 @@ class Weaver:
             "guard": self.guard, "guard_z": self.guard_z, "guard_gap": self.guard_gap,
             "guard_check": self.guard_check, "guard_split": self.guard_split, "choice": self.choice_, "seed": self.seed,
             "problem_offsets": self.problem_offsets_setting, "unanswered": self.unanswered,
+            "merge_copies": self.merge_copies,
             "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
+            "copies": self.copies_,
             "report": self.report_}
         if self.answer_level:
             state["answer_model"] = self.label_model_.state_dict()
@@ -1403,10 +1450,14 @@ class Weaver:
                 group_kwargs=st["group_kwargs"], guard=st["guard"], guard_z=st["guard_z"], guard_gap=st["guard_gap"],
                 guard_check=st.get("guard_check", True), guard_split=st.get("guard_split", False),
                 problem_offsets=st.get("problem_offsets", False),
-                unanswered=st.get("unanswered", "keep"), seed=st["seed"], **kw)
+                unanswered=st.get("unanswered", "keep"), merge_copies=st.get("merge_copies", False),
+                seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
+        w.copies_ = [list(c) for c in st.get("copies", [])]
+        dropped = {n for c in w.copies_ for n in c[1:]}
+        w.fit_names_ = [n for n in w.input_names_ if n not in dropped]
         w.mode_, w.report_ = st["mode"], st["report"]
         if w.answer_level:
             from lightning_ws.weaver.answer_model import AnswerLevelModel

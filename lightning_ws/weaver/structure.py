@@ -29,7 +29,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["centred_correlation", "detect_verifier_groups", "pool_groups"]
+__all__ = ["centred_correlation", "detect_verifier_groups", "exact_copies", "merge_copies", "pool_groups"]
 
 _FAR = 10.0  # dissimilarity of a pair that is neither duplicate nor exchangeable (finite, so averages stay defined)
 
@@ -135,6 +135,54 @@ def detect_verifier_groups(normalized: np.ndarray, names: Sequence[str] | None =
               "params": {"dup_corr": dup_corr, "min_corr": min_corr, "profile_tol": float(profile_tol),
                          "ks_tol": None if ks_tol is None else float(ks_tol)}}
     return clusters, report
+
+
+def exact_copies(scores: np.ndarray) -> list[list[int]]:
+    """Classes of verifier columns of ``(P, N, V)`` scores that are equal on every candidate (the same value, or both
+    missing; ``-0.0`` equals ``0.0``), as sorted index lists, only classes of two or more, ordered by first member.
+
+    One verifier passed twice under two names is such a class. It carries no information its first member lacks, but
+    counted twice it reweights the mean-verifier baseline and a pooled group, and it can change how the groups form
+    (issue 17, session 39: Select@1 moved by up to 12.5 points on a judge set, and by up to 4.69 after that session's
+    grouping fix). :class:`~lightning_ws.weaver.Weaver` merges each class into its first column before anything else
+    (session 41).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 3:
+        raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+    canon = np.where(np.isnan(s), np.nan, s + 0.0)  # one NaN payload, -0.0 -> 0.0
+    by_key: dict[bytes, list[int]] = {}
+    for v in range(s.shape[2]):
+        by_key.setdefault(np.ascontiguousarray(canon[:, :, v]).tobytes(), []).append(v)
+    classes = []
+    for members in by_key.values():  # equal bytes imply equal columns; the check below guards the assumption
+        if len(members) > 1 and all(np.array_equal(canon[:, :, members[0]], canon[:, :, m], equal_nan=True)
+                                    for m in members[1:]):
+            classes.append(sorted(members))
+    return sorted(classes)
+
+
+def merge_copies(scores: np.ndarray, classes: Sequence[Sequence[int]]) -> np.ndarray:
+    """``scores`` with every class of :func:`exact_copies` merged into its first column and the other members
+    dropped (the remaining columns keep their order). Where the members are equal (always, on the data the classes
+    came from) the first column is kept bit for bit; elsewhere (new data on which the copies differ) it is the
+    members' nan-mean, so the merged verifier still counts once."""
+    s = np.asarray(scores, dtype=np.float64)
+    if not classes:
+        return s
+    out = s.copy()
+    drop: set[int] = set()
+    for members in classes:
+        x = s[:, :, list(members)]
+        first = x[:, :, :1]
+        same = ((x == first) | (np.isnan(x) & np.isnan(first))).all(axis=2)
+        if not same.all():
+            cnt = (~np.isnan(x)).sum(axis=2)
+            with np.errstate(all="ignore"):
+                mean = np.where(cnt > 0, np.nansum(x, axis=2) / cnt, np.nan)
+            out[:, :, members[0]] = np.where(same, x[:, :, 0], mean)
+        drop.update(int(m) for m in members[1:])
+    return out[:, :, [v for v in range(s.shape[2]) if v not in drop]]
 
 
 def pool_groups(normalized: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
