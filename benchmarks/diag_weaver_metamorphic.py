@@ -7,8 +7,10 @@ For every suite set (64 problems x 16 candidates, one data seed) this fits ``Wea
 * each problem's candidates in another order;
 * every score mapped by ``3 x - 1`` (one affine map for all verifiers: the quantile normaliser sees the same ranks);
 * every answer string renamed (``"7"`` -> ``"ans<7>"``, the same partition of the candidates);
-* one verifier column appended again under a new name (for each of the first three verifiers): not the same data -
-  the copy counts twice in the mean-verifier baseline and in a pooled group - but a user mistake worth measuring.
+* one verifier column appended again under a new name (for each of the first three verifiers), and (session 41)
+  appended again through ``exp(3 x) + 1`` (the same verifier on another scale, as logits next to probabilities):
+  a user mistake. Before session 41 the copy counted twice in the mean-verifier baseline and in a pooled group;
+  ``Weaver(merge_copies=True)`` (default since then) leaves it out, so both columns should read +0.00.
 
 It prints Select@1 as drawn, the change in Select@1 under each transformation and, for the first four, the largest
 change of any candidate's score (EM's stopping tolerance gives 1e-10 to 1e-3). Picks may only change through ties.
@@ -23,12 +25,17 @@ Kolmogorov-Smirnov check) to tell draws of one judge from independent verifiers,
 stop being one group.
 
 ``--copies-census`` (session 41) prints instead how many of the data sets the Weaver benchmarks fit have two
-verifier columns equal on every candidate (:func:`~lightning_ws.weaver.structure.exact_copies`; ``Weaver`` merges
-such columns since session 41, so a set without them fits as before): the three shipped preference sets, their
+verifier columns that copy each other (:func:`~lightning_ws.weaver.structure.verifier_copies`) or a verifier flat
+within every problem (:func:`~lightning_ws.weaver.structure.flat_within_problems`); ``Weaver`` leaves such columns
+out since session 41, so a set without them fits as before: the three shipped preference sets, their
 subsets and the small samples of ``bench_weaver_preferences.py --pairs 24,48,96``, GSM8K, the suite at 64 x 16 and
-64 x 64 (seeds 0-3) and the held-out judge sets (seeds 1000-1011).
+64 x 64 (seeds 0-3) and at its own sizes (seeds 0-11), and the held-out judge sets (seeds 1000-1011).
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone | --copies-census]
+``--flat`` (session 41) prints instead Select@1 on each suite set as drawn and its change with one more column that
+cannot rank candidates: a constant, or a random score per problem shared by all its candidates (a reward model that
+saw only the question). ``Weaver(drop_flat=True)`` (default since then) leaves such columns out.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone | --copies-census | --flat]
 """
 
 from __future__ import annotations
@@ -60,9 +67,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=39001)
     ap.add_argument("--monotone", action="store_true", help="the per-verifier monotone maps table instead")
     ap.add_argument("--copies-census", action="store_true",
-                    help="count the benchmark data sets with two verifier columns equal everywhere, instead")
+                    help="count the benchmark data sets with verifier columns that copy each other, instead")
+    ap.add_argument("--flat", action="store_true", help="columns that cannot rank candidates appended, instead")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.flat:
+        _flat(args.seed)
+        return
     if args.copies_census:
         _copies_census()
         return
@@ -70,8 +81,8 @@ def main() -> None:
         _monotone(args.seed)
         return
     print("| set | V | Select@1 | problems reordered | candidates reordered | scores 3x-1 | answers renamed | "
-          "verifier 0 / 1 / 2 appended again |")
-    print("|---|---|---|---|---|---|---|---|")
+          "verifier 0 / 1 / 2 appended again | verifier 0 / 1 / 2 appended again through exp(3x)+1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in SUITE:
         d = make_suite_set(name, num_problems=64, num_candidates=16, seed=args.seed)
         P, N = d.num_problems, d.num_candidates
@@ -89,14 +100,15 @@ def main() -> None:
         for dt, expect in ((dp, ref[pp]), (dc, ref[r, cp]), (da, ref), (dr, ref)):
             wt = Weaver().fit(dt)
             cells.append(f"{_select_at_1(dt, wt) - base:+.2f} ({np.nanmax(np.abs(wt.score(dt) - expect)):.1e})")
-        dups = []
-        for v in range(min(d.num_verifiers, 3)):
-            dd = VerificationData(np.concatenate([d.scores, d.scores[:, :, [v]]], axis=2), d.answers,
-                                  d.verifier_names + [d.verifier_names[v] + "_again"],
-                                  d.verifier_kinds + [d.verifier_kinds[v]], d.correct)
-            dups.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
-        print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + f" | {' / '.join(dups)} |",
-              flush=True)
+        dups: dict[str, list[str]] = {"same": [], "exp": []}
+        for kind, f in (("same", lambda x: x), ("exp", lambda x: np.exp(3.0 * x) + 1.0)):
+            for v in range(min(d.num_verifiers, 3)):
+                dd = VerificationData(np.concatenate([d.scores, f(d.scores[:, :, [v]])], axis=2), d.answers,
+                                      d.verifier_names + [d.verifier_names[v] + "_again"],
+                                      d.verifier_kinds + [d.verifier_kinds[v]], d.correct)
+                dups[kind].append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
+        print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells)
+              + f" | {' / '.join(dups['same'])} | {' / '.join(dups['exp'])} |", flush=True)
 
 
 def _monotone_map(x: np.ndarray, which: int) -> np.ndarray:
@@ -138,17 +150,20 @@ def _copies_census() -> None:
 
     from lightning_ws.programs import ProgramSandbox
     from lightning_ws.weaver import load_gsm8k_verification
-    from lightning_ws.weaver.structure import exact_copies
+    from lightning_ws.weaver.structure import flat_within_problems, verifier_copies
     from lightning_ws.weaver.suite import make_set
 
     counts: dict[str, list[int]] = {}
 
     def check(family: str, label: str, d: VerificationData) -> None:
-        c = exact_copies(d.scores)
-        counts.setdefault(family, [0, 0])[0] += 1
+        c, flat = verifier_copies(d.scores), flat_within_problems(d.scores)
+        counts.setdefault(family, [0, 0, 0])[0] += 1
         if c:
             counts[family][1] += 1
-            print(f"    {label}: {[[d.verifier_names[j] for j in g] for g in c]}")
+            print(f"    {label}: copies {[[d.verifier_names[j] for j in g] for g in c]}")
+        if flat.any() and not flat.all():
+            counts[family][2] += 1
+            print(f"    {label}: flat {[d.verifier_names[j] for j in np.flatnonzero(flat)]}")
 
     with ProgramSandbox() as sb:
         built = {name: bp.build(name, sandbox=sb) for name in ("pandalm_test", "llmbar", "hh_rlhf")}
@@ -178,14 +193,32 @@ def _copies_census() -> None:
             for seed in range(4):
                 check("suite, 64 x 16 and 64 x 64, seeds 0-3", f"{name} {n} seed {seed}",
                       make_suite_set(name, num_problems=64, num_candidates=n, seed=seed))
+        for seed in range(12):  # bench_weaver_suite.py's sets: the suite's own sizes, seeds 0-11
+            check("suite at its own sizes, seeds 0-11", f"{name} seed {seed}", make_suite_set(name, seed=seed))
     for name, spec in _heldout_specs().items():
         for seed in range(12):
             check("held-out judge sets, seeds 1000-1011", f"{name} seed {1000 + seed}", make_set(spec, seed=1000 + seed))
-    print("| data sets | checked | with two columns equal everywhere |")
-    print("|---|---|---|")
-    for family, (n, hit) in counts.items():
-        print(f"| {family} | {n} | {hit} |")
-    print(f"| all | {sum(v[0] for v in counts.values())} | {sum(v[1] for v in counts.values())} |")
+    print("| data sets | checked | with copies (verifier_copies) | with flat verifiers (flat_within_problems) |")
+    print("|---|---|---|---|")
+    for family, (n, hit, flat_hit) in counts.items():
+        print(f"| {family} | {n} | {hit} | {flat_hit} |")
+    print(f"| all | {sum(v[0] for v in counts.values())} | {sum(v[1] for v in counts.values())} | "
+          f"{sum(v[2] for v in counts.values())} |")
+
+
+def _flat(seed: int) -> None:
+    print("| set | V | Select@1 | a constant column appended | a random score per problem appended |")
+    print("|---|---|---|---|---|")
+    for name in SUITE:
+        d = make_suite_set(name, num_problems=64, num_candidates=16, seed=seed)
+        base = _select_at_1(d, Weaver().fit(d))
+        per_problem = np.random.default_rng([41001, seed]).random((d.num_problems, 1, 1))
+        cells = []
+        for col in (np.full(d.scores.shape[:2] + (1,), 0.5), np.repeat(per_problem, d.num_candidates, axis=1)):
+            dd = VerificationData(np.concatenate([d.scores, col], axis=2), d.answers, d.verifier_names + ["flat"],
+                                  d.verifier_kinds + [d.verifier_kinds[0]], d.correct)
+            cells.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
+        print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -375,57 +375,95 @@ def test_a_verifier_passed_twice_stays_in_its_exchangeable_group():
 
 def test_a_verifier_passed_twice_gives_the_fit_without_the_copy(tmp_path):
     # session 41: in the group's mean and the mean-verifier baseline the copy still counted twice and moved Select@1 by
-    # up to 4.69 points (diag_weaver_metamorphic.py); exact copies are now merged into their first column
+    # up to 4.69 points, and by up to 14.06 on another scale (diag_weaver_metamorphic.py); copies now count once
     from lightning_ws.weaver import make_suite_set
 
-    d = make_suite_set("judge_vs_majority", num_problems=32, num_candidates=8, seed=1)
+    d = make_suite_set("judge_vs_majority", num_problems=40, num_candidates=8, seed=1)  # >= 256 candidates
     w = Weaver().fit(d)
     assert w.report_["verifier_copies"] == []
-    cols = [*range(d.num_verifiers), 2, 5, 2]  # judge_2 three times, judge_5 twice, copies at the end
-    names = d.verifier_names + ["j2_again", "j5_again", "j2_third"]
-    again = VerificationData(d.scores[:, :, cols], d.answers, names, [d.verifier_kinds[c] for c in cols], d.correct)
-    with pytest.warns(UserWarning, match="j2_again.*j2_third.*equal 'judge_2'"):
+    cols = [*range(d.num_verifiers), 2, 5, 2, 7]  # judge_2 three times, judge_5 twice, judge_7 on another scale
+    names = d.verifier_names + ["j2_again", "j5_again", "j2_third", "j7_exp"]
+    scores = d.scores[:, :, cols]
+    scores[:, :, -1] = np.exp(3.0 * scores[:, :, -1]) + 1.0
+    again = VerificationData(scores, d.answers, names, [d.verifier_kinds[c] for c in cols], d.correct)
+    with pytest.warns(UserWarning, match="j2_again.*j2_third.*copy 'judge_2'"):
         wa = Weaver().fit(again)
-    assert wa.report_["verifier_copies"] == [["judge_2", "j2_again", "j2_third"], ["judge_5", "j5_again"]]
+    assert wa.report_["verifier_copies"] == [["judge_2", "j2_again", "j2_third"], ["judge_5", "j5_again"],
+                                             ["judge_7", "j7_exp"]]
     np.testing.assert_array_equal(wa.score(again), w.score(d))
     np.testing.assert_array_equal(wa.select(again), w.select(d))
     assert wa.choice_ == w.choice_ and wa.report_["guard"] == w.report_["guard"]
     np.testing.assert_array_equal(wa.score(d), w.score(d))  # the copies may be left out of later data
     wa.save(tmp_path / "w")
     np.testing.assert_array_equal(Weaver.load(tmp_path / "w").score(again), w.score(d))
-    # where the copies differ on new data, the merged column is their mean: scoring as the mean passed once
+    # the first of each set stands for it, also where the copies differ on later data
     other = again.scores.copy()
     other[:, :, names.index("j5_again")] = 0.25
-    merged = d.scores.copy()
-    merged[:, :, 5] = np.where(d.scores[:, :, 5] == 0.25, 0.25, (d.scores[:, :, 5] + 0.25) / 2)
-    differ = VerificationData(other, d.answers, names, again.verifier_kinds, d.correct)
-    assert not np.array_equal(merged, d.scores)
-    np.testing.assert_array_equal(wa.score(differ), w.score(VerificationData(merged, d.answers, d.verifier_names,
-                                                                             d.verifier_kinds, d.correct)))
+    np.testing.assert_array_equal(wa.score(VerificationData(other, d.answers, names, again.verifier_kinds)),
+                                  w.score(d))
     # merge_copies=False keeps every column: the copies count again, and nothing is reported
     wk = Weaver(merge_copies=False).fit(again)
     assert wk.report_["verifier_copies"] == [] and len(wk.fit_names_) == len(names)
+    assert not np.array_equal(wk.score(again), w.score(d))
 
 
-def test_exact_copies_and_merge_copies():
-    from lightning_ws.weaver.structure import exact_copies, merge_copies
+def test_a_verifier_flat_within_every_problem_is_left_out(tmp_path):
+    # session 41: a column that gives every candidate of a problem the same score (a reward model that saw only the
+    # question) cannot rank candidates, but the answer-level model read it once per candidate and moved Select@1 by
+    # up to 10.94 points on the suite's judge sets; it is now left out
+    from lightning_ws.weaver import make_suite_set
+    from lightning_ws.weaver.structure import flat_within_problems
 
-    x = np.random.default_rng(0).random((5, 4, 5))
+    d = make_suite_set("judge_draws_prob", num_problems=40, num_candidates=8, seed=2)
+    w = Weaver().fit(d)
+    per_problem = np.repeat(np.random.default_rng(0).random((d.num_problems, 1, 1)), d.num_candidates, axis=1)
+    per_problem[0, 3] = np.nan  # a missing score does not make a column informative
+    flat = VerificationData(np.concatenate([per_problem, d.scores], axis=2), d.answers, ["question_rm"] +
+                            d.verifier_names, [d.verifier_kinds[0]] + d.verifier_kinds, d.correct)
+    assert flat_within_problems(flat.scores).tolist() == [True] + [False] * d.num_verifiers
+    with pytest.warns(UserWarning, match=r"\['question_rm'\] give every candidate of each problem the same score"):
+        wf = Weaver().fit(flat)
+    assert wf.report_["flat_verifiers"] == ["question_rm"]
+    np.testing.assert_array_equal(wf.score(flat), w.score(d))
+    np.testing.assert_array_equal(wf.select(flat), w.select(d))
+    wf.save(tmp_path / "w")
+    np.testing.assert_array_equal(Weaver.load(tmp_path / "w").score(flat), w.score(d))
+    kept = Weaver(drop_flat=False).fit(flat)
+    assert kept.report_["flat_verifiers"] == [] and "question_rm" in kept.fit_names_
+    assert not np.array_equal(kept.score(flat), w.score(d))
+    # every verifier flat: all kept, with a warning
+    only = VerificationData(per_problem, d.answers, ["question_rm"], [d.verifier_kinds[0]], d.correct)
+    with pytest.warns(UserWarning, match="no verifier gives two candidates of one problem different scores"):
+        assert Weaver().fit(only).fit_names_ == ["question_rm"]
+
+
+def test_verifier_copies_and_merge_copies():
+    from lightning_ws.weaver.structure import merge_copies, verifier_copies
+
+    x = np.random.default_rng(0).random((5, 4, 7))
     x[:, :, 3] = x[:, :, 1]
     x[0, 0, 1] = x[0, 0, 3] = np.nan  # missing in both: still copies
     x[:, :, 4] = x[:, :, 0]
     x[1, 1, 4] = np.nan  # missing in one only: not a copy
-    z = np.zeros((2, 2, 2))
+    x[:, :, 5] = np.log(x[:, :, 2]) * 2.0 - 7.0  # a strictly increasing map: a copy on another scale
+    x[:, :, 6] = -x[:, :, 0]  # a decreasing map: not a copy
+    z = np.zeros((2, 2, 3))
     z[:, :, 1] = -0.0
-    assert exact_copies(x) == [[1, 3]] and exact_copies(z) == [[0, 1]] and exact_copies(x[:, :, :1]) == []
-    m = merge_copies(x, [[1, 3]])
-    assert m.shape == (5, 4, 4)
-    np.testing.assert_array_equal(m, x[:, :, [0, 1, 2, 4]])
-    y = x.copy()
-    y[2, 2, 3] = y[2, 2, 1] + 1.0
-    np.testing.assert_allclose(merge_copies(y, [[1, 3]])[2, 2, 1], y[2, 2, 1] + 0.5, rtol=1e-14)
+    z[0, 0, 2] = 1.0
+    assert verifier_copies(x, min_candidates=20) == [[1, 3], [2, 5]] and verifier_copies(x) == [[1, 3]]
+    assert verifier_copies(z) == [[0, 1]]
+    assert verifier_copies(x[:, :, :1]) == []
+    b = np.zeros((3, 2, 2))
+    b[:, 0, 0], b[:, 0, 1] = 1.0, 0.7  # two values each, in the same order: too coarse to tell a copy from chance
+    assert verifier_copies(b) == [] and verifier_copies(b, min_candidates=6) == [[0, 1]]
+    b[0, 1, 1] = 0.7  # a tie in one column that the other breaks: not a copy
+    assert verifier_copies(b, min_candidates=6) == []
+    b[:, :, 1] = b[:, :, 0]
+    assert verifier_copies(b) == [[0, 1]]  # equal columns are copies at any number of levels
+    m = merge_copies(x, verifier_copies(x, min_candidates=20))
+    np.testing.assert_array_equal(m, x[:, :, [0, 1, 2, 4, 6]])
     with pytest.raises(DataError):
-        exact_copies(x[:, :, 0])
+        verifier_copies(x[:, :, 0])
 
 
 def test_load_weaver_table_layout(tmp_path):
@@ -707,7 +745,8 @@ def test_cli_select_writes_scores(tmp_path, capsys):
 
     assert weaver_kwargs(build_parser().parse_args(["select", "--guard-split", "on"]))["guard_split"] is True
     assert weaver_kwargs(build_parser().parse_args(["select", "--keep-copies"]))["merge_copies"] is False
-    assert "merge_copies" not in weaver_kwargs(build_parser().parse_args(["select"]))
+    assert weaver_kwargs(build_parser().parse_args(["select", "--keep-flat"]))["drop_flat"] is False
+    assert not {"merge_copies", "drop_flat"} & set(weaver_kwargs(build_parser().parse_args(["select"])))
 
 
 def test_top_answer_tie_rate_counts_only_ties_between_answers():

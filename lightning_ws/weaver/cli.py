@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="count every verifier as its own source (default: detect groups of near-duplicate or "
                          "exchangeable verifiers, e.g. repeated draws of one judge, and pool each into one source)")
     sp.add_argument("--keep-copies", action="store_true",
-                    help="keep verifier columns that have the same score on every candidate as another as separate "
-                         "verifiers (default: each such set counts as one verifier, with a warning)")
+                    help="keep verifier columns that copy another (the same scores, or the same ranks on another "
+                         "scale) as separate verifiers (default: each such set counts as one, with a warning)")
+    sp.add_argument("--keep-flat", action="store_true",
+                    help="keep verifiers that give every candidate of each problem the same score (default: left "
+                         "out, with a warning: they cannot rank candidates)")
     sp.add_argument("--unanswered", default=None, choices=list(UNANSWERED),
                     help="a candidate without an extracted answer where another candidate of its problem has one "
                          "(default: Weaver's, 'exclude': never selected; 'keep': an answer of its own)")
@@ -101,6 +104,8 @@ def weaver_kwargs(args: argparse.Namespace) -> dict:
         kw["group_verifiers"] = False
     if args.keep_copies:
         kw["merge_copies"] = False
+    if args.keep_flat:
+        kw["drop_flat"] = False
     return kw
 
 

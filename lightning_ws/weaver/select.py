@@ -631,7 +631,8 @@ class Weaver:
     mode allows); ``score(data) -> (P, N)`` gives P(correct); ``select(data) -> (P,)`` picks one candidate per
     problem. Pipeline:
 
-    1. verifier columns equal on every candidate (one verifier passed twice) merged into one (``merge_copies``);
+    1. verifier columns that copy each other (one verifier passed twice, also on another scale) count once
+       (``merge_copies``);
        :class:`ScoreNormalizer` (quantile by default);
     2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
        near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
@@ -736,14 +737,22 @@ class Weaver:
             (data without answer extraction, e.g. code). Not in the paper. ``report_["unanswered"]`` counts the
             candidates excluded; in ``few_labels`` / ``transductive`` mode a warning says when the labels score an
             excluded candidate correct.
-        merge_copies: verifier columns with the same score on every candidate of the fit data (one verifier passed
-            twice under two names) count as one verifier: each set is merged into its first column before anything
-            else, with a warning, and listed in ``report_["verifier_copies"]`` (default True; session 41). Counted
-            twice, a copy reweighted the mean-verifier baseline and its verifier group and changed how groups
-            formed: Select@1 moved by up to 4.69 points on the suite's judge sets
+        merge_copies: verifier columns that copy each other on the fit data - missing on the same candidates and
+            with the same ranks everywhere (:func:`~lightning_ws.weaver.structure.verifier_copies`: one verifier
+            passed twice under two names, or on two scales such as logits and probabilities) count as one verifier:
+            the first column of each set stands for it and the others are left out before anything else, with a
+            warning, and listed in ``report_["verifier_copies"]`` (default True; session 41). Counted twice, a copy
+            reweighted the mean-verifier baseline and its verifier group and changed how groups formed: Select@1
+            moved by up to 4.69 points on the suite's judge sets, and by up to 14.06 with the copy on another scale
             (``benchmarks/diag_weaver_metamorphic.py``); merged, the fit is the one without the copy, bit for bit.
-            Where the copies differ on data passed to :meth:`score`, the merged column is their mean. ``False`` keeps
-            every column. Not in the paper.
+            The copies are left out of later data too, also where they differ there. ``False`` keeps every column.
+            Not in the paper.
+        drop_flat: verifiers that give every candidate of each problem of the fit data the same score (missing
+            scores aside) cannot tell candidates apart; they are left out before anything else, with a warning,
+            and listed in ``report_["flat_verifiers"]`` (default True; session 41). Kept, such a column still moved
+            the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers by their
+            candidate counts, and a per-problem random column appended to the suite's judge sets moved Select@1 by
+            up to 10.94 points. When every verifier is flat, all are kept (with a warning). Not in the paper.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -755,7 +764,7 @@ class Weaver:
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
                  guard_gap: float = 2.0, guard_check: bool = True, guard_split: bool | str = "auto",
                  problem_offsets: bool | str = "auto", unanswered: str = "exclude", merge_copies: bool = True,
-                 seed: int = 0) -> None:
+                 drop_flat: bool = True, seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -766,6 +775,7 @@ class Weaver:
         self.label_model_kwargs = dict(label_model_kwargs or {})
         self.seed = int(seed)
         self.merge_copies = bool(merge_copies)
+        self.drop_flat = bool(drop_flat)
         self._make_lm()  # validate early
         self.normalizer = ScoreNormalizer(normalize, normalize_scope)
         self.binarizer = Binarizer(binarize, threshold)
@@ -808,8 +818,9 @@ class Weaver:
         self.groups_: list[list[int]] | None = None
         self.verifier_names_: list[str] | None = None
         self.input_names_: list[str] | None = None  # the verifiers fit() got, in its order
-        self.fit_names_: list[str] | None = None  # the same after exact copies are merged (what the fit used)
-        self.copies_: list[list[str]] = []  # classes of verifiers equal on every fit candidate, first member kept
+        self.fit_names_: list[str] | None = None  # the same without copies and flat verifiers (what the fit used)
+        self.copies_: list[list[str]] = []  # classes of verifiers that copy each other, first member kept
+        self.flat_: list[str] = []  # verifiers constant within every problem of the fit data, left out
         self.mode_: str | None = None
         self.choice_: str = "label_model"
         self.report_: dict[str, Any] = {}
@@ -839,7 +850,8 @@ class Weaver:
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
                    guard_check=self.guard_check, guard_split=self.guard_split,
                    problem_offsets=self.problem_offsets_setting, unanswered=self.unanswered,
-                   merge_copies=False, seed=self.seed)  # fitted on merged data: a subset's coincidences stay apart
+                   merge_copies=False, drop_flat=False,  # fitted on the kept columns: a subset's coincidences
+                   seed=self.seed)  # stay apart
         return w
 
     @staticmethod
@@ -857,10 +869,8 @@ class Weaver:
         fit_names = self.fit_names_ if self.fit_names_ is not None else self.input_names_
         if names == fit_names:
             return data
-        if names == self.input_names_:
-            return self._merge_copies(data)
-        missing = [n for n in self.input_names_ if n not in names]
-        if missing and any(n not in names for n in fit_names):
+        missing = [n for n in fit_names if n not in names]
+        if missing:
             raise DataError(f"data lacks verifier(s) {missing} that Weaver was fitted on (fitted: "
                             f"{self.input_names_}; data: {names}). Score with the same verifiers, or refit on the "
                             f"ones you have.")
@@ -868,25 +878,7 @@ class Weaver:
         if extra:
             warnings.warn(f"data has verifier(s) {extra} that Weaver was not fitted on; they are left out of the "
                           f"scores. Refit to use them.", UserWarning, stacklevel=3)
-        if missing:  # only copies of fitted verifiers are missing: they were merged into the first of their class
-            return data.select_verifiers(fit_names)
-        return self._merge_copies(data.select_verifiers(self.input_names_))
-
-    def _merge_copies(self, data: VerificationData) -> VerificationData:
-        """``data`` (with every fitted verifier) with each class of exact copies found at fit time merged into its
-        first member (:func:`~lightning_ws.weaver.structure.merge_copies`)."""
-        if not self.copies_:
-            return data
-        from lightning_ws.weaver.structure import merge_copies
-
-        names = list(data.verifier_names)
-        classes = [[names.index(n) for n in c] for c in self.copies_]
-        dropped = {n for c in self.copies_ for n in c[1:]}
-        keep = [j for j, n in enumerate(names) if n not in dropped]
-        return VerificationData(scores=merge_copies(data.scores, classes), answers=data.answers,
-                                verifier_names=[names[j] for j in keep],
-                                verifier_kinds=[data.verifier_kinds[j] for j in keep], correct=data.correct,
-                                instructions=data.instructions, samples=data.samples)
+        return data.select_verifiers(fit_names)  # copies and flat verifiers found at fit time are left out too
 
     def _excluded(self, data: VerificationData) -> np.ndarray:
         """``(P, N)`` True for a candidate without an extracted answer in a problem where another candidate has one,
@@ -941,7 +933,7 @@ class Weaver:
         """
         import time
 
-        from lightning_ws.weaver.structure import detect_verifier_groups, exact_copies
+        from lightning_ws.weaver.structure import detect_verifier_groups, flat_within_problems, verifier_copies
 
         t0 = time.perf_counter()
         self._score_cache = self._norm_cache = None
@@ -968,15 +960,32 @@ class Weaver:
         elif mode == "transductive":
             correct = data.require_labels("mode='transductive'")
         input_names = list(data.verifier_names)
-        self.copies_ = ([[input_names[j] for j in c] for c in exact_copies(data.scores)]
+        self.copies_ = ([[input_names[j] for j in c] for c in verifier_copies(data.scores)]
                         if self.merge_copies else [])
         if self.copies_:
-            said = "; ".join(f"{c[1:]} equal {c[0]!r}" for c in self.copies_)
-            warnings.warn(f"verifier(s) with the same score on every candidate as another: {said}. Each such set "
-                          f"counts as one verifier (the first; on data where they differ, their mean). Drop the "
-                          f"repeated columns to silence this; a set of verifiers meant to be independent cannot be "
-                          f"told apart on this data.", UserWarning, stacklevel=2)
-            data = self._merge_copies(data)
+            said = "; ".join(f"{c[1:]} copy {c[0]!r}" for c in self.copies_)
+            warnings.warn(f"verifier(s) that copy another on every candidate (the same scores, or the same ranks on "
+                          f"another scale): {said}. Each such set counts as one verifier, its first; the others are "
+                          f"left out, also when scoring later data. Drop the repeated columns to silence this; "
+                          f"verifiers meant to be independent cannot be told apart on this data (pass "
+                          f"merge_copies=False to keep them all).", UserWarning, stacklevel=2)
+        kept = [j for j, n in enumerate(input_names) if n not in {m for c in self.copies_ for m in c[1:]}]
+        self.flat_ = []
+        if self.drop_flat:
+            flat = flat_within_problems(data.scores[:, :, kept])
+            if flat.any() and not flat.all():
+                self.flat_ = [input_names[j] for j, f in zip(kept, flat) if f]
+                warnings.warn(f"verifier(s) {self.flat_} give every candidate of each problem the same score, so they "
+                              f"cannot tell a problem's candidates apart; they are left out, also when scoring later "
+                              f"data (a reward model or judge that saw only the question would do this). Pass "
+                              f"drop_flat=False to keep them.", UserWarning, stacklevel=2)
+                kept = [j for j, f in zip(kept, flat) if not f]
+            elif flat.all():
+                warnings.warn("no verifier gives two candidates of one problem different scores: the verifiers cannot "
+                              "rank candidates, and selection rests on answer agreement alone. Check the scores.",
+                              UserWarning, stacklevel=2)
+        if len(kept) < len(input_names):
+            data = data.select_verifiers([input_names[j] for j in kept])
         names = list(data.verifier_names)
         norm = self.normalizer.fit_transform(data.scores)
         if self.group_verifiers and len(names) > 1:
@@ -997,6 +1006,7 @@ class Weaver:
         report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
                                   "n_candidates": data.num_candidates, "verifier_groups": group_report,
                                   "sources": source_names, "verifier_copies": self.copies_,
+                                  "flat_verifiers": self.flat_,
                                   "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size),
                                   "unanswered": {"policy": self.unanswered, "excluded_candidates": int(out.sum()),
                                                  "problems": int(out.any(axis=1).sum())}}
@@ -1418,7 +1428,7 @@ class Weaver:
             "merge_copies": self.merge_copies,
             "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
-            "copies": self.copies_,
+            "copies": self.copies_, "flat": self.flat_, "drop_flat": self.drop_flat,
             "report": self.report_}
         if self.answer_level:
             state["answer_model"] = self.label_model_.state_dict()
@@ -1451,12 +1461,13 @@ class Weaver:
                 guard_check=st.get("guard_check", True), guard_split=st.get("guard_split", False),
                 problem_offsets=st.get("problem_offsets", False),
                 unanswered=st.get("unanswered", "keep"), merge_copies=st.get("merge_copies", False),
+                drop_flat=st.get("drop_flat", False),
                 seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
-        w.copies_ = [list(c) for c in st.get("copies", [])]
-        dropped = {n for c in w.copies_ for n in c[1:]}
+        w.copies_, w.flat_ = [list(c) for c in st.get("copies", [])], list(st.get("flat", []))
+        dropped = {n for c in w.copies_ for n in c[1:]} | set(w.flat_)
         w.fit_names_ = [n for n in w.input_names_ if n not in dropped]
         w.mode_, w.report_ = st["mode"], st["report"]
         if w.answer_level:

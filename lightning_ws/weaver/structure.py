@@ -22,6 +22,7 @@ that issue 17 reports). Lightning-free (numpy).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["centred_correlation", "detect_verifier_groups", "exact_copies", "merge_copies", "pool_groups"]
+__all__ = ["centred_correlation", "detect_verifier_groups", "flat_within_problems", "merge_copies", "pool_groups",
+           "verifier_copies"]
 
 _FAR = 10.0  # dissimilarity of a pair that is neither duplicate nor exchangeable (finite, so averages stay defined)
 
@@ -137,52 +139,64 @@ def detect_verifier_groups(normalized: np.ndarray, names: Sequence[str] | None =
     return clusters, report
 
 
-def exact_copies(scores: np.ndarray) -> list[list[int]]:
-    """Classes of verifier columns of ``(P, N, V)`` scores that are equal on every candidate (the same value, or both
-    missing; ``-0.0`` equals ``0.0``), as sorted index lists, only classes of two or more, ordered by first member.
+def verifier_copies(scores: np.ndarray, *, min_candidates: int = 256) -> list[list[int]]:
+    """Classes of verifier columns of ``(P, N, V)`` scores that are copies of each other, as sorted index lists, only
+    classes of two or more, ordered by first member: equal on every candidate (the same value or both missing;
+    ``-0.0`` equals ``0.0``), or, for columns that score at least ``min_candidates`` candidates with two or more
+    distinct values, missing on the same candidates and each a strictly increasing function of the other (the same
+    ranks, ties included).
 
-    One verifier passed twice under two names is such a class. It carries no information its first member lacks, but
-    counted twice it reweights the mean-verifier baseline and a pooled group, and it can change how the groups form
-    (issue 17, session 39: Select@1 moved by up to 12.5 points on a judge set, and by up to 4.69 after that session's
-    grouping fix). :class:`~lightning_ws.weaver.Weaver` merges each class into its first column before anything else
-    (session 41).
+    The second kind needs many candidates because related but different verifiers order small data alike by chance:
+    on samples of 12-48 pairs of the shipped preference sets (24-96 candidates), pairs of the 21 hand-written judge
+    programs with 2-9 distinct values ranked every response alike; on 96 pairs and on the full sets none did.
+
+    One verifier passed twice under two names is such a class, and so is one reward model passed as logits and as
+    probabilities, or one judge's verdicts coded ``yes/no`` and ``1/0``. A copy carries no information its first member
+    lacks, but counted twice it reweights the mean-verifier baseline and a pooled group, and it can change how the
+    groups form: issue 17, session 39: Select@1 moved by up to 12.5 points on a judge set, and by up to 4.69 after
+    that session's grouping fix; session 41: one judge draw passed again through ``exp(3 x) + 1`` cost up to 14.06
+    (the copy's scale fails the Kolmogorov-Smirnov check of :func:`detect_verifier_groups`, so the copy and its
+    original left the group of the other draws). :class:`~lightning_ws.weaver.Weaver` keeps the first column of
+    each class and drops the others (``merge_copies``).
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 3:
         raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
-    canon = np.where(np.isnan(s), np.nan, s + 0.0)  # one NaN payload, -0.0 -> 0.0
-    by_key: dict[bytes, list[int]] = {}
-    for v in range(s.shape[2]):
-        by_key.setdefault(np.ascontiguousarray(canon[:, :, v]).tobytes(), []).append(v)
-    classes = []
-    for members in by_key.values():  # equal bytes imply equal columns; the check below guards the assumption
-        if len(members) > 1 and all(np.array_equal(canon[:, :, members[0]], canon[:, :, m], equal_nan=True)
-                                    for m in members[1:]):
-            classes.append(sorted(members))
-    return sorted(classes)
+    flat = s.reshape(-1, s.shape[2])
+    by_key: dict[tuple[str, bytes], list[int]] = {}
+    for v in range(flat.shape[1]):
+        ok = ~np.isnan(flat[:, v])
+        levels, inverse = np.unique(flat[ok, v], return_inverse=True)  # dense ranks; -0.0 equals 0.0
+        if levels.size >= 2 and ok.sum() >= min_candidates:  # equal columns take the same branch
+            ranks = np.full(flat.shape[0], -1, dtype=np.int64)
+            ranks[ok] = inverse.ravel()
+            key = ("ranks", ranks.tobytes())
+        else:
+            key = ("values", np.where(ok, flat[:, v] + 0.0, np.nan).tobytes())  # one NaN payload, -0.0 -> 0.0
+        by_key.setdefault(key, []).append(v)
+    return sorted(sorted(members) for members in by_key.values() if len(members) > 1)
+
+
+def flat_within_problems(scores: np.ndarray) -> np.ndarray:
+    """``(V,)`` True for a verifier column of ``(P, N, V)`` scores that gives every scored candidate of each problem
+    the same score (NaN = missing; a problem with fewer than two scored candidates says nothing): it cannot rank any
+    problem's candidates."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 3:
+        raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN problems
+        spread = np.nanmax(s, axis=1) - np.nanmin(s, axis=1)  # (P, V), NaN where a problem has no score
+    return ~(spread > 0).any(axis=0)
 
 
 def merge_copies(scores: np.ndarray, classes: Sequence[Sequence[int]]) -> np.ndarray:
-    """``scores`` with every class of :func:`exact_copies` merged into its first column and the other members
-    dropped (the remaining columns keep their order). Where the members are equal (always, on the data the classes
-    came from) the first column is kept bit for bit; elsewhere (new data on which the copies differ) it is the
-    members' nan-mean, so the merged verifier still counts once."""
+    """``scores`` without the columns of each class of :func:`verifier_copies` but its first (the remaining columns
+    keep their order): the first member stands for its copies, also on later data where they differ (their scales
+    may differ, so no mean of them is taken)."""
     s = np.asarray(scores, dtype=np.float64)
-    if not classes:
-        return s
-    out = s.copy()
-    drop: set[int] = set()
-    for members in classes:
-        x = s[:, :, list(members)]
-        first = x[:, :, :1]
-        same = ((x == first) | (np.isnan(x) & np.isnan(first))).all(axis=2)
-        if not same.all():
-            cnt = (~np.isnan(x)).sum(axis=2)
-            with np.errstate(all="ignore"):
-                mean = np.where(cnt > 0, np.nansum(x, axis=2) / cnt, np.nan)
-            out[:, :, members[0]] = np.where(same, x[:, :, 0], mean)
-        drop.update(int(m) for m in members[1:])
-    return out[:, :, [v for v in range(s.shape[2]) if v not in drop]]
+    drop = {int(m) for members in classes for m in list(members)[1:]}
+    return s[:, :, [v for v in range(s.shape[2]) if v not in drop]] if drop else s
 
 
 def pool_groups(normalized: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
