@@ -1100,9 +1100,11 @@ class Weaver:
         need = int(getattr(self._make_lm(), "min_lfs", 1))
         if len(names) < need:
             raise DataError(f"label model {self.label_model_name!r} needs at least {need} sources but the data give "
-                            f"{len(names)} ({names}) after pooling verifier groups {[len(g) for g in self.groups_]}; "
-                            f"use Weaver('answer_level') (default), which works with a single source, or "
-                            f"group_verifiers=False.")
+                            f"{len(names)} ({names}) after pooling verifier groups {[len(g) for g in self.groups_]}"
+                            + (f" and leaving out copies {self.copies_} and flat verifiers {self.flat_}"
+                               if self.copies_ or self.flat_ else "")
+                            + "; use Weaver('answer_level') (default), which works with a single source, or "
+                              "group_verifiers=False.")
         P, N = data.num_problems, data.num_candidates
         pi: float | None
         if mode == "transductive":
