@@ -460,6 +460,12 @@ def test_verifier_copies_and_merge_copies():
     assert verifier_copies(b, min_candidates=6) == []
     b[:, :, 1] = b[:, :, 0]
     assert verifier_copies(b) == [[0, 1]]  # equal columns are copies at any number of levels
+    r = np.random.default_rng(1).permutation(300).astype(np.float64).reshape(30, 10, 1)
+    rounded = np.concatenate([r, np.where(r < 20, 0.0, r), np.where(r < 40, 0.0, r), np.exp(r / 10.0) + 1.0], axis=2)
+    # 20 of 300 values rounded together (6 %) is a copy, 40 (13 %) is not; exp(x / 10) + 1 keeps every value apart
+    assert verifier_copies(rounded) == [[0, 1, 3]]
+    assert verifier_copies(rounded, max_rounded=0.2) == [[0, 1, 2, 3]]
+    assert verifier_copies(rounded[:, :, [1, 0]]) == [[0, 1]]  # the coarser column first: still one class
     m = merge_copies(x, verifier_copies(x, min_candidates=20))
     np.testing.assert_array_equal(m, x[:, :, [0, 1, 2, 4, 6]])
     with pytest.raises(DataError):

@@ -739,7 +739,8 @@ class Weaver:
             excluded candidate correct.
         merge_copies: verifier columns that copy each other on the fit data - missing on the same candidates and
             with the same ranks everywhere (:func:`~lightning_ws.weaver.structure.verifier_copies`: one verifier
-            passed twice under two names, or on two scales such as logits and probabilities) count as one verifier:
+            passed twice under two names, or on two scales such as logits and probabilities, up to a few values the
+            other scale rounded together) count as one verifier:
             the first column of each set stands for it and the others are left out before anything else, with a
             warning, and listed in ``report_["verifier_copies"]`` (default True; session 41). Counted twice, a copy
             reweighted the mean-verifier baseline and its verifier group and changed how groups formed: Select@1
