@@ -421,6 +421,15 @@ def test_a_verifier_flat_within_every_problem_is_left_out(tmp_path):
     flat = VerificationData(np.concatenate([per_problem, d.scores], axis=2), d.answers, ["question_rm"] +
                             d.verifier_names, [d.verifier_kinds[0]] + d.verifier_kinds, d.correct)
     assert flat_within_problems(flat.scores).tolist() == [True] + [False] * d.num_verifiers
+    x = np.zeros((4, 4, 5))
+    x[:, :, 1] = np.nan
+    x[:, 0, 1] = [1.0, 2.0, 1.0, 3.0]  # one candidate per problem scored: not flat (it tells it from the others)
+    x[:, :, 2] = np.nan
+    x[1, :, 2] = 5.0  # one problem scored, flat there, the others unscored: flat
+    x[0, 0, 3] = 1.0  # varies within a problem: not flat
+    x[:, 1:, 4] = np.nan
+    x[0, 1, 4] = 0.0  # two candidates scored alike in one problem of four, one elsewhere: not flat
+    assert flat_within_problems(x).tolist() == [True, False, True, False, False]
     with pytest.warns(UserWarning, match=r"\['question_rm'\] give every candidate of each problem the same score"):
         wf = Weaver().fit(flat)
     assert wf.report_["flat_verifiers"] == ["question_rm"]

@@ -685,8 +685,9 @@ def test_a_verifier_scored_once_gives_no_runtime_warning_and_finite_scores():
     s[:, :, 1] = 2.0  # constant
     dd = VerificationData(scores=s, answers=d.answers, verifier_names=d.verifier_names,
                           verifier_kinds=d.verifier_kinds, correct=d.correct)
-    # drop_flat=False: by default (session 41) both columns are left out before the fit, as flat within every problem
-    assert Weaver().fit(dd, "label_free").report_["flat_verifiers"] == d.verifier_names[:2]
+    # drop_flat=False: by default (session 41) the constant column is left out before the fit (the one scored once is
+    # not flat: it scores one candidate of its problem)
+    assert Weaver().fit(dd, "label_free").report_["flat_verifiers"] == d.verifier_names[1:2]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         w = Weaver(drop_flat=False).fit(dd, "label_free")

@@ -748,8 +748,10 @@ class Weaver:
             (``benchmarks/diag_weaver_metamorphic.py``); merged, the fit is the one without the copy, bit for bit.
             The copies are left out of later data too, also where they differ there. ``False`` keeps every column.
             Not in the paper.
-        drop_flat: verifiers that give every candidate of each problem of the fit data the same score (missing
-            scores aside) cannot tell candidates apart; they are left out before anything else, with a warning,
+        drop_flat: verifiers that give every candidate of each problem of the fit data the same score
+            (:func:`~lightning_ws.weaver.structure.flat_within_problems`; a verifier that scores one candidate per
+            problem is not flat) cannot tell candidates apart; they are left out before anything else, with a
+            warning,
             and listed in ``report_["flat_verifiers"]`` (default True; session 41). Kept, such a column still moved
             the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers by their
             candidate counts, and a per-problem random column appended to the suite's judge sets moved Select@1 by

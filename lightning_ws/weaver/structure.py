@@ -250,16 +250,22 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 
 def flat_within_problems(scores: np.ndarray) -> np.ndarray:
-    """``(V,)`` True for a verifier column of ``(P, N, V)`` scores that gives every scored candidate of each problem
-    the same score (NaN = missing; a problem with fewer than two scored candidates says nothing): it cannot rank any
-    problem's candidates."""
+    """``(V,)`` True for a verifier column of ``(P, N, V)`` scores (NaN = missing) that gives the scored candidates of
+    each problem one value and scores two or more candidates in at least half of the problems it scores: it cannot
+    rank any problem's candidates.
+
+    A column that scores one candidate per problem (a judge run on one sample of each problem) is not flat: to the
+    answer-level model it still says whether that candidate's answer is right, relative to the others (session 41).
+    """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 3:
         raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
+    n_scored = (~np.isnan(s)).sum(axis=1)  # (P, V)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN problems
         spread = np.nanmax(s, axis=1) - np.nanmin(s, axis=1)  # (P, V), NaN where a problem has no score
-    return ~(spread > 0).any(axis=0)
+    several = 2 * (n_scored >= 2).sum(axis=0) >= (n_scored >= 1).sum(axis=0)
+    return ~(spread > 0).any(axis=0) & several & (n_scored >= 2).any(axis=0)
 
 
 def merge_copies(scores: np.ndarray, classes: Sequence[Sequence[int]]) -> np.ndarray:
