@@ -632,8 +632,8 @@ class Weaver:
     problem. Pipeline:
 
     1. verifier columns that copy each other (one verifier passed twice, also on another scale) count once
-       (``merge_copies``);
-       :class:`ScoreNormalizer` (quantile by default);
+       (``merge_copies``), and columns that cannot rank any problem's candidates are left out (``drop_flat``);
+       then :class:`ScoreNormalizer` (quantile by default);
     2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
        near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
        (its mean normalised score) and reported; with the answer-level model, each problem's shift of a source
@@ -740,9 +740,9 @@ class Weaver:
         merge_copies: verifier columns that copy each other on the fit data - missing on the same candidates and
             with the same ranks everywhere (:func:`~lightning_ws.weaver.structure.verifier_copies`: one verifier
             passed twice under two names, or on two scales such as logits and probabilities, up to a few values the
-            other scale rounded together) count as one verifier:
-            the first column of each set stands for it and the others are left out before anything else, with a
-            warning, and listed in ``report_["verifier_copies"]`` (default True; session 41). Counted twice, a copy
+            other scale rounded together) count as one verifier: the first column of each set stands for it and the
+            others are left out before anything else, with a warning, and listed in ``report_["verifier_copies"]``
+            (default True; session 41). Counted twice, a copy
             reweighted the mean-verifier baseline and its verifier group and changed how groups formed: Select@1
             moved by up to 4.69 points on the suite's judge sets, and by up to 14.06 with the copy on another scale
             (``benchmarks/diag_weaver_metamorphic.py``); merged, the fit is the one without the copy, bit for bit.
@@ -751,11 +751,10 @@ class Weaver:
         drop_flat: verifiers that give every candidate of each problem of the fit data the same score
             (:func:`~lightning_ws.weaver.structure.flat_within_problems`; a verifier that scores one candidate per
             problem is not flat) cannot tell candidates apart; they are left out before anything else, with a
-            warning,
-            and listed in ``report_["flat_verifiers"]`` (default True; session 41). Kept, such a column still moved
-            the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers by their
-            candidate counts, and a per-problem random column appended to the suite's judge sets moved Select@1 by
-            up to 10.94 points. When every verifier is flat, all are kept (with a warning). Not in the paper.
+            warning, and listed in ``report_["flat_verifiers"]`` (default True; session 41). Kept, such a column
+            still moved the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers
+            by their candidate counts, and a per-problem random column appended to the suite's sets moved Select@1
+            by up to 23.44 points (``diag_weaver_metamorphic.py --flat``). When every verifier is flat, all are kept (with a warning). Not in the paper.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
