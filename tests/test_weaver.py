@@ -446,8 +446,8 @@ def test_a_verifier_flat_within_every_problem_is_left_out(tmp_path):
         assert Weaver().fit(only).fit_names_ == ["question_rm"]
 
 
-def test_verifier_copies_and_merge_copies():
-    from lightning_ws.weaver.structure import merge_copies, verifier_copies
+def test_verifier_copies():
+    from lightning_ws.weaver.structure import verifier_copies
 
     x = np.random.default_rng(0).random((5, 4, 7))
     x[:, :, 3] = x[:, :, 1]
@@ -475,8 +475,6 @@ def test_verifier_copies_and_merge_copies():
     assert verifier_copies(rounded) == [[0, 1, 3]]
     assert verifier_copies(rounded, max_rounded=0.2) == [[0, 1, 2, 3]]
     assert verifier_copies(rounded[:, :, [1, 0]]) == [[0, 1]]  # the coarser column first: still one class
-    m = merge_copies(x, verifier_copies(x, min_candidates=20))
-    np.testing.assert_array_equal(m, x[:, :, [0, 1, 2, 4, 6]])
     with pytest.raises(DataError):
         verifier_copies(x[:, :, 0])
 

@@ -971,7 +971,8 @@ class Weaver:
                           f"left out, also when scoring later data. Drop the repeated columns to silence this; "
                           f"verifiers meant to be independent cannot be told apart on this data (pass "
                           f"merge_copies=False to keep them all).", UserWarning, stacklevel=2)
-        kept = [j for j, n in enumerate(input_names) if n not in {m for c in self.copies_ for m in c[1:]}]
+        repeated = {m for c in self.copies_ for m in c[1:]}
+        kept = [j for j, n in enumerate(input_names) if n not in repeated]
         self.flat_ = []
         if self.drop_flat:
             flat = flat_within_problems(data.scores[:, :, kept])

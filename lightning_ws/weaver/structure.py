@@ -30,8 +30,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["centred_correlation", "detect_verifier_groups", "flat_within_problems", "merge_copies", "pool_groups",
-           "verifier_copies"]
+__all__ = ["centred_correlation", "detect_verifier_groups", "flat_within_problems", "pool_groups", "verifier_copies"]
 
 _FAR = 10.0  # dissimilarity of a pair that is neither duplicate nor exchangeable (finite, so averages stay defined)
 
@@ -164,6 +163,8 @@ def verifier_copies(scores: np.ndarray, *, min_candidates: int = 256, max_rounde
     original left the group of the other draws). :class:`~lightning_ws.weaver.Weaver` keeps the first column of
     each class and drops the others (``merge_copies``).
     """
+    from scipy.stats import rankdata
+
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 3:
         raise DataError(f"scores must have shape (P, N, V); got {s.shape}.")
@@ -211,7 +212,7 @@ def verifier_copies(scores: np.ndarray, *, min_candidates: int = 256, max_rounde
             continue
         rows = np.flatnonzero(ok[members[0]])
         sample = rows if rows.size <= 2000 else np.sort(rng.choice(rows, 2000, replace=False))
-        ranks = np.stack([_average_ranks(cols[v, sample]) for v in members])
+        ranks = np.stack([rankdata(cols[v, sample]) for v in members])  # ties get their average rank
         with np.errstate(all="ignore"):
             rho = np.corrcoef(ranks)
         for ia, a in enumerate(members):
@@ -239,16 +240,6 @@ def verifier_copies(scores: np.ndarray, *, min_candidates: int = 256, max_rounde
     return sorted(members for members in classes.values() if len(members) > 1)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks of ``x`` with ties given their average rank (no NaN)."""
-    o = np.argsort(x, kind="stable")
-    r = np.empty(x.size)
-    r[o] = np.arange(x.size, dtype=np.float64)
-    _, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv.ravel(), weights=r)
-    return sums[inv.ravel()] / cnt[inv.ravel()]
-
-
 def flat_within_problems(scores: np.ndarray) -> np.ndarray:
     """``(V,)`` True for a verifier column of ``(P, N, V)`` scores (NaN = missing) that gives the scored candidates of
     each problem one value and scores two or more candidates in at least half of the problems it scores: it cannot
@@ -266,15 +257,6 @@ def flat_within_problems(scores: np.ndarray) -> np.ndarray:
         spread = np.nanmax(s, axis=1) - np.nanmin(s, axis=1)  # (P, V), NaN where a problem has no score
     several = 2 * (n_scored >= 2).sum(axis=0) >= (n_scored >= 1).sum(axis=0)
     return ~(spread > 0).any(axis=0) & several & (n_scored >= 2).any(axis=0)
-
-
-def merge_copies(scores: np.ndarray, classes: Sequence[Sequence[int]]) -> np.ndarray:
-    """``scores`` without the columns of each class of :func:`verifier_copies` but its first (the remaining columns
-    keep their order): the first member stands for its copies, also on later data where they differ (their scales
-    may differ, so no mean of them is taken)."""
-    s = np.asarray(scores, dtype=np.float64)
-    drop = {int(m) for members in classes for m in list(members)[1:]}
-    return s[:, :, [v for v in range(s.shape[2]) if v not in drop]] if drop else s
 
 
 def pool_groups(normalized: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:
