@@ -491,6 +491,7 @@ def test_guard_gives_a_simple_fallback_way_to_the_mean_verifier_only_where_every
 
     d = make_suite_set("rate_0.50", num_problems=40, num_candidates=8, seed=0)
     w = Weaver(seed=0).fit(d, "label_free")
+    d = w._aligned(d)  # the verifiers the fit kept (an answer-blind one is left out)
     pooled, pm = w._sources(d)
     P = d.num_problems
     full = lambda v: np.full(P, v)

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-flat", action="store_true",
                     help="keep verifiers that give every candidate of each problem the same score (default: left "
                          "out, with a warning: they cannot rank candidates)")
+    sp.add_argument("--keep-answer-blind", action="store_true",
+                    help="keep verifiers (or pooled groups) whose scores do not differ between the answers of a "
+                         "problem (default: left out, with a warning: they cannot tell a right answer from a wrong "
+                         "one, and the answer-level model would fit their noise)")
     sp.add_argument("--unanswered", default=None, choices=list(UNANSWERED),
                     help="a candidate without an extracted answer where another candidate of its problem has one "
                          "(default: Weaver's, 'exclude': never selected; 'keep': an answer of its own)")
@@ -106,6 +110,8 @@ def weaver_kwargs(args: argparse.Namespace) -> dict:
         kw["merge_copies"] = False
     if args.keep_flat:
         kw["drop_flat"] = False
+    if args.keep_answer_blind:
+        kw["drop_answer_blind"] = False
     return kw
 
 

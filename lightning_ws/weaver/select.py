@@ -636,8 +636,10 @@ class Weaver:
        then :class:`ScoreNormalizer` (quantile by default);
     2. verifier groups from the scores alone (:func:`~lightning_ws.weaver.structure.detect_verifier_groups`:
        near-duplicates and exchangeable verifiers such as repeated draws of one judge), each pooled into one source
-       (its mean normalised score) and reported; with the answer-level model, each problem's shift of a source
-       (a judge more lenient on some problems) is estimated and removed (``problem_offsets``);
+       (its mean normalised score) and reported; sources whose scores do not differ between the answers of a problem
+       are left out and steps 1-2 redone without them (``drop_answer_blind``); with the answer-level model, each
+       problem's shift of a source (a judge more lenient on some problems) is estimated and removed
+       (``problem_offsets``);
     3. a label model over the pooled sources:
 
        * ``"answer_level"`` (default, :class:`~lightning_ws.weaver.answer_model.AnswerLevelModel`): label-free EM
@@ -755,6 +757,23 @@ class Weaver:
             still moved the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers
             by their candidate counts, and a per-problem random column appended to the suite's sets moved Select@1
             by up to 23.44 points (``diag_weaver_metamorphic.py --flat``). When every verifier is flat, all are kept (with a warning). Not in the paper.
+        drop_answer_blind: after grouping, a source (a verifier or a pooled group) whose scores do not differ between
+            the answers of a problem more than among the candidates of one answer cannot tell a right answer from a
+            wrong one: correctness is a property of the answer
+            (:func:`~lightning_ws.weaver.structure.answer_blind_sources`: a one-way analysis of variance with answers
+            nested in problems; flagged when not significant, ``p > 0.05``, and the between-answer variance, at 95 %
+            confidence, is under 15 % of the within-answer variance and under 35 % of the strongest other source's
+            ratio; at least 20 degrees of freedom on both sides, so only where candidates share answers). Its
+            verifiers are left out, with a warning, also when scoring later data, and the normaliser and the groups
+            are fitted again without them, so the fit is the one without those columns. Listed in
+            ``report_["answer_blind_verifiers"]``; every source's test is in ``report_["answer_signal"]``. Never
+            every source (default True; session 42). Kept, one column of uniform noise next to the 32 pooled draws of
+            a judge moved Select@1 by up to 20.31 points (``diag_weaver_metamorphic.py --noise``): EM fits the noise
+            source's score histograms to chance fluctuations and the candidates evidence sums them over an answer's
+            candidates. Each condition was needed on small synthetic data, where leaving out modest real verifiers
+            cost up to 2.75 points on average (:func:`~lightning_ws.weaver.structure.answer_blind_sources` says
+            more). A real source that the data bound that low next to a strong one is left out too, and a random
+            opinion per *answer* passes the test, as a real verifier's does. Not in the paper.
         seed: seed of every random choice (dev split, guard folds, random tie-break, label model).
     """
 
@@ -766,7 +785,7 @@ class Weaver:
                  group_kwargs: dict[str, Any] | None = None, guard: bool = True, guard_z: float = 1.0,
                  guard_gap: float = 2.0, guard_check: bool = True, guard_split: bool | str = "auto",
                  problem_offsets: bool | str = "auto", unanswered: str = "exclude", merge_copies: bool = True,
-                 drop_flat: bool = True, seed: int = 0) -> None:
+                 drop_flat: bool = True, drop_answer_blind: bool = True, seed: int = 0) -> None:
         if tie_break not in TIE_BREAKS:
             raise ConfigError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}.")
         if int(prior_iterations) < 1:
@@ -778,6 +797,7 @@ class Weaver:
         self.seed = int(seed)
         self.merge_copies = bool(merge_copies)
         self.drop_flat = bool(drop_flat)
+        self.drop_answer_blind = bool(drop_answer_blind)
         self._make_lm()  # validate early
         self.normalizer = ScoreNormalizer(normalize, normalize_scope)
         self.binarizer = Binarizer(binarize, threshold)
@@ -823,6 +843,7 @@ class Weaver:
         self.fit_names_: list[str] | None = None  # the same without copies and flat verifiers (what the fit used)
         self.copies_: list[list[str]] = []  # classes of verifiers that copy each other, first member kept
         self.flat_: list[str] = []  # verifiers constant within every problem of the fit data, left out
+        self.answer_blind_: list[str] = []  # verifiers of sources with no between-answer difference, left out
         self.mode_: str | None = None
         self.choice_: str = "label_model"
         self.report_: dict[str, Any] = {}
@@ -852,8 +873,8 @@ class Weaver:
                    group_kwargs=self.group_kwargs, guard=False, guard_z=self.guard_z, guard_gap=self.guard_gap,
                    guard_check=self.guard_check, guard_split=self.guard_split,
                    problem_offsets=self.problem_offsets_setting, unanswered=self.unanswered,
-                   merge_copies=False, drop_flat=False,  # fitted on the kept columns: a subset's coincidences
-                   seed=self.seed)  # stay apart
+                   merge_copies=False, drop_flat=False, drop_answer_blind=False,  # fitted on the kept columns: a
+                   seed=self.seed)  # subset's coincidences stay apart
         return w
 
     @staticmethod
@@ -918,6 +939,22 @@ class Weaver:
             return pooled
         return np.concatenate([pooled, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
 
+    def _fit_structure(self, data: VerificationData) -> tuple[np.ndarray, dict[str, Any]]:
+        """Fit the normaliser and the verifier groups (``groups_``) on ``data``'s columns; returns the normalised
+        scores and the group report."""
+        from lightning_ws.weaver.structure import detect_verifier_groups
+
+        names = list(data.verifier_names)
+        norm = self.normalizer.fit_transform(data.scores)
+        if self.group_verifiers and len(names) > 1:
+            self.groups_, group_report = detect_verifier_groups(
+                norm, names, context=majority_vote_scores(data.answer_ids())[:, :, None], raw=data.scores,
+                **self.group_kwargs)
+        else:
+            self.groups_ = [[j] for j in range(len(names))]
+            group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
+        return norm, group_report
+
     # -- fit ----------------------------------------------------------------------------------------------------
     @_one_blas_thread
     def fit(self, data: VerificationData, mode: str = "label_free", *, dev_problems: Sequence[int] | None = None,
@@ -935,7 +972,7 @@ class Weaver:
         """
         import time
 
-        from lightning_ws.weaver.structure import detect_verifier_groups, flat_within_problems, verifier_copies
+        from lightning_ws.weaver.structure import answer_blind_sources, flat_within_problems, verifier_copies
 
         t0 = time.perf_counter()
         self._score_cache = self._norm_cache = None
@@ -990,14 +1027,28 @@ class Weaver:
         if len(kept) < len(input_names):
             data = data.select_verifiers([input_names[j] for j in kept])
         names = list(data.verifier_names)
-        norm = self.normalizer.fit_transform(data.scores)
-        if self.group_verifiers and len(names) > 1:
-            self.groups_, group_report = detect_verifier_groups(
-                norm, names, context=majority_vote_scores(data.answer_ids())[:, :, None], raw=data.scores,
-                **self.group_kwargs)
-        else:
-            self.groups_ = [[j] for j in range(len(names))]
-            group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
+        norm, group_report = self._fit_structure(data)
+        self.answer_blind_, blind_test = [], None
+        if self.drop_answer_blind:  # the test is reported for every source; never every source is left out
+            out = self._excluded(data)
+            sources = pool_groups(np.where(out[:, :, None], np.nan, norm) if out.any() else norm, self.groups_)
+            flag, test = answer_blind_sources(sources, data.answer_ids())
+            blind_test = {names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]": {
+                "F": float(test["F"][i]), "df1": int(test["df1"][i]), "df2": int(test["df2"][i]),
+                "p": float(test["p"][i]), "theta": float(test["theta"][i]), "theta_upper": float(test["theta_upper"][i])}
+                for i, g in enumerate(self.groups_)}
+            if flag.any():
+                self.answer_blind_ = [names[j] for g, f in zip(self.groups_, flag) if f for j in g]
+                warnings.warn(f"verifier(s) {self.answer_blind_} score the answers of a problem alike on average (their "
+                              f"scores differ between answers no more than among the candidates of one answer: not "
+                              f"significant, and the between-answer variance is confidently small, also next to "
+                              f"another source's; report_['answer_signal']): they cannot tell a right answer from a "
+                              f"wrong one on this data, and the answer-level model would fit their noise; they are "
+                              f"left out, also when scoring later data. Pass drop_answer_blind=False to keep them.",
+                              UserWarning, stacklevel=2)
+                data = data.select_verifiers([n for n in names if n not in self.answer_blind_])
+                names = list(data.verifier_names)
+                norm, group_report = self._fit_structure(data)
         self.input_names_, self.fit_names_ = input_names, names
         source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
         out = self._excluded(data)
@@ -1009,7 +1060,8 @@ class Weaver:
         report: dict[str, Any] = {"mode": mode, "label_model": self.label_model_name, "n_problems": P,
                                   "n_candidates": data.num_candidates, "verifier_groups": group_report,
                                   "sources": source_names, "verifier_copies": self.copies_,
-                                  "flat_verifiers": self.flat_,
+                                  "flat_verifiers": self.flat_, "answer_blind_verifiers": self.answer_blind_,
+                                  "answer_signal": blind_test,
                                   "n_dev_problems": 0 if dev_idx is None else int(dev_idx.size),
                                   "unanswered": {"policy": self.unanswered, "excluded_candidates": int(out.sum()),
                                                  "problems": int(out.any(axis=1).sum())}}
@@ -1104,8 +1156,9 @@ class Weaver:
         if len(names) < need:
             raise DataError(f"label model {self.label_model_name!r} needs at least {need} sources but the data give "
                             f"{len(names)} ({names}) after pooling verifier groups {[len(g) for g in self.groups_]}"
-                            + (f" and leaving out copies {self.copies_} and flat verifiers {self.flat_}"
-                               if self.copies_ or self.flat_ else "")
+                            + (f" and leaving out copies {self.copies_}, flat verifiers {self.flat_} and "
+                               f"answer-blind verifiers {self.answer_blind_}"
+                               if self.copies_ or self.flat_ or self.answer_blind_ else "")
                             + "; use Weaver('answer_level') (default), which works with a single source, or "
                               "group_verifiers=False.")
         P, N = data.num_problems, data.num_candidates
@@ -1434,6 +1487,7 @@ class Weaver:
             "offsets": None if self.offsets_ is None else self.offsets_.state_dict(),
             "verifier_names": self.verifier_names_, "input_names": self.input_names_, "mode": self.mode_,
             "copies": self.copies_, "flat": self.flat_, "drop_flat": self.drop_flat,
+            "answer_blind": self.answer_blind_, "drop_answer_blind": self.drop_answer_blind,
             "report": self.report_}
         if self.answer_level:
             state["answer_model"] = self.label_model_.state_dict()
@@ -1466,13 +1520,14 @@ class Weaver:
                 guard_check=st.get("guard_check", True), guard_split=st.get("guard_split", False),
                 problem_offsets=st.get("problem_offsets", False),
                 unanswered=st.get("unanswered", "keep"), merge_copies=st.get("merge_copies", False),
-                drop_flat=st.get("drop_flat", False),
+                drop_flat=st.get("drop_flat", False), drop_answer_blind=st.get("drop_answer_blind", False),
                 seed=st["seed"], **kw)
         w.normalizer.load_state_dict(st["normalizer"])
         w.groups_ = [list(g) for g in st["groups"]]
         w.choice_, w.verifier_names_, w.input_names_ = st["choice"], st["verifier_names"], st["input_names"]
         w.copies_, w.flat_ = [list(c) for c in st.get("copies", [])], list(st.get("flat", []))
-        dropped = {n for c in w.copies_ for n in c[1:]} | set(w.flat_)
+        w.answer_blind_ = list(st.get("answer_blind", []))  # absent before session 42
+        dropped = {n for c in w.copies_ for n in c[1:]} | set(w.flat_) | set(w.answer_blind_)
         w.fit_names_ = [n for n in w.input_names_ if n not in dropped]
         w.mode_, w.report_ = st["mode"], st["report"]
         if w.answer_level:
