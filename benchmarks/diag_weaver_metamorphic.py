@@ -29,13 +29,32 @@ verifier columns that copy each other (:func:`~lightning_ws.weaver.structure.ver
 within every problem (:func:`~lightning_ws.weaver.structure.flat_within_problems`); ``Weaver`` leaves such columns
 out since session 41, so a set without them fits as before: the three shipped preference sets, their
 subsets and the small samples of ``bench_weaver_preferences.py --pairs 24,48,96``, GSM8K, the suite at 64 x 16 and
-64 x 64 (seeds 0-3) and at its own sizes (seeds 0-11), and the held-out judge sets (seeds 1000-1011).
+64 x 64 (seeds 0-3) and at its own sizes (seeds 0-11), and the held-out judge sets (seeds 1000-1011). Since session
+42 it also counts the data sets with a source (a verifier or a pooled group) that
+:func:`~lightning_ws.weaver.structure.answer_blind_sources` flags, and checks the development sets of
+``diag_weaver_few_candidates.py`` on the seed blocks BENCHMARKS.md reports (8300+, 10000+, 10100+, 10200+, 10300+).
 
 ``--flat`` (session 41) prints instead Select@1 on each suite set as drawn and its change with one more column that
 cannot rank candidates: a constant, or a random score per problem shared by all its candidates (a reward model that
 saw only the question). ``Weaver(drop_flat=True)`` (default since then) leaves such columns out.
 
-    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001] [--monotone | --copies-census | --flat]
+``--noise`` (session 42) prints instead Select@1 on each suite set as drawn and its change with verifier columns
+appended that carry no information: one column of uniform noise (a score drawn afresh for every candidate), three
+such columns, and one column that draws one random score per answer of a problem and gives it to every candidate of
+that answer (an answer-level opinion unrelated to correctness). ``Weaver(drop_answer_blind=True)`` (default since
+then) leaves out sources whose scores do not differ between the answers of a problem
+(:func:`~lightning_ws.weaver.structure.answer_blind_sources`), which catches the first two (p > 0.05: about 19 in 20
+noise columns) but not the third: an answer-level opinion is what a real verifier gives too, and nothing in the
+scores tells a random one from a right one.
+
+``--blind-cost`` (session 42) prints what leaving out answer-blind sources costs where they are real verifiers:
+small synthetic sets (``make_synthetic_verification``, 20 data seeds from ``--seed``, three verifier mixes at
+40 x 6, 100 x 8 and 300 x 8), and on the data sets where ``Weaver()`` leaves a source out, Select@1 minus that of
+``Weaver(drop_answer_blind=False)``: mean / min / max, and how many such data sets are worse / better by more than
+0.5 point. ``--part k`` runs every second row from row ``k`` (0 or 1), so that two processes share the 2 cores.
+
+    OMP_NUM_THREADS=1 python benchmarks/diag_weaver_metamorphic.py [--seed 39001]
+        [--monotone | --copies-census | --flat | --noise | --blind-cost [--part 0|1]]
 """
 
 from __future__ import annotations
@@ -69,8 +88,18 @@ def main() -> None:
     ap.add_argument("--copies-census", action="store_true",
                     help="count the benchmark data sets with verifier columns that copy each other, instead")
     ap.add_argument("--flat", action="store_true", help="columns that cannot rank candidates appended, instead")
+    ap.add_argument("--noise", action="store_true", help="columns that carry no information appended, instead")
+    ap.add_argument("--blind-cost", action="store_true",
+                    help="what leaving out answer-blind sources costs on small synthetic sets, instead")
+    ap.add_argument("--part", type=int, default=None, choices=[0, 1], help="--blind-cost: every second row from k")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.blind_cost:
+        _blind_cost(args.seed, args.part)
+        return
+    if args.noise:
+        _noise(args.seed)
+        return
     if args.flat:
         _flat(args.seed)
         return
@@ -147,23 +176,40 @@ def _copies_census() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_weaver_preferences as bp
     from bench_weaver_suite import _heldout_specs
+    from dev_weaver_guard import DEV
+    from diag_weaver_few_candidates import issue_regime_sets
 
     from lightning_ws.programs import ProgramSandbox
     from lightning_ws.weaver import load_gsm8k_verification
-    from lightning_ws.weaver.structure import flat_within_problems, verifier_copies
+    from lightning_ws.weaver.structure import answer_blind_sources, flat_within_problems, pool_groups, verifier_copies
     from lightning_ws.weaver.suite import make_set
 
     counts: dict[str, list[int]] = {}
 
+    def blind_sources(d: VerificationData) -> list[str]:
+        """The sources Weaver's fit would leave out as answer-blind (normaliser and groups as in ``Weaver.fit``)."""
+        if d.num_verifiers < 2:
+            return []
+        w = Weaver()
+        norm, _ = w._fit_structure(d)
+        out = w._excluded(d)
+        flag, _ = answer_blind_sources(pool_groups(np.where(out[:, :, None], np.nan, norm), w.groups_),
+                                       d.answer_ids())
+        return [d.verifier_names[g[0]] + (f" (+{len(g) - 1})" if len(g) > 1 else "")
+                for g, f in zip(w.groups_, flag) if f]
+
     def check(family: str, label: str, d: VerificationData) -> None:
-        c, flat = verifier_copies(d.scores), flat_within_problems(d.scores)
-        counts.setdefault(family, [0, 0, 0])[0] += 1
+        c, flat, blind = verifier_copies(d.scores), flat_within_problems(d.scores), blind_sources(d)
+        counts.setdefault(family, [0, 0, 0, 0])[0] += 1
         if c:
             counts[family][1] += 1
             print(f"    {label}: copies {[[d.verifier_names[j] for j in g] for g in c]}")
         if flat.any() and not flat.all():
             counts[family][2] += 1
             print(f"    {label}: flat {[d.verifier_names[j] for j in np.flatnonzero(flat)]}")
+        if blind:
+            counts[family][3] += 1
+            print(f"    {label}: answer-blind {blind}")
 
     with ProgramSandbox() as sb:
         built = {name: bp.build(name, sandbox=sb) for name in ("pandalm_test", "llmbar", "hh_rlhf")}
@@ -198,12 +244,21 @@ def _copies_census() -> None:
     for name, spec in _heldout_specs().items():
         for seed in range(12):
             check("held-out judge sets, seeds 1000-1011", f"{name} seed {1000 + seed}", make_set(spec, seed=1000 + seed))
-    print("| data sets | checked | with copies (verifier_copies) | with flat verifiers (flat_within_problems) |")
-    print("|---|---|---|---|")
-    for family, (n, hit, flat_hit) in counts.items():
-        print(f"| {family} | {n} | {hit} | {flat_hit} |")
-    print(f"| all | {sum(v[0] for v in counts.values())} | {sum(v[1] for v in counts.values())} | "
-          f"{sum(v[2] for v in counts.values())} |")
+    dev = {**DEV, **issue_regime_sets()}
+    blocks = {16: ((8300, 8), (10000, 32), (10100, 16), (10200, 16), (10300, 16)),
+              64: ((8300, 8), (10000, 8), (10100, 8), (10200, 8), (10300, 8))}
+    for n, starts in blocks.items():
+        for name, spec in dev.items():
+            for first, count in starts:
+                for seed in range(first, first + count):
+                    check("few-candidates sets, 64 x 16 and 64 x 64, five seed blocks", f"{name} {n} seed {seed}",
+                          make_set(spec, seed=seed, num_candidates=n))
+    print("| data sets | checked | with copies (verifier_copies) | with flat verifiers (flat_within_problems) | "
+          "with answer-blind sources (answer_blind_sources) |")
+    print("|---|---|---|---|---|")
+    for family, (n, hit, flat_hit, blind_hit) in counts.items():
+        print(f"| {family} | {n} | {hit} | {flat_hit} | {blind_hit} |")
+    print("| all | " + " | ".join(str(sum(v[i] for v in counts.values())) for i in range(4)) + " |")
 
 
 def _flat(seed: int) -> None:
@@ -219,6 +274,58 @@ def _flat(seed: int) -> None:
                                   d.verifier_kinds + [d.verifier_kinds[0]], d.correct)
             cells.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
         print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _noise(seed: int) -> None:
+    from lightning_ws.weaver.report import suite_baselines
+
+    print("| set | V | Select@1 | one uniform-noise column appended | three | one random score per answer appended | "
+          "with one noise column: Weaver - max(MV, mean verifier), points |")
+    print("|---|---|---|---|---|---|---|")
+    for name in SUITE:
+        d = make_suite_set(name, num_problems=64, num_candidates=16, seed=seed)
+        P, N = d.num_problems, d.num_candidates
+        base = _select_at_1(d, Weaver().fit(d))
+        rng = np.random.default_rng([42002, seed])
+        per_answer = np.empty((P, N, 1))
+        for i, row in enumerate(d.answer_ids()):
+            draw = rng.random(N)  # answer code a (0 .. N-1) gets draw[a]; no answer: a score of its own
+            per_answer[i, :, 0] = np.where(row >= 0, draw[np.maximum(row, 0)], rng.random(N))
+        cells, goal = [], ""
+        for cols in (rng.random((P, N, 1)), rng.random((P, N, 3)), per_answer):
+            q = cols.shape[2]
+            dd = VerificationData(np.concatenate([d.scores, cols], axis=2), d.answers,
+                                  d.verifier_names + [f"noise_{i}" for i in range(q)],
+                                  d.verifier_kinds + [d.verifier_kinds[0]] * q, d.correct)
+            got = _select_at_1(dd, Weaver().fit(dd))
+            cells.append(f"{got - base:+.2f}")
+            if not goal:  # the baselines a user computes on the data with the noise column (it counts in the mean)
+                b = suite_baselines(dd)[0]
+                goal = f"{got - 100 * max(b['majority_vote'], b['mean_verifier']):+.2f}"
+        print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + f" | {goal} |", flush=True)
+
+
+def _blind_cost(first_seed: int, part: int | None) -> None:
+    from lightning_ws.weaver import make_synthetic_verification
+
+    mixes = {"3 good + 6 junk (TPR 0.55 / TNR 0.5)": ([0.9, 0.85, 0.85] + [0.55] * 6, [0.9, 0.85, 0.8] + [0.5] * 6),
+             "graded 4 (TPR 0.9-0.6)": ([0.9, 0.8, 0.7, 0.6], [0.85, 0.8, 0.6, 0.6]),
+             "weak 5 (TPR 0.7-0.6)": ([0.7, 0.65, 0.65, 0.6, 0.6], [0.65, 0.6, 0.6, 0.6, 0.55])}
+    rows = [(name, rates, size) for name, rates in mixes.items() for size in ((40, 6), (100, 8), (300, 8))]
+    print(f"| verifiers | problems x candidates | data sets with a source left out (seeds {first_seed}+) | "
+          "Select@1 - with drop_answer_blind=False there: mean / min / max, points | worse / better by > 0.5 |")
+    print("|---|---|---|---|---|")
+    for name, (tpr, tnr), (P, N) in rows if part is None else rows[part::2]:
+        diffs, hits = [], 0
+        for seed in range(first_seed, first_seed + 20):
+            d = make_synthetic_verification(P, N, tpr, tnr, seed=seed)
+            w = Weaver().fit(d)
+            if w.answer_blind_:
+                hits += 1
+                diffs.append(_select_at_1(d, w) - _select_at_1(d, Weaver(drop_answer_blind=False).fit(d)))
+        dd = np.array(diffs) if diffs else np.zeros(1)
+        print(f"| {name} | {P} x {N} | {hits} of 20 | {dd.mean():+.2f} / {dd.min():+.2f} / {dd.max():+.2f} | "
+              f"{int((dd < -0.5).sum())} / {int((dd > 0.5).sum())} |", flush=True)
 
 
 if __name__ == "__main__":
