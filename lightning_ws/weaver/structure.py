@@ -356,9 +356,10 @@ def answer_blind_sources(sources: np.ndarray, answer_ids: np.ndarray, *, alpha: 
 
     Each condition was needed on development data (``benchmarks/diag_weaver_metamorphic.py --noise`` and small
     synthetic sets, BENCHMARKS.md, Weaver "Session 42"): significance alone also left out modest real verifiers on
-    small data (TPR 0.7 / TNR 0.6 on 40 problems x 6 candidates is rarely significant), -1.87 points of Select@1 on
-    average there; the bound alone still left out weak verifiers where every verifier is weak (five with TPR / TNR
-    0.55-0.7 on 40 x 6: -2.75 on average), where each one counts. Pure noise beside the suite's judge sets had
+    small data (TPR 0.7 / TNR 0.6 and 0.6 / 0.6 beside two better ones on 40 problems x 6 candidates are rarely
+    significant), -1.87 points of Select@1 on average there; with the bound added it still left out weak verifiers
+    where every verifier is weak (five with TPR / TNR 0.55-0.7 on 40 x 6: -2.75 on average where it did), where each
+    one counts. Pure noise beside the suite's judge sets had
     ``theta_upper`` 0.00-0.14 and 0.00-0.53 of the judge's ``theta``; a real source the data bound that low next to
     a strong one is flagged too, and noise the data cannot bound is kept.
     """
