@@ -81,6 +81,12 @@ def _like(d: VerificationData, scores: np.ndarray | None = None, answers: list |
                             list(d.verifier_names), list(d.verifier_kinds), d.correct if correct is None else correct)
 
 
+def _appended(d: VerificationData, cols: np.ndarray, names: list[str], kind: str) -> VerificationData:
+    """``d`` with the ``(P, N, q)`` score columns ``cols`` appended as verifiers ``names`` of kind ``kind``."""
+    return VerificationData(np.concatenate([d.scores, cols], axis=2), d.answers, d.verifier_names + list(names),
+                            d.verifier_kinds + [kind] * len(names), d.correct)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=39001)
@@ -132,9 +138,7 @@ def main() -> None:
         dups: dict[str, list[str]] = {"same": [], "exp": []}
         for kind, f in (("same", lambda x: x), ("exp", lambda x: np.exp(3.0 * x) + 1.0)):
             for v in range(min(d.num_verifiers, 3)):
-                dd = VerificationData(np.concatenate([d.scores, f(d.scores[:, :, [v]])], axis=2), d.answers,
-                                      d.verifier_names + [d.verifier_names[v] + "_again"],
-                                      d.verifier_kinds + [d.verifier_kinds[v]], d.correct)
+                dd = _appended(d, f(d.scores[:, :, [v]]), [d.verifier_names[v] + "_again"], d.verifier_kinds[v])
                 dups[kind].append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
         print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells)
               + f" | {' / '.join(dups['same'])} | {' / '.join(dups['exp'])} |", flush=True)
@@ -270,8 +274,7 @@ def _flat(seed: int) -> None:
         per_problem = np.random.default_rng([41001, seed]).random((d.num_problems, 1, 1))
         cells = []
         for col in (np.full(d.scores.shape[:2] + (1,), 0.5), np.repeat(per_problem, d.num_candidates, axis=1)):
-            dd = VerificationData(np.concatenate([d.scores, col], axis=2), d.answers, d.verifier_names + ["flat"],
-                                  d.verifier_kinds + [d.verifier_kinds[0]], d.correct)
+            dd = _appended(d, col, ["flat"], d.verifier_kinds[0])
             cells.append(f"{_select_at_1(dd, Weaver().fit(dd)) - base:+.2f}")
         print(f"| {name} | {d.num_verifiers} | {base:.2f} | " + " | ".join(cells) + " |", flush=True)
 
@@ -293,10 +296,7 @@ def _noise(seed: int) -> None:
             per_answer[i, :, 0] = np.where(row >= 0, draw[np.maximum(row, 0)], rng.random(N))
         cells, goal = [], ""
         for cols in (rng.random((P, N, 1)), rng.random((P, N, 3)), per_answer):
-            q = cols.shape[2]
-            dd = VerificationData(np.concatenate([d.scores, cols], axis=2), d.answers,
-                                  d.verifier_names + [f"noise_{i}" for i in range(q)],
-                                  d.verifier_kinds + [d.verifier_kinds[0]] * q, d.correct)
+            dd = _appended(d, cols, [f"noise_{i}" for i in range(cols.shape[2])], d.verifier_kinds[0])
             got = _select_at_1(dd, Weaver().fit(dd))
             cells.append(f"{got - base:+.2f}")
             if not goal:  # the baselines a user computes on the data with the noise column (it counts in the mean)

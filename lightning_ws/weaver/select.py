@@ -756,7 +756,8 @@ class Weaver:
             warning, and listed in ``report_["flat_verifiers"]`` (default True; session 41). Kept, such a column
             still moved the fit: the answer-level model reads it as evidence once per candidate, so it weighs answers
             by their candidate counts, and a per-problem random column appended to the suite's sets moved Select@1
-            by up to 23.44 points (``diag_weaver_metamorphic.py --flat``). When every verifier is flat, all are kept (with a warning). Not in the paper.
+            by up to 23.44 points (``diag_weaver_metamorphic.py --flat``). When every verifier is flat, all are kept
+            (with a warning). Not in the paper.
         drop_answer_blind: after grouping, a source (a verifier or a pooled group) whose scores do not differ between
             the answers of a problem more than among the candidates of one answer cannot tell a right answer from a
             wrong one: correctness is a property of the answer
@@ -939,9 +940,8 @@ class Weaver:
             return pooled
         return np.concatenate([pooled, majority_vote_scores(data.answer_ids())[:, :, None]], axis=2)
 
-    def _fit_structure(self, data: VerificationData) -> tuple[np.ndarray, dict[str, Any]]:
-        """Fit the normaliser and the verifier groups (``groups_``) on ``data``'s columns; returns the normalised
-        scores and the group report."""
+    def _fit_structure(self, data: VerificationData) -> dict[str, Any]:
+        """Fit the normaliser and the verifier groups (``groups_``) on ``data``'s columns; returns the group report."""
         from lightning_ws.weaver.structure import detect_verifier_groups
 
         names = list(data.verifier_names)
@@ -953,7 +953,12 @@ class Weaver:
         else:
             self.groups_ = [[j] for j in range(len(names))]
             group_report = {"groups": [], "n_sources": len(names), "n_verifiers": len(names), "disabled": True}
-        return norm, group_report
+        return group_report
+
+    @staticmethod
+    def _source_names(names: list[str], groups: list[list[int]]) -> list[str]:
+        """A source's name: its verifier's, or ``group[<first member>+<others>]`` for a pooled group."""
+        return [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in groups]
 
     # -- fit ----------------------------------------------------------------------------------------------------
     @_one_blas_thread
@@ -1027,16 +1032,14 @@ class Weaver:
         if len(kept) < len(input_names):
             data = data.select_verifiers([input_names[j] for j in kept])
         names = list(data.verifier_names)
-        norm, group_report = self._fit_structure(data)
+        group_report = self._fit_structure(data)
         self.answer_blind_, blind_test = [], None
         if self.drop_answer_blind:  # the test is reported for every source; never every source is left out
-            out = self._excluded(data)
-            sources = pool_groups(np.where(out[:, :, None], np.nan, norm) if out.any() else norm, self.groups_)
-            flag, test = answer_blind_sources(sources, data.answer_ids())
-            blind_test = {names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]": {
-                "F": float(test["F"][i]), "df1": int(test["df1"][i]), "df2": int(test["df2"][i]),
-                "p": float(test["p"][i]), "theta": float(test["theta"][i]), "theta_upper": float(test["theta_upper"][i])}
-                for i, g in enumerate(self.groups_)}
+            flag, test = answer_blind_sources(self._sources(data)[0], data.answer_ids())
+            blind_test = {name: {"F": float(test["F"][i]), "df1": int(test["df1"][i]), "df2": int(test["df2"][i]),
+                                 "p": float(test["p"][i]), "theta": float(test["theta"][i]),
+                                 "theta_upper": float(test["theta_upper"][i])}
+                          for i, name in enumerate(self._source_names(names, self.groups_))}
             if flag.any():
                 self.answer_blind_ = [names[j] for g, f in zip(self.groups_, flag) if f for j in g]
                 warnings.warn(f"verifier(s) {self.answer_blind_} score the answers of a problem alike on average (their "
@@ -1048,9 +1051,9 @@ class Weaver:
                               UserWarning, stacklevel=2)
                 data = data.select_verifiers([n for n in names if n not in self.answer_blind_])
                 names = list(data.verifier_names)
-                norm, group_report = self._fit_structure(data)
+                group_report = self._fit_structure(data)
         self.input_names_, self.fit_names_ = input_names, names
-        source_names = [names[g[0]] if len(g) == 1 else f"group[{names[g[0]]}+{len(g) - 1}]" for g in self.groups_]
+        source_names = self._source_names(names, self.groups_)
         out = self._excluded(data)
         if correct is not None and (out & correct).any():
             warnings.warn(f"{int((out & correct).sum())} candidates without an extracted answer are labelled correct; "

@@ -30,8 +30,8 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
 
-__all__ = ["answer_blind_sources", "answer_signal", "centred_correlation", "detect_verifier_groups", "flat_within_problems", "pool_groups",
-           "verifier_copies"]
+__all__ = ["answer_blind_sources", "answer_signal", "centred_correlation", "detect_verifier_groups",
+           "flat_within_problems", "pool_groups", "verifier_copies"]
 
 _FAR = 10.0  # dissimilarity of a pair that is neither duplicate nor exchangeable (finite, so averages stay defined)
 
