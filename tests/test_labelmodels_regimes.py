@@ -68,27 +68,29 @@ def test_auto_warns_when_its_pick_relabels_the_uncovered_rows():
     worst against majority vote, -4.10 points, with the class balance). The pick's model reproduces how the LFs fire
     together (they are conditionally independent here), so session 40's uncovered check lets it stand without a rerun
     and its rows without a vote keep its own estimate rather than majority vote's rule."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     d = make_regime_label_matrix(3000, k=2, m=6, lf_type="single", coverage=(0.02, 0.3), seed=101)
     with pytest.warns(UserWarning, match=r"32% of the rows get no vote .* class_balance='dev'"):
-        lm = make_label_model("auto", num_classes=2, seed=0, support="voted").fit(d.L)
+        lm = make_label_model("auto", num_classes=2, seed=0, criterion="agreement", support="voted").fit(d.L)
     rep = lm.fit_report_["uncovered"]
     assert lm.selected == "dawid_skene/raw" and abs(rep["share"] - 0.3187) < 1e-3
     assert rep["source"] == "class_balance"
     assert np.argmax(rep["class_balance"]) != np.argmax(rep["majority_vote_class_balance"])
     with warnings.catch_warnings(record=True) as caught:  # a given prior: nothing unchecked to warn about
         warnings.simplefilter("always")
-        make_label_model("auto", num_classes=2, seed=0, support="voted").fit(d.L, [0.5, 0.5])
+        make_label_model("auto", num_classes=2, seed=0, criterion="agreement", support="voted").fit(d.L, [0.5, 0.5])
     assert not [w for w in caught if "get no vote" in str(w.message)]
     # the same pick with few uncovered rows: no warning
     cov = covered_mask(d.L)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        make_label_model("auto", num_classes=2, seed=0, support="voted").fit(d.L[cov])
+        make_label_model("auto", num_classes=2, seed=0, criterion="agreement", support="voted").fit(d.L[cov])
     assert not [w for w in caught if "get no vote" in str(w.message)]
     # the default: the all-abstain posterior, majority vote's class, no warning, better on those rows
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        auto = make_label_model("auto", num_classes=2, seed=0).fit(d.L)
+        auto = make_label_model("auto", num_classes=2, seed=0, criterion="agreement").fit(d.L)
     assert not [w for w in caught if "get no vote" in str(w.message)]
     rep = auto.fit_report_["uncovered"]
     assert auto.support_ == "model" and rep["source"] == "all_abstain_posterior"

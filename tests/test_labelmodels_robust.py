@@ -3,6 +3,7 @@ inconsistent class counts; and the label-free safeguard :class:`AutoLabelModel`.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -170,6 +171,8 @@ def test_auto_keeps_majority_vote_when_ci_models_fail_and_leaves_it_when_they_wi
 
 
 def test_auto_rejects_a_label_swapped_pick():
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     # 8 % positives, single-class LFs whose precision (0.3-0.7) is below the negative class's share for the
     # negative rules: EM's label-free optimum is the class-permuted one, the selection criterion (which assumes
     # held-out LFs better than chance) prefers it, and it labels 97 % of the rows wrong. It reverses most clear
@@ -182,16 +185,16 @@ def test_auto_rejects_a_label_swapped_pick():
     assert (mv.predict(R.L) == R.y).mean() > 0.85
     # the held-out gain of the swapped fit is 3.6 standard errors per vote but 1.7 per held-out LF, so the default
     # (margin_z=2) already keeps majority vote without reaching the guard; a lower margin lets the pick through to it
-    plain = AutoLabelModel(2).fit(R.L)
+    plain = AutoLabelModel(2, criterion="agreement").fit(R.L)
     assert plain.selected == "majority_vote/raw" and "rejected" not in plain.fit_report_["selection"]
     with pytest.warns(UserWarning, match=r"dawid_skene agrees with majority vote on only \d+% .*majority vote is used"):
-        auto = AutoLabelModel(2, margin_z=1.5).fit(R.L)
+        auto = AutoLabelModel(2, criterion="agreement", margin_z=1.5).fit(R.L)
     rejected = auto.fit_report_["selection"]["rejected"]
     assert auto.selected == "majority_vote/raw" and rejected["pick"] == "dawid_skene"
     assert rejected["mv_agreement"] < 0.5 and rejected["reason"] == "label-swapped"
     np.testing.assert_array_equal(auto.predict(R.L), mv.predict(R.L))
     good = make_regime_label_matrix(4000, k=2, m=12, lf_type="multi", coverage=(0.1, 0.5), seed=10)
-    fine = AutoLabelModel(2).fit(good.L)
+    fine = AutoLabelModel(2, criterion="agreement").fit(good.L)
     assert fine.selected != "majority_vote/raw" and fine.fit_report_["selection"]["mv_agreement"] > 0.8
     assert "rejected" not in fine.fit_report_["selection"]
 
@@ -216,6 +219,8 @@ def _rare_class_detector_matrix(seed):
 
 
 def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     # session 39: WRENCH YouTube train with a copy of keyword_please appended. MomentMatching and Dawid-Skene read the
     # two copies as nearly perfect, made spam "the rows where keyword_please fires" (prior 0.11; 58 % accuracy), and
     # the held-out selection took MomentMatching (gain +0.11, both tests passed): 8.70 points below majority vote
@@ -227,11 +232,11 @@ def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
     mv = MajorityVote(2).fit(L)
     # since session 40 the default rejects the pick earlier: refitted without the 195 rows no LF votes on,
     # MomentMatching does not beat majority vote; the copy guard is tested with that check off
-    default = AutoLabelModel(2).fit(L, lf_names=names)
+    default = AutoLabelModel(2, criterion="agreement").fit(L, lf_names=names)
     assert default.selected == "majority_vote/raw"
     assert "rows without a vote" in default.fit_report_["selection"]["rejected"]["reason"]
     with pytest.warns(UserWarning, match=r"made class 1 the rows where LF 'keyword_please' fires .* near-copies"):
-        auto = AutoLabelModel(2, uncovered_check=False).fit(L, lf_names=names)
+        auto = AutoLabelModel(2, criterion="agreement", uncovered_check=False).fit(L, lf_names=names)
     rejected = auto.fit_report_["selection"]["rejected"]
     assert rejected["reason"] == "class collapsed onto a copied LF" and rejected["cluster"] == [3, 10]
     assert rejected["vote_rate_in_class"] >= 0.9 and rejected["vote_rate_other_classes"] <= 0.05
@@ -242,10 +247,10 @@ def test_auto_rejects_a_pick_that_collapsed_a_class_onto_a_copied_lf():
     np.testing.assert_array_equal(auto.predict(L), mv.predict(L))
     assert (MomentMatching(2).fit(L).predict(L) == d.labels).mean() < 0.6  # the collapsed fit, on its own
     # without the copy nothing is rejected
-    assert "rejected" not in AutoLabelModel(2).fit(d.weak_labels).fit_report_["selection"]
+    assert "rejected" not in AutoLabelModel(2, criterion="agreement").fit(d.weak_labels).fit_report_["selection"]
     # a real rare-class detector (no copy) gives the same rates and is kept: the pick is 21 points above MV here
     L2, y2 = _rare_class_detector_matrix(39401)
-    kept = AutoLabelModel(2).fit(L2)
+    kept = AutoLabelModel(2, criterion="agreement").fit(L2)
     assert kept.selected != "majority_vote/raw" and "rejected" not in kept.fit_report_["selection"]
     fire = 1.0 - kept.inner_.lf_confusions[0, :, 0]
     assert fire[1] >= 0.9 and fire[0] <= 0.05
@@ -260,6 +265,8 @@ def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vot
     original rows. Its model does not reproduce how the keyword LFs fire together, so the selection is rerun on the
     covered rows alone, where no candidate beats majority vote, and the default keeps majority vote; on
     the shipped split (majority vote already) and on a matrix where every row has a vote nothing is rerun."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     from lightning_ws.data import load_wrench
 
     d = load_wrench("youtube", "train")
@@ -268,8 +275,8 @@ def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vot
     L = np.vstack([L0, np.full((n // 10, m), -1)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        off = AutoLabelModel(2, uncovered_check=False).fit(L)
-        auto = AutoLabelModel(2).fit(L)
+        off = AutoLabelModel(2, criterion="agreement", uncovered_check=False).fit(L)
+        auto = AutoLabelModel(2, criterion="agreement").fit(L)
         mv = MajorityVote(2).fit(L)
     def acc(model: AutoLabelModel | MajorityVote) -> float:
         return float((model.predict(L0) == y).mean())
@@ -288,7 +295,7 @@ def test_auto_keeps_majority_vote_when_the_picks_win_rests_on_rows_without_a_vot
     assert sel["scores"][off.selected]["gain_vs_mv"] > 0.05
     # a matrix where every row has a vote: nothing to rerun
     cov = (L0 != -1).any(axis=1)
-    assert "without_uncovered" not in AutoLabelModel(2).fit(L0[cov]).fit_report_["selection"]
+    assert "without_uncovered" not in AutoLabelModel(2, criterion="agreement").fit(L0[cov]).fit_report_["selection"]
     with pytest.raises(ConfigError, match="uncovered_check"):
         AutoLabelModel(2, uncovered_check="yes")
 
@@ -426,6 +433,8 @@ def test_auto_needs_evidence_per_held_out_lf_youtube_subset():
     but 0.7 per held-out LF: it comes from two weak held-out ham rules (``short_comment``, precision 0.54 on the
     scored rows, and ``textblob_subjectivity``, 0.37, worse than chance), while three of the other six held-out LFs
     favour majority vote by 21-46 points, so majority vote is kept."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     from lightning_ws.data import load_wrench
 
     data = load_wrench("youtube", "train")
@@ -436,7 +445,7 @@ def test_auto_needs_evidence_per_held_out_lf_youtube_subset():
     mv_acc = (MajorityVote(2).fit(L).predict_proba(L).argmax(1) == y).mean()
     ds_acc = (DawidSkene(2).fit(L).predict_proba(L).argmax(1) == y).mean()
     assert ds_acc < mv_acc - 0.1
-    auto = AutoLabelModel(2).fit(L)
+    auto = AutoLabelModel(2, criterion="agreement").fit(L)
     ds = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
     assert ds["gain_vs_mv"] > 2 * ds["se"] and ds["gain_vs_mv"] < 2 * ds["se_clustered"]
     assert auto.selected == "majority_vote/raw"
@@ -661,11 +670,14 @@ def test_auto_keeps_to_the_voted_classes_on_trec_subset_where_moment_matching_ov
 def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
     """``fit_report_["support"]`` counts the covered fit rows where the pick's own argmax names a class that no LF
     voted there, checked against a direct count; majority vote never does."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     d = make_regime_label_matrix(3000, k=2, m=9, lf_type="single", coverage=(0.05, 0.2), accuracy=(0.2, 0.8),
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
+        auto = AutoLabelModel(2, criterion="agreement", candidates=("dawid_skene",), margin_z=0.0,
+                              support="voted").fit(d.L)
     rep = auto.fit_report_["support"]
     cov = (d.L >= 0).any(axis=1)
     assert auto.selected == "dawid_skene/raw"  # margin 0: the candidate is taken
@@ -676,7 +688,7 @@ def test_auto_reports_the_rows_its_pick_would_send_to_an_unvoted_class():
     assert rep["unvoted_argmax_rows"] == int(unvoted.sum())
     P = auto.predict_proba(d.L)
     assert all((d.L[i] == P[i].argmax()).any() for i in np.flatnonzero(cov))
-    mv = AutoLabelModel(2, candidates=("majority_vote",)).fit(d.L)
+    mv = AutoLabelModel(2, criterion="agreement", candidates=("majority_vote",)).fit(d.L)
     assert mv.fit_report_["support"]["unvoted_argmax_rows"] == 0
 
 
@@ -685,12 +697,15 @@ def test_auto_support_uses_the_picks_own_probabilities_when_it_reproduces_how_lf
     pairwise co-firing counts (mean squared Pearson residual under 1), so its own probabilities are used and
     the lone votes its prior rightly overrules are not forced back (accuracy above the voted-class restriction); the
     residual is recomputed here from the pick's parameters. The real TREC subset above fails the check."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     d = make_regime_label_matrix(3000, k=2, m=9, lf_type="single", coverage=(0.05, 0.2), accuracy=(0.2, 0.8),
                                  imbalance=4.0, accuracy_scale="above_chance", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
-        voted = AutoLabelModel(2, candidates=("dawid_skene",), margin_z=0.0, support="voted").fit(d.L)
+        auto = AutoLabelModel(2, criterion="agreement", candidates=("dawid_skene",), margin_z=0.0).fit(d.L)
+        voted = AutoLabelModel(2, criterion="agreement", candidates=("dawid_skene",), margin_z=0.0,
+                               support="voted").fit(d.L)
     rep = auto.fit_report_["support"]
     assert rep["mode"] == "auto" and rep["used"] == "model" and auto.support_ == "model"
     fire = 1.0 - auto.inner_.lf_confusions[:, :, 0]
@@ -729,6 +744,8 @@ def test_auto_support_keeps_the_voted_classes_on_youtube_subset_whose_lfs_fire_t
     would let its own probabilities through), but its own probabilities lose 15 points of train accuracy to the
     voted-class restriction: the spam keyword rules fire together more than a conditionally independent model
     allows, and the co-firing check sees it (mean squared residual about 2)."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     from lightning_ws.data import load_wrench
 
     data = load_wrench("youtube", "train")
@@ -736,9 +753,9 @@ def test_auto_support_keeps_the_voted_classes_on_youtube_subset_whose_lfs_fire_t
     y = np.asarray(data.labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, seed=0, uncovered_check=False).fit(L)
-        own = AutoLabelModel(2, seed=0, support="model", uncovered_check=False).fit(L)
-        default = AutoLabelModel(2, seed=0).fit(L)
+        auto = AutoLabelModel(2, criterion="agreement", seed=0, uncovered_check=False).fit(L)
+        own = AutoLabelModel(2, criterion="agreement", seed=0, support="model", uncovered_check=False).fit(L)
+        default = AutoLabelModel(2, criterion="agreement", seed=0).fit(L)
     assert auto.selected == own.selected == "moment_matching/raw"
     assert default.selected == "majority_vote/raw"  # since session 40: its win rests on the rows without a vote
     check = auto.fit_report_["support"]["check"]
@@ -777,6 +794,8 @@ def test_auto_gives_the_rows_without_a_vote_majority_votes_rule_when_it_picks_an
     and is as accurate as majority vote there, but its class balance says 71 % spam (13.5 % true). Before session 40
     the rows without a vote took that balance: every one of them spam, 15.81 F1 points below majority vote on train.
     They now get what majority vote would give them (here its vote shares: ham)."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     from lightning_ws.data import load_wrench
     from lightning_ws.labelmodels.base import score_predictions
 
@@ -786,7 +805,7 @@ def test_auto_gives_the_rows_without_a_vote_majority_votes_rule_when_it_picks_an
     y = np.asarray(d.labels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        auto = AutoLabelModel(2, seed=0).fit(L)
+        auto = AutoLabelModel(2, criterion="agreement", seed=0).fit(L)
         mv = MajorityVote(2, seed=0).fit(L)
     assert auto.selected == "dawid_skene/merged" and auto.fit_report_["selection"]["without_uncovered"]["passed"]
     unc = (L == -1).all(axis=1)
@@ -834,6 +853,8 @@ def test_auto_default_keeps_majority_vote_where_the_few_cluster_sign_test_loses_
     sign test (``few_cluster_test=True``, the default in session 32 only) takes it, and it is below majority vote on
     train and on test (session 33 census: -2.33 and -4.40 points). The default keeps majority vote there and reports
     the candidate as thin evidence."""
+    # pinned to the plain-agreement criterion (the default until session 43): the default lift keeps majority
+    # vote on this matrix, so the step under test would not run
     from lightning_ws.data import load_wrench
 
     keep = ["keyword_my", "keyword_subscribe", "keyword_link", "has_person_nlp", "textblob_subjectivity"]
@@ -842,8 +863,8 @@ def test_auto_default_keeps_majority_vote_where_the_few_cluster_sign_test_loses_
     L, Lt = np.asarray(tr.weak_labels)[:, cols], np.asarray(te.weak_labels)[:, cols]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        default = AutoLabelModel(2).fit(L)
-        signs = AutoLabelModel(2, few_cluster_test=True, uncovered_check=False).fit(L)
+        default = AutoLabelModel(2, criterion="agreement").fit(L)
+        signs = AutoLabelModel(2, criterion="agreement", few_cluster_test=True, uncovered_check=False).fit(L)
         mv = MajorityVote(2).fit(L)
     assert default.selected == "majority_vote/raw"
     assert signs.selected != "majority_vote/raw"
@@ -878,3 +899,64 @@ def test_auto_keeps_majority_vote_when_a_fold_leaves_one_class_youtube_three_lfs
     assert auto.selected == "majority_vote/raw"
     assert "not identifiable" in auto.fit_report_["selection"]["reason"]
     assert "[2]" in auto.fit_report_["selection"]["reason"]  # the ham rule, column 2, is the one held out
+
+
+def _y_independent_lf_draw(seed: int, k: int = 2, m: int = 3, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of benchmarks/diag_constant_lf.py --extra skew: ``n`` rows, ``m`` LFs of precision 0.6-0.9 and
+    coverage 10-50 %, and in column 0 an LF that votes class 1 on a random 90 % of the rows and 0 on the rest."""
+    rng = np.random.default_rng([37, seed, k, m])
+    y = rng.integers(0, k, 2 * n)
+    L = -np.ones((2 * n, m + 1), dtype=np.int64)
+    L[:, 0] = np.where(rng.random(2 * n) < 0.9, 1, 0)
+    for j in range(1, m + 1):
+        fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
+        right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
+        wrong = (y + rng.integers(1, k, 2 * n)) % k
+        L[fire, j] = np.where(right, y, wrong)[fire]
+    return L[:n], y[:n]
+
+
+def test_auto_lift_gives_an_lf_whose_votes_do_not_depend_on_the_class_no_say(tmp_path):
+    # session 43: an LF voting class 1 on 90 % of the rows whatever the class, beside 3 real LFs. Held out, its
+    # class-1 votes rewarded the candidate predicting class 1 most under plain agreement: moment matching, 7.75 points
+    # below majority vote (draw 14 of diag_constant_lf.py --extra skew). Under the lift its votes score 0 for
+    # every candidate, and majority vote is kept.
+    L, y = _y_independent_lf_draw(14)
+    mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old = AutoLabelModel(2, criterion="agreement").fit(L)
+        auto = AutoLabelModel(2).fit(L)
+    assert old.selected == "moment_matching/raw" and (old.predict(L) == y).mean() < mv - 0.05
+    assert auto.criterion == "lift" and auto.selected == "majority_vote/raw"
+    assert (auto.predict(L) == y).mean() >= mv - 0.005
+    assert auto.fit_report_["selection"]["criterion"] == "leave-cluster-out lift"
+    scores = auto.fit_report_["selection"]["scores"]
+    assert scores["moment_matching/raw"]["gain_vs_mv"] < old.fit_report_["selection"]["scores"][
+        "moment_matching/raw"]["gain_vs_mv"]
+    # saved and loaded: the criterion is kept; files written before session 43 load as "agreement"
+    back = LabelModel.load(auto.save(tmp_path / "auto"))
+    assert back.criterion == "lift"
+    np.testing.assert_allclose(back.predict_proba(L), auto.predict_proba(L))
+    meta = json.loads((tmp_path / "auto" / "label_model.json").read_text())
+    del meta["config"]["criterion"]
+    (tmp_path / "auto" / "label_model.json").write_text(json.dumps(meta))
+    assert LabelModel.load(tmp_path / "auto").criterion == "agreement"
+    with pytest.raises(ConfigError, match="criterion must be 'lift' or 'agreement'"):
+        AutoLabelModel(2, criterion="accuracy")
+
+
+def test_off_vote_rates_match_a_plain_loop():
+    from lightning_ws.labelmodels.auto import _off_vote_rates
+
+    rng = np.random.default_rng(43)
+    n, k, h = 60, 3, 4
+    T = rng.dirichlet(np.ones(k), size=n)
+    H = rng.integers(-1, k, size=(n, h))
+    H[:, 3] = 2  # a held-out column that votes class 2 on every row: its rate over all rows
+    got = _off_vote_rates(T, H, k)
+    for j in range(h):
+        for c in range(k):
+            rest = H[:, j] != c
+            want = T[rest, c].mean() if rest.any() else T[:, c].mean()
+            assert abs(got[j, c] - want) < 1e-12
