@@ -165,13 +165,13 @@ def _off_vote_rates(T: np.ndarray, H: np.ndarray, k: int) -> np.ndarray:
     """``(h, k)``: for each held-out column ``j`` of ``H`` and class ``c``, a candidate's rate of predicting ``c`` on
     the rows where ``j`` does not vote ``c`` (``T``: its ``(n, k)`` hard labels, ties split, on the same rows);
     where ``j`` votes ``c`` on every row, its rate over all rows. The baseline of the ``"lift"`` criterion."""
-    n = T.shape[0]
+    n, h = T.shape[0], H.shape[1]
     total = T.sum(axis=0)
-    out = np.empty((H.shape[1], k))
+    out = np.empty((h, k))
     for c in range(k):
-        votes = H == c
-        rest = n - votes.sum(axis=0)
-        on_votes = (votes * T[:, c:c + 1]).sum(axis=0)
+        rows, cols = np.nonzero(H == c)  # memory in the number of votes, not rows x held-out columns
+        rest = n - np.bincount(cols, minlength=h)
+        on_votes = np.bincount(cols, weights=T[rows, c], minlength=h)
         out[:, c] = np.where(rest > 0, (total[c] - on_votes) / np.maximum(rest, 1), total[c] / max(n, 1))
     return out
 
