@@ -947,14 +947,14 @@ def test_auto_lift_gives_an_lf_whose_votes_do_not_depend_on_the_class_no_say(tmp
 
 
 def test_off_vote_rates_match_a_plain_loop():
-    from lightning_ws.labelmodels.auto import _off_vote_rates
+    from lightning_ws.labelmodels.auto import _held_votes_by_class, _off_vote_rates
 
     rng = np.random.default_rng(43)
     n, k, h = 60, 3, 4
     T = rng.dirichlet(np.ones(k), size=n)
     H = rng.integers(-1, k, size=(n, h))
     H[:, 3] = 2  # a held-out column that votes class 2 on every row: its rate over all rows
-    got = _off_vote_rates(T, H, k)
+    got = _off_vote_rates(T, _held_votes_by_class(H, k))
     for j in range(h):
         for c in range(k):
             rest = H[:, j] != c

@@ -161,16 +161,28 @@ def _macro_clustered_se(x: np.ndarray, cls: np.ndarray, group: np.ndarray, k: in
     return float(np.sqrt(g / (g - 1) * np.sum(infl ** 2)))
 
 
-def _off_vote_rates(T: np.ndarray, H: np.ndarray, k: int) -> np.ndarray:
-    """``(h, k)``: for each held-out column ``j`` of ``H`` and class ``c``, a candidate's rate of predicting ``c`` on
-    the rows where ``j`` does not vote ``c`` (``T``: its ``(n, k)`` hard labels, ties split, on the same rows);
-    where ``j`` votes ``c`` on every row, its rate over all rows. The baseline of the ``"lift"`` criterion."""
-    n, h = T.shape[0], H.shape[1]
+def _held_votes_by_class(H: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class ``c``: the ``(rows, columns)`` where the held-out matrix ``H`` votes ``c``, and per column the number
+    of rows where it does not. The part of :func:`_off_vote_rates` that does not depend on the candidate (memory in
+    the number of votes, not rows x held-out columns)."""
+    n, h = H.shape
+    out = []
+    for c in range(k):
+        rows, cols = np.nonzero(H == c)
+        out.append((rows, cols, n - np.bincount(cols, minlength=h)))
+    return out
+
+
+def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``(h, k)``: for each held-out column ``j`` and class ``c``, a candidate's rate of predicting ``c`` on the rows
+    where ``j`` does not vote ``c`` (``T``: its ``(n, k)`` hard labels, ties split, on the rows of
+    :func:`_held_votes_by_class`'s ``by_class``); where ``j`` votes ``c`` on every row, its rate over all rows. The
+    baseline of the ``"lift"`` criterion."""
+    n, k = T.shape
+    h = by_class[0][2].size
     total = T.sum(axis=0)
     out = np.empty((h, k))
-    for c in range(k):
-        rows, cols = np.nonzero(H == c)  # memory in the number of votes, not rows x held-out columns
-        rest = n - np.bincount(cols, minlength=h)
+    for c, (rows, cols, rest) in enumerate(by_class):
         on_votes = np.bincount(cols, weights=T[rows, c], minlength=h)
         out[:, c] = np.where(rest > 0, (total[c] - on_votes) / np.maximum(rest, 1), total[c] / max(n, 1))
     return out
@@ -503,6 +515,9 @@ class AutoLabelModel(LabelModel):
                 urows = inv[rows]
                 # the candidates' own collapse_rows(Mr), computed once (False: not worth collapsing)
                 hint = (U, inv, counts) if U.shape[0] <= _COLLAPSE_MAX_RATIO * Mr.shape[0] else False
+                # the lift's held-out votes on the covered rows: the same for every candidate of this sub-matrix
+                lift_votes = _held_votes_by_class(H[cov], k) if self.criterion == "lift" else None
+                cov_patterns = inv[cov] if lift_votes is not None else None
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
                     vote_grp.append(held_cols[hcols])
@@ -542,8 +557,8 @@ class AutoLabelModel(LabelModel):
                     TU = tied / tied.sum(axis=1, keepdims=True)  # hard label per vote pattern (ties split)
                     hv = H[rows, hcols]
                     a = TU[urows, hv]
-                    if self.criterion == "lift":
-                        a = a - _off_vote_rates(TU[inv[cov]], H[cov], k)[hcols, hv]
+                    if lift_votes is not None:
+                        a = a - _off_vote_rates(TU[cov_patterns], lift_votes)[hcols, hv]
                     per_vote[(v, c)].append(a)
             del f_idx
         base = np.concatenate(per_vote[ref]) if per_vote[ref] else np.zeros(0)
