@@ -3,10 +3,11 @@ one, so that ``auto`` could leave it out? Not shipped: this script prints why.
 
 ``diag_constant_lf.py --extra skew|near`` draws matrices with one LF whose vote is independent of ``Y`` but not
 constant (votes class 1 on 90 % of the rows and 0 on the rest, or class 1 on 95 % and abstains). ``auto`` does not
-detect it (it only drops LFs that vote one class on *every* row); held out by the label-free selection, its class-1
-votes reward the candidates that predict class 1 most, and majority vote counts it on nearly every row. Fitted
-without that column, ``auto`` keeps majority vote over the other LFs and gains about 5-10 points over majority vote
-with it (``--without``).
+detect it (it only drops LFs that vote one class on *every* row); majority vote counts it on nearly every row, and
+under plain agreement (``criterion="agreement"``, the selection rule until this session) its held-out class-1 votes
+rewarded the candidates that predict class 1 most. The default lift criterion (also session 43) gives those votes
+no say; this script asks whether the column itself can be found. Fitted without that column, ``auto`` keeps majority
+vote over the other LFs and gains about 5-10 points over majority vote with it (``--without``).
 
 The test tried here, per LF ``j``: on the rows where ``j`` votes and the *other* LFs have a clear majority (one
 class with the most votes), Cohen's kappa between ``j``'s vote and that majority, ``kappa = (A - E) / (1 - E)`` with
@@ -44,7 +45,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from diag_constant_lf import draw
-from diag_lf_subsets import FRACTIONS, _metric, subset_columns
+from diag_lf_subsets import FRACTIONS, _cell, _metric, subset_columns
 
 from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import LabelModel, make_label_model
@@ -91,10 +92,6 @@ def flag_independent(L: np.ndarray, k: int, *, max_kappa: float = 0.1, ratio: fl
         out[j] = bool(n[j] >= min_rows and np.isfinite(kappa[j]) and abs(kappa[j]) < Z90 * se[j]
                       and abs(kappa[j]) + Z90 * se[j] < lim)
     return out
-
-
-def _cell(x: list[float]) -> str:
-    return f"{np.mean(x):+.2f} / {np.min(x):+.2f} / {sum(v < -0.5 for v in x)}" if x else "-"
 
 
 def _fit(name: str, L: np.ndarray, k: int) -> LabelModel:
