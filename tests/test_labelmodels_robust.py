@@ -947,16 +947,61 @@ def test_auto_lift_gives_an_lf_whose_votes_do_not_depend_on_the_class_no_say(tmp
 
 
 def test_off_vote_rates_match_a_plain_loop():
-    from lightning_ws.labelmodels.auto import _held_votes_by_class, _off_vote_rates
+    from lightning_ws.labelmodels.auto import _OFF_MIN_VOTES, _held_votes_by_class, _off_vote_rates
 
     rng = np.random.default_rng(43)
-    n, k, h = 60, 3, 4
+    n, k, h = 200, 3, 5
     T = rng.dirichlet(np.ones(k), size=n)
     H = rng.integers(-1, k, size=(n, h))
     H[:, 3] = 2  # a held-out column that votes class 2 on every row: its rate over all rows
-    got = _off_vote_rates(T, _held_votes_by_class(H, k))
+    H[:, 4] = np.where(rng.random(n) < 0.5, 1, -1)  # a single-class column: its abstains serve both baselines
+    H[:_OFF_MIN_VOTES, 4] = 0  # ... with exactly _OFF_MIN_VOTES other-class votes for class 1, not more
+    by_abstain, by_other = _off_vote_rates(T, _held_votes_by_class(H, k))
+    used_other = 0
     for j in range(h):
         for c in range(k):
             rest = H[:, j] != c
             want = T[rest, c].mean() if rest.any() else T[:, c].mean()
-            assert abs(got[j, c] - want) < 1e-12
+            assert abs(by_abstain[j, c] - want) < 1e-12
+            other = (H[:, j] != c) & (H[:, j] != -1)
+            if other.sum() > _OFF_MIN_VOTES:
+                used_other += 1
+                want = T[other, c].mean()
+            assert abs(by_other[j, c] - want) < 1e-12
+    # columns 0-2: every class; column 3: classes 0 and 1 (its class-2 votes); column 4: classes 0 and 2
+    assert used_other == 3 * k + 2 + 2
+
+
+def test_auto_lift_needs_a_win_against_the_held_out_other_class_votes_sms_alchemist_programs():
+    """Real data: the 10 shipped Alchemist-style programs for WRENCH SMS (LLM-written, voting both classes, abstaining
+    on the messages they are unsure of; gold labels score only). Dawid-Skene reads the abstains as evidence and is
+    3.6 F1 points below majority vote on valid. Against the held-out programs' abstains its lift beats majority vote
+    on every held-out program, because the programs abstain on the same messages whatever their class; against their
+    other-class votes it does not, so ``auto`` keeps majority vote (session 44; before, it picked Dawid-Skene)."""
+    from lightning_ws.data import load_wrench
+    from lightning_ws.programs.apply import apply_programs, label_metrics
+    from lightning_ws.programs.generate import recorded_programs
+    from lightning_ws.programs.sandbox import ProgramSandbox
+
+    progs = [p for p in recorded_programs("sms") if p.valid and p.prompt_id == "alchemist_programs"]
+    data = {s: load_wrench("sms", s) for s in ("train", "valid")}
+    with ProgramSandbox(workers=2) as sb:
+        L = {s: apply_programs(progs, d.texts, num_classes=2, sandbox=sb).L for s, d in data.items()}
+    y = {s: np.asarray(d.labels) for s, d in data.items()}
+    assert L["train"].shape[1] == 10 and (L["train"] == 0).any(axis=0).all() and (L["train"] == 1).any(axis=0).all()
+
+    def f1(model, s):
+        return label_metrics(model.predict_proba(L[s]), y[s])["f1"]
+
+    mv = MajorityVote(2).fit(L["train"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = DawidSkene(2, seed=0).fit(L["train"])
+        auto = AutoLabelModel(2).fit(L["train"])
+    assert f1(ds, "valid") < f1(mv, "valid") - 0.02  # the trap is real
+    sc = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
+    assert sc["passed"] and min(sc["cluster_gains"].values()) > 0  # wins against every held-out program's abstains
+    assert not sc["against_other_class_votes"]["passed"]
+    assert "dawid_skene/raw" in auto.fit_report_["selection"]["thin_evidence"]
+    assert auto.fit_report_["selected"] == "majority_vote"
+    assert f1(auto, "valid") >= f1(mv, "valid") - 0.005

@@ -118,6 +118,10 @@ _SUPPORT_MAX_CLASSES = 2
 #: subsets with at most one cluster against that lost too, so the rule is opt-in (``few_cluster_test=True``).
 _FEW_CLUSTERS = (4, 8)
 _FEW_CLUSTERS_MAX_AGAINST = 1
+#: The lift's second baseline (a held-out column's other-class votes, :func:`_off_vote_rates`) needs more than this
+#: many of them on the scored rows; with fewer (a single-class LF) the first baseline, its abstains, serves for both.
+#: Below about 20 rows a rate's standard error (about 0.1) is larger than the gains the selection acts on.
+_OFF_MIN_VOTES = 20
 
 
 def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
@@ -161,31 +165,60 @@ def _macro_clustered_se(x: np.ndarray, cls: np.ndarray, group: np.ndarray, k: in
     return float(np.sqrt(g / (g - 1) * np.sum(infl ** 2)))
 
 
-def _held_votes_by_class(H: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per class ``c``: the ``(rows, columns)`` where the held-out matrix ``H`` votes ``c``, and per column the number
-    of rows where it does not. The part of :func:`_off_vote_rates` that does not depend on the candidate (memory in
-    the number of votes, not rows x held-out columns)."""
+def _held_votes_by_class(H: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class ``c``: the ``(rows, columns)`` where the held-out matrix ``H`` votes ``c``, per column the number of
+    rows where it votes another class, and per column the number of rows where it does not vote ``c`` (abstains
+    included). The part of :func:`_off_vote_rates` that does not depend on the candidate (memory in the number of
+    votes, not rows x held-out columns). The last entry of the list is ``(rows, columns)`` of every vote of ``H``."""
     n, h = H.shape
+    vrows, vcols = np.nonzero(H != ABSTAIN)
+    voted = np.bincount(vcols, minlength=h)
     out = []
     for c in range(k):
         rows, cols = np.nonzero(H == c)
-        out.append((rows, cols, n - np.bincount(cols, minlength=h)))
+        on = np.bincount(cols, minlength=h)
+        out.append((rows, cols, voted - on, n - on))
+    out.append((vrows, vcols, voted, voted))
     return out
 
 
-def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-    """``(h, k)``: for each held-out column ``j`` and class ``c``, a candidate's rate of predicting ``c`` on the rows
-    where ``j`` does not vote ``c`` (``T``: its ``(n, k)`` hard labels, ties split, on the rows of
-    :func:`_held_votes_by_class`'s ``by_class``); where ``j`` votes ``c`` on every row, its rate over all rows. The
-    baseline of the ``"lift"`` criterion."""
+def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The two baselines of the ``"lift"`` criterion, each ``(h, k)``: for each held-out column ``j`` and class ``c``,
+    a candidate's rate of predicting ``c``
+
+    1. on the rows where ``j`` does not vote ``c`` (its abstains and other-class votes); where ``j`` votes ``c`` on
+       every row, over all rows;
+    2. on the rows where ``j`` votes another class, where it has more than ``_OFF_MIN_VOTES`` such votes; else (a
+       single-class LF) the first baseline.
+
+    ``T``: the candidate's ``(n, k)`` hard labels, ties split, on the rows of :func:`_held_votes_by_class`'s
+    ``by_class``. Why two (session 44): each is a rate the candidate has whatever ``Y`` is when the held-out LF's
+    votes do not depend on ``Y``, and each fails where the other holds. The first counts the held-out LF's abstains,
+    which LFs that vote both classes and abstain on the same kind of row (LLM-written programs that abstain when unsure)
+    share with the other LFs beyond the class; Dawid-Skene reads abstains as evidence, so its predictions on those rows
+    track the held-out abstains and the first baseline rewarded it: on the 10 Alchemist programs of WRENCH SMS its lift
+    over majority vote was positive for all 10 held-out programs while its gold accuracy on their rows was lower for
+    7, and ``auto`` picked it, 3.6 F1 points below majority vote on valid and 2.0 on test. The second has fewer rows,
+    so it is noisier: alone, it let Dawid-Skene through on a synthetic draw (``diag_constant_lf.py --extra skew``,
+    k = 2, 3 LFs, draw 8) that lost 4.5 points to majority vote (11.75 on fresh rows), which the first rejects.
+    :meth:`AutoLabelModel._select_label_free` requires a candidate to win against both."""
     n, k = T.shape
     h = by_class[0][2].size
     total = T.sum(axis=0)
-    out = np.empty((h, k))
-    for c, (rows, cols, rest) in enumerate(by_class):
+    vrows, vcols, _, _ = by_class[k]
+    by_abstain = np.empty((h, k))
+    by_other = np.empty((h, k))
+    for c, (rows, cols, other, rest) in enumerate(by_class[:k]):
         on_votes = np.bincount(cols, weights=T[rows, c], minlength=h)
-        out[:, c] = np.where(rest > 0, (total[c] - on_votes) / np.maximum(rest, 1), total[c] / max(n, 1))
-    return out
+        by_abstain[:, c] = np.where(rest > 0, (total[c] - on_votes) / np.maximum(rest, 1), total[c] / max(n, 1))
+        if np.any(other > _OFF_MIN_VOTES):
+            on_voted = np.bincount(vcols, weights=T[vrows, c], minlength=h)
+            by_other[:, c] = np.where(other > _OFF_MIN_VOTES, (on_voted - on_votes) / np.maximum(other, 1),
+                                      by_abstain[:, c])
+        else:
+            by_other[:, c] = by_abstain[:, c]
+    return by_abstain, by_other
 
 
 class AutoLabelModel(LabelModel):
@@ -211,7 +244,13 @@ class AutoLabelModel(LabelModel):
     coverage. Measured in BENCHMARKS.md ("Session 43"): draws more than 0.5 point below majority vote on 1,152 random
     subsets of the real WRENCH LFs 12 -> 3 (train) and 14 -> 9 (test), on the Y-independent-LF draws 3 -> 0, but one
     new on a real program LF set (SMS Alchemist programs: -3.6 valid, -2.0 test); on synthetic WRENCH-shaped matrices
-    it keeps majority vote on a few more draws where a label model was better (still none below it). It is evidence,
+    it keeps majority vote on a few more draws where a label model was better (still none below it). Since session 44
+    a held-out LF that votes more than one class also gives a second baseline, the candidate's rate of predicting
+    ``c`` where that LF votes another class (its abstains left out), and a candidate must win against both
+    (:func:`_off_vote_rates`; ``fit_report_["selection"]["scores"][...]["against_other_class_votes"]``): LLM-written
+    programs abstain on the same messages whatever their class, and against their abstains Dawid-Skene won the SMS
+    Alchemist programs above (BENCHMARKS.md, "Session 44"). Single-class LFs have no other-class votes, so for them
+    nothing changed. It is evidence,
     not a guarantee: real keyword LFs
     fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube MomentMatching, its pick until
     the cluster-robust test below, beats majority vote on test but not on the train split). Holding out whole
@@ -373,7 +412,8 @@ class AutoLabelModel(LabelModel):
             pick only if it wins there too (default ``True``; :meth:`_check_without_uncovered`). Not used with a dev
             split.
         criterion: the held-out score: ``"lift"`` (default since session 43: agreement with a held-out vote minus the
-            candidate's rate of predicting that class where the held-out cluster does not vote it, see above) or
+            candidate's rate of predicting that class where the held-out cluster does not vote it and, since session
+            44, also minus its rate where the cluster votes another class; the pick must win under both, see above) or
             ``"agreement"`` (plain agreement, the rule until session 42). Models saved before session 43 load with
             ``"agreement"`` (it acts at fit time only).
         seed: seed of the fold split, the row subset and tie breaking.
@@ -498,6 +538,8 @@ class AutoLabelModel(LabelModel):
         ref = self._reference(variants)
         keys = [(v, c) for v in variants for c in self.candidates]
         per_vote: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        # the lift against the held-out LFs' other-class votes (:func:`_off_vote_rates`' second baseline)
+        per_vote_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
         vote_cls: list[np.ndarray] = []
         vote_grp: list[np.ndarray] = []  # the held-out cluster of each scored vote
         failed: set[tuple[str, str]] = set()
@@ -558,22 +600,19 @@ class AutoLabelModel(LabelModel):
                     hv = H[rows, hcols]
                     a = TU[urows, hv]
                     if lift_votes is not None:
-                        a = a - _off_vote_rates(TU[cov_patterns], lift_votes)[hcols, hv]
+                        by_abstain, by_other = _off_vote_rates(TU[cov_patterns], lift_votes)
+                        per_vote_other[(v, c)].append(a - by_other[hcols, hv])
+                        a = a - by_abstain[hcols, hv]
                     per_vote[(v, c)].append(a)
             del f_idx
-        base = np.concatenate(per_vote[ref]) if per_vote[ref] else np.zeros(0)
         cls = np.concatenate(vote_cls) if vote_cls else np.zeros(0, dtype=np.int64)
         grp = np.concatenate(vote_grp) if vote_grp else np.zeros(0, dtype=np.int64)
-        scores: dict[str, Any] = {}
-        best, best_gain = ref, 0.0
         held = np.unique(grp)  # the held-out clusters that were scored, named by the caller's LF columns in them
         held_names = [",".join(str(int(cols[j])) for j in self.clusters_[g]) for g in held]
         held_masks = [grp == g for g in held]
-        for key in keys:
-            if key in failed or not per_vote[key]:
-                scores[f"{key[1]}/{key[0]}"] = None
-                continue
-            a = np.concatenate(per_vote[key])
+
+        def tests(a: np.ndarray, base: np.ndarray) -> dict[str, Any]:
+            """A candidate's per-vote scores ``a`` against the reference's ``base``: the gain and its two tests."""
             d = a - base
             agreement, _ = _macro(a, cls, k)
             gain, se = _macro(d, cls, k)
@@ -586,10 +625,29 @@ class AutoLabelModel(LabelModel):
                            "signs" if (self.few_cluster_test and gain > 0 and
                                        _FEW_CLUSTERS[0] <= len(held) <= _FEW_CLUSTERS[1] and
                                        against <= _FEW_CLUSTERS_MAX_AGAINST) else None)
-            scores[f"{key[1]}/{key[0]}"] = {"agreement": agreement, "gain_vs_mv": gain, "se": se,
-                                            "se_clustered": se_cl, "cluster_gains": cluster_gains,
-                                            "per_cluster_test": per_cluster}
-            if key != ref and gain > self.margin_z * se and per_cluster is not None and gain > best_gain:
+            return {"agreement": agreement, "gain_vs_mv": gain, "se": se, "se_clustered": se_cl,
+                    "cluster_gains": cluster_gains, "per_cluster_test": per_cluster,
+                    "passed": bool(gain > self.margin_z * se and per_cluster is not None)}
+
+        base = np.concatenate(per_vote[ref]) if per_vote[ref] else np.zeros(0)
+        base_other = np.concatenate(per_vote_other[ref]) if per_vote_other[ref] else None
+        scores: dict[str, Any] = {}
+        best, best_gain = ref, 0.0
+        for key in keys:
+            if key in failed or not per_vote[key]:
+                scores[f"{key[1]}/{key[0]}"] = None
+                continue
+            sc = tests(np.concatenate(per_vote[key]), base)
+            passed, gain = sc["passed"], sc["gain_vs_mv"]
+            if base_other is not None:
+                a_other = np.concatenate(per_vote_other[key])
+                if not np.array_equal(a_other - base_other, np.concatenate(per_vote[key]) - base):
+                    # some held-out LF votes both classes: the candidate must also win against its other-class votes
+                    sc["against_other_class_votes"] = sc_o = tests(a_other, base_other)
+                    passed = passed and sc_o["passed"]
+                    gain = min(gain, sc_o["gain_vs_mv"])
+            scores[f"{key[1]}/{key[0]}"] = sc
+            if key != ref and passed and gain > best_gain:
                 best, best_gain = key, gain
         info: dict[str, Any] = {"criterion": f"leave-cluster-out {self.criterion}", "folds": len(folds),
                                 "held_out_votes": int(base.size), "scores": scores}
@@ -605,6 +663,11 @@ class AutoLabelModel(LabelModel):
                 thin[name] = (f"gain {g:+.4f} is {z_vote:.1f} standard errors per vote but {g / se_cl:.1f} per "
                               f"held-out cluster (margin_z = {self.margin_z}); {against} of "
                               f"{len(sc['cluster_gains'])} held-out clusters agree more with majority vote")
+            sc_o = sc.get("against_other_class_votes")
+            if sc["passed"] and sc_o is not None and not sc_o["passed"] and name not in thin:
+                thin[name] = (f"gain {g:+.4f} passes against the held-out LFs' abstains but not against their "
+                              f"other-class votes ({sc_o['gain_vs_mv']:+.4f}, standard errors {sc_o['se']:.4f} per "
+                              f"vote, {sc_o['se_clustered']:.4f} per held-out cluster; margin_z = {self.margin_z})")
         if thin:
             info["thin_evidence"] = thin
         return best, info
@@ -648,15 +711,16 @@ class AutoLabelModel(LabelModel):
             return True
         _, rerun = self._select_label_free(L[cov])
         sc = rerun.get("scores", {}).get(key)
-        passed = bool(sc is not None and sc["gain_vs_mv"] > self.margin_z * sc["se"]
-                      and sc["per_cluster_test"] is not None)
+        other = None if sc is None else sc.get("against_other_class_votes")
+        passed = bool(sc is not None and sc["passed"] and (other is None or other["passed"]))
         record.update(passed=passed, rerun=True, reason=rerun.get("reason"), score=None if sc is None else {
             f: sc[f] for f in ("gain_vs_mv", "se", "se_clustered", "per_cluster_test")})
         if passed:
             return True
         why = ("no score (" + str(rerun.get("reason")) + ")" if sc is None else
                f"gain {sc['gain_vs_mv']:+.4f}, {sc['gain_vs_mv'] / sc['se'] if sc['se'] > 0 else float('inf'):.1f} "
-               f"standard errors per vote, per-cluster test {'passed' if sc['per_cluster_test'] else 'failed'}")
+               f"standard errors per vote, per-cluster test {'passed' if sc['per_cluster_test'] else 'failed'}"
+               + ("" if other is None else f"; against the other-class votes {'passed' if other['passed'] else 'failed'}"))
         info["rejected"] = {"pick": choice[1], "variant": choice[0],
                             "reason": f"its gain rests on the {n0} rows without a vote: its model does not reproduce "
                                       f"how the LFs fire together, and refitted on the covered rows alone it does "
