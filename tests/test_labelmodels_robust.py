@@ -901,13 +901,16 @@ def test_auto_keeps_majority_vote_when_a_fold_leaves_one_class_youtube_three_lfs
     assert "[2]" in auto.fit_report_["selection"]["reason"]  # the ham rule, column 2, is the one held out
 
 
-def _y_independent_lf_draw(seed: int, k: int = 2, m: int = 3, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """The draws of benchmarks/diag_constant_lf.py --extra skew: ``n`` rows, ``m`` LFs of precision 0.6-0.9 and
-    coverage 10-50 %, and in column 0 an LF that votes class 1 on a random 90 % of the rows and 0 on the rest."""
+def _y_independent_lf_draw(seed: int, k: int = 2, m: int = 3, n: int = 400,
+                           extra: str = "skew") -> tuple[np.ndarray, np.ndarray]:
+    """The draws of benchmarks/diag_constant_lf.py --extra skew|near: ``n`` rows, ``m`` LFs of precision 0.6-0.9 and
+    coverage 10-50 %, and in column 0 an LF that votes class 1 on a random 90 % of the rows and 0 on the rest
+    (``skew``), or class 1 on a random 95 % and abstains on the rest (``near``)."""
     rng = np.random.default_rng([37, seed, k, m])
     y = rng.integers(0, k, 2 * n)
     L = -np.ones((2 * n, m + 1), dtype=np.int64)
-    L[:, 0] = np.where(rng.random(2 * n) < 0.9, 1, 0)
+    u = rng.random(2 * n)
+    L[:, 0] = np.where(u < 0.9, 1, 0) if extra == "skew" else np.where(u < 0.95, 1, -1)
     for j in range(1, m + 1):
         fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
         right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
@@ -1005,3 +1008,49 @@ def test_auto_lift_needs_a_win_against_the_held_out_other_class_votes_sms_alchem
     assert "dawid_skene/raw" in auto.fit_report_["selection"]["thin_evidence"]
     assert auto.fit_report_["selected"] == "majority_vote"
     assert f1(auto, "valid") >= f1(mv, "valid") - 0.005
+
+
+def test_auto_lift_counts_the_sampling_error_of_its_baseline():
+    # session 44: an LF voting class 1 on a random 95 % of the rows and abstaining on the rest (draw 27 of
+    # diag_constant_lf.py --extra near), beside 3 real LFs. Its lift's baseline is the candidate's class-1 rate on
+    # the few rows where it abstains (14 of them are covered by the other LFs), and that one noisy number enters all
+    # its ~370 held-out votes: Dawid-Skene won by it (0.25 on that LF, 2 standard errors per vote without the baseline's
+    # own error) and was 3 points below majority vote on the fit rows, 6.25 on fresh ones. Counting the baseline's
+    # sampling variance in the per-vote standard error, majority vote is kept.
+    L, y = _y_independent_lf_draw(27, extra="near")
+    mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = DawidSkene(2, seed=0).fit(L)
+        auto = AutoLabelModel(2).fit(L)
+    assert (ds.predict(L) == y).mean() < mv - 0.02  # the trap is real
+    sc = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
+    assert sc["gain_vs_mv"] > 0 and not sc["passed"]
+    assert sc["cluster_gains"]["0"] > 4 * max(abs(g) for lf, g in sc["cluster_gains"].items() if lf != "0")
+    assert auto.selected == "majority_vote/raw" and (auto.predict(L) == y).mean() >= mv - 0.005
+
+
+def test_baseline_variances_match_a_plain_loop():
+    from lightning_ws.labelmodels.auto import _OFF_MIN_VOTES, _baseline_variances, _held_votes_by_class
+
+    rng = np.random.default_rng(44)
+    n, k, h = 200, 3, 5
+    D = rng.integers(-1, 2, size=(n, k)) * rng.random((n, k))
+    H = rng.integers(-1, k, size=(n, h))
+    H[:, 3] = 2
+    H[:, 4] = np.where(rng.random(n) < 0.5, 1, -1)
+    H[:_OFF_MIN_VOTES, 4] = 0
+    var_abstain, var_other = _baseline_variances(D, _held_votes_by_class(H, k))
+
+    def var_of_mean(x):
+        return x.var(ddof=1) / x.size if x.size > 1 else 0.0
+
+    for j in range(h):
+        for c in range(k):
+            rest = H[:, j] != c
+            want = var_of_mean(D[rest, c] if rest.any() else D[:, c])
+            assert abs(var_abstain[j, c] - want) < 1e-12
+            other = rest & (H[:, j] != -1)
+            if other.sum() > _OFF_MIN_VOTES:
+                want = var_of_mean(D[other, c])
+            assert abs(var_other[j, c] - want) < 1e-12

@@ -124,19 +124,24 @@ _FEW_CLUSTERS_MAX_AGAINST = 1
 _OFF_MIN_VOTES = 20
 
 
-def _macro(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[float, float]:
+def _macro(x: np.ndarray, cls: np.ndarray, k: int, extra_var: np.ndarray | None = None) -> tuple[float, float]:
     """Mean of ``x`` per held-out vote class, averaged over the classes present, and its standard error.
 
     Averaging per class keeps the criterion from rewarding a model that predicts the most-voted class: with
     single-class LFs, agreement with a held-out LF of class ``c`` is the recall of ``c``, so a plain average over
-    votes would weight each class by how many votes its LFs cast.
+    votes would weight each class by how many votes its LFs cast. ``extra_var`` (per vote, optional) adds variance
+    that the votes' spread does not show: summed over the votes of a class and divided by their number squared (the
+    lift's baseline, estimated once per held-out column and class, puts ``votes x its variance`` on each vote).
     """
     means, var = [], 0.0
     for c in range(k):
-        xc = x[cls == c]
+        sel = cls == c
+        xc = x[sel]
         if xc.size:
             means.append(float(xc.mean()))
             var += float(xc.var(ddof=1)) / xc.size if xc.size > 1 else 1.0
+            if extra_var is not None:
+                var += float(extra_var[sel].sum()) / xc.size ** 2
     if not means:
         return float("nan"), float("inf")
     return float(np.mean(means)), float(np.sqrt(var) / len(means))
@@ -221,6 +226,39 @@ def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, 
     return by_abstain, by_other
 
 
+def _baseline_variances(D: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, k)`` each: the sampling variance of :func:`_off_vote_rates`' two baselines for the difference ``D`` of
+    two candidates' hard labels (``(n, k)``, a candidate's minus the reference's), i.e. ``s**2 / m`` over the ``m``
+    rows each baseline averages. A baseline is an estimate too: a held-out LF that votes one class on 95 % of the rows
+    leaves few rows for it, and its error is shared by every vote of that LF (session 44)."""
+    n, k = D.shape
+    h = by_class[0][2].size
+    vrows, vcols, _, _ = by_class[k]
+    out_abstain, out_other = np.zeros((h, k)), np.zeros((h, k))
+
+    def var_of_mean(s1: np.ndarray, s2: np.ndarray, m: np.ndarray) -> np.ndarray:
+        mm = np.maximum(m, 2)
+        return np.where(m >= 2, np.maximum(s2 - s1 ** 2 / mm, 0.0) / (mm - 1) / mm, 0.0)
+
+    tot1, tot2 = D.sum(axis=0), (D ** 2).sum(axis=0)
+    for c, (rows, cols, other, rest) in enumerate(by_class[:k]):
+        d = D[rows, c]
+        on1 = np.bincount(cols, weights=d, minlength=h)
+        on2 = np.bincount(cols, weights=d ** 2, minlength=h)
+        all_rows = var_of_mean(np.full(h, tot1[c]), np.full(h, tot2[c]), np.full(h, n))
+        out_abstain[:, c] = np.where(rest > 0, var_of_mean(tot1[c] - on1, tot2[c] - on2, rest), all_rows)
+        if np.any(other > _OFF_MIN_VOTES):
+            dv = D[vrows, c]
+            v1 = np.bincount(vcols, weights=dv, minlength=h)
+            v2 = np.bincount(vcols, weights=dv ** 2, minlength=h)
+            out_other[:, c] = np.where(other > _OFF_MIN_VOTES, var_of_mean(v1 - on1, v2 - on2, other),
+                                       out_abstain[:, c])
+        else:
+            out_other[:, c] = out_abstain[:, c]
+    return out_abstain, out_other
+
+
 class AutoLabelModel(LabelModel):
     """Choose, without gold labels, between majority vote and the other label models (and LF-cluster merging).
 
@@ -250,7 +288,9 @@ class AutoLabelModel(LabelModel):
     (:func:`_off_vote_rates`; ``fit_report_["selection"]["scores"][...]["against_other_class_votes"]``): LLM-written
     programs abstain on the same messages whatever their class, and against their abstains Dawid-Skene won the SMS
     Alchemist programs above (BENCHMARKS.md, "Session 44"). Single-class LFs have no other-class votes, so for them
-    nothing changed. It is evidence,
+    nothing changed. Also since session 44 the per-vote standard error counts each baseline's own sampling error
+    (:func:`_baseline_variances`): a baseline is one rate per held-out column and class, shared by all its votes, and
+    a held-out LF that votes on 95 % of the rows leaves few rows to estimate it from. It is evidence,
     not a guarantee: real keyword LFs
     fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube MomentMatching, its pick until
     the cluster-robust test below, beats majority vote on test but not on the train split). Holding out whole
@@ -540,11 +580,15 @@ class AutoLabelModel(LabelModel):
         per_vote: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
         # the lift against the held-out LFs' other-class votes (:func:`_off_vote_rates`' second baseline)
         per_vote_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        # per vote: the sampling variance of its held-out column's baseline (:func:`_baseline_variances`), x votes
+        per_vote_var: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        per_vote_var_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
         vote_cls: list[np.ndarray] = []
         vote_grp: list[np.ndarray] = []  # the held-out cluster of each scored vote
         failed: set[tuple[str, str]] = set()
         for f_idx, held in enumerate(folds):
             held_set = set(held.tolist())
+            T_ref = None  # the reference's hard labels on the covered rows of this fold
             held_cols = np.sort(held)  # the held-out clusters, in the column order of H
             H = held_votes[:, held_cols]
             for v, (M, groups) in variants.items():
@@ -560,6 +604,7 @@ class AutoLabelModel(LabelModel):
                 # the lift's held-out votes on the covered rows: the same for every candidate of this sub-matrix
                 lift_votes = _held_votes_by_class(H[cov], k) if self.criterion == "lift" else None
                 cov_patterns = inv[cov] if lift_votes is not None else None
+                n_cov = int(cov.sum())
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
                     vote_grp.append(held_cols[hcols])
@@ -600,9 +645,19 @@ class AutoLabelModel(LabelModel):
                     hv = H[rows, hcols]
                     a = TU[urows, hv]
                     if lift_votes is not None:
-                        by_abstain, by_other = _off_vote_rates(TU[cov_patterns], lift_votes)
+                        T_cov = TU[cov_patterns]
+                        by_abstain, by_other = _off_vote_rates(T_cov, lift_votes)
                         per_vote_other[(v, c)].append(a - by_other[hcols, hv])
                         a = a - by_abstain[hcols, hv]
+                        if (v, c) == ref:
+                            T_ref = T_cov
+                        if T_ref is not None:
+                            # the baselines' own sampling variance, for the difference with the reference (computed
+                            # first in every fold: raw before merged, majority vote first); votes x variance per vote
+                            var_a, var_o = _baseline_variances(T_cov - T_ref, lift_votes)
+                            n_on = n_cov - np.stack([cnt[3] for cnt in lift_votes[:k]], axis=1)
+                            per_vote_var[(v, c)].append(n_on[hcols, hv] * var_a[hcols, hv])
+                            per_vote_var_other[(v, c)].append(n_on[hcols, hv] * var_o[hcols, hv])
                     per_vote[(v, c)].append(a)
             del f_idx
         cls = np.concatenate(vote_cls) if vote_cls else np.zeros(0, dtype=np.int64)
@@ -611,11 +666,12 @@ class AutoLabelModel(LabelModel):
         held_names = [",".join(str(int(cols[j])) for j in self.clusters_[g]) for g in held]
         held_masks = [grp == g for g in held]
 
-        def tests(a: np.ndarray, base: np.ndarray) -> dict[str, Any]:
-            """A candidate's per-vote scores ``a`` against the reference's ``base``: the gain and its two tests."""
+        def tests(a: np.ndarray, base: np.ndarray, extra_var: np.ndarray | None = None) -> dict[str, Any]:
+            """A candidate's per-vote scores ``a`` against the reference's ``base``: the gain and its two tests
+            (``extra_var``: the per-vote variance of the lift's baselines, see :func:`_macro`)."""
             d = a - base
             agreement, _ = _macro(a, cls, k)
-            gain, se = _macro(d, cls, k)
+            gain, se = _macro(d, cls, k, extra_var)
             se_cl = _macro_clustered_se(d, cls, grp, k)
             cluster_gains = {nm: float(d[mask].mean()) for nm, mask in zip(held_names, held_masks)}
             against = sum(v < 0 for v in cluster_gains.values())
@@ -637,13 +693,15 @@ class AutoLabelModel(LabelModel):
             if key in failed or not per_vote[key]:
                 scores[f"{key[1]}/{key[0]}"] = None
                 continue
-            sc = tests(np.concatenate(per_vote[key]), base)
+            xv = np.concatenate(per_vote_var[key]) if per_vote_var[key] else None
+            sc = tests(np.concatenate(per_vote[key]), base, xv)
             passed, gain = sc["passed"], sc["gain_vs_mv"]
             if base_other is not None:
                 a_other = np.concatenate(per_vote_other[key])
                 if not np.array_equal(a_other - base_other, np.concatenate(per_vote[key]) - base):
                     # some held-out LF votes both classes: the candidate must also win against its other-class votes
-                    sc["against_other_class_votes"] = sc_o = tests(a_other, base_other)
+                    xv_o = np.concatenate(per_vote_var_other[key]) if per_vote_var_other[key] else None
+                    sc["against_other_class_votes"] = sc_o = tests(a_other, base_other, xv_o)
                     passed = passed and sc_o["passed"]
                     gain = min(gain, sc_o["gain_vs_mv"])
             scores[f"{key[1]}/{key[0]}"] = sc
