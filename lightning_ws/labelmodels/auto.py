@@ -187,6 +187,31 @@ def _held_votes_by_class(H: np.ndarray, k: int) -> list[tuple[np.ndarray, np.nda
     return out
 
 
+def _off_row_sums(X: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per held-out column ``j`` and class ``c`` (each ``(h, k)``): the sum of ``X[:, c]`` over the rows of the lift's
+    first baseline and their number, then the same for its second baseline (the rows of each: :func:`_off_vote_rates`).
+    ``X``: ``(n, k)`` per-row values on the rows of :func:`_held_votes_by_class`'s ``by_class``."""
+    n, k = X.shape
+    h = by_class[0][2].size
+    total = X.sum(axis=0)
+    vrows, vcols, _, _ = by_class[k]
+    s_abstain, m_abstain = np.empty((h, k)), np.empty((h, k))
+    s_other, m_other = np.empty((h, k)), np.empty((h, k))
+    for c, (rows, cols, other, rest) in enumerate(by_class[:k]):
+        on = np.bincount(cols, weights=X[rows, c], minlength=h)
+        s_abstain[:, c] = np.where(rest > 0, total[c] - on, total[c])
+        m_abstain[:, c] = np.where(rest > 0, rest, n)
+        use = other > _OFF_MIN_VOTES
+        if use.any():
+            on_voted = np.bincount(vcols, weights=X[vrows, c], minlength=h)
+            s_other[:, c] = np.where(use, on_voted - on, s_abstain[:, c])
+            m_other[:, c] = np.where(use, other, m_abstain[:, c])
+        else:
+            s_other[:, c], m_other[:, c] = s_abstain[:, c], m_abstain[:, c]
+    return s_abstain, m_abstain, s_other, m_other
+
+
 def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The two baselines of the ``"lift"`` criterion, each ``(h, k)``: for each held-out column ``j`` and class ``c``,
@@ -208,22 +233,8 @@ def _off_vote_rates(T: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, 
     so it is noisier: alone, it let Dawid-Skene through on a synthetic draw (``diag_constant_lf.py --extra skew``,
     k = 2, 3 LFs, draw 8) that lost 4.5 points to majority vote (11.75 on fresh rows), which the first rejects.
     :meth:`AutoLabelModel._select_label_free` requires a candidate to win against both."""
-    n, k = T.shape
-    h = by_class[0][2].size
-    total = T.sum(axis=0)
-    vrows, vcols, _, _ = by_class[k]
-    by_abstain = np.empty((h, k))
-    by_other = np.empty((h, k))
-    for c, (rows, cols, other, rest) in enumerate(by_class[:k]):
-        on_votes = np.bincount(cols, weights=T[rows, c], minlength=h)
-        by_abstain[:, c] = np.where(rest > 0, (total[c] - on_votes) / np.maximum(rest, 1), total[c] / max(n, 1))
-        if np.any(other > _OFF_MIN_VOTES):
-            on_voted = np.bincount(vcols, weights=T[vrows, c], minlength=h)
-            by_other[:, c] = np.where(other > _OFF_MIN_VOTES, (on_voted - on_votes) / np.maximum(other, 1),
-                                      by_abstain[:, c])
-        else:
-            by_other[:, c] = by_abstain[:, c]
-    return by_abstain, by_other
+    s_abstain, m_abstain, s_other, m_other = _off_row_sums(T, by_class)
+    return s_abstain / np.maximum(m_abstain, 1), s_other / np.maximum(m_other, 1)
 
 
 def _baseline_variances(D: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
@@ -232,31 +243,14 @@ def _baseline_variances(D: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarr
     two candidates' hard labels (``(n, k)``, a candidate's minus the reference's), i.e. ``s**2 / m`` over the ``m``
     rows each baseline averages. A baseline is an estimate too: a held-out LF that votes one class on 95 % of the rows
     leaves few rows for it, and its error is shared by every vote of that LF (session 44)."""
-    n, k = D.shape
-    h = by_class[0][2].size
-    vrows, vcols, _, _ = by_class[k]
-    out_abstain, out_other = np.zeros((h, k)), np.zeros((h, k))
 
     def var_of_mean(s1: np.ndarray, s2: np.ndarray, m: np.ndarray) -> np.ndarray:
         mm = np.maximum(m, 2)
         return np.where(m >= 2, np.maximum(s2 - s1 ** 2 / mm, 0.0) / (mm - 1) / mm, 0.0)
 
-    tot1, tot2 = D.sum(axis=0), (D ** 2).sum(axis=0)
-    for c, (rows, cols, other, rest) in enumerate(by_class[:k]):
-        d = D[rows, c]
-        on1 = np.bincount(cols, weights=d, minlength=h)
-        on2 = np.bincount(cols, weights=d ** 2, minlength=h)
-        all_rows = var_of_mean(np.full(h, tot1[c]), np.full(h, tot2[c]), np.full(h, n))
-        out_abstain[:, c] = np.where(rest > 0, var_of_mean(tot1[c] - on1, tot2[c] - on2, rest), all_rows)
-        if np.any(other > _OFF_MIN_VOTES):
-            dv = D[vrows, c]
-            v1 = np.bincount(vcols, weights=dv, minlength=h)
-            v2 = np.bincount(vcols, weights=dv ** 2, minlength=h)
-            out_other[:, c] = np.where(other > _OFF_MIN_VOTES, var_of_mean(v1 - on1, v2 - on2, other),
-                                       out_abstain[:, c])
-        else:
-            out_other[:, c] = out_abstain[:, c]
-    return out_abstain, out_other
+    s1_abstain, m_abstain, s1_other, m_other = _off_row_sums(D, by_class)
+    s2_abstain, _, s2_other, _ = _off_row_sums(D ** 2, by_class)
+    return var_of_mean(s1_abstain, s2_abstain, m_abstain), var_of_mean(s1_other, s2_other, m_other)
 
 
 class AutoLabelModel(LabelModel):
@@ -604,7 +598,9 @@ class AutoLabelModel(LabelModel):
                 # the lift's held-out votes on the covered rows: the same for every candidate of this sub-matrix
                 lift_votes = _held_votes_by_class(H[cov], k) if self.criterion == "lift" else None
                 cov_patterns = inv[cov] if lift_votes is not None else None
-                n_cov = int(cov.sum())
+                # per held-out column and class: its votes on the covered rows (the votes sharing one baseline)
+                n_on = (None if lift_votes is None else
+                        int(cov.sum()) - np.stack([cnt[3] for cnt in lift_votes[:k]], axis=1))
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
                     vote_grp.append(held_cols[hcols])
@@ -655,7 +651,6 @@ class AutoLabelModel(LabelModel):
                             # the baselines' own sampling variance, for the difference with the reference (computed
                             # first in every fold: raw before merged, majority vote first); votes x variance per vote
                             var_a, var_o = _baseline_variances(T_cov - T_ref, lift_votes)
-                            n_on = n_cov - np.stack([cnt[3] for cnt in lift_votes[:k]], axis=1)
                             per_vote_var[(v, c)].append(n_on[hcols, hv] * var_a[hcols, hv])
                             per_vote_var_other[(v, c)].append(n_on[hcols, hv] * var_o[hcols, hv])
                     per_vote[(v, c)].append(a)
@@ -778,7 +773,8 @@ class AutoLabelModel(LabelModel):
         why = ("no score (" + str(rerun.get("reason")) + ")" if sc is None else
                f"gain {sc['gain_vs_mv']:+.4f}, {sc['gain_vs_mv'] / sc['se'] if sc['se'] > 0 else float('inf'):.1f} "
                f"standard errors per vote, per-cluster test {'passed' if sc['per_cluster_test'] else 'failed'}"
-               + ("" if other is None else f"; against the other-class votes {'passed' if other['passed'] else 'failed'}"))
+               + ("" if other is None else
+                  f"; against the other-class votes {'passed' if other['passed'] else 'failed'}"))
         info["rejected"] = {"pick": choice[1], "variant": choice[0],
                             "reason": f"its gain rests on the {n0} rows without a vote: its model does not reproduce "
                                       f"how the LFs fire together, and refitted on the covered rows alone it does "
