@@ -1054,3 +1054,94 @@ def test_baseline_variances_match_a_plain_loop():
             if other.sum() > _OFF_MIN_VOTES:
                 want = var_of_mean(D[other, c])
             assert abs(var_other[j, c] - want) < 1e-12
+
+
+def _shared_abstain_draw(seed: int, n: int = 4000, m: int = 6, z0: float = 0.3, z1: float = 0.6
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of benchmarks/diag_shared_abstains.py: binary LFs that vote both classes and abstain on the rows
+    they find unclear, one latent "unclear" flag per row shared by every LF (set with probability ``z0`` on class-0
+    rows and ``z1`` on class-1 rows; 15 % class 1)."""
+    rng = np.random.default_rng([44, seed, m, int(100 * z0), int(100 * z1)])
+    y = (rng.random(n) < 0.15).astype(np.int64)
+    unclear = rng.random(n) < np.where(y == 1, z1, z0)
+    L = -np.ones((n, m), dtype=np.int64)
+    for j in range(m):
+        abstain = rng.random(n) < np.where(unclear, rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.15))
+        right = rng.random(n) < np.where(unclear, rng.uniform(0.70, 0.85), rng.uniform(0.93, 0.99))
+        L[:, j] = np.where(abstain, -1, np.where(right, y, 1 - y))
+    return L, y
+
+
+def test_auto_lift_must_also_win_within_strata_when_lfs_abstain_together(tmp_path):
+    # session 45: LFs that vote both classes and abstain together on "unclear" rows (draw 0 of
+    # diag_shared_abstains.py, regime (0.3, 0.6), 6 LFs). Dawid-Skene reads the shared abstains as evidence and is
+    # 15 points below majority vote; the held-out LF's errors and abstains sit on the same unclear rows, so both
+    # plain lift baselines reward it and, without the within-strata tests, auto picked it (3 points below MV).
+    # Compared within rows on which the same number of kept LF clusters vote, it loses to majority vote.
+    L, y = _shared_abstain_draw(0)
+    mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = DawidSkene(2, seed=0).fit(L)
+        plain = AutoLabelModel(2, within_strata=False).fit(L)
+        auto = AutoLabelModel(2).fit(L)
+    assert (ds.predict(L) == y).mean() < mv - 0.1  # the trap is real
+    assert plain.selected == "dawid_skene/raw" and (plain.predict(L) == y).mean() < mv - 0.02
+    sc = auto.fit_report_["selection"]["scores"]["dawid_skene/raw"]
+    assert sc["passed"] and sc["against_other_class_votes"]["passed"]  # both plain tests are fooled
+    assert sc["within_strata"]["gain_vs_mv"] < 0 and not sc["within_strata"]["passed"]
+    assert sc["within_strata_other_class"]["gain_vs_mv"] < 0
+    assert "within strata" in auto.fit_report_["selection"]["thin_evidence"]["dawid_skene/raw"]
+    assert auto.selected == "majority_vote/raw" and (auto.predict(L) == y).mean() >= mv - 0.005
+    # saved and loaded: kept in the config; files written before session 45 load without the tests
+    assert auto.get_config()["within_strata"] is True
+    auto.save(tmp_path / "auto")
+    meta = json.loads((tmp_path / "auto" / "label_model.json").read_text())
+    del meta["config"]["within_strata"]
+    (tmp_path / "auto" / "label_model.json").write_text(json.dumps(meta))
+    back = LabelModel.load(tmp_path / "auto")
+    assert back.within_strata is False
+    np.testing.assert_allclose(back.predict_proba(L), auto.predict_proba(L))
+    with pytest.raises(ConfigError, match="within_strata must be True or False"):
+        AutoLabelModel(2, within_strata="yes")
+
+
+def test_auto_within_strata_tests_leave_single_class_lfs_alone():
+    # held-out LFs that vote one class keep the plain baselines: on such matrices the scores carry no within-strata
+    # entries and the pick is the one without the tests
+    from lightning_ws.labelmodels import make_regime_label_matrix
+
+    d = make_regime_label_matrix(3000, k=2, m=8, lf_type="single", coverage=(0.1, 0.4), accuracy=(0.2, 0.8),
+                                 accuracy_scale="above_chance", seed=4501)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        auto = AutoLabelModel(2).fit(d.L)
+        plain = AutoLabelModel(2, within_strata=False).fit(d.L)
+    assert auto.selected == plain.selected
+    for sc in auto.fit_report_["selection"]["scores"].values():
+        assert sc is None or "within_strata" not in sc
+
+
+def test_lift_strata_baselines_match_a_plain_loop():
+    from lightning_ws.labelmodels.auto import _held_votes_by_class, _lift_strata, _off_vote_rates, _per_stratum
+
+    rng = np.random.default_rng(45)
+    n, k, h = 300, 3, 4
+    T = rng.dirichlet(np.ones(k), size=n)
+    H = rng.integers(-1, k, size=(n, h))
+    H[:, 3] = np.where(rng.random(n) < 0.4, 2, -1)  # a single-class column
+    n_voting = rng.integers(1, 4, size=n)
+    st, dual, strata = _lift_strata(H, n_voting, k)
+    assert dual.tolist() == [True, True, True, False] and len(strata) == 3
+    first, second = _per_stratum(_off_vote_rates, T, strata, h, k)
+    for si, level in enumerate(np.unique(n_voting)):
+        rows = np.nonzero(n_voting == level)[0]
+        assert (st[rows] == si).all()
+        want = _off_vote_rates(T[rows], _held_votes_by_class(H[rows], k))
+        np.testing.assert_allclose(first[si], want[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(second[si], want[1], rtol=0, atol=1e-12)
+        for j in range(h):
+            for c in range(k):
+                assert strata[si][2][j, c] == (H[rows, j] == c).sum()  # the votes sharing each baseline
+    assert _lift_strata(H, np.ones(n, dtype=np.int64), k) is None  # one stratum: nothing new to test
+    assert _lift_strata(H[:, 3:], n_voting, k) is None  # no held-out column votes two classes

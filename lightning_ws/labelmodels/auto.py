@@ -253,6 +253,37 @@ def _baseline_variances(D: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarr
     return var_of_mean(s1_abstain, s2_abstain, m_abstain), var_of_mean(s1_other, s2_other, m_other)
 
 
+def _lift_strata(Hc: np.ndarray, n_voting: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, list, np.ndarray]]] | None:
+    """The strata of the within-strata lift tests (``within_strata=True``, session 45) for one fold and sub-matrix.
+
+    ``Hc``: the held-out clusters' votes on the covered rows; ``n_voting``: per covered row, how many of the kept LF
+    clusters vote on it. A stratum is the rows with one value of ``n_voting``. ``None`` when no held-out column votes
+    more than one class there, or every row is in one stratum (the tests would repeat the plain ones). Otherwise
+    ``(stratum of each covered row, whether each held-out column votes more than one class, [(the stratum's rows,
+    _held_votes_by_class of them, votes per held-out column and class in it)])``."""
+    dual = np.array([np.unique(Hc[:, j][Hc[:, j] != ABSTAIN]).size > 1 for j in range(Hc.shape[1])], dtype=bool)
+    levels, st = np.unique(n_voting, return_inverse=True)
+    if not dual.any() or levels.size < 2:
+        return None
+    strata = []
+    for si in range(levels.size):
+        rs = np.nonzero(st.reshape(-1) == si)[0]
+        by_class = _held_votes_by_class(Hc[rs], k)
+        strata.append((rs, by_class, rs.size - np.stack([cnt[3] for cnt in by_class[:k]], axis=1)))
+    return st.reshape(-1), dual, strata
+
+
+def _per_stratum(fn: Any, X: np.ndarray, strata: list[tuple[np.ndarray, list, np.ndarray]], h: int, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` (:func:`_off_vote_rates` or :func:`_baseline_variances`) on the rows of ``X`` of each stratum of
+    :func:`_lift_strata`: its two ``(h, k)`` results stacked, ``(strata, h, k)`` each."""
+    first, second = np.empty((len(strata), h, k)), np.empty((len(strata), h, k))
+    for si, (rs, by_class, _) in enumerate(strata):
+        first[si], second[si] = fn(X[rs], by_class)
+    return first, second
+
+
 class AutoLabelModel(LabelModel):
     """Choose, without gold labels, between majority vote and the other label models (and LF-cluster merging).
 
@@ -284,7 +315,20 @@ class AutoLabelModel(LabelModel):
     Alchemist programs above (BENCHMARKS.md, "Session 44"). Single-class LFs have no other-class votes, so for them
     nothing changed. Also since session 44 the per-vote standard error counts each baseline's own sampling error
     (:func:`_baseline_variances`): a baseline is one rate per held-out column and class, shared by all its votes, and
-    a held-out LF that votes on 95 % of the rows leaves few rows to estimate it from. It is evidence,
+    a held-out LF that votes on 95 % of the rows leaves few rows to estimate it from. Since session 45
+    (``within_strata=True``) a candidate must also win within strata: the rows are grouped by how many of the kept
+    LF clusters vote on them, and for each held-out LF that votes more than one class both baselines are taken
+    within the vote's stratum (:func:`_lift_strata`; ``scores[...]["within_strata"]`` and
+    ``["within_strata_other_class"]``, and ``thin_evidence`` names a candidate that fails only these). LFs that vote
+    both classes and abstain on the same unclear rows (LLM-written programs that abstain when unsure) make errors on
+    those rows too: a model that reads the shared abstains as evidence predicts by how many LFs abstain, and the
+    held-out LF's errors and abstains on the same rows rewarded it against both plain baselines
+    (``benchmarks/diag_shared_abstains.py``: ``auto`` was 3-10 points below majority vote on average in 16 of 20
+    draws). Within a stratum the rows are about as unclear as each other, and there it loses. Conditioning on a
+    function of the kept LFs' votes leaves the lift valid under conditional independence, at the price of
+    noisier baselines: ``auto`` keeps majority vote more often where held-out LFs vote both classes (WRENCH SMS
+    programs ``T1_general``: Dawid-Skene's +2.4 F1 on test is given up; BENCHMARKS.md, "Session 45"). Held-out
+    single-class LFs keep the plain baselines. It is evidence,
     not a guarantee: real keyword LFs
     fire together beyond what ``Y`` explains (see ``BENCHMARKS.md``: on WRENCH YouTube MomentMatching, its pick until
     the cluster-robust test below, beats majority vote on test but not on the train split). Holding out whole
@@ -450,6 +494,10 @@ class AutoLabelModel(LabelModel):
             44, also minus its rate where the cluster votes another class; the pick must win under both, see above) or
             ``"agreement"`` (plain agreement, the rule until session 42). Models saved before session 43 load with
             ``"agreement"`` (it acts at fit time only).
+        within_strata: with ``criterion="lift"``, also require the win within strata of rows on which the same
+            number of kept LF clusters vote, for held-out LFs that vote more than one class (default ``True`` since
+            session 45, see above; ``False`` is the rule of sessions 43-44). Models saved before session 45 load
+            with ``False`` (it acts at fit time only).
         seed: seed of the fold split, the row subset and tie breaking.
     """
 
@@ -463,9 +511,12 @@ class AutoLabelModel(LabelModel):
                  structure: Literal["agreement", "rpca", "both"] = "agreement",
                  support: Literal["auto", "voted", "model"] = "auto",
                  uncovered_balance: Literal["auto", "vote_share", "em"] = "auto", few_cluster_test: bool = False,
-                 uncovered_check: bool = True, criterion: Literal["lift", "agreement"] = "lift", seed: int = 0
-                 ) -> None:
+                 uncovered_check: bool = True, criterion: Literal["lift", "agreement"] = "lift",
+                 within_strata: bool = True, seed: int = 0) -> None:
         super().__init__(num_classes, seed=seed)
+        if not isinstance(within_strata, (bool, np.bool_)):
+            raise ConfigError(f"within_strata must be True or False, got {within_strata!r}.")
+        self.within_strata = bool(within_strata)
         if criterion not in ("lift", "agreement"):
             raise ConfigError(f"criterion must be 'lift' or 'agreement', got {criterion!r}.")
         self.criterion = criterion
@@ -511,7 +562,8 @@ class AutoLabelModel(LabelModel):
                 "cluster_threshold": self.cluster_threshold, "n_folds": self.n_folds, "margin_z": self.margin_z,
                 "max_selection_rows": self.max_selection_rows, "structure": self.structure, "support": self.support,
                 "uncovered_balance": self.uncovered_balance, "few_cluster_test": self.few_cluster_test,
-                "uncovered_check": self.uncovered_check, "criterion": self.criterion}
+                "uncovered_check": self.uncovered_check, "criterion": self.criterion,
+                "within_strata": self.within_strata}
 
     # -- selection ----------------------------------------------------------------------------------------------
 
@@ -568,6 +620,9 @@ class AutoLabelModel(LabelModel):
                               f"(not identifiable), so the held-out agreement cannot score the candidates; majority "
                               f"vote is kept"}
         held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
+        # per row and cluster: does some member vote (the within-strata tests count the kept clusters voting)
+        fires = (np.stack([(L[:, members] != ABSTAIN).any(axis=1) for members in self.clusters_], axis=1)
+                 if self.criterion == "lift" and self.within_strata else None)
         variants = self._variants(L)
         ref = self._reference(variants)
         keys = [(v, c) for v in variants for c in self.candidates]
@@ -577,6 +632,12 @@ class AutoLabelModel(LabelModel):
         # per vote: the sampling variance of its held-out column's baseline (:func:`_baseline_variances`), x votes
         per_vote_var: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
         per_vote_var_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        # the same four within strata of rows on which the same number of kept clusters vote (:func:`_lift_strata`;
+        # the plain baselines where a held-out column votes one class or no strata are formed)
+        per_vote_strat: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        per_vote_strat_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        per_vote_var_strat: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+        per_vote_var_strat_other: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
         vote_cls: list[np.ndarray] = []
         vote_grp: list[np.ndarray] = []  # the held-out cluster of each scored vote
         failed: set[tuple[str, str]] = set()
@@ -584,6 +645,7 @@ class AutoLabelModel(LabelModel):
             held_set = set(held.tolist())
             T_ref = None  # the reference's hard labels on the covered rows of this fold
             held_cols = np.sort(held)  # the held-out clusters, in the column order of H
+            kept_clusters = np.array([g for g in range(nc) if g not in held_set], dtype=np.int64)
             H = held_votes[:, held_cols]
             for v, (M, groups) in variants.items():
                 keep = [col for g, cols in enumerate(groups) if g not in held_set for col in cols]
@@ -601,6 +663,12 @@ class AutoLabelModel(LabelModel):
                 # per held-out column and class: its votes on the covered rows (the votes sharing one baseline)
                 n_on = (None if lift_votes is None else
                         int(cov.sum()) - np.stack([cnt[3] for cnt in lift_votes[:k]], axis=1))
+                strata = (None if lift_votes is None or fires is None else
+                          _lift_strata(H[cov], fires[cov][:, kept_clusters].sum(axis=1), k))
+                if strata is not None:
+                    st_cov, dual_col, strata_rows = strata
+                    vst = st_cov[np.cumsum(cov)[rows] - 1]  # each scored vote's stratum
+                    vdual = dual_col[hcols]  # does its held-out column vote more than one class
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
                     vote_grp.append(held_cols[hcols])
@@ -644,6 +712,15 @@ class AutoLabelModel(LabelModel):
                         T_cov = TU[cov_patterns]
                         by_abstain, by_other = _off_vote_rates(T_cov, lift_votes)
                         per_vote_other[(v, c)].append(a - by_other[hcols, hv])
+                        if strata is not None:
+                            s_abstain, s_other = _per_stratum(_off_vote_rates, T_cov, strata_rows, H.shape[1], k)
+                            per_vote_strat[(v, c)].append(
+                                a - np.where(vdual, s_abstain[vst, hcols, hv], by_abstain[hcols, hv]))
+                            per_vote_strat_other[(v, c)].append(
+                                a - np.where(vdual, s_other[vst, hcols, hv], by_other[hcols, hv]))
+                        else:
+                            per_vote_strat[(v, c)].append(a - by_abstain[hcols, hv])
+                            per_vote_strat_other[(v, c)].append(a - by_other[hcols, hv])
                         a = a - by_abstain[hcols, hv]
                         if (v, c) == ref:
                             T_ref = T_cov
@@ -653,6 +730,17 @@ class AutoLabelModel(LabelModel):
                             var_a, var_o = _baseline_variances(T_cov - T_ref, lift_votes)
                             per_vote_var[(v, c)].append(n_on[hcols, hv] * var_a[hcols, hv])
                             per_vote_var_other[(v, c)].append(n_on[hcols, hv] * var_o[hcols, hv])
+                            if strata is not None:
+                                sv_a, sv_o = _per_stratum(_baseline_variances, T_cov - T_ref, strata_rows,
+                                                          H.shape[1], k)
+                                s_on = np.stack([on for _, _, on in strata_rows])[vst, hcols, hv]
+                                per_vote_var_strat[(v, c)].append(
+                                    np.where(vdual, s_on * sv_a[vst, hcols, hv], per_vote_var[(v, c)][-1]))
+                                per_vote_var_strat_other[(v, c)].append(
+                                    np.where(vdual, s_on * sv_o[vst, hcols, hv], per_vote_var_other[(v, c)][-1]))
+                            else:
+                                per_vote_var_strat[(v, c)].append(per_vote_var[(v, c)][-1])
+                                per_vote_var_strat_other[(v, c)].append(per_vote_var_other[(v, c)][-1])
                     per_vote[(v, c)].append(a)
             del f_idx
         cls = np.concatenate(vote_cls) if vote_cls else np.zeros(0, dtype=np.int64)
@@ -699,6 +787,17 @@ class AutoLabelModel(LabelModel):
                     sc["against_other_class_votes"] = sc_o = tests(a_other, base_other, xv_o)
                     passed = passed and sc_o["passed"]
                     gain = min(gain, sc_o["gain_vs_mv"])
+                # within strata (held-out LFs that vote more than one class): the candidate must also win there
+                for nm, pv, pvar, plain, plain_base in (
+                        ("within_strata", per_vote_strat, per_vote_var_strat, per_vote[key], base),
+                        ("within_strata_other_class", per_vote_strat_other, per_vote_var_strat_other,
+                         per_vote_other[key], base_other)):
+                    a_s, base_s = np.concatenate(pv[key]), np.concatenate(pv[ref])
+                    if np.array_equal(a_s - base_s, np.concatenate(plain) - plain_base):
+                        continue
+                    sc[nm] = sc_s = tests(a_s, base_s, np.concatenate(pvar[key]) if pvar[key] else None)
+                    passed = passed and sc_s["passed"]
+                    gain = min(gain, sc_s["gain_vs_mv"])
             scores[f"{key[1]}/{key[0]}"] = sc
             if key != ref and passed and gain > best_gain:
                 best, best_gain = key, gain
@@ -721,6 +820,14 @@ class AutoLabelModel(LabelModel):
                 thin[name] = (f"gain {g:+.4f} passes against the held-out LFs' abstains but not against their "
                               f"other-class votes ({sc_o['gain_vs_mv']:+.4f}, standard errors {sc_o['se']:.4f} per "
                               f"vote, {sc_o['se_clustered']:.4f} per held-out cluster; margin_z = {self.margin_z})")
+            failed_strata = {nm: sc[nm] for nm in ("within_strata", "within_strata_other_class")
+                             if nm in sc and not sc[nm]["passed"]}
+            if sc["passed"] and (sc_o is None or sc_o["passed"]) and failed_strata and name not in thin:
+                thin[name] = (f"gain {g:+.4f} passes on all rows but not within strata of rows on which the same "
+                              f"number of kept LF clusters vote (" + "; ".join(
+                                  f"{nm}: {x['gain_vs_mv']:+.4f}, standard errors {x['se']:.4f} per vote, "
+                                  f"{x['se_clustered']:.4f} per held-out cluster" for nm, x in failed_strata.items())
+                              + f"; margin_z = {self.margin_z})")
         if thin:
             info["thin_evidence"] = thin
         return best, info
@@ -765,7 +872,8 @@ class AutoLabelModel(LabelModel):
         _, rerun = self._select_label_free(L[cov])
         sc = rerun.get("scores", {}).get(key)
         other = None if sc is None else sc.get("against_other_class_votes")
-        passed = bool(sc is not None and sc["passed"] and (other is None or other["passed"]))
+        passed = bool(sc is not None and sc["passed"] and (other is None or other["passed"])
+                      and all(sc[nm]["passed"] for nm in ("within_strata", "within_strata_other_class") if nm in sc))
         record.update(passed=passed, rerun=True, reason=rerun.get("reason"), score=None if sc is None else {
             f: sc[f] for f in ("gain_vs_mv", "se", "se_clustered", "per_cluster_test")})
         if passed:
@@ -1343,6 +1451,8 @@ class AutoLabelModel(LabelModel):
         self.support = state["meta"].get("config", {}).get("support", "model")
         # files written before session 43 were selected by plain agreement
         self.criterion = state["meta"].get("config", {}).get("criterion", "agreement")
+        # files written before session 45 were selected without the within-strata tests
+        self.within_strata = bool(state["meta"].get("config", {}).get("within_strata", False))
         extra = state["meta"]["extra"]
         # files written before support="auto" existed hold "voted" or "model" in their config
         self.support_ = extra.get("support_used", "voted" if self.support == "auto" else self.support)
