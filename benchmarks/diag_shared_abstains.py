@@ -9,8 +9,10 @@ the LFs' abstains are therefore dependent (through the flag), which Dawid-Skene 
 (``abstain="category"``, the default and ``auto``'s candidate) reads as independent evidence.
 
 It prints, per regime, accuracy minus majority vote's (points, on the fitted rows): mean / min / draws more than 0.5
-below, for Dawid-Skene (abstains as a category), Dawid-Skene with abstains ignored, MomentMatching and ``auto``, and
-``auto``'s picks. ``z0 = z1 = 0`` is the control: abstains independent of each other given the class.
+below, for Dawid-Skene (abstains as a category), Dawid-Skene with abstains ignored, MomentMatching, ``auto`` without
+the within-strata tests of session 45 (``within_strata=False``, the rule of sessions 43-44) and ``auto`` (default),
+and the default ``auto``'s picks. ``z0 = z1 = 0`` is the control: abstains independent of each other given the
+class.
 
     OMP_NUM_THREADS=1 python benchmarks/diag_shared_abstains.py [--draws 5] [--first-seed 0] [--n 4000]
 """
@@ -50,6 +52,8 @@ def main() -> None:
     models = {"Dawid-Skene": lambda: DawidSkene(2, seed=0),
               "Dawid-Skene, abstains ignored": lambda: DawidSkene(2, abstain="ignore", seed=0),
               "MomentMatching": lambda: make_label_model("moment_matching", num_classes=2, seed=0),
+              "auto, within_strata=False": lambda: make_label_model("auto", num_classes=2, seed=0,
+                                                                    within_strata=False),
               "auto": lambda: make_label_model("auto", num_classes=2, seed=0)}
     print(f"{args.draws} draws per regime (seeds {args.first_seed}-{args.first_seed + args.draws - 1}), n = {args.n}; "
           f"cells: accuracy - majority vote's, mean / min / draws below -0.5 (points, fitted rows)")
