@@ -253,6 +253,10 @@ def _baseline_variances(D: np.ndarray, by_class: list[tuple[np.ndarray, np.ndarr
     return var_of_mean(s1_abstain, s2_abstain, m_abstain), var_of_mean(s1_other, s2_other, m_other)
 
 
+#: the keys of the within-strata tests in ``fit_report_["selection"]["scores"][...]`` (:func:`_lift_strata`)
+_STRATA_TESTS = ("within_strata", "within_strata_other_class")
+
+
 def _lift_strata(Hc: np.ndarray, n_voting: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, list, np.ndarray]]] | None:
     """The strata of the within-strata lift tests (``within_strata=True``, session 45) for one fold and sub-matrix.
@@ -319,7 +323,8 @@ class AutoLabelModel(LabelModel):
     (``within_strata=True``) a candidate must also win within strata: the rows are grouped by how many of the kept
     LF clusters vote on them, and for each held-out LF that votes more than one class both baselines are taken
     within the vote's stratum (:func:`_lift_strata`; ``scores[...]["within_strata"]`` and
-    ``["within_strata_other_class"]``, and ``thin_evidence`` names a candidate that fails only these). LFs that vote
+    ``["within_strata_other_class"]``, ``["passed_all_tests"]`` whether every test passed, and ``thin_evidence``
+    names a candidate that fails only these). LFs that vote
     both classes and abstain on the same unclear rows (LLM-written programs that abstain when unsure) make errors on
     those rows too: a model that reads the shared abstains as evidence predicts by how many LFs abstain, and the
     held-out LF's errors and abstains on the same rows rewarded it against both plain baselines
@@ -669,6 +674,8 @@ class AutoLabelModel(LabelModel):
                     st_cov, dual_col, strata_rows = strata
                     vst = st_cov[np.cumsum(cov)[rows] - 1]  # each scored vote's stratum
                     vdual = dual_col[hcols]  # does its held-out column vote more than one class
+                    # per scored vote: the votes sharing its stratum baseline (the same for every candidate)
+                    s_on = np.stack([on for _, _, on in strata_rows])[vst, hcols, H[rows, hcols]]
                 if v == ref[0]:
                     vote_cls.append(H[rows, hcols])
                     vote_grp.append(held_cols[hcols])
@@ -711,16 +718,15 @@ class AutoLabelModel(LabelModel):
                     if lift_votes is not None:
                         T_cov = TU[cov_patterns]
                         by_abstain, by_other = _off_vote_rates(T_cov, lift_votes)
-                        per_vote_other[(v, c)].append(a - by_other[hcols, hv])
+                        # each vote's two baselines, then the same taken within its stratum where that applies
+                        b_abstain, b_other = by_abstain[hcols, hv], by_other[hcols, hv]
+                        per_vote_other[(v, c)].append(a - b_other)
                         if strata is not None:
                             s_abstain, s_other = _per_stratum(_off_vote_rates, T_cov, strata_rows, H.shape[1], k)
-                            per_vote_strat[(v, c)].append(
-                                a - np.where(vdual, s_abstain[vst, hcols, hv], by_abstain[hcols, hv]))
-                            per_vote_strat_other[(v, c)].append(
-                                a - np.where(vdual, s_other[vst, hcols, hv], by_other[hcols, hv]))
-                        else:
-                            per_vote_strat[(v, c)].append(a - by_abstain[hcols, hv])
-                            per_vote_strat_other[(v, c)].append(a - by_other[hcols, hv])
+                            b_abstain = np.where(vdual, s_abstain[vst, hcols, hv], b_abstain)
+                            b_other = np.where(vdual, s_other[vst, hcols, hv], b_other)
+                        per_vote_strat[(v, c)].append(a - b_abstain)
+                        per_vote_strat_other[(v, c)].append(a - b_other)
                         a = a - by_abstain[hcols, hv]
                         if (v, c) == ref:
                             T_ref = T_cov
@@ -728,19 +734,16 @@ class AutoLabelModel(LabelModel):
                             # the baselines' own sampling variance, for the difference with the reference (computed
                             # first in every fold: raw before merged, majority vote first); votes x variance per vote
                             var_a, var_o = _baseline_variances(T_cov - T_ref, lift_votes)
-                            per_vote_var[(v, c)].append(n_on[hcols, hv] * var_a[hcols, hv])
-                            per_vote_var_other[(v, c)].append(n_on[hcols, hv] * var_o[hcols, hv])
+                            x_a, x_o = n_on[hcols, hv] * var_a[hcols, hv], n_on[hcols, hv] * var_o[hcols, hv]
+                            per_vote_var[(v, c)].append(x_a)
+                            per_vote_var_other[(v, c)].append(x_o)
                             if strata is not None:
                                 sv_a, sv_o = _per_stratum(_baseline_variances, T_cov - T_ref, strata_rows,
                                                           H.shape[1], k)
-                                s_on = np.stack([on for _, _, on in strata_rows])[vst, hcols, hv]
-                                per_vote_var_strat[(v, c)].append(
-                                    np.where(vdual, s_on * sv_a[vst, hcols, hv], per_vote_var[(v, c)][-1]))
-                                per_vote_var_strat_other[(v, c)].append(
-                                    np.where(vdual, s_on * sv_o[vst, hcols, hv], per_vote_var_other[(v, c)][-1]))
-                            else:
-                                per_vote_var_strat[(v, c)].append(per_vote_var[(v, c)][-1])
-                                per_vote_var_strat_other[(v, c)].append(per_vote_var_other[(v, c)][-1])
+                                x_a = np.where(vdual, s_on * sv_a[vst, hcols, hv], x_a)
+                                x_o = np.where(vdual, s_on * sv_o[vst, hcols, hv], x_o)
+                            per_vote_var_strat[(v, c)].append(x_a)
+                            per_vote_var_strat_other[(v, c)].append(x_o)
                     per_vote[(v, c)].append(a)
             del f_idx
         cls = np.concatenate(vote_cls) if vote_cls else np.zeros(0, dtype=np.int64)
@@ -788,16 +791,17 @@ class AutoLabelModel(LabelModel):
                     passed = passed and sc_o["passed"]
                     gain = min(gain, sc_o["gain_vs_mv"])
                 # within strata (held-out LFs that vote more than one class): the candidate must also win there
-                for nm, pv, pvar, plain, plain_base in (
-                        ("within_strata", per_vote_strat, per_vote_var_strat, per_vote[key], base),
-                        ("within_strata_other_class", per_vote_strat_other, per_vote_var_strat_other,
-                         per_vote_other[key], base_other)):
+                for nm, pv, pvar, plain, plain_base in zip(
+                        _STRATA_TESTS, (per_vote_strat, per_vote_strat_other),
+                        (per_vote_var_strat, per_vote_var_strat_other), (per_vote[key], per_vote_other[key]),
+                        (base, base_other)):
                     a_s, base_s = np.concatenate(pv[key]), np.concatenate(pv[ref])
                     if np.array_equal(a_s - base_s, np.concatenate(plain) - plain_base):
                         continue
                     sc[nm] = sc_s = tests(a_s, base_s, np.concatenate(pvar[key]) if pvar[key] else None)
                     passed = passed and sc_s["passed"]
                     gain = min(gain, sc_s["gain_vs_mv"])
+            sc["passed_all_tests"] = passed
             scores[f"{key[1]}/{key[0]}"] = sc
             if key != ref and passed and gain > best_gain:
                 best, best_gain = key, gain
@@ -820,8 +824,7 @@ class AutoLabelModel(LabelModel):
                 thin[name] = (f"gain {g:+.4f} passes against the held-out LFs' abstains but not against their "
                               f"other-class votes ({sc_o['gain_vs_mv']:+.4f}, standard errors {sc_o['se']:.4f} per "
                               f"vote, {sc_o['se_clustered']:.4f} per held-out cluster; margin_z = {self.margin_z})")
-            failed_strata = {nm: sc[nm] for nm in ("within_strata", "within_strata_other_class")
-                             if nm in sc and not sc[nm]["passed"]}
+            failed_strata = {nm: sc[nm] for nm in _STRATA_TESTS if nm in sc and not sc[nm]["passed"]}
             if sc["passed"] and (sc_o is None or sc_o["passed"]) and failed_strata and name not in thin:
                 thin[name] = (f"gain {g:+.4f} passes on all rows but not within strata of rows on which the same "
                               f"number of kept LF clusters vote (" + "; ".join(
@@ -872,8 +875,7 @@ class AutoLabelModel(LabelModel):
         _, rerun = self._select_label_free(L[cov])
         sc = rerun.get("scores", {}).get(key)
         other = None if sc is None else sc.get("against_other_class_votes")
-        passed = bool(sc is not None and sc["passed"] and (other is None or other["passed"])
-                      and all(sc[nm]["passed"] for nm in ("within_strata", "within_strata_other_class") if nm in sc))
+        passed = bool(sc is not None and sc["passed_all_tests"])
         record.update(passed=passed, rerun=True, reason=rerun.get("reason"), score=None if sc is None else {
             f: sc[f] for f in ("gain_vs_mv", "se", "se_clustered", "per_cluster_test")})
         if passed:
@@ -882,7 +884,9 @@ class AutoLabelModel(LabelModel):
                f"gain {sc['gain_vs_mv']:+.4f}, {sc['gain_vs_mv'] / sc['se'] if sc['se'] > 0 else float('inf'):.1f} "
                f"standard errors per vote, per-cluster test {'passed' if sc['per_cluster_test'] else 'failed'}"
                + ("" if other is None else
-                  f"; against the other-class votes {'passed' if other['passed'] else 'failed'}"))
+                  f"; against the other-class votes {'passed' if other['passed'] else 'failed'}")
+               + "".join(f"; {nm.replace('_', ' ')} {'passed' if sc[nm]['passed'] else 'failed'}"
+                         for nm in _STRATA_TESTS if sc is not None and nm in sc))
         info["rejected"] = {"pick": choice[1], "variant": choice[0],
                             "reason": f"its gain rests on the {n0} rows without a vote: its model does not reproduce "
                                       f"how the LFs fire together, and refitted on the covered rows alone it does "
