@@ -793,25 +793,12 @@ def _partition_log_weight(groups: AnswerGroups, params: np.ndarray) -> np.ndarra
     return table[groups.size.astype(np.int64) - 1]
 
 
-def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | None) -> np.ndarray:
-    """M-step of the partition prior: ``(a, b, theta, sigma)`` maximising the expected log-likelihood of the
-    candidate counts of the problems believed solvable, ``sum_a r_a log P(counts | z = a)``.
-
-    ``P(counts | z = a)``: the correct rate is ``Beta(a, b)`` given that at least one candidate is correct (the
-    normaliser ``1 - B(a, N + b) / B(a, b)``), and the wrong candidates form a Pitman-Yor partition,
-    ``prod_{i < K'} (theta + i sigma) / (theta)_M * prod_j (1 - sigma)_{n_j - 1}`` for ``K'`` wrong answers over ``M``
-    candidates. The objective depends on the data only through histograms over answer sizes and answer counts, so
-    each evaluation is ``O(N)``; the Beta and the Pitman-Yor parameters are separate L-BFGS-B problems (warm-started
-    from the previous EM step). With ``sigma < 0`` (a finite Dirichlet-multinomial over ``theta / -sigma``
-    distractors) ``theta`` is kept at or above ``-sigma`` times the most wrong answers any problem has, so the
-    partition probability is a proper one.
-
-    The counts enter only *which* answer of a problem is correct, never *whether* one is: the "no correct answer"
-    state keeps its plain ``1 - gamma`` (the counts are taken as equally likely under it). Modelling the counts
-    under that state too let EM explain most multiple-choice problems as evenly spread wrong answers (``gamma``
-    near 0.3 where the truth is 0.95; a degenerate fit seen on development data)."""
-    from scipy.optimize import minimize
-    from scipy.special import betaln, gammaln
+def _partition_objectives(groups: AnswerGroups, r: np.ndarray) -> tuple[Any, Any, Any, int] | None:
+    """The two objectives of :func:`_fit_partition`, or ``None`` when no problem is believed solvable: ``bb(z)`` for
+    the Beta's ``z = log(a, b)`` and ``py(z)`` for the Pitman-Yor ``z`` (mapped to ``(theta, sigma)`` by
+    ``theta_sigma``), each returning the negative expected log-likelihood and its gradient in ``z`` (digamma terms).
+    Returns ``(bb, py, theta_sigma, span)``."""
+    from scipy.special import betaln, digamma, gammaln
 
     N = int(groups.n_present.max())  # = num_candidates unless every problem was padded
     P = groups.num_problems
@@ -821,7 +808,7 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     w = np.add.reduceat(r, groups.starts)  # (P,) posterior mass that the problem has a correct answer
     W = float(w.sum())
     if W <= 1e-9:
-        return np.array([1.0, 1.0, 2.0, 0.0]) if params is None else np.asarray(params, dtype=np.float64)
+        return None
     hr = np.bincount(n, weights=rp, minlength=N + 1).astype(np.float64)  # correct mass by answer size
     hw = np.bincount(n, weights=w[gp], minlength=N + 1).astype(np.float64)  # all answers, same weight
     sizes = np.arange(N + 1, dtype=np.float64)
@@ -848,22 +835,64 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     span = max(kmax - 1, 0)  # sigma < 0: at least as many distractors (theta / -sigma) as any problem has wrong answers
     wrong = hw - hr
 
-    def bb(z: np.ndarray) -> float:
+    def bb(z: np.ndarray) -> tuple[float, np.ndarray]:  # value and exact gradient in z = log(a, b)
         a, b = np.exp(z)
         z0 = betaln(a, b)
-        p0 = np.minimum(np.exp(betaln(a, m_val + b) - z0), 1.0 - 1e-12)  # P(no correct candidate) per M
-        return -float(t_r @ betaln(t_n + a, t_m - t_n + b) - m_w @ (z0 + np.log1p(-p0)))
+        raw = np.exp(betaln(a, m_val + b) - z0)
+        p0 = np.minimum(raw, 1.0 - 1e-12)  # P(no correct candidate) per M
+        val = -float(t_r @ betaln(t_n + a, t_m - t_n + b) - m_w @ (z0 + np.log1p(-p0)))
+        dab, dam = digamma(a + b), digamma(a + m_val + b)
+        dt = digamma(t_m + a + b)
+        g_a = t_r @ (digamma(t_n + a) - dt) - m_w.sum() * (digamma(a) - dab)
+        g_b = t_r @ (digamma(t_m - t_n + b) - dt) - m_w.sum() * (digamma(b) - dab)
+        # d log(1 - p0) = -p0 / (1 - p0) d log p0 (zero where p0 is clipped)
+        q = np.where(raw < 1.0 - 1e-12, p0 / (1.0 - p0), 0.0) * m_w
+        g_a += q @ (dab - dam)
+        g_b += q @ (digamma(m_val + b) - dam - digamma(b) + dab)
+        return val, -np.array([g_a * a, g_b * b])
 
     def theta_sigma(z: np.ndarray) -> tuple[float, float]:  # the unconstrained z -> (theta, sigma)
         sigma = _SIGMA_MAX - float(np.exp(z[1]))
         return float(np.exp(z[0])) + max(-sigma, 0.0) * span, sigma
 
-    def py(z: np.ndarray) -> float:
+    def py(z: np.ndarray) -> tuple[float, np.ndarray]:  # value and exact gradient in z
         theta, sigma = theta_sigma(z)
+        inv = 1.0 / (theta + idx * sigma)
         val = (c @ np.log(theta + idx * sigma) + W * gammaln(theta) - t_r @ gammaln(theta + t_m - t_n)
                + wrong[1:] @ (gammaln(sizes[1:] - sigma) - gammaln(1.0 - sigma)))
-        return -float(val)
+        g_theta = c @ inv + W * digamma(theta) - t_r @ digamma(theta + t_m - t_n)
+        g_sigma = c @ (idx * inv) - wrong[1:] @ (digamma(sizes[1:] - sigma) - digamma(1.0 - sigma))
+        e1 = float(np.exp(z[1]))  # sigma = _SIGMA_MAX - e1; theta carries -sigma * span while sigma < 0
+        d_theta_z1 = e1 * span if sigma < 0 else 0.0
+        return -float(val), -np.array([g_theta * float(np.exp(z[0])), g_theta * d_theta_z1 - g_sigma * e1])
 
+    return bb, py, theta_sigma, span
+
+
+def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | None) -> np.ndarray:
+    """M-step of the partition prior: ``(a, b, theta, sigma)`` maximising the expected log-likelihood of the
+    candidate counts of the problems believed solvable, ``sum_a r_a log P(counts | z = a)``.
+
+    ``P(counts | z = a)``: the correct rate is ``Beta(a, b)`` given that at least one candidate is correct (the
+    normaliser ``1 - B(a, N + b) / B(a, b)``), and the wrong candidates form a Pitman-Yor partition,
+    ``prod_{i < K'} (theta + i sigma) / (theta)_M * prod_j (1 - sigma)_{n_j - 1}`` for ``K'`` wrong answers over ``M``
+    candidates. The objective depends on the data only through histograms over answer sizes and answer counts, so
+    each evaluation is ``O(N)`` and comes with its exact gradient (:func:`_partition_objectives`; finite differences,
+    before session 46, cost three evaluations per step and lost digits where ``theta`` is large); the Beta and the
+    Pitman-Yor parameters are separate L-BFGS-B problems (warm-started from the previous EM step). With ``sigma < 0`` (a finite Dirichlet-multinomial over ``theta / -sigma``
+    distractors) ``theta`` is kept at or above ``-sigma`` times the most wrong answers any problem has, so the
+    partition probability is a proper one.
+
+    The counts enter only *which* answer of a problem is correct, never *whether* one is: the "no correct answer"
+    state keeps its plain ``1 - gamma`` (the counts are taken as equally likely under it). Modelling the counts
+    under that state too let EM explain most multiple-choice problems as evenly spread wrong answers (``gamma``
+    near 0.3 where the truth is 0.95; a degenerate fit seen on development data)."""
+    from scipy.optimize import minimize
+
+    objectives = _partition_objectives(groups, r)
+    if objectives is None:
+        return np.array([1.0, 1.0, 2.0, 0.0]) if params is None else np.asarray(params, dtype=np.float64)
+    bb, py, theta_sigma, span = objectives
     if params is None:
         z_bb, z_py = np.zeros(2), np.array([np.log(2.0), 0.0])  # a = b = 1, sigma = -0.05
     else:
@@ -873,8 +902,8 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
         z_py = np.array([np.log(base) if base > 1e-3 else -6.0, np.log(max(_SIGMA_MAX - sigma, 1e-4))])
     z_bb = np.clip(z_bb, -6.0, 6.0)
     z_py = np.clip(z_py, [-6.0, -8.0], [8.0, 6.0])
-    rb = minimize(bb, z_bb, method="L-BFGS-B", bounds=[(-6.0, 6.0)] * 2, options={"maxiter": 30})
-    rp = minimize(py, z_py, method="L-BFGS-B", bounds=[(-6.0, 8.0), (-8.0, 6.0)], options={"maxiter": 30})
+    rb = minimize(bb, z_bb, jac=True, method="L-BFGS-B", bounds=[(-6.0, 6.0)] * 2, options={"maxiter": 30})
+    rp = minimize(py, z_py, jac=True, method="L-BFGS-B", bounds=[(-6.0, 8.0), (-8.0, 6.0)], options={"maxiter": 30})
     a, b = np.exp(rb.x)
     return np.array([a, b, *theta_sigma(rp.x)])
 
