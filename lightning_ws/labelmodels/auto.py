@@ -625,9 +625,9 @@ class AutoLabelModel(LabelModel):
                               f"(not identifiable), so the held-out agreement cannot score the candidates; majority "
                               f"vote is kept"}
         held_votes = merge_clusters(L, self.clusters_, k)  # one vote per cluster
-        # per row and cluster: does some member vote (the within-strata tests count the kept clusters voting)
-        fires = (np.stack([(L[:, members] != ABSTAIN).any(axis=1) for members in self.clusters_], axis=1)
-                 if self.criterion == "lift" and self.within_strata else None)
+        # per row and cluster: does some member vote (a merged vote abstains only when every member does; the
+        # within-strata tests count the kept clusters voting)
+        fires = held_votes != ABSTAIN if self.criterion == "lift" and self.within_strata else None
         variants = self._variants(L)
         ref = self._reference(variants)
         keys = [(v, c) for v in variants for c in self.candidates]
