@@ -25,22 +25,9 @@ import warnings
 
 import numpy as np
 
-from lightning_ws.labelmodels import DawidSkene, make_label_model
+from lightning_ws.labelmodels import DawidSkene, make_label_model, make_shared_abstain_label_matrix
 
 REGIMES = ((0.0, 0.0), (0.3, 0.6), (0.4, 0.4), (0.6, 0.3))
-
-
-def draw(seed: int, n: int, m: int, z0: float, z1: float) -> tuple[np.ndarray, np.ndarray]:
-    """One label matrix of the module docstring's model and its gold labels."""
-    rng = np.random.default_rng([44, seed, m, int(100 * z0), int(100 * z1)])
-    y = (rng.random(n) < 0.15).astype(np.int64)
-    unclear = rng.random(n) < np.where(y == 1, z1, z0)
-    L = -np.ones((n, m), dtype=np.int64)
-    for j in range(m):
-        abstain = rng.random(n) < np.where(unclear, rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.15))
-        right = rng.random(n) < np.where(unclear, rng.uniform(0.70, 0.85), rng.uniform(0.93, 0.99))
-        L[:, j] = np.where(abstain, -1, np.where(right, y, 1 - y))
-    return L, y
 
 
 def main() -> None:
@@ -64,7 +51,7 @@ def main() -> None:
             gains: dict[str, list[float]] = {name: [] for name in models}
             mv_acc, picks = [], collections.Counter()
             for s in range(args.first_seed, args.first_seed + args.draws):
-                L, y = draw(s, args.n, m, z0, z1)
+                L, y = make_shared_abstain_label_matrix(args.n, m, z0, z1, seed=s)
                 mv = float((make_label_model("majority_vote", num_classes=2, seed=0).fit(L).predict(L) == y).mean())
                 mv_acc.append(100 * mv)
                 for name, make in models.items():

@@ -23,6 +23,7 @@ from lightning_ws.labelmodels import (
     lf_clusters,
     make_label_model,
     make_regime_label_matrix,
+    make_shared_abstain_label_matrix,
     make_synthetic_label_matrix,
     merge_clusters,
     probs_to_preds,
@@ -1056,29 +1057,16 @@ def test_baseline_variances_match_a_plain_loop():
             assert abs(var_other[j, c] - want) < 1e-12
 
 
-def _shared_abstain_draw(seed: int, n: int = 4000, m: int = 6, z0: float = 0.3, z1: float = 0.6
-                         ) -> tuple[np.ndarray, np.ndarray]:
-    """The draws of benchmarks/diag_shared_abstains.py: binary LFs that vote both classes and abstain on the rows
-    they find unclear, one latent "unclear" flag per row shared by every LF (set with probability ``z0`` on class-0
-    rows and ``z1`` on class-1 rows; 15 % class 1)."""
-    rng = np.random.default_rng([44, seed, m, int(100 * z0), int(100 * z1)])
-    y = (rng.random(n) < 0.15).astype(np.int64)
-    unclear = rng.random(n) < np.where(y == 1, z1, z0)
-    L = -np.ones((n, m), dtype=np.int64)
-    for j in range(m):
-        abstain = rng.random(n) < np.where(unclear, rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.15))
-        right = rng.random(n) < np.where(unclear, rng.uniform(0.70, 0.85), rng.uniform(0.93, 0.99))
-        L[:, j] = np.where(abstain, -1, np.where(right, y, 1 - y))
-    return L, y
-
-
 def test_auto_lift_must_also_win_within_strata_when_lfs_abstain_together(tmp_path):
     # session 45: LFs that vote both classes and abstain together on "unclear" rows (draw 0 of
     # diag_shared_abstains.py, regime (0.3, 0.6), 6 LFs). Dawid-Skene reads the shared abstains as evidence and is
     # 15 points below majority vote; the held-out LF's errors and abstains sit on the same unclear rows, so both
     # plain lift baselines reward it and, without the within-strata tests, auto picked it (3 points below MV).
     # Compared within rows on which the same number of kept LF clusters vote, it loses to majority vote.
-    L, y = _shared_abstain_draw(0)
+    L, y = make_shared_abstain_label_matrix(seed=0)
+    assert L.shape == (4000, 6) and set(np.unique(L)) == {-1, 0, 1}
+    with pytest.raises(ConfigError, match="z0 and z1"):
+        make_shared_abstain_label_matrix(z0=1.5)
     mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

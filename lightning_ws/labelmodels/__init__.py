@@ -46,6 +46,7 @@ from lightning_ws.labelmodels.synthetic import (
     RegimeLabelMatrix,
     SyntheticLabelMatrix,
     make_regime_label_matrix,
+    make_shared_abstain_label_matrix,
     make_synthetic_label_matrix,
 )
 from lightning_ws.labelmodels.triplet import Triplet, triplet_accuracies
@@ -81,6 +82,7 @@ __all__ = [
     "restrict_to_voted",
     "make_label_model",
     "make_regime_label_matrix",
+    "make_shared_abstain_label_matrix",
     "make_synthetic_label_matrix",
     "moment_matching_objective",
     "off_diagonal_block_mask",

@@ -14,6 +14,7 @@ __all__ = [
     "RegimeLabelMatrix",
     "SyntheticLabelMatrix",
     "make_regime_label_matrix",
+    "make_shared_abstain_label_matrix",
     "make_synthetic_label_matrix",
 ]
 
@@ -94,6 +95,35 @@ class RegimeLabelMatrix:
     lf_class: np.ndarray
     clusters: list[list[int]]
     config: dict[str, Any]
+
+
+def make_shared_abstain_label_matrix(n: int = 4000, m: int = 6, z0: float = 0.3, z1: float = 0.6, *, seed: int = 0
+                                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Binary LFs that vote both classes and abstain together on the rows they find unclear (issue 16, session 44).
+
+    ``Y = 1`` (a spam-like minority) with probability 0.15. One latent "unclear" flag per row, shared by every LF, is
+    set with probability ``z0`` on class-0 rows and ``z1`` on class-1 rows. Each of the ``m`` LFs abstains on an
+    unclear row with a probability drawn from U(0.5, 0.8) (U(0.02, 0.15) on a clear row) and, where it votes, is
+    right with a probability drawn from U(0.70, 0.85) (U(0.93, 0.99) on a clear row). Given the class, the abstains
+    are dependent through the flag: LLM-written programs that abstain when unsure look like this. ``z0 = z1 = 0`` is
+    the control (abstains independent given the class). ``benchmarks/diag_shared_abstains.py`` draws from it.
+
+    Returns ``(L, y)``: the ``(n, m)`` int64 label matrix (``-1`` = abstain) and the gold labels. All randomness
+    comes from ``np.random.default_rng([44, seed, m, int(100 * z0), int(100 * z1)])``.
+    """
+    if n < 1 or m < 1:
+        raise ConfigError(f"need n >= 1 and m >= 1; got n={n}, m={m}.")
+    if not (0.0 <= z0 <= 1.0 and 0.0 <= z1 <= 1.0):
+        raise ConfigError(f"z0 and z1 are probabilities in [0, 1]; got z0={z0}, z1={z1}.")
+    rng = np.random.default_rng([44, seed, m, int(100 * z0), int(100 * z1)])
+    y = (rng.random(n) < 0.15).astype(np.int64)
+    unclear = rng.random(n) < np.where(y == 1, z1, z0)
+    L = -np.ones((n, m), dtype=np.int64)
+    for j in range(m):
+        abstain = rng.random(n) < np.where(unclear, rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.15))
+        right = rng.random(n) < np.where(unclear, rng.uniform(0.70, 0.85), rng.uniform(0.93, 0.99))
+        L[:, j] = np.where(abstain, -1, np.where(right, y, 1 - y))
+    return L, y
 
 
 def make_regime_label_matrix(n: int = 5000, k: int = 2, m: int = 20, *, lf_type: str = "multi",
