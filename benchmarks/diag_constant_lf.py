@@ -7,7 +7,7 @@ candidates by their agreement with it, i.e. by how often they predict its class.
 (points of accuracy; MV on every column, as a user gets it) over seeded draws: mean / min / draws more than 0.5
 below, on the fit rows (transductive) and on fresh rows of the same draw (inductive), and ``auto``'s picks.
 
-``--extra LF`` replaces the constant LF by an uninformative one that is not constant, which ``auto`` does not
+The draws come from ``lightning_ws.labelmodels.make_uninformative_lf_label_matrix``. ``--extra LF`` replaces the constant LF by an uninformative one that is not constant, which ``auto`` does not
 detect: ``near`` votes class 1 on a random 95 % of the rows, ``skew`` votes 1 on a random 90 % and 0 on the rest.
 ``--without`` fits ``auto`` on the matrix without column 0 (what a user who knew it was noise would do), still
 against majority vote over every column.
@@ -24,23 +24,7 @@ import warnings
 
 import numpy as np
 
-from lightning_ws.labelmodels import make_label_model
-
-
-def draw(seed: int, k: int, m: int, n: int, extra: str = "constant") -> tuple[np.ndarray, np.ndarray]:
-    """``2n`` rows: ``m`` LFs (precision 0.6-0.9, coverage 10-50 %, wrong votes uniform over the other classes) and,
-    in column 0, an LF whose vote does not depend on the class (``extra``: ``constant``, ``near`` or ``skew``)."""
-    rng = np.random.default_rng([37, seed, k, m])
-    y = rng.integers(0, k, 2 * n)
-    L = -np.ones((2 * n, m + 1), dtype=np.int64)
-    u = rng.random(2 * n)
-    L[:, 0] = {"constant": np.ones(2 * n), "near": np.where(u < 0.95, 1, -1), "skew": np.where(u < 0.9, 1, 0)}[extra]
-    for j in range(1, m + 1):
-        fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
-        right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
-        wrong = (y + rng.integers(1, k, 2 * n)) % k
-        L[fire, j] = np.where(right, y, wrong)[fire]
-    return L, y
+from lightning_ws.labelmodels import make_label_model, make_uninformative_lf_label_matrix
 
 
 def main() -> None:
@@ -59,7 +43,7 @@ def main() -> None:
         gains: dict[str, list[float]] = {"fit": [], "fresh": []}
         picks: collections.Counter[str] = collections.Counter()
         for s in range(args.first_seed, args.first_seed + args.draws):
-            L, y = draw(s, k, m, args.n, args.extra)
+            L, y = make_uninformative_lf_label_matrix(args.n, k, m, extra=args.extra, seed=s)
             fit, fresh = slice(0, args.n), slice(args.n, 2 * args.n)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # uncovered rows, the constant LF

@@ -25,6 +25,7 @@ from lightning_ws.labelmodels import (
     make_regime_label_matrix,
     make_shared_abstain_label_matrix,
     make_synthetic_label_matrix,
+    make_uninformative_lf_label_matrix,
     merge_clusters,
     probs_to_preds,
     restrict_to_voted,
@@ -902,30 +903,19 @@ def test_auto_keeps_majority_vote_when_a_fold_leaves_one_class_youtube_three_lfs
     assert "[2]" in auto.fit_report_["selection"]["reason"]  # the ham rule, column 2, is the one held out
 
 
-def _y_independent_lf_draw(seed: int, k: int = 2, m: int = 3, n: int = 400,
-                           extra: str = "skew") -> tuple[np.ndarray, np.ndarray]:
-    """The draws of benchmarks/diag_constant_lf.py --extra skew|near: ``n`` rows, ``m`` LFs of precision 0.6-0.9 and
-    coverage 10-50 %, and in column 0 an LF that votes class 1 on a random 90 % of the rows and 0 on the rest
-    (``skew``), or class 1 on a random 95 % and abstains on the rest (``near``)."""
-    rng = np.random.default_rng([37, seed, k, m])
-    y = rng.integers(0, k, 2 * n)
-    L = -np.ones((2 * n, m + 1), dtype=np.int64)
-    u = rng.random(2 * n)
-    L[:, 0] = np.where(u < 0.9, 1, 0) if extra == "skew" else np.where(u < 0.95, 1, -1)
-    for j in range(1, m + 1):
-        fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
-        right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
-        wrong = (y + rng.integers(1, k, 2 * n)) % k
-        L[fire, j] = np.where(right, y, wrong)[fire]
-    return L[:n], y[:n]
-
-
 def test_auto_lift_gives_an_lf_whose_votes_do_not_depend_on_the_class_no_say(tmp_path):
     # session 43: an LF voting class 1 on 90 % of the rows whatever the class, beside 3 real LFs. Held out, its
     # class-1 votes rewarded the candidate predicting class 1 most under plain agreement: moment matching, 7.75 points
     # below majority vote (draw 14 of diag_constant_lf.py --extra skew). Under the lift its votes score 0 for
     # every candidate, and majority vote is kept.
-    L, y = _y_independent_lf_draw(14)
+    L, y = make_uninformative_lf_label_matrix(extra="skew", seed=14)
+    assert L.shape == (800, 4) and set(np.unique(L[:, 0])) == {0, 1}
+    const, _ = make_uninformative_lf_label_matrix(extra="constant", seed=14)
+    np.testing.assert_array_equal(const[:, 1:], L[:, 1:])  # one stream: the kinds differ only in column 0
+    assert (const[:, 0] == 1).all()
+    with pytest.raises(ConfigError, match="extra must be one of"):
+        make_uninformative_lf_label_matrix(extra="noise")
+    L, y = L[:400], y[:400]  # the fit rows
     mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1018,7 +1008,8 @@ def test_auto_lift_counts_the_sampling_error_of_its_baseline():
     # its ~370 held-out votes: Dawid-Skene won by it (0.25 on that LF, 2 standard errors per vote without the baseline's
     # own error) and was 3 points below majority vote on the fit rows, 6.25 on fresh ones. Counting the baseline's
     # sampling variance in the per-vote standard error, majority vote is kept.
-    L, y = _y_independent_lf_draw(27, extra="near")
+    L, y = make_uninformative_lf_label_matrix(extra="near", seed=27)
+    L, y = L[:400], y[:400]  # the fit rows
     mv = (MajorityVote(2).fit(L).predict(L) == y).mean()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

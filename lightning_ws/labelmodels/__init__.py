@@ -48,6 +48,7 @@ from lightning_ws.labelmodels.synthetic import (
     make_regime_label_matrix,
     make_shared_abstain_label_matrix,
     make_synthetic_label_matrix,
+    make_uninformative_lf_label_matrix,
 )
 from lightning_ws.labelmodels.triplet import Triplet, triplet_accuracies
 
@@ -84,6 +85,7 @@ __all__ = [
     "make_regime_label_matrix",
     "make_shared_abstain_label_matrix",
     "make_synthetic_label_matrix",
+    "make_uninformative_lf_label_matrix",
     "moment_matching_objective",
     "off_diagonal_block_mask",
     "probs_to_preds",

@@ -16,6 +16,7 @@ __all__ = [
     "make_regime_label_matrix",
     "make_shared_abstain_label_matrix",
     "make_synthetic_label_matrix",
+    "make_uninformative_lf_label_matrix",
 ]
 
 
@@ -123,6 +124,41 @@ def make_shared_abstain_label_matrix(n: int = 4000, m: int = 6, z0: float = 0.3,
         abstain = rng.random(n) < np.where(unclear, rng.uniform(0.5, 0.8), rng.uniform(0.02, 0.15))
         right = rng.random(n) < np.where(unclear, rng.uniform(0.70, 0.85), rng.uniform(0.93, 0.99))
         L[:, j] = np.where(abstain, -1, np.where(right, y, 1 - y))
+    return L, y
+
+
+_UNINFORMATIVE_KINDS = ("constant", "near", "skew")
+
+
+def make_uninformative_lf_label_matrix(n: int = 400, k: int = 2, m: int = 3, *, extra: str = "constant",
+                                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``m`` informative LFs beside one whose votes do not depend on the class (issue 16, sessions 37 and 43-44).
+
+    Column 0 is the uninformative LF (``extra``): ``"constant"`` votes class 1 on every row (a catch-all default, a
+    buggy program); ``"near"`` votes class 1 on a random 95 % of the rows and abstains on the rest; ``"skew"`` votes
+    class 1 on a random 90 % and class 0 on the rest. Columns ``1..m`` are LFs with a precision drawn from
+    U(0.6, 0.9) and a coverage from U(0.1, 0.5), wrong votes uniform over the other classes; the classes are uniform
+    over ``0..k-1``. ``benchmarks/diag_constant_lf.py`` draws from it.
+
+    Returns ``(L, y)`` with ``2 n`` rows: ``n`` to fit on and ``n`` fresh rows of the same draw after them, an int64
+    label matrix ``(2 n, m + 1)`` (``-1`` = abstain) and the gold labels. All randomness comes from
+    ``np.random.default_rng([37, seed, k, m])`` (the kinds share one stream: they differ only in column 0).
+    """
+    if n < 1 or m < 1 or k < 2:
+        raise ConfigError(f"need n >= 1, m >= 1 and k >= 2; got n={n}, m={m}, k={k}.")
+    if extra not in _UNINFORMATIVE_KINDS:
+        raise ConfigError(f"extra must be one of {_UNINFORMATIVE_KINDS}; got {extra!r}.")
+    rng = np.random.default_rng([37, seed, k, m])
+    y = rng.integers(0, k, 2 * n)
+    L = -np.ones((2 * n, m + 1), dtype=np.int64)
+    u = rng.random(2 * n)
+    L[:, 0] = {"constant": np.ones(2 * n, dtype=np.int64), "near": np.where(u < 0.95, 1, -1),
+               "skew": np.where(u < 0.9, 1, 0)}[extra]
+    for j in range(1, m + 1):
+        fire = rng.random(2 * n) < rng.uniform(0.1, 0.5)
+        right = rng.random(2 * n) < rng.uniform(0.6, 0.9)
+        wrong = (y + rng.integers(1, k, 2 * n)) % k
+        L[fire, j] = np.where(right, y, wrong)[fire]
     return L, y
 
 
