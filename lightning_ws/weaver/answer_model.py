@@ -339,10 +339,11 @@ class AnswerLevelModel:
         self.report_: dict[str, Any] = {}
 
     def _bins(self, x: np.ndarray) -> np.ndarray:
-        out = np.full(x.shape, -1, dtype=np.int64)
+        """``(n, K)`` bin of each score under the fitted edges, ``-1`` where it is missing."""
+        out = np.empty(x.shape, dtype=np.int64)
         for k, e in enumerate(self.edges_):
-            ok = ~np.isnan(x[:, k])
-            out[ok, k] = np.searchsorted(e, x[ok, k], side="right")
+            col = np.ascontiguousarray(x[:, k])
+            out[:, k] = np.where(np.isnan(col), -1, np.searchsorted(e, col, side="right"))  # NaN sorts last
         return out
 
     def _obs(self, groups: AnswerGroups, s: np.ndarray) -> Any:
@@ -368,8 +369,9 @@ class AnswerLevelModel:
             if not starts.size:
                 return np.zeros(groups.num_groups)
             # a missing score (bin -1) reads its source's appended 0.0; its candidate is not counted in n
-            vals = np.concatenate([np.append(llr, 0.0) for llr in self.llr_])[gather]
-            tot = np.add.reduceat(vals, starts, axis=0)  # (G, K) summed LLR of each answer's candidates
+            vals = np.take(np.concatenate([np.append(llr, 0.0) for llr in self.llr_]), gather)  # (K, n)
+            # (G, K) summed LLR of each answer's candidates (summed along contiguous rows: faster, the same sums)
+            tot = np.ascontiguousarray(np.add.reduceat(vals, starts, axis=1).T)
             ev = (tot / (1.0 + np.maximum(n - 1.0, 0.0) * self.rho_)).sum(axis=1)  # mean LLR x n / (1+(n-1)rho)
             if self.xdep_ is not None:
                 ev = ev / _design_effect(self.xdep_, n)
@@ -383,7 +385,7 @@ class AnswerLevelModel:
         return tot / groups.size ** (1.0 - self.size_exponent)  # size^e * mean LLR
 
     def _icc_layout(self, groups: AnswerGroups, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The candidates sorted by answer: ``(n, K)`` indices of their bins into the concatenated ``[llr_k, 0.0]``
+        """The candidates sorted by answer: ``(K, n)`` indices of their bins into the concatenated ``[llr_k, 0.0]``
         tables of the sources (bin -1, missing, reads source ``k``'s trailing 0.0), each answer's first row and the
         ``(G, K)`` count of scored candidates; memoised for the ``b`` (and bin counts) of the current EM, the same in
         every step."""
@@ -397,7 +399,7 @@ class AnswerLevelModel:
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if g.size else np.zeros(0, dtype=np.int64)
         bo = b[order]
         n = np.add.reduceat((bo >= 0).astype(np.float64), starts, axis=0) if g.size else np.zeros((0, b.shape[1]))
-        gather = np.where(bo < 0, sizes - 1, bo) + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        gather = np.ascontiguousarray((np.where(bo < 0, sizes - 1, bo) + np.concatenate([[0], np.cumsum(sizes)[:-1]])).T)
         self._icc_cache = (b, sizes, gather, starts, n)
         return gather, starts, n
 
@@ -631,6 +633,7 @@ class AnswerLevelModel:
         # each source's bins shifted by one (bin -1, missing, counted in slot 0 and dropped), one contiguous row per
         # source: the same for every EM step
         b1 = None if self.evidence == "random_effects" else np.ascontiguousarray((b + 1).T)
+        res_layout = _residual_layout(self._icc_obs) if cand and self.dependence == "icc" else None
         for it in range(1, self.max_iter + 1):
             gam = float(np.clip(np.add.reduceat(r, groups.starts).mean() if gamma is None else gamma, 1e-3, 1 - 1e-3))
             w = r[groups.group].ravel() if cand else r
@@ -649,7 +652,7 @@ class AnswerLevelModel:
                 self.llr_.append(np.log(c1 / c1.sum()) - np.log(c0 / c0.sum()))
                 logf.append((np.log(c0 / c0.sum()), np.log(c1 / c1.sum())))
             if cand and self.dependence == "icc":
-                resid = _class_residuals(self._icc_obs, r)  # one pass serves both dependence estimates
+                resid = _class_residuals(self._icc_obs, r, res_layout)  # one pass serves both dependence estimates
                 self.rho_ = _within_answer_icc(self._icc_obs, r, resid)
                 if rho_counts is not None:  # rho_check: EM's rho collapsed under the counts-only one's floor
                     rho_held = self.rho_ < self.rho_check * rho_counts
@@ -673,8 +676,9 @@ class AnswerLevelModel:
         return {"llr": self.llr_, "log_f": logf, "re": self.re_, "beta": beta, "gamma": gam, "r": r, "ll": prev,
                 "it": it, "share_h": self.share_h_, "rho": self.rho_, "xdep": self.xdep_, "rho_held": rho_held}
 
-    def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
-        """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
+    def _new_data(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, Any]:
+        """The answer groups of new data and what its evidence is computed from, under the fitted bin edges (the
+        same for every EM solution: :meth:`plausible_probas` computes them once)."""
         if self.llr_ is None:
             raise ConfigError("AnswerLevelModel is not fitted; call fit(answer_ids, sources) first.")
         s = np.asarray(sources, dtype=np.float64)
@@ -683,12 +687,19 @@ class AnswerLevelModel:
             raise DataError(f"sources must have shape {groups.group.shape + (len(self.llr_),)}; got {s.shape}.")
         if self.evidence == "random_effects":  # the within-answer variance stays the fitted one
             m, n, _ = _re_stats(groups, s)
-            obs: Any = (m, n, None)
-        else:
-            obs = self._obs(groups, s)
+            return groups, (m, n, None)
+        return groups, self._obs(groups, s)
+
+    def _new_posterior(self, groups: AnswerGroups, obs: Any, *, release: bool = True) -> np.ndarray:
         r, _ = self._posterior(groups, obs, self.beta_, self.gamma_)
-        self._icc_cache = None  # memoised for EM only: hold no reference to the caller's data
-        return groups, r
+        if release:
+            self._icc_cache = None  # memoised for EM only: hold no reference to the caller's data
+        return r
+
+    def answer_posterior(self, answer_ids: np.ndarray, sources: np.ndarray) -> tuple[AnswerGroups, np.ndarray]:
+        """``(groups, (G,) P(answer correct))`` on new data with the fitted parameters."""
+        groups, obs = self._new_data(answer_ids, sources)
+        return groups, self._new_posterior(groups, obs)
 
     def plausible_probas(self, answer_ids: np.ndarray, sources: np.ndarray, *, max_loglik_gap: float = 2.0
                          ) -> list[np.ndarray]:
@@ -699,6 +710,7 @@ class AnswerLevelModel:
         best_ll = max(sol["ll"] for sol in self.solutions_)
         keep = sorted((sol for sol in self.solutions_
                        if (best_ll - sol["ll"]) * self.num_problems_ <= max_loglik_gap), key=lambda x: -x["ll"])
+        groups, obs = self._new_data(answer_ids, sources)
         saved = (self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_, self.xdep_)
         out = []
         try:
@@ -708,8 +720,9 @@ class AnswerLevelModel:
                     self.llr_ = [b - a for a, b in sol["log_f"]]
                 self.beta_, self.gamma_, self.share_h_, self.rho_ = sol["beta"], sol["gamma"], sol["share_h"], sol["rho"]
                 self.xdep_ = sol["xdep"]
-                out.append(self.predict_proba(answer_ids, sources))
+                out.append(self._new_posterior(groups, obs, release=False)[groups.group])  # one layout for all
         finally:
+            self._icc_cache = None
             self.llr_, self.log_f_, self.re_, self.beta_, self.gamma_, self.share_h_, self.rho_, self.xdep_ = saved
         return out
 
@@ -947,26 +960,45 @@ def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.n
     return params
 
 
-def _class_residuals(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray
+def _residual_layout(obs: tuple[np.ndarray, np.ndarray, np.ndarray]
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None]:
+    """Per source, what :func:`_class_residuals` reads of ``obs`` whatever the posterior: the answers it scores
+    (indices), their mean probit scores and counts, and the sampling variances ``sw2 / n``; ``None`` for a source
+    that scores none. The same in every EM step, so EM computes it once."""
+    m, n, sw2 = obs
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = []
+    for k in range(m.shape[1]):
+        idx = np.flatnonzero(n[:, k] > 0)
+        if not idx.size:  # a source with no score here (e.g. in one guard fold): no evidence to correlate
+            out.append(None)
+            continue
+        nk = n[idx, k]
+        out.append((idx, m[idx, k], nk, sw2[k] / nk))
+    return out
+
+
+def _class_residuals(obs: tuple[np.ndarray, np.ndarray, np.ndarray], r: np.ndarray,
+                     layout: list[tuple[np.ndarray, ...] | None] | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per answer and source, the mean probit score minus the class-1 and the class-0 mean (``(G, K)`` each, 0 where
     the source scores none of the answer's candidates), the class means weighted by the posterior ``r`` and the
     counts; and each source's between-answer variance given the class ``sa2`` (``(K,)``, method of moments: the
-    posterior-weighted squared residual minus the sampling variance ``sw2 / n``, at least 0)."""
-    m, n, sw2 = obs
+    posterior-weighted squared residual minus the sampling variance ``sw2 / n``, at least 0). ``layout``: the
+    :func:`_residual_layout` of ``obs`` when already computed."""
+    m = obs[0]
     d1, d0 = np.zeros(m.shape), np.zeros(m.shape)
     sa2 = np.zeros(m.shape[1])
-    for k in range(m.shape[1]):
-        ok = n[:, k] > 0
-        if not ok.any():  # a source with no score here (e.g. in one guard fold): no evidence to correlate
+    for k, lay in enumerate(_residual_layout(obs) if layout is None else layout):
+        if lay is None:
             continue
-        mk, nk, rk = m[ok, k], n[ok, k], r[ok]
+        idx, mk, nk, var = lay
+        rk = r[idx]
         w1, w0 = rk * nk, (1.0 - rk) * nk
         mu1 = float((w1 * mk).sum() / max(w1.sum(), 1e-12))
         mu0 = float((w0 * mk).sum() / max(w0.sum(), 1e-12))
-        d1[ok, k], d0[ok, k] = mk - mu1, mk - mu0
+        d1[idx, k], d0[idx, k] = mk - mu1, mk - mu0
         resid = rk * (mk - mu1) ** 2 + (1.0 - rk) * (mk - mu0) ** 2
-        sa2[k] = max(float((resid - sw2[k] / nk).mean()), 0.0)
+        sa2[k] = max(float((resid - var).mean()), 0.0)
     return d1, d0, sa2
 
 

@@ -198,12 +198,10 @@ class VerificationData:
 
     def answer_ids(self) -> np.ndarray:
         """``(P, N)`` int64: per-problem integer codes of the answers (first occurrence order), ``-1`` = none."""
-        out = np.full((self.num_problems, self.num_candidates), -1, dtype=np.int64)
+        out = np.empty((self.num_problems, self.num_candidates), dtype=np.int64)
         for p, row in enumerate(self.answers):
             codes: dict[str, int] = {}
-            for n, a in enumerate(row):
-                if a is not None:
-                    out[p, n] = codes.setdefault(a, len(codes))
+            out[p] = [-1 if a is None else codes.setdefault(a, len(codes)) for a in row]
         return out
 
     def present(self) -> np.ndarray:

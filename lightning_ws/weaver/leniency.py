@@ -113,6 +113,16 @@ def estimate_problem_offsets(z: np.ndarray, posterior: np.ndarray, answer_ids: n
     return shrunk, {"tau2": tau2, "mean_sampling_var": float(v[has].mean()), "within_var": s_w, "answer_var": s_a}
 
 
+def _by_source(x: np.ndarray) -> np.ndarray:
+    """``(P, N, G)`` -> contiguous ``(G, P * N)``: each source's scores in one contiguous row."""
+    return np.ascontiguousarray(np.moveaxis(x, 2, 0).reshape(x.shape[2], -1))
+
+
+def _from_by_source(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`_by_source`: contiguous ``(P, N, G)``."""
+    return np.ascontiguousarray(np.moveaxis(x.reshape(shape[2], shape[0], shape[1]), 0, 2))
+
+
 class ProblemOffsets:
     """The normal-scale map of each pooled source (fitted once) and the per-problem offset adjustment.
 
@@ -156,30 +166,29 @@ class ProblemOffsets:
         """``(P, N, G)`` scores mapped through the fitted empirical CDF (piecewise linear between the stored
         quantiles; a value equal to a run of tied quantiles maps to the run's middle) and the standard normal
         quantile, the CDF clipped to ``[0.5 / n_quantiles, 1 - 0.5 / n_quantiles]``. A constant source maps to 0."""
-        x = self._check(pooled)
+        x = _by_source(self._check(pooled))
         grid = np.linspace(0.0, 1.0, self.n_quantiles)
         lo = 0.5 / self.n_quantiles
         out = np.full(x.shape, np.nan)
-        for g in range(x.shape[2]):
+        for g, col in enumerate(x):
             q = self.quantiles_[g]
-            col = x[:, :, g]
             ok = ~np.isnan(col)
             if q[-1] <= q[0]:  # a constant source carries no ranking
-                out[:, :, g][ok] = 0.0
+                out[g, ok] = 0.0
                 continue
-            out[:, :, g][ok] = ndtri(np.clip(quantile_interp(col[ok], q, grid), lo, 1.0 - lo))
-        return out
+            out[g, ok] = ndtri(np.clip(quantile_interp(col[ok], q, grid), lo, 1.0 - lo))
+        return _from_by_source(out, np.shape(pooled))
 
     def source_scale(self, z: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`normal_scale`: normal-scale ``(P, N, G)`` values back to the sources' own scale
         (through the stored quantiles), so that zero offsets give back the sources (to interpolation)."""
-        z = self._check(z)
+        x = _by_source(self._check(z))
         grid = np.linspace(0.0, 1.0, self.n_quantiles)
-        out = np.full(z.shape, np.nan)
-        for g in range(z.shape[2]):
-            ok = ~np.isnan(z[:, :, g])
-            out[:, :, g][ok] = np.interp(ndtr(z[:, :, g][ok]), grid, self.quantiles_[g])
-        return out
+        out = np.full(x.shape, np.nan)
+        for g, col in enumerate(x):
+            ok = ~np.isnan(col)
+            out[g, ok] = np.interp(ndtr(col[ok]), grid, self.quantiles_[g])
+        return _from_by_source(out, np.shape(z))
 
     def adjust(self, z: np.ndarray, posterior: np.ndarray, answer_ids: np.ndarray
                ) -> tuple[np.ndarray, list[dict[str, float]]]:
@@ -192,12 +201,13 @@ class ProblemOffsets:
             stats.append({**st, "offset_sd": float(o.std())})
         return out, stats
 
-    def transform(self, pooled: np.ndarray, answer_ids: np.ndarray, model: Any
+    def transform(self, pooled: np.ndarray, answer_ids: np.ndarray, model: Any, *, normal: np.ndarray | None = None
                   ) -> tuple[np.ndarray, list[dict[str, float]]]:
         """Sources of ``pooled`` with the per-problem offsets removed, on the sources' own scale, under a fitted
         answer-level ``model``: ``iterations`` alternations of (posterior of the current sources, offsets of the
-        unadjusted ones). Where no source shows a shift (``tau2 = 0``) ``pooled`` comes back unchanged."""
-        z0 = self.normal_scale(pooled)
+        unadjusted ones). Where no source shows a shift (``tau2 = 0``) ``pooled`` comes back unchanged. ``normal``:
+        ``normal_scale(pooled)`` where the caller has it already (it is not recomputed)."""
+        z0 = self.normal_scale(pooled) if normal is None else normal
         cur, stats = np.asarray(pooled, dtype=np.float64), []
         for _ in range(self.iterations):
             adj, stats = self.adjust(z0, model.predict_proba(answer_ids, cur), answer_ids)

@@ -1132,7 +1132,7 @@ class Weaver:
                 break
             cur = self.offsets_.source_scale(adj)
             fit_report = self._fit_answer_level(data, cur, mode, correct, dev_idx, source_names)
-        adjusted, stats = self.offsets_.transform(pooled, ids, self.label_model_)
+        adjusted, stats = self.offsets_.transform(pooled, ids, self.label_model_, normal=z0)
         self._score_cache = (_fingerprint(pooled, ids), self.label_model_.predict_proba(ids, adjusted))
         return adjusted, fit_report, {"enabled": True, "iterations": self.offsets_.iterations,
                                       "per_source": dict(zip(source_names, stats))}
