@@ -660,6 +660,33 @@ def test_partition_prior_objectives_give_their_exact_gradient():
     assert _partition_objectives(AnswerGroups(ids), np.zeros(AnswerGroups(ids).num_groups)) is None
 
 
+def test_counts_only_partition_fit_is_reused_for_the_same_answers_only():
+    # session 47: the counts-only partition prior reads no score, and a Weaver fit refits it on the same answers several
+    # times (offsets, guard evaluators); a repeat is served from a digest-keyed store. It must equal a fresh fit, come
+    # back as a copy, and never be served for other answers or other padding
+    import lightning_ws.weaver.answer_model as am
+
+    rng = np.random.default_rng(47)
+    ids, _ = _partition_counts(rng, 120, 10, 2.0, 3.0, num_wrong=4, conc=1.0)
+    ragged = ids.copy()
+    ragged[:40, 8:] = -1
+    present = np.ones(ids.shape, dtype=bool)
+    present[:40, 8:] = False
+    inputs = [(ids, None), (ragged, None), (ragged, present), (ids[1:], None)]
+    digests = [am._answer_structure_digest(AnswerGroups(*x)) for x in inputs]
+    assert len(set(digests)) == 4  # other answers, or the same answers with padding slots, are other keys
+    for x, digest in zip(inputs, digests):
+        g = AnswerGroups(*x)
+        fresh = am._fit_partition_counts_only_uncached(g, 60)
+        first = am._fit_partition_counts_only(g)
+        np.testing.assert_array_equal(first, fresh)
+        first[:] = -1.0  # the caller's copy: the stored result is not touched
+        rebuilt = AnswerGroups(*x)  # a new object on the same answers: the same key, the stored result
+        assert am._answer_structure_digest(rebuilt) == digest
+        np.testing.assert_array_equal(am._fit_partition_counts_only(rebuilt), fresh)
+    assert len(am._COUNTS_ONLY_CACHE) <= am._COUNTS_ONLY_CACHE_SIZE
+
+
 def _gains_on_shared_error_dev_set(variants: dict[str, dict]) -> tuple[dict[str, list[float]], dict[str, list]]:
     """Label model alone (guard off), per variant of ``label_model_kwargs``: ``selected - max(majority vote, pooled
     mean)`` on the free-form shared-error development set (the generator of dv_free_r45_s05_prob in

@@ -49,6 +49,9 @@ Lightning-free (numpy).
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -943,11 +946,47 @@ def _count_log_likelihood(groups: AnswerGroups, params: np.ndarray) -> float:
     return float(groups.segment_logsumexp(groups.masked(t)).sum())  # a padding slot is never the correct answer
 
 
+#: Results of :func:`_fit_partition_counts_only` by a digest of the answer structure (no scores enter it): a Weaver
+#: fit refits the answer-level model on the same answers several times (offsets, guard evaluators); bounded, FIFO.
+_COUNTS_ONLY_CACHE: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_COUNTS_ONLY_CACHE_SIZE = 64
+_COUNTS_ONLY_LOCK = threading.Lock()
+
+
+def _answer_structure_digest(groups: AnswerGroups) -> str:
+    """A digest of everything :func:`_fit_partition_counts_only` reads of ``groups``: which candidates share an answer
+    in which problem, and the padding slots."""
+    h = hashlib.blake2b(digest_size=20)
+    for a in (groups.group, groups.problem, groups.size, groups.n_present):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(b"-" if groups.log_mask is None else np.ascontiguousarray(groups.log_mask).tobytes())
+    return h.hexdigest()
+
+
 def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.ndarray:
     """The partition prior ``(a, b, theta, sigma)`` fitted to the answer counts alone: EM over which answer of each
     problem is the correct one (every problem taken as having one), started from answer shares, with the M-step of
     :func:`_fit_partition`; stops when no parameter moves by more than 0.01 % (at most ``max_iter`` steps). No
-    verifier score enters, so a verifier error cannot move it (``AnswerLevelModel(count_check=...)``)."""
+    verifier score enters, so a verifier error cannot move it (``AnswerLevelModel(count_check=...)``). A
+    deterministic function of the answer structure, so a repeated call on the same answers returns the stored result
+    (a copy) instead of refitting."""
+    key = (_answer_structure_digest(groups), int(max_iter))
+    with _COUNTS_ONLY_LOCK:
+        hit = _COUNTS_ONLY_CACHE.get(key)
+    if hit is not None:
+        return hit.copy()
+    params = _fit_partition_counts_only_uncached(groups, max_iter)
+    if params is None:  # max_iter < 1: nothing fitted
+        return params
+    with _COUNTS_ONLY_LOCK:
+        _COUNTS_ONLY_CACHE[key] = params.copy()
+        while len(_COUNTS_ONLY_CACHE) > _COUNTS_ONLY_CACHE_SIZE:
+            _COUNTS_ONLY_CACHE.popitem(last=False)
+    return params
+
+
+def _fit_partition_counts_only_uncached(groups: AnswerGroups, max_iter: int) -> np.ndarray:
     params: np.ndarray | None = None
     for _ in range(max_iter):
         r = groups.softmax(np.log(groups.share) if params is None else _partition_log_weight(groups, params))
