@@ -683,7 +683,10 @@ def test_counts_only_partition_fit_is_reused_for_the_same_answers_only():
         first[:] = -1.0  # the caller's copy: the stored result is not touched
         rebuilt = AnswerGroups(*x)  # a new object on the same answers: the same key, the stored result
         assert am._answer_structure_digest(rebuilt) == digest
-        np.testing.assert_array_equal(am._fit_partition_counts_only(rebuilt), fresh)
+        served = am._fit_partition_counts_only(rebuilt)
+        np.testing.assert_array_equal(served, fresh)
+        served[:] = -1.0  # a served result is a copy too
+        np.testing.assert_array_equal(am._fit_partition_counts_only(g), fresh)
     assert len(am._COUNTS_ONLY_CACHE) <= am._COUNTS_ONLY_CACHE_SIZE
 
 
