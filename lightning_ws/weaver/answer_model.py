@@ -49,7 +49,6 @@ Lightning-free (numpy).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -57,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError
-from lightning_ws.weaver._numeric import nan_mean
+from lightning_ws.weaver._numeric import array_digest, nan_mean
 from lightning_ws.weaver.data import present_candidates
 from lightning_ws.weaver.ordinal import bin_scores
 
@@ -948,20 +947,16 @@ def _count_log_likelihood(groups: AnswerGroups, params: np.ndarray) -> float:
 
 #: Results of :func:`_fit_partition_counts_only` by a digest of the answer structure (no scores enter it): a Weaver
 #: fit refits the answer-level model on the same answers several times (offsets, guard evaluators); bounded, FIFO.
-_COUNTS_ONLY_CACHE: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_COUNTS_ONLY_CACHE: OrderedDict[tuple[bytes, int], np.ndarray] = OrderedDict()
 _COUNTS_ONLY_CACHE_SIZE = 64
 _COUNTS_ONLY_LOCK = threading.Lock()
 
 
-def _answer_structure_digest(groups: AnswerGroups) -> str:
+def _answer_structure_digest(groups: AnswerGroups) -> bytes:
     """A digest of everything :func:`_fit_partition_counts_only` reads of ``groups``: which candidates share an answer
-    in which problem, and the padding slots."""
-    h = hashlib.blake2b(digest_size=20)
-    for a in (groups.group, groups.problem, groups.size, groups.n_present):
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    h.update(b"-" if groups.log_mask is None else np.ascontiguousarray(groups.log_mask).tobytes())
-    return h.hexdigest()
+    in which problem, and the padding slots (no padding: an empty mask, never the shape of a real one)."""
+    mask = np.zeros(0) if groups.log_mask is None else groups.log_mask
+    return array_digest(groups.group, groups.problem, groups.size, groups.n_present, mask)
 
 
 def _fit_partition_counts_only(groups: AnswerGroups, max_iter: int = 60) -> np.ndarray:

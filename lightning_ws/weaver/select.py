@@ -39,7 +39,7 @@ import numpy as np
 
 from lightning_ws.errors import ConfigError, DataError, LightningWSError
 from lightning_ws.io import to_jsonable as _jsonable
-from lightning_ws.weaver._numeric import nan_mean, quantile_interp
+from lightning_ws.weaver._numeric import array_digest, nan_mean, quantile_interp
 from lightning_ws.weaver.data import VerificationData, unanswered_candidates
 from lightning_ws.weaver.structure import pool_groups
 
@@ -1552,13 +1552,7 @@ class Weaver:
 
 def _fingerprint(pooled: np.ndarray, answer_ids: np.ndarray) -> bytes:
     """A digest of the pooled sources and answer codes that :meth:`Weaver.score` is asked about."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for a in (np.ascontiguousarray(pooled, dtype=np.float64), np.ascontiguousarray(answer_ids, dtype=np.int64)):
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.digest()
+    return array_digest(np.asarray(pooled, dtype=np.float64), np.asarray(answer_ids, dtype=np.int64))
 
 
 def _mv_pick(answer_ids: np.ndarray, secondary: np.ndarray) -> np.ndarray:
