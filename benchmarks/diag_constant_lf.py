@@ -7,10 +7,11 @@ candidates by their agreement with it, i.e. by how often they predict its class.
 (points of accuracy; MV on every column, as a user gets it) over seeded draws: mean / min / draws more than 0.5
 below, on the fit rows (transductive) and on fresh rows of the same draw (inductive), and ``auto``'s picks.
 
-The draws come from ``lightning_ws.labelmodels.make_uninformative_lf_label_matrix``. ``--extra LF`` replaces the constant LF by an uninformative one that is not constant, which ``auto`` does not
-detect: ``near`` votes class 1 on a random 95 % of the rows, ``skew`` votes 1 on a random 90 % and 0 on the rest.
-``--without`` fits ``auto`` on the matrix without column 0 (what a user who knew it was noise would do), still
-against majority vote over every column.
+The draws come from ``lightning_ws.labelmodels.make_uninformative_lf_label_matrix``. ``--extra LF`` replaces the
+constant LF by an uninformative one that is not constant, which ``auto`` does not detect: ``near`` votes class 1
+on a random 95 % of the rows, ``skew`` votes 1 on a random 90 % and 0 on the rest. ``--without`` fits ``auto`` on
+the matrix without column 0 (what a user who knew it was noise would do), still against majority vote over every
+column.
 
     OMP_NUM_THREADS=1 python benchmarks/diag_constant_lf.py [--draws 30] [--first-seed 0] [--extra near|skew]
         [--without]

@@ -401,7 +401,8 @@ class AnswerLevelModel:
         starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]]) if g.size else np.zeros(0, dtype=np.int64)
         bo = b[order]
         n = np.add.reduceat((bo >= 0).astype(np.float64), starts, axis=0) if g.size else np.zeros((0, b.shape[1]))
-        gather = np.ascontiguousarray((np.where(bo < 0, sizes - 1, bo) + np.concatenate([[0], np.cumsum(sizes)[:-1]])).T)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        gather = np.ascontiguousarray((np.where(bo < 0, sizes - 1, bo) + offsets).T)
         self._icc_cache = (b, sizes, gather, starts, n)
         return gather, starts, n
 
@@ -894,9 +895,9 @@ def _fit_partition(groups: AnswerGroups, r: np.ndarray, params: np.ndarray | Non
     candidates. The objective depends on the data only through histograms over answer sizes and answer counts, so
     each evaluation is ``O(N)`` and comes with its exact gradient (:func:`_partition_objectives`; finite differences,
     before session 46, cost three evaluations per step and lost digits where ``theta`` is large); the Beta and the
-    Pitman-Yor parameters are separate L-BFGS-B problems (warm-started from the previous EM step). With ``sigma < 0`` (a finite Dirichlet-multinomial over ``theta / -sigma``
-    distractors) ``theta`` is kept at or above ``-sigma`` times the most wrong answers any problem has, so the
-    partition probability is a proper one.
+    Pitman-Yor parameters are separate L-BFGS-B problems (warm-started from the previous EM step). With
+    ``sigma < 0`` (a finite Dirichlet-multinomial over ``theta / -sigma`` distractors) ``theta`` is kept at or above
+    ``-sigma`` times the most wrong answers any problem has, so the partition probability is a proper one.
 
     The counts enter only *which* answer of a problem is correct, never *whether* one is: the "no correct answer"
     state keeps its plain ``1 - gamma`` (the counts are taken as equally likely under it). Modelling the counts
