@@ -43,6 +43,14 @@ def subset_columns(m: int, k: int, frac: float, draw: int) -> np.ndarray:
     return np.sort(np.random.default_rng([draw, size, k]).choice(m, size, replace=False))
 
 
+def wrench_matrices(task: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int, int]:
+    """The shipped set ``task``'s train and test label matrices and gold labels, its number of classes and of LFs."""
+    splits = {s: load_wrench(task, s) for s in ("train", "test")}
+    W = {s: np.asarray(splits[s].weak_labels) for s in splits}
+    y = {s: np.asarray(splits[s].labels) for s in splits}
+    return W, y, len(splits["train"].class_names), W["train"].shape[1]
+
+
 def _metric(task: str, y: np.ndarray, pred: np.ndarray) -> float:
     return f1_pos(y, pred) if task == "sms" else 100.0 * float((pred == y).mean())
 
@@ -65,17 +73,14 @@ def main() -> None:
           "auto - max(MV, snorkel), test | auto picks |")
     print("|---|---|---|---|---|---|---|---|")
     for task in SETS:
-        S = {s: load_wrench(task, s) for s in ("train", "test")}
-        W = {s: np.asarray(S[s].weak_labels) for s in S}
-        y = {s: np.asarray(S[s].labels) for s in S}
-        k, m = len(S["train"].class_names), W["train"].shape[1]
+        W, y, k, m = wrench_matrices(task)
         for frac in FRACTIONS:
             size = max(3, round(frac * m))
             cells: dict[str, list[float]] = {"mv_train": [], "mv_test": [], "pk_train": [], "pk_test": []}
             picks: dict[str, int] = {}
             for draw in range(args.first_draw, args.first_draw + args.draws):
                 cols = subset_columns(m, k, frac, draw)
-                L = {s: W[s][:, cols] for s in S}
+                L = {s: W[s][:, cols] for s in W}
                 if not (L["train"] >= 0).any():
                     continue
                 with warnings.catch_warnings():
@@ -84,7 +89,7 @@ def main() -> None:
                     mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(L["train"])
                     sn = _fit_snorkel(SL, L["train"], k, None, 100, 0) if SL is not None else None
                 picks[auto.selected] = picks.get(auto.selected, 0) + 1
-                for s in S:
+                for s in W:
                     a = _metric(task, y[s], _pred(auto.predict_proba(L[s])))
                     b = _metric(task, y[s], _pred(mv.predict_proba(L[s])))
                     cells[f"mv_{s}"].append(a - b)

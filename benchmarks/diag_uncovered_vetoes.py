@@ -29,9 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS, subset_columns
+from diag_lf_subsets import FRACTIONS, SETS, subset_columns, wrench_matrices
 
-from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import make_label_model
 
 
@@ -48,14 +47,11 @@ def main() -> None:
     blocks = [int(b) for b in args.blocks.split(",")]
     gains: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for task in SETS:
-        splits = {s: load_wrench(task, s) for s in ("train", "test")}
-        W = {s: np.asarray(splits[s].weak_labels) for s in splits}
-        y = {s: np.asarray(splits[s].labels) for s in splits}
-        k, m = len(splits["train"].class_names), W["train"].shape[1]
+        W, y, k, m = wrench_matrices(task)
         for frac in FRACTIONS:
             for draw in (b + i for b in blocks for i in range(8)):
                 cols = subset_columns(m, k, frac, draw)
-                L = {s: W[s][:, cols] for s in splits}
+                L = {s: W[s][:, cols] for s in W}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     auto = make_label_model("auto", num_classes=k, seed=0).fit(L["train"])
@@ -64,7 +60,7 @@ def main() -> None:
                     continue  # the pick is not majority vote, or the EM fit failed
                 em_class = int(np.argmax(report["em_prior"]))
                 auto_class = int(np.argmax(auto.predict_proba(-np.ones((1, len(cols)), dtype=np.int64))[0]))
-                for s in splits:
+                for s in W:
                     silent = ~(L[s] >= 0).any(axis=1)
                     if silent.any():
                         diff = int((y[s][silent] == em_class).sum()) - int((y[s][silent] == auto_class).sum())
