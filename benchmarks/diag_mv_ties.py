@@ -32,9 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS, _metric, subset_columns
+from diag_lf_subsets import FRACTIONS, SETS, _metric, subset_columns, wrench_matrices
 
-from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import make_label_model, probs_to_preds
 from lightning_ws.labelmodels.majority import estimate_class_balance
 
@@ -55,13 +54,10 @@ def main() -> None:
                                                                       for r in rules) + " |")
     print("|---|---|---|---|" + "---|" * len(rules))
     for task in SETS:
-        S = {s: load_wrench(task, s) for s in ("train", "test")}
-        W = {s: np.asarray(S[s].weak_labels) for s in S}
-        Y = {s: np.asarray(S[s].labels) for s in S}
-        k, m = len(S["train"].class_names), W["train"].shape[1]
+        W, Y, k, m = wrench_matrices(task)
         configs = [np.arange(m)] + [subset_columns(m, k, f, d) for f in FRACTIONS for d in range(DRAWS)]
-        diffs: dict[str, list[list[float]]] = {s: [] for s in S}
-        n_tied: dict[str, list[int]] = {s: [] for s in S}
+        diffs: dict[str, list[list[float]]] = {s: [] for s in W}
+        n_tied: dict[str, list[int]] = {s: [] for s in W}
         for cols in configs:
             Ltr = W["train"][:, cols]
             if not (Ltr >= 0).any():
@@ -71,7 +67,7 @@ def main() -> None:
                 mv = make_label_model("majority_vote", num_classes=k, seed=0).fit(Ltr)
                 em_prior = estimate_class_balance(Ltr, k, "em")
                 ds = make_label_model("dawid_skene", num_classes=k, seed=0).fit(Ltr)
-            for s in S:
+            for s in W:
                 L, y = W[s][:, cols], Y[s]
                 P = mv.predict_proba(L)
                 tied = (P >= P.max(axis=1, keepdims=True) - 1e-9).sum(axis=1) > 1
@@ -82,7 +78,7 @@ def main() -> None:
                          probs_to_preds(P, "prior", prior=em_prior)[0],
                          _tie_pick(P, ds.predict_proba(L)))
                 diffs[s].append([_metric(task, y, p) - coin for p in picks])
-        for s in S:
+        for s in W:
             d = np.asarray(diffs[s])
             cells = " | ".join(f"{d[:, j].mean():+.2f} / {d[:, j].min():+.2f} / {d[:, j].max():+.2f} / "
                                f"{int((d[:, j] < -0.5).sum())}" for j in range(len(rules)))

@@ -42,10 +42,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS, subset_columns
+from diag_lf_subsets import FRACTIONS, SETS, subset_columns, wrench_matrices
 from diag_wrench_shapes import SHAPES, _pred, shape_matrix
 
-from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import AutoLabelModel
 
 MODES = ("vote_share", "em", "auto")
@@ -90,10 +89,7 @@ def main() -> None:
     real: list[tuple[float, float]] = []
     synth: list[tuple[float, float]] = []
     for task in SETS:
-        S = {s: load_wrench(task, s) for s in ("train", "test")}
-        W = {s: np.asarray(S[s].weak_labels) for s in S}
-        y = {s: np.asarray(S[s].labels) for s in S}
-        k, m = len(S["train"].class_names), W["train"].shape[1]
+        W, y, k, m = wrench_matrices(task)
         draws = [("all", np.arange(m))]
         for frac in FRACTIONS:
             for d in range(args.first_draw, args.first_draw + args.draws):  # 0-7: diag_lf_subsets.py's
@@ -105,7 +101,7 @@ def main() -> None:
             fits = _fit_all(W["train"][:, cols], k)
             if fits["vote_share"].selected != "majority_vote/raw":
                 continue
-            for s in S:
+            for s in W:
                 _row(f"{task} {tag}", s, W[s][:, cols], y[s], fits, real)
     for name, (_, _, k, _, _, _) in SHAPES.items():
         for seed in (int(x) for x in args.seeds.split(",")):

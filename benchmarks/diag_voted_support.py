@@ -28,10 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from diag_lf_subsets import FRACTIONS, SETS, _metric, subset_columns
+from diag_lf_subsets import FRACTIONS, SETS, _metric, subset_columns, wrench_matrices
 from diag_wrench_shapes import _pred
 
-from lightning_ws.data import load_wrench
 from lightning_ws.labelmodels import DawidSkene, make_label_model, restrict_to_voted
 from lightning_ws.labelmodels.matrix import vote_counts
 
@@ -41,15 +40,12 @@ MODELS = ("dawid_skene", "moment_matching")
 def _matrices(draws: int):
     """``(set, label, k, {split: L}, {split: y})`` for every full set and LF subset."""
     for task in SETS:
-        S = {s: load_wrench(task, s) for s in ("train", "test")}
-        W = {s: np.asarray(S[s].weak_labels) for s in S}
-        y = {s: np.asarray(S[s].labels) for s in S}
-        k, m = len(S["train"].class_names), W["train"].shape[1]
+        W, y, k, m = wrench_matrices(task)
         yield task, f"all {m}", k, W, y
         for frac in FRACTIONS:
             for draw in range(draws):
                 cols = subset_columns(m, k, frac, draw)
-                L = {s: W[s][:, cols] for s in S}
+                L = {s: W[s][:, cols] for s in W}
                 if (L["train"] >= 0).any():
                     yield task, f"{cols.size} of {m}", k, L, y
 
