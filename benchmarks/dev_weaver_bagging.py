@@ -40,6 +40,7 @@ from diag_weaver_few_candidates import issue_regime_sets
 from lightning_ws.weaver import Weaver
 from lightning_ws.weaver.data import VerificationData
 from lightning_ws.weaver.report import suite_baselines
+from lightning_ws.weaver.select import _fingerprint
 from lightning_ws.weaver.suite import make_set
 
 VARIANTS = ("shipped", "bag_no_guard", "bag_in_pipeline")
@@ -84,8 +85,6 @@ class BaggedWeaver(Weaver):
         data = self._aligned(data)
         pooled, _ = self._sources(data)
         ids = data.answer_ids()
-        from lightning_ws.weaver.select import _fingerprint
-
         key = _fingerprint(pooled, ids)
         if self._score_cache is None or self._score_cache[0] != key:
             adjusted = self.offsets_.transform(pooled, ids, self.label_model_)[0]
