@@ -8,6 +8,9 @@ then replays the guard's decision under other rules without refitting:
 * ``guard_z`` = 1 (shipped; the replay must reproduce every recorded choice, and the script says if it does not),
   1.5, 2 and 3: the label model must beat the fallback by that many standard errors, and the second opinion uses
   the same ``z``;
+* ``guard_z = 1.0, no veto``: the shipped guard without session 49's rule (majority vote where the second opinion
+  ranks it at least as high as the pooled mean and finds the label model worse than it by ``z`` standard errors,
+  whatever the guard's own evaluator ranks);
 * ``both evaluators, else fallback``: the label model is kept only when the second opinion's evaluator also has it
   beating majority vote by ``z = 1`` standard errors, whatever it ranks between majority vote and the pooled mean;
 * ``both evaluators, else MV``: the same, but a label model the second opinion does not confirm gives way to
@@ -18,7 +21,8 @@ fits (mean / min / fits more than 0.5 below) and the sets below -0.5 on average.
 
     python benchmarks/dev_weaver_guard_z.py [--seed-base 10000] [--seeds 32] [--num-candidates 16]
 
-Session 31 ran it on seeds 10000-10031 (about 20 minutes with two processes of 16 seeds each; see BENCHMARKS.md).
+Session 31 ran it on seeds 10000-10031 (about 20 minutes with two processes of 16 seeds each; see BENCHMARKS.md);
+session 49 on seed blocks 10000+, 10200+, 10300+, 10400+ and 10500+ for the veto.
 """
 
 from __future__ import annotations
@@ -65,15 +69,19 @@ def _beats(gains: list[float], ses: list[float], z: float) -> bool:
     return all(g > z * se + 1e-12 for g, se in zip(gains, ses))
 
 
-def shipped_rule(r: dict[str, Any], z: float = 1.0) -> str:
-    """The guard of ``Weaver._run_guard`` / ``_dependence_check`` at ``guard_z = z``."""
+def shipped_rule(r: dict[str, Any], z: float = 1.0, veto: bool = True) -> str:
+    """The guard of ``Weaver._run_guard`` / ``_dependence_check`` at ``guard_z = z``; ``veto=False``: the guard before
+    session 49 (the second opinion could not act where the guard's own evaluator ranked the pooled mean above
+    majority vote, even where it found the label model clearly worse than majority vote)."""
     dc = r["dc"]
     if not _beats(r["gains"], r["ses"], z):
         return _mean_verifier_rule(r, r["simple"], None)
     if dc is None:
         return "label_model"
-    mv_fallback = dc["fallback"] == "majority_vote" and dc["est"]["majority_vote"] >= dc["est"]["pooled_mean"] - 1e-12
-    if mv_fallback and not _beats(dc["gains"], dc["ses"], z):
+    mv_top = dc["est"]["majority_vote"] >= dc["est"]["pooled_mean"] - 1e-12
+    mv_fallback = dc["fallback"] == "majority_vote" and mv_top
+    worse = all(g < -z * se - 1e-12 for g, se in zip(dc["gains"], dc["ses"]))
+    if (mv_fallback and not _beats(dc["gains"], dc["ses"], z)) or (veto and mv_top and worse):
         return _mean_verifier_rule(r, "majority_vote", dc)
     return "label_model"
 
@@ -126,12 +134,21 @@ def main() -> None:
     mismatches = sum(shipped_rule(r) != r["choice"] for _, r in recs)
     print(f"replay of the shipped guard (z = 1): {mismatches} of {len(recs)} choices differ from the fitted ones")
     rules = [(f"guard_z = {z}", lambda r, z=z: shipped_rule(r, z)) for z in (1.0, 1.5, 2.0, 3.0)]
+    rules += [("guard_z = 1.0, no veto (before session 49)", lambda r: shipped_rule(r, 1.0, veto=False))]
     rules += [("both evaluators, else fallback", both_else_fallback), ("both evaluators, else MV", both_else_mv)]
     print("| rule | all fits: mean / min / below -0.5 | sets below -0.5 on average |")
     print("|---|---|---|")
     for label, rule in rules:
         cells = summary([(name, 100 * (r["true"][rule(r)] - r["baseline"])) for name, r in recs])
         print(f"| {label} | {cells} |", flush=True)
+    print("Fits whose choice the session-49 veto changed (set, data seed: before -> after, Weaver - max(MV, mean "
+          "verifier) in points):")
+    for i, (name, r) in enumerate(recs):
+        before, after = shipped_rule(r, 1.0, veto=False), shipped_rule(r)
+        if before != after:
+            seed = args.seed_base + i % args.seeds
+            print(f"  {name}, {seed}: {before} {100 * (r['true'][before] - r['baseline']):+.1f} -> {after} "
+                  f"{100 * (r['true'][after] - r['baseline']):+.1f}")
 
 
 if __name__ == "__main__":

@@ -482,6 +482,59 @@ def test_dependence_check_falls_back_to_majority_vote_only_when_both_evaluators_
         assert choice == "label_model" == check["choice"] and check["guard_fallback"] == "pooled_mean", check
 
 
+def test_dependence_check_chooses_majority_vote_where_its_evaluator_finds_the_label_model_clearly_worse(monkeypatch):
+    # session 49, the decision rule alone on crafted per-problem estimates: the guard's own evaluator preferred the
+    # pooled mean to majority vote (fallback "pooled_mean"), which used to keep the label model whatever the second
+    # evaluator said; now, where the second evaluator ranks majority vote at least as high as the pooled mean and
+    # finds the label model below majority vote by guard_z standard errors under every plausible solution, majority
+    # vote is chosen
+    rng = np.random.default_rng(47)
+    P = 40
+    lm = 0.6 + 0.05 * rng.standard_normal(P)
+    w = Weaver()
+
+    def check(mv_shift: tuple[float, ...], pooled_mean: float) -> tuple[str, dict]:
+        sols = [{"label_model": lm, "pooled_mean": np.full(P, pooled_mean),
+                 "majority_vote": lm + d + 0.02 * rng.standard_normal(P)} for d in mv_shift]
+        monkeypatch.setattr(Weaver, "_guard_estimates", lambda self, *a, s=sols: s)
+        return w._dependence_check(None, None, [], [], "pooled_mean")
+
+    choice, rep = check((0.10, 0.12), 0.5)  # clearly worse under both solutions; MV above the pooled mean here
+    assert choice == "majority_vote" == rep["choice"] and rep["label_model_worse_than_majority_vote"], rep
+    assert all(g < -se for g, se in zip(rep["label_model_gain_vs_majority_vote"], rep["gain_standard_error"]))
+    choice, rep = check((0.10, -0.001), 0.5)  # not worse under one plausible solution: kept, as before
+    assert choice == "label_model" and not rep["label_model_worse_than_majority_vote"], rep
+    choice, rep = check((0.10, 0.12), 0.9)  # this evaluator ranks the pooled mean above majority vote: kept
+    assert choice == "label_model" and rep["label_model_worse_than_majority_vote"], rep
+    choice, rep = check((0.004, 0.004), 0.5)  # below majority vote by well under one standard error: kept
+    assert choice == "label_model" and not rep["label_model_worse_than_majority_vote"], rep
+
+
+def test_guard_drops_a_label_model_with_a_collapsed_count_prior_that_its_second_evaluator_rejects():
+    # session 49, end to end: 6-option multiple choice, majority vote right on 81 % of 64 problems x 16 candidates,
+    # one weak judge x 32 draws (the development set dv_mc6_r60_s045 of benchmarks/dev_weaver_guard.py, data seed
+    # 10406). EM's count prior collapsed (Beta mean 0.006: "the correct answer is almost never the popular one") and
+    # the label model picked 28 points below majority vote; the guard's evaluator rated the pooled mean above
+    # majority vote, so the second evaluator, which rated the label model about 2 standard errors below majority
+    # vote, could not act. Now majority vote is chosen.
+    judge = GroupSpec(0.45, copies=32, shared=1.0, answer=0.3, kind="judge_verdict", name="judge")
+    spec = SetSpec(0.60, (judge,), num_wrong=5, distractor_concentration=3.0, missing=0.01, num_problems=64,
+                   num_candidates=64)
+    d = make_set(spec, seed=10406, num_candidates=16)
+    y = d.require_labels("test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = Weaver(seed=6).fit(d, "label_free")
+    g = w.report_["guard"]
+    chk = g["dependence_check"]
+    acc = {k: float(y[np.arange(d.num_problems), w.select_with(d, k)].mean()) for k in ("label_model", "majority_vote")}
+    assert w.report_["answer_model"]["agreement_weights"]["correct_rate_mean"] < 0.05  # the collapsed prior
+    assert chk["guard_fallback"] == "pooled_mean" and chk["label_model_worse_than_majority_vote"], chk
+    assert w.choice_ == "majority_vote" == chk["choice"], g
+    assert acc["label_model"] < acc["majority_vote"] - 0.2, acc
+    assert float(y[np.arange(d.num_problems), w.select(d)].mean()) == acc["majority_vote"]
+
+
 def test_guard_gives_a_simple_fallback_way_to_the_mean_verifier_only_where_every_evaluator_ranks_it_higher(
         monkeypatch):
     # session 34, the decision rule alone on crafted per-problem estimates (both evaluators): the label model's fate

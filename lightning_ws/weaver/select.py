@@ -668,7 +668,8 @@ class Weaver:
        candidate of a wrong answer). A label model kept that way must then pass a *second opinion*
        (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
        must also find it better than majority vote, else majority vote is chosen where both evaluators rank it at
-       least as high as the pooled mean (:meth:`_dependence_check`). Where the guard ends with majority vote or the
+       least as high as the pooled mean, and also where that evaluator ranks it so and finds the label model worse
+       than majority vote by ``guard_z`` standard errors (session 49; :meth:`_dependence_check`). Where the guard ends with majority vote or the
        pooled mean, the *mean verifier* (every verifier counted once, not every group: the suite's baseline; it
        differs from the pooled mean only where a verifier group has two or more members) replaces it if every
        evaluator that was fitted ranks the mean verifier higher (session 34; it never displaces the label model).
@@ -708,7 +709,9 @@ class Weaver:
             majority vote under a second evaluator of another dependence specification
             (:data:`GUARD_CHECK_EVALUATOR`: an answer's candidates weighted by the fixed ``size ** 0.5``); if it does
             not, and both evaluators rank majority vote at least as high as the pooled mean, majority vote is
-            chosen.
+            chosen; where that evaluator ranks majority vote at least as high as the pooled mean and finds the label
+            model *worse* than majority vote by ``guard_z`` standard errors under every plausible solution, majority
+            vote is chosen whatever the guard's own evaluator ranks (session 49).
         guard_split: the guard's split test (:meth:`_split_check`, session 35): a label model the guard (and its
             second opinion) kept must also beat the mean verifier by ``guard_z`` standard errors when refitted on one
             seeded half of the problems and scored on the other by an evaluator fitted on that half alone; else the
@@ -1238,7 +1241,8 @@ class Weaver:
                      + f" (evaluator: AnswerLevelModel({_kwargs_text(GUARD_EVALUATOR)}))"
                      + ("; a label model kept must also beat majority_vote by z standard errors under a second "
                         f"evaluator, AnswerLevelModel({_kwargs_text(GUARD_CHECK_EVALUATOR)}), else majority_vote is "
-                        "chosen when both evaluators rank it at least as high as pooled_mean"
+                        "chosen when both evaluators rank it at least as high as pooled_mean, or when the second "
+                        "ranks it so and finds the label model worse than majority_vote by z standard errors"
                         if self.guard_check else "")
                      + split_text
                      + "; a majority_vote or pooled_mean choice gives way to mean_verifier (each verifier once) where "
@@ -1350,18 +1354,29 @@ class Weaver:
         0.5``). If that evaluator's estimated accuracy (the lowest over its plausible solutions) ranks majority vote
         at least as high as the pooled mean, the guard's own evaluator does too (``fallback``, the guard's choice
         between the two, is majority vote), and the label model does not beat majority vote by ``guard_z``
-        standard errors under every plausible solution, majority vote is chosen; otherwise the label model is kept
-        (so the check can only replace the label model by majority vote, never by the pooled mean; since session 34
+        standard errors under every plausible solution, majority vote is chosen. Majority vote is also chosen where
+        this evaluator ranks it at least as high as the pooled mean and finds the label model *worse* than majority
+        vote by ``guard_z`` standard errors under every plausible solution, whatever the guard's own evaluator ranks
+        between majority vote and the pooled mean (session 49: on 64 problems x 16 candidates a label model whose
+        count prior had collapsed - the correct answer almost never the popular one - was kept at 28 points below
+        majority vote, because the guard's evaluator, fitted the same way, rated the pooled mean above majority vote
+        while this one rated the label model 2 standard errors below it). Otherwise the label model is kept (so the
+        check can only replace the label model by majority vote, never by the pooled mean; since session 34
         :meth:`_run_guard` may then replace majority vote by the mean verifier). Until session 19 the two evaluators
         were the other way round; until session 20 the check's evaluator alone ranked majority vote against the
         pooled mean (numbers in BENCHMARKS.md)."""
         pp2 = self._guard_estimates(ids, pooled, folds, fold_picks, GUARD_CHECK_EVALUATOR)
         est = {k: min(float(pp[k].mean()) for pp in pp2) for k in pp2[0]}
         gains, ses, beats = self._label_model_gain(pp2, "majority_vote")
-        mv_fallback = fallback == "majority_vote" and est["majority_vote"] >= est["pooled_mean"] - 1e-12
-        choice = "majority_vote" if (mv_fallback and not beats) else "label_model"
+        mv_top = est["majority_vote"] >= est["pooled_mean"] - 1e-12  # this evaluator's own simple choice
+        mv_fallback = fallback == "majority_vote" and mv_top
+        # session 49: clearly worse than majority vote here (by guard_z standard errors under every plausible
+        # solution) - majority vote whatever the guard's own evaluator ranks between it and the pooled mean
+        worse = all(g < -self.guard_z * se - 1e-12 for g, se in zip(gains, ses))
+        choice = "majority_vote" if ((mv_fallback and not beats) or (mv_top and worse)) else "label_model"
         return choice, {"evaluator": dict(GUARD_CHECK_EVALUATOR), "estimated_accuracy": est, "guard_fallback": fallback,
-                        "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses, "choice": choice}
+                        "label_model_gain_vs_majority_vote": gains, "gain_standard_error": ses,
+                        "label_model_worse_than_majority_vote": worse, "choice": choice}
 
     def _label_model_gain(self, per_problem: list[dict[str, np.ndarray]], baseline: str
                           ) -> tuple[list[float], list[float], bool]:
