@@ -669,10 +669,11 @@ class Weaver:
        (``guard_check``): an evaluator that weights an answer's candidates by the fixed ``size ** 0.5`` instead
        must also find it better than majority vote, else majority vote is chosen where both evaluators rank it at
        least as high as the pooled mean, and also where that evaluator ranks it so and finds the label model worse
-       than majority vote by ``guard_z`` standard errors (session 49; :meth:`_dependence_check`). Where the guard ends with majority vote or the
-       pooled mean, the *mean verifier* (every verifier counted once, not every group: the suite's baseline; it
-       differs from the pooled mean only where a verifier group has two or more members) replaces it if every
-       evaluator that was fitted ranks the mean verifier higher (session 34; it never displaces the label model).
+       than majority vote by ``guard_z`` standard errors (session 49; :meth:`_dependence_check`). Where the guard
+       ends with majority vote or the pooled mean, the *mean verifier* (every verifier counted once, not every
+       group: the suite's baseline; it differs from the pooled mean only where a verifier group has two or more
+       members) replaces it if every evaluator that was fitted ranks the mean verifier higher (session 34; it never
+       displaces the label model).
        Where no two candidates of a problem share an answer, a label model kept must also pass a *split test*
        (``guard_split``): refitted on one half of the problems, it must beat the mean verifier on the other half
        under an evaluator fitted there. No gold label is read. The choice, the
